@@ -1,0 +1,31 @@
+"""sglang-mint: LoRA adapters as the unit of deployment, as an SGLang plugin."""
+
+from setuptools import find_packages, setup
+
+core_packages = find_packages(include=["sglang_mint", "sglang_mint.*"])
+
+setup(
+    name="sglang-mint",
+    version="0.1.0",
+    description=(
+        "SGLang plugin: a catalog of up to a million LoRA adapters served by id, "
+        "cold-loaded in the background, with packed adapter files and Triton kernels"
+    ),
+    python_requires=">=3.10",
+    packages=core_packages + ["sglang_mint.kernels"],
+    # The top-level kernels/ folder installs as sglang_mint.kernels: a top-level
+    # package named `kernels` would shadow the `kernels` package sglang depends on.
+    package_dir={"sglang_mint.kernels": "kernels"},
+    package_data={"sglang_mint": ["configs/*.json"]},
+    install_requires=[
+        "sglang==0.5.23",
+        "safetensors",
+    ],
+    extras_require={
+        "test": ["pytest", "peft", "openai"],
+    },
+    entry_points={
+        "console_scripts": ["mint = sglang_mint.cli:main"],
+        "sglang.srt.plugins": ["mint = sglang_mint.sglang:register"],
+    },
+)

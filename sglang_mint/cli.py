@@ -1,0 +1,52 @@
+"""The ``mint`` command line.
+
+Each command group lives beside the code it drives and contributes itself with
+``add_commands(subparsers)``; handlers import their heavy dependencies lazily,
+so ``mint --help`` answers at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from sglang_mint.errors import MintError
+
+# (module, group name). A group module defines add_commands(subparsers).
+COMMAND_GROUPS = [
+    ("sglang_mint.dev.cli", "dev"),
+    ("sglang_mint.catalog.cli", "catalog"),
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mint",
+        description="sglang-mint: serve a catalog of LoRA adapters on one SGLang base model.",
+    )
+    sub = parser.add_subparsers(dest="group", metavar="COMMAND")
+    sub.required = True
+    for module_name, _ in COMMAND_GROUPS:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name != module_name:
+                raise
+            continue
+        module.add_commands(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except MintError as exc:
+        print(f"mint: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
