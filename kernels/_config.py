@@ -1,0 +1,111 @@
+"""Block-size tables for the LoRA kernels, read from configs/kernels/*.json.
+
+No @triton.autotune on the serving path: a first-call autotune stalls a live
+batch. Instead each launcher asks `get_config(op, **shape)` for its block
+sizes. Lookup order:
+
+1. configs/kernels/<op>__<device>.json, key "<bucket>" (see `shape_bucket`);
+2. the same file's "default" entry;
+3. configs/kernels/<op>__default.json, key "<bucket>", then its "default";
+4. `_heuristic(op, shape)` below.
+
+`device` is torch.cuda.get_device_name() with every non-alphanumeric run
+replaced by "_" ("NVIDIA H100 80GB HBM3" -> "NVIDIA_H100_80GB_HBM3"), or
+"cpu" when tensors are not on CUDA (the Triton interpreter).
+
+Example: sgmv_shrink with K=4096, R=16, 3 slices, max segment length 1 has
+bucket "K4096_R16_S3_M1"; K and M are rounded up to powers of two (M capped
+at 512), so one tuned entry covers a range of shapes.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import re
+from pathlib import Path
+
+CONFIG_DIR = Path(
+    os.environ.get(
+        "MINT_KERNEL_CONFIG_DIR",
+        Path(__file__).resolve().parent.parent / "configs" / "kernels",
+    )
+)
+
+
+def _next_pow2(n: int) -> int:
+    return 1 if n <= 1 else 1 << (int(n) - 1).bit_length()
+
+
+def device_key(device) -> str:
+    """'cpu' for non-CUDA tensors, else the normalized CUDA device name."""
+    import torch
+
+    device = torch.device(device)
+    if device.type != "cuda":
+        return "cpu"
+    return re.sub(r"[^A-Za-z0-9]+", "_", torch.cuda.get_device_name(device)).strip("_")
+
+
+def shape_bucket(K: int = 0, R: int = 0, S: int = 1, M: int = 0) -> str:
+    """'K{pow2(K)}_R{pow2(R)}_S{S}_M{min(pow2(M), 512)}'."""
+    return f"K{_next_pow2(K)}_R{_next_pow2(R)}_S{S}_M{min(_next_pow2(M), 512)}"
+
+
+@functools.lru_cache(maxsize=None)
+def _load_table(op: str, device: str) -> dict:
+    path = CONFIG_DIR / f"{op}__{device}.json"
+    if not path.exists():
+        return {}
+    with open(path) as f:
+        return json.load(f)
+
+
+def _heuristic(op: str, K: int, R: int, S: int, M: int) -> dict:
+    """Defaults for a table miss.
+
+    dot kernels need every block dim >= 16. Decode (M <= 16) uses BLOCK_M 16;
+    prefill uses 64 rows so each adapter weight tile is reused 64 times.
+    """
+    r_blk = max(16, min(64, _next_pow2(R)))
+    m_blk = 16 if M <= 16 else (32 if M <= 64 else 64)
+    if op == "sgmv_shrink":  # out = S*R columns, reduce over K
+        return {"BLOCK_M": m_blk, "BLOCK_N": max(16, min(64, _next_pow2(S * R))),
+                "BLOCK_K": 128 if M <= 16 else 64, "num_warps": 4, "num_stages": 2}
+    if op == "sgmv_expand":  # out = slice width, reduce over R
+        return {"BLOCK_M": m_blk, "BLOCK_N": 128 if M <= 16 else 64,
+                "BLOCK_K": r_blk, "num_warps": 4, "num_stages": 2}
+    if op == "bgmv_shrink":  # one token per program; GEMV over K
+        return {"BLOCK_N": max(16, min(64, _next_pow2(S * R))), "BLOCK_K": 256,
+                "num_warps": 4, "num_stages": 2}
+    if op == "bgmv_expand":
+        return {"BLOCK_N": 256, "BLOCK_K": r_blk, "num_warps": 4, "num_stages": 2}
+    if op == "bgmv_fused":  # one (token, slice, N-chunk) per program
+        return {"BLOCK_R": r_blk, "BLOCK_K": 256, "BLOCK_N": 128,
+                "CHUNK_N": 1024, "num_warps": 4, "num_stages": 2}
+    if op == "moe_lora_shrink":
+        return {"BLOCK_M": m_blk, "BLOCK_N": r_blk, "BLOCK_K": 64,
+                "num_warps": 4, "num_stages": 2}
+    if op == "moe_lora_expand":
+        return {"BLOCK_M": m_blk, "BLOCK_N": 64, "BLOCK_K": r_blk,
+                "num_warps": 4, "num_stages": 2}
+    raise KeyError(f"no heuristic for op {op!r}")
+
+
+def get_config(op: str, device, *, K: int = 0, R: int = 0, S: int = 1, M: int = 0) -> dict:
+    """Block sizes for `op` on `device` at this shape (a fresh dict)."""
+    bucket = shape_bucket(K, R, S, M)
+    for dev in (device_key(device), "default"):
+        table = _load_table(op, dev)
+        configs = table.get("configs", {})
+        if bucket in configs:
+            return dict(configs[bucket])
+        if "default" in table:
+            return dict(table["default"])
+    return _heuristic(op, K, R, S, M)
+
+
+def launch_kwargs(cfg: dict) -> dict:
+    """num_warps / num_stages from a config, for kernel[grid](..., **kw)."""
+    return {k: cfg[k] for k in ("num_warps", "num_stages") if k in cfg}

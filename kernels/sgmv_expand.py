@@ -1,0 +1,231 @@
+"""LoRA expand: out[:, slice i] += scale[slot] * y[:, slice i] @ B_i[slot]^T.
+
+Semantics:
+    R = b.shape[2]                                   # padded max rank
+    n_slices = len(slice_offsets) - 1                # widths may differ
+    for every physical row t with slot s = slot(t) >= 0 and r = ranks[s] > 0:
+        for i in range(n_slices):
+            c = i * (r if packed_slices else R)      # y columns of slice i
+            lo, hi = slice_offsets[i], slice_offsets[i + 1]
+            out[t, lo:hi] += scalings[s] * (y[t, c:c+r] @ b[s, lo:hi, :r]^T)
+    other rows of out are untouched; b[:, :, r:] is never read (may be garbage).
+
+ACCUMULATES into `out` (the base layer's output) in place, fp32 math, one
+rounding to out.dtype per element. Unequal slice widths, e.g. DeepSeek MLA's
+fused q_a_proj (1536) + kv_a_proj_with_mqa (576): slice_offsets [0, 1536, 2112].
+
+Shape:
+    y              [T, n_slices*R]       shrink output (sgmv_shrink's y)
+    b              [n_slots, out_total, R]  LoRA B pool (contiguous last dim)
+    out            [T, >= out_total]     caller-owned; a strided view of a wider
+                                         base output is fine (unit column stride)
+    slice_offsets  [n_slices + 1] int32  on the device; slice_offsets[-1] <= out_total
+    slice_offsets_cpu: the same offsets as a host tuple/list/tensor (grid sizing,
+                   no device sync); optional, read from the device when absent
+    batch: LoraBatch                     segments (sgmv) or token_slots (bgmv)
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+import triton
+import triton.language as tl
+
+from ._config import get_config, launch_kwargs
+from .batch import LoraBatch
+
+
+@triton.jit
+def _sgmv_expand_kernel(
+    y_ptr, b_ptr, out_ptr,
+    seg_indptr_ptr, seg_slots_ptr, perm_ptr, ranks_ptr, scalings_ptr, offsets_ptr,
+    R, num_n_tiles,
+    stride_ym, stride_bs, stride_bn, stride_om,
+    PACKED: tl.constexpr, HAS_PERM: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    # grid = (m_tiles * n_tiles_of_widest_slice, n_slices, n_segments)
+    seg = tl.program_id(2)
+    sl = tl.program_id(1)
+    pid = tl.program_id(0)
+    pid_m = pid // num_n_tiles
+    pid_n = pid % num_n_tiles
+    slot = tl.load(seg_slots_ptr + seg)
+    if slot < 0:
+        return
+    rank = tl.minimum(tl.load(ranks_ptr + slot).to(tl.int32), R)
+    if rank <= 0:
+        return
+    lo = tl.load(offsets_ptr + sl)
+    hi = tl.load(offsets_ptr + sl + 1)
+    if pid_n * BLOCK_N >= hi - lo:
+        return
+    start = tl.load(seg_indptr_ptr + seg)
+    end = tl.load(seg_indptr_ptr + seg + 1)
+    row0 = start + pid_m * BLOCK_M
+    if row0 >= end:
+        return
+    offs_m = row0 + tl.arange(0, BLOCK_M)
+    m_mask = offs_m < end
+    if HAS_PERM:
+        rows = tl.load(perm_ptr + offs_m, mask=m_mask, other=0).to(tl.int64)
+    else:
+        rows = offs_m.to(tl.int64)
+    if PACKED:
+        ycol0 = sl * rank
+    else:
+        ycol0 = sl * R
+    offs_n = lo + pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_mask = offs_n < hi
+    offs_k = tl.arange(0, BLOCK_K)
+    y_ptrs = y_ptr + rows[:, None] * stride_ym + ycol0 + offs_k[None, :]
+    b_ptrs = (b_ptr + slot.to(tl.int64) * stride_bs
+              + offs_n[None, :].to(tl.int64) * stride_bn + offs_k[:, None])
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, rank, BLOCK_K):
+        k_mask = offs_k < rank - k0
+        yt = tl.load(y_ptrs, mask=m_mask[:, None] & k_mask[None, :], other=0.0)
+        bt = tl.load(b_ptrs, mask=k_mask[:, None] & n_mask[None, :], other=0.0)
+        acc += tl.dot(yt, bt)
+        y_ptrs += BLOCK_K
+        b_ptrs += BLOCK_K
+    acc *= tl.load(scalings_ptr + slot)
+    o_ptrs = out_ptr + rows[:, None] * stride_om + offs_n[None, :]
+    o_mask = m_mask[:, None] & n_mask[None, :]
+    acc += tl.load(o_ptrs, mask=o_mask, other=0.0).to(tl.float32)
+    tl.store(o_ptrs, acc.to(out_ptr.dtype.element_ty), mask=o_mask)
+
+
+@triton.jit
+def _bgmv_expand_kernel(
+    y_ptr, b_ptr, out_ptr, token_slots_ptr, ranks_ptr, scalings_ptr, offsets_ptr,
+    R,
+    stride_ym, stride_bs, stride_bn, stride_om,
+    PACKED: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    # grid = (n_tiles_of_widest_slice, n_slices, T): one token, one BLOCK_N tile (a GEMV).
+    t = tl.program_id(2).to(tl.int64)
+    sl = tl.program_id(1)
+    pid_n = tl.program_id(0)
+    slot = tl.load(token_slots_ptr + t)
+    if slot < 0:
+        return
+    rank = tl.minimum(tl.load(ranks_ptr + slot).to(tl.int32), R)
+    if rank <= 0:
+        return
+    lo = tl.load(offsets_ptr + sl)
+    hi = tl.load(offsets_ptr + sl + 1)
+    if pid_n * BLOCK_N >= hi - lo:
+        return
+    if PACKED:
+        ycol0 = sl * rank
+    else:
+        ycol0 = sl * R
+    offs_n = lo + pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_mask = offs_n < hi
+    offs_k = tl.arange(0, BLOCK_K)
+    y_ptrs = y_ptr + t * stride_ym + ycol0 + offs_k
+    b_ptrs = (b_ptr + slot.to(tl.int64) * stride_bs
+              + offs_n[:, None].to(tl.int64) * stride_bn + offs_k[None, :])
+    acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    for k0 in range(0, rank, BLOCK_K):
+        k_mask = offs_k < rank - k0
+        yv = tl.load(y_ptrs, mask=k_mask, other=0.0).to(tl.float32)
+        bt = tl.load(b_ptrs, mask=n_mask[:, None] & k_mask[None, :], other=0.0)
+        acc += tl.sum(bt.to(tl.float32) * yv[None, :], axis=1)
+        y_ptrs += BLOCK_K
+        b_ptrs += BLOCK_K
+    acc *= tl.load(scalings_ptr + slot)
+    o_ptrs = out_ptr + t * stride_om + offs_n
+    acc += tl.load(o_ptrs, mask=n_mask, other=0.0).to(tl.float32)
+    tl.store(o_ptrs, acc.to(out_ptr.dtype.element_ty), mask=n_mask)
+
+
+def _host_offsets(slice_offsets, slice_offsets_cpu) -> list:
+    src = slice_offsets if slice_offsets_cpu is None else slice_offsets_cpu
+    return [int(v) for v in (src.tolist() if torch.is_tensor(src) else src)]
+
+
+def _check(y, b, out, offs):
+    assert y.dim() == 2 and b.dim() == 3 and out.dim() == 2, (y.shape, b.shape, out.shape)
+    n_slices = len(offs) - 1
+    assert n_slices >= 1 and offs[0] == 0 and offs[-1] <= b.shape[1], offs
+    assert y.shape[1] >= n_slices * b.shape[2], (y.shape, b.shape, n_slices)
+    assert out.shape[1] >= offs[-1] and out.shape[0] >= y.shape[0], (out.shape, offs)
+    assert y.stride(1) == 1 and b.stride(2) == 1 and out.stride(1) == 1
+
+
+def sgmv_expand(y: torch.Tensor, b: torch.Tensor, out: torch.Tensor, batch: LoraBatch,
+                slice_offsets: torch.Tensor, slice_offsets_cpu: Optional[Sequence[int]] = None,
+                packed_slices: bool = True) -> torch.Tensor:
+    """Triton launcher; accumulates into `out` in place and returns it.
+
+    Semantics: see the module docstring.
+    Shape: y [T, n_slices*R]; b [n_slots, out_total, R]; out [T, >=out_total];
+    slice_offsets [n_slices+1] int32 (device); batch segments or token_slots.
+    """
+    offs = _host_offsets(slice_offsets, slice_offsets_cpu)
+    _check(y, b, out, offs)
+    if slice_offsets.device != y.device:
+        slice_offsets = slice_offsets.to(y.device)
+    T = y.shape[0]
+    R = b.shape[2]
+    n_slices = len(offs) - 1
+    widest = max(hi - lo for lo, hi in zip(offs, offs[1:]))
+    if T == 0 or R == 0 or widest == 0:
+        return out
+    if batch.is_bgmv:
+        cfg = get_config("bgmv_expand", y.device, K=widest, R=R, S=n_slices, M=1)
+        grid = (triton.cdiv(widest, cfg["BLOCK_N"]), n_slices, T)
+        _bgmv_expand_kernel[grid](
+            y, b, out, batch.token_slots, batch.ranks, batch.scalings, slice_offsets, R,
+            y.stride(0), b.stride(0), b.stride(1), out.stride(0),
+            PACKED=packed_slices, BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"],
+            **launch_kwargs(cfg))
+        return out
+    n_seg = batch.num_segments
+    if n_seg == 0 or batch.max_seg_len == 0:
+        return out
+    cfg = get_config("sgmv_expand", y.device, K=widest, R=R, S=n_slices, M=batch.max_seg_len)
+    n_tiles = triton.cdiv(widest, cfg["BLOCK_N"])
+    grid = (triton.cdiv(batch.max_seg_len, cfg["BLOCK_M"]) * n_tiles, n_slices, n_seg)
+    perm = batch.permutation
+    _sgmv_expand_kernel[grid](
+        y, b, out, batch.seg_indptr, batch.seg_slots,
+        perm if perm is not None else batch.seg_indptr, batch.ranks, batch.scalings,
+        slice_offsets, R, n_tiles,
+        y.stride(0), b.stride(0), b.stride(1), out.stride(0),
+        PACKED=packed_slices, HAS_PERM=perm is not None,
+        BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"],
+        **launch_kwargs(cfg))
+    return out
+
+
+def sgmv_expand_ref(y: torch.Tensor, b: torch.Tensor, out: torch.Tensor, batch: LoraBatch,
+                    slice_offsets: torch.Tensor, slice_offsets_cpu: Optional[Sequence[int]] = None,
+                    packed_slices: bool = True) -> torch.Tensor:
+    """Plain-torch reference of `sgmv_expand` (gather + einsum, fp32 accumulate).
+
+    Semantics and Shape: as `sgmv_expand`; also the CPU serving path.
+    """
+    offs = _host_offsets(slice_offsets, slice_offsets_cpu)
+    _check(y, b, out, offs)
+    R = b.shape[2]
+    rows, slots = batch.live_rows(y.shape[0])
+    if rows.numel() == 0 or R == 0:
+        return out
+    ranks = batch.ranks.long()[slots].clamp(max=R)                 # [L]
+    scale = batch.scalings.float()[slots]                          # [L]
+    kmask = torch.arange(R, device=y.device)[None, :] < ranks[:, None]   # [L, R]
+    delta = torch.zeros(rows.numel(), offs[-1], dtype=torch.float32, device=y.device)
+    for i, (lo, hi) in enumerate(zip(offs, offs[1:])):
+        c0 = i * (ranks if packed_slices else torch.full_like(ranks, R))
+        cols = (c0[:, None] + torch.arange(R, device=y.device)[None, :]).clamp(max=y.shape[1] - 1)
+        yi = torch.where(kmask, y[rows[:, None], cols].float(), 0.0)          # [L, R]
+        bi = torch.where(kmask[:, None, :], b[slots, lo:hi, :].float(), 0.0)  # [L, W, R]
+        delta[:, lo:hi] = torch.einsum("lr,lwr->lw", yi, bi)
+    cur = out[rows, : offs[-1]].float()
+    out[rows, : offs[-1]] = (cur + scale[:, None] * delta).to(out.dtype)
+    return out

@@ -1,0 +1,200 @@
+"""LoRA shrink: y = x @ A[slot]^T for every row, n_slices stacked in one launch.
+
+Semantics:
+    R = a.shape[1] // n_slices                      # padded max rank
+    for every physical row t with slot s = slot(t) >= 0 and r = ranks[s] > 0:
+        for i in range(n_slices):
+            c = i * (r if packed_slices else R)     # where slice i lives
+            y[t, c:c+r] = x[t] @ a[s, c:c+r, :]^T   # fp32 accumulate
+    every other element of y is left untouched (never read by expand).
+
+`packed_slices=True` is SGLang's dense pool layout (mem_pool.py loads an
+adapter of rank r into A[slot, :n_slices*r], so slice i starts at row i*r).
+`packed_slices=False` spaces slices by the padded rank R (SGLang's MoE pool).
+
+Shape:
+    x   [T, K]                 activations (any row stride, unit column stride)
+    a   [n_slots, n_slices*R, K]  LoRA A pool (contiguous in its last dim)
+    y   [T, n_slices*R]        caller-owned output, same dtype as x
+    batch: LoraBatch           segments (sgmv) or token_slots (bgmv); see batch.py
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ._config import get_config, launch_kwargs
+from .batch import LoraBatch
+
+
+@triton.jit
+def _sgmv_shrink_kernel(
+    x_ptr, a_ptr, y_ptr,
+    seg_indptr_ptr, seg_slots_ptr, perm_ptr, ranks_ptr,
+    K, R, num_n_tiles,
+    stride_xm, stride_as, stride_an, stride_ym,
+    N_SLICES: tl.constexpr, PACKED: tl.constexpr, HAS_PERM: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    # grid = (m_tiles * n_tiles, n_segments): one BLOCK_M x BLOCK_N tile of one segment.
+    seg = tl.program_id(1)
+    pid = tl.program_id(0)
+    pid_m = pid // num_n_tiles
+    pid_n = pid % num_n_tiles
+    slot = tl.load(seg_slots_ptr + seg)
+    if slot < 0:
+        return
+    rank = tl.minimum(tl.load(ranks_ptr + slot).to(tl.int32), R)
+    if rank <= 0:
+        return
+    start = tl.load(seg_indptr_ptr + seg)
+    end = tl.load(seg_indptr_ptr + seg + 1)
+    row0 = start + pid_m * BLOCK_M
+    if row0 >= end:
+        return
+    offs_m = row0 + tl.arange(0, BLOCK_M)
+    m_mask = offs_m < end
+    if HAS_PERM:
+        rows = tl.load(perm_ptr + offs_m, mask=m_mask, other=0).to(tl.int64)
+    else:
+        rows = offs_m.to(tl.int64)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    if PACKED:
+        n_mask = offs_n < N_SLICES * rank
+    else:
+        n_mask = (offs_n < N_SLICES * R) & ((offs_n % R) < rank)
+    offs_k = tl.arange(0, BLOCK_K)
+    x_ptrs = x_ptr + rows[:, None] * stride_xm + offs_k[None, :]
+    a_ptrs = (a_ptr + slot.to(tl.int64) * stride_as
+              + offs_n[None, :].to(tl.int64) * stride_an + offs_k[:, None])
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        k_mask = offs_k < K - k0
+        xt = tl.load(x_ptrs, mask=m_mask[:, None] & k_mask[None, :], other=0.0)
+        at = tl.load(a_ptrs, mask=k_mask[:, None] & n_mask[None, :], other=0.0)
+        acc += tl.dot(xt, at)
+        x_ptrs += BLOCK_K
+        a_ptrs += BLOCK_K
+    y_ptrs = y_ptr + rows[:, None] * stride_ym + offs_n[None, :]
+    tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=m_mask[:, None] & n_mask[None, :])
+
+
+@triton.jit
+def _bgmv_shrink_kernel(
+    x_ptr, a_ptr, y_ptr, token_slots_ptr, ranks_ptr,
+    K, R,
+    stride_xm, stride_as, stride_an, stride_ym,
+    N_SLICES: tl.constexpr, PACKED: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    # grid = (n_tiles, T): one token, one BLOCK_N slice of its S*R outputs (a GEMV).
+    t = tl.program_id(1).to(tl.int64)
+    pid_n = tl.program_id(0)
+    slot = tl.load(token_slots_ptr + t)
+    if slot < 0:
+        return
+    rank = tl.minimum(tl.load(ranks_ptr + slot).to(tl.int32), R)
+    if rank <= 0:
+        return
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    if PACKED:
+        n_mask = offs_n < N_SLICES * rank
+    else:
+        n_mask = (offs_n < N_SLICES * R) & ((offs_n % R) < rank)
+    offs_k = tl.arange(0, BLOCK_K)
+    a_ptrs = (a_ptr + slot.to(tl.int64) * stride_as
+              + offs_n[:, None].to(tl.int64) * stride_an + offs_k[None, :])
+    x_ptrs = x_ptr + t * stride_xm + offs_k
+    acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        k_mask = offs_k < K - k0
+        xv = tl.load(x_ptrs, mask=k_mask, other=0.0).to(tl.float32)
+        at = tl.load(a_ptrs, mask=n_mask[:, None] & k_mask[None, :], other=0.0)
+        acc += tl.sum(at.to(tl.float32) * xv[None, :], axis=1)
+        x_ptrs += BLOCK_K
+        a_ptrs += BLOCK_K
+    tl.store(y_ptr + t * stride_ym + offs_n, acc.to(y_ptr.dtype.element_ty), mask=n_mask)
+
+
+def _check(x, a, y, n_slices):
+    assert x.dim() == 2 and a.dim() == 3 and y.dim() == 2, (x.shape, a.shape, y.shape)
+    assert a.shape[1] % n_slices == 0, "a.shape[1] must be n_slices * max_rank"
+    assert x.shape[1] == a.shape[2], (x.shape, a.shape)
+    assert y.shape[1] >= a.shape[1] and y.shape[0] >= x.shape[0], (y.shape, a.shape)
+    assert x.stride(1) == 1 and a.stride(2) == 1 and y.stride(1) == 1
+
+
+def sgmv_shrink(x: torch.Tensor, a: torch.Tensor, y: torch.Tensor, batch: LoraBatch,
+                n_slices: int = 1, packed_slices: bool = True) -> torch.Tensor:
+    """Triton launcher; writes `y` in place and returns it.
+
+    Semantics: see the module docstring (y[t, slice i] = x[t] @ A_i[slot]^T).
+    Shape: x [T, K]; a [n_slots, n_slices*R, K]; y [T, n_slices*R] (caller-owned);
+    batch segments (sgmv kernel) or token_slots (bgmv kernel).
+    """
+    _check(x, a, y, n_slices)
+    T, K = x.shape
+    N = a.shape[1]
+    R = N // n_slices
+    if T == 0 or N == 0:
+        return y
+    if batch.is_bgmv:
+        cfg = get_config("bgmv_shrink", x.device, K=K, R=R, S=n_slices, M=1)
+        grid = (triton.cdiv(N, cfg["BLOCK_N"]), T)
+        _bgmv_shrink_kernel[grid](
+            x, a, y, batch.token_slots, batch.ranks, K, R,
+            x.stride(0), a.stride(0), a.stride(1), y.stride(0),
+            N_SLICES=n_slices, PACKED=packed_slices,
+            BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"], **launch_kwargs(cfg))
+        return y
+    n_seg = batch.num_segments
+    if n_seg == 0 or batch.max_seg_len == 0:
+        return y
+    cfg = get_config("sgmv_shrink", x.device, K=K, R=R, S=n_slices, M=batch.max_seg_len)
+    n_tiles = triton.cdiv(N, cfg["BLOCK_N"])
+    grid = (triton.cdiv(batch.max_seg_len, cfg["BLOCK_M"]) * n_tiles, n_seg)
+    perm = batch.permutation
+    _sgmv_shrink_kernel[grid](
+        x, a, y, batch.seg_indptr, batch.seg_slots,
+        perm if perm is not None else batch.seg_indptr, batch.ranks,
+        K, R, n_tiles, x.stride(0), a.stride(0), a.stride(1), y.stride(0),
+        N_SLICES=n_slices, PACKED=packed_slices, HAS_PERM=perm is not None,
+        BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"],
+        **launch_kwargs(cfg))
+    return y
+
+
+def slice_columns(ranks: torch.Tensor, n_slices: int, R: int, packed: bool) -> torch.Tensor:
+    """bool [L, n_slices*R]: which shrink output columns a row of rank r owns.
+
+    Example: R=4, n_slices=2, r=2 -> packed [1,1,1,1,0,0,0,0],
+    unpacked [1,1,0,0,1,1,0,0].
+    """
+    col = torch.arange(n_slices * R, device=ranks.device)
+    r = ranks.long()[:, None]
+    if packed:
+        return col[None, :] < n_slices * r
+    return (col[None, :] % R) < r
+
+
+def sgmv_shrink_ref(x: torch.Tensor, a: torch.Tensor, y: torch.Tensor, batch: LoraBatch,
+                    n_slices: int = 1, packed_slices: bool = True) -> torch.Tensor:
+    """Plain-torch reference of `sgmv_shrink` (gather + einsum, fp32 accumulate).
+
+    Semantics and Shape: as `sgmv_shrink`; also the CPU serving path.
+    """
+    _check(x, a, y, n_slices)
+    N = a.shape[1]
+    R = N // n_slices
+    rows, slots = batch.live_rows(x.shape[0])
+    if rows.numel() == 0 or N == 0:
+        return y
+    ranks = batch.ranks.long()[slots].clamp(max=R)
+    w = a[slots].float()                                   # [L, N, K] gather
+    yv = torch.einsum("lk,lnk->ln", x[rows].float(), w)    # [L, N]
+    mask = slice_columns(ranks, n_slices, R, packed_slices)
+    cur = y[rows, :N]
+    y[rows, :N] = torch.where(mask, yv.to(y.dtype), cur)
+    return y
