@@ -1,0 +1,63 @@
+"""``mint dev ...``: tiny models and adapters for tests and the demo, CPU environment."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+
+def add_commands(subparsers: argparse._SubParsersAction) -> None:
+    dev = subparsers.add_parser("dev", help="development helpers: tiny models, adapters, CPU environment")
+    sub = dev.add_subparsers(dest="dev_command", metavar="DEV_COMMAND")
+    sub.required = True
+
+    p = sub.add_parser("tiny-model", help="write a tiny random-weight Llama with a local tokenizer")
+    p.add_argument("out", help="folder to write the model into")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.set_defaults(func=_tiny_model)
+
+    p = sub.add_parser("tiny-adapters", help="write N PEFT LoRA adapters (non-zero B) for a tiny model")
+    p.add_argument("model", help="the tiny model's folder")
+    p.add_argument("out", help="folder to write adapters into (one sub-folder each)")
+    p.add_argument("-n", "--count", type=int, default=4, help="how many adapters (default 4)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.set_defaults(func=_tiny_adapters)
+
+    p = sub.add_parser(
+        "cpu-env",
+        help="print `export` lines that let SGLang run without a GPU driver "
+        '(use: eval "$(mint dev cpu-env)")',
+    )
+    p.set_defaults(func=_cpu_env)
+
+
+def _tiny_model(args) -> int:
+    from sglang_mint.dev.tiny import write_tiny_llama
+
+    out = write_tiny_llama(args.out, seed=args.seed)
+    print(f"wrote tiny Llama to {out}")
+    return 0
+
+
+def _tiny_adapters(args) -> int:
+    from sglang_mint.dev.tiny import write_tiny_adapters
+    from sglang_mint.errors import MintError
+
+    if args.count < 1:
+        raise MintError(f"--count must be at least 1, got {args.count}")
+    if not os.path.isfile(os.path.join(args.model, "config.json")):
+        raise MintError(f"{args.model} is not a model folder (no config.json)")
+    paths = write_tiny_adapters(args.model, args.out, args.count, seed=args.seed)
+    for path in paths:
+        cfg = json.loads((path / "adapter_config.json").read_text())
+        print(f"{path}  rank={cfg['r']} targets={','.join(sorted(cfg['target_modules']))}")
+    return 0
+
+
+def _cpu_env(args) -> int:
+    from sglang_mint.dev.cpu_env import cpu_server_env, shell_exports
+
+    before = dict(os.environ)
+    print(shell_exports(before, cpu_server_env(before)))
+    return 0

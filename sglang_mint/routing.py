@@ -1,0 +1,36 @@
+"""What the OpenAI ``model`` field names, with the plugin on.
+
+``"tiny"`` (the served model name) selects the base model; ``"tiny:a1"`` and the
+bare ``"a1"`` both select adapter ``a1``. Stock SGLang serves the base model
+for a bare unknown name; here a bare name is always an adapter id, checked
+against the id rules (400) and against the adapters the server knows (404).
+"""
+
+from __future__ import annotations
+
+from sglang_mint.catalog.ids import validate_adapter_id
+from sglang_mint.errors import InvalidAdapterId
+
+
+def adapter_from_model(model: str, served_model_name: str) -> str | None:
+    """The adapter id a ``model`` value names, or None for the base model.
+
+    Examples with served name ``tiny``: ``tiny`` -> None, ``tiny:a1`` -> ``a1``,
+    ``a1`` -> ``a1``, ``acme/a1`` -> ``acme/a1``; ``tiny:`` and ``../x`` raise
+    InvalidAdapterId.
+    """
+    if model == served_model_name:
+        return None
+    prefix = served_model_name + ":"
+    if model.startswith(prefix):
+        adapter_id = model[len(prefix):]
+        if not adapter_id:
+            raise InvalidAdapterId(f"model {model!r} names no adapter after {prefix!r}")
+        return validate_adapter_id(adapter_id)
+    if ":" in model:
+        other = model.split(":", 1)[0]
+        raise InvalidAdapterId(
+            f"model {model!r}: {other!r} is not the served model name {served_model_name!r} "
+            f"(use {prefix}<adapter-id> or the bare adapter id)"
+        )
+    return validate_adapter_id(model)

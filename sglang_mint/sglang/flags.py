@@ -1,0 +1,79 @@
+"""The ``--enable-mint`` / ``--mint-*`` launch flags.
+
+They are added to ``python -m sglang.launch_server``'s parser (so they appear
+in its ``--help``), validated after parsing, and carried to every process as
+``server_args._mint``: ServerArgs pickles its underscore bookkeeping together
+with its fields when it starts a subprocess. Without ``--enable-mint`` the
+attribute is None and every hook of the plugin passes through.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from sglang.srt.plugins.hook_registry import HookRegistry, HookType
+
+from sglang_mint.config import MintConfig
+from sglang_mint.errors import MintError
+
+SERVER_ARGS = "sglang.srt.server_args.ServerArgs"
+MINT_BACKEND = "mint"
+
+
+def register_hooks() -> None:
+    HookRegistry.register(f"{SERVER_ARGS}.add_cli_args", _after_add_cli_args, HookType.AFTER)
+    HookRegistry.register(f"{SERVER_ARGS}.from_cli_args", _after_from_cli_args, HookType.AFTER)
+
+
+def mint_config(server_args) -> MintConfig | None:
+    """The plugin's settings for this server, or None when it runs as stock SGLang."""
+    return getattr(server_args, "_mint", None)
+
+
+def add_mint_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "sglang-mint",
+        "Serve LoRA adapters by id: put the adapter id in the OpenAI `model` field.",
+    )
+    group.add_argument(
+        "--enable-mint",
+        action="store_true",
+        help="Turn the sglang-mint plugin on: `model` = <adapter-id> or <served-name>:<adapter-id> "
+        "selects an adapter, an unknown id answers 404, a malformed one 400. "
+        "Needs --enable-lora (or --lora-paths). Without this flag SGLang runs as stock.",
+    )
+    group.add_argument(
+        "--mint-catalog",
+        metavar="PATH",
+        default=None,
+        help="Adapter catalog folder (made by `mint catalog init`) whose adapters become "
+        "addressable by id. Requires --enable-mint.",
+    )
+    # `--lora-backend mint`: SGLang's parser fixes the choices, so extend them.
+    for action in parser._actions:
+        if action.dest == "lora_backend" and action.choices is not None:
+            if MINT_BACKEND not in action.choices:
+                action.choices = list(action.choices) + [MINT_BACKEND]
+            action.help = (action.help or "") + " 'mint' is sglang-mint's backend."
+
+
+def _after_add_cli_args(result, parser, *args, **kwargs):
+    add_mint_arguments(parser)
+    return result
+
+
+def _after_from_cli_args(server_args, cls, namespace, *args, **kwargs):
+    enabled = getattr(namespace, "enable_mint", False)
+    catalog = getattr(namespace, "mint_catalog", None)
+    if not enabled:
+        if catalog is not None:
+            raise SystemExit("error: --mint-catalog requires --enable-mint")
+        server_args._mint = None
+        return server_args
+    if not (server_args.enable_lora or server_args.lora_paths):
+        raise SystemExit("error: --enable-mint needs LoRA on: add --enable-lora (or --lora-paths)")
+    try:
+        server_args._mint = MintConfig.from_flags(catalog=catalog)
+    except MintError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    return server_args
