@@ -1,0 +1,391 @@
+"""``Catalog``: the rules on top of a metadata store and a blob store.
+
+A catalog folder (created by ``init_catalog`` / ``mint catalog init``)::
+
+    catalog.db            SQLite metadata (sqlite_store.py)
+    blobs/41/41ab...      content-addressed blobs (blobs.py)
+    views/9f/9f2c.../     loadable folders, hard links to blobs (local_path)
+
+Typical use by the serving path::
+
+    cat = open_catalog("/data/catalog")
+    rev = cat.resolve("acme/support-bot")     # Revision; AdapterNotFound if unknown/deleted
+    path = rev.local_path()                   # folder with adapter_config.json + adapter_model.safetensors
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sqlite3
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+
+from sglang_mint.catalog.base import BaseModel, load_base_model
+from sglang_mint.catalog.blobs import LocalBlobStore
+from sglang_mint.catalog.errors import (AdapterNotFound, BlobMissing, CatalogError, MintError, NotACatalog,
+                                        RevisionNotFound)
+from sglang_mint.catalog.ids import validate_adapter_id
+from sglang_mint.catalog.peft_import import CONFIG, WEIGHTS, PeftAdapter, read_peft_folder
+from sglang_mint.catalog.sqlite_store import SqliteMetadataStore
+from sglang_mint.catalog.store import AdapterRow, BlobStore, MetadataStore, Revision, RevisionRecord
+
+DB_NAME = "catalog.db"
+VIEW_MANIFEST = ".mint-files.json"
+
+
+def content_digest(files: dict[str, str]) -> str:
+    """sha256 over the sorted (file name, blob digest) pairs: the identity of a revision's content."""
+    return hashlib.sha256("\n".join(f"{k}:{v}" for k, v in sorted(files.items())).encode()).hexdigest()
+
+
+@dataclass
+class AdapterInfo:
+    adapter_id: str
+    current: int | None
+    latest: int
+    deleted: bool
+    created: float
+    updated: float
+    revisions: list[Revision]
+
+    def to_json(self) -> dict:
+        return {"adapter_id": self.adapter_id, "current": self.current, "latest": self.latest,
+                "deleted": self.deleted, "created": self.created, "updated": self.updated,
+                "revisions": [r.to_json() for r in self.revisions]}
+
+
+@dataclass
+class Page:
+    items: list[tuple[AdapterRow, Revision | None]]
+    next_after: str | None  # pass as ``after`` to get the next page; None on the last page
+
+
+def init_catalog(path: str, base_model_dir: str) -> "Catalog":
+    """Create an empty catalog for the base model in ``base_model_dir``.
+
+    Refuses a folder that already holds a catalog or any other file."""
+    base = load_base_model(base_model_dir)
+    if os.path.exists(os.path.join(path, DB_NAME)):
+        raise CatalogError(f"{path!r} already holds a catalog")
+    if os.path.isdir(path) and os.listdir(path):
+        raise CatalogError(f"{path!r} is not empty; a new catalog needs an empty or new folder")
+    os.makedirs(path, exist_ok=True)
+    LocalBlobStore(os.path.join(path, "blobs")).create()
+    os.makedirs(os.path.join(path, "views", "tmp"), exist_ok=True)
+    tmp_db = os.path.join(path, f".{DB_NAME}.init")
+    SqliteMetadataStore.create(tmp_db, {"base_model": json.dumps(base.to_json()), "created": repr(time.time())})
+    os.rename(tmp_db, os.path.join(path, DB_NAME))  # the catalog exists once the db has its final name
+    return open_catalog(path)
+
+
+def open_catalog(path: str) -> "Catalog":
+    """Open an existing catalog folder; NotACatalog if it is missing or holds no catalog."""
+    db = os.path.join(path, DB_NAME)
+    if not os.path.isdir(path):
+        raise NotACatalog(f"{path!r} is not a folder; create a catalog with `mint catalog init {path} --base-model DIR`")
+    if not os.path.isfile(db):
+        raise NotACatalog(f"{path!r} is not a catalog (no {DB_NAME}); "
+                          f"create one with `mint catalog init {path} --base-model DIR`")
+    store = SqliteMetadataStore(db)
+    try:
+        raw = store.get_setting("base_model")
+        if raw is None:
+            raise sqlite3.DatabaseError("no base_model setting")
+        base = BaseModel.from_json(json.loads(raw))
+    except (sqlite3.DatabaseError, ValueError, TypeError) as exc:
+        store.close()
+        raise NotACatalog(f"{path!r} is not a catalog: {DB_NAME} is unreadable ({exc})") from None
+    return Catalog(path, base, store, LocalBlobStore(os.path.join(path, "blobs")))
+
+
+class Catalog:
+    """Adapters with immutable revisions. Safe from many threads and processes."""
+
+    def __init__(self, path: str, base: BaseModel, store: MetadataStore, blobs: BlobStore):
+        self.path = path
+        self.base = base
+        self.store = store
+        self.blobs = blobs
+        self.views = os.path.join(path, "views")
+
+    def close(self) -> None:
+        self.store.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # -- reads ---------------------------------------------------------------
+    def resolve(self, adapter_id: str) -> Revision:
+        """The current revision of ``adapter_id``: one indexed lookup (the hot path)."""
+        rev = self.store.resolve(adapter_id)
+        if rev is None:
+            validate_adapter_id(adapter_id)
+            raise AdapterNotFound(f"adapter {adapter_id!r} is not in the catalog")
+        rev._catalog = self
+        return rev
+
+    def get(self, adapter_id: str) -> AdapterInfo:
+        validate_adapter_id(adapter_id)
+        a = self.store.get_adapter(adapter_id)
+        if a is None:
+            raise AdapterNotFound(f"adapter {adapter_id!r} is not in the catalog")
+        revs = self.store.revisions(adapter_id)
+        for r in revs:
+            r._catalog = self
+        return AdapterInfo(a.adapter_id, a.current, a.latest, a.deleted, a.created, a.updated, revs)
+
+    def get_revision(self, adapter_id: str, revision: int) -> Revision:
+        validate_adapter_id(adapter_id)
+        rev = self.store.get_revision(adapter_id, revision)
+        if rev is None:
+            raise RevisionNotFound(f"adapter {adapter_id!r} has no revision {revision}")
+        rev._catalog = self
+        return rev
+
+    def list(self, prefix: str = "", after: str | None = None, limit: int = 100,
+             include_deleted: bool = False) -> Page:
+        """Adapters whose id starts with ``prefix``, in id order, ``limit`` per page (keyset pagination)."""
+        if limit <= 0:
+            raise CatalogError(f"limit must be positive, got {limit}")
+        items = self.store.list_adapters(prefix, after, limit, include_deleted)
+        for _, r in items:
+            if r is not None:
+                r._catalog = self
+        return Page(items, items[-1][0].adapter_id if len(items) == limit else None)
+
+    def stats(self) -> dict:
+        out = {"path": self.path, "base_model": self.base.name, "base_identity": self.base.identity}
+        out.update(self.store.counts())
+        return out
+
+    # -- loadable folders ----------------------------------------------------
+    def local_path(self, rev: Revision) -> str:
+        """A folder the engine can load for ``rev``, made on first use and then reused.
+
+        ``views/<content_digest[:2]>/<content_digest>/`` holds hard links to
+        the blobs under their file names (adapter_config.json and
+        adapter_model.safetensors for PEFT) plus ``.mint-files.json``. It is
+        built in ``views/tmp`` and renamed into place, so a concurrent caller
+        sees a complete folder or none; identical content shares one folder.
+        """
+        final = os.path.join(self.views, rev.content_digest[:2], rev.content_digest)
+        if os.path.isdir(final):
+            return final
+        tmp = os.path.join(self.views, "tmp", uuid.uuid4().hex)
+        os.makedirs(tmp)
+        try:
+            for name, digest in rev.files.items():
+                src = self.blobs.local_path(digest)
+                try:
+                    os.link(src, os.path.join(tmp, name))
+                except OSError:
+                    shutil.copyfile(src, os.path.join(tmp, name))
+            with open(os.path.join(tmp, VIEW_MANIFEST), "w") as f:
+                json.dump(rev.files, f, sort_keys=True)
+            os.makedirs(os.path.dirname(final), exist_ok=True)
+            try:
+                os.rename(tmp, final)
+            except OSError:
+                if not os.path.isdir(final):
+                    raise
+        finally:
+            if os.path.isdir(tmp):
+                shutil.rmtree(tmp, ignore_errors=True)
+        return final
+
+    # -- writes --------------------------------------------------------------
+    def publish(self, adapter_id: str, folder: str, metadata: dict | None = None,
+                expect_revision: int | None = None) -> Revision:
+        """Import a PEFT folder as the next revision of ``adapter_id`` and make it current.
+
+        Everything is checked before anything is written; blobs are durable
+        before the revision commits. RevisionConflict if this content is
+        already a revision of the adapter, or ``expect_revision`` is taken."""
+        validate_adapter_id(adapter_id)
+        peft = read_peft_folder(folder, self.base)
+        return self.publish_peft(adapter_id, peft, metadata, expect_revision)
+
+    def publish_peft(self, adapter_id: str, peft: PeftAdapter, metadata: dict | None = None,
+                     expect_revision: int | None = None) -> Revision:
+        validate_adapter_id(adapter_id)
+        if metadata is not None and not isinstance(metadata, dict):
+            raise CatalogError(f"metadata must be a JSON object, got {type(metadata).__name__}")
+        payload = {CONFIG: peft.config_bytes, WEIGHTS: peft.weights_bytes}
+        files = {name: hashlib.sha256(data).hexdigest() for name, data in payload.items()}
+        record = RevisionRecord(
+            format="peft", rank=peft.rank, alpha=peft.alpha, target_modules=peft.target_modules,
+            dtype=peft.dtype, size_bytes=sum(len(d) for d in payload.values()), files=files,
+            content_digest=content_digest(files), metadata=dict(metadata or {}))
+        json.dumps(record.metadata)  # refuse unserialisable metadata before writing blobs
+
+        def ensure_blobs():  # inside the write transaction: gc may have removed a blob we wrote
+            for name, digest in files.items():
+                if not self.blobs.exists(digest):
+                    self.blobs.put(payload[name])
+
+        for data in payload.values():
+            self.blobs.put(data)
+        rev = self.store.publish(adapter_id, record, expect_revision, ensure_blobs)
+        return self.get_revision(adapter_id, rev)
+
+    def rollback(self, adapter_id: str, to: int | None = None) -> Revision:
+        """Move ``current`` to revision ``to``, or to the one before current; atomically."""
+        validate_adapter_id(adapter_id)
+
+        def pick(a: AdapterRow, numbers: list[int]) -> int:
+            if to is None:
+                older = [n for n in numbers if n < (a.current or 0)]
+                if not older:
+                    raise RevisionNotFound(
+                        f"cannot roll back {adapter_id!r} past its first revision (current is {a.current})")
+                return older[-1]
+            if to not in numbers:
+                raise RevisionNotFound(f"adapter {adapter_id!r} has no revision {to} (it has {numbers})")
+            if to == a.current:
+                raise CatalogError(f"revision {to} of {adapter_id!r} is already current")
+            return to
+
+        return self.get_revision(adapter_id, self.store.set_current(adapter_id, pick))
+
+    def delete(self, adapter_id: str) -> None:
+        """Mark the adapter gone (resolve answers AdapterNotFound). Its revisions and
+        blobs are reclaimed by ``gc``; publishing the id again continues its numbering."""
+        validate_adapter_id(adapter_id)
+        self.store.delete(adapter_id)
+
+    # -- maintenance ---------------------------------------------------------
+    def gc(self, grace_s: float = 3600.0) -> dict:
+        """Drop deleted adapters' revisions, then views and blobs nothing references.
+
+        A blob file unknown to the metadata (left by a publish killed before
+        its commit) is removed only when older than ``grace_s``; a publish in
+        flight re-checks its blobs under the write lock, so gc cannot strand it."""
+        purged = self.store.purge_deleted()
+        views = self._gc_views()
+        removed = freed = 0
+        by_prefix: dict[str, list[str]] = {}
+        for digest in self.blobs.iter_digests():
+            by_prefix.setdefault(digest[:2], []).append(digest)
+        for prefix, digests in sorted(by_prefix.items()):
+            with self.store.write_lock():  # no publish commits while we decide
+                for digest in digests:
+                    refs = self.store.blob_refs(digest)
+                    if refs is not None and refs > 0:
+                        continue
+                    if refs is None and self.blobs.age_s(digest) < grace_s:
+                        continue
+                    size = os.path.getsize(self.blobs.path(digest))
+                    self.blobs.delete(digest)
+                    self.store.forget_blob(digest)
+                    removed, freed = removed + 1, freed + size
+        with self.store.write_lock():  # rows for blobs whose files were already gone
+            for digest, refs in list(self.store.referenced_digests()):
+                if refs <= 0:
+                    self.store.forget_blob(digest)
+        temp = self.blobs.clean_temp(grace_s)
+        return {"purged_revisions": purged, "removed_views": views, "removed_blobs": removed,
+                "freed_bytes": freed, "removed_temp_files": temp}
+
+    def _gc_views(self) -> int:
+        n = 0
+        for sub in sorted(os.listdir(self.views)):
+            d = os.path.join(self.views, sub)
+            if sub == "tmp" or not os.path.isdir(d):
+                continue
+            for name in os.listdir(d):
+                view = os.path.join(d, name)
+                try:
+                    with open(os.path.join(view, VIEW_MANIFEST)) as f:
+                        digests = json.load(f).values()
+                except (OSError, ValueError):
+                    digests = [None]
+                if any(dg is None or not self.store.blob_refs(dg) for dg in digests):
+                    shutil.rmtree(view, ignore_errors=True)
+                    n += 1
+        return n
+
+    def verify(self, rehash: bool = True) -> dict:
+        """Check the metadata, reference counts and every referenced blob (re-hashed
+        unless ``rehash`` is False). ``problems`` empty means consistent;
+        ``unreferenced_blobs`` and ``temp_files`` are garbage for gc, not errors."""
+        problems = list(self.store.check())
+        known = dict(self.store.referenced_digests())
+        for digest, n in self.store.recount_refs().items():
+            if known.get(digest) != n:
+                problems.append(f"blob {digest}: {n} revisions reference it, the refcount says {known.get(digest)}")
+        checked = 0
+        for digest, refs in known.items():
+            if refs <= 0:
+                continue
+            checked += 1
+            if not self.blobs.exists(digest):
+                problems.append(f"blob {digest} is referenced by {refs} revision(s) but missing")
+            elif rehash and hashlib.sha256(self.blobs.read(digest)).hexdigest() != digest:
+                problems.append(f"blob {digest} is corrupt: its bytes hash to something else")
+        on_disk = sum(1 for d in self.blobs.iter_digests() if known.get(d, 0) <= 0)
+        temp = len(os.listdir(self.blobs.tmp)) if isinstance(self.blobs, LocalBlobStore) else 0
+        return {"ok": not problems, "problems": problems, "checked_blobs": checked,
+                "unreferenced_blobs": on_disk, "temp_files": temp}
+
+    # -- bulk ------------------------------------------------------------------
+    def import_folders(self, folders: list[str], namespace: str = "", metadata: dict | None = None,
+                       progress: bool = True) -> list[Revision]:
+        """Publish many PEFT folders; the id is ``namespace/<folder name>``.
+
+        Stops at the first bad folder with an error naming it; the folders
+        before it stay imported (the message says how many)."""
+        out = []
+        bar = Progress(len(folders), "import", enabled=progress)
+        try:
+            for folder in folders:
+                name = os.path.basename(os.path.normpath(folder))
+                adapter_id = f"{namespace.rstrip('/')}/{name}" if namespace else name
+                try:
+                    out.append(self.publish(adapter_id, folder, metadata))
+                except MintError as exc:
+                    raise type(exc)(f"{exc} [imported {len(out)} of {len(folders)} folders before this one]") from None
+                bar.update(1)
+        finally:
+            bar.close()
+        return out
+
+
+class Progress:
+    """A progress bar on stderr: tqdm when it is installed, else one rewritten line."""
+
+    def __init__(self, total: int, desc: str, enabled: bool = True):
+        self.total, self.desc, self.n, self.enabled = total, desc, 0, enabled
+        self._tqdm = None
+        self._last = 0.0
+        if enabled:
+            try:
+                from tqdm import tqdm
+                self._tqdm = tqdm(total=total, desc=desc, file=sys.stderr, unit="adapter")
+            except ImportError:
+                pass
+
+    def update(self, k: int) -> None:
+        self.n += k
+        if self._tqdm is not None:
+            self._tqdm.update(k)
+        elif self.enabled and (time.monotonic() - self._last > 0.5 or self.n == self.total):
+            self._last = time.monotonic()
+            sys.stderr.write(f"\r{self.desc}: {self.n}/{self.total}")
+            sys.stderr.flush()
+
+    def close(self) -> None:
+        if self._tqdm is not None:
+            self._tqdm.close()
+        elif self.enabled:
+            sys.stderr.write("\n")
+
+
+__all__ = ["AdapterInfo", "BlobMissing", "Catalog", "Page", "init_catalog", "open_catalog"]

@@ -1,0 +1,52 @@
+"""Catalog errors. Each message names the adapter, file or revision at fault."""
+
+from sglang_mint.errors import AdapterNotFound, InvalidAdapterId, MintError
+
+__all__ = [
+    "AdapterNotFound",
+    "BaseModelMismatch",
+    "BlobMissing",
+    "CatalogError",
+    "InvalidAdapter",
+    "InvalidAdapterId",
+    "MintError",
+    "NotACatalog",
+    "RevisionConflict",
+    "RevisionNotFound",
+]
+
+
+class CatalogError(MintError):
+    """A catalog operation that cannot be done in the catalog's current state."""
+
+    http_status = 409
+
+
+class NotACatalog(CatalogError):
+    """The folder given is missing, or holds no catalog.db written by ``mint catalog init``."""
+
+    http_status = 500
+
+
+class InvalidAdapter(MintError):
+    """An adapter folder or file that cannot be imported (config, safetensors, shapes)."""
+
+    http_status = 400
+
+
+class BaseModelMismatch(InvalidAdapter):
+    """An adapter trained for another base model than the catalog's."""
+
+
+class RevisionConflict(CatalogError):
+    """Publishing a revision that already exists (same number or same content)."""
+
+
+class RevisionNotFound(AdapterNotFound):
+    """A named revision that the adapter does not have (or rollback past the first one)."""
+
+
+class BlobMissing(CatalogError):
+    """A revision's blob is absent from the blob store (found by verify or materialise)."""
+
+    http_status = 500
