@@ -1,0 +1,176 @@
+"""Dense LoRA kernels (shrink, expand, fused) against their torch references."""
+
+import pytest
+import torch
+
+from kernel_cases import assert_close, dense_pool, naive_lora_delta, poison, randn
+from sglang_mint.kernels import (
+    LoraBatch, bgmv_fused, bgmv_fused_ref, sgmv_expand, sgmv_expand_ref, sgmv_shrink,
+    sgmv_shrink_ref,
+)
+
+
+def make_batch(kind, T, ranks, gen, device="cpu", every_slot=False):
+    """Segments ('seg'), segments + permutation ('perm') or per-token slots ('tok').
+
+    Always includes slot -1 and, for segments, an empty segment.
+    """
+    n_slots = len(ranks)
+    scalings = (torch.rand(n_slots, generator=gen) * 2 + 0.25).tolist()
+    if kind == "tok":
+        slots = torch.randint(-1, n_slots, (T,), generator=gen)
+        if every_slot and T >= n_slots + 1:
+            slots[: n_slots + 1] = torch.arange(-1, n_slots)
+        return LoraBatch.from_token_slots(slots, ranks, scalings, device)
+    n_seg = max(1, min(T, n_slots + 1))
+    cuts = sorted(torch.randperm(max(T - 1, 1), generator=gen)[: n_seg - 1].add(1).tolist())
+    lens = [b - a for a, b in zip([0] + cuts, cuts + [T])]
+    slots = list(range(-1, n_slots)) if every_slot else torch.randint(
+        -1, n_slots, (len(lens),), generator=gen).tolist()
+    slots = (slots * len(lens))[: len(lens)]
+    lens.insert(len(lens) // 2, 0)                # an empty segment
+    slots.insert(len(slots) // 2, 0)
+    perm = torch.randperm(T, generator=gen) if kind == "perm" else None
+    return LoraBatch.from_segments(lens, slots, ranks, scalings, device, permutation=perm)
+
+
+# (name, T tokens, K in_dim, R max rank, slice widths, slot ranks)
+CASES = [
+    # real shapes: hidden / TP
+    ("llama8b_qkv_tp4", 3, 4096, 8, [1024, 256, 256], [8, 3, 0, 1]),
+    ("llama8b_o_tp8", 5, 512, 16, [4096], [16, 9, 0, 1]),
+    ("qwen_gate_up_tp4", 9, 2048, 16, [1536, 1536], [16, 2, 0, 11]),
+    ("dsv3_mla_qa_kva", 2, 7168, 4, [1536, 576], [4, 1, 0, 3]),
+    ("dsv3_q_b_tp8", 4, 1536, 8, [3072], [8, 5, 0, 1]),
+    ("dsa_indexer_wq_b", 2, 1536, 8, [2048], [8, 2, 0, 1]),
+    ("dsa_indexer_wk", 3, 7168, 2, [128], [2, 1, 0, 2]),
+    ("dsa_indexer_weights_proj", 3, 7168, 2, [64], [1, 2, 0, 2]),
+    # odd sizes, rank sweep 1..64
+    ("odd_k2049_r1", 77, 2049, 1, [129], [1, 1, 0, 1]),
+    ("odd_t199_r64", 199, 129, 64, [77, 33, 33], [64, 17, 0, 1]),
+    ("odd_t1_r7", 1, 77, 7, [99, 45], [7, 3, 0, 6]),
+    ("rank32_t33", 33, 256, 32, [64, 64, 64], [32, 31, 0, 16]),
+]
+
+
+def _run_dense(name, T, K, R, widths, ranks, kind, packed, device="cpu",
+               dtype=torch.float32, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    S = len(widths)
+    offs = [0]
+    for w in widths:
+        offs.append(offs[-1] + w)
+    offsets = torch.tensor(offs, dtype=torch.int32, device=device)
+    batch = make_batch(kind, T, ranks, gen, device, every_slot=True)
+    x = randn(T, K, dtype=dtype, device=device, gen=gen)
+    a, b = dense_pool(len(ranks), S, R, K, offs[-1], ranks, packed, dtype, device, gen)
+
+    y = poison(T, S * R, dtype=dtype, device=device)
+    y_ref = y.clone()
+    sgmv_shrink(x, a, y, batch, S, packed)
+    sgmv_shrink_ref(x, a, y_ref, batch, S, packed)
+    assert_close(y, y_ref, dtype)
+
+    # expand accumulates into a strided view of a wider base output
+    base = randn(T, offs[-1] + 5, dtype=dtype, device=device, gen=gen)
+    out, out_ref = base.clone(), base.clone()
+    yin = y_ref.clone()
+    sgmv_expand(yin, b, out[:, 3: 3 + offs[-1]], batch, offsets, offs, packed)
+    sgmv_expand_ref(yin, b, out_ref[:, 3: 3 + offs[-1]], batch, offsets, offs, packed)
+    assert_close(out, out_ref, dtype)
+    assert not torch.equal(out, base), "no row received a LoRA delta: the case tests nothing"
+    assert torch.equal(out[:, :3], base[:, :3]) and torch.equal(out[:, 3 + offs[-1]:], base[:, 3 + offs[-1]:])
+
+    if kind == "tok":
+        out2, out2_ref = base.clone(), base.clone()
+        bgmv_fused(x, a, b, out2, batch, offsets, offs, S, packed)
+        bgmv_fused_ref(x, a, b, out2_ref, batch, offsets, offs, S, packed)
+        assert_close(out2, out2_ref, dtype)
+    return batch
+
+
+@pytest.mark.interp
+@pytest.mark.parametrize("kind", ["seg", "perm", "tok"])
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_dense_vs_ref(case, kind):
+    _run_dense(*case, kind=kind, packed=True)
+
+
+@pytest.mark.interp
+@pytest.mark.parametrize("kind", ["perm", "tok"])
+def test_dense_unpacked_slices(kind):
+    """Slices spaced by the padded max rank (SGLang's MoE pool layout)."""
+    _run_dense("unpacked", 21, 96, 8, [40, 24, 24], [8, 3, 0, 5], kind, packed=False)
+
+
+@pytest.mark.interp
+def test_every_slot_of_a_big_pool():
+    """16 pool slots, all in use in one batch, plus rows with no adapter."""
+    ranks = [(i % 8) + 1 for i in range(16)]
+    _run_dense("pool16", 40, 64, 8, [48, 16], ranks, "seg", packed=True)
+    _run_dense("pool16", 40, 64, 8, [48, 16], ranks, "tok", packed=True)
+
+
+@pytest.mark.interp
+def test_empty_batch_and_no_adapter_rows_untouched():
+    gen = torch.Generator().manual_seed(1)
+    x = randn(6, 32, gen=gen)
+    a, b = dense_pool(2, 1, 4, 32, 16, [4, 4])
+    offsets = torch.tensor([0, 16], dtype=torch.int32)
+    # every row slot -1: nothing is written
+    for batch in (LoraBatch.from_segments([6], [-1], [4, 4], [1.0, 1.0]),
+                  LoraBatch.from_token_slots([-1] * 6, [4, 4], [1.0, 1.0])):
+        y = poison(6, 4)
+        sgmv_shrink(x, a, y, batch)
+        assert torch.isnan(y).all()
+        out = randn(6, 16, gen=gen)
+        before = out.clone()
+        sgmv_expand(randn(6, 4, gen=gen), b, out, batch, offsets)
+        assert torch.equal(out, before)
+    # zero tokens, zero segments
+    empty = LoraBatch.from_segments([], [], [4, 4], [1.0, 1.0])
+    sgmv_shrink(x[:0], a, poison(0, 4), empty)
+    sgmv_expand(poison(0, 4), b, poison(0, 16), empty, offsets)
+
+
+@pytest.mark.parametrize("packed", [True, False])
+@pytest.mark.parametrize("kind", ["seg", "perm", "tok"])
+def test_refs_match_naive_loop(kind, packed):
+    """The references themselves, against a per-row python loop in fp64."""
+    gen = torch.Generator().manual_seed(2)
+    T, K, R, widths, ranks = 11, 9, 4, [5, 3, 3], [4, 2, 0, 1]
+    offs = [0, 5, 8, 11]
+    offsets = torch.tensor(offs, dtype=torch.int32)
+    batch = make_batch(kind, T, ranks, gen, every_slot=True)
+    x = randn(T, K, gen=gen)
+    a, b = dense_pool(4, 3, R, K, 11, ranks, packed, gen=gen)
+    y = poison(T, 3 * R)
+    sgmv_shrink_ref(x, a, y, batch, 3, packed)
+    out = torch.zeros(T, 11)
+    sgmv_expand_ref(y, b, out, batch, offsets, offs, packed)
+    want = naive_lora_delta(x, a, b, batch, offs, packed)
+    assert_close(out, want.float())
+    assert want.abs().sum() > 0
+    # rows without an adapter stay exactly zero / NaN-poisoned
+    for t, s in enumerate(__import__("kernel_cases").naive_rows(batch, T)):
+        if s < 0 or ranks[s] == 0:
+            assert torch.isnan(y[t]).all() and (out[t] == 0).all()
+    if kind == "tok":
+        out2 = torch.zeros(T, 11)
+        bgmv_fused_ref(x, a, b, out2, batch, offsets, offs, 3, packed)
+        assert_close(out2, want.float())
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("kind", ["seg", "perm", "tok"])
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_dense_gpu_bf16(case, kind):
+    _run_dense(*case, kind=kind, packed=True, device="cuda", dtype=torch.bfloat16)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("kind", ["seg", "tok"])
+def test_dense_gpu_decode_big(kind):
+    """Benchmark-sized decode: 64 distinct adapters, rank 16, hidden 4096, qkv."""
+    _run_dense("decode64", 64, 4096, 16, [4096, 1024, 1024], [16] * 64, kind,
+               packed=True, device="cuda", dtype=torch.bfloat16)
