@@ -206,8 +206,9 @@ class Catalog:
                 expect_revision: int | None = None) -> Revision:
         """Import a PEFT folder as the next revision of ``adapter_id`` and make it current.
 
-        Everything is checked before anything is written; blobs are durable
-        before the revision commits. RevisionConflict if this content is
+        Everything is checked before anything is written; blobs are written
+        and fsynced under the write lock, after the conflict checks and before
+        the revision commits (readers are never blocked: WAL). RevisionConflict if this content is
         already a revision of the adapter, or ``expect_revision`` is taken."""
         validate_adapter_id(adapter_id)
         peft = read_peft_folder(folder, self.base)
@@ -226,13 +227,15 @@ class Catalog:
             content_digest=content_digest(files), metadata=dict(metadata or {}))
         json.dumps(record.metadata)  # refuse unserialisable metadata before writing blobs
 
-        def ensure_blobs():  # inside the write transaction: gc may have removed a blob we wrote
+        def ensure_blobs():
+            # Called inside the write transaction, after the conflict checks: a refused
+            # publish writes nothing, and a blob gc removed a moment ago is written again.
             for name, digest in files.items():
                 if not self.blobs.exists(digest):
                     self.blobs.put(payload[name])
+                else:
+                    self.blobs.touch(digest)
 
-        for data in payload.values():
-            self.blobs.put(data)
         rev = self.store.publish(adapter_id, record, expect_revision, ensure_blobs)
         return self.get_revision(adapter_id, rev)
 

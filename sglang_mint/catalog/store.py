@@ -155,8 +155,9 @@ class MetadataStore(abc.ABC):
 
         Raises RevisionConflict when ``expect_revision`` is given and is not the
         next number, or when a revision with the same content_digest exists.
-        ``ensure_blobs()`` is called inside the write transaction, before the
-        commit, to re-check (and rewrite) the blobs that gc may have removed.
+        ``ensure_blobs()`` is called inside the write transaction, after the
+        checks and before the commit: it writes (or re-checks) the blobs, so a
+        refused publish writes nothing and gc cannot remove them meanwhile.
         """
 
     @abc.abstractmethod

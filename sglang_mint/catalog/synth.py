@@ -8,8 +8,8 @@ values = 8 KB plus a ~3 KB safetensors header; 10^6 of them are ~11 GB.
 
 Speed: the safetensors header is identical for every adapter (same names,
 shapes, offsets), so it is built once; each adapter is that header plus its own
-random payload. Adapter i's payload comes from a generator seeded by (seed, i //
-1024), row i % 1024, so the bytes depend only on (seed, i). Blobs of a batch are
+random payload. Adapter i's payload comes from a generator seeded by (seed,
+crc32(prefix), i // 1024), row i % 1024, so the bytes depend only on (seed, prefix, i). Blobs of a batch are
 written without per-file fsync, then one syncfs() makes them durable before
 the batch's single SQLite transaction commits.
 
@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+import zlib
 
 import numpy as np
 
@@ -58,7 +59,7 @@ def adapter_config(base: BaseModel, rank: int, alpha: float) -> bytes:
 class AdapterFactory:
     """Builds adapter i's safetensors bytes: a shared header + a payload seeded by (seed, i)."""
 
-    def __init__(self, base: BaseModel, rank: int = 1, seed: int = 0):
+    def __init__(self, base: BaseModel, rank: int = 1, seed: int = 0, stream: int = 0):
         from safetensors.numpy import save
 
         shapes = lora_shapes(base, rank)
@@ -66,13 +67,13 @@ class AdapterFactory:
         n = int.from_bytes(template[:8], "little")
         self.header = template[:8 + n]
         self.numel = (len(template) - 8 - n) // 2
-        self.seed = seed
+        self.seed, self.stream = seed, stream
         self._batch_index, self._batch = -1, None
 
     def payload(self, i: int) -> bytes:
         b = i // BATCH
         if b != self._batch_index:
-            rng = np.random.default_rng([self.seed, b])
+            rng = np.random.default_rng([self.seed, self.stream, b])
             vals = rng.standard_normal((BATCH, self.numel), dtype=np.float32) * np.float32(0.02)
             self._batch, self._batch_index = vals.astype(np.float16), b
         return self.header + self._batch[i % BATCH].tobytes()
@@ -85,7 +86,8 @@ def synth(cat: Catalog, count: int, prefix: str = "synth/", start: int = 0, rank
         raise ValueError(f"count must be positive, got {count}")
     validate_adapter_id(f"{prefix}{start:07d}")
     validate_adapter_id(f"{prefix}{start + count - 1:07d}")
-    factory = AdapterFactory(cat.base, rank, seed)
+    # The prefix picks the random stream, so 'a/0000001' and 'b/0000001' differ too.
+    factory = AdapterFactory(cat.base, rank, seed, zlib.crc32(prefix.encode()))
     config = adapter_config(cat.base, rank, float(2 * rank))
     config_digest = cat.blobs.put(config)
     shared_files = None

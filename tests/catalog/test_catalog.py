@@ -1,0 +1,202 @@
+"""Publish / rollback / resolve / delete / gc / list semantics, and opening non-catalogs."""
+
+import os
+import sqlite3
+import threading
+
+import pytest
+from conftest import write_peft, written
+
+from sglang_mint.catalog import init_catalog, open_catalog
+from sglang_mint.catalog.errors import (AdapterNotFound, CatalogError, InvalidAdapterId, NotACatalog,
+                                        RevisionConflict, RevisionNotFound)
+
+
+def test_publish_moves_current_and_rollback_moves_it_back(cat, peft):
+    r1 = cat.publish("acme/bot", peft("v1", seed=1), {"step": 1})
+    r2 = cat.publish("acme/bot", peft("v2", seed=2), {"step": 2})
+    r3 = cat.publish("acme/bot", peft("v3", seed=3), {"step": 3})
+    assert [r1.revision, r2.revision, r3.revision] == [1, 2, 3]
+    assert cat.resolve("acme/bot") == r3 and cat.resolve("acme/bot").metadata == {"step": 3}
+    assert cat.rollback("acme/bot").revision == 2
+    assert cat.resolve("acme/bot").revision == 2
+    assert cat.rollback("acme/bot").revision == 1
+    with pytest.raises(RevisionNotFound, match="past its first revision"):
+        cat.rollback("acme/bot")
+    assert cat.rollback("acme/bot", to=3).revision == 3  # a named revision, also forwards
+    with pytest.raises(RevisionNotFound, match="has no revision 9"):
+        cat.rollback("acme/bot", to=9)
+    with pytest.raises(CatalogError, match="already current"):
+        cat.rollback("acme/bot", to=3)
+    cat.rollback("acme/bot", to=1)
+    r4 = cat.publish("acme/bot", peft("v4", seed=4))  # numbers continue after the highest
+    assert r4.revision == 4 and cat.resolve("acme/bot").revision == 4
+    info = cat.get("acme/bot")
+    assert (info.current, info.latest, [r.revision for r in info.revisions]) == (4, 4, [1, 2, 3, 4])
+
+
+def test_same_revision_twice_is_refused(cat, peft):
+    folder = peft("v1", seed=1)
+    cat.publish("a", folder)
+    before = written(cat)
+    with pytest.raises(RevisionConflict, match="revision 1 already has this exact content"):
+        cat.publish("a", folder)
+    with pytest.raises(RevisionConflict, match="revision 1 of 'a' already exists"):
+        cat.publish("a", peft("v2", seed=2), expect_revision=1)
+    with pytest.raises(RevisionConflict, match="the next revision is 2"):
+        cat.publish("a", peft("v2", seed=2), expect_revision=5)
+    assert written(cat) == before
+    assert cat.publish("a", peft("v2", seed=2), expect_revision=2).revision == 2
+    # the same content under another id is fine (and shares its blobs)
+    assert cat.publish("b", folder).revision == 1
+    assert cat.stats()["blobs"] == 3  # one config + two weight files
+
+
+def test_resolve_unknown_invalid_and_deleted(cat, peft):
+    with pytest.raises(AdapterNotFound, match="'nope' is not in the catalog"):
+        cat.resolve("nope")
+    with pytest.raises(InvalidAdapterId):
+        cat.resolve("../etc/passwd")
+    cat.publish("gone", peft("g", seed=1))
+    cat.delete("gone")
+    with pytest.raises(AdapterNotFound):
+        cat.resolve("gone")
+    with pytest.raises(AdapterNotFound):
+        cat.delete("gone")
+    with pytest.raises(AdapterNotFound):
+        cat.rollback("gone")
+    assert cat.get("gone").deleted
+    # publishing the id again revives it and never reuses a number
+    assert cat.publish("gone", peft("g2", seed=2)).revision == 2
+
+
+def test_gc_reclaims_only_unreferenced_blobs(cat, peft):
+    shared = peft("shared", seed=1)
+    cat.publish("a", shared)
+    cat.publish("b", shared)  # same blobs as a
+    cat.publish("c", peft("c", seed=2))
+    old = cat.publish("c", peft("c2", seed=3))  # c@1 is kept for rollback
+    view_a = cat.resolve("a").local_path()
+    assert cat.gc(grace_s=0)["removed_blobs"] == 0
+    cat.delete("a")
+    rep = cat.gc(grace_s=0)
+    assert rep["removed_blobs"] == 0 and rep["purged_revisions"] == 1  # b still holds the shared blobs
+    assert os.path.isdir(view_a)  # the view is still backed by live blobs
+    cat.delete("b")
+    rep = cat.gc(grace_s=0)
+    assert rep["removed_blobs"] == 1 and rep["removed_views"] == 1  # weights only: the config is shared with c
+    assert not os.path.exists(view_a)
+    assert cat.get_revision("c", 1).revision == 1 and cat.resolve("c") == old
+    assert cat.rollback("c").local_path()
+    assert cat.verify()["ok"]
+
+
+def test_gc_respects_grace_for_orphan_files(cat):
+    digest = cat.blobs.put(b"orphan left by a publish killed before its commit")
+    open(os.path.join(cat.blobs.tmp, "partial.123"), "wb").close()
+    assert cat.gc(grace_s=3600)["removed_blobs"] == 0 and cat.blobs.exists(digest)
+    rep = cat.gc(grace_s=0)
+    assert rep["removed_blobs"] == 1 and rep["removed_temp_files"] == 1 and not cat.blobs.exists(digest)
+
+
+def test_publish_rewrites_a_blob_gc_removed_meanwhile(cat, peft, monkeypatch):
+    """gc may delete a blob between our write and our commit; publish re-checks under the lock."""
+    folder = peft("x", seed=5)
+    real_publish = cat.store.publish
+
+    def publish_after_gc(*args):
+        for d in list(cat.blobs.iter_digests()):
+            cat.blobs.delete(d)
+        return real_publish(*args)
+
+    monkeypatch.setattr(cat.store, "publish", publish_after_gc)
+    rev = cat.publish("x", folder)
+    assert all(cat.blobs.exists(d) for d in rev.files.values())
+    assert cat.verify()["ok"]
+
+
+def test_list_prefix_and_pagination(cat, peft):
+    folder = peft("p", rank=1)
+    ids = [f"acme/m{i:02d}" for i in range(25)] + ["acme", "acme0", "acmf/x", "zeta/y", "acm/z"]
+    for i, aid in enumerate(ids):
+        cat.publish_peft(aid, __import__("sglang_mint.catalog.peft_import", fromlist=["x"]).read_peft_folder(
+            folder, cat.base), {"i": i})
+    cat.delete("acme/m03")
+    got, after = [], None
+    while True:
+        page = cat.list("acme/", after=after, limit=7)
+        got += [a.adapter_id for a, _ in page.items]
+        assert all(r.revision == 1 for _, r in page.items)
+        after = page.next_after
+        if after is None:
+            break
+    assert got == [f"acme/m{i:02d}" for i in range(25) if i != 3]
+    assert "acme/m03" in [a.adapter_id for a, _ in cat.list("acme/", limit=100, include_deleted=True).items]
+    assert [a.adapter_id for a, _ in cat.list("", limit=100).items][:2] == ["acm/z", "acme"]
+    assert [a.adapter_id for a, _ in cat.list("acme", limit=3).items] == ["acme", "acme/m00", "acme/m01"]
+    with pytest.raises(CatalogError):
+        cat.list(limit=0)
+
+
+def test_not_a_catalog(tmp_path, base_dir):
+    with pytest.raises(NotACatalog, match="is not a folder"):
+        open_catalog(str(tmp_path / "missing"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(NotACatalog, match="no catalog.db"):
+        open_catalog(str(tmp_path / "empty"))
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "catalog.db").write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(NotACatalog, match="unreadable"):
+        open_catalog(str(tmp_path / "junk"))
+    (tmp_path / "other").mkdir()
+    sqlite3.connect(tmp_path / "other" / "catalog.db").execute("CREATE TABLE t(x)").connection.close()
+    with pytest.raises(NotACatalog, match="unreadable"):
+        open_catalog(str(tmp_path / "other"))
+    assert not os.path.exists(tmp_path / "empty" / "catalog.db")  # opening never creates
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "notes.txt").write_text("hello")
+    with pytest.raises(CatalogError, match="not empty"):
+        init_catalog(str(tmp_path / "busy"), base_dir)
+    c = init_catalog(str(tmp_path / "ok"), base_dir)
+    c.close()
+    with pytest.raises(CatalogError, match="already holds a catalog"):
+        init_catalog(str(tmp_path / "ok"), base_dir)
+
+
+def test_resolve_from_many_threads(cat, peft):
+    for i in range(20):
+        cat.publish(f"t/{i}", peft(f"t{i}", seed=i, rank=1))
+    errors = []
+
+    def work(k):
+        try:
+            for j in range(300):
+                r = cat.resolve(f"t/{(j + k) % 20}")
+                assert r.adapter_id == f"t/{(j + k) % 20}" and r.revision == 1
+            os.listdir(cat.resolve(f"t/{k}").local_path())
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+
+
+def test_verify_finds_corrupt_and_missing_blobs(cat, peft):
+    rev = cat.publish("v", peft("v", seed=9))
+    assert cat.verify()["ok"]
+    weights = rev.files["adapter_model.safetensors"]
+    p = cat.blobs.path(weights)
+    os.chmod(p, 0o644)
+    with open(p, "r+b") as f:
+        f.seek(100)
+        f.write(b"\x00\x01\x02")
+    rep = cat.verify()
+    assert not rep["ok"] and "corrupt" in rep["problems"][0]
+    assert cat.verify(rehash=False)["ok"]
+    os.unlink(p)
+    rep = cat.verify()
+    assert not rep["ok"] and "missing" in rep["problems"][0]
