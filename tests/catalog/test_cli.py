@@ -1,0 +1,95 @@
+"""`mint catalog ...` through a subprocess, with --json."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import write_peft
+
+SUBCOMMANDS = ["init", "import", "publish", "rollback", "show", "list", "stats", "verify", "gc", "synth", "delete"]
+
+
+def mint(*args, check=True):
+    p = subprocess.run([sys.executable, "-m", "sglang_mint.cli", "catalog", *args], capture_output=True, text=True,
+                       timeout=120)
+    if check:
+        assert p.returncode == 0, p.stderr
+    return p
+
+
+def mint_json(*args):
+    return json.loads(mint(*args, "--json").stdout)
+
+
+def test_every_subcommand_has_help():
+    for cmd in SUBCOMMANDS:
+        p = mint(cmd, "--help")
+        assert "--json" in p.stdout and "usage: mint catalog " + cmd in p.stdout
+
+
+def test_cli_end_to_end(tmp_path, base_dir):
+    cat = str(tmp_path / "cat")
+    assert mint_json("init", cat, "--base-model", base_dir)["base_model"]["hidden_size"] == 128
+    folders = [write_peft(tmp_path / "in" / f"ad{i}", seed=i, rank=2) for i in range(3)]
+    p = mint("import", cat, "--from-dir", str(tmp_path / "in"), "--namespace", "acme", "--json")
+    assert [r["adapter_id"] for r in json.loads(p.stdout)["imported"]] == ["acme/ad0", "acme/ad1", "acme/ad2"]
+    assert "3/3" in p.stderr  # the progress bar goes to stderr, stdout stays JSON
+    v2 = write_peft(tmp_path / "v2", seed=50, rank=2)
+    r = mint_json("publish", cat, "acme/ad0", v2, "--metadata", '{"step": 1200, "eval": 0.81}')
+    assert (r["revision"], r["metadata"]) == (2, {"step": 1200, "eval": 0.81})
+    show = mint_json("show", cat, "acme/ad0")
+    assert (show["current"], [x["revision"] for x in show["revisions"]]) == (2, [1, 2])
+    assert mint_json("rollback", cat, "acme/ad0")["revision"] == 1
+    assert mint_json("show", cat, "acme/ad0", "--revision", "2")["metadata"]["step"] == 1200
+    page = mint_json("list", cat, "--prefix", "acme/", "--limit", "2")
+    assert [i["adapter_id"] for i in page["items"]] == ["acme/ad0", "acme/ad1"] and page["next_after"] == "acme/ad1"
+    page = mint_json("list", cat, "--prefix", "acme/", "--after", "acme/ad1")
+    assert [i["adapter_id"] for i in page["items"]] == ["acme/ad2"] and page["next_after"] is None
+    assert mint_json("stats", cat)["adapters"] == 3
+    mint_json("delete", cat, "acme/ad2")
+    gc = mint_json("gc", cat, "--grace", "0")
+    assert gc["purged_revisions"] == 1 and gc["removed_blobs"] == 1
+    assert mint_json("verify", cat)["ok"]
+    human = mint("show", cat, "acme/ad0").stdout
+    assert "* acme/ad0@1" in human and "  acme/ad0@2" in human
+
+
+def test_cli_synth_says_which_mode(tmp_path, base_dir):
+    cat = str(tmp_path / "cat")
+    real = mint_json("synth", cat, "--base-model", base_dir, "--count", "50", "--no-progress")
+    assert real["mode"] == "real" and real["count"] == 50
+    shared = mint("synth", cat, "--count", "3000", "--prefix", "meta/", "--shared-payload", "--no-progress").stdout
+    assert "MODE: shared-payload" in shared and "not distinct adapters" in shared
+    stats = mint_json("stats", cat)
+    assert stats["adapters"] == 3050 and stats["blobs"] == 52  # 50 + 1 shared payload + 1 config
+
+
+@pytest.mark.parametrize("args, words", [
+    (["show", "{cat}", "nope"], "'nope' is not in the catalog"),
+    (["show", "{cat}", "../x"], "'..' segment"),
+    (["rollback", "{cat}", "a"], "past its first revision"),
+    (["publish", "{cat}", "a", "{bad}"], "rank r must be a positive integer"),
+    (["publish", "{cat}", "a", "{good}"], "already has this exact content"),
+    (["stats", "{tmp}"], "is not a catalog"),
+    (["publish", "{cat}", "b", "{good}", "--metadata", "[1]"], "--metadata must be a JSON object"),
+])
+def test_cli_errors_exit_2_with_message(tmp_path, base_dir, args, words):
+    cat = str(tmp_path / "cat")
+    mint("init", cat, "--base-model", base_dir)
+    good = write_peft(tmp_path / "good", rank=1)
+    mint("publish", cat, "a", good)
+    bad = write_peft(tmp_path / "bad", rank=1, config={"r": 0})
+    p = mint(*[a.format(cat=cat, bad=bad, good=good, tmp=str(tmp_path)) for a in args], check=False)
+    assert p.returncode == 2 and p.stderr.startswith("mint: error: ") and words in p.stderr, p.stderr
+
+
+def test_verify_exit_code_1_on_problems(tmp_path, base_dir):
+    cat = str(tmp_path / "cat")
+    mint("init", cat, "--base-model", base_dir)
+    r = mint_json("publish", cat, "a", write_peft(tmp_path / "a", rank=1))
+    blob = os.path.join(cat, "blobs", r["files"]["adapter_model.safetensors"][:2], r["files"]["adapter_model.safetensors"])
+    os.unlink(blob)
+    p = mint("verify", cat, check=False)
+    assert p.returncode == 1 and "missing" in p.stdout

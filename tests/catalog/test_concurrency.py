@@ -1,0 +1,139 @@
+"""Readers in other processes never see a half-published revision; kill -9 mid-publish leaves a consistent catalog."""
+
+import json
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+PRELUDE = f"""
+import hashlib, io, json, os, sys, time
+sys.path.insert(0, {HERE!r})
+from safetensors.numpy import save
+from conftest import peft_tensors
+from sglang_mint.catalog import open_catalog
+from sglang_mint.catalog.peft_import import check_peft_bytes
+
+def adapter(cat, seed, rank=1):
+    cfg = json.dumps({{"peft_type": "LORA", "r": rank, "lora_alpha": 2, "target_modules":
+                      ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]}}).encode()
+    return check_peft_bytes(cfg, save(peft_tensors(rank=rank, seed=seed)), cat.base, f"seed{{seed}}")
+"""
+
+WRITER = PRELUDE + """
+cat = open_catalog(sys.argv[1])
+n = int(sys.argv[2])
+for k in range(1, n + 1):
+    cat.publish_peft("hot", adapter(cat, 1000 + k), {"k": k})
+    if k % 7 == 0:               # move current back and forth too
+        cat.rollback("hot")
+        cat.rollback("hot", to=k)
+print("done", flush=True)
+"""
+
+READER = PRELUDE + """
+cat = open_catalog(sys.argv[1])
+deadline = time.time() + float(sys.argv[2])
+seen, errors, n = set(), [], 0
+while time.time() < deadline or len(seen) < 2:
+    try:
+        r = cat.resolve("hot")
+    except Exception as exc:  # before the first publish
+        if type(exc).__name__ != "AdapterNotFound":
+            errors.append(repr(exc))
+        continue
+    n += 1
+    seen.add(r.revision)
+    if r.metadata.get("k") != r.revision:
+        errors.append(f"revision {r.revision} carries metadata of {r.metadata}")
+    for name, digest in r.files.items():
+        if not cat.blobs.exists(digest):
+            errors.append(f"revision {r.revision}: blob {digest} missing")
+    if n % 25 == 0:
+        path = r.local_path()
+        data = open(os.path.join(path, "adapter_model.safetensors"), "rb").read()
+        if hashlib.sha256(data).hexdigest() != r.files["adapter_model.safetensors"]:
+            errors.append(f"revision {r.revision}: view bytes differ from blob")
+    if time.time() > deadline + 20:
+        break
+    time.sleep(0.0005)  # two shared cores: leave the writer room
+print(json.dumps({"resolves": n, "revisions_seen": len(seen), "errors": errors[:5]}), flush=True)
+"""
+
+KILLED_WRITER = PRELUDE + """
+cat = open_catalog(sys.argv[1])
+base = int(sys.argv[2])
+k = 0
+while True:
+    k += 1
+    cat.publish_peft(f"k/{k % 3}", adapter(cat, base + k), {"k": k})
+    if k % 5 == 0:
+        try:
+            cat.rollback(f"k/{k % 3}")
+        except Exception:
+            pass
+    print(k, flush=True)
+"""
+
+
+def _script(tmp_path, name, text):
+    p = tmp_path / name
+    p.write_text(textwrap.dedent(text))
+    return str(p)
+
+
+def test_readers_never_see_half_published_revisions(cat, tmp_path):
+    cat.close()
+    writer = _script(tmp_path, "writer.py", WRITER)
+    reader = _script(tmp_path, "reader.py", READER)
+    readers = [subprocess.Popen([sys.executable, reader, cat.path, "2"], stdout=subprocess.PIPE, text=True)
+               for _ in range(2)]
+    w = subprocess.run([sys.executable, writer, cat.path, "21"], capture_output=True, text=True, timeout=120)
+    assert w.returncode == 0, w.stderr
+    for p in readers:
+        out, _ = p.communicate(timeout=120)
+        rep = json.loads(out)
+        assert rep["errors"] == [], rep
+        assert rep["revisions_seen"] >= 2 and rep["resolves"] > 0  # they really ran during the publishes
+    from sglang_mint.catalog import open_catalog
+    with open_catalog(cat.path) as c:
+        assert c.resolve("hot").revision == 21
+        assert c.verify()["ok"]
+
+
+def test_kill_9_during_publish_loop_leaves_catalog_consistent(cat, tmp_path):
+    cat.close()
+    script = _script(tmp_path, "killed.py", KILLED_WRITER)
+    rng = random.Random(1234)
+    published = 0
+    for run in range(5):
+        p = subprocess.Popen([sys.executable, script, cat.path, str(100000 * (run + 1))],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        first = p.stdout.readline()  # imported and published once: now kill at a random moment
+        assert first.strip(), p.stderr.read()
+        time.sleep(rng.uniform(0.0, 0.25))
+        os.kill(p.pid, signal.SIGKILL)
+        p.wait()
+        published += 1 + len(p.stdout.read().split())
+    assert published >= 5
+    db = sqlite3.connect(os.path.join(cat.path, "catalog.db"))
+    assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    db.close()
+    from sglang_mint.catalog import open_catalog
+    with open_catalog(cat.path) as c:
+        rep = c.verify()
+        assert rep["ok"], rep["problems"]
+        for i in range(3):
+            info = c.get(f"k/{i}")
+            for r in info.revisions:  # no revision points at a missing blob
+                assert all(c.blobs.exists(d) for d in r.files.values())
+            assert c.resolve(f"k/{i}").revision in [r.revision for r in info.revisions]
+        c.gc(grace_s=0)  # crash leftovers (orphan blobs, temp files) go; nothing referenced does
+        rep = c.verify()
+        assert rep["ok"] and rep["unreferenced_blobs"] == 0 and rep["temp_files"] == 0, rep

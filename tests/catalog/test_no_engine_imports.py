@@ -1,0 +1,33 @@
+"""The catalog works with sglang and torch unimportable."""
+
+import subprocess
+import sys
+
+CODE = r"""
+import sys
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("sglang", "torch", "triton"):
+            raise ImportError(f"blocked: {name}")
+sys.meta_path.insert(0, Block())
+sys.path.insert(0, sys.argv[1])
+import sglang_mint.catalog, sglang_mint.catalog.cli, sglang_mint.catalog.synth
+from conftest import write_base, write_peft
+from sglang_mint.catalog import init_catalog
+from sglang_mint.catalog.synth import synth
+import tempfile, os
+d = tempfile.mkdtemp()
+cat = init_catalog(os.path.join(d, "cat"), write_base(os.path.join(d, "tiny")))
+cat.publish("a", write_peft(os.path.join(d, "a")))
+synth(cat, 10, progress=False)
+assert cat.resolve("synth/0000009").local_path()
+assert not [m for m in sys.modules if m.split(".")[0] in ("sglang", "torch")]
+print("ok")
+"""
+
+
+def test_catalog_imports_without_sglang_or_torch():
+    import os
+    p = subprocess.run([sys.executable, "-c", CODE, os.path.dirname(os.path.abspath(__file__))],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0 and p.stdout.strip() == "ok", p.stderr
