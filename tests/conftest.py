@@ -1,0 +1,21 @@
+"""Shared fixtures: the tiny model and adapters, built once per test session."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    from sglang_mint.dev.tiny import write_tiny_llama
+
+    return write_tiny_llama(tmp_path_factory.mktemp("tiny-model"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_adapters(tiny_model, tmp_path_factory):
+    """{adapter_id: folder} for three PEFT adapters of different ranks and targets."""
+    from sglang_mint.dev.tiny import adapter_name, write_tiny_adapters
+
+    paths = write_tiny_adapters(tiny_model, tmp_path_factory.mktemp("tiny-adapters"), count=3, seed=0)
+    return {adapter_name(i): p for i, p in enumerate(paths)}

@@ -1,0 +1,127 @@
+"""The adapter id in `model`, end to end: real SGLang on CPU with --enable-mint."""
+
+from __future__ import annotations
+
+import sys
+
+import openai
+import pytest
+from transformers import AutoTokenizer
+
+from sglang_mint.dev.reference import run_reference
+
+PROMPT = "the quick brown fox and the lazy dog"
+MAX_TOKENS = 6
+TOL = 1e-4
+
+
+def complete(client, model, prompt=PROMPT, max_tokens=MAX_TOKENS):
+    r = client.completions.create(
+        model=model, prompt=prompt, max_tokens=max_tokens, temperature=0, logprobs=1,
+        extra_body={"return_token_ids": True},
+    )
+    choice = r.choices[0]
+    return choice.model_extra["token_ids"], choice.logprobs.token_logprobs, r
+
+
+@pytest.fixture(scope="module")
+def prompt_ids(tiny_model):
+    return AutoTokenizer.from_pretrained(tiny_model)(PROMPT)["input_ids"]
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_model, tiny_adapters, prompt_ids):
+    """HF+PEFT fp32 greedy tokens/logprobs for the base model and each adapter."""
+    names = [None, *tiny_adapters]
+    jobs = [{"adapter": str(tiny_adapters[n]) if n else None, "prompt_ids": prompt_ids, "max_tokens": MAX_TOKENS}
+            for n in names]
+    return dict(zip(names, run_reference(sys.executable, tiny_model, jobs)))
+
+
+def assert_matches(tokens, logprobs, ref):
+    assert tokens == ref["tokens"]
+    assert logprobs == pytest.approx(ref["logprobs"], abs=TOL)
+
+
+@pytest.mark.parametrize("form", ["bare", "served"])
+def test_adapter_id_in_model_matches_hf_peft(mint_client, tiny_adapters, reference, prompt_ids, form):
+    for adapter_id in tiny_adapters:
+        model = adapter_id if form == "bare" else f"tiny:{adapter_id}"
+        tokens, logprobs, r = complete(mint_client, model)
+        assert r.usage.prompt_tokens == len(prompt_ids)
+        assert_matches(tokens, logprobs, reference[adapter_id])
+
+
+def test_served_name_alone_is_the_base_model(mint_client, reference):
+    tokens, logprobs, _ = complete(mint_client, "tiny")
+    assert_matches(tokens, logprobs, reference[None])
+
+
+def test_adapters_change_the_output(reference, tiny_adapters):
+    # Guards the test above: if adapters were no-ops, matching would prove nothing.
+    base = reference[None]
+    for adapter_id in tiny_adapters:
+        assert reference[adapter_id]["logprobs"] != pytest.approx(base["logprobs"], abs=1e-3)
+
+
+def test_chat_completions_select_the_adapter(mint_client, tiny_model, tiny_adapters):
+    adapter_id = next(iter(tiny_adapters))
+    messages = [{"role": "user", "content": "hello world"}]
+    ids = AutoTokenizer.from_pretrained(tiny_model).apply_chat_template(
+        messages, add_generation_prompt=True, tokenize=True
+    )["input_ids"]
+    [ref] = run_reference(sys.executable, tiny_model, [
+        {"adapter": str(tiny_adapters[adapter_id]), "prompt_ids": ids, "max_tokens": MAX_TOKENS},
+    ])
+    for model in (adapter_id, f"tiny:{adapter_id}"):
+        r = mint_client.chat.completions.create(
+            model=model, messages=messages, max_tokens=MAX_TOKENS, temperature=0, logprobs=True,
+            extra_body={"return_token_ids": True, "ignore_eos": True},
+        )
+        choice = r.choices[0]
+        assert r.usage.prompt_tokens == len(ids)
+        assert choice.model_extra["response_token_ids"] == ref["tokens"]
+        assert [c.logprob for c in choice.logprobs.content] == pytest.approx(ref["logprobs"], abs=TOL)
+
+
+def test_unknown_adapter_is_404_naming_the_id(mint_client):
+    for model in ("no-such-adapter", "tiny:no-such-adapter", "acme/no-such-adapter"):
+        with pytest.raises(openai.NotFoundError) as exc:
+            complete(mint_client, model)
+        assert exc.value.status_code == 404
+        assert model.removeprefix("tiny:") in str(exc.value)
+    with pytest.raises(openai.NotFoundError):
+        mint_client.chat.completions.create(
+            model="no-such-adapter", messages=[{"role": "user", "content": "hi"}], max_tokens=2
+        )
+
+
+@pytest.mark.parametrize("model, complaint", [
+    ("", "empty"),
+    ("tiny:", "names no adapter"),
+    ("a" * 257, "257 characters"),
+    ("bad\x01id", "control character"),
+    ("../x", "'..' segment"),
+    ("tiny:../etc/passwd", "'..' segment"),
+    ("/etc/passwd", "starts with '/'"),
+    ("other-model:a1", "not the served model name"),
+])
+def test_malformed_id_is_400(mint_client, model, complaint):
+    with pytest.raises(openai.BadRequestError) as exc:
+        complete(mint_client, model)
+    assert exc.value.status_code == 400
+    assert complaint in str(exc.value)
+
+
+def test_server_keeps_serving_after_bad_requests(mint_client, reference, tiny_adapters):
+    for bad in ("nope", "../x", ""):
+        with pytest.raises(openai.APIStatusError):
+            complete(mint_client, bad)
+    adapter_id = next(iter(tiny_adapters))
+    tokens, logprobs, _ = complete(mint_client, adapter_id)
+    assert_matches(tokens, logprobs, reference[adapter_id])
+
+
+def test_settings_reached_the_scheduler_process(mint_client, mint_server):
+    complete(mint_client, "tiny")
+    assert "sglang-mint enabled in scheduler process" in mint_server.log_path.read_text()

@@ -1,0 +1,108 @@
+"""The plugin's registration and launch flags, checked in a fresh interpreter.
+
+Each check runs in a subprocess: loading SGLang's plugins applies hooks to the
+process, which must not leak into the test runner.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+
+def run_py(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=300)
+
+
+def test_entry_point_is_discoverable():
+    from importlib.metadata import entry_points
+
+    eps = {ep.name: ep for ep in entry_points(group="sglang.srt.plugins")}
+    assert eps["mint"].value == "sglang_mint.sglang:register"
+    assert eps["mint"].load().__module__ == "sglang_mint.sglang"
+
+
+@pytest.fixture(scope="module")
+def flag_results(tiny_model, tmp_path_factory):
+    """Parse a set of command lines with SGLang's own parser, plugins loaded once."""
+    catalog_dir = tmp_path_factory.mktemp("catalog-dir")
+    cases = {
+        "stock": ["--model-path", str(tiny_model)],
+        "mint": ["--model-path", str(tiny_model), "--enable-lora", "--enable-mint", "--lora-backend", "mint",
+                 "--mint-catalog", str(catalog_dir)],
+        "catalog_without_mint": ["--model-path", str(tiny_model), "--mint-catalog", str(catalog_dir)],
+        "mint_without_lora": ["--model-path", str(tiny_model), "--enable-mint"],
+        "missing_catalog": ["--model-path", str(tiny_model), "--enable-lora", "--enable-mint",
+                            "--mint-catalog", str(catalog_dir / "nope")],
+        "bad_backend": ["--model-path", str(tiny_model), "--lora-backend", "nonsense"],
+    }
+    proc = run_py(f"""
+        import contextlib, io, json, pickle
+        from sglang.srt.plugins import load_plugins
+        from sglang.srt.plugins.hook_registry import HookRegistry
+        load_plugins()
+        import sglang_mint.sglang as glue
+        n_hooks = sum(len(v) for v in HookRegistry._hooks.values())
+        glue.register()  # a second call must add nothing
+        idempotent = n_hooks == sum(len(v) for v in HookRegistry._hooks.values())
+        from sglang.srt.server_args import prepare_server_args
+        from sglang.srt.lora.backend.lora_registry import get_backend_from_name
+        out = {{"idempotent": idempotent, "backend_name": get_backend_from_name("mint").name}}
+        for name, argv in {json.dumps(cases)}.items():
+            err = io.StringIO()
+            try:
+                with contextlib.redirect_stderr(err):
+                    args = prepare_server_args(argv)
+                mint = pickle.loads(pickle.dumps(args))._mint  # as a spawned process sees it
+                out[name] = {{"ok": True, "mint": None if mint is None else vars(mint)}}
+            except SystemExit as e:
+                out[name] = {{"ok": False, "error": str(e.code) + err.getvalue()}}
+        print("RESULT" + json.dumps(out))
+    """)
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT")]
+    assert line, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return json.loads(line[0][len("RESULT"):]), str(catalog_dir)
+
+
+def test_register_is_idempotent(flag_results):
+    results, _ = flag_results
+    assert results["idempotent"] is True
+
+
+def test_mint_backend_is_registered(flag_results):
+    results, _ = flag_results
+    assert results["backend_name"] == "mint"
+
+
+def test_without_flag_the_plugin_is_off(flag_results):
+    results, _ = flag_results
+    assert results["stock"] == {"ok": True, "mint": None}
+
+
+def test_flags_reach_subprocess_copies_of_server_args(flag_results):
+    results, catalog_dir = flag_results
+    assert results["mint"] == {"ok": True, "mint": {"catalog": catalog_dir}}
+
+
+@pytest.mark.parametrize("case, message", [
+    ("catalog_without_mint", "--mint-catalog requires --enable-mint"),
+    ("mint_without_lora", "--enable-mint needs LoRA on"),
+    ("missing_catalog", "no such folder"),
+    ("bad_backend", "invalid choice"),
+])
+def test_bad_flags_are_clear_errors(flag_results, case, message):
+    results, _ = flag_results
+    assert results[case]["ok"] is False
+    assert message in results[case]["error"]
+
+
+def test_help_lists_the_flags():
+    proc = subprocess.run([sys.executable, "-m", "sglang.launch_server", "--help"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for text in ("--enable-mint", "--mint-catalog", "sglang-mint", "mint}"):
+        assert text in proc.stdout
