@@ -15,7 +15,7 @@ from sglang_mint.errors import MintError
 
 # (module, group name). A group module defines add_commands(subparsers).
 COMMAND_GROUPS = [
-    ("sglang_mint.dev.cli", "dev"),
+    ("sglang_mint.dev.cli", "dev"),  # also `mint demo`
     ("sglang_mint.catalog.cli", "catalog"),
 ]
 

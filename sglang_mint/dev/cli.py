@@ -8,6 +8,11 @@ import os
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
+    demo = subparsers.add_parser(
+        "demo", help="start real SGLang on CPU with --enable-mint and query adapters by id (`make demo`)"
+    )
+    demo.set_defaults(func=_demo)
+
     dev = subparsers.add_parser("dev", help="development helpers: tiny models, adapters, CPU environment")
     sub = dev.add_subparsers(dest="dev_command", metavar="DEV_COMMAND")
     sub.required = True
@@ -61,3 +66,9 @@ def _cpu_env(args) -> int:
     before = dict(os.environ)
     print(shell_exports(before, cpu_server_env(before)))
     return 0
+
+
+def _demo(args) -> int:
+    from sglang_mint.dev.demo import run_demo
+
+    return run_demo()

@@ -1,0 +1,32 @@
+# sglang-mint: two commands.
+#   make demo   real SGLang on CPU serving LoRA adapters by id (installs what it needs)
+#   make test   the test suite (installs what it needs)
+#
+# The virtualenv lives under $(MINT_CACHE_DIR), keyed by the hash of
+# requirements.lock: a fresh machine gets a full install (about 4 minutes,
+# 11 GB: sglang brings CUDA builds of torch and friends, which also run on
+# CPU), later runs and other clones reuse it.
+
+PYTHON ?= python3
+MINT_CACHE_DIR ?= $(HOME)/.cache/sglang-mint
+LOCK_HASH := $(shell sha256sum requirements.lock | cut -c1-16)
+VENV := $(MINT_CACHE_DIR)/venv-$(LOCK_HASH)
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test
+
+setup:
+	@if [ ! -f "$(VENV)/.complete" ]; then \
+		echo "==> building virtualenv $(VENV) from requirements.lock"; \
+		rm -rf "$(VENV)" && \
+		$(PYTHON) -m venv "$(VENV)" && \
+		"$(VENV)/bin/pip" install --quiet --disable-pip-version-check -r requirements.lock && \
+		touch "$(VENV)/.complete" || { rm -rf "$(VENV)"; exit 1; }; \
+	fi
+	@"$(VENV)/bin/pip" install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+
+demo: setup
+	"$(VENV)/bin/mint" demo
+
+test: setup
+	"$(VENV)/bin/pytest" -q $(PYTEST_ARGS)
