@@ -21,11 +21,13 @@ def make_batch(kind, T, ranks, gen, device="cpu", every_slot=False):
         slots = torch.randint(-1, n_slots, (T,), generator=gen)
         if every_slot and T >= n_slots + 1:
             slots[: n_slots + 1] = torch.arange(-1, n_slots)
+        else:
+            slots[-1] = 0                             # at least one live row
         return LoraBatch.from_token_slots(slots, ranks, scalings, device)
     n_seg = max(1, min(T, n_slots + 1))
     cuts = sorted(torch.randperm(max(T - 1, 1), generator=gen)[: n_seg - 1].add(1).tolist())
     lens = [b - a for a, b in zip([0] + cuts, cuts + [T])]
-    slots = list(range(-1, n_slots)) if every_slot else torch.randint(
+    slots = list(range(n_slots)) + [-1] if every_slot else torch.randint(
         -1, n_slots, (len(lens),), generator=gen).tolist()
     slots = (slots * len(lens))[: len(lens)]
     lens.insert(len(lens) // 2, 0)                # an empty segment
