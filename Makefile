@@ -11,6 +11,10 @@ PYTHON ?= python3
 MINT_CACHE_DIR ?= $(HOME)/.cache/sglang-mint
 LOCK_HASH := $(shell sha256sum requirements.lock | cut -c1-16)
 VENV := $(MINT_CACHE_DIR)/venv-$(LOCK_HASH)
+# The editable install of this checkout, redone when setup.py or the checkout's path changes.
+# (Build isolation stays on: without it setuptools would import the `kernels` package that
+# sglang depends on, and this repository's kernels/ folder shadows it.)
+EDITABLE_STAMP := $(VENV)/.editable-$(shell (cat setup.py; pwd) | sha256sum | cut -c1-16)
 PYTEST_ARGS ?=
 
 .PHONY: setup demo test
@@ -23,7 +27,11 @@ setup:
 		"$(VENV)/bin/pip" install --quiet --disable-pip-version-check -r requirements.lock && \
 		touch "$(VENV)/.complete" || { rm -rf "$(VENV)"; exit 1; }; \
 	fi
-	@"$(VENV)/bin/pip" install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	@if [ ! -f "$(EDITABLE_STAMP)" ]; then \
+		rm -f "$(VENV)"/.editable-* && \
+		"$(VENV)/bin/pip" install --quiet --disable-pip-version-check --no-deps -e . && \
+		touch "$(EDITABLE_STAMP)"; \
+	fi
 
 demo: setup
 	"$(VENV)/bin/mint" demo

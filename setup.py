@@ -20,6 +20,7 @@ setup(
     install_requires=[
         "sglang==0.5.23",
         "safetensors",
+        "numpy",
     ],
     extras_require={
         "test": ["pytest", "peft", "openai"],
