@@ -7,9 +7,36 @@ attaches it to the server arguments, which SGLang hands to every process.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 
+from sglang_mint.catalog.ids import validate_adapter_id
 from sglang_mint.errors import MintError
+
+DEFAULT_HOST_CACHE_BYTES = 4 << 30
+DEFAULT_LOAD_WORKERS = 2
+
+_UNITS = {
+    "": 1, "b": 1,
+    "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9, "t": 10**12, "tb": 10**12,
+    "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40,
+}
+_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*\Z")
+
+
+def parse_bytes(text: str) -> int:
+    """``"8GiB"`` -> 8589934592, ``"512MB"`` -> 512000000, ``"1024"`` -> 1024."""
+    m = _SIZE.match(str(text))
+    unit = m.group(2).lower() if m else None
+    if m is None or unit not in _UNITS:
+        raise MintError(
+            f"{text!r} is not a size; expected a number with an optional unit "
+            "(B, KB, MB, GB, TB, KiB, MiB, GiB, TiB), e.g. 8GiB"
+        )
+    value = int(float(m.group(1)) * _UNITS[unit])
+    if value <= 0:
+        raise MintError(f"size {text!r} must be positive")
+    return value
 
 
 @dataclass(frozen=True)
@@ -17,12 +44,37 @@ class MintConfig:
     """Settings every process of a server with ``--enable-mint`` shares."""
 
     catalog: str | None = None
+    host_cache_bytes: int = DEFAULT_HOST_CACHE_BYTES
+    pinned: tuple[str, ...] = field(default_factory=tuple)
+    load_workers: int = DEFAULT_LOAD_WORKERS
 
     @classmethod
-    def from_flags(cls, catalog: str | None = None) -> "MintConfig":
+    def from_flags(cls, catalog: str | None = None, host_cache: str | None = None,
+                   pin: list[str] | None = None, load_workers: int | None = None) -> "MintConfig":
         """Validate the flags' values; raise MintError naming the flag at fault."""
         if catalog is not None:
             catalog = os.path.abspath(catalog)
             if not os.path.isdir(catalog):
                 raise MintError(f"--mint-catalog {catalog}: no such folder")
-        return cls(catalog=catalog)
+            from sglang_mint.catalog import open_catalog
+
+            try:
+                open_catalog(catalog).close()
+            except MintError as exc:
+                raise MintError(f"--mint-catalog {catalog}: {exc}") from None
+        try:
+            size = parse_bytes(host_cache) if host_cache is not None else DEFAULT_HOST_CACHE_BYTES
+        except MintError as exc:
+            raise MintError(f"--mint-host-cache-bytes: {exc}") from None
+        pinned = []
+        for adapter_id in pin or []:
+            try:
+                pinned.append(validate_adapter_id(adapter_id))
+            except MintError as exc:
+                raise MintError(f"--mint-pin: {exc}") from None
+        workers = DEFAULT_LOAD_WORKERS if load_workers is None else load_workers
+        if not 1 <= workers <= 64:
+            raise MintError(f"--mint-load-workers must be 1 to 64, got {workers}")
+        if (host_cache is not None or pin or load_workers is not None) and catalog is None:
+            raise MintError("--mint-host-cache-bytes, --mint-pin and --mint-load-workers need --mint-catalog")
+        return cls(catalog=catalog, host_cache_bytes=size, pinned=tuple(pinned), load_workers=workers)

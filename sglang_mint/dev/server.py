@@ -52,7 +52,9 @@ class SGLangServer:
         served_name: str = "tiny",
         lora_paths: dict[str, str | Path] | None = None,
         enable_mint: bool = True,
+        enable_lora: bool = True,
         lora_backend: str = "torch_native",
+        env: dict[str, str] | None = None,
         extra_args: list[str] | None = None,
         log_path: str | Path | None = None,
         python: str = sys.executable,
@@ -65,8 +67,9 @@ class SGLangServer:
             "--model-path", str(model),
             "--served-model-name", served_name,
             "--host", "127.0.0.1", "--port", str(self.port),
-            *LORA_FLAGS, "--lora-backend", lora_backend,
         ]
+        if enable_lora:
+            args += [*LORA_FLAGS, "--lora-backend", lora_backend]
         if not has_gpu_driver():
             args += CPU_FLAGS
         if lora_paths:
@@ -78,6 +81,7 @@ class SGLangServer:
             log_path = Path(tempfile.mkdtemp(prefix="sglang-mint-")) / "server.log"
         self.log_path = Path(log_path)
         self.start_timeout = start_timeout
+        self.env = cpu_server_env({**os.environ, **(env or {})})
         self.proc: subprocess.Popen | None = None
         self.start_seconds: float | None = None
 
@@ -101,7 +105,7 @@ class SGLangServer:
         log = open(self.log_path, "w")
         # Own process group: stop() ends the launcher and every process it spawned.
         self.proc = subprocess.Popen(
-            self.args, stdout=log, stderr=subprocess.STDOUT, env=cpu_server_env(), start_new_session=True
+            self.args, stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True
         )
         log.close()
         deadline = t0 + self.start_timeout

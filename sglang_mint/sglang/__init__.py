@@ -24,9 +24,11 @@ def register() -> None:
         return
     _registered = True
 
-    from sglang_mint.sglang import backend, cpu_compat, flags, openai_model
+    from sglang_mint.sglang import backend, cpu_compat, flags, frontend, openai_model, residency
 
     flags.register_hooks()
     cpu_compat.register_hooks()
     backend.register_backend()
     openai_model.register_hooks()
+    frontend.register_hooks()
+    residency.register_hooks()

@@ -52,8 +52,30 @@ def add_mint_arguments(parser: argparse.ArgumentParser) -> None:
         "--mint-catalog",
         metavar="PATH",
         default=None,
-        help="Adapter catalog folder (made by `mint catalog init`) whose adapters become "
-        "addressable by id. Requires --enable-mint.",
+        help="Adapter catalog folder (made by `mint catalog init`): every adapter in it is "
+        "addressable by id; one that is not in memory is loaded in the background while other "
+        "requests keep running. Requires --enable-mint.",
+    )
+    group.add_argument(
+        "--mint-host-cache-bytes",
+        metavar="SIZE",
+        default=None,
+        help="Host memory for catalog adapters, e.g. 8GiB or 512MB (default 4GiB). Least recently "
+        "used adapters that no request uses are evicted beyond it.",
+    )
+    group.add_argument(
+        "--mint-pin",
+        metavar="ID",
+        nargs="+",
+        default=None,
+        help="Catalog adapter ids never evicted from host memory.",
+    )
+    group.add_argument(
+        "--mint-load-workers",
+        metavar="N",
+        type=int,
+        default=None,
+        help="Background threads per scheduler that read adapters from disk (default 2).",
     )
     # `--lora-backend mint`: SGLang's parser fixes the choices, so extend them.
     for action in parser._actions:
@@ -71,15 +93,20 @@ def _after_add_cli_args(result, parser, *args, **kwargs):
 def _after_from_cli_args(server_args, cls, namespace, *args, **kwargs):
     enabled = getattr(namespace, "enable_mint", False)
     catalog = getattr(namespace, "mint_catalog", None)
+    cache_flags = {
+        "host_cache": getattr(namespace, "mint_host_cache_bytes", None),
+        "pin": getattr(namespace, "mint_pin", None),
+        "load_workers": getattr(namespace, "mint_load_workers", None),
+    }
     if not enabled:
-        if catalog is not None:
-            raise SystemExit("error: --mint-catalog requires --enable-mint")
+        if catalog is not None or any(v is not None for v in cache_flags.values()):
+            raise SystemExit("error: --mint-catalog and the other --mint-* flags require --enable-mint")
         server_args._mint = None
         return server_args
     if not (server_args.enable_lora or server_args.lora_paths):
         raise SystemExit("error: --enable-mint needs LoRA on: add --enable-lora (or --lora-paths)")
     try:
-        server_args._mint = MintConfig.from_flags(catalog=catalog)
+        server_args._mint = MintConfig.from_flags(catalog=catalog, **cache_flags)
     except MintError as exc:
         raise SystemExit(f"error: {exc}") from None
     return server_args

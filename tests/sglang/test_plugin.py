@@ -29,11 +29,24 @@ def test_entry_point_is_discoverable():
 @pytest.fixture(scope="module")
 def flag_results(tiny_model, tmp_path_factory):
     """Parse a set of command lines with SGLang's own parser, plugins loaded once."""
-    catalog_dir = tmp_path_factory.mktemp("catalog-dir")
+    from sglang_mint.catalog import init_catalog
+
+    catalog_dir = tmp_path_factory.mktemp("catalog-dir") / "catalog"
+    init_catalog(catalog_dir, tiny_model).close()
+    not_a_catalog = tmp_path_factory.mktemp("not-a-catalog")
     cases = {
         "stock": ["--model-path", str(tiny_model)],
         "mint": ["--model-path", str(tiny_model), "--enable-lora", "--enable-mint", "--lora-backend", "mint",
-                 "--mint-catalog", str(catalog_dir)],
+                 "--mint-catalog", str(catalog_dir), "--mint-host-cache-bytes", "64MiB", "--mint-pin", "a", "b/c",
+                 "--mint-load-workers", "3"],
+        "not_a_catalog": ["--model-path", str(tiny_model), "--enable-lora", "--enable-mint",
+                          "--mint-catalog", str(not_a_catalog)],
+        "bad_size": ["--model-path", str(tiny_model), "--enable-lora", "--enable-mint",
+                     "--mint-catalog", str(catalog_dir), "--mint-host-cache-bytes", "lots"],
+        "bad_pin": ["--model-path", str(tiny_model), "--enable-lora", "--enable-mint",
+                    "--mint-catalog", str(catalog_dir), "--mint-pin", "../x"],
+        "cache_without_catalog": ["--model-path", str(tiny_model), "--enable-lora", "--enable-mint",
+                                  "--mint-host-cache-bytes", "1GiB"],
         "catalog_without_mint": ["--model-path", str(tiny_model), "--mint-catalog", str(catalog_dir)],
         "mint_without_lora": ["--model-path", str(tiny_model), "--enable-mint"],
         "missing_catalog": ["--model-path", str(tiny_model), "--enable-lora", "--enable-mint",
@@ -58,7 +71,7 @@ def flag_results(tiny_model, tmp_path_factory):
                 with contextlib.redirect_stderr(err):
                     args = prepare_server_args(argv)
                 mint = pickle.loads(pickle.dumps(args))._mint  # as a spawned process sees it
-                out[name] = {{"ok": True, "mint": None if mint is None else vars(mint)}}
+                out[name] = {{"ok": True, "mint": None if mint is None else dict(vars(mint), pinned=list(mint.pinned))}}
             except SystemExit as e:
                 out[name] = {{"ok": False, "error": str(e.code) + err.getvalue()}}
         print("RESULT" + json.dumps(out))
@@ -85,14 +98,19 @@ def test_without_flag_the_plugin_is_off(flag_results):
 
 def test_flags_reach_subprocess_copies_of_server_args(flag_results):
     results, catalog_dir = flag_results
-    assert results["mint"] == {"ok": True, "mint": {"catalog": catalog_dir}}
+    assert results["mint"] == {"ok": True, "mint": {
+        "catalog": catalog_dir, "host_cache_bytes": 64 << 20, "pinned": ["a", "b/c"], "load_workers": 3}}
 
 
 @pytest.mark.parametrize("case, message", [
-    ("catalog_without_mint", "--mint-catalog requires --enable-mint"),
+    ("catalog_without_mint", "require --enable-mint"),
     ("mint_without_lora", "--enable-mint needs LoRA on"),
     ("missing_catalog", "no such folder"),
     ("bad_backend", "invalid choice"),
+    ("not_a_catalog", "--mint-catalog"),
+    ("bad_size", "--mint-host-cache-bytes: 'lots' is not a size"),
+    ("bad_pin", "--mint-pin: adapter id '../x'"),
+    ("cache_without_catalog", "need --mint-catalog"),
 ])
 def test_bad_flags_are_clear_errors(flag_results, case, message):
     results, _ = flag_results
@@ -104,5 +122,5 @@ def test_help_lists_the_flags():
     proc = subprocess.run([sys.executable, "-m", "sglang.launch_server", "--help"],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    for text in ("--enable-mint", "--mint-catalog", "sglang-mint", "mint}"):
+    for text in ("--enable-mint", "--mint-catalog", "--mint-host-cache-bytes", "--mint-pin", "sglang-mint", "mint}"):
         assert text in proc.stdout

@@ -1,0 +1,100 @@
+"""Catalog adapters in the tokenizer manager, and the ``/mint/status`` endpoint.
+
+``model="acme/bot"`` resolves the adapter's current revision in the catalog
+at arrival (one indexed lookup) and becomes the LoRA name ``acme/bot@3``; the
+request is served by that revision even if a publish lands while it runs.
+The name is registered in SGLang's LoRA registry with
+``lora_id = "mint:acme/bot@3"`` and no load request: the scheduler loads it
+in the background when the request reaches admission (``residency.py``).
+"""
+
+from __future__ import annotations
+
+from fastapi.responses import ORJSONResponse
+from sglang.srt.lora.lora_registry import LoRARef
+from sglang.srt.plugins.hook_registry import HookRegistry, HookType
+
+from sglang_mint.catalog import open_catalog
+from sglang_mint.sglang.flags import mint_config
+from sglang_mint.sglang.residency import mint_lora_id
+
+TOKENIZER_MANAGER = "sglang.srt.managers.tokenizer_manager.TokenizerManager"
+HTTP_SERVER = "sglang.srt.entrypoints.http_server"
+
+
+def register_hooks() -> None:
+    HookRegistry.register(f"{TOKENIZER_MANAGER}.init_lora", _after_init_lora, HookType.AFTER)
+    HookRegistry.register(f"{TOKENIZER_MANAGER}._resolve_lora_path", _around_tm_resolve_lora_path, HookType.AROUND)
+    HookRegistry.register(f"{HTTP_SERVER}.launch_server", _before_launch_server, HookType.BEFORE)
+
+
+class CatalogFrontend:
+    """The tokenizer manager's view of the catalog."""
+
+    def __init__(self, catalog_path: str):
+        self.catalog = open_catalog(catalog_path)
+        self.resolves = 0
+
+    def lora_name(self, adapter_id: str) -> str:
+        """The LoRA name of the adapter's current revision; AdapterNotFound if unknown or deleted."""
+        rev = self.catalog.resolve(adapter_id)
+        self.resolves += 1
+        return f"{adapter_id}@{rev.revision}"
+
+    async def register(self, registry, lora_path) -> None:
+        names = [lora_path] if isinstance(lora_path, str) else [p for p in (lora_path or []) if p]
+        for name in names:
+            if "@" not in name or name in registry._registry:
+                continue
+            adapter_id, revision = name.rsplit("@", 1)
+            ref = LoRARef(lora_id=mint_lora_id(adapter_id, int(revision)), lora_name=name,
+                          lora_path=f"mint-catalog:{name}", pinned=False)
+            try:
+                await registry.register(ref)
+            except ValueError:
+                pass  # another request registered it first
+
+
+def catalog_frontend(tokenizer_manager) -> CatalogFrontend | None:
+    return getattr(tokenizer_manager, "_mint_frontend", None)
+
+
+def _after_init_lora(result, tm, *args, **kwargs):
+    config = mint_config(tm.server_args)
+    if config is not None and config.catalog is not None:
+        tm._mint_frontend = CatalogFrontend(config.catalog)
+    return result
+
+
+async def _around_tm_resolve_lora_path(original, tm, obj):
+    frontend = catalog_frontend(tm)
+    if frontend is not None:
+        await frontend.register(tm.lora_registry, obj.lora_path)
+    return await original(tm, obj)
+
+
+def _before_launch_server(server_args, *args, **kwargs):
+    if mint_config(server_args) is None:
+        return None
+    from sglang.srt.entrypoints import http_server
+
+    app = http_server.app
+    if not any(getattr(r, "path", None) == "/mint/status" for r in app.routes):
+        app.add_api_route("/mint/status", _mint_status, methods=["GET"])
+    return None
+
+
+async def _mint_status():
+    from sglang.srt.entrypoints.http_server import _global_state
+
+    tm = _global_state.tokenizer_manager
+    frontend = catalog_frontend(tm)
+    states = await tm.get_internal_state()
+    schedulers = [s.get("mint") for s in states if s.get("mint") is not None]
+    body = {
+        "catalog": None if frontend is None else str(frontend.catalog.path),
+        "resolves": 0 if frontend is None else frontend.resolves,
+        "registered_names": tm.lora_registry.num_registered_loras,
+        "schedulers": schedulers,
+    }
+    return ORJSONResponse(body)

@@ -1,0 +1,223 @@
+"""Catalog adapters in the scheduler: loaded in the background, installed in O(1).
+
+A request for catalog adapter ``acme/bot`` at revision 3 reaches the scheduler
+with ``lora_id = "mint:acme/bot@3"`` (the tokenizer manager registers that id
+without asking the scheduler to load anything). At admission
+(``Scheduler.can_schedule_lora_req``) an id the LoRA manager does not hold
+starts a background read (``ColdLoader``) and the request stays in the
+waiting queue, where SGLang skips it (``continue``) and admits the requests
+behind it. Each loop iteration hands finished reads to the LoRA manager: three
+dict assignments, what SGLang's own ``_load_lora_adapter`` does after its disk
+read. A failed read fails only that adapter's requests, with its reason.
+Host memory is bounded by ``HostLRU``; SGLang keeps its own policy for the
+GPU slots.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+
+from sglang_mint.catalog import open_catalog
+from sglang_mint.config import MintConfig
+from sglang_mint.residency import ColdLoader, HostLRU, LoadResult
+
+logger = logging.getLogger("sglang_mint")
+
+MINT_ID_PREFIX = "mint:"
+FAILURE_MEMORY_S = 10.0  # a failed revision is retried by requests arriving after this
+MAX_FAILURES_KEPT = 10_000
+
+
+def mint_lora_id(adapter_id: str, revision: int) -> str:
+    return f"{MINT_ID_PREFIX}{adapter_id}@{revision}"
+
+
+def parse_mint_lora_id(lora_id: str) -> tuple[str, int]:
+    """``"mint:acme/bot@3"`` -> ``("acme/bot", 3)`` (ids never contain '@')."""
+    adapter_id, revision = lora_id[len(MINT_ID_PREFIX):].rsplit("@", 1)
+    return adapter_id, int(revision)
+
+
+def is_mint_lora_id(lora_id) -> bool:
+    return isinstance(lora_id, str) and lora_id.startswith(MINT_ID_PREFIX)
+
+
+def adapter_nbytes(adapter) -> int:
+    tensors = [t for layer in adapter.layers for t in layer.weights.values()]
+    tensors += list(adapter.embedding_layers.values()) + list(adapter.added_tokens_embeddings.values())
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+class SchedulerResidency:
+    """The catalog adapters one scheduler process holds in host memory."""
+
+    def __init__(self, scheduler, config: MintConfig):
+        self.scheduler = scheduler
+        self.manager = scheduler.tp_worker.model_runner.lora_manager
+        self.catalog = open_catalog(config.catalog)
+        self.lru = HostLRU(config.host_cache_bytes, pinned=config.pinned,
+                           group_of=lambda lora_id: parse_mint_lora_id(lora_id)[0])
+        self.loader = ColdLoader(self._read, workers=config.load_workers)
+        self.failures: OrderedDict[str, tuple[float, str]] = OrderedDict()
+        self.installed_total = 0
+        self.hits = 0
+        self.misses = 0
+        self.load_seconds: list[float] = []  # recent cold-read durations, for /mint/status
+
+    # -- on a worker thread ------------------------------------------------
+    def _read(self, lora_id: str):
+        from sglang.srt.lora.lora import LoRAAdapter
+        from sglang.srt.lora.lora_config import LoRAConfig
+        from sglang.srt.lora.lora_registry import LoRARef
+
+        adapter_id, revision = parse_mint_lora_id(lora_id)
+        rev = self.catalog.get_revision(adapter_id, revision)
+        path = str(rev.local_path())
+        ref = LoRARef(lora_id=lora_id, lora_name=f"{adapter_id}@{revision}", lora_path=path, pinned=False)
+        mgr = self.manager
+        config = LoRAConfig(path, base_vocab_size=mgr.base_hf_config.vocab_size)
+        if config.lora_added_tokens_size > 0:
+            raise ValueError("adapters that add tokens to the vocabulary are not supported")
+        if config.use_dora:
+            raise ValueError("DoRA adapters are not supported")
+        if not mgr.memory_pool.can_support(config):
+            raise ValueError(
+                f"rank {config.r} or target modules {sorted(config.target_modules)} do not fit the server's "
+                "LoRA pool (--max-lora-rank, --lora-target-modules)"
+            )
+        adapter = LoRAAdapter(lora_id, config, mgr.base_hf_config, mgr.load_config, mgr.lora_backend,
+                              base_model=mgr.base_model)
+        adapter.initialize_weights()
+        return ref, config, adapter, adapter_nbytes(adapter)
+
+    # -- on the scheduler loop ---------------------------------------------
+    def install_ready(self) -> None:
+        """Hand finished reads to the LoRA manager (O(1) each), then evict beyond the budget."""
+        results = self.loader.ready()
+        if not results:
+            return
+        for result in results:
+            if result.ok:
+                self._install(result)
+            else:
+                self._remember_failure(result)
+        self._evict()
+
+    def _install(self, result: LoadResult) -> None:
+        ref, config, adapter, nbytes = result.value
+        mgr = self.manager
+        if ref.lora_id in mgr.loras:  # installed meanwhile (cannot happen with one loader; cheap to guard)
+            return
+        mgr.configs[ref.lora_id] = config
+        mgr.loras[ref.lora_id] = adapter
+        mgr.lora_refs[ref.lora_id] = ref
+        self.lru.loaded(ref.lora_id, nbytes)
+        self.installed_total += 1
+        self.load_seconds.append(result.load_seconds)
+        del self.load_seconds[:-1024]
+
+    def _remember_failure(self, result: LoadResult) -> None:
+        adapter_id, revision = parse_mint_lora_id(result.key)
+        reason = f"{type(result.error).__name__}: {result.error}"
+        message = f"adapter {adapter_id!r} (revision {revision}) could not be loaded: {reason}"
+        logger.error(message)
+        self.failures[result.key] = (time.monotonic(), message)
+        while len(self.failures) > MAX_FAILURES_KEPT:
+            self.failures.popitem(last=False)
+
+    def _in_use(self) -> set:
+        s = self.scheduler
+        ids = {req.lora_id for req in s.waiting_queue}
+        if s.running_batch is not None:
+            ids.update(req.lora_id for req in s.running_batch.reqs)
+        return ids
+
+    def _evict(self) -> None:
+        victims = self.lru.evictions(self._in_use())
+        for lora_id in victims:
+            ref = self.manager.lora_refs.get(lora_id)
+            if ref is not None:
+                self.manager.unload_lora_adapter(ref)
+            self.lru.evicted(lora_id)
+
+    def admit(self, req) -> bool | None:
+        """Admission for a catalog adapter's request: None = ask SGLang, False = wait."""
+        lora_id = req.lora_id
+        self.install_ready()
+        if lora_id in self.manager.loras:
+            self.lru.touched(lora_id)
+            return None
+        failure = self.failures.get(lora_id)
+        if failure is not None:
+            failed_at, message = failure
+            if time.monotonic() - failed_at < FAILURE_MEMORY_S:
+                # Finish it with the reason; it runs as a one-token base-model prefill.
+                req.set_finish_with_abort(message, status_code=422, err_type="AdapterLoadError")
+                req.lora_id = None
+                return True
+            del self.failures[lora_id]
+        if self.loader.request(lora_id):
+            self.misses += 1
+        return False
+
+    def status(self) -> dict:
+        return {
+            "resident": len(self.lru),
+            "host_bytes": self.lru.bytes,
+            "host_budget_bytes": self.lru.budget_bytes,
+            "loading": self.loader.inflight,
+            "cold_loads": self.installed_total,
+            "failed_loads": self.loader.failed_total,
+            "evictions": self.lru.evictions_total,
+        }
+
+
+# -- hooks ---------------------------------------------------------------------
+SCHEDULER = "sglang.srt.managers.scheduler.Scheduler"
+
+
+def register_hooks() -> None:
+    from sglang.srt.plugins.hook_registry import HookRegistry, HookType
+
+    HookRegistry.register(f"{SCHEDULER}.__init__", _after_scheduler_init, HookType.AFTER)
+    HookRegistry.register(f"{SCHEDULER}.can_schedule_lora_req", _around_can_schedule_lora_req, HookType.AROUND)
+    HookRegistry.register(f"{SCHEDULER}.ingest_requests", _after_ingest_requests, HookType.AFTER)
+    HookRegistry.register(f"{SCHEDULER}.get_internal_state", _after_get_internal_state, HookType.AFTER)
+
+
+def residency_of(scheduler) -> SchedulerResidency | None:
+    return getattr(scheduler, "_mint_residency", None)
+
+
+def _after_scheduler_init(result, scheduler, *args, **kwargs):
+    from sglang_mint.sglang.flags import mint_config
+
+    config = mint_config(scheduler.server_args)
+    if config is not None and config.catalog is not None and scheduler.enable_lora:
+        scheduler._mint_residency = SchedulerResidency(scheduler, config)
+    return result
+
+
+def _around_can_schedule_lora_req(original, scheduler, req, running_loras):
+    residency = residency_of(scheduler)
+    if residency is not None and is_mint_lora_id(req.lora_id):
+        decision = residency.admit(req)
+        if decision is not None:
+            return decision
+    return original(scheduler, req, running_loras)
+
+
+def _after_ingest_requests(result, scheduler, *args, **kwargs):
+    residency = residency_of(scheduler)
+    if residency is not None:
+        residency.install_ready()
+    return result
+
+
+def _after_get_internal_state(result, scheduler, *args, **kwargs):
+    residency = residency_of(scheduler)
+    if residency is not None:
+        result.internal_state["mint"] = residency.status()
+    return result
