@@ -17,6 +17,7 @@ from sglang_mint.errors import MintError
 COMMAND_GROUPS = [
     ("sglang_mint.dev.cli", "dev"),  # also `mint demo`
     ("sglang_mint.catalog.cli", "catalog"),
+    ("sglang_mint.packed.cli", "pack"),
 ]
 
 

@@ -1,0 +1,367 @@
+"""PEFT folder -> packed tensors (the fused form of format.py), and back.
+
+Accepted MoE expert layouts (all become 3D ``experts.<proj>`` tensors):
+
+* per expert: ``...mlp.experts.7.gate_proj.lora_A.weight`` [r, in] (also w1/w3/w2);
+* 3D packed: ``...mlp.experts.gate_proj.lora_A.weight`` [E, r, in], B [E, out, r],
+  shared-outer [1, r, in];
+* PEFT 0.21 fused experts (transformers 5 MoE parameters, ``target_parameters``):
+  ``...mlp.experts.base_layer.lora_A.weight`` [E*R, in] and ``...lora_B.weight``
+  [out, R*E] for the first target parameter, ``...experts.lora_A.weight`` for
+  the last (PEFT nests one ParamWrapper per parameter; with
+  target_parameters ['gate_up_proj', 'down_proj'] the inner ``base_layer`` is
+  gate_up_proj). PEFT's own reshape: A3 = A.reshape(E, R, in), B3 =
+  B.reshape(out, R, E).permute(2, 0, 1). A fused gate_up_proj has ONE A for
+  both halves, so it fills both A slices (gate and up) and B goes whole.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+
+import torch
+
+from sglang_mint.packed.format import PackedError
+from sglang_mint.packed.writer import DTYPE_NAMES
+
+CONFIG = "adapter_config.json"
+WEIGHTS = "adapter_model.safetensors"
+
+# member -> (fused name, slice index, slices). Fused only when slice 0 is present.
+FUSE = {
+    "q_proj": ("qkv_proj", 0, 3), "k_proj": ("qkv_proj", 1, 3), "v_proj": ("qkv_proj", 2, 3),
+    "gate_proj": ("gate_up_proj", 0, 2), "up_proj": ("gate_up_proj", 1, 2),
+    "q_a_proj": ("fused_qkv_a_proj_with_mqa", 0, 2), "kv_a_proj_with_mqa": ("fused_qkv_a_proj_with_mqa", 1, 2),
+}
+# a missing member is zeros shaped like this sibling (SGLang does the same)
+ZERO_LIKE = {"k_proj": "v_proj", "v_proj": "k_proj", "up_proj": "gate_proj"}
+W_NAMES = {"w1": "gate_proj", "w3": "up_proj", "w2": "down_proj"}
+_KEY = re.compile(r"^(?P<mod>.+)\.lora_(?P<ab>[AB])\.weight$")
+_EXPERT = re.compile(r"^(?P<pre>.*\.experts)\.(?P<e>\d+)\.(?P<proj>[A-Za-z0-9_]+)$")
+_PEFT_FUSED = re.compile(r"^(?P<pre>.*\.experts)(?P<depth>(?:\.base_layer)*)$")
+_LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.")
+
+
+class Member:
+    """One source module (A and B) and where it goes in a stored module."""
+
+    def __init__(self, stored: str, slot: int, slices: int, expert: int | None, layout: str, rank: int):
+        self.stored, self.slot, self.slices, self.expert, self.layout, self.rank = stored, slot, slices, expert, layout, rank
+        self.src: dict[str, str] = {}          # "A"/"B" -> source key
+        self.t: dict[str, torch.Tensor] = {}    # "A"/"B" -> tensor (3D for experts after reshape)
+
+
+def _pattern_value(patterns: dict, name: str, default):
+    for key, val in (patterns or {}).items():
+        if re.match(rf"(.*\.)?({key})$", name):
+            return val
+    return default
+
+
+def _fused_params(parent: str, params: list[str], tensors: dict, where: str) -> list[str]:
+    """Which target parameter each nesting depth of PEFT's fused experts holds.
+
+    adapter_config.json lists target_parameters as a set (order varies between
+    saves), so the shapes decide: gate_up_proj's A reads the hidden size that
+    down_proj's B writes, and its B writes twice what down_proj's A reads.
+    """
+    depths = []
+    while f"{parent}{'.base_layer' * len(depths)}.lora_A.weight" in tensors:
+        depths.append(f"{parent}{'.base_layer' * len(depths)}")
+    if len(depths) != len(params):
+        raise PackedError(f"{where}: {parent} has {len(depths)} fused-expert wrappers, target_parameters lists {params}")
+    if sorted(params) != ["down_proj", "gate_up_proj"]:
+        return list(reversed(params))  # one parameter, or names we cannot tell apart by shape
+    (a0, b0), (a1, b1) = [(tensors[d + ".lora_A.weight"], tensors[d + ".lora_B.weight"]) for d in depths]
+    if a0.shape[1] == b1.shape[0] and b0.shape[0] == 2 * a1.shape[1]:
+        return ["gate_up_proj", "down_proj"]
+    if a1.shape[1] == b0.shape[0] and b1.shape[0] == 2 * a0.shape[1]:
+        return ["down_proj", "gate_up_proj"]
+    raise PackedError(f"{where}: cannot tell gate_up_proj from down_proj under {parent} by their shapes")
+
+
+def read_peft(folder: str) -> tuple[dict, dict[str, torch.Tensor]]:
+    from safetensors.torch import load_file
+
+    cfg_path, w_path = os.path.join(folder, CONFIG), os.path.join(folder, WEIGHTS)
+    if not os.path.isfile(cfg_path) or not os.path.isfile(w_path):
+        raise PackedError(f"{folder}: not a PEFT folder (needs {CONFIG} and {WEIGHTS})")
+    with open(cfg_path) as f:
+        cfg = json.load(f)
+    if str(cfg.get("peft_type", "")).upper() != "LORA":
+        raise PackedError(f"{cfg_path}: peft_type {cfg.get('peft_type')!r} is not LORA")
+    if cfg.get("use_rslora") or cfg.get("use_dora"):
+        raise PackedError(f"{cfg_path}: rsLoRA/DoRA adapters are not supported")
+    try:
+        tensors = load_file(w_path)
+    except Exception as exc:  # safetensors raises its own error types
+        raise PackedError(f"{w_path}: unreadable safetensors ({exc})") from None
+    return cfg, tensors
+
+
+def _members(cfg: dict, tensors: dict[str, torch.Tensor], where: str) -> dict[str, Member]:
+    """Map every source module to a Member keyed by (stored, slot, expert)."""
+    r0, a0 = int(cfg["r"]), float(cfg["lora_alpha"])
+    params = list(cfg.get("target_parameters") or [])
+    out: dict[str, Member] = {}
+    scales = {}
+    for key, t in tensors.items():
+        m = _KEY.match(key)
+        if not m:
+            raise PackedError(f"{where}: tensor {key} is not <module>.lora_A/B.weight")
+        mod, ab = m["mod"], m["ab"]
+        parts = mod.split(".")
+        parts[-1] = W_NAMES.get(parts[-1], parts[-1])
+        mod = ".".join(parts)
+        expert, layout = None, "plain"
+        fused = _PEFT_FUSED.match(mod) if params else None
+        if fused:  # PEFT fused experts: which parameter is told by the nesting depth
+            depth = fused["depth"].count(".base_layer")
+            parent = fused["pre"]
+            param = _fused_params(parent, params, tensors, where)[depth]
+            leaf = param
+            pname = f"{parent}.{param}"
+            rank = int(_pattern_value(cfg.get("rank_pattern"), pname, r0))
+            alpha = float(_pattern_value(cfg.get("alpha_pattern"), pname, a0))
+            layout = "peft_experts_" + ab
+        else:
+            e = _EXPERT.match(mod)
+            if e:
+                parent, leaf, expert = e["pre"], e["proj"], int(e["e"])
+            else:
+                parent, _, leaf = mod.rpartition(".")
+            rank = int(_pattern_value(cfg.get("rank_pattern"), mod, r0))
+            alpha = float(_pattern_value(cfg.get("alpha_pattern"), mod, a0))
+        scales[key] = alpha / rank
+        if leaf == "gate_up_proj" and layout.startswith("peft"):
+            slots = [("gate_up_proj", 0, 2), ("gate_up_proj", 1, 2)]
+        elif leaf in FUSE:
+            slots = [FUSE[leaf]]
+        else:
+            slots = [(leaf, 0, 1)]
+        for name, slot, n in slots:
+            stored = f"{parent}.{name}"
+            mk = f"{stored}|{slot}|{expert}"
+            mem = out.setdefault(mk, Member(stored, slot, n, expert, layout, rank))
+            mem.src[ab] = key
+            mem.t[ab] = t
+    if len({round(s, 12) for s in scales.values()}) > 1:
+        raise PackedError(f"{where}: modules have different alpha/r scalings; one adapter scaling is required")
+    for mem in out.values():
+        if set(mem.t) != {"A", "B"}:
+            raise PackedError(f"{where}: {mem.stored} has lora_{''.join(mem.t)} but not both A and B")
+    return out, (next(iter(scales.values())) if scales else a0 / r0)
+
+
+def _member_views(mem: Member) -> tuple[torch.Tensor, torch.Tensor]:
+    """(A, B) as [(E,) r, in] and [(E,) out, r] views of the source tensors."""
+    A, B = mem.t["A"], mem.t["B"]
+    if mem.layout.startswith("peft"):
+        R = mem.rank
+        if A.dim() != 2 or B.dim() != 2 or A.shape[0] % R or A.shape[0] != B.shape[1]:
+            raise PackedError(f"fused experts {mem.src['A']}: shapes {tuple(A.shape)}/{tuple(B.shape)} do not fit rank {R}")
+        E = A.shape[0] // R
+        A3, B3 = A.reshape(E, R, A.shape[1]), B.reshape(B.shape[0], R, E).permute(2, 0, 1)
+        if mem.slices == 2:  # fused gate_up_proj: one A for both halves, B [E, 2*inter, R] split in two
+            half = B3.shape[1] // 2
+            B3 = B3[:, mem.slot * half:(mem.slot + 1) * half]
+        return A3, B3
+    return A, B
+
+
+def pack_tensors(cfg: dict, tensors: dict[str, torch.Tensor], where: str, num_experts: int | None = None,
+                 kv_out: int | None = None):
+    """Returns (stored list in pool order, mint dict without base, packed adapter_config)."""
+    members, scale = _members(cfg, tensors, where)
+    dtypes = {t.dtype for t in tensors.values()}
+    if len(dtypes) != 1 or next(iter(dtypes)) not in DTYPE_NAMES:
+        raise PackedError(f"{where}: tensors must share one of F32/F16/BF16, found {sorted(map(str, dtypes))}")
+    dtype = next(iter(dtypes))
+    R = max(m.rank for m in members.values())
+
+    groups: dict[str, list[Member]] = {}
+    for m in members.values():
+        groups.setdefault(m.stored, []).append(m)
+    for name in list(groups):  # k/v without q, up without gate, kv_a without q_a: keep them unfused
+        mems = groups[name]
+        if mems[0].slices > 1 and not any(m.slot == 0 for m in mems):
+            del groups[name]
+            for m in mems:
+                m.stored, m.slot, m.slices = f"{name.rsplit('.', 1)[0]}.{_member_leaf(name, m.slot)}", 0, 1
+                groups.setdefault(m.stored, []).append(m)
+    stored: list[tuple[str, torch.Tensor]] = []
+    tmap: dict[str, dict] = {}
+    for name, mems in groups.items():
+        _build(name, mems, mems[0].slices, R, dtype, num_experts, where, stored, tmap, kv_out)
+    stored.sort(key=lambda kv: _order(kv[0]))
+    mint = {"rank": R, "alpha": scale * R, "dtype": DTYPE_NAMES[dtype], "tensors": tmap,
+            "peft_config": cfg, "target_modules": _targets(members)}
+    pcfg = {k: v for k, v in cfg.items() if k not in ("rank_pattern", "alpha_pattern", "target_parameters")}
+    pcfg.update(r=R, lora_alpha=scale * R, target_modules=mint["target_modules"])
+    return stored, mint, pcfg
+
+
+def _member_leaf(fused: str, slot: int) -> str:
+    leaf = fused.rsplit(".", 1)[1]
+    return next(k for k, v in FUSE.items() if v[0] == leaf and v[1] == slot)
+
+
+def _order(name: str):
+    m = _LAYER.search(name)
+    return (0, int(m.group(1)), name) if m else (1, 0, name)
+
+
+def _targets(members: dict[str, Member]) -> list[str]:
+    out = set()
+    for m in members.values():
+        leaf = m.stored.rsplit(".", 1)[1]
+        out.update([k for k, v in FUSE.items() if v[0] == leaf] or [leaf])
+    return sorted(out)
+
+
+def _build(name, mems, n, R, dtype, num_experts, where, stored, tmap, kv_out=None):
+    by_slot: dict[int, dict[int | None, Member]] = {}
+    for m in mems:
+        by_slot.setdefault(m.slot, {})[m.expert] = m
+    views = {m: _member_views(m) for m in mems}
+    # expert dimension: None (dense), or E
+    per_expert = any(m.expert is not None for m in mems)
+    E = None
+    if per_expert:
+        if any(m.expert is None for m in mems):
+            raise PackedError(f"{where}: {name} mixes per-expert and whole-module tensors")
+        for slot, d in by_slot.items():
+            want = num_experts or (max(d) + 1)
+            missing = sorted(set(range(want)) - set(d))
+            if missing or max(d) >= want:
+                raise PackedError(f"{where}: {name} slot {slot} is missing expert(s) {missing[:8]} "
+                                  f"(has {len(d)} of {want})")
+        E = num_experts or (max(max(d) for d in by_slot.values()) + 1)
+    if not per_expert:  # 3D: A and B may differ (shared-outer [1, ...] on one side)
+        lead_a = {tuple(views[m][0].shape[:-2]) for m in mems}
+        lead_b = {tuple(views[m][1].shape[:-2]) for m in mems}
+        if len(lead_a) != 1 or len(lead_b) != 1 or len(next(iter(lead_a))) != len(next(iter(lead_b))):
+            raise PackedError(f"{where}: {name} members disagree on the expert dimension")
+    # shapes per slot: (in, out); from any member of the slot
+    shape = {}
+    for slot, d in by_slot.items():
+        a, b = views[next(iter(d.values()))]
+        shape[slot] = (a.shape[-1], b.shape[-2])
+    for slot in range(n):
+        if slot not in shape:
+            sib = ZERO_LIKE.get(_member_leaf(name, slot))
+            sib_slot = FUSE[sib][1] if sib else None
+            if sib_slot not in shape and kv_out and _member_leaf(name, slot) in ("k_proj", "v_proj") and 0 in shape:
+                shape[slot] = (shape[0][0], kv_out)
+                continue
+            if sib_slot not in shape:
+                raise PackedError(f"{where}: {name} lacks slice {slot} and has nothing to size it by")
+            shape[slot] = shape[sib_slot]
+    ins = {s[0] for s in shape.values()}
+    if len(ins) != 1:
+        raise PackedError(f"{where}: {name} members have different input widths {sorted(ins)}")
+    din = ins.pop()
+    outs = [shape[s][1] for s in range(n)]
+    lead_a, lead_b = ([E], [E]) if per_expert else (list(next(iter(lead_a))), list(next(iter(lead_b))))
+    A = torch.zeros(lead_a + [n * R, din], dtype=dtype)
+    B = torch.zeros(lead_b + [sum(outs), R], dtype=dtype)
+    partsA, partsB = [], []
+    off = [sum(outs[:s]) for s in range(n)]
+    for m in mems:
+        a, b = views[m]
+        r = a.shape[-2]
+        if b.shape[-1] != r or r > R:
+            raise PackedError(f"{where}: {m.src['A']} rank {r} and B rank {b.shape[-1]} disagree")
+        ex = m.expert
+        dA = A[ex] if ex is not None else A
+        dB = B[ex] if ex is not None else B
+        boxA = [[0, d] for d in a.shape[:-2]] + [[m.slot * R, m.slot * R + r], [0, din]]
+        boxB = [[0, d] for d in b.shape[:-2]] + [[off[m.slot], off[m.slot] + b.shape[-2]], [0, r]]
+        if a.dim() == 3 and a.shape[0] != dA.shape[0]:
+            raise PackedError(f"{where}: {m.src['A']} has {a.shape[0]} experts, {name} has {dA.shape[0]}")
+        dA[tuple(slice(*x) for x in boxA)] = a
+        dB[tuple(slice(*x) for x in boxB)] = b
+        partsA.append({"src": m.src["A"], "expert": ex, "box": boxA, "layout": "peft_experts_A" if m.layout.startswith("peft") else "plain"})
+        if m.layout.startswith("peft") and m.slices == 2:  # fused gate_up: B listed once, both halves
+            if m.slot == 0:
+                full = [[0, d] for d in b.shape[:-2]] + [[0, sum(outs)], [0, r]]
+                partsB.append({"src": m.src["B"], "expert": ex, "box": full, "layout": "peft_experts_B"})
+        else:
+            partsB.append({"src": m.src["B"], "expert": ex, "box": boxB, "layout": "peft_experts_B" if m.layout.startswith("peft") else "plain"})
+    suffix = ".lora_{}.weight"
+    stored.append((name + suffix.format("A"), A))
+    stored.append((name + suffix.format("B"), B))
+    tmap[name + suffix.format("A")] = {"slices": n, "parts": partsA}
+    tmap[name + suffix.format("B")] = {"slices": n, "parts": partsB}
+
+
+def unpack_tensors(mint: dict, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Every source tensor, bit-exact, from the stored tensors and the part map."""
+    out = {}
+    for name, info in mint["tensors"].items():
+        t = tensors[name]
+        for p in info["parts"]:
+            if p["src"] in out:
+                continue
+            v = t[p["expert"]] if p["expert"] is not None else t
+            v = v[tuple(slice(*x) for x in p["box"])]
+            if p["layout"] == "peft_experts_A":
+                v = v.reshape(-1, v.shape[-1])
+            elif p["layout"] == "peft_experts_B":
+                v = v.permute(1, 2, 0).reshape(v.shape[1], -1)
+            out[p["src"]] = v.contiguous().clone()
+    return out
+
+
+def base_identity(model_dir: str) -> dict:
+    """What a packed file records about its base model (from config.json)."""
+    with open(os.path.join(model_dir, "config.json")) as f:
+        c = json.load(f)
+    c = c.get("text_config", c)
+    ident = {"name": os.path.basename(os.path.normpath(model_dir))}
+    for k in ("model_type", "hidden_size", "num_hidden_layers", "vocab_size"):
+        if k in c:
+            ident[k] = c[k]
+    heads = c.get("num_attention_heads")
+    if heads and c.get("hidden_size"):  # k_proj/v_proj width, to zero-fill them under a q_proj-only adapter
+        ident["kv_out"] = c.get("num_key_value_heads", heads) * (c.get("head_dim") or c["hidden_size"] // heads)
+    experts = c.get("num_experts", c.get("n_routed_experts", c.get("num_local_experts")))
+    if experts:
+        ident["num_experts"] = int(experts)
+    return ident
+
+
+def pack_folder(src: str, dst: str, base_dir: str | None = None) -> str:
+    """Write DST/adapter_config.json + DST/adapter.mintpack from the PEFT folder SRC."""
+    from sglang_mint.packed.format import PACKED_FILE
+    from sglang_mint.packed.writer import write_packed
+
+    cfg, tensors = read_peft(src)
+    base = base_identity(base_dir) if base_dir else {"name": cfg.get("base_model_name_or_path")}
+    stored, mint, pcfg = pack_tensors(cfg, tensors, src, num_experts=base.get("num_experts"),
+                                      kv_out=base.get("kv_out"))
+    mint["base"] = base
+    os.makedirs(dst, exist_ok=True)
+    out = os.path.join(dst, PACKED_FILE)
+    write_packed(out, stored, mint)
+    with open(os.path.join(dst, CONFIG), "w") as f:
+        json.dump(pcfg, f, indent=2)
+    return out
+
+
+def unpack_folder(packed: str, out: str) -> str:
+    """Write the original PEFT folder (config and every tensor, bit-exact) back from a packed file."""
+    from safetensors.torch import save_file
+
+    from sglang_mint.packed.format import PACKED_FILE
+    from sglang_mint.packed.reader import read_packed
+
+    path = os.path.join(packed, PACKED_FILE) if os.path.isdir(packed) else packed
+    p = read_packed(path, pin=False)
+    os.makedirs(out, exist_ok=True)
+    save_file(unpack_tensors(p.mint, p.tensors), os.path.join(out, WEIGHTS))
+    with open(os.path.join(out, CONFIG), "w") as f:
+        json.dump(p.mint["peft_config"], f, indent=2)
+    return out
