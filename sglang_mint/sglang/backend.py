@@ -1,27 +1,28 @@
 """The LoRA backend name ``mint`` (``--lora-backend mint``).
 
-Until sglang-mint's own kernels are wired in, ``mint`` runs SGLang's
-``csgmv`` kernels on a GPU and its ``torch_native`` path on CPU, under its own
-name, so that launch scripts can already name it.
+``register_backend`` puts ``mint`` into SGLang's backend registry (the class,
+``MintLoRABackend`` in ``mint_backend.py``, is imported only when a server
+asks for it) and declares the two hooks that route MoE expert LoRA of a
+``mint`` backend to our kernel (``mint_moe.py``). Both run sglang-mint's
+kernels through ``sglang_mint.kernels.dispatch``: Triton on CUDA or under
+``TRITON_INTERPRET=1``, the torch ``_ref`` path otherwise (CPU).
 """
 
 from __future__ import annotations
 
 from sglang.srt.lora.backend.lora_registry import register_lora_backend
 
+from sglang_mint.sglang import mint_moe
+
 MINT_BACKEND = "mint"
 
 
 def register_backend() -> None:
     register_lora_backend(MINT_BACKEND)(create_mint_backend)
+    mint_moe.register_hooks()
 
 
 def create_mint_backend():
-    import torch
+    from sglang_mint.sglang.mint_backend import MintLoRABackend
 
-    if torch.cuda.is_available():
-        from sglang.srt.lora.backend.chunked_backend import ChunkedSgmvLoRABackend as Base
-    else:
-        from sglang.srt.lora.backend.torch_backend import TorchNativeLoRABackend as Base
-
-    return type("MintLoRABackend", (Base,), {"name": MINT_BACKEND, "__module__": __name__})
+    return MintLoRABackend

@@ -1,0 +1,251 @@
+"""``MintLoRABackend``: SGLang's LoRA backend interface running sglang-mint's kernels.
+
+It subclasses SGLang's ``TritonLoRABackend`` to keep everything that is not a
+matmul: ``prepare_lora_batch`` (request segments, ranks and scalings copied
+into device tensors, decode CUDA-graph buffers, the MoE token->slot map, the
+pruned lm_head routing, DP-attention gathers) and ``_sgemm_info`` (which the
+absorbed-MLA correction in ``sglang.srt.lora.deepseek_mla_correction`` reads).
+Only the dense LoRA matmuls are replaced; each goes through
+``sglang_mint.kernels.dispatch``, so the same code runs our Triton kernels on
+CUDA or under ``TRITON_INTERPRET=1`` and their torch ``_ref`` otherwise
+(``--lora-backend mint --device cpu``). The MoE expert path is in
+``mint_moe.py``.
+
+Plan once per batch, run once per layer: every SGLang ``LoRABatchInfo`` the
+layers can route by (the batch's, the DP-global one, the pruned lm_head ones)
+is turned into one ``LoraBatch`` the first time a layer asks for it, and that
+object is reused by every later layer of the same forward. Example: a decode
+batch of 3 requests with adapter slots [2, 0, 2] becomes the per-token form
+``token_slots=[2, 0, 2]`` (no sorting); a prefill of 2 requests of 5 and 3
+tokens with slots [1, 3] becomes segments ``seg_indptr=[0, 5, 8]``,
+``seg_slots=[1, 3]``, ``max_seg_len=5``.
+
+Method mapping (docs/kernels.md has the full table):
+
+    run_lora_a_sgemm   -> lora_shrink                         (o, down, q_b, kv_b, DSA indexer, lm_head)
+    run_lora_b_sgemm   -> lora_expand into base_output        (same layers, embeddings)
+    run_qkv_lora       -> lora_shrink(n_slices) + lora_expand (qkv, merged != 2 equal, MLA q_a + kv_a)
+    run_gate_up_lora   -> lora_shrink(2) + lora_expand        (gate_up)
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Optional
+
+import torch
+from sglang.srt.lora.backend.triton_backend import TritonLoRABackend
+from sglang.srt.lora.utils import LoRABatchInfo
+from sglang.srt.runtime_context import LoRABatchLayout
+
+from sglang_mint.kernels import LoraBatch
+from sglang_mint.kernels.dispatch import INTERPRET, lora_expand, lora_shrink, use_triton
+
+logger = logging.getLogger("sglang_mint")
+
+MINT_BACKEND = "mint"
+
+
+def lora_batch_from_info(info: LoRABatchInfo) -> LoraBatch:
+    """The mint routing form of one SGLang ``LoRABatchInfo`` (no host sync).
+
+    One token per segment (decode, DP-gathered token rows, a pruned lm_head
+    of one row per request) gives the per-token form, whose kernels need no
+    sort and whose grid depends only on the token count, so it replays in a
+    CUDA graph. Everything else keeps SGLang's segments (and permutation).
+    """
+    n_seg = info.num_segments if info.num_segments is not None else info.bs
+    one_token_each = (
+        info.max_len == 1 and info.permutation is None and info.expected_tokens == n_seg
+    )
+    if one_token_each:
+        return LoraBatch(ranks=info.lora_ranks, scalings=info.scalings,
+                         token_slots=info.weight_indices)
+    return LoraBatch(
+        ranks=info.lora_ranks,
+        scalings=info.scalings,
+        seg_indptr=info.seg_indptr[: n_seg + 1],
+        seg_slots=info.weight_indices[:n_seg],
+        permutation=info.permutation,
+        max_seg_len=int(info.max_len or 0),
+    )
+
+
+class MintLoRABackend(TritonLoRABackend):
+    name = MINT_BACKEND
+    # Our segment kernels size their grid by the batch's longest segment, which
+    # a captured prefill graph cannot follow; decode graphs use the per-token
+    # form and are fine.
+    supports_prefill_cuda_graph = False
+
+    def __init__(self, max_loras_per_batch: int, device: torch.device, **kwargs):
+        super().__init__(max_loras_per_batch, device, **kwargs)
+        # (LoRABatchInfo, LoraBatch) pairs planned for the current forward.
+        # Compared by identity; holding the info keeps that identity valid.
+        self._planned: list[tuple[LoRABatchInfo, LoraBatch]] = []
+        # [0, N] slice offsets of single-projection layers that pass none,
+        # one small device tensor per (N, device), made once.
+        self._single_offsets: dict[tuple[int, torch.device], torch.Tensor] = {}
+        logger.info("mint LoRA backend on %s: %s", device, kernel_path(device))
+
+    # ---- planning -------------------------------------------------------
+
+    def reset_batch_state(self):
+        super().reset_batch_state()
+        self._planned.clear()
+
+    def prepare_lora_batch(self, *args, **kwargs):
+        super().prepare_lora_batch(*args, **kwargs)
+        self._planned.clear()
+        self._plan(self.batch_info)
+
+    def prepare_global_lora_batch(self, forward_batch) -> None:
+        super().prepare_global_lora_batch(forward_batch)
+        self._planned.clear()
+
+    def prepare_lora_token_segments(self, **kwargs) -> None:
+        super().prepare_lora_token_segments(**kwargs)
+        self._planned.clear()
+
+    def _plan(self, info: Optional[LoRABatchInfo]) -> LoraBatch:
+        assert info is not None, (
+            "LoRA kernel invoked with no prepared batch; SGLang's layers gate this "
+            "on lora_active (sglang/srt/lora/layers.py)"
+        )
+        for known, batch in self._planned:
+            if known is info:
+                return batch
+        batch = lora_batch_from_info(info)
+        self._planned.append((info, batch))
+        return batch
+
+    def _batch(self, pruned_batch_info: Optional[LoRABatchInfo] = None) -> LoraBatch:
+        return self._plan(pruned_batch_info if pruned_batch_info is not None
+                          else self.get_batch_info())
+
+    def _offsets_for(self, n_out: int, device) -> torch.Tensor:
+        key = (int(n_out), torch.device(device))
+        t = self._single_offsets.get(key)
+        if t is None:
+            t = self._single_offsets[key] = torch.tensor([0, n_out], dtype=torch.int32,
+                                                         device=device)
+        return t
+
+    # ---- dense LoRA ops -------------------------------------------------
+
+    def run_lora_a_sgemm(self, x: torch.Tensor, weights: torch.Tensor,
+                         pruned_batch_info: LoRABatchInfo = None, stack_num: int = 1,
+                         *args, **kwargs) -> torch.Tensor:
+        """[T, stack_num*R] = x @ A[slot]^T; zeros where a row has no adapter."""
+        x = _unit_col(x)
+        # Zeros, not empty: this tensor leaves the backend (TP layers all-reduce it).
+        y = torch.zeros((x.shape[0], weights.shape[1]), dtype=x.dtype, device=x.device)
+        if x.shape[0] and weights.shape[1]:
+            lora_shrink(x, weights, y, self._batch(pruned_batch_info), n_slices=stack_num)
+        return y
+
+    def run_lora_b_sgemm(self, x: torch.Tensor, weights: torch.Tensor,
+                         base_output: torch.Tensor = None,
+                         pruned_batch_info: LoRABatchInfo = None, *args,
+                         output_offset: Optional[torch.Tensor] = None,
+                         output_offset_cpu: Optional[torch.Tensor] = None,
+                         **kwargs) -> torch.Tensor:
+        """base_output[:, :N] += scaling[slot] * x @ B[slot]^T (N = weights.shape[1])."""
+        n_out = weights.shape[1]
+        out = base_output if base_output is not None else torch.zeros(
+            (x.shape[0], n_out), dtype=x.dtype, device=x.device)
+        if x.shape[0] == 0 or n_out == 0:
+            return out
+        # Every single-projection caller's offsets are [0, B.shape[-2]]
+        # (ReplicatedLinearWithLoRA passes no host copy); use that, not a device read.
+        if output_offset is None or output_offset_cpu is None:
+            output_offset = self._offsets_for(n_out, x.device)
+            output_offset_cpu = (0, n_out)
+        lora_expand(_unit_col(x), weights, out, self._batch(pruned_batch_info),
+                    output_offset, output_offset_cpu)
+        return out
+
+    def run_qkv_lora(self, x: torch.Tensor, qkv_lora_a: torch.Tensor,
+                     qkv_lora_b: torch.Tensor, output_offset: torch.Tensor,
+                     max_qkv_out_dim: int = 0, base_output: torch.Tensor = None,
+                     n_slices: int = 3, *args,
+                     output_offset_cpu: Optional[torch.Tensor] = None,
+                     **kwargs) -> torch.Tensor:
+        """Stacked slices of unequal widths: q/k/v, or MLA's q_a (1536) + kv_a (576)."""
+        assert isinstance(qkv_lora_b, torch.Tensor), "split q/kv B buffers are not supported"
+        return self._stacked(x, qkv_lora_a, qkv_lora_b, n_slices, output_offset,
+                             output_offset_cpu, base_output)
+
+    def run_gate_up_lora(self, x: torch.Tensor, gate_up_lora_a: torch.Tensor,
+                         gate_up_lora_b: torch.Tensor, base_output: torch.Tensor = None,
+                         *args, output_offset: Optional[torch.Tensor] = None,
+                         output_offset_cpu: Optional[torch.Tensor] = None,
+                         **kwargs) -> torch.Tensor:
+        assert isinstance(gate_up_lora_b, torch.Tensor), "split gate/up B buffers are not supported"
+        if output_offset is None or output_offset_cpu is None:
+            inter = gate_up_lora_b.shape[1] // 2
+            output_offset_cpu = (0, inter, 2 * inter)
+            output_offset = torch.tensor(output_offset_cpu, dtype=torch.int32, device=x.device)
+        return self._stacked(x, gate_up_lora_a, gate_up_lora_b, 2, output_offset,
+                             output_offset_cpu, base_output)
+
+    def _stacked(self, x, a, b, n_slices, offsets, offsets_cpu, base_output):
+        x = _unit_col(x)
+        T = x.shape[0]
+        if offsets_cpu is None:
+            offsets_cpu = offsets.tolist()  # only callers outside SGLang's layers get here
+        n_out = int(offsets_cpu[-1])
+        out = base_output if base_output is not None else torch.zeros(
+            (T, n_out), dtype=x.dtype, device=x.device)
+        if T == 0 or a.shape[1] == 0:
+            return out
+        batch = self._batch()
+        # Private intermediate: expand reads only the columns shrink wrote.
+        y = torch.empty((T, a.shape[1]), dtype=x.dtype, device=x.device)
+        lora_shrink(x, a, y, batch, n_slices=n_slices)
+        lora_expand(y, b, out, batch, offsets, offsets_cpu)
+        return out
+
+    # ---- embeddings -----------------------------------------------------
+
+    def run_lora_a_embedding(self, input_ids: torch.Tensor, weights: torch.Tensor,
+                             vocab_size: int, extra_embeddings: torch.Tensor = None,
+                             *args, **kwargs) -> torch.Tensor:
+        """[T, R]: column `token` of A[slot] (a gather, no matmul).
+
+        On CUDA / the interpreter this is SGLang's Triton gather; elsewhere the
+        same semantics in torch: rows of rank r get A[slot, :r, token] (or the
+        adapter's extra-token row for token >= vocab_size), the rest zeros.
+        """
+        if use_triton(weights):
+            return super().run_lora_a_embedding(input_ids, weights, vocab_size,
+                                                extra_embeddings, *args, **kwargs)
+        batch = self._plan(self.get_batch_info(LoRABatchLayout.DP_LOCAL))
+        T, R = input_ids.shape[0], weights.shape[1]
+        out = torch.zeros((T, R), dtype=weights.dtype, device=weights.device)
+        rows, slots = batch.live_rows(T)
+        if rows.numel() == 0 or R == 0:
+            return out
+        tok = input_ids[rows].long()
+        vals = weights[slots, :, tok.clamp(max=vocab_size - 1)]            # [L, R]
+        if extra_embeddings is not None:
+            extra = tok >= vocab_size
+            if bool(extra.any()):
+                vals[extra] = extra_embeddings[slots[extra], tok[extra] - vocab_size].to(vals.dtype)
+        ranks = batch.ranks.long()[slots]
+        keep = torch.arange(R, device=out.device)[None, :] < ranks[:, None]
+        out[rows] = torch.where(keep, vals, torch.zeros_like(vals))
+        return out
+
+
+def kernel_path(device) -> str:
+    """Which implementation dispatch.py picks for tensors on `device`."""
+    if torch.device(device).type == "cuda":
+        return "triton kernels"
+    if INTERPRET:
+        return "triton kernels (TRITON_INTERPRET=1)"
+    return "torch reference (_ref)"
+
+
+def _unit_col(t: torch.Tensor) -> torch.Tensor:
+    return t if t.stride(-1) == 1 else t.contiguous()
