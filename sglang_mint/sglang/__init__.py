@@ -32,3 +32,4 @@ def register() -> None:
     openai_model.register_hooks()
     frontend.register_hooks()
     residency.register_hooks()
+    from sglang_mint.sglang import packed_loader; packed_loader.register_hooks()  # noqa: E702
