@@ -12,11 +12,13 @@ setup(
         "cold-loaded in the background, with packed adapter files and Triton kernels"
     ),
     python_requires=">=3.10",
-    packages=core_packages + ["sglang_mint.kernels"],
+    packages=core_packages + ["sglang_mint.kernels", "sglang_mint.kernels.configs"],
     # The top-level kernels/ folder installs as sglang_mint.kernels: a top-level
     # package named `kernels` would shadow the `kernels` package sglang depends on.
-    package_dir={"sglang_mint.kernels": "kernels"},
-    package_data={"sglang_mint": ["configs/*.json"]},
+    # configs/kernels/ (the block-size tables) installs beside it as
+    # sglang_mint/kernels/configs/, where kernels/_config.py looks first.
+    package_dir={"sglang_mint.kernels": "kernels", "sglang_mint.kernels.configs": "configs/kernels"},
+    package_data={"sglang_mint": ["configs/*.json"], "sglang_mint.kernels.configs": ["*.json"]},
     install_requires=[
         "sglang==0.5.23",
         "safetensors",

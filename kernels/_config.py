@@ -1,5 +1,7 @@
 """Block-size tables for the LoRA kernels, read from configs/kernels/*.json.
 
+(Installed copies live in sglang_mint/kernels/configs/; see CONFIG_DIRS.)
+
 No @triton.autotune on the serving path: a first-call autotune stalls a live
 batch. Instead each launcher asks `get_config(op, **shape)` for its block
 sizes. Lookup order:
@@ -26,12 +28,26 @@ import os
 import re
 from pathlib import Path
 
-CONFIG_DIR = Path(
-    os.environ.get(
-        "MINT_KERNEL_CONFIG_DIR",
-        Path(__file__).resolve().parent.parent / "configs" / "kernels",
-    )
-)
+_HERE = Path(__file__).resolve().parent
+# Where the tables are, first match wins:
+#   $MINT_KERNEL_CONFIG_DIR                   (a bench run writing new tables)
+#   <site-packages>/sglang_mint/kernels/configs   (pip install: setup.py maps
+#                                             configs/kernels/ there)
+#   <checkout>/configs/kernels                (editable install / source tree,
+#                                             where this file is <checkout>/kernels/)
+CONFIG_DIRS = (_HERE / "configs", _HERE.parent / "configs" / "kernels")
+
+
+def find_config_dir() -> Path:
+    if os.environ.get("MINT_KERNEL_CONFIG_DIR"):
+        return Path(os.environ["MINT_KERNEL_CONFIG_DIR"])
+    for d in CONFIG_DIRS:
+        if d.is_dir():
+            return d
+    return CONFIG_DIRS[-1]  # missing everywhere: every lookup falls to the heuristic
+
+
+CONFIG_DIR = find_config_dir()
 
 
 def _next_pow2(n: int) -> int:
