@@ -82,7 +82,8 @@ def build_mint_moe_hooks(lora_info, topk_ids):
                  n_slices=a.shape[2] // R, n_experts=E, plan=plan)
 
     def after_down(inter, cache3, topk_weights, ids):
-        # cache2 may carry padding rows past M*top_k (SGLang's TMA layout).
+        # Rows past M*top_k (SGLang's TMA layout, which it turns off while
+        # hooks are set) are never LoRA inputs.
         inter = inter[: ids.numel()]
         lora_moe(cache3, inter, lora_info.down_lora_a_weights, lora_info.down_lora_b_weights,
                  ids, topk_weights, token_slots, ranks, n_slices=1,
