@@ -52,9 +52,10 @@ def run_jobs(model_dir: str, jobs: list[dict]) -> list[dict]:
 def run_reference(python: str, model_dir, jobs: list[dict]) -> list[dict]:
     """Run ``jobs`` in a fresh interpreter (``python``) and return their results."""
     out = subprocess.run(
-        [python, "-m", __name__, str(model_dir)],
-        input=json.dumps(jobs), check=True, capture_output=True, text=True,
+        [python, "-m", __name__, str(model_dir)], input=json.dumps(jobs), capture_output=True, text=True,
     )
+    if out.returncode != 0:
+        raise RuntimeError(f"reference run failed ({out.returncode}):\n{out.stderr[-4000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 

@@ -105,6 +105,12 @@ def _after_from_cli_args(server_args, cls, namespace, *args, **kwargs):
         return server_args
     if not (server_args.enable_lora or server_args.lora_paths):
         raise SystemExit("error: --enable-mint needs LoRA on: add --enable-lora (or --lora-paths)")
+    parallel = {"--tp-size": getattr(server_args, "tp_size", 1) or 1, "--pp-size": getattr(server_args, "pp_size", 1) or 1}
+    wide = [f"{flag} {n}" for flag, n in parallel.items() if n > 1]
+    if catalog is not None and wide:
+        # Each rank would admit a cold adapter's requests when its own read finishes; ranks must
+        # agree on every batch, and agreeing on load progress across ranks is not built yet.
+        raise SystemExit(f"error: --mint-catalog supports one rank for now, got {', '.join(wide)}")
     try:
         server_args._mint = MintConfig.from_flags(catalog=catalog, **cache_flags)
     except MintError as exc:

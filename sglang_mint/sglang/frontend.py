@@ -10,14 +10,22 @@ in the background when the request reaches admission (``residency.py``).
 
 from __future__ import annotations
 
+import asyncio
+import logging
+
+from fastapi import Request
 from fastapi.responses import ORJSONResponse
 from sglang.srt.lora.lora_registry import LoRARef
 from sglang.srt.plugins.hook_registry import HookRegistry, HookType
 
 from sglang_mint.catalog import open_catalog
+from sglang_mint.errors import MintError
 from sglang_mint.sglang.flags import mint_config
 from sglang_mint.sglang.residency import mint_lora_id
 
+logger = logging.getLogger("sglang_mint")
+
+MAX_PREFETCH = 1024
 TOKENIZER_MANAGER = "sglang.srt.managers.tokenizer_manager.TokenizerManager"
 HTTP_SERVER = "sglang.srt.entrypoints.http_server"
 
@@ -34,6 +42,7 @@ class CatalogFrontend:
     def __init__(self, catalog_path: str):
         self.catalog = open_catalog(catalog_path)
         self.resolves = 0
+        self._warming: set[asyncio.Task] = set()
 
     def lora_name(self, adapter_id: str) -> str:
         """The LoRA name of the adapter's current revision; AdapterNotFound if unknown or deleted."""
@@ -53,6 +62,30 @@ class CatalogFrontend:
                 await registry.register(ref)
             except ValueError:
                 pass  # another request registered it first
+
+
+    def warm(self, tm, lora_name: str) -> None:
+        """Load an adapter ahead of traffic: a one-token request for it, not awaited.
+
+        It takes the path a real request takes (registration, arrival at each
+        scheduler, background read, install), so nothing else has to know about
+        prefetching; the cost is one token of compute per adapter.
+        """
+        task = asyncio.get_running_loop().create_task(self._warm(tm, lora_name))
+        self._warming.add(task)
+        task.add_done_callback(self._warming.discard)
+
+    async def _warm(self, tm, lora_name: str) -> None:
+        from sglang.srt.managers.io_struct import GenerateReqInput
+
+        await self.register(tm.lora_registry, lora_name)
+        obj = GenerateReqInput(input_ids=[0], sampling_params={"max_new_tokens": 1, "temperature": 0},
+                               lora_path=lora_name)
+        try:
+            async for _ in tm.generate_request(obj, None):
+                pass
+        except Exception as exc:  # the adapter's own requests will report it
+            logger.warning("prefetch of %s failed: %s", lora_name, exc)
 
 
 def catalog_frontend(tokenizer_manager) -> CatalogFrontend | None:
@@ -81,6 +114,7 @@ def _before_launch_server(server_args, *args, **kwargs):
     app = http_server.app
     if not any(getattr(r, "path", None) == "/mint/status" for r in app.routes):
         app.add_api_route("/mint/status", _mint_status, methods=["GET"])
+        app.add_api_route("/mint/prefetch", _mint_prefetch, methods=["POST"])
     return None
 
 
@@ -98,3 +132,33 @@ async def _mint_status():
         "schedulers": schedulers,
     }
     return ORJSONResponse(body)
+
+
+async def _mint_prefetch(request: Request):
+    """``POST /mint/prefetch {"adapters": ["acme/bot", ...]}``: start loading them now."""
+    from sglang.srt.entrypoints.http_server import _global_state
+
+    tm = _global_state.tokenizer_manager
+    frontend = catalog_frontend(tm)
+    if frontend is None:
+        return ORJSONResponse({"error": "prefetch needs a catalog: launch with --mint-catalog"}, status_code=400)
+    try:
+        body = await request.json()
+    except ValueError:
+        body = None
+    adapters = body.get("adapters") if isinstance(body, dict) else None
+    if not isinstance(adapters, list) or not all(isinstance(a, str) for a in adapters):
+        return ORJSONResponse({"error": 'expected JSON {"adapters": ["<adapter-id>", ...]}'}, status_code=400)
+    if len(adapters) > MAX_PREFETCH:
+        return ORJSONResponse({"error": f"at most {MAX_PREFETCH} adapters per call, got {len(adapters)}"},
+                              status_code=400)
+    prefetching, errors = [], {}
+    for adapter_id in dict.fromkeys(adapters):
+        try:
+            name = frontend.lora_name(adapter_id)
+        except MintError as exc:
+            errors[adapter_id] = str(exc)
+            continue
+        frontend.warm(tm, name)
+        prefetching.append(name)
+    return ORJSONResponse({"prefetching": prefetching, "errors": errors})

@@ -44,6 +44,13 @@ def is_mint_lora_id(lora_id) -> bool:
     return isinstance(lora_id, str) and lora_id.startswith(MINT_ID_PREFIX)
 
 
+def _percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 6)
+
+
 def adapter_nbytes(adapter) -> int:
     tensors = [t for layer in adapter.layers for t in layer.weights.values()]
     tensors += list(adapter.embedding_layers.values()) + list(adapter.added_tokens_embeddings.values())
@@ -62,8 +69,8 @@ class SchedulerResidency:
         self.loader = ColdLoader(self._read, workers=config.load_workers)
         self.failures: OrderedDict[str, tuple[float, str]] = OrderedDict()
         self.installed_total = 0
-        self.hits = 0
-        self.misses = 0
+        self.requests = 0  # catalog-adapter requests that reached this scheduler
+        self.misses = 0  # of which found their adapter out of host memory
         self.load_seconds: list[float] = []  # recent cold-read durations, for /mint/status
 
     # -- on a worker thread ------------------------------------------------
@@ -142,6 +149,16 @@ class SchedulerResidency:
                 self.manager.unload_lora_adapter(ref)
             self.lru.evicted(lora_id)
 
+    def on_arrival(self, lora_id) -> None:
+        """A request reached the scheduler: start its adapter's read now, not at its admission turn."""
+        self.requests += 1
+        if lora_id in self.manager.loras:
+            self.lru.touched(lora_id)
+            return
+        self.misses += 1
+        if lora_id not in self.failures:
+            self.loader.request(lora_id)
+
     def admit(self, req) -> bool | None:
         """Admission for a catalog adapter's request: None = ask SGLang, False = wait."""
         lora_id = req.lora_id
@@ -158,17 +175,20 @@ class SchedulerResidency:
                 req.lora_id = None
                 return True
             del self.failures[lora_id]
-        if self.loader.request(lora_id):
-            self.misses += 1
+        self.loader.request(lora_id)  # evicted while it waited, or a failure expired
         return False
 
     def status(self) -> dict:
         return {
+            "requests": self.requests,
+            "hit_rate": None if not self.requests else round(1 - self.misses / self.requests, 4),
             "resident": len(self.lru),
             "host_bytes": self.lru.bytes,
             "host_budget_bytes": self.lru.budget_bytes,
             "loading": self.loader.inflight,
             "cold_loads": self.installed_total,
+            "cold_load_p50_s": _percentile(self.load_seconds, 0.50),
+            "cold_load_p99_s": _percentile(self.load_seconds, 0.99),
             "failed_loads": self.loader.failed_total,
             "evictions": self.lru.evictions_total,
         }
@@ -184,6 +204,7 @@ def register_hooks() -> None:
     HookRegistry.register(f"{SCHEDULER}.__init__", _after_scheduler_init, HookType.AFTER)
     HookRegistry.register(f"{SCHEDULER}.can_schedule_lora_req", _around_can_schedule_lora_req, HookType.AROUND)
     HookRegistry.register(f"{SCHEDULER}.ingest_requests", _after_ingest_requests, HookType.AFTER)
+    HookRegistry.register(f"{SCHEDULER}._add_request_to_queue", _after_add_request_to_queue, HookType.AFTER)
     HookRegistry.register(f"{SCHEDULER}.get_internal_state", _after_get_internal_state, HookType.AFTER)
 
 
@@ -213,6 +234,13 @@ def _after_ingest_requests(result, scheduler, *args, **kwargs):
     residency = residency_of(scheduler)
     if residency is not None:
         residency.install_ready()
+    return result
+
+
+def _after_add_request_to_queue(result, scheduler, req, is_retracted=False, *args, **kwargs):
+    residency = residency_of(scheduler)
+    if residency is not None and not is_retracted and is_mint_lora_id(req.lora_id):
+        residency.on_arrival(req.lora_id)
     return result
 
 

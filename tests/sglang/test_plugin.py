@@ -45,6 +45,8 @@ def flag_results(tiny_model, tmp_path_factory):
                      "--mint-catalog", str(catalog_dir), "--mint-host-cache-bytes", "lots"],
         "bad_pin": ["--model-path", str(tiny_model), "--enable-lora", "--enable-mint",
                     "--mint-catalog", str(catalog_dir), "--mint-pin", "../x"],
+        "catalog_with_tp": ["--model-path", str(tiny_model), "--enable-lora", "--enable-mint",
+                            "--mint-catalog", str(catalog_dir), "--tp-size", "2"],
         "cache_without_catalog": ["--model-path", str(tiny_model), "--enable-lora", "--enable-mint",
                                   "--mint-host-cache-bytes", "1GiB"],
         "catalog_without_mint": ["--model-path", str(tiny_model), "--mint-catalog", str(catalog_dir)],
@@ -111,6 +113,7 @@ def test_flags_reach_subprocess_copies_of_server_args(flag_results):
     ("bad_size", "--mint-host-cache-bytes: 'lots' is not a size"),
     ("bad_pin", "--mint-pin: adapter id '../x'"),
     ("cache_without_catalog", "need --mint-catalog"),
+    ("catalog_with_tp", "supports one rank for now, got --tp-size 2"),
 ])
 def test_bad_flags_are_clear_errors(flag_results, case, message):
     results, _ = flag_results

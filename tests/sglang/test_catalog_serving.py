@@ -1,0 +1,188 @@
+"""Serving any catalog adapter: background cold loads, revisions live, bad adapters fail alone.
+
+Real SGLang on CPU with --enable-mint --mint-catalog, the official openai client.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import openai
+import pytest
+from transformers import AutoTokenizer
+
+from sglang_mint.catalog import init_catalog, open_catalog
+from sglang_mint.catalog.synth import synth
+from sglang_mint.dev.reference import run_reference
+from sglang_mint.dev.server import SGLangServer
+
+PROMPT = "the quick brown fox and the lazy dog"
+N_SYNTH = 10_000
+HOST_CACHE = 1 << 20  # 1 MiB: about a hundred rank-1 adapters, so the storm evicts
+TOL = 1e-4
+
+
+def write_rank16_adapter(model_dir, out: Path) -> Path:
+    """A valid PEFT adapter whose rank (16) is above the server's --max-lora-rank (8)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32),
+                           LoraConfig(r=16, lora_alpha=16, target_modules=["q_proj"]))
+    model.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def catalog(tiny_model, tiny_adapters, tmp_path_factory):
+    root = tmp_path_factory.mktemp("catalog") / "catalog"
+    cat = init_catalog(str(root), str(tiny_model))
+    for name, folder in tiny_adapters.items():
+        cat.publish(f"acme/{name}", str(folder))
+    synth(cat, N_SYNTH, prefix="synth/", rank=1, progress=False)
+    # A corrupt file on disk: the weights blob of a valid import, truncated afterwards. Its own
+    # content (seed 7): blobs are content-addressed, so a copy of another adapter would share it.
+    from sglang_mint.dev.tiny import write_tiny_adapters
+
+    own = write_tiny_adapters(tiny_model, tmp_path_factory.mktemp("broken"), count=2, seed=7)[1]
+    broken = cat.publish("broken/truncated", str(own))
+    blob = Path(broken.local_path()) / "adapter_model.safetensors"
+    data = blob.read_bytes()
+    blob.chmod(0o644)
+    blob.write_bytes(data[: len(data) // 2])
+    cat.publish("broken/rank16", str(write_rank16_adapter(tiny_model, tmp_path_factory.mktemp("r16") / "a")))
+    cat.publish("gone/soon", str(tiny_adapters["tiny-0002"]))
+    cat.close()
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model, catalog, tmp_path_factory):
+    log = tmp_path_factory.mktemp("catalog-server") / "server.log"
+    extra = ["--mint-catalog", str(catalog), "--mint-host-cache-bytes", str(HOST_CACHE),
+             "--max-loras-per-batch", "8"]
+    with SGLangServer(tiny_model, enable_mint=True, extra_args=extra, log_path=log, python=sys.executable) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=server.openai_url, api_key="none", max_retries=0, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def prompt_ids(tiny_model):
+    return AutoTokenizer.from_pretrained(tiny_model)(PROMPT)["input_ids"]
+
+
+def complete(client, model, max_tokens=6):
+    r = client.completions.create(model=model, prompt=PROMPT, max_tokens=max_tokens, temperature=0, logprobs=1,
+                                  extra_body={"return_token_ids": True, "ignore_eos": True})
+    return r.choices[0].model_extra["token_ids"], r.choices[0].logprobs.token_logprobs
+
+
+def references(model_dir, catalog_root, adapter_ids, prompt_ids, max_tokens=6, revisions=None):
+    with open_catalog(str(catalog_root)) as cat:
+        revs = [cat.get_revision(a, revisions[a]) if revisions else cat.resolve(a) for a in adapter_ids]
+        paths = [str(rev.local_path()) for rev in revs]
+    jobs = [{"adapter": p, "prompt_ids": prompt_ids, "max_tokens": max_tokens} for p in paths]
+    return dict(zip(adapter_ids, run_reference(sys.executable, model_dir, jobs)))
+
+
+def status(server) -> dict:
+    import urllib.request
+
+    with urllib.request.urlopen(server.url + "/mint/status") as r:
+        return json.loads(r.read())
+
+
+def test_cold_catalog_adapters_match_hf_peft(client, tiny_model, catalog, prompt_ids):
+    ids = ["acme/tiny-0000", "acme/tiny-0001", "acme/tiny-0002", "synth/0000007", "synth/0009999"]
+    refs = references(tiny_model, catalog, ids, prompt_ids)
+    for adapter_id in ids:
+        tokens, logprobs = complete(client, adapter_id)
+        assert tokens == refs[adapter_id]["tokens"], adapter_id
+        assert logprobs == pytest.approx(refs[adapter_id]["logprobs"], abs=TOL)
+    # served:<id> names the same adapter
+    assert complete(client, "tiny:acme/tiny-0001")[0] == refs["acme/tiny-0001"]["tokens"]
+
+
+def test_unknown_and_deleted_adapters_are_404(client, catalog):
+    with pytest.raises(openai.NotFoundError) as exc:
+        complete(client, "acme/never-published")
+    assert "acme/never-published" in str(exc.value)
+    assert complete(client, "gone/soon")  # served while it exists
+    with open_catalog(str(catalog)) as cat:
+        cat.delete("gone/soon")
+    with pytest.raises(openai.NotFoundError) as exc:
+        complete(client, "gone/soon")
+    assert "gone/soon" in str(exc.value)
+
+
+@pytest.mark.parametrize("adapter_id, reason", [
+    ("broken/truncated", "could not be loaded"),
+    ("broken/rank16", "rank 16"),
+])
+def test_bad_adapter_fails_alone(client, adapter_id, reason):
+    with ThreadPoolExecutor(8) as pool:
+        good = [pool.submit(complete, client, f"acme/tiny-000{i % 3}") for i in range(6)]
+        bad = [pool.submit(complete, client, adapter_id) for _ in range(2)]
+        for f in bad:
+            with pytest.raises(openai.APIStatusError) as exc:
+                f.result()
+            assert 400 <= exc.value.status_code < 600
+            assert adapter_id in str(exc.value) and reason in str(exc.value)
+        assert all(len(f.result()[0]) == 6 for f in good)
+
+
+def test_publish_and_rollback_mid_stream(client, tiny_model, catalog, tiny_adapters, prompt_ids):
+    adapter_id = "acme/tiny-0000"
+    long_tokens = 48
+    refs_v1 = references(tiny_model, catalog, [adapter_id], prompt_ids, max_tokens=long_tokens)
+    with ThreadPoolExecutor(1) as pool:
+        started = threading.Event()
+
+        def before():
+            started.set()
+            return complete(client, adapter_id, max_tokens=long_tokens)
+
+        in_flight = pool.submit(before)
+        started.wait()
+        with open_catalog(str(catalog)) as cat:
+            v2 = cat.publish(adapter_id, str(tiny_adapters["tiny-0002"]))
+        after = complete(client, adapter_id, max_tokens=long_tokens)
+        assert in_flight.result()[0] == refs_v1[adapter_id]["tokens"]
+    refs_v2 = references(tiny_model, catalog, [adapter_id], prompt_ids, max_tokens=long_tokens,
+                         revisions={adapter_id: v2.revision})
+    assert refs_v2[adapter_id]["tokens"] != refs_v1[adapter_id]["tokens"]
+    assert after[0] == refs_v2[adapter_id]["tokens"]
+    with open_catalog(str(catalog)) as cat:
+        cat.rollback(adapter_id)
+    assert complete(client, adapter_id, max_tokens=long_tokens)[0] == refs_v1[adapter_id]["tokens"]
+
+
+def test_zipf_storm_over_the_catalog(client, server, tiny_model, catalog, prompt_ids):
+    rng = random.Random(0)
+    weights = [1.0 / (k + 1) ** 1.1 for k in range(N_SYNTH)]
+    ids = [f"synth/{k:07d}" for k in rng.choices(range(N_SYNTH), weights=weights, k=2000)]
+    with ThreadPoolExecutor(64) as pool:
+        results = list(pool.map(lambda a: complete(client, a, max_tokens=4), ids))
+    assert all(len(tokens) == 4 for tokens, _ in results)
+    sample = sorted(set(ids), key=ids.index)[:3] + sorted(set(ids), key=ids.index)[-2:]
+    refs = references(tiny_model, catalog, sample, prompt_ids, max_tokens=4)
+    by_id = dict(zip(ids, results))
+    for adapter_id in sample:
+        assert by_id[adapter_id][0] == refs[adapter_id]["tokens"], adapter_id
+
+    st = status(server)["schedulers"][0]
+    assert st["loading"] == 0  # nothing stuck
+    assert st["cold_loads"] >= len(set(ids))
+    assert st["evictions"] > 0
+    one_adapter = 64 << 10  # generous bound on one tiny adapter's bytes
+    assert st["host_bytes"] <= st["host_budget_bytes"] + one_adapter
