@@ -26,6 +26,7 @@ setup(
     ],
     extras_require={
         "test": ["pytest", "peft", "openai"],
+        "bench": ["matplotlib"],
     },
     entry_points={
         "console_scripts": ["mint = sglang_mint.cli:main"],

@@ -9,8 +9,11 @@ import os
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
     demo = subparsers.add_parser(
-        "demo", help="start real SGLang on CPU with --enable-mint and query adapters by id (`make demo`)"
+        "demo", help="real SGLang on CPU serving a 100,000-adapter catalog by id, zipf workload (`make demo`)"
     )
+    demo.add_argument("--catalog-size", type=int, default=100_000, help="synthetic adapters (default 100000)")
+    demo.add_argument("--requests", type=int, default=3000, help="zipf workload requests (default 3000)")
+    demo.add_argument("--concurrency", type=int, default=32, help="concurrent clients (default 32)")
     demo.set_defaults(func=_demo)
 
     dev = subparsers.add_parser("dev", help="development helpers: tiny models, adapters, CPU environment")
@@ -71,4 +74,8 @@ def _cpu_env(args) -> int:
 def _demo(args) -> int:
     from sglang_mint.dev.demo import run_demo
 
-    return run_demo()
+    from sglang_mint.errors import MintError
+
+    if args.catalog_size < 1 or args.requests < 1 or args.concurrency < 1:
+        raise MintError("--catalog-size, --requests and --concurrency must be positive")
+    return run_demo(args.catalog_size, args.requests, args.concurrency)
