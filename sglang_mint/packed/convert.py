@@ -290,6 +290,7 @@ def _build(name, mems, n, R, dtype, num_experts, where, stored, tmap, kv_out=Non
                 partsB.append({"src": m.src["B"], "expert": ex, "box": full, "layout": "peft_experts_B"})
         else:
             partsB.append({"src": m.src["B"], "expert": ex, "box": boxB, "layout": "peft_experts_B" if m.layout.startswith("peft") else "plain"})
+    partsA, partsB = _collapse(partsA, E), _collapse(partsB, E)
     suffix = ".lora_{}.weight"
     stored.append((name + suffix.format("A"), A))
     stored.append((name + suffix.format("B"), B))
@@ -297,12 +298,46 @@ def _build(name, mems, n, R, dtype, num_experts, where, stored, tmap, kv_out=Non
     tmap[name + suffix.format("B")] = {"slices": n, "parts": partsB}
 
 
+_EXPERT_IN_NAME = re.compile(r"\.experts\.(\d+)\.")
+
+
+def _collapse(parts: list[dict], E: int | None) -> list[dict]:
+    """Per-expert parts 0..E-1 with one box -> one part whose src has ``{e}`` (keeps the header small:
+    48 layers x 128 experts x 3 projections would otherwise be 36,864 entries)."""
+    if not E:
+        return parts
+    groups: dict[tuple, list[dict]] = {}
+    rest = []
+    for p in parts:
+        m = _EXPERT_IN_NAME.search(p["src"]) if p["expert"] is not None else None
+        if not m or int(m.group(1)) != p["expert"]:
+            rest.append(p)
+            continue
+        tmpl = p["src"][:m.start()] + ".experts.{e}." + p["src"][m.end():]
+        groups.setdefault((tmpl, json.dumps(p["box"]), p["layout"]), []).append(p)
+    for (tmpl, box, layout), ps in groups.items():
+        if sorted(p["expert"] for p in ps) == list(range(E)):
+            rest.append({"src": tmpl, "expert": "each", "experts": E, "box": json.loads(box), "layout": layout})
+        else:
+            rest.extend(ps)
+    return rest
+
+
+def _expand(parts: list[dict]):
+    for p in parts:
+        if p["expert"] == "each":
+            for e in range(p["experts"]):
+                yield {**p, "src": p["src"].replace("{e}", str(e)), "expert": e}
+        else:
+            yield p
+
+
 def unpack_tensors(mint: dict, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Every source tensor, bit-exact, from the stored tensors and the part map."""
     out = {}
     for name, info in mint["tensors"].items():
         t = tensors[name]
-        for p in info["parts"]:
+        for p in _expand(info["parts"]):
             if p["src"] in out:
                 continue
             v = t[p["expert"]] if p["expert"] is not None else t

@@ -46,6 +46,8 @@ tensor, so unpacking gives back every source tensor bit-exactly::
     {"src": name, "expert": e | null, "dim": d, "start": s, "stop": t,
      "layout": "plain" | "peft_experts_A" | "peft_experts_B"}
 
+A part with ``"expert": "each", "experts": E`` and ``{e}`` in ``src`` stands for
+E parts, one per expert (keeps the header small for per-expert sources).
 ``view = stored[expert] if expert is not None else stored``; then
 ``view.narrow(dim, s, t - s)`` is the source tensor (``plain``), or its image
 under PEFT's fused-expert layout: A ``[E*R, in]`` is ``view.reshape(E*R, in)``
