@@ -17,7 +17,7 @@ def test_packed_imports_and_runs_with_sglang_blocked(tmp_path):
         sys.meta_path.insert(0, BlockSglang())
         sys.path.insert(0, {str(__file__.rsplit('/', 1)[0])!r})
         import sglang_mint.packed, sglang_mint.packed.convert, sglang_mint.packed.cli
-        from conftest import write_layout
+        from packed_layouts import write_layout
         from pathlib import Path
         from sglang_mint.packed.convert import pack_folder
         from sglang_mint.packed import read_packed

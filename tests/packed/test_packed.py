@@ -11,7 +11,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from conftest import E, R, write_layout
+from packed_layouts import E, R, write_layout
 from sglang_mint.packed import PACKED_FILE, PackedError, read_packed
 from sglang_mint.packed.convert import pack_folder, unpack_folder, unpack_tensors
 from sglang_mint.packed.reader import read_header
