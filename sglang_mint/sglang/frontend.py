@@ -42,12 +42,20 @@ class CatalogFrontend:
     def __init__(self, catalog_path: str):
         self.catalog = open_catalog(catalog_path)
         self.resolves = 0
+        from sglang_mint.sglang.metrics import FrontendMetrics, metrics_enabled
+
+        self.metrics = FrontendMetrics(metrics_enabled())
         self._warming: set[asyncio.Task] = set()
 
     def lora_name(self, adapter_id: str) -> str:
         """The LoRA name of the adapter's current revision; AdapterNotFound if unknown or deleted."""
-        rev = self.catalog.resolve(adapter_id)
+        try:
+            rev = self.catalog.resolve(adapter_id)
+        except MintError:
+            self.metrics.not_found.inc()
+            raise
         self.resolves += 1
+        self.metrics.resolves.inc()
         return f"{adapter_id}@{rev.revision}"
 
     async def register(self, registry, lora_path) -> None:

@@ -72,6 +72,9 @@ class SchedulerResidency:
         self.requests = 0  # catalog-adapter requests that reached this scheduler
         self.misses = 0  # of which found their adapter out of host memory
         self.load_seconds: list[float] = []  # recent cold-read durations, for /mint/status
+        from sglang_mint.sglang.metrics import SchedulerMetrics, metrics_enabled
+
+        self.metrics = SchedulerMetrics(metrics_enabled())
 
     # -- on a worker thread ------------------------------------------------
     def _read(self, lora_id: str):
@@ -111,6 +114,8 @@ class SchedulerResidency:
             else:
                 self._remember_failure(result)
         self._evict()
+        self.metrics.host_bytes.set(self.lru.bytes)
+        self.metrics.resident.set(len(self.lru))
 
     def _install(self, result: LoadResult) -> None:
         ref, config, adapter, nbytes = result.value
@@ -124,6 +129,8 @@ class SchedulerResidency:
         self.installed_total += 1
         self.load_seconds.append(result.load_seconds)
         del self.load_seconds[:-1024]
+        self.metrics.cold_loads.inc()
+        self.metrics.cold_load_seconds.observe(result.load_seconds)
 
     def _remember_failure(self, result: LoadResult) -> None:
         adapter_id, revision = parse_mint_lora_id(result.key)
@@ -131,6 +138,7 @@ class SchedulerResidency:
         message = f"adapter {adapter_id!r} (revision {revision}) could not be loaded: {reason}"
         logger.error(message)
         self.failures[result.key] = (time.monotonic(), message)
+        self.metrics.failed_loads.inc()
         while len(self.failures) > MAX_FAILURES_KEPT:
             self.failures.popitem(last=False)
 
@@ -148,14 +156,20 @@ class SchedulerResidency:
             if ref is not None:
                 self.manager.unload_lora_adapter(ref)
             self.lru.evicted(lora_id)
+            self.metrics.evictions.inc()
 
-    def on_arrival(self, lora_id) -> None:
+    def on_arrival(self, req) -> None:
         """A request reached the scheduler: start its adapter's read now, not at its admission turn."""
+        lora_id = req.lora_id
         self.requests += 1
+        self.metrics.requests.inc()
         if lora_id in self.manager.loras:
             self.lru.touched(lora_id)
+            self.metrics.hits.inc()
             return
         self.misses += 1
+        req._mint_waiting_since = time.monotonic()
+        self.metrics.misses.inc()
         if lora_id not in self.failures:
             self.loader.request(lora_id)
 
@@ -165,6 +179,10 @@ class SchedulerResidency:
         self.install_ready()
         if lora_id in self.manager.loras:
             self.lru.touched(lora_id)
+            waited_since = getattr(req, "_mint_waiting_since", None)
+            if waited_since is not None:
+                req._mint_waiting_since = None
+                self.metrics.queue_wait_seconds.observe(time.monotonic() - waited_since)
             return None
         failure = self.failures.get(lora_id)
         if failure is not None:
@@ -240,7 +258,7 @@ def _after_ingest_requests(result, scheduler, *args, **kwargs):
 def _after_add_request_to_queue(result, scheduler, req, is_retracted=False, *args, **kwargs):
     residency = residency_of(scheduler)
     if residency is not None and not is_retracted and is_mint_lora_id(req.lora_id):
-        residency.on_arrival(req.lora_id)
+        residency.on_arrival(req)
     return result
 
 

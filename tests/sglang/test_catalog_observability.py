@@ -1,0 +1,111 @@
+"""/mint/prefetch, /mint/status, Prometheus metrics and the host-memory budget, end to end."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import openai
+import psutil
+import pytest
+
+from sglang_mint.catalog import init_catalog
+from sglang_mint.catalog.synth import synth
+from sglang_mint.dev.server import SGLangServer
+
+N_ADAPTERS = 600
+RANK = 8  # about 64 KiB per adapter: 600 of them would be about 38 MiB without a budget
+BUDGET = 2 << 20
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model, tmp_path_factory):
+    root = tmp_path_factory.mktemp("obs-catalog") / "catalog"
+    with init_catalog(str(root), str(tiny_model)) as cat:
+        synth(cat, N_ADAPTERS, prefix="big/", rank=RANK, progress=False)
+    log = tmp_path_factory.mktemp("obs-server") / "server.log"
+    extra = ["--mint-catalog", str(root), "--mint-host-cache-bytes", str(BUDGET), "--enable-metrics",
+             "--max-loras-per-batch", "8", "--max-lora-rank", "8"]
+    with SGLangServer(tiny_model, enable_mint=True, extra_args=extra, log_path=log, python=sys.executable) as srv:
+        yield srv
+
+
+def get(server, path):
+    with urllib.request.urlopen(server.url + path, timeout=60) as r:
+        return r.read().decode()
+
+
+def post(server, path, body: bytes):
+    req = urllib.request.Request(server.url + path, data=body, headers={"content-type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def sched_status(server):
+    return json.loads(get(server, "/mint/status"))["schedulers"][0]
+
+
+def metric(text: str, name: str) -> float:
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(name) and not line.startswith("#"))
+
+
+def scheduler_rss(server) -> int:
+    procs = psutil.Process(server.proc.pid).children(recursive=True)
+    sched = [p for p in procs if "scheduler" in " ".join(p.cmdline()) + p.name()]
+    return max(p.memory_info().rss for p in (sched or procs))
+
+
+def test_prefetch_loads_ahead_of_traffic(server):
+    before = sched_status(server)["cold_loads"]
+    code, body = post(server, "/mint/prefetch", json.dumps({"adapters": [
+        "big/0000001", "big/0000002", "big/0000001", "nope/missing", "../bad"]}).encode())
+    assert code == 200
+    assert body["prefetching"] == ["big/0000001@1", "big/0000002@1"]
+    assert set(body["errors"]) == {"nope/missing", "../bad"}
+    assert "nope/missing" in body["errors"]["nope/missing"]
+    deadline = time.monotonic() + 60
+    while sched_status(server)["cold_loads"] < before + 2:
+        assert time.monotonic() < deadline, "prefetch never loaded the adapters"
+        time.sleep(0.2)
+    hits = metric(get(server, "/metrics"), "sglang:mint_hits_total")
+    client = openai.OpenAI(base_url=server.openai_url, api_key="none", max_retries=0)
+    client.completions.create(model="big/0000001", prompt="hello", max_tokens=2)
+    assert metric(get(server, "/metrics"), "sglang:mint_hits_total") == hits + 1
+
+
+@pytest.mark.parametrize("body", [b"not json", b'{"adapters": "big/0000001"}', b'{"adapters": [1, 2]}'])
+def test_prefetch_rejects_bad_bodies(server, body):
+    code, answer = post(server, "/mint/prefetch", body)
+    assert code == 400 and "adapters" in answer["error"]
+
+
+def test_metrics_and_host_memory_under_churn(server):
+    client = openai.OpenAI(base_url=server.openai_url, api_key="none", max_retries=0, timeout=600)
+    rss_before = scheduler_rss(server)
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(lambda i: client.completions.create(model=f"big/{i:07d}", prompt="hello", max_tokens=2),
+                      range(10, N_ADAPTERS)))
+    st = sched_status(server)
+    assert st["loading"] == 0
+    assert st["cold_loads"] >= N_ADAPTERS - 10
+    assert st["host_bytes"] <= BUDGET + (128 << 10)  # the budget plus at most one adapter
+    grown = scheduler_rss(server) - rss_before
+    unbounded = (N_ADAPTERS - 10) * st["host_bytes"] / max(st["resident"], 1)
+    assert grown < unbounded / 2, f"scheduler RSS grew {grown >> 20} MiB; all adapters are {int(unbounded) >> 20} MiB"
+
+    text = get(server, "/metrics")
+    for name in ("sglang:mint_cold_loads_total", "sglang:mint_cold_load_seconds_bucket",
+                 "sglang:mint_queue_wait_seconds_count", "sglang:mint_evictions_total",
+                 "sglang:mint_resolves_total", "sglang:mint_host_bytes", "sglang:mint_misses_total"):
+        assert name in text, name
+    assert metric(text, "sglang:mint_cold_loads_total") == st["cold_loads"]
+    assert metric(text, "sglang:mint_evictions_total") == st["evictions"] > 0
+    assert metric(text, "sglang:mint_host_bytes") == st["host_bytes"]
