@@ -24,12 +24,12 @@ def register() -> None:
         return
     _registered = True
 
-    from sglang_mint.sglang import backend, cpu_compat, flags, frontend, openai_model, residency
+    from sglang_mint.sglang import backend, cpu_compat, flags, frontend, openai_model, packed_loader, residency
 
-    flags.register_hooks()
-    cpu_compat.register_hooks()
-    backend.register_backend()
-    openai_model.register_hooks()
-    frontend.register_hooks()
-    residency.register_hooks()
-    from sglang_mint.sglang import packed_loader; packed_loader.register_hooks()  # noqa: E702
+    flags.register_hooks()  # --enable-mint and --mint-* flags, carried to every process
+    cpu_compat.register_hooks()  # pinned memory without CUDA
+    backend.register_backend()  # --lora-backend mint and its MoE hooks
+    openai_model.register_hooks()  # adapter id in the OpenAI `model` field
+    frontend.register_hooks()  # catalog lookups in the tokenizer manager, /mint/* endpoints
+    residency.register_hooks()  # background cold loads and the host LRU in the scheduler
+    packed_loader.register_hooks()  # adapters in the packed format
