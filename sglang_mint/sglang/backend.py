@@ -19,6 +19,10 @@ MINT_BACKEND = "mint"
 
 def register_backend() -> None:
     register_lora_backend(MINT_BACKEND)(create_mint_backend)
+
+
+def register_hooks() -> None:
+    """In the scheduler process, where the model and its MoE layers run."""
     mint_moe.register_hooks()
 
 

@@ -10,25 +10,19 @@ attribute is None and every hook of the plugin passes through.
 from __future__ import annotations
 
 import argparse
-import logging
-import os
 
 from sglang.srt.plugins.hook_registry import HookRegistry, HookType
 
 from sglang_mint.config import MintConfig
 from sglang_mint.errors import MintError
 
-logger = logging.getLogger("sglang_mint")
-
 SERVER_ARGS = "sglang.srt.server_args.ServerArgs"
-SCHEDULER = "sglang.srt.managers.scheduler.Scheduler"
 MINT_BACKEND = "mint"
 
 
 def register_hooks() -> None:
     HookRegistry.register(f"{SERVER_ARGS}.add_cli_args", _after_add_cli_args, HookType.AFTER)
     HookRegistry.register(f"{SERVER_ARGS}.from_cli_args", _after_from_cli_args, HookType.AFTER)
-    HookRegistry.register(f"{SCHEDULER}.__init__", _after_scheduler_init, HookType.AFTER)
 
 
 def mint_config(server_args) -> MintConfig | None:
@@ -117,10 +111,3 @@ def _after_from_cli_args(server_args, cls, namespace, *args, **kwargs):
         raise SystemExit(f"error: {exc}") from None
     return server_args
 
-
-def _after_scheduler_init(result, scheduler, *args, **kwargs):
-    # The scheduler is a spawned process: this line shows the settings reached it.
-    config = mint_config(scheduler.server_args)
-    if config is not None:
-        logger.info("sglang-mint enabled in scheduler process %d: %s", os.getpid(), config)
-    return result

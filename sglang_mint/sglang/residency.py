@@ -231,10 +231,16 @@ def residency_of(scheduler) -> SchedulerResidency | None:
 
 
 def _after_scheduler_init(result, scheduler, *args, **kwargs):
+    import os
+
     from sglang_mint.sglang.flags import mint_config
 
     config = mint_config(scheduler.server_args)
-    if config is not None and config.catalog is not None and scheduler.enable_lora:
+    if config is None:
+        return result
+    # The scheduler is a spawned process: this line shows the settings reached it.
+    logger.info("sglang-mint enabled in scheduler process %d: %s", os.getpid(), config)
+    if config.catalog is not None and scheduler.enable_lora:
         scheduler._mint_residency = SchedulerResidency(scheduler, config)
     return result
 

@@ -127,3 +127,42 @@ def test_help_lists_the_flags():
     assert proc.returncode == 0, proc.stderr[-2000:]
     for text in ("--enable-mint", "--mint-catalog", "--mint-host-cache-bytes", "--mint-pin", "sglang-mint", "mint}"):
         assert text in proc.stdout
+
+
+def test_each_process_hooks_only_what_runs_in_it():
+    proc = run_py("""
+        import json
+        from sglang.srt.plugins.hook_registry import HookRegistry
+        import sglang_mint.sglang as glue
+
+        def targets(caller):
+            HookRegistry.reset()
+            glue._registered = False
+            role = caller()
+            return role, sorted(HookRegistry._hooks)
+
+        def run_scheduler_process():
+            return glue.process_role(), glue.register()
+
+        def run_detokenizer_process():
+            return glue.process_role(), glue.register()
+
+        def main():
+            return glue.process_role(), glue.register()
+
+        out = {}
+        for caller in (run_scheduler_process, run_detokenizer_process, main):
+            (role, _), hooked = targets(caller)
+            out[caller.__name__] = {"role": role, "targets": hooked}
+        print("RESULT" + json.dumps(out))
+    """)
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT")]
+    assert line, proc.stderr[-3000:]
+    out = json.loads(line[0][len("RESULT"):])
+    sched, detok, front = out["run_scheduler_process"], out["run_detokenizer_process"], out["main"]
+    assert (sched["role"], detok["role"], front["role"]) == ("scheduler", "detokenizer", "frontend")
+    assert any("Scheduler.can_schedule_lora_req" in t for t in sched["targets"])
+    assert not any("openai" in t or "tokenizer_manager" in t for t in sched["targets"])
+    assert any("OpenAIServingBase._resolve_lora_path" in t for t in front["targets"])
+    assert not any("Scheduler" in t for t in front["targets"])
+    assert not any("Scheduler" in t or "openai" in t or "lora.lora" in t for t in detok["targets"])

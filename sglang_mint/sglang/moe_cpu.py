@@ -1,0 +1,156 @@
+"""Make SGLang's MoE-expert LoRA path run on a machine without a CUDA device.
+
+With LoRA on routed experts, SGLang runs ``FusedMoEWithLoRA`` through its
+Triton MoE runner (``fused_experts`` + the ``fused_moe_lora`` kernels; on CPU
+they run under ``TRITON_INTERPRET=1``). Four gaps of SGLang 0.5.23's CPU path
+stop it before any kernel runs; each hook below closes one, and only acts on
+CPU tensors (it is declared only where ``torch.cuda.is_available()`` is False):
+
+1. ``fused_moe_triton_config.get_device_name`` is None on CPU and the config
+   file name calls ``.replace`` on it: answer ``"cpu"`` (no tuned table has
+   that name, so SGLang takes its default block sizes).
+2. ``moe_align_block_size`` calls ``sgl_moe_align_block_size``, a CUDA-only
+   import (NameError on CPU): :func:`moe_align_block_size_torch`, checked
+   against SGLang's own Triton reference in tests/sglang/test_moe_align_cpu.py.
+3. ``lora_moe_runners._compute_lora_alignment`` takes SGLang's pure-Python
+   alignment only on XPU (or small batches) and otherwise the CUDA op
+   ``moe_lora_align_block_size``, never imported on CPU: on CPU take the
+   pure-Python one, always.
+4. ``direct_register_custom_op`` registers an op's Python function for the
+   CUDA dispatch key only, so ``torch.ops.sglang.fused_moe_lora`` has no CPU
+   kernel: register the same function for CPU too.
+"""
+
+from __future__ import annotations
+
+import torch
+from sglang.srt.plugins.hook_registry import HookRegistry, HookType
+
+TRITON_UTILS = "sglang.srt.layers.moe.moe_runner.triton_utils"
+RUNNERS = "sglang.srt.lora.lora_moe_runners"
+COMMON = "sglang.srt.utils.common"
+
+
+def register_hooks() -> None:
+    if torch.cuda.is_available():
+        return
+    HookRegistry.register(f"{TRITON_UTILS}.fused_moe_triton_config.get_device_name", _device_name_cpu,
+                          HookType.AFTER)
+    # fused_moe binds the name at import (``from .moe_align_block_size import ...``),
+    # before hooks apply; lazy importers read it from its own module.
+    for where in ("fused_moe", "moe_align_block_size"):
+        HookRegistry.register(f"{TRITON_UTILS}.{where}.moe_align_block_size", _around_moe_align,
+                              HookType.AROUND)
+    HookRegistry.register(f"{RUNNERS}._compute_lora_alignment", _around_lora_alignment, HookType.AROUND)
+    HookRegistry.register(f"{COMMON}.direct_register_custom_op", _also_register_cpu, HookType.AFTER)
+
+
+# 1 -------------------------------------------------------------------------
+def _device_name_cpu(name, *args, **kwargs):
+    return "cpu" if name is None else name
+
+
+# 2 -------------------------------------------------------------------------
+def _around_moe_align(original, topk_ids, block_size, num_experts, ignore_invalid_expert=False, **kwargs):
+    if topk_ids.device.type != "cpu" or kwargs.get("return_inactive_prefix_count") or kwargs.get(
+            "pad_expert_ids"):
+        return original(topk_ids, block_size, num_experts, ignore_invalid_expert, **kwargs)
+    return moe_align_block_size_torch(topk_ids, block_size, num_experts, ignore_invalid_expert)
+
+
+def moe_align_block_size_torch(topk_ids: torch.Tensor, block_size: int, num_experts: int,
+                               ignore_invalid_expert: bool = False):
+    """SGLang's ``moe_align_block_size`` contract in plain torch (CPU).
+
+    Semantics (the CUDA kernel's "+1 bucket" convention, which SGLang calls
+    with ``num_experts + 1`` buckets): a route to expert ``e`` falls in bucket
+    ``e + 1``; bucket 0 holds routes to ``-1`` (experts filtered out by EP),
+    or nothing with ``ignore_invalid_expert``. Buckets are laid out in order,
+    each padded to a multiple of ``block_size``; within a bucket the flat
+    route indices ascend; pad entries hold ``numel``:
+
+        sorted_ids[cumsum[b] : cumsum[b] + count[b]] = routes of bucket b, ascending
+        expert_ids[blk] = (bucket of block blk) - 1
+        num_tokens_post_pad[0] = cumsum[-1]
+
+    Example: topk_ids [[2, 3], [1, 2]], block 2, 4 experts: flat [2, 3, 1, 2]
+    give sorted_ids [2, 4, 0, 3, 1, 4, ...], expert_ids [1, 2, 3],
+    num_tokens_post_pad [6].
+
+    Shape: topk_ids [M, top_k] int; returns sorted_ids [P] int32 (P the same
+    upper bound SGLang allocates), expert_ids [ceil(P / block_size)] int32
+    (-1 past the last block), num_tokens_post_pad [1] int32.
+    """
+    numel = topk_ids.numel()
+    buckets = num_experts + 1
+    if numel < buckets:
+        max_padded = numel * block_size
+    else:
+        max_padded = numel + buckets * (block_size - 1)
+    max_padded = (max_padded + 3) // 4 * 4
+    dev = topk_ids.device
+    flat = topk_ids.reshape(-1).to(torch.int64) + 1
+    counts = torch.bincount(flat, minlength=buckets)[:buckets]
+    if ignore_invalid_expert:
+        counts[0] = 0
+    padded = (counts + block_size - 1) // block_size * block_size
+    ends = torch.cumsum(padded, 0)
+    starts = ends - padded
+    order = torch.argsort(flat, stable=True)
+    keep = flat[order]
+    if ignore_invalid_expert:
+        order, keep = order[keep > 0], keep[keep > 0]
+    # rank of each route inside its bucket: 0, 1, 2... after the stable sort
+    first = torch.cumsum(counts, 0) - counts
+    rank = torch.arange(order.numel(), device=dev) - first[keep]
+    sorted_ids = torch.full((max_padded,), numel, dtype=torch.int32, device=dev)
+    sorted_ids[starts[keep] + rank] = order.to(torch.int32)
+    n_blocks = (max_padded + block_size - 1) // block_size
+    expert_ids = torch.full((n_blocks,), -1, dtype=torch.int32, device=dev)
+    total = int(ends[-1])
+    blk_start = torch.arange(total // block_size, device=dev) * block_size
+    expert_ids[: blk_start.numel()] = (torch.searchsorted(ends, blk_start, right=True) - 1).to(torch.int32)
+    num_tokens_post_pad = torch.tensor([total], dtype=torch.int32, device=dev)
+    return sorted_ids, expert_ids, num_tokens_post_pad
+
+
+# 3 -------------------------------------------------------------------------
+def _around_lora_alignment(original, topk_ids, lora_info, *args, **kwargs):
+    if topk_ids.device.type != "cpu":
+        return original(topk_ids, lora_info, *args, **kwargs)
+    return _naive_lora_alignment(topk_ids, lora_info)
+
+
+def _naive_lora_alignment(topk_ids, lora_info):
+    """``_compute_lora_alignment``'s own pure-Python branch (taken on XPU), sizes as SGLang's."""
+    from sglang.srt.lora import lora_moe_runners as runners
+
+    block_m = 64  # SGLang's shrink BLOCK_SIZE_M for this path
+    max_loras = len(lora_info.lora_ranks)
+    padded = topk_ids.numel() + lora_info.num_experts * (block_m - 1)
+    padded = (padded + block_m - 1) // block_m * block_m
+    m_blocks = (padded + block_m - 1) // block_m
+    sorted_ids, expert_ids, post_padded = runners._naive_moe_lora_align_block_size(
+        topk_ids, lora_info.seg_indptr, lora_info.req_to_lora, int(lora_info.num_experts), block_m,
+        max_loras, int(padded), int(m_blocks), lora_info.adapter_enabled, topk_ids.device,
+    )
+    lora_ids = torch.arange(max_loras, dtype=torch.int32, device=topk_ids.device)
+    return sorted_ids.view(max_loras, -1), expert_ids.view(max_loras, -1), post_padded, lora_ids
+
+
+# 4 -------------------------------------------------------------------------
+# direct_register_custom_op's parameters, in order
+REGISTER_PARAMS = ("op_name", "op_func", "mutates_args", "fake_impl", "target_lib")
+
+
+def _also_register_cpu(result, *args, **kwargs):
+    from sglang.srt.utils import common
+
+    given = {**dict(zip(REGISTER_PARAMS, args)), **kwargs}
+    lib = given.get("target_lib") or common.sglang_lib
+    try:
+        lib.impl(given["op_name"], given["op_func"], "CPU")
+    except RuntimeError as exc:
+        if "multiple times" not in str(exc):  # already registered (a second engine in-process)
+            raise
+    return result
