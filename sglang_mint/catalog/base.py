@@ -50,6 +50,9 @@ class BaseModel:
     head_dim: int
     num_hidden_layers: int
     mla: bool = False  # DeepSeek-style attention: q/k/v shapes are not the dense ones
+    # Recorded for packed revisions (catalogs made before they existed lack them: None).
+    vocab_size: int | None = None
+    num_experts: int | None = None  # routed experts of an MoE model
 
     def to_json(self) -> dict:
         return dict(self.__dict__)
@@ -57,6 +60,21 @@ class BaseModel:
     @classmethod
     def from_json(cls, d: dict) -> "BaseModel":
         return cls(**d)
+
+    def packed_identity(self) -> dict:
+        """What a packed file converted for this base records (``mint.base`` in format.py);
+        the engine checks hidden_size, layers, vocab and experts against it before reading data.
+        Example for the tiny Llama: ``{"name": "tiny", "identity": "llama-3f2a...",
+        "hidden_size": 128, "num_hidden_layers": 2, "vocab_size": 1000, "kv_out": 64}``."""
+        out = {"name": self.name, "identity": self.identity, "hidden_size": self.hidden_size,
+               "num_hidden_layers": self.num_hidden_layers}
+        if self.vocab_size:
+            out["vocab_size"] = self.vocab_size
+        if not self.mla:  # k_proj/v_proj width, to zero-fill them under a q_proj-only adapter
+            out["kv_out"] = self.num_key_value_heads * self.head_dim
+        if self.num_experts:
+            out["num_experts"] = self.num_experts
+        return out
 
     def module_shape(self, parent: str, module: str) -> tuple[int, int] | None:
         """(in_features, out_features) of a dense module, or None if we do not know it.
@@ -97,6 +115,9 @@ def base_model_from_config(config: dict, name: str) -> BaseModel:
         head_dim=int(head_dim),
         num_hidden_layers=cfg["num_hidden_layers"],
         mla=bool(cfg.get("kv_lora_rank")),
+        vocab_size=cfg.get("vocab_size") if isinstance(cfg.get("vocab_size"), int) else None,
+        num_experts=next((int(cfg[k]) for k in ("num_experts", "n_routed_experts", "num_local_experts")
+                          if isinstance(cfg.get(k), int) and cfg[k] > 0), None),
     )
 
 

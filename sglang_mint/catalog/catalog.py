@@ -10,7 +10,7 @@ Typical use by the serving path::
 
     cat = open_catalog("/data/catalog")
     rev = cat.resolve("acme/support-bot")     # Revision; AdapterNotFound if unknown/deleted
-    path = rev.local_path()                   # folder with adapter_config.json + adapter_model.safetensors
+    path = rev.local_path()                   # adapter_config.json + adapter_model.safetensors (or adapter.mintpack)
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ from dataclasses import dataclass
 
 from sglang_mint.catalog.base import BaseModel, load_base_model
 from sglang_mint.catalog.blobs import LocalBlobStore
-from sglang_mint.catalog.errors import (AdapterNotFound, BlobMissing, CatalogError, MintError, NotACatalog,
-                                        RevisionNotFound)
+from sglang_mint.catalog.errors import (AdapterNotFound, BlobMissing, CatalogError, InvalidAdapter, MintError,
+                                        NotACatalog, RevisionNotFound)
 from sglang_mint.catalog.ids import validate_adapter_id
 from sglang_mint.catalog.peft_import import CONFIG, WEIGHTS, PeftAdapter, read_peft_folder
 from sglang_mint.catalog.sqlite_store import SqliteMetadataStore
@@ -172,7 +172,9 @@ class Catalog:
 
         ``views/<content_digest[:2]>/<content_digest>/`` holds hard links to
         the blobs under their file names (adapter_config.json and
-        adapter_model.safetensors for PEFT) plus ``.mint-files.json``. It is
+        adapter_model.safetensors for PEFT; adapter_config.json and
+        adapter.mintpack for packed, which SGLang reads through
+        sglang_mint.sglang.packed_loader) plus ``.mint-files.json``. It is
         built in ``views/tmp`` and renamed into place, so a concurrent caller
         sees a complete folder or none; identical content shares one folder.
         """
@@ -203,27 +205,60 @@ class Catalog:
 
     # -- writes --------------------------------------------------------------
     def publish(self, adapter_id: str, folder: str, metadata: dict | None = None,
-                expect_revision: int | None = None) -> Revision:
+                expect_revision: int | None = None, pack: bool = False) -> Revision:
         """Import a PEFT folder as the next revision of ``adapter_id`` and make it current.
 
+        With ``pack=True`` the revision is stored in the packed format
+        (``format='packed'``: adapter_config.json + adapter.mintpack, converted
+        by sglang_mint.packed after the same checks; needs torch).
         Everything is checked before anything is written; blobs are written
         and fsynced under the write lock, after the conflict checks and before
         the revision commits (readers are never blocked: WAL). RevisionConflict if this content is
         already a revision of the adapter, or ``expect_revision`` is taken."""
         validate_adapter_id(adapter_id)
         peft = read_peft_folder(folder, self.base)
+        if pack:
+            return self.publish_packed(adapter_id, peft, metadata, expect_revision, where=folder)
         return self.publish_peft(adapter_id, peft, metadata, expect_revision)
 
     def publish_peft(self, adapter_id: str, peft: PeftAdapter, metadata: dict | None = None,
                      expect_revision: int | None = None) -> Revision:
+        payload = {CONFIG: peft.config_bytes, WEIGHTS: peft.weights_bytes}
+        return self._publish(adapter_id, "peft", payload, peft.rank, peft.alpha, peft.target_modules, peft.dtype,
+                             metadata, expect_revision)
+
+    def publish_packed(self, adapter_id: str, peft: PeftAdapter, metadata: dict | None = None,
+                       expect_revision: int | None = None, where: str = "<adapter>") -> Revision:
+        """Convert a checked PEFT adapter to the packed format and publish that.
+
+        The packed rank can exceed the PEFT ``r`` (PEFT's fused MoE gate_up has
+        rank 2r, see docs/packed.md); the revision records the packed rank and
+        alpha, which are what adapter_config.json of the view says."""
+        validate_adapter_id(adapter_id)
+        try:
+            from sglang_mint.packed.convert import pack_bytes
+            from sglang_mint.packed.format import PACKED_FILE, PackedError
+        except ImportError as exc:
+            raise CatalogError(f"--pack needs torch, which cannot be imported here ({exc})") from None
+        try:
+            config_bytes, data, mint = pack_bytes(peft.config_bytes, peft.weights_bytes,
+                                                  self.base.packed_identity(), where)
+        except (PackedError, RuntimeError, ValueError, KeyError) as exc:  # torch shape errors are RuntimeError
+            raise InvalidAdapter(f"{where}: cannot convert to the packed format: {exc}") from None
+        dtype = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}[mint["dtype"]]
+        return self._publish(adapter_id, "packed", {CONFIG: config_bytes, PACKED_FILE: data}, int(mint["rank"]),
+                             float(mint["alpha"]), peft.target_modules, dtype, metadata, expect_revision)
+
+    def _publish(self, adapter_id: str, fmt: str, payload: dict, rank: int, alpha: float,
+                 target_modules: tuple[str, ...], dtype: str, metadata: dict | None,
+                 expect_revision: int | None) -> Revision:
         validate_adapter_id(adapter_id)
         if metadata is not None and not isinstance(metadata, dict):
             raise CatalogError(f"metadata must be a JSON object, got {type(metadata).__name__}")
-        payload = {CONFIG: peft.config_bytes, WEIGHTS: peft.weights_bytes}
         files = {name: hashlib.sha256(data).hexdigest() for name, data in payload.items()}
         record = RevisionRecord(
-            format="peft", rank=peft.rank, alpha=peft.alpha, target_modules=peft.target_modules,
-            dtype=peft.dtype, size_bytes=sum(len(d) for d in payload.values()), files=files,
+            format=fmt, rank=rank, alpha=alpha, target_modules=target_modules,
+            dtype=dtype, size_bytes=sum(len(d) for d in payload.values()), files=files,
             content_digest=content_digest(files), metadata=dict(metadata or {}))
         json.dumps(record.metadata)  # refuse unserialisable metadata before writing blobs
 
@@ -340,8 +375,8 @@ class Catalog:
 
     # -- bulk ------------------------------------------------------------------
     def import_folders(self, folders: list[str], namespace: str = "", metadata: dict | None = None,
-                       progress: bool = True) -> list[Revision]:
-        """Publish many PEFT folders; the id is ``namespace/<folder name>``.
+                       progress: bool = True, pack: bool = False) -> list[Revision]:
+        """Publish many PEFT folders (packed with ``pack=True``); the id is ``namespace/<folder name>``.
 
         Stops at the first bad folder with an error naming it; the folders
         before it stay imported (the message says how many)."""
@@ -352,7 +387,7 @@ class Catalog:
                 name = os.path.basename(os.path.normpath(folder))
                 adapter_id = f"{namespace.rstrip('/')}/{name}" if namespace else name
                 try:
-                    out.append(self.publish(adapter_id, folder, metadata))
+                    out.append(self.publish(adapter_id, folder, metadata, pack=pack))
                 except MintError as exc:
                     raise type(exc)(f"{exc} [imported {len(out)} of {len(folders)} folders before this one]") from None
                 bar.update(1)

@@ -64,9 +64,10 @@ def cmd_import(args) -> int:
     with _open(args) as cat:
         t0 = time.perf_counter()
         if args.id:
-            revs = [cat.publish(args.id, folders[0], _metadata(args))]
+            revs = [cat.publish(args.id, folders[0], _metadata(args), pack=args.pack)]
         else:
-            revs = cat.import_folders(folders, args.namespace, _metadata(args), progress=not args.no_progress)
+            revs = cat.import_folders(folders, args.namespace, _metadata(args), progress=not args.no_progress,
+                                      pack=args.pack)
         dt = time.perf_counter() - t0
         _out(args, {"imported": [r.to_json() for r in revs], "seconds": round(dt, 3)},
              "\n".join(_rev_line(r) for r in revs) + f"\nimported {len(revs)} adapter(s) in {dt:.2f}s")
@@ -75,7 +76,7 @@ def cmd_import(args) -> int:
 
 def cmd_publish(args) -> int:
     with _open(args) as cat:
-        r = cat.publish(args.adapter_id, args.folder, _metadata(args), args.revision)
+        r = cat.publish(args.adapter_id, args.folder, _metadata(args), args.revision, pack=args.pack)
         _out(args, r.to_json(), f"published {_rev_line(r)} (now current)")
     return 0
 
@@ -194,12 +195,16 @@ def add_commands(subparsers) -> None:
     p.add_argument("--id", help="explicit adapter id (one folder only)")
     p.add_argument("--metadata", metavar="JSON", help="free-form metadata object for every revision")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    p.add_argument("--pack", action="store_true", help="store the packed format (adapter.mintpack: one read, one "
+                   "copy at load; see docs/packed.md) instead of the PEFT files; the same checks run first")
 
     p = cmd("publish", cmd_publish, "publish a PEFT folder as the next revision of an adapter and make it current")
     p.add_argument("adapter_id", metavar="ADAPTER_ID")
     p.add_argument("folder", metavar="FOLDER")
     p.add_argument("--metadata", metavar="JSON", help="free-form metadata, e.g. '{\"step\": 1200, \"eval\": 0.81}'")
     p.add_argument("--revision", type=int, help="refuse unless this is the number the new revision gets")
+    p.add_argument("--pack", action="store_true", help="store the packed format (adapter.mintpack: one read, one "
+                   "copy at load; see docs/packed.md) instead of the PEFT files; the same checks run first")
 
     p = cmd("rollback", cmd_rollback, "make the previous (or a named) revision current")
     p.add_argument("adapter_id", metavar="ADAPTER_ID")

@@ -83,22 +83,37 @@ def _fused_params(parent: str, params: list[str], tensors: dict, where: str) -> 
 
 
 def read_peft(folder: str) -> tuple[dict, dict[str, torch.Tensor]]:
-    from safetensors.torch import load_file
-
     cfg_path, w_path = os.path.join(folder, CONFIG), os.path.join(folder, WEIGHTS)
     if not os.path.isfile(cfg_path) or not os.path.isfile(w_path):
         raise PackedError(f"{folder}: not a PEFT folder (needs {CONFIG} and {WEIGHTS})")
-    with open(cfg_path) as f:
-        cfg = json.load(f)
-    if str(cfg.get("peft_type", "")).upper() != "LORA":
-        raise PackedError(f"{cfg_path}: peft_type {cfg.get('peft_type')!r} is not LORA")
-    if cfg.get("use_rslora") or cfg.get("use_dora"):
-        raise PackedError(f"{cfg_path}: rsLoRA/DoRA adapters are not supported")
+    with open(cfg_path, "rb") as f:
+        cfg_bytes = f.read()
+    with open(w_path, "rb") as f:
+        weights = f.read()
+    return parse_peft(cfg_bytes, weights, folder)
+
+
+def parse_peft(cfg_bytes: bytes, weights: bytes, where: str) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(adapter_config, tensors) from the two files of a PEFT folder, already in memory."""
+    from safetensors.torch import load
+
     try:
-        tensors = load_file(w_path)
+        cfg = json.loads(cfg_bytes)
+    except ValueError as exc:
+        raise PackedError(f"{where}/{CONFIG}: not JSON ({exc})") from None
+    if not isinstance(cfg, dict):
+        raise PackedError(f"{where}/{CONFIG}: not a JSON object")
+    if str(cfg.get("peft_type", "")).upper() != "LORA":
+        raise PackedError(f"{where}/{CONFIG}: peft_type {cfg.get('peft_type')!r} is not LORA")
+    if cfg.get("use_rslora") or cfg.get("use_dora"):
+        raise PackedError(f"{where}/{CONFIG}: rsLoRA/DoRA adapters are not supported")
+    try:
+        tensors = load(bytes(weights))
     except Exception as exc:  # safetensors raises its own error types
-        raise PackedError(f"{w_path}: unreadable safetensors ({exc})") from None
-    return cfg, tensors
+        raise PackedError(f"{where}/{WEIGHTS}: unreadable safetensors ({exc})") from None
+    # safetensors returns its dict in hash order, which varies between runs; sorted names make the
+    # packed bytes a function of the input (the catalog stores them content-addressed)
+    return cfg, dict(sorted(tensors.items()))
 
 
 def _members(cfg: dict, tensors: dict[str, torch.Tensor], where: str) -> dict[str, Member]:
@@ -384,6 +399,22 @@ def pack_folder(src: str, dst: str, base_dir: str | None = None) -> str:
     with open(os.path.join(dst, CONFIG), "w") as f:
         json.dump(pcfg, f, indent=2)
     return out
+
+
+def pack_bytes(cfg_bytes: bytes, weights: bytes, base: dict, where: str) -> tuple[bytes, bytearray, dict]:
+    """The packed folder's two files in memory: (adapter_config.json, adapter.mintpack, mint metadata).
+
+    ``base`` is what the file records about its base model (see base_identity);
+    its ``num_experts`` and ``kv_out`` steer the conversion as in pack_folder.
+    The same input gives the same bytes (the catalog stores them content-addressed)."""
+    from sglang_mint.packed.writer import encode_packed
+
+    cfg, tensors = parse_peft(cfg_bytes, weights, where)
+    stored, mint, pcfg = pack_tensors(cfg, tensors, where, num_experts=base.get("num_experts"),
+                                      kv_out=base.get("kv_out"))
+    mint["base"] = base
+    data = encode_packed(stored, mint, where)
+    return json.dumps(pcfg, indent=2).encode(), data, mint
 
 
 def unpack_folder(packed: str, out: str) -> str:

@@ -1,0 +1,166 @@
+"""Packed revisions: `publish(..., pack=True)` / `mint catalog import|publish --pack`.
+
+The folder is checked exactly like a PEFT import, converted with
+sglang_mint.packed, and stored as two blobs (adapter_config.json,
+adapter.mintpack); the view is those two files as hard links.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from conftest import peft_tensors, write_base, write_peft, written
+from test_import import CASES, _bad_cases
+
+from sglang_mint.catalog import init_catalog
+from sglang_mint.catalog.errors import AdapterNotFound, RevisionConflict
+from sglang_mint.packed import PACKED_FILE, read_packed
+from sglang_mint.packed.convert import unpack_tensors
+from sglang_mint.packed.reader import read_header
+
+
+def _source(folder) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+    return load_file(os.path.join(folder, "adapter_model.safetensors"))
+
+
+def test_packed_round_trip(cat, peft):
+    folder = peft("a", rank=4, seed=3)
+    rev = cat.publish("acme/a", folder, {"step": 7}, pack=True)
+    assert (rev.format, rev.rank, rev.alpha, rev.dtype, rev.metadata) == ("packed", 4, 8.0, "float16", {"step": 7})
+    assert set(rev.files) == {"adapter_config.json", PACKED_FILE}
+    assert cat.resolve("acme/a") == rev
+
+    view = rev.local_path()
+    assert sorted(os.listdir(view)) == sorted([".mint-files.json", "adapter_config.json", PACKED_FILE])
+    for name, digest in rev.files.items():  # hard links to the blobs, like the PEFT views
+        assert os.stat(os.path.join(view, name)).st_ino == os.stat(cat.blobs.path(digest)).st_ino
+    assert rev.size_bytes == sum(os.path.getsize(os.path.join(view, n)) for n in rev.files)
+
+    packed = read_packed(os.path.join(view, PACKED_FILE), pin=False)
+    src = _source(folder)
+    back = unpack_tensors(packed.mint, packed.tensors)
+    assert set(back) == set(src)
+    for k, t in src.items():
+        assert torch.equal(back[k].view(torch.int16), t.view(torch.int16)), k  # bit-exact
+    cfg = json.load(open(os.path.join(view, "adapter_config.json")))
+    assert (cfg["r"], cfg["lora_alpha"]) == (rev.rank, rev.alpha)
+    # the engine checks these against its model before reading any data
+    base = packed.mint["base"]
+    assert (base["hidden_size"], base["num_hidden_layers"], base["vocab_size"], base["identity"]) == (
+        128, 2, 1000, cat.base.identity)
+
+
+def test_packing_is_deterministic_and_content_addressed(cat, peft):
+    folder = peft("a", rank=2, seed=5)
+    one = cat.publish("x/one", folder, pack=True)
+    two = cat.publish("x/two", folder, pack=True)
+    assert one.files == two.files and one.content_digest == two.content_digest
+    assert cat.stats()["blobs"] == 2  # config + mintpack, shared
+    with pytest.raises(RevisionConflict):  # the same content again under one id
+        cat.publish("x/one", folder, pack=True)
+    # the PEFT form of the same folder is other content: a new revision, and rollback between forms works
+    peft_rev = cat.publish("x/one", folder)
+    assert (peft_rev.revision, peft_rev.format) == (2, "peft")
+    assert cat.rollback("x/one").format == "packed"
+
+
+def test_fused_rank_and_bf16_recorded(cat, tmp_path):
+    """A q_proj-only bf16 adapter: k/v are zero-filled to the base's kv width; dtype and rank are the packed ones."""
+    t = {k: torch.from_numpy(v.astype(np.float32)).to(torch.bfloat16)
+         for k, v in peft_tensors(rank=3, modules=("q_proj",)).items()}
+    from safetensors.torch import save_file
+    folder = tmp_path / "bf"
+    write_peft(folder, rank=3, modules=("q_proj",))
+    save_file(t, str(folder / "adapter_model.safetensors"))  # the same tensors in bf16
+    rev = cat.publish("bf", str(folder), pack=True)
+    assert (rev.dtype, rev.rank, rev.target_modules) == ("bfloat16", 3, ("q_proj",))
+    _, entries, mint, _ = read_header(os.path.join(rev.local_path(), PACKED_FILE))
+    shapes = {e.name: e.shape for e in entries}
+    assert shapes["base_model.model.model.layers.0.self_attn.qkv_proj.lora_B.weight"] == [128 + 64 + 64, 3]
+    assert mint["dtype"] == "BF16"
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bad_folder_is_refused_with_pack_and_nothing_written(case, cat, tmp_path):
+    name, make, err, words = next(c for c in _bad_cases(str(tmp_path), None) if c[0] == case)
+    folder = str(tmp_path / "bad" / name)
+    make(folder)
+    with pytest.raises(err) as info:
+        cat.publish("acme/bad", folder, pack=True)
+    assert words in str(info.value), str(info.value)
+    assert written(cat) == (0, 0, [])
+
+
+def test_unconvertible_adapter_is_refused_and_nothing_written(cat, tmp_path):
+    """Passes the PEFT checks but not the converter: per-module scalings differ (SGLang has one per adapter)."""
+    t = peft_tensors(rank=4, modules=("q_proj", "v_proj"))
+    for k in list(t):
+        if ".v_proj." in k:
+            t[k] = np.ones((2, 128) if "lora_A" in k else (64, 2), np.float16)
+    folder = write_peft(tmp_path / "rp", rank=4, modules=("q_proj", "v_proj"),
+                        config={"rank_pattern": {"v_proj": 2}}, tensors=t)
+    from sglang_mint.catalog.errors import InvalidAdapter
+    with pytest.raises(InvalidAdapter, match="cannot convert to the packed format.*scaling"):
+        cat.publish("rp", folder, pack=True)
+    assert written(cat) == (0, 0, [])
+
+
+def test_verify_and_gc_understand_packed_blobs(cat, peft):
+    rev = cat.publish("p/a", peft("a", rank=2, seed=1), pack=True)
+    keep = cat.publish("p/b", peft("b", rank=3, seed=2), pack=True)  # another rank: no blob shared
+    view = rev.local_path()
+    keep_view = keep.local_path()
+    rep = cat.verify()
+    assert rep["ok"] and rep["checked_blobs"] == 4, rep
+
+    # a flipped byte in the packed data region is found by the re-hash
+    blob = cat.blobs.path(rev.files[PACKED_FILE])
+    os.chmod(blob, 0o644)
+    data = bytearray(open(blob, "rb").read())
+    data[-1] ^= 0xFF
+    open(blob, "wb").write(bytes(data))
+    rep = cat.verify()
+    assert not rep["ok"] and any(rev.files[PACKED_FILE] in p and "corrupt" in p for p in rep["problems"]), rep
+
+    # delete + gc reclaims the packed blobs and the view; the other adapter is untouched
+    cat.delete("p/a")
+    out = cat.gc(grace_s=0)
+    assert out["removed_blobs"] == 2 and out["removed_views"] == 1, out
+    assert not os.path.exists(view) and not os.path.exists(blob)
+    assert os.path.isfile(os.path.join(keep_view, PACKED_FILE))
+    with pytest.raises(AdapterNotFound):
+        cat.resolve("p/a")
+    rep = cat.verify()
+    assert rep["ok"] and rep["checked_blobs"] == 2 and rep["unreferenced_blobs"] == 0, rep
+
+
+def test_bulk_import_pack(cat, tmp_path):
+    folders = [write_peft(tmp_path / "bulk" / f"ad{i}", seed=i, rank=1) for i in range(3)]
+    revs = cat.import_folders(folders, namespace="team", progress=False, pack=True)
+    assert [(r.adapter_id, r.format) for r in revs] == [(f"team/ad{i}", "packed") for i in range(3)]
+
+
+def test_cli_import_and_publish_pack(tmp_path):
+    base = write_base(tmp_path / "tiny")
+    root = str(tmp_path / "cat")
+    init_catalog(root, base).close()
+    for i in range(2):
+        write_peft(tmp_path / "in" / f"ad{i}", seed=i, rank=2)
+
+    def mint(*args):
+        p = subprocess.run([sys.executable, "-m", "sglang_mint.cli", "catalog", *args, "--json"],
+                           capture_output=True, text=True, timeout=120)
+        assert p.returncode == 0, p.stderr
+        return json.loads(p.stdout)
+
+    out = mint("import", root, "--from-dir", str(tmp_path / "in"), "--namespace", "acme", "--pack", "--no-progress")
+    assert [(r["adapter_id"], r["format"]) for r in out["imported"]] == [("acme/ad0", "packed"), ("acme/ad1", "packed")]
+    v2 = write_peft(tmp_path / "v2", seed=9, rank=2)
+    r = mint("publish", root, "acme/ad0", v2, "--pack")
+    assert (r["revision"], r["format"], sorted(r["files"])) == (2, "packed", ["adapter.mintpack", "adapter_config.json"])
+    assert mint("verify", root)["ok"]
