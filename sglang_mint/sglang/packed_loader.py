@@ -1,6 +1,7 @@
 """SGLang reads packed adapters: ``LoRAAdapter.initialize_weights`` from one buffer.
 
-Hooked (AROUND): ``sglang.srt.lora.lora.LoRAAdapter.initialize_weights``. When the
+Hooked (AROUND): ``sglang.srt.lora.lora.LoRAAdapter.initialize_weights`` (and, in
+packed_pool.py, ``LoRAMemoryPool.load_lora_weight_to_buffer``). When the
 adapter folder holds ``adapter.mintpack``, the header is checked against the
 engine (rank = adapter_config r, base model identity, layer ids, expert counts)
 BEFORE the data is read; then one copy of the data region lands in a host
@@ -35,7 +36,10 @@ TARGET = "sglang.srt.lora.lora.LoRAAdapter.initialize_weights"
 
 
 def register_hooks() -> None:
+    from sglang_mint.sglang import packed_pool
+
     HookRegistry.register(TARGET, initialize_weights, HookType.AROUND)
+    packed_pool.register_hooks()  # and into the LoRA pool with one copy per layer-module tensor
 
 
 def packed_path(folder: str) -> str | None:
