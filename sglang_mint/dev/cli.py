@@ -32,6 +32,21 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.set_defaults(func=_tiny_adapters)
 
+    p = sub.add_parser("tiny-moe", help="write a tiny random-weight MoE model (8 experts, top-2) with a local tokenizer")
+    p.add_argument("out", help="folder to write the model into")
+    p.add_argument("--family", choices=["qwen3-moe", "deepseek-v3"], default="qwen3-moe",
+                   help="qwen3-moe, or deepseek-v3 (MLA + MoE, with the config SGLang's CPU path needs)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.set_defaults(func=_tiny_moe)
+
+    p = sub.add_parser("tiny-moe-adapters",
+                       help="write one expert-LoRA adapter for a tiny MoE model in per-expert, 3D-packed and "
+                       "PEFT-fused forms (serve the fused one through `mint pack`)")
+    p.add_argument("model", help="the tiny MoE model's folder")
+    p.add_argument("out", help="folder to write the forms into (one sub-folder each)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.set_defaults(func=_tiny_moe_adapters)
+
     p = sub.add_parser(
         "cpu-env",
         help="print `export` lines that let SGLang run without a GPU driver "
@@ -60,6 +75,29 @@ def _tiny_adapters(args) -> int:
     for path in paths:
         cfg = json.loads((path / "adapter_config.json").read_text())
         print(f"{path}  rank={cfg['r']} targets={','.join(sorted(cfg['target_modules']))}")
+    return 0
+
+
+def _tiny_moe(args) -> int:
+    from sglang_mint.dev.tiny_moe import write_tiny_moe
+
+    out = write_tiny_moe(args.out, family=args.family, seed=args.seed)
+    print(f"wrote tiny {args.family} to {out}")
+    return 0
+
+
+def _tiny_moe_adapters(args) -> int:
+    from sglang_mint.dev.tiny_moe import family_of, write_tiny_moe_adapters
+    from sglang_mint.errors import MintError
+
+    try:
+        family_of(args.model)
+    except (OSError, KeyError, ValueError):
+        raise MintError(f"{args.model} is not a tiny MoE model folder (qwen3_moe or deepseek_v3 config.json)")
+    for form, path in write_tiny_moe_adapters(args.model, args.out, seed=args.seed).items():
+        cfg = json.loads((path / "adapter_config.json").read_text())
+        targets = sorted(cfg["target_modules"]) + [f"experts.{p}" for p in sorted(cfg.get("target_parameters") or [])]
+        print(f"{path}  form={form} rank={cfg['r']} targets={','.join(targets)}")
     return 0
 
 
