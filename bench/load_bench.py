@@ -7,8 +7,15 @@ Question: (a) SGLang 0.5.23's own load of a PEFT folder
 engine, one copy, views; the function our AROUND hook runs in its place) vs
 (c) a plain memcpy of the same bytes from page cache into a fresh buffer from
 the same allocator (the floor on this machine). Both (a) and (b) build the same LoRAAdapter that
-``LoRAManager.load_lora_adapter`` keeps; the pool copy at first use is not
-timed (identical for both on CPU). Page cache is warm for all three.
+``LoRAManager.load_lora_adapter`` keeps. Page cache is warm for all three.
+
+Then the pool fill at first use (``LoRAMemoryPool.load_lora_weight_to_buffer``
+into a real host pool on CPU, sglang_mint.sglang.standin_pool; max rank = the
+adapter's, bf16): (d) SGLang's own fill of the adapter from (a) vs (e) ours,
+``sglang_mint.sglang.packed_pool``, of the adapter from (b), with the number of
+tensor copies into the pool each makes (SGLang: its ``copy_weight_into_buffer``
+calls; ours: its copies, a scaled MoE B written by ``torch.mul(out=)``
+counting as one) and a check that both pools end bit-identical. Ours is timed including its fill plan (what a first fill pays).
 
 Shapes: an MoE adapter (48 layers x 128 experts x gate/up/down, per-expert
 PEFT keys, hidden 256, expert intermediate 128, rank 8, bf16, about 113 MB)
@@ -155,11 +162,62 @@ def run(kind: str, repeat: int, root: str) -> dict:
             w = ly.weights[k.replace(m.group(0), ".experts.")][int(m.group(1))] if m else ly.weights[k]
             assert torch.equal(v, w), k
     nbytes = size - data_start
-    return {"adapter": kind, "shape": s, "bytes": nbytes, "file_bytes": size, "tensors_packed": len(entries),
+    fill = pool_fill(s, cfg, x, y, repeat)
+    return {**fill, "adapter": kind, "shape": s, "bytes": nbytes, "file_bytes": size, "tensors_packed": len(entries),
             "pack_s": round(pack_s, 3), "repeat": repeat,
             "a_sglang_peft_s": round(a, 4), "b_packed_s": round(b, 4), "c_memcpy_s": round(c, 4),
             "a_over_b": round(a / b, 2), "b_GBps": round(nbytes / b / 1e9, 3), "c_GBps": round(nbytes / c / 1e9, 3),
             "b_vs_c": round(c / b, 3), "targets": {"a_over_b": ">= 10", "b_vs_c": ">= 0.7"}}
+
+
+def pool_fill(s: dict, cfg, native_adapter, packed_adapter, repeat: int) -> dict:
+    from sglang.srt.lora import mem_pool
+
+    from sglang_mint.sglang.packed_pool import load_lora_weight_to_buffer as ours
+    from sglang_mint.sglang.standin_pool import pools_equal, standin_base_and_modules, standin_pool, tp1
+
+    targets = {"gate_up_proj", "down_proj"} | (set() if s["experts"] else {"qkv_proj", "o_proj"})
+    base, modules = standin_base_and_modules(cfg, targets)
+    original = mem_pool.LoRAMemoryPool.load_lora_weight_to_buffer  # not hooked in this process
+    copy = mem_pool.copy_weight_into_buffer
+    counts = {}
+
+    def counting(key):
+        def fn(view, weight):
+            counts[key] = counts.get(key, 0) + 1
+            copy(view, weight)
+        return fn
+
+    with tp1():
+        theirs_pool = standin_pool(cfg, base, s["rank"], targets, dtype=torch.bfloat16)
+        ours_pool = standin_pool(cfg, base, s["rank"], targets, dtype=torch.bfloat16)
+
+        def sglang_fill():
+            original(theirs_pool, "a", 0, native_adapter, modules, None, None)
+
+        def packed_fill():
+            packed_adapter.__dict__.pop("_mint_pool_plan", None)  # plan included, as on a first fill
+            ours(original, ours_pool, "a", 0, packed_adapter, modules, None, None)
+
+        for key, fn in (("d", sglang_fill), ("e", packed_fill)):
+            mem_pool.copy_weight_into_buffer = counting(key)
+            try:
+                fn()
+            finally:
+                mem_pool.copy_weight_into_buffer = copy
+        if "pool_fill" not in packed_adapter.mint_packed:
+            raise RuntimeError("the packed fill fell back to SGLang's path")
+        diff = pools_equal(theirs_pool, ours_pool)
+        if diff:
+            raise RuntimeError(f"pools differ after the fills: {diff[:5]}")
+        d = timed(sglang_fill, repeat)
+        e = timed(packed_fill, repeat)
+    pool_bytes = sum(t[0].numel() * t.element_size() for bufs in (ours_pool.A_buffer, ours_pool.B_buffer)
+                     for layers in bufs.values() for t in layers)
+    return {"pool_slot_bytes": pool_bytes, "d_sglang_fill_s": round(d, 4), "e_packed_fill_s": round(e, 4),
+            "d_over_e": round(d / e, 2), "d_copies": counts["d"],
+            "e_copies": packed_adapter.mint_packed["pool_fill"]["copies"],
+            "e_zero_fills": packed_adapter.mint_packed["pool_fill"]["zero_fills"], "pools_bit_identical": True}
 
 
 def main() -> None:

@@ -145,6 +145,7 @@ def fill_plan(pool, adapter, lora_modules):
 
 
 def run_plan(pool, plan, buffer_id: int, adapter) -> dict:
+    import torch
     from sglang.srt.lora import mem_pool
 
     copy = mem_pool.copy_weight_into_buffer  # looked up per call: bench/load_bench.py counts through it
@@ -169,10 +170,15 @@ def run_plan(pool, plan, buffer_id: int, adapter) -> dict:
                 if rest.numel():
                     rest.zero_()
                     zeros += 1
-                copy(live, src)
                 copies += 1
                 if ab == "B" and scaling != 1.0 and w.dtype == slot.dtype:
-                    live.mul_(scaling)  # same op and dtype as SGLang's host-side `w * scaling`
+                    if w.device == slot.device:  # host pool: scale on the way in, one pass
+                        torch.mul(w, scaling, out=live)  # SGLang's `w * scaling`, written in place
+                    else:
+                        copy(live, src)
+                        live.mul_(scaling)  # same op and dtype as SGLang's host-side `w * scaling`
+                else:
+                    copy(live, src)
             else:
                 view = slot[: c * r] if ab == "A" else slot[:, :r]
                 if w is None:
