@@ -162,6 +162,8 @@ def test_each_process_hooks_only_what_runs_in_it():
     sched, detok, front = out["run_scheduler_process"], out["run_detokenizer_process"], out["main"]
     assert (sched["role"], detok["role"], front["role"]) == ("scheduler", "detokenizer", "frontend")
     assert any("Scheduler.can_schedule_lora_req" in t for t in sched["targets"])
+    assert any("LoRAMemoryPool.load_lora_weight_to_buffer" in t for t in sched["targets"])  # packed pool fill
+    assert not any("mem_pool" in t for t in front["targets"] + detok["targets"])
     assert not any("openai" in t or "tokenizer_manager" in t for t in sched["targets"])
     assert any("OpenAIServingBase._resolve_lora_path" in t for t in front["targets"])
     assert not any("Scheduler" in t for t in front["targets"])
