@@ -210,12 +210,19 @@ def pool_fill(s: dict, cfg, native_adapter, packed_adapter, repeat: int) -> dict
         diff = pools_equal(theirs_pool, ours_pool)
         if diff:
             raise RuntimeError(f"pools differ after the fills: {diff[:5]}")
-        d = timed(sglang_fill, repeat)
-        e = timed(packed_fill, repeat)
+        # The fills are short and CPU-bound: on a shared 2-core machine one descheduled OpenMP thread
+        # stalls a whole op (measured 0.07 s to 1.5 s for the same fill). The minimum is the fill's own
+        # cost; the median is reported beside it. The two fills alternate so both see the same load.
+        d_all, e_all = [], []
+        for _ in range(repeat):
+            d_all.append(timed(sglang_fill, 1))
+            e_all.append(timed(packed_fill, 1))
+        d, e = min(d_all), min(e_all)
     pool_bytes = sum(t[0].numel() * t.element_size() for bufs in (ours_pool.A_buffer, ours_pool.B_buffer)
                      for layers in bufs.values() for t in layers)
     return {"pool_slot_bytes": pool_bytes, "d_sglang_fill_s": round(d, 4), "e_packed_fill_s": round(e, 4),
-            "d_over_e": round(d / e, 2), "d_copies": counts["d"],
+            "d_over_e": round(d / e, 2), "d_median_s": round(statistics.median(d_all), 4),
+            "e_median_s": round(statistics.median(e_all), 4), "fill_timing": f"min of {repeat}, alternating", "d_copies": counts["d"],
             "e_copies": packed_adapter.mint_packed["pool_fill"]["copies"],
             "e_zero_fills": packed_adapter.mint_packed["pool_fill"]["zero_fills"], "pools_bit_identical": True}
 
