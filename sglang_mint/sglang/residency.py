@@ -16,6 +16,7 @@ GPU slots.
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from collections import OrderedDict
 
@@ -26,6 +27,11 @@ from sglang_mint.residency import ColdLoader, HostLRU, LoadResult
 logger = logging.getLogger("sglang_mint")
 
 MINT_ID_PREFIX = "mint:"
+# The scheduler loop spins while requests wait and holds the GIL; a worker thread that gives the
+# GIL up (a file read, a tensor op) waits up to the switch interval to get it back. At Python's
+# default 5 ms a tiny adapter's read took ~60 ms of wall time; idle workers ask for nothing, so
+# a short interval costs nothing while no load runs.
+GIL_SWITCH_INTERVAL_S = 0.0005
 FAILURE_MEMORY_S = 10.0  # a failed revision is retried by requests arriving after this
 MAX_FAILURES_KEPT = 10_000
 
@@ -68,6 +74,7 @@ class SchedulerResidency:
                            group_of=lambda lora_id: parse_mint_lora_id(lora_id)[0])
         self.loader = ColdLoader(self._read, workers=config.load_workers)
         self.failures: OrderedDict[str, tuple[float, str]] = OrderedDict()
+        sys.setswitchinterval(min(sys.getswitchinterval(), GIL_SWITCH_INTERVAL_S))
         self.installed_total = 0
         self.requests = 0  # catalog-adapter requests that reached this scheduler
         self.misses = 0  # of which found their adapter out of host memory
@@ -78,9 +85,14 @@ class SchedulerResidency:
 
     # -- on a worker thread ------------------------------------------------
     def _read(self, lora_id: str):
+        import os
+
+        from safetensors.torch import load_file
         from sglang.srt.lora.lora import LoRAAdapter
         from sglang.srt.lora.lora_config import LoRAConfig
         from sglang.srt.lora.lora_registry import LoRARef
+
+        from sglang_mint.sglang.packed_loader import packed_path
 
         adapter_id, revision = parse_mint_lora_id(lora_id)
         rev = self.catalog.get_revision(adapter_id, revision)
@@ -99,7 +111,13 @@ class SchedulerResidency:
             )
         adapter = LoRAAdapter(lora_id, config, mgr.base_hf_config, mgr.load_config, mgr.lora_backend,
                               base_model=mgr.base_model)
-        adapter.initialize_weights()
+        if packed_path(path) is not None:
+            adapter.initialize_weights()  # the packed reader (packed_loader.py): one read, one copy
+        else:
+            # One C-level read that releases the GIL. SGLang's initialize_weights goes through
+            # its model-weight iterator, which starts a thread pool per file: each handoff
+            # then waits out the busy scheduler loop's GIL slice (tens of ms per tiny adapter).
+            adapter.initialize_weights_from_tensors(load_file(os.path.join(path, "adapter_model.safetensors")))
         return ref, config, adapter, adapter_nbytes(adapter)
 
     # -- on the scheduler loop ---------------------------------------------
