@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import random
 import sys
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -145,23 +144,21 @@ def test_publish_and_rollback_mid_stream(client, tiny_model, catalog, tiny_adapt
     adapter_id = "acme/tiny-0000"
     long_tokens = 48
     refs_v1 = references(tiny_model, catalog, [adapter_id], prompt_ids, max_tokens=long_tokens)
-    with ThreadPoolExecutor(1) as pool:
-        started = threading.Event()
-
-        def before():
-            started.set()
-            return complete(client, adapter_id, max_tokens=long_tokens)
-
-        in_flight = pool.submit(before)
-        started.wait()
-        with open_catalog(str(catalog)) as cat:
-            v2 = cat.publish(adapter_id, str(tiny_adapters["tiny-0002"]))
-        after = complete(client, adapter_id, max_tokens=long_tokens)
-        assert in_flight.result()[0] == refs_v1[adapter_id]["tokens"]
+    # A request in flight: its first token has streamed, so it resolved its revision already.
+    stream = client.completions.create(model=adapter_id, prompt=PROMPT, max_tokens=long_tokens, temperature=0,
+                                       stream=True, extra_body={"ignore_eos": True})
+    chunks = iter(stream)
+    first = next(chunks)
+    with open_catalog(str(catalog)) as cat:
+        v2 = cat.publish(adapter_id, str(tiny_adapters["tiny-0002"]))
+    after = complete(client, adapter_id, max_tokens=long_tokens)
+    before_text = first.choices[0].text + "".join(c.choices[0].text for c in chunks)
     refs_v2 = references(tiny_model, catalog, [adapter_id], prompt_ids, max_tokens=long_tokens,
                          revisions={adapter_id: v2.revision})
     assert refs_v2[adapter_id]["tokens"] != refs_v1[adapter_id]["tokens"]
     assert after[0] == refs_v2[adapter_id]["tokens"]
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    assert before_text == tokenizer.decode(refs_v1[adapter_id]["tokens"])  # the old revision, to the end
     with open_catalog(str(catalog)) as cat:
         cat.rollback(adapter_id)
     assert complete(client, adapter_id, max_tokens=long_tokens)[0] == refs_v1[adapter_id]["tokens"]
