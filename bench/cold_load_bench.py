@@ -10,8 +10,10 @@ One run, the same machine, the tiny model on CPU:
 
 Figures (JSON lines in bench/results/cold_load_bench.jsonl, plot in
 bench/results/cold_load_bench.png):
-  isolation  p50/p99 latency of steady traffic on 4 warm adapters, alone and
-             during a storm of distinct cold adapters; ratio storm/alone
+  isolation  p50/p99 latency of steady traffic on 4 warm adapters, alone,
+             during a storm of distinct cold adapters (ratio storm/alone), and
+             during a control storm of as many requests on adapters already in
+             memory: cold/warm storm is what loading itself costs warm traffic
   overhead   (mint) time to first token of a cold request minus the raw read
              time of its file, and minus the same adapter's warm TTFT
   sweep      N distinct adapters served once each: adapters/s, latency p50/p99
@@ -103,18 +105,31 @@ class Traffic:
         return [lat for start, lat in self.samples if t0 <= start < t1]
 
 
-def run_isolation(client, warm_models, storm_fn, storm_items, alone_s):
+def run_isolation(client, warm_models, storms: dict, alone_s):
+    """Warm traffic alone, then during each storm in turn: {name: (fn, items)}.
+
+    ``cold`` is the issue's figure. ``warm`` is its control: as many requests at the same
+    concurrency on adapters already in memory, so the storm's own compute (and its share of
+    the batch's LoRA slots) is the same and only the loading differs.
+    """
+    windows = {}
     with Traffic(client, warm_models) as traffic:
         time.sleep(2.0)  # warm-up
         t0 = time.perf_counter()
         time.sleep(alone_s)
-        t1 = time.perf_counter()
-        with ThreadPoolExecutor(CONCURRENCY) as pool:
-            list(pool.map(storm_fn, storm_items))
-        t2 = time.perf_counter()
-    alone, storm = traffic.between(t0, t1), traffic.between(t1, t2)
-    return {"alone": summary(alone), "storm": summary(storm), "storm_s": round(t2 - t1, 2),
-            "p99_ratio": round(pct(storm, 0.99) / pct(alone, 0.99), 3)}, alone, storm
+        windows["alone"] = (t0, time.perf_counter())
+        for name, (fn, items) in storms.items():
+            t0 = time.perf_counter()
+            with ThreadPoolExecutor(CONCURRENCY) as pool:
+                list(pool.map(fn, items))
+            windows[name] = (t0, time.perf_counter())
+    lat = {name: traffic.between(*w) for name, w in windows.items()}
+    out = {name: {**summary(v), "window_s": round(windows[name][1] - windows[name][0], 2)} for name, v in lat.items()}
+    p99 = {name: pct(v, 0.99) for name, v in lat.items()}
+    out["p99_ratio"] = round(p99["cold"] / p99["alone"], 3)
+    out["p99_ratio_warm_storm"] = round(p99["warm"] / p99["alone"], 3)
+    out["p99_ratio_cold_vs_warm_storm"] = round(p99["cold"] / p99["warm"], 3)
+    return out, lat
 
 
 def timed(fn, item):
@@ -154,7 +169,13 @@ def mint_phase(model_dir, catalog, args, tmp: Path):
                                       extra_body={"ignore_eos": True})
 
         storm_ids = [f"synth/{i:07d}" for i in range(100, 100 + args.storm)]
-        iso, alone, storm = run_isolation(client, WARM, cold_request, storm_ids, args.alone_s)
+        control = [f"synth/{i:07d}" for i in range(4, 20)]
+        for m in control:
+            client.completions.create(model=m, prompt=PROMPT, max_tokens=1)
+        iso, lat = run_isolation(client, WARM, {
+            "cold": (cold_request, storm_ids),
+            "warm": (cold_request, [control[i % len(control)] for i in range(args.storm)]),
+        }, args.alone_s)
 
         # Cold overhead: fresh adapters, one at a time.
         fresh = [f"synth/{i:07d}" for i in range(50, 90)]
@@ -195,7 +216,7 @@ def mint_phase(model_dir, catalog, args, tmp: Path):
                 handoff.append(ttft(client, target))
         status = json_get(server.url + "/mint/status")
     return {"isolation": iso, "overhead": overhead, "sweep": sweep,
-            "handoff": summary(handoff) if handoff else None, "status": status}, (alone, storm)
+            "handoff": summary(handoff) if handoff else None, "status": status}, lat
 
 
 def stock_phase(model_dir, catalog, args):
@@ -219,13 +240,24 @@ def stock_phase(model_dir, catalog, args):
 
         storm_ids = [f"synth/{i:07d}" for i in range(100, 100 + args.storm)]
         storm_items = [(a.replace("/", "-"), p) for a, p in local_paths(catalog, storm_ids).items()]
-        iso, alone, storm = run_isolation(client, warm_models, load_and_request, storm_items, args.alone_s)
+        control = [(a.replace("/", "-"), p) for a, p in local_paths(catalog, [f"synth/{i:07d}" for i in range(4, 20)]).items()]
+        for item in control:
+            load_and_request(item)
+
+        def warm_request(item):
+            client.completions.create(model=f"tiny:{item[0]}", prompt=PROMPT, max_tokens=MAX_TOKENS, temperature=0,
+                                      extra_body={"ignore_eos": True})
+
+        iso, lat = run_isolation(client, warm_models, {
+            "cold": (load_and_request, storm_items),
+            "warm": (warm_request, [control[i % len(control)] for i in range(args.storm)]),
+        }, args.alone_s)
 
         lo = args.storm + 200
         sweep_ids = [f"synth/{i:07d}" for i in range(lo, lo + args.stock_sweep)]
         sweep_items = [(a.replace("/", "-") + "-s", p) for a, p in local_paths(catalog, sweep_ids).items()]
         sweep = run_sweep(load_and_request, sweep_items)
-    return {"isolation": iso, "sweep": sweep}, (alone, storm)
+    return {"isolation": iso, "sweep": sweep}, lat
 
 
 def json_get(url):
@@ -252,7 +284,7 @@ def plot(curves, path: Path):
     ax.set_xscale("log")
     ax.set_xlabel("warm-adapter request latency (ms, log)")
     ax.set_ylabel("fraction of requests")
-    ax.set_title("Warm traffic alone and during a cold-adapter storm (tiny model, CPU)")
+    ax.set_title("Warm-adapter latency: alone, during a warm and a cold storm (tiny model, CPU)")
     ax.grid(True, alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -282,10 +314,14 @@ def main() -> int:
         "stock_sweep": a.stock_sweep, "concurrency": CONCURRENCY, "mint": mint, "stock": stock,
         "targets": {"isolation_p99_ratio": 1.10, "cold_minus_read_p50_ms": 50},
     })
-    plot({"mint alone": mint_curves[0], "mint during storm": mint_curves[1],
-          "stock alone": stock_curves[0], "stock during storm": stock_curves[1]}, RESULTS / "cold_load_bench.png")
-    print(f"\nisolation p99 ratio (storm/alone): mint {mint['isolation']['p99_ratio']}  "
-          f"stock {stock['isolation']['p99_ratio']}  (target <= 1.10)")
+    plot({f"{who} {phase}": curves[phase] for who, curves in (("mint", mint_curves), ("stock", stock_curves))
+          for phase in ("alone", "warm", "cold")}, RESULTS / "cold_load_bench.png")
+    for who, r in (("mint", mint), ("stock", stock)):
+        iso = r["isolation"]
+        print(f"\n{who}: warm p99 alone {iso['alone']['p99_ms']} ms, during warm storm {iso['warm']['p99_ms']} ms, "
+              f"during cold storm {iso['cold']['p99_ms']} ms; cold storm {iso['cold']['window_s']} s")
+        print(f"   p99 ratio cold storm/alone {iso['p99_ratio']} (target <= 1.10), "
+              f"cold/warm storm {iso['p99_ratio_cold_vs_warm_storm']}")
     print(f"cold overhead p50: TTFT - read {mint['overhead']['cold_minus_read_p50_ms']} ms, "
           f"TTFT - warm TTFT {mint['overhead']['cold_minus_warm_p50_ms']} ms  (target <= 50)")
     print(f"sweep: mint {mint['sweep']}  stock {stock['sweep']}")
