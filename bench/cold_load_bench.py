@@ -284,7 +284,7 @@ def plot(curves, path: Path):
     ax.set_xscale("log")
     ax.set_xlabel("warm-adapter request latency (ms, log)")
     ax.set_ylabel("fraction of requests")
-    ax.set_title("Warm-adapter latency: alone, during a warm and a cold storm (tiny model, CPU)")
+    ax.set_title("Warm-adapter latency: alone, warm storm, cold storm (tiny model, CPU)", fontsize=10)
     ax.grid(True, alpha=0.3)
     ax.legend()
     fig.tight_layout()
