@@ -24,7 +24,8 @@ def git_commit() -> str:
 
 
 def machine() -> dict:
-    info = {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count()}
+    info = {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
+            "cpu": platform.processor() or platform.machine()}
     try:
         import torch
 

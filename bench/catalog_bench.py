@@ -21,8 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import random
 import shutil
 import subprocess
 import sys
@@ -34,6 +32,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from _common import git_commit, machine  # noqa: E402
 from sglang_mint.catalog import init_catalog, open_catalog  # noqa: E402
 from sglang_mint.catalog.synth import synth  # noqa: E402
 
@@ -58,18 +57,6 @@ for _ in range(100000):
 after = rss()
 print(json.dumps({"open_s": open_s, "rss_before": before, "rss_after": after}))
 """
-
-
-def machine() -> dict:
-    return {"cores": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-            "cpu": platform.processor() or platform.machine()}
-
-
-def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    except OSError:
-        return "unknown"
 
 
 def resolve_latency(cat, n: int, popularity: str, calls: int = 20000) -> dict:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -32,17 +31,10 @@ import torch
 from sglang_mint.kernels import (
     LoraBatch, bgmv_fused, sgmv_expand, sgmv_expand_ref, sgmv_shrink, sgmv_shrink_ref,
 )
+from _common import git_commit
 from sglang_mint.kernels._config import device_key
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def git_commit() -> str:
-    try:
-        return subprocess.check_output(["git", "-C", str(ROOT), "rev-parse", "HEAD"],
-                                       text=True, stderr=subprocess.DEVNULL).strip()
-    except Exception:
-        return "unknown"
 
 
 def shapes(cpu: bool):

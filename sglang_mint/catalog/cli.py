@@ -6,10 +6,8 @@ Errors are MintError subclasses: the top-level ``mint`` prints them and exits 2.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import sys
 import time
 
 

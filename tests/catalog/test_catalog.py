@@ -5,7 +5,7 @@ import sqlite3
 import threading
 
 import pytest
-from conftest import write_peft, written
+from catalog_fixtures import written
 
 from sglang_mint.catalog import init_catalog, open_catalog
 from sglang_mint.catalog.errors import (AdapterNotFound, CatalogError, InvalidAdapterId, NotACatalog,

@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import write_peft
+from catalog_fixtures import write_peft
 
 SUBCOMMANDS = ["init", "import", "publish", "rollback", "show", "list", "stats", "verify", "gc", "synth", "delete"]
 
@@ -32,7 +32,8 @@ def test_every_subcommand_has_help():
 def test_cli_end_to_end(tmp_path, base_dir):
     cat = str(tmp_path / "cat")
     assert mint_json("init", cat, "--base-model", base_dir)["base_model"]["hidden_size"] == 128
-    folders = [write_peft(tmp_path / "in" / f"ad{i}", seed=i, rank=2) for i in range(3)]
+    for i in range(3):
+        write_peft(tmp_path / "in" / f"ad{i}", seed=i, rank=2)
     p = mint("import", cat, "--from-dir", str(tmp_path / "in"), "--namespace", "acme", "--json")
     assert [r["adapter_id"] for r in json.loads(p.stdout)["imported"]] == ["acme/ad0", "acme/ad1", "acme/ad2"]
     assert "3/3" in p.stderr  # the progress bar goes to stderr, stdout stays JSON

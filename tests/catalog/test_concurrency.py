@@ -16,7 +16,7 @@ PRELUDE = f"""
 import hashlib, io, json, os, sys, time
 sys.path.insert(0, {HERE!r})
 from safetensors.numpy import save
-from conftest import peft_tensors
+from catalog_fixtures import peft_tensors
 from sglang_mint.catalog import open_catalog
 from sglang_mint.catalog.peft_import import check_peft_bytes
 

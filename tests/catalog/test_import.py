@@ -6,8 +6,7 @@ import struct
 
 import numpy as np
 import pytest
-from conftest import SHAPES, peft_tensors, write_base, write_peft, written
-from safetensors.numpy import save_file
+from catalog_fixtures import SHAPES, peft_tensors, write_base, write_peft, written
 
 from sglang_mint.catalog.errors import BaseModelMismatch, InvalidAdapter, InvalidAdapterId
 from sglang_mint.catalog.peft_import import read_peft_folder

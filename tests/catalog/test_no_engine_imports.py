@@ -12,7 +12,7 @@ class Block:
 sys.meta_path.insert(0, Block())
 sys.path.insert(0, sys.argv[1])
 import sglang_mint.catalog, sglang_mint.catalog.cli, sglang_mint.catalog.synth
-from conftest import write_base, write_peft
+from catalog_fixtures import write_base, write_peft
 from sglang_mint.catalog import init_catalog
 from sglang_mint.catalog.synth import synth
 import tempfile, os

@@ -13,7 +13,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import peft_tensors, write_base, write_peft, written
+from catalog_fixtures import peft_tensors, write_base, write_peft, written
 from test_import import CASES, _bad_cases
 
 from sglang_mint.catalog import init_catalog

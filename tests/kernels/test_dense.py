@@ -140,7 +140,7 @@ def test_empty_batch_and_no_adapter_rows_untouched():
 def test_refs_match_naive_loop(kind, packed):
     """The references themselves, against a per-row python loop in fp64."""
     gen = torch.Generator().manual_seed(2)
-    T, K, R, widths, ranks = 11, 9, 4, [5, 3, 3], [4, 2, 0, 1]
+    T, K, R, ranks = 11, 9, 4, [4, 2, 0, 1]
     offs = [0, 5, 8, 11]
     offsets = torch.tensor(offs, dtype=torch.int32)
     batch = make_batch(kind, T, ranks, gen, every_slot=True)
