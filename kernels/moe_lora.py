@@ -39,6 +39,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ._tiles import masked_tile_dot
+
 from ._config import get_config, launch_kwargs
 
 
@@ -125,14 +127,7 @@ def _moe_lora_shrink_kernel(
     x_ptrs = x_ptr + rows[:, None] * stride_xm + offs_k[None, :]
     a_ptrs = (a_ptr + slot.to(tl.int64) * stride_as + expert * stride_ae
               + (sl * R + offs_n[None, :]).to(tl.int64) * stride_an + offs_k[:, None])
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        k_mask = offs_k < K - k0
-        xt = tl.load(x_ptrs, mask=m_mask[:, None] & k_mask[None, :], other=0.0)
-        at = tl.load(a_ptrs, mask=k_mask[:, None] & n_mask[None, :], other=0.0)
-        acc += tl.dot(xt, at)
-        x_ptrs += BLOCK_K
-        a_ptrs += BLOCK_K
+    acc = masked_tile_dot(x_ptrs, a_ptrs, m_mask, n_mask, K, BLOCK_M, BLOCK_N, BLOCK_K)
     y_ptrs = y_ptr + sl * stride_ys + pairs[:, None] * stride_yp + offs_n[None, :]
     tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=m_mask[:, None] & n_mask[None, :])
 
@@ -164,14 +159,7 @@ def _moe_lora_expand_kernel(
     y_ptrs = y_ptr + sl * stride_ys + pairs[:, None] * stride_yp + offs_k[None, :]
     b_ptrs = (b_ptr + slot.to(tl.int64) * stride_bs + expert * stride_be
               + cols[None, :].to(tl.int64) * stride_bn + offs_k[:, None])
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k0 in range(0, rank, BLOCK_K):
-        k_mask = offs_k < rank - k0
-        yt = tl.load(y_ptrs, mask=m_mask[:, None] & k_mask[None, :], other=0.0)
-        bt = tl.load(b_ptrs, mask=k_mask[:, None] & n_mask[None, :], other=0.0)
-        acc += tl.dot(yt, bt)
-        y_ptrs += BLOCK_K
-        b_ptrs += BLOCK_K
+    acc = masked_tile_dot(y_ptrs, b_ptrs, m_mask, n_mask, rank, BLOCK_M, BLOCK_N, BLOCK_K)
     if MUL_ROUTED_WEIGHT:
         wt = tl.load(w_ptr + pairs, mask=m_mask, other=0.0).to(tl.float32)
         acc *= wt[:, None]

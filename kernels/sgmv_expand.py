@@ -33,6 +33,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ._tiles import masked_row_gemv, masked_tile_dot
+
 from ._config import get_config, launch_kwargs
 from .batch import LoraBatch
 
@@ -83,14 +85,7 @@ def _sgmv_expand_kernel(
     y_ptrs = y_ptr + rows[:, None] * stride_ym + ycol0 + offs_k[None, :]
     b_ptrs = (b_ptr + slot.to(tl.int64) * stride_bs
               + offs_n[None, :].to(tl.int64) * stride_bn + offs_k[:, None])
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k0 in range(0, rank, BLOCK_K):
-        k_mask = offs_k < rank - k0
-        yt = tl.load(y_ptrs, mask=m_mask[:, None] & k_mask[None, :], other=0.0)
-        bt = tl.load(b_ptrs, mask=k_mask[:, None] & n_mask[None, :], other=0.0)
-        acc += tl.dot(yt, bt)
-        y_ptrs += BLOCK_K
-        b_ptrs += BLOCK_K
+    acc = masked_tile_dot(y_ptrs, b_ptrs, m_mask, n_mask, rank, BLOCK_M, BLOCK_N, BLOCK_K)
     acc *= tl.load(scalings_ptr + slot)
     o_ptrs = out_ptr + rows[:, None] * stride_om + offs_n[None, :]
     o_mask = m_mask[:, None] & n_mask[None, :]
@@ -129,14 +124,7 @@ def _bgmv_expand_kernel(
     y_ptrs = y_ptr + t * stride_ym + ycol0 + offs_k
     b_ptrs = (b_ptr + slot.to(tl.int64) * stride_bs
               + offs_n[:, None].to(tl.int64) * stride_bn + offs_k[None, :])
-    acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
-    for k0 in range(0, rank, BLOCK_K):
-        k_mask = offs_k < rank - k0
-        yv = tl.load(y_ptrs, mask=k_mask, other=0.0).to(tl.float32)
-        bt = tl.load(b_ptrs, mask=n_mask[:, None] & k_mask[None, :], other=0.0)
-        acc += tl.sum(bt.to(tl.float32) * yv[None, :], axis=1)
-        y_ptrs += BLOCK_K
-        b_ptrs += BLOCK_K
+    acc = masked_row_gemv(b_ptrs, y_ptrs, n_mask, rank, BLOCK_N, BLOCK_K)
     acc *= tl.load(scalings_ptr + slot)
     o_ptrs = out_ptr + t * stride_om + offs_n
     acc += tl.load(o_ptrs, mask=n_mask, other=0.0).to(tl.float32)

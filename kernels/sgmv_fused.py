@@ -30,6 +30,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ._tiles import masked_row_gemv
+
 from ._config import get_config, launch_kwargs
 from .batch import LoraBatch
 from .sgmv_expand import _host_offsets, sgmv_expand_ref
@@ -70,14 +72,7 @@ def _bgmv_fused_kernel(
     a_ptrs = (a_ptr + slot.to(tl.int64) * stride_as
               + (row0 + offs_r[:, None]).to(tl.int64) * stride_an + offs_k[None, :])
     x_ptrs = x_ptr + t * stride_xm + offs_k
-    h = tl.zeros((BLOCK_R,), dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        k_mask = offs_k < K - k0
-        xv = tl.load(x_ptrs, mask=k_mask, other=0.0).to(tl.float32)
-        at = tl.load(a_ptrs, mask=r_mask[:, None] & k_mask[None, :], other=0.0)
-        h += tl.sum(at.to(tl.float32) * xv[None, :], axis=1)
-        x_ptrs += BLOCK_K
-        a_ptrs += BLOCK_K
+    h = masked_row_gemv(a_ptrs, x_ptrs, r_mask, K, BLOCK_R, BLOCK_K)
     h *= tl.load(scalings_ptr + slot)
     # out[t, n_lo:n_hi] += B_i[n_lo:n_hi, :r] @ h
     offs_n = tl.arange(0, BLOCK_N)

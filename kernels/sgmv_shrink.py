@@ -25,6 +25,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ._tiles import masked_row_gemv, masked_tile_dot
+
 from ._config import get_config, launch_kwargs
 from .batch import LoraBatch
 
@@ -69,14 +71,7 @@ def _sgmv_shrink_kernel(
     x_ptrs = x_ptr + rows[:, None] * stride_xm + offs_k[None, :]
     a_ptrs = (a_ptr + slot.to(tl.int64) * stride_as
               + offs_n[None, :].to(tl.int64) * stride_an + offs_k[:, None])
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        k_mask = offs_k < K - k0
-        xt = tl.load(x_ptrs, mask=m_mask[:, None] & k_mask[None, :], other=0.0)
-        at = tl.load(a_ptrs, mask=k_mask[:, None] & n_mask[None, :], other=0.0)
-        acc += tl.dot(xt, at)
-        x_ptrs += BLOCK_K
-        a_ptrs += BLOCK_K
+    acc = masked_tile_dot(x_ptrs, a_ptrs, m_mask, n_mask, K, BLOCK_M, BLOCK_N, BLOCK_K)
     y_ptrs = y_ptr + rows[:, None] * stride_ym + offs_n[None, :]
     tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=m_mask[:, None] & n_mask[None, :])
 
@@ -107,14 +102,7 @@ def _bgmv_shrink_kernel(
     a_ptrs = (a_ptr + slot.to(tl.int64) * stride_as
               + offs_n[:, None].to(tl.int64) * stride_an + offs_k[None, :])
     x_ptrs = x_ptr + t * stride_xm + offs_k
-    acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        k_mask = offs_k < K - k0
-        xv = tl.load(x_ptrs, mask=k_mask, other=0.0).to(tl.float32)
-        at = tl.load(a_ptrs, mask=n_mask[:, None] & k_mask[None, :], other=0.0)
-        acc += tl.sum(at.to(tl.float32) * xv[None, :], axis=1)
-        x_ptrs += BLOCK_K
-        a_ptrs += BLOCK_K
+    acc = masked_row_gemv(a_ptrs, x_ptrs, n_mask, K, BLOCK_N, BLOCK_K)
     tl.store(y_ptr + t * stride_ym + offs_n, acc.to(y_ptr.dtype.element_ty), mask=n_mask)
 
 
