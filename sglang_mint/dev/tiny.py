@@ -142,18 +142,25 @@ def write_tiny_adapters(
         base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
         cfg = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=list(targets), lora_dropout=0.0)
         peft_model = get_peft_model(base, cfg)
-        gen = torch.Generator().manual_seed(seed * 1_000_003 + i)
-        with torch.no_grad():
-            for name, param in sorted(peft_model.named_parameters()):
-                if ".lora_A." in name:
-                    param.copy_(torch.randn(param.shape, generator=gen) / param.shape[1] ** 0.5)
-                elif ".lora_B." in name:
-                    param.copy_(torch.randn(param.shape, generator=gen) * b_std)
+        randomize_lora(peft_model, seed * 1_000_003 + i, b_std)
         path = out / adapter_name(i)
         peft_model.save_pretrained(path, safe_serialization=True)
         _pin_base_path(path, model_dir)
         paths.append(path)
     return paths
+
+
+def randomize_lora(peft_model, seed: int, b_std: float) -> None:
+    """Fill every LoRA A and B from a generator seeded by ``seed``: B non-zero, unlike PEFT's init."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in sorted(peft_model.named_parameters()):
+            if ".lora_A." in name:
+                param.copy_(torch.randn(param.shape, generator=gen) / param.shape[1] ** 0.5)
+            elif ".lora_B." in name:
+                param.copy_(torch.randn(param.shape, generator=gen) * b_std)
 
 
 def _pin_base_path(adapter_dir: Path, model_dir: str | Path) -> None:

@@ -35,7 +35,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from sglang_mint.dev.tiny import CHAT_TEMPLATE, _pin_base_path, train_tokenizer
+from sglang_mint.dev.tiny import CHAT_TEMPLATE, _pin_base_path, randomize_lora, train_tokenizer
 
 FAMILIES = ("qwen3-moe", "deepseek-v3")
 EXPERTS, TOP_K = 8, 2
@@ -127,13 +127,7 @@ def write_tiny_moe_adapters(model_dir: str | Path, out: str | Path, seed: int = 
     cfg = LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0,
                      target_modules=ATTN_TARGETS[family] + EXPERT_TARGETS)
     peft_model = get_peft_model(base, cfg)
-    gen = torch.Generator().manual_seed(seed * 1_000_003 + 7)
-    with torch.no_grad():
-        for name, param in sorted(peft_model.named_parameters()):
-            if ".lora_A." in name:
-                param.copy_(torch.randn(param.shape, generator=gen) / param.shape[1] ** 0.5)
-            elif ".lora_B." in name:
-                param.copy_(torch.randn(param.shape, generator=gen) * b_std)
+    randomize_lora(peft_model, seed * 1_000_003 + 7, b_std)
     fused = out / "peft-fused"
     peft_model.save_pretrained(fused, safe_serialization=True)
     _pin_base_path(fused, model_dir)
