@@ -81,7 +81,10 @@ class SGLangServer:
             log_path = Path(tempfile.mkdtemp(prefix="sglang-mint-")) / "server.log"
         self.log_path = Path(log_path)
         self.start_timeout = start_timeout
-        self.env = cpu_server_env({**os.environ, **(env or {})})
+        # TRITON_INTERPRET only when asked: a test process sets it for its own kernels, and a
+        # server inheriting it would run different code paths than the test meant to check.
+        inherited = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+        self.env = cpu_server_env({**inherited, **(env or {})})
         self.proc: subprocess.Popen | None = None
         self.start_seconds: float | None = None
 
