@@ -2,11 +2,11 @@
 
 A request for catalog adapter ``acme/bot`` at revision 3 reaches the scheduler
 with ``lora_id = "mint:acme/bot@3"`` (the tokenizer manager registers that id
-without asking the scheduler to load anything). At admission
-(``Scheduler.can_schedule_lora_req``) an id the LoRA manager does not hold
-starts a background read (``ColdLoader``) and the request stays in the
-waiting queue, where SGLang skips it (``continue``) and admits the requests
-behind it. Each loop iteration hands finished reads to the LoRA manager: three
+without asking the scheduler to load anything). When the request enters the
+scheduler's queue (``Scheduler._add_request_to_queue``) an id the LoRA manager
+does not hold starts a background read (``ColdLoader``); at admission
+(``Scheduler.can_schedule_lora_req``) the request waits until the read is
+installed, and SGLang skips it (``continue``) and admits the requests behind it. Each loop iteration hands finished reads to the LoRA manager: three
 dict assignments, what SGLang's own ``_load_lora_adapter`` does after its disk
 read. A failed read fails only that adapter's requests, with its reason.
 Host memory is bounded by ``HostLRU``; SGLang keeps its own policy for the
