@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import re
 import sys
-from concurrent.futures import ThreadPoolExecutor
 
-import openai
 import pytest
 from transformers import AutoTokenizer
 
+from openai_jobs import greedy_batch
 from sglang_mint.dev.reference import run_reference
 from sglang_mint.dev.server import SGLangServer
 
@@ -33,19 +32,7 @@ def batch_jobs(adapters):
 
 def serve_batch(server, jobs):
     """Send all jobs at once (they share SGLang batches); returns [(tokens, logprobs)]."""
-    client = openai.OpenAI(base_url=server.openai_url, api_key="none", max_retries=0)
-
-    def one(job):
-        model, prompt = job
-        r = client.completions.create(
-            model=model, prompt=prompt, max_tokens=MAX_TOKENS, temperature=0, logprobs=1,
-            extra_body={"return_token_ids": True, "ignore_eos": True},
-        )
-        c = r.choices[0]
-        return c.model_extra["token_ids"], c.logprobs.token_logprobs
-
-    with ThreadPoolExecutor(len(jobs)) as pool:
-        return list(pool.map(one, jobs))
+    return greedy_batch(server, jobs, MAX_TOKENS)
 
 
 def run_server(tiny_model, adapters, backend, log, jobs, env=None):

@@ -31,14 +31,13 @@ from __future__ import annotations
 
 import re
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import openai
 import pytest
 from safetensors.torch import load_file, save_file
 from transformers import AutoTokenizer
 
+from openai_jobs import greedy_batch
 from sglang_mint.dev.reference import run_reference
 from sglang_mint.dev.server import SGLangServer
 from sglang_mint.dev.tiny_moe import write_tiny_moe, write_tiny_moe_adapters
@@ -94,19 +93,7 @@ def jobs_for(forms, prompts):
 
 def serve_batch(server, jobs, max_tokens=MAX_TOKENS):
     """Send all jobs at once (they share SGLang batches); returns [(tokens, logprobs)]."""
-    client = openai.OpenAI(base_url=server.openai_url, api_key="none", max_retries=0, timeout=600)
-
-    def one(job):
-        model, prompt = job
-        r = client.completions.create(
-            model=model, prompt=prompt, max_tokens=max_tokens, temperature=0, logprobs=1,
-            extra_body={"return_token_ids": True, "ignore_eos": True},
-        )
-        c = r.choices[0]
-        return c.model_extra["token_ids"], c.logprobs.token_logprobs
-
-    with ThreadPoolExecutor(len(jobs)) as pool:
-        return list(pool.map(one, jobs))
+    return greedy_batch(server, jobs, max_tokens)
 
 
 def reference_for(model, fused, jobs, max_tokens=MAX_TOKENS, extra=()):
