@@ -1,17 +1,32 @@
-"""A host-memory LRU over adapters, bounded in bytes.
+"""A host-memory LRU over adapters, bounded in bytes, that never drops what is in use.
 
-The policy only decides; its owner carries out the evictions it returns.
-Every operation is O(1) except ``evictions``, which walks from the cold end
-and stops at the first adapter it can evict each time:
+The policy only decides; its owner carries out what it returns. It hears
+four kinds of events and answers one question:
 
-    lru = HostLRU(budget_bytes=100, pinned={"hot"})
-    lru.loaded("a", 60); lru.loaded("b", 60)     # 120 bytes resident
-    lru.evictions(in_use={"b"})                   # -> ["a"]  (b is in use)
+- ``hold(key)`` / ``release(key)``: a request for ``key`` started / ended.
+  Counts, so an adapter with any request in flight is never evicted.
+- ``reserve(key, estimate)``: may a read of about ``estimate`` bytes start
+  now? Returns the idle adapters to evict first (coldest first), or None:
+  the read waits until a release or another eviction makes room. Bytes of
+  reads under way count against the budget like resident ones, so host
+  memory does not grow past the budget while reads pile up.
+- ``loaded(key, nbytes)`` / ``cancelled(key)``: a reserved read finished
+  (its reservation becomes ``nbytes`` resident) or failed.
+- ``touched(key)`` / ``evicted(key)``: a hit, and an eviction carried out.
+
+Example, budget 100::
+
+    lru.hold("a"); lru.reserve("a", 60)   # -> []          (fits)
+    lru.loaded("a", 60)
+    lru.hold("b"); lru.reserve("b", 60)   # -> None        ("a" is in use: b waits)
+    lru.release("a"); lru.reserve("b", 60)  # -> ["a"]     (evict a, then read b)
     lru.evicted("a")
 
-An adapter is never evicted while pinned or in use, so the budget can be
-exceeded by what is in use; with nothing in use it is exceeded by at most
-the adapter loaded last.
+Every event is O(1); ``reserve`` walks from the cold end past held and
+pinned adapters only. Committed bytes (resident + reserved) exceed the
+budget only when one adapter alone does not fit (a read is always allowed
+when no other read is under way and nothing resident is in use), so the
+peak is at most the budget plus one adapter, plus pinned adapters.
 """
 
 from __future__ import annotations
@@ -22,7 +37,7 @@ from collections.abc import Callable, Iterable
 
 def adapter_of(key: str) -> str:
     """``"acme/bot@3"`` -> ``"acme/bot"``: pins hold every revision of an adapter."""
-    return key.rsplit("@", 1)[0]
+    return key.rpartition("@")[0] or key
 
 
 class HostLRU:
@@ -32,8 +47,13 @@ class HostLRU:
         self.budget_bytes = budget_bytes
         self.pinned = frozenset(pinned)
         self._group_of = group_of
-        self._sizes: OrderedDict[str, int] = OrderedDict()  # cold first, hot last
-        self.bytes = 0
+        self._sizes: OrderedDict[str, int] = OrderedDict()  # resident, cold first, hot last
+        self._holds: dict[str, int] = {}  # requests in flight per key (resident or not)
+        self._reserved: dict[str, int] = {}  # reads under way: estimated bytes
+        self.bytes = 0  # resident
+        self.reserved_bytes = 0
+        self.held_resident_bytes = 0
+        self.peak_bytes = 0  # highest resident + reserved seen
         self.evictions_total = 0
 
     def __contains__(self, key: str) -> bool:
@@ -42,37 +62,91 @@ class HostLRU:
     def __len__(self) -> int:
         return len(self._sizes)
 
+    @property
+    def committed_bytes(self) -> int:
+        return self.bytes + self.reserved_bytes
+
+    @property
+    def held(self) -> int:
+        """Keys with a request in flight."""
+        return len(self._holds)
+
+    # -- request lifecycle ---------------------------------------------------
+    def hold(self, key: str) -> None:
+        n = self._holds.get(key, 0)
+        self._holds[key] = n + 1
+        if n == 0 and key in self._sizes:
+            self.held_resident_bytes += self._sizes[key]
+
+    def release(self, key: str) -> None:
+        n = self._holds.get(key, 0)
+        if n <= 0:
+            raise KeyError(f"release of {key!r}, which has no request in flight")
+        if n == 1:
+            del self._holds[key]
+            if key in self._sizes:
+                self.held_resident_bytes -= self._sizes[key]
+        else:
+            self._holds[key] = n - 1
+
+    def in_use(self, key: str) -> bool:
+        return key in self._holds
+
+    # -- reads -----------------------------------------------------------------
+    def reserve(self, key: str, estimate: int) -> list[str] | None:
+        """Room for a read of ``key``: idle adapters to evict first, or None to wait."""
+        if key in self._reserved:
+            raise KeyError(f"{key!r} already has a read under way")
+        over = self.committed_bytes + estimate - self.budget_bytes
+        victims: list[str] = []
+        if over > 0:
+            for victim, nbytes in self._sizes.items():
+                if victim in self._holds or self._is_pinned(victim):
+                    continue
+                victims.append(victim)
+                over -= nbytes
+                if over <= 0:
+                    break
+        if over > 0 and (self.reserved_bytes or self.held_resident_bytes):
+            return None  # wait: something in flight will free room
+        self._reserved[key] = estimate
+        self.reserved_bytes += estimate
+        self._note_peak(self.committed_bytes - sum(self._sizes[v] for v in victims))
+        return victims
+
     def loaded(self, key: str, nbytes: int) -> None:
+        """``key`` is resident with ``nbytes`` (its reservation, if any, ends)."""
+        self.reserved_bytes -= self._reserved.pop(key, 0)
         if key in self._sizes:
-            self.bytes -= self._sizes[key]
+            self._forget(key)
         self._sizes[key] = nbytes
-        self._sizes.move_to_end(key)
         self.bytes += nbytes
+        if key in self._holds:
+            self.held_resident_bytes += nbytes
+        self._note_peak(self.committed_bytes)
+
+    def cancelled(self, key: str) -> None:
+        """The read of ``key`` failed: its reservation ends."""
+        self.reserved_bytes -= self._reserved.pop(key, 0)
 
     def touched(self, key: str) -> None:
         if key in self._sizes:
             self._sizes.move_to_end(key)
 
     def evicted(self, key: str) -> None:
-        nbytes = self._sizes.pop(key, None)
-        if nbytes is not None:
-            self.bytes -= nbytes
+        if key in self._sizes:
+            self._forget(key)
             self.evictions_total += 1
 
-    def evictions(self, in_use: set[str] | frozenset[str] = frozenset()) -> list[str]:
-        """Adapters to evict, coldest first, until the budget holds (or nothing more can go)."""
-        over = self.bytes - self.budget_bytes
-        victims = []
-        if over <= 0:
-            return victims
-        for key, nbytes in self._sizes.items():
-            if key in in_use or self._is_pinned(key):
-                continue
-            victims.append(key)
-            over -= nbytes
-            if over <= 0:
-                break
-        return victims
+    def _forget(self, key: str) -> None:
+        nbytes = self._sizes.pop(key)
+        self.bytes -= nbytes
+        if key in self._holds:
+            self.held_resident_bytes -= nbytes
+
+    def _note_peak(self, nbytes: int) -> None:
+        if nbytes > self.peak_bytes:
+            self.peak_bytes = nbytes
 
     def _is_pinned(self, key: str) -> bool:
         return key in self.pinned or self._group_of(key) in self.pinned

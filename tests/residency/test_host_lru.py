@@ -5,37 +5,94 @@ import pytest
 from sglang_mint.residency import HostLRU
 
 
-def test_evicts_coldest_first_until_within_budget():
+def load(lru, key, nbytes):
+    """A read that the policy lets start at once; returns the victims it named."""
+    victims = lru.reserve(key, nbytes)
+    assert victims is not None, f"read of {key} was told to wait"
+    for victim in victims:
+        lru.evicted(victim)
+    lru.loaded(key, nbytes)
+    return victims
+
+
+def test_evicts_coldest_idle_first_to_make_room():
     lru = HostLRU(100)
-    for key in "abc":
-        lru.loaded(key, 40)
-    assert lru.bytes == 120
-    assert lru.evictions() == ["a"]
+    assert load(lru, "a", 40) == [] and load(lru, "b", 40) == []
     lru.touched("a")  # now b is the coldest
-    assert lru.evictions() == ["b"]
+    assert load(lru, "c", 40) == ["b"]
+    assert lru.keys() == ["a", "c"] and lru.bytes == 80
 
 
-def test_never_evicts_in_use_or_pinned():
+def test_a_held_adapter_is_never_evicted_and_the_read_waits():
+    lru = HostLRU(100)
+    lru.hold("a")
+    load(lru, "a", 60)
+    lru.hold("b")
+    assert lru.reserve("b", 60) is None  # a is in use: b waits rather than exceed the budget
+    assert "a" in lru and lru.committed_bytes == 60
+    lru.release("a")
+    assert lru.reserve("b", 60) == ["a"]
+
+
+def test_holds_count_requests():
+    lru = HostLRU(100)
+    lru.hold("a")
+    lru.hold("a")
+    load(lru, "a", 60)
+    lru.release("a")
+    assert lru.reserve("b", 60) is None  # one request of a is still in flight
+    lru.release("a")
+    assert lru.reserve("b", 60) == ["a"]
+    with pytest.raises(KeyError):
+        lru.release("a")
+
+
+def test_reads_under_way_count_against_the_budget():
+    lru = HostLRU(100)
+    assert lru.reserve("a", 60) == []
+    assert lru.reserve("b", 60) is None  # a's bytes are not resident yet, but they will be
+    lru.loaded("a", 55)  # the real size replaces the estimate
+    assert lru.committed_bytes == 55 and lru.reserved_bytes == 0
+    lru.cancelled("zzz")  # a failed read that reserved nothing is harmless
+
+
+def test_a_failed_read_gives_its_room_back():
+    lru = HostLRU(100)
+    assert lru.reserve("a", 60) == []
+    lru.cancelled("a")
+    assert lru.committed_bytes == 0 and lru.reserve("b", 100) == []
+
+
+def test_one_adapter_larger_than_the_budget_still_loads_alone():
+    lru = HostLRU(100)
+    assert load(lru, "big", 250) == []
+    assert lru.peak_bytes == 250
+    lru.hold("big")
+    assert lru.reserve("x", 10) is None  # big is in use and over budget
+    lru.release("big")
+    assert load(lru, "x", 10) == ["big"]
+
+
+def test_pinned_adapters_stay_and_do_not_block_forever():
     lru = HostLRU(100, pinned={"p"})
-    lru.loaded("p", 60)
-    lru.loaded("u", 60)
-    lru.loaded("x", 60)
-    assert lru.evictions(in_use={"u"}) == ["x"]
-    assert lru.evictions(in_use={"u", "x"}) == []  # over budget, but nothing may go
+    load(lru, "p", 90)
+    assert load(lru, "a", 50) == []  # nothing in flight: allowed past the budget rather than never
+    assert load(lru, "b", 50) == ["a"]
+    assert "p" in lru
 
 
 def test_pin_covers_every_revision_of_an_adapter():
     lru = HostLRU(10, pinned={"acme/bot"})
-    lru.loaded("acme/bot@1", 50)
-    lru.loaded("acme/bot@2", 50)
-    lru.loaded("acme/bottle@1", 50)
-    assert lru.evictions() == ["acme/bottle@1"]
+    load(lru, "acme/bot@1", 50)
+    load(lru, "acme/bot@2", 50)
+    load(lru, "acme/bottle@1", 50)
+    assert load(lru, "x@1", 5) == ["acme/bottle@1"]
 
 
 def test_owner_decides_what_a_key_belongs_to():
     lru = HostLRU(10, pinned={"acme/bot"}, group_of=lambda key: key.removeprefix("mint:").rsplit("@", 1)[0])
-    lru.loaded("mint:acme/bot@1", 50)
-    assert lru.evictions() == []
+    load(lru, "mint:acme/bot@1", 50)
+    assert load(lru, "mint:other@1", 5) == []
 
 
 def test_reload_replaces_size_and_evicted_forgets():
@@ -48,21 +105,51 @@ def test_reload_replaces_size_and_evicted_forgets():
     assert lru.bytes == 0 and len(lru) == 0 and lru.evictions_total == 1
 
 
-def test_random_workload_keeps_budget_within_one_adapter():
+def test_double_reservation_is_a_bug():
+    lru = HostLRU(100)
+    lru.reserve("a", 10)
+    with pytest.raises(KeyError):
+        lru.reserve("a", 10)
+
+
+def test_random_lifecycle_keeps_committed_bytes_within_budget_plus_one_adapter():
+    """Requests arrive, wait for reads, run and finish in random order; nothing in use is evicted."""
     rng = random.Random(1)
-    lru = HostLRU(1000)
-    sizes = {}
-    for step in range(5000):
-        key = f"k{rng.randrange(200)}"
-        if key in lru:
-            lru.touched(key)
-        else:
-            sizes[key] = rng.randint(10, 120)
+    budget, biggest = 1000, 120
+    lru = HostLRU(budget)
+    sizes = {f"k{i}": rng.randint(10, biggest) for i in range(200)}
+    in_flight: list[str] = []  # one entry per request
+    waiting: list[str] = []  # reads not yet allowed
+    reading: list[str] = []
+    for _ in range(20000):
+        event = rng.random()
+        if event < 0.35:  # a request arrives
+            key = rng.choice(list(sizes))
+            lru.hold(key)
+            in_flight.append(key)
+            if key not in lru and key not in reading and key not in waiting:
+                waiting.append(key)
+        elif event < 0.6 and waiting:  # the loop offers the oldest waiting read
+            key = waiting[0]
+            victims = lru.reserve(key, sizes[key])
+            if victims is not None:
+                waiting.pop(0)
+                for victim in victims:
+                    assert not lru.in_use(victim)
+                    lru.evicted(victim)
+                reading.append(key)
+        elif event < 0.8 and reading:  # a read finishes
+            key = reading.pop(rng.randrange(len(reading)))
             lru.loaded(key, sizes[key])
-            for victim in lru.evictions():
-                lru.evicted(victim)
-        assert lru.bytes <= 1000 + 120
+        elif in_flight:  # a request whose adapter is resident finishes
+            ready = [i for i, k in enumerate(in_flight) if k in lru]
+            if ready:
+                key = in_flight.pop(rng.choice(ready))
+                lru.release(key)
+        assert lru.committed_bytes <= budget + biggest
         assert lru.bytes == sum(sizes[k] for k in lru.keys())
+        assert all(k in lru or k in reading or k in waiting for k in in_flight)
+    assert lru.peak_bytes <= budget + biggest
 
 
 def test_budget_must_be_positive():
