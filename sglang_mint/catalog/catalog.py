@@ -142,6 +142,17 @@ class Catalog:
             r._catalog = self
         return AdapterInfo(a.adapter_id, a.current, a.latest, a.deleted, a.created, a.updated, revs)
 
+    def resolve_revision(self, adapter_id: str, revision: int) -> Revision:
+        """Revision ``revision`` of a live adapter (two indexed lookups): what ``acme/bot@3`` serves.
+
+        AdapterNotFound if the adapter is unknown or deleted (its revisions are kept for
+        rollback after an undelete, but never served); RevisionNotFound if it has no such revision."""
+        a = self.store.get_adapter(validate_adapter_id(adapter_id))
+        if a is None or a.deleted:
+            raise AdapterNotFound(f"adapter {adapter_id!r} is not in the catalog"
+                                  + (" (deleted)" if a is not None else ""))
+        return self.get_revision(adapter_id, revision)
+
     def get_revision(self, adapter_id: str, revision: int) -> Revision:
         validate_adapter_id(adapter_id)
         rev = self.store.get_revision(adapter_id, revision)

@@ -56,3 +56,22 @@ def validate_adapter_id(s: str) -> str:
         if seg in (".", ".."):
             raise InvalidAdapterId(f"adapter id {s!r} has a {seg!r} segment (ids are names, never paths)")
     return s
+
+
+def revision_name(adapter_id: str, revision: int) -> str:
+    """The name of one revision: ``("acme/bot", 3)`` -> ``"acme/bot@3"`` (ids never contain '@')."""
+    return f"{adapter_id}@{revision}"
+
+
+def parse_revision_name(name: str) -> tuple[str, int]:
+    """``"acme/bot@3"`` -> ``("acme/bot", 3)``; InvalidAdapterId naming what is wrong otherwise.
+
+    Refused: ``"acme/bot"`` (no revision), ``"acme/bot@"``, ``"acme/bot@x"``, ``"acme/bot@0"``,
+    ``"a@1@2"``, and any id the rules above refuse.
+    """
+    if not isinstance(name, str) or "@" not in name:
+        raise InvalidAdapterId(f"{name!r} is not <adapter-id>@<revision>")
+    adapter_id, _, revision = name.rpartition("@")
+    if not (revision.isascii() and revision.isdigit()) or revision.startswith("0") or len(revision) > 18:
+        raise InvalidAdapterId(f"{name!r}: revision {revision!r} is not a positive integer")
+    return validate_adapter_id(adapter_id), int(revision)
