@@ -24,24 +24,13 @@ def register() -> None:
         return
     _registered = True
 
-    from sglang_mint.sglang import (backend, cpu_compat, flags, frontend, moe_cpu, openai_model, packed_loader,
-                                    residency)
+    from sglang_mint.sglang import backend, hooks
 
     # Every hook target is imported when hooks are applied, so each process hooks only what
     # runs in it: the detokenizer would otherwise import the HTTP server and the scheduler
-    # (about 5 s of imports per process on a 2-core machine).
-    role = process_role()
-    flags.register_hooks()  # --enable-mint and --mint-* flags, carried to every process
-    cpu_compat.register_hooks()  # pinned memory without CUDA
+    # (about 5 s of imports per process on a 2-core machine). The list is hooks.HOOKS.
+    hooks.register_for(process_role())
     backend.register_backend()  # the name `--lora-backend mint`
-    if role == "frontend":
-        openai_model.register_hooks()  # adapter id in the OpenAI `model` field
-        frontend.register_hooks()  # catalog lookups in the tokenizer manager, /mint/* endpoints
-    if role == "scheduler":
-        moe_cpu.register_hooks()  # MoE-expert LoRA without CUDA: the 4 gaps of SGLang's CPU MoE path
-        backend.register_hooks()  # MoE expert LoRA of the mint backend
-        residency.register_hooks()  # background cold loads and the host LRU
-        packed_loader.register_hooks()  # adapters in the packed format
 
 
 def process_role() -> str:

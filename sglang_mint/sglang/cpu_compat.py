@@ -11,20 +11,6 @@ only turns a crash into working code and changes nothing that ran before.
 
 from __future__ import annotations
 
-import torch
-from sglang.srt.plugins.hook_registry import HookRegistry, HookType
-
-# torch factories that accept pin_memory=...
-PIN_FACTORIES = ("tensor", "empty", "zeros", "ones", "full")
-
-
-def register_hooks() -> None:
-    if torch.cuda.is_available():
-        return
-    for name in PIN_FACTORIES:
-        HookRegistry.register(f"torch.{name}", _unpin_kwargs, HookType.BEFORE)
-    HookRegistry.register("torch.Tensor.pin_memory", _pin_memory_noop, HookType.REPLACE)
-
 
 def _unpin_kwargs(*args, **kwargs):
     if kwargs.get("pin_memory"):

@@ -24,17 +24,7 @@ give the groups (0, e1), (0, e4), (2, e1); token 1 has no adapter and is skipped
 
 from __future__ import annotations
 
-from sglang.srt.plugins.hook_registry import HookRegistry, HookType
-
-LAYERS = "sglang.srt.lora.layers.FusedMoEWithLoRA"
-RUNNERS = "sglang.srt.lora.lora_moe_runners"
 TAG = "mint_backend"
-
-
-def register_hooks() -> None:
-    HookRegistry.register(f"{LAYERS}._get_lora_info", _after_get_lora_info, HookType.AFTER)
-    HookRegistry.register(f"{RUNNERS}.build_lora_hooks", _around_build_lora_hooks,
-                          HookType.AROUND)
 
 
 def _after_get_lora_info(lora_info, layer, *args, **kwargs):

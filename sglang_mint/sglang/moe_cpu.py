@@ -24,25 +24,6 @@ CPU tensors (it is declared only where ``torch.cuda.is_available()`` is False):
 from __future__ import annotations
 
 import torch
-from sglang.srt.plugins.hook_registry import HookRegistry, HookType
-
-TRITON_UTILS = "sglang.srt.layers.moe.moe_runner.triton_utils"
-RUNNERS = "sglang.srt.lora.lora_moe_runners"
-COMMON = "sglang.srt.utils.common"
-
-
-def register_hooks() -> None:
-    if torch.cuda.is_available():
-        return
-    HookRegistry.register(f"{TRITON_UTILS}.fused_moe_triton_config.get_device_name", _device_name_cpu,
-                          HookType.AFTER)
-    # fused_moe binds the name at import (``from .moe_align_block_size import ...``),
-    # before hooks apply; lazy importers read it from its own module.
-    for where in ("fused_moe", "moe_align_block_size"):
-        HookRegistry.register(f"{TRITON_UTILS}.{where}.moe_align_block_size", _around_moe_align,
-                              HookType.AROUND)
-    HookRegistry.register(f"{RUNNERS}._compute_lora_alignment", _around_lora_alignment, HookType.AROUND)
-    HookRegistry.register(f"{COMMON}.direct_register_custom_op", _also_register_cpu, HookType.AFTER)
 
 
 # 1 -------------------------------------------------------------------------

@@ -12,19 +12,11 @@ served as they are; others are looked up in ``--mint-catalog``.
 from __future__ import annotations
 
 from fastapi import HTTPException
-from sglang.srt.plugins.hook_registry import HookRegistry, HookType
 
 from sglang_mint.errors import AdapterNotFound, MintError
 from sglang_mint.routing import adapter_from_model
 from sglang_mint.sglang.flags import mint_config
 from sglang_mint.sglang.frontend import catalog_frontend
-
-SERVING_BASE = "sglang.srt.entrypoints.openai.serving_base.OpenAIServingBase"
-
-
-def register_hooks() -> None:
-    HookRegistry.register(f"{SERVING_BASE}._resolve_lora_path", _around_resolve_lora_path, HookType.AROUND)
-
 
 def _around_resolve_lora_path(original, self, request_model, explicit_lora_path):
     tm = self.tokenizer_manager

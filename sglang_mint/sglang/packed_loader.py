@@ -25,22 +25,11 @@ from __future__ import annotations
 import logging
 import os
 
-from sglang.srt.plugins.hook_registry import HookRegistry, HookType
 
 from sglang_mint.packed import PACKED_FILE, PackedError
 from sglang_mint.packed.reader import read_header, read_packed
 
 logger = logging.getLogger("sglang_mint")
-
-TARGET = "sglang.srt.lora.lora.LoRAAdapter.initialize_weights"
-
-
-def register_hooks() -> None:
-    from sglang_mint.sglang import packed_pool
-
-    HookRegistry.register(TARGET, initialize_weights, HookType.AROUND)
-    packed_pool.register_hooks()  # and into the LoRA pool with one copy per layer-module tensor
-
 
 def packed_path(folder: str) -> str | None:
     path = os.path.join(folder, PACKED_FILE)

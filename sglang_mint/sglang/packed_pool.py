@@ -36,15 +36,8 @@ import re
 
 logger = logging.getLogger("sglang_mint")
 
-TARGET = "sglang.srt.lora.mem_pool.LoRAMemoryPool.load_lora_weight_to_buffer"
 _PER_EXPERT = re.compile(r"experts\.(\d+)\.")
 MOE_KEYS = ("gate_up_proj_moe", "down_proj_moe")
-
-
-def register_hooks() -> None:
-    from sglang.srt.plugins.hook_registry import HookRegistry, HookType
-
-    HookRegistry.register(TARGET, load_lora_weight_to_buffer, HookType.AROUND)
 
 
 def load_lora_weight_to_buffer(original, pool, uid, buffer_id, lora_adapter, lora_modules,

@@ -47,7 +47,7 @@ def test_the_sglang_blocker_would_catch_a_leak():
                 if name == "sglang" or name.startswith("sglang."):
                     raise ImportError(f"blocked: {name}")
         sys.meta_path.insert(0, BlockSglang())
-        import sglang_mint.sglang.flags
+        import sglang_mint.sglang.frontend
     """)
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0

@@ -1,0 +1,113 @@
+"""Every SGLang internal sglang-mint hooks: the one list.
+
+Each row names the process that needs it (``all``, ``frontend`` for the
+launcher and tokenizer manager, ``scheduler``), the dotted target, the
+``HookType``, our function (``module:name`` under ``sglang_mint.sglang``) and
+whether it is only for machines without CUDA. ``register_for`` declares a
+process's rows with SGLang's ``HookRegistry``; ``verify_applied`` checks at
+startup that SGLang applied every one (it logs a failed target and carries
+on, which would leave the plugin half installed without a word).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import NamedTuple
+
+from sglang_mint.errors import MintError
+
+
+class Hook(NamedTuple):
+    role: str
+    target: str
+    kind: str  # BEFORE, AFTER, AROUND, REPLACE
+    function: str  # module:name under sglang_mint.sglang
+    cpu_only: bool = False
+
+
+_SCHED = "sglang.srt.managers.scheduler.Scheduler"
+_TM = "sglang.srt.managers.tokenizer_manager.TokenizerManager"
+_MOE = "sglang.srt.layers.moe.moe_runner.triton_utils"
+_RUNNERS = "sglang.srt.lora.lora_moe_runners"
+
+HOOKS: tuple[Hook, ...] = (
+    # --enable-mint and --mint-* flags, carried to every process
+    Hook("all", "sglang.srt.server_args.ServerArgs.add_cli_args", "AFTER", "flags:_after_add_cli_args"),
+    Hook("all", "sglang.srt.server_args.ServerArgs.from_cli_args", "AFTER", "flags:_after_from_cli_args"),
+    # pinned host memory is a no-op without CUDA
+    *(Hook("all", f"torch.{name}", "BEFORE", "cpu_compat:_unpin_kwargs", True)
+      for name in ("tensor", "empty", "zeros", "ones", "full")),
+    Hook("all", "torch.Tensor.pin_memory", "REPLACE", "cpu_compat:_pin_memory_noop", True),
+    # the adapter id in the OpenAI `model` field
+    Hook("frontend", "sglang.srt.entrypoints.openai.serving_base.OpenAIServingBase._resolve_lora_path", "AROUND",
+         "openai_model:_around_resolve_lora_path"),
+    # catalog lookups in the tokenizer manager, the registry holding only names in flight, /mint/*
+    Hook("frontend", f"{_TM}.init_lora", "AFTER", "frontend:_after_init_lora"),
+    Hook("frontend", f"{_TM}._resolve_lora_path", "AROUND", "frontend:_around_tm_resolve_lora_path"),
+    Hook("frontend", "sglang.srt.lora.lora_registry.LoRARegistry.release", "AROUND",
+         "frontend:_around_registry_release"),
+    Hook("frontend", "sglang.srt.entrypoints.http_server.launch_server", "BEFORE", "frontend:_before_launch_server"),
+    # catalog adapters in the scheduler: holds, background reads, the host budget
+    Hook("scheduler", f"{_SCHED}.__init__", "AFTER", "residency:_after_scheduler_init"),
+    Hook("scheduler", f"{_SCHED}.can_schedule_lora_req", "AROUND", "residency:_around_can_schedule_lora_req"),
+    Hook("scheduler", f"{_SCHED}.ingest_requests", "AFTER", "residency:_after_ingest_requests"),
+    Hook("scheduler", f"{_SCHED}._add_request_to_queue", "BEFORE", "residency:_before_add_request_to_queue"),
+    Hook("scheduler", f"{_SCHED}.send_abort_output", "AFTER", "residency:_after_send_abort_output"),
+    Hook("scheduler", "sglang.srt.managers.scheduler_components.output_streamer.SchedulerOutputStreamer"
+         ".stream_output", "AFTER", "residency:_after_stream_output"),
+    Hook("scheduler", f"{_SCHED}.get_internal_state", "AFTER", "residency:_after_get_internal_state"),
+    # no request body names another adapter's prefix-cache namespace
+    Hook("scheduler", f"{_SCHED}.handle_generate_request", "AROUND", "prefix_cache:_around_handle_generate_request"),
+    # packed adapters: one read, one copy per pool buffer
+    Hook("scheduler", "sglang.srt.lora.lora.LoRAAdapter.initialize_weights", "AROUND",
+         "packed_loader:initialize_weights"),
+    Hook("scheduler", "sglang.srt.lora.mem_pool.LoRAMemoryPool.load_lora_weight_to_buffer", "AROUND",
+         "packed_pool:load_lora_weight_to_buffer"),
+    # MoE-expert LoRA of the mint backend
+    Hook("scheduler", "sglang.srt.lora.layers.FusedMoEWithLoRA._get_lora_info", "AFTER",
+         "mint_moe:_after_get_lora_info"),
+    Hook("scheduler", f"{_RUNNERS}.build_lora_hooks", "AROUND", "mint_moe:_around_build_lora_hooks"),
+    # the four gaps of SGLang's CPU MoE path (moe_cpu.py); fused_moe binds moe_align_block_size
+    # at import, so both modules' names are hooked
+    Hook("scheduler", f"{_MOE}.fused_moe_triton_config.get_device_name", "AFTER", "moe_cpu:_device_name_cpu", True),
+    Hook("scheduler", f"{_MOE}.fused_moe.moe_align_block_size", "AROUND", "moe_cpu:_around_moe_align", True),
+    Hook("scheduler", f"{_MOE}.moe_align_block_size.moe_align_block_size", "AROUND", "moe_cpu:_around_moe_align",
+         True),
+    Hook("scheduler", f"{_RUNNERS}._compute_lora_alignment", "AROUND", "moe_cpu:_around_lora_alignment", True),
+    Hook("scheduler", "sglang.srt.utils.common.direct_register_custom_op", "AFTER", "moe_cpu:_also_register_cpu",
+         True),
+)
+
+
+def hooks_for(role: str, has_cuda: bool) -> list[Hook]:
+    return [h for h in HOOKS if h.role in ("all", role) and not (h.cpu_only and has_cuda)]
+
+
+def register_for(role: str) -> list[Hook]:
+    """Declare the hooks process ``role`` needs; returns them."""
+    import torch
+    from sglang.srt.plugins.hook_registry import HookRegistry, HookType
+
+    hooks = hooks_for(role, torch.cuda.is_available())
+    for hook in hooks:
+        module, name = hook.function.split(":")
+        function = getattr(importlib.import_module(f"sglang_mint.sglang.{module}"), name)
+        HookRegistry.register(hook.target, function, HookType[hook.kind])
+    return hooks
+
+
+class HooksNotApplied(MintError):
+    http_status = 500
+
+
+def verify_applied(role: str) -> None:
+    """Raise HooksNotApplied naming every target SGLang failed to hook in this process."""
+    import torch
+    from sglang.srt.plugins.hook_registry import HookRegistry
+
+    missing = sorted({h.target for h in hooks_for(role, torch.cuda.is_available())} - HookRegistry._patched)
+    if missing:
+        raise HooksNotApplied(
+            f"sglang-mint could not hook {', '.join(missing)} in the {role} process, so it would run half "
+            "installed; refusing to start. This SGLang is not the version sglang-mint supports "
+            "(sglang==0.5.23), or another plugin replaced these targets.")
