@@ -16,17 +16,16 @@ def adapter_from_model(model: str, served_model_name: str) -> str | None:
     """The adapter id a ``model`` value names, or None for the base model.
 
     Examples with served name ``tiny``: ``tiny`` -> None, ``tiny:a1`` -> ``a1``,
-    ``a1`` -> ``a1``, ``acme/a1`` -> ``acme/a1``; ``tiny:`` and ``../x`` raise
-    InvalidAdapterId.
+    ``a1`` -> ``a1``, ``acme/a1`` -> ``acme/a1``; as in SGLang, ``tiny:`` (nothing
+    after the colon) is the base model and ``tiny: a1`` is ``a1``; ``../x`` and
+    ``other:a1`` raise InvalidAdapterId.
     """
     if model == served_model_name:
         return None
     prefix = served_model_name + ":"
     if model.startswith(prefix):
-        adapter_id = model[len(prefix):]
-        if not adapter_id:
-            raise InvalidAdapterId(f"model {model!r} names no adapter after {prefix!r}")
-        return validate_adapter_id(adapter_id)
+        adapter_id = model[len(prefix):].strip()
+        return validate_adapter_id(adapter_id) if adapter_id else None
     if ":" in model:
         other = model.split(":", 1)[0]
         raise InvalidAdapterId(

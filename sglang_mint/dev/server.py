@@ -59,6 +59,7 @@ class SGLangServer:
         log_path: str | Path | None = None,
         python: str = sys.executable,
         start_timeout: float = 240.0,
+        sleep_on_idle: bool = True,
     ):
         self.port = free_port()
         self.served_name = served_name
@@ -76,6 +77,10 @@ class SGLangServer:
             args += ["--lora-paths", *(f"{name}={path}" for name, path in lora_paths.items())]
         if enable_mint:
             args.append("--enable-mint")
+        if sleep_on_idle:
+            # An idle SGLang scheduler busy-polls: on a 2-core machine a server left waiting
+            # between tests keeps a core near 90% busy and slows whatever runs beside it.
+            args.append("--sleep-on-idle")
         self.args = args + list(extra_args or [])
         if log_path is None:
             log_path = Path(tempfile.mkdtemp(prefix="sglang-mint-")) / "server.log"

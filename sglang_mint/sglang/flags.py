@@ -11,18 +11,10 @@ from __future__ import annotations
 
 import argparse
 
-from sglang.srt.plugins.hook_registry import HookRegistry, HookType
-
 from sglang_mint.config import MintConfig
 from sglang_mint.errors import MintError
 
-SERVER_ARGS = "sglang.srt.server_args.ServerArgs"
 MINT_BACKEND = "mint"
-
-
-def register_hooks() -> None:
-    HookRegistry.register(f"{SERVER_ARGS}.add_cli_args", _after_add_cli_args, HookType.AFTER)
-    HookRegistry.register(f"{SERVER_ARGS}.from_cli_args", _after_from_cli_args, HookType.AFTER)
 
 
 def mint_config(server_args) -> MintConfig | None:
@@ -105,9 +97,40 @@ def _after_from_cli_args(server_args, cls, namespace, *args, **kwargs):
         # Each rank would admit a cold adapter's requests when its own read finishes; ranks must
         # agree on every batch, and agreeing on load progress across ranks is not built yet.
         raise SystemExit(f"error: --mint-catalog supports one rank for now, got {', '.join(wide)}")
+    workers = getattr(server_args, "tokenizer_worker_num", 1) or 1
+    if workers > 1:
+        # SGLang's extra tokenizer workers are spawned without loading plugins, so a bare adapter
+        # id would silently serve the base model there.
+        raise SystemExit(f"error: --enable-mint serves with one tokenizer manager; got --tokenizer-worker-num "
+                         f"{workers} (SGLang does not load plugins into extra tokenizer workers)")
     try:
         server_args._mint = MintConfig.from_flags(catalog=catalog, **cache_flags)
+        if catalog is not None:
+            check_catalog_serves(server_args._mint.catalog, server_args.model_path)
     except MintError as exc:
         raise SystemExit(f"error: {exc}") from None
     return server_args
+
+
+def check_catalog_serves(catalog_path: str, model_path: str) -> None:
+    """Refuse a catalog made for another base model than the one being served.
+
+    Both sides are compared by identity (architecture and every shape-relevant size, see
+    ``catalog.base``). A model given as a hub id, not a local folder, cannot be read here
+    without the network; its adapters are still checked one by one as they load.
+    """
+    import os
+
+    from sglang_mint.catalog import open_catalog
+    from sglang_mint.catalog.base import load_base_model
+
+    if not os.path.isfile(os.path.join(model_path, "config.json")):
+        return
+    served = load_base_model(model_path)
+    with open_catalog(catalog_path) as catalog:
+        base = catalog.base
+    if served.identity != base.identity:
+        raise MintError(f"--mint-catalog {catalog_path} was made for base model {base.name!r} ({base.identity}), "
+                        f"but the server serves {model_path!r} ({served.identity}); adapters trained for one do "
+                        "not fit the other")
 

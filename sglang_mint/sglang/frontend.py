@@ -1,11 +1,22 @@
-"""Catalog adapters in the tokenizer manager, and the ``/mint/status`` endpoint.
+"""Catalog adapters in the tokenizer manager, and the ``/mint/*`` endpoints.
 
-``model="acme/bot"`` resolves the adapter's current revision in the catalog
-at arrival (one indexed lookup) and becomes the LoRA name ``acme/bot@3``; the
-request is served by that revision even if a publish lands while it runs.
-The name is registered in SGLang's LoRA registry with
-``lora_id = "mint:acme/bot@3"`` and no load request: the scheduler loads it
-in the background when the request reaches admission (``residency.py``).
+Every way a request names an adapter goes through the catalog:
+
+- ``model="acme/bot"`` (``openai_model.py``) and ``lora_path="acme/bot"``
+  resolve the adapter's current revision at arrival (one indexed lookup) and
+  become the LoRA name ``acme/bot@3``; the request is served by that revision
+  even if a publish lands while it runs.
+- ``lora_path="acme/bot@3"`` is served only if revision 3 exists and the
+  adapter is not deleted; anything else is a 404 naming it (a malformed name
+  a 400). Adapters from ``--lora-paths`` or ``/load_lora_adapter`` pass as in
+  stock SGLang.
+
+A revision name is registered in SGLang's LoRA registry with ``lora_id =
+"mint:acme/bot@3"`` and no load request: the scheduler loads it in the
+background (``residency.py``). It stays registered only while a request uses
+it: when SGLang releases the last one (``LoRARegistry.release``), the name and
+its counter are dropped, so the registry holds the names in flight, not every
+name ever seen.
 """
 
 from __future__ import annotations
@@ -13,27 +24,19 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from fastapi import Request
+from fastapi import HTTPException, Request
 from fastapi.responses import ORJSONResponse
 from sglang.srt.lora.lora_registry import LoRARef
-from sglang.srt.plugins.hook_registry import HookRegistry, HookType
 
 from sglang_mint.catalog import open_catalog
+from sglang_mint.catalog.ids import parse_revision_name, revision_name
 from sglang_mint.errors import MintError
 from sglang_mint.sglang.flags import mint_config
-from sglang_mint.sglang.residency import mint_lora_id
+from sglang_mint.sglang.names import is_mint_lora_id, mint_lora_id_of
 
 logger = logging.getLogger("sglang_mint")
 
 MAX_PREFETCH = 1024
-TOKENIZER_MANAGER = "sglang.srt.managers.tokenizer_manager.TokenizerManager"
-HTTP_SERVER = "sglang.srt.entrypoints.http_server"
-
-
-def register_hooks() -> None:
-    HookRegistry.register(f"{TOKENIZER_MANAGER}.init_lora", _after_init_lora, HookType.AFTER)
-    HookRegistry.register(f"{TOKENIZER_MANAGER}._resolve_lora_path", _around_tm_resolve_lora_path, HookType.AROUND)
-    HookRegistry.register(f"{HTTP_SERVER}.launch_server", _before_launch_server, HookType.BEFORE)
 
 
 class CatalogFrontend:
@@ -46,6 +49,8 @@ class CatalogFrontend:
 
         self.metrics = FrontendMetrics(metrics_enabled())
         self._warming: set[asyncio.Task] = set()
+        # Revision names between our registration and SGLang's acquire of them: never dropped.
+        self._arriving: dict[str, int] = {}
 
     def lora_name(self, adapter_id: str) -> str:
         """The LoRA name of the adapter's current revision; AdapterNotFound if unknown or deleted."""
@@ -56,21 +61,78 @@ class CatalogFrontend:
             raise
         self.resolves += 1
         self.metrics.resolves.inc()
-        return f"{adapter_id}@{rev.revision}"
+        return revision_name(adapter_id, rev.revision)
 
-    async def register(self, registry, lora_path) -> None:
-        names = [lora_path] if isinstance(lora_path, str) else [p for p in (lora_path or []) if p]
-        for name in names:
-            if "@" not in name or name in registry._registry:
-                continue
-            adapter_id, revision = name.rsplit("@", 1)
-            ref = LoRARef(lora_id=mint_lora_id(adapter_id, int(revision)), lora_name=name,
-                          lora_path=f"mint-catalog:{name}", pinned=False)
+    def checked_name(self, name: str) -> str:
+        """A ``lora_path`` value -> the revision name it selects, checked against the catalog."""
+        if "@" not in name:
+            return self.lora_name(name)
+        adapter_id, revision = parse_revision_name(name)
+        try:
+            self.catalog.resolve_revision(adapter_id, revision)
+        except MintError:
+            self.metrics.not_found.inc()
+            raise
+        self.resolves += 1
+        self.metrics.resolves.inc()
+        return name
+
+    async def arrive(self, tm, obj) -> list[str]:
+        """Resolve the request's ``lora_path`` through the catalog and register what it names.
+
+        Rewrites ``obj.lora_path`` in place (a bare id becomes its current revision) and
+        returns the revision names registered, which the caller passes to ``settle`` once
+        SGLang has acquired them. Raises HTTPException 400/404 naming the bad entry.
+        """
+        paths = obj.lora_path
+        single = isinstance(paths, str)
+        entries = [paths] if single else list(paths or [])
+        names = []
+        for i, entry in enumerate(entries):
+            if not entry or entry in tm.lora_ref_cache:
+                continue  # the base model, or an adapter SGLang loaded itself
             try:
-                await registry.register(ref)
-            except ValueError:
-                pass  # another request registered it first
+                name = self.checked_name(entry)
+            except MintError as exc:
+                raise HTTPException(status_code=exc.http_status, detail=f"lora_path: {exc}") from None
+            entries[i] = name
+            names.append(name)
+        if names:
+            obj.lora_path = entries[0] if single else entries
+        for name in names:
+            self._arriving[name] = self._arriving.get(name, 0) + 1
+        for name in dict.fromkeys(names):
+            if name not in tm.lora_registry._registry:
+                ref = LoRARef(lora_id=mint_lora_id_of(name), lora_name=name, lora_path=f"mint-catalog:{name}",
+                              pinned=False)
+                try:
+                    await tm.lora_registry.register(ref)
+                except ValueError:
+                    pass  # another request registered it first
+        return names
 
+    def settle(self, names: list[str]) -> None:
+        for name in names:
+            n = self._arriving[name] - 1
+            if n:
+                self._arriving[name] = n
+            else:
+                del self._arriving[name]
+
+    def forget_if_idle(self, registry, lora_id: str) -> None:
+        """Drop a revision name from SGLang's registry once no request uses it.
+
+        Runs on the event loop with no await between the checks and the deletes, so no
+        request can acquire the name halfway: one that is arriving is in ``_arriving``.
+        """
+        name = lora_id[len("mint:"):]
+        counter = registry._counters.get(lora_id)
+        if counter is None or counter.value() != 0 or name in self._arriving:
+            return
+        ref = registry._registry.get(name)
+        if ref is not None and ref.lora_id == lora_id:
+            del registry._registry[name]
+        del registry._counters[lora_id]
 
     def warm(self, tm, lora_name: str) -> None:
         """Load an adapter ahead of traffic: a one-token request for it, not awaited.
@@ -86,7 +148,6 @@ class CatalogFrontend:
     async def _warm(self, tm, lora_name: str) -> None:
         from sglang.srt.managers.io_struct import GenerateReqInput
 
-        await self.register(tm.lora_registry, lora_name)
         obj = GenerateReqInput(input_ids=[0], sampling_params={"max_new_tokens": 1, "temperature": 0},
                                lora_path=lora_name)
         try:
@@ -102,16 +163,35 @@ def catalog_frontend(tokenizer_manager) -> CatalogFrontend | None:
 
 def _after_init_lora(result, tm, *args, **kwargs):
     config = mint_config(tm.server_args)
-    if config is not None and config.catalog is not None:
-        tm._mint_frontend = CatalogFrontend(config.catalog)
+    if config is None:
+        return result
+    from sglang_mint.sglang import hooks
+
+    hooks.verify_applied("frontend")
+    if config.catalog is not None:
+        tm._mint_frontend = tm.lora_registry._mint_frontend = CatalogFrontend(config.catalog)
     return result
 
 
 async def _around_tm_resolve_lora_path(original, tm, obj):
     frontend = catalog_frontend(tm)
-    if frontend is not None:
-        await frontend.register(tm.lora_registry, obj.lora_path)
-    return await original(tm, obj)
+    if frontend is None or not obj.lora_path:
+        return await original(tm, obj)
+    names = await frontend.arrive(tm, obj)
+    try:
+        return await original(tm, obj)
+    finally:
+        frontend.settle(names)
+
+
+async def _around_registry_release(original, registry, lora_id):
+    await original(registry, lora_id)
+    frontend: CatalogFrontend | None = getattr(registry, "_mint_frontend", None)
+    if frontend is None:
+        return
+    for one in [lora_id] if isinstance(lora_id, str) else (lora_id or []):
+        if is_mint_lora_id(one):
+            frontend.forget_if_idle(registry, one)
 
 
 def _before_launch_server(server_args, *args, **kwargs):

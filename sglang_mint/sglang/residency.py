@@ -1,53 +1,58 @@
-"""Catalog adapters in the scheduler: loaded in the background, installed in O(1).
+"""Catalog adapters in the scheduler: loaded in the background, held while in use.
 
 A request for catalog adapter ``acme/bot`` at revision 3 reaches the scheduler
 with ``lora_id = "mint:acme/bot@3"`` (the tokenizer manager registers that id
-without asking the scheduler to load anything). When the request enters the
-scheduler's queue (``Scheduler._add_request_to_queue``) an id the LoRA manager
-does not hold starts a background read (``ColdLoader``); at admission
-(``Scheduler.can_schedule_lora_req``) the request waits until the read is
-installed, and SGLang skips it (``continue``) and admits the requests behind it. Each loop iteration hands finished reads to the LoRA manager: three
-dict assignments, what SGLang's own ``_load_lora_adapter`` does after its disk
-read. A failed read fails only that adapter's requests, with its reason.
-Host memory is bounded by ``HostLRU``; SGLang keeps its own policy for the
-GPU slots.
+without asking the scheduler to load anything). Its lifecycle here:
+
+1. It enters the scheduler's queue (``Scheduler._add_request_to_queue``): the
+   adapter is *held* (``HostLRU.hold``) until this request ends, and if it is
+   not in host memory a read is wanted.
+2. Wanted reads start in arrival order as the host budget allows
+   (``HostLRU.reserve``): bytes being read count against the budget, idle
+   adapters are evicted to make room, and a read that does not fit waits for
+   a request to end. Reads run on ``ColdLoader`` threads.
+3. At admission (``Scheduler.can_schedule_lora_req``) the request waits until
+   its read is installed; SGLang skips it and admits the requests behind it.
+   Each loop iteration hands finished reads to the LoRA manager: three dict
+   assignments, what SGLang's own ``_load_lora_adapter`` does after its read.
+4. It ends when its last output is streamed (``SchedulerOutputStreamer
+   .stream_output``) or it is aborted (``Scheduler.send_abort_output``): the
+   hold is released, exactly once. A weakref finalizer releases it too if the
+   request object is dropped by a path neither hook sees.
+
+A failed read fails only that adapter's requests (HTTP 422, with the reason).
+SGLang keeps its own policy for the GPU slots.
 """
 
 from __future__ import annotations
 
 import logging
+import queue
 import sys
 import time
+import weakref
 from collections import OrderedDict
 
 from sglang_mint.catalog import open_catalog
 from sglang_mint.config import MintConfig
 from sglang_mint.residency import ColdLoader, HostLRU, LoadResult
+from sglang_mint.sglang.names import is_mint_lora_id, parse_mint_lora_id
 
 logger = logging.getLogger("sglang_mint")
 
-MINT_ID_PREFIX = "mint:"
 # The scheduler loop spins while requests wait and holds the GIL; a worker thread that gives the
 # GIL up (a file read, a tensor op) waits up to the switch interval to get it back. At Python's
 # default 5 ms a tiny adapter's read took ~60 ms of wall time; idle workers ask for nothing, so
 # a short interval costs nothing while no load runs.
 GIL_SWITCH_INTERVAL_S = 0.0005
 FAILURE_MEMORY_S = 10.0  # a failed revision is retried by requests arriving after this
-MAX_FAILURES_KEPT = 10_000
-
-
-def mint_lora_id(adapter_id: str, revision: int) -> str:
-    return f"{MINT_ID_PREFIX}{adapter_id}@{revision}"
-
-
-def parse_mint_lora_id(lora_id: str) -> tuple[str, int]:
-    """``"mint:acme/bot@3"`` -> ``("acme/bot", 3)`` (ids never contain '@')."""
-    adapter_id, revision = lora_id[len(MINT_ID_PREFIX):].rsplit("@", 1)
-    return adapter_id, int(revision)
-
-
-def is_mint_lora_id(lora_id) -> bool:
-    return isinstance(lora_id, str) and lora_id.startswith(MINT_ID_PREFIX)
+MAX_FAILURES_KEPT = 1024
+# What an adapter costs in host memory beyond its tensor bytes: Python objects of SGLang's
+# LoRAAdapter, LoRAConfig and per-layer dicts, and one torch tensor object plus allocator
+# rounding per tensor. Measured on CPU with rank-1 tiny adapters (see adapter_host_bytes).
+ADAPTER_OVERHEAD_BYTES = 16 << 10
+TENSOR_OVERHEAD_BYTES = 1 << 10
+ALLOC_ALIGN = 64
 
 
 def _percentile(values: list[float], q: float) -> float | None:
@@ -57,10 +62,29 @@ def _percentile(values: list[float], q: float) -> float | None:
     return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 6)
 
 
-def adapter_nbytes(adapter) -> int:
+def adapter_host_bytes(adapter) -> int:
+    """What one loaded ``LoRAAdapter`` holds in host memory, tensors and objects together.
+
+    A rank-1 adapter of the tiny Llama has 28 tensors of 128 to 512 bytes: about 6 KiB of
+    data, but about 50 KiB of memory once objects are counted.
+    """
     tensors = [t for layer in adapter.layers for t in layer.weights.values()]
     tensors += list(adapter.embedding_layers.values()) + list(adapter.added_tokens_embeddings.values())
-    return sum(t.numel() * t.element_size() for t in tensors)
+    data = sum(-(-t.untyped_storage().nbytes() // ALLOC_ALIGN) * ALLOC_ALIGN for t in tensors)
+    return ADAPTER_OVERHEAD_BYTES + TENSOR_OVERHEAD_BYTES * len(tensors) + data
+
+
+def read_estimate_bytes(file_bytes: int) -> int:
+    """Host bytes to reserve before reading an adapter whose files hold ``file_bytes``."""
+    return ADAPTER_OVERHEAD_BYTES + 32 * TENSOR_OVERHEAD_BYTES + file_bytes
+
+
+def release_hold(req) -> None:
+    """The request ended: let go of its adapter (a no-op after the first call, or for others)."""
+    hold = getattr(req, "_mint_hold", None)
+    if hold is not None:
+        req._mint_hold = None
+        hold()
 
 
 class SchedulerResidency:
@@ -73,6 +97,8 @@ class SchedulerResidency:
         self.lru = HostLRU(config.host_cache_bytes, pinned=config.pinned,
                            group_of=lambda lora_id: parse_mint_lora_id(lora_id)[0])
         self.loader = ColdLoader(self._read, workers=config.load_workers)
+        self.wanted: OrderedDict[str, None] = OrderedDict()  # reads waiting for room, in arrival order
+        self.released: queue.SimpleQueue[str] = queue.SimpleQueue()  # holds to let go, drained on the loop
         self.failures: OrderedDict[str, tuple[float, str]] = OrderedDict()
         sys.setswitchinterval(min(sys.getswitchinterval(), GIL_SWITCH_INTERVAL_S))
         self.installed_total = 0
@@ -118,28 +144,23 @@ class SchedulerResidency:
             # its model-weight iterator, which starts a thread pool per file: each handoff
             # then waits out the busy scheduler loop's GIL slice (tens of ms per tiny adapter).
             adapter.initialize_weights_from_tensors(load_file(os.path.join(path, "adapter_model.safetensors")))
-        return ref, config, adapter, adapter_nbytes(adapter)
+        return ref, config, adapter, adapter_host_bytes(adapter)
 
     # -- on the scheduler loop ---------------------------------------------
     def install_ready(self) -> None:
-        """Hand finished reads to the LoRA manager (O(1) each), then evict beyond the budget."""
-        results = self.loader.ready()
-        if not results:
-            return
-        for result in results:
+        """Let go of ended requests, hand finished reads to the LoRA manager (O(1) each), start reads."""
+        self._drain_released()
+        for result in self.loader.ready():
             if result.ok:
                 self._install(result)
             else:
+                self.lru.cancelled(result.key)
                 self._remember_failure(result)
-        self._evict()
-        self.metrics.host_bytes.set(self.lru.bytes)
-        self.metrics.resident.set(len(self.lru))
+        self._start_reads()
 
     def _install(self, result: LoadResult) -> None:
         ref, config, adapter, nbytes = result.value
         mgr = self.manager
-        if ref.lora_id in mgr.loras:  # installed meanwhile (cannot happen with one loader; cheap to guard)
-            return
         mgr.configs[ref.lora_id] = config
         mgr.loras[ref.lora_id] = adapter
         mgr.lora_refs[ref.lora_id] = ref
@@ -149,6 +170,7 @@ class SchedulerResidency:
         del self.load_seconds[:-1024]
         self.metrics.cold_loads.inc()
         self.metrics.cold_load_seconds.observe(result.load_seconds)
+        self._update_gauges()
 
     def _remember_failure(self, result: LoadResult) -> None:
         adapter_id, revision = parse_mint_lora_id(result.key)
@@ -156,19 +178,35 @@ class SchedulerResidency:
         message = f"adapter {adapter_id!r} (revision {revision}) could not be loaded: {reason}"
         logger.error(message)
         self.failures[result.key] = (time.monotonic(), message)
+        self.failures.move_to_end(result.key)
         self.metrics.failed_loads.inc()
         while len(self.failures) > MAX_FAILURES_KEPT:
             self.failures.popitem(last=False)
 
-    def _in_use(self) -> set:
-        s = self.scheduler
-        ids = {req.lora_id for req in s.waiting_queue}
-        if s.running_batch is not None:
-            ids.update(req.lora_id for req in s.running_batch.reqs)
-        return ids
+    def _want(self, lora_id: str) -> None:
+        if lora_id not in self.wanted and not self.loader.loading(lora_id):
+            self.wanted[lora_id] = None
+            self._start_reads()
 
-    def _evict(self) -> None:
-        victims = self.lru.evictions(self._in_use())
+    def _start_reads(self) -> None:
+        """Start wanted reads, oldest first, while the host budget has room for them."""
+        while self.wanted:
+            lora_id = next(iter(self.wanted))
+            victims = self.lru.reserve(lora_id, self._estimate(lora_id))
+            if victims is None:
+                return  # waits for a request to end
+            del self.wanted[lora_id]
+            self._evict(victims)
+            self.loader.request(lora_id)
+        self._update_gauges()
+
+    def _estimate(self, lora_id: str) -> int:
+        try:
+            return read_estimate_bytes(self.catalog.get_revision(*parse_mint_lora_id(lora_id)).size_bytes)
+        except Exception:  # noqa: BLE001 - the read itself will fail and say why
+            return read_estimate_bytes(0)
+
+    def _evict(self, victims: list[str]) -> None:
         for lora_id in victims:
             ref = self.manager.lora_refs.get(lora_id)
             if ref is not None:
@@ -176,11 +214,31 @@ class SchedulerResidency:
             self.lru.evicted(lora_id)
             self.metrics.evictions.inc()
 
+    def _drain_released(self) -> None:
+        released = False
+        while True:
+            try:
+                lora_id = self.released.get_nowait()
+            except queue.Empty:
+                break
+            self.lru.release(lora_id)
+            released = True
+        if released:
+            self._start_reads()
+
+    def _update_gauges(self) -> None:
+        self.metrics.host_bytes.set(self.lru.bytes)
+        self.metrics.resident.set(len(self.lru))
+
     def on_arrival(self, req) -> None:
-        """A request reached the scheduler: start its adapter's read now, not at its admission turn."""
+        """A request reached the scheduler: hold its adapter until it ends, and want it read."""
         lora_id = req.lora_id
         self.requests += 1
         self.metrics.requests.inc()
+        self.lru.hold(lora_id)
+        # Called once: by release_hold when the request ends, or by the collector if it never does.
+        req._mint_hold = weakref.finalize(req, self.released.put, lora_id)
+        req._mint_hold.atexit = False
         if lora_id in self.manager.loras:
             self.lru.touched(lora_id)
             self.metrics.hits.inc()
@@ -189,7 +247,11 @@ class SchedulerResidency:
         req._mint_waiting_since = time.monotonic()
         self.metrics.misses.inc()
         if lora_id not in self.failures:
-            self.loader.request(lora_id)
+            self._want(lora_id)
+
+    def on_end(self, req) -> None:
+        release_hold(req)
+        self._drain_released()
 
     def admit(self, req) -> bool | None:
         """Admission for a catalog adapter's request: None = ask SGLang, False = wait."""
@@ -211,7 +273,7 @@ class SchedulerResidency:
                 req.lora_id = None
                 return True
             del self.failures[lora_id]
-        self.loader.request(lora_id)  # evicted while it waited, or a failure expired
+        self._want(lora_id)  # a failure expired: try again
         return False
 
     def status(self) -> dict:
@@ -220,7 +282,11 @@ class SchedulerResidency:
             "hit_rate": None if not self.requests else round(1 - self.misses / self.requests, 4),
             "resident": len(self.lru),
             "host_bytes": self.lru.bytes,
+            "host_reserved_bytes": self.lru.reserved_bytes,
+            "host_peak_bytes": self.lru.peak_bytes,
             "host_budget_bytes": self.lru.budget_bytes,
+            "adapters_in_use": self.lru.held,
+            "reads_waiting_for_room": len(self.wanted),
             "loading": self.loader.inflight,
             "cold_loads": self.installed_total,
             "cold_load_p50_s": _percentile(self.load_seconds, 0.50),
@@ -231,19 +297,6 @@ class SchedulerResidency:
 
 
 # -- hooks ---------------------------------------------------------------------
-SCHEDULER = "sglang.srt.managers.scheduler.Scheduler"
-
-
-def register_hooks() -> None:
-    from sglang.srt.plugins.hook_registry import HookRegistry, HookType
-
-    HookRegistry.register(f"{SCHEDULER}.__init__", _after_scheduler_init, HookType.AFTER)
-    HookRegistry.register(f"{SCHEDULER}.can_schedule_lora_req", _around_can_schedule_lora_req, HookType.AROUND)
-    HookRegistry.register(f"{SCHEDULER}.ingest_requests", _after_ingest_requests, HookType.AFTER)
-    HookRegistry.register(f"{SCHEDULER}._add_request_to_queue", _after_add_request_to_queue, HookType.AFTER)
-    HookRegistry.register(f"{SCHEDULER}.get_internal_state", _after_get_internal_state, HookType.AFTER)
-
-
 def residency_of(scheduler) -> SchedulerResidency | None:
     return getattr(scheduler, "_mint_residency", None)
 
@@ -256,6 +309,9 @@ def _after_scheduler_init(result, scheduler, *args, **kwargs):
     config = mint_config(scheduler.server_args)
     if config is None:
         return result
+    from sglang_mint.sglang import hooks
+
+    hooks.verify_applied("scheduler")
     # The scheduler is a spawned process: this line shows the settings reached it.
     logger.info("sglang-mint enabled in scheduler process %d: %s", os.getpid(), config)
     if config.catalog is not None and scheduler.enable_lora:
@@ -279,10 +335,26 @@ def _after_ingest_requests(result, scheduler, *args, **kwargs):
     return result
 
 
-def _after_add_request_to_queue(result, scheduler, req, is_retracted=False, *args, **kwargs):
+def _before_add_request_to_queue(scheduler, req, is_retracted=False, *args, **kwargs):
+    # Before: SGLang may abort the request inside (queue full, priority), and the abort
+    # releases what this took.
     residency = residency_of(scheduler)
     if residency is not None and not is_retracted and is_mint_lora_id(req.lora_id):
         residency.on_arrival(req)
+    return None
+
+
+def _after_send_abort_output(result, scheduler, abort_req, req, *args, **kwargs):
+    residency = residency_of(scheduler)
+    if residency is not None:
+        residency.on_end(req)
+    return result
+
+
+def _after_stream_output(result, streamer, reqs, *args, **kwargs):
+    for req in reqs:
+        if getattr(req, "_mint_hold", None) is not None and req.finished():
+            release_hold(req)  # drained on the loop at the next install_ready
     return result
 
 

@@ -10,6 +10,8 @@ from sglang_mint.routing import adapter_from_model
     ("a1", "a1"),
     ("acme/a1", "acme/a1"),
     ("tiny:acme/v2.1_x-y", "acme/v2.1_x-y"),
+    ("tiny:", None),  # SGLang's rule: nothing after the colon is the base model
+    ("tiny: a1 ", "a1"),  # SGLang strips the adapter part
 ])
 def test_model_names(model, expected):
     assert adapter_from_model(model, "tiny") == expected
@@ -20,7 +22,7 @@ def test_served_name_with_colons():
     assert adapter_from_model("s3://bucket/m:a1", "s3://bucket/m") == "a1"
 
 
-@pytest.mark.parametrize("model", ["", "tiny:", "../x", "a" * 129, "a\x00b", "other:a1", "caf\u00e9", "/abs"])
+@pytest.mark.parametrize("model", ["", "tiny:../x", "../x", "a" * 129, "a\x00b", "other:a1", "caf\u00e9", "/abs"])
 def test_bad_models(model):
     with pytest.raises(InvalidAdapterId):
         adapter_from_model(model, "tiny")

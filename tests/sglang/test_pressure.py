@@ -1,0 +1,195 @@
+"""Under pressure and across tenants, end to end: real SGLang on CPU with a catalog.
+
+- More distinct cold adapters in flight than GPU slots, with a host budget of about three
+  adapters: no adapter in use is evicted (the scheduler survives), reads wait for room
+  instead of growing memory, outputs equal HF+PEFT. Once more with chunked prefill.
+- No request body reaches another adapter's prefix cache through ``extra_key``.
+- ``lora_path`` goes through the catalog like ``model``: deleted and invented revisions 404.
+- SGLang's LoRA registry holds only the names in flight, not every name ever seen.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import openai
+import pytest
+from transformers import AutoTokenizer
+
+from sglang_mint.catalog import init_catalog, open_catalog
+from sglang_mint.dev.reference import run_reference
+from sglang_mint.dev.server import SGLangServer
+from sglang_mint.dev.tiny import write_tiny_adapters
+from sglang_mint.sglang.residency import read_estimate_bytes
+
+N_ADAPTERS = 24
+MAX_TOKENS = 24
+# Long enough that --chunked-prefill-size 16 splits its prefill into chunks.
+PROMPT = ("the quick brown fox and the lazy dog serve token request batch layer rank expert kernel "
+          "adapter base model serve token request batch layer rank expert kernel")
+TOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def catalog(tiny_model, tmp_path_factory):
+    root = tmp_path_factory.mktemp("pressure-catalog") / "catalog"
+    cat = init_catalog(str(root), str(tiny_model))
+    folders = write_tiny_adapters(tiny_model, tmp_path_factory.mktemp("pressure-adapters"), count=N_ADAPTERS,
+                                  seed=11)
+    for i, folder in enumerate(folders):
+        cat.publish(f"t{i % 3}/a{i:02d}", str(folder))
+    cat.close()
+    return root
+
+
+@pytest.fixture(scope="module")
+def adapter_ids(catalog):
+    with open_catalog(str(catalog)) as cat:
+        return [row.adapter_id for row, _ in cat.list(limit=1000).items]
+
+
+@pytest.fixture(scope="module")
+def budget(catalog, adapter_ids):
+    """About three adapters' worth of host memory."""
+    with open_catalog(str(catalog)) as cat:
+        return 3 * max(read_estimate_bytes(cat.resolve(a).size_bytes) for a in adapter_ids)
+
+
+@pytest.fixture(scope="module")
+def prompt_ids(tiny_model):
+    return AutoTokenizer.from_pretrained(tiny_model)(PROMPT)["input_ids"]
+
+
+@pytest.fixture(scope="module")
+def references(tiny_model, catalog, adapter_ids, prompt_ids):
+    with open_catalog(str(catalog)) as cat:
+        paths = [str(cat.resolve(a).local_path()) for a in adapter_ids]
+    jobs = [{"adapter": p, "prompt_ids": prompt_ids, "max_tokens": MAX_TOKENS} for p in paths]
+    return dict(zip(adapter_ids, run_reference(sys.executable, tiny_model, jobs)))
+
+
+def start_server(tiny_model, catalog, budget, tmp_path_factory, extra=()):
+    log = tmp_path_factory.mktemp("pressure-server") / "server.log"
+    args = ["--mint-catalog", str(catalog), "--mint-host-cache-bytes", str(budget),
+            "--max-loras-per-batch", "4", *extra]
+    return SGLangServer(tiny_model, enable_mint=True, extra_args=args, log_path=log, python=sys.executable)
+
+
+def status(server) -> dict:
+    with urllib.request.urlopen(server.url + "/mint/status") as r:
+        return json.loads(r.read())
+
+
+def generate(server, body: dict) -> tuple[int, dict]:
+    req = urllib.request.Request(server.url + "/generate", data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=600) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"{}")
+
+
+def storm(server, adapter_ids):
+    client = openai.OpenAI(base_url=server.openai_url, api_key="none", max_retries=0, timeout=600)
+
+    def one(adapter_id):
+        r = client.completions.create(model=adapter_id, prompt=PROMPT, max_tokens=MAX_TOKENS, temperature=0,
+                                      logprobs=1, extra_body={"return_token_ids": True, "ignore_eos": True})
+        c = r.choices[0]
+        return c.model_extra["token_ids"], c.logprobs.token_logprobs
+
+    with ThreadPoolExecutor(len(adapter_ids)) as pool:
+        return dict(zip(adapter_ids, pool.map(one, adapter_ids)))
+
+
+@pytest.mark.parametrize("chunked_prefill", [None, 16])
+def test_more_cold_adapters_than_memory_and_slots(tiny_model, catalog, adapter_ids, budget, references,
+                                                  tmp_path_factory, chunked_prefill):
+    extra = ["--chunked-prefill-size", str(chunked_prefill)] if chunked_prefill else []
+    with start_server(tiny_model, catalog, budget, tmp_path_factory, extra) as server:
+        for wave in range(2):
+            outputs = storm(server, adapter_ids)
+            for adapter_id, (tokens, logprobs) in outputs.items():
+                assert tokens == references[adapter_id]["tokens"], (wave, adapter_id)
+                assert logprobs == pytest.approx(references[adapter_id]["logprobs"], abs=TOL), (wave, adapter_id)
+        [sched] = status(server)["schedulers"]
+        assert sched["evictions"] >= N_ADAPTERS, sched  # the budget really was exceeded many times over
+        with open_catalog(str(catalog)) as cat:
+            one_adapter = max(read_estimate_bytes(cat.resolve(a).size_bytes) for a in adapter_ids)
+        assert sched["host_peak_bytes"] <= budget + one_adapter, sched
+        assert sched["adapters_in_use"] == 0 and sched["host_reserved_bytes"] == 0, sched
+        assert sched["loading"] == 0 and sched["reads_waiting_for_room"] == 0, sched
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model, catalog, tmp_path_factory):
+    """A server with room for every adapter (the tests below are about names, not memory)."""
+    with start_server(tiny_model, catalog, 64 << 20, tmp_path_factory) as srv:
+        yield srv
+
+
+def test_extra_key_cannot_reach_another_adapters_prefix_cache(server, adapter_ids):
+    adapter_id = adapter_ids[0]
+    params = {"max_new_tokens": 1, "temperature": 0}
+    body = {"text": PROMPT * 3, "sampling_params": params, "lora_path": adapter_id}
+    code, first = generate(server, body)
+    assert code == 200, first
+    code, again = generate(server, body)
+    assert code == 200 and again["meta_info"]["cached_tokens"] > 0  # control: its own repeat hits the cache
+    with open_catalog(server_catalog(server)) as cat:
+        lora_id = f"mint:{adapter_id}@{cat.resolve(adapter_id).revision}"
+    # The base model, naming the adapter's namespace: SGLang joins extra_key + lora_id as strings.
+    code, out = generate(server, {"text": PROMPT * 3, "sampling_params": params, "extra_key": lora_id})
+    assert code == 200, out
+    assert out["meta_info"]["cached_tokens"] == 0
+
+
+def server_catalog(server) -> str:
+    return status(server)["catalog"]
+
+
+def test_lora_path_goes_through_the_catalog(server, adapter_ids, catalog):
+    adapter_id = adapter_ids[2]
+    params = {"max_new_tokens": 4, "temperature": 0}
+    code, by_id = generate(server, {"text": PROMPT, "sampling_params": params, "lora_path": adapter_id})
+    assert code == 200, by_id
+    code, by_rev = generate(server, {"text": PROMPT, "sampling_params": params, "lora_path": f"{adapter_id}@1"})
+    assert code == 200 and by_rev["output_ids"] == by_id["output_ids"]
+    for name, want in ((f"{adapter_id}@99", 404), ("made/up@1", 404), ("made/up", 404), (f"{adapter_id}@x", 400),
+                       (f"{adapter_id}@0", 400), ("../x@1", 400)):
+        code, out = generate(server, {"text": PROMPT, "sampling_params": params, "lora_path": name})
+        assert code == want, (name, code, out)
+        assert name.split("@")[0] in json.dumps(out), out
+    # A deleted adapter is a 404 everywhere within a second of the delete.
+    victim = adapter_ids[3]
+    code, _ = generate(server, {"text": PROMPT, "sampling_params": params, "lora_path": f"{victim}@1"})
+    assert code == 200
+    with open_catalog(str(catalog)) as cat:
+        cat.delete(victim)
+    time.sleep(1.0)
+    client = openai.OpenAI(base_url=server.openai_url, api_key="none", max_retries=0)
+    with pytest.raises(openai.NotFoundError):
+        client.completions.create(model=victim, prompt=PROMPT, max_tokens=2)
+    with pytest.raises(openai.NotFoundError):
+        client.completions.create(model="tiny", prompt=PROMPT, max_tokens=2, extra_body={"lora_path": f"{victim}@1"})
+    for lora_path in (victim, f"{victim}@1"):
+        code, out = generate(server, {"text": PROMPT, "sampling_params": params, "lora_path": lora_path})
+        assert code == 404, (lora_path, out)
+
+
+def test_registry_holds_only_names_in_flight(server, adapter_ids):
+    params = {"max_new_tokens": 2, "temperature": 0}
+    live = [a for a in adapter_ids[4:]]
+    with ThreadPoolExecutor(8) as pool:
+        codes = list(pool.map(lambda a: generate(server, {"text": PROMPT, "sampling_params": params,
+                                                          "lora_path": a})[0], live))
+    assert codes == [200] * len(live)
+    assert status(server)["registered_names"] == 0  # every name was dropped when its request ended
+    code, _ = generate(server, {"text": PROMPT, "sampling_params": params, "lora_path": live[0]})
+    assert code == 200  # and a dropped name is registered again on its next request
