@@ -34,6 +34,12 @@ def flag_results(tiny_model, tmp_path_factory):
     catalog_dir = tmp_path_factory.mktemp("catalog-dir") / "catalog"
     init_catalog(catalog_dir, tiny_model).close()
     not_a_catalog = tmp_path_factory.mktemp("not-a-catalog")
+    # A catalog made for a model of another size than the one served.
+    other_model = tmp_path_factory.mktemp("other-model")
+    config = json.loads((tiny_model / "config.json").read_text())
+    (other_model / "config.json").write_text(json.dumps({**config, "hidden_size": 2 * config["hidden_size"]}))
+    other_catalog = tmp_path_factory.mktemp("other-catalog") / "catalog"
+    init_catalog(other_catalog, other_model).close()
     cases = {
         "stock": ["--model-path", str(tiny_model)],
         "mint": ["--model-path", str(tiny_model), "--enable-lora", "--enable-mint", "--lora-backend", "mint",
@@ -54,6 +60,12 @@ def flag_results(tiny_model, tmp_path_factory):
         "missing_catalog": ["--model-path", str(tiny_model), "--enable-lora", "--enable-mint",
                             "--mint-catalog", str(catalog_dir / "nope")],
         "bad_backend": ["--model-path", str(tiny_model), "--lora-backend", "nonsense"],
+        "tokenizer_workers": ["--model-path", str(tiny_model), "--enable-lora", "--enable-mint",
+                              "--tokenizer-worker-num", "2"],
+        "catalog_other_base": ["--model-path", str(tiny_model), "--enable-lora", "--enable-mint",
+                               "--mint-catalog", str(other_catalog)],
+        "bad_workers": ["--model-path", str(tiny_model), "--enable-lora", "--enable-mint",
+                        "--mint-catalog", str(catalog_dir), "--mint-load-workers", "0"],
     }
     proc = run_py(f"""
         import contextlib, io, json, pickle
@@ -114,6 +126,9 @@ def test_flags_reach_subprocess_copies_of_server_args(flag_results):
     ("bad_pin", "--mint-pin: adapter id '../x'"),
     ("cache_without_catalog", "need --mint-catalog"),
     ("catalog_with_tp", "supports one rank for now, got --tp-size 2"),
+    ("tokenizer_workers", "--tokenizer-worker-num 2"),
+    ("catalog_other_base", "was made for base model"),
+    ("bad_workers", "--mint-load-workers must be 1 to 64, got 0"),
 ])
 def test_bad_flags_are_clear_errors(flag_results, case, message):
     results, _ = flag_results
@@ -168,3 +183,31 @@ def test_each_process_hooks_only_what_runs_in_it():
     assert any("OpenAIServingBase._resolve_lora_path" in t for t in front["targets"])
     assert not any("Scheduler" in t for t in front["targets"])
     assert not any("Scheduler" in t or "openai" in t or "lora.lora" in t for t in detok["targets"])
+
+
+def test_a_hook_sglang_could_not_apply_refuses_startup():
+    """SGLang logs a target it cannot hook and carries on; each process of ours refuses instead."""
+    proc = run_py("""
+        from sglang.srt.plugins.hook_registry import HookRegistry
+        from sglang.srt.managers import scheduler
+        from sglang_mint.sglang import hooks
+        hooks.register_for("scheduler")
+        kept = scheduler.Scheduler.get_internal_state
+        del scheduler.Scheduler.get_internal_state  # as if SGLang had renamed it
+        HookRegistry.apply_hooks()
+        try:
+            hooks.verify_applied("scheduler")
+        except hooks.HooksNotApplied as exc:
+            print("REFUSED", exc)
+        else:
+            print("STARTED")
+        HookRegistry.reset()
+        scheduler.Scheduler.get_internal_state = kept
+        hooks.register_for("scheduler")
+        HookRegistry.apply_hooks()
+        hooks.verify_applied("scheduler")  # with every target present, nothing is refused
+        print("CONTROL OK")
+    """)
+    assert "REFUSED" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "Scheduler.get_internal_state" in proc.stdout and "refusing to start" in proc.stdout
+    assert "CONTROL OK" in proc.stdout, proc.stderr[-3000:]

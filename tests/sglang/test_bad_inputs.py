@@ -1,0 +1,239 @@
+"""Walks docs/bad-inputs.md: every bad input gets its clear answer, and nothing else suffers.
+
+Requests and damaged catalog entries go to one real server (CPU, --enable-mint, a catalog);
+after each, a good adapter is still served. Imports go to the catalog in this process; the
+catalog is unchanged after each refusal. Launch flags are test_plugin.py's cases.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from sglang_mint.catalog import init_catalog, open_catalog
+from sglang_mint.catalog.errors import MintError
+from sglang_mint.dev.server import SGLangServer
+from sglang_mint.dev.tiny import write_tiny_adapters
+
+DOC = Path(__file__).resolve().parents[2] / "docs" / "bad-inputs.md"
+PROMPT = "the quick brown fox"
+GOOD = "ok/a"
+
+
+def doc_keys() -> list[str]:
+    return re.findall(r"^\| `([^`]+)` \|", DOC.read_text(), flags=re.M)
+
+
+def rewrite_blob(catalog, adapter_id: str, name: str, data: bytes | None) -> None:
+    """Damage one file of a revision on disk, as a crash or a hand edit would (None: delete it)."""
+    with open_catalog(str(catalog)) as cat:
+        path = Path(cat.resolve(adapter_id).local_path()) / name
+        blob = cat.blobs.local_path(cat.resolve(adapter_id).files[name])
+    for target in {path, Path(blob)}:
+        target.chmod(0o644)
+        if data is None:
+            target.unlink()
+        else:
+            target.write_bytes(data)
+
+
+def wrong_shape_weights(folder: Path) -> bytes:
+    """The adapter's weights with k_proj.lora_B widened from [64, r] to [128, r]."""
+    import torch
+    from safetensors.torch import load_file, save
+
+    tensors = load_file(str(folder / "adapter_model.safetensors"))
+    key = next(k for k in tensors if "k_proj.lora_B" in k)
+    tensors[key] = torch.randn(2 * tensors[key].shape[0], tensors[key].shape[1])
+    return save(tensors)
+
+
+@pytest.fixture(scope="module")
+def adapters(tiny_model, tmp_path_factory):
+    return write_tiny_adapters(tiny_model, tmp_path_factory.mktemp("bad-input-adapters"), count=8, seed=21)
+
+
+@pytest.fixture(scope="module")
+def catalog(tiny_model, adapters, tmp_path_factory):
+    from test_catalog_serving import write_rank16_adapter
+
+    root = tmp_path_factory.mktemp("bad-inputs") / "catalog"
+    cat = init_catalog(str(root), str(tiny_model))
+    k_proj = next(f for f in adapters if "k_proj" in (f / "adapter_config.json").read_text())
+    for adapter_id, folder in ((GOOD, adapters[0]), ("bad/truncated", adapters[1]), ("bad/missing", adapters[2]),
+                               ("bad/config", adapters[3]), ("bad/shape", k_proj), ("gone/x", adapters[5])):
+        cat.publish(adapter_id, str(folder))
+    cat.publish("bad/rank16", str(write_rank16_adapter(tiny_model, tmp_path_factory.mktemp("r16") / "a")))
+    cat.delete("gone/x")
+    cat.close()
+    weights = "adapter_model.safetensors"
+    data = (adapters[1] / weights).read_bytes()
+    rewrite_blob(root, "bad/truncated", weights, data[: len(data) // 2])
+    rewrite_blob(root, "bad/missing", weights, None)
+    rewrite_blob(root, "bad/config", "adapter_config.json", b"{not json")
+    rewrite_blob(root, "bad/shape", weights, wrong_shape_weights(k_proj))
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model, catalog, tmp_path_factory):
+    log = tmp_path_factory.mktemp("bad-inputs-server") / "server.log"
+    with SGLangServer(tiny_model, enable_mint=True, extra_args=["--mint-catalog", str(catalog)], log_path=log,
+                      python=sys.executable) as srv:
+        yield srv
+
+
+def post(server, path: str, body) -> tuple[int, str]:
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    req = urllib.request.Request(server.url + path, data=data, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=300) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def completion(model) -> dict:
+    return {"model": model, "prompt": PROMPT, "max_tokens": 2, "temperature": 0}
+
+
+def generate(lora_path, **extra) -> dict:
+    return {"text": PROMPT, "sampling_params": {"max_new_tokens": 2, "temperature": 0}, "lora_path": lora_path,
+            **extra}
+
+
+REQUESTS = {
+    "model-empty": ("/v1/completions", completion(""), 400, "adapter id is empty"),
+    "model-dotdot": ("/v1/completions", completion("../x"), 400, "'..' segment"),
+    "model-long": ("/v1/completions", completion("a" * 129), 400, "at most 128 allowed"),
+    "model-control": ("/v1/completions", completion("a\x01b"), 400, "control character"),
+    "model-non-ascii": ("/v1/completions", completion("caf\u00e9"), 400, "non-ASCII character"),
+    "model-foreign-prefix": ("/v1/completions", completion("other:ok/a"), 400, "not the served model name"),
+    "model-not-a-string": ("/v1/completions", completion(5), 400, "model"),
+    "model-unknown": ("/v1/completions", completion("no/such"), 404, "'no/such' is not in the catalog"),
+    "model-deleted": ("/v1/completions", completion("gone/x"), 404, "not in the catalog"),
+    "lora-path-unknown-revision": ("/generate", generate("ok/a@99"), 404, "has no revision 99"),
+    "lora-path-bad-revision": ("/generate", generate("ok/a@x"), 400, "is not a positive integer"),
+    "lora-path-revision-zero": ("/generate", generate("ok/a@0"), 400, "is not a positive integer"),
+    "lora-path-unknown": ("/generate", generate("no/such"), 404, "not in the catalog"),
+    "lora-path-deleted": ("/generate", generate("gone/x@1"), 404, "(deleted)"),
+    "lora-path-batch": ("/generate", {**generate(["ok/a", "no/such"]), "text": [PROMPT, PROMPT]}, 404, "no/such"),
+    "prefetch-not-json": ("/mint/prefetch", b"nope", 400, "expected JSON"),
+    "prefetch-not-list": ("/mint/prefetch", {"adapters": "ok/a"}, 400, "expected JSON"),
+    "prefetch-too-many": ("/mint/prefetch", {"adapters": [f"x{i}" for i in range(1025)]}, 400, "at most 1024"),
+    "prefetch-unknown": ("/mint/prefetch", {"adapters": ["no/such"]}, 200, "no/such"),
+    "file-truncated": ("/v1/completions", completion("bad/truncated"), 422, "could not be loaded"),
+    "file-rank-above-max": ("/v1/completions", completion("bad/rank16"), 422, "do not fit the server's LoRA pool"),
+    "file-missing": ("/v1/completions", completion("bad/missing"), 422, "could not be loaded"),
+    "file-config-garbage": ("/v1/completions", completion("bad/config"), 422, "could not be loaded"),
+    "file-wrong-shape": ("/v1/completions", completion("bad/shape"), 422, "k_proj"),
+}
+
+
+@pytest.mark.parametrize("key", list(REQUESTS))
+def test_request(server, key):
+    path, body, status, says = REQUESTS[key]
+    code, text = post(server, path, body)
+    assert code == status, (key, code, text[:500])
+    assert says in text, (key, text[:500])
+    code, text = post(server, "/v1/completions", completion(GOOD))
+    assert code == 200, text[:500]  # the server keeps serving
+
+
+def test_extra_key_namespace(server):
+    body = {"text": PROMPT * 4, "sampling_params": {"max_new_tokens": 1}, "lora_path": GOOD}
+    post(server, "/generate", body)
+    code, text = post(server, "/generate", body)
+    assert code == 200 and json.loads(text)["meta_info"]["cached_tokens"] > 0  # control: its own repeat hits
+    code, text = post(server, "/generate", {"text": PROMPT * 4, "sampling_params": {"max_new_tokens": 1},
+                                            "extra_key": f"mint:{GOOD}@1"})
+    assert code == 200 and json.loads(text)["meta_info"]["cached_tokens"] == 0
+
+
+def import_cases(tiny_model, adapters, tmp: Path) -> dict:
+    """key -> (adapter folder, adapter id, substrings the refusal names)."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    def variant(name, config=None, weights=None, drop=()):
+        out = tmp / name
+        shutil.copytree(adapters[0], out)
+        if config is not None:
+            cfg = json.loads((out / "adapter_config.json").read_text())
+            cfg.update(config)
+            (out / "adapter_config.json").write_text(json.dumps(cfg))
+        if weights is not None:
+            save_file(weights(load_file(str(out / "adapter_model.safetensors"))), str(out / "adapter_model.safetensors"))
+        for f in drop:
+            (out / f).unlink()
+        return out
+
+    def widen(t):
+        key = next(k for k in t if "lora_B" in k)
+        return {**t, key: torch.randn(t[key].shape[0] + 3, t[key].shape[1])}
+
+    def to_layer7(t):
+        return {k.replace("layers.0.", "layers.7."): v for k, v in t.items()}
+
+    def mixed(t):
+        key = next(iter(t))
+        return {**t, key: t[key].half()}
+
+    pickle = variant("pickle", drop=["adapter_model.safetensors"])
+    (pickle / "adapter_model.bin").write_bytes(b"\x80\x04not really")
+    truncated = variant("truncated")
+    data = (truncated / "adapter_model.safetensors").read_bytes()
+    (truncated / "adapter_model.safetensors").write_bytes(data[: len(data) - 7])
+    other = tmp / "other-model"
+    other.mkdir()
+    cfg = json.loads((tiny_model / "config.json").read_text())
+    (other / "config.json").write_text(json.dumps({**cfg, "num_hidden_layers": 3}))
+    return {
+        "import-wrong-shape": (variant("shape", weights=widen), "i/shape", ["lora_B", "do not match"]),
+        "import-pickle": (pickle, "i/pickle", ["pickle file and is refused"]),
+        "import-no-config": (variant("noconfig", drop=["adapter_config.json"]), "i/noconfig",
+                             ["missing adapter_config.json"]),
+        "import-not-lora": (variant("prefix", config={"peft_type": "PREFIX_TUNING"}), "i/prefix", ["only LORA"]),
+        "import-dora": (variant("dora", config={"use_dora": True}), "i/dora", ["DoRA"]),
+        "import-rank-zero": (variant("r0", config={"r": 0}), "i/r0", ["rank r must be a positive integer"]),
+        "import-truncated": (truncated, "i/truncated", ["truncated safetensors"]),
+        "import-other-base": (variant("other", config={"base_model_name_or_path": str(other)}), "i/other",
+                              ["trained on", "llama-"]),
+        "import-layer-out-of-range": (variant("layer7", weights=to_layer7), "i/layer7", ["layer 7 does not exist"]),
+        "import-mixed-dtypes": (variant("mixed", weights=mixed), "i/mixed", ["mix dtypes"]),
+        "import-bad-id": (adapters[0], "../x", ["'..' segment"]),
+    }
+
+
+def test_imports_are_refused_and_write_nothing(tiny_model, adapters, tmp_path):
+    root = tmp_path / "catalog"
+    cat = init_catalog(str(root), str(tiny_model))
+    cat.publish("keep/me", str(adapters[1]))
+    before = (cat.stats(), sorted(p.name for p in (root / "blobs").rglob("*") if p.is_file()))
+    cases = import_cases(tiny_model, adapters, tmp_path)
+    for key, (folder, adapter_id, says) in cases.items():
+        with pytest.raises(MintError) as exc:
+            cat.publish(adapter_id, str(folder))
+        for text in says:
+            assert text in str(exc.value), (key, str(exc.value))
+        after = (cat.stats(), sorted(p.name for p in (root / "blobs").rglob("*") if p.is_file()))
+        assert after == before, key
+    cat.close()
+
+
+def test_doc_lists_exactly_the_cases_walked(tiny_model, adapters, tmp_path):
+    import test_plugin
+
+    flag_cases = {f"S:{case}" for case, _ in next(
+        m.args[1] for m in test_plugin.test_bad_flags_are_clear_errors.pytestmark if m.name == "parametrize")}
+    walked = set(REQUESTS) | {"extra-key-namespace"} | set(import_cases(tiny_model, adapters, tmp_path)) | flag_cases
+    keys = doc_keys()
+    assert len(keys) == len(set(keys)) and set(keys) == walked
+    assert len(keys) >= 30
