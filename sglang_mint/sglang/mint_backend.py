@@ -80,6 +80,7 @@ class MintLoRABackend(TritonLoRABackend):
 
     def __init__(self, max_loras_per_batch: int, device: torch.device, **kwargs):
         super().__init__(max_loras_per_batch, device, **kwargs)
+        self.moe_kernel_calls = 0  # our MoE-expert LoRA kernel launches (mint_moe.py), for get_internal_state
         # (LoRABatchInfo, LoraBatch) pairs planned for the current forward.
         # Compared by identity; holding the info keeps that identity valid.
         self._planned: list[tuple[LoRABatchInfo, LoraBatch]] = []

@@ -59,6 +59,7 @@ def build_mint_moe_hooks(lora_info, topk_ids):
     if not get_is_capture_mode() and not lora_info.has_active_lora:
         return LoRAHooks()
 
+    backend = getattr(lora_info, TAG)
     E = int(lora_info.num_experts)
     M = topk_ids.shape[0]
     token_slots = lora_info.token_lora_mapping[:M]
@@ -68,6 +69,7 @@ def build_mint_moe_hooks(lora_info, topk_ids):
 
     def after_gate_up(hidden, cache1, topk_weights, ids):
         a, b = lora_info.gate_up_lora_a_weights, lora_info.gate_up_lora_b_weights
+        backend.moe_kernel_calls += 1
         lora_moe(cache1, hidden, a, b, ids, topk_weights, token_slots, ranks,
                  n_slices=a.shape[2] // R, n_experts=E, plan=plan)
 
@@ -75,6 +77,7 @@ def build_mint_moe_hooks(lora_info, topk_ids):
         # Rows past M*top_k (SGLang's TMA layout, which it turns off while
         # hooks are set) are never LoRA inputs.
         inter = inter[: ids.numel()]
+        backend.moe_kernel_calls += 1
         lora_moe(cache3, inter, lora_info.down_lora_a_weights, lora_info.down_lora_b_weights,
                  ids, topk_weights, token_slots, ranks, n_slices=1,
                  mul_routed_weight=True, n_experts=E, plan=plan)

@@ -135,7 +135,7 @@ def test_bad_adapter_fails_alone(client, adapter_id, reason):
         for f in bad:
             with pytest.raises(openai.APIStatusError) as exc:
                 f.result()
-            assert 400 <= exc.value.status_code < 600
+            assert exc.value.status_code == 422
             assert adapter_id in str(exc.value) and reason in str(exc.value)
         assert all(len(f.result()[0]) == 6 for f in good)
 

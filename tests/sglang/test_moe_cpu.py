@@ -29,8 +29,10 @@ TRITON_INTERPRET=1 (sglang_mint/sglang/moe_cpu.py closes the four CPU gaps).
 
 from __future__ import annotations
 
+import json
 import re
 import sys
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -62,14 +64,22 @@ def build(root: Path, family: str):
     return model, forms, served
 
 
+def mint_moe_kernel_calls(server) -> int | None:
+    """Launches of sglang-mint's MoE-expert LoRA kernel in the server's scheduler (None: not the mint backend)."""
+    with urllib.request.urlopen(server.url + "/get_server_info") as r:
+        [state] = json.loads(r.read())["internal_states"]
+    return (state.get("mint_backend") or {}).get("moe_kernel_calls")
+
+
 def serve_backends(model, served, jobs, log_dir, extra_args=(), max_tokens=MAX_TOKENS):
-    """{backend: (results, server log)} for torch_native and mint, one server at a time."""
+    """{backend: (results, server log, MoE kernel calls)} for torch_native and mint, one server at a time."""
     out = {}
     for backend in ("torch_native", "mint"):
         log = log_dir / f"{backend}.log"
         with SGLangServer(model, lora_paths=served, enable_mint=False, lora_backend=backend, log_path=log,
                           env=INTERPRET, extra_args=list(extra_args), python=sys.executable) as server:
-            out[backend] = serve_batch(server, jobs, max_tokens), log.read_text(errors="replace")
+            results = serve_batch(server, jobs, max_tokens)
+            out[backend] = results, log.read_text(errors="replace"), mint_moe_kernel_calls(server)
     return out
 
 
@@ -147,12 +157,14 @@ def test_forms_agree_with_each_other(qwen_served, qwen_jobs, backend):
 
 
 def test_mint_matches_torch_native(qwen_served, qwen_jobs):
-    assert "Using mint as backend of LoRA kernels" in qwen_served["mint"][1]
+    # Our MoE kernel ran (twice per MoE layer and forward), and never under torch_native.
+    assert qwen_served["mint"][2] >= 2 * len(qwen_jobs)
+    assert qwen_served["torch_native"][2] is None
     assert_close(qwen_served["mint"][0], qwen_served["torch_native"][0], qwen_jobs, TOL)
 
 
 def test_forms_shared_a_batch(qwen_served):
-    for backend, (_, log) in qwen_served.items():
+    for backend, (_, log, _) in qwen_served.items():
         assert max(int(n) for n in re.findall(r"Prefill batch, #new-seq: (\d+)", log)) >= 2, backend
 
 
@@ -207,4 +219,5 @@ def test_deepseek_mla_and_experts_match_hf_peft(ds_served, ds_reference, ds_jobs
 
 
 def test_deepseek_mint_matches_torch_native(ds_served, ds_jobs):
+    assert ds_served["mint"][2] >= 2 * len(ds_jobs) and ds_served["torch_native"][2] is None
     assert_close(ds_served["mint"][0], ds_served["torch_native"][0], ds_jobs, TOL)
