@@ -8,12 +8,22 @@ config.json). We record:
   shape-relevant config keys as canonical JSON, e.g. ``llama-3f2a...``. Two
   folders with the same architecture and sizes share an identity even when
   renamed or re-downloaded; a differently sized model never does;
-- ``dims``: the sizes needed to check LoRA shapes of the dense modules.
+- ``dims``: the sizes needed to check LoRA shapes of every module kind we
+  serve: dense attention and MLP, MoE experts and shared experts, MLA
+  attention and the DSA indexer (``module_shape``).
 
 For the tiny test model (hidden 128, intermediate 256, 4 heads, 2 kv heads,
 head_dim 32) ``q_proj`` maps 128 -> 4*32 = 128, ``k_proj`` 128 -> 2*32 = 64,
 ``down_proj`` 256 -> 128, so a rank-r adapter has ``k_proj.lora_A`` [r, 128] and
-``k_proj.lora_B`` [64, r].
+``k_proj.lora_B`` [64, r]. For the tiny DeepSeek-V3 (hidden 64, 2 heads,
+q_lora_rank 48, kv_lora_rank 256, qk_nope 16, qk_rope 32, v_head 16, experts of
+width 32) ``kv_a_proj_with_mqa`` maps 64 -> 256+32, ``kv_b_proj`` 256 -> 2*(16+16),
+``q_b_proj`` 48 -> 2*(16+32), ``o_proj`` 2*16 -> 64 and an expert's
+``gate_proj`` 64 -> 32.
+
+Catalogs store the BaseModel as JSON (``to_json``); fields added later have
+defaults, so an old catalog opens and the checks that need a field it lacks
+are skipped.
 """
 
 from __future__ import annotations
@@ -29,13 +39,16 @@ from sglang_mint.catalog.errors import InvalidAdapter
 SHAPE_KEYS = (
     "hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads",
     "head_dim", "num_hidden_layers", "vocab_size", "tie_word_embeddings",
-    # MoE and MLA models: we do not check their module shapes, but they are part of the identity.
+    # MoE and MLA models (the DSA indexer's index_n_heads/index_head_dim are left out: adding keys
+    # would change the identity of existing catalogs' base models).
     "num_experts", "num_local_experts", "n_routed_experts", "n_shared_experts",
     "moe_intermediate_size", "shared_expert_intermediate_size",
     "q_lora_rank", "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim",
 )
 
 DENSE_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+# Mixtral-style expert names -> the Llama ones
+EXPERT_ALIASES = {"w1": "gate_proj", "w3": "up_proj", "w2": "down_proj"}
 
 
 @dataclass(frozen=True)
@@ -53,6 +66,16 @@ class BaseModel:
     # Recorded for packed revisions (catalogs made before they existed lack them: None).
     vocab_size: int | None = None
     num_experts: int | None = None  # routed experts of an MoE model
+    # Recorded since every module kind's shapes are checked (older catalogs: None, check skipped).
+    moe_intermediate_size: int | None = None  # one routed expert's width (Mixtral: intermediate_size)
+    shared_expert_intermediate_size: int | None = None  # the shared expert MLP (DeepSeek: moe * n_shared)
+    q_lora_rank: int | None = None  # MLA; None also when the model has no q compression (plain q_proj)
+    kv_lora_rank: int | None = None
+    qk_nope_head_dim: int | None = None
+    qk_rope_head_dim: int | None = None
+    v_head_dim: int | None = None
+    index_n_heads: int | None = None  # DSA indexer (DeepSeek-V3.2)
+    index_head_dim: int | None = None
 
     def to_json(self) -> dict:
         return dict(self.__dict__)
@@ -77,19 +100,58 @@ class BaseModel:
         return out
 
     def module_shape(self, parent: str, module: str) -> tuple[int, int] | None:
-        """(in_features, out_features) of a dense module, or None if we do not know it.
+        """(in_features, out_features) of a module, or None if we do not know it.
 
-        ``parent`` is the module path segment before the name: ``self_attn`` or
-        ``mlp`` for dense Llama/Qwen layers; ``experts.3``, ``shared_expert`` and
-        anything else return None (only rank consistency is checked there).
+        ``parent`` is the path segment before the name, with an expert index
+        dropped: ``self_attn``, ``mlp``, ``experts`` (``mlp.experts.3.gate_proj``
+        and the 3D ``mlp.experts.gate_proj``), ``shared_expert``/``shared_experts``,
+        ``indexer`` (``self_attn.indexer.wk``). Anything else, and any module
+        whose sizes this BaseModel lacks (an old catalog), gives None: only rank
+        consistency is checked there.
         """
-        h, i = self.hidden_size, self.intermediate_size
-        q, kv = self.num_attention_heads * self.head_dim, self.num_key_value_heads * self.head_dim
-        if parent == "self_attn" and not self.mla:
-            return {"q_proj": (h, q), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (q, h)}.get(module)
+        h = self.hidden_size
+        if parent == "self_attn":
+            return self._mla_shape(module) if self.mla else self._attn_shape(module)
         if parent == "mlp":
-            return {"gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h)}.get(module)
+            return _mlp_shape(module, h, self.intermediate_size)
+        if parent == "experts":
+            return _mlp_shape(EXPERT_ALIASES.get(module, module), h, self.moe_intermediate_size)
+        if parent in ("shared_expert", "shared_experts"):
+            return _mlp_shape(module, h, self.shared_expert_intermediate_size)
+        if parent == "indexer" and self.index_n_heads and self.index_head_dim:
+            n, d = self.index_n_heads, self.index_head_dim
+            shapes = {"wk": (h, d), "weights_proj": (h, n)}
+            if self.q_lora_rank:
+                shapes["wq_b"] = (self.q_lora_rank, n * d)
+            return shapes.get(module)
         return None
+
+    def _attn_shape(self, module: str) -> tuple[int, int] | None:
+        h = self.hidden_size
+        q, kv = self.num_attention_heads * self.head_dim, self.num_key_value_heads * self.head_dim
+        return {"q_proj": (h, q), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (q, h)}.get(module)
+
+    def _mla_shape(self, module: str) -> tuple[int, int] | None:
+        """DeepSeek MLA. Example (tiny DeepSeek-V3): kv_b_proj 256 -> 2 heads * (16 nope + 16 v) = 64."""
+        h, n, kv_rank = self.hidden_size, self.num_attention_heads, self.kv_lora_rank
+        nope, rope, v = self.qk_nope_head_dim, self.qk_rope_head_dim, self.v_head_dim
+        if not (kv_rank and nope and rope and v):
+            return None
+        shapes = {"kv_a_proj_with_mqa": (h, kv_rank + rope), "kv_b_proj": (kv_rank, n * (nope + v)),
+                  "o_proj": (n * v, h)}
+        if self.q_lora_rank:
+            shapes.update(q_a_proj=(h, self.q_lora_rank), q_b_proj=(self.q_lora_rank, n * (nope + rope)))
+        else:
+            shapes["q_proj"] = (h, n * (nope + rope))
+        return shapes.get(module)
+
+
+def _mlp_shape(module: str, hidden: int, width: int | None) -> tuple[int, int] | None:
+    """gate/up: hidden -> width, down: width -> hidden, fused gate_up: hidden -> 2*width."""
+    if not width:
+        return None
+    return {"gate_proj": (hidden, width), "up_proj": (hidden, width), "down_proj": (width, hidden),
+            "gate_up_proj": (hidden, 2 * width)}.get(module)
 
 
 def base_model_from_config(config: dict, name: str) -> BaseModel:
@@ -104,6 +166,18 @@ def base_model_from_config(config: dict, name: str) -> BaseModel:
     head_dim = cfg.get("head_dim") or h // heads
     shape = {k: cfg[k] for k in SHAPE_KEYS if k in cfg}
     digest = hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:16]
+
+    def size(key: str) -> int | None:
+        v = cfg.get(key)
+        return v if isinstance(v, int) and not isinstance(v, bool) and v > 0 else None
+
+    experts = next((size(k) for k in ("num_experts", "n_routed_experts", "num_local_experts") if size(k)), None)
+    # An expert's width: moe_intermediate_size, else (Mixtral) intermediate_size, as SGLang reads it.
+    moe = size("moe_intermediate_size") or (size("intermediate_size") if experts else None)
+    # Qwen2-MoE names the shared expert's width; DeepSeek has n_shared_experts experts fused into one MLP.
+    shared = size("shared_expert_intermediate_size") or (
+        size("moe_intermediate_size") * size("n_shared_experts")
+        if size("moe_intermediate_size") and size("n_shared_experts") else None)
     return BaseModel(
         name=name,
         model_type=model_type,
@@ -116,8 +190,16 @@ def base_model_from_config(config: dict, name: str) -> BaseModel:
         num_hidden_layers=cfg["num_hidden_layers"],
         mla=bool(cfg.get("kv_lora_rank")),
         vocab_size=cfg.get("vocab_size") if isinstance(cfg.get("vocab_size"), int) else None,
-        num_experts=next((int(cfg[k]) for k in ("num_experts", "n_routed_experts", "num_local_experts")
-                          if isinstance(cfg.get(k), int) and cfg[k] > 0), None),
+        num_experts=experts,
+        moe_intermediate_size=moe,
+        shared_expert_intermediate_size=shared,
+        q_lora_rank=size("q_lora_rank"),
+        kv_lora_rank=size("kv_lora_rank"),
+        qk_nope_head_dim=size("qk_nope_head_dim"),
+        qk_rope_head_dim=size("qk_rope_head_dim"),
+        v_head_dim=size("v_head_dim"),
+        index_n_heads=size("index_n_heads"),
+        index_head_dim=size("index_head_dim"),
     )
 
 

@@ -3,10 +3,20 @@
 A folder is importable when it holds ``adapter_config.json`` (peft_type LORA,
 r > 0, target_modules) and ``adapter_model.safetensors`` whose tensors are
 exactly ``<module>.lora_A.weight`` [r, in] and ``<module>.lora_B.weight``
-[out, r] for target modules, with in/out matching the base model for the dense
-Llama/Qwen modules. Example for the tiny model (hidden 128, 2 kv heads of 32)
-and r=8: ``base_model.model.model.layers.0.self_attn.k_proj.lora_A.weight`` is
-[8, 128] and ``...k_proj.lora_B.weight`` is [64, 8].
+[out, r] for target modules, with in/out matching the base model
+(``BaseModel.module_shape``). Example for the tiny model (hidden 128, 2 kv heads
+of 32) and r=8: ``base_model.model.model.layers.0.self_attn.k_proj.lora_A.weight``
+is [8, 128] and ``...k_proj.lora_B.weight`` is [64, 8]. MoE experts come in three
+forms, each checked for rank, widths and expert count (E routed experts):
+
+* per expert ``...mlp.experts.<e>.gate_proj`` [r, in] / [out, r], ``e < E``
+  (also Mixtral's ``w1/w3/w2``);
+* 3D ``...mlp.experts.gate_proj`` [E, r, in] / [E, out, r] (a lead of 1 is a
+  shared-outer tensor);
+* PEFT 0.21's fused experts (``target_parameters``): ``...mlp.experts.lora_A.weight``
+  [E*r, in] / [out, r*E], one nesting depth (``.base_layer``) per parameter.
+
+``r`` is the module's own rank (``rank_pattern``, see lora_keys.py).
 
 Everything is read into memory and checked here; the catalog writes blobs only
 for an adapter that passed every check.
@@ -19,17 +29,20 @@ import os
 import re
 import struct
 from dataclasses import dataclass
+from typing import Any, Mapping
 
 from sglang_mint.catalog.base import BaseModel
 from sglang_mint.catalog.errors import BaseModelMismatch, InvalidAdapter
+from sglang_mint.catalog.lora_keys import KEY, PEFT_FUSED, fused_expert_params, rank_alpha
 
 CONFIG = "adapter_config.json"
 WEIGHTS = "adapter_model.safetensors"
 
 # safetensors dtype -> (bytes per element, our dtype name)
 DTYPES = {"F16": (2, "float16"), "BF16": (2, "bfloat16"), "F32": (4, "float32"), "F64": (8, "float64")}
-_KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<ab>[AB])(?:\.[A-Za-z0-9_]+)?\.weight$")
+_MEMORY_DTYPES = {"float16": "F16", "bfloat16": "BF16", "float32": "F32"}  # torch/numpy dtype name -> safetensors
 _LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.")
+_EXPERT = re.compile(r"^(?P<pre>.*\.experts)\.(?P<e>\d+)\.(?P<leaf>[A-Za-z0-9_]+)$")
 
 
 @dataclass
@@ -90,25 +103,25 @@ def read_safetensors_header(data: bytes, where: str) -> dict[str, tuple[str, lis
     return out
 
 
-def _rank_for(module: str, config: dict) -> int:
-    """PEFT's rule: a rank_pattern key matches a module path that ends with it."""
-    for key, r in (config.get("rank_pattern") or {}).items():
-        if re.match(rf"(.*\.)?{key}$", module):
-            return r
-    return config["r"]
-
-
 def _targeted(module: str, targets) -> bool:
+    """PEFT's rule: a regex string matches the whole path; a list entry is the path or a dotted suffix of it
+    (``wk`` and ``indexer.wk`` both target ``...self_attn.indexer.wk``)."""
     if isinstance(targets, str):
         return re.fullmatch(targets, module) is not None
-    return module.rsplit(".", 1)[-1] in targets or module in targets
+    return any(module == t or module.endswith("." + t) for t in targets)
 
 
 def parse_config(data: bytes, where: str) -> dict:
+    """adapter_config.json bytes -> the checked config dict (check_config)."""
     try:
         config = json.loads(data)
     except ValueError as exc:
         raise InvalidAdapter(f"{where}: malformed JSON ({exc})") from None
+    return check_config(config, where)
+
+
+def check_config(config: dict, where: str) -> dict:
+    """The config rules of an import (LORA, r, alpha, patterns, targets, no DoRA); returns ``config``."""
     if not isinstance(config, dict):
         raise InvalidAdapter(f"{where}: expected a JSON object")
     if config.get("peft_type") != "LORA":
@@ -116,9 +129,19 @@ def parse_config(data: bytes, where: str) -> dict:
     r = config.get("r")
     if not isinstance(r, int) or isinstance(r, bool) or r <= 0:
         raise InvalidAdapter(f"{where}: rank r must be a positive integer, got {r!r}")
+    # rank_pattern, alpha_pattern and use_rslora are served exactly: uniform.py rewrites such adapters
+    # into the one-rank, one-scaling form SGLang reads before they reach its pool.
+    for name in ("rank_pattern", "alpha_pattern"):
+        if not isinstance(config.get(name) or {}, dict):
+            raise InvalidAdapter(f"{where}: {name} must be a JSON object, got {config[name]!r}")
     for key, pr in (config.get("rank_pattern") or {}).items():
-        if not isinstance(pr, int) or pr <= 0:
+        if not isinstance(pr, int) or isinstance(pr, bool) or pr <= 0:
             raise InvalidAdapter(f"{where}: rank_pattern[{key!r}] must be a positive integer, got {pr!r}")
+    for key, pa in (config.get("alpha_pattern") or {}).items():
+        if not isinstance(pa, (int, float)) or isinstance(pa, bool) or pa <= 0:
+            raise InvalidAdapter(f"{where}: alpha_pattern[{key!r}] must be a positive number, got {pa!r}")
+    if not isinstance(config.get("use_rslora", False), bool):
+        raise InvalidAdapter(f"{where}: use_rslora must be true or false, got {config['use_rslora']!r}")
     alpha = config.get("lora_alpha", r)
     if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or alpha <= 0:
         raise InvalidAdapter(f"{where}: lora_alpha must be a positive number, got {alpha!r}")
@@ -134,50 +157,130 @@ def parse_config(data: bytes, where: str) -> dict:
 
 
 def check_tensors(header: dict, config: dict, base: BaseModel, where: str) -> tuple[tuple[str, ...], str]:
-    """Check names and shapes against the config and base; return (modules seen, dtype)."""
-    pairs: dict[str, dict[str, list[int]]] = {}
+    """Check names and shapes against the config and base; return (modules seen, dtype).
+
+    ``header`` is {tensor name: (safetensors dtype, shape)} (read_safetensors_header);
+    every shape error names the tensor, its shape and the shape expected.
+    """
+    pairs: dict[str, dict[str, tuple[str, list[int]]]] = {}  # module -> {"A": (key, shape), "B": ...}
     dtypes = set()
     for name, (dtype, shape) in header.items():
-        m = _KEY.match(name)
+        m = KEY.match(name)
         if not m:
             raise InvalidAdapter(f"{where}: unexpected tensor {name!r} (only lora_A/lora_B weights are supported)")
-        pairs.setdefault(m["module"], {})[m["ab"]] = shape
+        pairs.setdefault(m["module"], {})[m["ab"]] = (name, list(shape))
         dtypes.add(dtype)
     if not pairs:
         raise InvalidAdapter(f"{where}: no LoRA tensors")
     if len(dtypes) > 1:
         raise InvalidAdapter(f"{where}: tensors mix dtypes {sorted(dtypes)}; one dtype expected")
     targets = config["target_modules"]
+    params = list(config.get("target_parameters") or [])
+    fused_params: dict[str, list[str]] = {}
     seen = set()
     for module, ab in sorted(pairs.items()):
-        short = module.rsplit(".", 1)[-1]
         if "A" not in ab or "B" not in ab:
             raise InvalidAdapter(f"{where}: module {module!r} has lora_{'A' if 'A' in ab else 'B'} but no "
                                  f"lora_{'B' if 'A' in ab else 'A'}")
-        if not _targeted(module, targets):
-            raise InvalidAdapter(f"{where}: module {module!r} has LoRA tensors but is not in target_modules {targets}")
-        seen.add(short)
-        a, b, r = ab["A"], ab["B"], _rank_for(module, config)
-        if len(a) != 2 or len(b) != 2:
-            raise InvalidAdapter(f"{where}: {module}: lora_A {a} and lora_B {b} must both be 2-D")
-        if a[0] != r or b[1] != r:
-            raise InvalidAdapter(
-                f"{where}: {module}: lora_A {a} / lora_B {b} do not match rank r={r} (expected [r, in] and [out, r])")
         layer = _LAYER.search(module)
         if layer and int(layer[1]) >= base.num_hidden_layers:
             raise BaseModelMismatch(f"{where}: {module}: layer {layer[1]} does not exist in base model {base.name!r} "
                                     f"({base.num_hidden_layers} layers)")
-        parent = module.rsplit(".", 2)[-2] if module.count(".") >= 1 else ""
-        want = base.module_shape(parent, short)
-        if want and (a[1], b[0]) != want:
-            raise BaseModelMismatch(
-                f"{where}: {module}: shapes [in={a[1]}, out={b[0]}] do not match base model {base.name!r} "
-                f"({base.identity}), which has {short} [in={want[0]}, out={want[1]}]")
+        fused = PEFT_FUSED.match(module) if params else None
+        if fused:  # PEFT fused experts: the nesting depth says which target parameter this is
+            parent = fused["pre"]
+            if parent not in fused_params:
+                fused_params[parent] = fused_expert_params(
+                    parent, params, lambda k: header[k][1] if k in header else None, where)
+            param = fused_params[parent][fused["depth"].count(".base_layer")]
+            seen.add(param)
+            _check_fused(ab, param, rank_alpha(config, f"{parent}.{param}")[0], base, where)
+            continue
+        if not _targeted(module, targets):
+            raise InvalidAdapter(f"{where}: module {module!r} has LoRA tensors but is not in target_modules {targets}")
+        seen.add(module.rsplit(".", 1)[-1])
+        _check_module(module, ab, rank_alpha(config, module)[0], base, where)
     if isinstance(targets, list):
         missing = [t for t in targets if t not in seen and not any(_targeted(m, [t]) for m in pairs)]
         if missing:
             raise InvalidAdapter(f"{where}: target_modules {missing} have no lora_A/lora_B tensors")
     return tuple(sorted(seen)), DTYPES[dtypes.pop()][1]
+
+
+def check_lora(config: dict, tensors: Mapping[str, Any], base: BaseModel,
+               where: str) -> tuple[tuple[str, ...], str]:
+    """Every import check on an adapter already in memory; returns (modules seen, dtype) as check_tensors.
+
+    ``config`` is adapter_config.json as a dict, ``tensors`` what
+    ``safetensors.torch.load_file`` returned (anything with ``.shape`` and a
+    float16/bfloat16/float32 ``.dtype``; torch is not imported here). Raises
+    InvalidAdapter / BaseModelMismatch with the same messages as an import.
+    """
+    check_config(config, where)
+    header = {}
+    for name, t in tensors.items():
+        dtype = _MEMORY_DTYPES.get(str(t.dtype).removeprefix("torch."))
+        if dtype is None:
+            raise InvalidAdapter(f"{where}: tensor {name!r} has dtype {t.dtype}; LoRA weights must be F16, BF16 or F32")
+        header[name] = (dtype, list(t.shape))
+    return check_tensors(header, config, base, where)
+
+
+def _check_module(module: str, ab: dict, r: int, base: BaseModel, where: str) -> None:
+    """One 2-D module ([r, in] / [out, r]) or 3-D expert module ([E, r, in] / [E, out, r])."""
+    (ka, a), (kb, b) = ab["A"], ab["B"]
+    expert = _EXPERT.match(module)
+    if expert:  # ...mlp.experts.3.gate_proj
+        parent, leaf, index = "experts", expert["leaf"], int(expert["e"])
+    else:
+        parts = module.split(".")
+        parent, leaf, index = (parts[-2] if len(parts) > 1 else ""), parts[-1], None
+    dims = 3 if parent == "experts" and index is None and len(a) == 3 else 2
+    if len(a) != dims or len(b) != dims:
+        raise InvalidAdapter(f"{where}: {module}: lora_A {a} and lora_B {b} must both be 2-D ([r, in], [out, r])"
+                             + (" or both 3-D ([E, r, in], [E, out, r])" if parent == "experts" else ""))
+    if a[-2] != r or b[-1] != r:
+        raise InvalidAdapter(
+            f"{where}: {module}: lora_A {a} / lora_B {b} do not match rank r={r} (expected [r, in] and [out, r])")
+    n = base.num_experts
+    if index is not None and n and index >= n:
+        raise BaseModelMismatch(f"{where}: {ka}: expert {index} does not exist: base has {n} experts")
+    lead_a, lead_b = a[:-2], b[:-2]
+    if dims == 3:  # lead E on both, or 1 on one side (shared-outer: one A or B for every expert)
+        experts = n or max(a[0], b[0])
+        for key, shape in ((ka, a), (kb, b)):
+            if shape[0] not in (1, experts):
+                has = f"base has {n} experts" if n else f"{kb if key == ka else ka} has {experts}"
+                raise BaseModelMismatch(f"{where}: {key} has shape {shape}, expected {[experts] + shape[1:]}: "
+                                        f"{shape[0]} experts, {has}")
+    want = base.module_shape(parent, leaf)
+    if want:
+        _expect(ka, a, lead_a + [r, want[0]], leaf, want, base, where)
+        _expect(kb, b, lead_b + [want[1], r], leaf, want, base, where)
+
+
+def _check_fused(ab: dict, param: str, r: int, base: BaseModel, where: str) -> None:
+    """PEFT fused experts of ``param``: A [E*r, in], B [out, r*E] (PEFT reshapes them to [E, r, in], [E, out, r])."""
+    (ka, a), (kb, b) = ab["A"], ab["B"]
+    if len(a) != 2 or len(b) != 2 or a[0] % r or b[1] != a[0]:
+        raise InvalidAdapter(f"{where}: fused experts {ka} {a} / {kb} {b} do not match rank r={r} of {param} "
+                             f"(expected [E*{r}, in] and [out, {r}*E])")
+    n = base.num_experts
+    if n and a[0] != n * r:
+        raise BaseModelMismatch(f"{where}: {ka} has shape {a}, expected {[n * r, a[1]]} ({n} experts x rank {r}): "
+                                f"{a[0] // r} experts, base has {n} experts")
+    want = base.module_shape("experts", param)
+    if want:
+        _expect(ka, a, [a[0], want[0]], param, want, base, where)
+        _expect(kb, b, [want[1], b[1]], param, want, base, where)
+
+
+def _expect(key: str, got: list[int], want: list[int], leaf: str, io: tuple[int, int], base: BaseModel,
+            where: str) -> None:
+    if list(got) != want:
+        raise BaseModelMismatch(
+            f"{where}: {key} has shape {list(got)}, expected {want}: shapes do not match base model {base.name!r} "
+            f"({base.identity}), whose {leaf} maps in={io[0]} -> out={io[1]}")
 
 
 def read_peft_folder(folder: str, base: BaseModel) -> PeftAdapter:

@@ -10,7 +10,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("src", help="PEFT folder (or, with --unpack, a packed folder or .mintpack file)")
     p.add_argument("dst", help="output folder")
     p.add_argument("--base", help="base model folder: records its identity, checks expert counts")
-    p.add_argument("--unpack", action="store_true", help="write the original PEFT folder back, bit-exact")
+    p.add_argument("--unpack", action="store_true",
+                   help="write the PEFT folder back, bit-exact (an adapter with per-module scalings: its uniform form)")
     p.set_defaults(func=_pack)
 
 

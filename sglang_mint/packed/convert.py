@@ -13,6 +13,14 @@ Accepted MoE expert layouts (all become 3D ``experts.<proj>`` tensors):
   gate_up_proj). PEFT's own reshape: A3 = A.reshape(E, R, in), B3 =
   B.reshape(out, R, E).permute(2, 0, 1). A fused gate_up_proj has ONE A for
   both halves, so it fills both A slices (gate and up) and B goes whole.
+
+Ranks and scalings: modules of different ranks are zero-padded to the
+largest, R. If every module has one scaling s (alpha_m / r_m, or
+alpha_m / sqrt(r_m) under use_rslora), the packed config says r = R and
+lora_alpha = s * R and the source tensors are stored unchanged (unpack is
+bit-exact). If scalings differ (rank_pattern / alpha_pattern), the adapter is
+first rewritten by ``sglang_mint.catalog.uniform.uniform_lora`` (B pre-scaled,
+r = lora_alpha = R) and that uniform form is what is stored and unpacked.
 """
 
 from __future__ import annotations
@@ -23,6 +31,9 @@ import re
 
 import torch
 
+from sglang_mint.catalog.errors import InvalidAdapter
+from sglang_mint.catalog.lora_keys import PEFT_FUSED, fused_expert_params, rank_alpha, scaling
+from sglang_mint.catalog.uniform import uniform_lora
 from sglang_mint.packed.format import PackedError
 from sglang_mint.packed.writer import DTYPE_NAMES
 
@@ -40,7 +51,6 @@ ZERO_LIKE = {"k_proj": "v_proj", "v_proj": "k_proj", "up_proj": "gate_proj"}
 W_NAMES = {"w1": "gate_proj", "w3": "up_proj", "w2": "down_proj"}
 _KEY = re.compile(r"^(?P<mod>.+)\.lora_(?P<ab>[AB])\.weight$")
 _EXPERT = re.compile(r"^(?P<pre>.*\.experts)\.(?P<e>\d+)\.(?P<proj>[A-Za-z0-9_]+)$")
-_PEFT_FUSED = re.compile(r"^(?P<pre>.*\.experts)(?P<depth>(?:\.base_layer)*)$")
 _LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.")
 
 
@@ -51,35 +61,6 @@ class Member:
         self.stored, self.slot, self.slices, self.expert, self.layout, self.rank = stored, slot, slices, expert, layout, rank
         self.src: dict[str, str] = {}          # "A"/"B" -> source key
         self.t: dict[str, torch.Tensor] = {}    # "A"/"B" -> tensor (3D for experts after reshape)
-
-
-def _pattern_value(patterns: dict, name: str, default):
-    for key, val in (patterns or {}).items():
-        if re.match(rf"(.*\.)?({key})$", name):
-            return val
-    return default
-
-
-def _fused_params(parent: str, params: list[str], tensors: dict, where: str) -> list[str]:
-    """Which target parameter each nesting depth of PEFT's fused experts holds.
-
-    adapter_config.json lists target_parameters as a set (order varies between
-    saves), so the shapes decide: gate_up_proj's A reads the hidden size that
-    down_proj's B writes, and its B writes twice what down_proj's A reads.
-    """
-    depths = []
-    while f"{parent}{'.base_layer' * len(depths)}.lora_A.weight" in tensors:
-        depths.append(f"{parent}{'.base_layer' * len(depths)}")
-    if len(depths) != len(params):
-        raise PackedError(f"{where}: {parent} has {len(depths)} fused-expert wrappers, target_parameters lists {params}")
-    if sorted(params) != ["down_proj", "gate_up_proj"]:
-        return list(reversed(params))  # one parameter, or names we cannot tell apart by shape
-    (a0, b0), (a1, b1) = [(tensors[d + ".lora_A.weight"], tensors[d + ".lora_B.weight"]) for d in depths]
-    if a0.shape[1] == b1.shape[0] and b0.shape[0] == 2 * a1.shape[1]:
-        return ["gate_up_proj", "down_proj"]
-    if a1.shape[1] == b0.shape[0] and b1.shape[0] == 2 * a0.shape[1]:
-        return ["down_proj", "gate_up_proj"]
-    raise PackedError(f"{where}: cannot tell gate_up_proj from down_proj under {parent} by their shapes")
 
 
 def read_peft(folder: str) -> tuple[dict, dict[str, torch.Tensor]]:
@@ -105,8 +86,8 @@ def parse_peft(cfg_bytes: bytes, weights: bytes, where: str) -> tuple[dict, dict
         raise PackedError(f"{where}/{CONFIG}: not a JSON object")
     if str(cfg.get("peft_type", "")).upper() != "LORA":
         raise PackedError(f"{where}/{CONFIG}: peft_type {cfg.get('peft_type')!r} is not LORA")
-    if cfg.get("use_rslora") or cfg.get("use_dora"):
-        raise PackedError(f"{where}/{CONFIG}: rsLoRA/DoRA adapters are not supported")
+    if cfg.get("use_dora"):
+        raise PackedError(f"{where}/{CONFIG}: DoRA adapters are not supported")
     try:
         tensors = load(bytes(weights))
     except Exception as exc:  # safetensors raises its own error types
@@ -116,12 +97,14 @@ def parse_peft(cfg_bytes: bytes, weights: bytes, where: str) -> tuple[dict, dict
     return cfg, dict(sorted(tensors.items()))
 
 
-def _members(cfg: dict, tensors: dict[str, torch.Tensor], where: str) -> dict[str, Member]:
-    """Map every source module to a Member keyed by (stored, slot, expert)."""
-    r0, a0 = int(cfg["r"]), float(cfg["lora_alpha"])
+def _members(cfg: dict, tensors: dict[str, torch.Tensor], where: str) -> tuple[dict[str, Member], float | None]:
+    """Map every source module to a Member keyed by (stored, slot, expert); also the adapter's one
+    scaling, or None when modules differ (then pack_tensors makes the uniform form first)."""
+    r0, a0 = int(cfg["r"]), float(cfg.get("lora_alpha", cfg["r"]))
     params = list(cfg.get("target_parameters") or [])
     out: dict[str, Member] = {}
     scales = {}
+    fused_params: dict[str, list[str]] = {}
     for key, t in tensors.items():
         m = _KEY.match(key)
         if not m:
@@ -131,15 +114,16 @@ def _members(cfg: dict, tensors: dict[str, torch.Tensor], where: str) -> dict[st
         parts[-1] = W_NAMES.get(parts[-1], parts[-1])
         mod = ".".join(parts)
         expert, layout = None, "plain"
-        fused = _PEFT_FUSED.match(mod) if params else None
+        fused = PEFT_FUSED.match(mod) if params else None
         if fused:  # PEFT fused experts: which parameter is told by the nesting depth
             depth = fused["depth"].count(".base_layer")
             parent = fused["pre"]
-            param = _fused_params(parent, params, tensors, where)[depth]
+            if parent not in fused_params:
+                fused_params[parent] = fused_expert_params(
+                    parent, params, lambda k: tuple(tensors[k].shape) if k in tensors else None, where, PackedError)
+            param = fused_params[parent][depth]
             leaf = param
-            pname = f"{parent}.{param}"
-            rank = int(_pattern_value(cfg.get("rank_pattern"), pname, r0))
-            alpha = float(_pattern_value(cfg.get("alpha_pattern"), pname, a0))
+            rank, alpha = rank_alpha(cfg, f"{parent}.{param}")
             layout = "peft_experts_" + ab
         else:
             e = _EXPERT.match(mod)
@@ -147,9 +131,8 @@ def _members(cfg: dict, tensors: dict[str, torch.Tensor], where: str) -> dict[st
                 parent, leaf, expert = e["pre"], e["proj"], int(e["e"])
             else:
                 parent, _, leaf = mod.rpartition(".")
-            rank = int(_pattern_value(cfg.get("rank_pattern"), mod, r0))
-            alpha = float(_pattern_value(cfg.get("alpha_pattern"), mod, a0))
-        scales[key] = alpha / rank
+            rank, alpha = rank_alpha(cfg, m["mod"])  # PEFT matched patterns against the real name (w1, not gate_proj)
+        scales[key] = scaling(cfg, rank, alpha)
         if leaf == "gate_up_proj" and layout.startswith("peft"):
             slots = [("gate_up_proj", 0, 2), ("gate_up_proj", 1, 2)]
         elif leaf in FUSE:
@@ -162,12 +145,12 @@ def _members(cfg: dict, tensors: dict[str, torch.Tensor], where: str) -> dict[st
             mem = out.setdefault(mk, Member(stored, slot, n, expert, layout, rank))
             mem.src[ab] = key
             mem.t[ab] = t
-    if len({round(s, 12) for s in scales.values()}) > 1:
-        raise PackedError(f"{where}: modules have different alpha/r scalings; one adapter scaling is required")
     for mem in out.values():
         if set(mem.t) != {"A", "B"}:
             raise PackedError(f"{where}: {mem.stored} has lora_{''.join(mem.t)} but not both A and B")
-    return out, (next(iter(scales.values())) if scales else a0 / r0)
+    if len({round(s, 12) for s in scales.values()}) > 1:
+        return out, None
+    return out, (next(iter(scales.values())) if scales else scaling(cfg, r0, a0))
 
 
 def _member_views(mem: Member) -> tuple[torch.Tensor, torch.Tensor]:
@@ -188,8 +171,17 @@ def _member_views(mem: Member) -> tuple[torch.Tensor, torch.Tensor]:
 
 def pack_tensors(cfg: dict, tensors: dict[str, torch.Tensor], where: str, num_experts: int | None = None,
                  kv_out: int | None = None):
-    """Returns (stored list in pool order, mint dict without base, packed adapter_config)."""
+    """Returns (stored list in pool order, mint dict without base, packed adapter_config).
+
+    ``mint["peft_config"]`` and the part map describe what unpack gives back: the
+    source adapter, or its uniform form when modules had different scalings."""
     members, scale = _members(cfg, tensors, where)
+    if scale is None:  # SGLang has one scaling per adapter: B pre-scaled, r = lora_alpha = R (exact)
+        try:
+            cfg, tensors = uniform_lora(cfg, tensors, where=where)
+        except InvalidAdapter as exc:
+            raise PackedError(str(exc)) from None
+        members, scale = _members(cfg, tensors, where)
     dtypes = {t.dtype for t in tensors.values()}
     if len(dtypes) != 1 or next(iter(dtypes)) not in DTYPE_NAMES:
         raise PackedError(f"{where}: tensors must share one of F32/F16/BF16, found {sorted(map(str, dtypes))}")
@@ -215,6 +207,8 @@ def pack_tensors(cfg: dict, tensors: dict[str, torch.Tensor], where: str, num_ex
             "peft_config": cfg, "target_modules": _targets(members)}
     pcfg = {k: v for k, v in cfg.items() if k not in ("rank_pattern", "alpha_pattern", "target_parameters")}
     pcfg.update(r=R, lora_alpha=scale * R, target_modules=mint["target_modules"])
+    if pcfg.get("use_rslora"):  # scale is alpha / sqrt(r) already; SGLang reads lora_alpha / r only
+        pcfg["use_rslora"] = False
     return stored, mint, pcfg
 
 
@@ -418,7 +412,10 @@ def pack_bytes(cfg_bytes: bytes, weights: bytes, base: dict, where: str) -> tupl
 
 
 def unpack_folder(packed: str, out: str) -> str:
-    """Write the original PEFT folder (config and every tensor, bit-exact) back from a packed file."""
+    """Write the source PEFT folder (config and every tensor, bit-exact) back from a packed file.
+
+    For an adapter whose modules had different scalings that is its uniform form (see
+    pack_tensors): the same deltas, not the same bytes as the folder that was packed."""
     from safetensors.torch import save_file
 
     from sglang_mint.packed.format import PACKED_FILE

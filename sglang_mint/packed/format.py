@@ -41,7 +41,9 @@ stores; vLLM and SGLang both fuse these):
   gate_up_proj.lora_A.weight``).
 
 ``parts`` says where each SOURCE tensor of the PEFT folder lives in a stored
-tensor, so unpacking gives back every source tensor bit-exactly::
+tensor, so unpacking gives back every source tensor bit-exactly (for an
+adapter whose modules had different scalings the source is its uniform form,
+``uniform_lora``; ``peft_config`` is then the uniform config too)::
 
     {"src": name, "expert": e | null, "dim": d, "start": s, "stop": t,
      "layout": "plain" | "peft_experts_A" | "peft_experts_B"}

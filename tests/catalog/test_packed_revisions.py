@@ -96,18 +96,50 @@ def test_bad_folder_is_refused_with_pack_and_nothing_written(case, cat, tmp_path
     assert written(cat) == (0, 0, [])
 
 
-def test_unconvertible_adapter_is_refused_and_nothing_written(cat, tmp_path):
-    """Passes the PEFT checks but not the converter: per-module scalings differ (SGLang has one per adapter)."""
-    t = peft_tensors(rank=4, modules=("q_proj", "v_proj"))
+def test_per_module_scalings_are_packed_in_uniform_form(cat, tmp_path):
+    """rank_pattern v_proj 2 gives v_proj scaling 8/2 = 4 beside q_proj's 8/4 = 2; SGLang has one scaling per
+    adapter, so the packed revision holds the uniform form: r = lora_alpha = 4, each B times its own scaling."""
+    t = peft_tensors(rank=4, modules=("q_proj", "v_proj"), dtype=np.float32, seed=5)
+    rng = np.random.default_rng(6)
     for k in list(t):
         if ".v_proj." in k:
-            t[k] = np.ones((2, 128) if "lora_A" in k else (64, 2), np.float16)
+            t[k] = rng.standard_normal((2, 128) if "lora_A" in k else (64, 2)).astype(np.float32)
     folder = write_peft(tmp_path / "rp", rank=4, modules=("q_proj", "v_proj"),
                         config={"rank_pattern": {"v_proj": 2}}, tensors=t)
+    rev = cat.publish("rp", folder, pack=True)
+    assert (rev.rank, rev.alpha) == (4, 4.0)
+    view = rev.local_path()
+    cfg = json.load(open(os.path.join(view, "adapter_config.json")))
+    assert (cfg["r"], cfg["lora_alpha"]) == (4, 4) and "rank_pattern" not in cfg
+    p = read_packed(os.path.join(view, PACKED_FILE), pin=False)
+    src_cfg = p.mint["peft_config"]  # what unpack gives back: the uniform config
+    assert (src_cfg["r"], src_cfg["lora_alpha"], src_cfg.get("rank_pattern")) == (4, 4, None)
+    back = unpack_tensors(p.mint, p.tensors)  # the uniform form
+    for layer in range(2):
+        for m, s in (("q_proj", 2.0), ("v_proj", 4.0)):
+            key = f"base_model.model.model.layers.{layer}.self_attn.{m}"
+            a, b = torch.from_numpy(t[key + ".lora_A.weight"]), torch.from_numpy(t[key + ".lora_B.weight"])
+            ua, ub = back[key + ".lora_A.weight"], back[key + ".lora_B.weight"]
+            assert ua.shape == (4, 128) and ub.shape[1] == 4
+            torch.testing.assert_close(ub @ ua, s * (b @ a), rtol=1e-5, atol=1e-5)
+
+
+def test_unconvertible_adapter_is_refused_and_nothing_written(cat, tmp_path):
+    """Passes the PEFT checks but not the converter: expert gate_proj and up_proj read different widths (the tiny
+    Llama base has no experts, so their widths are not checked), so they cannot share one gate_up_proj A."""
+    key = "base_model.model.model.layers.0.mlp.experts.0."
+    rng = np.random.default_rng(7)
+    t = {key + "gate_proj.lora_A.weight": rng.standard_normal((4, 77)).astype(np.float16),
+         key + "gate_proj.lora_B.weight": rng.standard_normal((199, 4)).astype(np.float16),
+         key + "up_proj.lora_A.weight": rng.standard_normal((4, 78)).astype(np.float16),
+         key + "up_proj.lora_B.weight": rng.standard_normal((199, 4)).astype(np.float16)}
+    folder = write_peft(tmp_path / "gu", rank=4, modules=("gate_proj", "up_proj"), tensors=t)
+    cat.publish("gu-peft", folder)  # the PEFT checks pass
+    before = written(cat)
     from sglang_mint.catalog.errors import InvalidAdapter
-    with pytest.raises(InvalidAdapter, match="cannot convert to the packed format.*scaling"):
-        cat.publish("rp", folder, pack=True)
-    assert written(cat) == (0, 0, [])
+    with pytest.raises(InvalidAdapter, match="cannot convert to the packed format.*different input widths"):
+        cat.publish("gu", folder, pack=True)
+    assert written(cat) == before
 
 
 def test_verify_and_gc_understand_packed_blobs(cat, peft):

@@ -152,3 +152,40 @@ def test_unpack_tensors_ignores_padding(tmp_path):
     p = _roundtrip(write_layout(tmp_path / "src", "mla"), tmp_path)
     src = unpack_tensors(p.mint, p.tensors)
     assert not any("qkv_proj" in k or "fused_qkv_a" in k for k in src)
+
+
+def _set_config(folder, **changes):
+    p = folder / "adapter_config.json"
+    p.write_text(json.dumps({**json.loads(p.read_text()), **changes}))
+
+
+@pytest.mark.parametrize("layout", ["per_expert", "packed3d", "mla"])
+def test_rslora_with_one_scaling_stays_bit_exact(layout, tmp_path):
+    """use_rslora, no patterns: every module has alpha/sqrt(r) = 8/2 = 4, so the tensors are stored unchanged
+    and the packed config says lora_alpha = 4 * R with use_rslora false (SGLang reads lora_alpha / r only)."""
+    src = write_layout(tmp_path / "src", layout)
+    _set_config(src, use_rslora=True)
+    p = _roundtrip(src, tmp_path)  # bit-exact back
+    cfg = json.loads((tmp_path / "packed" / "adapter_config.json").read_text())
+    assert (cfg["r"], cfg["lora_alpha"], cfg["use_rslora"]) == (R, 4.0 * R, False)
+    assert p.alpha / p.rank == 4.0 and p.mint["peft_config"]["use_rslora"] is True
+
+
+def test_mixed_scalings_pack_and_unpack_the_uniform_form(tmp_path):
+    """alpha_pattern gives down_proj 2/4 beside 8/4 elsewhere: the converter packs uniform_lora's form, and
+    unpack gives back exactly that (config and tensors), not the folder that was packed."""
+    from sglang_mint.catalog.uniform import uniform_lora
+
+    src = write_layout(tmp_path / "src", "packed3d")
+    _set_config(src, alpha_pattern={"down_proj": 2})
+    cfg = json.loads((src / "adapter_config.json").read_text())
+    ucfg, ut = uniform_lora(cfg, load_file(str(src / "adapter_model.safetensors")))
+    pack_folder(str(src), str(tmp_path / "packed"))
+    p = read_packed(str(tmp_path / "packed" / PACKED_FILE), pin=False)
+    assert (p.rank, p.alpha) == (R, float(R))
+    out = unpack_folder(str(tmp_path / "packed"), str(tmp_path / "unpacked"))
+    assert json.loads(open(os.path.join(out, "adapter_config.json")).read()) == ucfg
+    back = load_file(os.path.join(out, "adapter_model.safetensors"))
+    assert back.keys() == ut.keys() and all(torch.equal(back[k], ut[k]) for k in ut)
+    key = "base_model.model.model.layers.0.mlp.experts.down_proj.lora_B.weight"
+    assert torch.equal(back[key], load_file(str(src / "adapter_model.safetensors"))[key] * 0.5)
