@@ -27,6 +27,7 @@ SGLang keeps its own policy for the GPU slots.
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import sys
 import time
@@ -34,6 +35,8 @@ import weakref
 from collections import OrderedDict
 
 from sglang_mint.catalog import open_catalog
+from sglang_mint.catalog.peft_import import check_lora
+from sglang_mint.catalog.uniform import uniform_lora
 from sglang_mint.config import MintConfig
 from sglang_mint.residency import ColdLoader, HostLRU, LoadResult
 from sglang_mint.sglang.names import is_mint_lora_id, parse_mint_lora_id
@@ -49,8 +52,10 @@ FAILURE_MEMORY_S = 10.0  # a failed revision is retried by requests arriving aft
 MAX_FAILURES_KEPT = 1024
 # What an adapter costs in host memory beyond its tensor bytes: Python objects of SGLang's
 # LoRAAdapter, LoRAConfig and per-layer dicts, and one torch tensor object plus allocator
-# rounding per tensor. Measured on CPU with rank-1 tiny adapters (see adapter_host_bytes).
-ADAPTER_OVERHEAD_BYTES = 16 << 10
+# rounding per tensor. Measured on CPU (bench/state_growth_bench.py): filling a 64 MiB budget
+# with rank-1 synthetic adapters grew the scheduler by about 48 KB per adapter, of which about
+# 10 KB is tensor data.
+ADAPTER_OVERHEAD_BYTES = 24 << 10
 TENSOR_OVERHEAD_BYTES = 1 << 10
 ALLOC_ALIGN = 64
 
@@ -65,8 +70,8 @@ def _percentile(values: list[float], q: float) -> float | None:
 def adapter_host_bytes(adapter) -> int:
     """What one loaded ``LoRAAdapter`` holds in host memory, tensors and objects together.
 
-    A rank-1 adapter of the tiny Llama has 28 tensors of 128 to 512 bytes: about 6 KiB of
-    data, but about 50 KiB of memory once objects are counted.
+    A rank-1 synthetic adapter of the tiny Llama holds about 10 KB of tensor data but grows
+    the scheduler by about 48 KB once its objects are counted; this counts about 49 KB.
     """
     tensors = [t for layer in adapter.layers for t in layer.weights.values()]
     tensors += list(adapter.embedding_layers.values()) + list(adapter.added_tokens_embeddings.values())
@@ -111,8 +116,6 @@ class SchedulerResidency:
 
     # -- on a worker thread ------------------------------------------------
     def _read(self, lora_id: str):
-        import os
-
         from safetensors.torch import load_file
         from sglang.srt.lora.lora import LoRAAdapter
         from sglang.srt.lora.lora_config import LoRAConfig
@@ -126,6 +129,18 @@ class SchedulerResidency:
         ref = LoRARef(lora_id=lora_id, lora_name=f"{adapter_id}@{revision}", lora_path=path, pinned=False)
         mgr = self.manager
         config = LoRAConfig(path, base_vocab_size=mgr.base_hf_config.vocab_size)
+        tensors = None
+        if packed_path(path) is None:
+            # The import checks again, on what is on disk now: a catalog may have been written by an
+            # older version or by hand, and a bad tensor must fail here, not in SGLang's pool fill on
+            # the scheduler thread. Then the one-rank, one-scaling form SGLang serves exactly.
+            where = f"adapter {adapter_id!r} revision {revision}"
+            tensors = load_file(os.path.join(path, "adapter_model.safetensors"))
+            check_lora(config.hf_config, tensors, self.catalog.base, where)
+            uniform_config, tensors = uniform_lora(config.hf_config, tensors, where=where)
+            if uniform_config is not config.hf_config:
+                config.hf_config = uniform_config
+                config.r, config.lora_alpha = uniform_config["r"], uniform_config["lora_alpha"]
         if config.lora_added_tokens_size > 0:
             raise ValueError("adapters that add tokens to the vocabulary are not supported")
         if config.use_dora:
@@ -137,13 +152,13 @@ class SchedulerResidency:
             )
         adapter = LoRAAdapter(lora_id, config, mgr.base_hf_config, mgr.load_config, mgr.lora_backend,
                               base_model=mgr.base_model)
-        if packed_path(path) is not None:
+        if tensors is None:
             adapter.initialize_weights()  # the packed reader (packed_loader.py): one read, one copy
         else:
-            # One C-level read that releases the GIL. SGLang's initialize_weights goes through
+            # One C-level read (above) that releases the GIL. SGLang's initialize_weights goes through
             # its model-weight iterator, which starts a thread pool per file: each handoff
             # then waits out the busy scheduler loop's GIL slice (tens of ms per tiny adapter).
-            adapter.initialize_weights_from_tensors(load_file(os.path.join(path, "adapter_model.safetensors")))
+            adapter.initialize_weights_from_tensors(tensors)
         return ref, config, adapter, adapter_host_bytes(adapter)
 
     # -- on the scheduler loop ---------------------------------------------
@@ -362,4 +377,10 @@ def _after_get_internal_state(result, scheduler, *args, **kwargs):
     residency = residency_of(scheduler)
     if residency is not None:
         result.internal_state["mint"] = residency.status()
+    if scheduler.enable_lora:
+        from sglang_mint.sglang.mint_backend import MintLoRABackend
+
+        backend = scheduler.tp_worker.model_runner.lora_manager.lora_backend
+        if isinstance(backend, MintLoRABackend):
+            result.internal_state["mint_backend"] = {"moe_kernel_calls": backend.moe_kernel_calls}
     return result

@@ -43,14 +43,41 @@ def catalog(tiny_model, tmp_path_factory):
                                   seed=11)
     for i, folder in enumerate(folders):
         cat.publish(f"t{i % 3}/a{i:02d}", str(folder))
+    patterns = tmp_path_factory.mktemp("patterns")
+    for adapter_id, extra in PATTERNED.items():
+        cat.publish(adapter_id, str(write_patterned_adapter(tiny_model, patterns / adapter_id.replace("/", "-"),
+                                                              **extra)))
     cat.close()
     return root
+
+
+# PEFT settings SGLang itself ignores (one rank, one alpha/r scaling per adapter).
+PATTERNED = {
+    "p/patterns": {"rank_pattern": {"v_proj": 8, "down_proj": 2}, "alpha_pattern": {"o_proj": 32}},
+    "p/rslora": {"use_rslora": True},
+    "p/rslora-patterns": {"use_rslora": True, "rank_pattern": {"q_proj": 8}, "alpha_pattern": {"q_proj": 3}},
+}
+
+
+def write_patterned_adapter(model_dir, out, **settings):
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from sglang_mint.dev.tiny import randomize_lora
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "o_proj", "down_proj"], **settings)
+    peft = get_peft_model(model, config)
+    randomize_lora(peft, seed=len(str(settings)), b_std=0.05)
+    peft.save_pretrained(out)
+    return out
 
 
 @pytest.fixture(scope="module")
 def adapter_ids(catalog):
     with open_catalog(str(catalog)) as cat:
-        return [row.adapter_id for row, _ in cat.list(limit=1000).items]
+        return [row.adapter_id for row, _ in cat.list(prefix="t", limit=1000).items]
 
 
 @pytest.fixture(scope="module")
@@ -188,3 +215,20 @@ def test_registry_holds_only_names_in_flight(server, adapter_ids):
     assert status(server)["registered_names"] == 0  # every name was dropped when its request ended
     code, _ = generate(server, {"text": PROMPT, "sampling_params": params, "lora_path": live[0]})
     assert code == 200  # and a dropped name is registered again on its next request
+
+
+def test_rank_and_alpha_patterns_and_rslora_are_served_exactly(server, tiny_model, catalog, prompt_ids):
+    ids = list(PATTERNED)
+    with open_catalog(str(catalog)) as cat:
+        jobs = [{"adapter": str(cat.resolve(a).local_path()), "prompt_ids": prompt_ids, "max_tokens": 8}
+                for a in ids]
+    refs = run_reference(sys.executable, tiny_model, jobs + [{"adapter": None, "prompt_ids": prompt_ids,
+                                                              "max_tokens": 8}])
+    client = openai.OpenAI(base_url=server.openai_url, api_key="none", max_retries=0, timeout=600)
+    for adapter_id, ref in zip(ids, refs):
+        r = client.completions.create(model=adapter_id, prompt=PROMPT, max_tokens=8, temperature=0, logprobs=1,
+                                      extra_body={"return_token_ids": True, "ignore_eos": True})
+        assert r.choices[0].model_extra["token_ids"] == ref["tokens"], adapter_id
+        assert r.choices[0].logprobs.token_logprobs == pytest.approx(ref["logprobs"], abs=TOL), adapter_id
+        # Guard: the adapter moves the output, so matching HF+PEFT is not matching the base model.
+        assert ref["logprobs"] != pytest.approx(refs[-1]["logprobs"], abs=10 * TOL), adapter_id
