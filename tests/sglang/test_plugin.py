@@ -145,37 +145,50 @@ def test_help_lists_the_flags():
 
 
 def test_each_process_hooks_only_what_runs_in_it():
+    """The role comes from SGLang's real process entry points, not look-alikes.
+
+    Each entry point calls ``load_plugins()`` first thing (after the detokenizer sets
+    its process title); here that call registers our hooks from inside the real
+    function's frame and stops, so nothing else of the process starts.
+    """
     proc = run_py("""
         import json
         from sglang.srt.plugins.hook_registry import HookRegistry
         import sglang_mint.sglang as glue
+        from sglang.srt.managers import data_parallel_controller, detokenizer_manager, scheduler
 
-        def targets(caller):
+        class Registered(Exception):
+            pass
+
+        def register_and_stop():
             HookRegistry.reset()
             glue._registered = False
-            role = caller()
-            return role, sorted(HookRegistry._hooks)
-
-        def run_scheduler_process():
-            return glue.process_role(), glue.register()
-
-        def run_detokenizer_process():
-            return glue.process_role(), glue.register()
-
-        def main():
-            return glue.process_role(), glue.register()
+            glue.register()
+            raise Registered(glue.process_role())
 
         out = {}
-        for caller in (run_scheduler_process, run_detokenizer_process, main):
-            (role, _), hooked = targets(caller)
-            out[caller.__name__] = {"role": role, "targets": hooked}
+        for name, module, call in (
+            ("scheduler", scheduler, lambda: scheduler.run_scheduler_process(None, None, 0, 0, 0, None, None)),
+            ("detokenizer", detokenizer_manager, lambda: detokenizer_manager.run_detokenizer_process(None, None)),
+            ("dp_controller", data_parallel_controller,
+             lambda: data_parallel_controller.run_data_parallel_controller_process(None, None, None)),
+            ("launcher", None, register_and_stop),
+        ):
+            if module is not None:
+                module.load_plugins = register_and_stop
+            try:
+                call()
+            except Registered as seen:
+                out[name] = {"role": str(seen), "targets": sorted(HookRegistry._hooks)}
         print("RESULT" + json.dumps(out))
     """)
     line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT")]
     assert line, proc.stderr[-3000:]
     out = json.loads(line[0][len("RESULT"):])
-    sched, detok, front = out["run_scheduler_process"], out["run_detokenizer_process"], out["main"]
-    assert (sched["role"], detok["role"], front["role"]) == ("scheduler", "detokenizer", "frontend")
+    roles = {name: v["role"] for name, v in out.items()}
+    assert roles == {"scheduler": "scheduler", "detokenizer": "detokenizer", "dp_controller": "frontend",
+                     "launcher": "frontend"}
+    sched, detok, front = out["scheduler"], out["detokenizer"], out["launcher"]
     assert any("Scheduler.can_schedule_lora_req" in t for t in sched["targets"])
     assert any("LoRAMemoryPool.load_lora_weight_to_buffer" in t for t in sched["targets"])  # packed pool fill
     assert not any("mem_pool" in t for t in front["targets"] + detok["targets"])
