@@ -9,6 +9,8 @@ are set, so the down input has exactly M*top_k rows; ours is also given 3
 padding rows past them, which it must ignore.)
 """
 
+import types
+
 import pytest
 import torch
 
@@ -83,10 +85,12 @@ def test_mint_moe_hooks_match_sglang_hooks(monkeypatch, shared_outer, path):
 
     want = run_hooks(lora_moe_runners.build_lora_hooks(hidden, info, ids),
                      hidden, cache1, inter_in[: M * TOP_K], cache3, w, ids)
-    setattr(info, mint_moe.TAG, object())
+    backend = types.SimpleNamespace(moe_kernel_calls=0)  # stands in for the MintLoRABackend that tagged it
+    setattr(info, mint_moe.TAG, backend)
     ours = mint_moe._around_build_lora_hooks(lora_moe_runners.build_lora_hooks, hidden, info, ids)
     assert ours.after_gate_up.__module__ == mint_moe.__name__
     got = run_hooks(ours, hidden, cache1, inter_in, cache3, w, ids)
+    assert backend.moe_kernel_calls == 2  # gate_up and down each launched our kernel once
     # the hooks changed something, and token 3 (no adapter) kept its values
     assert not torch.allclose(want[0], cache1) and not torch.allclose(want[1], cache3)
     assert torch.equal(got[0][3], cache1[3]) and torch.equal(got[1][3], cache3[3])
