@@ -29,6 +29,7 @@ from fastapi.responses import ORJSONResponse
 from sglang.srt.lora.lora_registry import LoRARef
 
 from sglang_mint.catalog import open_catalog
+from sglang_mint.catalog.catalog import SERVING_CACHE_KIB
 from sglang_mint.catalog.ids import parse_revision_name, revision_name
 from sglang_mint.errors import MintError
 from sglang_mint.sglang.flags import mint_config
@@ -43,7 +44,7 @@ class CatalogFrontend:
     """The tokenizer manager's view of the catalog."""
 
     def __init__(self, catalog_path: str):
-        self.catalog = open_catalog(catalog_path)
+        self.catalog = open_catalog(catalog_path, cache_kib=SERVING_CACHE_KIB)
         self.resolves = 0
         from sglang_mint.sglang.metrics import FrontendMetrics, metrics_enabled
 
