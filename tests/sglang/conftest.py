@@ -17,6 +17,18 @@ def pytest_collection_modifyitems(items):
 
 
 @pytest.fixture(scope="session")
+def catalog_server():
+    """``catalog_server(model, catalog, log_dir, *flags)``: a server with --enable-mint serving ``catalog``,
+    not yet started (use it with ``with``)."""
+
+    def make(model, catalog, log_dir, *extra_args: str) -> SGLangServer:
+        return SGLangServer(model, enable_mint=True, extra_args=["--mint-catalog", str(catalog), *extra_args],
+                            log_path=log_dir / "server.log", python=sys.executable)
+
+    return make
+
+
+@pytest.fixture(scope="session")
 def mint_server(tiny_model, tiny_adapters, tmp_path_factory):
     """One real server with --enable-mint serving the tiny adapters from --lora-paths."""
     log = tmp_path_factory.mktemp("mint-server") / "server.log"

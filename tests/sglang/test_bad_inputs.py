@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -19,7 +18,6 @@ import pytest
 
 from sglang_mint.catalog import init_catalog, open_catalog
 from sglang_mint.catalog.errors import MintError
-from sglang_mint.dev.server import SGLangServer
 from sglang_mint.dev.tiny import write_tiny_adapters
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "bad-inputs.md"
@@ -83,10 +81,8 @@ def catalog(tiny_model, adapters, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def server(tiny_model, catalog, tmp_path_factory):
-    log = tmp_path_factory.mktemp("bad-inputs-server") / "server.log"
-    with SGLangServer(tiny_model, enable_mint=True, extra_args=["--mint-catalog", str(catalog)], log_path=log,
-                      python=sys.executable) as srv:
+def server(tiny_model, catalog, tmp_path_factory, catalog_server):
+    with catalog_server(tiny_model, catalog, tmp_path_factory.mktemp("bad-inputs-server")) as srv:
         yield srv
 
 

@@ -8,13 +8,11 @@ packed_loader and put into the LoRA pool by packed_pool's one-copy fill.
 
 from __future__ import annotations
 
-import sys
 
 import openai
 import pytest
 
 from sglang_mint.catalog import init_catalog
-from sglang_mint.dev.server import SGLangServer
 
 PROMPT = "the quick brown fox and the lazy dog"
 
@@ -30,10 +28,8 @@ def catalog(tiny_model, tiny_adapters, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def server(tiny_model, catalog, tmp_path_factory):
-    log = tmp_path_factory.mktemp("catalog-packed-server") / "server.log"
-    with SGLangServer(tiny_model, enable_mint=True, extra_args=["--mint-catalog", str(catalog)], log_path=log,
-                      python=sys.executable) as srv:
+def server(tiny_model, catalog, tmp_path_factory, catalog_server):
+    with catalog_server(tiny_model, catalog, tmp_path_factory.mktemp("catalog-packed-server")) as srv:
         yield srv
 
 

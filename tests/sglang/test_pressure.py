@@ -23,7 +23,6 @@ from transformers import AutoTokenizer
 
 from sglang_mint.catalog import init_catalog, open_catalog
 from sglang_mint.dev.reference import run_reference
-from sglang_mint.dev.server import SGLangServer
 from sglang_mint.dev.tiny import write_tiny_adapters
 from sglang_mint.sglang.residency import read_estimate_bytes
 
@@ -100,13 +99,6 @@ def references(tiny_model, catalog, adapter_ids, prompt_ids):
     return dict(zip(adapter_ids, run_reference(sys.executable, tiny_model, jobs)))
 
 
-def start_server(tiny_model, catalog, budget, tmp_path_factory, extra=()):
-    log = tmp_path_factory.mktemp("pressure-server") / "server.log"
-    args = ["--mint-catalog", str(catalog), "--mint-host-cache-bytes", str(budget),
-            "--max-loras-per-batch", "4", *extra]
-    return SGLangServer(tiny_model, enable_mint=True, extra_args=args, log_path=log, python=sys.executable)
-
-
 def status(server) -> dict:
     with urllib.request.urlopen(server.url + "/mint/status") as r:
         return json.loads(r.read())
@@ -137,9 +129,10 @@ def storm(server, adapter_ids):
 
 @pytest.mark.parametrize("chunked_prefill", [None, 16])
 def test_more_cold_adapters_than_memory_and_slots(tiny_model, catalog, adapter_ids, budget, references,
-                                                  tmp_path_factory, chunked_prefill):
+                                                  tmp_path_factory, catalog_server, chunked_prefill):
     extra = ["--chunked-prefill-size", str(chunked_prefill)] if chunked_prefill else []
-    with start_server(tiny_model, catalog, budget, tmp_path_factory, extra) as server:
+    with catalog_server(tiny_model, catalog, tmp_path_factory.mktemp("pressure-server"),
+                        "--mint-host-cache-bytes", str(budget), "--max-loras-per-batch", "4", *extra) as server:
         for wave in range(2):
             outputs = storm(server, adapter_ids)
             for adapter_id, (tokens, logprobs) in outputs.items():
@@ -155,9 +148,10 @@ def test_more_cold_adapters_than_memory_and_slots(tiny_model, catalog, adapter_i
 
 
 @pytest.fixture(scope="module")
-def server(tiny_model, catalog, tmp_path_factory):
+def server(tiny_model, catalog, tmp_path_factory, catalog_server):
     """A server with room for every adapter (the tests below are about names, not memory)."""
-    with start_server(tiny_model, catalog, 64 << 20, tmp_path_factory) as srv:
+    with catalog_server(tiny_model, catalog, tmp_path_factory.mktemp("pressure-server"),
+                        "--mint-host-cache-bytes", str(64 << 20), "--max-loras-per-batch", "4") as srv:
         yield srv
 
 
