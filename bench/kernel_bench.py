@@ -1,238 +1,383 @@
-"""Question: how fast are the mint LoRA kernels next to SGLang's, and how close
-to the memory-bandwidth limit?
+"""Question: how fast are the mint LoRA kernels next to SGLang's on identical inputs, and how
+close do they come to what the device can move?
 
-Shapes (issue 6): decode with 1, 8, 64, 256 distinct adapters x 1 token;
-prefill 4 adapters x 512 tokens; rank 8/16/64; hidden 4096 and 7168; qkv and
-gate_up slices; DeepSeek MLA fused q_a (1536) + kv_a (576).
+Shapes (issue 11), TP 1, bf16, every pool slot at the same rank r (alpha = 2r):
+  Llama-3.1-8B   qkv (4096 -> 4096+1024+1024), o, gate_up (-> 2 x 14336), down
+  Qwen3-30B-A3B  qkv (2048 -> 4096+512+512), o, routed experts gate_up / down (128, top 8)
+  DeepSeek-V3    MLA's fused q_a + kv_a (7168 -> 1536+576), o (16384 -> 7168),
+                 routed experts gate_up / down (256, top 8)
+  prefill: 2048 tokens, the adapters' requests one after another; decode: 64 tokens,
+  one per request, adapters interleaved; 1, 8 and 64 distinct adapters; rank 8, 16, 64.
 
-On CUDA, per shape: our kernels (sgmv two-launch, bgmv two-launch, fused bgmv
-for decode), SGLang's csgmv and triton-backend kernels on identical inputs
-(when sglang's kernel modules import; otherwise the row says so), the base
-layer's GEMM, and achieved bytes/s of our best path against a measured
-device-to-device copy bandwidth.
+Variants, one JSON row each; no row is a ratio to another row:
+  ours_sgmv    sgmv_shrink + sgmv_expand on segments        (dense, prefill and decode)
+  ours_bgmv    the same two launches per token               (dense, decode)
+  ours_fused   bgmv_fused, one launch                        (dense, decode)
+  ours_moe     moe_lora; its plan is built before timing     (experts)
+  sglang_csgmv, sglang_triton, sglang_fused_moe_lora         (bench/gpu/sglang_kernels.py)
+  base_gemm    the layer's own x @ W^T, for scale            (dense)
+A row has ms (median of triton.testing.do_bench, which flushes L2 before each call),
+ms_q20 / ms_q80, graph_ms on decode (CUDA-graph replay: no launch gaps, L2 warm),
+bytes (the least the op moves: each touched adapter matrix, x, out read and written),
+flops, floor_ms (the larger of bytes / copy bandwidth and flops / bf16 matmul rate, both
+measured first: the "ceilings" row), fraction_of_copy_bw, and rel_err: the variant's delta
+against the fp32 reference (sgmv_*_ref, moe_lora_ref) on the same inputs, checked before
+timing, our intermediate poisoned with NaN. Host-side building (batches, plans, SGLang's
+batch infos and alignment, offset lists) happens once per shape, never in a timed call.
+Rank 16 runs first, then 64, then 8: a run stopped by --deadline-s still covers every
+layer; what it did not reach is written as skipped.
 
-On CPU only the torch reference path runs (a smaller shape subset), and every
-row says so: those numbers are not kernel timings.
+--dry-run (CPU, TRITON_INTERPRET=1, fp32): every row is planned and written, and one
+small shape per layer kind runs every variant, ours and SGLang's, against the reference:
+everything up to the first CUDA call.
 
-Output: JSON lines in bench/results/kernel_bench_<device>.jsonl, each with
-setup, device, git commit. Usage: python bench/kernel_bench.py [--quick]
+    python bench/kernel_bench.py [--out FILE] [--deadline-s S] [--limit N] [--dry-run]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import torch
+if "--dry-run" in sys.argv:  # before anything imports triton
+    os.environ["TRITON_INTERPRET"] = "1"
 
-from sglang_mint.kernels import (
-    LoraBatch, bgmv_fused, sgmv_expand, sgmv_expand_ref, sgmv_shrink, sgmv_shrink_ref,
+import torch  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE), str(HERE / "gpu")]
+import sglang_kernels  # noqa: E402
+from _common import git_commit  # noqa: E402
+from sglang_mint.kernels import (  # noqa: E402
+    LoraBatch, bgmv_fused, moe_lora, moe_lora_plan, moe_lora_ref, sgmv_expand, sgmv_expand_ref,
+    sgmv_shrink, sgmv_shrink_ref,
 )
-from _common import git_commit
-from sglang_mint.kernels._config import device_key
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
-def shapes(cpu: bool):
-    """(name, hidden K, slice widths, mode, n_adapters, tokens_per_adapter, rank)."""
-    ops = {
-        4096: [("qkv", [4096, 1024, 1024]), ("gate_up", [14336, 14336])],
-        7168: [("gate_up", [18432, 18432]), ("mla_qa_kva", [1536, 576])],
-    }
-    out = []
-    for K, layers in ops.items():
-        for op, widths in layers:
-            for r in (8, 16, 64):
-                for n in (1, 8, 64, 256):
-                    out.append((op, K, widths, "decode", n, 1, r))
-                out.append((op, K, widths, "prefill", 4, 512, r))
-    if cpu:  # the reference path on 2 CPU cores: a representative subset
-        # (the reference gathers one weight copy per row: prefill gate_up would need GBs)
-        out = [s for s in out if s[1] == 4096 and s[6] == 16 and s[4] <= 64
-               and not (s[3] == "prefill" and sum(s[2]) > 8192)] + \
-              [s for s in out if s[0] == "mla_qa_kva" and s[6] == 16 and s[4] <= 8]
-    return out
+@dataclass(frozen=True)
+class Layer:
+    model: str
+    layer: str
+    hidden: int                 # K, the input width
+    slice_widths: tuple         # output widths; experts: (W,) * slices
+    experts: int = 0            # routed experts E (0: dense)
+    top_k: int = 0
 
 
-def timeit(fn, device, reps):
-    if device.type == "cuda":
-        import triton.testing
-        return triton.testing.do_bench(fn, warmup=10, rep=max(reps, 20))  # ms
-    fn()
-    t0 = time.perf_counter()
-    for _ in range(reps):
-        fn()
-    return (time.perf_counter() - t0) / reps * 1e3
+LAYERS = (
+    Layer("llama3_8b", "qkv", 4096, (4096, 1024, 1024)),
+    Layer("llama3_8b", "o", 4096, (4096,)),
+    Layer("llama3_8b", "gate_up", 4096, (14336, 14336)),
+    Layer("llama3_8b", "down", 14336, (4096,)),
+    Layer("qwen3_30b_a3b", "qkv", 2048, (4096, 512, 512)),
+    Layer("qwen3_30b_a3b", "o", 4096, (2048,)),
+    Layer("qwen3_30b_a3b", "experts_gate_up", 2048, (768, 768), 128, 8),
+    Layer("qwen3_30b_a3b", "experts_down", 768, (2048,), 128, 8),
+    Layer("deepseek_v3", "mla_qkv_a", 7168, (1536, 576)),
+    Layer("deepseek_v3", "o", 16384, (7168,)),
+    Layer("deepseek_v3", "experts_gate_up", 7168, (2048, 2048), 256, 8),
+    Layer("deepseek_v3", "experts_down", 2048, (7168,), 256, 8),
+)
+TOKENS = {"prefill": 2048, "decode": 64}
+ADAPTERS = (1, 8, 64)
+RANKS = (16, 64, 8)
+# (layer, mode, tokens, adapters, rank): one small shape per layer kind, for --dry-run
+DRY = (
+    (Layer("tiny", "qkv", 64, (48, 16, 16)), "decode", 6, 3, 8),
+    (Layer("tiny", "gate_up", 64, (40, 40)), "prefill", 40, 2, 8),
+    (Layer("tiny", "mla_qkv_a", 48, (24, 8)), "decode", 5, 2, 4),
+    (Layer("tiny", "o", 32, (64,)), "prefill", 36, 2, 8),
+    (Layer("tiny", "experts_gate_up", 64, (16, 16), 4, 2), "decode", 5, 2, 8),
+    (Layer("tiny", "experts_down", 16, (64,), 4, 2), "prefill", 12, 2, 8),
+)
+TOL = 3e-2                  # bf16 (STYLE's tolerance table); the dry run's fp32 must pass it too
+CHECK_LIMIT = 24 * 2**30    # bytes a reference may gather; past it the row says so
+WARMUP_MS, REP_MS = 10, 40
 
 
-def copy_bandwidth(device) -> float:
-    """Bytes/s of a large device copy (read + write counted)."""
-    n = (1 << 28) if device.type == "cuda" else (1 << 24)
-    src = torch.empty(n, dtype=torch.uint8, device=device)
-    dst = torch.empty_like(src)
-    ms = timeit(lambda: dst.copy_(src), device, 10)
-    return 2 * n / (ms / 1e3)
+def specs():
+    return [(L, mode, TOKENS[mode], n, r) for r in RANKS for L in LAYERS
+            for mode in TOKENS for n in ADAPTERS]
 
 
-def build(K, widths, n_adapters, per, r, device, dtype, gen):
-    S = len(widths)
-    T = n_adapters * per
-    n_slots = n_adapters
-    out_total = sum(widths)
-    offs = [0]
-    for w in widths:
-        offs.append(offs[-1] + w)
-    x = torch.randn(T, K, generator=gen).to(device, dtype)
-    a = (torch.randn(n_slots, S * r, K, generator=gen) * 0.05).to(device, dtype)
-    b = (torch.randn(n_slots, out_total, r, generator=gen) * 0.05).to(device, dtype)
-    ranks, scal = [r] * n_slots, [1.0] * n_slots
-    # tokens interleaved across adapters (a real decode batch), so routing must sort
-    token_slots = torch.arange(T) % n_adapters
-    perm = torch.argsort(token_slots, stable=True)
-    seg = LoraBatch.from_segments([per] * n_adapters, list(range(n_adapters)), ranks, scal,
-                                  device, permutation=perm)
-    tok = LoraBatch.from_token_slots(token_slots, ranks, scal, device)
-    return dict(x=x, a=a, b=b, seg=seg, tok=tok, offs=offs, T=T, S=S,
-                offsets=torch.tensor(offs, dtype=torch.int32, device=device))
+def variants(L: Layer, mode: str) -> list[str]:
+    if L.experts:
+        return ["ours_moe", "sglang_fused_moe_lora"]
+    ours = ["ours_sgmv"] + (["ours_bgmv", "ours_fused"] if mode == "decode" else [])
+    return ours + ["sglang_csgmv", "sglang_triton", "base_gemm"]
 
 
-def sglang_runners(d, r, device):
-    """csgmv and triton-backend callables on the same tensors, or (None, reason)."""
-    if device.type != "cuda":
-        return {}, "CPU run: SGLang kernels need CUDA"
-    try:
-        from sglang.kernels.ops.lora.dense.chunked_sgmv_expand import chunked_sgmv_lora_expand_forward
-        from sglang.kernels.ops.lora.dense.chunked_sgmv_shrink import chunked_sgmv_lora_shrink_forward
-        from sglang.kernels.ops.lora.dense.qkv_lora_b import qkv_lora_b_fwd
-        from sglang.kernels.ops.lora.dense.sgemm_lora_a import sgemm_lora_a_fwd
-        from sglang.srt.lora.utils import LoRABatchInfo
-    except Exception as e:  # noqa: BLE001
-        return {}, f"sglang kernels not importable: {type(e).__name__}: {e}"[:300]
-    seg, T = d["seg"], d["T"]
-    n_seg = seg.num_segments
-    chunk = 16 if T < 64 else (32 if T < 256 else 128)
-    # csgmv: adapter-sorted rows cut into chunks of <= chunk rows
-    lens, slots = [], []
-    for s, L in zip(seg.seg_slots.tolist(), (seg.seg_indptr[1:] - seg.seg_indptr[:-1]).tolist()):
-        while L > 0:
-            lens.append(min(L, chunk)); slots.append(s); L -= chunk
-    indptr = torch.zeros(len(lens) + 1, dtype=torch.int32)
-    indptr[1:] = torch.cumsum(torch.tensor(lens), 0)
-    cs_info = LoRABatchInfo(
-        use_cuda_graph=False, bs=len(lens), num_segments=len(lens), seg_indptr=indptr.to(device),
-        weight_indices=torch.tensor(slots, dtype=torch.int32, device=device),
-        lora_ranks=seg.ranks, scalings=seg.scalings, max_len=chunk,
-        seg_lens=torch.tensor(lens, dtype=torch.int32, device=device),
-        permutation=seg.permutation)
-    tr_info = LoRABatchInfo(
-        use_cuda_graph=False, bs=n_seg, num_segments=n_seg, seg_indptr=seg.seg_indptr,
-        weight_indices=seg.seg_slots, lora_ranks=seg.ranks, scalings=seg.scalings,
-        max_len=seg.max_seg_len, seg_lens=(seg.seg_indptr[1:] - seg.seg_indptr[:-1]).int(),
-        permutation=seg.permutation)
-    x, a, b, offsets, offs, S = d["x"], d["a"], d["b"], d["offsets"], d["offs"], d["S"]
-    out = torch.zeros(T, offs[-1], device=device, dtype=x.dtype)
-    widest = max(hi - lo for lo, hi in zip(offs, offs[1:]))
+def build(spec, device, dtype, gen) -> dict:
+    """The shape's tensors, batches and plans, once. Random, never zeros."""
+    L, mode, T, n, r = spec
+    S = len(L.slice_widths)
 
-    def csgmv():
-        y = chunked_sgmv_lora_shrink_forward(x=x, weights=a, batch_info=cs_info, num_slices=S)
-        chunked_sgmv_lora_expand_forward(x=y, weights=b, batch_info=cs_info, slice_offsets=offsets,
-                                         max_slice_size=widest, base_output=out,
-                                         slice_offsets_cpu=torch.tensor(offs))
+    def randn(*shape, scale=1.0):
+        return torch.randn(*shape, generator=gen, device=device, dtype=dtype).mul_(scale)
 
-    def triton_backend():
-        y = sgemm_lora_a_fwd(x, a, tr_info, stack_num=S)
-        qkv_lora_b_fwd(y, b, tr_info, offsets, widest, out, n_slices=S)
-
-    return {"sglang_csgmv": csgmv, "sglang_triton": triton_backend}, None
-
-
-def run_shape(spec, device, dtype, reps, gen):
-    op, K, widths, mode, n, per, r = spec
-    d = build(K, widths, n, per, r, device, dtype, gen)
-    x, a, b, T, S, offs, offsets = d["x"], d["a"], d["b"], d["T"], d["S"], d["offs"], d["offsets"]
-    y = torch.empty(T, S * r, device=device, dtype=dtype)
-    out = torch.zeros(T, offs[-1], device=device, dtype=dtype)
-    row = {"setup": {"op": op, "hidden": K, "slice_widths": widths, "mode": mode,
-                     "distinct_adapters": n, "tokens_per_adapter": per, "tokens": T,
-                     "rank": r, "dtype": str(dtype).replace("torch.", "")}}
-    res = {}
-    # adapter bytes every path must move at least once, plus activations in/out
-    esz = x.element_size()
-    moved = n * (S * r * K + offs[-1] * r) * esz + T * K * esz + 2 * T * offs[-1] * esz
-    if device.type == "cuda":
-        seg, tok = d["seg"], d["tok"]
-        res["ours_sgmv_ms"] = timeit(lambda: (sgmv_shrink(x, a, y, seg, S),
-                                              sgmv_expand(y, b, out, seg, offsets, offs)), device, reps)
-        if mode == "decode":
-            res["ours_bgmv_ms"] = timeit(lambda: (sgmv_shrink(x, a, y, tok, S),
-                                                  sgmv_expand(y, b, out, tok, offsets, offs)), device, reps)
-            res["ours_fused_ms"] = timeit(lambda: bgmv_fused(x, a, b, out, tok, offsets, offs, S),
-                                          device, reps)
-        runners, why = sglang_runners(d, r, device)
-        for name, fn in runners.items():
-            res[f"{name}_ms"] = timeit(fn, device, reps)
-        if why:
-            row["sglang_note"] = why
-        w = (torch.randn(offs[-1], K, generator=gen) * 0.02).to(device, dtype)
-        res["base_gemm_ms"] = timeit(lambda: torch.matmul(x, w.t()), device, reps)
-        ours = min(v for k, v in res.items() if k.startswith("ours_"))
-        row["path"] = "triton kernels (CUDA)"
+    # decode: token t is request t, on adapter t % n; prefill: n requests of T/n tokens
+    requests = T if mode == "decode" else n
+    token_slots = torch.arange(T) % n if mode == "decode" else torch.arange(T) // (T // n)
+    d = dict(mode=mode, T=T, S=S, rank=r, n_slots=n, requests=requests, token_slots=token_slots,
+             request_slots=[i % n for i in range(requests)])
+    ranks = torch.full((n,), r, dtype=torch.int32, device=device)
+    if L.experts:
+        E, k, W = L.experts, L.top_k, L.slice_widths[0]
+        down = S == 1
+        topk = torch.rand(T, E, generator=gen, device=device).topk(k, dim=1).indices.int()
+        d.update(E=E, W=W, topk_ids=topk, mul_routed_weight=down,
+                 topk_weights=torch.rand(T, k, generator=gen, device=device),
+                 x=randn(T * k if down else T, L.hidden),
+                 a=randn(n, E, S * r, L.hidden, scale=L.hidden ** -0.5),
+                 b=randn(n, E, S * W, r, scale=r ** -0.5),
+                 out0=randn(T, k, S * W), y=torch.empty(S, T * k, r, dtype=dtype, device=device),
+                 ranks=ranks, slots_dev=token_slots.int().to(device))
+        d["plan"] = moe_lora_plan(topk, d["slots_dev"], ranks, E)
+        groups = torch.unique(token_slots.to(device)[:, None] * E + topk.long()).numel()
+        d["bytes_lora"] = groups * (S * r * L.hidden + S * W * r)
+        d["flops"] = 2 * T * k * (S * r * L.hidden + S * W * r)
     else:
-        seg = d["seg"]
-        res["ours_ref_ms"] = timeit(lambda: (sgmv_shrink_ref(x, a, y, seg, S),
-                                             sgmv_expand_ref(y, b, out, seg, offsets, offs)),
-                                    device, reps)
-        ours = res["ours_ref_ms"]
-        row["path"] = "REFERENCE ONLY (torch on CPU): not kernel timings; GPU figures pending"
-    res["bytes_moved"] = moved
-    res["achieved_bytes_per_s"] = moved / (ours / 1e3)
-    if "base_gemm_ms" in res:
-        res["lora_over_base_gemm"] = ours / res["base_gemm_ms"]
-    for k in ("sglang_csgmv_ms", "sglang_triton_ms"):
-        if k in res:
-            res[f"speedup_vs_{k[:-3]}"] = res[k] / ours
-    row["results"] = res
+        offs = [0]
+        for w in L.slice_widths:
+            offs.append(offs[-1] + w)
+        N = offs[-1]
+        scaling = 2.0
+        counts = torch.bincount(token_slots, minlength=n).tolist()
+        perm = torch.argsort(token_slots, stable=True) if mode == "decode" else None
+        d.update(offs=offs, offsets=torch.tensor(offs, dtype=torch.int32, device=device),
+                 scaling=scaling, x=randn(T, L.hidden),
+                 a=randn(n, S * r, L.hidden, scale=L.hidden ** -0.5),
+                 b=randn(n, N, r, scale=r ** -0.5), out0=randn(T, N),
+                 y=torch.empty(T, S * r, dtype=dtype, device=device),
+                 seg=LoraBatch.from_segments(counts, range(n), [r] * n, [scaling] * n, device,
+                                             permutation=perm),
+                 tok=LoraBatch.from_token_slots(token_slots, [r] * n, [scaling] * n, device))
+        d["bytes_lora"] = n * (S * r * L.hidden + N * r)
+        d["flops"] = 2 * T * (S * r * L.hidden + N * r)
+    d["out"] = d["out0"].clone()
+    esz = torch.finfo(dtype).bits // 8
+    d["bytes"] = esz * (d["bytes_lora"] + d["x"].numel() + 2 * d["out"].numel())
+    return d
+
+
+def runners(d: dict, names: list[str]) -> tuple[dict, dict]:
+    """{variant: fn} adding the delta into d["out"], and {variant: why} for those unavailable."""
+    x, a, b, out, y, S = d["x"], d["a"], d["b"], d["out"], d["y"], d["S"]
+    fns, why = {}, {}
+    if "E" in d:
+        fns["ours_moe"] = lambda: moe_lora(
+            out, x, a, b, d["topk_ids"], d["topk_weights"], d["slots_dev"], d["ranks"],
+            n_slices=S, mul_routed_weight=d["mul_routed_weight"], n_experts=d["E"],
+            plan=d["plan"], y=y)
+        theirs, reason = sglang_kernels.experts(d)
+    else:
+        seg, tok, offsets, offs = d["seg"], d["tok"], d["offsets"], d["offs"]
+        fns["ours_sgmv"] = lambda: (sgmv_shrink(x, a, y, seg, S), sgmv_expand(y, b, out, seg, offsets, offs))
+        fns["ours_bgmv"] = lambda: (sgmv_shrink(x, a, y, tok, S), sgmv_expand(y, b, out, tok, offsets, offs))
+        fns["ours_fused"] = lambda: bgmv_fused(x, a, b, out, tok, offsets, offs, S)
+        theirs, reason = sglang_kernels.dense(d)
+    fns.update(theirs)
+    for name in names:
+        if name not in fns and name != "base_gemm":
+            why[name] = reason
+    return {k: v for k, v in fns.items() if k in names}, why
+
+
+def reference(d: dict):
+    """fp32 out0 + delta, or (None, why) when its gathers would pass CHECK_LIMIT."""
+    T, S, r = d["T"], d["S"], d["rank"]
+    if "E" in d:  # moe_lora_ref gathers [pairs, R, K] and [pairs, W, R] per slice, fp32 + copies
+        need = 10 * d["topk_ids"].numel() * max(r * d["x"].shape[1], d["W"] * r)
+    else:  # sgmv_shrink_ref gathers [T, S*R, K]; sgmv_expand_ref [T, W, R] per slice
+        widest = max(hi - lo for lo, hi in zip(d["offs"], d["offs"][1:]))
+        need = 10 * T * max(S * r * d["x"].shape[1], widest * r)
+    if need > CHECK_LIMIT:
+        return None, f"skipped: the reference would gather {need / 2**30:.0f} GiB"
+    ref = d["out0"].float().clone()
+    if "E" in d:
+        moe_lora_ref(ref, d["x"], d["a"], d["b"], d["topk_ids"], d["topk_weights"], d["slots_dev"],
+                     d["ranks"], n_slices=S, mul_routed_weight=d["mul_routed_weight"], n_experts=d["E"])
+    else:
+        y = torch.zeros(T, S * r, dtype=torch.float32, device=ref.device)
+        sgmv_shrink_ref(d["x"], d["a"], y, d["seg"], S)
+        sgmv_expand_ref(y, d["b"], ref, d["seg"], d["offsets"], d["offs"])
+    return ref, None
+
+
+def check(fn, d: dict, ref) -> float:
+    """‖out - ref‖ / ‖ref - out0‖ after one call from out0 (NaN if anything was left unwritten)."""
+    d["out"].copy_(d["out0"])
+    d["y"].fill_(float("nan"))
+    fn()
+    delta = ref - d["out0"].float()
+    return float((d["out"].float() - ref).norm() / delta.norm())
+
+
+def time_ms(fn, graph: bool) -> dict:
+    import triton.testing as tt
+
+    med, q20, q80 = tt.do_bench(fn, warmup=WARMUP_MS, rep=REP_MS, quantiles=[0.5, 0.2, 0.8])
+    res = {"ms": med, "ms_q20": q20, "ms_q80": q80}
+    if graph:
+        try:
+            res["graph_ms"] = tt.do_bench_cudagraph(fn, rep=REP_MS // 2, return_mode="median")
+        except Exception as e:  # noqa: BLE001 - the row says why; the next line checks the context
+            res["graph_why"] = f"{type(e).__name__}: {e}"[:200]
+        torch.cuda.synchronize()
+    return res
+
+
+def ceilings(device) -> dict:
+    """Device-to-device copy (bytes read + written per second) and bf16 matmul (flop/s)."""
+    import triton.testing as tt
+
+    src = torch.randint(0, 255, (2**30,), dtype=torch.uint8, device=device)
+    dst = torch.empty_like(src)
+    copy_ms = tt.do_bench(lambda: dst.copy_(src), warmup=WARMUP_MS, rep=REP_MS * 5, return_mode="median")
+    m = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
+    mm_ms = tt.do_bench(lambda: m @ m, warmup=WARMUP_MS, rep=REP_MS * 5, return_mode="median")
+    return {"kind": "ceilings", "copy_bytes_per_s": 2 * 2**30 / (copy_ms / 1e3),
+            "bf16_matmul_flops_per_s": 2 * 8192**3 / (mm_ms / 1e3)}
+
+
+class ContextLost(RuntimeError):
+    """A kernel broke the CUDA context (e.g. an illegal address): every later call fails too."""
+
+
+def run_spec(spec, device, dtype, gen, ceil, dry_run) -> list[dict]:
+    L, mode, T, n, r = spec
+    names = variants(L, mode)
+    d = build(spec, device, dtype, gen)
+    fns, why = runners(d, names)
+    ref, ref_why = reference(d)
+    rows = []
+    for name in names:
+        if name != "base_gemm" and name not in fns:
+            rows.append({"variant": name, "status": "unavailable", "why": why.get(name)})
+            continue
+        try:
+            rows.append(measure(name, fns.get(name), d, ref, ref_why, spec, gen, ceil, dry_run))
+        except Exception as e:  # noqa: BLE001 - one variant's failure is its row, not the run's
+            rows.append({"variant": name, "status": "failed", "why": f"{type(e).__name__}: {e}"[:300]})
+            if device.type == "cuda":
+                try:
+                    torch.cuda.synchronize()
+                except Exception as lost:  # noqa: BLE001
+                    raise ContextLost(f"after {name}: {lost}"[:300]) from None
+    del d, fns, ref
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return rows
+
+
+def measure(name, fn, d, ref, ref_why, spec, gen, ceil, dry_run) -> dict:
+    L, mode, T, n, r = spec
+    row = {"variant": name, "status": "ok"}
+    if name == "base_gemm":
+        w = torch.randn(d["offs"][-1], L.hidden, generator=gen, device=d["x"].device, dtype=d["x"].dtype)
+        x = d["x"]
+        fn = lambda: torch.matmul(x, w.t())  # noqa: E731
+        row.update(bytes=x.element_size() * (x.numel() + w.numel() + T * w.shape[0]),
+                   flops=2 * T * w.shape[0] * L.hidden)
+    else:
+        row.update(bytes=d["bytes"], flops=d["flops"])
+        if ref is None:
+            row["check"] = ref_why
+        else:
+            row["rel_err"] = check(fn, d, ref)
+            row["check"] = "ok" if row["rel_err"] <= TOL else "FAIL"  # NaN fails too
+            if row["check"] == "FAIL":
+                row["status"] = "wrong"
+    if not dry_run:
+        row.update(time_ms(fn, graph=mode == "decode"))
+        floor_s = max(row["bytes"] / ceil["copy_bytes_per_s"], row["flops"] / ceil["bf16_matmul_flops_per_s"])
+        row.update(floor_ms=floor_s * 1e3, bytes_per_s=row["bytes"] / (row["ms"] / 1e3))
+        row["fraction_of_copy_bw"] = row["bytes_per_s"] / ceil["copy_bytes_per_s"]
     return row
 
 
-def main(argv=None):
+def setup_of(spec) -> dict:
+    L, mode, T, n, r = spec
+    return {"kind": "kernel", **asdict(L), "mode": mode, "tokens": T, "adapters": n, "rank": r}
+
+
+def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="first 3 shapes only")
-    p.add_argument("--reps", type=int, default=None)
-    p.add_argument("--out", default=None)
+    p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--deadline-s", type=float, default=None, help="start no shape after this many seconds")
+    p.add_argument("--limit", type=int, default=None, help="the first N shapes only")
+    p.add_argument("--dry-run", action="store_true")
     args = p.parse_args(argv)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    reps = args.reps or (50 if device.type == "cuda" else 2)
-    dev = device_key(device)
-    out_path = Path(args.out or ROOT / "bench" / "results" / f"kernel_bench_{dev}.jsonl")
+    if not args.dry_run and not torch.cuda.is_available():
+        print("no CUDA device: this benchmark times GPU kernels; use --dry-run to check it on CPU",
+              file=sys.stderr)
+        return 2
+    t0 = time.monotonic()
+    import triton
+
+    device = torch.device("cpu" if args.dry_run else "cuda")
+    dtype = torch.float32 if args.dry_run else torch.bfloat16
+    dev_name = "dry-run (CPU, Triton interpreter)" if args.dry_run else torch.cuda.get_device_name()
+    commit = os.environ.get("MINT_GIT_COMMIT") or git_commit()  # the GPU machine has no .git
+    stamp = {"device": dev_name, "git_commit": commit, "torch": torch.__version__,
+             "triton": triton.__version__, "dtype": str(dtype).replace("torch.", "")}
+    out_path = args.out or HERE / "results" / f"kernel_bench_{dev_name.replace(' ', '_')}.jsonl"
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    commit = git_commit()
-    if device.type == "cpu":
-        torch.set_num_threads(2)
-        print("CPU run: timing the torch REFERENCE path only (no GPU); GPU figures pending.")
-    bw = copy_bandwidth(device)
-    print(f"device={dev} measured copy bandwidth {bw / 1e9:.1f} GB/s")
-    gen = torch.Generator().manual_seed(0)
-    specs = shapes(device.type == "cpu")
-    if args.quick:
-        specs = specs[:3]
+    gen = torch.Generator(device).manual_seed(0)
+    plan = specs()[: args.limit]
+    ceil = None if args.dry_run else ceilings(device)
+    failures = 0
     with open(out_path, "w") as f:
-        for spec in specs:
-            row = run_shape(spec, device, dtype, reps, gen)
-            row.update(device=dev, git_commit=commit, copy_bandwidth_bytes_per_s=bw)
-            row["results"]["fraction_of_copy_bw"] = row["results"]["achieved_bytes_per_s"] / bw
-            f.write(json.dumps(row) + "\n")
-            s, r = row["setup"], row["results"]
-            timing = " ".join(f"{k}={v:.4g}" for k, v in r.items() if k.endswith("_ms"))
-            print(f"{s['op']:>10} K={s['hidden']} {s['mode']:>7} n={s['distinct_adapters']:>3} "
-                  f"r={s['rank']:>2} {timing} bw={r['fraction_of_copy_bw']:.2f}x"
-                  + (f"  [{row['sglang_note'][:60]}]" if "sglang_note" in row else ""))
-    print(f"wrote {out_path} ({row['path']})")
+        if ceil:
+            f.write(json.dumps({**ceil, **stamp}) + "\n")
+            print(f"ceilings: copy {ceil['copy_bytes_per_s'] / 1e12:.2f} TB/s, "
+                  f"bf16 matmul {ceil['bf16_matmul_flops_per_s'] / 1e12:.0f} TFLOP/s")
+        todo = [(s, "planned") for s in plan] if args.dry_run else [(s, "run") for s in plan]
+        if args.dry_run:
+            todo += [(s, "run") for s in DRY]
+        for spec, what in todo:
+            base = {**setup_of(spec), **stamp}
+            late = args.deadline_s is not None and time.monotonic() - t0 > args.deadline_s
+            if what == "planned" or late:
+                status = "planned" if what == "planned" else "skipped"
+                why = "dry run" if what == "planned" else f"--deadline-s {args.deadline_s:.0f} passed"
+                rows = [{"variant": v, "status": status, "why": why} for v in variants(*spec[:2])]
+            else:
+                try:
+                    rows = run_spec(spec, device, dtype, gen, ceil, args.dry_run)
+                except torch.cuda.OutOfMemoryError as e:
+                    torch.cuda.empty_cache()
+                    rows = [{"variant": v, "status": "failed", "why": f"OOM: {e}"[:300]}
+                            for v in variants(*spec[:2])]
+                except ContextLost as e:
+                    print(f"CUDA context lost, stopping: {e}", flush=True)
+                    f.write(json.dumps({**base, "variant": None, "status": "failed", "why": str(e)}) + "\n")
+                    return 3
+            for row in rows:
+                f.write(json.dumps({**base, **row}) + "\n")
+            f.flush()
+            failures += sum(r["status"] in ("wrong", "failed") for r in rows)
+            if what == "run" and not late:
+                print(line(spec, rows), flush=True)
+    print(f"wrote {out_path}: {len(plan)} shapes, {failures} wrong or failed rows, "
+          f"{time.monotonic() - t0:.0f} s")
+    return 1 if failures else 0
+
+
+def line(spec, rows) -> str:
+    L, mode, T, n, r = spec
+    cells = []
+    for row in rows:
+        val = f"{row['ms'] * 1e3:.1f}us" if "ms" in row else row["status"]
+        if "rel_err" in row and (row["check"] != "ok" or "ms" not in row):
+            val += f"(err {row['rel_err']:.1e})"
+        cells.append(f"{row['variant']}={val}")
+    return f"{L.model}/{L.layer:<15} {mode:>7} n={n:<2} r={r:<2} " + " ".join(cells)
 
 
 if __name__ == "__main__":
