@@ -64,7 +64,7 @@ def sweep(client, ids):
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--adapters", type=int, default=CATALOG_SIZE, help="distinct adapters to serve once each")
+    ap.add_argument("--adapters", type=int, default=CATALOG_SIZE - 3000, help="distinct adapters to serve once each")
     ap.add_argument("--warmup", type=int, default=3000, help="adapters served before the baseline sample")
     args = ap.parse_args()
     if args.adapters + args.warmup > CATALOG_SIZE:
