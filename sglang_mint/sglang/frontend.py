@@ -33,7 +33,7 @@ from sglang_mint.catalog.catalog import SERVING_CACHE_KIB
 from sglang_mint.catalog.ids import parse_revision_name, revision_name
 from sglang_mint.errors import MintError
 from sglang_mint.sglang.flags import mint_config
-from sglang_mint.sglang.names import is_mint_lora_id, mint_lora_id_of
+from sglang_mint.sglang.names import MINT_ID_PREFIX, is_mint_lora_id, mint_lora_id_of
 
 logger = logging.getLogger("sglang_mint")
 
@@ -126,7 +126,7 @@ class CatalogFrontend:
         Runs on the event loop with no await between the checks and the deletes, so no
         request can acquire the name halfway: one that is arriving is in ``_arriving``.
         """
-        name = lora_id[len("mint:"):]
+        name = lora_id[len(MINT_ID_PREFIX):]
         counter = registry._counters.get(lora_id)
         if counter is None or counter.value() != 0 or name in self._arriving:
             return

@@ -40,7 +40,7 @@ from sglang_mint.catalog.peft_import import check_lora
 from sglang_mint.catalog.uniform import uniform_lora
 from sglang_mint.config import MintConfig
 from sglang_mint.residency import ColdLoader, HostLRU, LoadResult
-from sglang_mint.sglang.names import is_mint_lora_id, parse_mint_lora_id
+from sglang_mint.sglang.names import MINT_ID_PREFIX, is_mint_lora_id, parse_mint_lora_id
 
 logger = logging.getLogger("sglang_mint")
 
@@ -127,7 +127,7 @@ class SchedulerResidency:
         adapter_id, revision = parse_mint_lora_id(lora_id)
         rev = self.catalog.get_revision(adapter_id, revision)
         path = str(rev.local_path())
-        ref = LoRARef(lora_id=lora_id, lora_name=f"{adapter_id}@{revision}", lora_path=path, pinned=False)
+        ref = LoRARef(lora_id=lora_id, lora_name=lora_id[len(MINT_ID_PREFIX):], lora_path=path, pinned=False)
         mgr = self.manager
         config = LoRAConfig(path, base_vocab_size=mgr.base_hf_config.vocab_size)
         tensors = None
