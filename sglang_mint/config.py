@@ -15,6 +15,9 @@ from sglang_mint.errors import MintError
 
 DEFAULT_HOST_CACHE_BYTES = 4 << 30
 DEFAULT_LOAD_WORKERS = 2
+# The largest adapter upload (POST /mint/adapters/{id}/revisions) a server reads. A rank-64 bf16
+# LoRA on every dense module of a 70B model is about 1.6 GB; MoE-expert LoRA can be far larger.
+DEFAULT_MAX_UPLOAD_BYTES = 4 << 30
 
 _UNITS = {
     "": 1, "b": 1,
@@ -47,10 +50,12 @@ class MintConfig:
     host_cache_bytes: int = DEFAULT_HOST_CACHE_BYTES
     pinned: tuple[str, ...] = field(default_factory=tuple)
     load_workers: int = DEFAULT_LOAD_WORKERS
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
 
     @classmethod
     def from_flags(cls, catalog: str | None = None, host_cache: str | None = None,
-                   pin: list[str] | None = None, load_workers: int | None = None) -> "MintConfig":
+                   pin: list[str] | None = None, load_workers: int | None = None,
+                   max_upload: str | None = None) -> "MintConfig":
         """Validate the flags' values; raise MintError naming the flag at fault."""
         if catalog is not None:
             catalog = os.path.abspath(catalog)
@@ -75,6 +80,12 @@ class MintConfig:
         workers = DEFAULT_LOAD_WORKERS if load_workers is None else load_workers
         if not 1 <= workers <= 64:
             raise MintError(f"--mint-load-workers must be 1 to 64, got {workers}")
-        if (host_cache is not None or pin or load_workers is not None) and catalog is None:
-            raise MintError("--mint-host-cache-bytes, --mint-pin and --mint-load-workers need --mint-catalog")
-        return cls(catalog=catalog, host_cache_bytes=size, pinned=tuple(pinned), load_workers=workers)
+        try:
+            upload = parse_bytes(max_upload) if max_upload is not None else DEFAULT_MAX_UPLOAD_BYTES
+        except MintError as exc:
+            raise MintError(f"--mint-max-upload-bytes: {exc}") from None
+        if (host_cache is not None or pin or load_workers is not None or max_upload is not None) and catalog is None:
+            raise MintError("--mint-host-cache-bytes, --mint-pin, --mint-load-workers and --mint-max-upload-bytes "
+                            "need --mint-catalog")
+        return cls(catalog=catalog, host_cache_bytes=size, pinned=tuple(pinned), load_workers=workers,
+                   max_upload_bytes=upload)

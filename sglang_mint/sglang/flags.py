@@ -63,6 +63,13 @@ def add_mint_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="Background threads per scheduler that read adapters from disk (default 2).",
     )
+    group.add_argument(
+        "--mint-max-upload-bytes",
+        metavar="SIZE",
+        default=None,
+        help="Largest adapter upload POST /mint/adapters/<id>/revisions accepts, e.g. 16GiB "
+        "(default 4GiB); a larger body is refused with 413 before it is read.",
+    )
     # `--lora-backend mint`: SGLang's parser fixes the choices, so extend them.
     for action in parser._actions:
         if action.dest == "lora_backend" and action.choices is not None:
@@ -83,6 +90,7 @@ def _after_from_cli_args(server_args, cls, namespace, *args, **kwargs):
         "host_cache": getattr(namespace, "mint_host_cache_bytes", None),
         "pin": getattr(namespace, "mint_pin", None),
         "load_workers": getattr(namespace, "mint_load_workers", None),
+        "max_upload": getattr(namespace, "mint_max_upload_bytes", None),
     }
     if not enabled:
         if catalog is not None or any(v is not None for v in cache_flags.values()):

@@ -1,4 +1,4 @@
-"""Catalog adapters in the tokenizer manager, and the ``/mint/*`` endpoints.
+"""Catalog adapters in the tokenizer manager (the ``/mint/*`` endpoints are endpoints.py).
 
 Every way a request names an adapter goes through the catalog:
 
@@ -24,8 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from fastapi import HTTPException, Request
-from fastapi.responses import ORJSONResponse
+from fastapi import HTTPException
 from sglang.srt.lora.lora_registry import LoRARef
 
 from sglang_mint.catalog import open_catalog
@@ -36,8 +35,6 @@ from sglang_mint.sglang.flags import mint_config
 from sglang_mint.sglang.names import MINT_ID_PREFIX, is_mint_lora_id, mint_lora_id_of
 
 logger = logging.getLogger("sglang_mint")
-
-MAX_PREFETCH = 1024
 
 
 class CatalogFrontend:
@@ -193,61 +190,3 @@ async def _around_registry_release(original, registry, lora_id):
     for one in [lora_id] if isinstance(lora_id, str) else (lora_id or []):
         if is_mint_lora_id(one):
             frontend.forget_if_idle(registry, one)
-
-
-def _before_launch_server(server_args, *args, **kwargs):
-    if mint_config(server_args) is None:
-        return None
-    from sglang.srt.entrypoints import http_server
-
-    app = http_server.app
-    if not any(getattr(r, "path", None) == "/mint/status" for r in app.routes):
-        app.add_api_route("/mint/status", _mint_status, methods=["GET"])
-        app.add_api_route("/mint/prefetch", _mint_prefetch, methods=["POST"])
-    return None
-
-
-async def _mint_status():
-    from sglang.srt.entrypoints.http_server import _global_state
-
-    tm = _global_state.tokenizer_manager
-    frontend = catalog_frontend(tm)
-    states = await tm.get_internal_state()
-    schedulers = [s.get("mint") for s in states if s.get("mint") is not None]
-    body = {
-        "catalog": None if frontend is None else str(frontend.catalog.path),
-        "resolves": 0 if frontend is None else frontend.resolves,
-        "registered_names": tm.lora_registry.num_registered_loras,
-        "schedulers": schedulers,
-    }
-    return ORJSONResponse(body)
-
-
-async def _mint_prefetch(request: Request):
-    """``POST /mint/prefetch {"adapters": ["acme/bot", ...]}``: start loading them now."""
-    from sglang.srt.entrypoints.http_server import _global_state
-
-    tm = _global_state.tokenizer_manager
-    frontend = catalog_frontend(tm)
-    if frontend is None:
-        return ORJSONResponse({"error": "prefetch needs a catalog: launch with --mint-catalog"}, status_code=400)
-    try:
-        body = await request.json()
-    except ValueError:
-        body = None
-    adapters = body.get("adapters") if isinstance(body, dict) else None
-    if not isinstance(adapters, list) or not all(isinstance(a, str) for a in adapters):
-        return ORJSONResponse({"error": 'expected JSON {"adapters": ["<adapter-id>", ...]}'}, status_code=400)
-    if len(adapters) > MAX_PREFETCH:
-        return ORJSONResponse({"error": f"at most {MAX_PREFETCH} adapters per call, got {len(adapters)}"},
-                              status_code=400)
-    prefetching, errors = [], {}
-    for adapter_id in dict.fromkeys(adapters):
-        try:
-            name = frontend.lora_name(adapter_id)
-        except MintError as exc:
-            errors[adapter_id] = str(exc)
-            continue
-        frontend.warm(tm, name)
-        prefetching.append(name)
-    return ORJSONResponse({"prefetching": prefetching, "errors": errors})

@@ -41,12 +41,12 @@ HOOKS: tuple[Hook, ...] = (
     # the adapter id in the OpenAI `model` field
     Hook("frontend", "sglang.srt.entrypoints.openai.serving_base.OpenAIServingBase._resolve_lora_path", "AROUND",
          "openai_model:_around_resolve_lora_path"),
-    # catalog lookups in the tokenizer manager, the registry holding only names in flight, /mint/*
+    # catalog lookups in the tokenizer manager, the registry holding only names in flight, /mint/* (endpoints.py)
     Hook("frontend", f"{_TM}.init_lora", "AFTER", "frontend:_after_init_lora"),
     Hook("frontend", f"{_TM}._resolve_lora_path", "AROUND", "frontend:_around_tm_resolve_lora_path"),
     Hook("frontend", "sglang.srt.lora.lora_registry.LoRARegistry.release", "AROUND",
          "frontend:_around_registry_release"),
-    Hook("frontend", "sglang.srt.entrypoints.http_server.launch_server", "BEFORE", "frontend:_before_launch_server"),
+    Hook("frontend", "sglang.srt.entrypoints.http_server.launch_server", "BEFORE", "endpoints:_before_launch_server"),
     # catalog adapters in the scheduler: holds, background reads, the host budget
     Hook("scheduler", f"{_SCHED}.__init__", "AFTER", "residency:_after_scheduler_init"),
     Hook("scheduler", f"{_SCHED}.can_schedule_lora_req", "AROUND", "residency:_around_can_schedule_lora_req"),

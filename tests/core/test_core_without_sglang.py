@@ -34,7 +34,8 @@ def test_core_imports_with_sglang_blocked():
     assert proc.returncode == 0, proc.stderr[-3000:]
     count, names = proc.stdout.split(" ", 1)
     assert int(count) >= 5
-    for expected in ("sglang_mint.routing", "sglang_mint.config", "sglang_mint.cli", "sglang_mint.catalog.ids"):
+    for expected in ("sglang_mint.routing", "sglang_mint.config", "sglang_mint.cli", "sglang_mint.catalog.ids",
+                     "sglang_mint.client", "sglang_mint.catalog.upload"):
         assert expected in names
 
 

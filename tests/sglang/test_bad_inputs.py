@@ -23,6 +23,7 @@ from sglang_mint.dev.tiny import write_tiny_adapters
 DOC = Path(__file__).resolve().parents[2] / "docs" / "bad-inputs.md"
 PROMPT = "the quick brown fox"
 GOOD = "ok/a"
+UPLOAD_LIMIT = 1 << 20
 
 
 def doc_keys() -> list[str]:
@@ -82,13 +83,16 @@ def catalog(tiny_model, adapters, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(tiny_model, catalog, tmp_path_factory, catalog_server):
-    with catalog_server(tiny_model, catalog, tmp_path_factory.mktemp("bad-inputs-server")) as srv:
+    with catalog_server(tiny_model, catalog, tmp_path_factory.mktemp("bad-inputs-server"),
+                        "--mint-max-upload-bytes", str(UPLOAD_LIMIT)) as srv:
         yield srv
 
 
-def post(server, path: str, body) -> tuple[int, str]:
-    data = body if isinstance(body, bytes) else json.dumps(body).encode()
-    req = urllib.request.Request(server.url + path, data=data, headers={"Content-Type": "application/json"})
+def post(server, path: str, body, content_type: str = "application/json", method: str | None = None
+         ) -> tuple[int, str]:
+    data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
+    req = urllib.request.Request(server.url + path, data=data, headers={"Content-Type": content_type},
+                                 method=method)
     try:
         with urllib.request.urlopen(req, timeout=300) as r:
             return r.status, r.read().decode()
@@ -224,12 +228,77 @@ def test_imports_are_refused_and_write_nothing(tiny_model, adapters, tmp_path):
     cat.close()
 
 
+def upload_cases(tiny_model, adapters, tmp: Path) -> dict:
+    """key -> (method, path, body, content type, status, says) for the admin endpoints."""
+    from test_catalog_serving import write_rank16_adapter
+
+    from sglang_mint.client import multipart
+    from sglang_mint.packed.convert import pack_bytes
+
+    def files_of(folder: Path) -> dict[str, bytes]:
+        return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.name.startswith("adapter_")}
+
+    def upload(adapter_id, files, fields=None, status=400, says=""):
+        body, ctype = multipart(files, fields or {})
+        return ("POST", f"/mint/adapters/{adapter_id}/revisions", body, ctype, status, says)
+
+    imports = import_cases(tiny_model, adapters, tmp / "imports")
+    folder = {key[len("import-"):]: case[0] for key, case in imports.items()}
+    good = files_of(adapters[4])
+    other_base = {"name": "other", "identity": "llama-0000other", "hidden_size": 128, "num_hidden_layers": 2}
+    cfg, data, _ = pack_bytes(good["adapter_config.json"], good["adapter_model.safetensors"], other_base, "x")
+    rank16 = write_rank16_adapter(tiny_model, tmp / "r16" / "a")
+    return {
+        "upload-wrong-shape": upload("u/shape", files_of(folder["wrong-shape"]), says="do not match"),
+        "upload-pickle": upload("u/pickle", files_of(folder["pickle"]), says="pickle file and is refused"),
+        "upload-missing-file": upload("u/noconfig", files_of(folder["no-config"]), says="missing adapter_config.json"),
+        "upload-truncated": upload("u/truncated", files_of(folder["truncated"]), says="truncated safetensors"),
+        "upload-other-base": upload("u/other", files_of(folder["other-base"]), says="trained on"),
+        "upload-packed-other-base": upload("u/packed", {"adapter.mintpack": bytes(data)},
+                                           says="packed for base model 'llama-0000other'"),
+        "upload-rank-above-max": upload("u/r16", files_of(rank16), status=422,
+                                        says="rank 16 is above this server's --max-lora-rank 8"),
+        "upload-oversize": upload("u/big", {**good, "adapter_model.safetensors": b"\0" * (UPLOAD_LIMIT + 1)},
+                                  status=413, says="--mint-max-upload-bytes"),
+        "upload-stale-revision": upload(GOOD, good, {"expected_revision": "1"}, status=409, says="already exists"),
+        "upload-not-multipart": ("POST", "/mint/adapters/u/json/revisions", b"{}", "application/json", 415,
+                                 "multipart/form-data"),
+        "upload-bad-id": upload("u/a%01b", good, says="control character"),
+        "upload-unknown-field": upload("u/field", good, {"colour": "red"}, says="unknown field 'colour'"),
+        "upload-metadata-not-object": upload("u/meta", good, {"metadata": "[1]"}, says="must be a JSON object"),
+        "upload-unknown-file": upload("u/extra", {**good, "notes.txt": b"hi"}, says="unexpected file(s) 'notes.txt'"),
+        "rollback-past-first": ("POST", f"/mint/adapters/{GOOD}/rollback", b"", "application/json", 404,
+                                "cannot roll back"),
+        "rollback-unknown-revision": ("POST", f"/mint/adapters/{GOOD}/rollback", b'{"to": 99}', "application/json",
+                                      404, "has no revision 99"),
+        "show-unknown": ("GET", "/mint/adapters/no/such", None, "application/json", 404, "not in the catalog"),
+    }
+
+
+def catalog_state(root: Path):
+    with open_catalog(str(root)) as cat:
+        return cat.stats(), sorted(p.name for p in (root / "blobs").rglob("*") if p.is_file())
+
+
+def test_uploads_are_refused_and_write_nothing(server, catalog, tiny_model, adapters, tmp_path):
+    before = catalog_state(catalog)
+    for key, (method, path, body, ctype, status, says) in upload_cases(tiny_model, adapters, tmp_path).items():
+        code, text = post(server, path, body, ctype, method)
+        assert code == status, (key, code, text[:500])
+        assert says in text, (key, text[:500])
+        assert "error" in json.loads(text), key  # OpenAI's error shape
+        assert catalog_state(catalog) == before, key
+    code, text = post(server, "/v1/completions", completion(GOOD))
+    assert code == 200, text[:500]  # the server keeps serving
+
+
 def test_doc_lists_exactly_the_cases_walked(tiny_model, adapters, tmp_path):
     import test_plugin
 
     flag_cases = {f"S:{case}" for case, _ in next(
         m.args[1] for m in test_plugin.test_bad_flags_are_clear_errors.pytestmark if m.name == "parametrize")}
-    walked = set(REQUESTS) | {"extra-key-namespace"} | set(import_cases(tiny_model, adapters, tmp_path)) | flag_cases
+    walked = (set(REQUESTS) | {"extra-key-namespace"} | set(import_cases(tiny_model, adapters, tmp_path / "i"))
+              | set(upload_cases(tiny_model, adapters, tmp_path / "u")) | flag_cases)
     keys = doc_keys()
     assert len(keys) == len(set(keys)) and set(keys) == walked
     assert len(keys) >= 30

@@ -44,7 +44,9 @@ def flag_results(tiny_model, tmp_path_factory):
         "stock": ["--model-path", str(tiny_model)],
         "mint": ["--model-path", str(tiny_model), "--enable-lora", "--enable-mint", "--lora-backend", "mint",
                  "--mint-catalog", str(catalog_dir), "--mint-host-cache-bytes", "64MiB", "--mint-pin", "a", "b/c",
-                 "--mint-load-workers", "3"],
+                 "--mint-load-workers", "3", "--mint-max-upload-bytes", "16GiB"],
+        "bad_upload_size": ["--model-path", str(tiny_model), "--enable-lora", "--enable-mint",
+                            "--mint-catalog", str(catalog_dir), "--mint-max-upload-bytes", "0"],
         "not_a_catalog": ["--model-path", str(tiny_model), "--enable-lora", "--enable-mint",
                           "--mint-catalog", str(not_a_catalog)],
         "bad_size": ["--model-path", str(tiny_model), "--enable-lora", "--enable-mint",
@@ -113,7 +115,8 @@ def test_without_flag_the_plugin_is_off(flag_results):
 def test_flags_reach_subprocess_copies_of_server_args(flag_results):
     results, catalog_dir = flag_results
     assert results["mint"] == {"ok": True, "mint": {
-        "catalog": catalog_dir, "host_cache_bytes": 64 << 20, "pinned": ["a", "b/c"], "load_workers": 3}}
+        "catalog": catalog_dir, "host_cache_bytes": 64 << 20, "pinned": ["a", "b/c"], "load_workers": 3,
+        "max_upload_bytes": 16 << 30}}
 
 
 @pytest.mark.parametrize("case, message", [
@@ -129,6 +132,7 @@ def test_flags_reach_subprocess_copies_of_server_args(flag_results):
     ("tokenizer_workers", "--tokenizer-worker-num 2"),
     ("catalog_other_base", "was made for base model"),
     ("bad_workers", "--mint-load-workers must be 1 to 64, got 0"),
+    ("bad_upload_size", "--mint-max-upload-bytes: size '0' must be positive"),
 ])
 def test_bad_flags_are_clear_errors(flag_results, case, message):
     results, _ = flag_results
@@ -140,7 +144,8 @@ def test_help_lists_the_flags():
     proc = subprocess.run([sys.executable, "-m", "sglang.launch_server", "--help"],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    for text in ("--enable-mint", "--mint-catalog", "--mint-host-cache-bytes", "--mint-pin", "sglang-mint", "mint}"):
+    for text in ("--enable-mint", "--mint-catalog", "--mint-host-cache-bytes", "--mint-pin", "--mint-max-upload-bytes",
+                 "sglang-mint", "mint}"):
         assert text in proc.stdout
 
 

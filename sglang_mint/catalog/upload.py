@@ -1,0 +1,116 @@
+"""An adapter handed over as files in memory: an HTTP upload, or a trainer's state dict.
+
+Two forms are accepted, by file name:
+
+* PEFT: ``adapter_config.json`` + ``adapter_model.safetensors`` (what
+  ``PeftModel.save_pretrained`` writes);
+* packed: ``adapter.mintpack`` alone (``mint pack`` writes it; its header
+  carries the PEFT config, see sglang_mint/packed/format.py).
+
+Anything else is refused before a byte is written, with a message naming the
+file: a pickle (``adapter_model.bin``, ``.pt``, ...), a missing half of the
+PEFT pair, both forms at once, an unknown file name. Then every check of
+``mint catalog publish`` runs (peft_import.check_peft_bytes), plus the
+server's own limit on rank when the caller gives one.
+
+Example: ``publish_files(cat, "acme/bot", {"adapter_config.json": b"...",
+"adapter_model.safetensors": b"..."}, max_rank=64)`` returns revision 4 of
+acme/bot, now current; a rank-128 adapter raises RankTooLarge and writes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING
+
+from sglang_mint.catalog.errors import InvalidAdapter
+from sglang_mint.catalog.peft_import import CONFIG, WEIGHTS, PeftAdapter, check_peft_bytes
+
+if TYPE_CHECKING:
+    from sglang_mint.catalog.catalog import Catalog
+    from sglang_mint.catalog.store import Revision
+
+PACKED = "adapter.mintpack"  # sglang_mint.packed.format.PACKED_FILE, named here without importing torch
+ACCEPTED = (CONFIG, WEIGHTS, PACKED)
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+
+
+class RankTooLarge(InvalidAdapter):
+    """A valid adapter whose rank is above what the server's LoRA pool holds (--max-lora-rank)."""
+
+    http_status = 422
+
+
+def served_rank(peft: PeftAdapter) -> int:
+    """The rank SGLang's pool must hold for this adapter: the largest module rank.
+
+    Example: r=8 with rank_pattern {"v_proj": 16} serves at rank 16 (uniform.py pads the rest)."""
+    config = json.loads(peft.config_bytes)
+    return max([int(config["r"]), *(int(r) for r in (config.get("rank_pattern") or {}).values())])
+
+
+def adapter_from_files(files: dict[str, bytes], catalog: "Catalog", where: str) -> tuple[PeftAdapter, bool]:
+    """Check an uploaded adapter completely; return (the adapter in PEFT form, whether it came packed)."""
+    for name in files:
+        if name.endswith(PICKLE_SUFFIXES):
+            raise InvalidAdapter(f"{where}: {name} is a pickle file and is refused (it can run code when "
+                                 f"loaded); send {WEIGHTS} (PeftModel.save_pretrained writes it by default)")
+    unknown = sorted(set(files) - set(ACCEPTED))
+    if unknown:
+        raise InvalidAdapter(f"{where}: unexpected file(s) {', '.join(map(repr, unknown))}; send {CONFIG} and "
+                             f"{WEIGHTS}, or {PACKED} alone")
+    if PACKED in files:
+        if WEIGHTS in files or CONFIG in files:
+            raise InvalidAdapter(f"{where}: send either {PACKED} alone or {CONFIG} + {WEIGHTS}, not both forms")
+        config_bytes, weights = _unpack(files[PACKED], catalog, f"{where}/{PACKED}")
+        return check_peft_bytes(config_bytes, weights, catalog.base, where), True
+    for name in (CONFIG, WEIGHTS):
+        if name not in files:
+            raise InvalidAdapter(f"{where}: missing {name} (a PEFT adapter is {CONFIG} + {WEIGHTS})")
+    return check_peft_bytes(files[CONFIG], files[WEIGHTS], catalog.base, where), False
+
+
+def publish_files(catalog: "Catalog", adapter_id: str, files: dict[str, bytes], *, metadata: dict | None = None,
+                  expect_revision: int | None = None, pack: bool | None = None,
+                  max_rank: int | None = None, where: str = "upload") -> "Revision":
+    """Check and publish an adapter given as files; the new revision is current when this returns.
+
+    ``pack`` None keeps the form it came in; True stores a PEFT upload packed. ``max_rank`` refuses
+    an adapter the serving pool cannot hold (RankTooLarge). Nothing is written unless every check passes."""
+    peft, came_packed = adapter_from_files(files, catalog, where)
+    rank = served_rank(peft)
+    if max_rank is not None and rank > max_rank:
+        raise RankTooLarge(f"{where}: rank {rank} is above this server's --max-lora-rank {max_rank}; "
+                           f"train at rank {max_rank} or less, or restart the server with a larger --max-lora-rank")
+    if came_packed if pack is None else pack:
+        return catalog.publish_packed(adapter_id, peft, metadata, expect_revision, where=where)
+    return catalog.publish_peft(adapter_id, peft, metadata, expect_revision)
+
+
+def _unpack(data: bytes, catalog: "Catalog", where: str) -> tuple[bytes, bytes]:
+    """A mintpack's source PEFT files, after checking it was converted for this catalog's base model."""
+    try:
+        import safetensors.torch
+
+        from sglang_mint.packed.convert import unpack_tensors
+        from sglang_mint.packed.format import PackedError, decode_header
+    except ImportError as exc:
+        raise InvalidAdapter(f"{where}: reading a packed adapter needs torch ({exc})") from None
+    from sglang_mint.catalog.errors import BaseModelMismatch
+
+    try:
+        _, _, mint = decode_header(data, len(data), where)
+    except PackedError as exc:
+        raise InvalidAdapter(str(exc)) from None
+    theirs = (mint.get("base") or {}).get("identity")
+    if theirs and theirs != catalog.base.identity:
+        raise BaseModelMismatch(f"{where}: packed for base model {theirs!r}; this catalog serves "
+                                f"{catalog.base.name!r} ({catalog.base.identity})")
+    if not isinstance(mint.get("peft_config"), dict):
+        raise InvalidAdapter(f"{where}: the packed header has no peft_config")
+    try:
+        tensors = unpack_tensors(mint, safetensors.torch.load(bytes(data)))
+        weights = safetensors.torch.save(tensors)
+    except Exception as exc:  # noqa: BLE001 - any parser or layout complaint means a corrupt file
+        raise InvalidAdapter(f"{where}: corrupt packed adapter ({type(exc).__name__}: {exc})") from None
+    return json.dumps(mint["peft_config"]).encode(), weights

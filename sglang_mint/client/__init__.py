@@ -1,0 +1,240 @@
+"""Hand a freshly trained adapter to a running server: publish, roll back, wait until served.
+
+::
+
+    from sglang_mint.client import MintClient
+
+    mint = MintClient("http://127.0.0.1:30000")
+    pub = mint.publish("acme/bot", peft_model)         # a PeftModel in memory; nothing is written to disk here
+    mint.wait_until_served("acme/bot", pub.revision)   # optional: returns once a request was served by it
+    mint.rollback("acme/bot")                          # back to the revision before
+
+``publish`` also takes a state dict with its ``LoraConfig`` (what
+``peft.get_peft_model_state_dict`` returns), or a folder that
+``save_pretrained`` wrote. The server checks it as ``mint catalog publish``
+does and stores it as an immutable revision, so every handoff can be rolled
+back. ``MintPublishCallback`` (client/trainer.py) does this from a
+``transformers`` Trainer every N steps.
+
+Only the standard library is needed to talk to the server; torch, safetensors
+and peft are imported when an in-memory model is published.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from sglang_mint.errors import MintError
+
+CONFIG = "adapter_config.json"
+WEIGHTS = "adapter_model.safetensors"
+PACKED = "adapter.mintpack"
+
+
+class MintAPIError(MintError):
+    """The server refused a call; ``status`` is its HTTP status and the message is the server's."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(f"{status}: {message}")
+        self.status = status
+        self.http_status = status
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Published:
+    adapter_id: str
+    revision: int
+    digest: str
+    format: str = "peft"
+
+    @property
+    def name(self) -> str:
+        """The name that selects exactly this revision (``lora_path``), e.g. ``acme/bot@4``."""
+        return f"{self.adapter_id}@{self.revision}"
+
+
+def adapter_files(source: Any, lora_config: Any = None, adapter_name: str = "default") -> dict[str, bytes]:
+    """The files of an adapter, in memory, from whichever form the trainer holds.
+
+    - a folder written by ``save_pretrained`` (or ``mint pack``): its files;
+    - a ``PeftModel``: its LoRA weights for ``adapter_name`` and its config;
+    - a mapping of tensors as ``get_peft_model_state_dict`` returns it
+      (``...q_proj.lora_A.weight``), with ``lora_config`` (a ``LoraConfig`` or a dict).
+    """
+    if isinstance(source, (str, os.PathLike)):
+        return _folder_files(os.fspath(source))
+    if hasattr(source, "peft_config"):
+        from peft import get_peft_model_state_dict
+
+        if adapter_name not in source.peft_config:
+            raise MintError(f"the model has no adapter {adapter_name!r} (it has {sorted(source.peft_config)})")
+        tensors = get_peft_model_state_dict(source, adapter_name=adapter_name)
+        lora_config = source.peft_config[adapter_name]
+    elif isinstance(source, Mapping):
+        if lora_config is None:
+            raise MintError("publishing a state dict needs its lora_config (a peft LoraConfig or its dict)")
+        tensors = source
+    else:
+        raise MintError(f"cannot publish a {type(source).__name__}: pass a PeftModel, a state dict with "
+                        "lora_config, or a folder")
+    import safetensors.torch
+
+    weights = safetensors.torch.save({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()})
+    return {CONFIG: config_json(lora_config), WEIGHTS: weights}
+
+
+def config_json(lora_config: Any) -> bytes:
+    """``adapter_config.json`` bytes for a ``LoraConfig`` or a dict, as ``save_pretrained`` writes it."""
+    config = lora_config.to_dict() if hasattr(lora_config, "to_dict") else dict(lora_config)
+
+    def plain(value):
+        if isinstance(value, (set, frozenset)):
+            return sorted(value)
+        if hasattr(value, "value"):  # enums (PeftType.LORA, TaskType)
+            return value.value
+        raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+    return json.dumps(config, default=plain, sort_keys=True).encode()
+
+
+def _folder_files(folder: str) -> dict[str, bytes]:
+    if not os.path.isdir(folder):
+        raise MintError(f"{folder!r} is not a folder (a PEFT adapter folder is expected)")
+    names = [n for n in (CONFIG, WEIGHTS, PACKED) if os.path.isfile(os.path.join(folder, n))]
+    if PACKED in names:
+        names = [PACKED]  # a packed folder's adapter_config.json is derived from the packed file
+    if not names:
+        raise MintError(f"{folder!r} holds neither {CONFIG} + {WEIGHTS} nor {PACKED}")
+    out = {}
+    for name in names:
+        with open(os.path.join(folder, name), "rb") as f:
+            out[name] = f.read()
+    return out
+
+
+def multipart(files: dict[str, bytes], fields: dict[str, str]) -> tuple[bytes, str]:
+    """(body, content type) of a multipart/form-data upload: every file under the field ``files``."""
+    boundary = uuid.uuid4().hex
+    parts = []
+    for name, value in fields.items():
+        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode())
+    for name, data in files.items():
+        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="{name}"\r\n'
+                     "Content-Type: application/octet-stream\r\n\r\n".encode())
+        parts.append(data)
+        parts.append(b"\r\n")
+    parts.append(f"--{boundary}--\r\n".encode())
+    return b"".join(parts), f"multipart/form-data; boundary={boundary}"
+
+
+class MintClient:
+    """The admin side of one server: ``url`` is its base, e.g. ``http://127.0.0.1:30000``.
+
+    ``admin_api_key`` is the server's ``--admin-api-key`` (a server without one
+    takes admin calls from its own machine only); ``api_key`` its ``--api-key``,
+    used for the request ``wait_until_served`` sends.
+    """
+
+    def __init__(self, url: str, admin_api_key: str | None = None, api_key: str | None = None,
+                 timeout: float = 600.0):
+        self.url = url.rstrip("/")
+        self.admin_api_key = admin_api_key
+        self.api_key = api_key
+        self.timeout = timeout
+
+    # -- calls ---------------------------------------------------------------
+    def publish(self, adapter_id: str, source: Any, *, lora_config: Any = None, adapter_name: str = "default",
+                expected_revision: int | None = None, metadata: dict | None = None, pack: bool | None = None,
+                warm: bool = True) -> Published:
+        """Publish ``source`` as the next revision of ``adapter_id``; it is current when this returns.
+
+        ``expected_revision`` refuses (409) unless the new revision gets that number;
+        ``warm=False`` leaves loading to the first request."""
+        fields = {"warm": "true" if warm else "false"}
+        if expected_revision is not None:
+            fields["expected_revision"] = str(int(expected_revision))
+        if metadata is not None:
+            fields["metadata"] = json.dumps(metadata)
+        if pack is not None:
+            fields["pack"] = "true" if pack else "false"
+        body, content_type = multipart(adapter_files(source, lora_config, adapter_name), fields)
+        answer = self._call("POST", f"/mint/adapters/{_quote(adapter_id)}/revisions", body, content_type)
+        return Published(answer["adapter_id"], answer["revision"], answer["digest"], answer.get("format", "peft"))
+
+    def rollback(self, adapter_id: str, to: int | None = None) -> Published:
+        """Make revision ``to`` (default: the one before current) current again."""
+        body = json.dumps({"to": to}).encode() if to is not None else b""
+        answer = self._call("POST", f"/mint/adapters/{_quote(adapter_id)}/rollback", body, "application/json")
+        return Published(answer["adapter_id"], answer["revision"], answer["digest"], answer.get("format", "peft"))
+
+    def adapter(self, adapter_id: str) -> dict:
+        """``{"adapter_id", "current", "latest", "deleted", "revisions": [...]}``."""
+        return self._call("GET", f"/mint/adapters/{_quote(adapter_id)}")
+
+    def wait_until_served(self, adapter_id: str, revision: int, timeout: float = 120.0) -> float:
+        """Return once ``adapter_id`` resolves to ``revision`` and a request for it has been served.
+
+        The request is one token for ``adapter_id@revision``, so the revision is loaded
+        when this returns. Returns the seconds waited; MintAPIError on a refusal,
+        TimeoutError after ``timeout``."""
+        t0 = time.monotonic()
+        while self.adapter(adapter_id).get("current") != revision:
+            if time.monotonic() - t0 > timeout:
+                raise TimeoutError(f"{adapter_id!r} did not reach revision {revision} in {timeout:.0f}s")
+            time.sleep(0.05)
+        probe = {"input_ids": [0], "lora_path": f"{adapter_id}@{revision}",
+                 "sampling_params": {"max_new_tokens": 1, "temperature": 0}}
+        self._call("POST", "/generate", json.dumps(probe).encode(), "application/json", admin=False,
+                   timeout=max(1.0, timeout - (time.monotonic() - t0)))
+        return time.monotonic() - t0
+
+    # -- transport -------------------------------------------------------------
+    def _call(self, method: str, path: str, body: bytes | None = None, content_type: str | None = None,
+              admin: bool = True, timeout: float | None = None) -> Any:
+        headers = {}
+        if content_type:
+            headers["Content-Type"] = content_type
+        key = (self.admin_api_key or self.api_key) if admin else self.api_key
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        req = urllib.request.Request(self.url + path, data=body, method=method, headers=headers)
+        try:
+            with urllib.request.urlopen(req, timeout=timeout or self.timeout) as r:
+                return json.loads(r.read() or b"null")
+        except urllib.error.HTTPError as exc:
+            raise MintAPIError(exc.code, _message(exc.read())) from None
+
+
+def _quote(adapter_id: str) -> str:
+    return urllib.parse.quote(adapter_id, safe="/")
+
+
+def _message(raw: bytes) -> str:
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        return raw.decode(errors="replace")[:2000]
+    err = body.get("error", body) if isinstance(body, dict) else body
+    if isinstance(err, dict):
+        return str(err.get("message") or err.get("detail") or err)
+    return str(err)
+
+
+def __getattr__(name: str):
+    if name == "MintPublishCallback":  # needs transformers: imported on first use
+        from sglang_mint.client.trainer import MintPublishCallback
+
+        return MintPublishCallback
+    raise AttributeError(name)
+
+
+__all__ = ["MintAPIError", "MintClient", "MintPublishCallback", "Published", "adapter_files"]
