@@ -51,11 +51,12 @@ class MintConfig:
     pinned: tuple[str, ...] = field(default_factory=tuple)
     load_workers: int = DEFAULT_LOAD_WORKERS
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
+    dp_dispatch: str = "affinity"  # or "sglang": SGLang's own --load-balance-method for catalog adapters too
 
     @classmethod
     def from_flags(cls, catalog: str | None = None, host_cache: str | None = None,
                    pin: list[str] | None = None, load_workers: int | None = None,
-                   max_upload: str | None = None) -> "MintConfig":
+                   max_upload: str | None = None, dp_dispatch: str | None = None) -> "MintConfig":
         """Validate the flags' values; raise MintError naming the flag at fault."""
         if catalog is not None:
             catalog = os.path.abspath(catalog)
@@ -87,5 +88,7 @@ class MintConfig:
         if (host_cache is not None or pin or load_workers is not None or max_upload is not None) and catalog is None:
             raise MintError("--mint-host-cache-bytes, --mint-pin, --mint-load-workers and --mint-max-upload-bytes "
                             "need --mint-catalog")
+        if dp_dispatch not in (None, "affinity", "sglang"):
+            raise MintError(f"--mint-dp-dispatch must be affinity or sglang, got {dp_dispatch!r}")
         return cls(catalog=catalog, host_cache_bytes=size, pinned=tuple(pinned), load_workers=workers,
-                   max_upload_bytes=upload)
+                   max_upload_bytes=upload, dp_dispatch=dp_dispatch or "affinity")

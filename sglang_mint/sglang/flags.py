@@ -70,6 +70,14 @@ def add_mint_arguments(parser: argparse.ArgumentParser) -> None:
         help="Largest adapter upload POST /mint/adapters/<id>/revisions accepts, e.g. 16GiB "
         "(default 4GiB); a larger body is refused with 413 before it is read.",
     )
+    group.add_argument(
+        "--mint-dp-dispatch",
+        choices=["affinity", "sglang"],
+        default=None,
+        help="With --dp-size above 1: 'affinity' (default) sends a catalog adapter's requests to the "
+        "DP rank that keeps it warm while that rank's load allows; 'sglang' leaves every request to "
+        "--load-balance-method.",
+    )
     # `--lora-backend mint`: SGLang's parser fixes the choices, so extend them.
     for action in parser._actions:
         if action.dest == "lora_backend" and action.choices is not None:
@@ -84,6 +92,9 @@ def _after_add_cli_args(result, parser, *args, **kwargs):
 
 
 def _after_from_cli_args(server_args, cls, namespace, *args, **kwargs):
+    from sglang_mint.sglang.cpu_compat import default_thread_binding
+
+    default_thread_binding(server_args)  # with or without --enable-mint, like the other CPU fixes
     enabled = getattr(namespace, "enable_mint", False)
     catalog = getattr(namespace, "mint_catalog", None)
     cache_flags = {
@@ -91,6 +102,7 @@ def _after_from_cli_args(server_args, cls, namespace, *args, **kwargs):
         "pin": getattr(namespace, "mint_pin", None),
         "load_workers": getattr(namespace, "mint_load_workers", None),
         "max_upload": getattr(namespace, "mint_max_upload_bytes", None),
+        "dp_dispatch": getattr(namespace, "mint_dp_dispatch", None),
     }
     if not enabled:
         if catalog is not None or any(v is not None for v in cache_flags.values()):
@@ -99,12 +111,11 @@ def _after_from_cli_args(server_args, cls, namespace, *args, **kwargs):
         return server_args
     if not (server_args.enable_lora or server_args.lora_paths):
         raise SystemExit("error: --enable-mint needs LoRA on: add --enable-lora (or --lora-paths)")
-    parallel = {"--tp-size": getattr(server_args, "tp_size", 1) or 1, "--pp-size": getattr(server_args, "pp_size", 1) or 1}
-    wide = [f"{flag} {n}" for flag, n in parallel.items() if n > 1]
-    if catalog is not None and wide:
-        # Each rank would admit a cold adapter's requests when its own read finishes; ranks must
-        # agree on every batch, and agreeing on load progress across ranks is not built yet.
-        raise SystemExit(f"error: --mint-catalog supports one rank for now, got {', '.join(wide)}")
+    pp = getattr(server_args, "pp_size", 1) or 1
+    if catalog is not None and pp > 1:
+        # Pipeline stages hold different layers: each would read and agree on its own part of an
+        # adapter, which is not built (tensor and data parallelism are, see residency_sync.py).
+        raise SystemExit(f"error: --mint-catalog does not support pipeline parallelism yet, got --pp-size {pp}")
     workers = getattr(server_args, "tokenizer_worker_num", 1) or 1
     if workers > 1:
         # SGLang's extra tokenizer workers are spawned without loading plugins, so a bare adapter

@@ -38,6 +38,9 @@ HOOKS: tuple[Hook, ...] = (
     *(Hook("all", f"torch.{name}", "BEFORE", "cpu_compat:_unpin_kwargs", True)
       for name in ("tensor", "empty", "zeros", "ones", "full")),
     Hook("all", "torch.Tensor.pin_memory", "REPLACE", "cpu_compat:_pin_memory_noop", True),
+    # tensor parallelism on CPU: gloo all-reduce instead of a PyNccl communicator
+    Hook("scheduler", "sglang.srt.distributed.parallel_state.init_model_parallel_group", "AROUND",
+         "cpu_compat:_around_init_model_parallel_group", True),
     # the adapter id in the OpenAI `model` field
     Hook("frontend", "sglang.srt.entrypoints.openai.serving_base.OpenAIServingBase._resolve_lora_path", "AROUND",
          "openai_model:_around_resolve_lora_path"),
@@ -47,6 +50,9 @@ HOOKS: tuple[Hook, ...] = (
     Hook("frontend", "sglang.srt.lora.lora_registry.LoRARegistry.release", "AROUND",
          "frontend:_around_registry_release"),
     Hook("frontend", "sglang.srt.entrypoints.http_server.launch_server", "BEFORE", "endpoints:_before_launch_server"),
+    # data parallelism: a catalog adapter's requests go to the DP rank that keeps it warm
+    Hook("frontend", "sglang.srt.managers.data_parallel_controller.DataParallelController.dispatching_with_trace",
+         "AROUND", "dp_affinity:_around_dispatching_with_trace"),
     # catalog adapters in the scheduler: holds, background reads, the host budget
     Hook("scheduler", f"{_SCHED}.__init__", "AFTER", "residency:_after_scheduler_init"),
     Hook("scheduler", f"{_SCHED}.can_schedule_lora_req", "AROUND", "residency:_around_can_schedule_lora_req"),

@@ -22,6 +22,11 @@ without asking the scheduler to load anything). Its lifecycle here:
 
 A failed read fails only that adapter's requests (HTTP 422, with the reason).
 SGLang keeps its own policy for the GPU slots.
+
+With tensor parallelism every rank runs this over the same requests, and the
+ranks agree on finished reads, ended holds and the clock before acting on
+them (rank_agreement.py), so they admit the same requests in the same
+iteration.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import socket
 import sys
 import time
 import weakref
@@ -41,6 +47,7 @@ from sglang_mint.catalog.uniform import uniform_lora
 from sglang_mint.config import MintConfig
 from sglang_mint.residency import ColdLoader, HostLRU, LoadResult
 from sglang_mint.sglang.names import MINT_ID_PREFIX, is_mint_lora_id, parse_mint_lora_id
+from sglang_mint.sglang.rank_agreement import RankView, TensorParallelAgreement
 
 logger = logging.getLogger("sglang_mint")
 
@@ -85,6 +92,12 @@ def read_estimate_bytes(file_bytes: int) -> int:
     return ADAPTER_OVERHEAD_BYTES + 32 * TENSOR_OVERHEAD_BYTES + file_bytes
 
 
+def failure_message(result: LoadResult) -> str:
+    adapter_id, revision = parse_mint_lora_id(result.key)
+    return (f"adapter {adapter_id!r} (revision {revision}) could not be loaded: "
+            f"{type(result.error).__name__}: {result.error}")
+
+
 def release_hold(req) -> None:
     """The request ended: let go of its adapter (a no-op after the first call, or for others)."""
     hold = getattr(req, "_mint_hold", None)
@@ -104,7 +117,15 @@ class SchedulerResidency:
                            group_of=lambda lora_id: parse_mint_lora_id(lora_id)[0])
         self.loader = ColdLoader(self._read, workers=config.load_workers)
         self.wanted: OrderedDict[str, None] = OrderedDict()  # reads waiting for room, in arrival order
-        self.released: queue.SimpleQueue[str] = queue.SimpleQueue()  # holds to let go, drained on the loop
+        self.reading: set[str] = set()  # reads started and not yet installed or failed
+        # (rid, lora id) of holds to let go, drained on the loop
+        self.released: queue.SimpleQueue[tuple[str, str]] = queue.SimpleQueue()
+        tp = scheduler.tp_group  # this DP replica's tensor-parallel ranks
+        self.agreement = TensorParallelAgreement(tp.cpu_group, tp.world_size) if tp.world_size > 1 else None
+        self.tp_rank = tp.rank_in_group
+        self.finished_here: dict[str, LoadResult] = {}  # finished on this rank, not yet on every rank
+        self.ended_here: dict[str, str] = {}  # rid -> lora id: released on this rank, not yet on every rank
+        self.now = time.monotonic()  # the clock failures age by: rank 0's under tensor parallelism
         self.failures: OrderedDict[str, tuple[float, str]] = OrderedDict()
         sys.setswitchinterval(min(sys.getswitchinterval(), GIL_SWITCH_INTERVAL_S))
         self.installed_total = 0
@@ -169,17 +190,54 @@ class SchedulerResidency:
     # -- on the scheduler loop ---------------------------------------------
     def install_ready(self) -> None:
         """Let go of ended requests, hand finished reads to the LoRA manager (O(1) each), start reads."""
+        if self.agreement is not None:
+            self._install_agreed()
+            return
+        self.now = time.monotonic()
         self._drain_released()
         for result in self.loader.ready():
             if result.ok:
                 self._install(result)
             else:
-                self.lru.cancelled(result.key)
-                self._remember_failure(result)
+                self._fail(result.key, failure_message(result))
         self._start_reads()
+
+    def _install_agreed(self) -> None:
+        """install_ready under tensor parallelism: act only on what every rank saw (rank_agreement.py).
+
+        Called once per loop iteration on every rank. Whether to exchange at all depends only on
+        agreed state (holds and unsettled reads), so every rank makes the same call."""
+        for result in self.loader.ready():
+            self.finished_here[result.key] = result
+        while True:
+            try:
+                rid, lora_id = self.released.get_nowait()
+            except queue.Empty:
+                break
+            self.ended_here[rid] = lora_id
+        if not (self.lru.held or self.reading):
+            return
+        mine = RankView({key: None if r.ok else failure_message(r) for key, r in self.finished_here.items()},
+                        list(self.ended_here))
+        agreed = self.agreement.exchange(mine)
+        self.now = agreed.now
+        for rid in agreed.ended:
+            self.lru.release(self.ended_here.pop(rid))
+        for key in agreed.installs:
+            self._install(self.finished_here.pop(key))
+        for key, message in agreed.failures.items():
+            del self.finished_here[key]
+            self._fail(key, message)
+        self._start_reads()
+
+    def _fail(self, lora_id: str, message: str) -> None:
+        self.reading.discard(lora_id)
+        self.lru.cancelled(lora_id)
+        self._remember_failure(lora_id, message)
 
     def _install(self, result: LoadResult) -> None:
         ref, config, adapter, nbytes = result.value
+        self.reading.discard(result.key)
         mgr = self.manager
         mgr.configs[ref.lora_id] = config
         mgr.loras[ref.lora_id] = adapter
@@ -192,19 +250,16 @@ class SchedulerResidency:
         self.metrics.cold_load_seconds.observe(result.load_seconds)
         self._update_gauges()
 
-    def _remember_failure(self, result: LoadResult) -> None:
-        adapter_id, revision = parse_mint_lora_id(result.key)
-        reason = f"{type(result.error).__name__}: {result.error}"
-        message = f"adapter {adapter_id!r} (revision {revision}) could not be loaded: {reason}"
+    def _remember_failure(self, lora_id: str, message: str) -> None:
         logger.error(message)
-        self.failures[result.key] = (time.monotonic(), message)
-        self.failures.move_to_end(result.key)
+        self.failures[lora_id] = (self.now, message)
+        self.failures.move_to_end(lora_id)
         self.metrics.failed_loads.inc()
         while len(self.failures) > MAX_FAILURES_KEPT:
             self.failures.popitem(last=False)
 
     def _want(self, lora_id: str) -> None:
-        if lora_id not in self.wanted and not self.loader.loading(lora_id):
+        if lora_id not in self.wanted and lora_id not in self.reading:
             self.wanted[lora_id] = None
             self._start_reads()
 
@@ -217,6 +272,7 @@ class SchedulerResidency:
                 return  # waits for a request to end
             del self.wanted[lora_id]
             self._evict(victims)
+            self.reading.add(lora_id)
             self.loader.request(lora_id)
         self._update_gauges()
 
@@ -238,7 +294,7 @@ class SchedulerResidency:
         released = False
         while True:
             try:
-                lora_id = self.released.get_nowait()
+                _, lora_id = self.released.get_nowait()
             except queue.Empty:
                 break
             self.lru.release(lora_id)
@@ -257,7 +313,7 @@ class SchedulerResidency:
         self.metrics.requests.inc()
         self.lru.hold(lora_id)
         # Called once: by release_hold when the request ends, or by the collector if it never does.
-        req._mint_hold = weakref.finalize(req, self.released.put, lora_id)
+        req._mint_hold = weakref.finalize(req, self.released.put, (req.rid, lora_id))
         req._mint_hold.atexit = False
         if lora_id in self.manager.loras:
             self.lru.touched(lora_id)
@@ -271,12 +327,14 @@ class SchedulerResidency:
 
     def on_end(self, req) -> None:
         release_hold(req)
-        self._drain_released()
+        if self.agreement is None:  # under tensor parallelism the next agreed iteration lets it go
+            self._drain_released()
 
     def admit(self, req) -> bool | None:
         """Admission for a catalog adapter's request: None = ask SGLang, False = wait."""
         lora_id = req.lora_id
-        self.install_ready()
+        if self.agreement is None:  # under tensor parallelism only the once-per-iteration exchange installs
+            self.install_ready()
         if lora_id in self.manager.loras:
             self.lru.touched(lora_id)
             waited_since = getattr(req, "_mint_waiting_since", None)
@@ -287,7 +345,7 @@ class SchedulerResidency:
         failure = self.failures.get(lora_id)
         if failure is not None:
             failed_at, message = failure
-            if time.monotonic() - failed_at < FAILURE_MEMORY_S:
+            if self.now - failed_at < FAILURE_MEMORY_S:
                 # Finish it with the reason; it runs as a one-token base-model prefill.
                 req.set_finish_with_abort(message, status_code=422, err_type="AdapterLoadError")
                 req.lora_id = None
@@ -313,7 +371,23 @@ class SchedulerResidency:
             "cold_load_p99_s": _percentile(self.load_seconds, 0.99),
             "failed_loads": self.loader.failed_total,
             "evictions": self.lru.evictions_total,
+            "tp_rank": self.tp_rank,
+            "host": socket.gethostname(),
         }
+
+
+def node_status(residency: SchedulerResidency) -> dict:
+    """This scheduler's status, with every TP rank's and the host bytes per node under tensor parallelism.
+
+    Every rank handles the same get_internal_state request in the same iteration, so all of them
+    reach the gather; only rank 0's answer goes back to the tokenizer manager."""
+    mine = residency.status()
+    ranks = [mine] if residency.agreement is None else residency.agreement.gather(mine)
+    nodes: dict[str, int] = {}
+    for r in ranks:
+        nodes[r["host"]] = nodes.get(r["host"], 0) + r["host_bytes"]
+    return {**mine, "ranks": [{k: r[k] for k in ("tp_rank", "host", "host_bytes", "host_peak_bytes", "resident")}
+                              for r in ranks], "node_host_bytes": nodes}
 
 
 # -- hooks ---------------------------------------------------------------------
@@ -381,7 +455,7 @@ def _after_stream_output(result, streamer, reqs, *args, **kwargs):
 def _after_get_internal_state(result, scheduler, *args, **kwargs):
     residency = residency_of(scheduler)
     if residency is not None:
-        result.internal_state["mint"] = residency.status()
+        result.internal_state["mint"] = node_status(residency)
     if scheduler.enable_lora:
         from sglang_mint.sglang.mint_backend import MintLoRABackend
 

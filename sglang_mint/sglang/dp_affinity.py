@@ -1,0 +1,43 @@
+"""Data parallelism with adapter affinity, in SGLang's DP controller.
+
+With ``--dp-size N`` SGLang's ``DataParallelController`` hands each request to
+one DP rank (round robin by default). A catalog adapter's requests then land
+on every rank and each rank reads the adapter on its own. With
+``--enable-mint --mint-catalog`` this hook picks the rank first
+(residency/affinity.py: the adapter's preferred rank while its load allows)
+and sets ``routed_dp_rank``, which SGLang's every dispatch method honours.
+Base-model requests, adapters from ``--lora-paths`` and requests that already
+name a rank keep SGLang's dispatch. ``--mint-dp-dispatch sglang`` turns it off.
+"""
+
+from __future__ import annotations
+
+import time
+
+from sglang_mint.residency.affinity import pick_rank
+from sglang_mint.sglang.flags import mint_config
+from sglang_mint.sglang.names import is_mint_lora_id, parse_mint_lora_id
+
+LOAD_REFRESH_S = 0.02  # as SGLang's own refresh: snapshots are re-read at most every 20 ms
+
+
+def _around_dispatching_with_trace(original, controller, req, *args, **kwargs):
+    config = mint_config(controller.server_args)
+    lora_id = getattr(req, "lora_id", None)
+    if (config is not None and config.dp_dispatch == "affinity" and is_mint_lora_id(lora_id)
+            and getattr(req, "routed_dp_rank", None) is None):
+        loads = _loads(controller)
+        rank = pick_rank(parse_mint_lora_id(lora_id)[0], loads, list(controller._active_workers))
+        loads[rank] += 1  # as DPBudget.dispatch does: count it until the next snapshot
+        req.routed_dp_rank = rank
+    return original(controller, req, *args, **kwargs)
+
+
+def _loads(controller) -> list[int]:
+    """Running + waiting requests per DP rank, from the schedulers' load snapshots."""
+    budget = controller.dp_budget
+    now = time.perf_counter()
+    if now - getattr(controller, "_mint_loads_at", 0.0) >= LOAD_REFRESH_S:
+        controller._mint_loads_at = now
+        budget.update_budget(controller.load_snapshot_reader.read_all())
+    return budget.total_requests
