@@ -1,0 +1,212 @@
+"""Catalog serving with tensor parallelism (TP=2) and data parallelism (DP=2), on CPU.
+
+Real SGLang, two ranks on this machine's two cores. A storm of 200 requests over
+50 cold catalog adapters, with a host budget of about four adapters so reads,
+evictions and admissions interleave differently on each rank; every answer must
+equal HF+PEFT (fp32, 1e-4). Before the ranks agreed on residency, the TP=2
+storm crashed the server (one rank admitted a request the other did not).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import openai
+import pytest
+from transformers import AutoTokenizer
+
+from sglang_mint.catalog import init_catalog, open_catalog
+from sglang_mint.catalog.synth import synth
+from sglang_mint.dev.reference import run_reference
+from sglang_mint.dev.server import SGLangServer
+from sglang_mint.dev.tiny import write_tiny_adapters
+from sglang_mint.dev.tiny_moe import write_tiny_moe, write_tiny_moe_adapters
+
+PROMPT = "the quick brown fox and the lazy dog"
+N_ADAPTERS = 50
+STORM = 200
+TOKENS = 4
+TOL = 1e-4
+HOST_BUDGET = "300KB"  # about four rank-4 adapters of the tiny Llama per rank
+
+
+@pytest.fixture(scope="module")
+def catalog(tiny_model, tiny_adapters, tmp_path_factory):
+    root = tmp_path_factory.mktemp("parallel") / "catalog"
+    with init_catalog(str(root), str(tiny_model)) as cat:
+        synth(cat, N_ADAPTERS, prefix="s/", rank=4, progress=False)
+        cat.publish("acme/bot", str(tiny_adapters["tiny-0000"]))
+        own = write_tiny_adapters(tiny_model, tmp_path_factory.mktemp("corrupt"), count=1, seed=31)[0]
+        broken = cat.publish("broken/truncated", str(own))
+    blob = Path(cat.blobs.local_path(broken.files["adapter_model.safetensors"]))
+    data = blob.read_bytes()
+    blob.chmod(0o644)
+    blob.write_bytes(data[: len(data) // 2])
+    return root
+
+
+@pytest.fixture(scope="module")
+def prompt_ids(tiny_model):
+    return AutoTokenizer.from_pretrained(tiny_model)(PROMPT)["input_ids"]
+
+
+@pytest.fixture(scope="module")
+def storm_ids():
+    rng = random.Random(0)
+    weights = [1.0 / (k + 1) ** 1.1 for k in range(N_ADAPTERS)]
+    return [f"s/{k:07d}" for k in rng.choices(range(N_ADAPTERS), weights=weights, k=STORM - N_ADAPTERS)] + [
+        f"s/{k:07d}" for k in range(N_ADAPTERS)]  # every adapter at least once
+
+
+@pytest.fixture(scope="module")
+def references(tiny_model, catalog, prompt_ids):
+    with open_catalog(str(catalog)) as cat:
+        ids = [f"s/{k:07d}" for k in range(N_ADAPTERS)] + ["acme/bot"]
+        paths = [cat.resolve(a).local_path() for a in ids]
+    jobs = [{"adapter": p, "prompt_ids": prompt_ids, "max_tokens": TOKENS} for p in paths]
+    return dict(zip(ids, run_reference(sys.executable, tiny_model, jobs)))
+
+
+def complete(client, model, max_tokens=TOKENS):
+    r = client.completions.create(model=model, prompt=PROMPT, max_tokens=max_tokens, temperature=0, logprobs=1,
+                                  extra_body={"return_token_ids": True, "ignore_eos": True})
+    return r.choices[0].model_extra["token_ids"], r.choices[0].logprobs.token_logprobs
+
+
+def storm(client, ids, references):
+    with ThreadPoolExecutor(24) as pool:
+        answers = list(pool.map(lambda a: (a, complete(client, a)), ids))
+    for adapter_id, (tokens, logprobs) in answers:
+        assert tokens == references[adapter_id]["tokens"], adapter_id
+        assert logprobs == pytest.approx(references[adapter_id]["logprobs"], abs=TOL), adapter_id
+
+
+def status(server) -> dict:
+    with urllib.request.urlopen(server.url + "/mint/status") as r:
+        return json.loads(r.read())
+
+
+def openai_client(server):
+    return openai.OpenAI(base_url=server.openai_url, api_key="none", max_retries=0, timeout=600)
+
+
+# -- tensor parallelism (class-scoped servers: one server at a time on two cores) --------
+@pytest.fixture(scope="class")
+def tp_server(tiny_model, catalog, tmp_path_factory, catalog_server):
+    with catalog_server(tiny_model, catalog, tmp_path_factory.mktemp("tp2"), "--tp-size", "2",
+                        "--mint-host-cache-bytes", HOST_BUDGET) as srv:
+        yield srv
+
+
+class TestTensorParallel:
+    def test_tp2_storm_over_cold_adapters_equals_hf_peft(self, tp_server, storm_ids, references):
+        storm(openai_client(tp_server), storm_ids, references)
+        scheduler = status(tp_server)["schedulers"][0]
+        assert scheduler["evictions"] > 20  # the budget forced reads and evictions throughout
+        ranks = scheduler["ranks"]
+        assert [r["tp_rank"] for r in ranks] == [0, 1]
+        assert all(r["host_bytes"] > 0 for r in ranks)
+        assert scheduler["node_host_bytes"] == {ranks[0]["host"]: sum(r["host_bytes"] for r in ranks)}
+
+    def test_tp2_corrupt_adapter_fails_alone(self, tp_server, references):
+        client = openai_client(tp_server)
+        with ThreadPoolExecutor(8) as pool:
+            good = [pool.submit(complete, client, f"s/{k:07d}") for k in range(6)]
+            bad = [pool.submit(complete, client, "broken/truncated") for _ in range(3)]
+            for f in bad:
+                with pytest.raises(openai.APIStatusError) as exc:
+                    f.result()
+                assert exc.value.status_code == 422 and "could not be loaded" in str(exc.value)
+            for k, f in enumerate(good):
+                assert f.result()[0] == references[f"s/{k:07d}"]["tokens"]
+        assert complete(client, "acme/bot")[0] == references["acme/bot"]["tokens"]  # still serving
+
+    def test_tp2_publish_and_rollback_mid_stream(self, tp_server, tiny_model, catalog, tiny_adapters, prompt_ids):
+        client = openai_client(tp_server)
+        long_tokens = 32
+        jobs = [{"adapter": str(tiny_adapters[name]), "prompt_ids": prompt_ids, "max_tokens": long_tokens}
+                for name in ("tiny-0000", "tiny-0002")]
+        old, new = run_reference(sys.executable, tiny_model, jobs)
+        stream = iter(client.completions.create(model="acme/bot", prompt=PROMPT, max_tokens=long_tokens,
+                                                temperature=0, stream=True, extra_body={"ignore_eos": True}))
+        first = next(stream)
+        with open_catalog(str(catalog)) as cat:
+            cat.publish("acme/bot", str(tiny_adapters["tiny-0002"]))
+        assert complete(client, "acme/bot", long_tokens)[0] == new["tokens"]
+        text = first.choices[0].text + "".join(c.choices[0].text for c in stream)
+        assert text == AutoTokenizer.from_pretrained(tiny_model).decode(old["tokens"])  # its revision to the end
+        with open_catalog(str(catalog)) as cat:
+            cat.rollback("acme/bot")
+        assert complete(client, "acme/bot", long_tokens)[0] == old["tokens"]
+
+
+# -- data parallelism ------------------------------------------------------------
+@pytest.fixture(scope="class")
+def dp_server(tiny_model, catalog, tmp_path_factory, catalog_server):
+    with catalog_server(tiny_model, catalog, tmp_path_factory.mktemp("dp2"), "--dp-size", "2",
+                        "--mint-host-cache-bytes", HOST_BUDGET) as srv:
+        yield srv
+
+
+class TestDataParallel:
+    def test_dp2_storm_over_cold_adapters_equals_hf_peft(self, dp_server, storm_ids, references):
+        storm(openai_client(dp_server), storm_ids, references)
+        schedulers = status(dp_server)["schedulers"]
+        assert len(schedulers) == 2 and all(s["requests"] > 0 for s in schedulers)  # both ranks served
+
+    def test_dp2_requests_for_one_adapter_stay_on_one_rank(self, dp_server, references):
+        client = openai_client(dp_server)
+        before = [s["requests"] for s in status(dp_server)["schedulers"]]
+        for _ in range(12):  # one at a time: load never pushes it elsewhere
+            assert complete(client, "s/0000003")[0] == references["s/0000003"]["tokens"]
+        after = [s["requests"] for s in status(dp_server)["schedulers"]]
+        assert sorted(a - b for a, b in zip(after, before)) == [0, 12]
+
+
+# -- data parallelism with MoE-expert LoRA (tiny Qwen3-MoE) ---------------------------
+# SGLang's MoE-LoRA kernels run under Triton's interpreter on CPU, about 2 s a request here,
+# so this storm is smaller: 24 requests over 6 cold adapters, half of them stored packed.
+# Tolerance 1e-3 against HF+PEFT: test_moe_cpu.py explains SGLang's fp16 expert outputs.
+# TP=2 is not covered: stock SGLang 0.5.23 (--lora-paths, no plugin) fails to load any
+# expert LoRA at --tp-size 2 ("LoRA buffer shape [8, 32] does not match weight shape [8, 0]"
+# in mem_pool.load_lora_weight_tensor).
+MOE_ADAPTERS = 6
+MOE_TOL = 1e-3
+
+
+@pytest.fixture(scope="module")
+def moe(tmp_path_factory):
+    root = tmp_path_factory.mktemp("parallel-moe")
+    model = write_tiny_moe(root / "model", "qwen3-moe", seed=0)
+    catalog = root / "catalog"
+    with init_catalog(str(catalog), str(model)) as cat:
+        for i in range(MOE_ADAPTERS):
+            forms = write_tiny_moe_adapters(model, root / f"a{i}", seed=i)
+            cat.publish(f"moe/{i}", str(forms["per-expert"]), pack=i % 2 == 1)
+    ids = AutoTokenizer.from_pretrained(model)(PROMPT)["input_ids"]
+    jobs = [{"adapter": str(root / f"a{i}" / "peft-fused"), "prompt_ids": ids, "max_tokens": TOKENS}
+            for i in range(MOE_ADAPTERS)]
+    refs = dict(zip((f"moe/{i}" for i in range(MOE_ADAPTERS)), run_reference(sys.executable, model, jobs)))
+    return model, catalog, refs
+
+
+class TestDataParallelMoE:
+    def test_dp2_moe_storm_equals_hf_peft(self, moe, tmp_path):
+        model, catalog, refs = moe
+        extra = ["--mint-catalog", str(catalog), "--dp-size", "2", "--max-loras-per-batch", "2"]
+        with SGLangServer(model, enable_mint=True, extra_args=extra, log_path=tmp_path / "server.log",
+                          env={"TRITON_INTERPRET": "1"}, python=sys.executable, start_timeout=400) as srv:
+            client = openai_client(srv)
+            ids = [f"moe/{i % MOE_ADAPTERS}" for i in range(4 * MOE_ADAPTERS)]
+            with ThreadPoolExecutor(8) as pool:
+                answers = list(pool.map(lambda a: (a, complete(client, a)), ids))
+            served = [s["requests"] for s in status(srv)["schedulers"]]
+        assert sum(served) == len(ids) and len(served) == 2
+        for adapter_id, (tokens, logprobs) in answers:
+            assert tokens == refs[adapter_id]["tokens"], adapter_id
+            assert logprobs == pytest.approx(refs[adapter_id]["logprobs"], abs=MOE_TOL), adapter_id
