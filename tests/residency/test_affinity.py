@@ -1,0 +1,43 @@
+"""Rendezvous hashing with bounded load (residency/affinity.py): pure logic."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from sglang_mint.residency.affinity import pick_rank, preference
+
+
+def test_an_adapter_keeps_its_rank_while_load_allows():
+    ranks = [0, 1, 2, 3]
+    for key in (f"acme/{i}" for i in range(50)):
+        first = preference(key, ranks)[0]
+        assert pick_rank(key, [0, 0, 0, 0], ranks) == first
+        assert pick_rank(key, [3, 3, 3, 3], ranks) == first
+
+
+def test_adapters_spread_over_ranks():
+    counts = Counter(preference(f"a/{i}", [0, 1])[0] for i in range(1000))
+    assert 400 < counts[0] < 600
+
+
+def test_an_overloaded_rank_is_skipped_for_the_next_choice():
+    key = "acme/hot"
+    first, second = preference(key, [0, 1])
+    loads = [0, 0]
+    loads[first] = 9
+    loads[second] = 1  # bound: ceil(1.25 * 11 / 2) = 7
+    assert pick_rank(key, loads, [0, 1]) == second
+    loads[first] = 3  # bound: ceil(1.25 * 5 / 2) = 4
+    assert pick_rank(key, loads, [0, 1]) == first
+
+
+def test_removing_a_rank_moves_only_its_adapters():
+    keys = [f"k/{i}" for i in range(500)]
+    before = {k: preference(k, [0, 1, 2])[0] for k in keys}
+    after = {k: preference(k, [0, 1])[0] for k in keys}
+    assert all(after[k] == before[k] for k in keys if before[k] != 2)
+    assert any(before[k] == 2 for k in keys)
+
+
+def test_only_active_ranks_are_picked():
+    assert pick_rank("x", [0, 100, 0], [1]) == 1
