@@ -83,7 +83,9 @@ def adapter_host_bytes(adapter) -> int:
     """
     tensors = [t for layer in adapter.layers for t in layer.weights.values()]
     tensors += list(adapter.embedding_layers.values()) + list(adapter.added_tokens_embeddings.values())
-    data = sum(-(-t.untyped_storage().nbytes() // ALLOC_ALIGN) * ALLOC_ALIGN for t in tensors)
+    # Each storage once: a packed adapter's tensors are views of one buffer, a shared one's of one mapping.
+    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}
+    data = sum(-(-n // ALLOC_ALIGN) * ALLOC_ALIGN for n in storages.values())
     return ADAPTER_OVERHEAD_BYTES + TENSOR_OVERHEAD_BYTES * len(tensors) + data
 
 
@@ -126,6 +128,18 @@ class SchedulerResidency:
         self.finished_here: dict[str, LoadResult] = {}  # finished on this rank, not yet on every rank
         self.ended_here: dict[str, str] = {}  # rid -> lora id: released on this rank, not yet on every rank
         self.now = time.monotonic()  # the clock failures age by: rank 0's under tensor parallelism
+        # Under tensor parallelism rank 0 reads each adapter and the others map its copy (node_share.py);
+        # reads are numbered in start order, the same on every rank.
+        self.share = None
+        self.read_seq = 0
+        self.seq_of: dict[str, int] = {}
+        if self.agreement is not None:
+            from sglang.srt.runtime_context import get_parallel
+
+            from sglang_mint.sglang.node_share import NodeShare, group_dir
+
+            dp_rank = get_parallel().dp_rank or 0
+            self.share = NodeShare(group_dir(scheduler.server_args.port, dp_rank), self.tp_rank)
         self.failures: OrderedDict[str, tuple[float, str]] = OrderedDict()
         sys.setswitchinterval(min(sys.getswitchinterval(), GIL_SWITCH_INTERVAL_S))
         self.installed_total = 0
@@ -138,6 +152,31 @@ class SchedulerResidency:
 
     # -- on a worker thread ------------------------------------------------
     def _read(self, lora_id: str):
+        if self.share is None:
+            return self._read_from_catalog(lora_id)
+        seq = self.seq_of[lora_id]
+        if self.tp_rank != 0:
+            return self._attach(lora_id, seq)
+        try:
+            ref, config, adapter, _ = self._read_from_catalog(lora_id)
+            self.share.publish(seq, adapter)
+        except Exception as exc:
+            self.share.publish_failure(seq, f"{type(exc).__name__}: {exc}")
+            raise
+        return ref, adapter.config, adapter, adapter_host_bytes(adapter)
+
+    def _attach(self, lora_id: str, seq: int):
+        from sglang.srt.lora.lora import LoRAAdapter
+        from sglang.srt.lora.lora_registry import LoRARef
+
+        mgr = self.manager
+        adapter = self.share.attach(seq, lambda config: LoRAAdapter(
+            lora_id, config, mgr.base_hf_config, mgr.load_config, mgr.lora_backend, base_model=mgr.base_model))
+        ref = LoRARef(lora_id=lora_id, lora_name=lora_id[len(MINT_ID_PREFIX):], lora_path=adapter.config.path,
+                      pinned=False)
+        return ref, adapter.config, adapter, adapter_host_bytes(adapter)
+
+    def _read_from_catalog(self, lora_id: str):
         from safetensors.torch import load as load_safetensors
         from sglang.srt.lora.lora import LoRAAdapter
         from sglang.srt.lora.lora_config import LoRAConfig
@@ -225,12 +264,14 @@ class SchedulerResidency:
             self.lru.release(self.ended_here.pop(rid))
         for key in agreed.installs:
             self._install(self.finished_here.pop(key))
+            self._unshare(key)  # every rank has mapped it: the mappings keep the pages, the names can go
         for key, message in agreed.failures.items():
             del self.finished_here[key]
             self._fail(key, message)
         self._start_reads()
 
     def _fail(self, lora_id: str, message: str) -> None:
+        self._unshare(lora_id)
         self.reading.discard(lora_id)
         self.lru.cancelled(lora_id)
         self._remember_failure(lora_id, message)
@@ -272,6 +313,8 @@ class SchedulerResidency:
                 return  # waits for a request to end
             del self.wanted[lora_id]
             self._evict(victims)
+            self.read_seq += 1
+            self.seq_of[lora_id] = self.read_seq
             self.reading.add(lora_id)
             self.loader.request(lora_id)
         self._update_gauges()
@@ -289,6 +332,11 @@ class SchedulerResidency:
                 self.manager.unload_lora_adapter(ref)
             self.lru.evicted(lora_id)
             self.metrics.evictions.inc()
+
+    def _unshare(self, lora_id: str) -> None:
+        seq = self.seq_of.pop(lora_id, None)
+        if seq is not None and self.share is not None and self.tp_rank == 0:
+            self.share.drop(seq)
 
     def _drain_released(self) -> None:
         released = False
@@ -373,6 +421,7 @@ class SchedulerResidency:
             "evictions": self.lru.evictions_total,
             "tp_rank": self.tp_rank,
             "host": socket.gethostname(),
+            "pss_bytes": proportional_set_size(),
         }
 
 
@@ -385,9 +434,24 @@ def node_status(residency: SchedulerResidency) -> dict:
     ranks = [mine] if residency.agreement is None else residency.agreement.gather(mine)
     nodes: dict[str, int] = {}
     for r in ranks:
-        nodes[r["host"]] = nodes.get(r["host"], 0) + r["host_bytes"]
-    return {**mine, "ranks": [{k: r[k] for k in ("tp_rank", "host", "host_bytes", "host_peak_bytes", "resident")}
-                              for r in ranks], "node_host_bytes": nodes}
+        # Shared (node_share.py): the ranks of a node map one copy of the same adapters.
+        nodes[r["host"]] = (max if residency.share is not None else int.__add__)(nodes.get(r["host"], 0),
+                                                                                r["host_bytes"])
+    keys = ("tp_rank", "host", "host_bytes", "host_peak_bytes", "resident", "pss_bytes")
+    return {**mine, "ranks": [{k: r[k] for k in keys} for r in ranks], "node_host_bytes": nodes,
+            "node_shared": residency.share is not None}
+
+
+def proportional_set_size() -> int | None:
+    """This process's memory with shared pages split among their sharers (Linux ``Pss``), in bytes."""
+    try:
+        with open("/proc/self/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
 
 
 # -- hooks ---------------------------------------------------------------------

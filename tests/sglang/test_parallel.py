@@ -110,8 +110,11 @@ class TestTensorParallel:
         assert scheduler["evictions"] > 20  # the budget forced reads and evictions throughout
         ranks = scheduler["ranks"]
         assert [r["tp_rank"] for r in ranks] == [0, 1]
-        assert all(r["host_bytes"] > 0 for r in ranks)
-        assert scheduler["node_host_bytes"] == {ranks[0]["host"]: sum(r["host_bytes"] for r in ranks)}
+        assert ranks[0]["host_bytes"] == ranks[1]["host_bytes"] > 0  # the same adapters, counted alike
+        # one copy per node: rank 1 maps rank 0's, so the node holds the bytes once
+        assert scheduler["node_shared"] and scheduler["node_host_bytes"] == {ranks[0]["host"]: ranks[0]["host_bytes"]}
+        shared = Path(f"/dev/shm/sglang-mint-{tp_server.port}-dp0")
+        assert shared.is_dir() and not list(shared.iterdir())  # names go once every rank has mapped them
 
     def test_tp2_corrupt_adapter_fails_alone(self, tp_server, references):
         client = openai_client(tp_server)
