@@ -1,0 +1,607 @@
+"""Trainer -> server handoff: new LoRA weights in the trainer's memory -> first token of the new policy.
+
+One run, the same machine, a random Llama whose fp32 weights are 2.7 GB
+(hidden 2048, intermediate 5632, 12 layers, 16/4 heads, vocab 32000), LoRA on
+q,k,v,o,gate,up,down at ranks 8 and 64. Every repetition is a new training
+step: the trainer draws a new random B (A stays), and the clock starts with
+that state dict in memory. It stops when a 1-token greedy completion of the new
+policy returns (the first token). Repetition k publishes the same weights in
+every case, so the served logprobs of case a, b and c must agree rep by rep.
+
+  a  mint      --enable-mint --mint-catalog: MintClient(url).publish(id, state_dict,
+               lora_config=...) (multipart POST /mint/adapters/<id>/revisions), then
+               a completion with model=<id>. Two ways:
+                 warm     the client's default: the server starts loading the new
+                          revision before publish returns (ratios use this one)
+                 no-warm  publish(..., warm=False): the first request loads it
+  b  stock     stock SGLang LoRA (--enable-lora --max-lora-rank R, no --enable-mint):
+               POST /unload_lora_adapter of the previous step's name, then
+               POST /load_lora_adapter_from_tensors under a new name (what verl
+               and slime do every step), then a completion with model=<served>:<name>.
+               The tensors travel as SGLang's MultiprocessingSerializer payload
+               (ForkingPickler, base64) in two ways:
+                 shm    by reference: the tensors move to shared memory (torch's
+                        file_system strategy) and the payload names the segments;
+                        the CPU analogue of the CUDA-IPC handles verl sends
+                 bytes  by value: a plain pickle of the tensors, what crossing
+                        hosts needs (SGLang's SafeUnpickler accepts both)
+  c  full      stock SGLang, no LoRA: the trainer merges W + (alpha/r) B A into a
+               copy of the base weights, then
+                 disk    writes the whole merged checkpoint as safetensors and
+                         POST /update_weights_from_disk with its folder
+                 tensor  POST /begin_weight_update, /update_weights_from_tensor
+                         (all weights, shm payload), /end_weight_update
+               and a completion of the base model.
+
+Each case first runs one untimed warm-up step. A step during which another
+SGLang server ran on the machine is set aside and redone (with fresh weights)
+once that server has ended; samples still contended say so. Phases are timed, and
+"warm" is a 1-token request of the same length (prompt reversed, so no prefix
+is cached) to the new policy once it is in place: the serving cost alone. An
+HF+PEFT reference (separate process) checks the last step's first-token
+logprob. Ratios: a/b (goal <= 1.2, against the faster b variant), c/a (goal
+>= 20). JSON lines: bench/results/handoff_bench.jsonl.
+
+    python bench/handoff_bench.py                 # all cases, ranks 8 64, 5 reps
+    python bench/handoff_bench.py --quick         # 2-layer model, rank 8, 2 reps
+    python bench/handoff_bench.py --cases b,c --ranks 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pickle
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import openai
+
+from _common import append_result
+from sglang_mint.dev.random_llama import param_count, random_llama_dir
+from sglang_mint.dev.server import SGLangServer
+
+MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+PROMPT = "the quick brown fox jumps over the lazy dog"
+B_STD = 0.02
+SERVED = "base"
+CASES = ("mint", "stock", "full")  # a, b, c: results[rank][case][variant]
+# A 2.7 GB model leaves little room on a 24 GB machine: the default 65536-token KV cache
+# (3 GB here) is not needed for 1-token requests.
+SERVER_FLAGS = ["--max-total-tokens", "4096"]
+
+
+# --------------------------------------------------------------------------- the trainer
+
+
+class Trainer:
+    """Holds the base weights and a LoRA whose B changes every step, like an RL trainer.
+
+    ``step(k)`` returns the PEFT state dict of step k: A fixed per rank, B drawn from a
+    generator seeded by (rank, k), so step k is the same tensors in every case.
+    """
+
+    def __init__(self, model_dir: Path, rank: int, base: dict | None):
+        import torch
+
+        cfg = json.loads((model_dir / "config.json").read_text())
+        h, i = cfg["hidden_size"], cfg["intermediate_size"]
+        kv = cfg["num_key_value_heads"] * cfg.get("head_dim", h // cfg["num_attention_heads"])
+        self.layers = cfg["num_hidden_layers"]
+        # module -> (in, out): q [h->h], k/v [h->kv], o [h->h], gate/up [h->i], down [i->h]
+        self.dims = {"q_proj": (h, h), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (h, h),
+                     "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h)}
+        self.rank, self.alpha = rank, 2 * rank
+        self.model_dir, self.base = model_dir, base
+        self.config = {
+            "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": rank, "lora_alpha": self.alpha,
+            "target_modules": list(MODULES), "lora_dropout": 0.0, "bias": "none", "fan_in_fan_out": False,
+            "base_model_name_or_path": str(model_dir),
+        }
+        gen = torch.Generator().manual_seed(1000 + rank)
+        self.A = {(layer, m): torch.randn(rank, self.dims[m][0], generator=gen) / self.dims[m][0] ** 0.5
+                  for layer in range(self.layers) for m in MODULES}
+
+    @staticmethod
+    def key(layer: int, module: str, ab: str) -> str:
+        part = "self_attn" if module in MODULES[:4] else "mlp"
+        return f"base_model.model.model.layers.{layer}.{part}.{module}.lora_{ab}.weight"
+
+    def step(self, k: int) -> dict:
+        import torch
+
+        gen = torch.Generator().manual_seed(self.rank * 1_000_003 + k)
+        sd = {}
+        for layer in range(self.layers):
+            for m in MODULES:
+                sd[self.key(layer, m, "A")] = self.A[(layer, m)].clone()
+                sd[self.key(layer, m, "B")] = torch.randn(self.dims[m][1], self.rank, generator=gen) * B_STD
+        return sd
+
+    def merged(self, sd: dict) -> dict:
+        """The base weights with W + (alpha/r) B A for every LoRA module: new tensors, base untouched."""
+        import torch
+
+        out = dict(self.base)
+        scale = self.alpha / self.rank
+        for layer in range(self.layers):
+            for m in MODULES:
+                part = "self_attn" if m in MODULES[:4] else "mlp"
+                name = f"model.layers.{layer}.{part}.{m}.weight"
+                out[name] = torch.addmm(self.base[name], sd[self.key(layer, m, "B")], sd[self.key(layer, m, "A")],
+                                        alpha=scale)
+        return out
+
+    def write_peft(self, sd: dict, folder: Path) -> Path:
+        from safetensors.torch import save_file
+
+        folder.mkdir(parents=True, exist_ok=True)
+        save_file(sd, str(folder / "adapter_model.safetensors"))
+        (folder / "adapter_config.json").write_text(json.dumps(self.config, indent=2))
+        return folder
+
+
+# --------------------------------------------------------------------------- serving side
+
+
+def post(url: str, body: dict, timeout: float = 600) -> dict:
+    data = json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, headers={"content-type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return json.loads(r.read() or b"{}")
+    except urllib.error.HTTPError as e:
+        raise RuntimeError(f"POST {url.rsplit('/', 1)[-1]} -> {e.code}: {e.read()[:2000].decode(errors='replace')}")
+
+
+def get_json(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=60) as r:
+        return json.loads(r.read())
+
+
+def first_token(client, model: str, prompt_ids: list[int]) -> dict:
+    """One greedy token; returns its text and logprob."""
+    out = client.completions.create(model=model, prompt=prompt_ids, max_tokens=1, temperature=0, logprobs=1)
+    lp = out.choices[0].logprobs
+    return {"token": lp.tokens[0], "logprob": lp.token_logprobs[0]}
+
+
+def timed_rep(k: int, trainer: "Trainer", handoff, server, client, prompt_ids) -> dict:
+    """Step k: draw the new state dict, then time ``handoff(k, sd)`` (returns its phases and the
+    model name to ask) and the first token."""
+    sd = trainer.step(k)  # the trainer already holds this: not timed
+    others = set(other_server_pids(exclude=server.proc.pid))
+    t0 = time.perf_counter()
+    phases, model = handoff(k, sd)
+    t1 = time.perf_counter()
+    tok = first_token(client, model, prompt_ids)
+    t2 = time.perf_counter()
+    assert abs(first_token(client, model, prompt_ids)["logprob"] - tok["logprob"]) < 1e-4  # the policy holds
+    # The serving cost alone: the same policy, a prompt of the same length that shares no prefix
+    # with the one just cached (reversed), so it prefills as much as the first request did.
+    w0 = time.perf_counter()
+    first_token(client, model, prompt_ids[::-1])
+    w1 = time.perf_counter()
+    row = {"step": k, "total_s": round(t2 - t0, 4), "first_token_s": round(t2 - t1, 4),
+           "warm_s": round(w1 - w0, 4), "phases": {p: round(v, 4) for p, v in phases.items()}, **tok}
+    others |= set(other_server_pids(exclude=server.proc.pid))
+    if others:  # another SGLang server started meanwhile and shared the cores: say so
+        row["other_servers"] = len(others)
+    return row
+
+
+RETRIES = 2  # per step, when another SGLang server shared the machine during it
+RETRY_STEP0 = 100  # retried steps publish fresh weights: a catalog refuses a revision it already holds
+
+
+def run_reps(trainer, handoff, server, prompt_ids, reps: int) -> dict:
+    """One untimed warm-up step, then ``reps`` timed steps. A step during which another SGLang
+    server ran on the machine (tests of a colleague, say) is kept aside and redone with fresh
+    weights once that server has ended, up to RETRIES times; the last try is kept either way."""
+    client = openai_client(server)
+    own = server.proc.pid
+    retry_steps = iter(range(RETRY_STEP0 * trainer.rank, 10**9))
+    wait_for_other_servers(exclude=own)
+    warmup = timed_rep(0, trainer, handoff, server, client, prompt_ids)
+    samples, set_aside = [], []
+    for k in range(1, reps + 1):
+        step = k
+        for attempt in range(RETRIES + 1):
+            wait_for_other_servers(exclude=own)
+            row = timed_rep(step, trainer, handoff, server, client, prompt_ids)
+            if not row.get("other_servers") or attempt == RETRIES:
+                samples.append(row)
+                break
+            set_aside.append(row)
+            step = next(retry_steps)
+    for prev, cur in zip([warmup] + samples, samples):
+        cur["changed_from_previous"] = abs(cur["logprob"] - prev["logprob"]) > 1e-6
+    return {"warmup": warmup, "samples": samples, "set_aside_contended": set_aside, **summarize(samples)}
+
+
+def summarize(samples: list[dict]) -> dict:
+    tot = [s["total_s"] for s in samples]
+    over = [s["total_s"] - s["warm_s"] for s in samples]
+    phases = {p: round(statistics.median(s["phases"][p] for s in samples), 4) for p in samples[0]["phases"]}
+    return {"median_s": round(statistics.median(tot), 4), "min_s": round(min(tot), 4),
+            "median_over_warm_s": round(statistics.median(over), 4),
+            "median_warm_s": round(statistics.median(s["warm_s"] for s in samples), 4),
+            "median_phases_s": phases,
+            "contended_samples": sum(1 for s in samples if s.get("other_servers"))}
+
+
+def other_server_pids(exclude: int | None = None) -> list[int]:
+    import subprocess
+
+    out = subprocess.run(["pgrep", "-f", "sglang.launch_server"], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split() if int(p) != exclude]
+
+
+def wait_for_other_servers(exclude: int | None = None, poll_s: float = 5.0, max_wait_s: float = 600.0) -> None:
+    """Start no server (and no timed step) while another SGLang server runs on this machine:
+    it would share the cores and skew both, and two 2.7 GB models crowd 24 GB. Gives up
+    waiting after ``max_wait_s`` (the step is then marked contended)."""
+    waited = 0.0
+    while other_server_pids(exclude) and waited < max_wait_s:
+        if waited == 0:
+            print("another sglang.launch_server is running: waiting for it to end", flush=True)
+        time.sleep(poll_s)
+        waited += poll_s
+    if waited:
+        print(f"waited {waited:.0f} s for another server", flush=True)
+
+
+class Server(SGLangServer):
+    def start(self) -> "Server":
+        wait_for_other_servers()
+        return super().start()
+
+
+def start_server(model_dir, **kwargs) -> Server:
+    """A server for ``with``: it starts (after any other server has ended) on entering."""
+    return Server(model_dir, served_name=SERVED, python=sys.executable, **kwargs)
+
+
+def openai_client(server):
+    return openai.OpenAI(base_url=server.openai_url, api_key="none", max_retries=0, timeout=600)
+
+
+def lora_server(model_dir, rank, *, enable_mint, extra=()):
+    return start_server(model_dir, enable_mint=enable_mint,
+                        extra_args=[*SERVER_FLAGS, "--max-lora-rank", str(rank), "--lora-target-modules", *MODULES,
+                                    *extra])
+
+
+# --------------------------------------------------------------------------- the cases
+
+
+def case_mint(model_dir, trainer: Trainer, prompt_ids, reps, workdir: Path, variants: list[str]) -> dict:
+    """Case a on one server for this rank. Variants: ``warm`` is the client's default call
+    (the server starts loading the new revision before publish returns), ``no-warm`` passes
+    warm=False (the first request loads it). Each variant publishes to its own adapter id."""
+    try:
+        from sglang_mint.client import MintClient
+    except ImportError as e:
+        return {v: {"skipped": f"sglang_mint.client is not importable: {e}"} for v in variants}
+    from sglang_mint.catalog import init_catalog
+
+    catalog = workdir / f"catalog-r{trainer.rank}"
+    shutil.rmtree(catalog, ignore_errors=True)
+    init_catalog(str(catalog), str(model_dir)).close()
+    out = {}
+    with lora_server(model_dir, trainer.rank, enable_mint=True, extra=["--mint-catalog", str(catalog)]) as server:
+        mint = MintClient(server.url)
+
+        def handoff_with(variant, revisions):
+            adapter_id = f"handoff/r{trainer.rank}-{variant}"
+            kwargs = {} if variant == "warm" else {"warm": False}
+
+            def handoff(k, sd):
+                t0 = time.perf_counter()
+                pub = mint.publish(adapter_id, sd, lora_config=trainer.config, **kwargs)
+                revisions.append(pub.revision)
+                return {"publish": time.perf_counter() - t0}, pub.adapter_id
+            return handoff
+
+        for variant in variants:
+            revisions = []
+            out[variant] = run_reps(trainer, handoff_with(variant, revisions), server, prompt_ids, reps)
+            out[variant]["revisions"] = revisions
+            # the scheduler's own cold-read timings (cumulative over this server's variants)
+            status = get_json(server.url + "/mint/status")
+            out[variant]["mint_status"] = [{k: sch.get(k) for k in ("cold_loads", "cold_load_p50_s", "cold_load_p99_s")}
+                                           for sch in status.get("schedulers", [])]
+            print(f"r{trainer.rank} mint/{variant}: median {out[variant]['median_s']} s", flush=True)
+    return out
+
+
+def serialize(obj, how: str) -> str:
+    """SGLang's payload for serialized_named_tensors, as a base64 string (JSON has no bytes)."""
+    import pybase64
+
+    if how == "bytes":
+        return pybase64.b64encode(pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)).decode()
+    from sglang.srt.utils import MultiprocessingSerializer
+
+    return MultiprocessingSerializer.serialize(obj, output_str=True)
+
+
+def case_stock(model_dir, trainer: Trainer, prompt_ids, reps, payloads: list[str]) -> dict:
+    """Case b on one server for this rank: each payload kind in turn, names never reused."""
+    out = {}
+    with lora_server(model_dir, trainer.rank, enable_mint=False) as server:
+        names = []
+
+        def handoff_with(how):
+            def handoff(k, sd):
+                t0 = time.perf_counter()
+                if names:
+                    post(server.url + "/unload_lora_adapter", {"lora_name": names[-1]})
+                t1 = time.perf_counter()
+                payload = serialize(sd, how)
+                t2 = time.perf_counter()
+                name = f"policy-r{trainer.rank}-{how}-{k}"
+                post(server.url + "/load_lora_adapter_from_tensors",
+                     {"lora_name": name, "config_dict": trainer.config, "serialized_named_tensors": [payload]})
+                t3 = time.perf_counter()
+                names.append(name)
+                return {"unload": t1 - t0, "serialize": t2 - t1, "load": t3 - t2}, f"{SERVED}:{name}"
+            return handoff
+
+        for how in payloads:
+            out[how] = {"payload_mb": round(len(serialize(trainer.step(0), how)) / 1e6, 2),
+                        **run_reps(trainer, handoff_with(how), server, prompt_ids, reps)}
+            print(f"r{trainer.rank} stock/{how}: median {out[how]['median_s']} s", flush=True)
+    return out
+
+
+def case_full(model_dir, trainers: list[Trainer], prompt_ids, reps, workdir: Path, modes: list[str]) -> dict:
+    """Case c on one server (no LoRA): for each rank's trainer, each update path in turn."""
+    out = {f"r{t.rank}": {} for t in trainers}
+    with start_server(model_dir, enable_lora=False, enable_mint=False, extra_args=SERVER_FLAGS) as server:
+        written = []
+        for trainer in trainers:
+            def disk(k, sd, trainer=trainer):
+                from safetensors.torch import save_file
+
+                t0 = time.perf_counter()
+                merged = trainer.merged(sd)
+                t1 = time.perf_counter()
+                folder = workdir / f"merged-r{trainer.rank}-{k}"
+                folder.mkdir(parents=True, exist_ok=True)
+                save_file(merged, str(folder / "model.safetensors"), metadata={"format": "pt"})
+                del merged
+                t2 = time.perf_counter()
+                post(server.url + "/update_weights_from_disk", {"model_path": str(folder)})
+                t3 = time.perf_counter()
+                written.append(folder)
+                while len(written) > 1:  # the server has read the older one
+                    shutil.rmtree(written.pop(0), ignore_errors=True)
+                return {"merge": t1 - t0, "write": t2 - t1, "update": t3 - t2}, SERVED
+
+            def tensor(k, sd, trainer=trainer):
+                t0 = time.perf_counter()
+                merged = trainer.merged(sd)
+                t1 = time.perf_counter()
+                payload = serialize(list(merged.items()), "shm")
+                t2 = time.perf_counter()
+                post(server.url + "/begin_weight_update", {})
+                try:
+                    post(server.url + "/update_weights_from_tensor", {"serialized_named_tensors": [payload]})
+                finally:
+                    post(server.url + "/end_weight_update", {})
+                del merged
+                t3 = time.perf_counter()
+                return {"merge": t1 - t0, "serialize": t2 - t1, "update": t3 - t2}, SERVED
+
+            for mode in modes:
+                fn = {"disk": disk, "tensor": tensor}[mode]
+                try:
+                    res = run_reps(trainer, fn, server, prompt_ids, reps)
+                except Exception as e:  # record why a path does not work here, keep the others
+                    res = {"failed": f"{type(e).__name__}: {e}"[:3000]}
+                out[f"r{trainer.rank}"][mode] = res
+                print(f"r{trainer.rank} full/{mode}: {res.get('median_s', res.get('failed'))}", flush=True)
+        for folder in written:
+            shutil.rmtree(folder, ignore_errors=True)
+    return out
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def probe_fd_strategy(model_dir, trainer: Trainer) -> str:
+    """Does MultiprocessingSerializer's CPU default (file_descriptor sharing) reach the server?
+
+    Measured: no. The fds travel through the sender's multiprocessing resource sharer, which
+    only answers processes holding the sender's authkey; the scheduler's authkey differs, its
+    unpickler raises AuthenticationError, and that exception kills the whole server."""
+    import torch.multiprocessing as tmp
+
+    tmp.set_sharing_strategy("file_descriptor")
+    try:
+        with lora_server(model_dir, trainer.rank, enable_mint=False) as server:
+            payload = serialize(trainer.step(0), "shm")
+            try:
+                post(server.url + "/load_lora_adapter_from_tensors",
+                     {"lora_name": "probe", "config_dict": trainer.config, "serialized_named_tensors": [payload]})
+                return "works"
+            except Exception as e:  # noqa: BLE001 - the point is to record what happens
+                time.sleep(8)  # let a dying server finish, so its log says why
+                alive = server.proc.poll() is None
+                cause = [ln for ln in server.log_tail(200).splitlines() if "Error" in ln][-1:]
+                return (f"fails: {type(e).__name__}: {str(e)[:300]}; server {'alive' if alive else 'DEAD'}; "
+                        f"server log: {cause[0].strip()[:300] if cause else '(nothing)'}")
+    finally:
+        tmp.set_sharing_strategy("file_system")
+
+
+def reference_check(model_dir, trainers, last: int, prompt_ids, results, workdir: Path) -> dict:
+    """HF+PEFT (separate process) logprob of the first token at step ``last`` against every case
+    that served that step (a step redone after contention got other weights)."""
+    from sglang_mint.dev.reference import run_reference
+
+    jobs = [{"adapter": None, "prompt_ids": prompt_ids, "max_tokens": 1}]
+    for t in trainers:
+        folder = t.write_peft(t.step(last), workdir / f"peft-r{t.rank}-{last}")
+        jobs.append({"adapter": str(folder), "prompt_ids": prompt_ids, "max_tokens": 1})
+    ref = run_reference(sys.executable, model_dir, jobs)
+    out = {"base_logprob": ref[0]["logprobs"][0], "base_token": ref[0]["tokens"][0]}
+    for t, r in zip(trainers, ref[1:]):
+        row = {"reference_logprob": r["logprobs"][0], "reference_token": r["tokens"][0], "served": {}}
+        for case in CASES:
+            for variant, v in results[f"r{t.rank}"].get(case, {}).items():
+                for s in v.get("samples", []):
+                    if s["step"] == last:
+                        row["served"][f"{case}/{variant}"] = {
+                            "logprob": s["logprob"], "abs_diff": abs(s["logprob"] - r["logprobs"][0])}
+        row["max_abs_diff"] = max((x["abs_diff"] for x in row["served"].values()), default=None)
+        out[f"r{t.rank}"] = row
+    return out
+
+
+def cross_case_agreement(res: dict) -> float | None:
+    """Largest logprob gap between cases at the same step (the same weights everywhere)."""
+    by_step: dict[int, list[float]] = {}
+    for case in CASES:
+        for v in res.get(case, {}).values():
+            for s in v.get("samples", []):
+                by_step.setdefault(s["step"], []).append(s["logprob"])
+    gaps = [max(lps) - min(lps) for lps in by_step.values() if len(lps) > 1]
+    return max(gaps) if gaps else None
+
+
+def ratios(res: dict) -> dict:
+    """a/b against the faster stock payload (goal <= 1.2) and c/a per full-update path (goal >= 20),
+    for the client's default publish (``warm``); ``per_variant`` has every pairing."""
+    med = {case: {v: r["median_s"] for v, r in res.get(case, {}).items() if "median_s" in r} for case in CASES}
+    out = {}
+    mint = med["mint"].get("warm") or next(iter(med["mint"].values()), None)
+    if mint and med["stock"]:
+        r = mint / min(med["stock"].values())
+        out["a_over_b"] = {"value": round(r, 3), "goal": "<= 1.2", "met": r <= 1.2,
+                           "per_variant": {f"{m}/{s}": round(a / b, 3) for m, a in med["mint"].items()
+                                           for s, b in med["stock"].items()}}
+    if mint and med["full"]:
+        out["c_over_a"] = {f: {"value": round(v / mint, 2), "goal": ">= 20", "met": v / mint >= 20}
+                           for f, v in med["full"].items()}
+        out["c_over_a"]["per_variant"] = {f"{f}/{m}": round(v / a, 2) for f, v in med["full"].items()
+                                          for m, a in med["mint"].items()}
+    return out
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--cases", default="a,b,c", help="which cases, comma-separated: a (mint publish), b (stock "
+                   "load_lora_adapter_from_tensors), c (stock full-weight update); default a,b,c")
+    p.add_argument("--ranks", default="8,64", help="LoRA ranks, comma-separated (default 8,64)")
+    p.add_argument("--reps", type=int, default=5, help="timed steps per case after one warm-up (default 5)")
+    p.add_argument("--layers", type=int, default=12, help="model layers (default 12: 2.7 GB fp32)")
+    p.add_argument("--mint-publish", default="warm,no-warm", help="case a: warm (the client's default publish: the "
+                   "server loads the revision at once) and/or no-warm (warm=False); default both")
+    p.add_argument("--stock-payloads", default="shm,bytes", help="case b payloads: shm, bytes (default both)")
+    p.add_argument("--full-modes", default="disk,tensor", help="case c paths: disk, tensor (default both)")
+    p.add_argument("--probe-fd-sharing", action="store_true",
+                   help="case b: also try MultiprocessingSerializer with torch's default CPU sharing "
+                   "(file descriptors) on a server of its own; it kills that server (see probe_fd_strategy)")
+    p.add_argument("--no-reference", action="store_true", help="skip the HF+PEFT logprob check")
+    p.add_argument("--quick", action="store_true", help="smoke run: 2-layer model (0.9 GB), rank 8, 2 reps")
+    p.add_argument("--workdir", default=None, help="folder for catalogs and merged checkpoints (default: a temp dir)")
+    a = p.parse_args()
+    if a.quick:
+        a.layers, a.ranks, a.reps = 2, "8", 2
+    cases = set(a.cases.split(","))
+    ranks = [int(r) for r in a.ranks.split(",")]
+    payloads = a.stock_payloads.split(",")
+    modes = a.full_modes.split(",")
+    mint_variants = a.mint_publish.split(",")
+
+    import torch
+    import torch.multiprocessing as tmp
+    from safetensors.torch import load_file
+    from transformers import AutoTokenizer
+
+    torch.set_num_threads(2)
+    # MultiprocessingSerializer's CPU default (file_descriptor) hands the fds over through a
+    # multiprocessing resource sharer that only processes sharing our authkey may use; the
+    # file_system strategy names shared-memory segments any local process can open.
+    tmp.set_sharing_strategy("file_system")
+    model_dir = random_llama_dir(layers=a.layers)
+    shape = json.loads((model_dir / ".complete").read_text())
+    prompt_ids = AutoTokenizer.from_pretrained(model_dir)(PROMPT)["input_ids"]
+    base = load_file(str(model_dir / "model.safetensors")) if "c" in cases else None
+    workdir = Path(a.workdir or tempfile.mkdtemp(prefix="handoff-bench-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
+
+    trainers = [Trainer(model_dir, rank, base) for rank in ranks]
+    results = {f"r{t.rank}": {} for t in trainers}
+    notes = {}
+    if "b" in cases and a.probe_fd_sharing:
+        notes["fd_sharing_probe"] = probe_fd_strategy(model_dir, trainers[0])
+        print("file_descriptor sharing:", notes["fd_sharing_probe"], flush=True)
+    if "b" in cases:
+        for t in trainers:
+            results[f"r{t.rank}"]["stock"] = case_stock(model_dir, t, prompt_ids, a.reps, payloads)
+    if "c" in cases:
+        for rk, res in case_full(model_dir, trainers, prompt_ids, a.reps, workdir, modes).items():
+            results[rk]["full"] = res
+    if "a" in cases:
+        for t in trainers:
+            results[f"r{t.rank}"]["mint"] = case_mint(model_dir, t, prompt_ids, a.reps, workdir, mint_variants)
+    for res in results.values():
+        res["cross_case_max_logprob_gap"] = cross_case_agreement(dict(res))
+        res["ratios"] = ratios(res)
+
+    reference = None if a.no_reference else reference_check(model_dir, trainers, a.reps, prompt_ids, results, workdir)
+    lora_mb = {f"r{t.rank}": round(sum(x.numel() * 4 for x in t.step(0).values()) / 1e6, 1) for t in trainers}
+    params = param_count(**{k: shape[k] for k in ("hidden", "intermediate", "layers", "heads", "kv_heads", "vocab")})
+    notes["shm_payload"] = ("torch sharing strategy file_system; the CPU default (file_descriptor) cannot reach "
+                            "an unrelated process, see --probe-fd-sharing")
+    record = append_result("handoff_bench", {
+        "bench": "handoff_bench", "quick": a.quick,
+        "model": {**shape, "params": params, "fp32_gb": round(params * 4 / 1e9, 2)},
+        "lora": {"modules": MODULES, "alpha": "2r", "b_std": B_STD, "fp32_mb": lora_mb},
+        "reps": a.reps, "prompt_tokens": len(prompt_ids), "cases": sorted(cases), "results": results,
+        "reference": reference, "notes": notes, "wall_s": round(time.perf_counter() - t_start, 1),
+    })
+    print_summary(record)
+    if not a.workdir:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+def print_summary(record: dict) -> None:
+    print(f"\nhandoff: trainer holds new LoRA -> first token (median / min over {record['reps']} steps, seconds)")
+    labels = {"mint": "a mint publish", "stock": "b stock from_tensors", "full": "c full update"}
+    for rk, res in record["results"].items():
+        for case in CASES:
+            for variant, v in res.get(case, {}).items():
+                label = f"{labels[case]}/{variant}"
+                if "median_s" in v:
+                    print(f"  {rk} {label:<30} {v['median_s']:>7.3f} {v['min_s']:>7.3f}   over warm "
+                          f"{v['median_over_warm_s']:.3f}  phases {v['median_phases_s']}"
+                          + (f"  ({v['contended_samples']} samples beside another server)"
+                             if v["contended_samples"] else ""))
+                else:
+                    print(f"  {rk} {label:<30} {v.get('skipped') or v.get('failed', '')[:300]}")
+        for name, r in res["ratios"].items():
+            print(f"  {rk} {name}: {r}")
+        print(f"  {rk} largest logprob gap between cases at the same step: {res['cross_case_max_logprob_gap']}")
+    if record["reference"]:
+        print("reference (HF+PEFT) vs served, last step, largest |logprob gap|:",
+              {k: v["max_abs_diff"] for k, v in record["reference"].items() if isinstance(v, dict)})
+
+
+if __name__ == "__main__":
+    sys.exit(main())
