@@ -38,7 +38,7 @@ from sglang_mint.dev.server import SGLangServer
 from sglang_mint.dev.tiny import write_tiny_llama
 
 PROMPT = "the quick brown fox"
-DP_BUDGET = "600KB"  # about eight rank-4 tiny adapters per rank
+DP_BUDGET = "600KB"  # about eight rank-4 tiny adapters per rank (rank 64: --dp-budget 8MB)
 
 
 def pct(values, q):
@@ -76,8 +76,8 @@ def tp_run(model, catalog, ids, tp, log_dir) -> dict:
             "read_p50_s": sched["cold_load_p50_s"], "read_p99_s": sched["cold_load_p99_s"]}
 
 
-def dp_run(model, catalog, requests, dispatch, log_dir) -> dict:
-    extra = ["--mint-catalog", str(catalog), "--dp-size", "2", "--mint-host-cache-bytes", DP_BUDGET,
+def dp_run(model, catalog, requests, dispatch, log_dir, budget) -> dict:
+    extra = ["--mint-catalog", str(catalog), "--dp-size", "2", "--mint-host-cache-bytes", budget,
              "--mint-dp-dispatch", dispatch]
     with SGLangServer(model, enable_mint=True, extra_args=extra, log_path=log_dir / f"dp-{dispatch}.log",
                       start_timeout=600) as srv:
@@ -97,6 +97,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--adapters", type=int, default=64, help="catalog size (default 64)")
     ap.add_argument("--requests", type=int, default=1000, help="zipf requests for the DP comparison")
+    ap.add_argument("--rank", type=int, default=4, help="adapter rank (default 4; 64 makes tensor data dominate "
+                    "the per-adapter Python objects)")
+    ap.add_argument("--dp-budget", default=DP_BUDGET, help=f"host budget per DP rank (default {DP_BUDGET})")
     ap.add_argument("--out", default=None, help="working folder (default: under the cache dir)")
     args = ap.parse_args(argv)
 
@@ -105,10 +108,10 @@ def main(argv=None) -> int:
     model = work / "model"
     if not (model / "config.json").exists():
         write_tiny_llama(model)
-    catalog = work / f"catalog-{args.adapters}"
+    catalog = work / f"catalog-{args.adapters}-r{args.rank}"
     if not (catalog / "catalog.db").exists():
         with init_catalog(str(catalog), str(model)) as cat:
-            synth(cat, args.adapters, prefix="s/", rank=4, progress=False)
+            synth(cat, args.adapters, prefix="s/", rank=args.rank, progress=False)
     ids = [f"s/{k:07d}" for k in range(args.adapters)]
 
     host = [tp_run(model, catalog, ids, tp, work) for tp in (1, 2)]
@@ -116,9 +119,9 @@ def main(argv=None) -> int:
     rng = random.Random(0)
     weights = [1.0 / (k + 1) ** 1.1 for k in range(args.adapters)]
     requests = [ids[k] for k in rng.choices(range(args.adapters), weights=weights, k=args.requests)]
-    dp = {d: dp_run(model, catalog, requests, d, work) for d in ("affinity", "sglang")}
+    dp = {d: dp_run(model, catalog, requests, d, work, args.dp_budget) for d in ("affinity", "sglang")}
     record = {
-        "setup": {"model": "tiny llama, fp32", "adapters": args.adapters, "rank": 4, "dp_budget": DP_BUDGET},
+        "setup": {"model": "tiny llama, fp32", "adapters": args.adapters, "rank": args.rank, "dp_budget": args.dp_budget},
         "tp": host,
         "node_pss_growth_tp2_over_tp1": round(ratio, 3), "host_target": "<= 1.1", "host_met": ratio <= 1.1,
         "cold_ttft_p50_tp2_over_tp1": round(host[1]["cold_ttft_p50_ms"] / host[0]["cold_ttft_p50_ms"], 2),
