@@ -57,8 +57,8 @@ def one(client, adapter_id) -> float:
     return time.perf_counter() - t0
 
 
-def tp_run(model, catalog, ids, tp, log_dir) -> dict:
-    extra = ["--mint-catalog", str(catalog), "--tp-size", str(tp)]
+def tp_run(model, catalog, ids, tp, log_dir, rank) -> dict:
+    extra = ["--mint-catalog", str(catalog), "--tp-size", str(tp), "--max-lora-rank", str(max(8, rank))]
     with SGLangServer(model, enable_mint=True, extra_args=extra, log_path=log_dir / f"tp{tp}.log",
                       start_timeout=600) as srv:
         client = openai.OpenAI(base_url=srv.openai_url, api_key="none", max_retries=0, timeout=600)
@@ -76,8 +76,9 @@ def tp_run(model, catalog, ids, tp, log_dir) -> dict:
             "read_p50_s": sched["cold_load_p50_s"], "read_p99_s": sched["cold_load_p99_s"]}
 
 
-def dp_run(model, catalog, requests, dispatch, log_dir, budget) -> dict:
+def dp_run(model, catalog, requests, dispatch, log_dir, budget, rank) -> dict:
     extra = ["--mint-catalog", str(catalog), "--dp-size", "2", "--mint-host-cache-bytes", budget,
+             "--max-lora-rank", str(max(8, rank)),
              "--mint-dp-dispatch", dispatch]
     with SGLangServer(model, enable_mint=True, extra_args=extra, log_path=log_dir / f"dp-{dispatch}.log",
                       start_timeout=600) as srv:
@@ -114,12 +115,12 @@ def main(argv=None) -> int:
             synth(cat, args.adapters, prefix="s/", rank=args.rank, progress=False)
     ids = [f"s/{k:07d}" for k in range(args.adapters)]
 
-    host = [tp_run(model, catalog, ids, tp, work) for tp in (1, 2)]
+    host = [tp_run(model, catalog, ids, tp, work, args.rank) for tp in (1, 2)]
     ratio = host[1]["node_pss_growth_bytes"] / host[0]["node_pss_growth_bytes"]
     rng = random.Random(0)
     weights = [1.0 / (k + 1) ** 1.1 for k in range(args.adapters)]
     requests = [ids[k] for k in rng.choices(range(args.adapters), weights=weights, k=args.requests)]
-    dp = {d: dp_run(model, catalog, requests, d, work, args.dp_budget) for d in ("affinity", "sglang")}
+    dp = {d: dp_run(model, catalog, requests, d, work, args.dp_budget, args.rank) for d in ("affinity", "sglang")}
     record = {
         "setup": {"model": "tiny llama, fp32", "adapters": args.adapters, "rank": args.rank, "dp_budget": args.dp_budget},
         "tp": host,
