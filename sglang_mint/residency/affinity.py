@@ -4,9 +4,11 @@ Every adapter has a preference order over the DP ranks, highest random weight
 first (``blake2b(adapter id, rank)``), so requests for one adapter go to the
 same rank while it has room, and that rank keeps it warm: a hot adapter is
 read once, not once per rank. A rank is skipped while its load (running +
-waiting requests) is above ``ceil((1 + slack) * (total + 1) / ranks)``, the
+waiting requests) reaches ``ceil((1 + slack) * (total + 1) / ranks)``, the
 bound of consistent hashing with bounded loads (Mirrokni, Thorup, Zadimoghaddam
-2018), so one hot adapter cannot pile its whole traffic on one rank. Adding or
+2018), so one hot adapter cannot pile its whole traffic on one rank; the bound
+is never below ``MIN_BOUND``, since at a handful of requests the loads are
+noise (SGLang's snapshots lag its dispatches) and a spill costs a cold read. Adding or
 removing a rank moves only the adapters whose first choice it is.
 
 Example with 2 ranks and loads [9, 1] (bound ceil(1.25 * 11 / 2) = 7): an
@@ -19,6 +21,7 @@ import hashlib
 import math
 
 DEFAULT_SLACK = 0.25
+MIN_BOUND = 4
 
 
 def preference(key: str, ranks: list[int]) -> list[int]:
@@ -33,7 +36,7 @@ def pick_rank(key: str, loads: list[int], ranks: list[int], slack: float = DEFAU
     """The rank for one more request of ``key``, given each rank's load (indexed by rank)."""
     if not ranks:
         raise ValueError("no ranks to pick from")
-    bound = math.ceil((1 + slack) * (sum(loads[r] for r in ranks) + 1) / len(ranks))
+    bound = max(MIN_BOUND, math.ceil((1 + slack) * (sum(loads[r] for r in ranks) + 1) / len(ranks)))
     for rank in preference(key, ranks):
         if loads[rank] < bound:
             return rank

@@ -39,5 +39,16 @@ def test_removing_a_rank_moves_only_its_adapters():
     assert any(before[k] == 2 for k in keys)
 
 
+def test_a_few_requests_never_spill():
+    # loads lag dispatches: [2, 0] is noise, not an overloaded rank (bound max(4, ceil(1.25 * 3 / 2)))
+    key = "acme/x"
+    first, second = preference(key, [0, 1])
+    loads = [0, 0]
+    loads[first] = 3
+    assert pick_rank(key, loads, [0, 1]) == first
+    loads[first] = 4
+    assert pick_rank(key, loads, [0, 1]) == second
+
+
 def test_only_active_ranks_are_picked():
     assert pick_rank("x", [0, 100, 0], [1]) == 1
