@@ -14,12 +14,13 @@ import openai
 import pytest
 from transformers import AutoTokenizer
 
+from test_catalog_serving import PROMPT, complete
+
 from sglang_mint.catalog import init_catalog
 from sglang_mint.client import MintAPIError, MintClient
 from sglang_mint.dev.reference import run_reference
 from sglang_mint.dev.tiny import randomize_lora
 
-PROMPT = "the quick brown fox and the lazy dog"
 TOL = 1e-4
 ADAPTER = "acme/bot"
 
@@ -70,12 +71,6 @@ def client(server):
 @pytest.fixture(scope="module")
 def prompt_ids(tiny_model):
     return AutoTokenizer.from_pretrained(tiny_model)(PROMPT)["input_ids"]
-
-
-def complete(client, model, max_tokens=6):
-    r = client.completions.create(model=model, prompt=PROMPT, max_tokens=max_tokens, temperature=0, logprobs=1,
-                                  extra_body={"return_token_ids": True, "ignore_eos": True})
-    return r.choices[0].model_extra["token_ids"], r.choices[0].logprobs.token_logprobs
 
 
 def reference(tiny_model, folder, prompt_ids, max_tokens=6) -> dict:

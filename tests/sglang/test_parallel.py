@@ -96,10 +96,13 @@ def openai_client(server):
 
 
 # -- tensor parallelism (class-scoped servers: one server at a time on two cores) --------
+def parallel_server(catalog_server, tiny_model, catalog, log_dir, *flags):
+    return catalog_server(tiny_model, catalog, log_dir, *flags, "--mint-host-cache-bytes", HOST_BUDGET)
+
+
 @pytest.fixture(scope="class")
 def tp_server(tiny_model, catalog, tmp_path_factory, catalog_server):
-    with catalog_server(tiny_model, catalog, tmp_path_factory.mktemp("tp2"), "--tp-size", "2",
-                        "--mint-host-cache-bytes", HOST_BUDGET) as srv:
+    with parallel_server(catalog_server, tiny_model, catalog, tmp_path_factory.mktemp("tp2"), "--tp-size", "2") as srv:
         yield srv
 
 
@@ -151,8 +154,7 @@ class TestTensorParallel:
 # -- data parallelism ------------------------------------------------------------
 @pytest.fixture(scope="class")
 def dp_server(tiny_model, catalog, tmp_path_factory, catalog_server):
-    with catalog_server(tiny_model, catalog, tmp_path_factory.mktemp("dp2"), "--dp-size", "2",
-                        "--mint-host-cache-bytes", HOST_BUDGET) as srv:
+    with parallel_server(catalog_server, tiny_model, catalog, tmp_path_factory.mktemp("dp2"), "--dp-size", "2") as srv:
         yield srv
 
 
