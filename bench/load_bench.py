@@ -42,6 +42,7 @@ q/k/v/o/gate/up/down, rank 16, bf16, about 80 MB).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import mmap
 import os
@@ -188,6 +189,7 @@ def run(kind: str, rounds: int, root: str) -> dict:
     used_iterators = set()  # which of SGLang's weight iterators (a) went through: checked below
 
     def noting(fn):
+        @functools.wraps(fn)  # a second run() wraps the wrapper: the name stays the iterator's
         def wrapped(*args, **kwargs):
             used_iterators.add(fn.__name__)
             return fn(*args, **kwargs)
