@@ -82,6 +82,10 @@ HOOKS: tuple[Hook, ...] = (
     Hook("scheduler", f"{_RUNNERS}._compute_lora_alignment", "AROUND", "moe_cpu:_around_lora_alignment", True),
     Hook("scheduler", "sglang.srt.utils.common.direct_register_custom_op", "AFTER", "moe_cpu:_also_register_cpu",
          True),
+    Hook("scheduler", "sglang.srt.lora.layers.FusedMoEWithLoRA.slice_moe_lora_a_weights", "AROUND",
+         "moe_cpu:_around_slice_moe_lora_a", True),
+    Hook("scheduler", "sglang.srt.lora.layers.FusedMoEWithLoRA.slice_moe_lora_b_weights", "AROUND",
+         "moe_cpu:_around_slice_moe_lora_b", True),
 )
 
 

@@ -2,9 +2,9 @@
 
 With LoRA on routed experts, SGLang runs ``FusedMoEWithLoRA`` through its
 Triton MoE runner (``fused_experts`` + the ``fused_moe_lora`` kernels; on CPU
-they run under ``TRITON_INTERPRET=1``). Four gaps of SGLang 0.5.23's CPU path
-stop it before any kernel runs; each hook below closes one, and only acts on
-CPU tensors (it is declared only where ``torch.cuda.is_available()`` is False):
+they run under ``TRITON_INTERPRET=1``). Five gaps of SGLang 0.5.23's CPU path
+stop it; each hook below closes one, and only acts on CPU tensors (it is
+declared only where ``torch.cuda.is_available()`` is False):
 
 1. ``fused_moe_triton_config.get_device_name`` is None on CPU and the config
    file name calls ``.replace`` on it: answer ``"cpu"`` (no tuned table has
@@ -19,6 +19,16 @@ CPU tensors (it is declared only where ``torch.cuda.is_available()`` is False):
 4. ``direct_register_custom_op`` registers an op's Python function for the
    CUDA dispatch key only, so ``torch.ops.sglang.fused_moe_lora`` has no CPU
    kernel: register the same function for CPU too.
+5. With ``--tp-size`` > 1 on CPU, ``adjust_config_with_unaligned_cpu_tp`` pads
+   ``moe_intermediate_size`` up to a multiple of ``tp_size * 32`` and the base
+   expert weights with zeros, but the LoRA slicing of ``FusedMoEWithLoRA``
+   takes the adapter's tensors as if they had the padded size. The tiny
+   Qwen3-MoE's 32 becomes 64 at TP=2: rank 0 takes columns 0:32 of down_proj's
+   A (all of it) and rank 1 columns 32:64 (none: "LoRA buffer shape [8, 32]
+   does not match weight shape [8, 0]"), and rank 1's gate_up B would take
+   up_proj rows as gate_proj rows. Pad the adapter's expert tensors the way
+   the base was padded before SGLang slices them; the padded rows are zero
+   on both sides, so those intermediate channels stay zero.
 """
 
 from __future__ import annotations
@@ -135,3 +145,44 @@ def _also_register_cpu(result, *args, **kwargs):
         if "multiple times" not in str(exc):  # already registered (a second engine in-process)
             raise
     return result
+
+
+# 5 -------------------------------------------------------------------------
+def _around_slice_moe_lora_a(original, module, A, tp_rank, target_module):
+    """down_proj's A reads the intermediate: [..., rank, I] -> [..., rank, I_padded]."""
+    if module.tp_size > 1 and target_module == "down_proj_moe":
+        A = _per_expert(A, lambda w: _pad_dim(w, -1, _padded_intermediate(module)))
+    return original(module, A, tp_rank, target_module)
+
+
+def _around_slice_moe_lora_b(original, module, B, tp_rank, target_module):
+    """gate_up's B writes gate then up: [..., 2*I, rank] -> [..., 2*I_padded, rank], each half padded."""
+    if module.tp_size > 1 and target_module == "gate_up_proj_moe":
+        size = _padded_intermediate(module)
+        if module.base_layer.moe_runner_config.is_gated:
+            B = _per_expert(B, lambda w: torch.cat([_pad_dim(half, -2, size) for half in w.chunk(2, dim=-2)], -2)
+                            if w.shape[-2] < 2 * size else w)
+        else:
+            B = _per_expert(B, lambda w: _pad_dim(w, -2, size))
+    return original(module, B, tp_rank, target_module)
+
+
+def _padded_intermediate(module) -> int:
+    return module.intermediate_size_per_partition * module.tp_size
+
+
+def _pad_dim(w: torch.Tensor, dim: int, size: int) -> torch.Tensor:
+    """``w`` with zeros appended along ``dim`` up to ``size`` (``w`` itself when it is that long already)."""
+    missing = size - w.shape[dim]
+    if missing <= 0:
+        return w
+    shape = list(w.shape)
+    shape[dim] = missing
+    return torch.cat([w, w.new_zeros(shape)], dim=dim)
+
+
+def _per_expert(weights, pad):
+    """``pad`` applied to each expert's tensor of SGLang's {expert: tensor} form, or to one stacked tensor."""
+    if isinstance(weights, dict):
+        return {expert: pad(w) for expert, w in weights.items()}
+    return pad(weights)
