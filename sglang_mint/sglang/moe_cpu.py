@@ -28,7 +28,9 @@ declared only where ``torch.cuda.is_available()`` is False):
    does not match weight shape [8, 0]"), and rank 1's gate_up B would take
    up_proj rows as gate_proj rows. Pad the adapter's expert tensors the way
    the base was padded before SGLang slices them; the padded rows are zero
-   on both sides, so those intermediate channels stay zero.
+   on both sides, so those intermediate channels stay zero. Under expert
+   parallelism (``--ep-size 2``: one rank holds all 64 channels of its
+   experts) the padding is the same and nothing is sliced.
 """
 
 from __future__ import annotations
@@ -150,14 +152,14 @@ def _also_register_cpu(result, *args, **kwargs):
 # 5 -------------------------------------------------------------------------
 def _around_slice_moe_lora_a(original, module, A, tp_rank, target_module):
     """down_proj's A reads the intermediate: [..., rank, I] -> [..., rank, I_padded]."""
-    if module.tp_size > 1 and target_module == "down_proj_moe":
+    if target_module == "down_proj_moe":
         A = _per_expert(A, lambda w: _pad_dim(w, -1, _padded_intermediate(module)))
     return original(module, A, tp_rank, target_module)
 
 
 def _around_slice_moe_lora_b(original, module, B, tp_rank, target_module):
     """gate_up's B writes gate then up: [..., 2*I, rank] -> [..., 2*I_padded, rank], each half padded."""
-    if module.tp_size > 1 and target_module == "gate_up_proj_moe":
+    if target_module == "gate_up_proj_moe":
         size = _padded_intermediate(module)
         if module.base_layer.moe_runner_config.is_gated:
             B = _per_expert(B, lambda w: torch.cat([_pad_dim(half, -2, size) for half in w.chunk(2, dim=-2)], -2)

@@ -66,6 +66,15 @@ def test_an_unpadded_model_is_sliced_as_sglang_slices_it():
         assert torch.equal(slice_b(module, B, tp_rank), torch.cat([B[own], B[CHANNELS:][own]]))
 
 
+def test_expert_parallel_ranks_take_every_padded_channel():
+    module = experts_module(tp_size=1, channels_per_rank=64)  # --tp-size 2 --ep-size 2: experts split, channels not
+    A, B = torch.randn(RANK, CHANNELS), torch.randn(2 * CHANNELS, RANK)
+    padded_a, padded_b = slice_a(module, A, 0), slice_b(module, B, 0)
+    assert padded_a.shape == (RANK, 64) and torch.equal(padded_a[:, :CHANNELS], A) and not padded_a[:, CHANNELS:].any()
+    assert padded_b.shape == (128, RANK) and not padded_b[CHANNELS:64].any() and not padded_b[96:].any()
+    assert torch.equal(padded_b[:CHANNELS], B[:CHANNELS]) and torch.equal(padded_b[64:96], B[CHANNELS:])
+
+
 @pytest.mark.parametrize("gated", [True, False])
 def test_one_rank_changes_nothing(gated):
     module = experts_module(tp_size=1, channels_per_rank=CHANNELS, gated=gated)

@@ -173,13 +173,14 @@ class TestDataParallel:
         assert sorted(a - b for a, b in zip(after, before)) == [0, 12]
 
 
-# -- MoE-expert LoRA (tiny Qwen3-MoE) with TP=2 and DP=2 -------------------------------
+# -- MoE-expert LoRA (tiny Qwen3-MoE) with TP=2, expert parallelism and DP=2 ------------
 # SGLang's MoE-LoRA kernels run under Triton's interpreter on CPU, about 2 s a request here,
 # so this storm is smaller: 24 requests over 6 cold adapters, half of them stored packed.
 # Tolerance 1e-3 against HF+PEFT: test_moe_cpu.py explains SGLang's fp16 expert outputs.
 # At TP=2 SGLang pads the tiny model's expert intermediate size on CPU (32 -> 64); before
 # moe_cpu.py padded the adapters alike, every expert LoRA failed to load there
-# ("LoRA buffer shape [8, 32] does not match weight shape [8, 0]").
+# ("LoRA buffer shape [8, 32] does not match weight shape [8, 0]"), and at EP=2 too
+# ("[8, 64] does not match [8, 32]"): each rank holds 4 of the 8 experts, all channels.
 MOE_ADAPTERS = 6
 MOE_TOL = 1e-3
 
@@ -200,7 +201,8 @@ def moe(tmp_path_factory):
     return model, catalog, refs
 
 
-@pytest.mark.parametrize("parallel", [["--tp-size", "2"], ["--dp-size", "2"]], ids=["tp2", "dp2"])
+@pytest.mark.parametrize("parallel", [["--tp-size", "2"], ["--tp-size", "2", "--ep-size", "2"], ["--dp-size", "2"]],
+                         ids=["tp2", "tp2-ep2", "dp2"])
 def test_moe_storm_equals_hf_peft(moe, tmp_path, parallel):
     model, catalog, refs = moe
     extra = ["--mint-catalog", str(catalog), *parallel, "--max-loras-per-batch", "2"]
