@@ -1,4 +1,4 @@
-"""What every benchmark result carries: the machine, the git commit, the time."""
+"""What every benchmark result carries (the machine, the git commit, the time), and waiting out other servers."""
 
 from __future__ import annotations
 
@@ -44,3 +44,22 @@ def append_result(name: str, record: dict) -> dict:
     with open(RESULTS / f"{name}.jsonl", "a") as f:
         f.write(json.dumps(record) + "\n")
     return record
+
+
+def other_server_pids(exclude: int | None = None) -> list[int]:
+    out = subprocess.run(["pgrep", "-f", "sglang.launch_server"], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split() if int(p) != exclude]
+
+
+def wait_for_other_servers(exclude: int | None = None, poll_s: float = 5.0, max_wait_s: float = 600.0) -> None:
+    """Start no server (and no timed step) while another SGLang server runs on this machine:
+    it would share the cores and skew both, and two 2.7 GB models crowd 24 GB. Gives up
+    waiting after ``max_wait_s`` (the step is then marked contended)."""
+    waited = 0.0
+    while other_server_pids(exclude) and waited < max_wait_s:
+        if waited == 0:
+            print("another sglang.launch_server is running: waiting for it to end", flush=True)
+        time.sleep(poll_s)
+        waited += poll_s
+    if waited:
+        print(f"waited {waited:.0f} s for another server", flush=True)

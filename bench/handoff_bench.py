@@ -63,7 +63,7 @@ from pathlib import Path
 
 import openai
 
-from _common import append_result
+from _common import append_result, other_server_pids, wait_for_other_servers
 from sglang_mint.dev.random_llama import param_count, random_llama_dir
 from sglang_mint.dev.server import SGLangServer
 
@@ -234,27 +234,6 @@ def summarize(samples: list[dict]) -> dict:
             "median_warm_s": round(statistics.median(s["warm_s"] for s in samples), 4),
             "median_phases_s": phases,
             "contended_samples": sum(1 for s in samples if s.get("other_servers"))}
-
-
-def other_server_pids(exclude: int | None = None) -> list[int]:
-    import subprocess
-
-    out = subprocess.run(["pgrep", "-f", "sglang.launch_server"], capture_output=True, text=True).stdout
-    return [int(p) for p in out.split() if int(p) != exclude]
-
-
-def wait_for_other_servers(exclude: int | None = None, poll_s: float = 5.0, max_wait_s: float = 600.0) -> None:
-    """Start no server (and no timed step) while another SGLang server runs on this machine:
-    it would share the cores and skew both, and two 2.7 GB models crowd 24 GB. Gives up
-    waiting after ``max_wait_s`` (the step is then marked contended)."""
-    waited = 0.0
-    while other_server_pids(exclude) and waited < max_wait_s:
-        if waited == 0:
-            print("another sglang.launch_server is running: waiting for it to end", flush=True)
-        time.sleep(poll_s)
-        waited += poll_s
-    if waited:
-        print(f"waited {waited:.0f} s for another server", flush=True)
 
 
 class Server(SGLangServer):
