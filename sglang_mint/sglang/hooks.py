@@ -50,6 +50,9 @@ HOOKS: tuple[Hook, ...] = (
     Hook("frontend", "sglang.srt.lora.lora_registry.LoRARegistry.release", "AROUND",
          "frontend:_around_registry_release"),
     Hook("frontend", "sglang.srt.entrypoints.http_server.launch_server", "BEFORE", "endpoints:_before_launch_server"),
+    # vLLM's lora_requests_info gauge on /metrics, for llm-d's LoRA affinity (lora_info.py)
+    Hook("frontend", "sglang.srt.entrypoints.http_server.add_prometheus_middleware", "AFTER",
+         "lora_info:_after_add_prometheus_middleware"),
     # data parallelism: a catalog adapter's requests go to the DP rank that keeps it warm
     Hook("frontend", "sglang.srt.managers.data_parallel_controller.DataParallelController.dispatching_with_trace",
          "AROUND", "dp_affinity:_around_dispatching_with_trace"),

@@ -150,6 +150,14 @@ class SchedulerResidency:
         from sglang_mint.sglang.metrics import SchedulerMetrics, metrics_enabled
 
         self.metrics = SchedulerMetrics(metrics_enabled())
+        self.lora_info = None  # vLLM's lora_requests_info gauge for llm-d (lora_info.py): one writer per DP rank
+        if metrics_enabled() and self.tp_rank == 0:
+            from sglang.srt.runtime_context import get_parallel
+
+            from sglang_mint.sglang.lora_info import LoraInfoWriter, state_path
+
+            path = state_path(os.environ["PROMETHEUS_MULTIPROC_DIR"], get_parallel().dp_rank or 0)
+            self.lora_info = LoraInfoWriter(path, scheduler.max_loras_per_batch, self.manager, self)
 
     # -- on a worker thread ------------------------------------------------
     def _read(self, lora_id: str):
@@ -491,6 +499,8 @@ def _after_ingest_requests(result, scheduler, *args, **kwargs):
     residency = residency_of(scheduler)
     if residency is not None:
         residency.install_ready()
+        if residency.lora_info is not None:
+            residency.lora_info.refresh()
         if residency.reading and residency.agreement is None and _nothing_running(scheduler):
             # The loop would spin holding the GIL while its only work is waiting for reads, and a
             # read thread gets the GIL back only at each switch interval, once per torch call:

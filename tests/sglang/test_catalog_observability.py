@@ -109,3 +109,39 @@ def test_metrics_and_host_memory_under_churn(server):
     assert metric(text, "sglang:mint_cold_loads_total") == st["cold_loads"]
     assert metric(text, "sglang:mint_evictions_total") == st["evictions"] > 0
     assert metric(text, "sglang:mint_host_bytes") == st["host_bytes"]
+
+
+def lora_info_series(server) -> list:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    families = [f for f in text_string_to_metric_families(get(server, "/metrics"))
+                if f.name == "vllm:lora_requests_info"]
+    return [s for f in families for s in f.samples]
+
+
+def test_llm_d_lora_gauge_names_the_adapters_held(server):
+    """vLLM's lora_requests_info, as llm-d's LoRA-affinity scorer reads it: one series whose
+    labels name the adapters in the GPU pool (running) and those being read (waiting)."""
+    t0 = time.time()
+    client = openai.OpenAI(base_url=server.openai_url, api_key="none", max_retries=0, timeout=600)
+    for i in (1, 2, 3):
+        client.completions.create(model=f"big/{i:07d}", prompt="hello", max_tokens=2)
+    [series] = lora_info_series(server)
+    running = series.labels["running_lora_adapters"].split(",")
+    assert {"big/0000001", "big/0000002", "big/0000003"} <= set(running)
+    assert len(running) <= 8 and series.labels["max_lora"] == "8"
+    assert t0 <= series.value <= time.time() + 1  # the time the state was recorded
+
+    # A prefetch of many cold adapters: some scrape sees reads queued, named by adapter id.
+    wanted = [f"big/{i:07d}" for i in range(100, 400)]
+    code, _ = post(server, "/mint/prefetch", json.dumps({"adapters": wanted}).encode())
+    assert code == 200
+    seen_waiting: set[str] = set()
+    deadline = time.monotonic() + 120
+    while sched_status(server)["loading"] or sched_status(server)["reads_waiting_for_room"]:
+        assert time.monotonic() < deadline
+        [series] = lora_info_series(server)
+        seen_waiting |= set(filter(None, series.labels["waiting_lora_adapters"].split(",")))
+    assert seen_waiting and seen_waiting <= set(wanted)
+    [series] = lora_info_series(server)
+    assert series.labels["waiting_lora_adapters"] == ""
