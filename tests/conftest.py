@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+# Real servers on loopback, usable from every test folder: the S3-compatible moto server
+# (fixtures ``moto_server``, ``s3_url``).
+pytest_plugins = ["servers.moto_server"]
+
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory):

@@ -6,6 +6,7 @@ __all__ = [
     "AdapterNotFound",
     "BaseModelMismatch",
     "BlobMissing",
+    "BlobStoreUnavailable",
     "CatalogError",
     "InvalidAdapter",
     "InvalidAdapterId",
@@ -50,3 +51,11 @@ class BlobMissing(CatalogError):
     """A revision's blob is absent from the blob store (found by verify or materialise)."""
 
     http_status = 500
+
+
+class BlobStoreUnavailable(CatalogError):
+    """The remote blob store cannot be used: endpoint unreachable, bucket missing, no or bad
+    credentials. The message names the store URL and endpoint (never a secret) and the problem,
+    e.g. ``s3://adapters/prod (endpoint http://10.0.0.5:9000): cannot connect``."""
+
+    http_status = 503
