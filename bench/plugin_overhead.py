@@ -16,6 +16,10 @@ greedy completions with ignore_eos), each compared with its stock counterpart:
   mint-catalog     --enable-mint --mint-catalog: the same N adapters published
                    to a catalog, requested by catalog id (loaded on first use,
                    resident afterwards)                            vs lora-stock
+  lora-stock-twin  a second lora-stock server in the same group: an A/A control
+                   for where a server sits in the group (start order, memory
+                   placement), which a difference between configurations
+                   could otherwise be mistaken for            vs lora-stock
 
 How the rounds interleave (the design, and why). A server takes 25-35 s to
 start on this 2-core machine, so restarting every configuration for every
@@ -73,9 +77,11 @@ from sglang_mint.dev.server import SGLangServer  # noqa: E402
 MAX_TOKENS = 16
 PROMPT = "the quick brown fox"
 TARGET = 1.05  # ours / stock
-GROUPS = {"base": ["stock", "plugin-loaded"], "lora": ["lora-stock", "mint", "mint-catalog"]}
-PAIRS = [("plugin-loaded", "stock"), ("mint", "lora-stock"), ("mint-catalog", "lora-stock")]
+GROUPS = {"base": ["stock", "plugin-loaded"], "lora": ["lora-stock", "mint", "mint-catalog", "lora-stock-twin"]}
+PAIRS = [("plugin-loaded", "stock"), ("mint", "lora-stock"), ("mint-catalog", "lora-stock"),
+         ("lora-stock-twin", "lora-stock")]
 CATALOG_PREFIX = "bench/"
+METRICS = ("start_s", "base_ms", "adapter_ms", "adapter_cpu_ms")
 
 
 def configs(adapters: dict, catalog: Path) -> dict:
@@ -85,6 +91,7 @@ def configs(adapters: dict, catalog: Path) -> dict:
         "stock": dict(enable_lora=False, enable_mint=False, env=without_mint),
         "plugin-loaded": dict(enable_lora=False, enable_mint=False),
         "lora-stock": dict(lora_paths=adapters, enable_mint=False),
+        "lora-stock-twin": dict(lora_paths=adapters, enable_mint=False),
         "mint": dict(lora_paths=adapters, enable_mint=True),
         "mint-catalog": dict(enable_mint=True, extra_args=["--mint-catalog", str(catalog)]),
     }
@@ -92,7 +99,8 @@ def configs(adapters: dict, catalog: Path) -> dict:
 
 def adapter_models(name: str, adapters: dict) -> list[str] | None:
     """What each configuration puts in ``model`` for the N adapters (None: no LoRA)."""
-    return {"lora-stock": [f"tiny:{a}" for a in adapters], "mint": list(adapters),
+    return {"lora-stock": [f"tiny:{a}" for a in adapters], "lora-stock-twin": [f"tiny:{a}" for a in adapters],
+            "mint": list(adapters),
             "mint-catalog": [CATALOG_PREFIX + a for a in adapters]}.get(name)
 
 
@@ -191,7 +199,11 @@ def run_group(group: list[str], cfgs: dict, adapters: dict, model_dir: Path, epo
                        "base_ms": round(batch_ms(clients[name], ["tiny"], n), 2)}
                 models = adapter_models(name, adapters)
                 if models:
+                    s0 = cpu_seconds(trees[name])
                     row["adapter_ms"] = round(batch_ms(clients[name], models, n), 2)
+                    # The server's own CPU per adapter request (all its processes): what a per-request
+                    # cost of the plugin would show in, whatever the machine's noise does to latency.
+                    row["adapter_cpu_ms"] = round((cpu_seconds(trees[name]) - s0) * 1e3 / (n + 1), 2)
                 wall = time.perf_counter() - t0
                 if idle:
                     row["idle_cpu"] = round((cpu_seconds(idle) - c0) / wall, 3)
@@ -246,29 +258,32 @@ def main() -> int:
     p.add_argument("--epochs", type=int, default=3, help="server starts per configuration (default 3)")
     p.add_argument("--rounds", type=int, default=8, help="latency rounds per epoch (default 8)")
     p.add_argument("--requests", type=int, default=10, help="timed requests per batch and model (default 10)")
+    p.add_argument("--groups", nargs="+", choices=list(GROUPS), default=list(GROUPS),
+                   help="server groups to run (default both)")
     p.add_argument("--no-record", action="store_true", help="print only, append nothing to bench/results")
     a = p.parse_args()
+    groups = [GROUPS[g] for g in a.groups]
     model_dir, adapters = demo_assets()
     rows: list = []
     with tempfile.TemporaryDirectory(prefix="mint-overhead-") as tmp:
         tmp = Path(tmp)
         cfgs = configs(adapters, build_catalog(model_dir, adapters, tmp / "catalog"))
         for epoch in range(a.epochs):
-            for group in (list(GROUPS.values()) if epoch % 2 == 0 else list(GROUPS.values())[::-1]):
+            for group in (groups if epoch % 2 == 0 else groups[::-1]):
                 run_group(group, cfgs, adapters, model_dir, epoch, a.rounds, a.requests, tmp, rows)
     per_config = {}
-    for name in cfgs:
+    for name in (n for g in groups for n in g):
         mine = [r for r in rows if r["config"] == name]
-        per_config[name] = {m: spread([r[m] for r in mine if m in r]) for m in ("start_s", "base_ms", "adapter_ms")
+        per_config[name] = {m: spread([r[m] for r in mine if m in r]) for m in METRICS
                             if any(m in r for r in mine)}
-    figures = [figure(rows, ours, stock, m) for ours, stock in PAIRS for m in ("start_s", "base_ms", "adapter_ms")
-               if m in per_config[ours] and m in per_config[stock]]
+    figures = [figure(rows, ours, stock, m) for ours, stock in PAIRS for m in METRICS
+               if m in per_config.get(ours, {}) and m in per_config.get(stock, {})]
     idle = [r["idle_cpu"] for r in rows if "idle_cpu" in r]
     foreign = [r["foreign_cpu"] for r in rows if "foreign_cpu" in r]
     record = (dict if a.no_record else lambda r: append_result("plugin_overhead", r))({
         "bench": "plugin_overhead", "model": "tiny-llama (2 layers, hidden 128, fp32)", "adapters": len(adapters),
         "max_tokens": MAX_TOKENS, "requests_per_batch": a.requests, "epochs": a.epochs,
-        "rounds": a.epochs * a.rounds, "groups": GROUPS,
+        "rounds": a.epochs * a.rounds, "groups": {g: GROUPS[g] for g in a.groups},
         "statistic": "per round: median of the batch; per config: median of round medians, min, max",
         "noise": "detectable = 2 sd(ln paired ratio) / sqrt(rounds); stock_aa = stock even rounds / odd rounds",
         "idle_cpu_max": max(idle) if idle else None,
