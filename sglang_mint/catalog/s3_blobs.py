@@ -77,8 +77,12 @@ class S3BlobStore(BlobStore):
         if self._client_pid != os.getpid():
             with self._client_lock:
                 if self._client_pid != os.getpid():
-                    import boto3
-                    from botocore.config import Config
+                    try:
+                        import boto3
+                        from botocore.config import Config
+                    except ImportError:
+                        raise CatalogError(f"the blob store {self.url} needs boto3, which is not installed "
+                                           "(pip install -r requirements.lock)") from None
 
                     config = Config(retries={"mode": "standard"}, connect_timeout=5, read_timeout=60,
                                     max_pool_connections=32)
