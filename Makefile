@@ -20,6 +20,12 @@ PYTEST_ARGS ?=
 .PHONY: setup demo test
 
 setup:
+	@# The PostgreSQL catalog tests start Debian's server from /usr/lib/postgresql/*/bin (CI runs as root).
+	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+		echo "==> installing postgresql (catalog backend tests)"; \
+		apt-get update -qq >/dev/null && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql >/dev/null; \
+	fi
 	@if [ ! -f "$(VENV)/.complete" ]; then \
 		echo "==> building virtualenv $(VENV) from requirements.lock"; \
 		rm -rf "$(VENV)" && \

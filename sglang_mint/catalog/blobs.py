@@ -113,6 +113,9 @@ class LocalBlobStore(BlobStore):
                 continue
             yield from names
 
+    def size(self, digest: str) -> int:
+        return os.path.getsize(self.path(digest))
+
     def age_s(self, digest: str) -> float:
         return time.time() - os.stat(self.path(digest)).st_mtime
 

@@ -30,7 +30,9 @@ from sglang_mint.catalog.blobs import LocalBlobStore
 from sglang_mint.catalog.errors import (AdapterNotFound, BlobMissing, CatalogError, InvalidAdapter, MintError,
                                         NotACatalog, RevisionNotFound)
 from sglang_mint.catalog.ids import validate_adapter_id
+from sglang_mint.catalog.location import parse_blobs, parse_location
 from sglang_mint.catalog.peft_import import CONFIG, WEIGHTS, PeftAdapter, read_peft_folder
+from sglang_mint.catalog.pg_store import PostgresMetadataStore
 from sglang_mint.catalog.sqlite_store import SqliteMetadataStore
 from sglang_mint.catalog.store import AdapterRow, BlobStore, MetadataStore, Revision, RevisionRecord
 
@@ -42,6 +44,8 @@ DB_NAME = "catalog.db"
 # page cache keeps its pages warm anyway.
 SERVING_CACHE_KIB = 512
 VIEW_MANIFEST = ".mint-files.json"
+# Local disk cache of a remote (S3) blob store, per engine; least recently used blobs go beyond it.
+DEFAULT_BLOB_CACHE_BYTES = 10 * 2**30
 
 
 def content_digest(files: dict[str, str]) -> str:
@@ -71,11 +75,30 @@ class Page:
     next_after: str | None  # pass as ``after`` to get the next page; None on the last page
 
 
-def init_catalog(path: str, base_model_dir: str) -> "Catalog":
+def init_catalog(target: str, base_model_dir: str, blobs: str | None = None,
+                 cache_dir: str | None = None) -> "Catalog":
     """Create an empty catalog for the base model in ``base_model_dir``.
 
-    Refuses a folder that already holds a catalog or any other file."""
+    ``target`` is a folder (SQLite + blobs inside it; refused unless new or empty)
+    or ``postgresql://user@host:port/db`` (an existing empty database), which also
+    needs ``blobs``: ``s3://bucket/prefix`` or a folder every engine mounts. The blob
+    location is stored in the catalog, so engines open it from the URL alone."""
+    loc = parse_location(target)
     base = load_base_model(base_model_dir)
+    settings = {"base_model": json.dumps(base.to_json()), "created": repr(time.time())}
+    if not loc.is_folder:
+        if not blobs:
+            raise CatalogError(f"a PostgreSQL catalog keeps its blobs elsewhere: add --blobs s3://BUCKET/PREFIX "
+                               f"or --blobs /shared/folder to `mint catalog init {loc.display}`")
+        where = parse_blobs(blobs)
+        if where.kind == "folder":
+            LocalBlobStore(where.target).create()
+        PostgresMetadataStore.create(loc.target, {**settings, "blobs": where.target})
+        return open_catalog(target, cache_dir=cache_dir)
+    if blobs is not None:
+        raise CatalogError(f"--blobs is for a postgresql:// catalog; the catalog folder {target!r} keeps its "
+                           "blobs inside it")
+    path = target
     if os.path.exists(os.path.join(path, DB_NAME)):
         raise CatalogError(f"{path!r} already holds a catalog")
     if os.path.isdir(path) and os.listdir(path):
@@ -84,17 +107,24 @@ def init_catalog(path: str, base_model_dir: str) -> "Catalog":
     LocalBlobStore(os.path.join(path, "blobs")).create()
     os.makedirs(os.path.join(path, "views", "tmp"), exist_ok=True)
     tmp_db = os.path.join(path, f".{DB_NAME}.init")
-    SqliteMetadataStore.create(tmp_db, {"base_model": json.dumps(base.to_json()), "created": repr(time.time())})
+    SqliteMetadataStore.create(tmp_db, settings)
     os.rename(tmp_db, os.path.join(path, DB_NAME))  # the catalog exists once the db has its final name
     return open_catalog(path)
 
 
-def open_catalog(path: str, cache_kib: int = 8192) -> "Catalog":
-    """Open an existing catalog folder; NotACatalog if it is missing or holds no catalog.
+def open_catalog(target: str, cache_kib: int = 8192, cache_dir: str | None = None,
+                 blob_cache_bytes: int = DEFAULT_BLOB_CACHE_BYTES) -> "Catalog":
+    """Open an existing catalog: a folder or a ``postgresql://`` URL; NotACatalog if there is none.
 
     ``cache_kib`` is SQLite's page cache per connection, and there is one connection per
     thread that uses the catalog: a server resolving ids from a pool of threads keeps it small
-    (``SERVING_CACHE_KIB``), since the index pages it reads stay in the OS page cache anyway."""
+    (``SERVING_CACHE_KIB``), since the index pages it reads stay in the OS page cache anyway.
+    A PostgreSQL catalog keeps this engine's views (and an S3 blob cache of at most
+    ``blob_cache_bytes``) in ``cache_dir``, by default the folder location.py derives from the URL."""
+    loc = parse_location(target)
+    if not loc.is_folder:
+        return _open_postgres(loc, cache_dir, blob_cache_bytes)
+    path = target
     db = os.path.join(path, DB_NAME)
     if not os.path.isdir(path):
         raise NotACatalog(f"{path!r} is not a folder; create a catalog with `mint catalog init {path} --base-model DIR`")
@@ -113,15 +143,46 @@ def open_catalog(path: str, cache_kib: int = 8192) -> "Catalog":
     return Catalog(path, base, store, LocalBlobStore(os.path.join(path, "blobs")))
 
 
+def _open_postgres(loc, cache_dir: str | None, blob_cache_bytes: int) -> "Catalog":
+    store = PostgresMetadataStore(loc.target)
+    try:
+        raw, blobs_at = store.get_setting("base_model"), store.get_setting("blobs")
+        if raw is None or blobs_at is None:
+            raise NotACatalog(f"{loc.display} is not a catalog: its settings lack "
+                              f"{'base_model' if raw is None else 'blobs'}")
+        base = BaseModel.from_json(json.loads(raw))
+        local = loc.cache_dir(cache_dir)
+        os.makedirs(os.path.join(local, "views", "tmp"), exist_ok=True)
+        where = parse_blobs(blobs_at)
+        if where.kind == "folder":
+            if not os.path.isdir(where.target):
+                raise CatalogError(f"catalog {loc.display} keeps its blobs in the folder {where.target}, which is "
+                                   "not on this machine; mount the shared folder there")
+            blob_store: BlobStore = LocalBlobStore(where.target)
+        else:
+            from sglang_mint.catalog.s3_blobs import S3BlobStore
+            blob_store = S3BlobStore(url=where.target, cache_dir=os.path.join(local, "blobs"),
+                                     cache_bytes=blob_cache_bytes)
+    except (ValueError, TypeError) as exc:
+        store.close()
+        raise NotACatalog(f"{loc.display} is not a catalog: its settings are unreadable ({exc})") from None
+    except BaseException:
+        store.close()
+        raise
+    return Catalog(loc.target, base, store, blob_store, views=os.path.join(local, "views"), display=loc.display)
+
+
 class Catalog:
     """Adapters with immutable revisions. Safe from many threads and processes."""
 
-    def __init__(self, path: str, base: BaseModel, store: MetadataStore, blobs: BlobStore):
-        self.path = path
+    def __init__(self, path: str, base: BaseModel, store: MetadataStore, blobs: BlobStore,
+                 views: str | None = None, display: str | None = None):
+        self.path = path  # what open_catalog was given: a folder or the URL (password included)
+        self.display = display or path  # for messages: a URL's password is ***
         self.base = base
         self.store = store
         self.blobs = blobs
-        self.views = os.path.join(path, "views")
+        self.views = views or os.path.join(path, "views")
 
     def close(self) -> None:
         self.store.close()
@@ -183,7 +244,7 @@ class Catalog:
         return Page(items, items[-1][0].adapter_id if len(items) == limit else None)
 
     def stats(self) -> dict:
-        out = {"path": self.path, "base_model": self.base.name, "base_identity": self.base.identity}
+        out = {"path": self.display, "base_model": self.base.name, "base_identity": self.base.identity}
         out.update(self.store.counts())
         return out
 
@@ -341,7 +402,7 @@ class Catalog:
                         continue
                     if refs is None and self.blobs.age_s(digest) < grace_s:
                         continue
-                    size = os.path.getsize(self.blobs.path(digest))
+                    size = self.blobs.size(digest)
                     self.blobs.delete(digest)
                     self.store.forget_blob(digest)
                     removed, freed = removed + 1, freed + size

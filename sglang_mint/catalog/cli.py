@@ -44,10 +44,10 @@ def _open(args):
 
 def cmd_init(args) -> int:
     from sglang_mint.catalog import init_catalog
-    with init_catalog(args.catalog, args.base_model) as cat:
+    with init_catalog(args.catalog, args.base_model, blobs=args.blobs) as cat:
         b = cat.base
-        _out(args, {"path": cat.path, "base_model": b.to_json()},
-             f"created catalog {cat.path} for base model {b.name} ({b.identity})")
+        _out(args, {"path": cat.display, "base_model": b.to_json()},
+             f"created catalog {cat.display} for base model {b.name} ({b.identity})")
     return 0
 
 
@@ -148,10 +148,14 @@ def cmd_gc(args) -> int:
 def cmd_synth(args) -> int:
     from sglang_mint.catalog import init_catalog, open_catalog
     from sglang_mint.catalog.synth import synth
-    if args.base_model and not os.path.exists(os.path.join(args.catalog, "catalog.db")):
-        cat = init_catalog(args.catalog, args.base_model)
-    else:
+    from sglang_mint.catalog.errors import NotACatalog
+    try:
         cat = open_catalog(args.catalog)
+    except NotACatalog:
+        if not args.base_model:
+            raise
+        cat = init_catalog(args.catalog, args.base_model, blobs=args.blobs)
+    else:
         if args.base_model:
             from sglang_mint.catalog.base import load_base_model
             from sglang_mint.catalog.errors import BaseModelMismatch
@@ -168,6 +172,11 @@ def cmd_synth(args) -> int:
     return 0
 
 
+BLOBS_HELP = ("postgresql:// catalogs only: where blobs live, s3://BUCKET/PREFIX (S3 or any S3-compatible "
+              "server; endpoint from AWS_ENDPOINT_URL) or a folder every engine mounts at the same path; "
+              "recorded in the catalog, so engines need only the URL")
+
+
 def add_commands(subparsers) -> None:
     top = subparsers.add_parser("catalog", help="the adapter catalog: ids, revisions, publish/rollback",
                                 description="Manage an adapter catalog (see docs/catalog.md).")
@@ -177,13 +186,15 @@ def add_commands(subparsers) -> None:
     def cmd(name, func, help, catalog=True):
         p = sub.add_parser(name, help=help, description=help)
         if catalog:
-            p.add_argument("catalog", metavar="CATALOG", help="catalog folder")
+            p.add_argument("catalog", metavar="CATALOG", help="catalog folder, or postgresql://USER@HOST:PORT/DB "
+                           "(blobs where init put them; password better in PGPASSWORD or ~/.pgpass)")
         p.add_argument("--json", action="store_true", help="print one JSON document for scripts")
         p.set_defaults(func=func)
         return p
 
     p = cmd("init", cmd_init, "create an empty catalog for one base model")
     p.add_argument("--base-model", required=True, metavar="MODEL_DIR", help="HuggingFace folder with config.json")
+    p.add_argument("--blobs", metavar="WHERE", help=BLOBS_HELP)
 
     p = cmd("import", cmd_import, "import PEFT adapter folders (id = NAMESPACE/<folder name>), with a progress bar")
     p.add_argument("folders", nargs="*", metavar="FOLDER", help="PEFT folders (adapter_config.json + "
@@ -232,6 +243,7 @@ def add_commands(subparsers) -> None:
             "--shared-payload)")
     p.add_argument("--count", type=int, required=True)
     p.add_argument("--base-model", metavar="MODEL_DIR", help="create the catalog for this model if it does not exist")
+    p.add_argument("--blobs", metavar="WHERE", help="with --base-model on a postgresql:// catalog: " + BLOBS_HELP)
     p.add_argument("--prefix", default="synth/", help="id prefix (default 'synth/')")
     p.add_argument("--start", type=int, default=0, help="first index (ids are PREFIX + 7-digit index)")
     p.add_argument("--rank", type=int, default=1)

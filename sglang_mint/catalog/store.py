@@ -237,6 +237,11 @@ class BlobStore(abc.ABC):
     @abc.abstractmethod
     def iter_digests(self) -> Iterator[str]: ...
 
+    def size(self, digest: str) -> int:
+        """The blob's length in bytes (gc reports what it freed); a remote store overrides
+        this with a metadata request instead of a read."""
+        return len(self.read(digest))
+
     @abc.abstractmethod
     def age_s(self, digest: str) -> float: ...
 

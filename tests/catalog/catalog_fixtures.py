@@ -54,4 +54,21 @@ def write_peft(folder, rank=4, modules=MODULES, seed=0, config=None, tensors=Non
 def written(cat) -> tuple[int, int, list]:
     """(revisions, blob rows, blob files): what a refused import must leave at zero."""
     s = cat.store.counts()
-    return s["revisions"], s["blobs"], list(cat.blobs.iter_digests()) + os.listdir(cat.blobs.tmp)
+    tmp = getattr(cat.blobs, "tmp", None)  # a local blob store's partial writes (an S3 put has none)
+    return s["revisions"], s["blobs"], list(cat.blobs.iter_digests()) + (os.listdir(tmp) if tmp else [])
+
+
+def blob_file(cat, digest: str) -> str:
+    """The local file a view links to: the blob itself in a local store, the cached download for S3."""
+    return cat.blobs.path(digest) if hasattr(cat.blobs, "path") else cat.blobs.local_path(digest)
+
+
+def overwrite_blob(cat, digest: str, change) -> None:
+    """Replace a stored blob's bytes with ``change(bytes)`` behind the catalog's back (a corrupt store)."""
+    data = change(cat.blobs.read(digest))
+    if hasattr(cat.blobs, "path"):
+        os.chmod(cat.blobs.path(digest), 0o644)
+        with open(cat.blobs.path(digest), "wb") as f:
+            f.write(data)
+    else:  # S3: a plain PutObject, without the checksum S3BlobStore.put sends
+        cat.blobs.client.put_object(Bucket=cat.blobs.bucket, Key=cat.blobs.key(digest), Body=data)

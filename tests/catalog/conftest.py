@@ -1,10 +1,26 @@
 """Fixtures for the catalog tests (helpers live in catalog_fixtures.py: a module named
-conftest is ambiguous when pytest collects several test folders at once)."""
+conftest is ambiguous when pytest collects several test folders at once).
+
+``cat`` runs every test that uses it against both backends:
+- ``sqlite``: a catalog folder (SQLite + blobs inside it), the default;
+- ``postgres``: a fresh database on a real PostgreSQL server (tests/servers/postgres_server.py)
+  with blobs in a real S3-compatible server when tests/servers/moto_server.py is there,
+  else in a blob folder standing for one every engine mounts.
+"""
 
 from __future__ import annotations
 
+import importlib.util
+
 import pytest
 from catalog_fixtures import write_base, write_peft
+from servers.postgres_server import pg_url, postgres_server  # noqa: F401  (fixtures used by name)
+
+HAVE_S3 = importlib.util.find_spec("servers.moto_server") is not None
+if HAVE_S3:
+    from servers.moto_server import *  # noqa: F401,F403  (its fixtures, s3_url among them)
+
+BACKENDS = ["sqlite", "postgres"]
 
 
 @pytest.fixture
@@ -12,10 +28,28 @@ def base_dir(tmp_path):
     return write_base(tmp_path / "tiny")
 
 
+@pytest.fixture(params=BACKENDS)
+def backend(request, tmp_path, monkeypatch):
+    """The backend's name; a PostgreSQL catalog's engine-local folder goes under tmp_path."""
+    monkeypatch.setenv("MINT_CACHE_DIR", str(tmp_path / "mint-cache"))
+    return request.param
+
+
 @pytest.fixture
-def cat(tmp_path, base_dir):
+def catalog_target(request, backend, tmp_path):
+    """(target, blobs) for init_catalog / `mint catalog init TARGET [--blobs BLOBS]` on this backend."""
+    if backend == "sqlite":
+        return str(tmp_path / "cat"), None
+    url = request.getfixturevalue("pg_url")
+    blobs = request.getfixturevalue("s3_url") if HAVE_S3 else str(tmp_path / "shared-blobs")
+    return url, blobs
+
+
+@pytest.fixture
+def cat(catalog_target, base_dir):
     from sglang_mint.catalog import init_catalog
-    c = init_catalog(str(tmp_path / "cat"), base_dir)
+    target, blobs = catalog_target
+    c = init_catalog(target, base_dir, blobs=blobs)
     yield c
     c.close()
 
@@ -26,5 +60,4 @@ def peft(tmp_path):
     def make(name="a", **kw):
         return write_peft(tmp_path / "adapters" / name, **kw)
     return make
-
 

@@ -1,7 +1,6 @@
 """`mint catalog ...` through a subprocess, with --json."""
 
 import json
-import os
 import subprocess
 import sys
 
@@ -23,15 +22,26 @@ def mint_json(*args):
     return json.loads(mint(*args, "--json").stdout)
 
 
+@pytest.fixture
+def cli_cat(catalog_target, base_dir):
+    """init(*extra) runs `mint catalog init` for this backend and returns the catalog target."""
+    target, blobs = catalog_target
+
+    def init(*extra, command="init"):
+        p = mint(command, target, "--base-model", base_dir, *(["--blobs", blobs] if blobs else []), *extra)
+        return target, p
+    return init
+
+
 def test_every_subcommand_has_help():
     for cmd in SUBCOMMANDS:
         p = mint(cmd, "--help")
         assert "--json" in p.stdout and "usage: mint catalog " + cmd in p.stdout
 
 
-def test_cli_end_to_end(tmp_path, base_dir):
-    cat = str(tmp_path / "cat")
-    assert mint_json("init", cat, "--base-model", base_dir)["base_model"]["hidden_size"] == 128
+def test_cli_end_to_end(tmp_path, cli_cat):
+    cat, p = cli_cat("--json")
+    assert json.loads(p.stdout)["base_model"]["hidden_size"] == 128
     for i in range(3):
         write_peft(tmp_path / "in" / f"ad{i}", seed=i, rank=2)
     p = mint("import", cat, "--from-dir", str(tmp_path / "in"), "--namespace", "acme", "--json")
@@ -57,9 +67,9 @@ def test_cli_end_to_end(tmp_path, base_dir):
     assert "* acme/ad0@1" in human and "  acme/ad0@2" in human
 
 
-def test_cli_synth_says_which_mode(tmp_path, base_dir):
-    cat = str(tmp_path / "cat")
-    real = mint_json("synth", cat, "--base-model", base_dir, "--count", "50", "--no-progress")
+def test_cli_synth_says_which_mode(tmp_path, cli_cat):
+    cat, p = cli_cat("--count", "50", "--no-progress", "--json", command="synth")  # synth creates the catalog
+    real = json.loads(p.stdout)
     assert real["mode"] == "real" and real["count"] == 50
     shared = mint("synth", cat, "--count", "3000", "--prefix", "meta/", "--shared-payload", "--no-progress").stdout
     assert "MODE: shared-payload" in shared and "not distinct adapters" in shared
@@ -76,9 +86,8 @@ def test_cli_synth_says_which_mode(tmp_path, base_dir):
     (["stats", "{tmp}"], "is not a catalog"),
     (["publish", "{cat}", "b", "{good}", "--metadata", "[1]"], "--metadata must be a JSON object"),
 ])
-def test_cli_errors_exit_2_with_message(tmp_path, base_dir, args, words):
-    cat = str(tmp_path / "cat")
-    mint("init", cat, "--base-model", base_dir)
+def test_cli_errors_exit_2_with_message(tmp_path, cli_cat, args, words):
+    cat, _ = cli_cat()
     good = write_peft(tmp_path / "good", rank=1)
     mint("publish", cat, "a", good)
     bad = write_peft(tmp_path / "bad", rank=1, config={"r": 0})
@@ -86,11 +95,11 @@ def test_cli_errors_exit_2_with_message(tmp_path, base_dir, args, words):
     assert p.returncode == 2 and p.stderr.startswith("mint: error: ") and words in p.stderr, p.stderr
 
 
-def test_verify_exit_code_1_on_problems(tmp_path, base_dir):
-    cat = str(tmp_path / "cat")
-    mint("init", cat, "--base-model", base_dir)
+def test_verify_exit_code_1_on_problems(tmp_path, cli_cat):
+    cat, _ = cli_cat()
     r = mint_json("publish", cat, "a", write_peft(tmp_path / "a", rank=1))
-    blob = os.path.join(cat, "blobs", r["files"]["adapter_model.safetensors"][:2], r["files"]["adapter_model.safetensors"])
-    os.unlink(blob)
+    from sglang_mint.catalog import open_catalog
+    with open_catalog(cat) as c:  # lose a blob behind the catalog's back, wherever the backend keeps it
+        c.blobs.delete(r["files"]["adapter_model.safetensors"])
     p = mint("verify", cat, check=False)
     assert p.returncode == 1 and "missing" in p.stdout

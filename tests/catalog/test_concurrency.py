@@ -107,7 +107,7 @@ def test_readers_never_see_half_published_revisions(cat, tmp_path):
         assert c.verify()["ok"]
 
 
-def test_kill_9_during_publish_loop_leaves_catalog_consistent(cat, tmp_path):
+def test_kill_9_during_publish_loop_leaves_catalog_consistent(cat, backend, tmp_path):
     cat.close()
     script = _script(tmp_path, "killed.py", KILLED_WRITER)
     rng = random.Random(1234)
@@ -122,11 +122,19 @@ def test_kill_9_during_publish_loop_leaves_catalog_consistent(cat, tmp_path):
         p.wait()
         published += 1 + len(p.stdout.read().split())
     assert published >= 5
-    db = sqlite3.connect(os.path.join(cat.path, "catalog.db"))
-    assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-    db.close()
+    if backend == "sqlite":
+        db = sqlite3.connect(os.path.join(cat.path, "catalog.db"))
+        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        db.close()
     from sglang_mint.catalog import open_catalog
     with open_catalog(cat.path) as c:
+        if backend == "postgres":
+            # The killed writer's advisory lock went with its connection: nobody holds it, a write gets it.
+            held = c.store.conn().execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'").fetchone()
+            assert held == (0,)
+            c.store.conn().execute("SET lock_timeout = '2s'")
+            with c.store.write_lock():
+                pass
         rep = c.verify()
         assert rep["ok"], rep["problems"]
         for i in range(3):
@@ -137,3 +145,43 @@ def test_kill_9_during_publish_loop_leaves_catalog_consistent(cat, tmp_path):
         c.gc(grace_s=0)  # crash leftovers (orphan blobs, temp files) go; nothing referenced does
         rep = c.verify()
         assert rep["ok"] and rep["unreferenced_blobs"] == 0 and rep["temp_files"] == 0, rep
+
+
+NODE = PRELUDE + """
+# One 'node' holding the catalog open: reads commands on stdin, answers one line each.
+cat = open_catalog(sys.argv[1])
+for line in sys.stdin:
+    cmd, arg = line.split()
+    if cmd == "publish":
+        print(cat.publish_peft("shared", adapter(cat, int(arg))).revision, flush=True)
+    elif cmd == "rollback":
+        print(cat.rollback("shared").revision, flush=True)
+    else:
+        print(cat.resolve("shared").revision, flush=True)
+"""
+
+
+def test_publish_on_one_process_is_resolved_by_another_at_once(cat, tmp_path):
+    """Engines resolve per request against the store: a commit anywhere is the next answer everywhere."""
+    cat.close()
+    script = _script(tmp_path, "node.py", NODE)
+    writer, reader = (subprocess.Popen([sys.executable, script, cat.path], stdin=subprocess.PIPE,
+                                       stdout=subprocess.PIPE, text=True) for _ in range(2))
+
+    def ask(p, cmd):
+        p.stdin.write(cmd + "\n")
+        p.stdin.flush()
+        return int(p.stdout.readline())
+
+    try:
+        assert ask(writer, "publish 1") == 1 and ask(reader, "resolve -") == 1  # both connected and warm
+        for k in range(2, 7):
+            assert ask(writer, f"publish {k}") == k
+            t0 = time.perf_counter()
+            assert ask(reader, "resolve -") == k  # the reader's first look after the commit
+            assert time.perf_counter() - t0 < 1.0
+        assert ask(writer, "rollback -") == 5 and ask(reader, "resolve -") == 5
+    finally:
+        for p in (writer, reader):
+            p.stdin.close()
+            p.wait(timeout=30)

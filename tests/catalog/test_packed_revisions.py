@@ -13,7 +13,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from catalog_fixtures import peft_tensors, write_base, write_peft, written
+from catalog_fixtures import blob_file, overwrite_blob, peft_tensors, write_base, write_peft, written
 from test_import import CASES, _bad_cases
 
 from sglang_mint.catalog import init_catalog
@@ -38,7 +38,7 @@ def test_packed_round_trip(cat, peft):
     view = rev.local_path()
     assert sorted(os.listdir(view)) == sorted([".mint-files.json", "adapter_config.json", PACKED_FILE])
     for name, digest in rev.files.items():  # hard links to the blobs, like the PEFT views
-        assert os.stat(os.path.join(view, name)).st_ino == os.stat(cat.blobs.path(digest)).st_ino
+        assert os.stat(os.path.join(view, name)).st_ino == os.stat(blob_file(cat, digest)).st_ino
     assert rev.size_bytes == sum(os.path.getsize(os.path.join(view, n)) for n in rev.files)
 
     packed = read_packed(os.path.join(view, PACKED_FILE), pin=False)
@@ -151,11 +151,7 @@ def test_verify_and_gc_understand_packed_blobs(cat, peft):
     assert rep["ok"] and rep["checked_blobs"] == 4, rep
 
     # a flipped byte in the packed data region is found by the re-hash
-    blob = cat.blobs.path(rev.files[PACKED_FILE])
-    os.chmod(blob, 0o644)
-    data = bytearray(open(blob, "rb").read())
-    data[-1] ^= 0xFF
-    open(blob, "wb").write(bytes(data))
+    overwrite_blob(cat, rev.files[PACKED_FILE], lambda data: data[:-1] + bytes([data[-1] ^ 0xFF]))
     rep = cat.verify()
     assert not rep["ok"] and any(rev.files[PACKED_FILE] in p and "corrupt" in p for p in rep["problems"]), rep
 
@@ -163,7 +159,7 @@ def test_verify_and_gc_understand_packed_blobs(cat, peft):
     cat.delete("p/a")
     out = cat.gc(grace_s=0)
     assert out["removed_blobs"] == 2 and out["removed_views"] == 1, out
-    assert not os.path.exists(view) and not os.path.exists(blob)
+    assert not os.path.exists(view) and not cat.blobs.exists(rev.files[PACKED_FILE])
     assert os.path.isfile(os.path.join(keep_view, PACKED_FILE))
     with pytest.raises(AdapterNotFound):
         cat.resolve("p/a")
