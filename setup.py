@@ -18,7 +18,7 @@ setup(
     # configs/kernels/ (the block-size tables) installs beside it as
     # sglang_mint/kernels/configs/, where kernels/_config.py looks first.
     package_dir={"sglang_mint.kernels": "kernels", "sglang_mint.kernels.configs": "configs/kernels"},
-    package_data={"sglang_mint": ["configs/*.json"], "sglang_mint.kernels.configs": ["*.json"]},
+    package_data={"sglang_mint": ["configs/*.json", "gateway/adapter_route/*"], "sglang_mint.kernels.configs": ["*.json"]},
     install_requires=[
         "sglang==0.5.23",
         "safetensors",
