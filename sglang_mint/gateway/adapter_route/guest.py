@@ -1,0 +1,72 @@
+"""SMG request middleware that lets clients keep ``model=<adapter-id>`` through the gateway.
+
+This file runs inside SMG, compiled to a WebAssembly component by componentize-py
+(``middleware.py`` builds it); it imports nothing from sglang-mint. SMG routes a
+request by its ``model`` field and answers 404 ``model_not_found`` for a name that
+is not a registered worker model, such as an adapter id. So, with base ``tiny``:
+
+    {"model": "acme/bot", ...}        -> {"model": "tiny", "lora_path": "acme/bot", ...}
+    {"model": "tiny:acme/bot", ...}      + header X-SMG-Routing-Key: acme/bot
+    {"model": "tiny", "lora_path": "acme/bot"}  -> body unchanged, + X-SMG-Routing-Key: acme/bot
+    {"model": "tiny"}  or no JSON     -> unchanged
+
+SMG's ``consistent_hashing`` policy then hashes the routing key onto its ring of
+engines: every request for ``acme/bot`` goes to the same engine while it is healthy.
+The engine resolves ``lora_path`` through its catalog, and an id it does not know
+gets the engine's own 400/404, naming it. A client's own X-SMG-Routing-Key is kept.
+"""
+
+import json
+
+from wit_world import exports
+from wit_world.imports.middleware_types import Action_Continue, Action_Modify, Header, ModifyAction
+
+from route_config import BASE_MODEL, ROUTED_PATHS
+
+ROUTING_KEY = "x-smg-routing-key"
+MAX_KEY_BYTES = 128  # SMG ignores a longer routing key
+
+
+def adapter_of(body):
+    """The adapter a request body names, or None; rewrites ``body`` to SMG's form in place."""
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        return None
+    if model == BASE_MODEL:
+        lora = body.get("lora_path")
+        return lora if isinstance(lora, str) and lora else None
+    prefix = BASE_MODEL + ":"
+    adapter = model[len(prefix):].strip() if model.startswith(prefix) else model
+    if not adapter:
+        body["model"] = BASE_MODEL
+        return None
+    body["model"] = BASE_MODEL
+    body["lora_path"] = adapter
+    return adapter
+
+
+class MiddlewareOnRequest(exports.MiddlewareOnRequest):
+    def on_request(self, req):
+        if req.method != "POST" or req.path not in ROUTED_PATHS:
+            return Action_Continue()
+        try:
+            body = json.loads(req.body)
+        except ValueError:
+            return Action_Continue()  # SMG answers the malformed body itself
+        if not isinstance(body, dict):
+            return Action_Continue()
+        before = body.get("model")
+        adapter = adapter_of(body)
+        has_key = any(h.name.lower() == ROUTING_KEY for h in req.headers)
+        headers = []
+        if adapter is not None and not has_key and len(adapter.encode()) <= MAX_KEY_BYTES:
+            headers.append(Header(ROUTING_KEY, adapter))
+        if body.get("model") == before and not headers:
+            return Action_Continue()
+        new_body = json.dumps(body).encode() if body.get("model") != before else None
+        return Action_Modify(ModifyAction(None, headers, [], [], new_body))
+
+
+class MiddlewareOnResponse(exports.MiddlewareOnResponse):
+    def on_response(self, resp):
+        return Action_Continue()

@@ -1,0 +1,99 @@
+"""The adapter-routing middleware for SMG: build the WebAssembly component, install it.
+
+``adapter_route/guest.py`` is compiled with componentize-py (pinned in
+requirements.lock) into a component of about 18 MB. The base model's served
+name is baked in, so one component serves one base model:
+
+    wasm = build_adapter_route("tiny")          # about 8 s the first time, then cached
+    install_adapter_route("http://127.0.0.1:30080", wasm)   # SMG compiles it: about 8 s
+
+The build is cached under the sglang-mint cache folder, keyed by the guest's
+source, the interface file and the base name. SMG must run with ``--enable-wasm``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from sglang_mint.errors import MintError
+
+GUEST_DIR = Path(__file__).parent / "adapter_route"
+WIT_WORLD = "smg"
+MODULE_NAME = "mint-adapter-route"
+# The request paths whose body names a model (and possibly a lora_path).
+ROUTED_PATHS = ("/v1/completions", "/v1/chat/completions", "/generate")
+
+
+class GatewayError(MintError):
+    http_status = 502
+
+
+def componentize_py() -> str:
+    """The componentize-py executable beside this Python, or on PATH."""
+    here = Path(sys.executable).parent / "componentize-py"
+    found = str(here) if here.exists() else shutil.which("componentize-py")
+    if found is None:
+        raise GatewayError("componentize-py is not installed (pip install componentize-py==0.25.1, as pinned in "
+                           "requirements.lock); it builds the gateway's adapter-routing middleware")
+    return found
+
+
+def _route_config(base_model: str) -> str:
+    return f"BASE_MODEL = {base_model!r}\nROUTED_PATHS = {ROUTED_PATHS!r}\n"
+
+
+def build_adapter_route(base_model: str, cache_dir: str | os.PathLike | None = None) -> Path:
+    """The middleware component for ``base_model``, built once and cached; returns its path."""
+    from sglang_mint.dev.cpu_env import default_cache_dir
+
+    if not base_model or ":" in base_model:
+        raise GatewayError(f"base model name {base_model!r}: must be non-empty and have no ':'")
+    sources = [GUEST_DIR / "guest.py", GUEST_DIR / "smg_middleware.wit"]
+    digest = hashlib.sha256(b"".join(p.read_bytes() for p in sources) + _route_config(base_model).encode())
+    out_dir = Path(cache_dir) if cache_dir else default_cache_dir() / "gateway"
+    out = out_dir / f"adapter-route-{digest.hexdigest()[:16]}.wasm"
+    if out.exists():
+        return out
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="mint-wasm-") as work:
+        shutil.copy(GUEST_DIR / "guest.py", Path(work) / "guest.py")
+        (Path(work) / "route_config.py").write_text(_route_config(base_model))
+        partial = out.with_suffix(".partial")
+        cmd = [componentize_py(), "-d", str(GUEST_DIR / "smg_middleware.wit"), "-w", WIT_WORLD,
+               "componentize", "guest", "-p", work, "-o", str(partial)]
+        done = subprocess.run(cmd, capture_output=True, text=True, cwd=work)
+        if done.returncode != 0:
+            raise GatewayError(f"componentize-py failed ({done.returncode}):\n{done.stderr[-2000:]}")
+        partial.rename(out)
+    return out
+
+
+def install_adapter_route(gateway_url: str, wasm_path: str | os.PathLike, timeout: float = 120.0) -> str:
+    """Attach the component to SMG's request phase; returns SMG's module id.
+
+    SMG reads the file itself, so gateway and file must share a file system.
+    """
+    spec = {"modules": [{"name": MODULE_NAME, "file_path": str(Path(wasm_path).resolve()),
+                         "module_type": "Middleware", "attach_points": [{"Middleware": "OnRequest"}]}]}
+    req = urllib.request.Request(gateway_url.rstrip("/") + "/wasm", data=json.dumps(spec).encode(),
+                                 headers={"content-type": "application/json"}, method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            answer = json.loads(r.read())
+    except urllib.error.HTTPError as exc:
+        raise GatewayError(f"SMG refused the middleware: HTTP {exc.code} {exc.read()[:500]!r}") from None
+    except OSError as exc:
+        raise GatewayError(f"cannot reach SMG at {gateway_url}: {exc}") from None
+    result = answer["modules"][0].get("add_result", {})
+    if "Success" not in result:
+        raise GatewayError(f"SMG did not load the middleware {wasm_path}: {result}")
+    return result["Success"]

@@ -1,0 +1,139 @@
+"""Start and stop SGLang's gateway, SMG (``smg launch``, pinned smg==1.13.0), and ask it about workers.
+
+    with SMGGateway(port=30080, policy="consistent_hashing") as gw:
+        gw.install_adapter_route("tiny")       # clients keep model=<adapter-id>
+        ...                                    # engines register themselves (--mint-gateway)
+        gw.workers()   # [{"url": "http://127.0.0.1:30001", "is_healthy": True, ...}, ...]
+
+Health checks are tight by default (every second, unhealthy after two misses):
+an engine that dies without deregistering (``kill -9``) leaves the hash ring's
+live set within about two seconds, and meanwhile SMG retries a refused
+connection on the next engine of the ring.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from sglang_mint.dev.server import free_port
+from sglang_mint.gateway.middleware import GatewayError, build_adapter_route, install_adapter_route
+
+HEALTH_FLAGS = ["--health-check-interval-secs", "1", "--health-failure-threshold", "2",
+                "--health-success-threshold", "1", "--health-check-timeout-secs", "2"]
+
+
+def smg_executable() -> str:
+    here = Path(sys.executable).parent / "smg"
+    found = str(here) if here.exists() else shutil.which("smg")
+    if found is None:
+        raise GatewayError("the smg gateway is not installed (pip install smg==1.13.0, as pinned in requirements.lock)")
+    return found
+
+
+class SMGGateway:
+    def __init__(self, port: int, *, host: str = "127.0.0.1", policy: str = "consistent_hashing",
+                 worker_urls: list[str] | None = None, log_path: str | os.PathLike | None = None,
+                 extra_args: list[str] | None = None, start_timeout: float = 30.0,
+                 prometheus_port: int | None = None):
+        self.host, self.port, self.policy = host, port, policy
+        self.args = [smg_executable(), "launch", "--host", host, "--port", str(port), "--policy", policy,
+                     "--enable-wasm", *HEALTH_FLAGS, "--log-level", "warn",
+                     # SMG's metrics listener defaults to 0.0.0.0:29000: one per machine. Each gateway gets its own.
+                     "--prometheus-host", host, "--prometheus-port", str(prometheus_port or free_port()),
+                     *(extra_args or [])]
+        if worker_urls:
+            self.args += ["--worker-urls", *worker_urls]
+        self.log_path = Path(log_path or Path(tempfile.mkdtemp(prefix="mint-smg-")) / "smg.log")
+        self.start_timeout = start_timeout
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def openai_url(self) -> str:
+        return self.url + "/v1"
+
+    def start(self) -> "SMGGateway":
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "w") as log:
+            self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + self.start_timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise GatewayError(f"smg exited with {self.proc.returncode} while starting:\n{self.log_tail()}")
+            try:
+                self._get("/workers", timeout=1)
+                return self
+            except OSError:
+                time.sleep(0.2)
+        self.stop()
+        raise GatewayError(f"smg not answering after {self.start_timeout:.0f}s:\n{self.log_tail()}")
+
+    def install_adapter_route(self, base_model: str) -> str:
+        """Build (cached) and attach the middleware that keeps ``model=<adapter-id>`` working.
+
+        SMG refuses module files under /root/, /etc/ and a few other system folders, where the
+        build cache may live (``~/.cache`` of root): the gateway loads a copy beside its log.
+        """
+        built = build_adapter_route(base_model)
+        loaded = self.log_path.parent / built.name
+        if not loaded.exists():
+            shutil.copy(built, loaded)
+        return install_adapter_route(self.url, loaded)
+
+    def workers(self) -> list[dict]:
+        return self._get("/workers")["workers"]
+
+    def healthy_urls(self) -> set[str]:
+        return {w["url"] for w in self.workers() if w.get("is_healthy")}
+
+    def wait_for_workers(self, urls: set[str], timeout: float = 60.0, healthy: bool = True) -> None:
+        """Wait until exactly ``urls`` are the healthy workers (or the registered ones if not ``healthy``)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            now = self.healthy_urls() if healthy else {w["url"] for w in self.workers()}
+            if now == set(urls):
+                return
+            if time.monotonic() > deadline:
+                raise GatewayError(f"SMG's workers are {sorted(now)}, expected {sorted(urls)} after {timeout:.0f}s")
+            time.sleep(0.2)
+
+    def _get(self, path: str, timeout: float = 10.0) -> dict:
+        with urllib.request.urlopen(self.url + path, timeout=timeout) as r:
+            return json.loads(r.read())
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return "(no log)"
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout)
+        except ProcessLookupError:
+            pass
+
+    def __enter__(self) -> "SMGGateway":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
