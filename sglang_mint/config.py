@@ -52,11 +52,14 @@ class MintConfig:
     load_workers: int = DEFAULT_LOAD_WORKERS
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
     dp_dispatch: str = "affinity"  # or "sglang": SGLang's own --load-balance-method for catalog adapters too
+    gateway: str | None = None  # SMG's URL: the server joins it when ready and leaves it when it stops
+    advertise_url: str | None = None  # the URL the gateway reaches this server at
 
     @classmethod
     def from_flags(cls, catalog: str | None = None, host_cache: str | None = None,
                    pin: list[str] | None = None, load_workers: int | None = None,
-                   max_upload: str | None = None, dp_dispatch: str | None = None) -> "MintConfig":
+                   max_upload: str | None = None, dp_dispatch: str | None = None,
+                   gateway: str | None = None, advertise_url: str | None = None) -> "MintConfig":
         """Validate the flags' values; raise MintError naming the flag at fault."""
         if catalog is not None:
             catalog = os.path.abspath(catalog)
@@ -90,5 +93,24 @@ class MintConfig:
                             "need --mint-catalog")
         if dp_dispatch not in (None, "affinity", "sglang"):
             raise MintError(f"--mint-dp-dispatch must be affinity or sglang, got {dp_dispatch!r}")
+        if advertise_url is not None and gateway is None:
+            raise MintError("--mint-advertise-url needs --mint-gateway")
+        gateway = check_http_url("--mint-gateway", gateway) if gateway is not None else None
+        advertise_url = check_http_url("--mint-advertise-url", advertise_url) if advertise_url is not None else None
         return cls(catalog=catalog, host_cache_bytes=size, pinned=tuple(pinned), load_workers=workers,
-                   max_upload_bytes=upload, dp_dispatch=dp_dispatch or "affinity")
+                   max_upload_bytes=upload, dp_dispatch=dp_dispatch or "affinity", gateway=gateway,
+                   advertise_url=advertise_url)
+
+
+def check_http_url(flag: str, url: str) -> str:
+    """``http://10.0.0.9:30080/`` -> ``http://10.0.0.9:30080``; MintError naming ``flag`` if not an http(s) URL."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/"):
+        raise MintError(f"{flag} {url!r}: expected http://host:port (no path)")
+    try:
+        parts.port
+    except ValueError:
+        raise MintError(f"{flag} {url!r}: the port is not a number from 0 to 65535") from None
+    return f"{parts.scheme}://{parts.netloc}"

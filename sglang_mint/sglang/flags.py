@@ -78,6 +78,21 @@ def add_mint_arguments(parser: argparse.ArgumentParser) -> None:
         "DP rank that keeps it warm while that rank's load allows; 'sglang' leaves every request to "
         "--load-balance-method.",
     )
+    group.add_argument(
+        "--mint-gateway",
+        metavar="URL",
+        default=None,
+        help="SGLang's gateway (SMG) to join, e.g. http://10.0.0.9:30080: once this server answers /health it "
+        "registers itself (POST /workers) and it deregisters when it stops; SMG's health checks drop it if it "
+        "dies. Start SMG with `mint cluster` or as the README shows (consistent_hashing, --enable-wasm).",
+    )
+    group.add_argument(
+        "--mint-advertise-url",
+        metavar="URL",
+        default=None,
+        help="The URL the gateway reaches this server at (default http://<--host>:<--port>; with --host "
+        "0.0.0.0 this machine's host name). Requires --mint-gateway.",
+    )
     # `--lora-backend mint`: SGLang's parser fixes the choices, so extend them.
     for action in parser._actions:
         if action.dest == "lora_backend" and action.choices is not None:
@@ -103,6 +118,8 @@ def _after_from_cli_args(server_args, cls, namespace, *args, **kwargs):
         "load_workers": getattr(namespace, "mint_load_workers", None),
         "max_upload": getattr(namespace, "mint_max_upload_bytes", None),
         "dp_dispatch": getattr(namespace, "mint_dp_dispatch", None),
+        "gateway": getattr(namespace, "mint_gateway", None),
+        "advertise_url": getattr(namespace, "mint_advertise_url", None),
     }
     if not enabled:
         if catalog is not None or any(v is not None for v in cache_flags.values()):

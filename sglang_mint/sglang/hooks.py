@@ -50,6 +50,9 @@ HOOKS: tuple[Hook, ...] = (
     Hook("frontend", "sglang.srt.lora.lora_registry.LoRARegistry.release", "AROUND",
          "frontend:_around_registry_release"),
     Hook("frontend", "sglang.srt.entrypoints.http_server.launch_server", "BEFORE", "endpoints:_before_launch_server"),
+    # --mint-gateway: join SGLang's gateway (SMG) once serving, leave when stopped (gateway_join.py)
+    Hook("frontend", "sglang.srt.entrypoints.http_server.launch_server", "BEFORE",
+         "gateway_join:_before_launch_server"),
     # vLLM's lora_requests_info gauge on /metrics, for llm-d's LoRA affinity (lora_info.py)
     Hook("frontend", "sglang.srt.entrypoints.http_server.add_prometheus_middleware", "AFTER",
          "lora_info:_after_add_prometheus_middleware"),

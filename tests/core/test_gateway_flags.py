@@ -1,0 +1,31 @@
+"""--mint-gateway / --mint-advertise-url: bad values are refused with the flag named."""
+
+from __future__ import annotations
+
+import pytest
+
+from sglang_mint.config import MintConfig, check_http_url
+from sglang_mint.errors import MintError
+
+
+@pytest.mark.parametrize("url, expected", [
+    ("http://10.0.0.9:30080", "http://10.0.0.9:30080"),
+    ("http://10.0.0.9:30080/", "http://10.0.0.9:30080"),
+    (" https://gw.example:443 ", "https://gw.example:443"),
+    ("http://[::1]:8080", "http://[::1]:8080"),
+])
+def test_gateway_urls_are_normalised(url, expected):
+    assert check_http_url("--mint-gateway", url) == expected
+
+
+@pytest.mark.parametrize("url", ["10.0.0.9:30080", "ftp://h:1", "http://", "http://h:1/v1", "http://h:99999"])
+def test_bad_gateway_urls_name_the_flag(url):
+    with pytest.raises(MintError, match="--mint-gateway"):
+        check_http_url("--mint-gateway", url)
+
+
+def test_advertise_url_needs_a_gateway():
+    with pytest.raises(MintError, match="--mint-advertise-url needs --mint-gateway"):
+        MintConfig.from_flags(advertise_url="http://10.0.0.5:30000")
+    config = MintConfig.from_flags(gateway="http://gw:30080/", advertise_url="http://10.0.0.5:30000")
+    assert (config.gateway, config.advertise_url) == ("http://gw:30080", "http://10.0.0.5:30000")
