@@ -1,0 +1,201 @@
+"""Two engines behind SGLang's gateway (SMG), one shared catalog, adapter affinity.
+
+Real processes on loopback: ``smg launch --policy consistent_hashing`` with the
+adapter-route middleware, two SGLang servers with ``--mint-gateway`` (they
+register themselves), a catalog of 200 adapters both read, the official openai
+client talking to the gateway with ``model=<adapter-id>``.
+
+An adapter served by one engine only is cold-loaded once: with a host budget
+that never evicts, the two engines' cold loads add up to the number of distinct
+adapters requested exactly when no adapter was served by both.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import sys
+import threading
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import openai
+import pytest
+from transformers import AutoTokenizer
+
+from sglang_mint.catalog import init_catalog
+from sglang_mint.catalog.synth import synth
+from sglang_mint.dev.server import SGLangServer, free_port
+from sglang_mint.gateway.smg import SMGGateway
+from test_catalog_serving import PROMPT, complete, references
+
+N_SYNTH = 197  # + 3 PEFT adapters = 200
+N_REQUESTS = 500
+ZIPF_S = 1.1
+
+
+@pytest.fixture(scope="module")
+def catalog(tiny_model, tiny_adapters, tmp_path_factory):
+    root = tmp_path_factory.mktemp("gw-catalog") / "catalog"
+    with init_catalog(str(root), str(tiny_model)) as cat:
+        for name, folder in tiny_adapters.items():
+            cat.publish(f"acme/{name}", str(folder))
+        synth(cat, N_SYNTH, prefix="synth/", rank=1, progress=False)
+    return root
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory):
+    with SMGGateway(free_port(), log_path=tmp_path_factory.mktemp("smg") / "smg.log") as gw:
+        gw.install_adapter_route("tiny")
+        yield gw
+
+
+@pytest.fixture(scope="module")
+def engines(tiny_model, catalog, gateway, tmp_path_factory):
+    logs = tmp_path_factory.mktemp("gw-engines")
+    servers = [SGLangServer(tiny_model, extra_args=["--mint-catalog", str(catalog), "--mint-gateway", gateway.url,
+                                                    "--max-loras-per-batch", "8"],
+                            log_path=logs / f"engine{i}.log", python=sys.executable) for i in range(2)]
+    errors = []
+
+    def start(server):
+        try:
+            server.start()
+        except Exception as exc:  # reported below, with both logs
+            errors.append(exc)
+
+    threads = [threading.Thread(target=start, args=(s,)) for s in servers]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    try:
+        assert not errors, errors
+        gateway.wait_for_workers({s.url for s in servers}, timeout=30)
+        yield servers
+    finally:
+        for s in servers:
+            s.stop()
+
+
+@pytest.fixture(scope="module")
+def client(gateway, engines):
+    return openai.OpenAI(base_url=gateway.openai_url, api_key="none", max_retries=0, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def prompt_ids(tiny_model):
+    return AutoTokenizer.from_pretrained(tiny_model)(PROMPT)["input_ids"]
+
+
+def scheduler_status(server) -> dict:
+    with urllib.request.urlopen(server.url + "/mint/status", timeout=30) as r:
+        return json.loads(r.read())["schedulers"][0]
+
+
+def zipf_ids(n: int, seed: int) -> list[str]:
+    names = [f"acme/tiny-000{i}" for i in range(3)] + [f"synth/{k:07d}" for k in range(N_SYNTH)]
+    weights = [1.0 / (k + 1) ** ZIPF_S for k in range(len(names))]
+    return random.Random(seed).choices(names, weights=weights, k=n)
+
+
+def test_adapter_ids_through_the_gateway_match_hf_peft(client, tiny_model, catalog, prompt_ids):
+    ids = ["acme/tiny-0000", "acme/tiny-0001", "acme/tiny-0002", "synth/0000007"]
+    refs = references(tiny_model, catalog, ids, prompt_ids)
+    for adapter_id in ids:
+        tokens, logprobs = complete(client, adapter_id)
+        assert tokens == refs[adapter_id]["tokens"], adapter_id
+        assert logprobs == pytest.approx(refs[adapter_id]["logprobs"], abs=1e-4)
+    assert complete(client, "tiny:acme/tiny-0001")[0] == refs["acme/tiny-0001"]["tokens"]
+    assert complete(client, "tiny")[0]  # the base model
+
+
+def test_bad_ids_get_the_engines_errors_and_the_gateway_keeps_serving(client):
+    with pytest.raises(openai.NotFoundError) as exc:
+        complete(client, "acme/never-published")
+    assert "acme/never-published" in str(exc.value)
+    with pytest.raises(openai.BadRequestError) as exc:
+        complete(client, "../etc/passwd")
+    assert "'..'" in str(exc.value)
+    assert complete(client, "acme/tiny-0000")[0]
+
+
+def test_zipf_requests_each_adapter_on_one_engine(client, engines):
+    before = [scheduler_status(s) for s in engines]
+    ids = zipf_ids(N_REQUESTS, seed=1)
+
+    def one(adapter_id):
+        r = client.completions.create(model=adapter_id, prompt=PROMPT, max_tokens=2, temperature=0)
+        return len(r.choices[0].text) >= 0
+
+    with ThreadPoolExecutor(8) as pool:
+        assert all(pool.map(one, ids))  # every request succeeded (an error raises here)
+    after = [scheduler_status(s) for s in engines]
+    loads = [a["cold_loads"] - b["cold_loads"] for a, b in zip(after, before)]
+    assert all(a["evictions"] == 0 and a["loading"] == 0 for a in after)
+    requested = set(ids) - {"acme/tiny-0000", "acme/tiny-0001", "acme/tiny-0002", "synth/0000007"}  # loaded above
+    # each adapter cold-loaded on exactly one engine, and both engines took a share
+    assert sum(loads) == len(requested), (loads, len(requested))
+    assert min(after[0]["requests"] - before[0]["requests"], after[1]["requests"] - before[1]["requests"]) > 50
+
+
+def test_publish_on_one_engine_is_served_by_both_within_a_second(engines, tiny_model, catalog, tiny_adapters,
+                                                                 prompt_ids):
+    adapter_id = "acme/tiny-0000"
+    refs_v2 = references(tiny_model, catalog, ["acme/tiny-0001"], prompt_ids)["acme/tiny-0001"]
+    folder = tiny_adapters["tiny-0001"]
+    files = {name: (folder / name).read_bytes() for name in ("adapter_config.json", "adapter_model.safetensors")}
+    publish(engines[0].url, adapter_id, files)
+    published = time.monotonic()
+    direct = [openai.OpenAI(base_url=s.openai_url, api_key="none", max_retries=0) for s in engines]
+    seen = [complete(c, adapter_id)[0] for c in direct]
+    assert time.monotonic() - published < 1.0
+    assert seen == [refs_v2["tokens"]] * 2
+
+
+def publish(url: str, adapter_id: str, files: dict[str, bytes]) -> dict:
+    boundary = "mintgatewaytest"
+    parts = []
+    for name, data in files.items():
+        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="{name}"\r\n'
+                     f"Content-Type: application/octet-stream\r\n\r\n".encode() + data + b"\r\n")
+    body = b"".join(parts) + f"--{boundary}--\r\n".encode()
+    req = urllib.request.Request(f"{url}/mint/adapters/{adapter_id}/revisions", data=body, method="POST",
+                                 headers={"content-type": f"multipart/form-data; boundary={boundary}"})
+    with urllib.request.urlopen(req, timeout=60) as r:
+        assert r.status == 201
+        return json.loads(r.read())
+
+
+def test_kill_9_one_engine_during_traffic(client, gateway, engines):
+    survivor, victim = engines
+    ids = zipf_ids(300, seed=2)
+    outcomes: list[str] = []
+    lock = threading.Lock()
+
+    def one(adapter_id):
+        try:
+            client.completions.create(model=adapter_id, prompt=PROMPT, max_tokens=2, temperature=0)
+            result = "ok"
+        except openai.APIError as exc:
+            result = f"{type(exc).__name__}: {exc}"
+        with lock:
+            outcomes.append(result)
+
+    concurrency = 8
+    with ThreadPoolExecutor(concurrency) as pool:
+        futures = [pool.submit(one, a) for a in ids]
+        while len(outcomes) < 60:
+            time.sleep(0.05)
+        os.killpg(victim.proc.pid, signal.SIGKILL)  # the engine and its gateway watcher: a lost machine
+        killed_at = len(outcomes)
+        [f.result() for f in futures]
+    failed = [o for o in outcomes if o != "ok"]
+    assert len(failed) <= concurrency, failed[:3]
+    assert killed_at < len(outcomes)  # traffic went on after the kill
+    gateway.wait_for_workers({survivor.url}, timeout=10)  # SMG's health checks dropped it
+    # every adapter, the victim's included, is now served by the survivor
+    for adapter_id in sorted(set(ids))[:20]:
+        assert complete(client, adapter_id, max_tokens=2)[0]
