@@ -10,6 +10,7 @@ import os
 import re
 from dataclasses import dataclass, field
 
+from sglang_mint.catalog.catalog import DEFAULT_BLOB_CACHE_BYTES
 from sglang_mint.catalog.ids import validate_adapter_id
 from sglang_mint.errors import MintError
 
@@ -46,12 +47,14 @@ def parse_bytes(text: str) -> int:
 class MintConfig:
     """Settings every process of a server with ``--enable-mint`` shares."""
 
-    catalog: str | None = None
+    catalog: str | None = field(default=None, repr=False)  # a folder or a URL, which may hold a password
     host_cache_bytes: int = DEFAULT_HOST_CACHE_BYTES
     pinned: tuple[str, ...] = field(default_factory=tuple)
     load_workers: int = DEFAULT_LOAD_WORKERS
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
     dp_dispatch: str = "affinity"  # or "sglang": SGLang's own --load-balance-method for catalog adapters too
+    catalog_cache: str | None = None  # a postgresql:// catalog's engine-local folder (views, blob cache)
+    blob_cache_bytes: int = DEFAULT_BLOB_CACHE_BYTES  # that folder's bound on cached S3 blobs
     gateway: str | None = None  # SMG's URL: the server joins it when ready and leaves it when it stops
     advertise_url: str | None = None  # the URL the gateway reaches this server at
 
@@ -59,18 +62,29 @@ class MintConfig:
     def from_flags(cls, catalog: str | None = None, host_cache: str | None = None,
                    pin: list[str] | None = None, load_workers: int | None = None,
                    max_upload: str | None = None, dp_dispatch: str | None = None,
-                   gateway: str | None = None, advertise_url: str | None = None) -> "MintConfig":
+                   gateway: str | None = None, advertise_url: str | None = None,
+                   catalog_cache: str | None = None, blob_cache: str | None = None) -> "MintConfig":
         """Validate the flags' values; raise MintError naming the flag at fault."""
+        try:
+            blob_bytes = parse_bytes(blob_cache) if blob_cache is not None else DEFAULT_BLOB_CACHE_BYTES
+        except MintError as exc:
+            raise MintError(f"--mint-blob-cache-bytes: {exc}") from None
+        if catalog is None and (catalog_cache is not None or blob_cache is not None):
+            raise MintError("--mint-catalog-cache and --mint-blob-cache-bytes need --mint-catalog")
         if catalog is not None:
-            catalog = os.path.abspath(catalog)
-            if not os.path.isdir(catalog):
-                raise MintError(f"--mint-catalog {catalog}: no such folder")
             from sglang_mint.catalog import open_catalog
+            from sglang_mint.catalog.location import parse_location
 
+            loc = parse_location(catalog)  # a folder or postgresql://...; the password never in messages
+            if loc.is_folder:
+                catalog = loc.target
+                if not os.path.isdir(catalog):
+                    raise MintError(f"--mint-catalog {catalog}: no such folder")
+            catalog_cache = os.path.abspath(catalog_cache) if catalog_cache else None
             try:
-                open_catalog(catalog).close()
+                open_catalog(catalog, cache_dir=catalog_cache, blob_cache_bytes=blob_bytes).close()
             except MintError as exc:
-                raise MintError(f"--mint-catalog {catalog}: {exc}") from None
+                raise MintError(f"--mint-catalog {loc.display}: {exc}") from None
         try:
             size = parse_bytes(host_cache) if host_cache is not None else DEFAULT_HOST_CACHE_BYTES
         except MintError as exc:
@@ -99,7 +113,16 @@ class MintConfig:
         advertise_url = check_http_url("--mint-advertise-url", advertise_url) if advertise_url is not None else None
         return cls(catalog=catalog, host_cache_bytes=size, pinned=tuple(pinned), load_workers=workers,
                    max_upload_bytes=upload, dp_dispatch=dp_dispatch or "affinity", gateway=gateway,
-                   advertise_url=advertise_url)
+                   advertise_url=advertise_url, catalog_cache=catalog_cache, blob_cache_bytes=blob_bytes)
+
+    def open_catalog(self):
+        """The catalog as a serving process holds it: a small SQLite page cache per thread (see
+        SERVING_CACHE_KIB), and for a postgresql:// catalog this engine's local folder."""
+        from sglang_mint.catalog import open_catalog
+        from sglang_mint.catalog.catalog import SERVING_CACHE_KIB
+
+        return open_catalog(self.catalog, cache_kib=SERVING_CACHE_KIB, cache_dir=self.catalog_cache,
+                            blob_cache_bytes=self.blob_cache_bytes)
 
 
 def check_http_url(flag: str, url: str) -> str:

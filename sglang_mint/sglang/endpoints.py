@@ -195,7 +195,7 @@ async def mint_status():
     states = await tm.get_internal_state()
     schedulers = [s.get("mint") for s in states if s.get("mint") is not None]
     body = {
-        "catalog": None if frontend is None else str(frontend.catalog.path),
+        "catalog": None if frontend is None else frontend.catalog.display,  # a URL shows *** for its password
         "resolves": 0 if frontend is None else frontend.resolves,
         "registered_names": tm.lora_registry.num_registered_loras,
         "schedulers": schedulers,

@@ -36,11 +36,27 @@ def add_mint_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--mint-catalog",
-        metavar="PATH",
+        metavar="PATH|URL",
         default=None,
-        help="Adapter catalog folder (made by `mint catalog init`): every adapter in it is "
-        "addressable by id; one that is not in memory is loaded in the background while other "
-        "requests keep running. Requires --enable-mint.",
+        help="Adapter catalog (made by `mint catalog init`): a folder, or postgresql://USER@HOST:PORT/DB "
+        "shared by many engines (blobs where init recorded them: s3://... or a shared folder; keep the "
+        "password in PGPASSWORD or ~/.pgpass). Every adapter in it is addressable by id; one that is not "
+        "in memory is loaded in the background while other requests keep running. Requires --enable-mint.",
+    )
+    group.add_argument(
+        "--mint-catalog-cache",
+        metavar="DIR",
+        default=None,
+        help="With --mint-catalog postgresql://...: this engine's local folder for loadable views and the "
+        "S3 blob cache (default $MINT_CATALOG_CACHE, else $MINT_CACHE_DIR/catalogs/<16 hex of the URL without "
+        "its password>, $MINT_CACHE_DIR being ~/.cache/sglang-mint). A catalog folder keeps them inside it.",
+    )
+    group.add_argument(
+        "--mint-blob-cache-bytes",
+        metavar="SIZE",
+        default=None,
+        help="With a catalog whose blobs are in S3: local disk for downloaded blobs, e.g. 20GiB "
+        "(default 10GiB); least recently used blobs are removed beyond it.",
     )
     group.add_argument(
         "--mint-host-cache-bytes",
@@ -120,6 +136,8 @@ def _after_from_cli_args(server_args, cls, namespace, *args, **kwargs):
         "dp_dispatch": getattr(namespace, "mint_dp_dispatch", None),
         "gateway": getattr(namespace, "mint_gateway", None),
         "advertise_url": getattr(namespace, "mint_advertise_url", None),
+        "catalog_cache": getattr(namespace, "mint_catalog_cache", None),
+        "blob_cache": getattr(namespace, "mint_blob_cache_bytes", None),
     }
     if not enabled:
         if catalog is not None or any(v is not None for v in cache_flags.values()):
@@ -142,13 +160,13 @@ def _after_from_cli_args(server_args, cls, namespace, *args, **kwargs):
     try:
         server_args._mint = MintConfig.from_flags(catalog=catalog, **cache_flags)
         if catalog is not None:
-            check_catalog_serves(server_args._mint.catalog, server_args.model_path)
+            check_catalog_serves(server_args._mint, server_args.model_path)
     except MintError as exc:
         raise SystemExit(f"error: {exc}") from None
     return server_args
 
 
-def check_catalog_serves(catalog_path: str, model_path: str) -> None:
+def check_catalog_serves(config: MintConfig, model_path: str) -> None:
     """Refuse a catalog made for another base model than the one being served.
 
     Both sides are compared by identity (architecture and every shape-relevant size, see
@@ -157,16 +175,15 @@ def check_catalog_serves(catalog_path: str, model_path: str) -> None:
     """
     import os
 
-    from sglang_mint.catalog import open_catalog
     from sglang_mint.catalog.base import load_base_model
 
     if not os.path.isfile(os.path.join(model_path, "config.json")):
         return
     served = load_base_model(model_path)
-    with open_catalog(catalog_path) as catalog:
-        base = catalog.base
+    with config.open_catalog() as catalog:
+        base, shown = catalog.base, catalog.display
     if served.identity != base.identity:
-        raise MintError(f"--mint-catalog {catalog_path} was made for base model {base.name!r} ({base.identity}), "
+        raise MintError(f"--mint-catalog {shown} was made for base model {base.name!r} ({base.identity}), "
                         f"but the server serves {model_path!r} ({served.identity}); adapters trained for one do "
                         "not fit the other")
 

@@ -27,8 +27,6 @@ import logging
 from fastapi import HTTPException
 from sglang.srt.lora.lora_registry import LoRARef
 
-from sglang_mint.catalog import open_catalog
-from sglang_mint.catalog.catalog import SERVING_CACHE_KIB
 from sglang_mint.catalog.ids import parse_revision_name, revision_name
 from sglang_mint.errors import MintError
 from sglang_mint.sglang.flags import mint_config
@@ -40,8 +38,8 @@ logger = logging.getLogger("sglang_mint")
 class CatalogFrontend:
     """The tokenizer manager's view of the catalog."""
 
-    def __init__(self, catalog_path: str):
-        self.catalog = open_catalog(catalog_path, cache_kib=SERVING_CACHE_KIB)
+    def __init__(self, config):
+        self.catalog = config.open_catalog()
         self.resolves = 0
         from sglang_mint.sglang.metrics import FrontendMetrics, metrics_enabled
 
@@ -167,7 +165,7 @@ def _after_init_lora(result, tm, *args, **kwargs):
 
     hooks.verify_applied("frontend")
     if config.catalog is not None:
-        tm._mint_frontend = tm.lora_registry._mint_frontend = CatalogFrontend(config.catalog)
+        tm._mint_frontend = tm.lora_registry._mint_frontend = CatalogFrontend(config)
     return result
 
 

@@ -40,8 +40,6 @@ import time
 import weakref
 from collections import OrderedDict
 
-from sglang_mint.catalog import open_catalog
-from sglang_mint.catalog.catalog import SERVING_CACHE_KIB
 from sglang_mint.catalog.peft_import import check_lora
 from sglang_mint.catalog.uniform import uniform_lora
 from sglang_mint.config import MintConfig
@@ -115,7 +113,7 @@ class SchedulerResidency:
     def __init__(self, scheduler, config: MintConfig):
         self.scheduler = scheduler
         self.manager = scheduler.tp_worker.model_runner.lora_manager
-        self.catalog = open_catalog(config.catalog, cache_kib=SERVING_CACHE_KIB)
+        self.catalog = config.open_catalog()
         self.lru = HostLRU(config.host_cache_bytes, pinned=config.pinned,
                            group_of=lambda lora_id: parse_mint_lora_id(lora_id)[0])
         self.loader = ColdLoader(self._read, workers=config.load_workers)

@@ -90,3 +90,24 @@ def test_engines_share_metadata_and_blobs_but_not_views(pg_url, base_dir, tmp_pa
         assert sorted(os.listdir(p1)) == sorted(os.listdir(p2))
         assert e2.blobs.exists(rev.files["adapter_model.safetensors"])
         assert e1.stats()["path"] == e1.display and "***" in e1.display
+
+
+def test_engine_flags_open_a_postgres_catalog(pg_url, postgres_server, base_dir, tmp_path, peft):
+    """--mint-catalog URL [--mint-catalog-cache DIR] [--mint-blob-cache-bytes SIZE], as MintConfig checks them."""
+    from sglang_mint.config import MintConfig
+    from sglang_mint.errors import MintError
+
+    pw = postgres_server.password
+    with pytest.raises(MintError, match="--mint-catalog postgresql://postgres:\\*\\*\\*@") as e:
+        MintConfig.from_flags(catalog=pg_url)  # an empty database
+    assert pw not in str(e.value)
+    with pytest.raises(MintError, match="need --mint-catalog"):
+        MintConfig.from_flags(catalog_cache=str(tmp_path / "c"))
+    with pytest.raises(MintError, match="--mint-blob-cache-bytes"):
+        MintConfig.from_flags(catalog=pg_url, blob_cache="lots")
+    with init_catalog(pg_url, base_dir, blobs=str(tmp_path / "shared")) as cat:
+        cat.publish("acme/bot", peft("v1", seed=1))
+    config = MintConfig.from_flags(catalog=pg_url, catalog_cache=str(tmp_path / "engine"), blob_cache="1GiB")
+    assert (config.catalog, config.blob_cache_bytes) == (pg_url, 2**30) and pw not in repr(config)
+    with config.open_catalog() as cat:
+        assert cat.resolve("acme/bot").local_path().startswith(str(tmp_path / "engine" / "views"))
