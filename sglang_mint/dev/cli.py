@@ -16,6 +16,20 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     demo.add_argument("--concurrency", type=int, default=32, help="concurrent clients (default 32)")
     demo.set_defaults(func=_demo)
 
+    cluster = subparsers.add_parser(
+        "cluster", help="N engines behind SGLang's gateway (SMG) with adapter affinity, one shared catalog, on loopback")
+    csub = cluster.add_subparsers(dest="cluster_command", metavar="CLUSTER_COMMAND")
+    csub.required = True
+    p = csub.add_parser("up", help="start SMG and N engines; Ctrl-C stops them all")
+    p.add_argument("--engines", type=int, default=2, help="engines (default 2)")
+    p.add_argument("--port", type=int, default=30080, help="the gateway's port (default 30080)")
+    p.add_argument("--catalog", default=None,
+                   help="catalog folder or postgresql:// URL (default: a demo catalog of --catalog-size adapters)")
+    p.add_argument("--catalog-size", type=int, default=1000, help="synthetic adapters in the demo catalog (1000)")
+    p.set_defaults(func=_cluster_up)
+    p = csub.add_parser("down", help="stop the cluster `mint cluster up` started")
+    p.set_defaults(func=_cluster_down)
+
     dev = subparsers.add_parser("dev", help="development helpers: tiny models, adapters, CPU environment")
     sub = dev.add_subparsers(dest="dev_command", metavar="DEV_COMMAND")
     sub.required = True
@@ -117,3 +131,15 @@ def _demo(args) -> int:
     if args.catalog_size < 1 or args.requests < 1 or args.concurrency < 1:
         raise MintError("--catalog-size, --requests and --concurrency must be positive")
     return run_demo(args.catalog_size, args.requests, args.concurrency)
+
+
+def _cluster_up(args) -> int:
+    from sglang_mint.dev.cluster import run_cluster
+
+    return run_cluster(args.engines, args.port, args.catalog, args.catalog_size)
+
+
+def _cluster_down(args) -> int:
+    from sglang_mint.dev.cluster import stop_cluster
+
+    return stop_cluster()
