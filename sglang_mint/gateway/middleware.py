@@ -31,6 +31,8 @@ WIT_WORLD = "smg"
 MODULE_NAME = "mint-adapter-route"
 # The request paths whose body names a model (and possibly a lora_path).
 ROUTED_PATHS = ("/v1/completions", "/v1/chat/completions", "/generate")
+# Folders SMG 1.13.0 will not load a module from (BLOCKED_PATH_PREFIXES in its wasm registration).
+SMG_BLOCKED_PREFIXES = ("/etc/", "/proc/", "/sys/", "/dev/", "/boot/", "/root/", "/var/log/", "/var/run/")
 
 
 class GatewayError(MintError):
@@ -80,9 +82,18 @@ def build_adapter_route(base_model: str, cache_dir: str | os.PathLike | None = N
 def install_adapter_route(gateway_url: str, wasm_path: str | os.PathLike, timeout: float = 120.0) -> str:
     """Attach the component to SMG's request phase; returns SMG's module id.
 
-    SMG reads the file itself, so gateway and file must share a file system.
+    SMG reads the file itself, so gateway and file must share a file system. It refuses
+    files under /root/, /etc/ and a few other system folders, where the build cache of
+    root lives (``/root/.cache``): such a file is loaded from a copy in the temp folder.
     """
-    spec = {"modules": [{"name": MODULE_NAME, "file_path": str(Path(wasm_path).resolve()),
+    wasm_path = Path(wasm_path).resolve()
+    if str(wasm_path).startswith(SMG_BLOCKED_PREFIXES):
+        copy = Path(tempfile.gettempdir()) / f"mint-gateway-{os.getuid()}" / wasm_path.name
+        if not copy.exists():
+            copy.parent.mkdir(exist_ok=True)
+            shutil.copy(wasm_path, copy)
+        wasm_path = copy
+    spec = {"modules": [{"name": MODULE_NAME, "file_path": str(wasm_path),
                          "module_type": "Middleware", "attach_points": [{"Middleware": "OnRequest"}]}]}
     req = urllib.request.Request(gateway_url.rstrip("/") + "/wasm", data=json.dumps(spec).encode(),
                                  headers={"content-type": "application/json"}, method="POST")

@@ -82,16 +82,8 @@ class SMGGateway:
         raise GatewayError(f"smg not answering after {self.start_timeout:.0f}s:\n{self.log_tail()}")
 
     def install_adapter_route(self, base_model: str) -> str:
-        """Build (cached) and attach the middleware that keeps ``model=<adapter-id>`` working.
-
-        SMG refuses module files under /root/, /etc/ and a few other system folders, where the
-        build cache may live (``~/.cache`` of root): the gateway loads a copy beside its log.
-        """
-        built = build_adapter_route(base_model)
-        loaded = self.log_path.parent / built.name
-        if not loaded.exists():
-            shutil.copy(built, loaded)
-        return install_adapter_route(self.url, loaded)
+        """Build (cached) and attach the middleware that keeps ``model=<adapter-id>`` working."""
+        return install_adapter_route(self.url, build_adapter_route(base_model))
 
     def workers(self) -> list[dict]:
         return self._get("/workers")["workers"]
