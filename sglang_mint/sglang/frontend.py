@@ -181,8 +181,12 @@ async def _around_tm_resolve_lora_path(original, tm, obj):
 
 
 async def _around_registry_release(original, registry, lora_id):
-    await original(registry, lora_id)
     frontend: CatalogFrontend | None = getattr(registry, "_mint_frontend", None)
+    if frontend is not None and lora_id is None:
+        # A request refused while its lora_path was resolved (an unknown id: 404) acquired nothing,
+        # but SGLang's cleanup still releases its lora_id, None, which raises TypeError in a stray task.
+        return
+    await original(registry, lora_id)
     if frontend is None:
         return
     for one in [lora_id] if isinstance(lora_id, str) else (lora_id or []):

@@ -140,11 +140,14 @@ REQUESTS = {
 @pytest.mark.parametrize("key", list(REQUESTS))
 def test_request(server, key):
     path, body, status, says = REQUESTS[key]
+    logged = len(server.log_path.read_text(errors="replace"))
     code, text = post(server, path, body)
     assert code == status, (key, code, text[:500])
     assert says in text, (key, text[:500])
     code, text = post(server, "/v1/completions", completion(GOOD))
     assert code == 200, text[:500]  # the server keeps serving
+    # ...and a refusal leaves no traceback behind, e.g. from releasing an adapter it never acquired
+    assert "Traceback" not in server.log_path.read_text(errors="replace")[logged:], key
 
 
 def test_extra_key_namespace(server):
