@@ -45,7 +45,7 @@ DB_NAME = "catalog.db"
 SERVING_CACHE_KIB = 512
 VIEW_MANIFEST = ".mint-files.json"
 # Local disk cache of a remote (S3) blob store, per engine; least recently used blobs go beyond it.
-DEFAULT_BLOB_CACHE_BYTES = 10 * 2**30
+DEFAULT_BLOB_CACHE_BYTES = 10 << 30
 
 
 def content_digest(files: dict[str, str]) -> str:
