@@ -24,9 +24,9 @@ Two rules keep eviction safe for callers:
 - eviction re-checks the mtime under the exclusive use-lock, so a hit that touched the
   file a moment ago (under the shared lock) keeps it.
 
-What the bound does not count: a view's hard link keeps a blob's bytes on disk after the
-cache evicts its own name. Disk use is this cache plus the views' files that are no longer
-cached; the catalog's view gc is what frees those.
+A view's hard link (views.py) keeps a blob's bytes on disk after the cache evicts its own
+name; ``evicted`` tells the views to drop those they hold and nobody used recently, so disk
+use stays near ``max_bytes`` plus the views in use.
 """
 
 from __future__ import annotations

@@ -18,11 +18,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import sqlite3
 import sys
 import time
-import uuid
 from dataclasses import dataclass
 
 from sglang_mint.catalog.base import BaseModel, load_base_model
@@ -35,6 +33,7 @@ from sglang_mint.catalog.peft_import import CONFIG, WEIGHTS, PeftAdapter, read_p
 from sglang_mint.catalog.pg_store import PostgresMetadataStore
 from sglang_mint.catalog.sqlite_store import SqliteMetadataStore
 from sglang_mint.catalog.store import AdapterRow, BlobStore, MetadataStore, Revision, RevisionRecord
+from sglang_mint.catalog.views import ViewFolders
 
 DB_NAME = "catalog.db"
 # Page cache per connection in a serving process. Each thread that resolves ids has its own
@@ -43,7 +42,6 @@ DB_NAME = "catalog.db"
 # up to 8 MiB per thread of memory the host budget does not see. Lookups hit one index; the OS
 # page cache keeps its pages warm anyway.
 SERVING_CACHE_KIB = 512
-VIEW_MANIFEST = ".mint-files.json"
 # Local disk cache of a remote (S3) blob store, per engine; least recently used blobs go beyond it.
 DEFAULT_BLOB_CACHE_BYTES = 10 << 30
 
@@ -183,6 +181,7 @@ class Catalog:
         self.store = store
         self.blobs = blobs
         self.views = views or os.path.join(path, "views")
+        self.view_folders = ViewFolders(self.views, cache=getattr(blobs, "cache", None))
 
     def close(self) -> None:
         self.store.close()
@@ -250,40 +249,11 @@ class Catalog:
 
     # -- loadable folders ----------------------------------------------------
     def local_path(self, rev: Revision) -> str:
-        """A folder the engine can load for ``rev``, made on first use and then reused.
-
-        ``views/<content_digest[:2]>/<content_digest>/`` holds hard links to
-        the blobs under their file names (adapter_config.json and
-        adapter_model.safetensors for PEFT; adapter_config.json and
-        adapter.mintpack for packed, which SGLang reads through
-        sglang_mint.sglang.packed_loader) plus ``.mint-files.json``. It is
-        built in ``views/tmp`` and renamed into place, so a concurrent caller
-        sees a complete folder or none; identical content shares one folder.
-        """
-        final = os.path.join(self.views, rev.content_digest[:2], rev.content_digest)
-        if os.path.isdir(final):
-            return final
-        tmp = os.path.join(self.views, "tmp", uuid.uuid4().hex)
-        os.makedirs(tmp)
-        try:
-            for name, digest in rev.files.items():
-                src = self.blobs.local_path(digest)
-                try:
-                    os.link(src, os.path.join(tmp, name))
-                except OSError:
-                    shutil.copyfile(src, os.path.join(tmp, name))
-            with open(os.path.join(tmp, VIEW_MANIFEST), "w") as f:
-                json.dump(rev.files, f, sort_keys=True)
-            os.makedirs(os.path.dirname(final), exist_ok=True)
-            try:
-                os.rename(tmp, final)
-            except OSError:
-                if not os.path.isdir(final):
-                    raise
-        finally:
-            if os.path.isdir(tmp):
-                shutil.rmtree(tmp, ignore_errors=True)
-        return final
+        """A folder the engine can load for ``rev``, made on first use and then reused (views.py):
+        hard links to the blobs under their file names (adapter_config.json and
+        adapter_model.safetensors for PEFT; adapter_config.json and adapter.mintpack for packed,
+        which SGLang reads through sglang_mint.sglang.packed_loader) plus ``.mint-files.json``."""
+        return self.view_folders.path(rev.files, rev.content_digest, self.blobs.local_path)
 
     # -- writes --------------------------------------------------------------
     def publish(self, adapter_id: str, folder: str, metadata: dict | None = None,
@@ -389,7 +359,7 @@ class Catalog:
         its commit) is removed only when older than ``grace_s``; a publish in
         flight re-checks its blobs under the write lock, so gc cannot strand it."""
         purged = self.store.purge_deleted()
-        views = self._gc_views()
+        views = self.view_folders.gc(lambda digest: bool(self.store.blob_refs(digest)))
         removed = freed = 0
         by_prefix: dict[str, list[str]] = {}
         for digest in self.blobs.iter_digests():
@@ -413,24 +383,6 @@ class Catalog:
         temp = self.blobs.clean_temp(grace_s)
         return {"purged_revisions": purged, "removed_views": views, "removed_blobs": removed,
                 "freed_bytes": freed, "removed_temp_files": temp}
-
-    def _gc_views(self) -> int:
-        n = 0
-        for sub in sorted(os.listdir(self.views)):
-            d = os.path.join(self.views, sub)
-            if sub == "tmp" or not os.path.isdir(d):
-                continue
-            for name in os.listdir(d):
-                view = os.path.join(d, name)
-                try:
-                    with open(os.path.join(view, VIEW_MANIFEST)) as f:
-                        digests = json.load(f).values()
-                except (OSError, ValueError):
-                    digests = [None]
-                if any(dg is None or not self.store.blob_refs(dg) for dg in digests):
-                    shutil.rmtree(view, ignore_errors=True)
-                    n += 1
-        return n
 
     def verify(self, rehash: bool = True) -> dict:
         """Check the metadata, reference counts and every referenced blob (re-hashed
