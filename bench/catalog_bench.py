@@ -115,11 +115,9 @@ def postgres_main(args, sizes, emit, work, base) -> None:
     server = None
     url = args.catalog
     if url is None:
-        sys.path.insert(0, os.path.join(ROOT, "tests"))
-        from servers.postgres_server import PostgresServer
+        from sglang_mint.dev.pg_server import PostgresServer
         server = PostgresServer().start()
-        server.admin("CREATE DATABASE mint_bench")
-        url = server.url("mint_bench")
+        url = server.create_database("mint_bench")
     try:
         cat = init_catalog(url, base, blobs=os.path.join(work, "blobs"), cache_dir=os.path.join(work, "local"))
         pg = {"backend": "postgres", "server": "throwaway, loopback, fsync on" if server else "given URL"}

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 # Real servers on loopback, usable from every test folder: the S3-compatible moto server
-# (fixtures ``moto_server``, ``s3_url``).
-pytest_plugins = ["servers.moto_server"]
+# (fixtures ``moto_server``, ``s3_url``) and PostgreSQL (``postgres_server``, ``pg_url``).
+# Each starts only when a test asks for one of its fixtures.
+pytest_plugins = ["servers.moto_server", "servers.postgres_server"]
 
 
 @pytest.fixture(scope="session")

@@ -3,22 +3,15 @@ conftest is ambiguous when pytest collects several test folders at once).
 
 ``cat`` runs every test that uses it against both backends:
 - ``sqlite``: a catalog folder (SQLite + blobs inside it), the default;
-- ``postgres``: a fresh database on a real PostgreSQL server (tests/servers/postgres_server.py)
-  with blobs in a real S3-compatible server when tests/servers/moto_server.py is there,
-  else in a blob folder standing for one every engine mounts.
+- ``postgres``: a fresh database on a real PostgreSQL server (``pg_url``) with blobs in a
+  real S3-compatible server (``s3_url``, moto); both fixtures come from tests/servers/,
+  registered for every folder by tests/conftest.py's ``pytest_plugins``.
 """
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 from catalog_fixtures import write_base, write_peft
-from servers.postgres_server import pg_url, postgres_server  # noqa: F401  (fixtures used by name)
-
-HAVE_S3 = importlib.util.find_spec("servers.moto_server") is not None
-if HAVE_S3:
-    from servers.moto_server import *  # noqa: F401,F403  (its fixtures, s3_url among them)
 
 BACKENDS = ["sqlite", "postgres"]
 
@@ -40,9 +33,7 @@ def catalog_target(request, backend, tmp_path):
     """(target, blobs) for init_catalog / `mint catalog init TARGET [--blobs BLOBS]` on this backend."""
     if backend == "sqlite":
         return str(tmp_path / "cat"), None
-    url = request.getfixturevalue("pg_url")
-    blobs = request.getfixturevalue("s3_url") if HAVE_S3 else str(tmp_path / "shared-blobs")
-    return url, blobs
+    return request.getfixturevalue("pg_url"), request.getfixturevalue("s3_url")
 
 
 @pytest.fixture

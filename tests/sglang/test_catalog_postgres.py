@@ -10,8 +10,6 @@ import urllib.request
 
 import openai
 import pytest
-from servers.moto_server import moto_server, s3_url  # noqa: F401  (fixtures used by name)
-from servers.postgres_server import pg_url, postgres_server  # noqa: F401
 from transformers import AutoTokenizer
 
 from sglang_mint.catalog import init_catalog, open_catalog
@@ -28,8 +26,8 @@ def complete(client, model, max_tokens=6):
     return r.choices[0].model_extra["token_ids"], r.choices[0].logprobs.token_logprobs
 
 
-def test_engine_serves_a_postgres_catalog_with_s3_blobs(tiny_model, tiny_adapters, pg_url, s3_url,  # noqa: F811
-                                                        postgres_server, tmp_path):  # noqa: F811
+def test_engine_serves_a_postgres_catalog_with_s3_blobs(tiny_model, tiny_adapters, pg_url, s3_url,
+                                                        postgres_server, tmp_path):
     first, second = sorted(tiny_adapters)[:2]
     with init_catalog(pg_url, str(tiny_model), blobs=s3_url, cache_dir=str(tmp_path / "publisher")) as cat:
         cat.publish("acme/bot", str(tiny_adapters[first]))
