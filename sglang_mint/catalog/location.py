@@ -42,6 +42,12 @@ def _split_password(url: str) -> tuple[str, str, str | None]:
     return shown, bare, parts.password
 
 
+def without_password(url: str) -> str:
+    """``url`` with no password, e.g. postgresql://mint@db:5432/catalog, for libpq to find it in
+    ``PGPASSWORD`` or a ``PGPASSFILE`` instead: nothing secret on a command line."""
+    return _split_password(url)[1]
+
+
 def redact(text: str, url: str) -> str:
     """``text`` with ``url``'s password replaced by ***: for error messages that quote a URL or a driver."""
     _, _, password = _split_password(url)

@@ -17,14 +17,17 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     demo.set_defaults(func=_demo)
 
     cluster = subparsers.add_parser(
-        "cluster", help="N engines behind SGLang's gateway (SMG) with adapter affinity, one shared catalog, on loopback")
+        "cluster", help="N engines behind SGLang's gateway (SMG) with adapter affinity, one shared catalog "
+                        "(PostgreSQL + an S3-compatible store), on loopback")
     csub = cluster.add_subparsers(dest="cluster_command", metavar="CLUSTER_COMMAND")
     csub.required = True
-    p = csub.add_parser("up", help="start SMG and N engines; Ctrl-C stops them all")
+    p = csub.add_parser("up", help="start PostgreSQL, an S3-compatible store (moto), SMG and N engines; "
+                                   "Ctrl-C stops them all")
     p.add_argument("--engines", type=int, default=2, help="engines (default 2)")
     p.add_argument("--port", type=int, default=30080, help="the gateway's port (default 30080)")
     p.add_argument("--catalog", default=None,
-                   help="catalog folder or postgresql:// URL (default: a demo catalog of --catalog-size adapters)")
+                   help="serve an existing catalog folder or postgresql:// URL (default: start PostgreSQL and "
+                        "moto and fill a catalog with --catalog-size adapters)")
     p.add_argument("--catalog-size", type=int, default=1000, help="synthetic adapters in the demo catalog (1000)")
     p.set_defaults(func=_cluster_up)
     p = csub.add_parser("down", help="stop the cluster `mint cluster up` started")

@@ -1,22 +1,41 @@
 """``mint cluster up`` / ``mint cluster down``: N engines behind SMG on loopback, one shared catalog.
 
     mint cluster up --engines 2          # Ctrl-C (or `mint cluster down`) stops everything
+    ==> postgresql postgresql://postgres:***@127.0.0.1:41234/mint (ready in 3.1 s)
+    ==> object store http://127.0.0.1:43210 (moto, S3 API; bucket s3://mint-adapters/catalog)
     ==> gateway http://127.0.0.1:30080/v1 (smg, consistent_hashing on the adapter id)
     ==> client: openai.OpenAI(base_url="http://127.0.0.1:30080/v1").completions.create(model="demo/tiny-0000", ...)
 
-What it starts, in order: SMG with the adapter-route middleware
-(``sglang_mint.gateway``), then the engines (tiny CPU model, ``--sleep-on-idle``,
-``--mint-gateway``), which register themselves. The catalog is a folder (SQLite +
-blobs) shared by all engines, valid on one machine; ``--catalog
-postgresql://...`` hands a PostgreSQL catalog to every engine instead.
+What it starts, in order, all on 127.0.0.1:
+1. PostgreSQL (``PostgresServer``: a throwaway cluster, fsync on, a random password);
+2. an S3-compatible object store (``S3Server``: moto's standalone server);
+3. the catalog: database ``mint`` with blobs at ``s3://mint-adapters/catalog``, holding
+   ``demo/tiny-000N`` (tiny PEFT adapters) and ``--catalog-size`` synthetic ``synth/NNNNNNN``;
+4. SMG with the adapter-route middleware (``sglang_mint.gateway``);
+5. the engines (tiny CPU model, ``--sleep-on-idle``, ``--mint-gateway``), which register
+   themselves. Each gets only ``--mint-catalog postgresql://...`` and the AWS_* variables
+   that point at the object store, as engines on other machines would.
+
+Stopping goes in reverse: engines (they deregister), SMG, the object store, PostgreSQL
+(its data goes with it), then the temp folder of engine caches. Logs stay in
+``/tmp/mint-cluster-<uid>/`` until the next ``up``. ``--catalog DIR|URL`` serves an
+existing catalog instead and starts neither PostgreSQL nor the object store.
+
+For other shells, ``up`` writes ``/tmp/mint-cluster-<uid>/env`` (the AWS_* variables,
+``PGPASSFILE`` holding the password, a catalog cache folder), so that
+``. /tmp/mint-cluster-0/env && mint catalog publish postgresql://postgres@127.0.0.1:41234/mint acme/bot ./peft``
+publishes without the password on the command line.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -24,13 +43,21 @@ from pathlib import Path
 from sglang_mint.dev.cpu_env import default_cache_dir
 from sglang_mint.errors import MintError
 
+BUCKET = "mint-adapters"
+DATABASE = "mint"
+
 
 def state_file() -> Path:
     return default_cache_dir() / "cluster.json"
 
 
+def run_dir() -> Path:
+    return Path(f"/tmp/mint-cluster-{os.getuid()}")  # SMG refuses middleware files under /root/
+
+
 def run_cluster(engines: int, port: int, catalog: str | None, catalog_size: int) -> int:
-    from sglang_mint.dev.demo import demo_assets, demo_catalog
+    from sglang_mint.catalog.location import parse_location
+    from sglang_mint.dev.demo import demo_assets
     from sglang_mint.dev.server import SGLangServer
     from sglang_mint.gateway.smg import SMGGateway
 
@@ -38,52 +65,149 @@ def run_cluster(engines: int, port: int, catalog: str | None, catalog_size: int)
         raise MintError(f"--engines must be at least 1, got {engines}")
     if state_file().exists() and _alive(json.loads(state_file().read_text()).get("pid")):
         raise MintError(f"a cluster is already running ({state_file()}); stop it with `mint cluster down`")
-    model, adapters = demo_assets()
-    catalog = catalog or str(demo_catalog(model, adapters, catalog_size))
-    run_dir = Path(f"/tmp/mint-cluster-{os.getuid()}")  # SMG refuses middleware files under /root/
-    run_dir.mkdir(exist_ok=True)
+    if catalog is not None:
+        parse_location(catalog)  # a bad --catalog fails before anything starts
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    gateway = SMGGateway(port, log_path=run_dir / "smg.log").start()
-    servers: list[SGLangServer] = []
-    try:
-        state_file().write_text(json.dumps({"pid": os.getpid(), "gateway": gateway.url}))
+    model, adapters = demo_assets()
+    rd = run_dir()
+    rd.mkdir(exist_ok=True)
+    t_up = time.perf_counter()
+    with contextlib.ExitStack() as stack:  # everything started is stopped, in reverse order
+        stack.callback(print, f"==> stopped; nothing left running (logs in {rd})", flush=True)
+        state_file().write_text(json.dumps({"pid": os.getpid()}))
+        stack.callback(state_file().unlink, missing_ok=True)
+        (rd / "env").unlink(missing_ok=True)  # another run's: its servers are gone
+        stack.callback((rd / "env").unlink, missing_ok=True)
+        work = Path(tempfile.mkdtemp(prefix="work-", dir=rd))  # engine caches: deleted at the end
+        stack.callback(shutil.rmtree, work, ignore_errors=True)
+        engine_env: dict[str, str] = {}
+        if catalog is None:
+            catalog, engine_env = _start_catalog(stack, stop, model, adapters, catalog_size, work)
+        if stop.is_set():
+            return 0
+        shown = parse_location(catalog).display
+        gateway = stack.enter_context(SMGGateway(port, log_path=rd / "smg.log"))
         gateway.install_adapter_route("tiny")
         print(f"==> gateway {gateway.url} (smg, consistent_hashing on the adapter id; log {gateway.log_path})")
-        print(f"==> catalog {catalog}")
-        print(f"==> starting {engines} engines (CPU, about 30 s each)", flush=True)
-        servers = [SGLangServer(model, extra_args=["--mint-catalog", catalog, "--mint-gateway", gateway.url],
-                                log_path=run_dir / f"engine{i}.log") for i in range(engines)]
-        starters = [threading.Thread(target=s.start) for s in servers]
-        [t.start() for t in starters]
-        [t.join() for t in starters]
-        gateway.wait_for_workers({s.url for s in servers if s.proc and s.proc.poll() is None}, timeout=60)
+        print(f"==> starting {engines} engines on {shown} (CPU, about 30 s each)", flush=True)
+        servers = []
+        for i in range(engines):
+            extra = ["--mint-catalog", catalog, "--mint-gateway", gateway.url]
+            if not parse_location(catalog).is_folder:
+                extra += ["--mint-catalog-cache", str(work / f"engine{i}")]
+            servers.append(SGLangServer(model, extra_args=extra, env=engine_env, log_path=rd / f"engine{i}.log"))
+        stack.callback(_stop_engines, servers, _start_engines(servers, stop))
+        if stop.is_set():
+            return 0
+        up = {s.url for s in servers if s.proc and s.proc.poll() is None}
+        if not up:
+            print("==> no engine started; see the logs above", file=sys.stderr)
+            return 1
+        gateway.wait_for_workers(up, timeout=60)
+        t_ready = time.perf_counter() - t_up
         for s in servers:
-            print(f"    engine {s.url}  /mint/status  (log {s.log_path})")
-        first = next(iter(adapters))
-        print(f"\n==> client contract: the adapter id in `model`, through the gateway\n"
-              f"    openai.OpenAI(base_url=\"{gateway.openai_url}\", api_key=\"none\")"
-              f".completions.create(model=\"demo/{first}\", prompt=\"hi\", max_tokens=8)\n"
-              f"    curl {gateway.openai_url}/completions -H 'content-type: application/json' "
-              f"-d '{{\"model\": \"synth/0000042\", \"prompt\": \"hi\", \"max_tokens\": 8}}'\n"
-              f"==> running; Ctrl-C or `mint cluster down` stops it", flush=True)
+            state = f"ready in {s.start_seconds:.1f} s" if s.start_seconds else "FAILED"
+            print(f"    engine {s.url}  {state}  /mint/status  (log {s.log_path})")
+        _print_contract(gateway, catalog, shown, next(iter(adapters)), servers[0].url, t_ready)
         while not stop.is_set():
-            if all(s.proc.poll() is not None for s in servers):
+            if all(s.proc.poll() is not None for s in servers if s.proc):
                 print("==> every engine has exited", file=sys.stderr)
                 break
             stop.wait(1.0)
-    finally:
-        print("==> stopping engines and gateway", flush=True)
-        stoppers = [threading.Thread(target=s.stop) for s in servers]
-        [t.start() for t in stoppers]
-        [t.join() for t in stoppers]
-        gateway.stop()
-        state_file().unlink(missing_ok=True)
+        print("==> stopping engines, gateway, object store and PostgreSQL", flush=True)
     return 0
 
 
-def stop_cluster(timeout: float = 60.0) -> int:
+def _start_catalog(stack: contextlib.ExitStack, stop: threading.Event, model: Path, adapters: dict[str, Path],
+                   size: int, work: Path) -> tuple[str, dict[str, str]]:
+    """Start PostgreSQL and the object store, fill the demo catalog; returns (its URL, the engines' env)."""
+    from sglang_mint.catalog import init_catalog
+    from sglang_mint.catalog.location import parse_location
+    from sglang_mint.catalog.synth import synth
+    from sglang_mint.dev.pg_server import PostgresServer
+    from sglang_mint.dev.s3_server import S3Server
+
+    t0 = time.perf_counter()
+    pg = stack.enter_context(PostgresServer())
+    url = pg.create_database(DATABASE)
+    print(f"==> postgresql {parse_location(url).display} (ready in {time.perf_counter() - t0:.1f} s)", flush=True)
+    t0 = time.perf_counter()
+    s3 = stack.enter_context(S3Server())
+    s3.client().create_bucket(Bucket=BUCKET)
+    blobs = f"s3://{BUCKET}/catalog"
+    print(f"==> object store {s3.endpoint} (moto, S3 API; blobs at {blobs}; ready in "
+          f"{time.perf_counter() - t0:.1f} s)", flush=True)
+    os.environ.update(s3.env())  # this process writes the catalog's blobs, and the engines inherit it
+    if stop.is_set():
+        return url, s3.env()
+    t0 = time.perf_counter()
+    with init_catalog(url, str(model), blobs=blobs, cache_dir=str(work / "init")) as cat:
+        for name, folder in adapters.items():
+            cat.publish(f"demo/{name}", str(folder))
+        if size > 0:
+            synth(cat, size, prefix="synth/", rank=1, progress=False)
+    print(f"==> catalog: {len(adapters)} demo/ + {size:,} synth/ adapters in "
+          f"{time.perf_counter() - t0:.1f} s", flush=True)
+    _write_env_file(pg, s3.env(), work)
+    return url, s3.env()
+
+
+def _write_env_file(pg, s3_env: dict[str, str], work: Path) -> None:
+    """run_dir()/env for other shells: the object store's variables and the password in a PGPASSFILE."""
+    pgpass = work / "pgpass"
+    pgpass.write_text(f"127.0.0.1:{pg.port}:*:postgres:{pg.password}\n")
+    pgpass.chmod(0o600)  # libpq ignores a password file others can read
+    lines = [f"export {k}={v}" for k, v in s3_env.items()]
+    lines += [f"export PGPASSFILE={pgpass}", f"export MINT_CATALOG_CACHE={work / 'cli'}"]
+    (run_dir() / "env").write_text("\n".join(lines) + "\n")
+
+
+def _start_engines(servers: list, stop: threading.Event) -> list[threading.Thread]:
+    """Start every engine at once; returns the starter threads (joined when stopping)."""
+    def start(server):
+        try:
+            server.start()
+        except Exception as exc:  # noqa: BLE001  (one engine failing leaves the others serving)
+            print(f"==> engine {server.url} failed to start: {exc}", file=sys.stderr, flush=True)
+
+    starters = [threading.Thread(target=start, args=(s,), daemon=True) for s in servers]
+    [t.start() for t in starters]
+    while any(t.is_alive() for t in starters) and not stop.is_set():
+        stop.wait(0.5)
+    return starters
+
+
+def _stop_engines(servers: list, starters: list[threading.Thread]) -> None:
+    # An engine still starting has a process already: stopping it ends its starter's wait,
+    # and the second round catches one whose process appeared in between.
+    for _ in range(2):
+        stoppers = [threading.Thread(target=s.stop) for s in servers]
+        [t.start() for t in stoppers]
+        [t.join() for t in stoppers]
+        [t.join(timeout=30) for t in starters]
+
+
+def _print_contract(gateway, catalog: str, shown: str, first: str, engine_url: str, seconds: float) -> None:
+    from sglang_mint.catalog.location import without_password
+
+    bare = without_password(catalog)  # PGPASSFILE in the env file has the password
+    env = f". {run_dir() / 'env'} && " if (run_dir() / "env").exists() and bare != catalog else ""
+    print(f"\n==> up in {seconds:.1f} s; catalog {shown}\n"
+          f"==> client contract: the adapter id in `model`, through the gateway\n"
+          f"    openai.OpenAI(base_url=\"{gateway.openai_url}\", api_key=\"none\")"
+          f".completions.create(model=\"demo/{first}\", prompt=\"hi\", max_tokens=8)\n"
+          f"    curl {gateway.openai_url}/completions -H 'content-type: application/json' "
+          f"-d '{{\"model\": \"synth/0000042\", \"prompt\": \"hi\", \"max_tokens\": 8}}'\n"
+          f"==> publish (every engine serves it on its next request)\n"
+          f"    {env}mint catalog publish {bare} acme/bot ./my-peft-adapter\n"
+          f"    curl -F files=@adapter_config.json -F files=@adapter_model.safetensors "
+          f"{engine_url}/mint/adapters/acme/bot/revisions\n"
+          f"==> running; Ctrl-C or `mint cluster down` stops it", flush=True)
+
+
+def stop_cluster(timeout: float = 90.0) -> int:
     if not state_file().exists():
         print("no cluster is running")
         return 0
