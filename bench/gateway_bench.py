@@ -27,7 +27,7 @@ part a routing probe sends 2 x engines requests for one more adapter: under
 consistent_hashing they all land on one engine, under round_robin on every engine
 (this checks that round_robin ignores the routing key).
 
-    flock /tmp/mint-cpu.lock python bench/gateway_bench.py            # about 9 minutes
+    flock /tmp/mint-cpu.lock python bench/gateway_bench.py            # about 14 minutes
     flock /tmp/mint-cpu.lock python bench/gateway_bench.py --quick    # 2 engines, 200 requests
 
 Results: one JSON line per run in bench/results/gateway_bench.jsonl, with the
