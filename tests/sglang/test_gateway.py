@@ -3,7 +3,10 @@
 Real processes on loopback: ``smg launch --policy consistent_hashing`` with the
 adapter-route middleware, two SGLang servers with ``--mint-gateway`` (they
 register themselves), a catalog of 200 adapters both read, the official openai
-client talking to the gateway with ``model=<adapter-id>``.
+client talking to the gateway with ``model=<adapter-id>``. The catalog is the
+shared kind, as on many machines: metadata in PostgreSQL, blobs in an
+S3-compatible server (moto); each engine gets only ``--mint-catalog
+postgresql://...`` and the AWS_* variables, and keeps its own views and blob cache.
 
 An adapter served by one engine only is cold-loaded once: with a host budget
 that never evicts, the two engines' cold loads add up to the number of distinct
@@ -20,6 +23,7 @@ import sys
 import threading
 import time
 import urllib.request
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import openai
@@ -38,13 +42,20 @@ ZIPF_S = 1.1
 
 
 @pytest.fixture(scope="module")
-def catalog(tiny_model, tiny_adapters, tmp_path_factory):
-    root = tmp_path_factory.mktemp("gw-catalog") / "catalog"
-    with init_catalog(str(root), str(tiny_model)) as cat:
-        for name, folder in tiny_adapters.items():
-            cat.publish(f"acme/{name}", str(folder))
+def catalog(tiny_model, tiny_adapters, postgres_server, moto_server, tmp_path_factory):
+    """postgresql://postgres:<pw>@127.0.0.1:54xxx/gw_<hex> with blobs at s3://mint-gw-<hex>/catalog."""
+    name = uuid.uuid4().hex[:12]
+    url = postgres_server.create_database(f"gw_{name}")
+    moto_server.client().create_bucket(Bucket=f"mint-gw-{name}")
+    env = pytest.MonkeyPatch()  # this process's own view of the catalog (the references read blobs through it)
+    env.setenv("MINT_CATALOG_CACHE", str(tmp_path_factory.mktemp("gw-test-cache")))
+    with init_catalog(url, str(tiny_model), blobs=f"s3://mint-gw-{name}/catalog") as cat:
+        for adapter, folder in tiny_adapters.items():
+            cat.publish(f"acme/{adapter}", str(folder))
         synth(cat, N_SYNTH, prefix="synth/", rank=1, progress=False)
-    return root
+    yield url
+    env.undo()
+    postgres_server.admin(f"DROP DATABASE gw_{name} WITH (FORCE)")
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +68,9 @@ def gateway(tmp_path_factory):
 @pytest.fixture(scope="module")
 def engines(tiny_model, catalog, gateway, tmp_path_factory):
     logs = tmp_path_factory.mktemp("gw-engines")
-    servers = [SGLangServer(tiny_model, extra_args=["--mint-catalog", str(catalog), "--mint-gateway", gateway.url,
+    # the AWS_* variables that point at moto come from the moto_server fixture's environment
+    servers = [SGLangServer(tiny_model, extra_args=["--mint-catalog", catalog, "--mint-gateway", gateway.url,
+                                                    "--mint-catalog-cache", str(logs / f"cache{i}"),
                                                     "--max-loras-per-batch", "8"],
                             log_path=logs / f"engine{i}.log", python=sys.executable) for i in range(2)]
     errors = []
