@@ -77,7 +77,9 @@ class CatalogLocation:
 
 
 def parse_location(target: str) -> CatalogLocation:
-    """A catalog folder or ``postgresql://...``; CatalogError for another URL scheme."""
+    """A catalog folder (a str or a Path) or ``postgresql://...``; CatalogError for another URL scheme."""
+    if isinstance(target, os.PathLike):
+        target = os.fspath(target)
     if not isinstance(target, str) or not target:
         raise CatalogError("a catalog is a folder or a postgresql:// URL, got nothing")
     scheme = target.split("://", 1)[0].lower() if "://" in target else ""

@@ -118,7 +118,8 @@ def test_flags_reach_subprocess_copies_of_server_args(flag_results):
     results, catalog_dir = flag_results
     assert results["mint"] == {"ok": True, "mint": {
         "catalog": catalog_dir, "host_cache_bytes": 64 << 20, "pinned": ["a", "b/c"], "load_workers": 3,
-        "max_upload_bytes": 16 << 30, "dp_dispatch": "affinity"}}
+        "max_upload_bytes": 16 << 30, "dp_dispatch": "affinity", "catalog_cache": None,
+        "blob_cache_bytes": 10 << 30, "gateway": None, "advertise_url": None}}
 
 
 @pytest.mark.parametrize("case, message", [
