@@ -83,20 +83,23 @@ def _heuristic(op: str, K: int, R: int, S: int, M: int) -> dict:
 
     dot kernels need every block dim >= 16. Decode (M <= 16) uses BLOCK_M 16;
     prefill uses 64 rows so each adapter weight tile is reused 64 times.
+    SPLIT_K is the most splits a shrink may use (see `split_for`).
     """
     r_blk = max(16, min(64, _next_pow2(R)))
     m_blk = 16 if M <= 16 else (32 if M <= 64 else 64)
+    n_shrink = max(16, min(64, _next_pow2(S * R)))
     if op == "sgmv_shrink":  # out = S*R columns, reduce over K
-        return {"BLOCK_M": m_blk, "BLOCK_N": max(16, min(64, _next_pow2(S * R))),
-                "BLOCK_K": 128 if M <= 16 else 64, "num_warps": 4, "num_stages": 2}
+        return {"BLOCK_M": m_blk, "BLOCK_N": n_shrink, "BLOCK_K": 128 if M <= 16 else 64,
+                "SPLIT_K": 16, "num_warps": 4, "num_stages": 2}
     if op == "sgmv_expand":  # out = slice width, reduce over R
         return {"BLOCK_M": m_blk, "BLOCK_N": 128 if M <= 16 else 64,
                 "BLOCK_K": r_blk, "num_warps": 4, "num_stages": 2}
-    if op == "bgmv_shrink":  # one token per program; GEMV over K
-        return {"BLOCK_N": max(16, min(64, _next_pow2(S * R))), "BLOCK_K": 256,
+    if op == "bgmv_shrink":  # slot-major: the tokens of one slot, BLOCK_M at a time
+        return {"BLOCK_M": m_blk, "BLOCK_N": n_shrink, "BLOCK_K": 128, "SPLIT_K": 16,
                 "num_warps": 4, "num_stages": 2}
     if op == "bgmv_expand":
-        return {"BLOCK_N": 256, "BLOCK_K": r_blk, "num_warps": 4, "num_stages": 2}
+        return {"BLOCK_M": m_blk, "BLOCK_N": 128, "BLOCK_K": r_blk, "num_warps": 4,
+                "num_stages": 2}
     if op == "bgmv_fused":  # one (token, slice, N-chunk) per program
         return {"BLOCK_R": r_blk, "BLOCK_K": 256, "BLOCK_N": 128,
                 "CHUNK_N": 1024, "num_warps": 4, "num_stages": 2}
@@ -107,6 +110,37 @@ def _heuristic(op: str, K: int, R: int, S: int, M: int) -> dict:
         return {"BLOCK_M": m_blk, "BLOCK_N": 64, "BLOCK_K": r_blk,
                 "num_warps": 4, "num_stages": 2}
     raise KeyError(f"no heuristic for op {op!r}")
+
+
+def split_for(cfg: dict, K: int, tiles: int, device) -> int:
+    """Splits of K for a shrink of `tiles` output tiles: enough CTAs for two waves.
+
+    At most cfg["SPLIT_K"], never an empty split, a power of two. Example on an
+    H200 (132 SMs): llama3-8B qkv decode, 8 slots x 1 tile -> 32 wanted, capped
+    at SPLIT_K 16 -> 128 CTAs of 256 K columns each.
+    """
+    cap = min(int(cfg.get("SPLIT_K", 1)), -(-K // cfg["BLOCK_K"]))
+    want = -(-2 * sm_count(device) // max(1, tiles))
+    split = 1
+    while split * 2 <= min(cap, _next_pow2(want)):
+        split *= 2
+    return split
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(device_key_: str, index: int) -> int:
+    import torch
+
+    if device_key_ == "cpu":
+        return 4  # the interpreter: small enough that tests reach SPLIT_K > 1
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def sm_count(device) -> int:
+    import torch
+
+    device = torch.device(device)
+    return _sm_count(device_key(device), device.index or 0)
 
 
 def get_config(op: str, device, *, K: int = 0, R: int = 0, S: int = 1, M: int = 0) -> dict:

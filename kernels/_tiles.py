@@ -45,3 +45,46 @@ def masked_row_gemv(mat_ptrs, vec_ptrs, row_mask, k_len, BLOCK_ROWS: tl.constexp
         mat_ptrs += BLOCK_K
         vec_ptrs += BLOCK_K
     return acc
+
+
+@triton.jit
+def split_k_range(pid_k, K, K_PER_SPLIT):
+    """(k_start, k_len) of split pid_k: K_PER_SPLIT columns from pid_k * K_PER_SPLIT.
+
+    Example: K=4096, 8 splits, K_PER_SPLIT=512 -> split 3 covers 1536:2048; a split
+    past the end gets k_len <= 0 (it still takes part in the fixup, with zeros).
+    """
+    k_start = pid_k * K_PER_SPLIT
+    return k_start, tl.minimum(K - k_start, K_PER_SPLIT)
+
+
+@triton.jit
+def split_k_finish(acc, y_ptrs, part_ptrs, stride_part, mask, counter_ptr, n_splits,
+                   SPLIT: tl.constexpr):
+    """Store one split's fp32 partial tile; the last split of the tile to finish
+    sums all n_splits partials in split order and stores y (so the result does
+    not depend on which split finished last: bitwise deterministic).
+
+    Serial fixup (CUTLASS's split-K semaphore): partial stores, a CTA barrier,
+    then one acq_rel atomic on the tile's counter. The split that reads
+    n_splits - 1 owns the tile; it resets the counter to 0 for the next launch
+    (or CUDA-graph replay). Counters must start at 0 (SplitKWorkspace).
+
+    y_ptrs / part_ptrs: [BLOCK_M, BLOCK_N] pointers into y and into partial 0;
+    partial p lives at part_ptrs + p * stride_part. SPLIT False (n_splits 1):
+    a plain store of acc into y.
+    """
+    if not SPLIT:
+        tl.store(y_ptrs, acc.to(y_ptrs.dtype.element_ty), mask=mask)
+    else:
+        pid_k = tl.program_id(2)
+        tl.store(part_ptrs + pid_k * stride_part, acc, mask=mask)
+        tl.debug_barrier()
+        done = tl.atomic_add(counter_ptr, 1, sem="acq_rel", scope="gpu")
+        if done == n_splits - 1:
+            total = tl.zeros(acc.shape, dtype=tl.float32)
+            for p in range(0, n_splits):
+                total += tl.load(part_ptrs + p * stride_part, mask=mask, other=0.0,
+                                 cache_modifier=".cg")
+            tl.store(y_ptrs, total.to(y_ptrs.dtype.element_ty), mask=mask)
+            tl.atomic_xchg(counter_ptr, 0)

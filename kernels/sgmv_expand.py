@@ -33,7 +33,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._tiles import masked_row_gemv, masked_tile_dot
+from ._tiles import masked_tile_dot
 
 from ._config import get_config, launch_kwargs
 from .batch import LoraBatch
@@ -96,17 +96,17 @@ def _sgmv_expand_kernel(
 @triton.jit
 def _bgmv_expand_kernel(
     y_ptr, b_ptr, out_ptr, token_slots_ptr, ranks_ptr, scalings_ptr, offsets_ptr,
-    R,
+    T, R, num_m_chunks,
     stride_ym, stride_bs, stride_bn, stride_om,
-    PACKED: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    PACKED: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    # grid = (n_tiles_of_widest_slice, n_slices, T): one token, one BLOCK_N tile (a GEMV).
-    t = tl.program_id(2).to(tl.int64)
+    # grid = (n_tiles_of_widest_slice, n_slices, n_slots): slot-major, like
+    # _bgmv_shrink_kernel. The program of slot s takes the tokens whose
+    # token_slots == s, BLOCK_M at a time, against one BLOCK_N tile of B_i[s].
+    slot = tl.program_id(2)
     sl = tl.program_id(1)
     pid_n = tl.program_id(0)
-    slot = tl.load(token_slots_ptr + t)
-    if slot < 0:
-        return
     rank = tl.minimum(tl.load(ranks_ptr + slot).to(tl.int32), R)
     if rank <= 0:
         return
@@ -118,17 +118,26 @@ def _bgmv_expand_kernel(
         ycol0 = sl * rank
     else:
         ycol0 = sl * R
+    scale = tl.load(scalings_ptr + slot)
     offs_n = lo + pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_mask = offs_n < hi
     offs_k = tl.arange(0, BLOCK_K)
-    y_ptrs = y_ptr + t * stride_ym + ycol0 + offs_k
     b_ptrs = (b_ptr + slot.to(tl.int64) * stride_bs
-              + offs_n[:, None].to(tl.int64) * stride_bn + offs_k[None, :])
-    acc = masked_row_gemv(b_ptrs, y_ptrs, n_mask, rank, BLOCK_N, BLOCK_K)
-    acc *= tl.load(scalings_ptr + slot)
-    o_ptrs = out_ptr + t * stride_om + offs_n
-    acc += tl.load(o_ptrs, mask=n_mask, other=0.0).to(tl.float32)
-    tl.store(o_ptrs, acc.to(out_ptr.dtype.element_ty), mask=n_mask)
+              + offs_n[None, :].to(tl.int64) * stride_bn + offs_k[:, None])
+    for chunk in range(0, num_m_chunks):
+        rows = chunk * BLOCK_M + tl.arange(0, BLOCK_M)
+        owner = tl.load(token_slots_ptr + rows, mask=rows < T, other=-1)
+        m_mask = owner == slot
+        if tl.max(m_mask.to(tl.int32), axis=0) > 0:
+            rows64 = rows.to(tl.int64)
+            y_ptrs = y_ptr + rows64[:, None] * stride_ym + ycol0 + offs_k[None, :]
+            acc = masked_tile_dot(y_ptrs, b_ptrs, m_mask, n_mask, rank,
+                                  BLOCK_M, BLOCK_N, BLOCK_K)
+            acc *= scale
+            o_ptrs = out_ptr + rows64[:, None] * stride_om + offs_n[None, :]
+            o_mask = m_mask[:, None] & n_mask[None, :]
+            acc += tl.load(o_ptrs, mask=o_mask, other=0.0).to(tl.float32)
+            tl.store(o_ptrs, acc.to(out_ptr.dtype.element_ty), mask=o_mask)
 
 
 def _host_offsets(slice_offsets, slice_offsets_cpu) -> list:
@@ -147,12 +156,13 @@ def _check(y, b, out, offs):
 
 def sgmv_expand(y: torch.Tensor, b: torch.Tensor, out: torch.Tensor, batch: LoraBatch,
                 slice_offsets: torch.Tensor, slice_offsets_cpu: Optional[Sequence[int]] = None,
-                packed_slices: bool = True) -> torch.Tensor:
+                packed_slices: bool = True, config: Optional[dict] = None) -> torch.Tensor:
     """Triton launcher; accumulates into `out` in place and returns it.
 
     Semantics: see the module docstring.
     Shape: y [T, n_slices*R]; b [n_slots, out_total, R]; out [T, >=out_total];
     slice_offsets [n_slices+1] int32 (device); batch segments or token_slots.
+    config: block sizes instead of the table's (tuning, tests).
     """
     offs = _host_offsets(slice_offsets, slice_offsets_cpu)
     _check(y, b, out, offs)
@@ -165,18 +175,21 @@ def sgmv_expand(y: torch.Tensor, b: torch.Tensor, out: torch.Tensor, batch: Lora
     if T == 0 or R == 0 or widest == 0:
         return out
     if batch.is_bgmv:
-        cfg = get_config("bgmv_expand", y.device, K=widest, R=R, S=n_slices, M=1)
-        grid = (triton.cdiv(widest, cfg["BLOCK_N"]), n_slices, T)
+        cfg = config or get_config("bgmv_expand", y.device, K=widest, R=R, S=n_slices, M=T)
+        n_slots = batch.ranks.numel()
+        grid = (triton.cdiv(widest, cfg["BLOCK_N"]), n_slices, n_slots)
         _bgmv_expand_kernel[grid](
-            y, b, out, batch.token_slots, batch.ranks, batch.scalings, slice_offsets, R,
+            y, b, out, batch.token_slots, batch.ranks, batch.scalings, slice_offsets,
+            T, R, triton.cdiv(T, cfg["BLOCK_M"]),
             y.stride(0), b.stride(0), b.stride(1), out.stride(0),
-            PACKED=packed_slices, BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"],
-            **launch_kwargs(cfg))
+            PACKED=packed_slices, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
+            BLOCK_K=cfg["BLOCK_K"], **launch_kwargs(cfg))
         return out
     n_seg = batch.num_segments
     if n_seg == 0 or batch.max_seg_len == 0:
         return out
-    cfg = get_config("sgmv_expand", y.device, K=widest, R=R, S=n_slices, M=batch.max_seg_len)
+    cfg = config or get_config("sgmv_expand", y.device, K=widest, R=R, S=n_slices,
+                               M=batch.max_seg_len)
     n_tiles = triton.cdiv(widest, cfg["BLOCK_N"])
     grid = (triton.cdiv(batch.max_seg_len, cfg["BLOCK_M"]) * n_tiles, n_slices, n_seg)
     perm = batch.permutation

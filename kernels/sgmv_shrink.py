@@ -21,26 +21,29 @@ Shape:
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import triton
 import triton.language as tl
 
-from ._tiles import masked_row_gemv, masked_tile_dot
-
-from ._config import get_config, launch_kwargs
+from ._config import get_config, launch_kwargs, split_for
+from ._splitk import WORKSPACE, k_per_split
+from ._tiles import masked_tile_dot, split_k_finish, split_k_range
 from .batch import LoraBatch
 
 
 @triton.jit
 def _sgmv_shrink_kernel(
-    x_ptr, a_ptr, y_ptr,
+    x_ptr, a_ptr, y_ptr, part_ptr, counter_ptr,
     seg_indptr_ptr, seg_slots_ptr, perm_ptr, ranks_ptr,
-    K, R, num_n_tiles,
-    stride_xm, stride_as, stride_an, stride_ym,
-    N_SLICES: tl.constexpr, PACKED: tl.constexpr, HAS_PERM: tl.constexpr,
+    K, R, n_slices, n_splits, K_PER_SPLIT, num_n_tiles,
+    stride_xm, stride_as, stride_an, stride_ym, stride_pp, stride_pm,
+    PACKED: tl.constexpr, HAS_PERM: tl.constexpr, SPLIT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    # grid = (m_tiles * n_tiles, n_segments): one BLOCK_M x BLOCK_N tile of one segment.
+    # grid = (m_tiles * n_tiles, n_segments, n_splits): one BLOCK_M x BLOCK_N tile of
+    # one segment, over K_PER_SPLIT of the K columns.
     seg = tl.program_id(1)
     pid = tl.program_id(0)
     pid_m = pid // num_n_tiles
@@ -64,46 +67,66 @@ def _sgmv_shrink_kernel(
         rows = offs_m.to(tl.int64)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     if PACKED:
-        n_mask = offs_n < N_SLICES * rank
+        n_mask = offs_n < n_slices * rank
     else:
-        n_mask = (offs_n < N_SLICES * R) & ((offs_n % R) < rank)
-    offs_k = tl.arange(0, BLOCK_K)
+        n_mask = (offs_n < n_slices * R) & ((offs_n % R) < rank)
+    k_start, k_len = split_k_range(tl.program_id(2), K, K_PER_SPLIT)
+    offs_k = k_start + tl.arange(0, BLOCK_K)
     x_ptrs = x_ptr + rows[:, None] * stride_xm + offs_k[None, :]
     a_ptrs = (a_ptr + slot.to(tl.int64) * stride_as
               + offs_n[None, :].to(tl.int64) * stride_an + offs_k[:, None])
-    acc = masked_tile_dot(x_ptrs, a_ptrs, m_mask, n_mask, K, BLOCK_M, BLOCK_N, BLOCK_K)
-    y_ptrs = y_ptr + rows[:, None] * stride_ym + offs_n[None, :]
-    tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=m_mask[:, None] & n_mask[None, :])
+    acc = masked_tile_dot(x_ptrs, a_ptrs, m_mask, n_mask, k_len, BLOCK_M, BLOCK_N, BLOCK_K)
+    tile = seg * tl.num_programs(0) + pid
+    split_k_finish(acc, y_ptr + rows[:, None] * stride_ym + offs_n[None, :],
+                   part_ptr + rows[:, None] * stride_pm + offs_n[None, :], stride_pp,
+                   m_mask[:, None] & n_mask[None, :], counter_ptr + tile, n_splits, SPLIT)
 
 
 @triton.jit
 def _bgmv_shrink_kernel(
-    x_ptr, a_ptr, y_ptr, token_slots_ptr, ranks_ptr,
-    K, R,
-    stride_xm, stride_as, stride_an, stride_ym,
-    N_SLICES: tl.constexpr, PACKED: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    x_ptr, a_ptr, y_ptr, part_ptr, counter_ptr, token_slots_ptr, ranks_ptr,
+    T, K, R, n_slices, n_splits, K_PER_SPLIT, num_m_chunks,
+    stride_xm, stride_as, stride_an, stride_ym, stride_pp, stride_pm,
+    PACKED: tl.constexpr, SPLIT: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    # grid = (n_tiles, T): one token, one BLOCK_N slice of its S*R outputs (a GEMV).
-    t = tl.program_id(1).to(tl.int64)
+    # grid = (n_tiles, n_slots, n_splits): slot-major. The program of slot s gathers
+    # the tokens whose token_slots == s, BLOCK_M at a time, so A[s] is read once
+    # per launch (not once per token) and no host-side sort is needed: the grid
+    # depends only on the pool size, and a decode CUDA graph replays it.
+    # Example: token_slots [2, 0, 2] -> slot 2's program computes rows 0 and 2.
+    slot = tl.program_id(1)
     pid_n = tl.program_id(0)
-    slot = tl.load(token_slots_ptr + t)
-    if slot < 0:
-        return
     rank = tl.minimum(tl.load(ranks_ptr + slot).to(tl.int32), R)
     if rank <= 0:
         return
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     if PACKED:
-        n_mask = offs_n < N_SLICES * rank
+        n_mask = offs_n < n_slices * rank
     else:
-        n_mask = (offs_n < N_SLICES * R) & ((offs_n % R) < rank)
-    offs_k = tl.arange(0, BLOCK_K)
+        n_mask = (offs_n < n_slices * R) & ((offs_n % R) < rank)
+    k_start, k_len = split_k_range(tl.program_id(2), K, K_PER_SPLIT)
+    offs_k = k_start + tl.arange(0, BLOCK_K)
     a_ptrs = (a_ptr + slot.to(tl.int64) * stride_as
-              + offs_n[:, None].to(tl.int64) * stride_an + offs_k[None, :])
-    x_ptrs = x_ptr + t * stride_xm + offs_k
-    acc = masked_row_gemv(a_ptrs, x_ptrs, n_mask, K, BLOCK_N, BLOCK_K)
-    tl.store(y_ptr + t * stride_ym + offs_n, acc.to(y_ptr.dtype.element_ty), mask=n_mask)
+              + offs_n[None, :].to(tl.int64) * stride_an + offs_k[:, None])
+    for chunk in range(0, num_m_chunks):
+        rows = chunk * BLOCK_M + tl.arange(0, BLOCK_M)
+        owner = tl.load(token_slots_ptr + rows, mask=rows < T, other=-1)
+        m_mask = owner == slot
+        if tl.max(m_mask.to(tl.int32), axis=0) > 0:
+            rows64 = rows.to(tl.int64)
+            x_ptrs = x_ptr + rows64[:, None] * stride_xm + offs_k[None, :]
+            acc = masked_tile_dot(x_ptrs, a_ptrs, m_mask, n_mask, k_len,
+                                  BLOCK_M, BLOCK_N, BLOCK_K)
+            tile = (slot * tl.num_programs(0) + pid_n) * num_m_chunks + chunk
+            split_k_finish(acc, y_ptr + rows64[:, None] * stride_ym + offs_n[None, :],
+                           part_ptr + rows64[:, None] * stride_pm + offs_n[None, :], stride_pp,
+                           m_mask[:, None] & n_mask[None, :], counter_ptr + tile, n_splits, SPLIT)
+
+
+def chunks_of(T: int, cfg: dict) -> int:
+    """BLOCK_M row chunks a slot-major program walks. Example: 64 tokens, BLOCK_M 16 -> 4."""
+    return triton.cdiv(T, cfg["BLOCK_M"])
 
 
 def _check(x, a, y, n_slices):
@@ -115,12 +138,14 @@ def _check(x, a, y, n_slices):
 
 
 def sgmv_shrink(x: torch.Tensor, a: torch.Tensor, y: torch.Tensor, batch: LoraBatch,
-                n_slices: int = 1, packed_slices: bool = True) -> torch.Tensor:
+                n_slices: int = 1, packed_slices: bool = True,
+                config: Optional[dict] = None) -> torch.Tensor:
     """Triton launcher; writes `y` in place and returns it.
 
     Semantics: see the module docstring (y[t, slice i] = x[t] @ A_i[slot]^T).
     Shape: x [T, K]; a [n_slots, n_slices*R, K]; y [T, n_slices*R] (caller-owned);
     batch segments (sgmv kernel) or token_slots (bgmv kernel).
+    config: block sizes and SPLIT_K instead of the table's (tuning, tests).
     """
     _check(x, a, y, n_slices)
     T, K = x.shape
@@ -129,28 +154,43 @@ def sgmv_shrink(x: torch.Tensor, a: torch.Tensor, y: torch.Tensor, batch: LoraBa
     if T == 0 or N == 0:
         return y
     if batch.is_bgmv:
-        cfg = get_config("bgmv_shrink", x.device, K=K, R=R, S=n_slices, M=1)
-        grid = (triton.cdiv(N, cfg["BLOCK_N"]), T)
-        _bgmv_shrink_kernel[grid](
-            x, a, y, batch.token_slots, batch.ranks, K, R,
-            x.stride(0), a.stride(0), a.stride(1), y.stride(0),
-            N_SLICES=n_slices, PACKED=packed_slices,
-            BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"], **launch_kwargs(cfg))
+        cfg = config or get_config("bgmv_shrink", x.device, K=K, R=R, S=n_slices, M=T)
+        n_tiles = triton.cdiv(N, cfg["BLOCK_N"])
+        n_slots = batch.ranks.numel()
+        parallel = n_tiles * n_slots                      # programs per split
+        n_counters = parallel * chunks_of(T, cfg)         # one per (slot, tile, chunk)
+    else:
+        if batch.num_segments == 0 or batch.max_seg_len == 0:
+            return y
+        cfg = config or get_config("sgmv_shrink", x.device, K=K, R=R, S=n_slices,
+                                   M=batch.max_seg_len)
+        n_tiles = triton.cdiv(N, cfg["BLOCK_N"])
+        parallel = n_counters = (triton.cdiv(batch.max_seg_len, cfg["BLOCK_M"]) * n_tiles
+                                 * batch.num_segments)
+    split = split_for(cfg, K, parallel, x.device)
+    kps = k_per_split(K, split, cfg["BLOCK_K"])
+    if split > 1:
+        part = WORKSPACE.partials(split, T, N, x.device)
+        counters = WORKSPACE.counters(x.device, n_counters)
+    else:
+        part, counters = y, batch.ranks  # never touched with SPLIT_K == 1
+    common = dict(PACKED=packed_slices, SPLIT=split > 1,
+                  BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"],
+                  **launch_kwargs(cfg))
+    strides = (x.stride(0), a.stride(0), a.stride(1), y.stride(0),
+               part.stride(0) if split > 1 else 0, part.stride(-2) if split > 1 else 0)
+    if batch.is_bgmv:
+        chunks = chunks_of(T, cfg)
+        _bgmv_shrink_kernel[(n_tiles, n_slots, split)](
+            x, a, y, part, counters, batch.token_slots, batch.ranks,
+            T, K, R, n_slices, split, kps, chunks, *strides, **common)
         return y
-    n_seg = batch.num_segments
-    if n_seg == 0 or batch.max_seg_len == 0:
-        return y
-    cfg = get_config("sgmv_shrink", x.device, K=K, R=R, S=n_slices, M=batch.max_seg_len)
-    n_tiles = triton.cdiv(N, cfg["BLOCK_N"])
-    grid = (triton.cdiv(batch.max_seg_len, cfg["BLOCK_M"]) * n_tiles, n_seg)
+    grid = (triton.cdiv(batch.max_seg_len, cfg["BLOCK_M"]) * n_tiles, batch.num_segments, split)
     perm = batch.permutation
     _sgmv_shrink_kernel[grid](
-        x, a, y, batch.seg_indptr, batch.seg_slots,
+        x, a, y, part, counters, batch.seg_indptr, batch.seg_slots,
         perm if perm is not None else batch.seg_indptr, batch.ranks,
-        K, R, n_tiles, x.stride(0), a.stride(0), a.stride(1), y.stride(0),
-        N_SLICES=n_slices, PACKED=packed_slices, HAS_PERM=perm is not None,
-        BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"],
-        **launch_kwargs(cfg))
+        K, R, n_slices, split, kps, n_tiles, *strides, HAS_PERM=perm is not None, **common)
     return y
 
 

@@ -176,3 +176,43 @@ def test_dense_gpu_decode_big(kind):
     """Benchmark-sized decode: 64 distinct adapters, rank 16, hidden 4096, qkv."""
     _run_dense("decode64", 64, 4096, 16, [4096, 1024, 1024], [16] * 64, kind,
                packed=True, device="cuda", dtype=torch.bfloat16)
+
+
+@pytest.mark.interp
+@pytest.mark.parametrize("kind", ["seg", "perm", "tok"])
+@pytest.mark.parametrize("split", [2, 4, 8])
+def test_split_k_shrink(kind, split, monkeypatch):
+    """K split across programs, summed by the last split to finish: equal to the
+    reference, bitwise equal on a rerun, and every tile counter back at 0."""
+    from sglang_mint.kernels import _config
+    from sglang_mint.kernels._splitk import WORKSPACE
+
+    monkeypatch.setattr(_config, "sm_count", lambda device: 10_000)  # always want the cap
+    gen = torch.Generator().manual_seed(split)
+    T, K, S, R, ranks = 21, 1000, 3, 8, [8, 5, 0, 8]
+    cfg = {"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 64, "SPLIT_K": split}
+    assert _config.split_for(cfg, K, 4, "cpu") == split
+    batch = make_batch(kind, T, ranks, gen, every_slot=True)
+    x = randn(T, K, gen=gen)
+    a, _ = dense_pool(len(ranks), S, R, K, 8, ranks, gen=gen)
+    y, y_ref = poison(T, S * R), poison(T, S * R)
+    sgmv_shrink(x, a, y, batch, S, config=cfg)
+    sgmv_shrink_ref(x, a, y_ref, batch, S)
+    assert_close(y, y_ref)
+    again = poison(T, S * R)
+    sgmv_shrink(x, a, again, batch, S, config=cfg)
+    assert torch.equal(torch.nan_to_num(again, 7.0), torch.nan_to_num(y, 7.0))
+    assert all(int(c.abs().sum()) == 0 for c in WORKSPACE._buffers.values())
+    unsplit = poison(T, S * R)
+    sgmv_shrink(x, a, unsplit, batch, S, config={**cfg, "SPLIT_K": 1})
+    assert_close(unsplit, y_ref)
+
+
+def test_split_for_fills_two_waves_within_its_cap():
+    from sglang_mint.kernels._config import split_for
+
+    cfg = {"BLOCK_K": 128, "SPLIT_K": 16}
+    assert split_for(cfg, 4096, 1, "cpu") == 8          # 4 "SMs" on CPU: 8 programs wanted
+    assert split_for(cfg, 4096, 8, "cpu") == 1          # already two waves
+    assert split_for(cfg, 200, 1, "cpu") == 2           # never an empty split: 200 / 128 -> 2
+    assert split_for({**cfg, "SPLIT_K": 1}, 4096, 1, "cpu") == 1
