@@ -25,7 +25,11 @@ against the fp32 reference (sgmv_*_ref, moe_lora_ref) on the same inputs, checke
 timing, our intermediate poisoned with NaN. Host-side building (batches, plans, SGLang's
 batch infos and alignment, offset lists) happens once per shape, never in a timed call.
 Rank 16 runs first, then 64, then 8: a run stopped by --deadline-s still covers every
-layer; what it did not reach is written as skipped.
+layer; what it did not reach is written as skipped. On a GPU the shapes run in a worker
+process; a kernel that breaks the CUDA context (an illegal address) costs its own row, and
+a fresh worker goes on from the next variant (see `supervise`).
+Block sizes come from the tables (kernels/_config.py); MINT_KERNEL_CONFIG_DIR points a run
+at freshly tuned ones (bench/gpu/tune.py).
 
 --dry-run (CPU, TRITON_INTERPRET=1, fp32): every row is planned and written, and one
 small shape per layer kind runs every variant, ours and SGLang's, against the reference:
@@ -39,6 +43,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -246,17 +251,23 @@ def ceilings(device) -> dict:
 
 
 class ContextLost(RuntimeError):
-    """A kernel broke the CUDA context (e.g. an illegal address): every later call fails too."""
+    """A kernel broke the CUDA context (e.g. an illegal address): every later call fails too.
+
+    rows: the spec's rows so far, the failed one last."""
+
+    def __init__(self, msg, rows=()):
+        super().__init__(msg)
+        self.rows = list(rows)
 
 
-def run_spec(spec, device, dtype, gen, ceil, dry_run) -> list[dict]:
+def run_spec(spec, device, dtype, gen, ceil, dry_run, first_variant=0) -> list[dict]:
     L, mode, T, n, r = spec
     names = variants(L, mode)
     d = build(spec, device, dtype, gen)
     fns, why = runners(d, names)
     ref, ref_why = reference(d)
     rows = []
-    for name in names:
+    for name in names[first_variant:]:
         if name != "base_gemm" and name not in fns:
             rows.append({"variant": name, "status": "unavailable", "why": why.get(name)})
             continue
@@ -268,7 +279,7 @@ def run_spec(spec, device, dtype, gen, ceil, dry_run) -> list[dict]:
                 try:
                     torch.cuda.synchronize()
                 except Exception as lost:  # noqa: BLE001
-                    raise ContextLost(f"after {name}: {lost}"[:300]) from None
+                    raise ContextLost(f"after {name}: {lost}"[:300], rows) from None
     del d, fns, ref
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -312,11 +323,57 @@ def main(argv=None) -> int:
     p.add_argument("--deadline-s", type=float, default=None, help="start no shape after this many seconds")
     p.add_argument("--limit", type=int, default=None, help="the first N shapes only")
     p.add_argument("--dry-run", action="store_true")
+    p.add_argument("--worker", default=None, metavar="SPEC:VARIANT", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if not args.dry_run and not torch.cuda.is_available():
         print("no CUDA device: this benchmark times GPU kernels; use --dry-run to check it on CPU",
               file=sys.stderr)
         return 2
+    if args.dry_run or args.worker:
+        return run(args)
+    return supervise(args)
+
+
+def supervise(args) -> int:
+    """Run the shapes in worker processes; a worker that loses its CUDA context costs one row.
+
+    A worker stops at a lost context after writing that variant's failed row and
+    OUT.resume ("spec:variant" to go on from); one that dies without it (a crash)
+    costs the rest of the shape it was in, per OUT.resume's last spec.
+    """
+    t0 = time.monotonic()
+    out = args.out or HERE / "results" / f"kernel_bench_{torch.cuda.get_device_name().replace(' ', '_')}.jsonl"
+    resume = out.with_name(out.name + ".resume")
+    out.unlink(missing_ok=True)
+    at, restarts, rc = "0:0", 0, 0
+    while at is not None:
+        cmd = [sys.executable, __file__, "--out", str(out), "--worker", at]
+        cmd += ["--limit", str(args.limit)] if args.limit else []
+        if args.deadline_s is not None:
+            cmd += ["--deadline-s", f"{max(0.0, args.deadline_s - (time.monotonic() - t0)):.0f}"]
+        resume.unlink(missing_ok=True)
+        rc = subprocess.run(cmd).returncode
+        done = resume.read_text().split() if resume.exists() else []
+        if rc in (0, 1) or not done:
+            at = None
+        else:
+            restarts += 1
+            spec, variant, why = done[0], done[1], " ".join(done[2:])
+            if why == "running":  # died without a word: the rest of that shape is lost
+                with open(out, "a") as f:
+                    f.write(json.dumps({**setup_of(specs()[int(spec)]), "variant": None,
+                                        "status": "failed", "why": f"worker exit {rc}"}) + "\n")
+                at = f"{int(spec) + 1}:0"
+            else:
+                at = f"{spec}:{variant}"
+            print(f"kernel_bench: worker exit {rc} ({why or 'context lost'}); restarting at {at}",
+                  flush=True)
+    resume.unlink(missing_ok=True)
+    print(f"kernel_bench: {restarts} worker restarts, {time.monotonic() - t0:.0f} s")
+    return 1 if restarts else rc
+
+
+def run(args) -> int:
     t0 = time.monotonic()
     import triton
 
@@ -328,19 +385,29 @@ def main(argv=None) -> int:
              "triton": triton.__version__, "dtype": str(dtype).replace("torch.", "")}
     out_path = args.out or HERE / "results" / f"kernel_bench_{dev_name.replace(' ', '_')}.jsonl"
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    gen = torch.Generator(device).manual_seed(0)
+    first_spec, first_variant = map(int, (args.worker or "0:0").split(":"))
+    resume = out_path.with_name(out_path.name + ".resume")
     plan = specs()[: args.limit]
-    ceil = None if args.dry_run else ceilings(device)
+    ceil = None
+    if not args.dry_run:
+        if first_spec or first_variant:  # a restarted worker: the first worker measured them
+            ceil = json.loads(out_path.read_text().splitlines()[0])
+        else:
+            ceil = ceilings(device)
     failures = 0
-    with open(out_path, "w") as f:
-        if ceil:
+    with open(out_path, "a" if args.worker else "w") as f:
+        if ceil and not (first_spec or first_variant):
             f.write(json.dumps({**ceil, **stamp}) + "\n")
             print(f"ceilings: copy {ceil['copy_bytes_per_s'] / 1e12:.2f} TB/s, "
                   f"bf16 matmul {ceil['bf16_matmul_flops_per_s'] / 1e12:.0f} TFLOP/s")
         todo = [(s, "planned") for s in plan] if args.dry_run else [(s, "run") for s in plan]
         if args.dry_run:
             todo += [(s, "run") for s in DRY]
-        for spec, what in todo:
+        for i, (spec, what) in enumerate(todo):
+            if i < first_spec:
+                continue
+            # a fresh generator per shape: a restarted worker draws the same tensors
+            gen = torch.Generator(device).manual_seed(i)
             base = {**setup_of(spec), **stamp}
             late = args.deadline_s is not None and time.monotonic() - t0 > args.deadline_s
             if what == "planned" or late:
@@ -348,15 +415,20 @@ def main(argv=None) -> int:
                 why = "dry run" if what == "planned" else f"--deadline-s {args.deadline_s:.0f} passed"
                 rows = [{"variant": v, "status": status, "why": why} for v in variants(*spec[:2])]
             else:
+                resume.write_text(f"{i} 0 running")
                 try:
-                    rows = run_spec(spec, device, dtype, gen, ceil, args.dry_run)
+                    rows = run_spec(spec, device, dtype, gen, ceil, args.dry_run,
+                                    first_variant if i == first_spec else 0)
                 except torch.cuda.OutOfMemoryError as e:
                     torch.cuda.empty_cache()
                     rows = [{"variant": v, "status": "failed", "why": f"OOM: {e}"[:300]}
                             for v in variants(*spec[:2])]
                 except ContextLost as e:
-                    print(f"CUDA context lost, stopping: {e}", flush=True)
-                    f.write(json.dumps({**base, "variant": None, "status": "failed", "why": str(e)}) + "\n")
+                    for row in e.rows:
+                        f.write(json.dumps({**base, **row}) + "\n")
+                    done = variants(*spec[:2]).index(e.rows[-1]["variant"]) + 1
+                    resume.write_text(f"{i} {done} context lost after {e.rows[-1]['variant']}")
+                    print(f"CUDA context lost: {e}", flush=True)
                     return 3
             for row in rows:
                 f.write(json.dumps({**base, **row}) + "\n")
@@ -364,6 +436,7 @@ def main(argv=None) -> int:
             failures += sum(r["status"] in ("wrong", "failed") for r in rows)
             if what == "run" and not late:
                 print(line(spec, rows), flush=True)
+    resume.unlink(missing_ok=True)
     print(f"wrote {out_path}: {len(plan)} shapes, {failures} wrong or failed rows, "
           f"{time.monotonic() - t0:.0f} s")
     return 1 if failures else 0

@@ -1,7 +1,7 @@
 """The one command of a GPU check: install the carried wheels, then test and measure.
 
     python3 bench/gpu/run.py OUT [--dry-run] [--wheels .whl/gpu] [--budget-s 450]
-                                 [--steps env,tests,h2d,kernels]
+                                 [--steps env,tests,tune,kernels] [--tune-s 170]
 
 Steps, each a child process with its own time limit, its output streamed to
 stdout and OUT/run.log:
@@ -10,9 +10,13 @@ stdout and OUT/run.log:
     tests    pytest -m gpu tests/kernels (MINT_KERNEL_TESTS_ON_GPU=1: real kernels),
              less NOT_COLLECTED
     h2d      h2d_load.py: a packed vs a PEFT adapter from pinned memory -> OUT/h2d_load.jsonl
-    kernels  kernel_bench.py, bf16, ours vs SGLang's -> OUT/kernel_bench.jsonl; it gets
+             (not in the default steps: it measures loading, which kernel work leaves alone)
+    tune     tune.py: the dense kernels' block sizes over kernel_bench's shapes -> OUT/configs/
+             (every table, the device's new ones included) and OUT/tune.jsonl
+    kernels  kernel_bench.py, bf16, ours vs SGLang's -> OUT/kernel_bench.jsonl, with the
+             tables tune wrote (MINT_KERNEL_CONFIG_DIR=OUT/configs) when it ran; it gets
              what is left of --budget-s as its deadline, and writes what it did not
-             reach as skipped rows
+             reach as skipped rows; then compare.py's verdicts -> OUT/table.txt
 
 OUT/summary.json records each step's exit code, seconds and limit. Before the
 steps: the wheels are installed with pip --no-index --no-deps --target into a
@@ -49,8 +53,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _env  # noqa: E402
 
 REPO = _env.REPO
-STEPS = ("env", "tests", "h2d", "kernels")
-LIMIT_S = {"env": 90, "tests": 150, "h2d": 90}  # kernels: the rest of the budget
+STEPS = ("env", "tests", "h2d", "tune", "kernels")
+DEFAULT_STEPS = ("env", "tests", "tune", "kernels")
+LIMIT_S = {"env": 90, "tests": 150, "h2d": 90, "tune": 170}  # kernels: the rest of the budget
 # Test files that cannot import on the GPU machine and hold no gpu test: test_moe_glue
 # imports sglang.srt.lora.lora_moe_runners, which on CUDA needs sgl_kernel (not carried).
 NOT_COLLECTED = ("tests/kernels/test_moe_glue.py",)
@@ -66,6 +71,7 @@ def commands(py: list[str], out: Path, dry_run: bool) -> dict:
         "env": [*py, "bench/gpu/_env.py", "--probe", *(["--pretend-cuda"] if dry_run else [])],
         "tests": pytest + (["--collect-only"] if dry_run else []),
         "h2d": [*py, "bench/gpu/h2d_load.py", "--out", str(out / "h2d_load.jsonl"), *dry],
+        "tune": [*py, "bench/gpu/tune.py", str(out), *dry],
         "kernels": [*py, "bench/kernel_bench.py", "--out", str(out / "kernel_bench.jsonl"), *dry],
     }
 
@@ -145,6 +151,12 @@ def digest(out: Path) -> list[str]:
     for r in bad[:8]:
         lines.append(f"  {r['status']}: {r['model']}/{r['layer']} {r['mode']} n={r['adapters']} "
                      f"r={r['rank']} {r['variant']}: {r.get('why') or r.get('rel_err')}"[:200])
+    if kernels:
+        import compare
+
+        table, verdicts = compare.compare(rows)
+        (out / "table.txt").write_text(compare.format_table(table))
+        lines += verdicts
     table = {}
     for r in kernels:
         if r["rank"] == 16 and r["adapters"] == 8:
@@ -167,7 +179,8 @@ def main(argv=None) -> int:
     p.add_argument("--dry-run", action="store_true")
     p.add_argument("--wheels", type=Path, default=_env.WHEELS)
     p.add_argument("--budget-s", type=float, default=450, help="all steps together (8 min: 480)")
-    p.add_argument("--steps", default=",".join(STEPS))
+    p.add_argument("--steps", default=",".join(DEFAULT_STEPS))
+    p.add_argument("--tune-s", type=float, default=LIMIT_S["tune"], help="the tune step's budget")
     args = p.parse_args(argv)
     t0 = time.monotonic()
     steps = [s for s in args.steps.split(",") if s]
@@ -190,15 +203,20 @@ def main(argv=None) -> int:
             for name in steps:
                 left = args.budget_s - (time.monotonic() - t0)
                 cmd = cmds[name]
+                step_env = dict(env)
                 if name == "kernels":
                     cmd = cmd + ["--deadline-s", f"{max(0.0, left - 2 * KERNELS_TAIL_S):.0f}"]
                     limit = left - 5
+                    if any((args.out / "configs").glob("*.json")):
+                        step_env["MINT_KERNEL_CONFIG_DIR"] = str((args.out / "configs").resolve())
+                elif name == "tune":
+                    limit = min(args.tune_s + 20, left - KERNELS_TAIL_S)
+                    cmd = cmd + ["--budget-s", f"{max(0.0, limit - 30):.0f}"]
                 else:
                     limit = min(LIMIT_S[name], left - KERNELS_TAIL_S)
                 if limit <= 0:
                     summary["steps"][name] = {"rc": "not run", "why": "budget spent"}
                     continue
-                step_env = dict(env)
                 if name == "env":  # it imports as on the GPU machine: no interpreter
                     step_env.pop("TRITON_INTERPRET", None)
                 res = run_step(name, cmd, step_env, limit, log)

@@ -41,7 +41,8 @@ EXPERTS = {"ours_moe", "sglang_fused_moe_lora"}
 def dry(tmp_path_factory):
     out = tmp_path_factory.mktemp("gpu-dry-run")
     no_wheels = tmp_path_factory.mktemp("no-wheels")
-    proc = subprocess.run([sys.executable, str(GPU / "run.py"), str(out), "--dry-run", "--wheels", str(no_wheels)],
+    proc = subprocess.run([sys.executable, str(GPU / "run.py"), str(out), "--dry-run", "--wheels", str(no_wheels),
+                           "--steps", "env,tests,h2d,tune,kernels"],
                           cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     return out
@@ -53,7 +54,7 @@ def rows(path: Path) -> list[dict]:
 
 def test_every_step_ran_and_used_the_simulated_machine(dry):
     summary = json.loads((dry / "summary.json").read_text())
-    assert summary["dry_run"] and list(summary["steps"]) == ["env", "tests", "h2d", "kernels"]
+    assert summary["dry_run"] and list(summary["steps"]) == ["env", "tests", "h2d", "tune", "kernels"]
     assert all(step["rc"] == 0 for step in summary["steps"].values()), summary["steps"]
     assert summary["setup"]["simulated_image"] and summary["setup"]["wheels"] == []
     assert not Path(summary["setup"]["temp"]).exists()  # the temporary folder is gone
@@ -107,6 +108,16 @@ def test_every_variant_matches_the_reference_on_small_shapes(dry):
         if r["variant"] != "base_gemm":
             assert r["check"] == "ok" and r["rel_err"] < 1e-4, r  # fp32 under the interpreter
             assert r["bytes"] > 0 and r["flops"] > 0
+
+
+def test_every_tuning_candidate_matches_the_reference(dry):
+    """tune.py's dry run: each candidate config of each dense op, on shapes whose K splits."""
+    got = rows(dry / "tune.jsonl")
+    assert {r["op"] for r in got} == {"sgmv_shrink", "sgmv_expand", "bgmv_shrink", "bgmv_expand"}
+    assert {r["layer"] for r in got} >= {"qkv_long_k", "o_long_k"}
+    assert all(r["status"] == "ok" and r["rel_err"] < 1e-5 for r in got), [
+        r for r in got if r["status"] != "ok"][:3]
+    assert not (dry / "configs").exists()  # a dry run writes no table
 
 
 def test_h2d_variants_ran_and_copies_are_exact(dry):
