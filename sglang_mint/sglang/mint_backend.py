@@ -26,6 +26,11 @@ Method mapping (docs/kernels.md has the full table):
     run_lora_b_sgemm   -> lora_expand into base_output        (same layers, embeddings)
     run_qkv_lora       -> lora_shrink(n_slices) + lora_expand (qkv, merged != 2 equal, MLA q_a + kv_a)
     run_gate_up_lora   -> lora_shrink(2) + lora_expand        (gate_up)
+
+Routes: each of these four may instead call the superclass's method (SGLang's
+Triton kernels) when the device's measured table (kernels/routes.py,
+configs/kernels/routes__<device>.json) says SGLang's kernels are faster for that
+shape class; the decision is made once per class and kept in `self._routes`.
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ from sglang.srt.lora.backend.triton_backend import TritonLoRABackend
 from sglang.srt.lora.utils import LoRABatchInfo
 from sglang.srt.runtime_context import LoRABatchLayout
 
-from sglang_mint.kernels import LoraBatch
+from sglang_mint.kernels import LoraBatch, routes
 from sglang_mint.kernels.dispatch import INTERPRET, lora_expand, lora_shrink, use_triton
 
 logger = logging.getLogger("sglang_mint")
@@ -87,13 +92,20 @@ class MintLoRABackend(TritonLoRABackend):
         # [0, N] slice offsets of single-projection layers that pass none,
         # one small device tensor per (N, device), made once.
         self._single_offsets: dict[tuple[int, torch.device], torch.Tensor] = {}
+        # (method, S, K, R, per-token form) -> True when SGLang's Triton kernels run that
+        # shape class (kernels/routes.py); filled on first use, one dict lookup afterwards.
+        self._routes: dict[tuple, bool] = {}
+        # The route of the last run_lora_a_sgemm, which the run_lora_b_sgemm after it follows.
+        self._b_follows: Optional[bool] = None
         logger.info("mint LoRA backend on %s: %s", device, kernel_path(device))
+        logger.info("mint LoRA kernels: %s", routes.summary(device))
 
     # ---- planning -------------------------------------------------------
 
     def reset_batch_state(self):
         super().reset_batch_state()
         self._planned.clear()
+        self._b_follows = None
 
     def prepare_lora_batch(self, *args, **kwargs):
         super().prepare_lora_batch(*args, **kwargs)
@@ -134,15 +146,45 @@ class MintLoRABackend(TritonLoRABackend):
 
     # ---- dense LoRA ops -------------------------------------------------
 
+    def _route(self, method: str, x: torch.Tensor, S: int, K: int, R: int,
+               batch: LoraBatch) -> bool:
+        """True: run SGLang's Triton kernels (the superclass method) for this call.
+
+        Only where Triton runs at all (CUDA, or the interpreter in tests): the
+        CPU path without the interpreter is our torch reference whatever a table says.
+        """
+        key = (method, S, K, R, batch.is_bgmv)
+        hit = self._routes.get(key)
+        if hit is None:
+            mode = "decode" if batch.is_bgmv else "prefill"
+            hit = self._routes[key] = use_triton(x) and routes.route_for(
+                self.device, S, K, R, mode) == routes.SGLANG_TRITON
+        return hit
+
     def run_lora_a_sgemm(self, x: torch.Tensor, weights: torch.Tensor,
                          pruned_batch_info: LoRABatchInfo = None, stack_num: int = 1,
                          *args, **kwargs) -> torch.Tensor:
         """[T, stack_num*R] = x @ A[slot]^T; zeros where a row has no adapter."""
+        T, N = x.shape[0], weights.shape[1]
+        self._b_follows = False
+        if T and N:
+            batch = self._batch(pruned_batch_info)
+            # The A/B pair of one layer must run the same kernels, but run_lora_b_sgemm
+            # sees only x of width R, not K. SGLang's layers always call b right after a
+            # (lm_head, o/down, q_b/kv_b, the DSA indexer; row-parallel layers all-reduce
+            # in between), so a records its route and the next b follows it. The
+            # embedding's b comes after run_lora_a_embedding instead, which clears it:
+            # that b runs ours, as before routes.
+            self._b_follows = self._route("a_sgemm", x, stack_num, x.shape[-1],
+                                          N // max(1, stack_num), batch)
+            if self._b_follows:
+                return super().run_lora_a_sgemm(x, weights, pruned_batch_info, stack_num,
+                                                 *args, **kwargs)
         x = _unit_col(x)
         # Zeros, not empty: this tensor leaves the backend (TP layers all-reduce it).
-        y = torch.zeros((x.shape[0], weights.shape[1]), dtype=x.dtype, device=x.device)
-        if x.shape[0] and weights.shape[1]:
-            lora_shrink(x, weights, y, self._batch(pruned_batch_info), n_slices=stack_num)
+        y = torch.zeros((T, N), dtype=x.dtype, device=x.device)
+        if T and N:
+            lora_shrink(x, weights, y, batch, n_slices=stack_num)
         return y
 
     def run_lora_b_sgemm(self, x: torch.Tensor, weights: torch.Tensor,
@@ -152,6 +194,10 @@ class MintLoRABackend(TritonLoRABackend):
                          output_offset_cpu: Optional[torch.Tensor] = None,
                          **kwargs) -> torch.Tensor:
         """base_output[:, :N] += scaling[slot] * x @ B[slot]^T (N = weights.shape[1])."""
+        theirs, self._b_follows = self._b_follows, None
+        if theirs:
+            return super().run_lora_b_sgemm(x, weights, base_output, pruned_batch_info,
+                                             *args, **kwargs)
         n_out = weights.shape[1]
         out = base_output if base_output is not None else torch.zeros(
             (x.shape[0], n_out), dtype=x.dtype, device=x.device)
@@ -174,6 +220,14 @@ class MintLoRABackend(TritonLoRABackend):
                      **kwargs) -> torch.Tensor:
         """Stacked slices of unequal widths: q/k/v, or MLA's q_a (1536) + kv_a (576)."""
         assert isinstance(qkv_lora_b, torch.Tensor), "split q/kv B buffers are not supported"
+        if x.shape[0] and self._route("qkv", x, n_slices, x.shape[-1], qkv_lora_b.shape[-1],
+                                      self._batch()):
+            if not max_qkv_out_dim:  # SGLang's layers pass it; its kernel's grid needs it
+                offs = output_offset_cpu if output_offset_cpu is not None else output_offset
+                offs = [int(v) for v in offs]
+                max_qkv_out_dim = max(hi - lo for lo, hi in zip(offs, offs[1:]))
+            return super().run_qkv_lora(x, qkv_lora_a, qkv_lora_b, output_offset,
+                                        max_qkv_out_dim, base_output, n_slices, *args, **kwargs)
         return self._stacked(x, qkv_lora_a, qkv_lora_b, n_slices, output_offset,
                              output_offset_cpu, base_output)
 
@@ -183,6 +237,10 @@ class MintLoRABackend(TritonLoRABackend):
                          output_offset_cpu: Optional[torch.Tensor] = None,
                          **kwargs) -> torch.Tensor:
         assert isinstance(gate_up_lora_b, torch.Tensor), "split gate/up B buffers are not supported"
+        if x.shape[0] and self._route("gate_up", x, 2, x.shape[-1], gate_up_lora_b.shape[-1],
+                                      self._batch()):
+            return super().run_gate_up_lora(x, gate_up_lora_a, gate_up_lora_b, base_output,
+                                            *args, **kwargs)
         if output_offset is None or output_offset_cpu is None:
             inter = gate_up_lora_b.shape[1] // 2
             output_offset_cpu = (0, inter, 2 * inter)
@@ -218,6 +276,7 @@ class MintLoRABackend(TritonLoRABackend):
         same semantics in torch: rows of rank r get A[slot, :r, token] (or the
         adapter's extra-token row for token >= vocab_size), the rest zeros.
         """
+        self._b_follows = None  # the run_lora_b_sgemm after this one runs ours
         if use_triton(weights):
             return super().run_lora_a_embedding(input_ids, weights, vocab_size,
                                                 extra_embeddings, *args, **kwargs)
