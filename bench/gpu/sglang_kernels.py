@@ -18,6 +18,14 @@ Batching, as each backend's prepare_lora_batch does it (not under CUDA graphs):
   MoE     SGLang's alignment (_naive_moe_lora_align_block_size, the form its
           CUDA alignment also fills), block sizes from _get_moe_lora_block_config,
           both compiled from lora_moe_runners.py's source (see _from_source).
+
+One server process has one max_lora_rank; kernel_bench runs ranks 16, 64 and 8 in one
+process. SGLang keys its compiled csgmv shrink by (K, NUM_SLICES, BLOCK_M) only
+(chunked_sgmv_shrink.py:11-13), not by N = NUM_SLICES * rank, so dense() forgets that
+kernel's cached launches per shape, as a fresh server per rank would (see
+_forget_csgmv_shrink_launches). experts() leaves out shapes whose buffers are too large
+for the int32 offsets of SGLang's fused MoE LoRA kernel (see _moe_int32_overflow and
+bench/gpu/repro/README.md): that kernel reads out of bounds there, in serving too.
 """
 
 from __future__ import annotations
@@ -45,6 +53,49 @@ def _from_source(module: str, names: tuple, **globs) -> list:
     return [namespace[n] for n in names]
 
 
+def _forget_csgmv_shrink_launches(shrink_module) -> None:
+    """Drop the csgmv shrink launches SGLang cached for an earlier shape's rank.
+
+    On CUDA, `_chunked_lora_shrink_kernel` is a CachedKernel whose key is (K, NUM_SLICES,
+    BLOCK_M): llama3_8b qkv prefill at rank 64 caches a kernel compiled for N = 3 * 64 = 192,
+    and the rank-8 shape (N = 24) with the same key then reuses it: weights read at stride
+    192 * K per adapter, output written at row stride 192 into a (T, 24) buffer (NaN, then an
+    illegal address). A server never sees two ranks, so SGLang's key is enough there. The
+    next launch goes through Triton's own cache, keyed by every constexpr: no recompile.
+    Elsewhere (CPU, the dry run) the kernel is Triton's own function and nothing is cached.
+    """
+    forget = getattr(shrink_module._chunked_lora_shrink_kernel, "_clear_cache", None)
+    if forget is not None:
+        forget()
+
+
+INT32_MAX = 2**31 - 1
+
+
+def _moe_int32_overflow(x, a_list, b_list, T: int, k: int, E: int, r: int, W: int) -> str | None:
+    """The first int32 product of SGLang's _fused_moe_lora_kernel that these tensors overflow.
+
+    The kernel forms each offset as a product of int32 values (fused_moe_lora_kernel.py:134-136,
+    152-162, 200), e.g. lora_id * stride_bl. DeepSeek-V3 experts gate_up at rank 16 with 64
+    adapters: A is [64, 256, 32, 7168] and each slice view has stride(0) = 256 * 32 * 7168 =
+    58,720,256, so adapter 37 and above wrap past 2**31 (wrong rows, or an illegal address).
+    """
+    n, S = a_list[0].shape[0], len(a_list)
+    reach = {
+        "lora_id * A.stride(0)": (n - 1) * a_list[0].stride(0),
+        "lora_id * B.stride(0)": (n - 1) * b_list[0].stride(0),
+        "expert_id * A.stride(1)": (E - 1) * a_list[0].stride(1),
+        "expert_id * B.stride(1)": (E - 1) * b_list[0].stride(1),
+        "token * x.stride(0)": (x.shape[0] - 1) * x.stride(0),
+        "slice or token offset into the rank-wide intermediate": max(S - 1, 1) * T * k * r,
+        "slice or token offset into the W-wide intermediate": max(S - 1, 1) * T * k * W,
+    }
+    for term, value in reach.items():
+        if value > INT32_MAX:
+            return f"{term} reaches {value:,} > 2**31 - 1"
+    return None
+
+
 def _chunk_size(tokens: int) -> int:
     """ChunkedSgmvLoRABackend._determine_chunk_size_for_tokens (max_lora_chunk_size >= 128)."""
     return 128 if tokens >= 256 else (32 if tokens >= 64 else 16)
@@ -52,7 +103,7 @@ def _chunk_size(tokens: int) -> int:
 
 def dense(d: dict):
     try:
-        from sglang.kernels.ops.lora.dense import lora_tuning_config
+        from sglang.kernels.ops.lora.dense import chunked_sgmv_shrink, lora_tuning_config
         from sglang.kernels.ops.lora.dense.chunked_sgmv_expand import chunked_sgmv_lora_expand_forward
         from sglang.kernels.ops.lora.dense.chunked_sgmv_shrink import chunked_sgmv_lora_shrink_forward
         from sglang.kernels.ops.lora.dense.gate_up_lora_b import gate_up_lora_b_fwd
@@ -64,6 +115,7 @@ def dense(d: dict):
         return {}, f"sglang dense kernels not importable: {type(e).__name__}: {e}"[:300]
     if d["x"].device.type == "cpu":  # dry run: its tuning lookup calls get_device_name(), None on CPU
         lora_tuning_config.get_device_name = lambda *a, **k: "cpu"
+    _forget_csgmv_shrink_launches(chunked_sgmv_shrink)
     x, a, b, out, offs = d["x"], d["a"], d["b"], d["out"], d["offs"]
     dev, T, S, n = x.device, d["T"], d["S"], d["n_slots"]
     slots = d["token_slots"]                                  # host int64 [T]
@@ -140,6 +192,12 @@ def experts(d: dict):
     x, a, b, out, r, S, W = d["x"], d["a"], d["b"], d["out"], d["rank"], d["S"], d["W"]
     dev, E, n = x.device, d["E"], d["n_slots"]
     topk_ids, topk_weights = d["topk_ids"], d["topk_weights"]
+    a_list = [a[:, :, i * r:(i + 1) * r, :] for i in range(S)]  # as _add_lora_gate_up_delta slices
+    b_list = [b[:, :, i * W:(i + 1) * W, :] for i in range(S)]
+    overflow = _moe_int32_overflow(x, a_list, b_list, d["T"], topk_ids.shape[1], E, r, W)
+    if overflow:
+        return {}, ("left out: SGLang's fused_moe_lora computes offsets in int32 and reads out "
+                    f"of bounds here ({overflow}); bench/gpu/repro/fused_moe_lora_int32.py")
     bm = 64  # _compute_lora_alignment's BLOCK_SIZE_M
     padded = -(-(topk_ids.numel() + E * (bm - 1)) // bm) * bm
     req_lens = [d["T"] // d["requests"]] * d["requests"]
@@ -154,8 +212,6 @@ def experts(d: dict):
     # serving calls the custom op torch.ops.sglang.fused_moe_lora, registered for CUDA only;
     # the dry run (CPU) calls the function it wraps
     op = fused_moe_lora if dev.type == "cuda" else _fused_moe_lora
-    a_list = [a[:, :, i * r:(i + 1) * r, :] for i in range(S)]
-    b_list = [b[:, :, i * W:(i + 1) * W, :] for i in range(S)]
 
     def fused():
         op(
