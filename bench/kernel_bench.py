@@ -102,7 +102,7 @@ DRY = (
 )
 TOL = 3e-2                  # bf16 (STYLE's tolerance table); the dry run's fp32 must pass it too
 CHECK_LIMIT = 24 * 2**30    # bytes a reference may gather; past it the row says so
-WARMUP_MS, REP_MS = 10, 40
+WARMUP_MS, REP_MS = 5, 25
 
 
 def specs():

@@ -17,6 +17,8 @@ stdout and OUT/run.log:
              tables tune wrote (MINT_KERNEL_CONFIG_DIR=OUT/configs) when it ran; it gets
              what is left of --budget-s as its deadline, and writes what it did not
              reach as skipped rows; then compare.py's verdicts -> OUT/table.txt
+    routes   routes.py: from those rows, which dense shape classes SGLang's Triton kernels
+             serve faster -> OUT/configs/routes__<device>.json (the backend's table)
 
 OUT/summary.json records each step's exit code, seconds and limit. Before the
 steps: the wheels are installed with pip --no-index --no-deps --target into a
@@ -53,9 +55,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _env  # noqa: E402
 
 REPO = _env.REPO
-STEPS = ("env", "tests", "h2d", "tune", "kernels")
-DEFAULT_STEPS = ("env", "tests", "tune", "kernels")
-LIMIT_S = {"env": 90, "tests": 150, "h2d": 90, "tune": 170}  # kernels: the rest of the budget
+STEPS = ("env", "tests", "h2d", "tune", "kernels", "routes")
+DEFAULT_STEPS = ("env", "tests", "tune", "kernels", "routes")
+LIMIT_S = {"env": 90, "tests": 150, "h2d": 90, "tune": 150, "routes": 20}  # kernels: the rest of the budget
 # Test files that cannot import on the GPU machine and hold no gpu test: test_moe_glue
 # imports sglang.srt.lora.lora_moe_runners, which on CUDA needs sgl_kernel (not carried).
 NOT_COLLECTED = ("tests/kernels/test_moe_glue.py",)
@@ -73,6 +75,7 @@ def commands(py: list[str], out: Path, dry_run: bool) -> dict:
         "h2d": [*py, "bench/gpu/h2d_load.py", "--out", str(out / "h2d_load.jsonl"), *dry],
         "tune": [*py, "bench/gpu/tune.py", str(out), *dry],
         "kernels": [*py, "bench/kernel_bench.py", "--out", str(out / "kernel_bench.jsonl"), *dry],
+        "routes": [*py, "bench/gpu/routes.py", str(out / "kernel_bench.jsonl"), "--out", str(out / "configs")],
     }
 
 
@@ -205,13 +208,16 @@ def main(argv=None) -> int:
                 cmd = cmds[name]
                 step_env = dict(env)
                 if name == "kernels":
-                    cmd = cmd + ["--deadline-s", f"{max(0.0, left - 2 * KERNELS_TAIL_S):.0f}"]
-                    limit = left - 5
+                    reserve = LIMIT_S["routes"] if "routes" in steps else 0
+                    cmd = cmd + ["--deadline-s", f"{max(0.0, left - reserve - 2 * KERNELS_TAIL_S):.0f}"]
+                    limit = left - reserve - 5
                     if any((args.out / "configs").glob("*.json")):
                         step_env["MINT_KERNEL_CONFIG_DIR"] = str((args.out / "configs").resolve())
                 elif name == "tune":
                     limit = min(args.tune_s + 20, left - KERNELS_TAIL_S)
                     cmd = cmd + ["--budget-s", f"{max(0.0, limit - 30):.0f}"]
+                elif name == "routes":
+                    limit = min(LIMIT_S[name], left - 2)
                 else:
                     limit = min(LIMIT_S[name], left - KERNELS_TAIL_S)
                 if limit <= 0:

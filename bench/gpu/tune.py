@@ -1,6 +1,6 @@
 """Tune the dense LoRA kernels' block sizes on this GPU over kernel_bench's shapes; write the tables.
 
-    python bench/gpu/tune.py OUT [--budget-s 200] [--jobs 12] [--dry-run] [--ops a,b]
+    python bench/gpu/tune.py OUT [--budget-s 150] [--jobs 12] [--dry-run] [--ops a,b]
 
 Ops and the batches they are tuned on (what serving runs):
     prefill  sgmv_shrink, sgmv_expand   segments, one per request (kernel_bench's prefill)
@@ -18,8 +18,9 @@ complete table set; OUT/tune.jsonl gets one row per (bucket, candidate).
 
 Triton compiles each candidate once per set of constexprs, ~1 s each: first --jobs
 processes compile every (candidate, shape) pair untimed into Triton's disk cache, then
-this process times them, loading from that cache. Past --budget-s no new bucket
-starts; the buckets not reached keep their heuristic and the table says which.
+this process times them, loading from that cache. Past --budget-s no new shape
+starts; a bucket none of whose shapes was reached keeps its heuristic, and the table
+lists the shapes not reached.
 
 --dry-run (CPU, TRITON_INTERPRET=1, fp32): every candidate on kernel_bench's small dry
 shapes, checked against the reference, no timing, no table.
@@ -142,13 +143,18 @@ def candidates(op: str, d: dict) -> list[tuple[str, dict]]:
     return [("heuristic", heur)] + [(f"c{i}", fill(op, c, d)) for i, c in enumerate(CANDIDATES[op])]
 
 
-def shapes(ops, dry_run, limit, device, dtype, refs=True):
-    """(op, spec, d) for every op and dense shape, tensors built once per shape."""
+def shapes(ops, dry_run, limit, device, dtype, refs=True, late=lambda: False):
+    """(op, spec, d) for every op and dense shape, tensors built once per shape;
+    once late() is true, d is None (nothing is built)."""
     gen = torch.Generator(device).manual_seed(0)
     for spec in dense_specs(dry_run, limit):
         mode = spec[1]
         todo = [op for op in ops if OPS[op] == mode]
         if not todo:
+            continue
+        if late():
+            for op in todo:
+                yield op, spec, None
             continue
         d = kb.build(spec, device, dtype, gen)
         d["ref"] = references(d) if refs else {"y_in": d["y"].normal_()}
@@ -199,11 +205,12 @@ def tune(ops, out: Path, dry_run: bool, budget_s: float, jobs: int, limit) -> in
     n_wrong = 0
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "tune.jsonl", "w") as rows:
-        for op, spec, d in shapes(ops, dry_run, limit, device, dtype):
-            key = (op, bucket_of(op, d))
-            if time.monotonic() - t0 > budget_s:
-                late.add(key)
+        for op, spec, d in shapes(ops, dry_run, limit, device, dtype,
+                                  late=lambda: time.monotonic() - t0 > budget_s):
+            if d is None:
+                late.add((op, spec))
                 continue
+            key = (op, bucket_of(op, d))
             for name, cfg in candidates(op, d):
                 configs[(key, name)] = cfg
                 row = {"op": op, "bucket": key[1], **kb.setup_of(spec), "candidate": name, "config": cfg}
@@ -231,7 +238,7 @@ def tune(ops, out: Path, dry_run: bool, budget_s: float, jobs: int, limit) -> in
         return 1 if n_wrong else 0
     write_tables(ops, out / "configs", times, configs, bad, late)
     print(f"tune: {time.monotonic() - t0:.0f} s, {n_wrong} wrong or failed candidates, "
-          f"{len(late)} buckets not reached")
+          f"{len(late)} (op, shape) pairs not reached")
     return 0
 
 
@@ -251,7 +258,8 @@ def write_tables(ops, dest: Path, times, configs, bad, late) -> None:
                            "candidate with the lowest geometric-mean time over kernel_bench's shapes "
                            "in it; gain = heuristic / tuned. Buckets not listed use "
                            f"{op}__default.json, then the heuristic in kernels/_config.py.",
-                 "configs": {}, "gain": {}, "not_reached": sorted(b for o, b in late if o == op)}
+                 "configs": {}, "gain": {},
+                 "not_reached": [kb.setup_of(spec) for o, spec in late if o == op]}
         for (o, bucket), by_name in sorted(times.items()):
             if o != op:
                 continue
@@ -273,7 +281,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("out", type=Path)
     p.add_argument("--dry-run", action="store_true")
-    p.add_argument("--budget-s", type=float, default=200)
+    p.add_argument("--budget-s", type=float, default=150)
     p.add_argument("--jobs", type=int, default=12, help="processes compiling candidates first")
     p.add_argument("--ops", default=",".join(OPS))
     p.add_argument("--limit", type=int, default=None, help="the first N dense shapes only")
