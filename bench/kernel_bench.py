@@ -17,6 +17,7 @@ Variants, one JSON row each; no row is a ratio to another row:
   sglang_csgmv, sglang_triton, sglang_fused_moe_lora         (bench/gpu/sglang_kernels.py)
   base_gemm    the layer's own x @ W^T, for scale            (dense)
 A row has ms (median of triton.testing.do_bench, which flushes L2 before each call),
+host_us (the host's time to enqueue one call: where it exceeds the flush, ms includes it),
 ms_q20 / ms_q80, graph_ms on decode (CUDA-graph replay: no launch gaps, L2 warm),
 bytes (the least the op moves: each touched adapter matrix, x, out read and written),
 flops, floor_ms (the larger of bytes / copy bandwidth and flops / bf16 matmul rate, both
@@ -105,9 +106,12 @@ CHECK_LIMIT = 24 * 2**30    # bytes a reference may gather; past it the row says
 WARMUP_MS, REP_MS = 5, 25
 
 
-def specs():
+def specs(paths: str = "all"):
+    """Every shape, or only the dense (paths="dense") or expert ("experts") layers."""
+    keep = {"all": lambda L: True, "dense": lambda L: not L.experts,
+            "experts": lambda L: bool(L.experts)}[paths]
     return [(L, mode, TOKENS[mode], n, r) for r in RANKS for L in LAYERS
-            for mode in TOKENS for n in ADAPTERS]
+            for mode in TOKENS for n in ADAPTERS if keep(L)]
 
 
 def variants(L: Layer, mode: str) -> list[str]:
@@ -228,6 +232,12 @@ def time_ms(fn, graph: bool) -> dict:
 
     med, q20, q80 = tt.do_bench(fn, warmup=WARMUP_MS, rep=REP_MS, quantiles=[0.5, 0.2, 0.8])
     res = {"ms": med, "ms_q20": q20, "ms_q80": q80}
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(20):  # what the host spends enqueuing one call (launchers, Python)
+        fn()
+    res["host_us"] = (time.perf_counter() - t0) / 20 * 1e6
+    torch.cuda.synchronize()
     if graph:
         try:
             res["graph_ms"] = tt.do_bench_cudagraph(fn, rep=REP_MS // 2, return_mode="median")
@@ -323,6 +333,8 @@ def main(argv=None) -> int:
     p.add_argument("--deadline-s", type=float, default=None, help="start no shape after this many seconds")
     p.add_argument("--limit", type=int, default=None, help="the first N shapes only")
     p.add_argument("--dry-run", action="store_true")
+    p.add_argument("--paths", choices=("all", "dense", "experts"), default="all",
+                   help="which layers: all, dense only, or routed experts only")
     p.add_argument("--worker", default=None, metavar="SPEC:VARIANT", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if not args.dry_run and not torch.cuda.is_available():
@@ -349,6 +361,7 @@ def supervise(args) -> int:
     while at is not None:
         cmd = [sys.executable, __file__, "--out", str(out), "--worker", at]
         cmd += ["--limit", str(args.limit)] if args.limit else []
+        cmd += ["--paths", args.paths]
         if args.deadline_s is not None:
             cmd += ["--deadline-s", f"{max(0.0, args.deadline_s - (time.monotonic() - t0)):.0f}"]
         resume.unlink(missing_ok=True)
@@ -361,7 +374,7 @@ def supervise(args) -> int:
             spec, variant, why = done[0], done[1], " ".join(done[2:])
             if why == "running":  # died without a word: the rest of that shape is lost
                 with open(out, "a") as f:
-                    f.write(json.dumps({**setup_of(specs()[int(spec)]), "variant": None,
+                    f.write(json.dumps({**setup_of(specs(args.paths)[int(spec)]), "variant": None,
                                         "status": "failed", "why": f"worker exit {rc}"}) + "\n")
                 at = f"{int(spec) + 1}:0"
             else:
@@ -387,7 +400,7 @@ def run(args) -> int:
     out_path.parent.mkdir(parents=True, exist_ok=True)
     first_spec, first_variant = map(int, (args.worker or "0:0").split(":"))
     resume = out_path.with_name(out_path.name + ".resume")
-    plan = specs()[: args.limit]
+    plan = specs(args.paths)[: args.limit]
     ceil = None
     if not args.dry_run:
         if first_spec or first_variant:  # a restarted worker: the first worker measured them

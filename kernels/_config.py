@@ -61,7 +61,15 @@ def device_key(device) -> str:
     device = torch.device(device)
     if device.type != "cuda":
         return "cpu"
-    return re.sub(r"[^A-Za-z0-9]+", "_", torch.cuda.get_device_name(device)).strip("_")
+    return _cuda_key(device.index if device.index is not None else torch.cuda.current_device())
+
+
+@functools.lru_cache(maxsize=None)
+def _cuda_key(index: int) -> str:
+    """Asked once per device: the launch path runs per layer, per forward."""
+    import torch
+
+    return re.sub(r"[^A-Za-z0-9]+", "_", torch.cuda.get_device_name(index)).strip("_")
 
 
 def shape_bucket(K: int = 0, R: int = 0, S: int = 1, M: int = 0) -> str:
@@ -94,12 +102,6 @@ def _heuristic(op: str, K: int, R: int, S: int, M: int) -> dict:
     if op == "sgmv_expand":  # out = slice width, reduce over R
         return {"BLOCK_M": m_blk, "BLOCK_N": 128 if M <= 16 else 64,
                 "BLOCK_K": r_blk, "num_warps": 4, "num_stages": 2}
-    if op == "bgmv_shrink":  # slot-major: the tokens of one slot, BLOCK_M at a time
-        return {"BLOCK_M": m_blk, "BLOCK_N": n_shrink, "BLOCK_K": 128, "SPLIT_K": 16,
-                "num_warps": 4, "num_stages": 2}
-    if op == "bgmv_expand":
-        return {"BLOCK_M": m_blk, "BLOCK_N": 128, "BLOCK_K": r_blk, "num_warps": 4,
-                "num_stages": 2}
     if op == "bgmv_fused":  # one (token, slice, N-chunk) per program
         return {"BLOCK_R": r_blk, "BLOCK_K": 256, "BLOCK_N": 128,
                 "CHUNK_N": 1024, "num_warps": 4, "num_stages": 2}
@@ -128,10 +130,10 @@ def split_for(cfg: dict, K: int, tiles: int, device) -> int:
 
 
 @functools.lru_cache(maxsize=None)
-def _sm_count(device_key_: str, index: int) -> int:
+def _sm_count(kind: str, index: int) -> int:
     import torch
 
-    if device_key_ == "cpu":
+    if kind != "cuda":
         return 4  # the interpreter: small enough that tests reach SPLIT_K > 1
     return torch.cuda.get_device_properties(index).multi_processor_count
 
@@ -140,13 +142,17 @@ def sm_count(device) -> int:
     import torch
 
     device = torch.device(device)
-    return _sm_count(device_key(device), device.index or 0)
+    return _sm_count(device.type, device.index or 0)
 
 
 def get_config(op: str, device, *, K: int = 0, R: int = 0, S: int = 1, M: int = 0) -> dict:
-    """Block sizes for `op` on `device` at this shape (a fresh dict)."""
-    bucket = shape_bucket(K, R, S, M)
-    for dev in (device_key(device), "default"):
+    """Block sizes for `op` on `device` at this shape (shared: do not modify it)."""
+    return _lookup(op, device_key(device), shape_bucket(K, R, S, M), K, R, S, M)
+
+
+@functools.lru_cache(maxsize=4096)
+def _lookup(op: str, device: str, bucket: str, K: int, R: int, S: int, M: int) -> dict:
+    for dev in (device, "default"):
         table = _load_table(op, dev)
         configs = table.get("configs", {})
         if bucket in configs:
@@ -154,6 +160,12 @@ def get_config(op: str, device, *, K: int = 0, R: int = 0, S: int = 1, M: int = 
         if "default" in table:
             return dict(table["default"])
     return _heuristic(op, K, R, S, M)
+
+
+def reload_tables() -> None:
+    """Forget every table read and every lookup made (after CONFIG_DIR changes)."""
+    _load_table.cache_clear()
+    _lookup.cache_clear()
 
 
 def launch_kwargs(cfg: dict) -> dict:

@@ -19,28 +19,30 @@ def k_per_split(K: int, split_k: int, block_k: int) -> int:
 
 
 class SplitKWorkspace:
-    """Zeroed int32 tile counters, one buffer per (device, stream).
+    """Per (device, stream): fp32 partials and zeroed int32 tile counters.
 
     Every launch leaves its counters at 0 again (the finishing split resets its
-    tile's), so one buffer serves every layer and every CUDA-graph replay.
-    Per stream, because two kernels running at once on two streams must not
-    share a tile's counter.
+    tile's), and its partials are dead once it ends, so one pair of buffers
+    serves every layer and every CUDA-graph replay on that stream. Per stream,
+    because two kernels running at once on two streams must not share them.
+    Buffers only grow; the lookup is one dict access on the launch path.
     """
 
     def __init__(self):
-        self._buffers: dict[tuple, torch.Tensor] = {}
+        self._buffers: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def counters(self, device: torch.device, n: int) -> torch.Tensor:
-        stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
-        key = (device, stream)
-        buf = self._buffers.get(key)
-        if buf is None or buf.numel() < n:
-            buf = self._buffers[key] = torch.zeros(max(n, 4096), dtype=torch.int32, device=device)
-        return buf
-
-    def partials(self, split_k: int, rows: int, cols: int, device) -> torch.Tensor:
-        """fp32 [split_k, rows, cols] for the splits' partial tiles (never read unwritten)."""
-        return torch.empty((split_k, rows, cols), dtype=torch.float32, device=device)
+    def get(self, device: torch.device, n_partial: int, n_counters: int):
+        """(partials fp32 [>= n_partial], counters int32 [>= n_counters])."""
+        index = device.index if device.index is not None else 0
+        stream = torch._C._cuda_getCurrentRawStream(index) if device.type == "cuda" else 0
+        key = (device.type, index, stream)
+        part, counters = self._buffers.get(key, (None, None))
+        if part is None or part.numel() < n_partial:
+            part = torch.empty(max(n_partial, 1 << 20), dtype=torch.float32, device=device)
+        if counters is None or counters.numel() < n_counters:
+            counters = torch.zeros(max(n_counters, 4096), dtype=torch.int32, device=device)
+        self._buffers[key] = (part, counters)
+        return part, counters
 
 
 WORKSPACE = SplitKWorkspace()

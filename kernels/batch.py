@@ -47,6 +47,7 @@ class LoraBatch:
     max_seg_len: int = 0
 
     def __post_init__(self):
+        self._by_slot: dict[int, "LoraBatch"] = {}
         seg = self.seg_indptr is not None
         if seg == (self.token_slots is not None):
             raise ValueError("LoraBatch needs exactly one of seg_indptr/token_slots")
@@ -81,6 +82,34 @@ class LoraBatch:
             scalings=torch.as_tensor(scalings, dtype=torch.float32, device=device),
             token_slots=torch.as_tensor(token_slots, dtype=torch.int32, device=device),
         )
+
+    def by_slot(self, n_rows: int) -> "LoraBatch":
+        """The per-token form's first n_rows as segments, one per pool slot, on the device.
+
+        Rows are sorted by slot (a stable argsort: the permutation), and slot s's
+        segment is its run in that order, so the segment kernels read each
+        adapter's weights once per tile instead of once per token. Only device
+        ops (argsort, scatter_add, cumsum) and a host max_seg_len of n_rows (the
+        grid's upper bound): a decode CUDA graph captures it. Made once per batch
+        and row count, then every layer reuses it.
+        Example: token_slots [2, 0, -1, 2], 3 slots -> permutation [2, 1, 0, 3],
+        seg_indptr [1, 2, 2, 4], seg_slots [0, 1, 2].
+        """
+        if self.token_slots is None:
+            raise ValueError("by_slot needs the per-token form")
+        seg = self._by_slot.get(n_rows)
+        if seg is None:
+            slots = self.token_slots[:n_rows]
+            n = self.ranks.numel()
+            counts = torch.zeros(n + 1, dtype=torch.int32, device=slots.device)
+            counts.scatter_add_(0, slots.long() + 1, torch.ones_like(slots, dtype=torch.int32))
+            seg = self._by_slot[n_rows] = LoraBatch(
+                ranks=self.ranks, scalings=self.scalings,
+                seg_indptr=torch.cumsum(counts, 0, dtype=torch.int32),
+                seg_slots=torch.arange(n, dtype=torch.int32, device=slots.device),
+                permutation=torch.argsort(slots, stable=True).to(torch.int32),
+                max_seg_len=n_rows)
+        return seg
 
     @property
     def is_bgmv(self) -> bool:

@@ -93,53 +93,6 @@ def _sgmv_expand_kernel(
     tl.store(o_ptrs, acc.to(out_ptr.dtype.element_ty), mask=o_mask)
 
 
-@triton.jit
-def _bgmv_expand_kernel(
-    y_ptr, b_ptr, out_ptr, token_slots_ptr, ranks_ptr, scalings_ptr, offsets_ptr,
-    T, R, num_m_chunks,
-    stride_ym, stride_bs, stride_bn, stride_om,
-    PACKED: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-):
-    # grid = (n_tiles_of_widest_slice, n_slices, n_slots): slot-major, like
-    # _bgmv_shrink_kernel. The program of slot s takes the tokens whose
-    # token_slots == s, BLOCK_M at a time, against one BLOCK_N tile of B_i[s].
-    slot = tl.program_id(2)
-    sl = tl.program_id(1)
-    pid_n = tl.program_id(0)
-    rank = tl.minimum(tl.load(ranks_ptr + slot).to(tl.int32), R)
-    if rank <= 0:
-        return
-    lo = tl.load(offsets_ptr + sl)
-    hi = tl.load(offsets_ptr + sl + 1)
-    if pid_n * BLOCK_N >= hi - lo:
-        return
-    if PACKED:
-        ycol0 = sl * rank
-    else:
-        ycol0 = sl * R
-    scale = tl.load(scalings_ptr + slot)
-    offs_n = lo + pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    n_mask = offs_n < hi
-    offs_k = tl.arange(0, BLOCK_K)
-    b_ptrs = (b_ptr + slot.to(tl.int64) * stride_bs
-              + offs_n[None, :].to(tl.int64) * stride_bn + offs_k[:, None])
-    for chunk in range(0, num_m_chunks):
-        rows = chunk * BLOCK_M + tl.arange(0, BLOCK_M)
-        owner = tl.load(token_slots_ptr + rows, mask=rows < T, other=-1)
-        m_mask = owner == slot
-        if tl.max(m_mask.to(tl.int32), axis=0) > 0:
-            rows64 = rows.to(tl.int64)
-            y_ptrs = y_ptr + rows64[:, None] * stride_ym + ycol0 + offs_k[None, :]
-            acc = masked_tile_dot(y_ptrs, b_ptrs, m_mask, n_mask, rank,
-                                  BLOCK_M, BLOCK_N, BLOCK_K)
-            acc *= scale
-            o_ptrs = out_ptr + rows64[:, None] * stride_om + offs_n[None, :]
-            o_mask = m_mask[:, None] & n_mask[None, :]
-            acc += tl.load(o_ptrs, mask=o_mask, other=0.0).to(tl.float32)
-            tl.store(o_ptrs, acc.to(out_ptr.dtype.element_ty), mask=o_mask)
-
-
 def _host_offsets(slice_offsets, slice_offsets_cpu) -> list:
     src = slice_offsets if slice_offsets_cpu is None else slice_offsets_cpu
     return [int(v) for v in (src.tolist() if torch.is_tensor(src) else src)]
@@ -161,7 +114,8 @@ def sgmv_expand(y: torch.Tensor, b: torch.Tensor, out: torch.Tensor, batch: Lora
 
     Semantics: see the module docstring.
     Shape: y [T, n_slices*R]; b [n_slots, out_total, R]; out [T, >=out_total];
-    slice_offsets [n_slices+1] int32 (device); batch segments or token_slots.
+    slice_offsets [n_slices+1] int32 (device); batch: segments, or token_slots
+    (run as batch.by_slot(T): one segment per slot).
     config: block sizes instead of the table's (tuning, tests).
     """
     offs = _host_offsets(slice_offsets, slice_offsets_cpu)
@@ -175,16 +129,7 @@ def sgmv_expand(y: torch.Tensor, b: torch.Tensor, out: torch.Tensor, batch: Lora
     if T == 0 or R == 0 or widest == 0:
         return out
     if batch.is_bgmv:
-        cfg = config or get_config("bgmv_expand", y.device, K=widest, R=R, S=n_slices, M=T)
-        n_slots = batch.ranks.numel()
-        grid = (triton.cdiv(widest, cfg["BLOCK_N"]), n_slices, n_slots)
-        _bgmv_expand_kernel[grid](
-            y, b, out, batch.token_slots, batch.ranks, batch.scalings, slice_offsets,
-            T, R, triton.cdiv(T, cfg["BLOCK_M"]),
-            y.stride(0), b.stride(0), b.stride(1), out.stride(0),
-            PACKED=packed_slices, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
-            BLOCK_K=cfg["BLOCK_K"], **launch_kwargs(cfg))
-        return out
+        batch = batch.by_slot(T)
     n_seg = batch.num_segments
     if n_seg == 0 or batch.max_seg_len == 0:
         return out

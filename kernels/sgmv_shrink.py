@@ -82,53 +82,6 @@ def _sgmv_shrink_kernel(
                    m_mask[:, None] & n_mask[None, :], counter_ptr + tile, n_splits, SPLIT)
 
 
-@triton.jit
-def _bgmv_shrink_kernel(
-    x_ptr, a_ptr, y_ptr, part_ptr, counter_ptr, token_slots_ptr, ranks_ptr,
-    T, K, R, n_slices, n_splits, K_PER_SPLIT, num_m_chunks,
-    stride_xm, stride_as, stride_an, stride_ym, stride_pp, stride_pm,
-    PACKED: tl.constexpr, SPLIT: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-):
-    # grid = (n_tiles, n_slots, n_splits): slot-major. The program of slot s gathers
-    # the tokens whose token_slots == s, BLOCK_M at a time, so A[s] is read once
-    # per launch (not once per token) and no host-side sort is needed: the grid
-    # depends only on the pool size, and a decode CUDA graph replays it.
-    # Example: token_slots [2, 0, 2] -> slot 2's program computes rows 0 and 2.
-    slot = tl.program_id(1)
-    pid_n = tl.program_id(0)
-    rank = tl.minimum(tl.load(ranks_ptr + slot).to(tl.int32), R)
-    if rank <= 0:
-        return
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    if PACKED:
-        n_mask = offs_n < n_slices * rank
-    else:
-        n_mask = (offs_n < n_slices * R) & ((offs_n % R) < rank)
-    k_start, k_len = split_k_range(tl.program_id(2), K, K_PER_SPLIT)
-    offs_k = k_start + tl.arange(0, BLOCK_K)
-    a_ptrs = (a_ptr + slot.to(tl.int64) * stride_as
-              + offs_n[None, :].to(tl.int64) * stride_an + offs_k[:, None])
-    for chunk in range(0, num_m_chunks):
-        rows = chunk * BLOCK_M + tl.arange(0, BLOCK_M)
-        owner = tl.load(token_slots_ptr + rows, mask=rows < T, other=-1)
-        m_mask = owner == slot
-        if tl.max(m_mask.to(tl.int32), axis=0) > 0:
-            rows64 = rows.to(tl.int64)
-            x_ptrs = x_ptr + rows64[:, None] * stride_xm + offs_k[None, :]
-            acc = masked_tile_dot(x_ptrs, a_ptrs, m_mask, n_mask, k_len,
-                                  BLOCK_M, BLOCK_N, BLOCK_K)
-            tile = (slot * tl.num_programs(0) + pid_n) * num_m_chunks + chunk
-            split_k_finish(acc, y_ptr + rows64[:, None] * stride_ym + offs_n[None, :],
-                           part_ptr + rows64[:, None] * stride_pm + offs_n[None, :], stride_pp,
-                           m_mask[:, None] & n_mask[None, :], counter_ptr + tile, n_splits, SPLIT)
-
-
-def chunks_of(T: int, cfg: dict) -> int:
-    """BLOCK_M row chunks a slot-major program walks. Example: 64 tokens, BLOCK_M 16 -> 4."""
-    return triton.cdiv(T, cfg["BLOCK_M"])
-
-
 def _check(x, a, y, n_slices):
     assert x.dim() == 2 and a.dim() == 3 and y.dim() == 2, (x.shape, a.shape, y.shape)
     assert a.shape[1] % n_slices == 0, "a.shape[1] must be n_slices * max_rank"
@@ -144,7 +97,7 @@ def sgmv_shrink(x: torch.Tensor, a: torch.Tensor, y: torch.Tensor, batch: LoraBa
 
     Semantics: see the module docstring (y[t, slice i] = x[t] @ A_i[slot]^T).
     Shape: x [T, K]; a [n_slots, n_slices*R, K]; y [T, n_slices*R] (caller-owned);
-    batch segments (sgmv kernel) or token_slots (bgmv kernel).
+    batch: segments, or token_slots (run as batch.by_slot(T): one segment per slot).
     config: block sizes and SPLIT_K instead of the table's (tuning, tests).
     """
     _check(x, a, y, n_slices)
@@ -154,43 +107,28 @@ def sgmv_shrink(x: torch.Tensor, a: torch.Tensor, y: torch.Tensor, batch: LoraBa
     if T == 0 or N == 0:
         return y
     if batch.is_bgmv:
-        cfg = config or get_config("bgmv_shrink", x.device, K=K, R=R, S=n_slices, M=T)
-        n_tiles = triton.cdiv(N, cfg["BLOCK_N"])
-        n_slots = batch.ranks.numel()
-        parallel = n_tiles * n_slots                      # programs per split
-        n_counters = parallel * chunks_of(T, cfg)         # one per (slot, tile, chunk)
-    else:
-        if batch.num_segments == 0 or batch.max_seg_len == 0:
-            return y
-        cfg = config or get_config("sgmv_shrink", x.device, K=K, R=R, S=n_slices,
-                                   M=batch.max_seg_len)
-        n_tiles = triton.cdiv(N, cfg["BLOCK_N"])
-        parallel = n_counters = (triton.cdiv(batch.max_seg_len, cfg["BLOCK_M"]) * n_tiles
-                                 * batch.num_segments)
-    split = split_for(cfg, K, parallel, x.device)
-    kps = k_per_split(K, split, cfg["BLOCK_K"])
-    if split > 1:
-        part = WORKSPACE.partials(split, T, N, x.device)
-        counters = WORKSPACE.counters(x.device, n_counters)
-    else:
-        part, counters = y, batch.ranks  # never touched with SPLIT_K == 1
-    common = dict(PACKED=packed_slices, SPLIT=split > 1,
-                  BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"],
-                  **launch_kwargs(cfg))
-    strides = (x.stride(0), a.stride(0), a.stride(1), y.stride(0),
-               part.stride(0) if split > 1 else 0, part.stride(-2) if split > 1 else 0)
-    if batch.is_bgmv:
-        chunks = chunks_of(T, cfg)
-        _bgmv_shrink_kernel[(n_tiles, n_slots, split)](
-            x, a, y, part, counters, batch.token_slots, batch.ranks,
-            T, K, R, n_slices, split, kps, chunks, *strides, **common)
+        batch = batch.by_slot(T)
+    if batch.num_segments == 0 or batch.max_seg_len == 0:
         return y
-    grid = (triton.cdiv(batch.max_seg_len, cfg["BLOCK_M"]) * n_tiles, batch.num_segments, split)
+    cfg = config or get_config("sgmv_shrink", x.device, K=K, R=R, S=n_slices, M=batch.max_seg_len)
+    n_tiles = triton.cdiv(N, cfg["BLOCK_N"])
+    m_tiles = triton.cdiv(batch.max_seg_len, cfg["BLOCK_M"])
+    tiles = m_tiles * n_tiles * batch.num_segments
+    split = split_for(cfg, K, tiles, x.device)
+    if split > 1:
+        part, counters = WORKSPACE.get(x.device, split * T * N, tiles)
+        stride_pp, stride_pm = T * N, N
+    else:
+        part, counters, stride_pp, stride_pm = y, batch.ranks, 0, 0  # untouched unsplit
     perm = batch.permutation
-    _sgmv_shrink_kernel[grid](
+    _sgmv_shrink_kernel[(m_tiles * n_tiles, batch.num_segments, split)](
         x, a, y, part, counters, batch.seg_indptr, batch.seg_slots,
         perm if perm is not None else batch.seg_indptr, batch.ranks,
-        K, R, n_slices, split, kps, n_tiles, *strides, HAS_PERM=perm is not None, **common)
+        K, R, n_slices, split, k_per_split(K, split, cfg["BLOCK_K"]), n_tiles,
+        x.stride(0), a.stride(0), a.stride(1), y.stride(0), stride_pp, stride_pm,
+        PACKED=packed_slices, HAS_PERM=perm is not None, SPLIT=split > 1,
+        BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"],
+        **launch_kwargs(cfg))
     return y
 
 

@@ -1,7 +1,8 @@
 """The one command of a GPU check: install the carried wheels, then test and measure.
 
     python3 bench/gpu/run.py OUT [--dry-run] [--wheels .whl/gpu] [--budget-s 450]
-                                 [--steps env,tests,tune,kernels] [--tune-s 170]
+                                 [--steps env,tests,tune,kernels,routes] [--tune-s 150]
+                                 [--tune-modes decode] [--tests-k EXPR] [--bench-paths dense]
 
 Steps, each a child process with its own time limit, its output streamed to
 stdout and OUT/run.log:
@@ -64,17 +65,19 @@ NOT_COLLECTED = ("tests/kernels/test_moe_glue.py",)
 KERNELS_TAIL_S = 30   # kernel_bench's last shape, its summary, and this script's own end
 
 
-def commands(py: list[str], out: Path, dry_run: bool) -> dict:
+def commands(py: list[str], out: Path, dry_run: bool, tests_k: str = "", tune_modes: str = "",
+             bench_paths: str = "all") -> dict:
     dry = ["--dry-run"] if dry_run else []
     pytest = [*py, "-P", "-m", "pytest", "-m", "gpu", "tests/kernels", "-q", "-rfEs",
               "-p", "no:cacheprovider", "--continue-on-collection-errors",
-              *(f"--ignore={t}" for t in NOT_COLLECTED)]
+              *(f"--ignore={t}" for t in NOT_COLLECTED)] + (["-k", tests_k] if tests_k else [])
     return {
         "env": [*py, "bench/gpu/_env.py", "--probe", *(["--pretend-cuda"] if dry_run else [])],
         "tests": pytest + (["--collect-only"] if dry_run else []),
         "h2d": [*py, "bench/gpu/h2d_load.py", "--out", str(out / "h2d_load.jsonl"), *dry],
-        "tune": [*py, "bench/gpu/tune.py", str(out), *dry],
-        "kernels": [*py, "bench/kernel_bench.py", "--out", str(out / "kernel_bench.jsonl"), *dry],
+        "tune": [*py, "bench/gpu/tune.py", str(out), *dry] + (["--modes", tune_modes] if tune_modes else []),
+        "kernels": [*py, "bench/kernel_bench.py", "--out", str(out / "kernel_bench.jsonl"), *dry,
+                    "--paths", bench_paths],
         "routes": [*py, "bench/gpu/routes.py", str(out / "kernel_bench.jsonl"), "--out", str(out / "configs")],
     }
 
@@ -184,6 +187,10 @@ def main(argv=None) -> int:
     p.add_argument("--budget-s", type=float, default=450, help="all steps together (8 min: 480)")
     p.add_argument("--steps", default=",".join(DEFAULT_STEPS))
     p.add_argument("--tune-s", type=float, default=LIMIT_S["tune"], help="the tune step's budget")
+    p.add_argument("--tune-modes", default="", help="tune only these modes (prefill,decode)")
+    p.add_argument("--tests-k", default="", help="pytest -k expression for the tests step")
+    p.add_argument("--bench-paths", default="all", choices=("all", "dense", "experts"),
+                   help="kernel_bench's layers")
     args = p.parse_args(argv)
     t0 = time.monotonic()
     steps = [s for s in args.steps.split(",") if s]
@@ -202,7 +209,8 @@ def main(argv=None) -> int:
             if setup["wheels_failed"] or setup["wheels_python"] not in (None, setup["python"]):
                 print(f"== setup: wheels for python {setup['wheels_python']} on {setup['python']}; "
                       f"not installed: {setup['wheels_failed']}")
-            cmds = commands(py, args.out, args.dry_run)
+            cmds = commands(py, args.out, args.dry_run, args.tests_k, args.tune_modes,
+                            args.bench_paths)
             for name in steps:
                 left = args.budget_s - (time.monotonic() - t0)
                 cmd = cmds[name]

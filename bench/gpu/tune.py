@@ -3,8 +3,11 @@
     python bench/gpu/tune.py OUT [--budget-s 150] [--jobs 12] [--dry-run] [--ops a,b]
 
 Ops and the batches they are tuned on (what serving runs):
-    prefill  sgmv_shrink, sgmv_expand   segments, one per request (kernel_bench's prefill)
-    decode   bgmv_shrink, bgmv_expand   per-token slots, adapters interleaved (its decode)
+    prefill  sgmv_shrink, sgmv_expand   segments, one per request (kernel_bench's prefill),
+                                        timed by triton.testing.do_bench (L2 flushed)
+    decode   sgmv_shrink, sgmv_expand   per-token slots, adapters interleaved (its decode),
+                                        run as LoraBatch.by_slot, timed by CUDA-graph replay
+                                        as SGLang replays decode (no host launch cost)
 
 Every dense shape of bench/kernel_bench.py (8 layers x 3 ranks x 1/8/64 adapters x mode)
 falls in one table bucket per op (kernels/_config.py: shape_bucket). Per bucket, each
@@ -51,25 +54,25 @@ from _common import git_commit  # noqa: E402
 from sglang_mint.kernels import sgmv_expand, sgmv_shrink  # noqa: E402
 from sglang_mint.kernels import _config  # noqa: E402
 
-OPS = {"sgmv_shrink": "prefill", "sgmv_expand": "prefill",
-       "bgmv_shrink": "decode", "bgmv_expand": "decode"}
-W = dict(num_warps=4)
+OPS = ("sgmv_shrink", "sgmv_expand")
+MODES = ("prefill", "decode")
 # The free parameters per op; BLOCK_N (shrink) and BLOCK_K (expand) follow the rank.
 CANDIDATES = {
-    "sgmv_shrink": [dict(BLOCK_M=bm, BLOCK_K=bk, SPLIT_K=sk, num_warps=nw, num_stages=ns)
+    "sgmv_shrink": {
+        "prefill": [dict(BLOCK_M=bm, BLOCK_K=bk, SPLIT_K=sk, num_warps=nw, num_stages=ns)
                     for bm, bk, sk, nw, ns in [(64, 64, 1, 4, 3), (64, 128, 4, 4, 3), (64, 64, 8, 4, 3),
                                                (128, 64, 4, 8, 3), (128, 128, 8, 8, 3), (32, 128, 8, 4, 3),
                                                (64, 128, 16, 4, 4), (128, 64, 16, 8, 4)]],
-    "bgmv_shrink": [dict(BLOCK_M=bm, BLOCK_K=bk, SPLIT_K=sk, num_warps=nw, num_stages=ns)
-                    for bm, bk, sk, nw, ns in [(16, 128, 16, 4, 3), (16, 256, 16, 4, 3), (32, 128, 16, 4, 3),
-                                               (64, 128, 16, 4, 3), (64, 64, 32, 4, 3), (64, 256, 8, 8, 3),
-                                               (32, 64, 32, 4, 3), (64, 128, 32, 4, 4)]],
-    "sgmv_expand": [dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=nw, num_stages=ns)
+        "decode": [dict(BLOCK_M=bm, BLOCK_K=bk, SPLIT_K=sk, num_warps=nw, num_stages=ns)
+                   for bm, bk, sk, nw, ns in [(16, 128, 16, 4, 3), (16, 256, 16, 4, 3), (16, 64, 32, 4, 3),
+                                              (16, 128, 32, 4, 4), (32, 128, 16, 4, 3), (16, 256, 8, 8, 3)]]},
+    "sgmv_expand": {
+        "prefill": [dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=nw, num_stages=ns)
                     for bm, bn, nw, ns in [(64, 64, 4, 2), (64, 128, 4, 3), (128, 128, 8, 3),
                                            (128, 64, 4, 3), (64, 256, 8, 3), (128, 256, 8, 3)]],
-    "bgmv_expand": [dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=nw, num_stages=ns)
-                    for bm, bn, nw, ns in [(16, 128, 4, 2), (64, 64, 4, 2), (64, 128, 4, 3),
-                                           (64, 256, 8, 3), (32, 128, 4, 3), (16, 256, 4, 3)]],
+        "decode": [dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=nw, num_stages=ns)
+                   for bm, bn, nw, ns in [(16, 64, 4, 2), (16, 128, 4, 2), (16, 256, 4, 3),
+                                          (16, 256, 8, 3), (32, 128, 4, 3), (16, 512, 8, 3)]]},
 }
 TOL = kb.TOL
 # --dry-run adds shapes whose K is long enough to split (kernel_bench's dry shapes have K <= 64)
@@ -83,11 +86,16 @@ def dense_specs(dry_run: bool, limit=None) -> list:
     return [s for s in kb.specs() if not s[0].experts][:limit]
 
 
+def batch_of(d: dict):
+    """What the backend runs: segments in prefill, the per-token form by slot in decode."""
+    return d["seg"] if d["mode"] == "prefill" else d["tok"].by_slot(d["T"])
+
+
 def bucket_of(op: str, d: dict) -> str:
     K, R, S = d["x"].shape[1], d["rank"], d["S"]
     widest = max(hi - lo for lo, hi in zip(d["offs"], d["offs"][1:]))
-    M = d["T"] if op.startswith("bgmv") else d["seg"].max_seg_len
-    return _config.shape_bucket(K if op.endswith("shrink") else widest, R, S, M)
+    return _config.shape_bucket(K if op.endswith("shrink") else widest, R, S,
+                                batch_of(d).max_seg_len)
 
 
 def fill(op: str, cand: dict, d: dict) -> dict:
@@ -118,7 +126,7 @@ def references(d: dict) -> dict:
 
 
 def runner(op: str, d: dict, cfg: dict):
-    batch = d["seg"] if op.startswith("sgmv") else d["tok"]
+    batch = batch_of(d)
     if op.endswith("shrink"):
         return lambda: sgmv_shrink(d["x"], d["a"], d["y"], batch, d["S"], config=cfg)
     y_in = d["ref"]["y_in"]
@@ -138,18 +146,17 @@ def rel_err(op: str, fn, d: dict) -> float:
 
 
 def candidates(op: str, d: dict) -> list[tuple[str, dict]]:
-    heur = _config._heuristic(op, d["x"].shape[1], d["rank"], d["S"],
-                              d["T"] if op.startswith("bgmv") else d["seg"].max_seg_len)
-    return [("heuristic", heur)] + [(f"c{i}", fill(op, c, d)) for i, c in enumerate(CANDIDATES[op])]
+    heur = _config._heuristic(op, d["x"].shape[1], d["rank"], d["S"], batch_of(d).max_seg_len)
+    return [("heuristic", heur)] + [(f"c{i}", fill(op, c, d))
+                                    for i, c in enumerate(CANDIDATES[op][d["mode"]])]
 
 
-def shapes(ops, dry_run, limit, device, dtype, refs=True, late=lambda: False):
+def shapes(ops, modes, dry_run, limit, device, dtype, refs=True, late=lambda: False):
     """(op, spec, d) for every op and dense shape, tensors built once per shape;
     once late() is true, d is None (nothing is built)."""
     gen = torch.Generator(device).manual_seed(0)
     for spec in dense_specs(dry_run, limit):
-        mode = spec[1]
-        todo = [op for op in ops if OPS[op] == mode]
+        todo = list(ops) if spec[1] in modes else []
         if not todo:
             continue
         if late():
@@ -165,10 +172,10 @@ def shapes(ops, dry_run, limit, device, dtype, refs=True, late=lambda: False):
             torch.cuda.empty_cache()
 
 
-def compile_part(ops, part: int, parts: int, limit) -> None:
+def compile_part(ops, modes, part: int, parts: int, limit) -> None:
     """Run every candidate numbered part (mod parts) once on every shape: fills Triton's cache."""
     device = torch.device("cuda")
-    for op, spec, d in shapes(ops, False, limit, device, torch.bfloat16, refs=False):
+    for op, spec, d in shapes(ops, modes, False, limit, device, torch.bfloat16, refs=False):
         for i, (_, cfg) in enumerate(candidates(op, d)):
             if i % parts == part:
                 try:
@@ -178,9 +185,9 @@ def compile_part(ops, part: int, parts: int, limit) -> None:
         torch.cuda.synchronize()
 
 
-def precompile(ops, jobs: int, limit, deadline_s: float) -> float:
+def precompile(ops, modes, jobs: int, limit, deadline_s: float) -> float:
     t0 = time.monotonic()
-    cmd = [sys.executable, __file__, "-", "--ops", ",".join(ops)] + (
+    cmd = [sys.executable, __file__, "-", "--ops", ",".join(ops), "--modes", ",".join(modes)] + (
         ["--limit", str(limit)] if limit else [])
     procs = [subprocess.Popen(cmd + ["--compile-part", f"{i}/{jobs}"]) for i in range(jobs)]
     for p in procs:
@@ -191,12 +198,12 @@ def precompile(ops, jobs: int, limit, deadline_s: float) -> float:
     return time.monotonic() - t0
 
 
-def tune(ops, out: Path, dry_run: bool, budget_s: float, jobs: int, limit) -> int:
+def tune(ops, modes, out: Path, dry_run: bool, budget_s: float, jobs: int, limit) -> int:
     t0 = time.monotonic()
     device = torch.device("cpu" if dry_run else "cuda")
     dtype = torch.float32 if dry_run else torch.bfloat16
     if not dry_run and jobs > 1:
-        sec = precompile(ops, jobs, limit, budget_s * 0.5)
+        sec = precompile(ops, modes, jobs, limit, budget_s * 0.5)
         print(f"tune: compiled candidates in {jobs} processes, {sec:.0f} s", flush=True)
     import triton.testing as tt
 
@@ -205,7 +212,7 @@ def tune(ops, out: Path, dry_run: bool, budget_s: float, jobs: int, limit) -> in
     n_wrong = 0
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "tune.jsonl", "w") as rows:
-        for op, spec, d in shapes(ops, dry_run, limit, device, dtype,
+        for op, spec, d in shapes(ops, modes, dry_run, limit, device, dtype,
                                   late=lambda: time.monotonic() - t0 > budget_s):
             if d is None:
                 late.add((op, spec))
@@ -221,6 +228,8 @@ def tune(ops, out: Path, dry_run: bool, budget_s: float, jobs: int, limit) -> in
                         row["status"] = "wrong"
                     elif dry_run:
                         row["status"] = "ok"
+                    elif d["mode"] == "decode":
+                        row["ms"] = tt.do_bench_cudagraph(fn, rep=10, return_mode="median")
                     else:
                         row["ms"] = tt.do_bench(fn, warmup=3, rep=12, return_mode="median")
                         row["status"] = "ok"
@@ -236,13 +245,14 @@ def tune(ops, out: Path, dry_run: bool, budget_s: float, jobs: int, limit) -> in
     if dry_run:
         print(f"tune --dry-run: {len(configs)} (bucket, candidate) pairs checked, {n_wrong} wrong or failed")
         return 1 if n_wrong else 0
-    write_tables(ops, out / "configs", times, configs, bad, late)
+    write_tables(ops, modes, out / "configs", times, configs, bad, late)
     print(f"tune: {time.monotonic() - t0:.0f} s, {n_wrong} wrong or failed candidates, "
           f"{len(late)} (op, shape) pairs not reached")
     return 0
 
 
-def write_tables(ops, dest: Path, times, configs, bad, late) -> None:
+def write_tables(ops, modes, dest: Path, times, configs, bad, late) -> None:
+    """The tuned buckets over the device's existing table (a run of one mode keeps the other's)."""
     dest.mkdir(parents=True, exist_ok=True)
     for src in _config.CONFIG_DIR.glob("*.json"):
         shutil.copy(src, dest / src.name)
@@ -253,13 +263,17 @@ def write_tables(ops, dest: Path, times, configs, bad, late) -> None:
 
     stamp["triton"] = triton.__version__
     for op in ops:
-        table = {"op": op, **stamp,
+        old_path = _config.CONFIG_DIR / f"{op}__{device}.json"
+        old = json.loads(old_path.read_text()) if old_path.exists() else {}
+        table = {"op": op, **stamp, "modes": modes,
                  "README": "Measured by bench/gpu/tune.py (see its docstring): per bucket, the "
                            "candidate with the lowest geometric-mean time over kernel_bench's shapes "
                            "in it; gain = heuristic / tuned. Buckets not listed use "
                            f"{op}__default.json, then the heuristic in kernels/_config.py.",
-                 "configs": {}, "gain": {},
+                 "configs": old.get("configs", {}), "gain": old.get("gain", {}),
                  "not_reached": [kb.setup_of(spec) for o, spec in late if o == op]}
+        if old:
+            table["earlier"] = {k: old.get(k) for k in ("git_commit", "date", "modes")}
         for (o, bucket), by_name in sorted(times.items()):
             if o != op:
                 continue
@@ -284,21 +298,23 @@ def main(argv=None) -> int:
     p.add_argument("--budget-s", type=float, default=150)
     p.add_argument("--jobs", type=int, default=12, help="processes compiling candidates first")
     p.add_argument("--ops", default=",".join(OPS))
+    p.add_argument("--modes", default=",".join(MODES))
     p.add_argument("--limit", type=int, default=None, help="the first N dense shapes only")
     p.add_argument("--compile-part", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     ops = [o for o in args.ops.split(",") if o]
-    if set(ops) - set(OPS):
-        p.error(f"--ops: choose from {','.join(OPS)}")
+    modes = [m for m in args.modes.split(",") if m]
+    if set(ops) - set(OPS) or set(modes) - set(MODES):
+        p.error(f"--ops: choose from {','.join(OPS)}; --modes from {','.join(MODES)}")
     if args.compile_part:
         part, parts = map(int, args.compile_part.split("/"))
-        compile_part(ops, part, parts, args.limit)
+        compile_part(ops, modes, part, parts, args.limit)
         return 0
     if not args.dry_run and not torch.cuda.is_available():
         print("no CUDA device: tune.py times GPU kernels; use --dry-run to check it on CPU",
               file=sys.stderr)
         return 2
-    return tune(ops, args.out, args.dry_run, args.budget_s, args.jobs, args.limit)
+    return tune(ops, modes, args.out, args.dry_run, args.budget_s, args.jobs, args.limit)
 
 
 if __name__ == "__main__":

@@ -202,7 +202,7 @@ def test_split_k_shrink(kind, split, monkeypatch):
     again = poison(T, S * R)
     sgmv_shrink(x, a, again, batch, S, config=cfg)
     assert torch.equal(torch.nan_to_num(again, 7.0), torch.nan_to_num(y, 7.0))
-    assert all(int(c.abs().sum()) == 0 for c in WORKSPACE._buffers.values())
+    assert all(int(counters.abs().sum()) == 0 for _, counters in WORKSPACE._buffers.values())
     unsplit = poison(T, S * R)
     sgmv_shrink(x, a, unsplit, batch, S, config={**cfg, "SPLIT_K": 1})
     assert_close(unsplit, y_ref)
@@ -239,3 +239,51 @@ def test_split_k_gpu_no_race(kind):
             first = y
             assert_close(y, y_ref, torch.bfloat16)
         assert torch.equal(torch.nan_to_num(y, 7.0), torch.nan_to_num(first, 7.0))
+
+
+def test_by_slot_sorts_rows_into_one_segment_per_slot():
+    batch = LoraBatch.from_token_slots([2, 0, -1, 2, 7], [4, 4, 4], [1.0] * 3)
+    seg = batch.by_slot(4)  # the fifth row is past the rows asked for
+    assert seg.permutation.tolist() == [2, 1, 0, 3]
+    assert seg.seg_indptr.tolist() == [1, 2, 2, 4] and seg.seg_slots.tolist() == [0, 1, 2]
+    assert seg.max_seg_len == 4 and batch.by_slot(4) is seg  # planned once per batch
+    assert seg.slot_per_row(4).tolist() == batch.slot_per_row(4).tolist()
+
+
+@pytest.mark.gpu
+def test_decode_in_a_cuda_graph_follows_new_slots():
+    """As SGLang replays decode: by_slot is planned inside the capture, then the
+    batch's slot tensor is refilled in place and the graph replayed."""
+    gen = torch.Generator().manual_seed(6)
+    T, K, R, widths, ranks = 48, 2048, 16, [2048, 512, 512], [16] * 8
+    offs = [0, 2048, 2560, 3072]
+    offsets = torch.tensor(offs, dtype=torch.int32, device="cuda")
+    x = randn(T, K, dtype=torch.bfloat16, device="cuda", gen=gen)
+    a, b = dense_pool(8, 3, R, K, offs[-1], ranks, dtype=torch.bfloat16, device="cuda", gen=gen)
+    slots = torch.randint(-1, 8, (T,), generator=gen).to(torch.int32).cuda()
+    scal = [0.5] * 8
+    base = randn(T, offs[-1], dtype=torch.bfloat16, device="cuda", gen=gen)
+    out = base.clone()
+    y = torch.empty(T, 3 * R, dtype=torch.bfloat16, device="cuda")
+
+    def step():
+        batch = LoraBatch(ranks=torch.tensor(ranks, dtype=torch.int32, device="cuda"),
+                          scalings=torch.tensor(scal, device="cuda"), token_slots=slots)
+        sgmv_shrink(x, a, y, batch, 3)
+        sgmv_expand(y, b, out, batch, offsets, offs)
+
+    step()  # warm up (compiles, workspace) outside the capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    for trial in range(3):
+        slots.copy_(torch.randint(-1, 8, (T,), generator=gen).to(torch.int32))
+        out.copy_(base)
+        graph.replay()
+        want = base.float().clone()
+        batch = LoraBatch.from_token_slots(slots.cpu(), ranks, scal, "cuda")
+        yr = torch.zeros(T, 3 * R, device="cuda")
+        sgmv_shrink_ref(x, a, yr, batch, 3)
+        sgmv_expand_ref(yr.to(torch.bfloat16), b, want, batch, offsets, offs)
+        assert not torch.equal(out, base)
+        assert_close(out, want, torch.bfloat16)

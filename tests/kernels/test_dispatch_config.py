@@ -40,7 +40,7 @@ def test_interpreter_on_runs_triton(monkeypatch):
 
 def test_config_lookup_order(tmp_path, monkeypatch):
     monkeypatch.setattr(_config, "CONFIG_DIR", tmp_path)
-    _config._load_table.cache_clear()
+    _config.reload_tables()
     try:
         bucket = _config.shape_bucket(K=4000, R=12, S=3, M=1)
         assert bucket == "K4096_R16_S3_M1"
@@ -51,11 +51,11 @@ def test_config_lookup_order(tmp_path, monkeypatch):
             {"default": {"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 64}}))
         (tmp_path / "sgmv_shrink__cpu.json").write_text(json.dumps(
             {"configs": {bucket: {"BLOCK_M": 32, "BLOCK_N": 16, "BLOCK_K": 128}}}))
-        _config._load_table.cache_clear()
+        _config.reload_tables()
         assert _config.get_config("sgmv_shrink", "cpu", K=4000, R=12, S=3, M=1)["BLOCK_M"] == 32
         assert _config.get_config("sgmv_shrink", "cpu", K=64, R=12, S=3, M=1)["BLOCK_N"] == 32
     finally:
-        _config._load_table.cache_clear()
+        _config.reload_tables()
 
 
 def test_shipped_tables_parse_and_have_readme():
