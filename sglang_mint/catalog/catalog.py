@@ -253,7 +253,8 @@ class Catalog:
         hard links to the blobs under their file names (adapter_config.json and
         adapter_model.safetensors for PEFT; adapter_config.json and adapter.mintpack for packed,
         which SGLang reads through sglang_mint.sglang.packed_loader) plus ``.mint-files.json``."""
-        return self.view_folders.path(rev.files, rev.content_digest, self.blobs.local_path)
+        return self.view_folders.path(rev.files, rev.content_digest, self.blobs.local_path,
+                                      where=f"adapter {rev.adapter_id!r} revision {rev.revision}")
 
     # -- writes --------------------------------------------------------------
     def publish(self, adapter_id: str, folder: str, metadata: dict | None = None,

@@ -18,6 +18,14 @@ file the cache no longer has (link count 1) that nobody used for
 ``keep_recent_s``; the next use builds it again from the store. Disk use is
 then the cache's bound plus the views used recently.
 
+A revision's row is data, not a path: anyone who can write a shared catalog's
+database could otherwise make every engine link or copy blobs anywhere. So
+``path`` first checks the row, before any filesystem call: ``content_digest``
+and every blob digest are 64 lowercase hex digits, and every file name is one a
+revision holds (upload.ACCEPTED). A bad row raises CorruptRow (HTTP 422) naming
+the adapter, e.g. ``adapter 'acme/bot' revision 3: the catalog row is refused:
+content_digest '/etc' is not 64 lowercase hex digits``.
+
 A view's mtime is its last use. A hit (shared lock on ``views/.lock``) and a
 trim's check-and-remove (exclusive) exclude each other, so a view handed out
 is never removed under its caller: either the trim saw it as just used, or the
@@ -30,12 +38,40 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import shutil
 import time
 import uuid
 from typing import Callable
 
+from sglang_mint.catalog.errors import CatalogError
+from sglang_mint.catalog.upload import ACCEPTED
+
 VIEW_MANIFEST = ".mint-files.json"
+_DIGEST = re.compile(r"[0-9a-f]{64}")
+
+
+class CorruptRow(CatalogError):
+    """A revision row whose digests or file names could not have come from a publish."""
+
+    http_status = 422
+
+
+def check_row(files: dict[str, str], content_digest: str, where: str) -> None:
+    """Refuse a row that is not digests and known file names (see the module doc); touches no file."""
+    def refuse(what: str):
+        raise CorruptRow(f"{where}: the catalog row is refused: {what} (written by hand or by another tool? "
+                         "publish the adapter again)")
+
+    if not isinstance(content_digest, str) or not _DIGEST.fullmatch(content_digest):
+        refuse(f"content_digest {content_digest!r} is not 64 lowercase hex digits")
+    if not isinstance(files, dict) or not files:
+        refuse(f"files {files!r} is not a map of file names to blob digests")
+    for name, digest in files.items():
+        if name not in ACCEPTED:
+            refuse(f"file name {name!r} is not one of {', '.join(ACCEPTED)}")
+        if not isinstance(digest, str) or not _DIGEST.fullmatch(digest):
+            refuse(f"the blob digest of {name} ({digest!r}) is not 64 lowercase hex digits")
 
 
 class ViewFolders:
@@ -46,8 +82,12 @@ class ViewFolders:
         self._evictions_seen = 0 if cache is None else cache.evicted
         self.trimmed = 0  # views this process removed because the cache had dropped their bytes
 
-    def path(self, files: dict[str, str], content_digest: str, blob_path: Callable[[str], str]) -> str:
-        """The view of a revision with ``files`` ({name: digest}), built from ``blob_path(digest)`` if absent."""
+    def path(self, files: dict[str, str], content_digest: str, blob_path: Callable[[str], str],
+             where: str = "revision") -> str:
+        """The view of a revision with ``files`` ({name: digest}), built from ``blob_path(digest)`` if absent.
+
+        ``where`` names the revision in a CorruptRow refusal, e.g. "adapter 'acme/bot' revision 3"."""
+        check_row(files, content_digest, where)
         final = os.path.join(self.root, content_digest[:2], content_digest)
         with self._lock(fcntl.LOCK_SH):
             if os.path.isdir(final):
