@@ -36,6 +36,8 @@ class LoraBatch:
     permutation  [n_logical] int32       logical row -> physical row, or None
     token_slots  [n_tokens] int32        pool slot per physical row, -1 = none
     max_seg_len  host int                longest segment (sgmv grid size)
+    rows_hint    host int                rows a segment is expected to have, for the
+                                         block sizes (0: max_seg_len); see by_slot
     """
 
     ranks: torch.Tensor
@@ -45,6 +47,7 @@ class LoraBatch:
     permutation: Optional[torch.Tensor] = None
     token_slots: Optional[torch.Tensor] = None
     max_seg_len: int = 0
+    rows_hint: int = 0
 
     def __post_init__(self):
         self._by_slot: dict[int, "LoraBatch"] = {}
@@ -86,12 +89,14 @@ class LoraBatch:
     def by_slot(self, n_rows: int) -> "LoraBatch":
         """The per-token form's first n_rows as segments, one per pool slot, on the device.
 
-        Rows are sorted by slot (a stable argsort: the permutation), and slot s's
-        segment is its run in that order, so the segment kernels read each
-        adapter's weights once per tile instead of once per token. Only device
-        ops (argsort, scatter_add, cumsum) and a host max_seg_len of n_rows (the
-        grid's upper bound): a decode CUDA graph captures it. Made once per batch
-        and row count, then every layer reuses it.
+        Rows are ordered by slot, stably (the permutation), and slot s's segment
+        is its run in that order, so the segment kernels read each adapter's
+        weights once per tile instead of once per token. Elementwise ops,
+        cumsums and a scatter only (no sort, no host sync): a decode CUDA graph
+        captures it and replays it after SGLang refills the slot tensor. The
+        grid is sized for the worst case (max_seg_len = n_rows, all rows on one
+        slot); block sizes are chosen for the average (rows_hint). Made once per
+        batch and row count, then every layer reuses it.
         Example: token_slots [2, 0, -1, 2], 3 slots -> permutation [2, 1, 0, 3],
         seg_indptr [1, 2, 2, 4], seg_slots [0, 1, 2].
         """
@@ -99,16 +104,20 @@ class LoraBatch:
             raise ValueError("by_slot needs the per-token form")
         seg = self._by_slot.get(n_rows)
         if seg is None:
-            slots = self.token_slots[:n_rows]
+            dev = self.token_slots.device
             n = self.ranks.numel()
-            counts = torch.zeros(n + 1, dtype=torch.int32, device=slots.device)
-            counts.scatter_add_(0, slots.long() + 1, torch.ones_like(slots, dtype=torch.int32))
+            cls = self.token_slots[:n_rows].long() + 1        # 0: no adapter, s + 1: slot s
+            onehot = (cls[:, None] == torch.arange(n + 1, device=dev)[None, :]).int()
+            ends = torch.cumsum(onehot.sum(0), 0)              # [n + 1] run ends, in slot order
+            within = torch.cumsum(onehot, 0).gather(1, cls[:, None]).squeeze(1) - 1
+            dest = ends[cls] - onehot.sum(0)[cls] + within     # where row t goes
+            perm = torch.empty(n_rows, dtype=torch.int64, device=dev)
+            perm.scatter_(0, dest, torch.arange(n_rows, device=dev))
             seg = self._by_slot[n_rows] = LoraBatch(
                 ranks=self.ranks, scalings=self.scalings,
-                seg_indptr=torch.cumsum(counts, 0, dtype=torch.int32),
-                seg_slots=torch.arange(n, dtype=torch.int32, device=slots.device),
-                permutation=torch.argsort(slots, stable=True).to(torch.int32),
-                max_seg_len=n_rows)
+                seg_indptr=ends.to(torch.int32), seg_slots=torch.arange(n, dtype=torch.int32, device=dev),
+                permutation=perm.to(torch.int32), max_seg_len=n_rows,
+                rows_hint=-(-n_rows // max(1, n)))
         return seg
 
     @property

@@ -134,7 +134,7 @@ def sgmv_expand(y: torch.Tensor, b: torch.Tensor, out: torch.Tensor, batch: Lora
     if n_seg == 0 or batch.max_seg_len == 0:
         return out
     cfg = config or get_config("sgmv_expand", y.device, K=widest, R=R, S=n_slices,
-                               M=batch.max_seg_len)
+                               M=batch.rows_hint or batch.max_seg_len)
     n_tiles = triton.cdiv(widest, cfg["BLOCK_N"])
     grid = (triton.cdiv(batch.max_seg_len, cfg["BLOCK_M"]) * n_tiles, n_slices, n_seg)
     perm = batch.permutation

@@ -110,11 +110,14 @@ def sgmv_shrink(x: torch.Tensor, a: torch.Tensor, y: torch.Tensor, batch: LoraBa
         batch = batch.by_slot(T)
     if batch.num_segments == 0 or batch.max_seg_len == 0:
         return y
-    cfg = config or get_config("sgmv_shrink", x.device, K=K, R=R, S=n_slices, M=batch.max_seg_len)
+    rows = batch.rows_hint or batch.max_seg_len
+    cfg = config or get_config("sgmv_shrink", x.device, K=K, R=R, S=n_slices, M=rows)
     n_tiles = triton.cdiv(N, cfg["BLOCK_N"])
     m_tiles = triton.cdiv(batch.max_seg_len, cfg["BLOCK_M"])
     tiles = m_tiles * n_tiles * batch.num_segments
-    split = split_for(cfg, K, tiles, x.device)
+    # splits for the tiles expected to hold rows (all of them, unless by_slot's hint)
+    split = split_for(cfg, K, triton.cdiv(rows, cfg["BLOCK_M"]) * n_tiles * batch.num_segments,
+                      x.device)
     if split > 1:
         part, counters = WORKSPACE.get(x.device, split * T * N, tiles)
         stride_pp, stride_pm = T * N, N

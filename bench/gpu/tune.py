@@ -91,11 +91,16 @@ def batch_of(d: dict):
     return d["seg"] if d["mode"] == "prefill" else d["tok"].by_slot(d["T"])
 
 
+def rows_of(d: dict) -> int:
+    """The M a launcher picks its table entry by (kernels/sgmv_shrink.py)."""
+    b = batch_of(d)
+    return b.rows_hint or b.max_seg_len
+
+
 def bucket_of(op: str, d: dict) -> str:
     K, R, S = d["x"].shape[1], d["rank"], d["S"]
     widest = max(hi - lo for lo, hi in zip(d["offs"], d["offs"][1:]))
-    return _config.shape_bucket(K if op.endswith("shrink") else widest, R, S,
-                                batch_of(d).max_seg_len)
+    return _config.shape_bucket(K if op.endswith("shrink") else widest, R, S, rows_of(d))
 
 
 def fill(op: str, cand: dict, d: dict) -> dict:
@@ -146,7 +151,7 @@ def rel_err(op: str, fn, d: dict) -> float:
 
 
 def candidates(op: str, d: dict) -> list[tuple[str, dict]]:
-    heur = _config._heuristic(op, d["x"].shape[1], d["rank"], d["S"], batch_of(d).max_seg_len)
+    heur = _config._heuristic(op, d["x"].shape[1], d["rank"], d["S"], rows_of(d))
     return [("heuristic", heur)] + [(f"c{i}", fill(op, c, d))
                                     for i, c in enumerate(CANDIDATES[op][d["mode"]])]
 
@@ -228,10 +233,10 @@ def tune(ops, modes, out: Path, dry_run: bool, budget_s: float, jobs: int, limit
                         row["status"] = "wrong"
                     elif dry_run:
                         row["status"] = "ok"
-                    elif d["mode"] == "decode":
-                        row["ms"] = tt.do_bench_cudagraph(fn, rep=10, return_mode="median")
                     else:
-                        row["ms"] = tt.do_bench(fn, warmup=3, rep=12, return_mode="median")
+                        row["ms"] = (tt.do_bench_cudagraph(fn, rep=10, return_mode="median")
+                                     if d["mode"] == "decode" else
+                                     tt.do_bench(fn, warmup=3, rep=12, return_mode="median"))
                         row["status"] = "ok"
                         times[key][name].append(row["ms"])
                 except Exception as e:  # noqa: BLE001 - one candidate's failure is its row

@@ -248,6 +248,12 @@ def test_by_slot_sorts_rows_into_one_segment_per_slot():
     assert seg.seg_indptr.tolist() == [1, 2, 2, 4] and seg.seg_slots.tolist() == [0, 1, 2]
     assert seg.max_seg_len == 4 and batch.by_slot(4) is seg  # planned once per batch
     assert seg.slot_per_row(4).tolist() == batch.slot_per_row(4).tolist()
+    assert seg.rows_hint == 2  # 4 rows over 3 slots: block sizes for 2-row segments
+    gen = torch.Generator().manual_seed(3)
+    for _ in range(5):  # a stable sort by slot, whatever the slots
+        slots = torch.randint(-1, 9, (97,), generator=gen)
+        seg = LoraBatch.from_token_slots(slots, [4] * 9, [1.0] * 9).by_slot(97)
+        assert seg.permutation.tolist() == torch.argsort(slots, stable=True).tolist()
 
 
 @pytest.mark.gpu
@@ -266,9 +272,11 @@ def test_decode_in_a_cuda_graph_follows_new_slots():
     out = base.clone()
     y = torch.empty(T, 3 * R, dtype=torch.bfloat16, device="cuda")
 
-    def step():
-        batch = LoraBatch(ranks=torch.tensor(ranks, dtype=torch.int32, device="cuda"),
-                          scalings=torch.tensor(scal, device="cuda"), token_slots=slots)
+    ranks_dev = torch.tensor(ranks, dtype=torch.int32, device="cuda")
+    scal_dev = torch.tensor(scal, device="cuda")
+
+    def step():  # a fresh batch each forward, as the backend plans one per forward
+        batch = LoraBatch(ranks=ranks_dev, scalings=scal_dev, token_slots=slots)
         sgmv_shrink(x, a, y, batch, 3)
         sgmv_expand(y, b, out, batch, offsets, offs)
 
