@@ -7,7 +7,8 @@ Per shape (model, layer, mode, adapters n, rank r):
     serving   the variant --lora-backend mint runs: ours_bgmv in decode (per-token
               slots), ours_sgmv in prefill, ours_moe for experts
     sglang    SGLang's best (sglang_csgmv, sglang_triton, sglang_fused_moe_lora), ok rows
-    speedup   sglang / ours (above 1: ours faster); geometric means per path and mode
+    speedup   sglang / ours (above 1: ours faster); geometric means per path and mode;
+              in decode also under CUDA-graph replay (graph_ms: device time, no host cost)
     lora/gemm decode under CUDA-graph replay (graph_ms): serving / base_gemm of the layer
 The lines printed are the verdicts of issue 21's items 1 and 2; --table writes every row.
 """
@@ -68,6 +69,11 @@ def compare(rows) -> tuple[list[dict], list[str]]:
              "sglang": theirs, "sglang_variant": their_name,
              "speedup": theirs / ours if ours and theirs else None,
              "speedup_serving": theirs / serve if serve and theirs else None}
+        g_ours, g_theirs = best(v, OURS, "graph_ms")[0], best(v, SGLANG, "graph_ms")[0]
+        g_serve = ok_ms(v.get(serving_variant(layer, mode)), "graph_ms")
+        if g_ours and g_theirs:
+            t["graph_speedup"] = g_theirs / g_ours
+            t["graph_speedup_serving"] = g_theirs / g_serve if g_serve else None
         gemm = ok_ms(v.get("base_gemm"), "graph_ms")
         if mode == "decode" and gemm:
             t["lora_over_gemm"] = (ok_ms(v.get(serving_variant(layer, mode)), "graph_ms") or math.nan) / gemm
@@ -84,6 +90,12 @@ def compare(rows) -> tuple[list[dict], list[str]]:
                          f"(serving path {geo(t['speedup_serving'] for t in sel):.2f}), "
                          f"ours >= 1.0 in {sum(t['speedup'] >= 1.0 for t in sel)}/{len(sel)}, "
                          f"worst {worst['speedup']:.2f} {worst['shape']}")
+    graph = [t for t in table if t["path"] == "dense" and t.get("graph_speedup")]
+    if graph:
+        lines.append(f"dense decode under CUDA-graph replay: sglang/ours geomean "
+                     f"{geo(t['graph_speedup'] for t in graph):.2f} (serving path "
+                     f"{geo(t['graph_speedup_serving'] for t in graph if t.get('graph_speedup_serving')):.2f}), "
+                     f"ours >= 1.0 in {sum(t['graph_speedup'] >= 1.0 for t in graph)}/{len(graph)}")
     for label, keep in (("n<=8", lambda t: t["n"] <= 8), ("n=64", lambda t: t["n"] == 64)):
         sel = [t for t in table if t.get("lora_over_gemm") and t["rank"] == 16 and keep(t)]
         if sel:
