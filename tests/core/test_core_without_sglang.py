@@ -25,6 +25,10 @@ def test_core_imports_with_sglang_blocked():
                 continue
             importlib.import_module(mod.name)
             seen.append(mod.name)
+        import sglang_mint.kernels  # mapped from kernels/ by setup.py: walk it on its own
+        for mod in pkgutil.walk_packages(sglang_mint.kernels.__path__, "sglang_mint.kernels."):
+            importlib.import_module(mod.name)
+            seen.append(mod.name)
         from sglang_mint.routing import adapter_from_model
         assert adapter_from_model("tiny:a1", "tiny") == "a1"
         assert "sglang" not in sys.modules
@@ -35,7 +39,8 @@ def test_core_imports_with_sglang_blocked():
     count, names = proc.stdout.split(" ", 1)
     assert int(count) >= 5
     for expected in ("sglang_mint.routing", "sglang_mint.config", "sglang_mint.cli", "sglang_mint.catalog.ids",
-                     "sglang_mint.client", "sglang_mint.catalog.upload"):
+                     "sglang_mint.client", "sglang_mint.catalog.upload", "sglang_mint.kernels.routes",
+                     "sglang_mint.kernels.sgmv_shrink"):
         assert expected in names
 
 
