@@ -7,7 +7,6 @@ test_backend_methods.py (it needs sglang).
 
 import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
