@@ -10,12 +10,13 @@ partials in the last split to finish (serial fixup). Its counters live here.
 from __future__ import annotations
 
 import torch
-import triton
+
+from ._config import cdiv
 
 
 def k_per_split(K: int, split_k: int, block_k: int) -> int:
     """Columns per split, a multiple of block_k. Example: K=4096, 8 splits, 128 -> 512."""
-    return triton.cdiv(triton.cdiv(K, split_k), block_k) * block_k
+    return cdiv(cdiv(K, split_k), block_k) * block_k
 
 
 class SplitKWorkspace:

@@ -41,7 +41,7 @@ import triton.language as tl
 
 from ._tiles import masked_tile_dot
 
-from ._config import get_config, launch_kwargs
+from ._config import cdiv, get_config, launch_kwargs
 
 
 @dataclass
@@ -75,7 +75,7 @@ def moe_lora_plan(topk_ids: torch.Tensor, token_slots: torch.Tensor, ranks: torc
     if block_m is None:
         block_m = get_config("moe_lora_shrink", dev, M=P)["BLOCK_M"]
     G = n_slots * n_experts
-    max_blocks = triton.cdiv(P, block_m) + min(P, G)
+    max_blocks = cdiv(P, block_m) + min(P, G)
     slot = token_slots[:M].long()[:, None].expand(M, top_k).reshape(-1)
     e = topk_ids.reshape(-1).long()
     valid = (slot >= 0) & (e >= 0) & (e < n_experts)
@@ -209,7 +209,7 @@ def moe_lora(out: torch.Tensor, x: torch.Tensor, a: torch.Tensor, b: torch.Tenso
         y = torch.empty((n_slices, P, R), dtype=x.dtype, device=x.device)
     xdiv = 1 if (x.shape[0] == P and top_k > 1) else top_k
     cs = get_config("moe_lora_shrink", x.device, K=K, R=R, S=n_slices, M=P)
-    n_r = triton.cdiv(R, cs["BLOCK_N"])
+    n_r = cdiv(R, cs["BLOCK_N"])
     _moe_lora_shrink_kernel[(max_blocks * n_r, n_slices)](
         x, a, y, plan.sorted_pairs, plan.block_slot, plan.block_expert, ranks,
         P, K, R, xdiv, n_r,
@@ -217,7 +217,7 @@ def moe_lora(out: torch.Tensor, x: torch.Tensor, a: torch.Tensor, b: torch.Tenso
         y.stride(0), y.stride(1),
         BLOCK_M=BM, BLOCK_N=cs["BLOCK_N"], BLOCK_K=cs["BLOCK_K"], **launch_kwargs(cs))
     ce = get_config("moe_lora_expand", x.device, K=W, R=R, S=n_slices, M=P)
-    n_n = triton.cdiv(W, ce["BLOCK_N"])
+    n_n = cdiv(W, ce["BLOCK_N"])
     _moe_lora_expand_kernel[(max_blocks * n_n, n_slices)](
         y, b, out, topk_weights, plan.sorted_pairs, plan.block_slot, plan.block_expert,
         ranks, P, R, W, n_n,

@@ -35,7 +35,7 @@ import triton.language as tl
 
 from ._tiles import masked_tile_dot
 
-from ._config import get_config, launch_kwargs
+from ._config import cdiv, get_config, launch_kwargs
 from .batch import LoraBatch
 
 
@@ -135,8 +135,8 @@ def sgmv_expand(y: torch.Tensor, b: torch.Tensor, out: torch.Tensor, batch: Lora
         return out
     cfg = config or get_config("sgmv_expand", y.device, K=widest, R=R, S=n_slices,
                                M=batch.rows_hint or batch.max_seg_len)
-    n_tiles = triton.cdiv(widest, cfg["BLOCK_N"])
-    grid = (triton.cdiv(batch.max_seg_len, cfg["BLOCK_M"]) * n_tiles, n_slices, n_seg)
+    n_tiles = cdiv(widest, cfg["BLOCK_N"])
+    grid = (cdiv(batch.max_seg_len, cfg["BLOCK_M"]) * n_tiles, n_slices, n_seg)
     perm = batch.permutation
     _sgmv_expand_kernel[grid](
         y, b, out, batch.seg_indptr, batch.seg_slots,

@@ -32,7 +32,7 @@ import triton.language as tl
 
 from ._tiles import masked_row_gemv
 
-from ._config import get_config, launch_kwargs
+from ._config import cdiv, get_config, launch_kwargs
 from .batch import LoraBatch
 from .sgmv_expand import _host_offsets, sgmv_expand_ref
 from .sgmv_shrink import sgmv_shrink_ref
@@ -113,7 +113,7 @@ def bgmv_fused(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, out: torch.Ten
         return out
     cfg = get_config("bgmv_fused", x.device, K=K, R=R, S=n, M=T)
     block_r = max(cfg["BLOCK_R"], triton.next_power_of_2(R))
-    grid = (triton.cdiv(widest, cfg["CHUNK_N"]), n, T)
+    grid = (cdiv(widest, cfg["CHUNK_N"]), n, T)
     _bgmv_fused_kernel[grid](
         x, a, b, out, batch.token_slots, batch.ranks, batch.scalings, slice_offsets, K, R,
         x.stride(0), a.stride(0), a.stride(1), b.stride(0), b.stride(1), out.stride(0),

@@ -27,7 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._config import get_config, launch_kwargs, split_for
+from ._config import cdiv, get_config, launch_kwargs, split_for
 from ._splitk import WORKSPACE, k_per_split
 from ._tiles import masked_tile_dot, split_k_finish, split_k_range
 from .batch import LoraBatch
@@ -112,11 +112,11 @@ def sgmv_shrink(x: torch.Tensor, a: torch.Tensor, y: torch.Tensor, batch: LoraBa
         return y
     rows = batch.rows_hint or batch.max_seg_len
     cfg = config or get_config("sgmv_shrink", x.device, K=K, R=R, S=n_slices, M=rows)
-    n_tiles = triton.cdiv(N, cfg["BLOCK_N"])
-    m_tiles = triton.cdiv(batch.max_seg_len, cfg["BLOCK_M"])
+    n_tiles = cdiv(N, cfg["BLOCK_N"])
+    m_tiles = cdiv(batch.max_seg_len, cfg["BLOCK_M"])
     tiles = m_tiles * n_tiles * batch.num_segments
     # splits for the tiles expected to hold rows (all of them, unless by_slot's hint)
-    split = split_for(cfg, K, triton.cdiv(rows, cfg["BLOCK_M"]) * n_tiles * batch.num_segments,
+    split = split_for(cfg, K, cdiv(rows, cfg["BLOCK_M"]) * n_tiles * batch.num_segments,
                       x.device)
     if split > 1:
         part, counters = WORKSPACE.get(x.device, split * T * N, tiles)
