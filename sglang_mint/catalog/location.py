@@ -12,9 +12,10 @@ where the hex is the sha256 of the URL without its password: the same catalog
 URL gives the same folder whatever the password.
 
 Passwords never appear in messages: ``display`` is the URL with the password
-replaced by ``***``. (A password is better kept out of the URL altogether:
-libpq reads ``PGPASSWORD`` and ``~/.pgpass``, and a URL on a command line is
-visible in ``ps``.)
+replaced by ``***``, and ``redact`` hides it in a driver's message in both
+spellings (``p%40ss`` in the URL is ``p@ss`` to libpq). (A password is better
+kept out of the URL altogether: libpq reads ``PGPASSWORD`` and a ``PGPASSFILE``
+(``pgpass_entry`` writes its line), and a URL on a command line is visible in ``ps``.)
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import dataclass
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from sglang_mint.catalog.errors import CatalogError
 
@@ -49,9 +50,31 @@ def without_password(url: str) -> str:
 
 
 def redact(text: str, url: str) -> str:
-    """``text`` with ``url``'s password replaced by ***: for error messages that quote a URL or a driver."""
+    """``text`` with ``url``'s password replaced by ***: for error messages that quote a URL or a driver.
+
+    Both spellings go: as written in the URL (``p%40ss``) and as the server sees it (``p@ss``)."""
     _, _, password = _split_password(url)
-    return text.replace(password, "***") if password else text
+    if not password:
+        return text
+    for spelling in sorted({password, unquote(password)}, key=len, reverse=True):
+        text = text.replace(spelling, "***")
+    return text
+
+
+def pgpass_entry(url: str) -> str:
+    """The ``PGPASSFILE`` line that gives libpq ``url``'s password, for any database on its host and port.
+
+    Example: postgresql://postgres:p%3Aw@127.0.0.1:5432/mint -> ``127.0.0.1:5432:*:postgres:p\\:w``
+    (':' and '\\' escaped, as libpq reads them). The file must be mode 0600 or libpq ignores it."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        raise CatalogError(f"{_split_password(url)[0]} carries no password to put in a password file")
+
+    def field(value: str) -> str:
+        return value.replace("\\", "\\\\").replace(":", "\\:")
+
+    return ":".join([field(parts.hostname or "localhost"), str(parts.port or 5432), "*",
+                     field(unquote(parts.username or "")), field(unquote(parts.password))])
 
 
 @dataclass(frozen=True)

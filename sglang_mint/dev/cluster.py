@@ -13,8 +13,10 @@ What it starts, in order, all on 127.0.0.1:
    ``demo/tiny-000N`` (tiny PEFT adapters) and ``--catalog-size`` synthetic ``synth/NNNNNNN``;
 4. SMG with the adapter-route middleware (``sglang_mint.gateway``);
 5. the engines (tiny CPU model, ``--sleep-on-idle``, ``--mint-gateway``), which register
-   themselves. Each gets only ``--mint-catalog postgresql://...`` and the AWS_* variables
-   that point at the object store, as engines on other machines would.
+   themselves. Each gets only ``--mint-catalog postgresql://postgres@...`` (no password: a
+   command line is visible to anyone on the machine in ``ps``), ``PGPASSFILE`` naming a
+   mode-0600 password file, and the AWS_* variables that point at the object store, as
+   engines on other machines would.
 
 Stopping goes in reverse: engines (they deregister), SMG, the object store, PostgreSQL
 (its data goes with it), then the temp folder of engine caches. Logs stay in
@@ -88,6 +90,7 @@ def run_cluster(engines: int, port: int, catalog: str | None, catalog_size: int)
         if stop.is_set():
             return 0
         shown = parse_location(catalog).display
+        catalog, engine_env = _engine_secrets(catalog, engine_env, work)
         gateway = stack.enter_context(SMGGateway(port, log_path=rd / "smg.log"))
         gateway.install_adapter_route("tiny")
         print(f"==> gateway {gateway.url} (smg, consistent_hashing on the adapter id; log {gateway.log_path})")
@@ -139,7 +142,7 @@ def _start_catalog(stack: contextlib.ExitStack, stop: threading.Event, model: Pa
     blobs = f"s3://{BUCKET}/catalog"
     print(f"==> object store {s3.endpoint} (moto, S3 API; blobs at {blobs}; ready in "
           f"{time.perf_counter() - t0:.1f} s)", flush=True)
-    os.environ.update(s3.env())  # this process writes the catalog's blobs, and the engines inherit it
+    os.environ.update(s3.env())  # this process writes the catalog's blobs
     if stop.is_set():
         return url, s3.env()
     t0 = time.perf_counter()
@@ -150,18 +153,36 @@ def _start_catalog(stack: contextlib.ExitStack, stop: threading.Event, model: Pa
             synth(cat, size, prefix="synth/", rank=1, progress=False)
     print(f"==> catalog: {len(adapters)} demo/ + {size:,} synth/ adapters in "
           f"{time.perf_counter() - t0:.1f} s", flush=True)
-    _write_env_file(pg, s3.env(), work)
     return url, s3.env()
 
 
-def _write_env_file(pg, s3_env: dict[str, str], work: Path) -> None:
-    """run_dir()/env for other shells: the object store's variables and the password in a PGPASSFILE."""
-    pgpass = work / "pgpass"
-    pgpass.write_text(f"127.0.0.1:{pg.port}:*:postgres:{pg.password}\n")
-    pgpass.chmod(0o600)  # libpq ignores a password file others can read
-    lines = [f"export {k}={v}" for k, v in s3_env.items()]
-    lines += [f"export PGPASSFILE={pgpass}", f"export MINT_CATALOG_CACHE={work / 'cli'}"]
-    (run_dir() / "env").write_text("\n".join(lines) + "\n")
+def _engine_secrets(catalog: str, env: dict[str, str], work: Path) -> tuple[str, dict[str, str]]:
+    """(the catalog as the engines' command lines show it, their environment).
+
+    A postgresql:// URL's password moves into ``work/pgpass`` (PGPASSFILE), and the URL loses it:
+    postgresql://postgres:pw@127.0.0.1:5432/mint -> postgresql://postgres@127.0.0.1:5432/mint. When
+    there is a secret (a password, AWS keys), run_dir()/env gives other shells the same variables."""
+    from sglang_mint.catalog.location import parse_location, pgpass_entry, without_password
+
+    env = dict(env)
+    bare = without_password(catalog)
+    if not parse_location(catalog).is_folder and bare != catalog:
+        pgpass = work / "pgpass"
+        _write_private(pgpass, pgpass_entry(catalog) + "\n")
+        env["PGPASSFILE"] = str(pgpass)
+    if env:
+        lines = [f"export {k}={v}" for k, v in env.items()] + [f"export MINT_CATALOG_CACHE={work / 'cli'}"]
+        _write_private(run_dir() / "env", "\n".join(lines) + "\n")
+    return bare, env
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write a new file readable by this user only from its first byte (libpq also ignores a
+    password file others can read); an old file of that name, of whatever mode, is replaced."""
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
 
 
 def _start_engines(servers: list, stop: threading.Event) -> list[threading.Thread]:
@@ -190,10 +211,8 @@ def _stop_engines(servers: list, starters: list[threading.Thread]) -> None:
 
 
 def _print_contract(gateway, catalog: str, shown: str, first: str, engine_url: str, seconds: float) -> None:
-    from sglang_mint.catalog.location import without_password
-
-    bare = without_password(catalog)  # PGPASSFILE in the env file has the password
-    env = f". {run_dir() / 'env'} && " if (run_dir() / "env").exists() and bare != catalog else ""
+    """``catalog`` has no password (_engine_secrets): PGPASSFILE in the env file has it."""
+    env = f". {run_dir() / 'env'} && " if (run_dir() / "env").exists() else ""
     print(f"\n==> up in {seconds:.1f} s; catalog {shown}\n"
           f"==> client contract: the adapter id in `model`, through the gateway\n"
           f"    openai.OpenAI(base_url=\"{gateway.openai_url}\", api_key=\"none\")"
@@ -201,7 +220,7 @@ def _print_contract(gateway, catalog: str, shown: str, first: str, engine_url: s
           f"    curl {gateway.openai_url}/completions -H 'content-type: application/json' "
           f"-d '{{\"model\": \"synth/0000042\", \"prompt\": \"hi\", \"max_tokens\": 8}}'\n"
           f"==> publish (every engine serves it on its next request)\n"
-          f"    {env}mint catalog publish {bare} acme/bot ./my-peft-adapter\n"
+          f"    {env}mint catalog publish {catalog} acme/bot ./my-peft-adapter\n"
           f"    curl -F files=@adapter_config.json -F files=@adapter_model.safetensors "
           f"{engine_url}/mint/adapters/acme/bot/revisions\n"
           f"==> running; Ctrl-C or `mint cluster down` stops it", flush=True)
