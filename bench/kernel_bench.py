@@ -270,14 +270,23 @@ class ContextLost(RuntimeError):
         self.rows = list(rows)
 
 
-def run_spec(spec, device, dtype, gen, ceil, dry_run, first_variant=0) -> list[dict]:
+def run_spec(spec, device, dtype, gen, ceil, dry_run, first_variant=0, lose_context_at=None) -> list[dict]:
+    """The rows of one shape, from variant first_variant on.
+
+    lose_context_at: a variant index at which to act as if its kernel broke the CUDA
+    context (MINT_BENCH_LOSE_CONTEXT_AT, for testing the worker restarts on CPU)."""
     L, mode, T, n, r = spec
     names = variants(L, mode)
     d = build(spec, device, dtype, gen)
     fns, why = runners(d, names)
     ref, ref_why = reference(d)
     rows = []
-    for name in names[first_variant:]:
+    for j, name in enumerate(names):
+        if j < first_variant:
+            continue
+        if j == lose_context_at:
+            rows.append({"variant": name, "status": "failed", "why": "injected: context lost"})
+            raise ContextLost(f"after {name}: injected", rows)
         if name != "base_gemm" and name not in fns:
             rows.append({"variant": name, "status": "unavailable", "why": why.get(name)})
             continue
@@ -336,14 +345,24 @@ def main(argv=None) -> int:
     p.add_argument("--paths", choices=("all", "dense", "experts"), default="all",
                    help="which layers: all, dense only, or routed experts only")
     p.add_argument("--worker", default=None, metavar="SPEC:VARIANT", help=argparse.SUPPRESS)
+    p.add_argument("--isolate", action="store_true",
+                   help="with --dry-run: run the shapes in worker processes too, as on a GPU")
     args = p.parse_args(argv)
     if not args.dry_run and not torch.cuda.is_available():
         print("no CUDA device: this benchmark times GPU kernels; use --dry-run to check it on CPU",
               file=sys.stderr)
         return 2
-    if args.dry_run or args.worker:
+    if args.worker or (args.dry_run and not args.isolate):
         return run(args)
     return supervise(args)
+
+
+def todo_of(args) -> list[tuple]:
+    """(spec, "run" | "planned") in run order; a worker's SPEC index counts in this list."""
+    plan = specs(args.paths)[: args.limit]
+    if not args.dry_run:
+        return [(s, "run") for s in plan]
+    return [(s, "planned") for s in plan] + [(s, "run") for s in DRY]
 
 
 def supervise(args) -> int:
@@ -355,13 +374,14 @@ def supervise(args) -> int:
     """
     t0 = time.monotonic()
     out = args.out or HERE / "results" / f"kernel_bench_{torch.cuda.get_device_name().replace(' ', '_')}.jsonl"
+    todo = todo_of(args)
     resume = out.with_name(out.name + ".resume")
     out.unlink(missing_ok=True)
     at, restarts, rc = "0:0", 0, 0
     while at is not None:
         cmd = [sys.executable, __file__, "--out", str(out), "--worker", at]
         cmd += ["--limit", str(args.limit)] if args.limit else []
-        cmd += ["--paths", args.paths]
+        cmd += ["--paths", args.paths] + (["--dry-run"] if args.dry_run else [])
         if args.deadline_s is not None:
             cmd += ["--deadline-s", f"{max(0.0, args.deadline_s - (time.monotonic() - t0)):.0f}"]
         resume.unlink(missing_ok=True)
@@ -374,7 +394,7 @@ def supervise(args) -> int:
             spec, variant, why = done[0], done[1], " ".join(done[2:])
             if why == "running":  # died without a word: the rest of that shape is lost
                 with open(out, "a") as f:
-                    f.write(json.dumps({**setup_of(specs(args.paths)[int(spec)]), "variant": None,
+                    f.write(json.dumps({**setup_of(todo[int(spec)][0]), "variant": None,
                                         "status": "failed", "why": f"worker exit {rc}"}) + "\n")
                 at = f"{int(spec) + 1}:0"
             else:
@@ -413,9 +433,7 @@ def run(args) -> int:
             f.write(json.dumps({**ceil, **stamp}) + "\n")
             print(f"ceilings: copy {ceil['copy_bytes_per_s'] / 1e12:.2f} TB/s, "
                   f"bf16 matmul {ceil['bf16_matmul_flops_per_s'] / 1e12:.0f} TFLOP/s")
-        todo = [(s, "planned") for s in plan] if args.dry_run else [(s, "run") for s in plan]
-        if args.dry_run:
-            todo += [(s, "run") for s in DRY]
+        todo = todo_of(args)
         for i, (spec, what) in enumerate(todo):
             if i < first_spec:
                 continue
@@ -429,9 +447,13 @@ def run(args) -> int:
                 rows = [{"variant": v, "status": status, "why": why} for v in variants(*spec[:2])]
             else:
                 resume.write_text(f"{i} 0 running")
+                if os.environ.get("MINT_BENCH_DIE_AT") == str(i):  # testing: a hard crash
+                    os._exit(9)
+                lose = os.environ.get("MINT_BENCH_LOSE_CONTEXT_AT", "").split(":")
                 try:
                     rows = run_spec(spec, device, dtype, gen, ceil, args.dry_run,
-                                    first_variant if i == first_spec else 0)
+                                    first_variant if i == first_spec else 0,
+                                    int(lose[1]) if lose[0] == str(i) else None)
                 except torch.cuda.OutOfMemoryError as e:
                     torch.cuda.empty_cache()
                     rows = [{"variant": v, "status": "failed", "why": f"OOM: {e}"[:300]}
