@@ -10,9 +10,10 @@ Shapes (issue 11), TP 1, bf16, every pool slot at the same rank r (alpha = 2r):
   one per request, adapters interleaved; 1, 8 and 64 distinct adapters; rank 8, 16, 64.
 
 Variants, one JSON row each; no row is a ratio to another row:
-  ours_sgmv    sgmv_shrink + sgmv_expand on segments        (dense, prefill and decode)
-  ours_bgmv    the same two launches per token               (dense, decode)
-  ours_fused   bgmv_fused, one launch                        (dense, decode)
+  ours_sgmv    sgmv_shrink + sgmv_expand on host-built segments (dense, prefill and decode)
+  ours_bgmv    the same on the per-token form, as serving runs decode: LoraBatch.by_slot,
+               planned once per batch (in the check before timing), like every layer after the first
+  ours_fused   bgmv_fused, one launch per token                 (dense, decode)
   ours_moe     moe_lora; its plan is built before timing     (experts)
   sglang_csgmv, sglang_triton, sglang_fused_moe_lora         (bench/gpu/sglang_kernels.py)
   base_gemm    the layer's own x @ W^T, for scale            (dense)
