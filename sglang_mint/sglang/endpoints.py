@@ -2,7 +2,7 @@
 
 ::
 
-    GET  /mint/status                           residency and catalog counters (anyone)
+    GET  /mint/status                           residency and catalog counters
     POST /mint/prefetch                         {"adapters": [id, ...]}: load them ahead of traffic
     POST /mint/adapters/{id}/revisions          publish a new revision and make it current
     POST /mint/adapters/{id}/rollback           {"to": N} or no body: the previous revision
@@ -22,12 +22,13 @@ with the revision), ``pack`` (``true`` stores it packed) and ``warm``
 A request that arrives after the 201 is served by revision 4; requests in
 flight finish on the revision they started with.
 
-Who may call the admin endpoints (all but ``/mint/status``): they change what
-every tenant is served, so they carry SGLang's ``AuthLevel.ADMIN_OPTIONAL``.
-With ``--admin-api-key K`` SGLang's middleware admits only ``Authorization:
-Bearer K`` (401 otherwise). Without an admin key they answer only callers on
-loopback (403 for anyone else, saying how to enable them). Behind a reverse
-proxy on the same host every caller looks local: set ``--admin-api-key`` there.
+Who may call them: every one is an admin endpoint (``admin.py`` holds the rule
+and the list). They change what every tenant is served, or, ``/mint/status``,
+name the adapters other tenants use, so they carry SGLang's
+``AuthLevel.ADMIN_OPTIONAL``: with ``--admin-api-key K`` SGLang's middleware admits
+only ``Authorization: Bearer K`` (401 otherwise); without an admin key they answer
+only a loopback TCP peer whose request carries no forwarding header (403 for
+anyone else, saying how to enable them).
 
 Errors use OpenAI's shape, ``{"error": {"message", "type", "code"}}``.
 """
@@ -36,7 +37,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import ipaddress
 import json
 import os
 
@@ -48,6 +48,7 @@ from starlette.datastructures import UploadFile
 from sglang_mint.catalog.ids import revision_name, validate_adapter_id
 from sglang_mint.catalog.upload import publish_files
 from sglang_mint.errors import MintError
+from sglang_mint.sglang import admin
 from sglang_mint.sglang.flags import mint_config
 from sglang_mint.sglang.frontend import CatalogFrontend, catalog_frontend
 
@@ -73,6 +74,7 @@ def _before_launch_server(server_args, *args, **kwargs):
     from sglang.srt.entrypoints import http_server
 
     add_routes(http_server.app)
+    admin.install(http_server.app, server_args.admin_api_key)
     return None
 
 
@@ -95,22 +97,20 @@ def _tokenizer_manager():
 
 def _admin_frontend(request: Request) -> tuple[object, CatalogFrontend]:
     """(tokenizer manager, catalog frontend) for an admin call; raises _Refused."""
+    _check_admitted(request)
     tm = _tokenizer_manager()
-    if not tm.server_args.admin_api_key:
-        host = request.client.host if request.client else ""
-        try:
-            local = ipaddress.ip_address(host).is_loopback
-        except ValueError:
-            local = False
-        if not local:
-            raise _Refused(403, f"{request.url.path} changes what every tenant is served, so without an admin "
-                                f"API key it answers only callers on this machine (you are {host or 'unknown'}). "
-                                "Restart the server with --admin-api-key KEY and send 'Authorization: Bearer KEY'.",
-                           "permission_error")
     frontend = catalog_frontend(tm)
     if frontend is None:
         raise _Refused(400, f"{request.url.path} needs a catalog: launch with --mint-catalog")
     return tm, frontend
+
+
+def _check_admitted(request: Request) -> None:
+    """admin.AdminGuard decides who is admin and marks what it lets through; a request it did not
+    see (the guard missing) is refused, never trusted."""
+    if request.scope.get(admin.ADMITTED) is None:
+        raise _Refused(403, f"{request.url.path} is an admin endpoint and this server's admin guard did not admit "
+                            "this request", "permission_error")
 
 
 def _refusals(handler):
@@ -189,7 +189,12 @@ def _revision_json(rev) -> dict:
 
 
 # -- endpoints -------------------------------------------------------------------
-async def mint_status():
+@_ADMIN
+async def mint_status(request: Request):
+    try:
+        _check_admitted(request)
+    except _Refused as exc:
+        return exc.response
     tm = _tokenizer_manager()
     frontend = catalog_frontend(tm)
     states = await tm.get_internal_state()

@@ -7,6 +7,10 @@ whether it is only for machines without CUDA. ``register_for`` declares a
 process's rows with SGLang's ``HookRegistry``; ``verify_applied`` checks at
 startup that SGLang applied every one (it logs a failed target and carries
 on, which would leave the plugin half installed without a word).
+
+``INTERNALS`` lists what the glue reads or writes without hooking it (private
+attributes, module state, other libraries' internals), with the module that
+does, so a new SGLang version is checked against both lists.
 """
 
 from __future__ import annotations
@@ -50,6 +54,8 @@ HOOKS: tuple[Hook, ...] = (
     Hook("frontend", "sglang.srt.lora.lora_registry.LoRARegistry.release", "AROUND",
          "frontend:_around_registry_release"),
     Hook("frontend", "sglang.srt.entrypoints.http_server.launch_server", "BEFORE", "endpoints:_before_launch_server"),
+    # admin endpoints answer a loopback TCP peer: recorded before uvicorn's proxy-headers middleware (admin.py)
+    Hook("frontend", "uvicorn.config.Config.load", "AFTER", "admin:_after_uvicorn_config_load"),
     # --mint-gateway: join SGLang's gateway (SMG) once serving, leave when stopped (gateway_join.py)
     Hook("frontend", "sglang.srt.entrypoints.http_server.launch_server", "BEFORE",
          "gateway_join:_before_launch_server"),
@@ -92,6 +98,28 @@ HOOKS: tuple[Hook, ...] = (
          "moe_cpu:_around_slice_moe_lora_a", True),
     Hook("scheduler", "sglang.srt.lora.layers.FusedMoEWithLoRA.slice_moe_lora_b_weights", "AROUND",
          "moe_cpu:_around_slice_moe_lora_b", True),
+)
+
+
+class Internal(NamedTuple):
+    target: str  # dotted name
+    use: str  # what the glue reads or writes there
+    module: str  # which module of sglang_mint.sglang does
+
+
+INTERNALS: tuple[Internal, ...] = (
+    Internal("sglang.srt.entrypoints.http_server.app", "adds the /mint/* routes, admin.AdminGuard and the 409 "
+             "handler before the server starts", "endpoints, admin"),
+    Internal("sglang.srt.entrypoints.http_server._global_state.tokenizer_manager", "reads it in /mint/*",
+             "endpoints"),
+    Internal("sglang.srt.utils.auth.AuthLevel, endpoint._auth_level", "marks /mint/* ADMIN_OPTIONAL; reads which "
+             "routes SGLang marks, to guard them all", "endpoints, admin"),
+    Internal("fastapi.routing._IncludedRouter.original_router", "the routes of included routers (elastic EP)",
+             "admin"),
+    Internal("uvicorn.config.Config.app, .loaded_app", "wraps loaded_app to record the TCP peer", "admin"),
+    Internal("TokenizerManager.lora_ref_cache", "SGLang's own adapters: the fallback for names the catalog does "
+             "not hold", "frontend, openai_model"),
+    Internal("LoRARegistry._registry, ._counters", "registers and drops catalog revision names", "frontend"),
 )
 
 
