@@ -50,7 +50,7 @@ from sglang_mint.catalog.upload import publish_files
 from sglang_mint.errors import MintError
 from sglang_mint.sglang import admin
 from sglang_mint.sglang.flags import mint_config
-from sglang_mint.sglang.frontend import CatalogFrontend, catalog_frontend
+from sglang_mint.sglang.frontend import CatalogFrontend, CatalogNameTaken, catalog_frontend
 
 MAX_PREFETCH = 1024
 UPLOAD_FIELDS = ("expected_revision", "metadata", "pack", "warm")
@@ -75,7 +75,14 @@ def _before_launch_server(server_args, *args, **kwargs):
 
     add_routes(http_server.app)
     admin.install(http_server.app, server_args.admin_api_key)
+    http_server.app.add_exception_handler(CatalogNameTaken, _catalog_name_taken)
     return None
+
+
+async def _catalog_name_taken(request: Request, exc: CatalogNameTaken) -> ORJSONResponse:
+    """A stock ``/load_lora_adapter`` (or ``_from_tensors``, ``/unload_lora_adapter``) under a name the
+    catalog holds: 409, in the shape those endpoints answer in (``success``, ``error_message``)."""
+    return ORJSONResponse({"success": False, "error_message": str(exc)}, status_code=exc.http_status)
 
 
 # -- helpers ---------------------------------------------------------------------

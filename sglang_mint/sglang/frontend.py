@@ -11,6 +11,15 @@ Every way a request names an adapter goes through the catalog:
   a 400). Adapters from ``--lora-paths`` or ``/load_lora_adapter`` pass as in
   stock SGLang.
 
+The catalog is the authority for the names it holds: a name is looked up in
+the catalog first and only a name the catalog does not hold falls back to the
+adapters SGLang loaded itself (``tm.lora_ref_cache``). So an adapter loaded as
+``late/x`` stops being served under that name once the catalog publishes
+``late/x``, and ``/load_lora_adapter`` (or ``_from_tensors``) under a name the
+catalog holds, or under any ``<id>@<revision>`` name (the catalog's revision
+names), is refused with 409 naming the id (``CatalogNameTaken``); so is
+``/unload_lora_adapter`` of a catalog name SGLang did not load itself.
+
 A revision name is registered in SGLang's LoRA registry with ``lora_id =
 "mint:acme/bot@3"`` and no load request: the scheduler loads it in the
 background (``residency.py``). It stays registered only while a request uses
@@ -27,12 +36,18 @@ import logging
 from fastapi import HTTPException
 from sglang.srt.lora.lora_registry import LoRARef
 
-from sglang_mint.catalog.ids import parse_revision_name, revision_name
+from sglang_mint.catalog.ids import parse_revision_name, revision_name, validate_adapter_id
 from sglang_mint.errors import MintError
 from sglang_mint.sglang.flags import mint_config
 from sglang_mint.sglang.names import MINT_ID_PREFIX, is_mint_lora_id, mint_lora_id_of
 
 logger = logging.getLogger("sglang_mint")
+
+
+class CatalogNameTaken(MintError):
+    """A stock load or unload under a name the catalog holds (endpoints.py answers it with 409)."""
+
+    http_status = 409
 
 
 class CatalogFrontend:
@@ -59,18 +74,39 @@ class CatalogFrontend:
         self.metrics.resolves.inc()
         return revision_name(adapter_id, rev.revision)
 
-    def checked_name(self, name: str) -> str:
-        """A ``lora_path`` value -> the revision name it selects, checked against the catalog."""
-        if "@" not in name:
-            return self.lora_name(name)
-        adapter_id, revision = parse_revision_name(name)
+    def checked_name(self, name: str, stock=()) -> str | None:
+        """A requested name -> the revision name it selects in the catalog (``"acme/bot"`` ->
+        ``"acme/bot@3"``, ``"acme/bot@2"`` checked and kept); None if the catalog does not hold it
+        but ``stock`` (the adapters SGLang loaded itself: ``tm.lora_ref_cache``) does; else
+        MintError (404 unknown or deleted, 400 malformed)."""
         try:
-            self.catalog.resolve_revision(adapter_id, revision)
+            if "@" not in name:
+                served = revision_name(name, self.catalog.resolve(name).revision)
+            else:
+                adapter_id, revision = parse_revision_name(name)
+                self.catalog.resolve_revision(adapter_id, revision)
+                served = name
         except MintError:
+            if name in stock:
+                return None
             self.metrics.not_found.inc()
             raise
         self.resolves += 1
         self.metrics.resolves.inc()
+        return served
+
+    def holder(self, name) -> str | None:
+        """The catalog id whose name ``name`` is, or None: ``"acme/bot"`` if the catalog holds
+        that adapter, ``"acme/bot"`` for every ``"acme/bot@N"`` (revision names are the
+        catalog's, held or not), None for anything else."""
+        if not isinstance(name, str):
+            return None
+        try:
+            if "@" in name:
+                return parse_revision_name(name)[0]
+            self.catalog.resolve(validate_adapter_id(name))
+        except MintError:
+            return None
         return name
 
     async def arrive(self, tm, obj) -> list[str]:
@@ -85,12 +121,14 @@ class CatalogFrontend:
         entries = [paths] if single else list(paths or [])
         names = []
         for i, entry in enumerate(entries):
-            if not entry or entry in tm.lora_ref_cache:
-                continue  # the base model, or an adapter SGLang loaded itself
+            if not entry:
+                continue  # the base model
             try:
-                name = self.checked_name(entry)
+                name = self.checked_name(entry, tm.lora_ref_cache)
             except MintError as exc:
                 raise HTTPException(status_code=exc.http_status, detail=f"lora_path: {exc}") from None
+            if name is None:
+                continue  # an adapter SGLang loaded itself, under a name the catalog does not hold
             entries[i] = name
             names.append(name)
         if names:
@@ -165,8 +203,43 @@ def _after_init_lora(result, tm, *args, **kwargs):
 
     hooks.verify_applied("frontend")
     if config.catalog is not None:
-        tm._mint_frontend = tm.lora_registry._mint_frontend = CatalogFrontend(config)
+        frontend = tm._mint_frontend = tm.lora_registry._mint_frontend = CatalogFrontend(config)
+        for name in tm.lora_ref_cache:  # --lora-paths
+            if frontend.holder(name) is not None:
+                logger.warning("--lora-paths adapter %r has a name the catalog holds: requests for %r are served "
+                               "from the catalog, not from %s", name, name, tm.lora_ref_cache[name].lora_path)
     return result
+
+
+def _names_of(name: str, adapter_id: str) -> str:
+    if name == adapter_id:
+        return f"lora_name {name!r} is the id of catalog adapter {adapter_id!r} (--mint-catalog)"
+    return (f"lora_name {name!r} is a revision name of catalog adapter {adapter_id!r} (--mint-catalog keeps every "
+            "<adapter-id>@<revision> name for the catalog)")
+
+
+async def _around_load_lora_adapter(original, tm, obj, *args, **kwargs):
+    """TokenizerManager.load_lora_adapter and load_lora_adapter_from_tensors: refuse a catalog name."""
+    frontend = catalog_frontend(tm)
+    adapter_id = None if frontend is None else frontend.holder(obj.lora_name)
+    known = tm.lora_ref_cache.get(obj.lora_name) if frontend is not None else None
+    # SGLang itself reloads an adapter it loaded before under the same name and path (after an
+    # unload); that is not a new claim on the name.
+    if adapter_id is not None and not (known is not None and known.lora_path == getattr(obj, "lora_path", None)):
+        raise CatalogNameTaken(
+            f"{_names_of(obj.lora_name, adapter_id)}, which this server serves from the catalog; load this adapter "
+            f"under another name, or publish it as a new revision: POST /mint/adapters/{adapter_id}/revisions")
+    return await original(tm, obj, *args, **kwargs)
+
+
+async def _around_unload_lora_adapter(original, tm, obj, *args, **kwargs):
+    frontend = catalog_frontend(tm)
+    adapter_id = None if frontend is None else frontend.holder(obj.lora_name)
+    if adapter_id is not None and obj.lora_name not in tm.lora_ref_cache:
+        raise CatalogNameTaken(
+            f"{_names_of(obj.lora_name, adapter_id)}: the server loads and evicts catalog adapters itself; roll "
+            "back or delete the adapter in the catalog instead")
+    return await original(tm, obj, *args, **kwargs)
 
 
 async def _around_tm_resolve_lora_path(original, tm, obj):

@@ -54,6 +54,10 @@ HOOKS: tuple[Hook, ...] = (
     Hook("frontend", "sglang.srt.lora.lora_registry.LoRARegistry.release", "AROUND",
          "frontend:_around_registry_release"),
     Hook("frontend", "sglang.srt.entrypoints.http_server.launch_server", "BEFORE", "endpoints:_before_launch_server"),
+    # the catalog is the authority for its names: stock loads and unloads under them are refused (frontend.py)
+    Hook("frontend", f"{_TM}.load_lora_adapter", "AROUND", "frontend:_around_load_lora_adapter"),
+    Hook("frontend", f"{_TM}.load_lora_adapter_from_tensors", "AROUND", "frontend:_around_load_lora_adapter"),
+    Hook("frontend", f"{_TM}.unload_lora_adapter", "AROUND", "frontend:_around_unload_lora_adapter"),
     # admin endpoints answer a loopback TCP peer: recorded before uvicorn's proxy-headers middleware (admin.py)
     Hook("frontend", "uvicorn.config.Config.load", "AFTER", "admin:_after_uvicorn_config_load"),
     # --mint-gateway: join SGLang's gateway (SMG) once serving, leave when stopped (gateway_join.py)
