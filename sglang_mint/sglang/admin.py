@@ -8,8 +8,10 @@ served, or show other tenants' adapters, so:
 - with ``--admin-api-key K``, SGLang's own middleware admits only ``Authorization:
   Bearer K`` (401 otherwise), from anywhere;
 - without it (``--api-key`` alone included: every tenant holds that key), they
-  answer only a caller whose TCP connection comes from a loopback address
-  (127.0.0.0/8, ::1) and whose request carries no forwarding header
+  answer only a caller whose TCP connection comes from this machine (a loopback
+  address, 127.0.0.0/8 or ::1, or the very address the connection reached: SGLang
+  bound to ``--host 10.0.0.5`` calls its own ``/freeze_gc`` that way after warmup)
+  and whose request carries no forwarding header
   (``X-Forwarded-For``, ``Forwarded``, ``X-Real-IP``): such a header means a proxy
   relayed the request, so the caller is somewhere else. Everyone else gets 403 in
   OpenAI's error shape, saying how to enable admin calls.
@@ -26,7 +28,8 @@ untrusted ``X-Forwarded-For`` entry whenever the peer is in ``FORWARDED_ALLOW_IP
 trusts every hop, a caller on another machine who sends ``X-Forwarded-For:
 127.0.0.1`` would look local. So ``_after_uvicorn_config_load`` wraps uvicorn's
 loaded app from the outside, before that middleware, and copies the socket's peer
-into ``scope[PEER]``; the guard reads only that. A server that does not run the
+into ``scope[PEER]`` (and the local end, ``scope["server"]``, into ``scope[LOCAL]``);
+the guard reads only those. A server that does not run the
 app through ``uvicorn.Config.load`` (``--enable-http2`` runs Granian) records no
 peer, and its admin endpoints then need ``--admin-api-key``.
 """
@@ -71,6 +74,7 @@ ADMIN_ENDPOINTS: tuple[str, ...] = (
 
 FORWARDING_HEADERS = (b"x-forwarded-for", b"forwarded", b"x-real-ip")
 PEER = "sglang_mint.peer"  # scope key: (host, port) of the TCP peer, recorded before any middleware
+LOCAL = "sglang_mint.local"  # scope key: (host, port) of this end of the connection, recorded with it
 ADMITTED = "sglang_mint.admitted"  # scope key: set on the admin calls the guard let through
 _MARK = "_mint_admin_guard"  # attribute on the FastAPI app: this app's server records peers
 
@@ -110,10 +114,13 @@ def refusal(scope) -> str | None:
         if name in FORWARDING_HEADERS:
             return (f"this request carries a {name.decode()} header, so a proxy forwarded it from somewhere "
                     "else")
-    peer = scope.get(PEER)
+    peer, local = scope.get(PEER), scope.get(LOCAL)
     if not peer:
         return "this server cannot see the address of the connection"
-    if not is_loopback(peer[0]):
+    # Both ends with the same address: this machine calling one of its own addresses. A packet
+    # from elsewhere claiming a local source is dropped by the kernel (Linux: accept_local=0), and
+    # a TCP handshake with a forged source cannot complete, so this is still the socket's word.
+    if not (is_loopback(peer[0]) or (local and peer[0] == local[0])):
         return f"your connection comes from {peer[0]}"
     return None
 
@@ -185,7 +192,7 @@ class _RecordPeer:
 
     async def __call__(self, scope, receive, send):
         if scope["type"] in ("http", "websocket"):
-            scope[PEER] = scope.get("client")
+            scope[PEER], scope[LOCAL] = scope.get("client"), scope.get("server")
         return await self.app(scope, receive, send)
 
 

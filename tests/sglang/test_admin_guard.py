@@ -92,14 +92,15 @@ def stack(tiny_model, tiny_adapters, tmp_path_factory):
     return served.loaded_app, tm
 
 
-def request(app, method: str, path: str, peer: str, headers: dict | None = None, body: dict | None = None):
-    """(status, body text) of one request whose TCP peer is ``peer``."""
+def request(app, method: str, path: str, peer: str, headers: dict | None = None, body: dict | None = None,
+            local: str = "127.0.0.1"):
+    """(status, body text) of one request whose TCP peer is ``peer``, on a connection to ``local``."""
     raw = json.dumps(body).encode() if body is not None else b""
     head = {**TENANT, **(headers or {}), **({"content-type": "application/json"} if body is not None else {})}
     scope = {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"}, "http_version": "1.1",
              "method": method, "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"",
              "root_path": "", "headers": [(k.encode(), v.encode()) for k, v in head.items()],
-             "client": (peer, 40123), "server": ("127.0.0.1", 30000), "state": {}}
+             "client": (peer, 40123), "server": (local, 30000), "state": {}}
     sent, pending = [], [{"type": "http.request", "body": raw, "more_body": False}]
 
     async def receive():
@@ -183,6 +184,10 @@ def test_a_loopback_peer_without_forwarding_headers_is_admin(stack):
     assert request(app, "POST", "/flush_cache", "::1")[0] == 200 and tm.calls == ["flush_cache"]
     status, text = request(app, "GET", "/mint/status", "127.0.0.1")
     assert status == 200 and "schedulers" in json.loads(text), text[:300]
+    # --host 10.0.0.5: this machine calling its own address has it at both ends (SGLang's /freeze_gc)
+    tm.calls.clear()
+    assert request(app, "POST", "/freeze_gc", "10.0.0.5", local="10.0.0.5")[0] == 200 and tm.calls == ["freeze_gc"]
+    assert request(app, "POST", "/freeze_gc", "10.0.0.6", local="10.0.0.5")[0] == 403
 
 
 def test_the_tenant_key_alone_is_not_admin_and_other_endpoints_are_not_guarded(stack):
