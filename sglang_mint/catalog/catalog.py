@@ -46,6 +46,18 @@ SERVING_CACHE_KIB = 512
 DEFAULT_BLOB_CACHE_BYTES = 10 << 30
 
 
+def _sha256(data: bytes | str) -> str:
+    """The sha256 hex of bytes, or of a file's bytes read 1 MiB at a time."""
+    if not isinstance(data, str):
+        return hashlib.sha256(data).hexdigest()
+    with open(data, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _size(data: bytes | str) -> int:
+    return os.path.getsize(data) if isinstance(data, str) else len(data)
+
+
 def content_digest(files: dict[str, str]) -> str:
     """sha256 over the sorted (file name, blob digest) pairs: the identity of a revision's content."""
     return hashlib.sha256("\n".join(f"{k}:{v}" for k, v in sorted(files.items())).encode()).hexdigest()
@@ -276,7 +288,7 @@ class Catalog:
 
     def publish_peft(self, adapter_id: str, peft: PeftAdapter, metadata: dict | None = None,
                      expect_revision: int | None = None) -> Revision:
-        payload = {CONFIG: peft.config_bytes, WEIGHTS: peft.weights_bytes}
+        payload = {CONFIG: peft.config_bytes, WEIGHTS: peft.weights_path or peft.weights_bytes}
         return self._publish(adapter_id, "peft", payload, peft.rank, peft.alpha, peft.target_modules, peft.dtype,
                              metadata, expect_revision)
 
@@ -294,7 +306,7 @@ class Catalog:
         except ImportError as exc:
             raise CatalogError(f"--pack needs torch, which cannot be imported here ({exc})") from None
         try:
-            config_bytes, data, mint = pack_bytes(peft.config_bytes, peft.weights_bytes,
+            config_bytes, data, mint = pack_bytes(peft.config_bytes, peft.weights(),
                                                   self.base.packed_identity(), where)
         except (PackedError, RuntimeError, ValueError, KeyError) as exc:  # torch shape errors are RuntimeError
             raise InvalidAdapter(f"{where}: cannot convert to the packed format: {exc}") from None
@@ -305,13 +317,15 @@ class Catalog:
     def _publish(self, adapter_id: str, fmt: str, payload: dict, rank: int, alpha: float,
                  target_modules: tuple[str, ...], dtype: str, metadata: dict | None,
                  expect_revision: int | None) -> Revision:
+        """``payload`` maps each file name to its bytes, or to the path of a file holding them (an
+        upload streamed to disk: hashed and copied from there, never read into memory whole)."""
         validate_adapter_id(adapter_id)
         if metadata is not None and not isinstance(metadata, dict):
             raise CatalogError(f"metadata must be a JSON object, got {type(metadata).__name__}")
-        files = {name: hashlib.sha256(data).hexdigest() for name, data in payload.items()}
+        files = {name: _sha256(data) for name, data in payload.items()}
         record = RevisionRecord(
             format=fmt, rank=rank, alpha=alpha, target_modules=target_modules,
-            dtype=dtype, size_bytes=sum(len(d) for d in payload.values()), files=files,
+            dtype=dtype, size_bytes=sum(_size(d) for d in payload.values()), files=files,
             content_digest=content_digest(files), metadata=dict(metadata or {}))
         json.dumps(record.metadata)  # refuse unserialisable metadata before writing blobs
 
@@ -319,10 +333,12 @@ class Catalog:
             # Called inside the write transaction, after the conflict checks: a refused
             # publish writes nothing, and a blob gc removed a moment ago is written again.
             for name, digest in files.items():
-                if not self.blobs.exists(digest):
-                    self.blobs.put(payload[name])
-                else:
+                if self.blobs.exists(digest):
                     self.blobs.touch(digest)
+                elif isinstance(payload[name], str):
+                    self.blobs.put_file(payload[name], digest)
+                else:
+                    self.blobs.put(payload[name])
 
         rev = self.store.publish(adapter_id, record, expect_revision, ensure_blobs)
         return self.get_revision(adapter_id, rev)

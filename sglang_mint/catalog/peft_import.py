@@ -18,13 +18,16 @@ forms, each checked for rank, widths and expert count (E routed experts):
 
 ``r`` is the module's own rank (``rank_pattern``, see lora_keys.py).
 
-Everything is read into memory and checked here; the catalog writes blobs only
-for an adapter that passed every check.
+Everything is read into memory and checked here, except by ``check_peft_file``,
+which reads only the weights' header (an upload streamed to a file stays there,
+so checking a 1 GiB adapter takes a small constant of memory); the catalog
+writes blobs only for an adapter that passed every check.
 """
 
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import re
 import struct
@@ -38,6 +41,9 @@ from sglang_mint.catalog.lora_keys import KEY, PEFT_FUSED, fused_expert_params, 
 CONFIG = "adapter_config.json"
 WEIGHTS = "adapter_model.safetensors"
 
+# The reference parser's limit on a safetensors header (safetensors' MAX_HEADER_SIZE). A per-expert
+# DeepSeek-V3 adapter (about 89,000 tensors) has a header of about 12 MB.
+MAX_HEADER_BYTES = 100_000_000
 # safetensors dtype -> (bytes per element, our dtype name)
 DTYPES = {"F16": (2, "float16"), "BF16": (2, "bfloat16"), "F32": (4, "float32"), "F64": (8, "float64")}
 _MEMORY_DTYPES = {"float16": "F16", "bfloat16": "BF16", "float32": "F32"}  # torch/numpy dtype name -> safetensors
@@ -48,12 +54,20 @@ _EXPERT = re.compile(r"^(?P<pre>.*\.experts)\.(?P<e>\d+)\.(?P<leaf>[A-Za-z0-9_]+
 @dataclass
 class PeftAdapter:
     config_bytes: bytes
-    weights_bytes: bytes
+    weights_bytes: bytes | None  # None when the weights stay in the file ``weights_path``
     rank: int
     alpha: float
     target_modules: tuple[str, ...]
     dtype: str
     base_model_name: str | None
+    weights_path: str | None = None
+
+    def weights(self) -> bytes:
+        """The safetensors bytes, read from ``weights_path`` if they are not in memory (packing needs them)."""
+        if self.weights_bytes is not None:
+            return self.weights_bytes
+        with open(self.weights_path, "rb") as f:
+            return f.read()
 
 
 def read_safetensors_header(data: bytes, where: str) -> dict[str, tuple[str, list[int]]]:
@@ -304,6 +318,44 @@ def read_peft_folder(folder: str, base: BaseModel) -> PeftAdapter:
 
 
 def check_peft_bytes(config_bytes: bytes, weights: bytes, base: BaseModel, where: str) -> PeftAdapter:
+    config = _check_peft_config(config_bytes, base, where)
+    header = read_safetensors_header(weights, f"{where}/{WEIGHTS}")
+    try:  # second opinion from the reference parser (deserialize handles BF16, numpy does not)
+        import safetensors
+        safetensors.deserialize(weights)
+    except Exception as exc:  # noqa: BLE001 - any parser complaint means corrupt
+        raise InvalidAdapter(f"{where}/{WEIGHTS}: corrupt safetensors ({exc})") from None
+    modules, dtype = check_tensors(header, config, base, where)
+    return PeftAdapter(config_bytes, weights, config["r"], float(config.get("lora_alpha", config["r"])),
+                       modules, dtype, config.get("base_model_name_or_path"))
+
+
+def check_peft_file(config_bytes: bytes, weights_path: str, base: BaseModel, where: str) -> PeftAdapter:
+    """check_peft_bytes on weights left in a file: only its header is read (through mmap, so the
+    tensors' bytes are never copied into this process); the returned adapter keeps the path."""
+    config = _check_peft_config(config_bytes, base, where)
+    with open(weights_path, "rb") as f:
+        head = f.read(8)
+        if len(head) == 8 and struct.unpack("<Q", head)[0] > MAX_HEADER_BYTES:
+            raise InvalidAdapter(f"{where}/{WEIGHTS}: corrupt safetensors (a header of {struct.unpack('<Q', head)[0]} "
+                                 f"bytes; at most {MAX_HEADER_BYTES} are read)")
+        if os.fstat(f.fileno()).st_size < 8:
+            read_safetensors_header(head, f"{where}/{WEIGHTS}")  # raises: truncated (mmap needs a non-empty file)
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            header = read_safetensors_header(data, f"{where}/{WEIGHTS}")
+    try:  # second opinion: the reference parser checks the header against the file, reading no tensor
+        import safetensors
+        with safetensors.safe_open(weights_path, framework="numpy"):
+            pass
+    except Exception as exc:  # noqa: BLE001 - any parser complaint means corrupt
+        raise InvalidAdapter(f"{where}/{WEIGHTS}: corrupt safetensors ({exc})") from None
+    modules, dtype = check_tensors(header, config, base, where)
+    return PeftAdapter(config_bytes, None, config["r"], float(config.get("lora_alpha", config["r"])),
+                       modules, dtype, config.get("base_model_name_or_path"), weights_path=weights_path)
+
+
+def _check_peft_config(config_bytes: bytes, base: BaseModel, where: str) -> dict:
+    """adapter_config.json checked, and against the catalog's base model where it names one."""
     config = parse_config(config_bytes, f"{where}/{CONFIG}")
     recorded = config.get("base_model_identity")
     if recorded and recorded != base.identity:
@@ -316,12 +368,4 @@ def check_peft_bytes(config_bytes: bytes, weights: bytes, base: BaseModel, where
         if theirs.identity != base.identity:
             raise BaseModelMismatch(f"{where}: adapter was trained on {named!r} ({theirs.identity}); "
                                     f"this catalog serves {base.name!r} ({base.identity})")
-    header = read_safetensors_header(weights, f"{where}/{WEIGHTS}")
-    try:  # second opinion from the reference parser (deserialize handles BF16, numpy does not)
-        import safetensors
-        safetensors.deserialize(weights)
-    except Exception as exc:  # noqa: BLE001 - any parser complaint means corrupt
-        raise InvalidAdapter(f"{where}/{WEIGHTS}: corrupt safetensors ({exc})") from None
-    modules, dtype = check_tensors(header, config, base, where)
-    return PeftAdapter(config_bytes, weights, config["r"], float(config.get("lora_alpha", config["r"])),
-                       modules, dtype, config.get("base_model_name_or_path"))
+    return config

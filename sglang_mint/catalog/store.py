@@ -218,6 +218,11 @@ class BlobStore(abc.ABC):
         committing metadata that references it."""
 
     @abc.abstractmethod
+    def put_file(self, path: str, digest: str, sync: bool = True) -> str:
+        """``put`` for bytes in a file (an upload streamed to disk), copied without holding them in
+        memory. ``digest`` is the file's sha256, which the caller has just computed from it."""
+
+    @abc.abstractmethod
     def sync(self) -> None: ...
 
     @abc.abstractmethod

@@ -1,0 +1,63 @@
+"""An upload received into files is checked, hashed and stored from there (issue 19, item 3).
+
+On both backends (SQLite + a blob folder; PostgreSQL + S3 in moto): ``publish_files`` with the
+weights in a file publishes the same bytes, and this process never holds them: Python's peak
+allocation stays a small fraction of the adapter. The server-level figure (peak RSS while a real
+server receives an upload over HTTP) is tests/sglang/test_upload_bounds.py's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tracemalloc
+
+import pytest
+from catalog_fixtures import write_peft
+
+from sglang_mint.catalog.errors import InvalidAdapter
+from sglang_mint.catalog.upload import publish_files
+
+
+def files_of(folder: str) -> dict[str, str]:
+    return {name: os.path.join(folder, name) for name in ("adapter_config.json", "adapter_model.safetensors")}
+
+
+def test_publish_files_hashes_and_stores_from_disk(cat, tmp_path):
+    publish_files(cat, "warm/up", files_of(write_peft(tmp_path / "small", rank=2)))  # clients, caches
+    folder = write_peft(tmp_path / "big", rank=2048)  # 2 layers x 7 modules in float16: 16 MiB
+    weights = os.path.join(folder, "adapter_model.safetensors")
+    size = os.path.getsize(weights)
+    assert size >= 16 << 20
+    tracemalloc.start()
+    try:
+        rev = publish_files(cat, "big/a", files_of(folder), max_rank=4096)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    # A constant (buffers of hashlib, sendfile, botocore's 1 MiB payload hashing): the bytes were never held.
+    assert peak < 4 << 20, f"publishing a {size >> 20} MiB adapter allocated {peak / 2**20:.1f} MiB at peak"
+    data = open(weights, "rb").read()
+    assert rev.files["adapter_model.safetensors"] == hashlib.sha256(data).hexdigest()
+    assert cat.blobs.read(rev.files["adapter_model.safetensors"]) == data and rev.size_bytes > size
+    assert os.path.exists(weights)  # the caller's file is left for the caller to delete
+
+
+@pytest.mark.parametrize("cut", [0, 5, 100, -7])
+def test_a_cut_weights_file_is_refused_from_its_header(cat, tmp_path, cut):
+    folder = write_peft(tmp_path / "cut", rank=4)
+    weights = os.path.join(folder, "adapter_model.safetensors")
+    data = open(weights, "rb").read()
+    open(weights, "wb").write(data[:cut] if cut >= 0 else data[:cut])
+    with pytest.raises(InvalidAdapter, match="truncated|corrupt"):
+        publish_files(cat, "cut/a", files_of(folder))
+    assert cat.store.counts()["revisions"] == 0
+
+
+def test_a_safetensors_header_above_the_reference_parsers_limit_is_refused_unread(cat, tmp_path):
+    folder = write_peft(tmp_path / "huge-header", rank=4)
+    weights = os.path.join(folder, "adapter_model.safetensors")
+    with open(weights, "r+b") as f:
+        f.write((200_000_000).to_bytes(8, "little"))
+    with pytest.raises(InvalidAdapter, match="a header of 200000000 bytes"):
+        publish_files(cat, "huge/header", files_of(folder))
