@@ -19,6 +19,9 @@ DEFAULT_LOAD_WORKERS = 2
 # The largest adapter upload (POST /mint/adapters/{id}/revisions) a server reads. A rank-64 bf16
 # LoRA on every dense module of a 70B model is about 1.6 GB; MoE-expert LoRA can be far larger.
 DEFAULT_MAX_UPLOAD_BYTES = 4 << 30
+# Uploads received at once; one more gets 429 with Retry-After. Each holds a small constant of
+# memory (the body streams to temp files) but its size in temp disk until it is published.
+DEFAULT_MAX_CONCURRENT_UPLOADS = 2
 
 _UNITS = {
     "": 1, "b": 1,
@@ -52,6 +55,7 @@ class MintConfig:
     pinned: tuple[str, ...] = field(default_factory=tuple)
     load_workers: int = DEFAULT_LOAD_WORKERS
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
+    max_concurrent_uploads: int = DEFAULT_MAX_CONCURRENT_UPLOADS
     dp_dispatch: str = "affinity"  # or "sglang": SGLang's own --load-balance-method for catalog adapters too
     catalog_cache: str | None = None  # a postgresql:// catalog's engine-local folder (views, blob cache)
     blob_cache_bytes: int = DEFAULT_BLOB_CACHE_BYTES  # that folder's bound on cached S3 blobs
@@ -63,7 +67,8 @@ class MintConfig:
                    pin: list[str] | None = None, load_workers: int | None = None,
                    max_upload: str | None = None, dp_dispatch: str | None = None,
                    gateway: str | None = None, advertise_url: str | None = None,
-                   catalog_cache: str | None = None, blob_cache: str | None = None) -> "MintConfig":
+                   catalog_cache: str | None = None, blob_cache: str | None = None,
+                   max_concurrent_uploads: int | None = None) -> "MintConfig":
         """Validate the flags' values; raise MintError naming the flag at fault."""
         try:
             blob_bytes = parse_bytes(blob_cache) if blob_cache is not None else DEFAULT_BLOB_CACHE_BYTES
@@ -102,9 +107,13 @@ class MintConfig:
             upload = parse_bytes(max_upload) if max_upload is not None else DEFAULT_MAX_UPLOAD_BYTES
         except MintError as exc:
             raise MintError(f"--mint-max-upload-bytes: {exc}") from None
-        if (host_cache is not None or pin or load_workers is not None or max_upload is not None) and catalog is None:
-            raise MintError("--mint-host-cache-bytes, --mint-pin, --mint-load-workers and --mint-max-upload-bytes "
-                            "need --mint-catalog")
+        uploads = DEFAULT_MAX_CONCURRENT_UPLOADS if max_concurrent_uploads is None else max_concurrent_uploads
+        if not 1 <= uploads <= 64:
+            raise MintError(f"--mint-max-concurrent-uploads must be 1 to 64, got {uploads}")
+        if (host_cache is not None or pin or load_workers is not None or max_upload is not None
+                or max_concurrent_uploads is not None) and catalog is None:
+            raise MintError("--mint-host-cache-bytes, --mint-pin, --mint-load-workers, --mint-max-upload-bytes "
+                            "and --mint-max-concurrent-uploads need --mint-catalog")
         if dp_dispatch not in (None, "affinity", "sglang"):
             raise MintError(f"--mint-dp-dispatch must be affinity or sglang, got {dp_dispatch!r}")
         if advertise_url is not None and gateway is None:
@@ -112,7 +121,8 @@ class MintConfig:
         gateway = check_http_url("--mint-gateway", gateway) if gateway is not None else None
         advertise_url = check_http_url("--mint-advertise-url", advertise_url) if advertise_url is not None else None
         return cls(catalog=catalog, host_cache_bytes=size, pinned=tuple(pinned), load_workers=workers,
-                   max_upload_bytes=upload, dp_dispatch=dp_dispatch or "affinity", gateway=gateway,
+                   max_upload_bytes=upload, max_concurrent_uploads=uploads,
+                   dp_dispatch=dp_dispatch or "affinity", gateway=gateway,
                    advertise_url=advertise_url, catalog_cache=catalog_cache, blob_cache_bytes=blob_bytes)
 
     def open_catalog(self):

@@ -1,4 +1,4 @@
-"""An adapter handed over as files in memory: an HTTP upload, or a trainer's state dict.
+"""An adapter handed over as files: an HTTP upload, received into temp files (sglang/uploads.py).
 
 Two forms are accepted, by file name:
 
@@ -13,18 +13,25 @@ PEFT pair, both forms at once, an unknown file name. Then every check of
 ``mint catalog publish`` runs (peft_import.check_peft_bytes), plus the
 server's own limit on rank when the caller gives one.
 
-Example: ``publish_files(cat, "acme/bot", {"adapter_config.json": b"...",
-"adapter_model.safetensors": b"..."}, max_rank=64)`` returns revision 4 of
+The weights stay in their file: only the safetensors header is read to check
+them (check_peft_file), and the catalog hashes and copies the file without
+holding it in memory, so publishing a 1 GiB adapter takes a small constant of
+memory. A packed upload, or ``pack=True``, is converted in memory: about twice
+the adapter's size while it runs.
+
+Example: ``publish_files(cat, "acme/bot", {"adapter_config.json": "/tmp/u/0",
+"adapter_model.safetensors": "/tmp/u/1"}, max_rank=64)`` returns revision 4 of
 acme/bot, now current; a rank-128 adapter raises RankTooLarge and writes nothing.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from typing import TYPE_CHECKING
 
 from sglang_mint.catalog.errors import InvalidAdapter
-from sglang_mint.catalog.peft_import import CONFIG, WEIGHTS, PeftAdapter, check_peft_bytes
+from sglang_mint.catalog.peft_import import CONFIG, WEIGHTS, PeftAdapter, check_peft_bytes, check_peft_file
 
 if TYPE_CHECKING:
     from sglang_mint.catalog.catalog import Catalog
@@ -33,6 +40,7 @@ if TYPE_CHECKING:
 PACKED = "adapter.mintpack"  # sglang_mint.packed.format.PACKED_FILE, named here without importing torch
 ACCEPTED = (CONFIG, WEIGHTS, PACKED)
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+MAX_CONFIG_BYTES = 1 << 20  # adapter_config.json is a few KB; it is the one file read whole
 
 
 class RankTooLarge(InvalidAdapter):
@@ -49,31 +57,47 @@ def served_rank(peft: PeftAdapter) -> int:
     return max([int(config["r"]), *(int(r) for r in (config.get("rank_pattern") or {}).values())])
 
 
-def adapter_from_files(files: dict[str, bytes], catalog: "Catalog", where: str) -> tuple[PeftAdapter, bool]:
-    """Check an uploaded adapter completely; return (the adapter in PEFT form, whether it came packed)."""
-    for name in files:
-        if name.endswith(PICKLE_SUFFIXES):
-            raise InvalidAdapter(f"{where}: {name} is a pickle file and is refused (it can run code when "
-                                 f"loaded); send {WEIGHTS} (PeftModel.save_pretrained writes it by default)")
-    unknown = sorted(set(files) - set(ACCEPTED))
-    if unknown:
-        raise InvalidAdapter(f"{where}: unexpected file(s) {', '.join(map(repr, unknown))}; send {CONFIG} and "
-                             f"{WEIGHTS}, or {PACKED} alone")
+def upload_folder(catalog: "Catalog") -> str:
+    """Where uploads are received: ``uploads/`` beside the catalog's views, on this engine's disk."""
+    return os.path.join(os.path.dirname(os.path.abspath(catalog.views)), "uploads")
+
+
+def check_file_name(name: str, where: str) -> None:
+    """Refuse a file an adapter upload never holds, as soon as its name is known."""
+    if name.endswith(PICKLE_SUFFIXES):
+        raise InvalidAdapter(f"{where}: {name} is a pickle file and is refused (it can run code when "
+                             f"loaded); send {WEIGHTS} (PeftModel.save_pretrained writes it by default)")
+    if name not in ACCEPTED:
+        raise InvalidAdapter(f"{where}: unexpected file(s) {name!r}; send {CONFIG} and {WEIGHTS}, or {PACKED} alone")
+
+
+def adapter_from_files(files: dict[str, str], catalog: "Catalog", where: str) -> tuple[PeftAdapter, bool]:
+    """Check an uploaded adapter ({file name: path of its bytes}) completely; return (the adapter in
+    PEFT form, whether it came packed). PEFT weights stay in their file."""
+    for name in sorted(files):
+        check_file_name(name, where)
     if PACKED in files:
         if WEIGHTS in files or CONFIG in files:
             raise InvalidAdapter(f"{where}: send either {PACKED} alone or {CONFIG} + {WEIGHTS}, not both forms")
-        config_bytes, weights = _unpack(files[PACKED], catalog, f"{where}/{PACKED}")
+        with open(files[PACKED], "rb") as f:
+            config_bytes, weights = _unpack(f.read(), catalog, f"{where}/{PACKED}")
         return check_peft_bytes(config_bytes, weights, catalog.base, where), True
     for name in (CONFIG, WEIGHTS):
         if name not in files:
             raise InvalidAdapter(f"{where}: missing {name} (a PEFT adapter is {CONFIG} + {WEIGHTS})")
-    return check_peft_bytes(files[CONFIG], files[WEIGHTS], catalog.base, where), False
+    if os.path.getsize(files[CONFIG]) > MAX_CONFIG_BYTES:
+        raise InvalidAdapter(f"{where}/{CONFIG}: {os.path.getsize(files[CONFIG])} bytes; an adapter config is a "
+                             f"small JSON object (at most {MAX_CONFIG_BYTES} bytes)")
+    with open(files[CONFIG], "rb") as f:
+        config_bytes = f.read()
+    return check_peft_file(config_bytes, files[WEIGHTS], catalog.base, where), False
 
 
-def publish_files(catalog: "Catalog", adapter_id: str, files: dict[str, bytes], *, metadata: dict | None = None,
+def publish_files(catalog: "Catalog", adapter_id: str, files: dict[str, str], *, metadata: dict | None = None,
                   expect_revision: int | None = None, pack: bool | None = None,
                   max_rank: int | None = None, where: str = "upload") -> "Revision":
-    """Check and publish an adapter given as files; the new revision is current when this returns.
+    """Check and publish an adapter given as files ({file name: path}); the new revision is current
+    when this returns. The files are the caller's to delete afterwards.
 
     ``pack`` None keeps the form it came in; True stores a PEFT upload packed. ``max_rank`` refuses
     an adapter the serving pool cannot hold (RankTooLarge). Nothing is written unless every check passes."""

@@ -38,22 +38,21 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
-import os
 
 from fastapi import Request
 from fastapi.responses import ORJSONResponse
 from sglang.srt.utils.auth import AuthLevel, auth_level
-from starlette.datastructures import UploadFile
 
 from sglang_mint.catalog.ids import revision_name, validate_adapter_id
-from sglang_mint.catalog.upload import publish_files
+from sglang_mint.catalog.upload import publish_files, upload_folder
 from sglang_mint.errors import MintError
 from sglang_mint.sglang import admin
 from sglang_mint.sglang.flags import mint_config
+from sglang_mint.sglang.uploads import RETRY_AFTER_S, read_capped, received_upload, upload_gate
 from sglang_mint.sglang.frontend import CatalogFrontend, CatalogNameTaken, catalog_frontend
 
 MAX_PREFETCH = 1024
-UPLOAD_FIELDS = ("expected_revision", "metadata", "pack", "warm")
+MAX_PREFETCH_BODY = 1 << 20  # 1,024 ids of at most 128 characters fit in about 140 KB
 _ADMIN = auth_level(AuthLevel.ADMIN_OPTIONAL)
 
 
@@ -159,37 +158,6 @@ def _flag(fields: dict, name: str, default: bool | None) -> bool | None:
     raise _Refused(400, f"field {name!r} must be true or false, got {value!r}")
 
 
-async def _upload(request: Request, limit: int) -> tuple[dict[str, bytes], dict[str, str]]:
-    """(files by file name, text fields) of a multipart publish; raises _Refused."""
-    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
-        raise _Refused(415, "publish takes multipart/form-data: the files adapter_config.json and "
-                            "adapter_model.safetensors (or adapter.mintpack), e.g. "
-                            "curl -F files=@adapter_config.json -F files=@adapter_model.safetensors URL")
-    request._body = await _read_body(request, limit)  # what form() parses, now that it is bounded
-    try:
-        form = await request.form(max_files=4, max_fields=len(UPLOAD_FIELDS))
-    except Exception as exc:  # noqa: BLE001 - Starlette's multipart errors carry no common base
-        raise _Refused(400, f"malformed multipart body: {exc}") from None
-    files, fields = {}, {}
-    try:
-        for key, value in form.multi_items():
-            if isinstance(value, UploadFile):
-                name = os.path.basename(value.filename or key)
-                if name in files:
-                    raise _Refused(400, f"file {name!r} sent twice")
-                files[name] = await value.read()
-            elif key in UPLOAD_FIELDS:
-                fields[key] = value
-            else:
-                raise _Refused(400, f"unknown field {key!r}; the fields are {', '.join(UPLOAD_FIELDS)}")
-    finally:
-        await form.close()
-    if not files:
-        raise _Refused(400, "no files in the upload: send adapter_config.json and adapter_model.safetensors, "
-                            "or adapter.mintpack")
-    return files, fields
-
-
 def _revision_json(rev) -> dict:
     return {"adapter_id": rev.adapter_id, "revision": rev.revision, "digest": rev.content_digest,
             "format": rev.format}
@@ -219,8 +187,9 @@ async def mint_status(request: Request):
 async def mint_prefetch(request: Request):
     """``POST /mint/prefetch {"adapters": ["acme/bot", ...]}``: start loading them now."""
     tm, frontend = _admin_frontend(request)
+    raw = await read_capped(request, MAX_PREFETCH_BODY, "/mint/prefetch")
     try:
-        body = await request.json()
+        body = json.loads(raw)
     except ValueError:
         body = None
     adapters = body.get("adapters") if isinstance(body, dict) else None
@@ -245,7 +214,26 @@ async def publish_revision(request: Request, adapter_id: str):
     """Publish the uploaded adapter as the next revision of ``adapter_id`` and make it current."""
     tm, frontend = _admin_frontend(request)
     validate_adapter_id(adapter_id)
-    files, fields = await _upload(request, mint_config(tm.server_args).max_upload_bytes)
+    config = mint_config(tm.server_args)
+    gate = upload_gate(request.app, config.max_concurrent_uploads)
+    if not gate.enter():  # refused before a byte of the body is read
+        refused = _Refused(429, f"{gate.active} uploads are being received, the most this server takes at once "
+                                f"(--mint-max-concurrent-uploads {gate.limit}); retry in {RETRY_AFTER_S} s",
+                           "rate_limit_error")
+        refused.response.headers["Retry-After"] = str(RETRY_AFTER_S)
+        raise refused
+    try:
+        async with received_upload(request, upload_folder(frontend.catalog), config.max_upload_bytes,
+                                   f"upload for {adapter_id!r}") as (files, fields):
+            rev = await _publish_received(tm, frontend, adapter_id, files, fields)
+    finally:
+        gate.leave()
+    return ORJSONResponse(_revision_json(rev), status_code=201)
+
+
+async def _publish_received(tm, frontend: CatalogFrontend, adapter_id: str, files: dict[str, str],
+                            fields: dict[str, str]):
+    """publish_revision once the upload is on disk: the fields checked, then the adapter."""
     expected = fields.get("expected_revision")
     if expected is not None and not (expected.isdigit() and int(expected) > 0):
         raise _Refused(400, f"expected_revision must be a positive integer, got {expected!r}")
@@ -266,7 +254,7 @@ async def publish_revision(request: Request, adapter_id: str):
         max_rank=tm.server_args.max_lora_rank, where=f"upload for {adapter_id!r}")
     if warm:
         frontend.warm(tm, revision_name(adapter_id, rev.revision))
-    return ORJSONResponse(_revision_json(rev), status_code=201)
+    return rev
 
 
 @_refusals

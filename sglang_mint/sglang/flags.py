@@ -87,6 +87,14 @@ def add_mint_arguments(parser: argparse.ArgumentParser) -> None:
         "(default 4GiB); a larger body is refused with 413 before it is read.",
     )
     group.add_argument(
+        "--mint-max-concurrent-uploads",
+        metavar="N",
+        type=int,
+        default=None,
+        help="Uploads POST /mint/adapters/<id>/revisions receives at once (default 2); one more is answered "
+        "429 with Retry-After. Each streams to temp files beside the catalog, in a small constant of memory.",
+    )
+    group.add_argument(
         "--mint-dp-dispatch",
         choices=["affinity", "sglang"],
         default=None,
@@ -133,6 +141,7 @@ def _after_from_cli_args(server_args, cls, namespace, *args, **kwargs):
         "pin": getattr(namespace, "mint_pin", None),
         "load_workers": getattr(namespace, "mint_load_workers", None),
         "max_upload": getattr(namespace, "mint_max_upload_bytes", None),
+        "max_concurrent_uploads": getattr(namespace, "mint_max_concurrent_uploads", None),
         "dp_dispatch": getattr(namespace, "mint_dp_dispatch", None),
         "gateway": getattr(namespace, "mint_gateway", None),
         "advertise_url": getattr(namespace, "mint_advertise_url", None),

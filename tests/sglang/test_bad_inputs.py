@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import sqlite3
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -70,8 +71,11 @@ def catalog(tiny_model, adapters, tmp_path_factory):
                                ("bad/config", adapters[3]), ("bad/shape", k_proj), ("gone/x", adapters[5])):
         cat.publish(adapter_id, str(folder))
     cat.publish("bad/rank16", str(write_rank16_adapter(tiny_model, tmp_path_factory.mktemp("r16") / "a")))
+    cat.publish("bad/row", str(adapters[7]))
     cat.delete("gone/x")
     cat.close()
+    with sqlite3.connect(root / "catalog.db") as db:  # a row whose content_digest is a folder holding an adapter
+        db.execute("UPDATE revisions SET content_digest = ? WHERE adapter_id = 'bad/row'", (str(adapters[7]),))
     weights = "adapter_model.safetensors"
     data = (adapters[1] / weights).read_bytes()
     rewrite_blob(root, "bad/truncated", weights, data[: len(data) // 2])
@@ -134,6 +138,8 @@ REQUESTS = {
     "file-missing": ("/v1/completions", completion("bad/missing"), 422, "could not be loaded"),
     "file-config-garbage": ("/v1/completions", completion("bad/config"), 422, "could not be loaded"),
     "file-wrong-shape": ("/v1/completions", completion("bad/shape"), 422, "k_proj"),
+    "row-digest-path": ("/v1/completions", completion("bad/row"), 422,
+                        "'bad/row' revision 1: the catalog row is refused"),
 }
 
 
@@ -297,11 +303,13 @@ def test_uploads_are_refused_and_write_nothing(server, catalog, tiny_model, adap
 
 def test_doc_lists_exactly_the_cases_walked(tiny_model, adapters, tmp_path):
     import test_plugin
+    import test_upload_bounds
 
     flag_cases = {f"S:{case}" for case, _ in next(
         m.args[1] for m in test_plugin.test_bad_flags_are_clear_errors.pytestmark if m.name == "parametrize")}
     walked = (set(REQUESTS) | {"extra-key-namespace"} | set(import_cases(tiny_model, adapters, tmp_path / "i"))
-              | set(upload_cases(tiny_model, adapters, tmp_path / "u")) | flag_cases)
+              | set(upload_cases(tiny_model, adapters, tmp_path / "u")) | flag_cases
+              | set(test_upload_bounds.DOC_CASES))
     keys = doc_keys()
     assert len(keys) == len(set(keys)) and set(keys) == walked
     assert len(keys) >= 30

@@ -44,7 +44,8 @@ def flag_results(tiny_model, tmp_path_factory):
         "stock": ["--model-path", str(tiny_model)],
         "mint": ["--model-path", str(tiny_model), "--enable-lora", "--enable-mint", "--lora-backend", "mint",
                  "--mint-catalog", str(catalog_dir), "--mint-host-cache-bytes", "64MiB", "--mint-pin", "a", "b/c",
-                 "--mint-load-workers", "3", "--mint-max-upload-bytes", "16GiB"],
+                 "--mint-load-workers", "3", "--mint-max-upload-bytes", "16GiB",
+                 "--mint-max-concurrent-uploads", "3"],
         "bad_upload_size": ["--model-path", str(tiny_model), "--enable-lora", "--enable-mint",
                             "--mint-catalog", str(catalog_dir), "--mint-max-upload-bytes", "0"],
         "not_a_catalog": ["--model-path", str(tiny_model), "--enable-lora", "--enable-mint",
@@ -70,6 +71,8 @@ def flag_results(tiny_model, tmp_path_factory):
                                "--mint-catalog", str(other_catalog)],
         "bad_workers": ["--model-path", str(tiny_model), "--enable-lora", "--enable-mint",
                         "--mint-catalog", str(catalog_dir), "--mint-load-workers", "0"],
+        "bad_concurrent_uploads": ["--model-path", str(tiny_model), "--enable-lora", "--enable-mint",
+                                   "--mint-catalog", str(catalog_dir), "--mint-max-concurrent-uploads", "0"],
     }
     proc = run_py(f"""
         import contextlib, io, json, pickle
@@ -118,7 +121,7 @@ def test_flags_reach_subprocess_copies_of_server_args(flag_results):
     results, catalog_dir = flag_results
     assert results["mint"] == {"ok": True, "mint": {
         "catalog": catalog_dir, "host_cache_bytes": 64 << 20, "pinned": ["a", "b/c"], "load_workers": 3,
-        "max_upload_bytes": 16 << 30, "dp_dispatch": "affinity", "catalog_cache": None,
+        "max_upload_bytes": 16 << 30, "max_concurrent_uploads": 3, "dp_dispatch": "affinity", "catalog_cache": None,
         "blob_cache_bytes": 10 << 30, "gateway": None, "advertise_url": None}}
 
 
@@ -137,6 +140,7 @@ def test_flags_reach_subprocess_copies_of_server_args(flag_results):
     ("catalog_other_base", "was made for base model"),
     ("bad_workers", "--mint-load-workers must be 1 to 64, got 0"),
     ("bad_upload_size", "--mint-max-upload-bytes: size '0' must be positive"),
+    ("bad_concurrent_uploads", "--mint-max-concurrent-uploads must be 1 to 64, got 0"),
 ])
 def test_bad_flags_are_clear_errors(flag_results, case, message):
     results, _ = flag_results
@@ -149,7 +153,7 @@ def test_help_lists_the_flags():
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     for text in ("--enable-mint", "--mint-catalog", "--mint-host-cache-bytes", "--mint-pin", "--mint-max-upload-bytes",
-                 "sglang-mint", "mint}"):
+                 "--mint-max-concurrent-uploads", "sglang-mint", "mint}"):
         assert text in proc.stdout
 
 
