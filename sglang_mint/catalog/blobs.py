@@ -45,32 +45,10 @@ class LocalBlobStore(BlobStore):
         return os.path.join(self.root, digest[:2], digest)
 
     def put(self, data: bytes, sync: bool = True) -> str:
-        digest = hashlib.sha256(data).hexdigest()
-        final = self.path(digest)
-        if os.path.exists(final):
-            self.touch(digest)
-            return digest
-        tmp = os.path.join(self.tmp, f"{digest[:16]}.{os.getpid()}.{time.monotonic_ns()}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444)
-        try:
-            _write_all(fd, data)
-            if sync:
-                os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.rename(tmp, final)
-        if sync:
-            self._fsync_dir(os.path.dirname(final))
-        return digest
+        return self._store(hashlib.sha256(data).hexdigest(), lambda fd: _write_all(fd, data), sync)
 
     def put_file(self, path: str, digest: str, sync: bool = True) -> str:
-        final = self.path(digest)
-        if os.path.exists(final):
-            self.touch(digest)
-            return digest
-        tmp = os.path.join(self.tmp, f"{digest[:16]}.{os.getpid()}.{time.monotonic_ns()}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444)
-        try:
+        def copy(fd: int) -> None:
             with open(path, "rb") as src:
                 size, done = os.fstat(src.fileno()).st_size, 0
                 while done < size:  # in the kernel: the bytes never pass through this process
@@ -78,6 +56,20 @@ class LocalBlobStore(BlobStore):
                     if n == 0:
                         raise OSError(f"{path} shrank while it was copied into the blob store")
                     done += n
+
+        return self._store(digest, copy, sync)
+
+    def _store(self, digest: str, write, sync: bool) -> str:
+        """Blob ``digest`` written by ``write(fd)`` into a private temp file, then renamed into
+        place (a reader never sees a partial blob); a blob already there is only touched."""
+        final = self.path(digest)
+        if os.path.exists(final):
+            self.touch(digest)
+            return digest
+        tmp = os.path.join(self.tmp, f"{digest[:16]}.{os.getpid()}.{time.monotonic_ns()}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444)
+        try:
+            write(fd)
             if sync:
                 os.fsync(fd)
         finally:

@@ -132,21 +132,6 @@ def _refusals(handler):
     return _ADMIN(wrapped)
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused with 413 as soon as it passes ``limit`` bytes."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise _Refused(413, f"the upload is {int(declared)} bytes, above this server's limit of {limit} "
-                            "(--mint-max-upload-bytes)")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise _Refused(413, f"the upload passed this server's limit of {limit} bytes (--mint-max-upload-bytes)")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 def _flag(fields: dict, name: str, default: bool | None) -> bool | None:
     value = fields.get(name)
     if value is None:
@@ -262,7 +247,7 @@ async def rollback_adapter(request: Request, adapter_id: str):
     """Make the revision before the current one (or ``{"to": N}``) current."""
     tm, frontend = _admin_frontend(request)
     validate_adapter_id(adapter_id)
-    raw = await _read_body(request, 1 << 16)
+    raw = await read_capped(request, 1 << 16, "rollback")
     to = None
     if raw.strip():
         try:
