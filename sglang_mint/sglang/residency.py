@@ -427,6 +427,7 @@ class SchedulerResidency:
             "failed_loads": self.loader.failed_total,
             "evictions": self.lru.evictions_total,
             "tp_rank": self.tp_rank,
+            "pid": os.getpid(),  # which scheduler: /mint/status lists them in no fixed order
             "host": socket.gethostname(),
             "pss_bytes": proportional_set_size(),
         }

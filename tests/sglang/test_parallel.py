@@ -166,11 +166,13 @@ class TestDataParallel:
 
     def test_dp2_requests_for_one_adapter_stay_on_one_rank(self, dp_server, references):
         client = openai_client(dp_server)
-        before = [s["requests"] for s in status(dp_server)["schedulers"]]
+        # by scheduler process: /mint/status lists the schedulers in the order they answered
+        before = {s["pid"]: s["requests"] for s in status(dp_server)["schedulers"]}
         for _ in range(12):  # one at a time: load never pushes it elsewhere
             assert complete(client, "s/0000003")[0] == references["s/0000003"]["tokens"]
-        after = [s["requests"] for s in status(dp_server)["schedulers"]]
-        assert sorted(a - b for a, b in zip(after, before)) == [0, 12]
+        after = {s["pid"]: s["requests"] for s in status(dp_server)["schedulers"]}
+        assert len(before) == 2 and after.keys() == before.keys()
+        assert sorted(after[pid] - before[pid] for pid in before) == [0, 12]
 
 
 # -- MoE-expert LoRA (tiny Qwen3-MoE) with TP=2, expert parallelism and DP=2 ------------
