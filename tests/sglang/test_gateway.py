@@ -135,16 +135,27 @@ def test_bad_ids_get_the_engines_errors_and_the_gateway_keeps_serving(client):
     assert complete(client, "acme/tiny-0000")[0]
 
 
-def test_zipf_requests_each_adapter_on_one_engine(client, engines):
+def test_zipf_requests_each_adapter_on_one_engine(client, engines, tiny_model, catalog, prompt_ids):
     before = [scheduler_status(s) for s in engines]
     ids = zipf_ids(N_REQUESTS, seed=1)
 
     def one(adapter_id):
-        r = client.completions.create(model=adapter_id, prompt=PROMPT, max_tokens=2, temperature=0)
-        return len(r.choices[0].text) >= 0
+        return adapter_id, complete(client, adapter_id, max_tokens=2)
 
     with ThreadPoolExecutor(8) as pool:
-        assert all(pool.map(one, ids))  # every request succeeded (an error raises here)
+        served = list(pool.map(one, ids))  # every request succeeded (an error raises here)
+    # what they served is what the adapters they name produce: a sample against HF+PEFT
+    sample = sorted(set(ids))[::max(1, len(set(ids)) // 12)]
+    refs = references(tiny_model, catalog, sample, prompt_ids, max_tokens=2)
+    checked = 0
+    for adapter_id, (tokens, logprobs) in served:
+        if adapter_id in refs:
+            assert tokens == refs[adapter_id]["tokens"], adapter_id
+            assert logprobs == pytest.approx(refs[adapter_id]["logprobs"], abs=1e-4), adapter_id
+            checked += 1
+    base = complete(client, "tiny", max_tokens=2)[1]
+    assert checked >= len(sample)
+    assert any(refs[a]["logprobs"] != pytest.approx(base, abs=1e-3) for a in sample)  # not the base model
     after = [scheduler_status(s) for s in engines]
     loads = [a["cold_loads"] - b["cold_loads"] for a, b in zip(after, before)]
     assert all(a["evictions"] == 0 and a["loading"] == 0 for a in after)
@@ -157,7 +168,9 @@ def test_zipf_requests_each_adapter_on_one_engine(client, engines):
 def test_publish_on_one_engine_is_served_by_both_within_a_second(engines, tiny_model, catalog, tiny_adapters,
                                                                  prompt_ids):
     adapter_id = "acme/tiny-0000"
-    refs_v2 = references(tiny_model, catalog, ["acme/tiny-0001"], prompt_ids)["acme/tiny-0001"]
+    refs = references(tiny_model, catalog, [adapter_id, "acme/tiny-0001"], prompt_ids)
+    refs_v2 = refs["acme/tiny-0001"]
+    assert refs_v2["tokens"] != refs[adapter_id]["tokens"]  # the new revision is told from the old
     folder = tiny_adapters["tiny-0001"]
     files = {name: (folder / name).read_bytes() for name in ("adapter_config.json", "adapter_model.safetensors")}
     publish(engines[0].url, adapter_id, files)
