@@ -34,6 +34,7 @@ def test_engine_serves_a_postgres_catalog_with_s3_blobs(tiny_model, tiny_adapter
     prompt_ids = AutoTokenizer.from_pretrained(tiny_model)(PROMPT)["input_ids"]
     refs = run_reference(sys.executable, tiny_model, [
         {"adapter": str(tiny_adapters[name]), "prompt_ids": prompt_ids, "max_tokens": 6} for name in (first, second)])
+    assert refs[0]["logprobs"] != pytest.approx(refs[1]["logprobs"], abs=TOL)  # the two revisions are told apart
     log = tmp_path / "server.log"
     extra = ["--mint-catalog", pg_url, "--mint-catalog-cache", str(tmp_path / "engine")]
     with SGLangServer(tiny_model, enable_mint=True, extra_args=extra, log_path=log, python=sys.executable) as srv:
@@ -46,7 +47,8 @@ def test_engine_serves_a_postgres_catalog_with_s3_blobs(tiny_model, tiny_adapter
         assert tokens == refs[1]["tokens"] and logprobs == pytest.approx(refs[1]["logprobs"], abs=TOL)
         with open_catalog(pg_url, cache_dir=str(tmp_path / "publisher")) as cat:
             assert cat.rollback("acme/bot").revision == 1
-        assert complete(client, "acme/bot")[0] == refs[0]["tokens"]  # and a rollback, the same way
+        tokens, logprobs = complete(client, "acme/bot")  # and a rollback, the same way
+        assert tokens == refs[0]["tokens"] and logprobs == pytest.approx(refs[0]["logprobs"], abs=TOL)
         with urllib.request.urlopen(srv.url + "/mint/status") as r:
             shown = json.load(r)["catalog"]
         assert shown.startswith("postgresql://postgres:***@127.0.0.1:")
