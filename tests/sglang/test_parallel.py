@@ -68,8 +68,11 @@ def references(tiny_model, catalog, prompt_ids):
     with open_catalog(str(catalog)) as cat:
         ids = [f"s/{k:07d}" for k in range(N_ADAPTERS)] + ["acme/bot"]
         paths = [cat.resolve(a).local_path() for a in ids]
-    jobs = [{"adapter": p, "prompt_ids": prompt_ids, "max_tokens": TOKENS} for p in paths]
-    return dict(zip(ids, run_reference(sys.executable, tiny_model, jobs)))
+    jobs = [{"adapter": p, "prompt_ids": prompt_ids, "max_tokens": TOKENS} for p in paths + [None]]
+    refs = dict(zip(ids + [None], run_reference(sys.executable, tiny_model, jobs)))
+    base = refs.pop(None)  # the storms would prove nothing if the adapters did not move the output
+    assert all(refs[a]["logprobs"] != pytest.approx(base["logprobs"], abs=TOL) for a in ids)
+    return refs
 
 
 def complete(client, model, max_tokens=TOKENS):
