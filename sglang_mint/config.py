@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from sglang_mint.catalog.catalog import DEFAULT_BLOB_CACHE_BYTES
 from sglang_mint.catalog.ids import validate_adapter_id
@@ -147,3 +148,11 @@ def check_http_url(flag: str, url: str) -> str:
     except ValueError:
         raise MintError(f"{flag} {url!r}: the port is not a number from 0 to 65535") from None
     return f"{parts.scheme}://{parts.netloc}"
+
+
+def default_cache_dir() -> Path:
+    """Where sglang-mint keeps what it builds once: $MINT_CACHE_DIR, else ~/.cache/sglang-mint."""
+    root = os.environ.get("MINT_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "sglang-mint"
+    )
+    return Path(root)

@@ -18,6 +18,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from sglang_mint.config import default_cache_dir  # noqa: F401 - dev modules import it from here
+
 CUDA_ERROR_NO_DEVICE = 100
 
 STUB_SOURCE = """\
@@ -31,13 +33,6 @@ int cuGetProcAddress(const char *s, void **p, int v, unsigned long long f) { ret
 int cuGetProcAddress_v2(const char *s, void **p, int v, unsigned long long f, void *st) { return NO_DEVICE; }
 int cuPointerGetAttribute(void *d, int a, unsigned long long p) { return NO_DEVICE; }
 """ % CUDA_ERROR_NO_DEVICE
-
-
-def default_cache_dir() -> Path:
-    root = os.environ.get("MINT_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "sglang-mint"
-    )
-    return Path(root)
 
 
 def has_gpu_driver() -> bool:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,6 +22,7 @@ import urllib.request
 from pathlib import Path
 
 from sglang_mint.dev.cpu_env import cpu_server_env, has_gpu_driver
+from sglang_mint.ports import free_port  # noqa: F401 - tests and benches import it from here
 
 CPU_FLAGS = [
     "--device", "cpu",
@@ -32,12 +32,6 @@ CPU_FLAGS = [
     "--dtype", "float32",
 ]
 LORA_FLAGS = ["--enable-lora", "--max-loras-per-batch", "4", "--max-lora-rank", "8", "--lora-target-modules", "all"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class ServerFailed(RuntimeError):

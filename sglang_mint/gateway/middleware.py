@@ -25,6 +25,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from sglang_mint.config import default_cache_dir
 from sglang_mint.errors import MintError
 
 GUEST_DIR = Path(__file__).parent / "adapter_route"
@@ -56,8 +57,6 @@ def _route_config(base_model: str) -> str:
 
 def build_adapter_route(base_model: str, cache_dir: str | os.PathLike | None = None) -> Path:
     """The middleware component for ``base_model``, built once and cached; returns its path."""
-    from sglang_mint.dev.cpu_env import default_cache_dir
-
     if not base_model or ":" in base_model:
         raise GatewayError(f"base model name {base_model!r}: must be non-empty and have no ':'")
     sources = [GUEST_DIR / "guest.py", GUEST_DIR / "smg_middleware.wit"]

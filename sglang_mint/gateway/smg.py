@@ -25,7 +25,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from sglang_mint.dev.server import free_port
+from sglang_mint.ports import free_port
 from sglang_mint.gateway.middleware import GatewayError, build_adapter_route, install_adapter_route
 
 HEALTH_FLAGS = ["--health-check-interval-secs", "1", "--health-failure-threshold", "2",
