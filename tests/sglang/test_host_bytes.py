@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import torch
 
-from sglang_mint.sglang.residency import ADAPTER_OVERHEAD_BYTES, TENSOR_OVERHEAD_BYTES, adapter_host_bytes
+from sglang_mint.residency.host_bytes import ADAPTER_OVERHEAD_BYTES, TENSOR_OVERHEAD_BYTES, adapter_host_bytes
 
 
 def adapter_of(layers: list[dict]) -> SimpleNamespace:

@@ -24,7 +24,7 @@ from transformers import AutoTokenizer
 from sglang_mint.catalog import init_catalog, open_catalog
 from sglang_mint.dev.reference import run_reference
 from sglang_mint.dev.tiny import write_tiny_adapters
-from sglang_mint.sglang.residency import read_estimate_bytes
+from sglang_mint.residency.host_bytes import read_estimate_bytes
 
 N_ADAPTERS = 24
 MAX_TOKENS = 24

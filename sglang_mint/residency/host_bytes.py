@@ -1,0 +1,65 @@
+"""What one adapter costs the host budget: an estimate before its read, the real count after.
+
+Engine-neutral: ``adapter_host_bytes`` reads only the loaded adapter's tensors
+(``.layers[i].weights``, ``.embedding_layers``, ``.added_tokens_embeddings``).
+"""
+
+from __future__ import annotations
+
+# What an adapter costs in host memory beyond its tensor bytes: Python objects of SGLang's
+# LoRAAdapter, LoRAConfig and per-layer dicts, and one torch tensor object plus allocator
+# rounding per tensor. Measured on CPU (bench/state_growth_bench.py): filling a 64 MiB budget
+# with rank-1 synthetic adapters grew the scheduler by about 48 KB per adapter, of which about
+# 10 KB is tensor data.
+ADAPTER_OVERHEAD_BYTES = 24 << 10
+TENSOR_OVERHEAD_BYTES = 1 << 10
+ALLOC_ALIGN = 64
+
+
+def adapter_host_bytes(adapter) -> int:
+    """What one loaded ``LoRAAdapter`` holds in host memory, tensors and objects together.
+
+    A rank-1 synthetic adapter of the tiny Llama holds about 10 KB of tensor data but grows
+    the scheduler by about 48 KB once its objects are counted; this counts about 49 KB.
+    """
+    tensors = [t for layer in adapter.layers for t in layer.weights.values()]
+    tensors += list(adapter.embedding_layers.values()) + list(adapter.added_tokens_embeddings.values())
+    # Each storage once: a packed adapter's tensors are views of one buffer, a shared one's of one mapping.
+    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}
+    data = sum(-(-n // ALLOC_ALIGN) * ALLOC_ALIGN for n in storages.values())
+    return ADAPTER_OVERHEAD_BYTES + TENSOR_OVERHEAD_BYTES * len(tensors) + data
+
+
+def read_estimate_bytes(file_bytes: int) -> int:
+    """Host bytes to reserve before reading an adapter whose files hold ``file_bytes``."""
+    return ADAPTER_OVERHEAD_BYTES + 32 * TENSOR_OVERHEAD_BYTES + file_bytes
+
+
+def node_status(residency) -> dict:
+    """A scheduler residency's status, with every TP rank's and the host bytes per node under
+    tensor parallelism (``residency``: sglang_mint.sglang.residency.SchedulerResidency).
+
+    Every rank handles the same get_internal_state request in the same iteration, so all of them
+    reach the gather; only rank 0's answer goes back to the tokenizer manager."""
+    mine = residency.status()
+    ranks = [mine] if residency.agreement is None else residency.agreement.gather(mine)
+    nodes: dict[str, int] = {}
+    for r in ranks:
+        # Shared (sglang_mint/sglang/node_share.py): the ranks of a node map one copy of the same adapters.
+        nodes[r["host"]] = (max if residency.share is not None else int.__add__)(nodes.get(r["host"], 0),
+                                                                                r["host_bytes"])
+    keys = ("tp_rank", "host", "host_bytes", "host_peak_bytes", "resident", "pss_bytes")
+    return {**mine, "ranks": [{k: r[k] for k in keys} for r in ranks], "node_host_bytes": nodes,
+            "node_shared": residency.share is not None}
+
+
+def proportional_set_size() -> int | None:
+    """This process's memory with shared pages split among their sharers (Linux ``Pss``), in bytes."""
+    try:
+        with open("/proc/self/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
