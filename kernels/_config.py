@@ -165,7 +165,6 @@ def get_config(op: str, device, *, K: int = 0, R: int = 0, S: int = 1, M: int = 
     return cfg
 
 
-@functools.lru_cache(maxsize=4096)
 def _lookup(op: str, device: str, bucket: str, K: int, R: int, S: int, M: int) -> dict:
     for dev in (device, "default"):
         table = _load_table(op, dev)
@@ -180,7 +179,6 @@ def _lookup(op: str, device: str, bucket: str, K: int, R: int, S: int, M: int) -
 def reload_tables() -> None:
     """Forget every table read and every lookup made (after CONFIG_DIR changes)."""
     _load_table.cache_clear()
-    _lookup.cache_clear()
     _CONFIGS.clear()
 
 
