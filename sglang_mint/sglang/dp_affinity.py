@@ -8,6 +8,10 @@ on every rank and each rank reads the adapter on its own. With
 and sets ``routed_dp_rank``, which SGLang's every dispatch method honours.
 Base-model requests, adapters from ``--lora-paths`` and requests that already
 name a rank keep SGLang's dispatch. ``--mint-dp-dispatch sglang`` turns it off.
+
+The controller runs in a process of its own and checks that SGLang applied its
+hooks before it starts the schedulers: a dispatch hook that failed to apply
+would otherwise turn affinity into round robin without a word.
 """
 
 from __future__ import annotations
@@ -21,6 +25,13 @@ from sglang_mint.sglang.names import is_mint_lora_id, parse_mint_lora_id
 
 LOAD_REFRESH_S = 0.02  # as SGLang's own refresh: snapshots are re-read at most every 20 ms
 RECENT_S = 0.1  # a dispatch counts toward its rank's load this long, until snapshots show it
+
+
+def _before_controller_init(controller, server_args, *args, **kwargs):
+    if mint_config(server_args) is not None:
+        from sglang_mint.sglang import hooks
+
+        hooks.verify_applied("frontend")
 
 
 def _around_dispatching_with_trace(original, controller, req, *args, **kwargs):

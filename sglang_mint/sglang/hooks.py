@@ -33,6 +33,7 @@ _SCHED = "sglang.srt.managers.scheduler.Scheduler"
 _TM = "sglang.srt.managers.tokenizer_manager.TokenizerManager"
 _MOE = "sglang.srt.layers.moe.moe_runner.triton_utils"
 _RUNNERS = "sglang.srt.lora.lora_moe_runners"
+_DP = "sglang.srt.managers.data_parallel_controller.DataParallelController"
 
 HOOKS: tuple[Hook, ...] = (
     # --enable-mint and --mint-* flags, carried to every process
@@ -67,8 +68,9 @@ HOOKS: tuple[Hook, ...] = (
     Hook("frontend", "sglang.srt.entrypoints.http_server.add_prometheus_middleware", "AFTER",
          "lora_info:_after_add_prometheus_middleware"),
     # data parallelism: a catalog adapter's requests go to the DP rank that keeps it warm
-    Hook("frontend", "sglang.srt.managers.data_parallel_controller.DataParallelController.dispatching_with_trace",
-         "AROUND", "dp_affinity:_around_dispatching_with_trace"),
+    Hook("frontend", f"{_DP}.dispatching_with_trace", "AROUND", "dp_affinity:_around_dispatching_with_trace"),
+    # ...and the DP controller checks its hooks before it starts the schedulers, as the others do
+    Hook("frontend", f"{_DP}.__init__", "BEFORE", "dp_affinity:_before_controller_init"),
     # catalog adapters in the scheduler: holds, background reads, the host budget
     Hook("scheduler", f"{_SCHED}.__init__", "AFTER", "residency:_after_scheduler_init"),
     Hook("scheduler", f"{_SCHED}.can_schedule_lora_req", "AROUND", "residency:_around_can_schedule_lora_req"),

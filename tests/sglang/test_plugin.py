@@ -237,3 +237,33 @@ def test_a_hook_sglang_could_not_apply_refuses_startup():
     assert "REFUSED" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-3000:]
     assert "Scheduler.get_internal_state" in proc.stdout and "refusing to start" in proc.stdout
     assert "CONTROL OK" in proc.stdout, proc.stderr[-3000:]
+
+
+def test_the_dp_controller_refuses_to_start_without_its_dispatch_hook():
+    """The DP controller is a process of its own: a dispatch hook SGLang could not apply would
+    turn adapter affinity into round robin without a word, so the controller refuses to start."""
+    proc = run_py("""
+        from types import SimpleNamespace
+        from sglang.srt.plugins.hook_registry import HookRegistry
+        from sglang.srt.managers import data_parallel_controller as dpc
+        from sglang_mint.sglang import hooks
+        from sglang_mint.config import MintConfig
+        mint_on = SimpleNamespace(_mint=MintConfig())
+        for renamed in (True, False):
+            HookRegistry.reset()
+            kept = dpc.DataParallelController.dispatching_with_trace
+            if renamed:
+                del dpc.DataParallelController.dispatching_with_trace  # as if SGLang had renamed it
+            hooks.register_for("frontend")
+            HookRegistry.apply_hooks()
+            dpc.DataParallelController.dispatching_with_trace = kept
+            try:  # port_args=None: past our check, SGLang's own __init__ fails on it
+                dpc.DataParallelController(mint_on, None, None)
+            except hooks.HooksNotApplied as exc:
+                print("REFUSED", renamed, exc)
+            except Exception as exc:
+                print("STARTED", renamed, type(exc).__name__)
+    """)
+    assert "REFUSED True" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "DataParallelController.dispatching_with_trace" in proc.stdout
+    assert "STARTED False" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-3000:]  # every hook applied: it goes on
