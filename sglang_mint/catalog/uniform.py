@@ -11,7 +11,9 @@ torch is imported only when a rewrite is needed: the catalog works without it.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import math
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, NamedTuple
 
 from sglang_mint.catalog.errors import InvalidAdapter
 from sglang_mint.catalog.lora_keys import KEY, PEFT_FUSED, fused_expert_params, is_uniform, rank_alpha, scaling
@@ -54,44 +56,7 @@ def uniform_lora(config: dict, tensors: dict[str, "torch.Tensor"], *,
         return config, tensors
     import torch
 
-    params = list(config.get("target_parameters") or [])
-    fused_cache: dict[str, list[str]] = {}
-
-    def shape_of(key: str):
-        t = tensors.get(key)
-        return None if t is None else tuple(t.shape)
-
-    modules: dict[str, dict[str, str]] = {}
-    for key in tensors:
-        m = KEY.match(key)
-        if not m:
-            raise InvalidAdapter(f"{where}: tensor {key!r} is not <module>.lora_A/lora_B.weight")
-        modules.setdefault(m["module"], {})[m["ab"]] = key
-
-    plan = []  # (A key, B key, r, s, fused)
-    for module, keys in modules.items():
-        if set(keys) != {"A", "B"}:
-            raise InvalidAdapter(f"{where}: module {module!r} has lora_{''.join(keys)} but not both A and B")
-        ka, kb = keys["A"], keys["B"]
-        a, b = tensors[ka].shape, tensors[kb].shape
-        fused = PEFT_FUSED.match(module) if params else None
-        if fused:
-            parent = fused["pre"]
-            if parent not in fused_cache:
-                fused_cache[parent] = fused_expert_params(parent, params, shape_of, where)
-            path = f"{parent}.{fused_cache[parent][fused['depth'].count('.base_layer')]}"
-        else:
-            path = module
-        r, alpha = rank_alpha(config, path)
-        if fused:
-            if len(a) != 2 or len(b) != 2 or a[0] % r or b[1] != a[0]:
-                raise InvalidAdapter(f"{where}: fused experts {ka} {list(a)} / {kb} {list(b)} do not fit rank {r} "
-                                     f"(expected [E*{r}, in] and [out, {r}*E])")
-        elif len(a) not in (2, 3) or len(b) != len(a) or a[-2] != r or b[-1] != r:
-            raise InvalidAdapter(f"{where}: {ka} {list(a)} / {kb} {list(b)} do not match rank r={r} of {path} "
-                                 f"(expected [r, in] and [out, r], or [E, r, in] and [E, out, r])")
-        plan.append((ka, kb, r, scaling(config, r, alpha), bool(fused)))
-
+    plan = _plan(config, {k: tuple(t.shape) for k, t in tensors.items()}, where)
     R = max(p[2] for p in plan)
     out: dict[str, torch.Tensor] = {}
     for ka, kb, r, s, fused in plan:
@@ -110,6 +75,71 @@ def uniform_lora(config: dict, tensors: dict[str, "torch.Tensor"], *,
     new = {k: v for k, v in config.items() if k not in ("rank_pattern", "alpha_pattern")}
     new.update(r=R, lora_alpha=R, use_rslora=False)
     return new, out
+
+
+class _Module(NamedTuple):
+    a: str  # key of lora_A
+    b: str  # key of lora_B
+    r: int  # PEFT's rank of this module
+    s: float  # PEFT's scaling of this module
+    fused: bool  # PEFT's fused experts: A [E*r, in], B [out, r*E]
+
+
+def _plan(config: dict, shapes: Mapping[str, Sequence[int]], where: str) -> list[_Module]:
+    """Each module's keys, PEFT rank and scaling, checked against ``shapes`` ({key: shape})."""
+    params = list(config.get("target_parameters") or [])
+    fused_cache: dict[str, list[str]] = {}
+    modules: dict[str, dict[str, str]] = {}
+    for key in shapes:
+        m = KEY.match(key)
+        if not m:
+            raise InvalidAdapter(f"{where}: tensor {key!r} is not <module>.lora_A/lora_B.weight")
+        modules.setdefault(m["module"], {})[m["ab"]] = key
+
+    plan = []
+    for module, keys in modules.items():
+        if set(keys) != {"A", "B"}:
+            raise InvalidAdapter(f"{where}: module {module!r} has lora_{''.join(keys)} but not both A and B")
+        ka, kb = keys["A"], keys["B"]
+        a, b = shapes[ka], shapes[kb]
+        fused = PEFT_FUSED.match(module) if params else None
+        if fused:
+            parent = fused["pre"]
+            if parent not in fused_cache:
+                fused_cache[parent] = fused_expert_params(parent, params, shapes.get, where)
+            path = f"{parent}.{fused_cache[parent][fused['depth'].count('.base_layer')]}"
+        else:
+            path = module
+        r, alpha = rank_alpha(config, path)
+        if fused:
+            if len(a) != 2 or len(b) != 2 or a[0] % r or b[1] != a[0]:
+                raise InvalidAdapter(f"{where}: fused experts {ka} {list(a)} / {kb} {list(b)} do not fit rank {r} "
+                                     f"(expected [E*{r}, in] and [out, {r}*E])")
+        elif len(a) not in (2, 3) or len(b) != len(a) or a[-2] != r or b[-1] != r:
+            raise InvalidAdapter(f"{where}: {ka} {list(a)} / {kb} {list(b)} do not match rank r={r} of {path} "
+                                 f"(expected [r, in] and [out, r], or [E, r, in] and [E, out, r])")
+        plan.append(_Module(ka, kb, r, scaling(config, r, alpha), bool(fused)))
+    return plan
+
+
+def uniform_size(config: dict, header: Mapping[str, tuple[str, Sequence[int]]], where: str = "adapter") -> int:
+    """Bytes of the adapter's tensors once ``uniform_lora`` has rewritten them, from the
+    safetensors header alone ({key: (dtype, shape)}, as read_safetensors_header returns).
+
+    Every LoRA tensor has one dimension proportional to its module's rank, so padding
+    module m from r_m to R multiplies its bytes by R / r_m. Example: r=4 with
+    rank_pattern {"q_proj": 32}: every other module's tensors grow 8x."""
+    from sglang_mint.catalog.peft_import import DTYPES
+
+    def nbytes(key: str) -> int:
+        dtype, shape = header[key]
+        return DTYPES[dtype][0] * math.prod(shape)
+
+    if is_uniform(config):
+        return sum(nbytes(k) for k in header)
+    plan = _plan(config, {k: shape for k, (_, shape) in header.items()}, where)
+    R = max(m.r for m in plan)
+    return sum((nbytes(m.a) + nbytes(m.b)) * R // m.r for m in plan)
 
 
 def _pad(t: "torch.Tensor", dim: int, size: int) -> "torch.Tensor":

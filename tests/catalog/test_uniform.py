@@ -13,7 +13,8 @@ import torch
 from safetensors.torch import load_file
 
 from sglang_mint.catalog.errors import InvalidAdapter
-from sglang_mint.catalog.uniform import uniform_lora
+from sglang_mint.catalog.peft_import import read_safetensors_header
+from sglang_mint.catalog.uniform import uniform_lora, uniform_size
 from sglang_mint.dev.tiny import randomize_lora
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "kernels"))
@@ -188,3 +189,28 @@ def test_rank_disagreeing_with_config_names_the_tensor():
     cfg = {"peft_type": "LORA", "r": 4, "lora_alpha": 8, "rank_pattern": {"v_proj": 2}, "target_modules": ["v_proj"]}
     with pytest.raises(InvalidAdapter, match=rf"{key}\.lora_A\.weight \[3, 16\] .* do not match rank r=2"):
         uniform_lora(cfg, t, where="ad")
+
+
+def _bytes(tensors: dict) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors.values())
+
+
+@pytest.mark.parametrize("case", ["plain", *CASES])
+def test_uniform_size_is_what_uniform_lora_holds(case, llama, tmp_path):
+    """The host budget charges a read before it happens: from the safetensors header alone,
+    uniform_size gives the bytes uniform_lora's output really holds."""
+    lora = CASES.get(case, dict(r=4, lora_alpha=8))
+    _, cfg, tensors = _adapter(llama, tmp_path / case, seed=5, target_modules=TARGETS, **lora)
+    header = read_safetensors_header((tmp_path / case / "adapter_model.safetensors").read_bytes(), case)
+    _, ut = uniform_lora(cfg, tensors)
+    assert uniform_size(cfg, header) == _bytes(ut)
+    if lora.get("rank_pattern"):  # padding really grew it past the file's tensors
+        assert _bytes(ut) > _bytes(tensors)
+
+
+def test_uniform_size_of_a_rank_pattern_padded_8x(llama, tmp_path):
+    _, cfg, tensors = _adapter(llama, tmp_path / "x8", seed=6, target_modules=TARGETS, r=2, lora_alpha=4,
+                               rank_pattern={"layers.0.self_attn.q_proj": 16})
+    header = read_safetensors_header((tmp_path / "x8" / "adapter_model.safetensors").read_bytes(), "x8")
+    q = sum(t.numel() * t.element_size() for k, t in tensors.items() if "layers.0.self_attn.q_proj" in k)
+    assert uniform_size(cfg, header) == q + 8 * (_bytes(tensors) - q) == _bytes(uniform_lora(cfg, tensors)[1])
