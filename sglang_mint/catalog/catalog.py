@@ -2,7 +2,7 @@
 
 A catalog folder (created by ``init_catalog`` / ``mint catalog init``)::
 
-    catalog.db            SQLite metadata (sqlite_store.py)
+    catalog.db            SQLite metadata (sql_store.py)
     blobs/41/41ab...      content-addressed blobs (blobs.py)
     views/9f/9f2c.../     loadable folders, hard links to blobs (local_path)
 
@@ -30,8 +30,8 @@ from sglang_mint.catalog.errors import (AdapterNotFound, BlobMissing, CatalogErr
 from sglang_mint.catalog.ids import validate_adapter_id
 from sglang_mint.catalog.location import parse_blobs, parse_location
 from sglang_mint.catalog.peft_import import CONFIG, WEIGHTS, PeftAdapter, read_peft_folder
-from sglang_mint.catalog.pg_store import PostgresMetadataStore
-from sglang_mint.catalog.sqlite_store import SqliteMetadataStore
+from sglang_mint.catalog.sql_dialects import PostgresDialect, SqliteDialect
+from sglang_mint.catalog.sql_store import SqlMetadataStore
 from sglang_mint.catalog.store import AdapterRow, BlobStore, MetadataStore, Revision, RevisionRecord
 from sglang_mint.catalog.views import ViewFolders
 
@@ -103,7 +103,7 @@ def init_catalog(target: str, base_model_dir: str, blobs: str | None = None,
         where = parse_blobs(blobs)
         if where.kind == "folder":
             LocalBlobStore(where.target).create()
-        PostgresMetadataStore.create(loc.target, {**settings, "blobs": where.target})
+        SqlMetadataStore.create(PostgresDialect(loc.target), {**settings, "blobs": where.target})
         return open_catalog(target, cache_dir=cache_dir)
     if blobs is not None:
         raise CatalogError(f"--blobs is for a postgresql:// catalog; the catalog folder {target!r} keeps its "
@@ -117,7 +117,7 @@ def init_catalog(target: str, base_model_dir: str, blobs: str | None = None,
     LocalBlobStore(os.path.join(path, "blobs")).create()
     os.makedirs(os.path.join(path, "views", "tmp"), exist_ok=True)
     tmp_db = os.path.join(path, f".{DB_NAME}.init")
-    SqliteMetadataStore.create(tmp_db, settings)
+    SqlMetadataStore.create(SqliteDialect(tmp_db), settings)
     os.rename(tmp_db, os.path.join(path, DB_NAME))  # the catalog exists once the db has its final name
     return open_catalog(path)
 
@@ -141,7 +141,7 @@ def open_catalog(target: str, cache_kib: int = 8192, cache_dir: str | None = Non
     if not os.path.isfile(db):
         raise NotACatalog(f"{path!r} is not a catalog (no {DB_NAME}); "
                           f"create one with `mint catalog init {path} --base-model DIR`")
-    store = SqliteMetadataStore(db, cache_kib=cache_kib)
+    store = SqlMetadataStore(SqliteDialect(db, cache_kib=cache_kib))
     try:
         raw = store.get_setting("base_model")
         if raw is None:
@@ -154,7 +154,7 @@ def open_catalog(target: str, cache_kib: int = 8192, cache_dir: str | None = Non
 
 
 def _open_postgres(loc, cache_dir: str | None, blob_cache_bytes: int) -> "Catalog":
-    store = PostgresMetadataStore(loc.target)
+    store = SqlMetadataStore(PostgresDialect(loc.target))
     try:
         raw, blobs_at = store.get_setting("base_model"), store.get_setting("blobs")
         if raw is None or blobs_at is None:
