@@ -39,6 +39,8 @@ import time
 import urllib.error
 import urllib.request
 
+from sglang_mint.process import pid_alive
+
 logger = logging.getLogger("sglang_mint")
 
 
@@ -121,16 +123,6 @@ def _call(method: str, url: str, body: dict | None = None, timeout: float = 5.0)
     return json.loads(raw) if raw.strip() else {}
 
 
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def watch(gateway_url: str, engine_url: str, engine_pid: int, poll: float = 0.25) -> int:
     """Join once the engine is ready, leave once ``engine_pid`` has exited."""
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
@@ -145,7 +137,10 @@ def watch(gateway_url: str, engine_url: str, engine_pid: int, poll: float = 0.25
 
 
 def watch_in_background(gateway_url: str, engine_url: str, engine_pid: int | None = None) -> None:
-    """Start the watcher outside this process's tree (a shell that exits at once is its parent)."""
+    """Start the watcher outside this process's tree (a shell that exits at once is its parent).
+
+    Not a ``sglang_mint.process.ManagedProcess``: nothing stops it, and it must stay in the
+    engine's process group, where it outlives the engine by design."""
     import shlex
 
     cmd = [sys.executable, "-m", __name__, gateway_url, engine_url, str(engine_pid or os.getpid())]

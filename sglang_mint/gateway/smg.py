@@ -8,7 +8,9 @@
 Health checks are tight by default (every second, unhealthy after two misses):
 an engine that dies without deregistering (``kill -9``) leaves the hash ring's
 live set within about two seconds, and meanwhile SMG retries a refused
-connection on the next engine of the ring.
+connection on the next engine of the ring. SMG runs as a
+``sglang_mint.process.ManagedProcess``: its own process group, its output in
+``log_path``, stopped with SIGTERM (SIGKILL after 10 s).
 """
 
 from __future__ import annotations
@@ -16,17 +18,16 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
 import urllib.request
 from pathlib import Path
 
-from sglang_mint.ports import free_port
 from sglang_mint.gateway.middleware import GatewayError, build_adapter_route, install_adapter_route
+from sglang_mint.ports import free_port
+from sglang_mint.process import ManagedProcess
 
 HEALTH_FLAGS = ["--health-check-interval-secs", "1", "--health-failure-threshold", "2",
                 "--health-success-threshold", "1", "--health-check-timeout-secs", "2"]
@@ -55,7 +56,11 @@ class SMGGateway:
             self.args += ["--worker-urls", *worker_urls]
         self.log_path = Path(log_path or Path(tempfile.mkdtemp(prefix="mint-smg-")) / "smg.log")
         self.start_timeout = start_timeout
-        self.proc: subprocess.Popen | None = None
+        self.process = ManagedProcess(self.args, name="smg", log_path=self.log_path, error=GatewayError)
+
+    @property
+    def proc(self) -> subprocess.Popen | None:
+        return self.process.proc
 
     @property
     def url(self) -> str:
@@ -66,20 +71,15 @@ class SMGGateway:
         return self.url + "/v1"
 
     def start(self) -> "SMGGateway":
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "w") as log:
-            self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + self.start_timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise GatewayError(f"smg exited with {self.proc.returncode} while starting:\n{self.log_tail()}")
-            try:
-                self._get("/workers", timeout=1)
-                return self
-            except OSError:
-                time.sleep(0.2)
-        self.stop()
-        raise GatewayError(f"smg not answering after {self.start_timeout:.0f}s:\n{self.log_tail()}")
+        self.process.start(ready=self._answers, timeout=self.start_timeout, poll=0.2)
+        return self
+
+    def _answers(self) -> bool:
+        try:
+            self._get("/workers", timeout=1)
+            return True
+        except OSError:
+            return False
 
     def install_adapter_route(self, base_model: str) -> str:
         """Build (cached) and attach the middleware that keeps ``model=<adapter-id>`` working."""
@@ -107,22 +107,10 @@ class SMGGateway:
             return json.loads(r.read())
 
     def log_tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except FileNotFoundError:
-            return "(no log)"
+        return self.process.log_tail(lines)
 
     def stop(self, timeout: float = 10.0) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        try:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout)
-        except ProcessLookupError:
-            pass
+        self.process.stop(timeout)
 
     def __enter__(self) -> "SMGGateway":
         return self.start()
