@@ -5,24 +5,22 @@
 
 On a machine without a GPU it runs SGLang's CPU engine with the flags that
 work there (see ``CPU_FLAGS``) and the driver stub from ``cpu_env``. The
-server's output goes to a log file; a server that dies while starting raises
-with the log's tail.
+server runs as a ``sglang_mint.process.ManagedProcess`` (its own process group,
+output in a log file, stopped with SIGTERM then SIGKILL); a server that dies
+while starting, or is not healthy in time, raises ServerFailed with the log's tail.
 """
 
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 from sglang_mint.dev.cpu_env import cpu_server_env, has_gpu_driver
 from sglang_mint.ports import free_port  # noqa: F401 - tests and benches import it from here
+from sglang_mint.process import ManagedProcess, ProcessFailed, url_answers
 
 CPU_FLAGS = [
     "--device", "cpu",
@@ -34,7 +32,7 @@ CPU_FLAGS = [
 LORA_FLAGS = ["--enable-lora", "--max-loras-per-batch", "4", "--max-lora-rank", "8", "--lora-target-modules", "all"]
 
 
-class ServerFailed(RuntimeError):
+class ServerFailed(ProcessFailed):
     pass
 
 
@@ -84,8 +82,16 @@ class SGLangServer:
         # server inheriting it would run different code paths than the test meant to check.
         inherited = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
         self.env = cpu_server_env({**inherited, **(env or {})})
-        self.proc: subprocess.Popen | None = None
-        self.start_seconds: float | None = None
+        self.process = ManagedProcess(self.args, name="sglang", log_path=self.log_path, env=self.env,
+                                      error=ServerFailed)
+
+    @property
+    def proc(self) -> subprocess.Popen | None:
+        return self.process.proc
+
+    @property
+    def start_seconds(self) -> float | None:
+        return self.process.start_seconds
 
     @property
     def url(self) -> str:
@@ -96,49 +102,17 @@ class SGLangServer:
         return self.url + "/v1"
 
     def log_tail(self, lines: int = 40) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except FileNotFoundError:
-            return "(no log)"
+        return self.process.log_tail(lines)
 
     def start(self) -> "SGLangServer":
-        t0 = time.perf_counter()
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_path, "w")
-        # Own process group: stop() ends the launcher and every process it spawned.
-        self.proc = subprocess.Popen(
-            self.args, stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True
-        )
-        log.close()
-        deadline = t0 + self.start_timeout
-        while time.perf_counter() < deadline:
-            if self.proc.poll() is not None:
-                raise ServerFailed(f"sglang exited with {self.proc.returncode} while starting:\n{self.log_tail()}")
-            if self._ready():
-                self.start_seconds = time.perf_counter() - t0
-                return self
-            time.sleep(0.25)
-        self.stop()
-        raise ServerFailed(f"sglang not ready after {self.start_timeout:.0f}s:\n{self.log_tail()}")
+        self.process.start(ready=self._ready, timeout=self.start_timeout, poll=0.25)
+        return self
 
     def _ready(self) -> bool:
-        try:
-            with urllib.request.urlopen(self.url + "/health", timeout=2) as r:
-                return r.status == 200
-        except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
-            return False
+        return url_answers(self.url + "/health")
 
     def stop(self, timeout: float = 20.0) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        try:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout)
-        except ProcessLookupError:
-            pass
+        self.process.stop(timeout)
 
     def __enter__(self) -> "SGLangServer":
         return self.start()
