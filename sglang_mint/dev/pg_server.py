@@ -9,8 +9,13 @@ package) and a throwaway cluster in a fresh folder under /tmp: ``initdb`` runs a
 ``postgres`` user when we are root (initdb refuses root; ``runuser -u postgres --``),
 the server listens on 127.0.0.1 only, with fsync on as in production. The superuser
 has a random password, so a URL carries one and callers can check that it never
-shows up in messages. ``stop()`` ends the server and deletes the folder: the data
-goes with it.
+shows up in messages.
+
+``postgres`` itself runs in the foreground as a ``sglang_mint.process.ManagedProcess``
+(as the ``postgres`` user when we are root), ready once ``pg_isready`` says it accepts
+connections. ``stop()`` sends SIGQUIT to its process group (PostgreSQL's immediate
+shutdown, what ``pg_ctl stop -m immediate`` sends; SIGKILL to the group 10 s later)
+and deletes the folder: the data goes with it.
 """
 
 from __future__ import annotations
@@ -18,11 +23,13 @@ from __future__ import annotations
 import glob
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import uuid
 
-from sglang_mint.dev.s3_server import _free_port
+from sglang_mint.ports import free_port
+from sglang_mint.process import ManagedProcess
 
 
 def pg_bin(name: str) -> str:
@@ -37,11 +44,12 @@ class PostgresServer:
     """One cluster in ``root`` (owned by the postgres user when we are root)."""
 
     def __init__(self, port: int | None = None, password: str | None = None):
-        self.port = port or _free_port()
+        self.port = port or free_port()
         self.password = password or "mint-" + uuid.uuid4().hex[:12]
         self.root: str | None = None
         self.data: str | None = None
         self.as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        self.process: ManagedProcess | None = None
         self.running = False
 
     def _run(self, *cmd: str) -> None:
@@ -65,14 +73,21 @@ class PostgresServer:
                       "--auth-local=trust", "--auth-host=scram-sha-256", "-E", "UTF8", "--locale=C.UTF-8")
             os.unlink(pwfile)
             # -k: the Unix socket goes in our folder, not /var/run/postgresql (absent or another server's)
-            opts = (f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.root} -c fsync=on "
-                    "-c max_connections=200 -c shared_buffers=128MB")
-            self._run(pg_bin("pg_ctl"), "-D", self.data, "-l", self.log_path, "-o", opts, "-w", "-t", "60", "start")
+            self.process = ManagedProcess(
+                [pg_bin("postgres"), "-D", self.data, "-c", "listen_addresses=127.0.0.1", "-p", str(self.port),
+                 "-k", self.root, "-c", "fsync=on", "-c", "max_connections=200", "-c", "shared_buffers=128MB"],
+                name="postgres", log_path=self.log_path, user="postgres" if self.as_postgres else None,
+                stop_signal=signal.SIGQUIT)
             self.running = True
+            self.process.start(ready=self._accepting, timeout=60, poll=0.1)
         except BaseException:
             self.stop()
             raise
         return self
+
+    def _accepting(self) -> bool:
+        return subprocess.run([pg_bin("pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(self.port), "-t", "2"],
+                              stdin=subprocess.DEVNULL, capture_output=True).returncode == 0
 
     @property
     def log_path(self) -> str:
@@ -100,7 +115,7 @@ class PostgresServer:
         try:
             if self.running:
                 self.running = False
-                self._run(pg_bin("pg_ctl"), "-D", self.data, "-m", "immediate", "-w", "stop")
+                self.process.stop(timeout=10)
         finally:
             if self.root:
                 shutil.rmtree(self.root, ignore_errors=True)

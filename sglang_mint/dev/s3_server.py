@@ -9,61 +9,52 @@ It runs ``python -m moto.server`` (the ``moto[server]`` package) and keeps its r
 log, one line per HTTP request, e.g.
 ``"GET /mint-adapters/catalog/blobs/41/41ab... HTTP/1.1" 200``, so callers can count
 what reached the server: ``s3.requests("GET", key)``. Objects live in the server's
-memory and vanish when it stops. Production uses S3 or MinIO with the same variables.
+memory and vanish when it stops (``sglang_mint.process.ManagedProcess``: SIGTERM to its
+process group, SIGKILL 10 s later), and so does the log. Production uses S3 or MinIO with
+the same variables.
 """
 
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
+
+from sglang_mint.ports import free_port
+from sglang_mint.process import ManagedProcess, ProcessFailed
 
 TEST_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
                     "AWS_DEFAULT_REGION": "us-east-1"}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class S3Server:
     def __init__(self, port: int | None = None):
-        self.port = port or _free_port()
+        self.port = port or free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
         fd, self.log_path = tempfile.mkstemp(prefix="mint-s3-", suffix=".log")
         os.close(fd)
-        self.proc: subprocess.Popen | None = None
+        self.process = ManagedProcess([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+                                      name=f"the S3 server (moto) on {self.endpoint}", log_path=self.log_path)
+
+    @property
+    def proc(self) -> subprocess.Popen | None:
+        return self.process.proc
 
     def env(self) -> dict[str, str]:
         """The standard variables that point boto3 (and child processes) at this server."""
         return {**TEST_CREDENTIALS, "AWS_ENDPOINT_URL": self.endpoint}
 
     def start(self, timeout_s: float = 60.0) -> "S3Server":
-        with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                urllib.request.urlopen(f"{self.endpoint}/moto-api/", timeout=2).read()
-                return self
-            except OSError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    tail = self.log()[-4000:]
-                    self.stop()
-                    raise RuntimeError(f"the S3 server (moto) did not start on {self.endpoint}:\n{tail}") from None
-                time.sleep(0.1)
+        try:
+            self.process.start(ready=f"{self.endpoint}/moto-api/", timeout=timeout_s, poll=0.1)
+        except ProcessFailed:
+            self.stop()  # the message holds the log's tail
+            raise
+        return self
 
     def log(self) -> str:
-        with open(self.log_path, "rb") as f:
-            return f.read().decode(errors="replace")
+        return self.process.log_text()
 
     def requests(self, method: str, path_part: str) -> int:
         """How many ``method`` requests whose path contains ``path_part`` the server has logged."""
@@ -79,13 +70,7 @@ class S3Server:
             aws_secret_access_key=c["AWS_SECRET_ACCESS_KEY"], region_name=c["AWS_DEFAULT_REGION"])
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        self.process.stop(timeout=10)
         if os.path.exists(self.log_path):
             os.unlink(self.log_path)
 
