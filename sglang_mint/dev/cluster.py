@@ -44,6 +44,7 @@ from pathlib import Path
 
 from sglang_mint.dev.cpu_env import default_cache_dir
 from sglang_mint.errors import MintError
+from sglang_mint.process import pid_alive
 
 BUCKET = "mint-adapters"
 DATABASE = "mint"
@@ -65,7 +66,7 @@ def run_cluster(engines: int, port: int, catalog: str | None, catalog_size: int)
 
     if engines < 1:
         raise MintError(f"--engines must be at least 1, got {engines}")
-    if state_file().exists() and _alive(json.loads(state_file().read_text()).get("pid")):
+    if state_file().exists() and pid_alive(json.loads(state_file().read_text()).get("pid")):
         raise MintError(f"a cluster is already running ({state_file()}); stop it with `mint cluster down`")
     if catalog is not None:
         parse_location(catalog)  # a bad --catalog fails before anything starts
@@ -231,25 +232,13 @@ def stop_cluster(timeout: float = 90.0) -> int:
         print("no cluster is running")
         return 0
     pid = json.loads(state_file().read_text()).get("pid")
-    if not _alive(pid):
+    if not pid_alive(pid):
         state_file().unlink(missing_ok=True)
         print("no cluster is running (removed a stale state file)")
         return 0
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
-    while _alive(pid) and time.monotonic() < deadline:
+    while pid_alive(pid) and time.monotonic() < deadline:
         time.sleep(0.25)
-    print("cluster stopped" if not _alive(pid) else f"cluster (pid {pid}) still stopping after {timeout:.0f} s")
+    print("cluster stopped" if not pid_alive(pid) else f"cluster (pid {pid}) still stopping after {timeout:.0f} s")
     return 0
-
-
-def _alive(pid) -> bool:
-    if not isinstance(pid, int):
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

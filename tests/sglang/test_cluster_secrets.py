@@ -10,56 +10,39 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import stat
-import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from pathlib import Path
 
 import psutil
 
-from sglang_mint.dev.server import free_port
-
-
-def read_until(proc: subprocess.Popen, marker: str, lines: list[str], timeout: float) -> bool:
-    """Collect the process's output lines until one contains ``marker`` (True) or it exits / times out."""
-    found = threading.Event()
-
-    def pump():
-        for line in proc.stdout:
-            lines.append(line)
-            if marker in line:
-                found.set()
-        found.set()
-
-    threading.Thread(target=pump, daemon=True).start()
-    found.wait(timeout)
-    return any(marker in line for line in lines)
+from sglang_mint.ports import free_port
+from sglang_mint.process import ManagedProcess
 
 
 def test_cluster_engines_get_the_password_off_the_command_line(tmp_path):
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "sglang_mint.cli", "cluster", "up", "--engines", "1",
-                             "--catalog-size", "3", "--port", str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    lines: list[str] = []
+    # Its own process group (ManagedProcess): stopping it reaches whatever it left behind.
+    cluster = ManagedProcess([sys.executable, "-m", "sglang_mint.cli", "cluster", "up", "--engines", "1",
+                              "--catalog-size", "3", "--port", str(port)],
+                             name="mint cluster up", log_path=tmp_path / "cluster.log")
+    cluster.spawn()
     try:
-        assert read_until(proc, "==> up in", lines, timeout=400), "".join(lines[-40:])
+        assert cluster.wait_until(lambda: "==> up in" in cluster.log_text(), timeout=400), cluster.log_tail(40)
         env_file = Path(f"/tmp/mint-cluster-{os.getuid()}/env")
         env = dict(line.removeprefix("export ").split("=", 1) for line in env_file.read_text().splitlines())
         pgpass = Path(env["PGPASSFILE"])
         password = pgpass.read_text().strip().rsplit(":", 1)[1]
         assert len(password) >= 8
-        started = psutil.Process(proc.pid).children(recursive=True)
+        started = psutil.Process(cluster.pid).children(recursive=True)
         engines = [p for p in started if "sglang.launch_server" in " ".join(p.cmdline())]
         assert engines, [p.cmdline() for p in started]
-        for p in [psutil.Process(proc.pid), *started]:
+        for p in [psutil.Process(cluster.pid), *started]:
             cmdline = Path(f"/proc/{p.pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
             assert password not in cmdline, f"pid {p.pid} shows the password: {cmdline}"
-        assert not any(password in line for line in lines), "the password was printed"
+        assert password not in cluster.log_text(), "the password was printed"
         for secret in (env_file, pgpass):
             assert stat.S_IMODE(secret.stat().st_mode) == 0o600, (secret, oct(secret.stat().st_mode))
         # The engine opened the catalog without a password in its URL: it serves a catalog adapter.
@@ -69,11 +52,5 @@ def test_cluster_engines_get_the_password_off_the_command_line(tmp_path):
         with urllib.request.urlopen(req, timeout=120) as r:
             assert r.status == 200 and json.loads(r.read())["choices"][0]["text"] is not None
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(120)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(30)
+        cluster.stop(timeout=120)
         time.sleep(0.5)
