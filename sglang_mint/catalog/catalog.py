@@ -147,6 +147,7 @@ def open_catalog(target: str, cache_kib: int = 8192, cache_dir: str | None = Non
         if raw is None:
             raise sqlite3.DatabaseError("no base_model setting")
         base = BaseModel.from_json(json.loads(raw))
+        store.upgrade()
     except (sqlite3.DatabaseError, ValueError, TypeError) as exc:
         store.close()
         raise NotACatalog(f"{path!r} is not a catalog: {DB_NAME} is unreadable ({exc})") from None
@@ -161,6 +162,7 @@ def _open_postgres(loc, cache_dir: str | None, blob_cache_bytes: int) -> "Catalo
             raise NotACatalog(f"{loc.display} is not a catalog: its settings lack "
                               f"{'base_model' if raw is None else 'blobs'}")
         base = BaseModel.from_json(json.loads(raw))
+        store.upgrade()
         local = loc.cache_dir(cache_dir)
         os.makedirs(os.path.join(local, "views", "tmp"), exist_ok=True)
         where = parse_blobs(blobs_at)
@@ -194,6 +196,7 @@ class Catalog:
         self.blobs = blobs
         self.views = views or os.path.join(path, "views")
         self.view_folders = ViewFolders(self.views, cache=getattr(blobs, "cache", None))
+        self.lookups = 0  # revision lookups (resolve, resolve_revision, get_revision): /mint/status counts them
 
     def close(self) -> None:
         self.store.close()
@@ -207,6 +210,7 @@ class Catalog:
     # -- reads ---------------------------------------------------------------
     def resolve(self, adapter_id: str) -> Revision:
         """The current revision of ``adapter_id``: one indexed lookup (the hot path)."""
+        self.lookups += 1
         rev = self.store.resolve(adapter_id)
         if rev is None:
             validate_adapter_id(adapter_id)
@@ -229,14 +233,18 @@ class Catalog:
 
         AdapterNotFound if the adapter is unknown or deleted (its revisions are kept for
         rollback after an undelete, but never served); RevisionNotFound if it has no such revision."""
+        self.lookups += 1
         a = self.store.get_adapter(validate_adapter_id(adapter_id))
         if a is None or a.deleted:
             raise AdapterNotFound(f"adapter {adapter_id!r} is not in the catalog"
                                   + (" (deleted)" if a is not None else ""))
-        return self.get_revision(adapter_id, revision)
+        return self._revision(adapter_id, revision)
 
     def get_revision(self, adapter_id: str, revision: int) -> Revision:
-        validate_adapter_id(adapter_id)
+        self.lookups += 1
+        return self._revision(validate_adapter_id(adapter_id), revision)
+
+    def _revision(self, adapter_id: str, revision: int) -> Revision:
         rev = self.store.get_revision(adapter_id, revision)
         if rev is None:
             raise RevisionNotFound(f"adapter {adapter_id!r} has no revision {revision}")
@@ -290,7 +298,7 @@ class Catalog:
                      expect_revision: int | None = None) -> Revision:
         payload = {CONFIG: peft.config_bytes, WEIGHTS: peft.weights_path or peft.weights_bytes}
         return self._publish(adapter_id, "peft", payload, peft.rank, peft.alpha, peft.target_modules, peft.dtype,
-                             metadata, expect_revision)
+                             metadata, expect_revision, loaded=(peft.loaded_bytes, peft.tensor_count))
 
     def publish_packed(self, adapter_id: str, peft: PeftAdapter, metadata: dict | None = None,
                        expect_revision: int | None = None, where: str = "<adapter>") -> Revision:
@@ -311,14 +319,17 @@ class Catalog:
         except (PackedError, RuntimeError, ValueError, KeyError) as exc:  # torch shape errors are RuntimeError
             raise InvalidAdapter(f"{where}: cannot convert to the packed format: {exc}") from None
         dtype = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}[mint["dtype"]]
+        # The packed reader's tensors are views of the file's one buffer (packed/reader.py).
         return self._publish(adapter_id, "packed", {CONFIG: config_bytes, PACKED_FILE: data}, int(mint["rank"]),
-                             float(mint["alpha"]), peft.target_modules, dtype, metadata, expect_revision)
+                             float(mint["alpha"]), peft.target_modules, dtype, metadata, expect_revision,
+                             loaded=(len(data), peft.tensor_count))
 
     def _publish(self, adapter_id: str, fmt: str, payload: dict, rank: int, alpha: float,
                  target_modules: tuple[str, ...], dtype: str, metadata: dict | None,
-                 expect_revision: int | None) -> Revision:
+                 expect_revision: int | None, loaded: tuple[int, int] = (0, 0)) -> Revision:
         """``payload`` maps each file name to its bytes, or to the path of a file holding them (an
-        upload streamed to disk: hashed and copied from there, never read into memory whole)."""
+        upload streamed to disk: hashed and copied from there, never read into memory whole).
+        ``loaded``: (bytes, tensors) the adapter holds once loaded (RevisionRecord)."""
         validate_adapter_id(adapter_id)
         if metadata is not None and not isinstance(metadata, dict):
             raise CatalogError(f"metadata must be a JSON object, got {type(metadata).__name__}")
@@ -326,7 +337,8 @@ class Catalog:
         record = RevisionRecord(
             format=fmt, rank=rank, alpha=alpha, target_modules=target_modules,
             dtype=dtype, size_bytes=sum(_size(d) for d in payload.values()), files=files,
-            content_digest=content_digest(files), metadata=dict(metadata or {}))
+            content_digest=content_digest(files), metadata=dict(metadata or {}),
+            loaded_bytes=loaded[0], tensor_count=loaded[1])
         json.dumps(record.metadata)  # refuse unserialisable metadata before writing blobs
 
         def ensure_blobs():

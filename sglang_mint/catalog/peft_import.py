@@ -37,6 +37,7 @@ from typing import Any, Mapping
 from sglang_mint.catalog.base import BaseModel
 from sglang_mint.catalog.errors import BaseModelMismatch, InvalidAdapter
 from sglang_mint.catalog.lora_keys import KEY, PEFT_FUSED, fused_expert_params, rank_alpha
+from sglang_mint.catalog.uniform import uniform_size
 
 CONFIG = "adapter_config.json"
 WEIGHTS = "adapter_model.safetensors"
@@ -61,6 +62,8 @@ class PeftAdapter:
     dtype: str
     base_model_name: str | None
     weights_path: str | None = None
+    loaded_bytes: int = 0  # tensor bytes once ranks are padded to one (uniform.uniform_size)
+    tensor_count: int = 0
 
     def weights(self) -> bytes:
         """The safetensors bytes, read from ``weights_path`` if they are not in memory (packing needs them)."""
@@ -327,7 +330,8 @@ def check_peft_bytes(config_bytes: bytes, weights: bytes, base: BaseModel, where
         raise InvalidAdapter(f"{where}/{WEIGHTS}: corrupt safetensors ({exc})") from None
     modules, dtype = check_tensors(header, config, base, where)
     return PeftAdapter(config_bytes, weights, config["r"], float(config.get("lora_alpha", config["r"])),
-                       modules, dtype, config.get("base_model_name_or_path"))
+                       modules, dtype, config.get("base_model_name_or_path"),
+                       loaded_bytes=uniform_size(config, header, where), tensor_count=len(header))
 
 
 def check_peft_file(config_bytes: bytes, weights_path: str, base: BaseModel, where: str) -> PeftAdapter:
@@ -351,7 +355,8 @@ def check_peft_file(config_bytes: bytes, weights_path: str, base: BaseModel, whe
         raise InvalidAdapter(f"{where}/{WEIGHTS}: corrupt safetensors ({exc})") from None
     modules, dtype = check_tensors(header, config, base, where)
     return PeftAdapter(config_bytes, None, config["r"], float(config.get("lora_alpha", config["r"])),
-                       modules, dtype, config.get("base_model_name_or_path"), weights_path=weights_path)
+                       modules, dtype, config.get("base_model_name_or_path"), weights_path=weights_path,
+                       loaded_bytes=uniform_size(config, header, where), tensor_count=len(header))
 
 
 def _check_peft_config(config_bytes: bytes, base: BaseModel, where: str) -> dict:

@@ -30,7 +30,10 @@ from typing import Iterable, Iterator
 from sglang_mint.catalog.errors import AdapterNotFound, CatalogError, NotACatalog, RevisionConflict
 from sglang_mint.catalog.store import AdapterRow, MetadataStore, Revision, RevisionRecord
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
+# Version 1 lacked the loaded size; opening such a catalog adds it (0: not recorded, see RevisionRecord).
+UPGRADES = {"1": ("ALTER TABLE revisions ADD COLUMN loaded_bytes {bigint} NOT NULL DEFAULT 0",
+                  "ALTER TABLE revisions ADD COLUMN tensor_count INTEGER NOT NULL DEFAULT 0")}
 
 # {key}: a text primary key that sorts bytes ("C" collation on PostgreSQL, SQLite's default).
 SCHEMA = """
@@ -56,16 +59,18 @@ CREATE TABLE revisions(
     files TEXT NOT NULL,
     content_digest TEXT NOT NULL,
     metadata TEXT NOT NULL,
+    loaded_bytes {bigint} NOT NULL DEFAULT 0,
+    tensor_count INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY(adapter_id, revision)
 ){table};
 CREATE TABLE blobs(digest {key} PRIMARY KEY, refs INTEGER NOT NULL){table};
 """
 
 _REV_COLS = ("r.adapter_id, r.revision, r.created, r.format, r.rank, r.alpha, r.target_modules, "
-             "r.dtype, r.size_bytes, r.files, r.content_digest, r.metadata")
+             "r.dtype, r.size_bytes, r.files, r.content_digest, r.metadata, r.loaded_bytes, r.tensor_count")
 _RESOLVE = (f"SELECT {_REV_COLS} FROM adapters a JOIN revisions r "
             "ON r.adapter_id = a.id AND r.revision = a.current WHERE a.id = ? AND a.deleted = FALSE")
-_INSERT_REV = "INSERT INTO revisions VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
+_INSERT_REV = "INSERT INTO revisions VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
 # PostgreSQL needs the table name on the right: a bare ``refs`` could be the proposed row's.
 _ADD_REF = "INSERT INTO blobs(digest, refs) VALUES (?, 1) ON CONFLICT(digest) DO UPDATE SET refs = blobs.refs + 1"
 _ADD_REFS = ("INSERT INTO blobs(digest, refs) VALUES (?, ?) "
@@ -77,7 +82,7 @@ _IN_CHUNK = 500
 def _rev_params(adapter_id: str, revision: int, rec: RevisionRecord, created: float) -> tuple:
     return (adapter_id, revision, rec.format, rec.rank, rec.alpha, ",".join(rec.target_modules),
             rec.dtype, rec.size_bytes, created, json.dumps(rec.files, sort_keys=True),
-            rec.content_digest, json.dumps(rec.metadata, sort_keys=True))
+            rec.content_digest, json.dumps(rec.metadata, sort_keys=True), rec.loaded_bytes, rec.tensor_count)
 
 
 def _adapter_row(row) -> AdapterRow:
@@ -127,6 +132,16 @@ class SqlMetadataStore(MetadataStore):
         finally:
             c.close()
         return cls(dialect)
+
+    def upgrade(self) -> None:
+        """Bring a catalog written by an older version to this schema, in one transaction."""
+        if self.get_setting("schema_version") not in UPGRADES:
+            return
+        with self._write() as c:
+            version = self.dialect.execute(c, "SELECT value FROM settings WHERE key = 'schema_version'").fetchone()[0]
+            for stmt in UPGRADES.get(version, ()):
+                self.dialect.execute(c, stmt.format(**self.dialect.column_types))
+            self.dialect.execute(c, "UPDATE settings SET value = ? WHERE key = 'schema_version'", (SCHEMA_VERSION,))
 
     def _write(self):
         return self.dialect.write_transaction(self.conn())
@@ -278,7 +293,7 @@ class SqlMetadataStore(MetadataStore):
         try:
             with self._write() as c:
                 self.dialect.insert_rows(c, "adapters", 6, ((aid, 1, 1, False, created, created) for aid, _ in items))
-                self.dialect.insert_rows(c, "revisions", 12, (_rev_params(aid, 1, rec, created) for aid, rec in items))
+                self.dialect.insert_rows(c, "revisions", 14, (_rev_params(aid, 1, rec, created) for aid, rec in items))
                 self.dialect.executemany(c, _ADD_REFS, sorted(refs.items()))
         except self.dialect.unique_violation:
             # Rolled back: the ids that exist now are the ones taken before this batch.

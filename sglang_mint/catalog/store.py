@@ -40,6 +40,10 @@ class RevisionRecord:
     files: dict[str, str]
     content_digest: str
     metadata: dict[str, Any] = field(default_factory=dict)
+    # What the adapter holds once loaded, ranks padded to one (catalog/uniform.py): the bytes of its
+    # tensors and how many there are. The host budget charges this before a read; 0 = not recorded.
+    loaded_bytes: int = 0
+    tensor_count: int = 0
 
 
 @dataclass(frozen=True)
@@ -57,18 +61,22 @@ class Revision:
 
     Plain attributes: ``adapter_id``, ``revision`` (int, from 1), ``format``
     ("peft" or "packed"), ``rank``, ``alpha``, ``target_modules`` (tuple),
-    ``dtype``, ``size_bytes``, ``created`` (unix seconds), ``content_digest``;
-    parsed on first use: ``files`` ({name: blob digest}) and ``metadata``.
-    ``local_path()`` returns a folder the engine can load (see Catalog.local_path).
+    ``dtype``, ``size_bytes``, ``created`` (unix seconds), ``content_digest``,
+    ``loaded_bytes`` and ``tensor_count`` (see RevisionRecord); parsed on first use:
+    ``files`` ({name: blob digest}) and ``metadata``. ``local_path()`` returns a
+    folder the engine can load (see Catalog.local_path). It pickles without its
+    catalog: the record travels with a request to the scheduler (sglang_mint/lora_id.py).
     """
 
     __slots__ = (
         "adapter_id", "revision", "format", "rank", "alpha", "target_modules", "dtype",
         "size_bytes", "created", "content_digest", "_files", "_metadata", "_catalog",
+        "loaded_bytes", "tensor_count",
     )
 
     def __init__(self, adapter_id, revision, created, fmt, rank, alpha, targets, dtype,
-                 size_bytes, files_json, content_digest, metadata_json, catalog=None):
+                 size_bytes, files_json, content_digest, metadata_json, loaded_bytes=0, tensor_count=0,
+                 *, catalog=None):
         self.adapter_id = adapter_id
         self.revision = revision
         self.created = created
@@ -82,6 +90,13 @@ class Revision:
         self.content_digest = content_digest
         self._metadata = metadata_json
         self._catalog = catalog
+        self.loaded_bytes = loaded_bytes or 0
+        self.tensor_count = tensor_count or 0
+
+    def __reduce__(self):
+        return Revision, (self.adapter_id, self.revision, self.created, self.format, self.rank, self.alpha,
+                          ",".join(self.target_modules), self.dtype, self.size_bytes, self._files,
+                          self.content_digest, self._metadata, self.loaded_bytes, self.tensor_count)
 
     @property
     def files(self) -> dict[str, str]:
@@ -107,6 +122,7 @@ class Revision:
             "rank": self.rank, "alpha": self.alpha, "target_modules": list(self.target_modules),
             "dtype": self.dtype, "size_bytes": self.size_bytes, "created": self.created,
             "content_digest": self.content_digest, "files": self.files, "metadata": self.metadata,
+            "loaded_bytes": self.loaded_bytes, "tensor_count": self.tensor_count,
         }
 
     def __eq__(self, other):

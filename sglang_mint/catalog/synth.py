@@ -67,6 +67,7 @@ class AdapterFactory:
         n = int.from_bytes(template[:8], "little")
         self.header = template[:8 + n]
         self.numel = (len(template) - 8 - n) // 2
+        self.tensor_count = len(shapes)
         self.seed, self.stream = seed, stream
         self._batch_index, self._batch = -1, None
 
@@ -109,7 +110,7 @@ def synth(cat: Catalog, count: int, prefix: str = "synth/", start: int = 0, rank
                     files = {CONFIG: config_digest, WEIGHTS: cat.blobs.put(data, sync=False)}
                 items.append((f"{prefix}{i:07d}", RevisionRecord(
                     "peft", rank, float(2 * rank), DENSE_MODULES, "float16", weight_size + len(config),
-                    files, content_digest(files), {"synth_index": i})))
+                    files, content_digest(files), {"synth_index": i}, 2 * factory.numel, factory.tensor_count)))
             if not shared:
                 cat.blobs.sync()  # blobs durable before the metadata that references them
             cat.store.publish_many(items, time.time())

@@ -201,3 +201,37 @@ def test_verify_finds_corrupt_and_missing_blobs(cat, peft):
     cat.blobs.delete(weights)
     rep = cat.verify()
     assert not rep["ok"] and "missing" in rep["problems"][0]
+
+
+def test_a_revision_records_what_it_holds_once_loaded_and_old_catalogs_upgrade(cat, peft):
+    """What the host budget charges before a read (issue 19 item 4): a rank_pattern adapter padded 8x
+    records 8x its tensors. A catalog written before these columns existed opens and upgrades."""
+    from safetensors.torch import load_file
+
+    from sglang_mint.catalog import open_catalog
+    from sglang_mint.catalog.sql_store import SCHEMA_VERSION
+
+    from catalog_fixtures import peft_tensors
+
+    wide_key = "layers.0.self_attn.q_proj"
+    mixed = {k: v for k, v in peft_tensors(2).items() if wide_key not in k}
+    mixed.update({k: v for k, v in peft_tensors(16).items() if wide_key in k})
+    folder = peft("padded", rank=2, config={"rank_pattern": {wide_key: 16}}, tensors=mixed)
+    tensors = load_file(f"{folder}/adapter_model.safetensors")
+    rev = cat.publish("p/x", folder)
+    wide = sum(t.numel() * t.element_size() for k, t in tensors.items() if wide_key in k)
+    rest = sum(t.numel() * t.element_size() for t in tensors.values()) - wide
+    assert rest > 0 and (rev.loaded_bytes, rev.tensor_count) == (wide + 8 * rest, len(tensors))
+    assert cat.resolve("p/x").loaded_bytes == rev.loaded_bytes  # read back from the store
+
+    with cat.store.write_lock() as c:  # as version 1 wrote it
+        for column in ("loaded_bytes", "tensor_count"):
+            cat.store.dialect.execute(c, f"ALTER TABLE revisions DROP COLUMN {column}")
+        cat.store.dialect.execute(c, "UPDATE settings SET value = '1' WHERE key = 'schema_version'")
+    cat.close()
+    with open_catalog(cat.path) as again:
+        assert again.store.get_setting("schema_version") == SCHEMA_VERSION != "1"
+        old = again.resolve("p/x")
+        assert (old.loaded_bytes, old.tensor_count) == (0, 0)  # not recorded: the budget falls back to file bytes
+        assert again.publish("p/x", peft("plain", rank=2)).loaded_bytes > 0
+        assert again.store.check() == []
