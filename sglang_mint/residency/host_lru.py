@@ -11,7 +11,9 @@ four kinds of events and answers one question:
   reads under way count against the budget like resident ones, so host
   memory does not grow past the budget while reads pile up.
 - ``loaded(key, nbytes)`` / ``cancelled(key)``: a reserved read finished
-  (its reservation becomes ``nbytes`` resident) or failed.
+  (its reservation becomes ``nbytes`` resident, its real size, which may differ
+  from the estimate: if it took the total over the budget, idle adapters to
+  evict come back) or failed.
 - ``touched(key)`` / ``evicted(key)``: a hit, and an eviction carried out.
 
 Example, budget 100::
@@ -98,15 +100,8 @@ class HostLRU:
         if key in self._reserved:
             raise KeyError(f"{key!r} already has a read under way")
         over = self.committed_bytes + estimate - self.budget_bytes
-        victims: list[str] = []
-        if over > 0:
-            for victim, nbytes in self._sizes.items():
-                if victim in self._holds or self._is_pinned(victim):
-                    continue
-                victims.append(victim)
-                over -= nbytes
-                if over <= 0:
-                    break
+        victims = self._over_budget(over)
+        over -= sum(self._sizes[v] for v in victims)
         if over > 0 and (self.reserved_bytes or self.held_resident_bytes):
             return None  # wait: something in flight will free room
         self._reserved[key] = estimate
@@ -114,8 +109,11 @@ class HostLRU:
         self._note_peak(self.committed_bytes - sum(self._sizes[v] for v in victims))
         return victims
 
-    def loaded(self, key: str, nbytes: int) -> None:
-        """``key`` is resident with ``nbytes`` (its reservation, if any, ends)."""
+    def loaded(self, key: str, nbytes: int) -> list[str]:
+        """``key`` is resident with ``nbytes``, its real size: the reservation, if any, ends.
+
+        Returns the idle adapters to evict (coldest first) when the real size took the
+        committed bytes over the budget; ``key`` itself is hottest and goes last."""
         self.reserved_bytes -= self._reserved.pop(key, 0)
         if key in self._sizes:
             self._forget(key)
@@ -124,6 +122,19 @@ class HostLRU:
         if key in self._holds:
             self.held_resident_bytes += nbytes
         self._note_peak(self.committed_bytes)
+        return self._over_budget(self.committed_bytes - self.budget_bytes, spare=key)
+
+    def _over_budget(self, over: int, spare: str | None = None) -> list[str]:
+        """Idle adapters, coldest first, whose bytes cover ``over`` (all of them if they cannot)."""
+        victims: list[str] = []
+        for victim, nbytes in self._sizes.items():
+            if over <= 0:
+                break
+            if victim in self._holds or victim == spare or self._is_pinned(victim):
+                continue
+            victims.append(victim)
+            over -= nbytes
+        return victims
 
     def cancelled(self, key: str) -> None:
         """The read of ``key`` failed: its reservation ends."""

@@ -56,6 +56,25 @@ def test_reads_under_way_count_against_the_budget():
     lru.cancelled("zzz")  # a failed read that reserved nothing is harmless
 
 
+def test_a_real_size_over_the_estimate_evicts_idle_adapters_at_once():
+    """An adapter padded to one rank holds more than its file: the real size is charged on
+    arrival and idle adapters go, coldest first; one in use, and the new one, stay."""
+    lru = HostLRU(100)
+    load(lru, "a", 30)
+    load(lru, "b", 30)
+    lru.hold("b")
+    assert lru.reserve("c", 10) == []
+    assert lru.loaded("c", 80) == ["a"]  # 30 + 30 + 80 = 140: a (idle) goes, b (held) and c stay
+    assert lru.peak_bytes == 140  # held until evicted: the peak says so
+    lru.evicted("a")
+    assert lru.committed_bytes == 110 and lru.keys() == ["b", "c"]
+    lru.hold("c")
+    assert lru.reserve("d", 10) is None  # over budget with b and c in use: the next read waits
+    lru.release("b")
+    assert lru.loaded("c", 20) == []  # a real size under the estimate gives room back: 50 of 100
+    assert lru.reserve("d", 10) == []
+
+
 def test_a_failed_read_gives_its_room_back():
     lru = HostLRU(100)
     assert lru.reserve("a", 60) == []
