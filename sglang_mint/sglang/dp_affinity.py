@@ -21,7 +21,7 @@ from collections import deque
 
 from sglang_mint.residency.affinity import pick_rank
 from sglang_mint.sglang.flags import mint_config
-from sglang_mint.sglang.names import is_mint_lora_id, parse_mint_lora_id
+from sglang_mint.lora_id import is_catalog_lora_id, parse_lora_id
 
 LOAD_REFRESH_S = 0.02  # as SGLang's own refresh: snapshots are re-read at most every 20 ms
 RECENT_S = 0.1  # a dispatch counts toward its rank's load this long, until snapshots show it
@@ -37,10 +37,10 @@ def _before_controller_init(controller, server_args, *args, **kwargs):
 def _around_dispatching_with_trace(original, controller, req, *args, **kwargs):
     config = mint_config(controller.server_args)
     lora_id = getattr(req, "lora_id", None)
-    if (config is not None and config.dp_dispatch == "affinity" and is_mint_lora_id(lora_id)
+    if (config is not None and config.dp_dispatch == "affinity" and is_catalog_lora_id(lora_id)
             and getattr(req, "routed_dp_rank", None) is None):
         now = time.perf_counter()
-        rank = pick_rank(parse_mint_lora_id(lora_id)[0], _loads(controller, now), list(controller._active_workers))
+        rank = pick_rank(parse_lora_id(lora_id)[0], _loads(controller, now), list(controller._active_workers))
         controller._mint_recent.append((now, rank))
         req.routed_dp_rank = rank
     return original(controller, req, *args, **kwargs)

@@ -162,6 +162,7 @@ async def mint_status(request: Request):
     body = {
         "catalog": None if frontend is None else frontend.catalog.display,  # a URL shows *** for its password
         "resolves": 0 if frontend is None else frontend.resolves,
+        "catalog_queries": 0 if frontend is None else frontend.catalog.lookups,
         "registered_names": tm.lora_registry.num_registered_loras,
         "schedulers": schedulers,
     }
@@ -190,7 +191,7 @@ async def mint_prefetch(request: Request):
             errors[adapter_id] = str(exc)
             continue
         frontend.warm(tm, name)
-        prefetching.append(name)
+        prefetching.append(str(name))
     return ORJSONResponse({"prefetching": prefetching, "errors": errors})
 
 

@@ -36,10 +36,10 @@ import logging
 from fastapi import HTTPException
 from sglang.srt.lora.lora_registry import LoRARef
 
-from sglang_mint.catalog.ids import parse_revision_name, revision_name, validate_adapter_id
+from sglang_mint.catalog.ids import parse_revision_name, validate_adapter_id
 from sglang_mint.errors import MintError
+from sglang_mint.lora_id import CatalogLoraId, RevisionName, is_catalog_lora_id, lora_name_of
 from sglang_mint.sglang.flags import mint_config
-from sglang_mint.sglang.names import MINT_ID_PREFIX, is_mint_lora_id, mint_lora_id_of
 
 logger = logging.getLogger("sglang_mint")
 
@@ -65,27 +65,21 @@ class CatalogFrontend:
 
     def lora_name(self, adapter_id: str) -> str:
         """The LoRA name of the adapter's current revision; AdapterNotFound if unknown or deleted."""
-        try:
-            rev = self.catalog.resolve(adapter_id)
-        except MintError:
-            self.metrics.not_found.inc()
-            raise
-        self.resolves += 1
-        self.metrics.resolves.inc()
-        return revision_name(adapter_id, rev.revision)
+        return self.checked_name(adapter_id)
 
-    def checked_name(self, name: str, stock=()) -> str | None:
-        """A requested name -> the revision name it selects in the catalog (``"acme/bot"`` ->
-        ``"acme/bot@3"``, ``"acme/bot@2"`` checked and kept); None if the catalog does not hold it
-        but ``stock`` (the adapters SGLang loaded itself: ``tm.lora_ref_cache``) does; else
-        MintError (404 unknown or deleted, 400 malformed)."""
+    def checked_name(self, name: str, stock=()) -> RevisionName | None:
+        """A requested name -> the revision it selects in the catalog, as its revision name with
+        the record attached (``"acme/bot"`` -> ``"acme/bot@3"``, ``"acme/bot@2"`` checked and
+        kept): one catalog query, none for a name this request resolved already. None if the
+        catalog does not hold it but ``stock`` (the adapters SGLang loaded itself:
+        ``tm.lora_ref_cache``) does; else MintError (404 unknown or deleted, 400 malformed)."""
+        if isinstance(name, RevisionName):
+            return name
         try:
             if "@" not in name:
-                served = revision_name(name, self.catalog.resolve(name).revision)
+                rev = self.catalog.resolve(name)
             else:
-                adapter_id, revision = parse_revision_name(name)
-                self.catalog.resolve_revision(adapter_id, revision)
-                served = name
+                rev = self.catalog.resolve_revision(*parse_revision_name(name))
         except MintError:
             if name in stock:
                 return None
@@ -93,7 +87,7 @@ class CatalogFrontend:
             raise
         self.resolves += 1
         self.metrics.resolves.inc()
-        return served
+        return RevisionName(rev)
 
     def holder(self, name) -> str | None:
         """The catalog id whose name ``name`` is, or None: ``"acme/bot"`` if the catalog holds
@@ -119,7 +113,7 @@ class CatalogFrontend:
         paths = obj.lora_path
         single = isinstance(paths, str)
         entries = [paths] if single else list(paths or [])
-        names = []
+        names: list[RevisionName] = []
         for i, entry in enumerate(entries):
             if not entry:
                 continue  # the base model
@@ -137,8 +131,9 @@ class CatalogFrontend:
             self._arriving[name] = self._arriving.get(name, 0) + 1
         for name in dict.fromkeys(names):
             if name not in tm.lora_registry._registry:
-                ref = LoRARef(lora_id=mint_lora_id_of(name), lora_name=name, lora_path=f"mint-catalog:{name}",
-                              pinned=False)
+                # The id carries the revision's record to the scheduler (sglang_mint/lora_id.py).
+                ref = LoRARef(lora_id=CatalogLoraId(name.revision), lora_name=str(name),
+                              lora_path=f"mint-catalog:{name}", pinned=False)
                 try:
                     await tm.lora_registry.register(ref)
                 except ValueError:
@@ -159,7 +154,7 @@ class CatalogFrontend:
         Runs on the event loop with no await between the checks and the deletes, so no
         request can acquire the name halfway: one that is arriving is in ``_arriving``.
         """
-        name = lora_id[len(MINT_ID_PREFIX):]
+        name = lora_name_of(lora_id)
         counter = registry._counters.get(lora_id)
         if counter is None or counter.value() != 0 or name in self._arriving:
             return
@@ -263,5 +258,5 @@ async def _around_registry_release(original, registry, lora_id):
     if frontend is None:
         return
     for one in [lora_id] if isinstance(lora_id, str) else (lora_id or []):
-        if is_mint_lora_id(one):
+        if is_catalog_lora_id(one):
             frontend.forget_if_idle(registry, one)

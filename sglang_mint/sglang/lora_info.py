@@ -33,7 +33,7 @@ import os
 import re
 import time
 
-from sglang_mint.sglang.names import is_mint_lora_id, parse_mint_lora_id
+from sglang_mint.lora_id import is_catalog_lora_id, parse_lora_id
 
 METRIC = "vllm:lora_requests_info"
 MAX_WAITING_NAMES = 256  # a read storm can queue thousands; llm-d needs to know only some are coming
@@ -47,8 +47,8 @@ def state_path(directory: str, dp_rank: int) -> str:
 def adapter_name(lora_id, lora_refs) -> str | None:
     """The ``model`` string that names a pool slot's adapter: ``"mint:acme/bot@3"`` -> ``"acme/bot"``;
     a ``--lora-paths`` adapter's uuid -> its name; the base model's slot (None) or an empty one -> None."""
-    if is_mint_lora_id(lora_id):
-        return parse_mint_lora_id(lora_id)[0]
+    if is_catalog_lora_id(lora_id):
+        return parse_lora_id(lora_id)[0]
     ref = lora_refs.get(lora_id) if isinstance(lora_id, str) else None
     return None if ref is None else ref.lora_name
 
@@ -80,7 +80,7 @@ class LoraInfoWriter:
         for lora_id in (*r.reading, *r.wanted):
             if len(waiting) == MAX_WAITING_NAMES:
                 break
-            waiting.append(parse_mint_lora_id(lora_id)[0])
+            waiting.append(parse_lora_id(lora_id)[0])
         write_state(self.path, {"time": time.time(), "max_lora": self.max_lora,
                                 "running": sorted({n for n in running if n}), "waiting": list(dict.fromkeys(waiting))})
 

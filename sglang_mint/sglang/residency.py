@@ -40,14 +40,13 @@ import time
 import weakref
 from collections import OrderedDict
 
-from sglang_mint.catalog.peft_import import check_lora
-from sglang_mint.catalog.uniform import uniform_lora
 from sglang_mint.config import MintConfig
 from sglang_mint.residency import ColdLoader, HostLRU, LoadResult
 from sglang_mint.residency.host_bytes import (
-    adapter_host_bytes, node_status, proportional_set_size, read_estimate_bytes,
+    node_status, proportional_set_size, read_estimate_bytes, release_free_memory,
 )
-from sglang_mint.sglang.names import MINT_ID_PREFIX, is_mint_lora_id, parse_mint_lora_id
+from sglang_mint.lora_id import CatalogLoraId, is_catalog_lora_id, parse_lora_id
+from sglang_mint.sglang.adapter_reader import attach_adapter, read_adapter
 from sglang_mint.sglang.rank_agreement import RankView, TensorParallelAgreement
 
 logger = logging.getLogger("sglang_mint")
@@ -68,7 +67,7 @@ def _percentile(values: list[float], q: float) -> float | None:
 
 
 def failure_message(result: LoadResult) -> str:
-    adapter_id, revision = parse_mint_lora_id(result.key)
+    adapter_id, revision = parse_lora_id(result.key)
     return (f"adapter {adapter_id!r} (revision {revision}) could not be loaded: "
             f"{type(result.error).__name__}: {result.error}")
 
@@ -89,7 +88,7 @@ class SchedulerResidency:
         self.manager = scheduler.tp_worker.model_runner.lora_manager
         self.catalog = config.open_catalog()
         self.lru = HostLRU(config.host_cache_bytes, pinned=config.pinned,
-                           group_of=lambda lora_id: parse_mint_lora_id(lora_id)[0])
+                           group_of=lambda lora_id: parse_lora_id(lora_id)[0])
         self.loader = ColdLoader(self._read, workers=config.load_workers)
         self.wanted: OrderedDict[str, None] = OrderedDict()  # reads waiting for room, in arrival order
         self.reading: set[str] = set()  # reads started and not yet installed or failed
@@ -116,6 +115,7 @@ class SchedulerResidency:
         self.failures: OrderedDict[str, tuple[float, str]] = OrderedDict()
         sys.setswitchinterval(min(sys.getswitchinterval(), GIL_SWITCH_INTERVAL_S))
         self.installed_total = 0
+        self.trim_due = False
         self.requests = 0  # catalog-adapter requests that reached this scheduler
         self.misses = 0  # of which found their adapter out of host memory
         self.load_seconds: list[float] = []  # recent cold-read durations, for /mint/status
@@ -133,79 +133,21 @@ class SchedulerResidency:
 
     # -- on a worker thread ------------------------------------------------
     def _read(self, lora_id: str):
+        """Build the adapter ``lora_id`` names; under tensor parallelism rank 0 reads it and the
+        other ranks map rank 0's copy (node_share.py)."""
+        rev = self._revision(lora_id)
         if self.share is None:
-            return self._read_from_catalog(lora_id)
+            return read_adapter(self.manager, self.catalog, lora_id, rev)
         seq = self.seq_of[lora_id]
         if self.tp_rank != 0:
-            return self._attach(lora_id, seq)
+            return attach_adapter(self.manager, self.share, lora_id, seq)
         try:
-            ref, config, adapter, _ = self._read_from_catalog(lora_id)
+            ref, config, adapter, nbytes = read_adapter(self.manager, self.catalog, lora_id, rev)
             self.share.publish(seq, adapter)
         except Exception as exc:
             self.share.publish_failure(seq, f"{type(exc).__name__}: {exc}")
             raise
-        return ref, adapter.config, adapter, adapter_host_bytes(adapter)
-
-    def _attach(self, lora_id: str, seq: int):
-        from sglang.srt.lora.lora import LoRAAdapter
-        from sglang.srt.lora.lora_registry import LoRARef
-
-        mgr = self.manager
-        adapter = self.share.attach(seq, lambda config: LoRAAdapter(
-            lora_id, config, mgr.base_hf_config, mgr.load_config, mgr.lora_backend, base_model=mgr.base_model))
-        ref = LoRARef(lora_id=lora_id, lora_name=lora_id[len(MINT_ID_PREFIX):], lora_path=adapter.config.path,
-                      pinned=False)
-        return ref, adapter.config, adapter, adapter_host_bytes(adapter)
-
-    def _read_from_catalog(self, lora_id: str):
-        from safetensors.torch import load as load_safetensors
-        from sglang.srt.lora.lora import LoRAAdapter
-        from sglang.srt.lora.lora_config import LoRAConfig
-        from sglang.srt.lora.lora_registry import LoRARef
-
-        from sglang_mint.sglang.packed_loader import packed_path
-
-        adapter_id, revision = parse_mint_lora_id(lora_id)
-        rev = self.catalog.get_revision(adapter_id, revision)
-        path = str(rev.local_path())
-        ref = LoRARef(lora_id=lora_id, lora_name=lora_id[len(MINT_ID_PREFIX):], lora_path=path, pinned=False)
-        mgr = self.manager
-        config = LoRAConfig(path, base_vocab_size=mgr.base_hf_config.vocab_size)
-        tensors = None
-        if packed_path(path) is None:
-            # The import checks again, on what is on disk now: a catalog may have been written by an
-            # older version or by hand, and a bad tensor must fail here, not in SGLang's pool fill on
-            # the scheduler thread. Then the one-rank, one-scaling form SGLang serves exactly.
-            where = f"adapter {adapter_id!r} revision {revision}"
-            # Not safetensors.torch.load_file: in safetensors 0.8.0 every call keeps about 1.8 KB
-            # for good (11,000 calls on one file: +18.9 MiB; load() of the bytes: +0.1 MiB), which
-            # over 10^5 cold loads is most of the scheduler's growth.
-            with open(os.path.join(path, "adapter_model.safetensors"), "rb") as f:
-                tensors = load_safetensors(f.read())
-            check_lora(config.hf_config, tensors, self.catalog.base, where)
-            uniform_config, tensors = uniform_lora(config.hf_config, tensors, where=where)
-            if uniform_config is not config.hf_config:
-                config.hf_config = uniform_config
-                config.r, config.lora_alpha = uniform_config["r"], uniform_config["lora_alpha"]
-        if config.lora_added_tokens_size > 0:
-            raise ValueError("adapters that add tokens to the vocabulary are not supported")
-        if config.use_dora:
-            raise ValueError("DoRA adapters are not supported")
-        if not mgr.memory_pool.can_support(config):
-            raise ValueError(
-                f"rank {config.r} or target modules {sorted(config.target_modules)} do not fit the server's "
-                "LoRA pool (--max-lora-rank, --lora-target-modules)"
-            )
-        adapter = LoRAAdapter(lora_id, config, mgr.base_hf_config, mgr.load_config, mgr.lora_backend,
-                              base_model=mgr.base_model)
-        if tensors is None:
-            adapter.initialize_weights()  # the packed reader (packed_loader.py): one read, one copy
-        else:
-            # One read (above) that releases the GIL. SGLang's initialize_weights goes through
-            # its model-weight iterator, which starts a thread pool per file: each handoff
-            # then waits out the busy scheduler loop's GIL slice (tens of ms per tiny adapter).
-            adapter.initialize_weights_from_tensors(tensors)
-        return ref, config, adapter, adapter_host_bytes(adapter)
+        return ref, config, adapter, nbytes
 
     # -- on the scheduler loop ---------------------------------------------
     def install_ready(self) -> None:
@@ -221,6 +163,7 @@ class SchedulerResidency:
             else:
                 self._fail(result.key, failure_message(result))
         self._start_reads()
+        self._trim()
 
     def _install_agreed(self) -> None:
         """install_ready under tensor parallelism: act only on what every rank saw (rank_agreement.py).
@@ -250,6 +193,14 @@ class SchedulerResidency:
             del self.finished_here[key]
             self._fail(key, message)
         self._start_reads()
+        self._trim()
+
+    def _trim(self) -> None:
+        """Give memory freed by reads and evictions back to the system, at most once per iteration:
+        without it the allocator kept it and the scheduler grew by about the budget again."""
+        if self.trim_due:
+            self.trim_due = False
+            release_free_memory()
 
     def _fail(self, lora_id: str, message: str) -> None:
         self._unshare(lora_id)
@@ -264,7 +215,8 @@ class SchedulerResidency:
         mgr.configs[ref.lora_id] = config
         mgr.loras[ref.lora_id] = adapter
         mgr.lora_refs[ref.lora_id] = ref
-        self.lru.loaded(ref.lora_id, nbytes)
+        self._evict(self.lru.loaded(ref.lora_id, nbytes))  # the real size, which may exceed the estimate
+        self.trim_due = True  # the read's buffers are free now
         self.installed_total += 1
         self.load_seconds.append(result.load_seconds)
         del self.load_seconds[:-1024]
@@ -300,11 +252,20 @@ class SchedulerResidency:
             self.loader.request(lora_id)
         self._update_gauges()
 
+    def _revision(self, lora_id: str):
+        """The catalog's record of the revision ``lora_id`` names: the one the frontend resolved,
+        which travels with the request (sglang_mint/lora_id.py); the catalog is asked only for
+        a plain id string."""
+        if isinstance(lora_id, CatalogLoraId):
+            return lora_id.revision
+        return self.catalog.get_revision(*parse_lora_id(lora_id))
+
     def _estimate(self, lora_id: str) -> int:
         try:
-            return read_estimate_bytes(self.catalog.get_revision(*parse_mint_lora_id(lora_id)).size_bytes)
+            rev = self._revision(lora_id)
         except Exception:  # noqa: BLE001 - the read itself will fail and say why
             return read_estimate_bytes(0)
+        return read_estimate_bytes(rev.size_bytes, rev.loaded_bytes, rev.tensor_count)
 
     def _evict(self, victims: list[str]) -> None:
         for lora_id in victims:
@@ -313,6 +274,7 @@ class SchedulerResidency:
                 self.manager.unload_lora_adapter(ref)
             self.lru.evicted(lora_id)
             self.metrics.evictions.inc()
+        self.trim_due = self.trim_due or bool(victims)
 
     def _unshare(self, lora_id: str) -> None:
         seq = self.seq_of.pop(lora_id, None)
@@ -400,6 +362,7 @@ class SchedulerResidency:
             "cold_load_p99_s": _percentile(self.load_seconds, 0.99),
             "failed_loads": self.loader.failed_total,
             "evictions": self.lru.evictions_total,
+            "catalog_queries": self.catalog.lookups,  # 0 while every request carries its record
             "tp_rank": self.tp_rank,
             "pid": os.getpid(),  # which scheduler: /mint/status lists them in no fixed order
             "host": socket.gethostname(),
@@ -432,7 +395,7 @@ def _after_scheduler_init(result, scheduler, *args, **kwargs):
 
 def _around_can_schedule_lora_req(original, scheduler, req, running_loras):
     residency = residency_of(scheduler)
-    if residency is not None and is_mint_lora_id(req.lora_id):
+    if residency is not None and is_catalog_lora_id(req.lora_id):
         decision = residency.admit(req)
         if decision is not None:
             return decision
@@ -463,7 +426,7 @@ def _before_add_request_to_queue(scheduler, req, is_retracted=False, *args, **kw
     # Before: SGLang may abort the request inside (queue full, priority), and the abort
     # releases what this took.
     residency = residency_of(scheduler)
-    if residency is not None and not is_retracted and is_mint_lora_id(req.lora_id):
+    if residency is not None and not is_retracted and is_catalog_lora_id(req.lora_id):
         residency.on_arrival(req)
     return None
 

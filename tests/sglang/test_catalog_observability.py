@@ -81,6 +81,30 @@ def test_prefetch_loads_ahead_of_traffic(server):
     assert metric(get(server, "/metrics"), "sglang:mint_hits_total") == hits + 1
 
 
+def test_one_catalog_query_per_request_warm_or_cold(server):
+    """The frontend resolves a request's adapter once; the record travels with the request, so
+    the scheduler and its load workers never ask the catalog (issue 20: warm 1, cold 1)."""
+    client = openai.OpenAI(base_url=server.openai_url, api_key="none", max_retries=0)
+
+    def counts():
+        st = json.loads(get(server, "/mint/status"))
+        return st["catalog_queries"], sum(s["catalog_queries"] for s in st["schedulers"]), \
+            sum(s["cold_loads"] for s in st["schedulers"])
+
+    seen = []
+    for how in ("cold", "warm"):
+        before = counts()
+        client.completions.create(model="big/0000005", prompt="hello", max_tokens=2)
+        seen.append((how, *(a - b for a, b in zip(counts(), before))))
+    before = counts()  # SGLang's native API, naming the revision
+    code, _ = post(server, "/generate", json.dumps({"text": "hello", "sampling_params": {"max_new_tokens": 2},
+                                                    "lora_path": "big/0000005@1"}).encode())
+    assert code == 200
+    seen.append(("native", *(a - b for a, b in zip(counts(), before))))
+    # (how, frontend queries, scheduler queries, cold loads): the first request really was cold
+    assert seen == [("cold", 1, 0, 1), ("warm", 1, 0, 0), ("native", 1, 0, 0)]
+
+
 @pytest.mark.parametrize("body", [b"not json", b'{"adapters": "big/0000001"}', b'{"adapters": [1, 2]}'])
 def test_prefetch_rejects_bad_bodies(server, body):
     code, answer = post(server, "/mint/prefetch", body)
