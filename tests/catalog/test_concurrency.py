@@ -39,6 +39,7 @@ print("done", flush=True)
 
 READER = PRELUDE + """
 cat = open_catalog(sys.argv[1])
+print("ready", flush=True)
 deadline = time.time() + float(sys.argv[2])
 seen, errors, n = set(), [], 0
 while time.time() < deadline or len(seen) < 2:
@@ -94,6 +95,8 @@ def test_readers_never_see_half_published_revisions(cat, tmp_path):
     reader = _script(tmp_path, "reader.py", READER)
     readers = [subprocess.Popen([sys.executable, reader, cat.path, "2"], stdout=subprocess.PIPE, text=True)
                for _ in range(2)]
+    for p in readers:  # the publishes start once both readers watch (a reader slow to start saw only the last)
+        assert p.stdout.readline().strip() == "ready"
     w = subprocess.run([sys.executable, writer, cat.path, "21"], capture_output=True, text=True, timeout=120)
     assert w.returncode == 0, w.stderr
     for p in readers:
