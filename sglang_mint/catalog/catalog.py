@@ -23,13 +23,14 @@ import sys
 import time
 from dataclasses import dataclass
 
-from sglang_mint.catalog.base import BaseModel, load_base_model
+from sglang_mint.adapters.base_model import BaseModel, load_base_model
+from sglang_mint.adapters.errors import InvalidAdapter
+from sglang_mint.adapters.peft import CONFIG, WEIGHTS, PeftAdapter, read_peft_folder
 from sglang_mint.catalog.blobs import LocalBlobStore
-from sglang_mint.catalog.errors import (AdapterNotFound, BlobMissing, CatalogError, InvalidAdapter, MintError,
-                                        NotACatalog, RevisionNotFound)
+from sglang_mint.catalog.errors import (AdapterNotFound, BlobMissing, CatalogError, MintError, NotACatalog,
+                                        RevisionNotFound)
 from sglang_mint.catalog.ids import validate_adapter_id
 from sglang_mint.catalog.location import parse_blobs, parse_location
-from sglang_mint.catalog.peft_import import CONFIG, WEIGHTS, PeftAdapter, read_peft_folder
 from sglang_mint.catalog.sql_dialects import PostgresDialect, SqliteDialect
 from sglang_mint.catalog.sql_store import SqlMetadataStore
 from sglang_mint.catalog.store import AdapterRow, BlobStore, MetadataStore, Revision, RevisionRecord

@@ -157,8 +157,8 @@ def cmd_synth(args) -> int:
         cat = init_catalog(args.catalog, args.base_model, blobs=args.blobs)
     else:
         if args.base_model:
-            from sglang_mint.catalog.base import load_base_model
-            from sglang_mint.catalog.errors import BaseModelMismatch
+            from sglang_mint.adapters.base_model import load_base_model
+            from sglang_mint.adapters.errors import BaseModelMismatch
             b = load_base_model(args.base_model)
             if b.identity != cat.base.identity:
                 raise BaseModelMismatch(f"--base-model {b.name} ({b.identity}) is not the catalog's base model "

@@ -1,14 +1,15 @@
-"""Catalog errors. Each message names the adapter, file or revision at fault."""
+"""Catalog errors. Each message names the adapter, file or revision at fault.
+
+An adapter that fails its checks is an adapters.errors.InvalidAdapter (or BaseModelMismatch).
+"""
 
 from sglang_mint.errors import AdapterNotFound, InvalidAdapterId, MintError
 
 __all__ = [
     "AdapterNotFound",
-    "BaseModelMismatch",
     "BlobMissing",
     "BlobStoreUnavailable",
     "CatalogError",
-    "InvalidAdapter",
     "InvalidAdapterId",
     "MintError",
     "NotACatalog",
@@ -27,16 +28,6 @@ class NotACatalog(CatalogError):
     """The folder given is missing, or holds no catalog.db written by ``mint catalog init``."""
 
     http_status = 500
-
-
-class InvalidAdapter(MintError):
-    """An adapter folder or file that cannot be imported (config, safetensors, shapes)."""
-
-    http_status = 400
-
-
-class BaseModelMismatch(InvalidAdapter):
-    """An adapter trained for another base model than the catalog's."""
 
 
 class RevisionConflict(CatalogError):

@@ -40,7 +40,7 @@ class RevisionRecord:
     files: dict[str, str]
     content_digest: str
     metadata: dict[str, Any] = field(default_factory=dict)
-    # What the adapter holds once loaded, ranks padded to one (catalog/uniform.py): the bytes of its
+    # What the adapter holds once loaded, ranks padded to one (adapters/uniform_rank.py): the bytes of its
     # tensors and how many there are. The host budget charges this before a read; 0 = not recorded.
     loaded_bytes: int = 0
     tensor_count: int = 0

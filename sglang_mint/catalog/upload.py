@@ -10,7 +10,7 @@ Two forms are accepted, by file name:
 Anything else is refused before a byte is written, with a message naming the
 file: a pickle (``adapter_model.bin``, ``.pt``, ...), a missing half of the
 PEFT pair, both forms at once, an unknown file name. Then every check of
-``mint catalog publish`` runs (peft_import.check_peft_bytes), plus the
+``mint catalog publish`` runs (adapters/peft.py: check_peft_bytes), plus the
 server's own limit on rank when the caller gives one.
 
 The weights stay in their file: only the safetensors header is read to check
@@ -30,8 +30,8 @@ import json
 import os
 from typing import TYPE_CHECKING
 
-from sglang_mint.catalog.errors import InvalidAdapter
-from sglang_mint.catalog.peft_import import CONFIG, WEIGHTS, PeftAdapter, check_peft_bytes, check_peft_file
+from sglang_mint.adapters.errors import BaseModelMismatch, InvalidAdapter
+from sglang_mint.adapters.peft import CONFIG, WEIGHTS, PeftAdapter, check_peft_bytes, check_peft_file
 
 if TYPE_CHECKING:
     from sglang_mint.catalog.catalog import Catalog
@@ -52,7 +52,7 @@ class RankTooLarge(InvalidAdapter):
 def served_rank(peft: PeftAdapter) -> int:
     """The rank SGLang's pool must hold for this adapter: the largest module rank.
 
-    Example: r=8 with rank_pattern {"v_proj": 16} serves at rank 16 (uniform.py pads the rest)."""
+    Example: r=8 with rank_pattern {"v_proj": 16} serves at rank 16 (adapters/uniform_rank.py pads the rest)."""
     config = json.loads(peft.config_bytes)
     return max([int(config["r"]), *(int(r) for r in (config.get("rank_pattern") or {}).values())])
 
@@ -120,7 +120,6 @@ def _unpack(data: bytes, catalog: "Catalog", where: str) -> tuple[bytes, bytes]:
         from sglang_mint.packed.format import PackedError, decode_header
     except ImportError as exc:
         raise InvalidAdapter(f"{where}: reading a packed adapter needs torch ({exc})") from None
-    from sglang_mint.catalog.errors import BaseModelMismatch
 
     try:
         _, _, mint = decode_header(data, len(data), where)

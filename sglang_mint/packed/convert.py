@@ -19,7 +19,7 @@ largest, R. If every module has one scaling s (alpha_m / r_m, or
 alpha_m / sqrt(r_m) under use_rslora), the packed config says r = R and
 lora_alpha = s * R and the source tensors are stored unchanged (unpack is
 bit-exact). If scalings differ (rank_pattern / alpha_pattern), the adapter is
-first rewritten by ``sglang_mint.catalog.uniform.uniform_lora`` (B pre-scaled,
+first rewritten by ``sglang_mint.adapters.uniform_rank.uniform_lora`` (B pre-scaled,
 r = lora_alpha = R) and that uniform form is what is stored and unpacked.
 """
 
@@ -31,9 +31,9 @@ import re
 
 import torch
 
-from sglang_mint.catalog.errors import InvalidAdapter
-from sglang_mint.catalog.lora_keys import PEFT_FUSED, fused_expert_params, rank_alpha, scaling
-from sglang_mint.catalog.uniform import uniform_lora
+from sglang_mint.adapters.errors import InvalidAdapter
+from sglang_mint.adapters.lora_keys import PEFT_FUSED, fused_expert_params, rank_alpha, scaling
+from sglang_mint.adapters.uniform_rank import uniform_lora
 from sglang_mint.packed.format import PackedError
 from sglang_mint.packed.writer import DTYPE_NAMES
 

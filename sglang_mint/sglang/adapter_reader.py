@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import os
 
-from sglang_mint.catalog.peft_import import check_lora
-from sglang_mint.catalog.uniform import uniform_lora
+from sglang_mint.adapters.peft import check_lora
+from sglang_mint.adapters.uniform_rank import uniform_lora
 from sglang_mint.lora_id import lora_name_of
 from sglang_mint.residency.host_bytes import adapter_host_bytes
 

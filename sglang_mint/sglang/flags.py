@@ -184,7 +184,7 @@ def check_catalog_serves(config: MintConfig, model_path: str) -> None:
     """
     import os
 
-    from sglang_mint.catalog.base import load_base_model
+    from sglang_mint.adapters.base_model import load_base_model
 
     if not os.path.isfile(os.path.join(model_path, "config.json")):
         return

@@ -123,7 +123,7 @@ def test_list_prefix_and_pagination(cat, peft):
     folder = peft("p", rank=1)
     ids = [f"acme/m{i:02d}" for i in range(25)] + ["acme", "acme0", "acmf/x", "zeta/y", "acm/z"]
     for i, aid in enumerate(ids):
-        cat.publish_peft(aid, __import__("sglang_mint.catalog.peft_import", fromlist=["x"]).read_peft_folder(
+        cat.publish_peft(aid, __import__("sglang_mint.adapters.peft", fromlist=["x"]).read_peft_folder(
             folder, cat.base), {"i": i})
     cat.delete("acme/m03")
     got, after = [], None

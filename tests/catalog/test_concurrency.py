@@ -17,8 +17,8 @@ import hashlib, io, json, os, sys, time
 sys.path.insert(0, {HERE!r})
 from safetensors.numpy import save
 from catalog_fixtures import peft_tensors
+from sglang_mint.adapters.peft import check_peft_bytes
 from sglang_mint.catalog import open_catalog
-from sglang_mint.catalog.peft_import import check_peft_bytes
 
 def adapter(cat, seed, rank=1):
     cfg = json.dumps({{"peft_type": "LORA", "r": rank, "lora_alpha": 2, "target_modules":

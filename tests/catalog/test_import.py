@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from catalog_fixtures import SHAPES, peft_tensors, write_base, write_peft, written
 
-from sglang_mint.catalog.errors import BaseModelMismatch, InvalidAdapter, InvalidAdapterId
-from sglang_mint.catalog.peft_import import read_peft_folder
+from sglang_mint.adapters.errors import BaseModelMismatch, InvalidAdapter
+from sglang_mint.adapters.peft import read_peft_folder
+from sglang_mint.catalog.errors import InvalidAdapterId
 
 
 def test_good_folder_imports_and_reads_back(cat, peft):

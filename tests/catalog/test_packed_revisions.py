@@ -136,7 +136,7 @@ def test_unconvertible_adapter_is_refused_and_nothing_written(cat, tmp_path):
     folder = write_peft(tmp_path / "gu", rank=4, modules=("gate_proj", "up_proj"), tensors=t)
     cat.publish("gu-peft", folder)  # the PEFT checks pass
     before = written(cat)
-    from sglang_mint.catalog.errors import InvalidAdapter
+    from sglang_mint.adapters.errors import InvalidAdapter
     with pytest.raises(InvalidAdapter, match="cannot convert to the packed format.*different input widths"):
         cat.publish("gu", folder, pack=True)
     assert written(cat) == before

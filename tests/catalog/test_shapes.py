@@ -14,9 +14,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from sglang_mint.catalog.base import BaseModel, base_model_from_config, load_base_model
-from sglang_mint.catalog.errors import BaseModelMismatch, InvalidAdapter
-from sglang_mint.catalog.peft_import import check_lora, check_tensors, read_peft_folder
+from sglang_mint.adapters.base_model import BaseModel, base_model_from_config, load_base_model
+from sglang_mint.adapters.errors import BaseModelMismatch, InvalidAdapter
+from sglang_mint.adapters.peft import check_lora, check_tensors, read_peft_folder
 from sglang_mint.dev.tiny_moe import FORMS, write_tiny_moe, write_tiny_moe_adapters
 
 L0 = "base_model.model.model.layers.0."

@@ -6,7 +6,7 @@ import os
 import numpy as np
 from safetensors.numpy import load_file
 
-from sglang_mint.catalog.peft_import import read_peft_folder
+from sglang_mint.adapters.peft import read_peft_folder
 from sglang_mint.catalog.synth import synth
 
 

@@ -12,9 +12,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from sglang_mint.catalog.errors import InvalidAdapter
-from sglang_mint.catalog.peft_import import read_safetensors_header
-from sglang_mint.catalog.uniform import uniform_lora, uniform_size
+from sglang_mint.adapters.errors import InvalidAdapter
+from sglang_mint.adapters.peft import read_safetensors_header
+from sglang_mint.adapters.uniform_rank import uniform_lora, uniform_size
 from sglang_mint.dev.tiny import randomize_lora
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "kernels"))

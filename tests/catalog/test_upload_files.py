@@ -15,7 +15,7 @@ import tracemalloc
 import pytest
 from catalog_fixtures import write_peft
 
-from sglang_mint.catalog.errors import InvalidAdapter
+from sglang_mint.adapters.errors import InvalidAdapter
 from sglang_mint.catalog.upload import publish_files
 
 

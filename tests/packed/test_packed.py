@@ -174,7 +174,7 @@ def test_rslora_with_one_scaling_stays_bit_exact(layout, tmp_path):
 def test_mixed_scalings_pack_and_unpack_the_uniform_form(tmp_path):
     """alpha_pattern gives down_proj 2/4 beside 8/4 elsewhere: the converter packs uniform_lora's form, and
     unpack gives back exactly that (config and tensors), not the folder that was packed."""
-    from sglang_mint.catalog.uniform import uniform_lora
+    from sglang_mint.adapters.uniform_rank import uniform_lora
 
     src = write_layout(tmp_path / "src", "packed3d")
     _set_config(src, alpha_pattern={"down_proj": 2})

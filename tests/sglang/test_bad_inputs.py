@@ -207,7 +207,7 @@ def import_cases(tiny_model, adapters, tmp: Path) -> dict:
     cfg = json.loads((tiny_model / "config.json").read_text())
     (other / "config.json").write_text(json.dumps({**cfg, "num_hidden_layers": 3}))
     # what the doc promises the refusals name: the tensor and both shapes; both base identities
-    from sglang_mint.catalog.base import load_base_model
+    from sglang_mint.adapters.base_model import load_base_model
     first = load_file(str(adapters[0] / "adapter_model.safetensors"))
     b_key = next(k for k in first if "lora_B" in k)
     out_dim, rank = first[b_key].shape

@@ -1,7 +1,7 @@
 """The host budget charges what an adapter really holds, end to end on real SGLang (CPU).
 
 A ``rank_pattern`` adapter is padded to its largest rank before SGLang serves it
-(catalog/uniform.py), so it holds up to 8x its file. Cold reads of six such
+(adapters/uniform_rank.py), so it holds up to 8x its file. Cold reads of six such
 adapters, with room for three: the scheduler's peak stays within the budget plus
 one adapter, and what it reports agrees with its memory (PSS) within 20%.
 The bound is computed here from the adapters' own shapes, not by the code under test.

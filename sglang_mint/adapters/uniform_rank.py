@@ -15,8 +15,8 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
-from sglang_mint.catalog.errors import InvalidAdapter
-from sglang_mint.catalog.lora_keys import KEY, PEFT_FUSED, fused_expert_params, is_uniform, rank_alpha, scaling
+from sglang_mint.adapters.errors import InvalidAdapter
+from sglang_mint.adapters.lora_keys import KEY, PEFT_FUSED, fused_expert_params, is_uniform, rank_alpha, scaling
 
 if TYPE_CHECKING:
     import torch
@@ -129,7 +129,7 @@ def uniform_size(config: dict, header: Mapping[str, tuple[str, Sequence[int]]], 
     Every LoRA tensor has one dimension proportional to its module's rank, so padding
     module m from r_m to R multiplies its bytes by R / r_m. Example: r=4 with
     rank_pattern {"q_proj": 32}: every other module's tensors grow 8x."""
-    from sglang_mint.catalog.peft_import import DTYPES
+    from sglang_mint.adapters.peft import DTYPES
 
     def nbytes(key: str) -> int:
         dtype, shape = header[key]

@@ -34,10 +34,10 @@ import struct
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from sglang_mint.catalog.base import BaseModel
-from sglang_mint.catalog.errors import BaseModelMismatch, InvalidAdapter
-from sglang_mint.catalog.lora_keys import KEY, PEFT_FUSED, fused_expert_params, rank_alpha
-from sglang_mint.catalog.uniform import uniform_size
+from sglang_mint.adapters.base_model import BaseModel
+from sglang_mint.adapters.errors import BaseModelMismatch, InvalidAdapter
+from sglang_mint.adapters.lora_keys import KEY, PEFT_FUSED, fused_expert_params, rank_alpha
+from sglang_mint.adapters.uniform_rank import uniform_size
 
 CONFIG = "adapter_config.json"
 WEIGHTS = "adapter_model.safetensors"
@@ -146,7 +146,7 @@ def check_config(config: dict, where: str) -> dict:
     r = config.get("r")
     if not isinstance(r, int) or isinstance(r, bool) or r <= 0:
         raise InvalidAdapter(f"{where}: rank r must be a positive integer, got {r!r}")
-    # rank_pattern, alpha_pattern and use_rslora are served exactly: uniform.py rewrites such adapters
+    # rank_pattern, alpha_pattern and use_rslora are served exactly: uniform_rank.py rewrites such adapters
     # into the one-rank, one-scaling form SGLang reads before they reach its pool.
     for name in ("rank_pattern", "alpha_pattern"):
         if not isinstance(config.get(name) or {}, dict):
@@ -368,7 +368,7 @@ def _check_peft_config(config_bytes: bytes, base: BaseModel, where: str) -> dict
                                 f"this catalog serves {base.name!r} ({base.identity})")
     named = config.get("base_model_name_or_path")
     if isinstance(named, str) and os.path.isfile(os.path.join(named, "config.json")):
-        from sglang_mint.catalog.base import load_base_model
+        from sglang_mint.adapters.base_model import load_base_model
         theirs = load_base_model(named)
         if theirs.identity != base.identity:
             raise BaseModelMismatch(f"{where}: adapter was trained on {named!r} ({theirs.identity}); "

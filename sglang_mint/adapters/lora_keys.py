@@ -1,7 +1,7 @@
 """What a PEFT LoRA tensor name means: its module, its rank and alpha, its scaling.
 
-One place for PEFT's rules, shared by the import checks (``peft_import.py``,
-shapes only, no torch), ``uniform.py`` and the packed converter:
+One place for PEFT's rules, shared by the import checks (``peft.py``,
+shapes only, no torch), ``uniform_rank.py`` and the packed converter:
 
 * ``rank_pattern`` / ``alpha_pattern`` keys are regexes matched against the
   module path as PEFT's ``get_pattern_key`` does: the first key (dict order)
@@ -23,7 +23,7 @@ import math
 import re
 from typing import Callable, Sequence
 
-from sglang_mint.catalog.errors import InvalidAdapter
+from sglang_mint.adapters.errors import InvalidAdapter
 
 # <module>.lora_A.weight, also <module>.lora_A.<adapter name>.weight
 KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<ab>[AB])(?:\.[A-Za-z0-9_]+)?\.weight$")

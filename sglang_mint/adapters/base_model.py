@@ -33,7 +33,7 @@ import json
 import os
 from dataclasses import dataclass
 
-from sglang_mint.catalog.errors import InvalidAdapter
+from sglang_mint.adapters.errors import InvalidAdapter
 
 # Config keys that change any weight shape. Missing keys are simply left out.
 SHAPE_KEYS = (
