@@ -53,7 +53,7 @@ def node_status(residency) -> dict:
     ranks = [mine] if residency.agreement is None else residency.agreement.gather(mine)
     nodes: dict[str, int] = {}
     for r in ranks:
-        # Shared (sglang_mint/sglang/node_share.py): the ranks of a node map one copy of the same adapters.
+        # Shared (node_share.py): the ranks of a node map one copy of the same adapters.
         nodes[r["host"]] = (max if residency.share is not None else int.__add__)(nodes.get(r["host"], 0),
                                                                                 r["host_bytes"])
     keys = ("tp_rank", "host", "host_bytes", "host_peak_bytes", "resident", "pss_bytes")

@@ -25,7 +25,7 @@ SGLang keeps its own policy for the GPU slots.
 
 With tensor parallelism every rank runs this over the same requests, and the
 ranks agree on finished reads, ended holds and the clock before acting on
-them (rank_agreement.py), so they admit the same requests in the same
+them (residency/rank_agreement.py), so they admit the same requests in the same
 iteration.
 """
 
@@ -47,7 +47,7 @@ from sglang_mint.residency.host_bytes import (
 )
 from sglang_mint.lora_id import CatalogLoraId, is_catalog_lora_id, parse_lora_id
 from sglang_mint.sglang.adapter_reader import attach_adapter, read_adapter
-from sglang_mint.sglang.rank_agreement import RankView, TensorParallelAgreement
+from sglang_mint.residency.rank_agreement import RankView, TensorParallelAgreement
 
 logger = logging.getLogger("sglang_mint")
 
@@ -100,7 +100,7 @@ class SchedulerResidency:
         self.finished_here: dict[str, LoadResult] = {}  # finished on this rank, not yet on every rank
         self.ended_here: dict[str, str] = {}  # rid -> lora id: released on this rank, not yet on every rank
         self.now = time.monotonic()  # the clock failures age by: rank 0's under tensor parallelism
-        # Under tensor parallelism rank 0 reads each adapter and the others map its copy (node_share.py);
+        # Under tensor parallelism rank 0 reads each adapter and the others map its copy (residency/node_share.py);
         # reads are numbered in start order, the same on every rank.
         self.share = None
         self.read_seq = 0
@@ -108,7 +108,7 @@ class SchedulerResidency:
         if self.agreement is not None:
             from sglang.srt.runtime_context import get_parallel
 
-            from sglang_mint.sglang.node_share import NodeShare, group_dir
+            from sglang_mint.residency.node_share import NodeShare, group_dir
 
             dp_rank = get_parallel().dp_rank or 0
             self.share = NodeShare(group_dir(scheduler.server_args.port, dp_rank), self.tp_rank)
@@ -134,7 +134,7 @@ class SchedulerResidency:
     # -- on a worker thread ------------------------------------------------
     def _read(self, lora_id: str):
         """Build the adapter ``lora_id`` names; under tensor parallelism rank 0 reads it and the
-        other ranks map rank 0's copy (node_share.py)."""
+        other ranks map rank 0's copy (residency/node_share.py)."""
         rev = self._revision(lora_id)
         if self.share is None:
             return read_adapter(self.manager, self.catalog, lora_id, rev)

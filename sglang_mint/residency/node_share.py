@@ -23,6 +23,10 @@ Rank 0 removes a read's files as soon as the ranks agree it is installed
 and the whole folder at startup, so only reads in flight can outlive a killed
 server, until its next start. The pages go when the last rank drops its
 views, at eviction.
+
+Engine-neutral: it walks an adapter's tensors the way host_bytes.adapter_host_bytes
+does (``.layers[i].weights``, ``.embedding_layers``, ``.added_tokens_embeddings``),
+and ``attach`` takes the engine's constructor of an empty adapter.
 """
 
 from __future__ import annotations

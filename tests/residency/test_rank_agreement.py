@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from sglang_mint.sglang.rank_agreement import RankView, agree
-from sglang_mint.sglang.cpu_compat import thread_binding
+from sglang_mint.residency.rank_agreement import RankView, agree
 
 
 def test_only_reads_finished_on_every_rank_are_installed():
@@ -29,8 +28,3 @@ def test_the_same_views_give_the_same_answer_in_any_insertion_order():
     two = agree([RankView({"a": None, "b": None}), RankView({"b": None, "a": None})])
     assert one.installs == two.installs == ["a", "b"]
 
-
-def test_thread_binding_splits_cores_evenly():
-    assert thread_binding(2, [0, 1]) == "0|1"
-    assert thread_binding(2, [0, 1, 2, 3]) == "0,1|2,3"
-    assert thread_binding(4, [0, 1]) is None
