@@ -13,7 +13,7 @@ the same allocator (the floor on this machine). Both (a) and (b) build the same 
 ``LoRAManager.load_lora_adapter`` keeps. Page cache is warm for all three.
 
 Then the pool fill at first use (``LoRAMemoryPool.load_lora_weight_to_buffer``
-into a real host pool on CPU, sglang_mint.sglang.standin_pool; max rank = the
+into a real host pool on CPU, sglang_mint.dev.standin_pool; max rank = the
 adapter's, bf16): (d) SGLang's own fill of the adapter from (a) vs (e) ours,
 ``sglang_mint.sglang.packed_pool``, of the adapter from (b), with the number of
 tensor copies into the pool each makes (SGLang: its ``copy_weight_into_buffer``
@@ -250,8 +250,8 @@ def run(kind: str, rounds: int, root: str) -> dict:
 def pool_fill(s: dict, cfg, native_adapter, packed_adapter, loads: dict, rounds: int) -> tuple[dict, dict]:
     from sglang.srt.lora import mem_pool
 
+    from sglang_mint.dev.standin_pool import pools_equal, standin_base_and_modules, standin_pool, tp1
     from sglang_mint.sglang.packed_pool import load_lora_weight_to_buffer as ours
-    from sglang_mint.sglang.standin_pool import pools_equal, standin_base_and_modules, standin_pool, tp1
 
     targets = {"gate_up_proj", "down_proj"} | (set() if s["experts"] else {"qkv_proj", "o_proj"})
     base, modules = standin_base_and_modules(cfg, targets)

@@ -1,6 +1,6 @@
 """The packed pool fill leaves every LoRA pool buffer bit-identical to SGLang's own fill.
 
-Real ``LoRAMemoryPool`` objects on CPU (sglang_mint.sglang.standin_pool: a
+Real ``LoRAMemoryPool`` objects on CPU (sglang_mint.dev.standin_pool: a
 stand-in base model the pool sizes itself from, real LoRA layer classes for
 the slice methods). The same adapter goes into one pool through
 SGLang's path (PEFT tensors, ``initialize_weights_from_tensors``) and into
@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from sglang_mint.sglang.standin_pool import poison, pools_equal, standin_base_and_modules, standin_pool, tp1
+from sglang_mint.dev.standin_pool import poison, pools_equal, standin_base_and_modules, standin_pool, tp1
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "packed"))
 from packed_layouts import E, H, I, write_layout  # noqa: E402

@@ -11,6 +11,9 @@ at TP 1. Example::
     with tp1():
         pool = standin_pool(cfg, base, max_rank=8, targets={"qkv_proj", "o_proj"})
         LoRAMemoryPool.load_lora_weight_to_buffer(pool, "a", 0, adapter, modules, None, None)
+
+Development tooling, not serving glue: its users are tests/sglang/test_packed_pool.py
+and bench/load_bench.py. SGLang is imported inside the functions that need it.
 """
 
 from __future__ import annotations
