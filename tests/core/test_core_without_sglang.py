@@ -60,13 +60,3 @@ def test_the_sglang_blocker_would_catch_a_leak():
     assert proc.returncode != 0
     assert "blocked: sglang" in proc.stderr
 
-
-def test_shipped_code_never_imports_dev_tooling():
-    """sglang_mint/dev/ (test servers, the demo, mint dev/cluster) is reached only from the CLI."""
-    from pathlib import Path
-
-    pkg = Path(__file__).resolve().parents[2] / "sglang_mint"
-    offenders = [str(p.relative_to(pkg)) for p in pkg.rglob("*.py")
-                 if "sglang_mint.dev" in p.read_text()
-                 and p.parts[len(pkg.parts)] != "dev" and p.name != "cli.py"]
-    assert offenders == []
