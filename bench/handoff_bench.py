@@ -51,210 +51,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import pickle
 import shutil
-import statistics
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
-import openai
-
-from _common import append_result, other_server_pids, wait_for_other_servers
+# The trainer (_handoff_trainer), the timed steps and servers (_handoff_harness) and what is made of
+# the measurements (_handoff_results) live beside this script; here: the three cases and main.
+from _common import append_result
+from _handoff_harness import SERVED, SERVER_FLAGS, get_json, lora_server, post, run_reps, start_server
+from _handoff_results import cross_case_agreement, print_summary, ratios, reference_check
+from _handoff_trainer import B_STD, MODULES, Trainer, serialize
 from sglang_mint.dev.random_llama import param_count, random_llama_dir
-from sglang_mint.dev.server import SGLangServer
 
-MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 PROMPT = "the quick brown fox jumps over the lazy dog"
-B_STD = 0.02
-SERVED = "base"
-CASES = ("mint", "stock", "full")  # a, b, c: results[rank][case][variant]
-# A 2.7 GB model leaves little room on a 24 GB machine: the default 65536-token KV cache
-# (3 GB here) is not needed for 1-token requests.
-SERVER_FLAGS = ["--max-total-tokens", "4096"]
-
-
-# --------------------------------------------------------------------------- the trainer
-
-
-class Trainer:
-    """Holds the base weights and a LoRA whose B changes every step, like an RL trainer.
-
-    ``step(k)`` returns the PEFT state dict of step k: A fixed per rank, B drawn from a
-    generator seeded by (rank, k), so step k is the same tensors in every case.
-    """
-
-    def __init__(self, model_dir: Path, rank: int, base: dict | None):
-        import torch
-
-        cfg = json.loads((model_dir / "config.json").read_text())
-        h, i = cfg["hidden_size"], cfg["intermediate_size"]
-        kv = cfg["num_key_value_heads"] * cfg.get("head_dim", h // cfg["num_attention_heads"])
-        self.layers = cfg["num_hidden_layers"]
-        # module -> (in, out): q [h->h], k/v [h->kv], o [h->h], gate/up [h->i], down [i->h]
-        self.dims = {"q_proj": (h, h), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (h, h),
-                     "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h)}
-        self.rank, self.alpha = rank, 2 * rank
-        self.model_dir, self.base = model_dir, base
-        self.config = {
-            "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": rank, "lora_alpha": self.alpha,
-            "target_modules": list(MODULES), "lora_dropout": 0.0, "bias": "none", "fan_in_fan_out": False,
-            "base_model_name_or_path": str(model_dir),
-        }
-        gen = torch.Generator().manual_seed(1000 + rank)
-        self.A = {(layer, m): torch.randn(rank, self.dims[m][0], generator=gen) / self.dims[m][0] ** 0.5
-                  for layer in range(self.layers) for m in MODULES}
-
-    @staticmethod
-    def key(layer: int, module: str, ab: str) -> str:
-        part = "self_attn" if module in MODULES[:4] else "mlp"
-        return f"base_model.model.model.layers.{layer}.{part}.{module}.lora_{ab}.weight"
-
-    def step(self, k: int) -> dict:
-        import torch
-
-        gen = torch.Generator().manual_seed(self.rank * 1_000_003 + k)
-        sd = {}
-        for layer in range(self.layers):
-            for m in MODULES:
-                sd[self.key(layer, m, "A")] = self.A[(layer, m)].clone()
-                sd[self.key(layer, m, "B")] = torch.randn(self.dims[m][1], self.rank, generator=gen) * B_STD
-        return sd
-
-    def merged(self, sd: dict) -> dict:
-        """The base weights with W + (alpha/r) B A for every LoRA module: new tensors, base untouched."""
-        import torch
-
-        out = dict(self.base)
-        scale = self.alpha / self.rank
-        for layer in range(self.layers):
-            for m in MODULES:
-                part = "self_attn" if m in MODULES[:4] else "mlp"
-                name = f"model.layers.{layer}.{part}.{m}.weight"
-                out[name] = torch.addmm(self.base[name], sd[self.key(layer, m, "B")], sd[self.key(layer, m, "A")],
-                                        alpha=scale)
-        return out
-
-    def write_peft(self, sd: dict, folder: Path) -> Path:
-        from safetensors.torch import save_file
-
-        folder.mkdir(parents=True, exist_ok=True)
-        save_file(sd, str(folder / "adapter_model.safetensors"))
-        (folder / "adapter_config.json").write_text(json.dumps(self.config, indent=2))
-        return folder
-
-
-# --------------------------------------------------------------------------- serving side
-
-
-def post(url: str, body: dict, timeout: float = 600) -> dict:
-    data = json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, headers={"content-type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
-            return json.loads(r.read() or b"{}")
-    except urllib.error.HTTPError as e:
-        raise RuntimeError(f"POST {url.rsplit('/', 1)[-1]} -> {e.code}: {e.read()[:2000].decode(errors='replace')}")
-
-
-def get_json(url: str) -> dict:
-    with urllib.request.urlopen(url, timeout=60) as r:
-        return json.loads(r.read())
-
-
-def first_token(client, model: str, prompt_ids: list[int]) -> dict:
-    """One greedy token; returns its text and logprob."""
-    out = client.completions.create(model=model, prompt=prompt_ids, max_tokens=1, temperature=0, logprobs=1)
-    lp = out.choices[0].logprobs
-    return {"token": lp.tokens[0], "logprob": lp.token_logprobs[0]}
-
-
-def timed_rep(k: int, trainer: "Trainer", handoff, server, client, prompt_ids) -> dict:
-    """Step k: draw the new state dict, then time ``handoff(k, sd)`` (returns its phases and the
-    model name to ask) and the first token."""
-    sd = trainer.step(k)  # the trainer already holds this: not timed
-    others = set(other_server_pids(exclude=server.proc.pid))
-    t0 = time.perf_counter()
-    phases, model = handoff(k, sd)
-    t1 = time.perf_counter()
-    tok = first_token(client, model, prompt_ids)
-    t2 = time.perf_counter()
-    assert abs(first_token(client, model, prompt_ids)["logprob"] - tok["logprob"]) < 1e-4  # the policy holds
-    # The serving cost alone: the same policy, a prompt of the same length that shares no prefix
-    # with the one just cached (reversed), so it prefills as much as the first request did.
-    w0 = time.perf_counter()
-    first_token(client, model, prompt_ids[::-1])
-    w1 = time.perf_counter()
-    row = {"step": k, "total_s": round(t2 - t0, 4), "first_token_s": round(t2 - t1, 4),
-           "warm_s": round(w1 - w0, 4), "phases": {p: round(v, 4) for p, v in phases.items()}, **tok}
-    others |= set(other_server_pids(exclude=server.proc.pid))
-    if others:  # another SGLang server started meanwhile and shared the cores: say so
-        row["other_servers"] = len(others)
-    return row
-
-
-RETRIES = 2  # per step, when another SGLang server shared the machine during it
-RETRY_STEP0 = 100  # retried steps publish fresh weights: a catalog refuses a revision it already holds
-
-
-def run_reps(trainer, handoff, server, prompt_ids, reps: int) -> dict:
-    """One untimed warm-up step, then ``reps`` timed steps. A step during which another SGLang
-    server ran on the machine (tests of a colleague, say) is kept aside and redone with fresh
-    weights once that server has ended, up to RETRIES times; the last try is kept either way."""
-    client = openai_client(server)
-    own = server.proc.pid
-    retry_steps = iter(range(RETRY_STEP0 * trainer.rank, 10**9))
-    wait_for_other_servers(exclude=own)
-    warmup = timed_rep(0, trainer, handoff, server, client, prompt_ids)
-    samples, set_aside = [], []
-    for k in range(1, reps + 1):
-        step = k
-        for attempt in range(RETRIES + 1):
-            wait_for_other_servers(exclude=own)
-            row = timed_rep(step, trainer, handoff, server, client, prompt_ids)
-            if not row.get("other_servers") or attempt == RETRIES:
-                samples.append(row)
-                break
-            set_aside.append(row)
-            step = next(retry_steps)
-    for prev, cur in zip([warmup] + samples, samples):
-        cur["changed_from_previous"] = abs(cur["logprob"] - prev["logprob"]) > 1e-6
-    return {"warmup": warmup, "samples": samples, "set_aside_contended": set_aside, **summarize(samples)}
-
-
-def summarize(samples: list[dict]) -> dict:
-    tot = [s["total_s"] for s in samples]
-    over = [s["total_s"] - s["warm_s"] for s in samples]
-    phases = {p: round(statistics.median(s["phases"][p] for s in samples), 4) for p in samples[0]["phases"]}
-    return {"median_s": round(statistics.median(tot), 4), "min_s": round(min(tot), 4),
-            "median_over_warm_s": round(statistics.median(over), 4),
-            "median_warm_s": round(statistics.median(s["warm_s"] for s in samples), 4),
-            "median_phases_s": phases,
-            "contended_samples": sum(1 for s in samples if s.get("other_servers"))}
-
-
-class Server(SGLangServer):
-    def start(self) -> "Server":
-        wait_for_other_servers()
-        return super().start()
-
-
-def start_server(model_dir, **kwargs) -> Server:
-    """A server for ``with``: it starts (after any other server has ended) on entering."""
-    return Server(model_dir, served_name=SERVED, python=sys.executable, **kwargs)
-
-
-def openai_client(server):
-    return openai.OpenAI(base_url=server.openai_url, api_key="none", max_retries=0, timeout=600)
-
-
-def lora_server(model_dir, rank, *, enable_mint, extra=()):
-    return start_server(model_dir, enable_mint=enable_mint,
-                        extra_args=[*SERVER_FLAGS, "--max-lora-rank", str(rank), "--lora-target-modules", *MODULES,
-                                    *extra])
 
 
 # --------------------------------------------------------------------------- the cases
@@ -298,17 +109,6 @@ def case_mint(model_dir, trainer: Trainer, prompt_ids, reps, workdir: Path, vari
                                            for sch in status.get("schedulers", [])]
             print(f"r{trainer.rank} mint/{variant}: median {out[variant]['median_s']} s", flush=True)
     return out
-
-
-def serialize(obj, how: str) -> str:
-    """SGLang's payload for serialized_named_tensors, as a base64 string (JSON has no bytes)."""
-    import pybase64
-
-    if how == "bytes":
-        return pybase64.b64encode(pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)).decode()
-    from sglang.srt.utils import MultiprocessingSerializer
-
-    return MultiprocessingSerializer.serialize(obj, output_str=True)
 
 
 def case_stock(model_dir, trainer: Trainer, prompt_ids, reps, payloads: list[str]) -> dict:
@@ -421,60 +221,6 @@ def probe_fd_strategy(model_dir, trainer: Trainer) -> str:
         tmp.set_sharing_strategy("file_system")
 
 
-def reference_check(model_dir, trainers, last: int, prompt_ids, results, workdir: Path) -> dict:
-    """HF+PEFT (separate process) logprob of the first token at step ``last`` against every case
-    that served that step (a step redone after contention got other weights)."""
-    from sglang_mint.dev.reference import run_reference
-
-    jobs = [{"adapter": None, "prompt_ids": prompt_ids, "max_tokens": 1}]
-    for t in trainers:
-        folder = t.write_peft(t.step(last), workdir / f"peft-r{t.rank}-{last}")
-        jobs.append({"adapter": str(folder), "prompt_ids": prompt_ids, "max_tokens": 1})
-    ref = run_reference(sys.executable, model_dir, jobs)
-    out = {"base_logprob": ref[0]["logprobs"][0], "base_token": ref[0]["tokens"][0]}
-    for t, r in zip(trainers, ref[1:]):
-        row = {"reference_logprob": r["logprobs"][0], "reference_token": r["tokens"][0], "served": {}}
-        for case in CASES:
-            for variant, v in results[f"r{t.rank}"].get(case, {}).items():
-                for s in v.get("samples", []):
-                    if s["step"] == last:
-                        row["served"][f"{case}/{variant}"] = {
-                            "logprob": s["logprob"], "abs_diff": abs(s["logprob"] - r["logprobs"][0])}
-        row["max_abs_diff"] = max((x["abs_diff"] for x in row["served"].values()), default=None)
-        out[f"r{t.rank}"] = row
-    return out
-
-
-def cross_case_agreement(res: dict) -> float | None:
-    """Largest logprob gap between cases at the same step (the same weights everywhere)."""
-    by_step: dict[int, list[float]] = {}
-    for case in CASES:
-        for v in res.get(case, {}).values():
-            for s in v.get("samples", []):
-                by_step.setdefault(s["step"], []).append(s["logprob"])
-    gaps = [max(lps) - min(lps) for lps in by_step.values() if len(lps) > 1]
-    return max(gaps) if gaps else None
-
-
-def ratios(res: dict) -> dict:
-    """a/b against the faster stock payload (goal <= 1.2) and c/a per full-update path (goal >= 20),
-    for the client's default publish (``warm``); ``per_variant`` has every pairing."""
-    med = {case: {v: r["median_s"] for v, r in res.get(case, {}).items() if "median_s" in r} for case in CASES}
-    out = {}
-    mint = med["mint"].get("warm") or next(iter(med["mint"].values()), None)
-    if mint and med["stock"]:
-        r = mint / min(med["stock"].values())
-        out["a_over_b"] = {"value": round(r, 3), "goal": "<= 1.2", "met": r <= 1.2,
-                           "per_variant": {f"{m}/{s}": round(a / b, 3) for m, a in med["mint"].items()
-                                           for s, b in med["stock"].items()}}
-    if mint and med["full"]:
-        out["c_over_a"] = {f: {"value": round(v / mint, 2), "goal": ">= 20", "met": v / mint >= 20}
-                           for f, v in med["full"].items()}
-        out["c_over_a"]["per_variant"] = {f"{f}/{m}": round(v / a, 2) for f, v in med["full"].items()
-                                          for m, a in med["mint"].items()}
-    return out
-
-
 # --------------------------------------------------------------------------- main
 
 
@@ -558,28 +304,6 @@ def main() -> int:
     if not a.workdir:
         shutil.rmtree(workdir, ignore_errors=True)
     return 0
-
-
-def print_summary(record: dict) -> None:
-    print(f"\nhandoff: trainer holds new LoRA -> first token (median / min over {record['reps']} steps, seconds)")
-    labels = {"mint": "a mint publish", "stock": "b stock from_tensors", "full": "c full update"}
-    for rk, res in record["results"].items():
-        for case in CASES:
-            for variant, v in res.get(case, {}).items():
-                label = f"{labels[case]}/{variant}"
-                if "median_s" in v:
-                    print(f"  {rk} {label:<30} {v['median_s']:>7.3f} {v['min_s']:>7.3f}   over warm "
-                          f"{v['median_over_warm_s']:.3f}  phases {v['median_phases_s']}"
-                          + (f"  ({v['contended_samples']} samples beside another server)"
-                             if v["contended_samples"] else ""))
-                else:
-                    print(f"  {rk} {label:<30} {v.get('skipped') or v.get('failed', '')[:300]}")
-        for name, r in res["ratios"].items():
-            print(f"  {rk} {name}: {r}")
-        print(f"  {rk} largest logprob gap between cases at the same step: {res['cross_case_max_logprob_gap']}")
-    if record["reference"]:
-        print("reference (HF+PEFT) vs served, last step, largest |logprob gap|:",
-              {k: v["max_abs_diff"] for k, v in record["reference"].items() if isinstance(v, dict)})
 
 
 if __name__ == "__main__":
