@@ -1,6 +1,7 @@
 # sglang-mint: two commands.
 #   make demo   real SGLang on CPU serving LoRA adapters by id (installs what it needs)
 #   make test   the test suite (installs what it needs)
+# and, while editing: make test-fast (the same suite less the tests that start SGLang servers)
 #
 # The virtualenv lives under $(MINT_CACHE_DIR), keyed by the hash of
 # requirements.lock: a fresh machine gets a full install (about 4 minutes,
@@ -17,7 +18,7 @@ VENV := $(MINT_CACHE_DIR)/venv-$(LOCK_HASH)
 EDITABLE_STAMP := $(VENV)/.editable-$(shell (cat setup.py; pwd) | sha256sum | cut -c1-16)
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test
+.PHONY: setup demo test test-fast
 
 setup:
 	@# The PostgreSQL catalog tests start Debian's server from /usr/lib/postgresql/*/bin (CI runs as root).
@@ -44,3 +45,7 @@ demo: setup
 
 test: setup
 	"$(VENV)/bin/pytest" -q $(PYTEST_ARGS)
+
+# Everything but the tests that start SGLang servers (pytest.mark.server): a few minutes, for the edit loop.
+test-fast: setup
+	"$(VENV)/bin/pytest" -q -m "not server" $(PYTEST_ARGS)

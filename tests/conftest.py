@@ -10,6 +10,33 @@ import pytest
 pytest_plugins = ["servers.moto_server", "servers.postgres_server"]
 
 
+# -- the two lanes: `make test` runs everything, `make test-fast` leaves out `server` tests ----------
+_server_allowed = [True]
+
+
+def pytest_configure(config):
+    """A test that starts an SGLang server must say so (``pytest.mark.server``): in a run that leaves
+    server tests out, starting one anyway fails, so the fast lane never grows a slow test unseen."""
+    from sglang_mint.dev.server import SGLangServer
+
+    start = SGLangServer.start
+
+    def start_if_marked(self):
+        if not _server_allowed[0]:
+            raise RuntimeError("this test starts an SGLang server but is not marked pytest.mark.server; "
+                               "mark it (make test-fast leaves server tests out)")
+        return start(self)
+
+    SGLangServer.start = start_if_marked
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_setup(item):
+    # Module- and session-scoped servers start in the setup of the first test that needs them.
+    _server_allowed[0] = item.get_closest_marker("server") is not None
+    yield
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory):
     from sglang_mint.dev.tiny import write_tiny_llama

@@ -10,12 +10,6 @@ import pytest
 from sglang_mint.dev.server import SGLangServer
 
 
-def pytest_collection_modifyitems(items):
-    for item in items:
-        if "tests/sglang/" in str(item.fspath):
-            item.add_marker(pytest.mark.e2e)
-
-
 @pytest.fixture(scope="session")
 def catalog_server():
     """``catalog_server(model, catalog, log_dir, *flags)``: a server with --enable-mint serving ``catalog``,

@@ -10,6 +10,8 @@ from transformers import AutoTokenizer
 
 from sglang_mint.dev.reference import run_reference
 
+pytestmark = pytest.mark.server  # starts real SGLang servers: not in make test-fast
+
 PROMPT = "the quick brown fox and the lazy dog"
 MAX_TOKENS = 6
 TOL = 1e-4

@@ -7,12 +7,11 @@ catalog is unchanged after each refusal. Launch flags are test_plugin.py's cases
 
 from __future__ import annotations
 
+import http.client
 import json
 import re
 import shutil
 import sqlite3
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -20,6 +19,8 @@ import pytest
 from sglang_mint.catalog import init_catalog, open_catalog
 from sglang_mint.catalog.errors import MintError
 from sglang_mint.dev.tiny import write_tiny_adapters
+
+pytestmark = pytest.mark.server  # starts real SGLang servers: not in make test-fast
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "bad-inputs.md"
 PROMPT = "the quick brown fox"
@@ -95,13 +96,20 @@ def server(tiny_model, catalog, tmp_path_factory, catalog_server):
 def post(server, path: str, body, content_type: str = "application/json", method: str | None = None
          ) -> tuple[int, str]:
     data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
-    req = urllib.request.Request(server.url + path, data=data, headers={"Content-Type": content_type},
-                                 method=method)
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=300)
     try:
-        with urllib.request.urlopen(req, timeout=300) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
+        conn.putrequest(method or ("POST" if data is not None else "GET"), path)
+        conn.putheader("Content-Type", content_type)
+        conn.putheader("Content-Length", str(len(data or b"")))
+        conn.endheaders()
+        try:
+            conn.send(data or b"")
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # refused on its headers (413) and closed before the body was in: the answer is still there
+        r = conn.getresponse()
+        return r.status, r.read().decode()
+    finally:
+        conn.close()
 
 
 def completion(model) -> dict:

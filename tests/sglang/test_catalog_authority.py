@@ -19,6 +19,8 @@ from test_catalog_serving import complete
 from sglang_mint.catalog import init_catalog
 from sglang_mint.client import MintClient
 
+pytestmark = pytest.mark.server  # starts real SGLang servers: not in make test-fast
+
 TOL = 1e-4
 
 

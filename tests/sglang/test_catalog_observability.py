@@ -17,6 +17,8 @@ from sglang_mint.catalog import init_catalog
 from sglang_mint.catalog.synth import synth
 from sglang_mint.dev.server import SGLangServer
 
+pytestmark = pytest.mark.server  # starts real SGLang servers: not in make test-fast
+
 N_ADAPTERS = 600
 RANK = 8  # about 64 KiB per adapter: 600 of them would be about 38 MiB without a budget
 BUDGET = 2 << 20

@@ -14,6 +14,8 @@ import pytest
 
 from sglang_mint.catalog import init_catalog
 
+pytestmark = pytest.mark.server  # starts real SGLang servers: not in make test-fast
+
 PROMPT = "the quick brown fox and the lazy dog"
 
 

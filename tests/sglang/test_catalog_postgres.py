@@ -16,6 +16,8 @@ from sglang_mint.catalog import init_catalog, open_catalog
 from sglang_mint.dev.reference import run_reference
 from sglang_mint.dev.server import SGLangServer
 
+pytestmark = pytest.mark.server  # starts real SGLang servers: not in make test-fast
+
 PROMPT = "the quick brown fox and the lazy dog"
 TOL = 1e-4
 

@@ -20,6 +20,8 @@ from sglang_mint.catalog.synth import synth
 from sglang_mint.dev.reference import run_reference
 from sglang_mint.dev.server import SGLangServer
 
+pytestmark = pytest.mark.server  # starts real SGLang servers: not in make test-fast
+
 PROMPT = "the quick brown fox and the lazy dog"
 N_SYNTH = 10_000
 HOST_CACHE = 1 << 20  # 1 MiB: about a hundred rank-1 adapters, so the storm evicts

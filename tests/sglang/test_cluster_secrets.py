@@ -17,9 +17,12 @@ import urllib.request
 from pathlib import Path
 
 import psutil
+import pytest
 
 from sglang_mint.ports import free_port
 from sglang_mint.process import ManagedProcess
+
+pytestmark = pytest.mark.server  # starts real SGLang servers: not in make test-fast
 
 
 def test_cluster_engines_get_the_password_off_the_command_line(tmp_path):

@@ -36,6 +36,8 @@ from sglang_mint.dev.server import SGLangServer, free_port
 from sglang_mint.gateway.smg import SMGGateway
 from test_catalog_serving import PROMPT, complete, references
 
+pytestmark = pytest.mark.server  # starts real SGLang servers: not in make test-fast
+
 N_SYNTH = 197  # + 3 PEFT adapters = 200
 N_REQUESTS = 500
 ZIPF_S = 1.1

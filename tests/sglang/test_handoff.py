@@ -25,6 +25,8 @@ from sglang_mint.client import MintAPIError, MintClient
 from sglang_mint.dev.reference import run_reference
 from sglang_mint.dev.tiny import randomize_lora
 
+pytestmark = pytest.mark.server  # starts real SGLang servers: not in make test-fast
+
 TOL = 1e-4
 ADAPTER = "acme/bot"
 

@@ -19,6 +19,8 @@ from safetensors.torch import load_file
 
 from sglang_mint.catalog import init_catalog
 
+pytestmark = pytest.mark.server  # starts real SGLang servers: not in make test-fast
+
 N_ADAPTERS = 6
 RANK, PADDED_RANK = 64, 512  # every module but one is padded 8x
 WIDE = "layers.0.self_attn.q_proj"

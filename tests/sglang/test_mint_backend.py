@@ -20,6 +20,8 @@ from openai_jobs import greedy_batch
 from sglang_mint.dev.reference import run_reference
 from sglang_mint.dev.server import SGLangServer
 
+pytestmark = pytest.mark.server  # starts real SGLang servers: not in make test-fast
+
 PROMPTS = ["the quick brown fox and the lazy dog", "a tiny model writes"]
 MAX_TOKENS = 5
 TOL = 1e-4

@@ -45,6 +45,8 @@ from sglang_mint.dev.server import SGLangServer
 from sglang_mint.dev.tiny_moe import write_tiny_moe, write_tiny_moe_adapters
 from sglang_mint.packed.convert import pack_folder
 
+pytestmark = pytest.mark.server  # starts real SGLang servers: not in make test-fast
+
 PROMPTS = ["the quick brown fox and the lazy dog", "a tiny model writes"]
 MAX_TOKENS = 4
 TOL = 1e-4

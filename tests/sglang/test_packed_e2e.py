@@ -15,6 +15,8 @@ from sglang_mint.dev.server import SGLangServer
 from sglang_mint.packed import PACKED_FILE
 from sglang_mint.packed.convert import pack_folder
 
+pytestmark = pytest.mark.server  # starts real SGLang servers: not in make test-fast
+
 PROMPT = "the quick brown fox and the lazy dog"
 
 

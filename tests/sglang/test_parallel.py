@@ -27,6 +27,8 @@ from sglang_mint.dev.server import SGLangServer
 from sglang_mint.dev.tiny import write_tiny_adapters
 from sglang_mint.dev.tiny_moe import write_tiny_moe, write_tiny_moe_adapters
 
+pytestmark = pytest.mark.server  # starts real SGLang servers: not in make test-fast
+
 PROMPT = "the quick brown fox and the lazy dog"
 N_ADAPTERS = 50
 STORM = 200

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 import urllib.error
@@ -25,6 +26,8 @@ from transformers import AutoTokenizer
 from sglang_mint.catalog import init_catalog, open_catalog
 from sglang_mint.dev.reference import run_reference
 from sglang_mint.dev.tiny import write_tiny_adapters
+
+pytestmark = pytest.mark.server  # starts real SGLang servers: not in make test-fast
 
 N_ADAPTERS = 24
 MAX_TOKENS = 24
@@ -87,7 +90,7 @@ def one_adapter(catalog, adapter_ids) -> int:
     """The most host memory one adapter holds: its tensors (read here from its files) and objects."""
     with open_catalog(str(catalog)) as cat:
         paths = [cat.resolve(a).local_path() for a in adapter_ids]
-    tensors = [load_file(str(p / "adapter_model.safetensors")).values() for p in paths]
+    tensors = [load_file(os.path.join(p, "adapter_model.safetensors")).values() for p in paths]
     return max(sum(t.numel() * t.element_size() for t in ts) for ts in tensors) + OBJECT_BYTES
 
 

@@ -11,6 +11,8 @@ from transformers import AutoTokenizer
 from sglang_mint.dev.reference import run_reference
 from sglang_mint.dev.server import SGLangServer
 
+pytestmark = pytest.mark.server  # starts real SGLang servers: not in make test-fast
+
 PROMPT = "hello world the red fox"
 MAX_TOKENS = 5
 

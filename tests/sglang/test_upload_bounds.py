@@ -35,6 +35,8 @@ import pytest
 
 from sglang_mint.catalog import init_catalog, open_catalog
 
+pytestmark = pytest.mark.server  # starts real SGLang servers: not in make test-fast
+
 UPLOAD_BYTES = int(os.environ.get("MINT_UPLOAD_TEST_BYTES", 128 << 20))
 RANK = max(8, UPLOAD_BYTES // 2048)
 PEAK_LIMIT = 64 << 20
