@@ -45,7 +45,7 @@ def read_estimate_bytes(file_bytes: int, loaded_bytes: int = 0, tensor_count: in
 
 def node_status(residency) -> dict:
     """A scheduler residency's status, with every TP rank's and the host bytes per node under
-    tensor parallelism (``residency``: sglang_mint.sglang.residency.SchedulerResidency).
+    tensor parallelism (``residency``: scheduler_residency.SchedulerResidency).
 
     Every rank handles the same get_internal_state request in the same iteration, so all of them
     reach the gather; only rank 0's answer goes back to the tokenizer manager."""

@@ -2,10 +2,10 @@
 
 ``read_adapter`` reads the revision's files (the record travels with the request,
 sglang_mint/lora_id.py: no catalog query), checks them again, rewrites them to the
-one-rank, one-scaling form SGLang serves exactly (catalog/uniform.py) and builds the
+one-rank, one-scaling form SGLang serves exactly (adapters/uniform_rank.py) and builds the
 adapter; ``attach_adapter`` maps the copy that tensor-parallel rank 0 read
-(node_share.py). Both return ``(LoRARef, LoRAConfig, LoRAAdapter, host bytes)``,
-which the scheduler loop installs into SGLang's LoRA manager (residency.py).
+(residency/node_share.py). Both return ``(LoRAAdapter, host bytes)``, which the
+scheduler loop installs into SGLang's LoRA manager (residency.py).
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import os
 
 from sglang_mint.adapters.peft import check_lora
 from sglang_mint.adapters.uniform_rank import uniform_lora
-from sglang_mint.lora_id import lora_name_of
 from sglang_mint.residency.host_bytes import adapter_host_bytes
 
 
@@ -23,12 +22,10 @@ def read_adapter(manager, catalog, lora_id: str, rev):
     from safetensors.torch import load as load_safetensors
     from sglang.srt.lora.lora import LoRAAdapter
     from sglang.srt.lora.lora_config import LoRAConfig
-    from sglang.srt.lora.lora_registry import LoRARef
 
     from sglang_mint.sglang.packed_loader import packed_path
 
     path = str(catalog.local_path(rev))
-    ref = LoRARef(lora_id=lora_id, lora_name=lora_name_of(lora_id), lora_path=path, pinned=False)
     config = LoRAConfig(path, base_vocab_size=manager.base_hf_config.vocab_size)
     tensors = None
     if packed_path(path) is None:
@@ -64,16 +61,14 @@ def read_adapter(manager, catalog, lora_id: str, rev):
         # its model-weight iterator, which starts a thread pool per file: each handoff
         # then waits out the busy scheduler loop's GIL slice (tens of ms per tiny adapter).
         adapter.initialize_weights_from_tensors(tensors)
-    return ref, config, adapter, adapter_host_bytes(adapter)
+    return adapter, adapter_host_bytes(adapter)
 
 
 def attach_adapter(manager, share, lora_id: str, seq: int):
-    """Map the adapter tensor-parallel rank 0 read as read number ``seq`` (node_share.py)."""
+    """Map the adapter tensor-parallel rank 0 read as read number ``seq`` (residency/node_share.py)."""
     from sglang.srt.lora.lora import LoRAAdapter
-    from sglang.srt.lora.lora_registry import LoRARef
 
     adapter = share.attach(seq, lambda config: LoRAAdapter(
         lora_id, config, manager.base_hf_config, manager.load_config, manager.lora_backend,
         base_model=manager.base_model))
-    ref = LoRARef(lora_id=lora_id, lora_name=lora_name_of(lora_id), lora_path=adapter.config.path, pinned=False)
-    return ref, adapter.config, adapter, adapter_host_bytes(adapter)
+    return adapter, adapter_host_bytes(adapter)

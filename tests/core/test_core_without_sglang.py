@@ -41,7 +41,7 @@ def test_core_imports_with_sglang_blocked():
     for expected in ("sglang_mint.routing", "sglang_mint.config", "sglang_mint.cli", "sglang_mint.catalog.ids",
                      "sglang_mint.client", "sglang_mint.catalog.upload", "sglang_mint.kernels.routes",
                      "sglang_mint.kernels.sgmv_shrink", "sglang_mint.residency.rank_agreement",
-                     "sglang_mint.residency.node_share"):
+                     "sglang_mint.residency.node_share", "sglang_mint.residency.scheduler_residency"):
         assert expected in names
 
 
