@@ -137,6 +137,7 @@ def test_fused_moe_experts_match_peft(rslora, tmp_path):
     ucfg, ut = uniform_lora(acfg, tensors)
     R = ucfg["r"]
     assert R == 8  # gate_up_proj's 2r
+    assert uniform_size(acfg, _header(tensors)) == _bytes(ut) > _bytes(tensors)  # PEFT's fused experts
     key = "base_model.model.model.layers.0.mlp.experts.lora_A.weight"  # down_proj: 4 experts x rank 4 -> 4 x 8
     assert tensors[key].shape == (16, 24) and ut[key].shape == (4 * R, 24)
     ids = _ids(128, seed=5)
@@ -167,6 +168,8 @@ def test_expert_layouts_are_padded_on_the_rank_dim(dtype):
            "alpha_pattern": {"up_proj": 3}, "target_modules": ["gate_proj", "up_proj", "down_proj"]}
     ucfg, ut = uniform_lora(cfg, t)
     assert (ucfg["r"], ucfg["lora_alpha"], ucfg["use_rslora"]) == (4, 4, False) and "rank_pattern" not in ucfg
+    # What the host budget charges for a per-expert MoE adapter before reading it (issue 19 item 4).
+    assert uniform_size(cfg, _header(t)) == _bytes(ut) > _bytes(t)
     scale = {"gate_proj": 6 / 4, "up_proj": 3 / 4, "down_proj": 6 / 2}
     for key in t:
         if ".lora_A." not in key:
@@ -193,6 +196,12 @@ def test_rank_disagreeing_with_config_names_the_tensor():
 
 def _bytes(tensors: dict) -> int:
     return sum(t.numel() * t.element_size() for t in tensors.values())
+
+
+def _header(tensors: dict) -> dict:
+    """{key: (dtype, shape)} as read_safetensors_header gives it."""
+    names = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16"}
+    return {k: (names[t.dtype], list(t.shape)) for k, t in tensors.items()}
 
 
 @pytest.mark.parametrize("case", ["plain", *CASES])

@@ -22,7 +22,7 @@ from sglang_mint.catalog import init_catalog
 pytestmark = pytest.mark.server  # starts real SGLang servers: not in make test-fast
 
 N_ADAPTERS = 6
-RANK, PADDED_RANK = 64, 512  # every module but one is padded 8x
+RANK, PADDED_RANK = 256, 2048  # every module but one is padded 8x: about 33 MiB each
 WIDE = "layers.0.self_attn.q_proj"
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
