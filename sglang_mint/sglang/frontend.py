@@ -89,6 +89,19 @@ class CatalogFrontend:
         self.metrics.resolves.inc()
         return RevisionName(rev)
 
+    @staticmethod
+    def lora_id_of(name: RevisionName) -> str:
+        """The LoRA id ``name`` is registered under: a CatalogLoraId, which carries the revision's
+        record to the scheduler (sglang_mint/lora_id.py) inside SGLang's pickled requests. With
+        SGLANG_USE_PICKLE_IPC=0 SGLang sends msgpack, which takes plain strings only: then the
+        id is the plain string and the scheduler looks the revision up itself (one query per
+        cold read)."""
+        from sglang.srt.environ import envs
+
+        if envs.SGLANG_USE_PICKLE_IPC.get():
+            return CatalogLoraId(name.revision)
+        return str(CatalogLoraId(name.revision))
+
     def holder(self, name) -> str | None:
         """The catalog id whose name ``name`` is, or None: ``"acme/bot"`` if the catalog holds
         that adapter, ``"acme/bot"`` for every ``"acme/bot@N"`` (revision names are the
@@ -131,8 +144,7 @@ class CatalogFrontend:
             self._arriving[name] = self._arriving.get(name, 0) + 1
         for name in dict.fromkeys(names):
             if name not in tm.lora_registry._registry:
-                # The id carries the revision's record to the scheduler (sglang_mint/lora_id.py).
-                ref = LoRARef(lora_id=CatalogLoraId(name.revision), lora_name=str(name),
+                ref = LoRARef(lora_id=self.lora_id_of(name), lora_name=str(name),
                               lora_path=f"mint-catalog:{name}", pinned=False)
                 try:
                     await tm.lora_registry.register(ref)

@@ -126,6 +126,8 @@ INTERNALS: tuple[Internal, ...] = (
     Internal("TokenizerManager.lora_ref_cache", "SGLang's own adapters: the fallback for names the catalog does "
              "not hold", "frontend, openai_model"),
     Internal("LoRARegistry._registry, ._counters", "registers and drops catalog revision names", "frontend"),
+    Internal("sglang.srt.environ.envs.SGLANG_USE_PICKLE_IPC", "reads it: a LoRA id carries its revision record "
+             "only through pickled IPC", "frontend"),
 )
 
 
