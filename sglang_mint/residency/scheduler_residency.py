@@ -244,7 +244,8 @@ class SchedulerResidency:
             del self.wanted[lora_id]
             self._evict(victims)
             self.read_seq += 1
-            self.seq_of[lora_id] = self.read_seq
+            if self.share is not None:  # the number names the shared copy; without a share nothing reads it
+                self.seq_of[lora_id] = self.read_seq
             self.reading.add(lora_id)
             self.loader.request(lora_id)
         self._update_gauges()

@@ -136,6 +136,16 @@ def test_a_miss_is_read_installed_then_admitted_and_the_next_request_hits():
     assert status["cold_loads"] == 1 and status["host_bytes"] == 60_000 and status["adapters_in_use"] == 1
 
 
+def test_without_a_node_share_no_state_is_kept_per_adapter_ever_read():
+    residency, _ = make()
+    for i, key in enumerate((A, B, C) * 3):  # each read evicts the one before: nine reads, one resident
+        residency.on_arrival(key)
+        settle(residency)
+        end(residency, f"r{i}", key)
+    assert residency.status()["cold_loads"] == 9 and residency.status()["resident"] == 1
+    assert residency.seq_of == {}  # it kept one entry per adapter ever read
+
+
 def test_an_adapter_in_use_is_never_evicted_and_a_read_waits_for_room():
     residency, engine = make()
     residency.on_arrival(A)
