@@ -1,4 +1,4 @@
-"""An adapter handed over as files: an HTTP upload, received into temp files (sglang/uploads.py).
+"""An adapter handed over as files: an HTTP upload, received into temp files (upload_stream.py).
 
 Two forms are accepted, by file name:
 

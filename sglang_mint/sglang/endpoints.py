@@ -48,7 +48,7 @@ from sglang_mint.catalog.upload import publish_files, upload_folder
 from sglang_mint.errors import MintError
 from sglang_mint.sglang import admin
 from sglang_mint.sglang.flags import mint_config
-from sglang_mint.sglang.uploads import RETRY_AFTER_S, read_capped, received_upload, upload_gate
+from sglang_mint.catalog.upload_stream import RETRY_AFTER_S, read_capped, received_upload, upload_gate
 from sglang_mint.sglang.frontend import CatalogFrontend, CatalogNameTaken, catalog_frontend
 
 MAX_PREFETCH = 1024
