@@ -245,6 +245,15 @@ def test_the_real_size_never_evicts_an_adapter_in_use():
     assert engine.unloaded == [A]
 
 
+def read_on_this_rank(residency: SchedulerResidency, key: str, timeout: float = 10.0) -> None:
+    """Loop iterations until this rank has finished reading ``key`` (it installs only once every rank has)."""
+    deadline = time.monotonic() + timeout
+    while key not in residency.finished_here:
+        assert time.monotonic() < deadline, f"the read of {key} did not finish"
+        residency.install_ready()
+        time.sleep(0.001)
+
+
 class TwoRanks:
     """A tensor-parallel agreement where the other rank's view is whatever the test says."""
 
@@ -262,11 +271,7 @@ def test_under_tensor_parallelism_a_read_installs_once_every_rank_finished_it():
     ranks = TwoRanks()
     residency, engine = make(agreement=ranks)
     residency.on_arrival(A)
-    deadline = time.monotonic() + 10
-    while A not in residency.finished_here:
-        assert time.monotonic() < deadline
-        residency.install_ready()
-        time.sleep(0.001)
+    read_on_this_rank(residency, A)
     assert residency.admit(A) is False and engine.installed == {}  # the other rank is still reading
     ranks.other = RankView({A: None})
     residency.install_ready()
@@ -277,9 +282,7 @@ def test_under_tensor_parallelism_a_hold_ends_once_every_rank_ended_it():
     ranks = TwoRanks()
     residency, engine = make(agreement=ranks)
     residency.on_arrival(A)
-    while A not in residency.finished_here:
-        residency.install_ready()
-        time.sleep(0.001)
+    read_on_this_rank(residency, A)
     ranks.other = RankView({A: None})
     residency.install_ready()
     ranks.other = RankView()
@@ -295,9 +298,7 @@ def test_under_tensor_parallelism_a_read_failed_on_another_rank_fails_here_with_
     ranks = TwoRanks()
     residency, engine = make(agreement=ranks)
     residency.on_arrival(A)
-    while A not in residency.finished_here:
-        residency.install_ready()
-        time.sleep(0.001)
+    read_on_this_rank(residency, A)
     ranks.other = RankView({A: "adapter 'a' (revision 1) could not be loaded: OSError: gone"})
     residency.install_ready()
     assert residency.admit(A) == ranks.other.finished[A] and engine.installed == {}
