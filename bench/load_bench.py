@@ -250,7 +250,7 @@ def run(kind: str, rounds: int, root: str) -> dict:
 def pool_fill(s: dict, cfg, native_adapter, packed_adapter, loads: dict, rounds: int) -> tuple[dict, dict]:
     from sglang.srt.lora import mem_pool
 
-    from sglang_mint.dev.standin_pool import pools_equal, standin_base_and_modules, standin_pool, tp1
+    from _standin_pool import pools_equal, standin_base_and_modules, standin_pool, tp1
     from sglang_mint.sglang.packed_pool import load_lora_weight_to_buffer as ours
 
     targets = {"gate_up_proj", "down_proj"} | (set() if s["experts"] else {"qkv_proj", "o_proj"})

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from sglang_mint.dev.standin_pool import poison, pools_equal, standin_base_and_modules, standin_pool, tp1
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "packed"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+from _standin_pool import poison, pools_equal, standin_base_and_modules, standin_pool, tp1  # noqa: E402
 from packed_layouts import E, H, I, write_layout  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore")
