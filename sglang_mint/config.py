@@ -1,11 +1,15 @@
-"""The plugin's settings, as given by the ``--mint-*`` launch flags.
+"""The plugin's settings, as given by the ``--enable-mint`` / ``--mint-*`` launch flags.
 
-Engine-agnostic: the SGLang glue parses the flags into a ``MintConfig`` and
-attaches it to the server arguments, which SGLang hands to every process.
+Engine-agnostic: ``add_mint_arguments`` puts the flags on the engine's argparse
+parser (so they appear in its ``--help``), ``config_from_args`` checks them with
+the engine settings they depend on and builds a ``MintConfig``, which the SGLang
+glue (``sglang/flags.py``) attaches to the server arguments that SGLang hands
+to every process.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 from dataclasses import dataclass, field
@@ -156,3 +160,162 @@ def default_cache_dir() -> Path:
         os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "sglang-mint"
     )
     return Path(root)
+
+
+def add_mint_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "sglang-mint",
+        "Serve LoRA adapters by id: put the adapter id in the OpenAI `model` field.",
+    )
+    group.add_argument(
+        "--enable-mint",
+        action="store_true",
+        help="Turn the sglang-mint plugin on: `model` = <adapter-id> or <served-name>:<adapter-id> "
+        "selects an adapter, an unknown id answers 404, a malformed one 400. "
+        "Needs --enable-lora (or --lora-paths). Without this flag SGLang runs as stock.",
+    )
+    group.add_argument(
+        "--mint-catalog",
+        metavar="PATH|URL",
+        default=None,
+        help="Adapter catalog (made by `mint catalog init`): a folder, or postgresql://USER@HOST:PORT/DB "
+        "shared by many engines (blobs where init recorded them: s3://... or a shared folder; keep the "
+        "password in PGPASSWORD or ~/.pgpass). Every adapter in it is addressable by id; one that is not "
+        "in memory is loaded in the background while other requests keep running. Requires --enable-mint.",
+    )
+    group.add_argument(
+        "--mint-catalog-cache",
+        metavar="DIR",
+        default=None,
+        help="With --mint-catalog postgresql://...: this engine's local folder for loadable views and the "
+        "S3 blob cache (default $MINT_CATALOG_CACHE, else $MINT_CACHE_DIR/catalogs/<16 hex of the URL without "
+        "its password>, $MINT_CACHE_DIR being ~/.cache/sglang-mint). A catalog folder keeps them inside it.",
+    )
+    group.add_argument(
+        "--mint-blob-cache-bytes",
+        metavar="SIZE",
+        default=None,
+        help="With a catalog whose blobs are in S3: local disk for downloaded blobs, e.g. 20GiB "
+        "(default 10GiB); least recently used blobs are removed beyond it.",
+    )
+    group.add_argument(
+        "--mint-host-cache-bytes",
+        metavar="SIZE",
+        default=None,
+        help="Host memory for catalog adapters, e.g. 8GiB or 512MB (default 4GiB). Least recently "
+        "used adapters that no request uses are evicted beyond it.",
+    )
+    group.add_argument(
+        "--mint-pin",
+        metavar="ID",
+        nargs="+",
+        default=None,
+        help="Catalog adapter ids never evicted from host memory.",
+    )
+    group.add_argument(
+        "--mint-load-workers",
+        metavar="N",
+        type=int,
+        default=None,
+        help="Background threads per scheduler that read adapters from disk (default 2).",
+    )
+    group.add_argument(
+        "--mint-max-upload-bytes",
+        metavar="SIZE",
+        default=None,
+        help="Largest adapter upload POST /mint/adapters/<id>/revisions accepts, e.g. 16GiB "
+        "(default 4GiB); a larger body is refused with 413 before it is read.",
+    )
+    group.add_argument(
+        "--mint-max-concurrent-uploads",
+        metavar="N",
+        type=int,
+        default=None,
+        help="Uploads POST /mint/adapters/<id>/revisions receives at once (default 2); one more is answered "
+        "429 with Retry-After. Each streams to temp files beside the catalog, in a small constant of memory.",
+    )
+    group.add_argument(
+        "--mint-dp-dispatch",
+        choices=["affinity", "sglang"],
+        default=None,
+        help="With --dp-size above 1: 'affinity' (default) sends a catalog adapter's requests to the "
+        "DP rank that keeps it warm while that rank's load allows; 'sglang' leaves every request to "
+        "--load-balance-method.",
+    )
+    group.add_argument(
+        "--mint-gateway",
+        metavar="URL",
+        default=None,
+        help="SGLang's gateway (SMG) to join, e.g. http://10.0.0.9:30080: once this server answers /health it "
+        "registers itself (POST /workers) and it deregisters when it stops; SMG's health checks drop it if it "
+        "dies. Start SMG with `mint cluster` or as the README shows (consistent_hashing, --enable-wasm).",
+    )
+    group.add_argument(
+        "--mint-advertise-url",
+        metavar="URL",
+        default=None,
+        help="The URL the gateway reaches this server at (default http://<--host>:<--port>; with --host "
+        "0.0.0.0 this machine's host name). Requires --mint-gateway.",
+    )
+
+
+def config_from_args(args: argparse.Namespace, *, lora_on: bool, pp_size: int, tokenizer_workers: int,
+                     model_path: str) -> MintConfig | None:
+    """The parsed flags -> MintConfig, or None without ``--enable-mint``; MintError naming the flag at fault.
+
+    The engine settings the plugin depends on come as arguments: ``lora_on`` (SGLang's
+    ``--enable-lora`` or ``--lora-paths``), ``pp_size`` (``--pp-size``), ``tokenizer_workers``
+    (``--tokenizer-worker-num``) and ``model_path``, whose base model the catalog must be made for.
+    """
+    catalog = getattr(args, "mint_catalog", None)
+    flags = {
+        "host_cache": getattr(args, "mint_host_cache_bytes", None),
+        "pin": getattr(args, "mint_pin", None),
+        "load_workers": getattr(args, "mint_load_workers", None),
+        "max_upload": getattr(args, "mint_max_upload_bytes", None),
+        "max_concurrent_uploads": getattr(args, "mint_max_concurrent_uploads", None),
+        "dp_dispatch": getattr(args, "mint_dp_dispatch", None),
+        "gateway": getattr(args, "mint_gateway", None),
+        "advertise_url": getattr(args, "mint_advertise_url", None),
+        "catalog_cache": getattr(args, "mint_catalog_cache", None),
+        "blob_cache": getattr(args, "mint_blob_cache_bytes", None),
+    }
+    if not getattr(args, "enable_mint", False):
+        if catalog is not None or any(v is not None for v in flags.values()):
+            raise MintError("--mint-catalog and the other --mint-* flags require --enable-mint")
+        return None
+    if not lora_on:
+        raise MintError("--enable-mint needs LoRA on: add --enable-lora (or --lora-paths)")
+    if catalog is not None and pp_size > 1:
+        # Pipeline stages hold different layers: each would read and agree on its own part of an
+        # adapter, which is not built (tensor and data parallelism are, see residency/rank_agreement.py).
+        raise MintError(f"--mint-catalog does not support pipeline parallelism yet, got --pp-size {pp_size}")
+    if tokenizer_workers > 1:
+        # SGLang's extra tokenizer workers are spawned without loading plugins, so a bare adapter
+        # id would silently serve the base model there.
+        raise MintError(f"--enable-mint serves with one tokenizer manager; got --tokenizer-worker-num "
+                        f"{tokenizer_workers} (SGLang does not load plugins into extra tokenizer workers)")
+    config = MintConfig.from_flags(catalog=catalog, **flags)
+    if catalog is not None:
+        check_catalog_serves(config, model_path)
+    return config
+
+
+def check_catalog_serves(config: MintConfig, model_path: str) -> None:
+    """Refuse a catalog made for another base model than the one being served.
+
+    Both sides are compared by identity (architecture and every shape-relevant size, see
+    ``catalog.base``). A model given as a hub id, not a local folder, cannot be read here
+    without the network; its adapters are still checked one by one as they load.
+    """
+    from sglang_mint.adapters.base_model import load_base_model
+
+    if not os.path.isfile(os.path.join(model_path, "config.json")):
+        return
+    served = load_base_model(model_path)
+    with config.open_catalog() as catalog:
+        base, shown = catalog.base, catalog.display
+    if served.identity != base.identity:
+        raise MintError(f"--mint-catalog {shown} was made for base model {base.name!r} ({base.identity}), "
+                        f"but the server serves {model_path!r} ({served.identity}); adapters trained for one do "
+                        "not fit the other")
