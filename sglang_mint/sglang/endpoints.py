@@ -46,6 +46,7 @@ from sglang.srt.utils.auth import AuthLevel, auth_level
 from sglang_mint.catalog.ids import revision_name, validate_adapter_id
 from sglang_mint.catalog.upload import publish_files, upload_folder
 from sglang_mint.errors import MintError
+from sglang_mint.frontend import admin_guard
 from sglang_mint.sglang import admin
 from sglang_mint.sglang.flags import mint_config
 from sglang_mint.catalog.upload_stream import RETRY_AFTER_S, read_capped, received_upload, upload_gate
@@ -112,9 +113,9 @@ def _admin_frontend(request: Request) -> tuple[object, CatalogFrontend]:
 
 
 def _check_admitted(request: Request) -> None:
-    """admin.AdminGuard decides who is admin and marks what it lets through; a request it did not
+    """admin_guard.AdminGuard decides who is admin and marks what it lets through; a request it did not
     see (the guard missing) is refused, never trusted."""
-    if request.scope.get(admin.ADMITTED) is None:
+    if request.scope.get(admin_guard.ADMITTED) is None:
         raise _Refused(403, f"{request.url.path} is an admin endpoint and this server's admin guard did not admit "
                             "this request", "permission_error")
 

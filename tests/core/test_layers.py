@@ -31,6 +31,7 @@ LAYERS = [
     ("config", "lora_id"),
     ("residency",),  # host LRU, cold loader, affinity: engine-neutral serving state
     ("routing", "gateway", "client"),
+    ("frontend",),  # the HTTP side, engine-neutral: admin guard, catalog names, /mint/* handlers
     ("sglang",),  # the glue, the only importer of sglang
     ("cli",),  # `mint`: puts the command groups together
 ]
