@@ -1,63 +1,11 @@
-"""Prometheus metrics of sglang-mint, on SGLang's ``/metrics`` with ``--enable-metrics``.
-
-Created in the process that updates them (the scheduler for residency, the
-tokenizer manager for resolves); SGLang's multiprocess collector merges them.
-Names share SGLang's ``sglang:`` prefix.
-"""
+"""Whether SGLang serves metrics (``--enable-metrics``); the instruments are residency/metrics.py."""
 
 from __future__ import annotations
 
-COLD_LOAD_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+from sglang_mint.residency.metrics import FrontendMetrics  # noqa: F401  (frontend.py imports it from here)
 
 
 def metrics_enabled() -> bool:
     from sglang.srt.runtime_context import get_observability
 
     return bool(get_observability().enable_metrics)
-
-
-class _Off:
-    """Stands in for every instrument when metrics are off."""
-
-    def inc(self, *a, **k): ...
-    def observe(self, *a, **k): ...
-    def set(self, *a, **k): ...
-
-
-def _instruments(enabled: bool):
-    if not enabled:
-        off = _Off()
-        return (lambda *a, **k: off,) * 3
-    # Imported here: prometheus_client must see PROMETHEUS_MULTIPROC_DIR, set by SGLang first.
-    from prometheus_client import Counter, Gauge, Histogram
-
-    return Counter, Gauge, Histogram
-
-
-class SchedulerMetrics:
-    def __init__(self, enabled: bool):
-        Counter, Gauge, Histogram = _instruments(enabled)
-
-        self.requests = Counter("sglang:mint_requests_total", "Catalog-adapter requests that reached the scheduler.")
-        self.hits = Counter("sglang:mint_hits_total", "Requests whose adapter was in host memory on arrival.")
-        self.misses = Counter("sglang:mint_misses_total", "Requests whose adapter was not in host memory on arrival.")
-        self.cold_loads = Counter("sglang:mint_cold_loads_total", "Adapters read from disk and installed.")
-        self.failed_loads = Counter("sglang:mint_failed_loads_total", "Adapter reads that failed.")
-        self.evictions = Counter("sglang:mint_evictions_total", "Adapters evicted from host memory.")
-        self.cold_load_seconds = Histogram("sglang:mint_cold_load_seconds", "Time to read and decode one adapter.",
-                                           buckets=COLD_LOAD_BUCKETS)
-        self.queue_wait_seconds = Histogram("sglang:mint_queue_wait_seconds",
-                                            "Time a request waited in the queue for its adapter's load.",
-                                            buckets=COLD_LOAD_BUCKETS)
-        self.host_bytes = Gauge("sglang:mint_host_bytes", "Bytes of catalog adapters in host memory.",
-                                multiprocess_mode="livesum")
-        self.resident = Gauge("sglang:mint_resident_adapters", "Catalog adapters in host memory.",
-                              multiprocess_mode="livesum")
-
-
-class FrontendMetrics:
-    def __init__(self, enabled: bool):
-        Counter, _, _ = _instruments(enabled)
-
-        self.resolves = Counter("sglang:mint_resolves_total", "Adapter ids resolved in the catalog.")
-        self.not_found = Counter("sglang:mint_not_found_total", "Adapter ids not in the catalog (404).")

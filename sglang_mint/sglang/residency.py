@@ -75,7 +75,8 @@ def scheduler_residency(scheduler, config: MintConfig) -> SchedulerResidency:
 
     from sglang_mint.residency.node_share import NodeShare, group_dir
     from sglang_mint.residency.rank_agreement import TensorParallelAgreement
-    from sglang_mint.sglang.metrics import SchedulerMetrics, metrics_enabled
+    from sglang_mint.residency.metrics import SchedulerMetrics
+    from sglang_mint.sglang.metrics import metrics_enabled
 
     manager = scheduler.tp_worker.model_runner.lora_manager
     catalog = config.open_catalog()
@@ -90,7 +91,8 @@ def scheduler_residency(scheduler, config: MintConfig) -> SchedulerResidency:
         share=share, tp_rank=tp.rank_in_group)
     if metrics_enabled() and tp.rank_in_group == 0:
         # vLLM's lora_requests_info gauge for llm-d (lora_info.py): one writer per DP rank
-        from sglang_mint.sglang.lora_info import LoraInfoWriter, state_path
+        from sglang_mint.residency.lora_requests_info import state_path
+        from sglang_mint.sglang.lora_info import LoraInfoWriter
 
         path = state_path(os.environ["PROMETHEUS_MULTIPROC_DIR"], get_parallel().dp_rank or 0)
         scheduler._mint_lora_info = LoraInfoWriter(path, scheduler.max_loras_per_batch, manager, residency)
