@@ -10,6 +10,7 @@ methods.
     bgmv_fused   / bgmv_fused_ref    both at once, per-token (decode)
     moe_lora     / moe_lora_ref      routed-expert LoRA grouped by (slot, expert)
     lora_shrink, lora_expand, lora_fused, lora_moe   Triton-or-ref dispatch
+    layer_ops                        one layer call over a planned LoraBatch (what a LoRA backend runs)
     routes.route_for                 ours or SGLang's Triton kernels per dense shape class
 """
 

@@ -26,6 +26,15 @@ def use_triton(t: torch.Tensor) -> bool:
     return t.is_cuda or (INTERPRET and t.device.type == "cpu")
 
 
+def kernel_path(device) -> str:
+    """Which implementation this module picks for tensors on ``device``, for the log."""
+    if torch.device(device).type == "cuda":
+        return "triton kernels"
+    if INTERPRET:
+        return "triton kernels (TRITON_INTERPRET=1)"
+    return "torch reference (_ref)"
+
+
 def lora_shrink(x, a, y, batch, n_slices=1, packed_slices=True):
     """sgmv_shrink (Triton) or sgmv_shrink_ref (torch); see sgmv_shrink.py."""
     fn = sgmv_shrink if use_triton(x) else sgmv_shrink_ref

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from . import _config
+from . import _config, dispatch
 from ._config import _next_pow2, device_key
 
 MINT = "mint"
@@ -97,6 +97,23 @@ def route_for(device, S: int, K: int, R: int, mode: str) -> str:
     if not table:
         return MINT
     return table.get(route_key(S, K, R, mode), MINT)
+
+
+def takes_sglang_triton(decided: dict, device, method: str, x: torch.Tensor, S: int, K: int, R: int,
+                        per_token: bool) -> bool:
+    """True: the backend's ``method`` runs SGLang's Triton kernels for this call.
+
+    Only where Triton runs at all (CUDA, or the interpreter in tests): the CPU path
+    without the interpreter is our torch reference whatever a table says. Decided
+    once per (method, S, K, R, per_token) into ``decided``, one dict lookup afterwards;
+    e.g. ("qkv", 3, 4096, 16, True) on CUDA with the table above -> True ("S3_K4096_R16_decode").
+    """
+    key = (method, S, K, R, per_token)
+    hit = decided.get(key)
+    if hit is None:
+        mode = "decode" if per_token else "prefill"
+        hit = decided[key] = dispatch.use_triton(x) and route_for(device, S, K, R, mode) == SGLANG_TRITON
+    return hit
 
 
 def summary(device) -> str:

@@ -5,27 +5,19 @@ matmul: ``prepare_lora_batch`` (request segments, ranks and scalings copied
 into device tensors, decode CUDA-graph buffers, the MoE token->slot map, the
 pruned lm_head routing, DP-attention gathers) and ``_sgemm_info`` (which the
 absorbed-MLA correction in ``sglang.srt.lora.deepseek_mla_correction`` reads).
-Only the dense LoRA matmuls are replaced; each goes through
-``sglang_mint.kernels.dispatch``, so the same code runs our Triton kernels on
-CUDA or under ``TRITON_INTERPRET=1`` and their torch ``_ref`` otherwise
-(``--lora-backend mint --device cpu``). The MoE expert path is in
+Only the dense LoRA matmuls are replaced; each delegates to
+``sglang_mint.kernels.layer_ops`` over the ``LoraBatch`` planned from SGLang's
+``LoRABatchInfo`` (``lora_batch_from_info``), so the same code runs our Triton
+kernels on CUDA or under ``TRITON_INTERPRET=1`` and their torch ``_ref``
+otherwise (``--lora-backend mint --device cpu``). The MoE expert path is in
 ``mint_moe.py``.
-
-Plan once per batch, run once per layer: every SGLang ``LoRABatchInfo`` the
-layers can route by (the batch's, the DP-global one, the pruned lm_head ones)
-is turned into one ``LoraBatch`` the first time a layer asks for it, and that
-object is reused by every later layer of the same forward. Example: a decode
-batch of 3 requests with adapter slots [2, 0, 2] becomes the per-token form
-``token_slots=[2, 0, 2]`` (no sorting); a prefill of 2 requests of 5 and 3
-tokens with slots [1, 3] becomes segments ``seg_indptr=[0, 5, 8]``,
-``seg_slots=[1, 3]``, ``max_seg_len=5``.
 
 Method mapping (docs/kernels.md has the full table):
 
-    run_lora_a_sgemm   -> lora_shrink                         (o, down, q_b, kv_b, DSA indexer, lm_head)
-    run_lora_b_sgemm   -> lora_expand into base_output        (same layers, embeddings)
-    run_qkv_lora       -> lora_shrink(n_slices) + lora_expand (qkv, merged != 2 equal, MLA q_a + kv_a)
-    run_gate_up_lora   -> lora_shrink(2) + lora_expand        (gate_up)
+    run_lora_a_sgemm   -> lora_a                  (o, down, q_b, kv_b, DSA indexer, lm_head)
+    run_lora_b_sgemm   -> lora_b into base_output (same layers, embeddings)
+    run_qkv_lora       -> lora_stacked(n_slices)  (qkv, merged != 2 equal, MLA q_a + kv_a)
+    run_gate_up_lora   -> lora_stacked(2)         (gate_up)
 
 Routes: each of these four may instead call the superclass's method (SGLang's
 Triton kernels) when the device's measured table (kernels/routes.py,
@@ -44,7 +36,9 @@ from sglang.srt.lora.utils import LoRABatchInfo
 from sglang.srt.runtime_context import LoRABatchLayout
 
 from sglang_mint.kernels import LoraBatch, routes
-from sglang_mint.kernels.dispatch import INTERPRET, lora_expand, lora_shrink, use_triton
+from sglang_mint.kernels.dispatch import kernel_path, use_triton
+from sglang_mint.kernels.layer_ops import (BatchPlans, SingleOffsets, equal_halves, lora_a, lora_b,
+                                           lora_embedding_a, lora_stacked)
 
 logger = logging.getLogger("sglang_mint")
 
@@ -58,6 +52,10 @@ def lora_batch_from_info(info: LoRABatchInfo) -> LoraBatch:
     of one row per request) gives the per-token form, whose kernels need no
     sort and whose grid depends only on the token count, so it replays in a
     CUDA graph. Everything else keeps SGLang's segments (and permutation).
+    Example: a decode batch of 3 requests with adapter slots [2, 0, 2] becomes
+    ``token_slots=[2, 0, 2]`` (no sorting); a prefill of 2 requests of 5 and 3
+    tokens with slots [1, 3] becomes ``seg_indptr=[0, 5, 8]``, ``seg_slots=[1, 3]``,
+    ``max_seg_len=5``.
     """
     n_seg = info.num_segments if info.num_segments is not None else info.bs
     one_token_each = (
@@ -86,12 +84,8 @@ class MintLoRABackend(TritonLoRABackend):
     def __init__(self, max_loras_per_batch: int, device: torch.device, **kwargs):
         super().__init__(max_loras_per_batch, device, **kwargs)
         self.moe_kernel_calls = 0  # our MoE-expert LoRA kernel launches (mint_moe.py), for get_internal_state
-        # (LoRABatchInfo, LoraBatch) pairs planned for the current forward.
-        # Compared by identity; holding the info keeps that identity valid.
-        self._planned: list[tuple[LoRABatchInfo, LoraBatch]] = []
-        # [0, N] slice offsets of single-projection layers that pass none,
-        # one small device tensor per (N, device), made once.
-        self._single_offsets: dict[tuple[int, torch.device], torch.Tensor] = {}
+        self._planned = BatchPlans(lora_batch_from_info)  # the LoRABatchInfos of the current forward
+        self._single_offsets = SingleOffsets()
         # (method, S, K, R, per-token form) -> True when SGLang's Triton kernels run that
         # shape class (kernels/routes.py); filled on first use, one dict lookup afterwards.
         self._routes: dict[tuple, bool] = {}
@@ -125,41 +119,18 @@ class MintLoRABackend(TritonLoRABackend):
             "LoRA kernel invoked with no prepared batch; SGLang's layers gate this "
             "on lora_active (sglang/srt/lora/layers.py)"
         )
-        for known, batch in self._planned:
-            if known is info:
-                return batch
-        batch = lora_batch_from_info(info)
-        self._planned.append((info, batch))
-        return batch
+        return self._planned.plan(info)
 
     def _batch(self, pruned_batch_info: Optional[LoRABatchInfo] = None) -> LoraBatch:
         return self._plan(pruned_batch_info if pruned_batch_info is not None
                           else self.get_batch_info())
 
-    def _offsets_for(self, n_out: int, device) -> torch.Tensor:
-        key = (int(n_out), torch.device(device))
-        t = self._single_offsets.get(key)
-        if t is None:
-            t = self._single_offsets[key] = torch.tensor([0, n_out], dtype=torch.int32,
-                                                         device=device)
-        return t
-
     # ---- dense LoRA ops -------------------------------------------------
 
     def _route(self, method: str, x: torch.Tensor, S: int, K: int, R: int,
                batch: LoraBatch) -> bool:
-        """True: run SGLang's Triton kernels (the superclass method) for this call.
-
-        Only where Triton runs at all (CUDA, or the interpreter in tests): the
-        CPU path without the interpreter is our torch reference whatever a table says.
-        """
-        key = (method, S, K, R, batch.is_bgmv)
-        hit = self._routes.get(key)
-        if hit is None:
-            mode = "decode" if batch.is_bgmv else "prefill"
-            hit = self._routes[key] = use_triton(x) and routes.route_for(
-                self.device, S, K, R, mode) == routes.SGLANG_TRITON
-        return hit
+        """True: run SGLang's Triton kernels (the superclass method) for this call."""
+        return routes.takes_sglang_triton(self._routes, self.device, method, x, S, K, R, batch.is_bgmv)
 
     def run_lora_a_sgemm(self, x: torch.Tensor, weights: torch.Tensor,
                          pruned_batch_info: LoRABatchInfo = None, stack_num: int = 1,
@@ -167,6 +138,7 @@ class MintLoRABackend(TritonLoRABackend):
         """[T, stack_num*R] = x @ A[slot]^T; zeros where a row has no adapter."""
         T, N = x.shape[0], weights.shape[1]
         self._b_follows = False
+        batch = None
         if T and N:
             batch = self._batch(pruned_batch_info)
             # The A/B pair of one layer must run the same kernels, but run_lora_b_sgemm
@@ -180,12 +152,7 @@ class MintLoRABackend(TritonLoRABackend):
             if self._b_follows:
                 return super().run_lora_a_sgemm(x, weights, pruned_batch_info, stack_num,
                                                  *args, **kwargs)
-        x = _unit_col(x)
-        # Zeros, not empty: this tensor leaves the backend (TP layers all-reduce it).
-        y = torch.zeros((T, N), dtype=x.dtype, device=x.device)
-        if T and N:
-            lora_shrink(x, weights, y, batch, n_slices=stack_num)
-        return y
+        return lora_a(x, weights, batch, stack_num)
 
     def run_lora_b_sgemm(self, x: torch.Tensor, weights: torch.Tensor,
                          base_output: torch.Tensor = None,
@@ -198,19 +165,9 @@ class MintLoRABackend(TritonLoRABackend):
         if theirs:
             return super().run_lora_b_sgemm(x, weights, base_output, pruned_batch_info,
                                              *args, **kwargs)
-        n_out = weights.shape[1]
-        out = base_output if base_output is not None else torch.zeros(
-            (x.shape[0], n_out), dtype=x.dtype, device=x.device)
-        if x.shape[0] == 0 or n_out == 0:
-            return out
-        # Every single-projection caller's offsets are [0, B.shape[-2]]
-        # (ReplicatedLinearWithLoRA passes no host copy); use that, not a device read.
-        if output_offset is None or output_offset_cpu is None:
-            output_offset = self._offsets_for(n_out, x.device)
-            output_offset_cpu = (0, n_out)
-        lora_expand(_unit_col(x), weights, out, self._batch(pruned_batch_info),
-                    output_offset, output_offset_cpu)
-        return out
+        batch = self._batch(pruned_batch_info) if x.shape[0] and weights.shape[1] else None
+        return lora_b(x, weights, base_output, batch, output_offset, output_offset_cpu,
+                      self._single_offsets)
 
     def run_qkv_lora(self, x: torch.Tensor, qkv_lora_a: torch.Tensor,
                      qkv_lora_b: torch.Tensor, output_offset: torch.Tensor,
@@ -228,8 +185,8 @@ class MintLoRABackend(TritonLoRABackend):
                 max_qkv_out_dim = max(hi - lo for lo, hi in zip(offs, offs[1:]))
             return super().run_qkv_lora(x, qkv_lora_a, qkv_lora_b, output_offset,
                                         max_qkv_out_dim, base_output, n_slices, *args, **kwargs)
-        return self._stacked(x, qkv_lora_a, qkv_lora_b, n_slices, output_offset,
-                             output_offset_cpu, base_output)
+        return lora_stacked(x, qkv_lora_a, qkv_lora_b, n_slices, output_offset, output_offset_cpu,
+                            base_output, self._stacked_batch(x, qkv_lora_a))
 
     def run_gate_up_lora(self, x: torch.Tensor, gate_up_lora_a: torch.Tensor,
                          gate_up_lora_b: torch.Tensor, base_output: torch.Tensor = None,
@@ -242,70 +199,23 @@ class MintLoRABackend(TritonLoRABackend):
             return super().run_gate_up_lora(x, gate_up_lora_a, gate_up_lora_b, base_output,
                                             *args, **kwargs)
         if output_offset is None or output_offset_cpu is None:
-            inter = gate_up_lora_b.shape[1] // 2
-            output_offset_cpu = (0, inter, 2 * inter)
-            output_offset = torch.tensor(output_offset_cpu, dtype=torch.int32, device=x.device)
-        return self._stacked(x, gate_up_lora_a, gate_up_lora_b, 2, output_offset,
-                             output_offset_cpu, base_output)
+            output_offset, output_offset_cpu = equal_halves(gate_up_lora_b.shape[1], x.device)
+        return lora_stacked(x, gate_up_lora_a, gate_up_lora_b, 2, output_offset, output_offset_cpu,
+                            base_output, self._stacked_batch(x, gate_up_lora_a))
 
-    def _stacked(self, x, a, b, n_slices, offsets, offsets_cpu, base_output):
-        x = _unit_col(x)
-        T = x.shape[0]
-        if offsets_cpu is None:
-            offsets_cpu = offsets.tolist()  # only callers outside SGLang's layers get here
-        n_out = int(offsets_cpu[-1])
-        out = base_output if base_output is not None else torch.zeros(
-            (T, n_out), dtype=x.dtype, device=x.device)
-        if T == 0 or a.shape[1] == 0:
-            return out
-        batch = self._batch()
-        # Private intermediate: expand reads only the columns shrink wrote.
-        y = torch.empty((T, a.shape[1]), dtype=x.dtype, device=x.device)
-        lora_shrink(x, a, y, batch, n_slices=n_slices)
-        lora_expand(y, b, out, batch, offsets, offsets_cpu)
-        return out
+    def _stacked_batch(self, x: torch.Tensor, a: torch.Tensor) -> Optional[LoraBatch]:
+        return self._batch() if x.shape[0] and a.shape[1] else None
 
     # ---- embeddings -----------------------------------------------------
 
     def run_lora_a_embedding(self, input_ids: torch.Tensor, weights: torch.Tensor,
                              vocab_size: int, extra_embeddings: torch.Tensor = None,
                              *args, **kwargs) -> torch.Tensor:
-        """[T, R]: column `token` of A[slot] (a gather, no matmul).
-
-        On CUDA / the interpreter this is SGLang's Triton gather; elsewhere the
-        same semantics in torch: rows of rank r get A[slot, :r, token] (or the
-        adapter's extra-token row for token >= vocab_size), the rest zeros.
-        """
+        """[T, R]: column `token` of A[slot]: SGLang's Triton gather on CUDA / the
+        interpreter, elsewhere the same semantics in torch (layer_ops.lora_embedding_a)."""
         self._b_follows = None  # the run_lora_b_sgemm after this one runs ours
         if use_triton(weights):
             return super().run_lora_a_embedding(input_ids, weights, vocab_size,
                                                 extra_embeddings, *args, **kwargs)
         batch = self._plan(self.get_batch_info(LoRABatchLayout.DP_LOCAL))
-        T, R = input_ids.shape[0], weights.shape[1]
-        out = torch.zeros((T, R), dtype=weights.dtype, device=weights.device)
-        rows, slots = batch.live_rows(T)
-        if rows.numel() == 0 or R == 0:
-            return out
-        tok = input_ids[rows].long()
-        vals = weights[slots, :, tok.clamp(max=vocab_size - 1)]            # [L, R]
-        if extra_embeddings is not None:
-            extra = tok >= vocab_size
-            if bool(extra.any()):
-                vals[extra] = extra_embeddings[slots[extra], tok[extra] - vocab_size].to(vals.dtype)
-        ranks = batch.ranks.long()[slots]
-        keep = torch.arange(R, device=out.device)[None, :] < ranks[:, None]
-        out[rows] = torch.where(keep, vals, torch.zeros_like(vals))
-        return out
-
-
-def kernel_path(device) -> str:
-    """Which implementation dispatch.py picks for tensors on `device`."""
-    if torch.device(device).type == "cuda":
-        return "triton kernels"
-    if INTERPRET:
-        return "triton kernels (TRITON_INTERPRET=1)"
-    return "torch reference (_ref)"
-
-
-def _unit_col(t: torch.Tensor) -> torch.Tensor:
-    return t if t.stride(-1) == 1 else t.contiguous()
+        return lora_embedding_a(input_ids, weights, vocab_size, extra_embeddings, batch)
