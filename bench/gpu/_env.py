@@ -74,7 +74,7 @@ MODULES = (
     "sglang.srt.lora.backend.triton_backend",       # tests/kernels/test_backend_methods.py
     "sglang_mint.sglang.mint_backend",
     "sglang_mint.sglang.mint_moe",
-    "sglang_mint.sglang.moe_cpu",                   # tests/kernels/test_moe_align_cpu.py
+    "sglang_mint.kernels.moe_align",                # tests/kernels/test_moe_align_cpu.py
 )
 
 

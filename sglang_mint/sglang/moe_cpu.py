@@ -10,8 +10,8 @@ declared only where ``torch.cuda.is_available()`` is False):
    file name calls ``.replace`` on it: answer ``"cpu"`` (no tuned table has
    that name, so SGLang takes its default block sizes).
 2. ``moe_align_block_size`` calls ``sgl_moe_align_block_size``, a CUDA-only
-   import (NameError on CPU): :func:`moe_align_block_size_torch`, checked
-   against SGLang's own Triton reference in tests/sglang/test_moe_align_cpu.py.
+   import (NameError on CPU): ``kernels/moe_align.py:moe_align_block_size_torch``,
+   checked against SGLang's own Triton reference in tests/kernels/test_moe_align_cpu.py.
 3. ``lora_moe_runners._compute_lora_alignment`` takes SGLang's pure-Python
    alignment only on XPU (or small batches) and otherwise the CUDA op
    ``moe_lora_align_block_size``, never imported on CPU: on CPU take the
@@ -30,12 +30,16 @@ declared only where ``torch.cuda.is_available()`` is False):
    the base was padded before SGLang slices them; the padded rows are zero
    on both sides, so those intermediate channels stay zero. Under expert
    parallelism (``--ep-size 2``: one rank holds all 64 channels of its
-   experts) the padding is the same and nothing is sliced.
+   experts) the padding is the same and nothing is sliced. The padding itself is
+   adapters/expert_padding.py.
 """
 
 from __future__ import annotations
 
 import torch
+
+from sglang_mint.adapters.expert_padding import pad_down_a, pad_gate_up_b
+from sglang_mint.kernels.moe_align import moe_align_block_size_torch
 
 
 # 1 -------------------------------------------------------------------------
@@ -49,62 +53,6 @@ def _around_moe_align(original, topk_ids, block_size, num_experts, ignore_invali
             "pad_expert_ids"):
         return original(topk_ids, block_size, num_experts, ignore_invalid_expert, **kwargs)
     return moe_align_block_size_torch(topk_ids, block_size, num_experts, ignore_invalid_expert)
-
-
-def moe_align_block_size_torch(topk_ids: torch.Tensor, block_size: int, num_experts: int,
-                               ignore_invalid_expert: bool = False):
-    """SGLang's ``moe_align_block_size`` contract in plain torch (CPU).
-
-    Semantics (the CUDA kernel's "+1 bucket" convention, which SGLang calls
-    with ``num_experts + 1`` buckets): a route to expert ``e`` falls in bucket
-    ``e + 1``; bucket 0 holds routes to ``-1`` (experts filtered out by EP),
-    or nothing with ``ignore_invalid_expert``. Buckets are laid out in order,
-    each padded to a multiple of ``block_size``; within a bucket the flat
-    route indices ascend; pad entries hold ``numel``:
-
-        sorted_ids[cumsum[b] : cumsum[b] + count[b]] = routes of bucket b, ascending
-        expert_ids[blk] = (bucket of block blk) - 1
-        num_tokens_post_pad[0] = cumsum[-1]
-
-    Example: topk_ids [[2, 3], [1, 2]], block 2, 4 experts: flat [2, 3, 1, 2]
-    give sorted_ids [2, 4, 0, 3, 1, 4, ...], expert_ids [1, 2, 3],
-    num_tokens_post_pad [6].
-
-    Shape: topk_ids [M, top_k] int; returns sorted_ids [P] int32 (P the same
-    upper bound SGLang allocates), expert_ids [ceil(P / block_size)] int32
-    (-1 past the last block), num_tokens_post_pad [1] int32.
-    """
-    numel = topk_ids.numel()
-    buckets = num_experts + 1
-    if numel < buckets:
-        max_padded = numel * block_size
-    else:
-        max_padded = numel + buckets * (block_size - 1)
-    max_padded = (max_padded + 3) // 4 * 4
-    dev = topk_ids.device
-    flat = topk_ids.reshape(-1).to(torch.int64) + 1
-    counts = torch.bincount(flat, minlength=buckets)[:buckets]
-    if ignore_invalid_expert:
-        counts[0] = 0
-    padded = (counts + block_size - 1) // block_size * block_size
-    ends = torch.cumsum(padded, 0)
-    starts = ends - padded
-    order = torch.argsort(flat, stable=True)
-    keep = flat[order]
-    if ignore_invalid_expert:
-        order, keep = order[keep > 0], keep[keep > 0]
-    # rank of each route inside its bucket: 0, 1, 2... after the stable sort
-    first = torch.cumsum(counts, 0) - counts
-    rank = torch.arange(order.numel(), device=dev) - first[keep]
-    sorted_ids = torch.full((max_padded,), numel, dtype=torch.int32, device=dev)
-    sorted_ids[starts[keep] + rank] = order.to(torch.int32)
-    n_blocks = (max_padded + block_size - 1) // block_size
-    expert_ids = torch.full((n_blocks,), -1, dtype=torch.int32, device=dev)
-    total = int(ends[-1])
-    blk_start = torch.arange(total // block_size, device=dev) * block_size
-    expert_ids[: blk_start.numel()] = (torch.searchsorted(ends, blk_start, right=True) - 1).to(torch.int32)
-    num_tokens_post_pad = torch.tensor([total], dtype=torch.int32, device=dev)
-    return sorted_ids, expert_ids, num_tokens_post_pad
 
 
 # 3 -------------------------------------------------------------------------
@@ -153,38 +101,16 @@ def _also_register_cpu(result, *args, **kwargs):
 def _around_slice_moe_lora_a(original, module, A, tp_rank, target_module):
     """down_proj's A reads the intermediate: [..., rank, I] -> [..., rank, I_padded]."""
     if target_module == "down_proj_moe":
-        A = _per_expert(A, lambda w: _pad_dim(w, -1, _padded_intermediate(module)))
+        A = pad_down_a(A, _padded_intermediate(module))
     return original(module, A, tp_rank, target_module)
 
 
 def _around_slice_moe_lora_b(original, module, B, tp_rank, target_module):
     """gate_up's B writes gate then up: [..., 2*I, rank] -> [..., 2*I_padded, rank], each half padded."""
     if target_module == "gate_up_proj_moe":
-        size = _padded_intermediate(module)
-        if module.base_layer.moe_runner_config.is_gated:
-            B = _per_expert(B, lambda w: torch.cat([_pad_dim(half, -2, size) for half in w.chunk(2, dim=-2)], -2)
-                            if w.shape[-2] < 2 * size else w)
-        else:
-            B = _per_expert(B, lambda w: _pad_dim(w, -2, size))
+        B = pad_gate_up_b(B, _padded_intermediate(module), module.base_layer.moe_runner_config.is_gated)
     return original(module, B, tp_rank, target_module)
 
 
 def _padded_intermediate(module) -> int:
     return module.intermediate_size_per_partition * module.tp_size
-
-
-def _pad_dim(w: torch.Tensor, dim: int, size: int) -> torch.Tensor:
-    """``w`` with zeros appended along ``dim`` up to ``size`` (``w`` itself when it is that long already)."""
-    missing = size - w.shape[dim]
-    if missing <= 0:
-        return w
-    shape = list(w.shape)
-    shape[dim] = missing
-    return torch.cat([w, w.new_zeros(shape)], dim=dim)
-
-
-def _per_expert(weights, pad):
-    """``pad`` applied to each expert's tensor of SGLang's {expert: tensor} form, or to one stacked tensor."""
-    if isinstance(weights, dict):
-        return {expert: pad(w) for expert, w in weights.items()}
-    return pad(weights)

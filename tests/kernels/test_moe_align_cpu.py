@@ -14,7 +14,7 @@ import torch
 
 pytest.importorskip("sglang")
 
-from sglang_mint.sglang.moe_cpu import moe_align_block_size_torch  # noqa: E402
+from sglang_mint.kernels.moe_align import moe_align_block_size_torch  # noqa: E402
 
 CASES = [  # tokens, top_k, experts, block
     (1, 2, 8, 16), (7, 2, 8, 4), (77, 2, 8, 16), (199, 8, 64, 16), (33, 1, 3, 64), (5, 4, 128, 64),
