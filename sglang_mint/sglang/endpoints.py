@@ -50,7 +50,8 @@ from sglang_mint.frontend import admin_guard
 from sglang_mint.sglang import admin
 from sglang_mint.sglang.flags import mint_config
 from sglang_mint.catalog.upload_stream import RETRY_AFTER_S, read_capped, received_upload, upload_gate
-from sglang_mint.sglang.frontend import CatalogFrontend, CatalogNameTaken, catalog_frontend
+from sglang_mint.frontend.catalog_names import CatalogNameTaken, catalog_name_taken
+from sglang_mint.sglang.frontend import CatalogFrontend, catalog_frontend
 
 MAX_PREFETCH = 1024
 MAX_PREFETCH_BODY = 1 << 20  # 1,024 ids of at most 128 characters fit in about 140 KB
@@ -75,14 +76,8 @@ def _before_launch_server(server_args, *args, **kwargs):
 
     add_routes(http_server.app)
     admin.install(http_server.app, server_args.admin_api_key)
-    http_server.app.add_exception_handler(CatalogNameTaken, _catalog_name_taken)
+    http_server.app.add_exception_handler(CatalogNameTaken, catalog_name_taken)
     return None
-
-
-async def _catalog_name_taken(request: Request, exc: CatalogNameTaken) -> ORJSONResponse:
-    """A stock ``/load_lora_adapter`` (or ``_from_tensors``, ``/unload_lora_adapter``) under a name the
-    catalog holds: 409, in the shape those endpoints answer in (``success``, ``error_message``)."""
-    return ORJSONResponse({"success": False, "error_message": str(exc)}, status_code=exc.http_status)
 
 
 # -- helpers ---------------------------------------------------------------------

@@ -1,26 +1,8 @@
-"""Catalog adapters in the tokenizer manager (the ``/mint/*`` endpoints are endpoints.py).
+"""Catalog adapters in SGLang's tokenizer manager and LoRA registry.
 
-Every way a request names an adapter goes through the catalog:
-
-- ``model="acme/bot"`` (``openai_model.py``) and ``lora_path="acme/bot"``
-  resolve the adapter's current revision at arrival (one indexed lookup) and
-  become the LoRA name ``acme/bot@3``; the request is served by that revision
-  even if a publish lands while it runs.
-- ``lora_path="acme/bot@3"`` is served only if revision 3 exists and the
-  adapter is not deleted; anything else is a 404 naming it (a malformed name
-  a 400). Adapters from ``--lora-paths`` or ``/load_lora_adapter`` pass as in
-  stock SGLang.
-
-The catalog is the authority for the names it holds: a name is looked up in
-the catalog first and only a name the catalog does not hold falls back to the
-adapters SGLang loaded itself (``tm.lora_ref_cache``). So an adapter loaded as
-``late/x`` stops being served under that name once the catalog publishes
-``late/x``, and ``/load_lora_adapter`` (or ``_from_tensors``) under a name the
-catalog holds, or under any ``<id>@<revision>`` name (the catalog's revision
-names), is refused with 409 naming the id (``CatalogNameTaken``); so is
-``/unload_lora_adapter`` of a catalog name SGLang did not load itself.
-
-A revision name is registered in SGLang's LoRA registry with ``lora_id =
+Which revision a name selects, and when a stock load or unload is refused, is
+``frontend/catalog_names.py``; here the hooks reach into SGLang. A revision
+name is registered in SGLang's ``LoRARegistry`` with ``lora_id =
 "mint:acme/bot@3"`` and no load request: the scheduler loads it in the
 background (``residency.py``). It stays registered only while a request uses
 it: when SGLang releases the last one (``LoRARegistry.release``), the name and
@@ -33,61 +15,24 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from fastapi import HTTPException
 from sglang.srt.lora.lora_registry import LoRARef
 
-from sglang_mint.catalog.ids import parse_revision_name, validate_adapter_id
-from sglang_mint.errors import MintError
+from sglang_mint.frontend.catalog_names import CatalogNames
 from sglang_mint.lora_id import CatalogLoraId, RevisionName, is_catalog_lora_id, lora_name_of
 from sglang_mint.sglang.flags import mint_config
 
 logger = logging.getLogger("sglang_mint")
 
 
-class CatalogNameTaken(MintError):
-    """A stock load or unload under a name the catalog holds (endpoints.py answers it with 409)."""
-
-    http_status = 409
-
-
-class CatalogFrontend:
-    """The tokenizer manager's view of the catalog."""
+class CatalogFrontend(CatalogNames):
+    """The tokenizer manager's view of the catalog: CatalogNames, registered in SGLang's registry."""
 
     def __init__(self, config):
-        self.catalog = config.open_catalog()
-        self.resolves = 0
+        catalog = config.open_catalog()
         from sglang_mint.sglang.metrics import FrontendMetrics, metrics_enabled
 
-        self.metrics = FrontendMetrics(metrics_enabled())
+        super().__init__(catalog, FrontendMetrics(metrics_enabled()))
         self._warming: set[asyncio.Task] = set()
-        # Revision names between our registration and SGLang's acquire of them: never dropped.
-        self._arriving: dict[str, int] = {}
-
-    def lora_name(self, adapter_id: str) -> str:
-        """The LoRA name of the adapter's current revision; AdapterNotFound if unknown or deleted."""
-        return self.checked_name(adapter_id)
-
-    def checked_name(self, name: str, stock=()) -> RevisionName | None:
-        """A requested name -> the revision it selects in the catalog, as its revision name with
-        the record attached (``"acme/bot"`` -> ``"acme/bot@3"``, ``"acme/bot@2"`` checked and
-        kept): one catalog query, none for a name this request resolved already. None if the
-        catalog does not hold it but ``stock`` (the adapters SGLang loaded itself:
-        ``tm.lora_ref_cache``) does; else MintError (404 unknown or deleted, 400 malformed)."""
-        if isinstance(name, RevisionName):
-            return name
-        try:
-            if "@" not in name:
-                rev = self.catalog.resolve(name)
-            else:
-                rev = self.catalog.resolve_revision(*parse_revision_name(name))
-        except MintError:
-            if name in stock:
-                return None
-            self.metrics.not_found.inc()
-            raise
-        self.resolves += 1
-        self.metrics.resolves.inc()
-        return RevisionName(rev)
 
     @staticmethod
     def lora_id_of(name: RevisionName) -> str:
@@ -102,46 +47,11 @@ class CatalogFrontend:
             return CatalogLoraId(name.revision)
         return str(CatalogLoraId(name.revision))
 
-    def holder(self, name) -> str | None:
-        """The catalog id whose name ``name`` is, or None: ``"acme/bot"`` if the catalog holds
-        that adapter, ``"acme/bot"`` for every ``"acme/bot@N"`` (revision names are the
-        catalog's, held or not), None for anything else."""
-        if not isinstance(name, str):
-            return None
-        try:
-            if "@" in name:
-                return parse_revision_name(name)[0]
-            self.catalog.resolve(validate_adapter_id(name))
-        except MintError:
-            return None
-        return name
-
     async def arrive(self, tm, obj) -> list[str]:
-        """Resolve the request's ``lora_path`` through the catalog and register what it names.
-
-        Rewrites ``obj.lora_path`` in place (a bare id becomes its current revision) and
-        returns the revision names registered, which the caller passes to ``settle`` once
-        SGLang has acquired them. Raises HTTPException 400/404 naming the bad entry.
-        """
-        paths = obj.lora_path
-        single = isinstance(paths, str)
-        entries = [paths] if single else list(paths or [])
-        names: list[RevisionName] = []
-        for i, entry in enumerate(entries):
-            if not entry:
-                continue  # the base model
-            try:
-                name = self.checked_name(entry, tm.lora_ref_cache)
-            except MintError as exc:
-                raise HTTPException(status_code=exc.http_status, detail=f"lora_path: {exc}") from None
-            if name is None:
-                continue  # an adapter SGLang loaded itself, under a name the catalog does not hold
-            entries[i] = name
-            names.append(name)
-        if names:
-            obj.lora_path = entries[0] if single else entries
-        for name in names:
-            self._arriving[name] = self._arriving.get(name, 0) + 1
+        """Resolve the request's ``lora_path`` through the catalog (rewritten in place: a bare id
+        becomes its current revision) and register the revision names it names; returns them,
+        for ``settle`` once SGLang has acquired them. Raises HTTPException 400/404."""
+        obj.lora_path, names = self.resolve_lora_path(obj.lora_path, tm.lora_ref_cache)
         for name in dict.fromkeys(names):
             if name not in tm.lora_registry._registry:
                 ref = LoRARef(lora_id=self.lora_id_of(name), lora_name=str(name),
@@ -152,24 +62,16 @@ class CatalogFrontend:
                     pass  # another request registered it first
         return names
 
-    def settle(self, names: list[str]) -> None:
-        for name in names:
-            n = self._arriving[name] - 1
-            if n:
-                self._arriving[name] = n
-            else:
-                del self._arriving[name]
-
     def forget_if_idle(self, registry, lora_id: str) -> None:
         """Drop a revision name from SGLang's registry once no request uses it.
 
         Runs on the event loop with no await between the checks and the deletes, so no
-        request can acquire the name halfway: one that is arriving is in ``_arriving``.
+        request can acquire the name halfway: one that is arriving keeps it (``may_forget``).
         """
-        name = lora_name_of(lora_id)
         counter = registry._counters.get(lora_id)
-        if counter is None or counter.value() != 0 or name in self._arriving:
+        if counter is None or not self.may_forget(lora_id, counter.value()):
             return
+        name = lora_name_of(lora_id)
         ref = registry._registry.get(name)
         if ref is not None and ref.lora_id == lora_id:
             del registry._registry[name]
@@ -211,41 +113,27 @@ def _after_init_lora(result, tm, *args, **kwargs):
     hooks.verify_applied("frontend")
     if config.catalog is not None:
         frontend = tm._mint_frontend = tm.lora_registry._mint_frontend = CatalogFrontend(config)
-        for name in tm.lora_ref_cache:  # --lora-paths
-            if frontend.holder(name) is not None:
-                logger.warning("--lora-paths adapter %r has a name the catalog holds: requests for %r are served "
-                               "from the catalog, not from %s", name, name, tm.lora_ref_cache[name].lora_path)
+        frontend.warn_shadowed({name: ref.lora_path for name, ref in tm.lora_ref_cache.items()})  # --lora-paths
     return result
-
-
-def _names_of(name: str, adapter_id: str) -> str:
-    if name == adapter_id:
-        return f"lora_name {name!r} is the id of catalog adapter {adapter_id!r} (--mint-catalog)"
-    return (f"lora_name {name!r} is a revision name of catalog adapter {adapter_id!r} (--mint-catalog keeps every "
-            "<adapter-id>@<revision> name for the catalog)")
 
 
 async def _around_load_lora_adapter(original, tm, obj, *args, **kwargs):
     """TokenizerManager.load_lora_adapter and load_lora_adapter_from_tensors: refuse a catalog name."""
     frontend = catalog_frontend(tm)
-    adapter_id = None if frontend is None else frontend.holder(obj.lora_name)
-    known = tm.lora_ref_cache.get(obj.lora_name) if frontend is not None else None
-    # SGLang itself reloads an adapter it loaded before under the same name and path (after an
-    # unload); that is not a new claim on the name.
-    if adapter_id is not None and not (known is not None and known.lora_path == getattr(obj, "lora_path", None)):
-        raise CatalogNameTaken(
-            f"{_names_of(obj.lora_name, adapter_id)}, which this server serves from the catalog; load this adapter "
-            f"under another name, or publish it as a new revision: POST /mint/adapters/{adapter_id}/revisions")
+    if frontend is not None:
+        known = tm.lora_ref_cache.get(obj.lora_name)
+        refused = frontend.load_refusal(
+            obj.lora_name, known is not None and known.lora_path == getattr(obj, "lora_path", None))
+        if refused is not None:
+            raise refused
     return await original(tm, obj, *args, **kwargs)
 
 
 async def _around_unload_lora_adapter(original, tm, obj, *args, **kwargs):
     frontend = catalog_frontend(tm)
-    adapter_id = None if frontend is None else frontend.holder(obj.lora_name)
-    if adapter_id is not None and obj.lora_name not in tm.lora_ref_cache:
-        raise CatalogNameTaken(
-            f"{_names_of(obj.lora_name, adapter_id)}: the server loads and evicts catalog adapters itself; roll "
-            "back or delete the adapter in the catalog instead")
+    refused = None if frontend is None else frontend.unload_refusal(obj.lora_name, obj.lora_name in tm.lora_ref_cache)
+    if refused is not None:
+        raise refused
     return await original(tm, obj, *args, **kwargs)
 
 
