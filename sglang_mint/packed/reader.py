@@ -3,7 +3,8 @@
 The file is mmapped; the data region is copied once into a host buffer
 (pinned when CUDA is available, so host-to-device copies can be async) and
 every tensor is a view into that buffer. Nothing touches the data before the
-header has been checked against the file size.
+header has been checked against the file size, and, in an engine, against the
+base model it serves (``check_against_base``).
 """
 
 from __future__ import annotations
@@ -11,11 +12,12 @@ from __future__ import annotations
 import mmap
 import os
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
 
-from sglang_mint.packed.format import PackedError, decode_header
+from sglang_mint.packed.format import PACKED_FILE, PackedError, decode_header
 from sglang_mint.packed.writer import TORCH_DTYPES
 
 
@@ -37,6 +39,12 @@ class PackedAdapter:
     @property
     def nbytes(self) -> int:
         return self.buffer.numel()
+
+
+def packed_path(folder: str) -> str | None:
+    """``folder``'s packed file when it holds one: ``"/v/acme/bot@3"`` -> ``"/v/acme/bot@3/adapter.mintpack"``."""
+    path = os.path.join(folder, PACKED_FILE)
+    return path if os.path.isfile(path) else None
 
 
 def read_header(path: str) -> tuple[int, list, dict, int]:
@@ -73,3 +81,35 @@ def read_packed(path: str, pin: bool | None = None) -> PackedAdapter:
     dtype = TORCH_DTYPES[mint["dtype"]]
     tensors = {e.name: buffer[e.begin:e.end].view(dtype).view(e.shape) for e in entries}
     return PackedAdapter(path=path, mint=mint, tensors=tensors, buffer=buffer)
+
+
+def config_identity(hf_config) -> dict:
+    """The base model identity a packed header records (``mint.base``), read off a transformers config."""
+    cfg = hf_config.get_text_config() if hasattr(hf_config, "get_text_config") else hf_config
+    ident = {k: getattr(cfg, k, None) for k in ("model_type", "hidden_size", "num_hidden_layers", "vocab_size")}
+    for k in ("num_experts", "n_routed_experts", "num_local_experts"):
+        if getattr(cfg, k, None):
+            ident["num_experts"] = int(getattr(cfg, k))
+            break
+    return ident
+
+
+def check_against_base(path: str, mint: dict, entries, rank: int, hf_config,
+                       layer_of: Callable[[str], int | None]) -> None:
+    """Everything that can be checked before the data is read: the adapter config's ``rank``, the
+    base model ``hf_config`` the engine serves, and each tensor's layer (``layer_of``, the engine's
+    rule: ``"model.layers.10.self_attn.q_proj.lora_A.weight"`` -> 10) and expert count."""
+    if int(mint["rank"]) != int(rank):
+        raise PackedError(f"{path}: packed rank {mint['rank']} but adapter_config.json says r={rank}")
+    engine = config_identity(hf_config)
+    for key, want in (mint.get("base") or {}).items():
+        have = engine.get(key)
+        if key in engine and want is not None and have is not None and want != have:
+            raise PackedError(f"{path}: packed for a different base model: {key}={want}, the engine has {have}")
+    layers, experts = engine["num_hidden_layers"], engine.get("num_experts")
+    for e in entries:
+        lid = layer_of(e.name)
+        if lid is not None and layers is not None and lid >= layers:
+            raise PackedError(f"{path}: tensor {e.name} is for layer {lid}, the base model has {layers}")
+        if ".experts." in e.name and len(e.shape) == 3 and experts and e.shape[0] not in (1, experts):
+            raise PackedError(f"{path}: tensor {e.name} has {e.shape[0]} experts, the base model has {experts}")

@@ -10,36 +10,23 @@ scheduler loop installs into SGLang's LoRA manager (residency.py).
 
 from __future__ import annotations
 
-import os
-
-from sglang_mint.adapters.peft import check_lora
-from sglang_mint.adapters.uniform_rank import uniform_lora
+from sglang_mint.adapters.peft import load_for_serving
 from sglang_mint.residency.host_bytes import adapter_host_bytes
 
 
 def read_adapter(manager, catalog, lora_id: str, rev):
     """Build revision ``rev`` (the catalog's record) for SGLang's LoRA ``manager``."""
-    from safetensors.torch import load as load_safetensors
     from sglang.srt.lora.lora import LoRAAdapter
     from sglang.srt.lora.lora_config import LoRAConfig
 
-    from sglang_mint.sglang.packed_loader import packed_path
+    from sglang_mint.packed.reader import packed_path
 
     path = str(catalog.local_path(rev))
     config = LoRAConfig(path, base_vocab_size=manager.base_hf_config.vocab_size)
     tensors = None
     if packed_path(path) is None:
-        # The import checks again, on what is on disk now: a catalog may have been written by an
-        # older version or by hand, and a bad tensor must fail here, not in SGLang's pool fill on
-        # the scheduler thread. Then the one-rank, one-scaling form SGLang serves exactly.
         where = f"adapter {rev.adapter_id!r} revision {rev.revision}"
-        # Not safetensors.torch.load_file: in safetensors 0.8.0 every call keeps about 1.8 KB
-        # for good (11,000 calls on one file: +18.9 MiB; load() of the bytes: +0.1 MiB), which
-        # over 10^5 cold loads is most of the scheduler's growth.
-        with open(os.path.join(path, "adapter_model.safetensors"), "rb") as f:
-            tensors = load_safetensors(f.read())
-        check_lora(config.hf_config, tensors, catalog.base, where)
-        uniform_config, tensors = uniform_lora(config.hf_config, tensors, where=where)
+        uniform_config, tensors = load_for_serving(path, config.hf_config, catalog.base, where)
         if uniform_config is not config.hf_config:
             config.hf_config = uniform_config
             config.r, config.lora_alpha = uniform_config["r"], uniform_config["lora_alpha"]

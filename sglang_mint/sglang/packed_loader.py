@@ -23,17 +23,11 @@ scheduler loop).
 from __future__ import annotations
 
 import logging
-import os
 
-
-from sglang_mint.packed import PACKED_FILE, PackedError
-from sglang_mint.packed.reader import read_header, read_packed
+from sglang_mint.packed import PackedError
+from sglang_mint.packed.reader import check_against_base, packed_path, read_header, read_packed
 
 logger = logging.getLogger("sglang_mint")
-
-def packed_path(folder: str) -> str | None:
-    path = os.path.join(folder, PACKED_FILE)
-    return path if os.path.isfile(path) else None
 
 
 def initialize_weights(original, adapter, *args, **kwargs):
@@ -46,41 +40,11 @@ def initialize_weights(original, adapter, *args, **kwargs):
         raise ValueError(str(exc)) from None
 
 
-def _engine_identity(hf_config) -> dict:
-    cfg = hf_config.get_text_config() if hasattr(hf_config, "get_text_config") else hf_config
-    ident = {k: getattr(cfg, k, None) for k in ("model_type", "hidden_size", "num_hidden_layers", "vocab_size")}
-    for k in ("num_experts", "n_routed_experts", "num_local_experts"):
-        if getattr(cfg, k, None):
-            ident["num_experts"] = int(getattr(cfg, k))
-            break
-    return ident
-
-
-def check_against_engine(path: str, mint: dict, entries, adapter) -> None:
-    """Everything that can be checked before the data is read."""
-    from sglang.srt.layers.utils import get_layer_id
-
-    if int(mint["rank"]) != int(adapter.config.r):
-        raise PackedError(f"{path}: packed rank {mint['rank']} but adapter_config.json says r={adapter.config.r}")
-    engine = _engine_identity(adapter.base_hf_config)
-    for key, want in (mint.get("base") or {}).items():
-        have = engine.get(key)
-        if key in engine and want is not None and have is not None and want != have:
-            raise PackedError(f"{path}: packed for a different base model: {key}={want}, the engine has {have}")
-    layers, experts = engine["num_hidden_layers"], engine.get("num_experts")
-    for e in entries:
-        lid = get_layer_id(e.name)
-        if lid is not None and layers is not None and lid >= layers:
-            raise PackedError(f"{path}: tensor {e.name} is for layer {lid}, the base model has {layers}")
-        if ".experts." in e.name and len(e.shape) == 3 and experts and e.shape[0] not in (1, experts):
-            raise PackedError(f"{path}: tensor {e.name} has {e.shape[0]} experts, the base model has {experts}")
-
-
 def load_packed_into(adapter, path: str) -> None:
     from sglang.srt.layers.utils import get_layer_id
 
     _, entries, mint, _ = read_header(path)
-    check_against_engine(path, mint, entries, adapter)
+    check_against_base(path, mint, entries, adapter.config.r, adapter.base_hf_config, get_layer_id)
     packed = read_packed(path)
     for name, t in packed.tensors.items():
         lid = get_layer_id(name)
