@@ -60,6 +60,24 @@ class LoraBatch:
             raise ValueError("seg_indptr must have len(seg_slots) + 1 entries")
 
     @classmethod
+    def routing(cls, ranks, scalings, seg_indptr, slots, n_seg, n_tokens, max_seg_len,
+                permutation=None) -> "LoraBatch":
+        """The form an engine's batch of ``n_seg`` segments over ``n_tokens`` rows runs in (no host sync).
+
+        One token per segment (decode, DP-gathered token rows, a pruned lm_head of
+        one row per request) gives the per-token form, whose kernels need no sort
+        and whose grid depends only on the token count, so it replays in a CUDA
+        graph. Everything else keeps the segments (and permutation). Example: a
+        decode batch of 3 requests with slots [2, 0, 2] becomes ``token_slots=[2, 0, 2]``;
+        a prefill of 2 requests of 5 and 3 tokens with slots [1, 3] becomes
+        ``seg_indptr=[0, 5, 8]``, ``seg_slots=[1, 3]``, ``max_seg_len=5``.
+        """
+        if max_seg_len == 1 and permutation is None and n_tokens == n_seg:
+            return cls(ranks=ranks, scalings=scalings, token_slots=slots)
+        return cls(ranks=ranks, scalings=scalings, seg_indptr=seg_indptr[: n_seg + 1], seg_slots=slots[:n_seg],
+                   permutation=permutation, max_seg_len=int(max_seg_len or 0))
+
+    @classmethod
     def from_segments(cls, seg_lens, seg_slots, ranks, scalings, device=None,
                       permutation=None) -> "LoraBatch":
         """Convenience builder from host lists (tests, benchmarks, CPU path)."""

@@ -46,32 +46,10 @@ MINT_BACKEND = "mint"
 
 
 def lora_batch_from_info(info: LoRABatchInfo) -> LoraBatch:
-    """The mint routing form of one SGLang ``LoRABatchInfo`` (no host sync).
-
-    One token per segment (decode, DP-gathered token rows, a pruned lm_head
-    of one row per request) gives the per-token form, whose kernels need no
-    sort and whose grid depends only on the token count, so it replays in a
-    CUDA graph. Everything else keeps SGLang's segments (and permutation).
-    Example: a decode batch of 3 requests with adapter slots [2, 0, 2] becomes
-    ``token_slots=[2, 0, 2]`` (no sorting); a prefill of 2 requests of 5 and 3
-    tokens with slots [1, 3] becomes ``seg_indptr=[0, 5, 8]``, ``seg_slots=[1, 3]``,
-    ``max_seg_len=5``.
-    """
+    """The mint routing form of one SGLang ``LoRABatchInfo`` (``LoraBatch.routing``, no host sync)."""
     n_seg = info.num_segments if info.num_segments is not None else info.bs
-    one_token_each = (
-        info.max_len == 1 and info.permutation is None and info.expected_tokens == n_seg
-    )
-    if one_token_each:
-        return LoraBatch(ranks=info.lora_ranks, scalings=info.scalings,
-                         token_slots=info.weight_indices)
-    return LoraBatch(
-        ranks=info.lora_ranks,
-        scalings=info.scalings,
-        seg_indptr=info.seg_indptr[: n_seg + 1],
-        seg_slots=info.weight_indices[:n_seg],
-        permutation=info.permutation,
-        max_seg_len=int(info.max_len or 0),
-    )
+    return LoraBatch.routing(info.lora_ranks, info.scalings, info.seg_indptr, info.weight_indices, n_seg,
+                             info.expected_tokens, info.max_len, info.permutation)
 
 
 class MintLoRABackend(TritonLoRABackend):
