@@ -35,8 +35,6 @@ from sglang_mint.sglang.adapter_reader import attach_adapter, read_adapter
 
 logger = logging.getLogger("sglang_mint")
 
-READ_YIELD_S = 0.0005  # the loop's pause per iteration while it only waits for reads
-
 
 class LoraManagerAdapters:
     """SGLang's ``LoRAManager`` as residency's EngineAdapters (scheduler_residency.py)."""
@@ -172,12 +170,8 @@ def _after_ingest_requests(result, scheduler, *args, **kwargs):
         lora_info = getattr(scheduler, "_mint_lora_info", None)
         if lora_info is not None:
             lora_info.refresh()
-        if residency.reading and residency.agreement is None and _nothing_running(scheduler):
-            # The loop would spin holding the GIL while its only work is waiting for reads, and a
-            # read thread gets the GIL back only at each switch interval, once per torch call:
-            # measured on CPU, a 14 MB adapter took 0.32 s to read beside a spinning loop. A short
-            # sleep hands the GIL over. (Under TP the ranks' exchange blocks in gloo, which does too.)
-            time.sleep(READ_YIELD_S)
+        if residency.reading and _nothing_running(scheduler):
+            residency.yield_to_reads()
     return result
 
 
