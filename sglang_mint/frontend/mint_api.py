@@ -1,0 +1,270 @@
+"""The ``/mint/*`` HTTP endpoints of a server launched with ``--enable-mint``.
+
+::
+
+    GET  /mint/status                           residency and catalog counters
+    POST /mint/prefetch                         {"adapters": [id, ...]}: load them ahead of traffic
+    POST /mint/adapters/{id}/revisions          publish a new revision and make it current
+    POST /mint/adapters/{id}/rollback           {"to": N} or no body: the previous revision
+    GET  /mint/adapters/{id}                    the adapter's revisions and their metadata
+
+Publishing takes ``multipart/form-data``: the files ``adapter_config.json`` and
+``adapter_model.safetensors`` (or ``adapter.mintpack`` alone), named by their
+file names, and the optional fields ``expected_revision`` (refuse with 409
+unless the new revision gets this number), ``metadata`` (a JSON object kept
+with the revision), ``pack`` (``true`` stores it packed) and ``warm``
+(``false`` skips loading it right away). For example::
+
+    curl -F files=@adapter_config.json -F files=@adapter_model.safetensors \\
+         -F metadata='{"step": 1200}' http://host:30000/mint/adapters/acme/bot/revisions
+    -> 201 {"adapter_id": "acme/bot", "revision": 4, "digest": "9f2c...", "format": "peft"}
+
+A request that arrives after the 201 is served by revision 4; requests in
+flight finish on the revision they started with.
+
+Who may call them: every one is an admin endpoint (``admin_guard.py`` holds the
+rule and the list). They change what every tenant is served, or, ``/mint/status``,
+name the adapters other tenants use, so the engine marks them admin (SGLang:
+``AuthLevel.ADMIN_OPTIONAL``, passed in as ``mark_admin``): with ``--admin-api-key K``
+SGLang's middleware admits only ``Authorization: Bearer K`` (401 otherwise); without
+an admin key they answer only a loopback TCP peer whose request carries no
+forwarding header (403 for anyone else, saying how to enable them).
+
+What the handlers need from the engine is a ``MintEngine``, read per request
+(``sglang/endpoints.py`` reads it off SGLang's tokenizer manager).
+
+Errors use OpenAI's shape, ``{"error": {"message", "type", "code"}}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+from typing import Callable, Protocol
+
+from fastapi import Request
+from fastapi.responses import ORJSONResponse
+
+from sglang_mint.catalog.ids import revision_name, validate_adapter_id
+from sglang_mint.catalog.upload import publish_files, upload_folder
+from sglang_mint.catalog.upload_stream import RETRY_AFTER_S, read_capped, received_upload, upload_gate
+from sglang_mint.config import MintConfig
+from sglang_mint.errors import MintError
+from sglang_mint.frontend.admin_guard import ADMITTED
+from sglang_mint.frontend.catalog_names import CatalogNames
+
+MAX_PREFETCH = 1024
+MAX_PREFETCH_BODY = 1 << 20  # 1,024 ids of at most 128 characters fit in about 140 KB
+
+
+class MintEngine(Protocol):
+    """What the ``/mint/*`` handlers need from the engine's frontend process."""
+
+    names: CatalogNames | None  # the catalog view; None without --mint-catalog
+    config: MintConfig
+    max_lora_rank: int | None  # the largest rank an adapter may have (SGLang's --max-lora-rank)
+    registered_names: int  # LoRA names the engine has registered now
+
+    async def scheduler_status(self) -> list[dict]:
+        """Each scheduler's residency status (``residency/host_bytes.py:node_status``)."""
+
+    def warm(self, lora_name: str) -> None:
+        """Start loading ``lora_name`` (``"acme/bot@3"``) ahead of traffic, not awaited."""
+
+
+def add_routes(app, engine: Callable[[], MintEngine], mark_admin: Callable) -> None:
+    """Add the ``/mint/*`` routes to the FastAPI ``app``, once; ``engine()`` is called per request,
+    ``mark_admin`` marks each handler as the engine's admin endpoint."""
+    if any(getattr(r, "path", None) == "/mint/status" for r in app.routes):
+        return
+    app.state.mint_engine = engine
+    app.add_api_route("/mint/status", mark_admin(mint_status), methods=["GET"])
+    app.add_api_route("/mint/prefetch", mark_admin(mint_prefetch), methods=["POST"])
+    # {adapter_id:path}: ids hold slashes ("acme/bot"); the suffix routes come first.
+    app.add_api_route("/mint/adapters/{adapter_id:path}/revisions", mark_admin(publish_revision), methods=["POST"])
+    app.add_api_route("/mint/adapters/{adapter_id:path}/rollback", mark_admin(rollback_adapter), methods=["POST"])
+    app.add_api_route("/mint/adapters/{adapter_id:path}", mark_admin(show_adapter), methods=["GET"])
+
+
+# -- helpers ---------------------------------------------------------------------
+class _Refused(Exception):
+    def __init__(self, status: int, message: str, kind: str = "invalid_request_error"):
+        super().__init__(message)
+        self.response = error(status, message, kind)
+
+
+def error(status: int, message: str, kind: str = "invalid_request_error") -> ORJSONResponse:
+    return ORJSONResponse({"error": {"message": message, "type": kind, "code": status}}, status_code=status)
+
+
+def _admin_engine(request: Request) -> MintEngine:
+    """The engine of an admitted admin call; raises _Refused."""
+    _check_admitted(request)
+    return request.app.state.mint_engine()
+
+
+def _with_catalog(request: Request) -> tuple[MintEngine, CatalogNames]:
+    """(engine, its catalog view) for an admin call that needs the catalog; raises _Refused."""
+    engine = _admin_engine(request)
+    names = engine.names
+    if names is None:
+        raise _Refused(400, f"{request.url.path} needs a catalog: launch with --mint-catalog")
+    return engine, names
+
+
+def _check_admitted(request: Request) -> None:
+    """admin_guard.AdminGuard decides who is admin and marks what it lets through; a request it did
+    not see (the guard missing) is refused, never trusted."""
+    if request.scope.get(ADMITTED) is None:
+        raise _Refused(403, f"{request.url.path} is an admin endpoint and this server's admin guard did not admit "
+                            "this request", "permission_error")
+
+
+def _refusals(handler):
+    @functools.wraps(handler)  # FastAPI reads the handler's own signature (path parameters)
+    async def wrapped(request: Request, *args, **kwargs):
+        try:
+            return await handler(request, *args, **kwargs)
+        except _Refused as exc:
+            return exc.response
+        except MintError as exc:
+            return error(exc.http_status, str(exc), "conflict" if exc.http_status == 409 else "invalid_request_error")
+
+    return wrapped
+
+
+def _flag(fields: dict, name: str, default: bool | None) -> bool | None:
+    value = fields.get(name)
+    if value is None:
+        return default
+    if value.lower() in ("true", "1", "yes"):
+        return True
+    if value.lower() in ("false", "0", "no"):
+        return False
+    raise _Refused(400, f"field {name!r} must be true or false, got {value!r}")
+
+
+def _revision_json(rev) -> dict:
+    return {"adapter_id": rev.adapter_id, "revision": rev.revision, "digest": rev.content_digest,
+            "format": rev.format}
+
+
+# -- endpoints -------------------------------------------------------------------
+@_refusals
+async def mint_status(request: Request):
+    engine = _admin_engine(request)
+    names = engine.names
+    schedulers = await engine.scheduler_status()
+    body = {
+        "catalog": None if names is None else names.catalog.display,  # a URL shows *** for its password
+        "resolves": 0 if names is None else names.resolves,
+        "catalog_queries": 0 if names is None else names.catalog.lookups,
+        "registered_names": engine.registered_names,
+        "schedulers": schedulers,
+    }
+    return ORJSONResponse(body)
+
+
+@_refusals
+async def mint_prefetch(request: Request):
+    """``POST /mint/prefetch {"adapters": ["acme/bot", ...]}``: start loading them now."""
+    engine, names = _with_catalog(request)
+    raw = await read_capped(request, MAX_PREFETCH_BODY, "/mint/prefetch")
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        body = None
+    adapters = body.get("adapters") if isinstance(body, dict) else None
+    if not isinstance(adapters, list) or not all(isinstance(a, str) for a in adapters):
+        raise _Refused(400, 'expected JSON {"adapters": ["<adapter-id>", ...]}')
+    if len(adapters) > MAX_PREFETCH:
+        raise _Refused(400, f"at most {MAX_PREFETCH} adapters per call, got {len(adapters)}")
+    prefetching, errors = [], {}
+    for adapter_id in dict.fromkeys(adapters):
+        try:
+            name = names.lora_name(adapter_id)
+        except MintError as exc:
+            errors[adapter_id] = str(exc)
+            continue
+        engine.warm(name)
+        prefetching.append(str(name))
+    return ORJSONResponse({"prefetching": prefetching, "errors": errors})
+
+
+@_refusals
+async def publish_revision(request: Request, adapter_id: str):
+    """Publish the uploaded adapter as the next revision of ``adapter_id`` and make it current."""
+    engine, names = _with_catalog(request)
+    validate_adapter_id(adapter_id)
+    config = engine.config
+    gate = upload_gate(request.app, config.max_concurrent_uploads)
+    if not gate.enter():  # refused before a byte of the body is read
+        refused = _Refused(429, f"{gate.active} uploads are being received, the most this server takes at once "
+                                f"(--mint-max-concurrent-uploads {gate.limit}); retry in {RETRY_AFTER_S} s",
+                           "rate_limit_error")
+        refused.response.headers["Retry-After"] = str(RETRY_AFTER_S)
+        raise refused
+    try:
+        async with received_upload(request, upload_folder(names.catalog), config.max_upload_bytes,
+                                   f"upload for {adapter_id!r}") as (files, fields):
+            rev = await _publish_received(engine, names, adapter_id, files, fields)
+    finally:
+        gate.leave()
+    return ORJSONResponse(_revision_json(rev), status_code=201)
+
+
+async def _publish_received(engine: MintEngine, names: CatalogNames, adapter_id: str, files: dict[str, str],
+                            fields: dict[str, str]):
+    """publish_revision once the upload is on disk: the fields checked, then the adapter."""
+    expected = fields.get("expected_revision")
+    if expected is not None and not (expected.isdigit() and int(expected) > 0):
+        raise _Refused(400, f"expected_revision must be a positive integer, got {expected!r}")
+    metadata = None
+    if fields.get("metadata") is not None:
+        try:
+            metadata = json.loads(fields["metadata"])
+        except ValueError as exc:
+            raise _Refused(400, f"metadata is not valid JSON: {exc}") from None
+        if not isinstance(metadata, dict):
+            raise _Refused(400, 'metadata must be a JSON object, e.g. {"step": 1200}')
+    pack = _flag(fields, "pack", None)
+    warm = _flag(fields, "warm", True)
+    # The checks and the write take seconds for a large adapter: off the event loop, which keeps serving.
+    rev = await asyncio.to_thread(
+        publish_files, names.catalog, adapter_id, files, metadata=metadata,
+        expect_revision=int(expected) if expected is not None else None, pack=pack,
+        max_rank=engine.max_lora_rank, where=f"upload for {adapter_id!r}")
+    if warm:
+        engine.warm(revision_name(adapter_id, rev.revision))
+    return rev
+
+
+@_refusals
+async def rollback_adapter(request: Request, adapter_id: str):
+    """Make the revision before the current one (or ``{"to": N}``) current."""
+    engine, names = _with_catalog(request)
+    validate_adapter_id(adapter_id)
+    raw = await read_capped(request, 1 << 16, "rollback")
+    to = None
+    if raw.strip():
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            body = None
+        if not isinstance(body, dict) or set(body) - {"to"}:
+            raise _Refused(400, 'expected no body, or JSON {"to": <revision>}')
+        to = body.get("to")
+        if to is not None and (not isinstance(to, int) or isinstance(to, bool) or to <= 0):
+            raise _Refused(400, f"'to' must be a positive revision number, got {to!r}")
+    rev = await asyncio.to_thread(names.catalog.rollback, adapter_id, to)
+    engine.warm(revision_name(adapter_id, rev.revision))
+    return ORJSONResponse(_revision_json(rev))
+
+
+@_refusals
+async def show_adapter(request: Request, adapter_id: str):
+    """The adapter's current revision and every revision with its metadata."""
+    _, names = _with_catalog(request)
+    info = await asyncio.to_thread(names.catalog.get, adapter_id)
+    return ORJSONResponse(info.to_json())
