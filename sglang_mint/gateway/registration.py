@@ -123,6 +123,18 @@ def _call(method: str, url: str, body: dict | None = None, timeout: float = 5.0)
     return json.loads(raw) if raw.strip() else {}
 
 
+def engine_url(host: str, port: int) -> str:
+    """Where the gateway reaches an engine bound to ``host:port``: ``("127.0.0.1", 30000)`` ->
+    ``http://127.0.0.1:30000``; a wildcard host (``0.0.0.0``) becomes this machine's host name."""
+    import socket
+
+    if host in ("0.0.0.0", "::", ""):
+        host = socket.gethostname()
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}"
+
+
 def watch(gateway_url: str, engine_url: str, engine_pid: int, poll: float = 0.25) -> int:
     """Join once the engine is ready, leave once ``engine_pid`` has exited."""
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):

@@ -19,9 +19,12 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections import deque
 
 DEFAULT_SLACK = 0.25
 MIN_BOUND = 4
+LOAD_REFRESH_S = 0.02  # as SGLang's own refresh: snapshots are re-read at most every 20 ms
+RECENT_S = 0.1  # a dispatch counts toward its rank's load this long, until snapshots show it
 
 
 def preference(key: str, ranks: list[int]) -> list[int]:
@@ -41,3 +44,38 @@ def pick_rank(key: str, loads: list[int], ranks: list[int], slack: float = DEFAU
         if loads[rank] < bound:
             return rank
     return min(ranks, key=lambda r: loads[r])
+
+
+class DispatchLoads:
+    """Running + waiting requests per DP rank as the dispatcher sees them: the schedulers' last load
+    snapshots, plus what it sent in the last RECENT_S (not in a snapshot yet).
+
+    SGLang's own DPBudget adds each dispatch to the count until a newer snapshot replaces it; an
+    idle scheduler publishes none, so those counts would only grow and push an adapter off its
+    rank. With snapshots [3, 0] and a dispatch to rank 1 5 ms ago, ``loads`` is [3, 1]; 100 ms
+    later, with no new snapshot, it is [3, 0] again.
+    """
+
+    def __init__(self):
+        self._read_at: float | None = None
+        self._recent: deque[tuple[float, int]] = deque()  # (when, rank) of each recent dispatch
+
+    def snapshots_due(self, now: float) -> bool:
+        """Whether to re-read the schedulers' snapshots now (at most every LOAD_REFRESH_S); True
+        also records the read."""
+        if self._read_at is not None and now - self._read_at < LOAD_REFRESH_S:
+            return False
+        self._read_at = now
+        return True
+
+    def loads(self, snapshot_loads: list[int], now: float) -> list[int]:
+        recent = self._recent
+        while recent and now - recent[0][0] > RECENT_S:
+            recent.popleft()
+        loads = list(snapshot_loads)
+        for _, rank in recent:
+            loads[rank] += 1
+        return loads
+
+    def dispatched(self, rank: int, now: float) -> None:
+        self._recent.append((now, rank))

@@ -17,14 +17,10 @@ would otherwise turn affinity into round robin without a word.
 from __future__ import annotations
 
 import time
-from collections import deque
 
-from sglang_mint.residency.affinity import pick_rank
-from sglang_mint.sglang.flags import mint_config
 from sglang_mint.lora_id import is_catalog_lora_id, parse_lora_id
-
-LOAD_REFRESH_S = 0.02  # as SGLang's own refresh: snapshots are re-read at most every 20 ms
-RECENT_S = 0.1  # a dispatch counts toward its rank's load this long, until snapshots show it
+from sglang_mint.residency.affinity import DispatchLoads, pick_rank
+from sglang_mint.sglang.flags import mint_config
 
 
 def _before_controller_init(controller, server_args, *args, **kwargs):
@@ -40,25 +36,11 @@ def _around_dispatching_with_trace(original, controller, req, *args, **kwargs):
     if (config is not None and config.dp_dispatch == "affinity" and is_catalog_lora_id(lora_id)
             and getattr(req, "routed_dp_rank", None) is None):
         now = time.perf_counter()
-        rank = pick_rank(parse_lora_id(lora_id)[0], _loads(controller, now), list(controller._active_workers))
-        controller._mint_recent.append((now, rank))
+        loads, budget = controller.__dict__.setdefault("_mint_loads", DispatchLoads()), controller.dp_budget
+        if loads.snapshots_due(now):
+            budget.update_budget(controller.load_snapshot_reader.read_all())
+        rank = pick_rank(parse_lora_id(lora_id)[0], loads.loads(budget.total_requests, now),
+                         list(controller._active_workers))
+        loads.dispatched(rank, now)
         req.routed_dp_rank = rank
     return original(controller, req, *args, **kwargs)
-
-
-def _loads(controller, now: float) -> list[int]:
-    """Running + waiting requests per DP rank: the schedulers' last load snapshots, plus what this
-    hook sent in the last RECENT_S (not in a snapshot yet). SGLang's own DPBudget adds each dispatch
-    to the count until a newer snapshot replaces it; an idle scheduler publishes none, so those
-    counts would only grow and push an adapter off its rank."""
-    budget = controller.dp_budget
-    if now - getattr(controller, "_mint_loads_at", 0.0) >= LOAD_REFRESH_S:
-        controller._mint_loads_at = now
-        budget.update_budget(controller.load_snapshot_reader.read_all())
-    recent = controller.__dict__.setdefault("_mint_recent", deque())
-    while recent and now - recent[0][0] > RECENT_S:
-        recent.popleft()
-    loads = list(budget.total_requests)
-    for _, rank in recent:
-        loads[rank] += 1
-    return loads

@@ -9,26 +9,14 @@ process group ends the watcher too: SMG's health checks drop the engine instead.
 
 from __future__ import annotations
 
-import socket
-
 from sglang_mint.sglang.flags import mint_config
-
-
-def engine_url(server_args) -> str:
-    """``--host 127.0.0.1 --port 30000`` -> ``http://127.0.0.1:30000``; a wildcard host becomes the host name."""
-    host = server_args.host
-    if host in ("0.0.0.0", "::", ""):
-        host = socket.gethostname()
-    if ":" in host:
-        host = f"[{host}]"
-    return f"http://{host}:{server_args.port}"
 
 
 def _before_launch_server(server_args, *args, **kwargs):
     config = mint_config(server_args)
     if config is None or config.gateway is None:
         return None
-    from sglang_mint.gateway.registration import watch_in_background
+    from sglang_mint.gateway.registration import engine_url, watch_in_background
 
-    watch_in_background(config.gateway, config.advertise_url or engine_url(server_args))
+    watch_in_background(config.gateway, config.advertise_url or engine_url(server_args.host, server_args.port))
     return None

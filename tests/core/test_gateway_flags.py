@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import socket
+
 import pytest
 
 from sglang_mint.config import MintConfig, check_http_url
 from sglang_mint.errors import MintError
+from sglang_mint.gateway.registration import engine_url
 
 
 @pytest.mark.parametrize("url, expected", [
@@ -29,3 +32,9 @@ def test_advertise_url_needs_a_gateway():
         MintConfig.from_flags(advertise_url="http://10.0.0.5:30000")
     config = MintConfig.from_flags(gateway="http://gw:30080/", advertise_url="http://10.0.0.5:30000")
     assert (config.gateway, config.advertise_url) == ("http://gw:30080", "http://10.0.0.5:30000")
+
+
+def test_the_default_advertise_url_is_the_address_the_server_binds():
+    assert engine_url("127.0.0.1", 30000) == "http://127.0.0.1:30000"
+    assert engine_url("::1", 30000) == "http://[::1]:30000"
+    assert engine_url("0.0.0.0", 30000) == f"http://{socket.gethostname()}:30000"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from sglang_mint.residency.affinity import pick_rank, preference
+from sglang_mint.residency.affinity import LOAD_REFRESH_S, RECENT_S, DispatchLoads, pick_rank, preference
 
 
 def test_an_adapter_keeps_its_rank_while_load_allows():
@@ -52,3 +52,13 @@ def test_a_few_requests_never_spill():
 
 def test_only_active_ranks_are_picked():
     assert pick_rank("x", [0, 100, 0], [1]) == 1
+
+
+def test_a_dispatch_counts_until_snapshots_can_show_it():
+    loads = DispatchLoads()
+    assert loads.snapshots_due(10.0) and not loads.snapshots_due(10.0 + LOAD_REFRESH_S / 2)
+    assert loads.snapshots_due(10.0 + 2 * LOAD_REFRESH_S)
+    loads.dispatched(1, 10.0)
+    loads.dispatched(1, 10.001)
+    assert loads.loads([3, 0], 10.005) == [3, 2]
+    assert loads.loads([3, 0], 10.001 + RECENT_S * 1.5) == [3, 0]  # an idle scheduler sends no snapshot
