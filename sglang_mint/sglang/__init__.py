@@ -18,7 +18,18 @@ _registered = False
 
 
 def register() -> None:
-    """Declare every hook of the plugin. Idempotent: a second call does nothing."""
+    """Declare the hooks every process needs. Idempotent: a second call does nothing.
+
+    Each process learns its role from a hook SGLang calls, and only then declares and
+    applies that role's hooks (``hooks.HOOKS``; the detokenizer would otherwise import the
+    HTTP server and the scheduler, about 5 s of imports per process on a 2-core machine):
+
+    - the launcher parses the command line (``ServerArgs.from_cli_args``): it is the
+      frontend, hooked before ``launch_server`` runs;
+    - every process announces its role through SGLang's ``publish(server_args, role=...)``
+      ("scheduler", "detokenizer", "dp_controller", "tokenizer"), which a scheduler or the DP
+      controller calls right after ``load_plugins()``, before it builds anything.
+    """
     global _registered
     if _registered:
         return
@@ -26,28 +37,5 @@ def register() -> None:
 
     from sglang_mint.sglang import backend, hooks
 
-    # Every hook target is imported when hooks are applied, so each process hooks only what
-    # runs in it: the detokenizer would otherwise import the HTTP server and the scheduler
-    # (about 5 s of imports per process on a 2-core machine). The list is hooks.HOOKS.
-    hooks.register_for(process_role())
+    hooks.register_for("all")
     backend.register_backend()  # the name `--lora-backend mint`
-
-
-def process_role() -> str:
-    """The SGLang process calling ``register()``: "scheduler", "detokenizer" or "frontend".
-
-    SGLang calls ``load_plugins()`` first thing in ``run_scheduler_process`` and
-    ``run_detokenizer_process``; every other caller (the launcher with its
-    tokenizer manager, ``sglang.Engine``'s process, the DP controller) is the frontend.
-    """
-    import sys
-
-    frame = sys._getframe(1)
-    while frame is not None:
-        name = frame.f_code.co_name
-        if name == "run_scheduler_process":
-            return "scheduler"
-        if name == "run_detokenizer_process":
-            return "detokenizer"
-        frame = frame.f_back
-    return "frontend"

@@ -36,6 +36,9 @@ _RUNNERS = "sglang.srt.lora.lora_moe_runners"
 _DP = "sglang.srt.managers.data_parallel_controller.DataParallelController"
 
 HOOKS: tuple[Hook, ...] = (
+    # each process's role, told by SGLang: the launcher parses the command line, every process publishes its role
+    Hook("all", "sglang.srt.server_args.ServerArgs.from_cli_args", "AFTER", "hooks:_after_command_line_parsed"),
+    Hook("all", "sglang.srt.runtime_context._configure_context", "BEFORE", "hooks:_before_publish"),
     # --enable-mint and --mint-* flags, carried to every process
     Hook("all", "sglang.srt.server_args.ServerArgs.add_cli_args", "AFTER", "flags:_after_add_cli_args"),
     Hook("all", "sglang.srt.server_args.ServerArgs.from_cli_args", "AFTER", "flags:_after_from_cli_args"),
@@ -126,26 +129,76 @@ INTERNALS: tuple[Internal, ...] = (
     Internal("TokenizerManager.lora_ref_cache", "SGLang's own adapters: the fallback for names the catalog does "
              "not hold", "frontend, openai_model"),
     Internal("LoRARegistry._registry, ._counters", "registers and drops catalog revision names", "frontend"),
+    Internal("sglang.srt.runtime_context._CONTEXT", "a publish into it announces the process's role (a "
+             "model-owned context announces none)", "hooks"),
     Internal("sglang.srt.environ.envs.SGLANG_USE_PICKLE_IPC", "reads it: a LoRA id carries its revision record "
              "only through pickled IPC", "frontend"),
 )
 
 
+# SGLang's publish roles -> the rows of HOOKS each process applies ("all" is applied everywhere).
+# Roles SGLang has but sglang-mint does not serve (an encoder, the expert backup) get "all" only.
+ROLE_OF_PUBLISHED = {"scheduler": "scheduler", "detokenizer": "detokenizer", "tokenizer": "frontend",
+                     "dp_controller": "frontend"}
+_declared: set[str] = set()  # the roles whose rows this process has declared
+
+
 def hooks_for(role: str, has_cuda: bool) -> list[Hook]:
+    """The rows a process of ``role`` needs, the "all" rows included."""
     return [h for h in HOOKS if h.role in ("all", role) and not (h.cpu_only and has_cuda)]
 
 
 def register_for(role: str) -> list[Hook]:
-    """Declare the hooks process ``role`` needs; returns them."""
+    """Declare the rows of ``role`` alone ("all" for the rows every process needs); returns them.
+    A role declared before is not declared again."""
     import torch
     from sglang.srt.plugins.hook_registry import HookRegistry, HookType
 
-    hooks = hooks_for(role, torch.cuda.is_available())
+    if role in _declared:
+        return []
+    _declared.add(role)
+    hooks = [h for h in hooks_for(role, torch.cuda.is_available()) if h.role == role]
     for hook in hooks:
         module, name = hook.function.split(":")
         function = getattr(importlib.import_module(f"sglang_mint.sglang.{module}"), name)
         HookRegistry.register(hook.target, function, HookType[hook.kind])
     return hooks
+
+
+def declared_roles() -> set[str]:
+    return set(_declared)
+
+
+def _take_role(role: str) -> None:
+    """Declare and apply ``role``'s rows now (SGLang applied the others in ``load_plugins``)."""
+    from sglang.srt.plugins.hook_registry import HookRegistry
+
+    if register_for(role):
+        HookRegistry.apply_hooks()
+
+
+def _after_command_line_parsed(result, *args, **kwargs):
+    """The process that parses SGLang's command line is the launcher: its frontend hooks must be
+    in place before ``launch_server`` runs, and SGLang publishes its role only inside it. (An
+    ``sglang.Engine`` publishes "tokenizer" before it builds its tokenizer manager.)"""
+    _take_role("frontend")
+    return result
+
+
+def _before_publish(context, server_args, *args, role: str | None = None, **kwargs):
+    """``publish(server_args, role="scheduler")`` and its kin: SGLang tells this process its role.
+    Its rows are applied, and with ``--enable-mint`` checked, before the process builds anything."""
+    from sglang.srt import runtime_context
+
+    if context is not runtime_context._CONTEXT or role not in ROLE_OF_PUBLISHED:
+        return None  # a model-owned context, or a role without hooks of ours
+    ours = ROLE_OF_PUBLISHED[role]
+    _take_role(ours)
+    from sglang_mint.sglang.flags import mint_config
+
+    if server_args is not None and mint_config(server_args) is not None:
+        verify_applied(ours)
+    return None
 
 
 class HooksNotApplied(MintError):

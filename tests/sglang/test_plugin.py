@@ -158,57 +158,90 @@ def test_help_lists_the_flags():
 
 
 def test_each_process_hooks_only_what_runs_in_it():
-    """The role comes from SGLang's real process entry points, not look-alikes.
+    """The role comes from hooks SGLang calls in its real process entry points, not from the stack.
 
-    Each entry point calls ``load_plugins()`` first thing (after the detokenizer sets
-    its process title); here that call registers our hooks from inside the real
-    function's frame and stops, so nothing else of the process starts.
+    Each entry point runs its real ``load_plugins()`` (our entry point: the rows every process
+    needs) and then announces its role with ``publish(server_args, role=...)``; given a model
+    that does not exist, it stops there. The launcher is the process that parses the command line.
     """
     proc = run_py("""
+        import argparse
         import json
+        import os
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        import sglang.srt.plugins as plugins
         from sglang.srt.plugins.hook_registry import HookRegistry
         import sglang_mint.sglang as glue
+        from sglang_mint.sglang import hooks
         from sglang.srt.managers import data_parallel_controller, detokenizer_manager, scheduler
+        from sglang.srt.server_args import ServerArgs
 
-        class Registered(Exception):
-            pass
+        args = ServerArgs(model_path="no-such-model")  # as a spawned process receives it: built elsewhere
 
-        def register_and_stop():
-            HookRegistry.reset()
-            glue._registered = False
-            glue.register()
-            raise Registered(glue.process_role())
+        def launcher():
+            plugins.load_plugins()
+            ServerArgs.from_cli_args(argparse.Namespace(model_path="no-such-model"))
 
         out = {}
-        for name, module, call in (
-            ("scheduler", scheduler, lambda: scheduler.run_scheduler_process(None, None, 0, 0, 0, None, None)),
-            ("detokenizer", detokenizer_manager, lambda: detokenizer_manager.run_detokenizer_process(None, None)),
-            ("dp_controller", data_parallel_controller,
-             lambda: data_parallel_controller.run_data_parallel_controller_process(None, None, None)),
-            ("launcher", None, register_and_stop),
+        for name, call in (
+            ("scheduler", lambda: scheduler.run_scheduler_process(args, None, 0, 0, 0, None, None)),
+            ("detokenizer", lambda: detokenizer_manager.run_detokenizer_process(args, None)),
+            ("dp_controller", lambda: data_parallel_controller.run_data_parallel_controller_process(args, None, None)),
+            ("launcher", launcher),
         ):
-            if module is not None:
-                module.load_plugins = register_and_stop
+            HookRegistry.reset()  # a fresh process: nothing declared, nothing loaded
+            hooks._declared.clear()
+            glue._registered = False
+            plugins._plugins_loaded = False
             try:
                 call()
-            except Registered as seen:
-                out[name] = {"role": str(seen), "targets": sorted(HookRegistry._hooks)}
+            except Exception:
+                pass  # past the announcement, the process fails to find the model
+            out[name] = {"roles": sorted(hooks.declared_roles()), "targets": sorted(HookRegistry._hooks)}
         print("RESULT" + json.dumps(out))
     """)
     line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT")]
     assert line, proc.stderr[-3000:]
     out = json.loads(line[0][len("RESULT"):])
-    roles = {name: v["role"] for name, v in out.items()}
-    assert roles == {"scheduler": "scheduler", "detokenizer": "detokenizer", "dp_controller": "frontend",
-                     "launcher": "frontend"}
-    sched, detok, front = out["scheduler"], out["detokenizer"], out["launcher"]
+    roles = {name: v["roles"] for name, v in out.items()}
+    assert roles == {"scheduler": ["all", "scheduler"], "detokenizer": ["all", "detokenizer"], "dp_controller": ["all", "frontend"],
+                     "launcher": ["all", "frontend"]}
+    sched, detok, front, dp = out["scheduler"], out["detokenizer"], out["launcher"], out["dp_controller"]
     assert any("Scheduler.can_schedule_lora_req" in t for t in sched["targets"])
     assert any("LoRAMemoryPool.load_lora_weight_to_buffer" in t for t in sched["targets"])  # packed pool fill
     assert not any("mem_pool" in t for t in front["targets"] + detok["targets"])
     assert not any("openai" in t or "tokenizer_manager" in t for t in sched["targets"])
     assert any("OpenAIServingBase._resolve_lora_path" in t for t in front["targets"])
+    assert any("DataParallelController.dispatching_with_trace" in t for t in dp["targets"])
     assert not any("Scheduler" in t for t in front["targets"])
     assert not any("Scheduler" in t or "openai" in t or "lora.lora" in t for t in detok["targets"])
+
+
+def test_a_process_announced_with_a_hook_missing_refuses_to_start():
+    """The check runs in the announcement itself, so it cannot be skipped by a role it got wrong:
+    a scheduler announced with --enable-mint whose hook SGLang could not apply stops there."""
+    proc = run_py("""
+        from types import SimpleNamespace
+        from sglang.srt import runtime_context
+        from sglang.srt.managers import scheduler
+        from sglang.srt.plugins import load_plugins
+        from sglang_mint.config import MintConfig
+        from sglang_mint.sglang import hooks
+
+        load_plugins()
+        del scheduler.Scheduler.get_internal_state  # as if SGLang had renamed it
+        for args in (SimpleNamespace(), SimpleNamespace(_mint=MintConfig())):  # stock, then --enable-mint
+            try:
+                runtime_context.publish(args, role="scheduler")
+            except hooks.HooksNotApplied as exc:
+                print("REFUSED", exc)
+            except Exception as exc:  # past our check, SGLang's own publish fails on these arguments
+                print("PUBLISHED", type(exc).__name__)
+    """)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(("REFUSED", "PUBLISHED"))]
+    assert len(lines) == 2, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert lines[0].startswith("PUBLISHED")  # without --enable-mint SGLang goes on as stock
+    assert lines[1].startswith("REFUSED") and "Scheduler.get_internal_state" in lines[1]
 
 
 def test_a_hook_sglang_could_not_apply_refuses_startup():
@@ -217,6 +250,7 @@ def test_a_hook_sglang_could_not_apply_refuses_startup():
         from sglang.srt.plugins.hook_registry import HookRegistry
         from sglang.srt.managers import scheduler
         from sglang_mint.sglang import hooks
+        hooks.register_for("all")
         hooks.register_for("scheduler")
         kept = scheduler.Scheduler.get_internal_state
         del scheduler.Scheduler.get_internal_state  # as if SGLang had renamed it
@@ -228,7 +262,9 @@ def test_a_hook_sglang_could_not_apply_refuses_startup():
         else:
             print("STARTED")
         HookRegistry.reset()
+        hooks._declared.clear()
         scheduler.Scheduler.get_internal_state = kept
+        hooks.register_for("all")
         hooks.register_for("scheduler")
         HookRegistry.apply_hooks()
         hooks.verify_applied("scheduler")  # with every target present, nothing is refused
@@ -254,6 +290,8 @@ def test_the_dp_controller_refuses_to_start_without_its_dispatch_hook():
             kept = dpc.DataParallelController.dispatching_with_trace
             if renamed:
                 del dpc.DataParallelController.dispatching_with_trace  # as if SGLang had renamed it
+            hooks._declared.clear()
+            hooks.register_for("all")
             hooks.register_for("frontend")
             HookRegistry.apply_hooks()
             dpc.DataParallelController.dispatching_with_trace = kept
