@@ -1,4 +1,17 @@
-"""End-to-end fixtures: real SGLang servers on CPU, the official openai client."""
+"""End-to-end fixtures: real SGLang servers on CPU, the official openai client.
+
+Servers that differ only in what a request can carry are shared by every module of a
+test process (``make test`` runs the server lane in two processes; each starts its own):
+
+- ``stock_server``: without --enable-mint, the tiny adapters from --lora-paths as PEFT
+  folders and as packed files (``packed-<name>``);
+- ``mint_server``: --enable-mint serving the tiny adapters from --lora-paths;
+- ``shared_catalog_server``: --enable-mint serving ``shared_catalog``, into which each
+  module publishes its own adapters under ids of its own (the catalog is read per
+  request, so a publish while the server runs is served at once).
+
+A module whose claim depends on the server's flags or counters starts its own.
+"""
 
 from __future__ import annotations
 
@@ -23,6 +36,28 @@ def catalog_server():
 
 
 @pytest.fixture(scope="session")
+def packed_tiny_adapters(tiny_model, tiny_adapters, tmp_path_factory):
+    """{name: folder holding adapter.mintpack} for each tiny adapter."""
+    from sglang_mint.packed.convert import pack_folder
+
+    root = tmp_path_factory.mktemp("packed")
+    out = {}
+    for name, src in tiny_adapters.items():
+        pack_folder(str(src), str(root / name), base_dir=str(tiny_model))
+        out[name] = root / name
+    return out
+
+
+@pytest.fixture(scope="session")
+def stock_server(tiny_model, tiny_adapters, packed_tiny_adapters, tmp_path_factory):
+    """Stock SGLang (the plugin loaded, no --enable-mint) serving the tiny adapters and their packed files."""
+    paths = {**tiny_adapters, **{f"packed-{k}": v for k, v in packed_tiny_adapters.items()}}
+    log = tmp_path_factory.mktemp("stock-server") / "server.log"
+    with SGLangServer(tiny_model, lora_paths=paths, enable_mint=False, log_path=log, python=sys.executable) as s:
+        yield s
+
+
+@pytest.fixture(scope="session")
 def mint_server(tiny_model, tiny_adapters, tmp_path_factory):
     """One real server with --enable-mint serving the tiny adapters from --lora-paths."""
     log = tmp_path_factory.mktemp("mint-server") / "server.log"
@@ -34,3 +69,19 @@ def mint_server(tiny_model, tiny_adapters, tmp_path_factory):
 @pytest.fixture(scope="session")
 def mint_client(mint_server):
     return openai.OpenAI(base_url=mint_server.openai_url, api_key="none", max_retries=0)
+
+
+@pytest.fixture(scope="session")
+def shared_catalog(tiny_model, tmp_path_factory):
+    """The root of a catalog for ``tiny_model`` that modules publish into (each under its own ids)."""
+    from sglang_mint.catalog import init_catalog
+
+    root = tmp_path_factory.mktemp("shared-catalog") / "catalog"
+    init_catalog(str(root), str(tiny_model)).close()
+    return root
+
+
+@pytest.fixture(scope="session")
+def shared_catalog_server(tiny_model, shared_catalog, tmp_path_factory, catalog_server):
+    with catalog_server(tiny_model, shared_catalog, tmp_path_factory.mktemp("shared-catalog-server")) as srv:
+        yield srv

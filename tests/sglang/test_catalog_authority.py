@@ -16,7 +16,7 @@ import pytest
 
 from test_catalog_serving import complete
 
-from sglang_mint.catalog import init_catalog
+from sglang_mint.catalog import open_catalog
 from sglang_mint.client import MintClient
 
 pytestmark = pytest.mark.server  # starts real SGLang servers: not in make test-fast
@@ -31,13 +31,11 @@ def folders(tiny_adapters):
 
 
 @pytest.fixture(scope="module")
-def server(tiny_model, folders, tmp_path_factory, catalog_server):
-    root = tmp_path_factory.mktemp("authority") / "catalog"
-    with init_catalog(str(root), str(tiny_model)) as cat:
+def server(folders, shared_catalog, shared_catalog_server):
+    with open_catalog(str(shared_catalog)) as cat:
         cat.publish("acme/bot", str(folders["catalog"]))
         cat.publish("ctl/same", str(folders["catalog"]))  # the same content under another id: the control
-    with catalog_server(tiny_model, root, tmp_path_factory.mktemp("authority-server")) as srv:
-        yield srv
+    return shared_catalog_server
 
 
 @pytest.fixture(scope="module")

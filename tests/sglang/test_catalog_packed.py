@@ -12,7 +12,7 @@ from __future__ import annotations
 import openai
 import pytest
 
-from sglang_mint.catalog import init_catalog
+from sglang_mint.catalog import open_catalog
 
 pytestmark = pytest.mark.server  # starts real SGLang servers: not in make test-fast
 
@@ -20,19 +20,17 @@ PROMPT = "the quick brown fox and the lazy dog"
 
 
 @pytest.fixture(scope="module")
-def catalog(tiny_model, tiny_adapters, tmp_path_factory):
-    root = tmp_path_factory.mktemp("catalog-packed") / "catalog"
-    with init_catalog(str(root), str(tiny_model)) as cat:
+def catalog(tiny_adapters, shared_catalog):
+    with open_catalog(str(shared_catalog)) as cat:
         for name, folder in tiny_adapters.items():
             assert cat.publish(f"peft/{name}", str(folder)).format == "peft"
             assert cat.publish(f"packed/{name}", str(folder), pack=True).format == "packed"
-    return root
+    return shared_catalog
 
 
 @pytest.fixture(scope="module")
-def server(tiny_model, catalog, tmp_path_factory, catalog_server):
-    with catalog_server(tiny_model, catalog, tmp_path_factory.mktemp("catalog-packed-server")) as srv:
-        yield srv
+def server(catalog, shared_catalog_server):
+    return shared_catalog_server
 
 
 def complete(client, model):

@@ -20,7 +20,7 @@ from transformers import AutoTokenizer
 
 from test_catalog_serving import PROMPT, complete
 
-from sglang_mint.catalog import init_catalog
+from sglang_mint.catalog import open_catalog
 from sglang_mint.client import MintAPIError, MintClient
 from sglang_mint.dev.reference import run_reference
 from sglang_mint.dev.tiny import randomize_lora
@@ -28,7 +28,7 @@ from sglang_mint.dev.tiny import randomize_lora
 pytestmark = pytest.mark.server  # starts real SGLang servers: not in make test-fast
 
 TOL = 1e-4
-ADAPTER = "acme/bot"
+ADAPTER = "handoff/bot"
 
 
 def peft_model(tiny_model, seed: int, r: int = 8):
@@ -58,17 +58,15 @@ def proxied_call(url: str, method: str, path: str, headers: dict | None = None) 
 
 
 @pytest.fixture(scope="module")
-def catalog(tiny_model, tiny_adapters, tmp_path_factory):
-    root = tmp_path_factory.mktemp("handoff") / "catalog"
-    with init_catalog(str(root), str(tiny_model)) as cat:
+def catalog(tiny_adapters, shared_catalog):
+    with open_catalog(str(shared_catalog)) as cat:
         cat.publish(ADAPTER, str(tiny_adapters["tiny-0000"]))
-    return root
+    return shared_catalog
 
 
 @pytest.fixture(scope="module")
-def server(tiny_model, catalog, tmp_path_factory, catalog_server):
-    with catalog_server(tiny_model, catalog, tmp_path_factory.mktemp("handoff-server")) as srv:
-        yield srv
+def server(catalog, shared_catalog_server):
+    return shared_catalog_server
 
 
 @pytest.fixture(scope="module")

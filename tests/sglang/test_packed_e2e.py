@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 
 import pytest
 import requests
 import torch
 from safetensors.torch import save_file
 
-from sglang_mint.dev.server import SGLangServer
 from sglang_mint.packed import PACKED_FILE
 from sglang_mint.packed.convert import pack_folder
 
@@ -21,21 +19,13 @@ PROMPT = "the quick brown fox and the lazy dog"
 
 
 @pytest.fixture(scope="module")
-def packed(tiny_model, tiny_adapters, tmp_path_factory):
-    root = tmp_path_factory.mktemp("packed")
-    out = {}
-    for name, src in tiny_adapters.items():
-        pack_folder(str(src), str(root / name), base_dir=str(tiny_model))
-        out[name] = root / name
-    return out
+def packed(packed_tiny_adapters):
+    return packed_tiny_adapters
 
 
 @pytest.fixture(scope="module")
-def server(tiny_model, tiny_adapters, packed, tmp_path_factory):
-    paths = {**tiny_adapters, **{f"packed-{k}": v for k, v in packed.items()}}
-    log = tmp_path_factory.mktemp("packed-server") / "server.log"
-    with SGLangServer(tiny_model, lora_paths=paths, enable_mint=False, log_path=log, python=sys.executable) as s:
-        yield s
+def server(stock_server):
+    return stock_server
 
 
 def complete(server, model):

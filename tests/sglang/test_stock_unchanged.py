@@ -9,7 +9,6 @@ import pytest
 from transformers import AutoTokenizer
 
 from sglang_mint.dev.reference import run_reference
-from sglang_mint.dev.server import SGLangServer
 
 pytestmark = pytest.mark.server  # starts real SGLang servers: not in make test-fast
 
@@ -18,11 +17,8 @@ MAX_TOKENS = 5
 
 
 @pytest.fixture(scope="module")
-def stock_client(tiny_model, tiny_adapters, tmp_path_factory):
-    log = tmp_path_factory.mktemp("stock-server") / "server.log"
-    with SGLangServer(tiny_model, lora_paths=tiny_adapters, enable_mint=False, log_path=log,
-                      python=sys.executable) as server:
-        yield openai.OpenAI(base_url=server.openai_url, api_key="none", max_retries=0)
+def stock_client(stock_server):
+    return openai.OpenAI(base_url=stock_server.openai_url, api_key="none", max_retries=0)
 
 
 def tokens_of(client, model):
