@@ -117,14 +117,14 @@ class Internal(NamedTuple):
 
 
 INTERNALS: tuple[Internal, ...] = (
-    Internal("sglang.srt.entrypoints.http_server.app", "adds the /mint/* routes, admin.AdminGuard and the 409 "
-             "handler before the server starts", "endpoints, admin"),
+    Internal("sglang.srt.entrypoints.http_server.app", "adds the /mint/* routes, frontend/admin_guard.AdminGuard "
+             "and the 409 handler before the server starts", "endpoints, admin"),
     Internal("sglang.srt.entrypoints.http_server._global_state.tokenizer_manager", "reads it in /mint/*",
              "endpoints"),
     Internal("sglang.srt.utils.auth.AuthLevel, endpoint._auth_level", "marks /mint/* ADMIN_OPTIONAL; reads which "
              "routes SGLang marks, to guard them all", "endpoints, admin"),
-    Internal("fastapi.routing._IncludedRouter.original_router", "the routes of included routers (elastic EP)",
-             "admin"),
+    Internal("fastapi.routing._IncludedRouter.original_router", "the routes of included routers (elastic EP), "
+             "read by frontend/admin_guard.leaf_routes", "admin"),
     Internal("uvicorn.config.Config.app, .loaded_app", "wraps loaded_app to record the TCP peer", "admin"),
     Internal("TokenizerManager.lora_ref_cache", "SGLang's own adapters: the fallback for names the catalog does "
              "not hold", "frontend, openai_model"),
@@ -133,6 +133,17 @@ INTERNALS: tuple[Internal, ...] = (
              "model-owned context announces none)", "hooks"),
     Internal("sglang.srt.environ.envs.SGLANG_USE_PICKLE_IPC", "reads it: a LoRA id carries its revision record "
              "only through pickled IPC", "frontend"),
+    Internal("DataParallelController.dp_budget, .load_snapshot_reader, ._active_workers; sets ._mint_loads",
+             "the ranks' loads for adapter affinity", "dp_affinity"),
+    Internal("LoRAManager.configs, .loras, .lora_refs", "installs and drops catalog adapters as SGLang's own",
+             "residency, lora_info"),
+    Internal("LoRAMemoryPool.buffer_id_to_uid, .moe_use_local_expert_ids; mem_pool._SGLANG_EXPERIMENTAL_LORA_OPTI",
+             "which adapter holds a slot; when the one-copy packed fill applies and how it zeroes B",
+             "lora_info, packed_pool"),
+    Internal("FusedMoEWithLoRA._uses_interleaved_gate_up", "the gate/up layout of an expert layer",
+             "mint_moe, packed_pool"),
+    Internal("lora_moe_runners._naive_moe_lora_align_block_size, utils.common.sglang_lib",
+             "SGLang's CPU alignment and its custom-op library, for the CPU MoE path", "moe_cpu"),
 )
 
 
