@@ -12,8 +12,7 @@ from __future__ import annotations
 
 from sglang_mint.config import MintConfig, add_mint_arguments, config_from_args
 from sglang_mint.errors import MintError
-
-MINT_BACKEND = "mint"
+from sglang_mint.sglang.backend import MINT_BACKEND
 
 
 def mint_config(server_args) -> MintConfig | None:

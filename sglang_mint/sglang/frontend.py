@@ -1,13 +1,8 @@
-"""Catalog adapters in SGLang's tokenizer manager and LoRA registry.
+"""Catalog adapters in SGLang's tokenizer manager and LoRA registry (docs/architecture.md, steps 2 and 9).
 
 Which revision a name selects, and when a stock load or unload is refused, is
-``frontend/catalog_names.py``; here the hooks reach into SGLang. A revision
-name is registered in SGLang's ``LoRARegistry`` with ``lora_id =
-"mint:acme/bot@3"`` and no load request: the scheduler loads it in the
-background (``residency.py``). It stays registered only while a request uses
-it: when SGLang releases the last one (``LoRARegistry.release``), the name and
-its counter are dropped, so the registry holds the names in flight, not every
-name ever seen.
+``frontend/catalog_names.py``; here the hooks reach into SGLang's registry, which
+holds a revision name only while a request uses it.
 """
 
 from __future__ import annotations
@@ -19,7 +14,9 @@ from sglang.srt.lora.lora_registry import LoRARef
 
 from sglang_mint.frontend.catalog_names import CatalogNames
 from sglang_mint.lora_id import CatalogLoraId, RevisionName, is_catalog_lora_id, lora_name_of
+from sglang_mint.residency.metrics import FrontendMetrics
 from sglang_mint.sglang.flags import mint_config
+from sglang_mint.sglang.metrics import metrics_enabled
 
 logger = logging.getLogger("sglang_mint")
 
@@ -28,19 +25,13 @@ class CatalogFrontend(CatalogNames):
     """The tokenizer manager's view of the catalog: CatalogNames, registered in SGLang's registry."""
 
     def __init__(self, config):
-        catalog = config.open_catalog()
-        from sglang_mint.sglang.metrics import FrontendMetrics, metrics_enabled
-
-        super().__init__(catalog, FrontendMetrics(metrics_enabled()))
+        super().__init__(config.open_catalog(), FrontendMetrics(metrics_enabled()))
         self._warming: set[asyncio.Task] = set()
 
     @staticmethod
     def lora_id_of(name: RevisionName) -> str:
-        """The LoRA id ``name`` is registered under: a CatalogLoraId, which carries the revision's
-        record to the scheduler (sglang_mint/lora_id.py) inside SGLang's pickled requests. With
-        SGLANG_USE_PICKLE_IPC=0 SGLang sends msgpack, which takes plain strings only: then the
-        id is the plain string and the scheduler looks the revision up itself (one query per
-        cold read)."""
+        """The LoRA id ``name`` is registered under: a CatalogLoraId (sglang_mint/lora_id.py), or its
+        plain string when SGLang sends msgpack (SGLANG_USE_PICKLE_IPC=0), which takes no other."""
         from sglang.srt.environ import envs
 
         if envs.SGLANG_USE_PICKLE_IPC.get():
@@ -63,11 +54,8 @@ class CatalogFrontend(CatalogNames):
         return names
 
     def forget_if_idle(self, registry, lora_id: str) -> None:
-        """Drop a revision name from SGLang's registry once no request uses it.
-
-        Runs on the event loop with no await between the checks and the deletes, so no
-        request can acquire the name halfway: one that is arriving keeps it (``may_forget``).
-        """
+        """Drop a revision name from SGLang's registry once no request uses it. No await between
+        the checks and the deletes: no request can acquire it halfway (``may_forget``)."""
         counter = registry._counters.get(lora_id)
         if counter is None or not self.may_forget(lora_id, counter.value()):
             return
@@ -78,12 +66,8 @@ class CatalogFrontend(CatalogNames):
         del registry._counters[lora_id]
 
     def warm(self, tm, lora_name: str) -> None:
-        """Load an adapter ahead of traffic: a one-token request for it, not awaited.
-
-        It takes the path a real request takes (registration, arrival at each
-        scheduler, background read, install), so nothing else has to know about
-        prefetching; the cost is one token of compute per adapter.
-        """
+        """Load an adapter ahead of traffic: a one-token request for it, not awaited, which takes
+        the path a real request takes, so nothing else has to know about prefetching."""
         task = asyncio.get_running_loop().create_task(self._warm(tm, lora_name))
         self._warming.add(task)
         task.add_done_callback(self._warming.discard)

@@ -1,28 +1,11 @@
 """``MintLoRABackend``: SGLang's LoRA backend interface running sglang-mint's kernels.
 
-It subclasses SGLang's ``TritonLoRABackend`` to keep everything that is not a
-matmul: ``prepare_lora_batch`` (request segments, ranks and scalings copied
-into device tensors, decode CUDA-graph buffers, the MoE token->slot map, the
-pruned lm_head routing, DP-attention gathers) and ``_sgemm_info`` (which the
-absorbed-MLA correction in ``sglang.srt.lora.deepseek_mla_correction`` reads).
-Only the dense LoRA matmuls are replaced; each delegates to
-``sglang_mint.kernels.layer_ops`` over the ``LoraBatch`` planned from SGLang's
-``LoRABatchInfo`` (``lora_batch_from_info``), so the same code runs our Triton
-kernels on CUDA or under ``TRITON_INTERPRET=1`` and their torch ``_ref``
-otherwise (``--lora-backend mint --device cpu``). The MoE expert path is in
-``mint_moe.py``.
-
-Method mapping (docs/kernels.md has the full table):
-
-    run_lora_a_sgemm   -> lora_a                  (o, down, q_b, kv_b, DSA indexer, lm_head)
-    run_lora_b_sgemm   -> lora_b into base_output (same layers, embeddings)
-    run_qkv_lora       -> lora_stacked(n_slices)  (qkv, merged != 2 equal, MLA q_a + kv_a)
-    run_gate_up_lora   -> lora_stacked(2)         (gate_up)
-
-Routes: each of these four may instead call the superclass's method (SGLang's
-Triton kernels) when the device's measured table (kernels/routes.py,
-configs/kernels/routes__<device>.json) says SGLang's kernels are faster for that
-shape class; the decision is made once per class and kept in `self._routes`.
+It subclasses SGLang's ``TritonLoRABackend`` and keeps everything that is not a
+matmul (``prepare_lora_batch``, CUDA-graph buffers, ``_sgemm_info``). Each dense
+LoRA matmul delegates to ``kernels/layer_ops.py`` over the ``LoraBatch`` planned
+from SGLang's ``LoRABatchInfo``, or to the superclass where the device's routes
+table says SGLang's kernels are faster (``kernels/routes.py``). The method mapping
+is docs/kernels.md; the MoE expert path is ``mint_moe.py``.
 """
 
 from __future__ import annotations
@@ -39,10 +22,9 @@ from sglang_mint.kernels import LoraBatch, routes
 from sglang_mint.kernels.dispatch import kernel_path, use_triton
 from sglang_mint.kernels.layer_ops import (BatchPlans, SingleOffsets, equal_halves, lora_a, lora_b,
                                            lora_embedding_a, lora_stacked)
+from sglang_mint.sglang.backend import MINT_BACKEND
 
 logger = logging.getLogger("sglang_mint")
-
-MINT_BACKEND = "mint"
 
 
 def lora_batch_from_info(info: LoRABatchInfo) -> LoraBatch:
@@ -54,19 +36,14 @@ def lora_batch_from_info(info: LoRABatchInfo) -> LoraBatch:
 
 class MintLoRABackend(TritonLoRABackend):
     name = MINT_BACKEND
-    # Our segment kernels size their grid by the batch's longest segment, which
-    # a captured prefill graph cannot follow; decode graphs use the per-token
-    # form and are fine.
-    supports_prefill_cuda_graph = False
+    supports_prefill_cuda_graph = False  # the segment grid follows the longest segment (docs/kernels.md)
 
     def __init__(self, max_loras_per_batch: int, device: torch.device, **kwargs):
         super().__init__(max_loras_per_batch, device, **kwargs)
         self.moe_kernel_calls = 0  # our MoE-expert LoRA kernel launches (mint_moe.py), for get_internal_state
         self._planned = BatchPlans(lora_batch_from_info)  # the LoRABatchInfos of the current forward
         self._single_offsets = SingleOffsets()
-        # (method, S, K, R, per-token form) -> True when SGLang's Triton kernels run that
-        # shape class (kernels/routes.py); filled on first use, one dict lookup afterwards.
-        self._routes: dict[tuple, bool] = {}
+        self._routes: dict[tuple, bool] = {}  # shape class -> SGLang's kernels run it (kernels/routes.py)
         # The route of the last run_lora_a_sgemm, which the run_lora_b_sgemm after it follows.
         self._b_follows: Optional[bool] = None
         logger.info("mint LoRA backend on %s: %s", device, kernel_path(device))

@@ -1,25 +1,11 @@
-"""LoRA on routed MoE experts through sglang-mint's ``moe_lora`` kernel.
+"""LoRA on routed MoE experts through sglang-mint's ``moe_lora`` kernel (docs/kernels.md's table).
 
-SGLang's legacy MoE LoRA path (``FusedMoEWithLoRA`` with the Triton MoE
-runner) asks ``sglang.srt.lora.lora_moe_runners.build_lora_hooks`` for two
-callbacks, run inside ``fused_experts``:
-
-    after_gate_up(hidden [M, K], cache1 [M, top_k, 2I], topk_w, topk_ids)
-    after_down(cache2 [>=M*top_k, I], cache3 [M, top_k, H], topk_w, topk_ids)
-
-Two hooks make those callbacks ours when the layer's LoRA backend is ``mint``:
-
-1. AFTER ``FusedMoEWithLoRA._get_lora_info``: tag the layer's ``LoRAInfo``
-   with its backend (only for layouts our kernel covers: not GPT-OSS's
-   interleaved gate_up, not SGLang's virtual experts).
-2. AROUND ``build_lora_hooks``: for a tagged ``LoRAInfo``, group the routed
-   pairs by (slot, expert) once (``moe_lora_plan``; Triton path only, the
-   reference needs no plan) and return callbacks that run ``lora_moe`` for
-   gate_up (2 slices) and down (1 slice, times the routing weight), both with
-   that plan. Any other ``LoRAInfo`` gets SGLang's own hooks.
-
-Example: 3 tokens with slots [0, -1, 2], top-2 routes [[4, 1], [4, 7], [1, 1]]
-give the groups (0, e1), (0, e4), (2, e1); token 1 has no adapter and is skipped.
+SGLang's MoE LoRA path asks ``lora_moe_runners.build_lora_hooks`` for the two
+callbacks ``fused_experts`` runs (``after_gate_up``, ``after_down``). AFTER
+``FusedMoEWithLoRA._get_lora_info`` tags a layer's ``LoRAInfo`` with a ``mint``
+backend (not GPT-OSS's interleaved gate_up, not virtual experts); AROUND
+``build_lora_hooks`` gives a tagged one callbacks that run ``lora_moe`` over one
+(slot, expert) plan (``moe_lora_plan``) and any other SGLang's own.
 """
 
 from __future__ import annotations

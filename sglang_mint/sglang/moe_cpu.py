@@ -1,37 +1,9 @@
 """Make SGLang's MoE-expert LoRA path run on a machine without a CUDA device.
 
-With LoRA on routed experts, SGLang runs ``FusedMoEWithLoRA`` through its
-Triton MoE runner (``fused_experts`` + the ``fused_moe_lora`` kernels; on CPU
-they run under ``TRITON_INTERPRET=1``). Five gaps of SGLang 0.5.23's CPU path
-stop it; each hook below closes one, and only acts on CPU tensors (it is
-declared only where ``torch.cuda.is_available()`` is False):
-
-1. ``fused_moe_triton_config.get_device_name`` is None on CPU and the config
-   file name calls ``.replace`` on it: answer ``"cpu"`` (no tuned table has
-   that name, so SGLang takes its default block sizes).
-2. ``moe_align_block_size`` calls ``sgl_moe_align_block_size``, a CUDA-only
-   import (NameError on CPU): ``kernels/moe_align.py:moe_align_block_size_torch``,
-   checked against SGLang's own Triton reference in tests/kernels/test_moe_align_cpu.py.
-3. ``lora_moe_runners._compute_lora_alignment`` takes SGLang's pure-Python
-   alignment only on XPU (or small batches) and otherwise the CUDA op
-   ``moe_lora_align_block_size``, never imported on CPU: on CPU take the
-   pure-Python one, always.
-4. ``direct_register_custom_op`` registers an op's Python function for the
-   CUDA dispatch key only, so ``torch.ops.sglang.fused_moe_lora`` has no CPU
-   kernel: register the same function for CPU too.
-5. With ``--tp-size`` > 1 on CPU, ``adjust_config_with_unaligned_cpu_tp`` pads
-   ``moe_intermediate_size`` up to a multiple of ``tp_size * 32`` and the base
-   expert weights with zeros, but the LoRA slicing of ``FusedMoEWithLoRA``
-   takes the adapter's tensors as if they had the padded size. The tiny
-   Qwen3-MoE's 32 becomes 64 at TP=2: rank 0 takes columns 0:32 of down_proj's
-   A (all of it) and rank 1 columns 32:64 (none: "LoRA buffer shape [8, 32]
-   does not match weight shape [8, 0]"), and rank 1's gate_up B would take
-   up_proj rows as gate_proj rows. Pad the adapter's expert tensors the way
-   the base was padded before SGLang slices them; the padded rows are zero
-   on both sides, so those intermediate channels stay zero. Under expert
-   parallelism (``--ep-size 2``: one rank holds all 64 channels of its
-   experts) the padding is the same and nothing is sliced. The padding itself is
-   adapters/expert_padding.py.
+With LoRA on routed experts SGLang runs ``FusedMoEWithLoRA`` through its Triton
+MoE runner (under ``TRITON_INTERPRET=1`` on CPU). Five gaps of SGLang 0.5.23's CPU
+path stop it; each hook below closes one and acts only on CPU tensors (all are
+declared only where ``torch.cuda.is_available()`` is False).
 """
 
 from __future__ import annotations
@@ -42,21 +14,24 @@ from sglang_mint.adapters.expert_padding import pad_down_a, pad_gate_up_b
 from sglang_mint.kernels.moe_align import moe_align_block_size_torch
 
 
-# 1 -------------------------------------------------------------------------
 def _device_name_cpu(name, *args, **kwargs):
+    """1. ``fused_moe_triton_config.get_device_name`` is None on CPU and the config file name calls
+    ``.replace`` on it: ``"cpu"`` (no tuned table has that name, so SGLang takes its defaults)."""
     return "cpu" if name is None else name
 
 
-# 2 -------------------------------------------------------------------------
 def _around_moe_align(original, topk_ids, block_size, num_experts, ignore_invalid_expert=False, **kwargs):
+    """2. ``moe_align_block_size`` calls the CUDA-only ``sgl_moe_align_block_size`` (NameError on CPU):
+    ``kernels/moe_align.py``, checked against SGLang's Triton reference (tests/kernels/test_moe_align_cpu.py)."""
     if topk_ids.device.type != "cpu" or kwargs.get("return_inactive_prefix_count") or kwargs.get(
             "pad_expert_ids"):
         return original(topk_ids, block_size, num_experts, ignore_invalid_expert, **kwargs)
     return moe_align_block_size_torch(topk_ids, block_size, num_experts, ignore_invalid_expert)
 
 
-# 3 -------------------------------------------------------------------------
 def _around_lora_alignment(original, topk_ids, lora_info, *args, **kwargs):
+    """3. ``_compute_lora_alignment`` takes its pure-Python alignment only on XPU (or small batches),
+    otherwise the CUDA op ``moe_lora_align_block_size``, never imported on CPU: on CPU, always Python."""
     if topk_ids.device.type != "cpu":
         return original(topk_ids, lora_info, *args, **kwargs)
     return _naive_lora_alignment(topk_ids, lora_info)
@@ -79,12 +54,12 @@ def _naive_lora_alignment(topk_ids, lora_info):
     return sorted_ids.view(max_loras, -1), expert_ids.view(max_loras, -1), post_padded, lora_ids
 
 
-# 4 -------------------------------------------------------------------------
-# direct_register_custom_op's parameters, in order
-REGISTER_PARAMS = ("op_name", "op_func", "mutates_args", "fake_impl", "target_lib")
+REGISTER_PARAMS = ("op_name", "op_func", "mutates_args", "fake_impl", "target_lib")  # direct_register_custom_op's
 
 
 def _also_register_cpu(result, *args, **kwargs):
+    """4. ``direct_register_custom_op`` registers an op for the CUDA dispatch key only, so
+    ``torch.ops.sglang.fused_moe_lora`` has no CPU kernel: register the same function for CPU too."""
     from sglang.srt.utils import common
 
     given = {**dict(zip(REGISTER_PARAMS, args)), **kwargs}
@@ -97,7 +72,12 @@ def _also_register_cpu(result, *args, **kwargs):
     return result
 
 
-# 5 -------------------------------------------------------------------------
+# 5. With --tp-size > 1 on CPU SGLang pads moe_intermediate_size up to a multiple of tp_size * 32
+# and the base expert weights with zeros, but slices the adapter's expert tensors as if they had
+# the padded size: the tiny Qwen3-MoE's 32 becomes 64 at TP=2, rank 0 takes columns 0:32 of
+# down_proj's A (all of it) and rank 1 columns 32:64 (none). Pad the adapter's tensors the way the
+# base was padded before SGLang slices them (adapters/expert_padding.py); the padded channels stay
+# zero. Under expert parallelism the padding is the same and nothing is sliced.
 def _around_slice_moe_lora_a(original, module, A, tp_rank, target_module):
     """down_proj's A reads the intermediate: [..., rank, I] -> [..., rank, I_padded]."""
     if target_module == "down_proj_moe":

@@ -1,23 +1,12 @@
-"""SGLang reads packed adapters: ``LoRAAdapter.initialize_weights`` from one buffer.
+"""SGLang reads packed adapters: ``LoRAAdapter.initialize_weights`` from one buffer (docs/packed.md).
 
-Hooked (AROUND): ``sglang.srt.lora.lora.LoRAAdapter.initialize_weights`` (and, in
-packed_pool.py, ``LoRAMemoryPool.load_lora_weight_to_buffer``). When the
-adapter folder holds ``adapter.mintpack``, the header is checked against the
-engine (rank = adapter_config r, base model identity, layer ids, expert counts)
-BEFORE the data is read; then one copy of the data region lands in a host
-buffer (pinned on CUDA machines, so SGLang's pool skips its own per-tensor
-``pin_memory()``), and ``layer.weights`` are views into it, already in the form
-SGLang's ``_normalize_weights`` would have produced (qkv/gate_up/fused_qkv_a
-fused, experts 3D). Any other folder goes through SGLang's own path untouched.
-
-Active with or without ``--enable-mint``: stock SGLang cannot read a folder
-without adapter_model.safetensors, so only a failure becomes a load. Errors
-are raised as ValueError naming the file; ``LoRAManager.load_lora_adapter``
-turns them into a failed load reply and the server keeps serving.
-
-Thread-safety: the hook keeps no state outside the adapter object, so it may
-run on any thread (a cold-load scheduler calls initialize_weights off the
-scheduler loop).
+Hooked (AROUND): when the adapter folder holds ``adapter.mintpack``, the header is
+checked against the engine BEFORE the data is read, then one copy lands in a host
+buffer and ``layer.weights`` are views into it, in the form SGLang's
+``_normalize_weights`` would have produced. Any other folder takes SGLang's path.
+Active with or without ``--enable-mint`` (stock SGLang cannot read such a folder at
+all); errors are ValueErrors naming the file, which SGLang turns into a failed load.
+The hook keeps no state outside the adapter, so it runs on any thread.
 """
 
 from __future__ import annotations

@@ -1,21 +1,9 @@
-"""Fill SGLang's LoRA pool from a packed adapter with one copy per layer-module tensor.
+"""Fill SGLang's LoRA pool from a packed adapter with one copy per layer-module tensor (docs/packed.md).
 
-Hooked (AROUND): ``sglang.srt.lora.mem_pool.LoRAMemoryPool.load_lora_weight_to_buffer``,
-the method that puts one adapter into one pool slot (``buffer_id``). It is the
-narrowest method that sees a whole layer-module: below it SGLang only has the
-closure ``load_lora_weight_tensor`` and ``copy_weight_into_buffer``, which get
-one expert slice at a time.
-
-A packed adapter (``adapter.mint_packed`` set by packed_loader) already holds
-each layer-module in the pool's form, so each tensor goes in with one copy
-(packed/pool_fill.py, with the layouts and an example).
-
-The slot ends bit-identical to SGLang's own fill. Anything outside those
-layouts goes through SGLang's path untouched: a PEFT adapter, TP/EP/MoE-TP > 1,
-shared-expert MoE namespaces, embedding or lm_head LoRA, added tokens, a
-weight name SGLang would skip or reject, a layer module whose slice methods
-are not the identity-at-TP-1 ones listed below, interleaved gate_up MoE
-runners, or any shape that does not fit.
+Hooked (AROUND): ``LoRAMemoryPool.load_lora_weight_to_buffer``, the narrowest method
+that sees a whole layer-module. A packed adapter (``adapter.mint_packed``, set by
+packed_loader) goes in through packed/pool_fill.py, bit-identical to SGLang's fill;
+anything ``fill_plan`` does not cover takes SGLang's path untouched.
 """
 
 from __future__ import annotations

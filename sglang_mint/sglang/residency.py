@@ -1,22 +1,8 @@
-"""The scheduler's side of residency: SGLang's hooks and its LoRA manager.
+"""The scheduler's side of residency: SGLang's hooks and its LoRA manager (docs/architecture.md, steps 4-9).
 
 The state machine (holds, reads, installs, admission, failures) is the core's
 residency/scheduler_residency.py. Here SGLang's scheduler calls it, and
-``LoraManagerAdapters`` carries out what it decides in SGLang's LoRA manager.
-A request for ``lora_id = "mint:acme/bot@3"``:
-
-1. It enters the scheduler's queue (``Scheduler._add_request_to_queue``):
-   ``on_arrival`` holds the adapter until the request ends (a weakref
-   finalizer on the request calls ``release``, exactly once).
-2. At admission (``Scheduler.can_schedule_lora_req``) the request waits until
-   its read is installed; SGLang skips it and admits the requests behind it.
-   Each loop iteration (after ``Scheduler.ingest_requests``) hands finished
-   reads to the LoRA manager: three dict assignments, what SGLang's own
-   ``_load_lora_adapter`` does after its read. A failed read finishes the
-   request with HTTP 422 and the reason.
-3. It ends when its last output is streamed (``SchedulerOutputStreamer
-   .stream_output``) or it is aborted (``Scheduler.send_abort_output``).
-
+``LoraManagerAdapters`` carries out what it decides in SGLang's LoRA manager;
 SGLang keeps its own policy for the GPU slots.
 """
 
