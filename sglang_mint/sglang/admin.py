@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from sglang_mint.frontend import admin_guard
 from sglang_mint.frontend.admin_guard import ADMIN_ENDPOINTS, leaf_routes
+from sglang_mint.sglang.hooks import verify_internals
 
 __all__ = ["ADMIN_ENDPOINTS", "admin_optional_paths", "install"]
 
@@ -29,5 +30,6 @@ def install(app, admin_api_key: str | None) -> None:
 def _after_uvicorn_config_load(result, config, *args, **kwargs):
     """uvicorn.Config.load AFTER: wrap the loaded app (ProxyHeadersMiddleware included) of a guarded app."""
     if admin_guard.is_guarded(config.app):
+        verify_internals("frontend", uvicorn_config=config)
         config.loaded_app = admin_guard.RecordPeer(config.loaded_app)
     return result

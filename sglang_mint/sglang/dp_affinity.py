@@ -1,17 +1,10 @@
-"""Data parallelism with adapter affinity, in SGLang's DP controller.
+"""Data parallelism with adapter affinity, in SGLang's DP controller (docs/architecture.md, step 3).
 
-With ``--dp-size N`` SGLang's ``DataParallelController`` hands each request to
-one DP rank (round robin by default). A catalog adapter's requests then land
-on every rank and each rank reads the adapter on its own. With
-``--enable-mint --mint-catalog`` this hook picks the rank first
-(residency/affinity.py: the adapter's preferred rank while its load allows)
-and sets ``routed_dp_rank``, which SGLang's every dispatch method honours.
-Base-model requests, adapters from ``--lora-paths`` and requests that already
-name a rank keep SGLang's dispatch. ``--mint-dp-dispatch sglang`` turns it off.
-
-The controller runs in a process of its own and checks that SGLang applied its
-hooks before it starts the schedulers: a dispatch hook that failed to apply
-would otherwise turn affinity into round robin without a word.
+A catalog adapter's requests go to the DP rank that keeps it warm
+(residency/affinity.py) through ``routed_dp_rank``, which every SGLang dispatch
+method honours; other requests keep SGLang's dispatch, and ``--mint-dp-dispatch
+sglang`` turns it off. The controller, a process of its own, checks its hooks
+before it starts the schedulers and its internals once it exists.
 """
 
 from __future__ import annotations
@@ -21,13 +14,18 @@ import time
 from sglang_mint.lora_id import is_catalog_lora_id, parse_lora_id
 from sglang_mint.residency.affinity import DispatchLoads, pick_rank
 from sglang_mint.sglang.flags import mint_config
+from sglang_mint.sglang.hooks import verify_applied, verify_startup
 
 
 def _before_controller_init(controller, server_args, *args, **kwargs):
     if mint_config(server_args) is not None:
-        from sglang_mint.sglang import hooks
+        verify_applied("frontend")
 
-        hooks.verify_applied("frontend")
+
+def _after_controller_init(result, controller, server_args, *args, **kwargs):
+    if mint_config(server_args) is not None:
+        verify_startup("frontend", controller=controller)
+    return result
 
 
 def _around_dispatching_with_trace(original, controller, req, *args, **kwargs):

@@ -1,9 +1,8 @@
 """The ``/mint/*`` endpoints on SGLang's app (the handlers are ``frontend/mint_api.py``).
 
-Added before the server starts, with SGLang's ``AuthLevel.ADMIN_OPTIONAL`` mark,
-the admin guard (``admin.py``) and the 409 answer to a stock load or unload
-under a catalog name. The handlers read what they need per request from SGLang's
-tokenizer manager, through ``TokenizerManagerEngine``.
+Added before the server starts, with SGLang's ``AuthLevel.ADMIN_OPTIONAL`` mark, the
+admin guard (``admin.py``) and the 409 answer to a stock load or unload under a
+catalog name; the handlers read SGLang's tokenizer manager as a ``MintEngine``.
 """
 
 from __future__ import annotations
@@ -15,6 +14,7 @@ from sglang_mint.frontend.mint_api import add_routes
 from sglang_mint.sglang import admin
 from sglang_mint.sglang.flags import mint_config
 from sglang_mint.sglang.frontend import catalog_frontend
+from sglang_mint.sglang.hooks import verify_internals
 
 
 class TokenizerManagerEngine:
@@ -58,6 +58,7 @@ def _before_launch_server(server_args, *args, **kwargs):
         return None
     from sglang.srt.entrypoints import http_server
 
+    verify_internals("frontend")  # the app's internals, before routes are added to it
     add_routes(http_server.app, _engine, auth_level(AuthLevel.ADMIN_OPTIONAL))
     admin.install(http_server.app, server_args.admin_api_key)
     http_server.app.add_exception_handler(CatalogNameTaken, catalog_name_taken)

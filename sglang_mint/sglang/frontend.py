@@ -16,7 +16,7 @@ from sglang_mint.frontend.catalog_names import CatalogNames
 from sglang_mint.lora_id import CatalogLoraId, RevisionName, is_catalog_lora_id, lora_name_of
 from sglang_mint.residency.metrics import FrontendMetrics
 from sglang_mint.sglang.flags import mint_config
-from sglang_mint.sglang.metrics import metrics_enabled
+from sglang_mint.sglang.hooks import verify_startup
 
 logger = logging.getLogger("sglang_mint")
 
@@ -25,6 +25,8 @@ class CatalogFrontend(CatalogNames):
     """The tokenizer manager's view of the catalog: CatalogNames, registered in SGLang's registry."""
 
     def __init__(self, config):
+        from sglang_mint.sglang.metrics import metrics_enabled  # looked up per call: tests stand it in
+
         super().__init__(config.open_catalog(), FrontendMetrics(metrics_enabled()))
         self._warming: set[asyncio.Task] = set()
 
@@ -92,9 +94,7 @@ def _after_init_lora(result, tm, *args, **kwargs):
     config = mint_config(tm.server_args)
     if config is None:
         return result
-    from sglang_mint.sglang import hooks
-
-    hooks.verify_applied("frontend")
+    verify_startup("frontend", tokenizer_manager=tm, lora_registry=getattr(tm, "lora_registry", None))
     if config.catalog is not None:
         frontend = tm._mint_frontend = tm.lora_registry._mint_frontend = CatalogFrontend(config)
         frontend.warn_shadowed({name: ref.lora_path for name, ref in tm.lora_ref_cache.items()})  # --lora-paths

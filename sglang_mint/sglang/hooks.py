@@ -1,21 +1,24 @@
-"""Every SGLang internal sglang-mint hooks: the one list.
+"""Every SGLang internal sglang-mint hooks, reads or writes: the one list.
 
-Each row names the process that needs it (``all``, ``frontend`` for the
-launcher and tokenizer manager, ``scheduler``), the dotted target, the
-``HookType``, our function (``module:name`` under ``sglang_mint.sglang``) and
-whether it is only for machines without CUDA. ``register_for`` declares a
-process's rows with SGLang's ``HookRegistry``; ``verify_applied`` checks at
-startup that SGLang applied every one (it logs a failed target and carries
-on, which would leave the plugin half installed without a word).
+``HOOKS``: each row names the process that needs it (``all``, ``frontend`` for the
+launcher, tokenizer manager and DP controller, ``scheduler``), the dotted target,
+the ``HookType``, our function (``module:name`` under ``sglang_mint.sglang``) and
+whether it is only for machines without CUDA. ``register_for`` declares a process's
+rows with SGLang's ``HookRegistry``; ``verify_applied`` checks at startup that SGLang
+applied every one (it logs a failed target and carries on, which would leave the
+plugin half installed without a word).
 
-``INTERNALS`` lists what the glue reads or writes without hooking it (private
-attributes, module state, other libraries' internals), with the module that
-does, so a new SGLang version is checked against both lists.
+``INTERNALS``: the private state the glue reads or writes without a hook, on a
+module, a class or an instance the glue gets at startup (the scheduler's LoRA
+manager and pool, the tokenizer manager and its registry, the DP controller, ...).
+``verify_internals`` checks them in each process that uses them, as soon as their
+instances exist; ``verify_startup`` does both checks.
 """
 
 from __future__ import annotations
 
 import importlib
+import pkgutil
 from typing import NamedTuple
 
 from sglang_mint.errors import MintError
@@ -72,8 +75,9 @@ HOOKS: tuple[Hook, ...] = (
          "lora_info:_after_add_prometheus_middleware"),
     # data parallelism: a catalog adapter's requests go to the DP rank that keeps it warm
     Hook("frontend", f"{_DP}.dispatching_with_trace", "AROUND", "dp_affinity:_around_dispatching_with_trace"),
-    # ...and the DP controller checks its hooks before it starts the schedulers, as the others do
+    # ...and the DP controller checks its hooks before it starts the schedulers, as the others do, and its internals
     Hook("frontend", f"{_DP}.__init__", "BEFORE", "dp_affinity:_before_controller_init"),
+    Hook("frontend", f"{_DP}.__init__", "AFTER", "dp_affinity:_after_controller_init"),
     # catalog adapters in the scheduler: holds, background reads, the host budget
     Hook("scheduler", f"{_SCHED}.__init__", "AFTER", "residency:_after_scheduler_init"),
     Hook("scheduler", f"{_SCHED}.can_schedule_lora_req", "AROUND", "residency:_around_can_schedule_lora_req"),
@@ -111,39 +115,50 @@ HOOKS: tuple[Hook, ...] = (
 
 
 class Internal(NamedTuple):
-    target: str  # dotted name
-    use: str  # what the glue reads or writes there
-    module: str  # which module of sglang_mint.sglang does
+    role: str  # the process that uses it, as in HOOKS; "all": every process
+    owner: str  # a dotted module or class, or the name of an instance given to verify_internals
+    names: str  # its attributes the glue reads or writes, ", "-separated; "a.b": b of a
+    use: str
+    module: str  # which modules of sglang_mint.sglang do
 
+
+_HTTP = "sglang.srt.entrypoints.http_server"
 
 INTERNALS: tuple[Internal, ...] = (
-    Internal("sglang.srt.entrypoints.http_server.app", "adds the /mint/* routes, frontend/admin_guard.AdminGuard "
-             "and the 409 handler before the server starts", "endpoints, admin"),
-    Internal("sglang.srt.entrypoints.http_server._global_state.tokenizer_manager", "reads it in /mint/*",
+    Internal("all", "sglang.srt.runtime_context", "_CONTEXT", "a publish into it announces the process's role "
+             "(a model-owned context announces none)", "hooks"),
+    Internal("frontend", _HTTP, "app, _global_state", "adds the /mint/* routes, frontend/admin_guard.AdminGuard and "
+             "the 409 handler to app before the server starts; reads _global_state.tokenizer_manager in /mint/*",
+             "endpoints, admin"),
+    Internal("frontend", "sglang.srt.utils.auth.AuthLevel", "ADMIN_OPTIONAL", "marks /mint/* ADMIN_OPTIONAL",
              "endpoints"),
-    Internal("sglang.srt.utils.auth.AuthLevel, endpoint._auth_level", "marks /mint/* ADMIN_OPTIONAL; reads which "
-             "routes SGLang marks, to guard them all", "endpoints, admin"),
-    Internal("fastapi.routing._IncludedRouter.original_router", "the routes of included routers (elastic EP), "
-             "read by frontend/admin_guard.leaf_routes", "admin"),
-    Internal("uvicorn.config.Config.app, .loaded_app", "wraps loaded_app to record the TCP peer", "admin"),
-    Internal("TokenizerManager.lora_ref_cache", "SGLang's own adapters: the fallback for names the catalog does "
-             "not hold", "frontend, openai_model"),
-    Internal("LoRARegistry._registry, ._counters", "registers and drops catalog revision names", "frontend"),
-    Internal("sglang.srt.runtime_context._CONTEXT", "a publish into it announces the process's role (a "
-             "model-owned context announces none)", "hooks"),
-    Internal("sglang.srt.environ.envs.SGLANG_USE_PICKLE_IPC", "reads it: a LoRA id carries its revision record "
-             "only through pickled IPC", "frontend"),
-    Internal("DataParallelController.dp_budget, .load_snapshot_reader, ._active_workers; sets ._mint_loads",
-             "the ranks' loads for adapter affinity", "dp_affinity"),
-    Internal("LoRAManager.configs, .loras, .lora_refs", "installs and drops catalog adapters as SGLang's own",
-             "residency, lora_info"),
-    Internal("LoRAMemoryPool.buffer_id_to_uid, .moe_use_local_expert_ids; mem_pool._SGLANG_EXPERIMENTAL_LORA_OPTI",
-             "which adapter holds a slot; when the one-copy packed fill applies and how it zeroes B",
-             "lora_info, packed_pool"),
-    Internal("FusedMoEWithLoRA._uses_interleaved_gate_up", "the gate/up layout of an expert layer",
+    Internal("frontend", f"{_HTTP}.flush_cache", "_auth_level", "an endpoint's mark: the guard covers every route "
+             "SGLang marks ADMIN_OPTIONAL", "admin"),
+    Internal("frontend", "fastapi.routing._IncludedRouter", "original_router", "the routes of included routers "
+             "(elastic EP), read by frontend/admin_guard.leaf_routes", "admin"),
+    Internal("frontend", "uvicorn_config", "app, loaded_app", "wraps uvicorn's loaded_app to record the TCP peer",
+             "admin"),
+    Internal("frontend", "tokenizer_manager", "lora_ref_cache, lora_registry", "SGLang's own adapters: the "
+             "fallback for names the catalog does not hold", "frontend, openai_model"),
+    Internal("frontend", "lora_registry", "_registry, _counters", "registers and drops catalog revision names",
+             "frontend"),
+    Internal("frontend", "sglang.srt.environ.envs", "SGLANG_USE_PICKLE_IPC", "a LoRA id carries its revision "
+             "record only through pickled IPC", "frontend"),
+    Internal("frontend", "controller", "dp_budget.update_budget, dp_budget.total_requests, "
+             "load_snapshot_reader.read_all, _active_workers", "the ranks' loads for adapter affinity; sets "
+             "._mint_loads", "dp_affinity"),
+    Internal("scheduler", "lora_manager", "configs, loras, lora_refs, memory_pool, lora_modules", "installs and "
+             "drops catalog adapters as SGLang's own; finds an expert layer to check", "residency, lora_info"),
+    Internal("scheduler", "memory_pool", "buffer_id_to_uid, moe_use_local_expert_ids", "which adapter holds a "
+             "slot; when the one-copy packed fill applies", "lora_info, packed_pool"),
+    Internal("scheduler", "sglang.srt.lora.mem_pool", "_SGLANG_EXPERIMENTAL_LORA_OPTI, copy_weight_into_buffer",
+             "how the packed fill zeroes B, and the copy it counts through", "packed_pool"),
+    Internal("scheduler", "moe_layer", "_uses_interleaved_gate_up", "the gate/up layout of an expert layer",
              "mint_moe, packed_pool"),
-    Internal("lora_moe_runners._naive_moe_lora_align_block_size, utils.common.sglang_lib",
-             "SGLang's CPU alignment and its custom-op library, for the CPU MoE path", "moe_cpu"),
+    Internal("scheduler", "sglang.srt.lora.lora_moe_runners", "_naive_moe_lora_align_block_size", "SGLang's CPU "
+             "alignment, for the CPU MoE path", "moe_cpu"),
+    Internal("scheduler", "sglang.srt.utils.common", "sglang_lib", "SGLang's custom-op library, for the CPU MoE "
+             "path", "moe_cpu"),
 )
 
 
@@ -208,12 +223,20 @@ def _before_publish(context, server_args, *args, role: str | None = None, **kwar
     from sglang_mint.sglang.flags import mint_config
 
     if server_args is not None and mint_config(server_args) is not None:
-        verify_applied(ours)
+        verify_startup(ours)  # the instance rows are checked once their instances exist
     return None
 
 
 class HooksNotApplied(MintError):
+    """A row of HOOKS SGLang did not apply, or one of INTERNALS it lacks: this process refuses to start."""
     http_status = 500
+
+
+def _refusal(what: str, role: str) -> HooksNotApplied:
+    return HooksNotApplied(
+        f"sglang-mint could not {what} in the {role} process, so it would run half installed; refusing to "
+        "start. This SGLang is not the version sglang-mint supports (sglang==0.5.23), or another plugin "
+        "replaced these targets.")
 
 
 def verify_applied(role: str) -> None:
@@ -223,7 +246,37 @@ def verify_applied(role: str) -> None:
 
     missing = sorted({h.target for h in hooks_for(role, torch.cuda.is_available())} - HookRegistry._patched)
     if missing:
-        raise HooksNotApplied(
-            f"sglang-mint could not hook {', '.join(missing)} in the {role} process, so it would run half "
-            "installed; refusing to start. This SGLang is not the version sglang-mint supports "
-            "(sglang==0.5.23), or another plugin replaced these targets.")
+        raise _refusal(f"hook {', '.join(missing)}", role)
+
+
+def _has(owner, name: str) -> bool:
+    """``owner`` has the attribute ``name`` ("a.b": b of a; a class's dataclass fields count)."""
+    for part in name.split("."):
+        if not hasattr(owner, part) and part not in getattr(owner, "__annotations__", {}):
+            return False
+        owner = getattr(owner, part, None)
+    return True
+
+
+def verify_internals(role: str, **instances) -> None:
+    """Raise HooksNotApplied naming every attribute of INTERNALS missing in this process of ``role``: the
+    rows of ``role`` and "all" on a module or class, and those on an instance given here (by the row's
+    owner name: ``verify_internals("scheduler", lora_manager=..., memory_pool=...)``)."""
+    missing = []
+    for row in INTERNALS:
+        if row.role not in ("all", role) or ("." not in row.owner and instances.get(row.owner) is None):
+            continue
+        try:
+            owner = pkgutil.resolve_name(row.owner) if "." in row.owner else instances[row.owner]
+        except (ImportError, AttributeError):
+            missing.append(row.owner)
+            continue
+        missing += [f"{row.owner}.{name}" for name in row.names.split(", ") if not _has(owner, name)]
+    if missing:
+        raise _refusal(f"find {', '.join(missing)}", role)
+
+
+def verify_startup(role: str, **instances) -> None:
+    """At a process's startup with --enable-mint: every hook applied, every internal present."""
+    verify_applied(role)
+    verify_internals(role, **instances)

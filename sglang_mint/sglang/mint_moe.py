@@ -23,6 +23,14 @@ def _after_get_lora_info(lora_info, layer, *args, **kwargs):
     return lora_info
 
 
+def moe_layer_of(manager):
+    """One ``FusedMoEWithLoRA`` layer of the LoRA ``manager``'s model, for verify_internals; None without one."""
+    from sglang.srt.lora.layers import FusedMoEWithLoRA
+
+    modules = [m for layer in getattr(manager, "lora_modules", None) or [] for m in layer.values()]
+    return next((m for m in modules if isinstance(m, FusedMoEWithLoRA)), None)
+
+
 def _around_build_lora_hooks(original, hidden_states, lora_info, topk_ids, *args, **kwargs):
     if getattr(lora_info, TAG, None) is None:
         return original(hidden_states, lora_info, topk_ids, *args, **kwargs)

@@ -130,9 +130,12 @@ def _after_scheduler_init(result, scheduler, *args, **kwargs):
     config = mint_config(scheduler.server_args)
     if config is None:
         return result
-    from sglang_mint.sglang import hooks
+    from sglang_mint.sglang.hooks import verify_startup
+    from sglang_mint.sglang.mint_moe import moe_layer_of
 
-    hooks.verify_applied("scheduler")
+    manager = scheduler.tp_worker.model_runner.lora_manager if scheduler.enable_lora else None
+    verify_startup("scheduler", lora_manager=manager, memory_pool=getattr(manager, "memory_pool", None),
+                   moe_layer=moe_layer_of(manager))
     # The scheduler is a spawned process: this line shows the settings reached it.
     logger.info("sglang-mint enabled in scheduler process %d: %s", os.getpid(), config)
     if config.catalog is not None and scheduler.enable_lora:

@@ -1,0 +1,124 @@
+"""hooks.INTERNALS is checked at startup: a private SGLang attribute the glue needs and this SGLang
+lacks refuses the process that uses it, naming it. No server: each check runs in a fresh interpreter,
+so what it deletes from SGLang's modules does not leak into the test runner."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+from sglang_mint.sglang import hooks
+
+
+def run_py(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=300)
+
+
+def test_every_row_names_a_role_and_modules_of_the_glue():
+    glue = {p.stem for p in Path(hooks.__file__).parent.glob("*.py")}
+    for row in hooks.INTERNALS:
+        assert row.role in {h.role for h in hooks.HOOKS}, row
+        assert row.names and all(name.strip() == name for name in row.names.split(", ")), row
+        assert {m.strip() for m in row.module.split(",")} <= glue, row
+
+
+def test_an_internal_sglang_lacks_refuses_startup():
+    """A module attribute (the packed fill's switch), a class's (AuthLevel.ADMIN_OPTIONAL) and an
+    instance's (a tokenizer manager without lora_ref_cache) are each named; with everything in
+    place, the same checks refuse nothing."""
+    proc = run_py("""
+        from types import SimpleNamespace
+        from sglang.srt.lora import mem_pool
+        from sglang.srt.utils import auth
+        from sglang_mint.sglang import hooks
+
+        registry = SimpleNamespace(_registry={}, _counters={})
+        tm = SimpleNamespace(lora_registry=registry)  # no lora_ref_cache
+        kept = mem_pool._SGLANG_EXPERIMENTAL_LORA_OPTI
+        del mem_pool._SGLANG_EXPERIMENTAL_LORA_OPTI  # as if SGLang had renamed it
+        for role, instances in (("scheduler", {}), ("frontend", {"tokenizer_manager": tm})):
+            try:
+                hooks.verify_internals(role, **instances)
+            except hooks.HooksNotApplied as exc:
+                print("REFUSED", role, exc)
+            else:
+                print("STARTED", role)
+        mem_pool._SGLANG_EXPERIMENTAL_LORA_OPTI = kept
+        tm.lora_ref_cache = {}
+        hooks.verify_internals("scheduler")
+        hooks.verify_internals("frontend", tokenizer_manager=tm, lora_registry=registry)
+        print("CONTROL OK")
+        auth.AuthLevel = type("AuthLevel", (), {"ADMIN_FORCE": 1})  # as if SGLang had renamed the member
+        try:
+            hooks.verify_internals("frontend")
+        except hooks.HooksNotApplied as exc:
+            print("REFUSED class", exc)
+    """)
+    out = proc.stdout
+    assert "CONTROL OK" in out, out[-2000:] + proc.stderr[-3000:]
+    scheduler = next(ln for ln in out.splitlines() if ln.startswith(("REFUSED scheduler", "STARTED scheduler")))
+    assert scheduler.startswith("REFUSED") and "sglang.srt.lora.mem_pool._SGLANG_EXPERIMENTAL_LORA_OPTI" in scheduler
+    assert "scheduler process" in scheduler and "refusing to start" in scheduler
+    frontend = next(ln for ln in out.splitlines() if ln.startswith(("REFUSED frontend", "STARTED frontend")))
+    assert frontend.startswith("REFUSED") and "tokenizer_manager.lora_ref_cache" in frontend
+    assert "_SGLANG_EXPERIMENTAL_LORA_OPTI" not in frontend  # a scheduler's internal is not the frontend's
+    assert "REFUSED class" in out and "sglang.srt.utils.auth.AuthLevel.ADMIN_OPTIONAL" in out
+
+
+def test_the_startup_hooks_check_their_instances_with_enable_mint_only():
+    """The DP controller's __init__ (AFTER) hook checks the controller: one without _active_workers is
+    refused with --enable-mint and passes as stock; a complete one passes."""
+    proc = run_py("""
+        from types import SimpleNamespace
+        from sglang.srt.plugins.hook_registry import HookRegistry
+        from sglang_mint.config import MintConfig
+        from sglang_mint.sglang import dp_affinity, hooks
+
+        hooks.register_for("all")
+        hooks.register_for("frontend")
+        HookRegistry.apply_hooks()
+        budget = SimpleNamespace(update_budget=None, total_requests=0)
+        controller = SimpleNamespace(dp_budget=budget, load_snapshot_reader=SimpleNamespace(read_all=None))
+        for name, args in (("stock", SimpleNamespace()), ("mint", SimpleNamespace(_mint=MintConfig()))):
+            try:
+                dp_affinity._after_controller_init(None, controller, args)
+            except hooks.HooksNotApplied as exc:
+                print("REFUSED", name, exc)
+            else:
+                print("STARTED", name)
+        controller._active_workers = [0, 1]
+        dp_affinity._after_controller_init(None, controller, SimpleNamespace(_mint=MintConfig()))
+        print("CONTROL OK")
+    """)
+    out = proc.stdout
+    assert "STARTED stock" in out, out[-2000:] + proc.stderr[-3000:]
+    assert "REFUSED mint" in out and "controller._active_workers" in out, out[-2000:] + proc.stderr[-3000:]
+    assert "CONTROL OK" in out, proc.stderr[-3000:]
+
+
+def test_a_process_announced_with_an_internal_missing_refuses_to_start():
+    """publish(role="scheduler") with --enable-mint checks the module rows right there."""
+    proc = run_py("""
+        from types import SimpleNamespace
+        from sglang.srt import runtime_context
+        from sglang.srt.lora import lora_moe_runners
+        from sglang.srt.plugins import load_plugins
+        from sglang_mint.config import MintConfig
+        from sglang_mint.sglang import hooks
+
+        load_plugins()
+        del lora_moe_runners._naive_moe_lora_align_block_size  # as if SGLang had renamed it
+        for args in (SimpleNamespace(), SimpleNamespace(_mint=MintConfig())):  # stock, then --enable-mint
+            try:
+                runtime_context.publish(args, role="scheduler")
+            except hooks.HooksNotApplied as exc:
+                print("REFUSED", exc)
+            except Exception as exc:  # past our check, SGLang's own publish fails on these arguments
+                print("PUBLISHED", type(exc).__name__)
+    """)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(("REFUSED", "PUBLISHED"))]
+    assert len(lines) == 2, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert lines[0].startswith("PUBLISHED")  # without --enable-mint SGLang goes on as stock
+    assert lines[1].startswith("REFUSED") and "_naive_moe_lora_align_block_size" in lines[1]
