@@ -1,11 +1,8 @@
-"""A catalog revision -> SGLang's ``LoRAAdapter``, built on a cold-load worker thread.
+"""A catalog revision -> SGLang's ``LoRAAdapter``, built on a cold-load worker thread (docs/architecture.md, step 5).
 
-``read_adapter`` reads the revision's files (the record travels with the request,
-sglang_mint/lora_id.py: no catalog query), checks them again, rewrites them to the
-one-rank, one-scaling form SGLang serves exactly (adapters/uniform_rank.py) and builds the
-adapter; ``attach_adapter`` maps the copy that tensor-parallel rank 0 read
-(residency/node_share.py). Both return ``(LoRAAdapter, host bytes)``, which the
-scheduler loop installs into SGLang's LoRA manager (residency.py).
+``read_adapter`` reads and checks the revision's files (adapters/peft.py) and builds
+the adapter; ``attach_adapter`` maps the copy tensor-parallel rank 0 read
+(residency/node_share.py). Both return ``(LoRAAdapter, host bytes)`` for residency.py.
 """
 
 from __future__ import annotations

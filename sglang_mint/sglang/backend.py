@@ -1,11 +1,6 @@
-"""The LoRA backend name ``mint`` (``--lora-backend mint``).
+"""The LoRA backend name ``mint`` (``--lora-backend mint``) in SGLang's backend registry.
 
-``register_backend`` puts ``mint`` into SGLang's backend registry (the class,
-``MintLoRABackend`` in ``mint_backend.py``, is imported only when a server
-asks for it); two hooks (``hooks.py``) route MoE expert LoRA of a ``mint``
-backend to our kernel (``mint_moe.py``). Both run sglang-mint's
-kernels through ``sglang_mint.kernels.dispatch``: Triton on CUDA or under
-``TRITON_INTERPRET=1``, the torch ``_ref`` path otherwise (CPU).
+The class, ``mint_backend.py:MintLoRABackend``, is imported only when a server asks for it.
 """
 
 from __future__ import annotations

@@ -1,11 +1,8 @@
 """The ``--enable-mint`` / ``--mint-*`` launch flags on SGLang's parser and ``ServerArgs``.
 
-The flags and their checks are ``config.py``'s (``add_mint_arguments``,
-``config_from_args``); here they are added to ``python -m sglang.launch_server``'s
-parser and the result is carried to every process as ``server_args._mint``:
-ServerArgs pickles its underscore bookkeeping together with its fields when it
-starts a subprocess. Without ``--enable-mint`` the attribute is None and every
-hook of the plugin passes through.
+The flags and their checks are ``config.py``'s; here they join SGLang's parser and
+the result rides to every process as ``server_args._mint`` (ServerArgs pickles its
+underscore bookkeeping too). Without ``--enable-mint`` it is None and every hook passes.
 """
 
 from __future__ import annotations

@@ -1,10 +1,7 @@
 """``--mint-gateway``: the server joins SGLang's gateway (SMG) when it is ready and leaves when it stops.
 
-Runs in the launcher process, just before ``http_server.launch_server`` starts
-serving: it starts the watcher of ``sglang_mint.gateway.registration``, which
-waits for this server's own ``/health``, registers it, and deregisters it once
-the launcher has exited (SIGTERM, Ctrl-C, a crash). A ``kill -9`` of the whole
-process group ends the watcher too: SMG's health checks drop the engine instead.
+Runs in the launcher just before ``http_server.launch_server`` serves: it starts the
+watcher of ``sglang_mint/gateway/registration.py``, which registers and deregisters it.
 """
 
 from __future__ import annotations

@@ -1,8 +1,7 @@
-"""vLLM's ``vllm:lora_requests_info`` gauge for llm-d, SGLang's side: its LoRA manager and ``/metrics``.
+"""vLLM's ``vllm:lora_requests_info`` gauge for llm-d, SGLang's side (residency/lora_requests_info.py has the rest).
 
-The gauge, its state files and their merge are residency/lora_requests_info.py.
-Here each scheduler's ``LoraInfoWriter`` reads SGLang's LoRA pool, and the
-HTTP process's ``/metrics`` gets a registry that also holds ``LoraInfoCollector``.
+Each scheduler's ``LoraInfoWriter`` reads SGLang's LoRA pool, and the HTTP
+process's ``/metrics`` gets a registry that also holds ``LoraInfoCollector``.
 """
 
 from __future__ import annotations

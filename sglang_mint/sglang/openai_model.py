@@ -1,10 +1,7 @@
-"""The adapter id in the OpenAI ``model`` field.
+"""The adapter id in the OpenAI ``model`` field (docs/architecture.md, step 1).
 
-SGLang's OpenAI handlers (completions, chat, embeddings) turn ``model`` into a
-LoRA name through ``OpenAIServingBase._resolve_lora_path``; stock SGLang treats
-a bare name as the base model. With ``--enable-mint`` this hook answers instead,
-by ``frontend/catalog_names.py:lora_path_of_model`` (``model="acme/bot"`` ->
-``"acme/bot@3"``; 400 malformed, 404 unknown), with the adapters SGLang loaded
+With ``--enable-mint`` this hook answers SGLang's ``OpenAIServingBase._resolve_lora_path``
+by ``frontend/catalog_names.py:lora_path_of_model``, with the adapters SGLang loaded
 itself (``tm.lora_ref_cache``) as the fallback for ids the catalog does not hold.
 """
 
