@@ -68,6 +68,12 @@ class SingleOffsets:
         return t
 
 
+def widest_slice(offsets) -> int:
+    """The widest of the stacked slices ``offsets`` bound: [0, 1536, 2112] -> 1536."""
+    offs = [int(v) for v in offsets]
+    return max(hi - lo for lo, hi in zip(offs, offs[1:]))
+
+
 def equal_halves(n_out: int, device) -> tuple[torch.Tensor, tuple[int, int, int]]:
     """gate_up's offsets when a caller passes none: N = 2I -> ([0, I, 2I] on device, (0, I, 2I))."""
     inter = n_out // 2

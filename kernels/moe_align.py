@@ -64,3 +64,10 @@ def moe_align_block_size_torch(topk_ids: torch.Tensor, block_size: int, num_expe
     expert_ids[: blk_start.numel()] = (torch.searchsorted(ends, blk_start, right=True) - 1).to(torch.int32)
     num_tokens_post_pad = torch.tensor([total], dtype=torch.int32, device=dev)
     return sorted_ids, expert_ids, num_tokens_post_pad
+
+
+def lora_align_sizes(n_routed: int, num_experts: int, block_m: int) -> tuple[int, int]:
+    """(padded pairs, m blocks) of SGLang's pure-Python LoRA MoE alignment: every expert's bucket
+    padded to ``block_m``, e.g. 5 pairs, 2 experts, block 4 -> 5 + 2*3 = 11 -> (12, 3)."""
+    padded = (n_routed + num_experts * (block_m - 1) + block_m - 1) // block_m * block_m
+    return padded, padded // block_m

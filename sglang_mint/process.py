@@ -183,3 +183,18 @@ def _signal_group(pgid: int, sig: int) -> None:
         os.killpg(pgid, sig)
     except ProcessLookupError:
         pass  # the group ended in between
+
+
+def numa_nodes() -> int:
+    import glob
+
+    return max(1, len(glob.glob("/sys/devices/system/node/node[0-9]*")))
+
+
+def thread_binding(ranks: int, cores: list[int]) -> str | None:
+    """The cores of each of ``ranks`` processes in equal shares, in SGLANG_CPU_OMP_THREADS_BIND's form:
+    2 ranks on cores [0, 1, 2, 3] -> "0,1|2,3"; None when there are fewer cores than ranks."""
+    if ranks > len(cores):
+        return None
+    share = len(cores) // ranks
+    return "|".join(",".join(str(c) for c in cores[i * share:(i + 1) * share]) for i in range(ranks))

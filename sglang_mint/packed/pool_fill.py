@@ -52,6 +52,13 @@ def by_buffer_key(weights: dict, target_of: Callable[[str], str], buffer_keys) -
     return by_key
 
 
+def layer_steps(a_keys, b_keys, active: dict[str, bool], by_key: dict) -> list[tuple]:
+    """SGLang's fill order for one layer, every A then every B of the keys in ``active`` ({key: moe}):
+    [(key, "A" or "B", the packed tensor or None, moe)]."""
+    return [(key, ab, by_key.get((key, ab)), active[key]) for ab, keys in (("A", a_keys), ("B", b_keys))
+            for key in keys if key in active]
+
+
 def fits(w: torch.Tensor, slot_shape, ab: str, moe: bool, c: int, r: int, max_r: int) -> bool:
     """Whether tensor ``w`` of rank ``r`` goes into a pool slot of ``slot_shape`` by the layouts
     above; ``c`` stacked slices (qkv 3, gate_up 2, else 1), ``max_r`` the pool's rank."""

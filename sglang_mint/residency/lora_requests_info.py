@@ -35,7 +35,7 @@ import os
 import time
 from typing import Iterable
 
-from sglang_mint.lora_id import parse_lora_id
+from sglang_mint.lora_id import is_catalog_lora_id, parse_lora_id
 
 METRIC = "vllm:lora_requests_info"
 MAX_WAITING_NAMES = 256  # a read storm can queue thousands; llm-d needs to know only some are coming
@@ -44,6 +44,15 @@ FILE_GLOB = "mint_lora_info.dp*.json"
 
 def state_path(directory: str, dp_rank: int) -> str:
     return os.path.join(directory, f"mint_lora_info.dp{dp_rank}.json")
+
+
+def adapter_name(lora_id, lora_refs) -> str | None:
+    """The ``model`` string that names a pool slot's adapter: ``"mint:acme/bot@3"`` -> ``"acme/bot"``;
+    a ``--lora-paths`` adapter's uuid -> its name; the base model's slot (None) or an empty one -> None."""
+    if is_catalog_lora_id(lora_id):
+        return parse_lora_id(lora_id)[0]
+    ref = lora_refs.get(lora_id) if isinstance(lora_id, str) else None
+    return None if ref is None else ref.lora_name
 
 
 def engine_state(max_lora: int, running: Iterable[str | None], waiting_ids: Iterable[str]) -> dict:

@@ -11,7 +11,7 @@ from sglang_mint.frontend import admin_guard
 from sglang_mint.frontend.admin_guard import ADMIN_ENDPOINTS, leaf_routes
 from sglang_mint.sglang.hooks import verify_internals
 
-__all__ = ["ADMIN_ENDPOINTS", "admin_optional_paths", "install"]
+__all__ = ["ADMIN_ENDPOINTS", "admin_optional_paths"]
 
 
 def admin_optional_paths(app) -> set[str]:
@@ -20,11 +20,6 @@ def admin_optional_paths(app) -> set[str]:
 
     return {route.path for route in leaf_routes(app.router.routes)
             if getattr(getattr(route, "endpoint", None), "_auth_level", None) == AuthLevel.ADMIN_OPTIONAL}
-
-
-def install(app, admin_api_key: str | None) -> None:
-    """Guard SGLang's admin endpoints and the plugin's; called once, before the server starts."""
-    admin_guard.install(app, admin_api_key, admin_optional_paths)
 
 
 def _after_uvicorn_config_load(result, config, *args, **kwargs):

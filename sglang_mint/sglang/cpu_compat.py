@@ -23,13 +23,10 @@ def _pin_memory_noop(self, *args, **kwargs):
     return self
 
 
-# -- tensor parallelism on CPU ---------------------------------------------------
-# Two things stop `--tp-size 2 --device cpu` in stock SGLang 0.5.23:
-# 1. init_model_parallel_group decides use_pynccl without looking at the device, and a
-#    PyNcclCommunicator on CPU raises "Expected a cuda device". Without it, all-reduce of a CPU
-#    tensor goes to torch.distributed on the group's gloo backend.
-# 2. init_threads_binding asserts ranks <= NUMA nodes unless SGLANG_CPU_OMP_THREADS_BIND gives
-#    each rank its cores; default_thread_binding sets it (cores split evenly) when it is unset.
+# Two things stop `--tp-size 2 --device cpu` in stock SGLang 0.5.23: init_model_parallel_group
+# decides use_pynccl without looking at the device (a PyNcclCommunicator on CPU raises "Expected a
+# cuda device"; without it, all-reduce goes to the group's gloo backend), and init_threads_binding
+# asserts ranks <= NUMA nodes unless SGLANG_CPU_OMP_THREADS_BIND gives each rank its cores.
 _USE_PYNCCL_POSITION = 3  # init_model_parallel_group(group_ranks, local_rank, backend, use_pynccl, ...)
 
 
@@ -41,26 +38,13 @@ def _around_init_model_parallel_group(original, *args, **kwargs):
     return original(*args, **kwargs)
 
 
-def numa_nodes() -> int:
-    import glob
-
-    return max(1, len(glob.glob("/sys/devices/system/node/node[0-9]*")))
-
-
-def thread_binding(ranks: int, cores: list[int]) -> str | None:
-    """SGLANG_CPU_OMP_THREADS_BIND giving ``ranks`` ranks equal shares of ``cores``, e.g.
-    2 ranks on cores [0, 1, 2, 3] -> "0,1|2,3"; None when there are fewer cores than ranks."""
-    if ranks > len(cores):
-        return None
-    share = len(cores) // ranks
-    return "|".join(",".join(str(c) for c in cores[i * share:(i + 1) * share]) for i in range(ranks))
-
-
 def default_thread_binding(server_args) -> None:
     """Set SGLANG_CPU_OMP_THREADS_BIND for a CPU server with more ranks than NUMA nodes (the
     launcher's environment reaches every scheduler process it spawns). An explicit value wins."""
     import logging
     import os
+
+    from sglang_mint.process import numa_nodes, thread_binding
 
     if getattr(server_args, "device", None) != "cpu" or os.environ.get("SGLANG_CPU_OMP_THREADS_BIND"):
         return

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from sglang.srt.utils.auth import AuthLevel, auth_level
 
+from sglang_mint.frontend import admin_guard
 from sglang_mint.frontend.catalog_names import CatalogNameTaken, catalog_name_taken
 from sglang_mint.frontend.mint_api import add_routes
 from sglang_mint.sglang import admin
@@ -60,6 +61,6 @@ def _before_launch_server(server_args, *args, **kwargs):
 
     verify_internals("frontend")  # the app's internals, before routes are added to it
     add_routes(http_server.app, _engine, auth_level(AuthLevel.ADMIN_OPTIONAL))
-    admin.install(http_server.app, server_args.admin_api_key)
+    admin_guard.install(http_server.app, server_args.admin_api_key, admin.admin_optional_paths)
     http_server.app.add_exception_handler(CatalogNameTaken, catalog_name_taken)
     return None

@@ -10,17 +10,7 @@ import itertools
 import os
 import re
 
-from sglang_mint.lora_id import is_catalog_lora_id, parse_lora_id
-from sglang_mint.residency.lora_requests_info import LoraInfoCollector, engine_state, write_state
-
-
-def adapter_name(lora_id, lora_refs) -> str | None:
-    """The ``model`` string that names a pool slot's adapter: ``"mint:acme/bot@3"`` -> ``"acme/bot"``;
-    a ``--lora-paths`` adapter's uuid -> its name; the base model's slot (None) or an empty one -> None."""
-    if is_catalog_lora_id(lora_id):
-        return parse_lora_id(lora_id)[0]
-    ref = lora_refs.get(lora_id) if isinstance(lora_id, str) else None
-    return None if ref is None else ref.lora_name
+from sglang_mint.residency.lora_requests_info import LoraInfoCollector, adapter_name, engine_state, write_state
 
 
 class LoraInfoWriter:

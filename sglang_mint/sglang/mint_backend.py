@@ -21,7 +21,7 @@ from sglang.srt.runtime_context import LoRABatchLayout
 from sglang_mint.kernels import LoraBatch, routes
 from sglang_mint.kernels.dispatch import kernel_path, use_triton
 from sglang_mint.kernels.layer_ops import (BatchPlans, SingleOffsets, equal_halves, lora_a, lora_b,
-                                           lora_embedding_a, lora_stacked)
+                                           lora_embedding_a, lora_stacked, widest_slice)
 from sglang_mint.sglang.backend import MINT_BACKEND
 
 logger = logging.getLogger("sglang_mint")
@@ -70,10 +70,7 @@ class MintLoRABackend(TritonLoRABackend):
         self._planned.clear()
 
     def _plan(self, info: Optional[LoRABatchInfo]) -> LoraBatch:
-        assert info is not None, (
-            "LoRA kernel invoked with no prepared batch; SGLang's layers gate this "
-            "on lora_active (sglang/srt/lora/layers.py)"
-        )
+        assert info is not None, "LoRA kernel invoked with no prepared batch (SGLang's layers gate on lora_active)"
         return self._planned.plan(info)
 
     def _batch(self, pruned_batch_info: Optional[LoRABatchInfo] = None) -> LoraBatch:
@@ -96,12 +93,9 @@ class MintLoRABackend(TritonLoRABackend):
         batch = None
         if T and N:
             batch = self._batch(pruned_batch_info)
-            # The A/B pair of one layer must run the same kernels, but run_lora_b_sgemm
-            # sees only x of width R, not K. SGLang's layers always call b right after a
-            # (lm_head, o/down, q_b/kv_b, the DSA indexer; row-parallel layers all-reduce
-            # in between), so a records its route and the next b follows it. The
-            # embedding's b comes after run_lora_a_embedding instead, which clears it:
-            # that b runs ours, as before routes.
+            # One layer's A and B run the same kernels, but b sees only x of width R, not K: SGLang's
+            # layers call b right after a, so a records its route and b follows it (the embedding's b
+            # comes after run_lora_a_embedding, which clears it: that b runs ours).
             self._b_follows = self._route("a_sgemm", x, stack_num, x.shape[-1],
                                           N // max(1, stack_num), batch)
             if self._b_follows:
@@ -135,9 +129,7 @@ class MintLoRABackend(TritonLoRABackend):
         if x.shape[0] and self._route("qkv", x, n_slices, x.shape[-1], qkv_lora_b.shape[-1],
                                       self._batch()):
             if not max_qkv_out_dim:  # SGLang's layers pass it; its kernel's grid needs it
-                offs = output_offset_cpu if output_offset_cpu is not None else output_offset
-                offs = [int(v) for v in offs]
-                max_qkv_out_dim = max(hi - lo for lo, hi in zip(offs, offs[1:]))
+                max_qkv_out_dim = widest_slice(output_offset_cpu if output_offset_cpu is not None else output_offset)
             return super().run_qkv_lora(x, qkv_lora_a, qkv_lora_b, output_offset,
                                         max_qkv_out_dim, base_output, n_slices, *args, **kwargs)
         return lora_stacked(x, qkv_lora_a, qkv_lora_b, n_slices, output_offset, output_offset_cpu,

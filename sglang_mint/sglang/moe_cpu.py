@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from sglang_mint.adapters.expert_padding import pad_down_a, pad_gate_up_b
-from sglang_mint.kernels.moe_align import moe_align_block_size_torch
+from sglang_mint.kernels.moe_align import lora_align_sizes, moe_align_block_size_torch
 
 
 def _device_name_cpu(name, *args, **kwargs):
@@ -43,9 +43,7 @@ def _naive_lora_alignment(topk_ids, lora_info):
 
     block_m = 64  # SGLang's shrink BLOCK_SIZE_M for this path
     max_loras = len(lora_info.lora_ranks)
-    padded = topk_ids.numel() + lora_info.num_experts * (block_m - 1)
-    padded = (padded + block_m - 1) // block_m * block_m
-    m_blocks = (padded + block_m - 1) // block_m
+    padded, m_blocks = lora_align_sizes(topk_ids.numel(), int(lora_info.num_experts), block_m)
     sorted_ids, expert_ids, post_padded = runners._naive_moe_lora_align_block_size(
         topk_ids, lora_info.seg_indptr, lora_info.req_to_lora, int(lora_info.num_experts), block_m,
         max_loras, int(padded), int(m_blocks), lora_info.adapter_enabled, topk_ids.device,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 
-from sglang_mint.packed.pool_fill import by_buffer_key, fill_slot, fits
+from sglang_mint.packed.pool_fill import by_buffer_key, fill_slot, fits, layer_steps
 
 logger = logging.getLogger("sglang_mint")
 
@@ -81,13 +81,7 @@ def fill_plan(pool, adapter, lora_modules):
             if type(module).slice_lora_a_weights not in safe_a or type(module).slice_lora_b_weights not in safe_b:
                 return None
             active[get_target_module_name(module_name, pool.target_modules)] = False
-        steps = []
-        for key in pool.A_buffer:  # SGLang's order: every A, then every B
-            if key in active:
-                steps.append((key, "A", by_key.get((key, "A")), active[key]))
-        for key in pool.B_buffer:
-            if key in active:
-                steps.append((key, "B", by_key.get((key, "B")), active[key]))
+        steps = layer_steps(pool.A_buffer, pool.B_buffer, active, by_key)
         for key, ab, w, moe in steps:
             slot = (pool.A_buffer if ab == "A" else pool.B_buffer)[key][layer_id][0]
             if w is not None and not fits(w, slot.shape, ab, moe, get_stacked_multiply(key, pool.base_model), r,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sglang_mint.sglang.cpu_compat import thread_binding
+from sglang_mint.process import thread_binding
 
 
 def test_thread_binding_splits_cores_evenly():
