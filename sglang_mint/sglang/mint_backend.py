@@ -74,19 +74,16 @@ class MintLoRABackend(TritonLoRABackend):
         return self._planned.plan(info)
 
     def _batch(self, pruned_batch_info: Optional[LoRABatchInfo] = None) -> LoraBatch:
-        return self._plan(pruned_batch_info if pruned_batch_info is not None
-                          else self.get_batch_info())
+        return self._plan(pruned_batch_info if pruned_batch_info is not None else self.get_batch_info())
 
     # ---- dense LoRA ops -------------------------------------------------
 
-    def _route(self, method: str, x: torch.Tensor, S: int, K: int, R: int,
-               batch: LoraBatch) -> bool:
+    def _route(self, method: str, x: torch.Tensor, S: int, K: int, R: int, batch: LoraBatch) -> bool:
         """True: run SGLang's Triton kernels (the superclass method) for this call."""
         return routes.takes_sglang_triton(self._routes, self.device, method, x, S, K, R, batch.is_bgmv)
 
-    def run_lora_a_sgemm(self, x: torch.Tensor, weights: torch.Tensor,
-                         pruned_batch_info: LoRABatchInfo = None, stack_num: int = 1,
-                         *args, **kwargs) -> torch.Tensor:
+    def run_lora_a_sgemm(self, x: torch.Tensor, weights: torch.Tensor, pruned_batch_info: LoRABatchInfo = None,
+                         stack_num: int = 1, *args, **kwargs) -> torch.Tensor:
         """[T, stack_num*R] = x @ A[slot]^T; zeros where a row has no adapter."""
         T, N = x.shape[0], weights.shape[1]
         self._b_follows = False
@@ -96,38 +93,28 @@ class MintLoRABackend(TritonLoRABackend):
             # One layer's A and B run the same kernels, but b sees only x of width R, not K: SGLang's
             # layers call b right after a, so a records its route and b follows it (the embedding's b
             # comes after run_lora_a_embedding, which clears it: that b runs ours).
-            self._b_follows = self._route("a_sgemm", x, stack_num, x.shape[-1],
-                                          N // max(1, stack_num), batch)
+            self._b_follows = self._route("a_sgemm", x, stack_num, x.shape[-1], N // max(1, stack_num), batch)
             if self._b_follows:
-                return super().run_lora_a_sgemm(x, weights, pruned_batch_info, stack_num,
-                                                 *args, **kwargs)
+                return super().run_lora_a_sgemm(x, weights, pruned_batch_info, stack_num, *args, **kwargs)
         return lora_a(x, weights, batch, stack_num)
 
-    def run_lora_b_sgemm(self, x: torch.Tensor, weights: torch.Tensor,
-                         base_output: torch.Tensor = None,
-                         pruned_batch_info: LoRABatchInfo = None, *args,
-                         output_offset: Optional[torch.Tensor] = None,
-                         output_offset_cpu: Optional[torch.Tensor] = None,
-                         **kwargs) -> torch.Tensor:
+    def run_lora_b_sgemm(self, x: torch.Tensor, weights: torch.Tensor, base_output: torch.Tensor = None,
+                         pruned_batch_info: LoRABatchInfo = None, *args, output_offset: Optional[torch.Tensor] = None,
+                         output_offset_cpu: Optional[torch.Tensor] = None, **kwargs) -> torch.Tensor:
         """base_output[:, :N] += scaling[slot] * x @ B[slot]^T (N = weights.shape[1])."""
         theirs, self._b_follows = self._b_follows, None
         if theirs:
-            return super().run_lora_b_sgemm(x, weights, base_output, pruned_batch_info,
-                                             *args, **kwargs)
+            return super().run_lora_b_sgemm(x, weights, base_output, pruned_batch_info, *args, **kwargs)
         batch = self._batch(pruned_batch_info) if x.shape[0] and weights.shape[1] else None
-        return lora_b(x, weights, base_output, batch, output_offset, output_offset_cpu,
-                      self._single_offsets)
+        return lora_b(x, weights, base_output, batch, output_offset, output_offset_cpu, self._single_offsets)
 
-    def run_qkv_lora(self, x: torch.Tensor, qkv_lora_a: torch.Tensor,
-                     qkv_lora_b: torch.Tensor, output_offset: torch.Tensor,
-                     max_qkv_out_dim: int = 0, base_output: torch.Tensor = None,
-                     n_slices: int = 3, *args,
-                     output_offset_cpu: Optional[torch.Tensor] = None,
+    def run_qkv_lora(self, x: torch.Tensor, qkv_lora_a: torch.Tensor, qkv_lora_b: torch.Tensor,
+                     output_offset: torch.Tensor, max_qkv_out_dim: int = 0, base_output: torch.Tensor = None,
+                     n_slices: int = 3, *args, output_offset_cpu: Optional[torch.Tensor] = None,
                      **kwargs) -> torch.Tensor:
         """Stacked slices of unequal widths: q/k/v, or MLA's q_a (1536) + kv_a (576)."""
         assert isinstance(qkv_lora_b, torch.Tensor), "split q/kv B buffers are not supported"
-        if x.shape[0] and self._route("qkv", x, n_slices, x.shape[-1], qkv_lora_b.shape[-1],
-                                      self._batch()):
+        if x.shape[0] and self._route("qkv", x, n_slices, x.shape[-1], qkv_lora_b.shape[-1], self._batch()):
             if not max_qkv_out_dim:  # SGLang's layers pass it; its kernel's grid needs it
                 max_qkv_out_dim = widest_slice(output_offset_cpu if output_offset_cpu is not None else output_offset)
             return super().run_qkv_lora(x, qkv_lora_a, qkv_lora_b, output_offset,
@@ -135,16 +122,12 @@ class MintLoRABackend(TritonLoRABackend):
         return lora_stacked(x, qkv_lora_a, qkv_lora_b, n_slices, output_offset, output_offset_cpu,
                             base_output, self._stacked_batch(x, qkv_lora_a))
 
-    def run_gate_up_lora(self, x: torch.Tensor, gate_up_lora_a: torch.Tensor,
-                         gate_up_lora_b: torch.Tensor, base_output: torch.Tensor = None,
-                         *args, output_offset: Optional[torch.Tensor] = None,
-                         output_offset_cpu: Optional[torch.Tensor] = None,
-                         **kwargs) -> torch.Tensor:
+    def run_gate_up_lora(self, x: torch.Tensor, gate_up_lora_a: torch.Tensor, gate_up_lora_b: torch.Tensor,
+                         base_output: torch.Tensor = None, *args, output_offset: Optional[torch.Tensor] = None,
+                         output_offset_cpu: Optional[torch.Tensor] = None, **kwargs) -> torch.Tensor:
         assert isinstance(gate_up_lora_b, torch.Tensor), "split gate/up B buffers are not supported"
-        if x.shape[0] and self._route("gate_up", x, 2, x.shape[-1], gate_up_lora_b.shape[-1],
-                                      self._batch()):
-            return super().run_gate_up_lora(x, gate_up_lora_a, gate_up_lora_b, base_output,
-                                            *args, **kwargs)
+        if x.shape[0] and self._route("gate_up", x, 2, x.shape[-1], gate_up_lora_b.shape[-1], self._batch()):
+            return super().run_gate_up_lora(x, gate_up_lora_a, gate_up_lora_b, base_output, *args, **kwargs)
         if output_offset is None or output_offset_cpu is None:
             output_offset, output_offset_cpu = equal_halves(gate_up_lora_b.shape[1], x.device)
         return lora_stacked(x, gate_up_lora_a, gate_up_lora_b, 2, output_offset, output_offset_cpu,
@@ -155,14 +138,12 @@ class MintLoRABackend(TritonLoRABackend):
 
     # ---- embeddings -----------------------------------------------------
 
-    def run_lora_a_embedding(self, input_ids: torch.Tensor, weights: torch.Tensor,
-                             vocab_size: int, extra_embeddings: torch.Tensor = None,
-                             *args, **kwargs) -> torch.Tensor:
+    def run_lora_a_embedding(self, input_ids: torch.Tensor, weights: torch.Tensor, vocab_size: int,
+                             extra_embeddings: torch.Tensor = None, *args, **kwargs) -> torch.Tensor:
         """[T, R]: column `token` of A[slot]: SGLang's Triton gather on CUDA / the
         interpreter, elsewhere the same semantics in torch (layer_ops.lora_embedding_a)."""
         self._b_follows = None  # the run_lora_b_sgemm after this one runs ours
         if use_triton(weights):
-            return super().run_lora_a_embedding(input_ids, weights, vocab_size,
-                                                extra_embeddings, *args, **kwargs)
+            return super().run_lora_a_embedding(input_ids, weights, vocab_size, extra_embeddings, *args, **kwargs)
         batch = self._plan(self.get_batch_info(LoRABatchLayout.DP_LOCAL))
         return lora_embedding_a(input_ids, weights, vocab_size, extra_embeddings, batch)
