@@ -116,3 +116,14 @@ class LoraInfoCollector:
             family.add_metric([labels["max_lora"], labels["running_lora_adapters"],
                                labels["waiting_lora_adapters"]], value)
         yield family
+
+
+def metrics_registry(directory: str):
+    """What SGLang serves on ``/metrics`` (its processes' prometheus_client files in ``directory``)
+    plus ``LoraInfoCollector``: a fresh registry to mount in its place."""
+    from prometheus_client import CollectorRegistry, multiprocess
+
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)
+    registry.register(LoraInfoCollector(directory))
+    return registry

@@ -10,7 +10,7 @@ import itertools
 import os
 import re
 
-from sglang_mint.residency.lora_requests_info import LoraInfoCollector, adapter_name, engine_state, write_state
+from sglang_mint.residency.lora_requests_info import adapter_name, engine_state, metrics_registry, write_state
 
 
 class LoraInfoWriter:
@@ -45,7 +45,7 @@ def _after_add_prometheus_middleware(result, app, *args, **kwargs):
 
     SGLang's ``add_prometheus_middleware`` mounts ``make_asgi_app`` over a fresh registry with
     its multiprocess collector; we mount the same plus ours in its place."""
-    from prometheus_client import CollectorRegistry, make_asgi_app, multiprocess
+    from prometheus_client import make_asgi_app
     from starlette.routing import Mount
 
     from sglang_mint.sglang.flags import mint_config
@@ -54,9 +54,7 @@ def _after_add_prometheus_middleware(result, app, *args, **kwargs):
     # SGLang sets app.server_args in single-tokenizer mode, the only one --enable-mint allows.
     if directory is None or mint_config(getattr(app, "server_args", None)) is None:
         return result
-    registry = CollectorRegistry()
-    multiprocess.MultiProcessCollector(registry)
-    registry.register(LoraInfoCollector(directory))
+    registry = metrics_registry(directory)
     for i, route in enumerate(app.routes):
         if isinstance(route, Mount) and route.path == "/metrics":
             mount = Mount("/metrics", make_asgi_app(registry=registry))
