@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from types import SimpleNamespace
 
 from sglang_mint.sglang import hooks
 
@@ -22,6 +23,31 @@ def test_every_row_names_a_role_and_modules_of_the_glue():
         assert row.role in {h.role for h in hooks.HOOKS}, row
         assert row.names and all(name.strip() == name for name in row.names.split(", ")), row
         assert {m.strip() for m in row.module.split(",")} <= glue, row
+
+
+def test_sglang_s_own_objects_hold_what_the_instance_rows_name():
+    """No server: SGLang's real LoRA pool and MoE LoRA layer (bench/_standin_pool.py builds them on CPU)
+    and its LoRA registry have every attribute INTERNALS names on them."""
+    from sglang.srt.lora.layers import FusedMoEWithLoRA
+    from sglang.srt.lora.lora_registry import LoRARegistry
+    from transformers import Qwen3MoeConfig
+
+    from sglang_mint.sglang.mint_moe import moe_layer_of
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+    from _standin_pool import standin_base_and_modules, standin_pool, tp1
+
+    cfg = Qwen3MoeConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         head_dim=8, vocab_size=64, moe_intermediate_size=16, num_experts=4, num_experts_per_tok=2,
+                         intermediate_size=40, mlp_only_layers=[])
+    with tp1():
+        base, modules = standin_base_and_modules(cfg)
+        pool = standin_pool(cfg, base, 8, {"qkv_proj", "o_proj", "gate_up_proj", "down_proj"})
+        moe = moe_layer_of(SimpleNamespace(lora_modules=modules))
+        assert isinstance(moe, FusedMoEWithLoRA)
+        hooks.verify_internals("scheduler", memory_pool=pool, moe_layer=moe)
+        hooks.verify_internals("frontend", lora_registry=LoRARegistry())
+    assert moe_layer_of(None) is None  # LoRA off: nothing to check
 
 
 def test_an_internal_sglang_lacks_refuses_startup():
