@@ -76,8 +76,11 @@ def family_of(model_dir: str | Path) -> str:
     return {"qwen3_moe": "qwen3-moe", "deepseek_v3": "deepseek-v3"}[model_type]
 
 
-def write_tiny_moe(out: str | Path, family: str = "qwen3-moe", seed: int = 0) -> Path:
-    """Write a tiny random MoE model (fp32 safetensors) of ``family`` with tokenizer and chat template."""
+def write_tiny_moe(out: str | Path, family: str = "qwen3-moe", seed: int = 0, **config) -> Path:
+    """Write a tiny random MoE model (fp32 safetensors) of ``family`` with tokenizer and chat template.
+
+    ``config`` overrides the family's tiny config, e.g. ``num_experts=128, num_hidden_layers=8``
+    for a Qwen3-MoE whose per-expert adapters have thousands of tensors."""
     import torch
 
     if family not in FAMILIES:
@@ -91,12 +94,12 @@ def write_tiny_moe(out: str | Path, family: str = "qwen3-moe", seed: int = 0) ->
     if family == "qwen3-moe":
         from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
 
-        model = Qwen3MoeForCausalLM(Qwen3MoeConfig(**ids, **TINY_QWEN3_MOE))
+        model = Qwen3MoeForCausalLM(Qwen3MoeConfig(**ids, **{**TINY_QWEN3_MOE, **config}))
     else:
         from transformers import DeepseekV3Config, DeepseekV3ForCausalLM
 
-        config = DeepseekV3Config(**ids, **TINY_DEEPSEEK_V3, rope_parameters=dict(DEEPSEEK_ROPE))
-        model = DeepseekV3ForCausalLM(config)
+        model = DeepseekV3ForCausalLM(DeepseekV3Config(**ids, **{**TINY_DEEPSEEK_V3, **config},
+                                                       rope_parameters=dict(DEEPSEEK_ROPE)))
         with torch.no_grad():  # noaux_tc routing bias: non-zero, so SGLang must read it
             gen = torch.Generator().manual_seed(seed + 1)
             for layer in model.model.layers:
