@@ -1,7 +1,10 @@
 """The plugin's registration and launch flags, checked in a fresh interpreter.
 
-Each check runs in a subprocess: loading SGLang's plugins applies hooks to the
-process, which must not leak into the test runner.
+Each check runs in a process of its own: loading SGLang's plugins applies hooks to the
+process, which must not leak into the test runner or into the next check. The processes
+are forked from one that imported SGLang and loaded no plugin (forked_python.py), so the
+module pays SGLang's import once; `mint`'s flags in `launch_server --help` still come from
+a real `python -m sglang.launch_server`.
 """
 
 from __future__ import annotations
@@ -9,13 +12,27 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import textwrap
 
 import pytest
+from forked_python import ForkedPython
+
+# What the checks import; none of these loads SGLang's plugins.
+SGLANG_MODULES = ["sglang.srt.server_args", "sglang.srt.plugins", "sglang.srt.plugins.hook_registry",
+                  "sglang.srt.lora.backend.lora_registry", "sglang.srt.runtime_context",
+                  "sglang.srt.managers.scheduler", "sglang.srt.managers.detokenizer_manager",
+                  "sglang.srt.managers.data_parallel_controller"]
 
 
-def run_py(code: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=300)
+@pytest.fixture(scope="module")
+def forked():
+    # HF_HUB_OFFLINE is read when huggingface_hub is imported, which is now, in the server.
+    with ForkedPython(SGLANG_MODULES, env={"HF_HUB_OFFLINE": "1"}) as py:
+        yield py
+
+
+@pytest.fixture
+def run_py(forked):
+    return forked.run
 
 
 def test_entry_point_is_discoverable():
@@ -27,7 +44,7 @@ def test_entry_point_is_discoverable():
 
 
 @pytest.fixture(scope="module")
-def flag_results(tiny_model, tmp_path_factory):
+def flag_results(tiny_model, tmp_path_factory, forked):
     """Parse a set of command lines with SGLang's own parser, plugins loaded once."""
     from sglang_mint.catalog import init_catalog
 
@@ -74,7 +91,7 @@ def flag_results(tiny_model, tmp_path_factory):
         "bad_concurrent_uploads": ["--model-path", str(tiny_model), "--enable-lora", "--enable-mint",
                                    "--mint-catalog", str(catalog_dir), "--mint-max-concurrent-uploads", "0"],
     }
-    proc = run_py(f"""
+    proc = forked.run(f"""
         import contextlib, io, json, pickle
         from sglang.srt.plugins import load_plugins
         from sglang.srt.plugins.hook_registry import HookRegistry
@@ -157,7 +174,7 @@ def test_help_lists_the_flags():
         assert text in proc.stdout
 
 
-def test_each_process_hooks_only_what_runs_in_it():
+def test_each_process_hooks_only_what_runs_in_it(run_py):
     """The role comes from hooks SGLang calls in its real process entry points, not from the stack.
 
     Each entry point runs its real ``load_plugins()`` (our entry point: the rows every process
@@ -217,7 +234,7 @@ def test_each_process_hooks_only_what_runs_in_it():
     assert not any("Scheduler" in t or "openai" in t or "lora.lora" in t for t in detok["targets"])
 
 
-def test_a_process_announced_with_a_hook_missing_refuses_to_start():
+def test_a_process_announced_with_a_hook_missing_refuses_to_start(run_py):
     """The check runs in the announcement itself, so it cannot be skipped by a role it got wrong:
     a scheduler announced with --enable-mint whose hook SGLang could not apply stops there."""
     proc = run_py("""
@@ -244,7 +261,7 @@ def test_a_process_announced_with_a_hook_missing_refuses_to_start():
     assert lines[1].startswith("REFUSED") and "Scheduler.get_internal_state" in lines[1]
 
 
-def test_a_hook_sglang_could_not_apply_refuses_startup():
+def test_a_hook_sglang_could_not_apply_refuses_startup(run_py):
     """SGLang logs a target it cannot hook and carries on; each process of ours refuses instead."""
     proc = run_py("""
         from sglang.srt.plugins.hook_registry import HookRegistry
@@ -275,7 +292,7 @@ def test_a_hook_sglang_could_not_apply_refuses_startup():
     assert "CONTROL OK" in proc.stdout, proc.stderr[-3000:]
 
 
-def test_the_dp_controller_refuses_to_start_without_its_dispatch_hook():
+def test_the_dp_controller_refuses_to_start_without_its_dispatch_hook(run_py):
     """The DP controller is a process of its own: a dispatch hook SGLang could not apply would
     turn adapter affinity into round robin without a word, so the controller refuses to start."""
     proc = run_py("""
