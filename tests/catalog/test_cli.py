@@ -1,5 +1,12 @@
-"""`mint catalog ...` through a subprocess, with --json."""
+"""`mint catalog ...`, with --json.
 
+The commands run in-process through the CLI's own main(argv), with its stdout, stderr and exit
+status captured as a subprocess's would be; test_python_m_runs_the_cli runs the real
+`python -m sglang_mint.cli` once, for the entry point itself.
+"""
+
+import contextlib
+import io
 import json
 import subprocess
 import sys
@@ -7,12 +14,19 @@ import sys
 import pytest
 from catalog_fixtures import write_peft
 
+from sglang_mint.cli import main
+
 SUBCOMMANDS = ["init", "import", "publish", "rollback", "show", "list", "stats", "verify", "gc", "synth", "delete"]
 
 
 def mint(*args, check=True):
-    p = subprocess.run([sys.executable, "-m", "sglang_mint.cli", "catalog", *args], capture_output=True, text=True,
-                       timeout=120)
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            rc = main(["catalog", *args])
+        except SystemExit as exc:  # argparse: --help, usage errors
+            rc = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    p = subprocess.CompletedProcess(["mint", "catalog", *args], rc, out.getvalue(), err.getvalue())
     if check:
         assert p.returncode == 0, p.stderr
     return p
@@ -37,6 +51,15 @@ def test_every_subcommand_has_help():
     for cmd in SUBCOMMANDS:
         p = mint(cmd, "--help")
         assert "--json" in p.stdout and "usage: mint catalog " + cmd in p.stdout
+
+
+def test_python_m_runs_the_cli(tmp_path):
+    p = subprocess.run([sys.executable, "-m", "sglang_mint.cli", "catalog", "stats", str(tmp_path)],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and p.stderr.startswith("mint: error: ") and "is not a catalog" in p.stderr, p.stderr
+    p = subprocess.run([sys.executable, "-m", "sglang_mint.cli", "catalog", "init", "--help"],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0 and "usage: mint catalog init" in p.stdout, p.stderr
 
 
 def test_cli_end_to_end(tmp_path, cli_cat):
