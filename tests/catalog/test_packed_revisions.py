@@ -5,10 +5,10 @@ sglang_mint.packed, and stored as two blobs (adapter_config.json,
 adapter.mintpack); the view is those two files as hard links.
 """
 
+import contextlib
+import io
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -18,6 +18,7 @@ from test_import import CASES, _bad_cases
 
 from sglang_mint.catalog import init_catalog
 from sglang_mint.catalog.errors import AdapterNotFound, RevisionConflict
+from sglang_mint.cli import main
 from sglang_mint.packed import PACKED_FILE, read_packed
 from sglang_mint.packed.convert import unpack_tensors
 from sglang_mint.packed.reader import read_header
@@ -180,11 +181,12 @@ def test_cli_import_and_publish_pack(tmp_path):
     for i in range(2):
         write_peft(tmp_path / "in" / f"ad{i}", seed=i, rank=2)
 
-    def mint(*args):
-        p = subprocess.run([sys.executable, "-m", "sglang_mint.cli", "catalog", *args, "--json"],
-                           capture_output=True, text=True, timeout=120)
-        assert p.returncode == 0, p.stderr
-        return json.loads(p.stdout)
+    def mint(*args):  # in-process, as test_cli.py runs the CLI
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            rc = main(["catalog", *args, "--json"])
+        assert rc == 0, err.getvalue()
+        return json.loads(out.getvalue())
 
     out = mint("import", root, "--from-dir", str(tmp_path / "in"), "--namespace", "acme", "--pack", "--no-progress")
     assert [(r["adapter_id"], r["format"]) for r in out["imported"]] == [("acme/ad0", "packed"), ("acme/ad1", "packed")]
