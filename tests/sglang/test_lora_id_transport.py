@@ -8,27 +8,34 @@ import textwrap
 
 
 def test_the_catalog_lora_id_survives_pickle_and_msgpack_ipc():
+    # One interpreter for both encodings (SGLang's import is most of the cost): SGLANG_USE_PICKLE_IPC
+    # is read on every call (envs.SGLANG_USE_PICKLE_IPC.get(), our frontend) and once at import,
+    # into io_struct._USE_PICKLE_IPC, which sock_send / sock_recv read on every message; setting
+    # both is what a process started with the variable at 0 sees.
     code = textwrap.dedent("""
-        import os, pickle, sys
-        os.environ["SGLANG_USE_PICKLE_IPC"] = sys.argv[1]
+        import os
+        os.environ["SGLANG_USE_PICKLE_IPC"] = "1"
+        import zmq
         from sglang.srt.managers import io_struct
         from sglang_mint.catalog.store import Revision
-        from sglang_mint.lora_id import CatalogLoraId
         from sglang_mint.lora_id import RevisionName
         from sglang_mint.sglang.frontend import CatalogFrontend
+        assert io_struct._USE_PICKLE_IPC is True
         rev = Revision("acme/bot", 3, 1.0, "peft", 8, 16.0, "q_proj", "float16", 10, "{}", "ab" * 32, "{}", 99, 4)
-        lora_id = CatalogFrontend.lora_id_of(RevisionName(rev))
-        msg = io_struct.UnloadLoRAAdapterReqInput(lora_name="acme/bot@3", lora_id=lora_id)
-        if io_struct._USE_PICKLE_IPC:
-            back = pickle.loads(pickle.dumps(msg)).lora_id
-        else:
-            back = io_struct.msgpack_decode(io_struct.msgpack_encode(msg)).lora_id
-        print(type(back).__name__, back, getattr(getattr(back, "revision", None), "loaded_bytes", None))
+        ctx = zmq.Context.instance()
+        send, recv = ctx.socket(zmq.PAIR), ctx.socket(zmq.PAIR)
+        send.bind("inproc://ipc")
+        recv.connect("inproc://ipc")
+        for pickle_ipc in ("1", "0"):
+            os.environ["SGLANG_USE_PICKLE_IPC"] = pickle_ipc
+            io_struct._USE_PICKLE_IPC = pickle_ipc == "1"
+            lora_id = CatalogFrontend.lora_id_of(RevisionName(rev))
+            io_struct.sock_send(send, io_struct.UnloadLoRAAdapterReqInput(lora_name="acme/bot@3", lora_id=lora_id))
+            back = io_struct.sock_recv(recv).lora_id
+            print(pickle_ipc, type(back).__name__, back, getattr(getattr(back, "revision", None), "loaded_bytes", None))
     """)
-    seen = {}
-    for pickle_ipc in ("1", "0"):
-        p = subprocess.run([sys.executable, "-c", code, pickle_ipc], capture_output=True, text=True, timeout=300)
-        assert p.returncode == 0, p.stderr[-3000:]
-        seen[pickle_ipc] = p.stdout.split()
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    seen = {line.split()[0]: line.split()[1:] for line in p.stdout.splitlines()}
     assert seen["1"] == ["CatalogLoraId", "mint:acme/bot@3", "99"]  # the record rides along
     assert seen["0"] == ["str", "mint:acme/bot@3", "None"]  # msgpack: the plain id, looked up by the scheduler
