@@ -1,20 +1,30 @@
 """hooks.INTERNALS is checked at startup: a private SGLang attribute the glue needs and this SGLang
-lacks refuses the process that uses it, naming it. No server: each check runs in a fresh interpreter,
-so what it deletes from SGLang's modules does not leak into the test runner."""
+lacks refuses the process that uses it, naming it. No server: each check runs in a fresh process,
+so what it deletes from SGLang's modules does not leak into the test runner or the next check; the
+processes are forked from one that imported SGLang and loaded no plugin (forked_python.py), so the
+module pays SGLang's import once."""
 
 from __future__ import annotations
 
-import subprocess
 import sys
-import textwrap
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
+from forked_python import ForkedPython
+
 from sglang_mint.sglang import hooks
 
+# What the checks import; none of these loads SGLang's plugins.
+SGLANG_MODULES = ["sglang.srt.plugins", "sglang.srt.plugins.hook_registry", "sglang.srt.runtime_context",
+                  "sglang.srt.lora.mem_pool", "sglang.srt.lora.lora_moe_runners", "sglang.srt.utils.auth",
+                  "sglang.srt.managers.scheduler", "sglang.srt.managers.data_parallel_controller"]
 
-def run_py(code: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=300)
+
+@pytest.fixture(scope="module")
+def run_py():
+    with ForkedPython(SGLANG_MODULES) as py:
+        yield py.run
 
 
 def test_every_row_names_a_role_and_modules_of_the_glue():
@@ -50,7 +60,7 @@ def test_sglang_s_own_objects_hold_what_the_instance_rows_name():
     assert moe_layer_of(None) is None  # LoRA off: nothing to check
 
 
-def test_an_internal_sglang_lacks_refuses_startup():
+def test_an_internal_sglang_lacks_refuses_startup(run_py):
     """A module attribute (the packed fill's switch), a class's (AuthLevel.ADMIN_OPTIONAL) and an
     instance's (a tokenizer manager without lora_ref_cache) are each named; with everything in
     place, the same checks refuse nothing."""
@@ -93,7 +103,7 @@ def test_an_internal_sglang_lacks_refuses_startup():
     assert "REFUSED class" in out and "sglang.srt.utils.auth.AuthLevel.ADMIN_OPTIONAL" in out
 
 
-def test_the_startup_hooks_check_their_instances_with_enable_mint_only():
+def test_the_startup_hooks_check_their_instances_with_enable_mint_only(run_py):
     """The DP controller's __init__ (AFTER) hook checks the controller: one without _active_workers is
     refused with --enable-mint and passes as stock; a complete one passes."""
     proc = run_py("""
@@ -124,7 +134,7 @@ def test_the_startup_hooks_check_their_instances_with_enable_mint_only():
     assert "CONTROL OK" in out, proc.stderr[-3000:]
 
 
-def test_a_process_announced_with_an_internal_missing_refuses_to_start():
+def test_a_process_announced_with_an_internal_missing_refuses_to_start(run_py):
     """publish(role="scheduler") with --enable-mint checks the module rows right there."""
     proc = run_py("""
         from types import SimpleNamespace
