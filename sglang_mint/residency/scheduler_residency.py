@@ -345,6 +345,12 @@ class SchedulerResidency:
         return False
 
     def status(self) -> dict:
+        # Read on the loop (SGLang answers get_internal_state inside ingest_requests, before the
+        # iteration's install_ready): requests that ended since the last iteration let go first,
+        # so a read right after the last response reports none in use. Under tensor parallelism
+        # the ranks let go together, at the next agreed iteration.
+        if self.agreement is None:
+            self._drain_released()
         return {
             "requests": self.requests,
             "hit_rate": None if not self.requests else round(1 - self.misses / self.requests, 4),
