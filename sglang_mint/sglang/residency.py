@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import logging
 import os
-import time
-import weakref
 
 from sglang_mint.config import MintConfig
 from sglang_mint.lora_id import is_catalog_lora_id, lora_name_of
 from sglang_mint.residency.host_bytes import node_status
+from sglang_mint.residency.request_holds import admit, on_arrival, release_hold
 from sglang_mint.residency.scheduler_residency import SchedulerResidency
 from sglang_mint.sglang.adapter_reader import attach_adapter, read_adapter
 
@@ -81,42 +80,6 @@ def scheduler_residency(scheduler, config: MintConfig) -> SchedulerResidency:
         path = state_path(os.environ["PROMETHEUS_MULTIPROC_DIR"], get_parallel().dp_rank or 0)
         scheduler._mint_lora_info = LoraInfoWriter(path, scheduler.max_loras_per_batch, manager, residency)
     return residency
-
-
-def release_hold(req) -> None:
-    """The request ended: let go of its adapter (a no-op after the first call, or for others)."""
-    hold = getattr(req, "_mint_hold", None)
-    if hold is not None:
-        req._mint_hold = None
-        hold()
-
-
-def on_arrival(residency: SchedulerResidency, req) -> None:
-    """A catalog adapter's request entered the queue: hold its adapter until ``req`` ends."""
-    lora_id = req.lora_id
-    resident = residency.on_arrival(lora_id)
-    # Called once: by release_hold when the request ends, or by the collector if it never does.
-    req._mint_hold = weakref.finalize(req, residency.release, req.rid, lora_id)
-    req._mint_hold.atexit = False
-    if not resident:
-        req._mint_waiting_since = time.monotonic()
-
-
-def admit(residency: SchedulerResidency, req) -> bool | None:
-    """Admission for a catalog adapter's request: None = ask SGLang, False = wait, True = finished."""
-    decision = residency.admit(req.lora_id)
-    if decision is None:
-        waited_since = getattr(req, "_mint_waiting_since", None)
-        if waited_since is not None:
-            req._mint_waiting_since = None
-            residency.metrics.queue_wait_seconds.observe(time.monotonic() - waited_since)
-        return None
-    if decision is False:
-        return False
-    # Finish it with the reason; it runs as a one-token base-model prefill.
-    req.set_finish_with_abort(decision, status_code=422, err_type="AdapterLoadError")
-    req.lora_id = None
-    return True
 
 
 # -- hooks ---------------------------------------------------------------------
