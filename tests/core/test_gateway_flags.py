@@ -34,7 +34,8 @@ def test_advertise_url_needs_a_gateway():
     assert (config.gateway, config.advertise_url) == ("http://gw:30080", "http://10.0.0.5:30000")
 
 
-def test_the_default_advertise_url_is_the_address_the_server_binds():
+def test_the_default_advertise_url_is_the_address_the_server_binds(monkeypatch):
     assert engine_url("127.0.0.1", 30000) == "http://127.0.0.1:30000"
     assert engine_url("::1", 30000) == "http://[::1]:30000"
-    assert engine_url("0.0.0.0", 30000) == f"http://{socket.gethostname()}:30000"
+    monkeypatch.setattr(socket, "gethostname", lambda: "engine-7")
+    assert engine_url("", 30000) == "http://engine-7:30000"  # bound to every interface: the host's name
