@@ -17,3 +17,25 @@ class InvalidAdapterId(MintError):
 
 class AdapterNotFound(MintError):
     http_status = 404
+
+
+class HooksNotApplied(MintError):
+    """A row of sglang/hooks.py's HOOKS SGLang did not apply, or one of INTERNALS it lacks: this process
+    refuses to start."""
+    http_status = 500
+
+
+def refusal(what: str, role: str) -> HooksNotApplied:
+    return HooksNotApplied(
+        f"sglang-mint could not {what} in the {role} process, so it would run half installed; refusing to "
+        "start. This SGLang is not the version sglang-mint supports (sglang==0.5.23), or another plugin "
+        "replaced these targets.")
+
+
+def has_attribute(owner, name: str) -> bool:
+    """``owner`` has the attribute ``name`` ("a.b": b of a; a class's dataclass fields count)."""
+    for part in name.split("."):
+        if not hasattr(owner, part) and part not in getattr(owner, "__annotations__", {}):
+            return False
+        owner = getattr(owner, part, None)
+    return True

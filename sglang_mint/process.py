@@ -198,3 +198,22 @@ def thread_binding(ranks: int, cores: list[int]) -> str | None:
         return None
     share = len(cores) // ranks
     return "|".join(",".join(str(c) for c in cores[i * share:(i + 1) * share]) for i in range(ranks))
+
+
+def default_thread_binding(server_args) -> None:
+    """Set SGLANG_CPU_OMP_THREADS_BIND for a CPU server with more ranks than NUMA nodes (the
+    launcher's environment reaches every scheduler process it spawns). An explicit value wins.
+    ``server_args``: SGLang's ServerArgs (device, tp_size, dp_size, pp_size); SGLang's CPU
+    init_threads_binding asserts ranks <= NUMA nodes without it (sglang/cpu_compat.py)."""
+    import logging
+
+    if getattr(server_args, "device", None) != "cpu" or os.environ.get("SGLANG_CPU_OMP_THREADS_BIND"):
+        return
+    ranks = (server_args.tp_size or 1) * (server_args.dp_size or 1) * (getattr(server_args, "pp_size", 1) or 1)
+    if ranks <= numa_nodes():
+        return
+    binding = thread_binding(ranks, sorted(os.sched_getaffinity(0)))
+    if binding is not None:
+        os.environ["SGLANG_CPU_OMP_THREADS_BIND"] = binding
+        logging.getLogger("sglang_mint").info("SGLANG_CPU_OMP_THREADS_BIND=%s (one share of the cores per rank)",
+                                              binding)

@@ -19,9 +19,9 @@ SGLang's ``/metrics`` merges the processes' prometheus_client files, where a
 label set once written stays forever: a gauge labelled by the adapter sets
 would grow a series per combination ever seen. So each scheduler (TP rank 0 of
 each DP rank) writes its current state to a small JSON file beside those files
-when it changes (``engine_state``, ``write_state``; the writer that reads
-SGLang's LoRA manager is sglang_mint/sglang/lora_info.py), and the HTTP process
-renders the one merged series at each scrape (``LoraInfoCollector``), e.g.
+when it changes (``engine_state``, ``write_state``; ``LoraInfoWriter``, over
+the engine's LoRA manager), and the HTTP process renders the one merged series
+at each scrape (``LoraInfoCollector``), e.g.
 ``mint_lora_info.dp0.json``::
 
     {"time": 1764500000.1, "max_lora": 8, "running": ["acme/bot"], "waiting": ["acme/new"]}
@@ -30,6 +30,7 @@ renders the one merged series at each scrape (``LoraInfoCollector``), e.g.
 from __future__ import annotations
 
 import glob
+import itertools
 import json
 import os
 import time
@@ -74,6 +75,33 @@ def write_state(path: str, state: dict) -> None:
     with open(tmp, "w") as f:
         json.dump(state, f)
     os.replace(tmp, path)  # a scrape reads the old state or the new one, never half
+
+
+class LoraInfoWriter:
+    """One scheduler's side: ``refresh()`` on every loop iteration, a file write only on a change.
+    ``manager`` is the engine's LoRA manager (its ``memory_pool.buffer_id_to_uid``, ``lora_refs``)."""
+
+    def __init__(self, path: str, max_lora: int, manager, residency):
+        self.path = path
+        self.max_lora = max_lora
+        self.manager = manager
+        self.residency = residency
+        self._last = None
+
+    def refresh(self) -> None:
+        pool = self.manager.memory_pool
+        if pool is None:
+            return
+        r = self.residency
+        # Cheap to compare every iteration: the pool's slots (max_loras_per_batch of them) and counters
+        # that move whenever a read is queued, started, installed or failed.
+        key = (tuple(pool.buffer_id_to_uid), len(r.wanted), len(r.reading), r.read_seq, r.installed_total,
+               r.loader.failed_total)
+        if key == self._last:
+            return
+        self._last = key
+        running = [adapter_name(uid, self.manager.lora_refs) for uid in pool.buffer_id_to_uid]
+        write_state(self.path, engine_state(self.max_lora, running, itertools.chain(r.reading, r.wanted)))
 
 
 def read_states(directory: str) -> list[dict]:

@@ -26,7 +26,8 @@ def _pin_memory_noop(self, *args, **kwargs):
 # Two things stop `--tp-size 2 --device cpu` in stock SGLang 0.5.23: init_model_parallel_group
 # decides use_pynccl without looking at the device (a PyNcclCommunicator on CPU raises "Expected a
 # cuda device"; without it, all-reduce goes to the group's gloo backend), and init_threads_binding
-# asserts ranks <= NUMA nodes unless SGLANG_CPU_OMP_THREADS_BIND gives each rank its cores.
+# asserts ranks <= NUMA nodes unless SGLANG_CPU_OMP_THREADS_BIND gives each rank its cores
+# (process.py's default_thread_binding, called from flags.py, sets it).
 _USE_PYNCCL_POSITION = 3  # init_model_parallel_group(group_ranks, local_rank, backend, use_pynccl, ...)
 
 
@@ -36,23 +37,3 @@ def _around_init_model_parallel_group(original, *args, **kwargs):
     else:
         kwargs["use_pynccl"] = False
     return original(*args, **kwargs)
-
-
-def default_thread_binding(server_args) -> None:
-    """Set SGLANG_CPU_OMP_THREADS_BIND for a CPU server with more ranks than NUMA nodes (the
-    launcher's environment reaches every scheduler process it spawns). An explicit value wins."""
-    import logging
-    import os
-
-    from sglang_mint.process import numa_nodes, thread_binding
-
-    if getattr(server_args, "device", None) != "cpu" or os.environ.get("SGLANG_CPU_OMP_THREADS_BIND"):
-        return
-    ranks = (server_args.tp_size or 1) * (server_args.dp_size or 1) * (getattr(server_args, "pp_size", 1) or 1)
-    if ranks <= numa_nodes():
-        return
-    binding = thread_binding(ranks, sorted(os.sched_getaffinity(0)))
-    if binding is not None:
-        os.environ["SGLANG_CPU_OMP_THREADS_BIND"] = binding
-        logging.getLogger("sglang_mint").info("SGLANG_CPU_OMP_THREADS_BIND=%s (one share of the cores per rank)",
-                                              binding)

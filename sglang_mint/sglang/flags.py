@@ -29,7 +29,7 @@ def _after_add_cli_args(result, parser, *args, **kwargs):
 
 
 def _after_from_cli_args(server_args, cls, namespace, *args, **kwargs):
-    from sglang_mint.sglang.cpu_compat import default_thread_binding
+    from sglang_mint.process import default_thread_binding
 
     default_thread_binding(server_args)  # with or without --enable-mint, like the other CPU fixes
     try:

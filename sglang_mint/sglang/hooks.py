@@ -21,7 +21,7 @@ import importlib
 import pkgutil
 from typing import NamedTuple
 
-from sglang_mint.errors import MintError
+from sglang_mint.errors import HooksNotApplied, has_attribute, refusal  # noqa: F401 - hooks.HooksNotApplied
 
 
 class Hook(NamedTuple):
@@ -227,18 +227,6 @@ def _before_publish(context, server_args, *args, role: str | None = None, **kwar
     return None
 
 
-class HooksNotApplied(MintError):
-    """A row of HOOKS SGLang did not apply, or one of INTERNALS it lacks: this process refuses to start."""
-    http_status = 500
-
-
-def _refusal(what: str, role: str) -> HooksNotApplied:
-    return HooksNotApplied(
-        f"sglang-mint could not {what} in the {role} process, so it would run half installed; refusing to "
-        "start. This SGLang is not the version sglang-mint supports (sglang==0.5.23), or another plugin "
-        "replaced these targets.")
-
-
 def verify_applied(role: str) -> None:
     """Raise HooksNotApplied naming every target SGLang failed to hook in this process."""
     import torch
@@ -246,16 +234,7 @@ def verify_applied(role: str) -> None:
 
     missing = sorted({h.target for h in hooks_for(role, torch.cuda.is_available())} - HookRegistry._patched)
     if missing:
-        raise _refusal(f"hook {', '.join(missing)}", role)
-
-
-def _has(owner, name: str) -> bool:
-    """``owner`` has the attribute ``name`` ("a.b": b of a; a class's dataclass fields count)."""
-    for part in name.split("."):
-        if not hasattr(owner, part) and part not in getattr(owner, "__annotations__", {}):
-            return False
-        owner = getattr(owner, part, None)
-    return True
+        raise refusal(f"hook {', '.join(missing)}", role)
 
 
 def verify_internals(role: str, **instances) -> None:
@@ -271,9 +250,9 @@ def verify_internals(role: str, **instances) -> None:
         except (ImportError, AttributeError):
             missing.append(row.owner)
             continue
-        missing += [f"{row.owner}.{name}" for name in row.names.split(", ") if not _has(owner, name)]
+        missing += [f"{row.owner}.{name}" for name in row.names.split(", ") if not has_attribute(owner, name)]
     if missing:
-        raise _refusal(f"find {', '.join(missing)}", role)
+        raise refusal(f"find {', '.join(missing)}", role)
 
 
 def verify_startup(role: str, **instances) -> None:

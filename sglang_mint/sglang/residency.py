@@ -74,8 +74,7 @@ def scheduler_residency(scheduler, config: MintConfig) -> SchedulerResidency:
         share=share, tp_rank=tp.rank_in_group)
     if metrics_enabled() and tp.rank_in_group == 0:
         # vLLM's lora_requests_info gauge for llm-d (lora_info.py): one writer per DP rank
-        from sglang_mint.residency.lora_requests_info import state_path
-        from sglang_mint.sglang.lora_info import LoraInfoWriter
+        from sglang_mint.residency.lora_requests_info import LoraInfoWriter, state_path
 
         path = state_path(os.environ["PROMETHEUS_MULTIPROC_DIR"], get_parallel().dp_rank or 0)
         scheduler._mint_lora_info = LoraInfoWriter(path, scheduler.max_loras_per_batch, manager, residency)

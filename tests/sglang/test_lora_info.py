@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 from sglang_mint.residency.lora_requests_info import (MAX_WAITING_NAMES, LoraInfoCollector, adapter_name, merged_labels,
                                                       read_states, state_path, write_state)
-from sglang_mint.sglang.lora_info import LoraInfoWriter
+from sglang_mint.residency.lora_requests_info import LoraInfoWriter
 
 
 def test_adapter_name_is_what_requests_put_in_model():
