@@ -31,8 +31,8 @@ def pytest_configure(config):
 
 
 # Servers shared across modules (tests/sglang/conftest.py): a test process starts each once, so
-# every test that uses one runs in the same process of the server lane (pytest-xdist --dist
-# loadgroup); any other test stays with its module, whose own servers are module-scoped.
+# under pytest-xdist --dist loadgroup every test that uses one runs in the same worker; any other
+# test stays with its module, whose own servers are module-scoped.
 SHARED_SERVERS = ("stock_server", "mint_server", "shared_catalog_server")
 
 

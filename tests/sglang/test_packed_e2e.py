@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 
 import pytest
 import requests
 import torch
 from safetensors.torch import save_file
 
+from sglang_mint.dev.server import SGLangServer
 from sglang_mint.packed import PACKED_FILE
 from sglang_mint.packed.convert import pack_folder
 
@@ -24,8 +26,13 @@ def packed(packed_tiny_adapters):
 
 
 @pytest.fixture(scope="module")
-def server(stock_server):
-    return stock_server
+def server(tiny_model, tiny_adapters, packed, tmp_path_factory):
+    """Its own stock server: the checks below compare outputs bit for bit, and an adapter served
+    from another pool slot (another module's requests moved it) sums in another order."""
+    paths = {**tiny_adapters, **{f"packed-{k}": v for k, v in packed.items()}}
+    log = tmp_path_factory.mktemp("packed-server") / "server.log"
+    with SGLangServer(tiny_model, lora_paths=paths, enable_mint=False, log_path=log, python=sys.executable) as s:
+        yield s
 
 
 def complete(server, model):
