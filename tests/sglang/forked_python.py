@@ -84,3 +84,30 @@ class ForkedPython:
         self.proc.stdin.close()
         self.proc.wait(timeout=60)
         self.dir.cleanup()
+
+
+def publish_as_scheduler_without(run_py, module: str, target: str) -> list[str]:
+    """Load the plugins, delete ``target`` ("name" or "Class.name") of SGLang module ``module`` (as if
+    SGLang had renamed it), then announce a scheduler with ``publish(role="scheduler")`` twice: stock, then with
+    --enable-mint. Returns the two outcome lines, "PUBLISHED <error>" or "REFUSED <message>"."""
+    proc = run_py(f"""
+        from types import SimpleNamespace
+        from sglang.srt import runtime_context
+        from sglang.srt.plugins import load_plugins
+        import {module} as sglang_module
+        from sglang_mint.config import MintConfig
+        from sglang_mint.sglang import hooks
+
+        load_plugins()
+        del sglang_module.{target}
+        for args in (SimpleNamespace(), SimpleNamespace(_mint=MintConfig())):  # stock, then --enable-mint
+            try:
+                runtime_context.publish(args, role="scheduler")
+            except hooks.HooksNotApplied as exc:
+                print("REFUSED", exc)
+            except Exception as exc:  # past our check, SGLang's own publish fails on these arguments
+                print("PUBLISHED", type(exc).__name__)
+    """)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(("REFUSED", "PUBLISHED"))]
+    assert len(lines) == 2, proc.stdout[-2000:] + proc.stderr[-3000:]
+    return lines

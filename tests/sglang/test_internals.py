@@ -11,7 +11,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from forked_python import ForkedPython
+from forked_python import ForkedPython, publish_as_scheduler_without
 
 from sglang_mint.sglang import hooks
 
@@ -136,25 +136,6 @@ def test_the_startup_hooks_check_their_instances_with_enable_mint_only(run_py):
 
 def test_a_process_announced_with_an_internal_missing_refuses_to_start(run_py):
     """publish(role="scheduler") with --enable-mint checks the module rows right there."""
-    proc = run_py("""
-        from types import SimpleNamespace
-        from sglang.srt import runtime_context
-        from sglang.srt.lora import lora_moe_runners
-        from sglang.srt.plugins import load_plugins
-        from sglang_mint.config import MintConfig
-        from sglang_mint.sglang import hooks
-
-        load_plugins()
-        del lora_moe_runners._naive_moe_lora_align_block_size  # as if SGLang had renamed it
-        for args in (SimpleNamespace(), SimpleNamespace(_mint=MintConfig())):  # stock, then --enable-mint
-            try:
-                runtime_context.publish(args, role="scheduler")
-            except hooks.HooksNotApplied as exc:
-                print("REFUSED", exc)
-            except Exception as exc:  # past our check, SGLang's own publish fails on these arguments
-                print("PUBLISHED", type(exc).__name__)
-    """)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(("REFUSED", "PUBLISHED"))]
-    assert len(lines) == 2, proc.stdout[-2000:] + proc.stderr[-3000:]
+    lines = publish_as_scheduler_without(run_py, "sglang.srt.lora.lora_moe_runners", "_naive_moe_lora_align_block_size")
     assert lines[0].startswith("PUBLISHED")  # without --enable-mint SGLang goes on as stock
     assert lines[1].startswith("REFUSED") and "_naive_moe_lora_align_block_size" in lines[1]

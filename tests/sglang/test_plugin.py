@@ -14,7 +14,7 @@ import subprocess
 import sys
 
 import pytest
-from forked_python import ForkedPython
+from forked_python import ForkedPython, publish_as_scheduler_without
 
 # What the checks import; none of these loads SGLang's plugins.
 SGLANG_MODULES = ["sglang.srt.server_args", "sglang.srt.plugins", "sglang.srt.plugins.hook_registry",
@@ -237,26 +237,7 @@ def test_each_process_hooks_only_what_runs_in_it(run_py):
 def test_a_process_announced_with_a_hook_missing_refuses_to_start(run_py):
     """The check runs in the announcement itself, so it cannot be skipped by a role it got wrong:
     a scheduler announced with --enable-mint whose hook SGLang could not apply stops there."""
-    proc = run_py("""
-        from types import SimpleNamespace
-        from sglang.srt import runtime_context
-        from sglang.srt.managers import scheduler
-        from sglang.srt.plugins import load_plugins
-        from sglang_mint.config import MintConfig
-        from sglang_mint.sglang import hooks
-
-        load_plugins()
-        del scheduler.Scheduler.get_internal_state  # as if SGLang had renamed it
-        for args in (SimpleNamespace(), SimpleNamespace(_mint=MintConfig())):  # stock, then --enable-mint
-            try:
-                runtime_context.publish(args, role="scheduler")
-            except hooks.HooksNotApplied as exc:
-                print("REFUSED", exc)
-            except Exception as exc:  # past our check, SGLang's own publish fails on these arguments
-                print("PUBLISHED", type(exc).__name__)
-    """)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(("REFUSED", "PUBLISHED"))]
-    assert len(lines) == 2, proc.stdout[-2000:] + proc.stderr[-3000:]
+    lines = publish_as_scheduler_without(run_py, "sglang.srt.managers.scheduler", "Scheduler.get_internal_state")
     assert lines[0].startswith("PUBLISHED")  # without --enable-mint SGLang goes on as stock
     assert lines[1].startswith("REFUSED") and "Scheduler.get_internal_state" in lines[1]
 
