@@ -30,20 +30,6 @@ def pytest_configure(config):
     SGLangServer.start = start_if_marked
 
 
-# Servers shared across modules (tests/sglang/conftest.py): a test process starts each once, so
-# under pytest-xdist --dist loadgroup every test that uses one runs in the same worker; any other
-# test stays with its module, whose own servers are module-scoped.
-SHARED_SERVERS = ("stock_server", "mint_server", "shared_catalog_server")
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(config, items):
-    for item in items:
-        if item.get_closest_marker("xdist_group") is None:
-            shared = [name for name in SHARED_SERVERS if name in item.fixturenames]
-            item.add_marker(pytest.mark.xdist_group(shared[0] if shared else str(item.path)))
-
-
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_setup(item):
     # Module- and session-scoped servers start in the setup of the first test that needs them.

@@ -1,7 +1,7 @@
 """End-to-end fixtures: real SGLang servers on CPU, the official openai client.
 
 Servers that differ only in what a request can carry are shared by every module of a
-test process (a pytest-xdist worker starts its own):
+test process:
 
 - ``stock_server``: without --enable-mint, the tiny adapters from --lora-paths as PEFT
   folders and as packed files (``packed-<name>``);
