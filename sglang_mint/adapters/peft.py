@@ -36,6 +36,7 @@ from typing import Any, Mapping
 
 from sglang_mint.adapters.base_model import BaseModel
 from sglang_mint.adapters.errors import BaseModelMismatch, InvalidAdapter
+from sglang_mint.adapters.stacked_experts import held_tensor_count, stack_experts
 from sglang_mint.adapters.lora_keys import KEY, PEFT_FUSED, fused_expert_params, rank_alpha
 from sglang_mint.adapters.uniform_rank import uniform_lora, uniform_size
 
@@ -248,8 +249,9 @@ def load_for_serving(folder: str, config: dict, base: BaseModel, where: str) -> 
 
     The import checks run again on what is on disk now: a catalog may have been written by an
     older version or by hand, and a bad tensor must fail here, not later in an engine's pool
-    fill. Then the one-rank, one-scaling form SGLang serves exactly (uniform_rank.py); the
-    config returned is ``config`` itself when it already was.
+    fill. Then the one-rank, one-scaling form SGLang serves exactly (uniform_rank.py), with
+    per-expert tensors stacked into one per layer-module (stacked_experts.py); the config
+    returned is ``config`` itself when it already was uniform.
     """
     from safetensors.torch import load as load_safetensors
 
@@ -259,7 +261,8 @@ def load_for_serving(folder: str, config: dict, base: BaseModel, where: str) -> 
     with open(os.path.join(folder, WEIGHTS), "rb") as f:
         tensors = load_safetensors(f.read())
     check_lora(config, tensors, base, where)
-    return uniform_lora(config, tensors, where=where)
+    config, tensors = uniform_lora(config, tensors, where=where)
+    return config, stack_experts(tensors, base.num_experts)
 
 
 def _check_module(module: str, ab: dict, r: int, base: BaseModel, where: str) -> None:
@@ -350,7 +353,8 @@ def check_peft_bytes(config_bytes: bytes, weights: bytes, base: BaseModel, where
     modules, dtype = check_tensors(header, config, base, where)
     return PeftAdapter(config_bytes, weights, config["r"], float(config.get("lora_alpha", config["r"])),
                        modules, dtype, config.get("base_model_name_or_path"),
-                       loaded_bytes=uniform_size(config, header, where), tensor_count=len(header))
+                       loaded_bytes=uniform_size(config, header, where),
+                       tensor_count=held_tensor_count(header, base.num_experts))
 
 
 def check_peft_file(config_bytes: bytes, weights_path: str, base: BaseModel, where: str) -> PeftAdapter:
@@ -375,7 +379,8 @@ def check_peft_file(config_bytes: bytes, weights_path: str, base: BaseModel, whe
     modules, dtype = check_tensors(header, config, base, where)
     return PeftAdapter(config_bytes, None, config["r"], float(config.get("lora_alpha", config["r"])),
                        modules, dtype, config.get("base_model_name_or_path"), weights_path=weights_path,
-                       loaded_bytes=uniform_size(config, header, where), tensor_count=len(header))
+                       loaded_bytes=uniform_size(config, header, where),
+                       tensor_count=held_tensor_count(header, base.num_experts))
 
 
 def _check_peft_config(config_bytes: bytes, base: BaseModel, where: str) -> dict:
