@@ -76,8 +76,11 @@ def cpu_server_env(base: dict[str, str] | None = None) -> dict[str, str]:
     """The environment for an SGLang process on a machine without a GPU.
 
     Adds the driver stub to LD_LIBRARY_PATH (only where no driver exists),
-    SGLANG_USE_CPU_ENGINE=1 (without it SGLang's startup imports vllm) and
-    HF_HUB_OFFLINE=1 (local models only).
+    SGLANG_USE_CPU_ENGINE=1 (without it SGLang's startup imports vllm), HF_HUB_OFFLINE=1
+    (local models only), and no py-spy or CUDA core dump when a scheduler exits: SGLang
+    sleeps 5 s "to let GPU activity settle" before them, and a stop (SIGTERM to the
+    server's process group, process.py) ends its schedulers first, so every stop waited
+    those 5 s for nothing.
     """
     env = dict(os.environ if base is None else base)
     if not has_gpu_driver():
@@ -87,6 +90,8 @@ def cpu_server_env(base: dict[str, str] | None = None) -> dict[str, str]:
             env["LD_LIBRARY_PATH"] = ":".join([stub_dir] + paths)
     env.setdefault("SGLANG_USE_CPU_ENGINE", "1")
     env.setdefault("HF_HUB_OFFLINE", "1")
+    env.setdefault("SGLANG_PYSPY_DUMP_BEFORE_CRASH", "0")
+    env.setdefault("SGLANG_CUDA_COREDUMP_BEFORE_CRASH", "0")
     return env
 
 
