@@ -2,7 +2,8 @@
 
 The same concurrent requests (every tiny adapter and the base model, two
 prompts each, sent at once so SGLang batches them) go to a server with
-`--lora-backend mint` and one with SGLang's `torch_native`; greedy tokens
+`--lora-backend mint` and to the session's stock server (SGLang's
+`torch_native`, the same adapters from --lora-paths); greedy tokens
 must be equal and logprobs within 1e-4 of each other and of HF+PEFT fp32.
 On CPU the mint backend runs our kernels' torch `_ref` path; one smaller run
 with TRITON_INTERPRET=1 runs the Triton kernels themselves (interpreted).
@@ -58,11 +59,14 @@ def reference(tiny_model, tiny_adapters, jobs):
 
 
 @pytest.fixture(scope="module")
-def served(tiny_model, tiny_adapters, jobs, tmp_path_factory):
-    """{backend: (results, server log)}; one server at a time."""
-    logs = tmp_path_factory.mktemp("mint-backend")
-    return {b: run_server(tiny_model, tiny_adapters, b, logs / f"{b}.log", jobs)
-            for b in ("mint", "torch_native")}
+def served(tiny_model, tiny_adapters, jobs, tmp_path_factory, stock_server):
+    """{backend: (results, what the server logged while serving them)}."""
+    mint = run_server(tiny_model, tiny_adapters, "mint", tmp_path_factory.mktemp("mint-backend") / "mint.log", jobs)
+    args = stock_server.args
+    assert [args[i + 1] for i, a in enumerate(args) if a == "--lora-backend"] == ["torch_native"]
+    logged = stock_server.log_path.stat().st_size  # the shared server's log holds other modules' batches too
+    results = serve_batch(stock_server, jobs)
+    return {"mint": mint, "torch_native": (results, stock_server.log_path.read_bytes()[logged:].decode("utf-8", "replace"))}
 
 
 def assert_same(got, want, jobs):

@@ -141,29 +141,36 @@ def storm(server, adapter_ids):
         return dict(zip(adapter_ids, pool.map(one, adapter_ids)))
 
 
-@pytest.mark.parametrize("chunked_prefill", [None, 16])
-def test_more_cold_adapters_than_memory_and_slots(tiny_model, catalog, adapter_ids, budget, one_adapter, references,
-                                                  tmp_path_factory, catalog_server, chunked_prefill):
-    extra = ["--chunked-prefill-size", str(chunked_prefill)] if chunked_prefill else []
-    with catalog_server(tiny_model, catalog, tmp_path_factory.mktemp("pressure-server"),
-                        "--mint-host-cache-bytes", str(budget), "--max-loras-per-batch", "4", *extra) as server:
-        for wave in range(2):
-            outputs = storm(server, adapter_ids)
-            for adapter_id, (tokens, logprobs) in outputs.items():
-                assert tokens == references[adapter_id]["tokens"], (wave, adapter_id)
-                assert logprobs == pytest.approx(references[adapter_id]["logprobs"], abs=TOL), (wave, adapter_id)
-        [sched] = status(server)["schedulers"]
-        assert sched["evictions"] >= N_ADAPTERS, sched  # the budget really was exceeded many times over
-        assert sched["host_peak_bytes"] <= budget + one_adapter, sched
-        assert sched["adapters_in_use"] == 0 and sched["host_reserved_bytes"] == 0, sched
-        assert sched["loading"] == 0 and sched["reads_waiting_for_room"] == 0, sched
-
-
 @pytest.fixture(scope="module")
-def server(tiny_model, catalog, tmp_path_factory, catalog_server):
-    """A server with room for every adapter (the tests below are about names, not memory)."""
+def server(tiny_model, catalog, budget, tmp_path_factory, catalog_server):
+    """Room for about three adapters and four slots: the storm below, then the tests of names."""
     with catalog_server(tiny_model, catalog, tmp_path_factory.mktemp("pressure-server"),
-                        "--mint-host-cache-bytes", str(64 << 20), "--max-loras-per-batch", "4") as srv:
+                        "--mint-host-cache-bytes", str(budget), "--max-loras-per-batch", "4") as srv:
+        yield srv
+
+
+@pytest.mark.parametrize("chunked_prefill", [None, 16])
+def test_more_cold_adapters_than_memory_and_slots(adapter_ids, budget, one_adapter, references, chunked_prefill,
+                                                  request):
+    server = request.getfixturevalue("chunked_server" if chunked_prefill else "server")
+    for wave in range(2):
+        outputs = storm(server, adapter_ids)
+        for adapter_id, (tokens, logprobs) in outputs.items():
+            assert tokens == references[adapter_id]["tokens"], (wave, adapter_id)
+            assert logprobs == pytest.approx(references[adapter_id]["logprobs"], abs=TOL), (wave, adapter_id)
+    [sched] = status(server)["schedulers"]
+    assert sched["evictions"] >= N_ADAPTERS, sched  # the budget really was exceeded many times over
+    assert sched["host_peak_bytes"] <= budget + one_adapter, sched
+    assert sched["adapters_in_use"] == 0 and sched["host_reserved_bytes"] == 0, sched
+    assert sched["loading"] == 0 and sched["reads_waiting_for_room"] == 0, sched
+
+
+@pytest.fixture
+def chunked_server(tiny_model, catalog, budget, tmp_path_factory, catalog_server):
+    """The storm's server once more, with prefills split into chunks of 16 tokens."""
+    with catalog_server(tiny_model, catalog, tmp_path_factory.mktemp("pressure-chunked-server"),
+                        "--mint-host-cache-bytes", str(budget), "--max-loras-per-batch", "4",
+                        "--chunked-prefill-size", "16") as srv:
         yield srv
 
 
