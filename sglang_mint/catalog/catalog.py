@@ -277,6 +277,11 @@ class Catalog:
         return self.view_folders.path(rev.files, rev.content_digest, self.blobs.local_path,
                                       where=f"adapter {rev.adapter_id!r} revision {rev.revision}")
 
+    def read_source(self, rev: Revision) -> str:
+        """Where reading ``rev`` now gets its bytes: ``"disk"`` when every blob is on this machine
+        (a local store, or the S3 store's disk cache), else ``"s3"``."""
+        return "disk" if all(self.blobs.is_local(d) for d in rev.files.values()) else "s3"
+
     # -- writes --------------------------------------------------------------
     def publish(self, adapter_id: str, folder: str, metadata: dict | None = None,
                 expect_revision: int | None = None, pack: bool = False) -> Revision:

@@ -184,6 +184,9 @@ class S3BlobStore(BlobStore):
         with self._talking(f"reading blob {digest}", digest):
             return self.client.get_object(Bucket=self.bucket, Key=self.key(digest))["Body"].read()
 
+    def is_local(self, digest: str) -> bool:
+        return os.path.exists(self.cache.path(check_digest(digest)))
+
     def local_path(self, digest: str) -> str:
         """A local file with the blob's bytes: from the disk cache, or downloaded,
         verified against the digest and cached (BlobMissing if absent or corrupt)."""

@@ -244,6 +244,10 @@ class BlobStore(abc.ABC):
     @abc.abstractmethod
     def exists(self, digest: str) -> bool: ...
 
+    def is_local(self, digest: str) -> bool:
+        """Whether ``local_path(digest)`` reads this machine's disk without a download."""
+        return True
+
     @abc.abstractmethod
     def touch(self, digest: str) -> None:
         """Mark a blob as just used so gc's grace period protects it."""

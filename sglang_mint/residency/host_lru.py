@@ -33,6 +33,8 @@ peak is at most the budget plus one adapter, plus pinned adapters.
 
 from __future__ import annotations
 
+import itertools
+
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 
@@ -130,7 +132,7 @@ class HostLRU:
         for victim, nbytes in self._sizes.items():
             if over <= 0:
                 break
-            if victim in self._holds or victim == spare or self._is_pinned(victim):
+            if victim in self._holds or victim == spare or self.is_pinned(victim):
                 continue
             victims.append(victim)
             over -= nbytes
@@ -159,8 +161,12 @@ class HostLRU:
         if nbytes > self.peak_bytes:
             self.peak_bytes = nbytes
 
-    def _is_pinned(self, key: str) -> bool:
+    def is_pinned(self, key: str) -> bool:
         return key in self.pinned or self._group_of(key) in self.pinned
 
     def keys(self) -> list[str]:
         return list(self._sizes)
+
+    def most_recent(self, n: int) -> list[str]:
+        """Up to ``n`` resident keys, the most recently used first."""
+        return list(itertools.islice(reversed(self._sizes), n))

@@ -9,6 +9,9 @@ engine's to say (``sglang_mint/sglang/metrics.py:metrics_enabled``); with
 
 from __future__ import annotations
 
+import contextlib
+import time
+
 COLD_LOAD_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 
@@ -18,6 +21,9 @@ class _Off:
     def inc(self, *a, **k): ...
     def observe(self, *a, **k): ...
     def set(self, *a, **k): ...
+
+    def labels(self, *a, **k):
+        return self
 
 
 def _instruments(enabled: bool):
@@ -42,6 +48,12 @@ class SchedulerMetrics:
         self.evictions = Counter("sglang:mint_evictions_total", "Adapters evicted from host memory.")
         self.cold_load_seconds = Histogram("sglang:mint_cold_load_seconds", "Time to read and decode one adapter.",
                                            buckets=COLD_LOAD_BUCKETS)
+        # vLLM's name, which llm-d's router reads beside vllm:lora_adapter_loaded (lora_requests_info.py):
+        # source "disk" or "s3" for a read from the catalog into host memory, "host" for a copy from host
+        # memory into a GPU pool slot.
+        self.adapter_load_seconds = Histogram("vllm:lora_adapter_load_seconds",
+                                              "Time to load one LoRA adapter, by where it came from.",
+                                              labelnames=["source"], buckets=COLD_LOAD_BUCKETS)
         self.queue_wait_seconds = Histogram("sglang:mint_queue_wait_seconds",
                                             "Time a request waited in the queue for its adapter's load.",
                                             buckets=COLD_LOAD_BUCKETS)
@@ -57,3 +69,25 @@ class FrontendMetrics:
 
         self.resolves = Counter("sglang:mint_resolves_total", "Adapter ids resolved in the catalog.")
         self.not_found = Counter("sglang:mint_not_found_total", "Adapter ids not in the catalog (404).")
+
+
+_host_loads: SchedulerMetrics | None = None  # this process's scheduler's, once it serves a catalog with metrics
+
+
+def time_host_loads(metrics: SchedulerMetrics) -> None:
+    """Have ``timed_host_load`` observe into ``metrics`` from now on (one scheduler per process)."""
+    global _host_loads
+    _host_loads = metrics
+
+
+@contextlib.contextmanager
+def timed_host_load(adapter: bool = True):
+    """Time one copy of an adapter from host memory into a GPU pool slot, as
+    ``vllm:lora_adapter_load_seconds{source="host"}`` (``adapter`` False: the base model's
+    slot, zero-filled, not timed)."""
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        if adapter and _host_loads is not None:
+            _host_loads.adapter_load_seconds.labels("host").observe(time.perf_counter() - started)

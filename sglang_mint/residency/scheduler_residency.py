@@ -124,6 +124,7 @@ class SchedulerResidency:
         self.requests = 0  # catalog-adapter requests that reached this scheduler
         self.misses = 0  # of which found their adapter out of host memory
         self.load_seconds: list[float] = []  # recent cold-read durations, for /mint/status
+        self.read_sources: dict[str, str] = {}  # lora id -> "disk" or "s3", set by the read's worker
         self.metrics = metrics
 
     # -- on a worker thread ------------------------------------------------
@@ -131,6 +132,7 @@ class SchedulerResidency:
         """Build the adapter ``lora_id`` names; under tensor parallelism rank 0 reads it and the
         other ranks map rank 0's copy (node_share.py)."""
         rev = self._revision(lora_id)
+        self.read_sources[lora_id] = self.catalog.read_source(rev)
         if self.share is None:
             return self.engine.read(lora_id, rev)
         seq = self.seq_of[lora_id]
@@ -204,6 +206,7 @@ class SchedulerResidency:
             release_free_memory()
 
     def _fail(self, lora_id: str, message: str) -> None:
+        self.read_sources.pop(lora_id, None)
         self._unshare(lora_id)
         self.reading.discard(lora_id)
         self.lru.cancelled(lora_id)
@@ -220,6 +223,9 @@ class SchedulerResidency:
         del self.load_seconds[:-1024]
         self.metrics.cold_loads.inc()
         self.metrics.cold_load_seconds.observe(result.load_seconds)
+        source = self.read_sources.pop(result.key, "disk")
+        if self.tp_rank == 0:  # the other ranks map rank 0's copy (node_share.py): one load per engine
+            self.metrics.adapter_load_seconds.labels(source).observe(result.load_seconds)
         self._update_gauges()
 
     def _remember_failure(self, lora_id: str, message: str) -> None:

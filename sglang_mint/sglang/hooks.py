@@ -148,7 +148,7 @@ INTERNALS: tuple[Internal, ...] = (
              "load_snapshot_reader.read_all, _active_workers", "the ranks' loads for adapter affinity; sets "
              "._mint_loads", "dp_affinity"),
     Internal("scheduler", "lora_manager", "configs, loras, lora_refs, memory_pool, lora_modules", "installs and "
-             "drops catalog adapters as SGLang's own; finds an expert layer to check", "residency, lora_info"),
+             "drops catalog adapters as SGLang's own; ranks, pins; finds an expert layer", "residency, lora_info"),
     Internal("scheduler", "memory_pool", "buffer_id_to_uid, moe_use_local_expert_ids", "which adapter holds a "
              "slot; when the one-copy packed fill applies", "lora_info, packed_pool"),
     Internal("scheduler", "sglang.srt.lora.mem_pool", "_SGLANG_EXPERIMENTAL_LORA_OPTI, copy_weight_into_buffer",

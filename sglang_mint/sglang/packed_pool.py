@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 
 from sglang_mint.packed.pool_fill import by_buffer_key, fill_slot, fits, layer_steps
+from sglang_mint.residency.metrics import timed_host_load
 
 logger = logging.getLogger("sglang_mint")
 
@@ -19,13 +20,14 @@ MOE_KEYS = ("gate_up_proj_moe", "down_proj_moe")
 
 def load_lora_weight_to_buffer(original, pool, uid, buffer_id, lora_adapter, lora_modules,
                                lora_embed_tokens_module=None, lora_lm_head_module=None):
-    plan = None
-    if uid is not None and getattr(lora_adapter, "mint_packed", None) is not None:
-        plan = fill_plan(pool, lora_adapter, lora_modules)
-    if plan is None:
-        return original(pool, uid, buffer_id, lora_adapter, lora_modules, lora_embed_tokens_module,
-                        lora_lm_head_module)
-    stats = run_plan(pool, plan, buffer_id, lora_adapter)
+    with timed_host_load(uid is not None):  # vllm:lora_adapter_load_seconds{source="host"}
+        plan = None
+        if uid is not None and getattr(lora_adapter, "mint_packed", None) is not None:
+            plan = fill_plan(pool, lora_adapter, lora_modules)
+        if plan is None:
+            return original(pool, uid, buffer_id, lora_adapter, lora_modules, lora_embed_tokens_module,
+                            lora_lm_head_module)
+        stats = run_plan(pool, plan, buffer_id, lora_adapter)
     lora_adapter.mint_packed["pool_fill"] = stats
     logger.info("packed adapter %s into pool slot %d: %d copies, %d zero fills", uid, buffer_id,
                 stats["copies"], stats["zero_fills"])

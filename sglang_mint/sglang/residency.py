@@ -58,7 +58,7 @@ def scheduler_residency(scheduler, config: MintConfig) -> SchedulerResidency:
 
     from sglang_mint.residency.node_share import NodeShare, group_dir
     from sglang_mint.residency.rank_agreement import TensorParallelAgreement
-    from sglang_mint.residency.metrics import SchedulerMetrics
+    from sglang_mint.residency.metrics import SchedulerMetrics, time_host_loads
     from sglang_mint.sglang.metrics import metrics_enabled
 
     manager = scheduler.tp_worker.model_runner.lora_manager
@@ -73,11 +73,13 @@ def scheduler_residency(scheduler, config: MintConfig) -> SchedulerResidency:
         load_workers=config.load_workers, metrics=SchedulerMetrics(metrics_enabled()), agreement=agreement,
         share=share, tp_rank=tp.rank_in_group)
     if metrics_enabled() and tp.rank_in_group == 0:
-        # vLLM's lora_requests_info gauge for llm-d (lora_info.py): one writer per DP rank
+        # vLLM's LoRA gauges for llm-d (lora_info.py): one writer per DP rank
         from sglang_mint.residency.lora_requests_info import LoraInfoWriter, state_path
 
         path = state_path(os.environ["PROMETHEUS_MULTIPROC_DIR"], get_parallel().dp_rank or 0)
-        scheduler._mint_lora_info = LoraInfoWriter(path, scheduler.max_loras_per_batch, manager, residency)
+        scheduler._mint_lora_info = LoraInfoWriter(path, scheduler.max_loras_per_batch, manager, residency,
+                                                   model_name=scheduler.server_args.served_model_name)
+        time_host_loads(residency.metrics)
     return residency
 
 

@@ -26,6 +26,10 @@ class FakeCatalog:
     def __init__(self, estimates: dict[str, int]):
         self.estimates = estimates
         self.lookups = 0
+        self.remote: set[str] = set()  # adapters whose blobs are not on this machine's disk
+
+    def read_source(self, rev):
+        return "s3" if rev.adapter_id in self.remote else "disk"
 
     def get_revision(self, adapter_id: str, revision: int):
         self.lookups += 1
@@ -72,6 +76,10 @@ class Instrument:
     def __init__(self):
         self.value = 0
         self.observed: list[float] = []
+        self.by_label: dict[tuple, "Instrument"] = {}
+
+    def labels(self, *values):
+        return self.by_label.setdefault(values, Instrument())
 
     def inc(self):
         self.value += 1
@@ -118,6 +126,19 @@ def test_the_estimate_is_what_the_catalog_records_the_adapter_holds():
     # The arithmetic the other tests rely on: one 60,000-byte adapter fits the budget, two do not.
     residency, _ = make()
     assert residency._estimate(A) == read_estimate_bytes(35_424, 35_424, 0) == 60_000
+
+
+def test_each_read_is_timed_under_where_its_bytes_came_from():
+    residency, _ = make()
+    residency.catalog.remote.add("b")
+    for i, key in enumerate((A, B)):
+        residency.on_arrival(key)  # a miss: its read starts
+        settle(residency)
+        assert residency.admit(key) is None
+        end(residency, f"r{i}", key)
+    by_source = residency.metrics.adapter_load_seconds.by_label
+    assert {k: len(v.observed) for k, v in by_source.items()} == {("disk",): 1, ("s3",): 1}
+    assert residency.read_sources == {}  # nothing kept once installed
 
 
 def test_a_miss_is_read_installed_then_admitted_and_the_next_request_hits():

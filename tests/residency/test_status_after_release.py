@@ -23,6 +23,7 @@ import time
 from types import SimpleNamespace
 
 from sglang_mint.residency.host_bytes import ADAPTER_OVERHEAD_BYTES, node_status
+from sglang_mint.residency.metrics import SchedulerMetrics
 from sglang_mint.residency.scheduler_residency import SchedulerResidency
 
 KEYS = [f"mint:t{i % 3}/a{i:02d}@1" for i in range(4)]  # the last batch: --max-loras-per-batch 4
@@ -31,6 +32,9 @@ NBYTES = 60_000
 
 class Catalog:
     lookups = 0
+
+    def read_source(self, rev):
+        return "disk"
 
     def get_revision(self, adapter_id, revision):
         loaded = NBYTES - ADAPTER_OVERHEAD_BYTES
@@ -58,11 +62,8 @@ class Engine:
         return key in self.installed
 
 
-class Metrics:
-    def __getattr__(self, name):
-        instrument = SimpleNamespace(inc=lambda *a: None, set=lambda *a: None, observe=lambda *a: None)
-        setattr(self, name, instrument)
-        return instrument
+def Metrics():
+    return SchedulerMetrics(enabled=False)  # every instrument a no-op
 
 
 def serve_last_batch() -> SchedulerResidency:

@@ -171,3 +171,41 @@ def test_llm_d_lora_gauge_names_the_adapters_held(server):
     assert seen_waiting and seen_waiting <= set(wanted)
     [series] = lora_info_series(server)
     assert series.labels["waiting_lora_adapters"] == ""
+
+
+def families(server) -> dict:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {f.name: f for f in text_string_to_metric_families(get(server, "/metrics"))}
+
+
+def test_llm_d_load_state_series_name_gpu_and_host_residency(server):
+    """vLLM's residency gauges, as llm-d's load-state scorer reads them: twelve adapters read into
+    host memory (nineteen fit in the budget) and eight GPU slots, so some are level gpu and the rest cpu; the
+    one served last is gpu; the load-time histogram counts catalog reads from disk and copies from
+    host memory into a slot."""
+    ids = [f"big/{i:07d}" for i in range(500, 512)]
+    code, _ = post(server, "/mint/prefetch", json.dumps({"adapters": ids}).encode())
+    assert code == 200
+    deadline = time.monotonic() + 120
+    while any(sched_status(server)[k] for k in ("loading", "reads_waiting_for_room", "adapters_in_use")):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    client = openai.OpenAI(base_url=server.openai_url, api_key="none", max_retries=0, timeout=600)
+    client.completions.create(model=ids[0], prompt="hello", max_tokens=2)
+    got = families(server)
+    status = sched_status(server)
+    samples = got["vllm:lora_adapter_loaded"].samples
+    loaded = {s.labels["adapter_name"]: s.labels for s in samples}
+    assert loaded[ids[0]] == {"model_name": "tiny", "adapter_name": ids[0], "level": "gpu", "pinned": "false",
+                              "rank": str(RANK)}
+    gpu = sum(s.labels["level"] == "gpu" for s in samples)
+    cpu = sum(s.labels["level"] == "cpu" for s in samples)
+    assert 1 <= gpu <= 8 and cpu == status["resident"] - gpu >= len(ids) - 8, (gpu, cpu, status)
+    assert {n for n, labels in loaded.items() if labels["level"] == "cpu"} & set(ids)
+    assert got["vllm:max_gpu_lora_adapters"].samples[0].value == 8
+    assert got["vllm:num_gpu_loaded_lora_adapters"].samples[0].value == gpu
+    assert got["vllm:num_cpu_loaded_lora_adapters"].samples[0].value == cpu
+    counts = {s.labels["source"]: s.value for s in got["vllm:lora_adapter_load_seconds"].samples
+              if s.name.endswith("_count")}
+    assert counts["disk"] == status["cold_loads"] and counts["host"] >= len(ids), counts
