@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+from collections.abc import Iterable
 
 # What an adapter costs in host memory beyond its tensor bytes: Python objects of SGLang's
 # LoRAAdapter, LoRAConfig and per-layer dicts, and one torch tensor object plus allocator
@@ -29,8 +30,15 @@ def adapter_host_bytes(adapter) -> int:
     tensors += list(adapter.embedding_layers.values()) + list(adapter.added_tokens_embeddings.values())
     # Each storage once: a packed adapter's tensors are views of one buffer, a shared one's of one mapping.
     storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}
-    data = sum(-(-n // ALLOC_ALIGN) * ALLOC_ALIGN for n in storages.values())
-    return ADAPTER_OVERHEAD_BYTES + TENSOR_OVERHEAD_BYTES * len(tensors) + data
+    return held_host_bytes(len(tensors), storages.values())
+
+
+def held_host_bytes(tensor_count: int, storage_nbytes: Iterable[int]) -> int:
+    """What an adapter of ``tensor_count`` tensors over storages of ``storage_nbytes`` holds in host
+    memory, its objects counted: the tiny Llama's rank-1 adapter, 16 tensors and 8,192 bytes of
+    data, holds 24 KiB + 16 x 1 KiB + 8 KiB = 49,152 bytes."""
+    data = sum(-(-n // ALLOC_ALIGN) * ALLOC_ALIGN for n in storage_nbytes)
+    return ADAPTER_OVERHEAD_BYTES + TENSOR_OVERHEAD_BYTES * tensor_count + data
 
 
 def read_estimate_bytes(file_bytes: int, loaded_bytes: int = 0, tensor_count: int = 0) -> int:

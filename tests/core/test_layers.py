@@ -30,7 +30,7 @@ LAYERS = [
     # catalog ids; a CatalogLoraId carries the catalog's Revision record to the scheduler.
     ("config", "lora_id"),
     ("residency",),  # host LRU, cold loader, affinity: engine-neutral serving state
-    ("routing", "gateway", "client"),
+    ("routing", "gateway", "client", "capacity"),  # capacity: `mint plan`, over residency's LRU and affinity
     ("frontend",),  # the HTTP side, engine-neutral: admin guard, catalog names, /mint/* handlers
     ("sglang",),  # the glue, the only importer of sglang
     ("cli",),  # `mint`: puts the command groups together

@@ -1,0 +1,83 @@
+"""Weights and adapter sizes from a model's config, against hand counts and measured host bytes."""
+
+import json
+
+import pytest
+
+from sglang_mint.capacity.hardware import MODELS, gpu, model_spec
+from sglang_mint.capacity.sizes import adapter_size, resolve_targets, weight_bytes
+from sglang_mint.dev.tiny import TINY_LLAMA
+from sglang_mint.errors import MintError
+
+
+def size(name, rank, targets=("all",), adapter_bytes=2):
+    spec = model_spec(name)
+    return adapter_size(spec.config, spec.base, rank, resolve_targets(spec.base, list(targets)), adapter_bytes, 2)
+
+
+def test_llama_3_8b_rank_16_on_all_seven_modules_is_80_mib():
+    # (4096+4096) + 2 x (4096+1024) + (4096+4096) + 3 x (4096+14336) = 81,920 per layer and unit of rank
+    assert size("llama-3-8b", 16).file_bytes == 16 * 32 * 81_920 * 2 == 80 << 20
+
+
+@pytest.mark.parametrize("name, published", [("llama-3-8b", 8.03e9), ("llama-3-70b", 70.6e9),
+                                             ("qwen3-30b-a3b", 30.5e9), ("deepseek-v3", 671e9)])
+def test_parameter_counts_match_the_published_ones(name, published):
+    spec = model_spec(name)
+    assert weight_bytes(spec.config, spec.base, 1) == pytest.approx(published, rel=0.005)
+
+
+@pytest.mark.parametrize("rank, measured", [(1, 49_152), (4, 73_728), (64, 565_248)])
+def test_tiny_host_bytes_are_what_the_engine_counted(rank, measured):
+    # rank 4 and 64: /mint/status host_bytes over 64 resident synthetic adapters (bench/results/parallel_bench.jsonl)
+    assert size("tiny", rank).host_bytes == measured
+
+
+def test_the_tiny_row_is_the_model_the_demo_serves():
+    row = MODELS["tiny"]
+    assert {k: row[k] for k in TINY_LLAMA if k in row} == {k: v for k, v in TINY_LLAMA.items() if k in row}
+    assert set(TINY_LLAMA) - set(row) == {"max_position_embeddings", "rms_norm_eps", "rope_theta", "initializer_range"}
+
+
+def test_moe_mlp_targets_cover_every_expert():
+    # Qwen3-30B-A3B: 48 layers, 128 experts of width 768 on hidden 2048
+    mlp = size("qwen3-30b-a3b", 8, ["mlp"])
+    assert mlp.values == 8 * 48 * 128 * 3 * (2048 + 768)
+    attention = size("qwen3-30b-a3b", 8, ["attention"])
+    assert attention.values == 8 * 48 * ((2048 + 4096) * 2 + (2048 + 512) * 2)
+
+
+def test_deepseek_targets_are_its_mla_modules_and_dense_layers_stay_dense():
+    spec = model_spec("deepseek-v3")
+    assert resolve_targets(spec.base, ["attention"]) == ("q_a_proj", "q_b_proj", "kv_a_proj_with_mqa", "kv_b_proj",
+                                                         "o_proj")
+    down = size("deepseek-v3", 1, ["down_proj"]).values
+    assert down == 3 * (18432 + 7168) + 58 * (256 + 1) * (2048 + 7168)  # 3 dense layers, then 256 experts + shared
+
+
+def test_an_unknown_target_names_the_modules_there_are():
+    with pytest.raises(MintError, match="not a module of Llama-3-8B; it has q_proj"):
+        size("llama-3-8b", 16, ["q_a_proj"])
+
+
+def test_a_config_json_of_ones_own(tmp_path):
+    config = {**{k: v for k, v in MODELS["llama-3-8b"].items() if k not in ("name", "dtype")},
+              "torch_dtype": "bfloat16", "quantization_config": {"quant_method": "fp8"}}
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text(json.dumps(config))
+    spec = model_spec(str(tmp_path / "m"))
+    assert spec.base.name == "m" and spec.weight_dtype == "float8" and spec.pool_dtype == "bfloat16"
+    assert weight_bytes(spec.config, spec.base, 1) == weight_bytes(*_llama(), 1)
+    with pytest.raises(MintError, match="neither a known name"):
+        model_spec(str(tmp_path / "absent"))
+
+
+def _llama():
+    spec = model_spec("Llama-3-8B")
+    return spec.config, spec.base
+
+
+def test_gpus_by_name():
+    assert gpu("H100").hbm_bytes == 80 * 10**9 and gpu("h200-141gb").hbm_bytes == 141 * 10**9
+    with pytest.raises(MintError, match="unknown GPU"):
+        gpu("v100")
