@@ -68,7 +68,7 @@ def auto_gpus(spec: ModelSpec, adapter: AdapterSize, hw: Hardware) -> int:
 def engine_model(adapter: AdapterSize, hw: Hardware, gpus: int) -> EngineModel:
     return EngineModel(
         host_budget_bytes=hw.host_cache_bytes, adapter_file_bytes=adapter.file_bytes,
-        adapter_host_bytes=adapter.host_bytes, adapter_gpu_bytes=adapter.gpu_bytes // gpus,
+        adapter_host_bytes=adapter.host_bytes, adapter_reserve_bytes=adapter.reserve_bytes, adapter_gpu_bytes=adapter.gpu_bytes // gpus,
         gpu_slots=hw.gpu_slots, load_workers=hw.load_workers, read_overhead_s=hw.read_overhead_s,
         source_bytes_per_s=hw.source_bytes_per_s, pcie_bytes_per_s=hw.gpu.pcie_bytes_per_s,
         pinned_top=hw.pinned_top)

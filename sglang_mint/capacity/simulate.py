@@ -5,12 +5,14 @@ One engine, as ``residency/scheduler_residency.py`` and SGLang's LoRA pool run i
 1. A request for adapter k arrives (k drawn from zipf(s) over the catalog, seeded) and holds k
    until it ends (``HostLRU.hold``). k resident in host memory: a hit. Otherwise a miss, and k's
    read starts, unless one is under way (requests for one cold adapter share one read) or the
-   budget has no room (``HostLRU.reserve`` returns None: the read waits for a request to end).
+   budget has no room for the engine's estimate of it (``HostLRU.reserve`` returns None: the read
+   waits for a request to end).
 2. A read waits for one of ``load_workers`` workers, spends ``read_overhead_s`` (open, parse,
    build the tensors), then moves the adapter's file bytes over the engine's source link (disk
    or S3) at ``source_bytes_per_s``, one transfer at a time in start order.
-3. Installed (``HostLRU.loaded``): idle adapters over budget are evicted, least recently used
-   first, never a held or pinned one. A cold load is one installed read.
+3. Installed (``HostLRU.loaded``, its real size replacing the estimate): idle adapters over budget
+   are evicted, least recently used first, never a held or pinned one. A cold load is one
+   installed read.
 4. The request then needs a GPU slot: ``gpu_slots`` of them, the least recently used replaced
    (SGLang's ``--lora-eviction-policy lru``). A slot miss copies the adapter over PCIe at
    ``pcie_bytes_per_s``, one copy at a time. Slots in use are not protected here: SGLang makes
@@ -65,6 +67,7 @@ class EngineModel:
     host_budget_bytes: int
     adapter_file_bytes: int
     adapter_host_bytes: int
+    adapter_reserve_bytes: int  # charged while its read is under way (read_estimate_bytes)
     adapter_gpu_bytes: int
     gpu_slots: int
     load_workers: int
@@ -170,6 +173,8 @@ class Simulation:
 
     def arrive(self, now: float) -> None:
         i = self.next_request
+        if i >= self.t.requests:  # clients that ended at one instant each asked for the last request
+            return
         k = self.adapters[i]
         e = self.route(k)
         self.next_request += 1
@@ -205,7 +210,7 @@ class Simulation:
         eng, m = self.engines[e], self.model
         while eng.wanted:
             k = next(iter(eng.wanted))
-            victims = eng.lru.reserve(k, m.adapter_host_bytes)
+            victims = eng.lru.reserve(k, m.adapter_reserve_bytes)
             if victims is None:
                 return
             self.evict(eng, victims)

@@ -21,6 +21,8 @@ In host memory SGLang holds q/k/v as one fused pair of tensors and gate/up as an
 layer's experts stacked, one tensor per module), so the tiny Llama's adapter on all seven
 modules holds 8 tensors per layer; ``residency/host_bytes.py:held_host_bytes`` adds their
 objects: measured, 64 rank-4 tiny adapters held 4,718,592 bytes, 73,728 each (parallel_bench).
+Until it is built, a read is charged the engine's estimate from the catalog's record
+(``read_estimate_bytes``: the file's 28 tensors, unfused), 87,808 bytes for that adapter.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from dataclasses import dataclass
 
 from sglang_mint.adapters.base_model import BaseModel
 from sglang_mint.errors import MintError
-from sglang_mint.residency.host_bytes import held_host_bytes
+from sglang_mint.residency.host_bytes import held_host_bytes, read_estimate_bytes
 
 ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLA_ATTENTION = ("q_a_proj", "q_b_proj", "q_proj", "kv_a_proj_with_mqa", "kv_b_proj", "o_proj")
@@ -57,6 +59,7 @@ class AdapterSize:
     values: int  # A and B elements over every layer
     file_bytes: int  # read from disk or S3 (tensor data; the safetensors header is left out)
     host_bytes: int  # charged to --mint-host-cache-bytes once loaded (held_host_bytes)
+    reserve_bytes: int  # charged while its read is under way: the engine's estimate from the catalog's record
     gpu_bytes: int  # one slot of SGLang's LoRA pool, all GPUs of the engine together
 
 
@@ -115,13 +118,15 @@ def adapter_size(config: dict, base: BaseModel, rank: int, targets: tuple[str, .
     """The sizes of one adapter of ``rank`` on ``targets`` (resolved names) for this base model."""
     if rank <= 0:
         raise MintError(f"rank must be positive, got {rank}")
-    values = tensors = 0
+    values = held = in_file = 0
     for layer in range(base.num_hidden_layers):
         pairs = set()
         for m in layer_linears(config, base, layer):
             if m.module in targets and m.parent != "router":
                 values += rank * (m.fan_in + m.fan_out) * m.count
                 pairs.add((m.parent, FUSED.get(m.module, m.module)))
-        tensors += 2 * len(pairs)
+                in_file += 2 * m.count
+        held += 2 * len(pairs)
     data = values * adapter_bytes_per_value
-    return AdapterSize(rank, targets, values, data, held_host_bytes(tensors, [data]), values * pool_bytes_per_value)
+    return AdapterSize(rank, targets, values, data, held_host_bytes(held, [data]),
+                       read_estimate_bytes(data, data, in_file), values * pool_bytes_per_value)

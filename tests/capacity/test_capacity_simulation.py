@@ -10,7 +10,7 @@ MB = 10**6
 
 def engine(budget_adapters, **kw):
     """1 MB adapters; reads and copies take no time unless ``kw`` says otherwise."""
-    base = dict(host_budget_bytes=budget_adapters * MB, adapter_file_bytes=MB, adapter_host_bytes=MB,
+    base = dict(host_budget_bytes=budget_adapters * MB, adapter_file_bytes=MB, adapter_host_bytes=MB, adapter_reserve_bytes=MB,
                 adapter_gpu_bytes=0, gpu_slots=8, load_workers=2, read_overhead_s=0.0, source_bytes_per_s=1e18,
                 pcie_bytes_per_s=1e18)
     return EngineModel(**{**base, **kw})

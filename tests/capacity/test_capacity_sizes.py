@@ -33,6 +33,11 @@ def test_tiny_host_bytes_are_what_the_engine_counted(rank, measured):
     assert size("tiny", rank).host_bytes == measured
 
 
+def test_a_read_is_charged_the_engines_estimate_until_it_is_built():
+    # read_estimate_bytes over the PEFT file's 28 tensors (7 modules x A, B x 2 layers), unfused
+    assert size("tiny", 4).reserve_bytes == 24 * 1024 + 28 * (1024 + 64) + 32_768 == 87_808
+
+
 def test_the_tiny_row_is_the_model_the_demo_serves():
     row = MODELS["tiny"]
     assert {k: row[k] for k in TINY_LLAMA if k in row} == {k: v for k, v in TINY_LLAMA.items() if k in row}
