@@ -1,17 +1,25 @@
-"""Adapter affinity through SGLang's gateway (SMG): cold loads and TTFT, consistent_hashing against round_robin.
+"""Adapter affinity through SGLang's gateway (SMG): cold loads, engine shares and TTFT per routing variant.
 
-For 2 and 3 engines, each policy gets a fresh cluster: SMG (``smg launch --policy
-<policy>``) with the adapter-route middleware, then the engines (tiny Llama on CPU,
+Variants (``--variants``; SMG's ``--policy`` and its flags, sglang_mint/gateway/smg.py):
+
+    round_robin   requests dealt out in turn, the key ignored
+    affinity      consistent_hashing on the key: every request for one adapter on one engine
+    bounded       prefix_hash on the key with a load bound (bounded_affinity(): the ring's engine
+                  while its in-flight count is at most --load-factor x the mean, else the next one)
+    sticky        manual with --assignment-mode min_load: a key is pinned, at its first request,
+                  to the engine with the fewest requests in flight, and stays there
+
+For 2 and 3 engines, each variant gets a fresh cluster: SMG (``smg launch --policy
+<policy> <flags>``) with the adapter-route middleware, then the engines (tiny Llama on CPU,
 ``--mint-gateway``: they register themselves), all reading one catalog folder of
 64 synthetic rank-4 adapters. Each engine's host budget (600KB) holds about 8 of
 them, so an engine that sees every adapter keeps evicting and re-reading.
 
-Both policies get the same middleware, so the body is rewritten identically:
+Every variant gets the same middleware, so the body is rewritten identically:
 
     {"model": "s/0000003"}  ->  {"model": "tiny", "lora_path": "s/0000003"}  + X-SMG-Routing-Key: s/0000003
 
-consistent_hashing puts each key on one engine of its ring; round_robin ignores the
-key and deals requests out in turn. Only SMG's ``--policy`` differs between the two.
+Only SMG's ``--policy`` and its flags differ between variants.
 
 Workload (as in parallel_bench's DP=2 section): the same seeded sequence of N
 zipf(1.1) requests over the catalog (adapter k has weight 1/(k+1)^1.1, so s/0000000
@@ -20,18 +28,25 @@ streaming, C in flight. Before it, each engine serves the base model and one
 warm-up adapter directly, and the gateway serves the base model until its
 middleware answers fast (first-request costs are not cold-load costs).
 
-Measured per (engines, policy): cold loads per 1,000 requests (the engines'
-``cold_loads`` from /mint/status, after minus before), TTFT p50/p99 (time to the
-first streamed chunk), failures, wall time, requests per engine. After the timed
-part a routing probe sends 2 x engines requests for one more adapter: under
-consistent_hashing they all land on one engine, under round_robin on every engine
-(this checks that round_robin ignores the routing key).
+Measured per (engines, variant): cold loads per 1,000 requests (the engines'
+``cold_loads`` from /mint/status, after minus before), requests per engine and the
+max/mean engine share (the busiest engine's requests over the mean: 1.0 is even),
+TTFT p50/p99 (time to the first streamed chunk), failures, wall time, and SMG's own
+count of its policy's branches (``smg_<policy>_policy_branch_total``: for prefix_hash,
+``ring_hit`` against ``load_balance_walk``, the requests the bound moved). After the
+timed part a routing probe sends 2 x engines requests for one more adapter, one at a
+time: under every affinity variant they land on one engine (nothing else is in flight,
+so no bound moves them), under round_robin on every engine.
 
-    flock /tmp/mint-cpu.lock python bench/gateway_bench.py            # about 14 minutes
-    flock /tmp/mint-cpu.lock python bench/gateway_bench.py --quick    # 2 engines, 200 requests
+Goals for the bounded variant (issue 23): max/mean <= 1.15 at 2 and 3 engines, and
+cold loads within 10% of affinity's in the same run.
 
-Results: one JSON line per run in bench/results/gateway_bench.jsonl, with the
-ratios consistent_hashing / round_robin per engine count.
+    flock /tmp/mint-server.lock python bench/gateway_bench.py            # about 22 minutes
+    flock /tmp/mint-server.lock python bench/gateway_bench.py --quick    # 2 engines, 200 requests
+    python bench/gateway_bench.py --variants affinity bounded --load-factor 1.0
+
+Results: one JSON line per run in bench/results/gateway_bench.jsonl, with the ratios
+of each variant to affinity per engine count and the bounded variant's verdict.
 """
 
 from __future__ import annotations
@@ -52,13 +67,18 @@ from sglang_mint.catalog import init_catalog
 from sglang_mint.catalog.synth import synth
 from sglang_mint.dev.cpu_env import default_cache_dir
 from sglang_mint.dev.server import SGLangServer, free_port
-from sglang_mint.gateway.smg import SMGGateway
+from sglang_mint.gateway.smg import AFFINITY, RoutingPolicy, SMGGateway, bounded_affinity
 
 PROMPT = "the quick brown fox"
 BASE = "tiny"
 ZIPF_S = 1.1
-AFFINITY, ROUND_ROBIN = "consistent_hashing", "round_robin"
 WARMUP_ID, PROBE_ID = "probe/0000000", "probe/0000001"  # outside the zipf set
+MAX_OVER_MEAN_GOAL, COLD_LOADS_GOAL = 1.15, 1.10  # the bounded variant's goals (issue 23, item 4)
+
+
+def variants(bounded: RoutingPolicy) -> dict[str, RoutingPolicy]:
+    return {"round_robin": RoutingPolicy("round_robin"), "affinity": AFFINITY, "bounded": bounded,
+            "sticky": RoutingPolicy("manual", ("--assignment-mode", "min_load"))}
 
 
 def pct(values, q):
@@ -109,11 +129,23 @@ def start_all(servers: list[SGLangServer]) -> None:
         raise errors[0]
 
 
-def run_config(model, catalog, requests, engines: int, policy: str, args, log_dir: Path) -> dict:
+def policy_branches(gw: SMGGateway) -> dict[str, float]:
+    """SMG's count per branch of its policy: {"ring_hit": 830.0, "load_balance_walk": 170.0} for prefix_hash."""
+    prefix = f"smg_{gw.policy.name}_policy_branch_total{{"
+    counts = {}
+    for line in gw.metrics().splitlines():
+        if line.startswith(prefix) and 'branch="' in line:
+            branch = line.split('branch="', 1)[1].split('"', 1)[0]
+            counts[branch] = counts.get(branch, 0.0) + float(line.rsplit(" ", 1)[1])
+    return counts
+
+
+def run_config(model, catalog, requests, engines: int, variant: str, policy: RoutingPolicy, args,
+               log_dir: Path) -> dict:
     t_setup = time.perf_counter()
-    tag = f"e{engines}-{policy}"
+    tag = f"e{engines}-{variant}"
     with SMGGateway(free_port(), policy=policy, log_path=log_dir / f"smg-{tag}.log") as gw:
-        gw.install_adapter_route(BASE)  # the same middleware for both policies
+        gw.install_adapter_route(BASE)  # the same middleware for every variant
         extra = ["--mint-catalog", str(catalog), "--mint-gateway", gw.url, "--mint-host-cache-bytes", args.budget,
                  "--max-loras-per-batch", "8"]
         servers = [SGLangServer(model, served_name=BASE, extra_args=extra, log_path=log_dir / f"{tag}-{i}.log")
@@ -128,12 +160,12 @@ def run_config(model, catalog, requests, engines: int, policy: str, args, log_di
             client = openai.OpenAI(base_url=gw.openai_url, api_key="none", max_retries=0, timeout=300)
             gateway_warmup = warm_gateway(client, args.concurrency)
             setup_s = time.perf_counter() - t_setup
-            before = [scheduler(s) for s in servers]
+            before, branches_before = [scheduler(s) for s in servers], policy_branches(gw)
             t0 = time.perf_counter()
             with ThreadPoolExecutor(args.concurrency) as pool:
                 outcomes = list(pool.map(lambda a: one(client, a, args.max_tokens), requests))
             seconds = time.perf_counter() - t0
-            after = [scheduler(s) for s in servers]
+            after, branches_after = [scheduler(s) for s in servers], policy_branches(gw)
             probe = probe_routing(client, servers, args.max_tokens, 2 * engines)
         finally:
             stoppers = [threading.Thread(target=s.stop) for s in servers]
@@ -142,16 +174,20 @@ def run_config(model, catalog, requests, engines: int, policy: str, args, log_di
     ttfts = [t for t, _ in outcomes if t is not None]
     errors = [e for _, e in outcomes if e is not None]
     loads = sum(a["cold_loads"] - b["cold_loads"] for a, b in zip(after, before))
+    per_engine = [a["requests"] - b["requests"] for a, b in zip(after, before)]
     result = {
-        "engines": engines, "policy": policy, "requests": len(requests),
+        "engines": engines, "variant": variant, "policy": policy.name, "policy_flags": list(policy.flags),
+        "requests": len(requests),
         "cold_loads": loads, "cold_loads_per_1000": round(loads * 1000 / len(requests), 1),
+        "max_over_mean": round(max(per_engine) * engines / sum(per_engine), 3) if sum(per_engine) else None,
         "evictions": sum(a["evictions"] - b["evictions"] for a, b in zip(after, before)),
         "ttft_p50_ms": round(pct(ttfts, 0.50) * 1e3, 1) if ttfts else None,
         "ttft_p99_ms": round(pct(ttfts, 0.99) * 1e3, 1) if ttfts else None,
         "failures": len(errors), "first_errors": errors[:3],
-        "requests_per_engine": [a["requests"] - b["requests"] for a, b in zip(after, before)],
+        "requests_per_engine": per_engine,
         "cold_loads_per_engine": [a["cold_loads"] - b["cold_loads"] for a, b in zip(after, before)],
         "probe_requests_per_engine": probe, "gateway_warmup_s": gateway_warmup,
+        "policy_branches": {k: v - branches_before.get(k, 0.0) for k, v in branches_after.items()},
         "seconds": round(seconds, 1), "setup_seconds": round(setup_s, 1),
         "total_seconds": round(time.perf_counter() - t_setup, 1),
     }
@@ -190,9 +226,30 @@ def ratio(a, b):
     return None if a is None or not b else round(a / b, 3)
 
 
+def summarize(runs: list[dict]) -> dict:
+    """One engine count: each variant's means over repeats, its ratios to affinity, and the bounded verdict."""
+    keys = ("cold_loads_per_1000", "max_over_mean", "ttft_p50_ms", "ttft_p99_ms")
+    mean = {}
+    for name in dict.fromkeys(r["variant"] for r in runs):
+        rs = [r for r in runs if r["variant"] == name]
+        mean[name] = {k: round(sum(r[k] for r in rs) / len(rs), 3) for k in keys}
+    out = {"mean": mean}
+    if "affinity" in mean:
+        out["over_affinity"] = {name: {k: ratio(m[k], mean["affinity"][k]) for k in keys if k != "max_over_mean"}
+                                for name, m in mean.items() if name != "affinity"}
+    if "affinity" in mean and "bounded" in mean:
+        out["bounded_goals"] = {
+            "max_over_mean": mean["bounded"]["max_over_mean"], "max_over_mean_goal": MAX_OVER_MEAN_GOAL,
+            "cold_loads_over_affinity": out["over_affinity"]["bounded"]["cold_loads_per_1000"],
+            "cold_loads_goal": COLD_LOADS_GOAL,
+            "met": (mean["bounded"]["max_over_mean"] <= MAX_OVER_MEAN_GOAL
+                    and out["over_affinity"]["bounded"]["cold_loads_per_1000"] <= COLD_LOADS_GOAL)}
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--engines", type=int, nargs="+", default=[2, 3], help="engine counts (default 2 3)")
+    ap.add_argument("--engines", type=int, nargs="+", default=None, help="engine counts (default 2 3; --quick: 2)")
     ap.add_argument("--adapters", type=int, default=64, help="zipf catalog size (default 64)")
     ap.add_argument("--rank", type=int, default=4, help="adapter rank (default 4)")
     ap.add_argument("--budget", default="600KB",
@@ -202,14 +259,20 @@ def main(argv=None) -> int:
     ap.add_argument("--max-tokens", type=int, default=4, help="tokens per completion (default 4)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the request sequence (default 0)")
     ap.add_argument("--repeats", type=int, default=1,
-                    help="repetitions; the policy order alternates (odd repetitions run round_robin first)")
-    ap.add_argument("--round-robin-first", action="store_true",
-                    help="run round_robin before consistent_hashing in the first repetition (order effects)")
-    ap.add_argument("--quick", action="store_true", help="smoke run: 2 engines, 200 requests")
+                    help="repetitions; each starts the variant order one later (order effects)")
+    ap.add_argument("--variants", nargs="+", default=["round_robin", "affinity", "bounded"],
+                    choices=["round_robin", "affinity", "bounded", "sticky"],
+                    help="what to measure, in this order (default round_robin affinity bounded)")
+    ap.add_argument("--load-factor", type=float, default=None,
+                    help="the bounded variant's --prefix-hash-load-factor (default: BOUNDED_AFFINITY's)")
+    ap.add_argument("--abs-threshold", type=int, default=None,
+                    help="the bounded variant's --prefix-hash-balance-abs-threshold (default: BOUNDED_AFFINITY's)")
+    ap.add_argument("--quick", action="store_true", help="a first look: 200 requests, 2 engines unless --engines")
     ap.add_argument("--out", default=None, help="working folder (default: under the cache dir)")
     args = ap.parse_args(argv)
     if args.quick:
-        args.engines, args.requests = [2], 200
+        args.requests = 200
+    args.engines = args.engines or ([2] if args.quick else [2, 3])
 
     work = Path(args.out or default_cache_dir() / "gateway-bench")
     work.mkdir(parents=True, exist_ok=True)
@@ -225,32 +288,31 @@ def main(argv=None) -> int:
             synth(cat, 2, prefix="probe/", rank=args.rank, progress=False)
     requests = zipf_requests(args.adapters, args.requests, args.seed)
 
+    bound = {k: v for k, v in (("load_factor", args.load_factor), ("abs_threshold", args.abs_threshold))
+             if v is not None}
+    policies = {name: policy for name, policy in variants(bounded_affinity(**bound)).items() if name in args.variants}
     t0 = time.perf_counter()
     runs = []
     for rep in range(args.repeats):
         for engines in args.engines:
-            order = (AFFINITY, ROUND_ROBIN) if (rep + args.round_robin_first) % 2 == 0 else (ROUND_ROBIN, AFFINITY)
-            for policy in order:
-                runs.append({"repeat": rep, **run_config(model, catalog, requests, engines, policy, args, work)})
-    ratios = {}
-    for engines in args.engines:
-        by = {p: [r for r in runs if r["engines"] == engines and r["policy"] == p] for p in (AFFINITY, ROUND_ROBIN)}
-        mean = {p: {k: sum(r[k] for r in rs) / len(rs) for k in ("cold_loads_per_1000", "ttft_p50_ms", "ttft_p99_ms")}
-                for p, rs in by.items()}
-        ratios[str(engines)] = {f"{k}_affinity_over_round_robin": ratio(mean[AFFINITY][k], mean[ROUND_ROBIN][k])
-                                for k in mean[AFFINITY]}
+            turn = rep % len(args.variants)
+            for name in args.variants[turn:] + args.variants[:turn]:
+                runs.append({"repeat": rep, **run_config(model, catalog, requests, engines, name, policies[name],
+                                                         args, work)})
+    summary = {str(engines): summarize([r for r in runs if r["engines"] == engines]) for engines in args.engines}
     record = {
         "setup": {"model": "tiny llama, fp32, CPU", "gateway": "smg 1.13.0 + mint adapter-route middleware",
-                  "engines": args.engines, "policies": [AFFINITY, ROUND_ROBIN], "adapters": args.adapters,
+                  "engines": args.engines, "variants": {n: p.args() for n, p in policies.items()},
+                  "adapters": args.adapters,
                   "rank": args.rank, "host_budget_per_engine": args.budget, "requests": args.requests,
                   "zipf_s": ZIPF_S, "concurrency": args.concurrency, "max_tokens": args.max_tokens,
                   "seed": args.seed, "repeats": args.repeats, "fresh_engines_per_configuration": True,
-                  "round_robin_first": args.round_robin_first, "quick": args.quick},
-        "runs": runs, "ratios": ratios,
+                  "quick": args.quick},
+        "runs": runs, "summary": summary,
         "failures": sum(r["failures"] for r in runs), "seconds": round(time.perf_counter() - t0, 1),
     }
     append_result("gateway_bench", record)
-    print(json.dumps({"ratios": ratios, "failures": record["failures"], "seconds": record["seconds"]}, indent=2))
+    print(json.dumps({"summary": summary, "failures": record["failures"], "seconds": record["seconds"]}, indent=2))
     return 0 if record["failures"] == 0 else 1
 
 
