@@ -33,3 +33,22 @@ def adapter_from_model(model: str, served_model_name: str) -> str | None:
             f"(use {prefix}<adapter-id> or the bare adapter id)"
         )
     return validate_adapter_id(model)
+
+
+def answered_model(request_model: str, lora_path, requested: str | None, served_model_name: str) -> str:
+    """The ``model`` an answer names: ``requested`` when the gateway rewrote it (the header
+    ``gateway/middleware.py:REQUESTED_MODEL_HEADER``), else ``request_model``.
+
+    Through SMG ``{"model": "acme/bot"}`` reaches the engine as ``{"model": "tiny", "lora_path":
+    "acme/bot"}`` with ``requested = "acme/bot"``: the answer says ``acme/bot``, as it does when the
+    client talks to the engine itself. ``requested`` is taken only when it names the very adapter
+    ``lora_path`` does (``tiny:``, the base model, when there is none), so the header cannot make
+    an answer name anything else.
+    """
+    if requested is None or request_model != served_model_name:
+        return request_model
+    try:
+        asked = adapter_from_model(requested, served_model_name)
+    except InvalidAdapterId:
+        return request_model
+    return requested if asked == (lora_path if isinstance(lora_path, str) else None) else request_model

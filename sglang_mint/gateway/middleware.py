@@ -33,6 +33,10 @@ WIT_WORLD = "smg"
 MODULE_NAME = "mint-adapter-route"
 # The request paths whose body names a model (and possibly a lora_path).
 ROUTED_PATHS = ("/v1/completions", "/v1/chat/completions", "/generate")
+# The client's own ``model``, sent on to the engine when the middleware rewrote it to the base
+# model, so that the answer names it (routing.py:answered_model). SMG forwards only a fixed list
+# of headers to an engine; ``x-request-id-*`` is on it, a header of our own would be dropped.
+REQUESTED_MODEL_HEADER = "x-request-id-mint-model"
 # Folders SMG 1.13.0 will not load a module from (BLOCKED_PATH_PREFIXES in its wasm registration).
 SMG_BLOCKED_PREFIXES = ("/etc/", "/proc/", "/sys/", "/dev/", "/boot/", "/root/", "/var/log/", "/var/run/")
 
@@ -52,7 +56,8 @@ def componentize_py() -> str:
 
 
 def _route_config(base_model: str) -> str:
-    return f"BASE_MODEL = {base_model!r}\nROUTED_PATHS = {ROUTED_PATHS!r}\n"
+    return (f"BASE_MODEL = {base_model!r}\nROUTED_PATHS = {ROUTED_PATHS!r}\n"
+            f"REQUESTED_MODEL_HEADER = {REQUESTED_MODEL_HEADER!r}\n")
 
 
 def build_adapter_route(base_model: str, cache_dir: str | os.PathLike | None = None) -> Path:

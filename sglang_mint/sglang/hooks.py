@@ -37,6 +37,7 @@ _TM = "sglang.srt.managers.tokenizer_manager.TokenizerManager"
 _MOE = "sglang.srt.layers.moe.moe_runner.triton_utils"
 _RUNNERS = "sglang.srt.lora.lora_moe_runners"
 _DP = "sglang.srt.managers.data_parallel_controller.DataParallelController"
+_OPENAI = "sglang.srt.entrypoints.openai.serving_base.OpenAIServingBase"
 
 HOOKS: tuple[Hook, ...] = (
     # each process's role, told by SGLang: the launcher parses the command line, every process publishes its role
@@ -53,8 +54,8 @@ HOOKS: tuple[Hook, ...] = (
     Hook("scheduler", "sglang.srt.distributed.parallel_state.init_model_parallel_group", "AROUND",
          "cpu_compat:_around_init_model_parallel_group", True),
     # the adapter id in the OpenAI `model` field
-    Hook("frontend", "sglang.srt.entrypoints.openai.serving_base.OpenAIServingBase._resolve_lora_path", "AROUND",
-         "openai_model:_around_resolve_lora_path"),
+    Hook("frontend", f"{_OPENAI}._resolve_lora_path", "AROUND", "openai_model:_around_resolve_lora_path"),
+    Hook("frontend", f"{_OPENAI}.handle_request", "AROUND", "openai_model:_around_handle_request"),  # answers name it
     # catalog lookups in the tokenizer manager, the registry holding only names in flight, /mint/* (endpoints.py)
     Hook("frontend", f"{_TM}.init_lora", "AFTER", "frontend:_after_init_lora"),
     Hook("frontend", f"{_TM}._resolve_lora_path", "AROUND", "frontend:_around_tm_resolve_lora_path"),
@@ -189,10 +190,6 @@ def register_for(role: str) -> list[Hook]:
         function = getattr(importlib.import_module(f"sglang_mint.sglang.{module}"), name)
         HookRegistry.register(hook.target, function, HookType[hook.kind])
     return hooks
-
-
-def declared_roles() -> set[str]:
-    return set(_declared)
 
 
 def _take_role(role: str) -> None:

@@ -12,7 +12,6 @@ import re
 from sglang_mint.residency.lora_requests_info import metrics_registry
 
 
-# -- hooks -----------------------------------------------------------------------
 def _after_add_prometheus_middleware(result, app, *args, **kwargs):
     """Serve ``/metrics`` from a registry that also holds ``LoraInfoCollector``.
 

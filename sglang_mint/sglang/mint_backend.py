@@ -50,7 +50,6 @@ class MintLoRABackend(TritonLoRABackend):
         logger.info("mint LoRA kernels: %s", routes.summary(device))
 
     # ---- planning -------------------------------------------------------
-
     def reset_batch_state(self):
         super().reset_batch_state()
         self._planned.clear()
@@ -77,7 +76,6 @@ class MintLoRABackend(TritonLoRABackend):
         return self._plan(pruned_batch_info if pruned_batch_info is not None else self.get_batch_info())
 
     # ---- dense LoRA ops -------------------------------------------------
-
     def _route(self, method: str, x: torch.Tensor, S: int, K: int, R: int, batch: LoraBatch) -> bool:
         """True: run SGLang's Triton kernels (the superclass method) for this call."""
         return routes.takes_sglang_triton(self._routes, self.device, method, x, S, K, R, batch.is_bgmv)
@@ -137,7 +135,6 @@ class MintLoRABackend(TritonLoRABackend):
         return self._batch() if x.shape[0] and a.shape[1] else None
 
     # ---- embeddings -----------------------------------------------------
-
     def run_lora_a_embedding(self, input_ids: torch.Tensor, weights: torch.Tensor, vocab_size: int,
                              extra_embeddings: torch.Tensor = None, *args, **kwargs) -> torch.Tensor:
         """[T, R]: column `token` of A[slot]: SGLang's Triton gather on CUDA / the

@@ -2,12 +2,15 @@
 
 With ``--enable-mint`` this hook answers SGLang's ``OpenAIServingBase._resolve_lora_path``
 by ``frontend/catalog_names.py:lora_path_of_model``, with the adapters SGLang loaded
-itself (``tm.lora_ref_cache``) as the fallback for ids the catalog does not hold.
+itself (``tm.lora_ref_cache``) as the fallback for ids the catalog does not hold; and an
+answer through the gateway names the client's ``model`` (``routing.py:answered_model``).
 """
 
 from __future__ import annotations
 
 from sglang_mint.frontend.catalog_names import lora_path_of_model
+from sglang_mint.gateway.middleware import REQUESTED_MODEL_HEADER
+from sglang_mint.routing import answered_model
 from sglang_mint.sglang.flags import mint_config
 from sglang_mint.sglang.frontend import catalog_frontend
 
@@ -18,3 +21,11 @@ def _around_resolve_lora_path(original, self, request_model, explicit_lora_path)
         return original(self, request_model, explicit_lora_path)
     return lora_path_of_model(request_model, tm.served_model_name, explicit_lora_path, catalog_frontend(tm),
                               tm.lora_ref_cache)
+
+
+async def _around_handle_request(original, self, request, raw_request):
+    requested = raw_request.headers.get(REQUESTED_MODEL_HEADER) if raw_request is not None else None
+    if requested is not None and mint_config(self.tokenizer_manager.server_args) is not None:
+        request.model = answered_model(request.model, getattr(request, "lora_path", None), requested,
+                                       self.tokenizer_manager.served_model_name)
+    return await original(self, request, raw_request)

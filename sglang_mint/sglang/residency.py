@@ -123,14 +123,10 @@ def _after_ingest_requests(result, scheduler, *args, **kwargs):
         lora_info = getattr(scheduler, "_mint_lora_info", None)
         if lora_info is not None:
             lora_info.refresh()
-        if residency.reading and _nothing_running(scheduler):
+        batch = scheduler.running_batch
+        if residency.reading and (batch is None or batch.is_empty()):  # nothing running
             residency.yield_to_reads()
     return result
-
-
-def _nothing_running(scheduler) -> bool:
-    batch = scheduler.running_batch
-    return batch is None or batch.is_empty()
 
 
 def _before_add_request_to_queue(scheduler, req, is_retracted=False, *args, **kwargs):

@@ -1,7 +1,7 @@
 import pytest
 
 from sglang_mint.errors import InvalidAdapterId
-from sglang_mint.routing import adapter_from_model
+from sglang_mint.routing import adapter_from_model, answered_model
 
 
 @pytest.mark.parametrize("model, expected", [
@@ -26,3 +26,23 @@ def test_served_name_with_colons():
 def test_bad_models(model):
     with pytest.raises(InvalidAdapterId):
         adapter_from_model(model, "tiny")
+
+
+@pytest.mark.parametrize("requested, lora_path, expected", [
+    ("acme/a1", "acme/a1", "acme/a1"),  # the gateway rewrote {"model": "acme/a1"}
+    ("tiny:acme/a1", "acme/a1", "tiny:acme/a1"),
+    ("tiny: acme/a1", "acme/a1", "tiny: acme/a1"),
+    (None, "acme/a1", "tiny"),  # {"model": "tiny", "lora_path": "acme/a1"} from the client itself
+    ("acme/other", "acme/a1", "tiny"),  # the header names another adapter: not taken
+    ("tiny", "acme/a1", "tiny"),
+    ("../x", "../x", "tiny"),  # not an adapter id
+    ("acme/a1", None, "tiny"),
+    ("tiny:", None, "tiny:"),  # SGLang's other name for the base model, rewritten by the gateway
+    ("acme/a1", ["acme/a1"], "tiny"),  # a batch's list of paths
+])
+def test_answered_model_is_what_the_client_sent_through_the_gateway(requested, lora_path, expected):
+    assert answered_model("tiny", lora_path, requested, "tiny") == expected
+
+
+def test_answered_model_keeps_a_model_that_names_an_adapter():
+    assert answered_model("acme/a1", "acme/a1", "acme/b2", "tiny") == "acme/a1"

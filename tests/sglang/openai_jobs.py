@@ -22,3 +22,15 @@ def greedy_batch(server, jobs: list[tuple[str, str]], max_tokens: int) -> list[t
 
     with ThreadPoolExecutor(len(jobs)) as pool:
         return list(pool.map(one, jobs))
+
+
+def answer_models(client, model: str, **extra) -> list[str]:
+    """The ``model`` each kind of answer names: a completion and a chat completion, whole and
+    streamed (every chunk of a stream, set-wise)."""
+    chat = {"messages": [{"role": "user", "content": "hello"}], "max_tokens": 2, "temperature": 0}
+    text = {"prompt": "hello", "max_tokens": 2, "temperature": 0}
+    whole = [client.completions.create(model=model, **text, **extra).model,
+             client.chat.completions.create(model=model, **chat, **extra).model]
+    streams = [client.completions.create(model=model, stream=True, **text, **extra),
+               client.chat.completions.create(model=model, stream=True, **chat, **extra)]
+    return whole + [",".join(sorted({chunk.model for chunk in stream})) for stream in streams]

@@ -9,6 +9,8 @@ import pytest
 from transformers import AutoTokenizer
 
 from sglang_mint.dev.reference import run_reference
+from sglang_mint.gateway.middleware import REQUESTED_MODEL_HEADER
+from openai_jobs import answer_models
 
 pytestmark = pytest.mark.server  # starts real SGLang servers: not in make test-fast
 
@@ -86,6 +88,20 @@ def test_chat_completions_select_the_adapter(mint_client, tiny_model, tiny_adapt
         assert r.usage.prompt_tokens == len(ids)
         assert choice.model_extra["response_token_ids"] == ref["tokens"]
         assert [c.logprob for c in choice.logprobs.content] == pytest.approx(ref["logprobs"], abs=TOL)
+
+
+def test_answers_name_the_model_the_request_named(mint_client, tiny_adapters):
+    first, second = list(tiny_adapters)[:2]
+    for model in (first, f"tiny:{first}", "tiny", "tiny:"):
+        assert answer_models(mint_client, model) == [model] * 4
+    # The gateway's header (gateway/middleware.py:REQUESTED_MODEL_HEADER) names the model the
+    # client sent it; a client that sends it itself can only name the adapter it asked for.
+    lora = {"extra_body": {"lora_path": first}}
+    assert answer_models(mint_client, "tiny", **lora) == ["tiny"] * 4
+    named = {"extra_headers": {REQUESTED_MODEL_HEADER: f"tiny:{first}"}}
+    assert answer_models(mint_client, "tiny", **lora, **named) == [f"tiny:{first}"] * 4
+    forged = {"extra_headers": {REQUESTED_MODEL_HEADER: second}}
+    assert answer_models(mint_client, "tiny", **lora, **forged) == ["tiny"] * 4
 
 
 def test_unknown_adapter_is_404_naming_the_id(mint_client):

@@ -34,6 +34,7 @@ from sglang_mint.catalog import init_catalog
 from sglang_mint.catalog.synth import synth
 from sglang_mint.dev.server import SGLangServer, free_port
 from sglang_mint.gateway.smg import SMGGateway
+from openai_jobs import answer_models
 from test_catalog_serving import PROMPT, complete, references
 
 pytestmark = pytest.mark.server  # starts real SGLang servers: not in make test-fast
@@ -125,6 +126,14 @@ def test_adapter_ids_through_the_gateway_match_hf_peft(client, tiny_model, catal
         assert logprobs == pytest.approx(refs[adapter_id]["logprobs"], abs=1e-4)
     assert complete(client, "tiny:acme/tiny-0001")[0] == refs["acme/tiny-0001"]["tokens"]
     assert complete(client, "tiny")[0]  # the base model
+
+
+def test_answers_through_the_gateway_name_the_model_the_client_sent(client):
+    """The middleware rewrites ``model`` to the base model for SMG's routing; the answer still
+    names what the client sent, whole and streamed, as an engine answers when called directly."""
+    for model in ("acme/tiny-0000", "tiny:acme/tiny-0001", "tiny", "tiny:"):
+        assert answer_models(client, model) == [model] * 4
+    assert answer_models(client, "tiny", extra_body={"lora_path": "acme/tiny-0002"}) == ["tiny"] * 4
 
 
 def test_bad_ids_get_the_engines_errors_and_the_gateway_keeps_serving(client):

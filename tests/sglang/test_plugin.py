@@ -214,7 +214,7 @@ def test_each_process_hooks_only_what_runs_in_it(run_py):
                 call()
             except Exception:
                 pass  # past the announcement, the process fails to find the model
-            out[name] = {"roles": sorted(hooks.declared_roles()), "targets": sorted(HookRegistry._hooks)}
+            out[name] = {"roles": sorted(hooks._declared), "targets": sorted(HookRegistry._hooks)}
         print("RESULT" + json.dumps(out))
     """)
     line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT")]

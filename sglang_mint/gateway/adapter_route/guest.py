@@ -10,6 +10,9 @@ is not a registered worker model, such as an adapter id. So, with base ``tiny``:
     {"model": "tiny", "lora_path": "acme/bot"}  -> body unchanged, + X-SMG-Routing-Key: acme/bot
     {"model": "tiny"}  or no JSON     -> unchanged
 
+When it rewrites ``model``, the client's own goes on to the engine in the header
+REQUESTED_MODEL_HEADER (``x-request-id-mint-model: acme/bot``), so that the answer names it.
+
 SMG's ``consistent_hashing`` policy then hashes the routing key onto its ring of
 engines: every request for ``acme/bot`` goes to the same engine while it is healthy.
 The engine resolves ``lora_path`` through its catalog, and an id it does not know
@@ -21,10 +24,11 @@ import json
 from wit_world import exports
 from wit_world.imports.middleware_types import Action_Continue, Action_Modify, Header, ModifyAction
 
-from route_config import BASE_MODEL, ROUTED_PATHS
+from route_config import BASE_MODEL, REQUESTED_MODEL_HEADER, ROUTED_PATHS
 
 ROUTING_KEY = "x-smg-routing-key"
 MAX_KEY_BYTES = 128  # SMG ignores a longer routing key
+MAX_MODEL_HEADER = 512  # a longer model is no adapter id: the engine refuses it anyway
 
 
 def adapter_of(body):
@@ -61,9 +65,12 @@ class MiddlewareOnRequest(exports.MiddlewareOnRequest):
         headers = []
         if adapter is not None and not has_key and len(adapter.encode()) <= MAX_KEY_BYTES:
             headers.append(Header(ROUTING_KEY, adapter))
-        if body.get("model") == before and not headers:
+        rewritten = body.get("model") != before
+        if rewritten and before.isascii() and before.isprintable() and len(before) <= MAX_MODEL_HEADER:
+            headers.append(Header(REQUESTED_MODEL_HEADER, before))
+        if not rewritten and not headers:
             return Action_Continue()
-        new_body = json.dumps(body).encode() if body.get("model") != before else None
+        new_body = json.dumps(body).encode() if rewritten else None
         return Action_Modify(ModifyAction(None, headers, [], [], new_body))
 
 
