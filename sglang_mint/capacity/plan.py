@@ -31,10 +31,11 @@ class Hardware:
     load_workers: int  # --mint-load-workers
     source: str  # "disk" or "s3"
     source_bytes_per_s: float
-    read_overhead_s: float  # per read, before its bytes move: open, parse, build tensors (S3: + first byte)
+    read_overhead_s: float  # mean per read, before its bytes move: open, parse, build tensors (S3: + first byte)
     gpu_slots: int  # --max-loras-per-batch
     mem_fraction: float  # share of HBM for weights, LoRA pool and KV cache (SGLang's --mem-fraction-static)
     pinned_top: int = 0
+    read_overhead_fixed: bool = False
 
 
 @dataclass(frozen=True)
@@ -71,7 +72,7 @@ def engine_model(adapter: AdapterSize, hw: Hardware, gpus: int) -> EngineModel:
         adapter_host_bytes=adapter.host_bytes, adapter_reserve_bytes=adapter.reserve_bytes, adapter_gpu_bytes=adapter.gpu_bytes // gpus,
         gpu_slots=hw.gpu_slots, load_workers=hw.load_workers, read_overhead_s=hw.read_overhead_s,
         source_bytes_per_s=hw.source_bytes_per_s, pcie_bytes_per_s=hw.gpu.pcie_bytes_per_s,
-        pinned_top=hw.pinned_top)
+        pinned_top=hw.pinned_top, read_overhead_fixed=hw.read_overhead_fixed)
 
 
 def evaluate(traffic: Traffic, model: EngineModel, engines: int, routing: str, slo: SLO) -> dict:

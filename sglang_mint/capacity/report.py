@@ -29,7 +29,8 @@ def make_plan(args) -> dict:
                   load_workers=args.load_workers, source=args.source,
                   source_bytes_per_s=(args.s3_gbps if s3 else args.disk_gbps) * 1e9,
                   read_overhead_s=(args.read_overhead_ms + (args.s3_latency_ms if s3 else 0)) / 1e3,
-                  gpu_slots=args.gpu_slots, mem_fraction=args.mem_fraction, pinned_top=args.pin_top)
+                  gpu_slots=args.gpu_slots, mem_fraction=args.mem_fraction, pinned_top=args.pin_top,
+                  read_overhead_fixed=args.fixed_read_overhead)
     rate = None if args.clients else (args.rate or DEFAULT_RATE)
     warmup = args.requests // 2 if args.warmup_requests is None else args.warmup_requests
     traffic = Traffic(catalog_size=args.catalog, zipf_s=args.zipf, requests=args.requests, warmup_requests=warmup,
@@ -69,7 +70,8 @@ def _pct(x: float | None) -> str:
 def render(plan: dict) -> str:
     a, t, hw, mem, slo = plan["adapter"], plan["traffic"], plan["hardware"], plan["gpu_memory"], plan["slo"]
     load = f"{t['rate']:,.0f} req/s (Poisson)" if t["rate"] else f"{t['clients']} clients back to back"
-    source = (f"{hw['source']} {hw['source_bytes_per_s'] / 1e9:g} GB/s, {hw['read_overhead_s'] * 1e3:g} ms a read, "
+    source = (f"{hw['source']} {hw['source_bytes_per_s'] / 1e9:g} GB/s, {hw['read_overhead_s'] * 1e3:g} ms a read "
+              f"({'fixed' if hw['read_overhead_fixed'] else 'mean'}), "
               f"{hw['load_workers']} load workers")
     lines = [
         f"model     {plan['model']['name']} ({plan['model']['weight_dtype']}); adapters rank {a['rank']} on "

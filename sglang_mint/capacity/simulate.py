@@ -7,9 +7,12 @@ One engine, as ``residency/scheduler_residency.py`` and SGLang's LoRA pool run i
    read starts, unless one is under way (requests for one cold adapter share one read) or the
    budget has no room for the engine's estimate of it (``HostLRU.reserve`` returns None: the read
    waits for a request to end).
-2. A read waits for one of ``load_workers`` workers, spends ``read_overhead_s`` (open, parse,
-   build the tensors), then moves the adapter's file bytes over the engine's source link (disk
-   or S3) at ``source_bytes_per_s``, one transfer at a time in start order.
+2. A read waits for one of ``load_workers`` workers (first come, first served, as ``ColdLoader``'s
+   thread pool), spends an overhead (open, parse, build the tensors; exponentially distributed
+   with mean ``read_overhead_s``, so its median is 0.69 and its p99 4.6 times the mean, or exactly
+   the mean with ``read_overhead_fixed``), then moves the adapter's file bytes over the engine's
+   source link (disk or S3) at ``source_bytes_per_s``, one transfer at a time in the order they
+   become ready; its worker is free when the transfer ends.
 3. Installed (``HostLRU.loaded``, its real size replacing the estimate): idle adapters over budget
    are evicted, least recently used first, never a held or pinned one. A cold load is one
    installed read.
@@ -23,7 +26,7 @@ One engine, as ``residency/scheduler_residency.py`` and SGLang's LoRA pool run i
 A request's cold wait runs from its arrival until its adapter is in a GPU slot; hit rate and cold
 loads count as ``/mint/status`` counts them (a request arriving during its adapter's read is a
 miss, not a load). Example: 80 MiB adapters, disk 3 GB/s, 5 ms overhead, 2 workers, two cold
-adapters at t=0: both overheads end at 5 ms, the first transfer at 5 + 28 = 33 ms, the second
+adapters at t=0 (fixed overheads): both overheads end at 5 ms, the first transfer at 5 + 28 = 33 ms, the second
 waits for the link and ends at 61 ms. At 100 cold loads/s the link would need 100 x 28 ms =
 2.8 s of transfer a second (``link_utilization`` 2.8): the queue and the p99 grow without bound.
 
@@ -38,7 +41,8 @@ requests in flight: ``--dp-size`` dispatch) or ``round-robin``.
 from __future__ import annotations
 
 import heapq
-from collections import OrderedDict
+import random
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -47,7 +51,7 @@ from sglang_mint.residency.affinity import pick_rank, preference
 from sglang_mint.residency.host_lru import HostLRU
 
 ROUTINGS = ("affinity", "bounded", "round-robin")
-READ_DONE, END, ARRIVE = 0, 1, 2  # at one instant: installs, then ends, then arrivals
+READ_DONE, TRANSFER, END, ARRIVE = 0, 1, 2, 3  # at one instant: installs, transfers, ends, arrivals
 
 
 @dataclass(frozen=True)
@@ -71,10 +75,11 @@ class EngineModel:
     adapter_gpu_bytes: int
     gpu_slots: int
     load_workers: int
-    read_overhead_s: float
+    read_overhead_s: float  # the mean
     source_bytes_per_s: float
     pcie_bytes_per_s: float
     pinned_top: int = 0  # the most popular adapters, never evicted (--mint-pin)
+    read_overhead_fixed: bool = False  # every read's overhead is the mean, not drawn
 
 
 @dataclass
@@ -93,7 +98,8 @@ class Engine:
     def __init__(self, model: EngineModel):
         self.m = model
         self.lru = HostLRU(model.host_budget_bytes, pinned=range(model.pinned_top), group_of=lambda k: k)
-        self.workers = [0.0] * model.load_workers  # when each is free (a heap)
+        self.free_workers = model.load_workers
+        self.worker_queue: deque[int] = deque()  # reserved reads waiting for a worker
         self.link_free = self.pcie_free = 0.0
         self.reading: dict[int, list[int]] = {}  # adapter -> requests waiting for its read
         self.wanted: OrderedDict[int, list[int]] = OrderedDict()  # reads waiting for room
@@ -128,6 +134,7 @@ class Simulation:
         rng = np.random.default_rng(traffic.seed)
         self.adapters = zipf_adapters(traffic.catalog_size, traffic.zipf_s, traffic.requests, rng).tolist()
         self.gaps = rng.exponential(1.0 / traffic.rate, traffic.requests).tolist() if traffic.rate else None
+        self.overheads = random.Random(traffic.seed)  # its own stream: the requests stay the same
         self.engines = [Engine(model) for _ in range(engines)]
         self.arrived = [0.0] * traffic.requests
         self.engine_of = [0] * traffic.requests
@@ -151,8 +158,14 @@ class Simulation:
                 self.arrive(now)
             elif kind == READ_DONE:
                 self.read_done(now, *payload)
+            elif kind == TRANSFER:
+                self.transfer(now, *payload)
             else:
                 self.end(now, *payload)
+        stuck = sum(e.running for e in self.engines)
+        if stuck or self.next_request < self.t.requests:
+            raise RuntimeError(f"the simulation stalled: {stuck} requests in flight, "
+                               f"{self.t.requests - self.next_request} never sent")
         return [e.counts for e in self.engines]
 
     @property
@@ -212,14 +225,26 @@ class Simulation:
             k = next(iter(eng.wanted))
             victims = eng.lru.reserve(k, m.adapter_reserve_bytes)
             if victims is None:
-                return
+                break  # waits for a request to end
             self.evict(eng, victims)
             eng.reading[k] = eng.wanted.pop(k)
-            start = max(now, heapq.heappop(eng.workers))
-            done = max(start + m.read_overhead_s, eng.link_free) + m.adapter_file_bytes / m.source_bytes_per_s
-            eng.link_free = done
-            heapq.heappush(eng.workers, done)
-            self.push(done, READ_DONE, e, k, done - start)
+            eng.worker_queue.append(k)
+        self.dispatch(e, now)
+
+    def dispatch(self, e: int, now: float) -> None:
+        """Free workers take queued reads; each spends its overhead, then waits for the link."""
+        eng, m = self.engines[e], self.model
+        while eng.free_workers and eng.worker_queue:
+            eng.free_workers -= 1
+            overhead = m.read_overhead_s
+            if not m.read_overhead_fixed and overhead > 0:
+                overhead = self.overheads.expovariate(1 / overhead)
+            self.push(now + overhead, TRANSFER, e, eng.worker_queue.popleft(), now)
+
+    def transfer(self, now: float, e: int, k: int, started: float) -> None:
+        eng = self.engines[e]
+        done = eng.link_free = max(now, eng.link_free) + self.model.adapter_file_bytes / self.model.source_bytes_per_s
+        self.push(done, READ_DONE, e, k, done - started)
 
     def evict(self, eng: Engine, victims: list[int]) -> None:
         for v in victims:
@@ -229,12 +254,14 @@ class Simulation:
 
     def read_done(self, now: float, e: int, k: int, read_s: float) -> None:
         eng = self.engines[e]
+        eng.free_workers += 1
         self.evict(eng, eng.lru.loaded(k, self.model.adapter_host_bytes))
         if self.next_request > self.t.warmup_requests:
             eng.counts.cold_loads += 1
             eng.counts.read_seconds.append(read_s)
         for i in eng.reading.pop(k):
             self.on_gpu(eng, i, k, now, cold=True)
+        self.dispatch(e, now)
 
     def on_gpu(self, eng: Engine, i: int, k: int, now: float, cold: bool) -> None:
         """Request ``i`` has its adapter in host memory at ``now``: a GPU slot, then it runs."""

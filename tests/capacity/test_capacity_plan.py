@@ -11,7 +11,7 @@ from sglang_mint.capacity.sizes import adapter_size, resolve_targets
 # holds 20 adapters. More engines split the 400-adapter catalog and the 200 req/s between them.
 ENGINE = EngineModel(host_budget_bytes=20, adapter_file_bytes=1, adapter_host_bytes=1, adapter_reserve_bytes=1, adapter_gpu_bytes=0,
                      gpu_slots=8, load_workers=1, read_overhead_s=0.02, source_bytes_per_s=1e12,
-                     pcie_bytes_per_s=1e12)
+                     pcie_bytes_per_s=1e12, read_overhead_fixed=True)
 TRAFFIC = Traffic(catalog_size=400, zipf_s=0.8, requests=20_000, warmup_requests=5_000, request_seconds=0.01,
                   rate=200.0)
 SLO_100MS = SLO(cold_ttft_p99_s=0.1, max_engines=16)

@@ -12,7 +12,7 @@ def engine(budget_adapters, **kw):
     """1 MB adapters; reads and copies take no time unless ``kw`` says otherwise."""
     base = dict(host_budget_bytes=budget_adapters * MB, adapter_file_bytes=MB, adapter_host_bytes=MB, adapter_reserve_bytes=MB,
                 adapter_gpu_bytes=0, gpu_slots=8, load_workers=2, read_overhead_s=0.0, source_bytes_per_s=1e18,
-                pcie_bytes_per_s=1e18)
+                pcie_bytes_per_s=1e18, read_overhead_fixed=True)
     return EngineModel(**{**base, **kw})
 
 
@@ -106,3 +106,28 @@ def test_the_stream_depends_only_on_the_seed():
     runs = [Simulation(open_loop(1_000, 1.1, requests=3_000, warmup=0, seed=seed), engine(50), 1) for seed in (7, 7, 8)]
     counts = [r.run()[0] for r in runs]
     assert counts[0].hits == counts[1].hits and runs[0].adapters == runs[1].adapters != runs[2].adapters
+
+
+def test_read_overheads_are_drawn_exponentially_around_the_mean():
+    # Uniform over 10^5 adapters through room for 10: almost every request reads, one at a time.
+    traffic = Traffic(catalog_size=100_000, zipf_s=0.0, requests=20_000, warmup_requests=0, request_seconds=1e-3,
+                      rate=1.0)
+    reads = sorted(Simulation(traffic, engine(10, read_overhead_s=0.01, read_overhead_fixed=False), 1)
+                   .run()[0].read_seconds)
+    assert len(reads) > 19_000
+    assert reads[len(reads) // 2] == pytest.approx(0.01 * np.log(2), rel=0.05)
+    assert reads[int(0.99 * len(reads))] == pytest.approx(0.01 * np.log(100), rel=0.1)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_every_request_is_served_when_reads_wait_for_room(seed):
+    # parallel_bench's DP=2 round-robin run: 16 clients on 2 engines, each with room for 8 rank-4 tiny
+    # adapters (73,728 bytes held, 87,808 charged while read). A read reserved in the same pass as
+    # one told to wait must still start, or every client waits for it and the run stalls.
+    traffic = Traffic(catalog_size=64, zipf_s=1.1, requests=1_000, warmup_requests=0, request_seconds=0.4,
+                      clients=16, seed=seed)
+    model = EngineModel(host_budget_bytes=600_000, adapter_file_bytes=32_768, adapter_host_bytes=73_728,
+                        adapter_reserve_bytes=87_808, adapter_gpu_bytes=65_536, gpu_slots=8, load_workers=2,
+                        read_overhead_s=0.0056, source_bytes_per_s=3e9, pcie_bytes_per_s=50e9)
+    counts = Simulation(traffic, model, 2, "round-robin").run()
+    assert sum(c.requests for c in counts) == 1_000
