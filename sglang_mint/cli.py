@@ -18,6 +18,7 @@ COMMAND_GROUPS = [
     ("sglang_mint.dev.cli", "dev"),  # also `mint demo`
     ("sglang_mint.catalog.cli", "catalog"),
     ("sglang_mint.packed.cli", "pack"),
+    ("sglang_mint.usage.cli", "usage"),
     ("sglang_mint.capacity.cli", "plan"),
 ]
 

@@ -66,6 +66,7 @@ class MintConfig:
     blob_cache_bytes: int = DEFAULT_BLOB_CACHE_BYTES  # that folder's bound on cached S3 blobs
     gateway: str | None = None  # SMG's URL: the server joins it when ready and leaves it when it stops
     advertise_url: str | None = None  # the URL the gateway reaches this server at
+    usage_dir: str | None = None  # the usage ledger's folder (usage/ledger.py); None: not kept
 
     @classmethod
     def from_flags(cls, catalog: str | None = None, host_cache: str | None = None,
@@ -73,7 +74,7 @@ class MintConfig:
                    max_upload: str | None = None, dp_dispatch: str | None = None,
                    gateway: str | None = None, advertise_url: str | None = None,
                    catalog_cache: str | None = None, blob_cache: str | None = None,
-                   max_concurrent_uploads: int | None = None) -> "MintConfig":
+                   max_concurrent_uploads: int | None = None, usage_dir: str | None = None) -> "MintConfig":
         """Validate the flags' values; raise MintError naming the flag at fault."""
         try:
             blob_bytes = parse_bytes(blob_cache) if blob_cache is not None else DEFAULT_BLOB_CACHE_BYTES
@@ -125,10 +126,14 @@ class MintConfig:
             raise MintError("--mint-advertise-url needs --mint-gateway")
         gateway = check_http_url("--mint-gateway", gateway) if gateway is not None else None
         advertise_url = check_http_url("--mint-advertise-url", advertise_url) if advertise_url is not None else None
+        if usage_dir is None:
+            usage_dir = str(default_cache_dir() / "usage")
+        usage_dir = None if usage_dir.lower() == "off" else os.path.abspath(usage_dir)
         return cls(catalog=catalog, host_cache_bytes=size, pinned=tuple(pinned), load_workers=workers,
                    max_upload_bytes=upload, max_concurrent_uploads=uploads,
                    dp_dispatch=dp_dispatch or "affinity", gateway=gateway,
-                   advertise_url=advertise_url, catalog_cache=catalog_cache, blob_cache_bytes=blob_bytes)
+                   advertise_url=advertise_url, catalog_cache=catalog_cache, blob_cache_bytes=blob_bytes,
+                   usage_dir=usage_dir)
 
     def open_catalog(self):
         """The catalog as a serving process holds it: a small SQLite page cache per thread (see
@@ -251,6 +256,14 @@ def add_mint_arguments(parser: argparse.ArgumentParser) -> None:
         "dies. Start SMG with `mint cluster` or as the README shows (consistent_hashing, --enable-wasm).",
     )
     group.add_argument(
+        "--mint-usage-dir",
+        metavar="DIR|off",
+        default=None,
+        help="The usage ledger: per adapter, revision and minute, the requests, prompt, cached and completion "
+        "tokens and errors, appended every 2 s to hourly JSON-lines files (kept 30 days) in DIR (default "
+        "$MINT_CACHE_DIR/usage); read with GET /mint/usage or `mint usage`. 'off' keeps none.",
+    )
+    group.add_argument(
         "--mint-advertise-url",
         metavar="URL",
         default=None,
@@ -279,6 +292,7 @@ def config_from_args(args: argparse.Namespace, *, lora_on: bool, pp_size: int, t
         "advertise_url": getattr(args, "mint_advertise_url", None),
         "catalog_cache": getattr(args, "mint_catalog_cache", None),
         "blob_cache": getattr(args, "mint_blob_cache_bytes", None),
+        "usage_dir": getattr(args, "mint_usage_dir", None),
     }
     if not getattr(args, "enable_mint", False):
         if catalog is not None or any(v is not None for v in flags.values()):

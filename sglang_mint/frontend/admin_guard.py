@@ -72,8 +72,8 @@ ADMIN_ENDPOINTS: tuple[str, ...] = (
     "/start_profile", "/stop_profile", "/set_trace_level", "/configure_logging", "/freeze_gc",
     "/start_expert_distribution_record", "/stop_expert_distribution_record", "/dump_expert_distribution_record",
     "/dumper/{method}",
-    # sglang-mint (mint_api.py); /mint/status too: it names the adapters other tenants use
-    "/mint/status", "/mint/prefetch", "/mint/adapters/{adapter_id:path}/revisions",
+    # sglang-mint (mint_api.py); /mint/status and /mint/usage too: they name the adapters other tenants use
+    "/mint/status", "/mint/usage", "/mint/prefetch", "/mint/adapters/{adapter_id:path}/revisions",
     "/mint/adapters/{adapter_id:path}/rollback", "/mint/adapters/{adapter_id:path}",
 )
 

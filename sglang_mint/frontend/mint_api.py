@@ -3,6 +3,7 @@
 ::
 
     GET  /mint/status                           residency and catalog counters
+    GET  /mint/usage?adapter=&since=&until=     the usage ledger: per adapter, revision and minute
     POST /mint/prefetch                         {"adapters": [id, ...]}: load them ahead of traffic
     POST /mint/adapters/{id}/revisions          publish a new revision and make it current
     POST /mint/adapters/{id}/rollback           {"to": N} or no body: the previous revision
@@ -53,6 +54,8 @@ from sglang_mint.config import MintConfig
 from sglang_mint.errors import MintError
 from sglang_mint.frontend.admin_guard import ADMITTED
 from sglang_mint.frontend.catalog_names import CatalogNames
+from sglang_mint.usage.ledger import FIELDS as USAGE_FIELDS
+from sglang_mint.usage.ledger import parse_moment, read_usage
 
 MAX_PREFETCH = 1024
 MAX_PREFETCH_BODY = 1 << 20  # 1,024 ids of at most 128 characters fit in about 140 KB
@@ -81,6 +84,7 @@ def add_routes(app, engine: Callable[[], MintEngine], mark_admin: Callable) -> N
     app.state.mint_engine = engine
     app.add_api_route("/mint/status", mark_admin(mint_status), methods=["GET"])
     app.add_api_route("/mint/prefetch", mark_admin(mint_prefetch), methods=["POST"])
+    app.add_api_route("/mint/usage", mark_admin(mint_usage), methods=["GET"])
     # {adapter_id:path}: ids hold slashes ("acme/bot"); the suffix routes come first.
     app.add_api_route("/mint/adapters/{adapter_id:path}/revisions", mark_admin(publish_revision), methods=["POST"])
     app.add_api_route("/mint/adapters/{adapter_id:path}/rollback", mark_admin(rollback_adapter), methods=["POST"])
@@ -164,6 +168,28 @@ async def mint_status(request: Request):
         "schedulers": schedulers,
     }
     return ORJSONResponse(body)
+
+
+@_refusals
+async def mint_usage(request: Request):
+    """``GET /mint/usage?adapter=acme/bot&since=2026-12-05T04:00Z&until=...``: the usage ledger's rows
+    (usage/ledger.py) of every engine writing to this server's ``--mint-usage-dir``, and their totals."""
+    engine = _admin_engine(request)
+    if engine.config.usage_dir is None:
+        raise _Refused(404, "this server keeps no usage ledger (--mint-usage-dir off)", "not_found_error")
+    query = request.query_params
+    unknown = sorted(set(query) - {"adapter", "since", "until"})
+    if unknown:
+        raise _Refused(400, f"unknown query parameter {unknown[0]!r}: expected adapter, since, until")
+    bounds = {}
+    for name in ("since", "until"):
+        try:
+            bounds[name] = parse_moment(query[name]) if name in query else None
+        except ValueError as exc:
+            raise _Refused(400, f"{name}: {exc}") from None
+    rows = await asyncio.to_thread(read_usage, engine.config.usage_dir, query.get("adapter"), **bounds)
+    totals = {field: sum(row[field] for row in rows) for field in USAGE_FIELDS}
+    return ORJSONResponse({"usage": rows, "totals": totals})
 
 
 @_refusals

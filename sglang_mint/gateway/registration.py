@@ -1,7 +1,7 @@
 """An engine joining and leaving a gateway (SMG's ``POST /workers``, ``DELETE /workers/{id}``).
 
 The engine side of ``--mint-gateway``; engine-agnostic (the SGLang glue is
-``sglang_mint/sglang/gateway_join.py``). For an engine at
+``sglang_mint/sglang/endpoints.py``). For an engine at
 ``http://10.0.0.5:30000`` and a gateway at ``http://10.0.0.9:30080``:
 
     joined = GatewayMembership("http://10.0.0.9:30080", "http://10.0.0.5:30000")

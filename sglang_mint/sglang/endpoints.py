@@ -1,4 +1,5 @@
-"""The ``/mint/*`` endpoints on SGLang's app (the handlers are ``frontend/mint_api.py``).
+"""The ``/mint/*`` endpoints on SGLang's app (the handlers are ``frontend/mint_api.py``), and
+``--mint-gateway``'s watcher (``gateway/registration.py``), started as the server starts.
 
 Added before the server starts, with SGLang's ``AuthLevel.ADMIN_OPTIONAL`` mark, the
 admin guard (``admin.py``) and the 409 answer to a stock load or unload under a
@@ -55,8 +56,13 @@ def _engine() -> TokenizerManagerEngine:
 
 
 def _before_launch_server(server_args, *args, **kwargs):
-    if mint_config(server_args) is None:
+    config = mint_config(server_args)
+    if config is None:
         return None
+    if config.gateway is not None:  # --mint-gateway: join SMG once serving, leave once stopped
+        from sglang_mint.gateway.registration import engine_url, watch_in_background
+
+        watch_in_background(config.gateway, config.advertise_url or engine_url(server_args.host, server_args.port))
     from sglang.srt.entrypoints import http_server
 
     verify_internals("frontend")  # the app's internals, before routes are added to it

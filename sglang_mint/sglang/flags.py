@@ -17,6 +17,13 @@ def mint_config(server_args) -> MintConfig | None:
     return getattr(server_args, "_mint", None)
 
 
+def metrics_enabled() -> bool:
+    """Whether SGLang serves metrics (``--enable-metrics``); the instruments are residency/metrics.py."""
+    from sglang.srt.runtime_context import get_observability
+
+    return bool(get_observability().enable_metrics)
+
+
 def _after_add_cli_args(result, parser, *args, **kwargs):
     add_mint_arguments(parser)
     # `--lora-backend mint`: SGLang's parser fixes the choices, so extend them.

@@ -25,7 +25,7 @@ class CatalogFrontend(CatalogNames):
     """The tokenizer manager's view of the catalog: CatalogNames, registered in SGLang's registry."""
 
     def __init__(self, config):
-        from sglang_mint.sglang.metrics import metrics_enabled  # looked up per call: tests stand it in
+        from sglang_mint.sglang.flags import metrics_enabled  # looked up per call: tests stand it in
 
         super().__init__(config.open_catalog(), FrontendMetrics(metrics_enabled()))
         self._warming: set[asyncio.Task] = set()

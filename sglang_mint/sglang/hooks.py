@@ -18,19 +18,9 @@ instances exist; ``verify_startup`` does both checks.
 from __future__ import annotations
 
 import importlib
-import pkgutil
-from typing import NamedTuple
 
-from sglang_mint.errors import HooksNotApplied, has_attribute, refusal  # noqa: F401 - hooks.HooksNotApplied
-
-
-class Hook(NamedTuple):
-    role: str
-    target: str
-    kind: str  # BEFORE, AFTER, AROUND, REPLACE
-    function: str  # module:name under sglang_mint.sglang
-    cpu_only: bool = False
-
+from sglang_mint.engine_manifest import Hook, Internal, missing_internals, rows_for
+from sglang_mint.errors import HooksNotApplied, refusal  # noqa: F401 - hooks.HooksNotApplied
 
 _SCHED = "sglang.srt.managers.scheduler.Scheduler"
 _TM = "sglang.srt.managers.tokenizer_manager.TokenizerManager"
@@ -56,7 +46,8 @@ HOOKS: tuple[Hook, ...] = (
     # the adapter id in the OpenAI `model` field
     Hook("frontend", f"{_OPENAI}._resolve_lora_path", "AROUND", "openai_model:_around_resolve_lora_path"),
     Hook("frontend", f"{_OPENAI}.handle_request", "AROUND", "openai_model:_around_handle_request"),  # answers name it
-    # catalog lookups in the tokenizer manager, the registry holding only names in flight, /mint/* (endpoints.py)
+    # catalog lookups in the tokenizer manager, the registry holding only names in flight, /mint/* and
+    # --mint-gateway's join (endpoints.py)
     Hook("frontend", f"{_TM}.init_lora", "AFTER", "frontend:_after_init_lora"),
     Hook("frontend", f"{_TM}._resolve_lora_path", "AROUND", "frontend:_around_tm_resolve_lora_path"),
     Hook("frontend", "sglang.srt.lora.lora_registry.LoRARegistry.release", "AROUND",
@@ -68,9 +59,6 @@ HOOKS: tuple[Hook, ...] = (
     Hook("frontend", f"{_TM}.unload_lora_adapter", "AROUND", "frontend:_around_unload_lora_adapter"),
     # admin endpoints answer a loopback TCP peer: recorded before uvicorn's proxy-headers middleware (admin.py)
     Hook("frontend", "uvicorn.config.Config.load", "AFTER", "admin:_after_uvicorn_config_load"),
-    # --mint-gateway: join SGLang's gateway (SMG) once serving, leave when stopped (gateway_join.py)
-    Hook("frontend", "sglang.srt.entrypoints.http_server.launch_server", "BEFORE",
-         "gateway_join:_before_launch_server"),
     # vLLM's lora_requests_info gauge on /metrics, for llm-d's LoRA affinity (lora_info.py)
     Hook("frontend", "sglang.srt.entrypoints.http_server.add_prometheus_middleware", "AFTER",
          "lora_info:_after_add_prometheus_middleware"),
@@ -113,14 +101,6 @@ HOOKS: tuple[Hook, ...] = (
     Hook("scheduler", "sglang.srt.lora.layers.FusedMoEWithLoRA.slice_moe_lora_b_weights", "AROUND",
          "moe_cpu:_around_slice_moe_lora_b", True),
 )
-
-
-class Internal(NamedTuple):
-    role: str  # the process that uses it, as in HOOKS; "all": every process
-    owner: str  # a dotted module or class, or the name of an instance given to verify_internals
-    names: str  # its attributes the glue reads or writes, ", "-separated; "a.b": b of a
-    use: str
-    module: str  # which modules of sglang_mint.sglang do
 
 
 _HTTP = "sglang.srt.entrypoints.http_server"
@@ -170,11 +150,6 @@ ROLE_OF_PUBLISHED = {"scheduler": "scheduler", "detokenizer": "detokenizer", "to
 _declared: set[str] = set()  # the roles whose rows this process has declared
 
 
-def hooks_for(role: str, has_cuda: bool) -> list[Hook]:
-    """The rows a process of ``role`` needs, the "all" rows included."""
-    return [h for h in HOOKS if h.role in ("all", role) and not (h.cpu_only and has_cuda)]
-
-
 def register_for(role: str) -> list[Hook]:
     """Declare the rows of ``role`` alone ("all" for the rows every process needs); returns them.
     A role declared before is not declared again."""
@@ -184,7 +159,7 @@ def register_for(role: str) -> list[Hook]:
     if role in _declared:
         return []
     _declared.add(role)
-    hooks = [h for h in hooks_for(role, torch.cuda.is_available()) if h.role == role]
+    hooks = [h for h in rows_for(HOOKS, role, torch.cuda.is_available()) if h.role == role]
     for hook in hooks:
         module, name = hook.function.split(":")
         function = getattr(importlib.import_module(f"sglang_mint.sglang.{module}"), name)
@@ -229,7 +204,7 @@ def verify_applied(role: str) -> None:
     import torch
     from sglang.srt.plugins.hook_registry import HookRegistry
 
-    missing = sorted({h.target for h in hooks_for(role, torch.cuda.is_available())} - HookRegistry._patched)
+    missing = sorted({h.target for h in rows_for(HOOKS, role, torch.cuda.is_available())} - HookRegistry._patched)
     if missing:
         raise refusal(f"hook {', '.join(missing)}", role)
 
@@ -238,16 +213,7 @@ def verify_internals(role: str, **instances) -> None:
     """Raise HooksNotApplied naming every attribute of INTERNALS missing in this process of ``role``: the
     rows of ``role`` and "all" on a module or class, and those on an instance given here (by the row's
     owner name: ``verify_internals("scheduler", lora_manager=..., memory_pool=...)``)."""
-    missing = []
-    for row in INTERNALS:
-        if row.role not in ("all", role) or ("." not in row.owner and instances.get(row.owner) is None):
-            continue
-        try:
-            owner = pkgutil.resolve_name(row.owner) if "." in row.owner else instances[row.owner]
-        except (ImportError, AttributeError):
-            missing.append(row.owner)
-            continue
-        missing += [f"{row.owner}.{name}" for name in row.names.split(", ") if not has_attribute(owner, name)]
+    missing = missing_internals(INTERNALS, role, instances)
     if missing:
         raise refusal(f"find {', '.join(missing)}", role)
 

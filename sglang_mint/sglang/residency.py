@@ -12,11 +12,12 @@ import logging
 import os
 
 from sglang_mint.config import MintConfig
-from sglang_mint.lora_id import is_catalog_lora_id, lora_name_of
+from sglang_mint.lora_id import is_catalog_lora_id, lora_name_of, parse_lora_id
 from sglang_mint.residency.host_bytes import node_status
 from sglang_mint.residency.request_holds import admit, on_arrival, release_hold
 from sglang_mint.residency.scheduler_residency import SchedulerResidency
 from sglang_mint.sglang.adapter_reader import attach_adapter, read_adapter
+from sglang_mint.usage.ledger import UsageLedger
 
 logger = logging.getLogger("sglang_mint")
 
@@ -59,7 +60,7 @@ def scheduler_residency(scheduler, config: MintConfig) -> SchedulerResidency:
     from sglang_mint.residency.node_share import NodeShare, group_dir
     from sglang_mint.residency.rank_agreement import TensorParallelAgreement
     from sglang_mint.residency.metrics import SchedulerMetrics, time_host_loads
-    from sglang_mint.sglang.metrics import metrics_enabled
+    from sglang_mint.sglang.flags import metrics_enabled
 
     manager = scheduler.tp_worker.model_runner.lora_manager
     catalog = config.open_catalog()
@@ -104,6 +105,11 @@ def _after_scheduler_init(result, scheduler, *args, **kwargs):
     logger.info("sglang-mint enabled in scheduler process %d: %s", os.getpid(), config)
     if config.catalog is not None and scheduler.enable_lora:
         scheduler._mint_residency = scheduler_residency(scheduler, config)
+    if config.usage_dir is not None and scheduler.tp_group.rank_in_group == 0:  # one ledger per DP rank
+        from sglang.srt.runtime_context import get_parallel
+
+        engine = f"{scheduler.server_args.host}:{scheduler.server_args.port}/dp{get_parallel().dp_rank or 0}"
+        scheduler._mint_usage = UsageLedger(config.usage_dir, engine)
     return result
 
 
@@ -135,10 +141,33 @@ def _before_add_request_to_queue(scheduler, req, is_retracted=False, *args, **kw
     residency = residency_of(scheduler)
     if residency is not None and not is_retracted and is_catalog_lora_id(req.lora_id):
         on_arrival(residency, req)
+    ledger = getattr(scheduler, "_mint_usage", None)
+    if ledger is not None and not is_retracted:
+        req._mint_usage = (ledger, *_served_adapter(scheduler, req.lora_id))
     return None
 
 
+def _served_adapter(scheduler, lora_id) -> tuple[str | None, int | None]:
+    """(adapter id, catalog revision) of a request: (None, None) for the base model, no revision
+    for an adapter SGLang loaded itself (--lora-paths, /load_lora_adapter)."""
+    if not lora_id or is_catalog_lora_id(lora_id):
+        return parse_lora_id(lora_id) if lora_id else (None, None)
+    ref = scheduler.tp_worker.model_runner.lora_manager.lora_refs.get(lora_id)
+    return (lora_id if ref is None else ref.lora_name), None
+
+
+def _count_usage(req) -> None:
+    """A request ended: count it once in its scheduler's ledger, with the counts its answer has."""
+    usage = getattr(req, "_mint_usage", None)
+    if usage is not None:
+        req._mint_usage = None
+        reason = req.finished_reason.to_json() if req.finished_reason is not None else {"type": "abort"}
+        usage[0].record(usage[1], usage[2], prompt_tokens=len(req.origin_input_ids), cached_tokens=req.cached_tokens,
+                        completion_tokens=len(req.output_ids_through_stop), error=reason.get("type") == "abort")
+
+
 def _after_send_abort_output(result, scheduler, abort_req, req, *args, **kwargs):
+    _count_usage(req)
     residency = residency_of(scheduler)
     if residency is not None:
         release_hold(req)
@@ -148,6 +177,8 @@ def _after_send_abort_output(result, scheduler, abort_req, req, *args, **kwargs)
 
 def _after_stream_output(result, streamer, reqs, *args, **kwargs):
     for req in reqs:
+        if req.finished():
+            _count_usage(req)
         if getattr(req, "_mint_hold", None) is not None and req.finished():
             release_hold(req)  # drained on the loop at the next install_ready
     return result

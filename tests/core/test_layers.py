@@ -22,14 +22,14 @@ LAYERS = [
     ("", "errors"),
     # Leaves: free ports, child processes, the Triton ops. The kernels know tensors and nothing
     # of adapters, catalogs or SGLang; only the glue (and tests, bench) call them.
-    ("ports", "process", "kernels"),
+    ("ports", "process", "kernels", "engine_manifest"),
     ("adapters",),  # what an adapter is: PEFT reading and checks, key rules, the base model
     ("packed",),  # the .mintpack file format; converts a checked PEFT adapter
     ("catalog",),  # ids, revisions, stores; publishes PEFT or packed adapters
     # Built on the catalog: MintConfig validates --mint-catalog by opening it and --mint-pin with
     # catalog ids; a CatalogLoraId carries the catalog's Revision record to the scheduler.
     ("config", "lora_id"),
-    ("residency",),  # host LRU, cold loader, affinity: engine-neutral serving state
+    ("residency", "usage"),  # host LRU, cold loader, affinity: serving state; the per-adapter usage ledger
     ("routing", "gateway", "client", "capacity"),  # capacity: `mint plan`, over residency's LRU and affinity
     ("frontend",),  # the HTTP side, engine-neutral: admin guard, catalog names, /mint/* handlers
     ("sglang",),  # the glue, the only importer of sglang

@@ -83,5 +83,9 @@ def shared_catalog(tiny_model, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def shared_catalog_server(tiny_model, shared_catalog, tmp_path_factory, catalog_server):
-    with catalog_server(tiny_model, shared_catalog, tmp_path_factory.mktemp("shared-catalog-server")) as srv:
+    """Answers report cached tokens (--enable-cache-report); its usage ledger is ``srv.usage_dir``."""
+    logs = tmp_path_factory.mktemp("shared-catalog-server")
+    with catalog_server(tiny_model, shared_catalog, logs, "--enable-cache-report",
+                        "--mint-usage-dir", str(logs / "usage")) as srv:
+        srv.usage_dir = logs / "usage"
         yield srv

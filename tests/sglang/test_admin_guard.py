@@ -60,21 +60,21 @@ def stack(tiny_model, tiny_adapters, tmp_path_factory):
     from sglang.srt.plugins.hook_registry import HookRegistry, HookType
     from sglang.srt.utils.auth import add_api_key_middleware
 
-    from sglang_mint.sglang import endpoints, hooks, metrics
+    from sglang_mint.sglang import endpoints, flags, hooks
 
     root = tmp_path_factory.mktemp("guard") / "catalog"
     with init_catalog(str(root), str(tiny_model)) as cat:
         cat.publish("acme/bot", str(next(iter(tiny_adapters.values()))))
     config = MintConfig(catalog=str(root))
     server_args = SimpleNamespace(_mint=config, api_key="tenant", admin_api_key=None)
-    enabled = metrics.metrics_enabled
-    metrics.metrics_enabled = lambda: False  # no SGLang runtime context in this process
+    enabled = flags.metrics_enabled
+    flags.metrics_enabled = lambda: False  # no SGLang runtime context in this process
     try:
         from sglang_mint.sglang.frontend import CatalogFrontend
 
         tm = StubTokenizerManager(server_args, CatalogFrontend(config))
     finally:
-        metrics.metrics_enabled = enabled
+        flags.metrics_enabled = enabled
     http_server._global_state = SimpleNamespace(tokenizer_manager=tm)
 
     # What the server does, in its order: the plugin's hooks outside SGLang's own code (uvicorn),

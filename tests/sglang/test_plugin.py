@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from forked_python import ForkedPython, publish_as_scheduler_without
@@ -62,7 +63,7 @@ def flag_results(tiny_model, tmp_path_factory, forked):
         "mint": ["--model-path", str(tiny_model), "--enable-lora", "--enable-mint", "--lora-backend", "mint",
                  "--mint-catalog", str(catalog_dir), "--mint-host-cache-bytes", "64MiB", "--mint-pin", "a", "b/c",
                  "--mint-load-workers", "3", "--mint-max-upload-bytes", "16GiB",
-                 "--mint-max-concurrent-uploads", "3"],
+                 "--mint-max-concurrent-uploads", "3", "--mint-usage-dir", str(catalog_dir.parent / "ledger")],
         "bad_upload_size": ["--model-path", str(tiny_model), "--enable-lora", "--enable-mint",
                             "--mint-catalog", str(catalog_dir), "--mint-max-upload-bytes", "0"],
         "not_a_catalog": ["--model-path", str(tiny_model), "--enable-lora", "--enable-mint",
@@ -139,7 +140,8 @@ def test_flags_reach_subprocess_copies_of_server_args(flag_results):
     assert results["mint"] == {"ok": True, "mint": {
         "catalog": catalog_dir, "host_cache_bytes": 64 << 20, "pinned": ["a", "b/c"], "load_workers": 3,
         "max_upload_bytes": 16 << 30, "max_concurrent_uploads": 3, "dp_dispatch": "affinity", "catalog_cache": None,
-        "blob_cache_bytes": 10 << 30, "gateway": None, "advertise_url": None}}
+        "blob_cache_bytes": 10 << 30, "gateway": None, "advertise_url": None,
+        "usage_dir": str(Path(catalog_dir).parent / "ledger")}}
 
 
 @pytest.mark.parametrize("case, message", [

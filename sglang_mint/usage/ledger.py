@@ -1,0 +1,155 @@
+"""Per-adapter usage: requests, prompt, cached and completion tokens, and errors, per minute.
+
+The scheduler counts each request once, as it ends, with ``UsageLedger.record``: a dict
+update under a lock, nothing else on its loop. A background thread appends what was
+counted since its last pass to rotating JSON-lines files, one per engine process and
+hour, every ``flush_s``; a row is a delta, so the same (adapter, revision, minute) may
+appear in several lines and in several engines' files::
+
+    usage/usage-127.0.0.1_30000-dp0-2026120504.jsonl
+    {"adapter": "acme/bot", "revision": 3, "minute": "2026-12-05T04:17:00Z", "requests": 2,
+     "prompt_tokens": 40, "cached_tokens": 16, "completion_tokens": 12, "errors": 0}
+
+``read_usage`` sums them into one row per (adapter, revision, minute): the ledger's view.
+``adapter`` is the adapter id (``null`` for the base model), ``revision`` the catalog
+revision served (``null`` for an adapter from ``--lora-paths`` or ``/load_lora_adapter``).
+Files older than ``keep_days`` are deleted as the hour turns. Nothing here knows SGLang:
+the glue passes plain counts (sglang/residency.py).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+logger = logging.getLogger("sglang_mint")
+
+FIELDS = ("requests", "prompt_tokens", "cached_tokens", "completion_tokens", "errors")
+FLUSH_S = 2.0
+KEEP_DAYS = 30
+_FILE = re.compile(r"usage-(?P<engine>.+)-(?P<hour>\d{10})\.jsonl\Z")
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
+
+
+def minute_text(epoch_s: float) -> str:
+    """``1796444237.5`` -> ``"2026-12-05T04:17:00Z"``: the minute a moment falls in, UTC."""
+    return datetime.fromtimestamp(int(epoch_s) // 60 * 60, timezone.utc).strftime("%Y-%m-%dT%H:%M:00Z")
+
+
+def parse_moment(text: str) -> float:
+    """An ISO 8601 moment (``2026-12-05T04:17:00Z``, ``2026-12-05``; UTC unless it says) or epoch
+    seconds -> epoch seconds; ValueError naming it otherwise."""
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"{text!r} is not a moment: expected ISO 8601 (2026-12-05T04:17:00Z) or epoch "
+                         "seconds") from None
+    return (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).timestamp()
+
+
+class UsageLedger:
+    """One engine process's counts, appended to ``directory`` in the background."""
+
+    def __init__(self, directory: str | os.PathLike, engine: str, *, flush_s: float = FLUSH_S,
+                 keep_days: float = KEEP_DAYS, clock=time.time):
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.engine = _UNSAFE.sub("_", engine)
+        self.keep_s = keep_days * 86400
+        self._clock = clock
+        self._counts: dict[tuple, list[int]] = {}
+        self._lock = threading.Lock()
+        self._hour: str | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(flush_s,), name="mint-usage", daemon=True)
+        self._thread.start()
+
+    def record(self, adapter: str | None, revision: int | None, *, prompt_tokens: int, cached_tokens: int,
+               completion_tokens: int, error: bool = False) -> None:
+        """Count one request that ended now. O(1); safe from any thread."""
+        key = (adapter, revision, minute_text(self._clock()))
+        with self._lock:
+            counts = self._counts.setdefault(key, [0] * len(FIELDS))
+            counts[0] += 1
+            counts[1] += prompt_tokens
+            counts[2] += cached_tokens
+            counts[3] += completion_tokens
+            counts[4] += bool(error)
+
+    def flush(self) -> int:
+        """Append what was counted since the last flush; returns the rows written."""
+        with self._lock:
+            counts, self._counts = self._counts, {}
+        if not counts:
+            return 0
+        now = self._clock()
+        hour = time.strftime("%Y%m%d%H", time.gmtime(now))
+        lines = [json.dumps({"adapter": a, "revision": r, "minute": m, **dict(zip(FIELDS, c))}) + "\n"
+                 for (a, r, m), c in counts.items()]
+        with open(self.directory / f"usage-{self.engine}-{hour}.jsonl", "a", encoding="utf-8") as f:
+            f.write("".join(lines))  # one write: a reader never sees half of this flush's rows
+        if hour != self._hour:
+            self._hour = hour
+            self._forget_older_than(now - self.keep_s)
+        return len(lines)
+
+    def _forget_older_than(self, cutoff: float) -> None:
+        for path in self.directory.glob("usage-*.jsonl"):
+            m = _FILE.match(path.name)
+            if m and _hour_start(m["hour"]) + 3600 < cutoff:
+                path.unlink(missing_ok=True)
+
+    def _run(self, flush_s: float) -> None:
+        while not self._stop.wait(flush_s):
+            try:
+                self.flush()
+            except OSError as exc:  # a full disk must not stop serving; the counts wait for the next pass
+                logger.warning("usage ledger %s: %s", self.directory, exc)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self.flush()
+
+
+def _hour_start(hour: str) -> float:
+    return datetime.strptime(hour, "%Y%m%d%H").replace(tzinfo=timezone.utc).timestamp()
+
+
+def read_usage(directory: str | os.PathLike, adapter: str | None = None, since: float | None = None,
+               until: float | None = None) -> list[dict]:
+    """One row per (adapter, revision, minute) with ``since <= minute < until``, summed over every
+    engine's files in ``directory``, oldest first; ``adapter`` keeps that id's rows only."""
+    rows: dict[tuple, list[int]] = {}
+    for path in sorted(Path(directory).glob("usage-*.jsonl")):
+        m = _FILE.match(path.name)
+        if m is None:
+            continue
+        start = _hour_start(m["hour"])
+        if (since is not None and start + 3600 <= since) or (until is not None and start >= until):
+            continue
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue  # a line cut short by a full disk or a kill
+            if adapter is not None and row.get("adapter") != adapter:
+                continue
+            at = parse_moment(row["minute"])
+            if (since is not None and at < since) or (until is not None and at >= until):
+                continue
+            counts = rows.setdefault((row["adapter"], row["revision"], row["minute"]), [0] * len(FIELDS))
+            for i, name in enumerate(FIELDS):
+                counts[i] += int(row.get(name, 0))
+    ordered = sorted(rows.items(), key=lambda kv: (kv[0][2], kv[0][0] or "", kv[0][1] or 0))
+    return [{"adapter": a, "revision": r, "minute": m, **dict(zip(FIELDS, c))} for (a, r, m), c in ordered]

@@ -1,0 +1,125 @@
+"""The usage ledger end to end: 1,000 mixed requests, and the ledger's counts equal their answers'.
+
+Real SGLang on CPU (``shared_catalog_server``: --enable-mint, --enable-cache-report) and the
+official openai client: completions and chat, whole and streamed (usage in the last chunk), the
+bare id and ``tiny:<id>``, prompts that repeat (cached tokens), over three adapters published
+for this module. Requests a client abandons mid-stream go to a fourth adapter, so their row
+can be checked alone: each is counted once, as an error, with its prompt.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import openai
+import pytest
+
+from sglang_mint.catalog import open_catalog
+from sglang_mint.cli import main as mint
+from sglang_mint.usage.ledger import FIELDS
+
+pytestmark = pytest.mark.server  # starts real SGLang servers: not in make test-fast
+
+ADAPTERS = ["usage/a0", "usage/a1", "usage/a2"]
+ABANDONED = "usage/abandoned"
+N_REQUESTS = 1000
+N_ABANDONED = 12
+PROMPTS = ["the quick brown fox", "a b c d e f g h i j k l", "hello there, how are you today my friend"]
+
+
+@pytest.fixture(scope="module")
+def server(tiny_adapters, shared_catalog, shared_catalog_server):
+    with open_catalog(str(shared_catalog)) as cat:
+        for adapter_id, folder in zip(ADAPTERS + [ABANDONED], list(tiny_adapters.values()) * 2):
+            cat.publish(adapter_id, str(folder))
+    return shared_catalog_server
+
+
+def usage_of(server, **query) -> dict:
+    url = server.url + "/mint/usage?" + "&".join(f"{k}={v}" for k, v in query.items())
+    with urllib.request.urlopen(url, timeout=60) as r:
+        return json.loads(r.read())
+
+
+def one(client, job) -> tuple[str, dict]:
+    """Send one job; the answer's usage as the ledger counts it."""
+    kind, stream, model, prompt, max_tokens = job
+    args = {"model": model, "max_tokens": max_tokens, "temperature": 0}
+    if kind == "chat":
+        make, args["messages"] = client.chat.completions.create, [{"role": "user", "content": prompt}]
+    else:
+        make, args["prompt"] = client.completions.create, prompt
+    if stream:
+        usage = [c.usage for c in make(stream=True, stream_options={"include_usage": True}, **args) if c.usage]
+        [usage] = usage
+    else:
+        usage = make(**args).usage
+    cached = usage.prompt_tokens_details.cached_tokens if usage.prompt_tokens_details else 0
+    return model.removeprefix("tiny:"), {"requests": 1, "prompt_tokens": usage.prompt_tokens,
+                                         "cached_tokens": cached or 0,
+                                         "completion_tokens": usage.completion_tokens, "errors": 0}
+
+
+def abandon(server, prompt: str) -> None:
+    """Stream a long completion and hang up after the first chunk."""
+    body = {"model": ABANDONED, "prompt": prompt, "max_tokens": 200, "stream": True, "temperature": 0,
+            "ignore_eos": True}
+    with httpx.stream("POST", server.openai_url + "/completions", json=body, timeout=120) as r:
+        for _ in r.iter_lines():
+            break
+
+
+def test_ledger_counts_equal_the_answers(server):
+    before = {a: usage_of(server, adapter=a)["totals"] for a in ADAPTERS + [ABANDONED]}
+    rng = random.Random(7)
+    jobs = [(rng.choice(["text", "chat"]), rng.random() < 0.5,
+             rng.choice(["", "tiny:"]) + rng.choice(ADAPTERS), rng.choice(PROMPTS), rng.randint(1, 4))
+            for _ in range(N_REQUESTS - N_ABANDONED)]
+    client = openai.OpenAI(base_url=server.openai_url, api_key="none", max_retries=0, timeout=600)
+    with ThreadPoolExecutor(16) as pool:
+        abandoned = [pool.submit(abandon, server, PROMPTS[i % 3]) for i in range(N_ABANDONED)]
+        answers = list(pool.map(lambda job: one(client, job), jobs))
+        for f in abandoned:
+            f.result()
+    expected = {a: dict.fromkeys(FIELDS, 0) for a in ADAPTERS}
+    for adapter, counts in answers:
+        for name in FIELDS:
+            expected[adapter][name] += counts[name]
+    assert sum(e["cached_tokens"] for e in expected.values()) > 0  # repeated prompts hit the prefix cache
+    deadline = time.monotonic() + 30  # the ledger appends every 2 s
+    while True:
+        got = {a: {k: v - before[a][k] for k, v in usage_of(server, adapter=a)["totals"].items()}
+               for a in ADAPTERS + [ABANDONED]}
+        if all(got[a] == expected[a] for a in ADAPTERS) and got[ABANDONED]["requests"] == N_ABANDONED:
+            break
+        assert time.monotonic() < deadline, (got, expected)
+        time.sleep(0.5)
+    prompt_lengths = {p: one(client, ("text", False, ADAPTERS[0], p, 1))[1]["prompt_tokens"] for p in PROMPTS}
+    lost = got[ABANDONED]
+    assert lost["errors"] == N_ABANDONED  # a request the client abandoned ends aborted
+    assert lost["prompt_tokens"] == sum(prompt_lengths[PROMPTS[i % 3]] for i in range(N_ABANDONED))
+    assert 0 < lost["completion_tokens"] < N_ABANDONED * 200  # stopped before their 200 tokens
+
+
+def test_usage_rows_per_minute_the_cli_and_bad_queries(server, capsys):
+    rows = usage_of(server, adapter=ADAPTERS[0], since="2026-01-01T00:00Z")["usage"]
+    assert rows and {r["adapter"] for r in rows} == {ADAPTERS[0]} and {r["revision"] for r in rows} == {1}
+    assert all(r["minute"].endswith(":00Z") for r in rows)
+    assert mint(["usage", "--dir", str(server.usage_dir), "--adapter", ADAPTERS[0], "--json"]) == 0
+    [total] = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert total == {"adapter": ADAPTERS[0], "revision": 1,
+                     **{k: sum(r[k] for r in rows) for k in FIELDS}}
+    assert mint(["usage", "--dir", str(server.usage_dir)]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split() == ["adapter", "revision", *FIELDS] and any(ADAPTERS[0] in line for line in table)
+    assert usage_of(server, adapter=ADAPTERS[0], until="2026-01-01")["usage"] == []
+    for query, complaint in ((("since", "yesterday"), "since: 'yesterday' is not a moment"),
+                             (("adapterz", "x"), "unknown query parameter 'adapterz'")):
+        with pytest.raises(urllib.error.HTTPError) as err:
+            usage_of(server, **dict([query]))
+        assert err.value.code == 400 and complaint in json.loads(err.value.read())["error"]["message"]

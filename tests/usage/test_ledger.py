@@ -1,0 +1,113 @@
+"""The usage ledger: counts per (adapter, revision, minute), appended as deltas and summed on read."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+
+from sglang_mint.usage.ledger import FIELDS, UsageLedger, minute_text, parse_moment, read_usage
+
+T0 = parse_moment("2026-12-05T04:17:10Z")
+
+
+class Clock:
+    def __init__(self, t: float):
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def ledger(tmp_path, engine="127.0.0.1:30000/dp0", clock=None, **kw) -> UsageLedger:
+    return UsageLedger(tmp_path, engine, flush_s=3600, clock=clock or Clock(T0), **kw)
+
+
+def test_minutes_and_moments():
+    assert minute_text(T0) == "2026-12-05T04:17:00Z"
+    assert parse_moment("2026-12-05T04:17:10+00:00") == T0
+    assert parse_moment("2026-12-05T04:17:10") == T0  # UTC unless it says
+    assert parse_moment(str(T0)) == T0
+    with pytest.raises(ValueError, match="'yesterday' is not a moment"):
+        parse_moment("yesterday")
+
+
+def test_deltas_from_flushes_and_engines_sum_to_one_row_per_minute(tmp_path):
+    clock = Clock(T0)
+    a, b = ledger(tmp_path, clock=clock), ledger(tmp_path, engine="127.0.0.1:30001/dp0", clock=clock)
+    a.record("acme/bot", 3, prompt_tokens=10, cached_tokens=4, completion_tokens=5)
+    assert a.flush() == 1
+    a.record("acme/bot", 3, prompt_tokens=7, cached_tokens=0, completion_tokens=2, error=True)
+    b.record("acme/bot", 3, prompt_tokens=1, cached_tokens=1, completion_tokens=1)
+    b.record(None, None, prompt_tokens=9, cached_tokens=0, completion_tokens=3)  # the base model
+    clock.t += 60
+    a.record("acme/bot", 4, prompt_tokens=2, cached_tokens=0, completion_tokens=2)
+    assert a.flush() == 2 and b.flush() == 2 and a.flush() == 0
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert files == ["usage-127.0.0.1_30000_dp0-2026120504.jsonl", "usage-127.0.0.1_30001_dp0-2026120504.jsonl"]
+    assert len((tmp_path / files[0]).read_text().splitlines()) == 3  # deltas, not yet summed
+    rows = read_usage(tmp_path)
+    assert rows == [
+        {"adapter": None, "revision": None, "minute": "2026-12-05T04:17:00Z", "requests": 1, "prompt_tokens": 9,
+         "cached_tokens": 0, "completion_tokens": 3, "errors": 0},
+        {"adapter": "acme/bot", "revision": 3, "minute": "2026-12-05T04:17:00Z", "requests": 3,
+         "prompt_tokens": 18, "cached_tokens": 5, "completion_tokens": 8, "errors": 1},
+        {"adapter": "acme/bot", "revision": 4, "minute": "2026-12-05T04:18:00Z", "requests": 1,
+         "prompt_tokens": 2, "cached_tokens": 0, "completion_tokens": 2, "errors": 0},
+    ]
+    assert [r["revision"] for r in read_usage(tmp_path, adapter="acme/bot")] == [3, 4]
+    assert [r["minute"] for r in read_usage(tmp_path, since=T0 + 50)] == ["2026-12-05T04:18:00Z"]
+    assert [r["adapter"] for r in read_usage(tmp_path, until=T0 + 50)] == [None, "acme/bot"]
+    assert read_usage(tmp_path, adapter="acme/other") == []
+
+
+def test_a_line_cut_short_is_skipped_and_the_rest_is_read(tmp_path):
+    one = ledger(tmp_path)
+    one.record("a1", None, prompt_tokens=3, cached_tokens=0, completion_tokens=1)
+    one.flush()
+    [path] = tmp_path.iterdir()
+    with open(path, "a") as f:
+        f.write('{"adapter": "a1", "revis')  # a kill in the middle of a write
+    assert [r["requests"] for r in read_usage(tmp_path)] == [1]
+
+
+def test_counts_from_many_threads_are_all_kept(tmp_path):
+    one = ledger(tmp_path)
+
+    def work():
+        for _ in range(1000):
+            one.record("a1", 1, prompt_tokens=2, cached_tokens=1, completion_tokens=3)
+            if _ % 97 == 0:
+                one.flush()
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    one.close()
+    [row] = read_usage(tmp_path)
+    assert [row[f] for f in FIELDS] == [4000, 8000, 4000, 12000, 0]
+
+
+def test_files_older_than_the_retention_go_as_the_hour_turns(tmp_path):
+    old = tmp_path / "usage-e-2026110104.jsonl"
+    old.write_text(json.dumps({"adapter": "a1", "revision": 1, "minute": "2026-11-01T04:00:00Z", "requests": 1}) + "\n")
+    recent = tmp_path / "usage-e-2026120401.jsonl"
+    recent.write_text("")
+    one = ledger(tmp_path, keep_days=2)
+    one.record("a1", 1, prompt_tokens=1, cached_tokens=0, completion_tokens=1)
+    one.flush()
+    assert not old.exists() and recent.exists()
+
+
+def test_the_background_thread_flushes(tmp_path):
+    one = UsageLedger(tmp_path, "e", flush_s=0.05)
+    one.record("a1", 1, prompt_tokens=1, cached_tokens=0, completion_tokens=1)
+    for _ in range(100):
+        if read_usage(tmp_path):
+            break
+        threading.Event().wait(0.05)
+    assert [r["requests"] for r in read_usage(tmp_path)] == [1]
+    one.close()
