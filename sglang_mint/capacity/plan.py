@@ -10,7 +10,6 @@ further, so a count that meets the SLO is taken to stay met above.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, replace
 
 from sglang_mint.capacity.hardware import BYTES_PER_VALUE, GPU, ModelSpec
@@ -163,5 +162,8 @@ def check_inputs(traffic: Traffic, hw: Hardware) -> None:
         raise MintError("load workers and GPU slots must be positive, the HBM fraction in (0, 1]")
     if traffic.catalog_size > 20_000_000:
         raise MintError("catalogs up to 20,000,000 adapters (the sampler holds one weight per adapter)")
-    if math.isclose(hw.source_bytes_per_s, 0):
-        raise MintError("the load link's bandwidth must be positive")
+    if hw.source_bytes_per_s <= 0 or hw.gpu.pcie_bytes_per_s <= 0 or hw.read_overhead_s < 0:
+        raise MintError("bandwidths must be positive and the read overhead not negative")
+    if (traffic.rate is not None and traffic.rate <= 0) or (traffic.clients is not None and traffic.clients <= 0) \
+            or traffic.request_seconds < 0 or traffic.zipf_s < 0:
+        raise MintError("the rate or clients must be positive, request seconds and the zipf exponent not negative")

@@ -31,7 +31,7 @@ def make_plan(args) -> dict:
                   read_overhead_s=(args.read_overhead_ms + (args.s3_latency_ms if s3 else 0)) / 1e3,
                   gpu_slots=args.gpu_slots, mem_fraction=args.mem_fraction, pinned_top=args.pin_top,
                   read_overhead_fixed=args.fixed_read_overhead)
-    rate = None if args.clients else (args.rate or DEFAULT_RATE)
+    rate = None if args.clients is not None else (DEFAULT_RATE if args.rate is None else args.rate)
     warmup = args.requests // 2 if args.warmup_requests is None else args.warmup_requests
     traffic = Traffic(catalog_size=args.catalog, zipf_s=args.zipf, requests=args.requests, warmup_requests=warmup,
                       request_seconds=args.request_seconds, rate=rate, clients=args.clients, seed=args.seed)

@@ -58,6 +58,9 @@ def test_a_plan_that_misses_exits_1_and_says_so(capsys):
     (["--model", "gpt-9"], "neither a known name"),
     (["--model", "llama-3-70b", "--gpus-per-engine", "1"], "exceed"),
     (["--host-cache", "lots"], "is not a size"),
+    (["--rate", "0"], "rate or clients must be positive"),
+    (["--clients", "0"], "rate or clients must be positive"),
+    (["--disk-gbps", "-1"], "bandwidths must be positive"),
 ])
 def test_bad_inputs_are_named(capsys, args, message):
     assert main(["plan", *args, "--requests", "100"]) == 2
