@@ -55,7 +55,7 @@ FAST_WORKERS ?= 4
 test: setup
 	@fast=0; server=0; \
 	"$(VENV)/bin/pytest" -q -m "not server" -n $(FAST_WORKERS) --dist loadfile $(PYTEST_ARGS) || fast=$$?; \
-	"$(VENV)/bin/pytest" -q -m server $(PYTEST_ARGS) || server=$$?; \
+	"$(VENV)/bin/pytest" -q -m server --durations=15 $(PYTEST_ARGS) || server=$$?; \
 	for rc in $$fast $$server; do [ $$rc -eq 0 ] || [ $$rc -eq 5 ] || exit 1; done
 
 # Everything but the tests that start SGLang servers: a few minutes, for the edit loop.

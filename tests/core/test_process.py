@@ -111,10 +111,14 @@ def test_not_ready_in_time_is_stopped_and_raises_the_callers_error(tmp_path):
 
 
 def test_stop_signal_is_the_callers_choice(tmp_path):
-    """PostgreSQL's immediate shutdown is SIGQUIT (dev/pg_server.py)."""
-    proc = ManagedProcess(script("import time; time.sleep(600)"), log_path=tmp_path / "q.log",
+    """PostgreSQL's immediate shutdown is SIGQUIT (dev/pg_server.py), which PostgreSQL handles itself.
+    The child here takes SIGQUIT's default action explicitly: a suite started in the background by a
+    shell without job control (`make test &`) inherits SIGQUIT ignored, and the stop would end in
+    SIGKILL after its timeout."""
+    proc = ManagedProcess(script("import signal, time; signal.signal(signal.SIGQUIT, signal.SIG_DFL); "
+                                 "print('up', flush=True); time.sleep(600)"), log_path=tmp_path / "q.log",
                           stop_signal=signal.SIGQUIT)
-    proc.start()
+    proc.start(ready=lambda: "up" in proc.log_text(), poll=0.02)  # the handler is in place
     assert proc.stop() == -signal.SIGQUIT
 
 
