@@ -51,7 +51,9 @@ CHAT_TEMPLATE = (
 )
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
 
-_WORDS = (
+# The tokenizer's training corpus is made of these words (each one token, after a space);
+# trained_adapters.py builds its prompts from them too.
+CORPUS_WORDS = (
     "adapter base model serve token request batch layer rank expert kernel "
     "memory cache catalog revision publish rollback load cold warm fast slow "
     "the a an of to in on for with by from and or but if then else while "
@@ -63,7 +65,7 @@ _WORDS = (
 
 def _corpus(seed: int, n_lines: int = 4000) -> list[str]:
     rng = random.Random(seed)
-    return [" ".join(rng.choice(_WORDS) for _ in range(rng.randint(4, 16))) for _ in range(n_lines)]
+    return [" ".join(rng.choice(CORPUS_WORDS) for _ in range(rng.randint(4, 16))) for _ in range(n_lines)]
 
 
 def train_tokenizer(seed: int = 0, vocab_size: int = 512):
