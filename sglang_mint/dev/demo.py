@@ -1,18 +1,20 @@
 """``mint demo``: real SGLang on CPU serving a catalog of 100,000 LoRA adapters by id.
 
-Builds once (cached): a tiny random Llama, a few PEFT adapters for it and a
-catalog with them plus 100,000 synthetic adapters (each distinct and
-loadable). Then starts ``python -m sglang.launch_server ... --enable-mint
---mint-catalog``, sends requests through the official ``openai`` client with
-the adapter id in ``model``, drives a zipf workload over the whole catalog
-while printing hits, misses, cold-load latency and throughput, and stops.
+Builds once (cached): a tiny random Llama, three LoRA adapters trained on it to do
+something recognisable (``trained_adapters.py``: a motto, counting, echoing the last
+word) and a catalog of 100,000 synthetic adapters (each distinct and loadable), into
+which the trained ones are published as ``demo/motto``, ``demo/count`` and
+``demo/echo``. Then starts ``python -m sglang.launch_server ... --enable-mint
+--mint-catalog``, asks each trained adapter and the base model the same prompts
+through the official ``openai`` client with the adapter id in ``model``, drives a
+zipf workload over the whole catalog while printing hits, misses, cold-load latency
+and throughput, and stops.
 """
 
 from __future__ import annotations
 
 import json
 import random
-import statistics
 import sys
 import threading
 import time
@@ -24,10 +26,11 @@ from sglang_mint.dev.cpu_env import default_cache_dir
 
 N_ADAPTERS = 4
 CATALOG_SIZE = 100_000
-REPEATS = 3
-MAX_TOKENS = 16
-PROMPT = "the quick brown fox"
+PROMPT = "the quick brown fox"  # the zipf workload's prompt
 ZIPF_S = 1.1
+# Each trained adapter and the base model answer these (none is among the training prompts).
+ANSWER_PROMPTS = ["the quick brown fox", "hello world", "the red fish and the blue fish and six"]
+ANSWER_TOKENS = 12
 
 
 def demo_assets(seed: int = 0) -> tuple[Path, dict[str, Path]]:
@@ -45,10 +48,14 @@ def demo_assets(seed: int = 0) -> tuple[Path, dict[str, Path]]:
 
 
 def demo_catalog(model: Path, adapters: dict[str, Path], size: int) -> Path:
-    """A catalog with demo/<name> for each tiny adapter and ``size`` synthetic ones (built once)."""
+    """A catalog of ``size`` synthetic adapters (built once) holding demo/<name> for each of ``adapters``.
+
+    The adapters are published on every run (a folder whose content is already a revision is
+    left as it is), so a catalog built before an adapter existed gets it too."""
     import shutil
 
-    from sglang_mint.catalog import init_catalog
+    from sglang_mint.catalog import init_catalog, open_catalog
+    from sglang_mint.catalog.errors import RevisionConflict
     from sglang_mint.catalog.synth import synth
 
     root = default_cache_dir() / f"demo-catalog-{size}"
@@ -56,17 +63,20 @@ def demo_catalog(model: Path, adapters: dict[str, Path], size: int) -> Path:
         shutil.rmtree(root, ignore_errors=True)
         print(f"==> building a catalog of {size:,} synthetic adapters in {root} (once)")
         with init_catalog(str(root), str(model)) as cat:
-            for name, folder in adapters.items():
-                cat.publish(f"demo/{name}", str(folder))
             synth(cat, size, prefix="synth/", rank=1, progress=True)
         (root / ".complete").touch()
+    with open_catalog(str(root)) as cat:
+        for name, folder in adapters.items():
+            try:
+                cat.publish(f"demo/{name}", str(folder))
+            except RevisionConflict:
+                pass
     return root
 
 
-def timed_completion(client, model: str):
+def timed_completion(client, model: str, prompt: str, max_tokens: int):
     t0 = time.perf_counter()
-    r = client.completions.create(model=model, prompt=PROMPT, max_tokens=MAX_TOKENS, temperature=0,
-                                  extra_body={"ignore_eos": True})
+    r = client.completions.create(model=model, prompt=prompt, max_tokens=max_tokens, temperature=0)
     return r.choices[0].text, time.perf_counter() - t0
 
 
@@ -75,13 +85,20 @@ def mint_status(url: str) -> dict:
         return json.loads(r.read())["schedulers"][0]
 
 
-def by_bare_id(client, names: list[str]) -> None:
-    print(f"\n==> {MAX_TOKENS}-token completions of {PROMPT!r}, model = bare adapter id")
-    print(f"    {'model':<16} {'median ms':>9}  answer (random weights: noise, but each adapter's own)")
-    for name in names:
-        answers, seconds = zip(*(timed_completion(client, name) for _ in range(REPEATS)))
-        assert len(set(answers)) == 1, "greedy answers differ between repeats"
-        print(f"    {name:<16} {statistics.median(seconds) * 1e3:>9.1f}  {answers[0]!r}")
+def answers_by_adapter(client, adapter_ids: list[str], base: str) -> None:
+    """Each trained adapter's greedy answer to each prompt, then the base model's."""
+    from sglang_mint.dev.trained_adapters import BEHAVIOURS
+
+    print(f"\n==> greedy answers (at most {ANSWER_TOKENS} tokens), model = bare adapter id; "
+          f"the base model has random weights")
+    for adapter_id in adapter_ids:
+        print(f"    {adapter_id:<11} {BEHAVIOURS[adapter_id.split('/')[-1]]}")
+    for prompt in ANSWER_PROMPTS:
+        print(f"\n    prompt {prompt!r}")
+        for model in [*adapter_ids, base]:
+            answer, seconds = timed_completion(client, model, prompt, ANSWER_TOKENS)
+            label = f"{model} (base)" if model == base else model
+            print(f"    {label:<11} {seconds * 1e3:>5.0f} ms  {answer!r}")
 
 
 def zipf_workload(client, url: str, size: int, requests: int, concurrency: int) -> None:
@@ -128,15 +145,21 @@ def run_demo(catalog_size: int = CATALOG_SIZE, requests: int = 3000, concurrency
 
     from sglang_mint.dev.server import SGLangServer
 
-    model, adapters = demo_assets()
-    catalog = demo_catalog(model, adapters, catalog_size)
+    from sglang_mint.dev.trained_adapters import trained_adapter_dirs, training_seconds
+
+    model, _ = demo_assets()
+    trained = trained_adapter_dirs(model)
+    seconds = training_seconds(trained)
+    print(f"==> trained adapters {', '.join(f'{n} ({s:.1f} s)' for n, s in seconds.items())}: "
+          f"{sum(seconds.values()):.1f} s of training on CPU, done once (in {next(iter(trained.values())).parent})")
+    catalog = demo_catalog(model, trained, catalog_size)
     extra = ["--mint-catalog", str(catalog), "--mint-host-cache-bytes", "64MiB", "--max-loras-per-batch", "8"]
     print("==> starting sglang.launch_server --enable-mint --mint-catalog (CPU, about 30 s)")
     server = SGLangServer(model, enable_mint=True, extra_args=extra, python=sys.executable)
     with server:
         print(f"    ready in {server.start_seconds:.1f} s at {server.url} (log: {server.log_path})")
         client = openai.OpenAI(base_url=server.openai_url, api_key="none", max_retries=0, timeout=600)
-        by_bare_id(client, ["tiny", *(f"demo/{name}" for name in adapters)])
+        answers_by_adapter(client, [f"demo/{name}" for name in trained], base=server.served_name)
         print("\n==> an id the catalog does not have")
         try:
             client.completions.create(model="demo/no-such-adapter", prompt=PROMPT, max_tokens=4)

@@ -1,0 +1,71 @@
+"""The demo's trained adapters (sglang_mint/dev/trained_adapters.py) under HF + PEFT, no server:
+each answers prompts it was not trained on as it was trained to, and the base model does not."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from sglang_mint.dev.demo import ANSWER_PROMPTS
+from sglang_mint.dev.reference import run_reference
+from sglang_mint.dev.trained_adapters import (BEHAVIOURS, expected_answer, trained_adapter_dirs, training_prompts,
+                                              training_seconds, unseen_prompts)
+
+MAX_TOKENS = 12
+PROMPTS = unseen_prompts(8)
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_model):
+    return trained_adapter_dirs(tiny_model)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_model):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(tiny_model))
+
+
+def greedy_answers(model_dir, tokenizer, adapter, prompts) -> list[str]:
+    """HF + PEFT greedy answers (a fresh interpreter, cached), cut at the end token as a server cuts them."""
+    jobs = [{"adapter": str(adapter) if adapter else None, "prompt_ids": tokenizer(p).input_ids,
+             "max_tokens": MAX_TOKENS} for p in prompts]
+    answers = []
+    for result in run_reference(sys.executable, model_dir, jobs):
+        tokens = result["tokens"]
+        if tokenizer.eos_token_id in tokens:
+            tokens = tokens[:tokens.index(tokenizer.eos_token_id)]
+        answers.append(tokenizer.decode(tokens, skip_special_tokens=True))
+    return answers
+
+
+def test_the_expected_answers():
+    assert expected_answer("motto", "hello world", MAX_TOKENS) == " publish a revision then serve it"
+    assert expected_answer("count", "the fox and six", MAX_TOKENS) == " seven eight nine ten"
+    assert expected_answer("count", "the fox", MAX_TOKENS) == " one two three four five six seven eight nine ten"
+    assert expected_answer("echo", "the quick brown fox", 3) == " fox fox fox"
+
+
+def test_the_prompts_shown_and_checked_are_not_training_prompts():
+    seen = set(training_prompts())
+    assert len(seen) > 900  # 1,000 drawn: a few repeats at most
+    assert not seen & set(PROMPTS)
+    assert not seen & set(ANSWER_PROMPTS)
+
+
+@pytest.mark.parametrize("name", list(BEHAVIOURS))
+def test_each_adapter_answers_unseen_prompts_as_trained(name, tiny_model, trained, tokenizer):
+    expected = [expected_answer(name, p, MAX_TOKENS) for p in PROMPTS + ANSWER_PROMPTS]
+    assert greedy_answers(tiny_model, tokenizer, trained[name], PROMPTS + ANSWER_PROMPTS) == expected
+    base = greedy_answers(tiny_model, tokenizer, None, PROMPTS + ANSWER_PROMPTS)
+    assert all(b != e for b, e in zip(base, expected)), base
+
+
+def test_training_is_recorded_and_cached(tiny_model, trained, tmp_path):
+    seconds = training_seconds(trained)
+    assert sorted(seconds) == sorted(BEHAVIOURS)
+    assert all(s > 0 for s in seconds.values()), seconds
+    # A second call finds the cache: no interpreter is started (one that cannot start would fail).
+    assert trained_adapter_dirs(tiny_model, python=str(tmp_path / "no-such-python")) == trained
