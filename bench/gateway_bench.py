@@ -41,7 +41,7 @@ so no bound moves them), under round_robin on every engine.
 Goals for the bounded variant (issue 23): max/mean <= 1.15 at 2 and 3 engines, and
 cold loads within 10% of affinity's in the same run.
 
-    flock /tmp/mint-server.lock python bench/gateway_bench.py            # about 22 minutes
+    flock /tmp/mint-server.lock python bench/gateway_bench.py            # about 12 minutes (16 with sticky)
     flock /tmp/mint-server.lock python bench/gateway_bench.py --quick    # 2 engines, 200 requests
     python bench/gateway_bench.py --variants affinity bounded --load-factor 1.0
 
