@@ -141,6 +141,8 @@ REQUESTS = {
     "prefetch-not-list": ("/mint/prefetch", {"adapters": "ok/a"}, 400, "expected JSON"),
     "prefetch-too-many": ("/mint/prefetch", {"adapters": [f"x{i}" for i in range(1025)]}, 400, "at most 1024"),
     "prefetch-unknown": ("/mint/prefetch", {"adapters": ["no/such"]}, 200, "no/such"),
+    "usage-bad-moment": ("/mint/usage?since=yesterday", None, 400, "since: 'yesterday' is not a moment"),
+    "usage-unknown-parameter": ("/mint/usage?adapters=ok/a", None, 400, "unknown query parameter 'adapters'"),
     "file-truncated": ("/v1/completions", completion("bad/truncated"), 422, "could not be loaded"),
     "file-rank-above-max": ("/v1/completions", completion("bad/rank16"), 422, "do not fit the server's LoRA pool"),
     "file-missing": ("/v1/completions", completion("bad/missing"), 422, "could not be loaded"),
