@@ -86,7 +86,8 @@ class SMGGateway:
                  prometheus_port: int | None = None):
         self.host, self.port = host, port
         self.policy = RoutingPolicy(policy) if isinstance(policy, str) else policy
-        # SMG's metrics listener defaults to 0.0.0.0:29000: one per machine. Each gateway gets its own.
+        # SMG's metrics listener defaults to 0.0.0.0:29000, one per machine: each gateway gets its own
+        # port, on the gateway's own host (loopback unless told otherwise).
         self.prometheus_port = prometheus_port or free_port()
         self.args = [smg_executable(), "launch", "--host", host, "--port", str(port), *self.policy.args(),
                      "--enable-wasm", *HEALTH_FLAGS, "--log-level", "warn",

@@ -131,22 +131,20 @@ class LoraInfoWriter:
         if key == self._last and (r.requests == self._requests or now - self._written < RECENCY_REFRESH_S):
             return
         self._last, self._requests, self._written = key, r.requests, now
-        slots = [uid for uid in pool.buffer_id_to_uid if isinstance(uid, str)]
-        running = [adapter_name(uid, self.manager.lora_refs) for uid in slots]
-        on_gpu = set(slots)
-        loaded = [self._series(uid, "gpu") for uid in slots if adapter_name(uid, self.manager.lora_refs)]
+        on_gpu = {uid: adapter_name(uid, self.manager.lora_refs) for uid in pool.buffer_id_to_uid
+                  if isinstance(uid, str)}
+        loaded = [self._series(uid, name, "gpu") for uid, name in on_gpu.items() if name]
         cpu = [k for k in r.lru.most_recent(MAX_CPU_SERIES + len(on_gpu)) if k not in on_gpu][:MAX_CPU_SERIES]
-        loaded += [self._series(k, "cpu") for k in cpu]
+        loaded += [self._series(k, adapter_name(k, self.manager.lora_refs), "cpu") for k in cpu]
         cpu_total = len(r.lru) - sum(uid in r.lru for uid in on_gpu)
-        write_state(self.path, engine_state(self.max_lora, running, itertools.chain(r.reading, r.wanted), loaded,
-                                            cpu_total, self.model_name))
+        write_state(self.path, engine_state(self.max_lora, on_gpu.values(), itertools.chain(r.reading, r.wanted),
+                                            loaded, cpu_total, self.model_name))
 
-    def _series(self, uid: str, level: str) -> dict:
+    def _series(self, uid: str, name: str | None, level: str) -> dict:
         ref = self.manager.lora_refs.get(uid)
         config = self.manager.configs.get(uid)
         pinned = self.residency.lru.is_pinned(uid) if is_catalog_lora_id(uid) else bool(getattr(ref, "pinned", False))
-        return {"name": adapter_name(uid, self.manager.lora_refs), "level": level, "pinned": pinned,
-                "rank": getattr(config, "r", None)}
+        return {"name": name, "level": level, "pinned": pinned, "rank": getattr(config, "r", None)}
 
 
 def read_states(directory: str) -> list[dict]:

@@ -71,23 +71,14 @@ class FrontendMetrics:
         self.not_found = Counter("sglang:mint_not_found_total", "Adapter ids not in the catalog (404).")
 
 
-_host_loads: SchedulerMetrics | None = None  # this process's scheduler's, once it serves a catalog with metrics
-
-
-def time_host_loads(metrics: SchedulerMetrics) -> None:
-    """Have ``timed_host_load`` observe into ``metrics`` from now on (one scheduler per process)."""
-    global _host_loads
-    _host_loads = metrics
-
-
 @contextlib.contextmanager
-def timed_host_load(adapter: bool = True):
+def timed_host_load(metrics: SchedulerMetrics | None):
     """Time one copy of an adapter from host memory into a GPU pool slot, as
-    ``vllm:lora_adapter_load_seconds{source="host"}`` (``adapter`` False: the base model's
-    slot, zero-filled, not timed)."""
+    ``vllm:lora_adapter_load_seconds{source="host"}``; None: not timed (no catalog, or the
+    base model's zero-filled slot)."""
     started = time.perf_counter()
     try:
         yield
     finally:
-        if adapter and _host_loads is not None:
-            _host_loads.adapter_load_seconds.labels("host").observe(time.perf_counter() - started)
+        if metrics is not None:
+            metrics.adapter_load_seconds.labels("host").observe(time.perf_counter() - started)

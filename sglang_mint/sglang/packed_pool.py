@@ -20,7 +20,8 @@ MOE_KEYS = ("gate_up_proj_moe", "down_proj_moe")
 
 def load_lora_weight_to_buffer(original, pool, uid, buffer_id, lora_adapter, lora_modules,
                                lora_embed_tokens_module=None, lora_lm_head_module=None):
-    with timed_host_load(uid is not None):  # vllm:lora_adapter_load_seconds{source="host"}
+    # vllm:lora_adapter_load_seconds{source="host"}, into the metrics residency.py gave the pool
+    with timed_host_load(getattr(pool, "_mint_metrics", None) if uid is not None else None):
         plan = None
         if uid is not None and getattr(lora_adapter, "mint_packed", None) is not None:
             plan = fill_plan(pool, lora_adapter, lora_modules)

@@ -59,7 +59,7 @@ def scheduler_residency(scheduler, config: MintConfig) -> SchedulerResidency:
 
     from sglang_mint.residency.node_share import NodeShare, group_dir
     from sglang_mint.residency.rank_agreement import TensorParallelAgreement
-    from sglang_mint.residency.metrics import SchedulerMetrics, time_host_loads
+    from sglang_mint.residency.metrics import SchedulerMetrics
     from sglang_mint.sglang.flags import metrics_enabled
 
     manager = scheduler.tp_worker.model_runner.lora_manager
@@ -80,7 +80,7 @@ def scheduler_residency(scheduler, config: MintConfig) -> SchedulerResidency:
         path = state_path(os.environ["PROMETHEUS_MULTIPROC_DIR"], get_parallel().dp_rank or 0)
         scheduler._mint_lora_info = LoraInfoWriter(path, scheduler.max_loras_per_batch, manager, residency,
                                                    model_name=scheduler.server_args.served_model_name)
-        time_host_loads(residency.metrics)
+        manager.memory_pool._mint_metrics = residency.metrics  # packed_pool.py times slot fills into it
     return residency
 
 
@@ -179,8 +179,8 @@ def _after_stream_output(result, streamer, reqs, *args, **kwargs):
     for req in reqs:
         if req.finished():
             _count_usage(req)
-        if getattr(req, "_mint_hold", None) is not None and req.finished():
-            release_hold(req)  # drained on the loop at the next install_ready
+            if getattr(req, "_mint_hold", None) is not None:
+                release_hold(req)  # drained on the loop at the next install_ready
     return result
 
 

@@ -41,15 +41,7 @@ def run_usage(args: argparse.Namespace) -> int:
         since, until = (None if v is None else parse_moment(v) for v in (args.since, args.until))
     except ValueError as exc:
         raise MintError(str(exc)) from None
-    rows = read_usage(args.dir, args.adapter, since, until)
-    if args.by == "adapter":
-        merged: dict[tuple, dict] = {}
-        for row in rows:
-            into = merged.setdefault((row["adapter"], row["revision"]), {"adapter": row["adapter"],
-                                     "revision": row["revision"], **dict.fromkeys(FIELDS, 0)})
-            for name in FIELDS:
-                into[name] += row[name]
-        rows = sorted(merged.values(), key=lambda r: (-r["requests"], r["adapter"] or "", r["revision"] or 0))
+    rows = read_usage(args.dir, args.adapter, since, until, per_minute=args.by == "minute")
     if args.json:
         for row in rows:
             print(json.dumps(row))

@@ -127,9 +127,10 @@ def _hour_start(hour: str) -> float:
 
 
 def read_usage(directory: str | os.PathLike, adapter: str | None = None, since: float | None = None,
-               until: float | None = None) -> list[dict]:
+               until: float | None = None, per_minute: bool = True) -> list[dict]:
     """One row per (adapter, revision, minute) with ``since <= minute < until``, summed over every
-    engine's files in ``directory``, oldest first; ``adapter`` keeps that id's rows only."""
+    engine's files in ``directory``, oldest first; ``adapter`` keeps that id's rows only.
+    ``per_minute`` False: one row per (adapter, revision) over the whole span, most requests first."""
     rows: dict[tuple, list[int]] = {}
     for path in sorted(Path(directory).glob("usage-*.jsonl")):
         m = _FILE.match(path.name)
@@ -148,8 +149,12 @@ def read_usage(directory: str | os.PathLike, adapter: str | None = None, since: 
             at = parse_moment(row["minute"])
             if (since is not None and at < since) or (until is not None and at >= until):
                 continue
-            counts = rows.setdefault((row["adapter"], row["revision"], row["minute"]), [0] * len(FIELDS))
+            key = (row["adapter"], row["revision"], row["minute"] if per_minute else None)
+            counts = rows.setdefault(key, [0] * len(FIELDS))
             for i, name in enumerate(FIELDS):
                 counts[i] += int(row.get(name, 0))
-    ordered = sorted(rows.items(), key=lambda kv: (kv[0][2], kv[0][0] or "", kv[0][1] or 0))
-    return [{"adapter": a, "revision": r, "minute": m, **dict(zip(FIELDS, c))} for (a, r, m), c in ordered]
+    if per_minute:
+        ordered = sorted(rows.items(), key=lambda kv: (kv[0][2], kv[0][0] or "", kv[0][1] or 0))
+        return [{"adapter": a, "revision": r, "minute": m, **dict(zip(FIELDS, c))} for (a, r, m), c in ordered]
+    ordered = sorted(rows.items(), key=lambda kv: (-kv[1][0], kv[0][0] or "", kv[0][1] or 0))
+    return [{"adapter": a, "revision": r, **dict(zip(FIELDS, c))} for (a, r, _), c in ordered]

@@ -111,3 +111,22 @@ def test_the_background_thread_flushes(tmp_path):
         threading.Event().wait(0.05)
     assert [r["requests"] for r in read_usage(tmp_path)] == [1]
     one.close()
+
+
+def test_rows_per_adapter_over_the_span(tmp_path):
+    clock = Clock(T0)
+    one = ledger(tmp_path, clock=clock)
+    one.record("a1", 1, prompt_tokens=2, cached_tokens=0, completion_tokens=1)
+    clock.t += 120
+    one.record("a1", 1, prompt_tokens=3, cached_tokens=1, completion_tokens=1)
+    one.record("a2", None, prompt_tokens=1, cached_tokens=0, completion_tokens=1)
+    one.record("a2", None, prompt_tokens=1, cached_tokens=0, completion_tokens=1, error=True)
+    one.record("a2", None, prompt_tokens=1, cached_tokens=0, completion_tokens=1)
+    one.flush()
+    assert len(read_usage(tmp_path)) == 3  # per minute: a1 twice, a2 once
+    assert read_usage(tmp_path, per_minute=False) == [
+        {"adapter": "a2", "revision": None, "requests": 3, "prompt_tokens": 3, "cached_tokens": 0,
+         "completion_tokens": 3, "errors": 1},
+        {"adapter": "a1", "revision": 1, "requests": 2, "prompt_tokens": 5, "cached_tokens": 1,
+         "completion_tokens": 2, "errors": 0},
+    ]
