@@ -2,8 +2,8 @@
 
 Real SGLang on CPU (``shared_catalog_server``: --enable-mint, --enable-cache-report) and the
 official openai client: completions and chat, whole and streamed (usage in the last chunk), the
-bare id and ``tiny:<id>``, prompts that repeat (cached tokens), over three adapters published
-for this module. Requests a client abandons mid-stream go to a fourth adapter, so their row
+bare id and ``tiny:<id>``, prompts that repeat (cached tokens), 16 at once over six adapters
+published for this module, more than the server's four GPU slots. Requests a client abandons mid-stream go to a fourth adapter, so their row
 can be checked alone: each is counted once, as an error, with its prompt.
 """
 
@@ -25,7 +25,7 @@ from sglang_mint.usage.ledger import FIELDS
 
 pytestmark = pytest.mark.server  # starts real SGLang servers: not in make test-fast
 
-ADAPTERS = ["usage/a0", "usage/a1", "usage/a2"]
+ADAPTERS = [f"usage/a{i}" for i in range(6)]  # the server has 4 slots (dev/server.py LORA_FLAGS)
 ABANDONED = "usage/abandoned"
 N_REQUESTS = 1000
 N_ABANDONED = 12
@@ -35,7 +35,7 @@ PROMPTS = ["the quick brown fox", "a b c d e f g h i j k l", "hello there, how a
 @pytest.fixture(scope="module")
 def server(tiny_adapters, shared_catalog, shared_catalog_server):
     with open_catalog(str(shared_catalog)) as cat:
-        for adapter_id, folder in zip(ADAPTERS + [ABANDONED], list(tiny_adapters.values()) * 2):
+        for adapter_id, folder in zip(ADAPTERS + [ABANDONED], list(tiny_adapters.values()) * 3):
             cat.publish(adapter_id, str(folder))
     return shared_catalog_server
 
