@@ -40,7 +40,8 @@ def release_hold(req) -> None:
 
 
 def admit(residency: SchedulerResidency, req) -> bool | None:
-    """Admission for a catalog adapter's request: None = ask the engine, False = wait, True = finished."""
+    """Admission for a catalog adapter's request: None = ask the engine, False = wait, True =
+    finished with its load's failure, now a base-model request (the engine still decides its batch)."""
     decision = residency.admit(req.lora_id)
     if decision is None:
         waited_since = getattr(req, "_mint_waiting_since", None)

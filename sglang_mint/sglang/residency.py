@@ -117,8 +117,10 @@ def _around_can_schedule_lora_req(original, scheduler, req, running_loras):
     residency = residency_of(scheduler)
     if residency is not None and is_catalog_lora_id(req.lora_id):
         decision = admit(residency, req)
-        if decision is not None:
-            return decision
+        if decision is False:
+            return False
+        # True: its read failed and it now runs as a base-model prefill (lora_id None), which
+        # needs a place in the batch's adapter set like any other: the engine decides.
     return original(scheduler, req, running_loras)
 
 

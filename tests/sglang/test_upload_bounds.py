@@ -11,7 +11,8 @@ very large rank, so that an upload of UPLOAD_BYTES is a valid adapter that publi
   Retry-After, and the two admitted ones still publish;
 - /mint/prefetch refuses a body over 1 MiB with 413, by Content-Length before reading it, and by
   counting when the body comes chunked;
-- a catalog row whose content_digest is a path is refused with 422 naming the adapter.
+- a catalog row whose content_digest is a path is refused with 422 naming the adapter, and requests
+  refused so never share a batch beyond --max-loras-per-batch.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -267,5 +269,18 @@ def test_a_catalog_row_holding_a_path_is_refused_with_422_naming_the_adapter(ser
     code, text = post_json(server, "/v1/completions", completion("bad/row"))
     assert code == 422, (code, text[:500])
     assert "'bad/row'" in text and "content_digest" in text, text
+    code, text = post_json(server, "/v1/completions", completion(GOOD))
+    assert code == 200, text[:500]  # the server keeps serving
+
+
+def test_requests_refused_by_a_failed_load_share_no_batch_beyond_max_loras(server):
+    """The server holds one adapter per batch (--max-loras-per-batch 1). A request whose adapter
+    failed to load finishes as a one-token base-model prefill: it must not join a batch that already
+    runs an adapter (SGLang's fetch_new_loras asserted and the scheduler died)."""
+    post_json(server, "/v1/completions", completion("bad/row"))  # its failure is remembered a while
+    models = [GOOD, "bad/row"] * 8
+    with ThreadPoolExecutor(len(models)) as pool:
+        answers = list(pool.map(lambda m: post_json(server, "/v1/completions", completion(m)), models))
+    assert [code for code, _ in answers] == [200, 422] * 8, [text[:200] for _, text in answers]
     code, text = post_json(server, "/v1/completions", completion(GOOD))
     assert code == 200, text[:500]  # the server keeps serving
