@@ -301,13 +301,17 @@ class Catalog:
         return self.publish_peft(adapter_id, peft, metadata, expect_revision)
 
     def publish_peft(self, adapter_id: str, peft: PeftAdapter, metadata: dict | None = None,
-                     expect_revision: int | None = None) -> Revision:
+                     expect_revision: int | None = None, *, weights_digest: str | None = None,
+                     stage=None) -> Revision:
+        """``weights_digest``: the sha256 of ``peft.weights_path``, taken while it was received."""
         payload = {CONFIG: peft.config_bytes, WEIGHTS: peft.weights_path or peft.weights_bytes}
+        known = {WEIGHTS: weights_digest} if weights_digest and peft.weights_path else {}
         return self._publish(adapter_id, "peft", payload, peft.rank, peft.alpha, peft.target_modules, peft.dtype,
-                             metadata, expect_revision, loaded=(peft.loaded_bytes, peft.tensor_count))
+                             metadata, expect_revision, loaded=(peft.loaded_bytes, peft.tensor_count),
+                             known=known, stage=stage)
 
     def publish_packed(self, adapter_id: str, peft: PeftAdapter, metadata: dict | None = None,
-                       expect_revision: int | None = None, where: str = "<adapter>") -> Revision:
+                       expect_revision: int | None = None, where: str = "<adapter>", stage=None) -> Revision:
         """Convert a checked PEFT adapter to the packed format and publish that.
 
         The packed rank can exceed the PEFT ``r`` (PEFT's fused MoE gate_up has
@@ -328,28 +332,36 @@ class Catalog:
         # The packed reader's tensors are views of the file's one buffer (packed/reader.py).
         return self._publish(adapter_id, "packed", {CONFIG: config_bytes, PACKED_FILE: data}, int(mint["rank"]),
                              float(mint["alpha"]), peft.target_modules, dtype, metadata, expect_revision,
-                             loaded=(len(data), peft.tensor_count))
+                             loaded=(len(data), peft.tensor_count), stage=stage)
 
     def _publish(self, adapter_id: str, fmt: str, payload: dict, rank: int, alpha: float,
                  target_modules: tuple[str, ...], dtype: str, metadata: dict | None,
-                 expect_revision: int | None, loaded: tuple[int, int] = (0, 0)) -> Revision:
+                 expect_revision: int | None, loaded: tuple[int, int] = (0, 0), known: dict | None = None,
+                 stage=None) -> Revision:
         """``payload`` maps each file name to its bytes, or to the path of a file holding them (an
         upload streamed to disk: hashed and copied from there, never read into memory whole).
-        ``loaded``: (bytes, tensors) the adapter holds once loaded (RevisionRecord)."""
+        ``loaded``: (bytes, tensors) the adapter holds once loaded (RevisionRecord); ``known``: digests
+        already taken ({file name: sha256}).
+
+        ``stage(revision, payload) -> Revision``: record the revision before its blobs are stored
+        (durable=false, frontend/staged_revisions.py), hand the files to ``stage`` and return what it
+        returns; ``store_blobs`` completes it later."""
         validate_adapter_id(adapter_id)
         if metadata is not None and not isinstance(metadata, dict):
             raise CatalogError(f"metadata must be a JSON object, got {type(metadata).__name__}")
-        files = {name: _sha256(data) for name, data in payload.items()}
+        files = {name: (known or {}).get(name) or _sha256(data) for name, data in payload.items()}
         record = RevisionRecord(
             format=fmt, rank=rank, alpha=alpha, target_modules=target_modules,
             dtype=dtype, size_bytes=sum(_size(d) for d in payload.values()), files=files,
             content_digest=content_digest(files), metadata=dict(metadata or {}),
-            loaded_bytes=loaded[0], tensor_count=loaded[1])
+            loaded_bytes=loaded[0], tensor_count=loaded[1], durable=stage is None)
         json.dumps(record.metadata)  # refuse unserialisable metadata before writing blobs
 
         def ensure_blobs():
             # Called inside the write transaction, after the conflict checks: a refused
             # publish writes nothing, and a blob gc removed a moment ago is written again.
+            if stage is not None:
+                return  # stored after the answer, by store_blobs
             for name, digest in files.items():
                 if self.blobs.exists(digest):
                     self.blobs.touch(digest)
@@ -359,7 +371,28 @@ class Catalog:
                     self.blobs.put(payload[name])
 
         rev = self.store.publish(adapter_id, record, expect_revision, ensure_blobs)
-        return self.get_revision(adapter_id, rev)
+        revision = self.get_revision(adapter_id, rev)
+        return revision if stage is None else stage(revision, payload)
+
+    def store_blobs(self, rev: Revision, payload: dict) -> None:
+        """Complete a revision recorded before its blobs (``stage`` above): store them, fsynced, then
+        mark it durable. ``payload`` as for ``_publish``."""
+        for name, digest in rev.files.items():
+            if self.blobs.exists(digest):
+                self.blobs.touch(digest)
+            elif isinstance(payload[name], str):
+                self.blobs.put_file(payload[name], digest)
+            else:
+                self.blobs.put(payload[name])
+        self.store.mark_durable(rev.adapter_id, rev.revision)
+
+    def latest_durable(self, adapter_id: str, below: int) -> Revision | None:
+        """The highest durable revision of ``adapter_id`` numbered below ``below``, or None."""
+        self.lookups += 1
+        rev = self.store.latest_durable(adapter_id, below)
+        if rev is not None:
+            rev._catalog = self
+        return rev
 
     def rollback(self, adapter_id: str, to: int | None = None) -> Revision:
         """Move ``current`` to revision ``to``, or to the one before current; atomically."""
@@ -388,59 +421,16 @@ class Catalog:
 
     # -- maintenance ---------------------------------------------------------
     def gc(self, grace_s: float = 3600.0) -> dict:
-        """Drop deleted adapters' revisions, then views and blobs nothing references.
+        """Drop deleted adapters' revisions, then views and blobs nothing references (maintenance.py)."""
+        from sglang_mint.catalog.maintenance import collect_garbage
 
-        A blob file unknown to the metadata (left by a publish killed before
-        its commit) is removed only when older than ``grace_s``; a publish in
-        flight re-checks its blobs under the write lock, so gc cannot strand it."""
-        purged = self.store.purge_deleted()
-        views = self.view_folders.gc(lambda digest: bool(self.store.blob_refs(digest)))
-        removed = freed = 0
-        by_prefix: dict[str, list[str]] = {}
-        for digest in self.blobs.iter_digests():
-            by_prefix.setdefault(digest[:2], []).append(digest)
-        for prefix, digests in sorted(by_prefix.items()):
-            with self.store.write_lock():  # no publish commits while we decide
-                for digest in digests:
-                    refs = self.store.blob_refs(digest)
-                    if refs is not None and refs > 0:
-                        continue
-                    if refs is None and self.blobs.age_s(digest) < grace_s:
-                        continue
-                    size = self.blobs.size(digest)
-                    self.blobs.delete(digest)
-                    self.store.forget_blob(digest)
-                    removed, freed = removed + 1, freed + size
-        with self.store.write_lock():  # rows for blobs whose files were already gone
-            for digest, refs in list(self.store.referenced_digests()):
-                if refs <= 0:
-                    self.store.forget_blob(digest)
-        temp = self.blobs.clean_temp(grace_s)
-        return {"purged_revisions": purged, "removed_views": views, "removed_blobs": removed,
-                "freed_bytes": freed, "removed_temp_files": temp}
+        return collect_garbage(self, grace_s)
 
     def verify(self, rehash: bool = True) -> dict:
-        """Check the metadata, reference counts and every referenced blob (re-hashed
-        unless ``rehash`` is False). ``problems`` empty means consistent;
-        ``unreferenced_blobs`` and ``temp_files`` are garbage for gc, not errors."""
-        problems = list(self.store.check())
-        known = dict(self.store.referenced_digests())
-        for digest, n in self.store.recount_refs().items():
-            if known.get(digest) != n:
-                problems.append(f"blob {digest}: {n} revisions reference it, the refcount says {known.get(digest)}")
-        checked = 0
-        for digest, refs in known.items():
-            if refs <= 0:
-                continue
-            checked += 1
-            if not self.blobs.exists(digest):
-                problems.append(f"blob {digest} is referenced by {refs} revision(s) but missing")
-            elif rehash and hashlib.sha256(self.blobs.read(digest)).hexdigest() != digest:
-                problems.append(f"blob {digest} is corrupt: its bytes hash to something else")
-        on_disk = sum(1 for d in self.blobs.iter_digests() if known.get(d, 0) <= 0)
-        temp = len(os.listdir(self.blobs.tmp)) if isinstance(self.blobs, LocalBlobStore) else 0
-        return {"ok": not problems, "problems": problems, "checked_blobs": checked,
-                "unreferenced_blobs": on_disk, "temp_files": temp}
+        """Check the metadata, reference counts and every referenced blob (maintenance.py)."""
+        from sglang_mint.catalog.maintenance import verify_catalog
+
+        return verify_catalog(self, rehash)
 
     # -- bulk ------------------------------------------------------------------
     def import_folders(self, folders: list[str], namespace: str = "", metadata: dict | None = None,

@@ -29,7 +29,7 @@ class SqliteDialect:
     a new connection in a forked child.
     """
 
-    column_types = {"key": "TEXT", "bool": "INTEGER", "false": "0", "real": "REAL", "bigint": "INTEGER",
+    column_types = {"key": "TEXT", "bool": "INTEGER", "false": "0", "true": "1", "real": "REAL", "bigint": "INTEGER",
              "table": " WITHOUT ROWID"}
     error = sqlite3.Error
     unique_violation = sqlite3.IntegrityError
@@ -114,7 +114,7 @@ class PostgresDialect:
     its connection drop, and its uncommitted rows vanish.
     """
 
-    column_types = {"key": 'TEXT COLLATE "C"', "bool": "BOOLEAN", "false": "false", "real": "DOUBLE PRECISION",
+    column_types = {"key": 'TEXT COLLATE "C"', "bool": "BOOLEAN", "false": "false", "true": "true", "real": "DOUBLE PRECISION",
              "bigint": "BIGINT", "table": ""}
 
     def __init__(self, url: str, lock_timeout_s: float = 60.0, connect_timeout_s: float = 10.0):

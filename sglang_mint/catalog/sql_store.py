@@ -7,7 +7,8 @@ connections, the write lock and the errors to map. Tables::
     settings(key PK, value)                      schema_version, base model, ...
     adapters(id PK, current, latest, deleted, created, updated)
     revisions((adapter_id, revision) PK, format, rank, alpha, target_modules,
-              dtype, size_bytes, created, files, content_digest, metadata)
+              dtype, size_bytes, created, files, content_digest, metadata,
+              loaded_bytes, tensor_count, durable)
     blobs(digest PK, refs)                       references from revisions
 
 ``resolve('acme/bot')`` is one statement: the adapters row by primary key,
@@ -30,10 +31,13 @@ from typing import Iterable, Iterator
 from sglang_mint.catalog.errors import AdapterNotFound, CatalogError, NotACatalog, RevisionConflict
 from sglang_mint.catalog.store import AdapterRow, MetadataStore, Revision, RevisionRecord
 
-SCHEMA_VERSION = "2"
-# Version 1 lacked the loaded size; opening such a catalog adds it (0: not recorded, see RevisionRecord).
+SCHEMA_VERSION = "3"
+# Version 1 lacked the loaded size (0: not recorded, see RevisionRecord), version 2 the durable flag (every
+# revision before it was durable); opening such a catalog adds them.
+_ADD_DURABLE = "ALTER TABLE revisions ADD COLUMN durable {bool} NOT NULL DEFAULT {true}"
 UPGRADES = {"1": ("ALTER TABLE revisions ADD COLUMN loaded_bytes {bigint} NOT NULL DEFAULT 0",
-                  "ALTER TABLE revisions ADD COLUMN tensor_count INTEGER NOT NULL DEFAULT 0")}
+                  "ALTER TABLE revisions ADD COLUMN tensor_count INTEGER NOT NULL DEFAULT 0", _ADD_DURABLE),
+            "2": (_ADD_DURABLE,)}
 
 # {key}: a text primary key that sorts bytes ("C" collation on PostgreSQL, SQLite's default).
 SCHEMA = """
@@ -61,16 +65,17 @@ CREATE TABLE revisions(
     metadata TEXT NOT NULL,
     loaded_bytes {bigint} NOT NULL DEFAULT 0,
     tensor_count INTEGER NOT NULL DEFAULT 0,
+    durable {bool} NOT NULL DEFAULT {true},
     PRIMARY KEY(adapter_id, revision)
 ){table};
 CREATE TABLE blobs(digest {key} PRIMARY KEY, refs INTEGER NOT NULL){table};
 """
 
 _REV_COLS = ("r.adapter_id, r.revision, r.created, r.format, r.rank, r.alpha, r.target_modules, "
-             "r.dtype, r.size_bytes, r.files, r.content_digest, r.metadata, r.loaded_bytes, r.tensor_count")
+             "r.dtype, r.size_bytes, r.files, r.content_digest, r.metadata, r.loaded_bytes, r.tensor_count, r.durable")
 _RESOLVE = (f"SELECT {_REV_COLS} FROM adapters a JOIN revisions r "
             "ON r.adapter_id = a.id AND r.revision = a.current WHERE a.id = ? AND a.deleted = FALSE")
-_INSERT_REV = "INSERT INTO revisions VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+_INSERT_REV = "INSERT INTO revisions VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
 # PostgreSQL needs the table name on the right: a bare ``refs`` could be the proposed row's.
 _ADD_REF = "INSERT INTO blobs(digest, refs) VALUES (?, 1) ON CONFLICT(digest) DO UPDATE SET refs = blobs.refs + 1"
 _ADD_REFS = ("INSERT INTO blobs(digest, refs) VALUES (?, ?) "
@@ -82,7 +87,8 @@ _IN_CHUNK = 500
 def _rev_params(adapter_id: str, revision: int, rec: RevisionRecord, created: float) -> tuple:
     return (adapter_id, revision, rec.format, rec.rank, rec.alpha, ",".join(rec.target_modules),
             rec.dtype, rec.size_bytes, created, json.dumps(rec.files, sort_keys=True),
-            rec.content_digest, json.dumps(rec.metadata, sort_keys=True), rec.loaded_bytes, rec.tensor_count)
+            rec.content_digest, json.dumps(rec.metadata, sort_keys=True), rec.loaded_bytes, rec.tensor_count,
+            rec.durable)
 
 
 def _adapter_row(row) -> AdapterRow:
@@ -186,6 +192,16 @@ class SqlMetadataStore(MetadataStore):
         row = self._run(f"SELECT {_REV_COLS} FROM revisions r WHERE r.adapter_id = ? AND r.revision = ?",
                         (adapter_id, revision), prepare=True).fetchone()
         return Revision(*row) if row else None
+
+    def latest_durable(self, adapter_id: str, below: int) -> Revision | None:
+        row = self._run(f"SELECT {_REV_COLS} FROM revisions r WHERE r.adapter_id = ? AND r.revision < ? "
+                        "AND r.durable = TRUE ORDER BY r.revision DESC LIMIT 1", (adapter_id, below)).fetchone()
+        return Revision(*row) if row else None
+
+    def not_durable(self) -> list[tuple[str, int, dict]]:
+        rows = self._run("SELECT adapter_id, revision, files FROM revisions WHERE durable = FALSE "
+                         "ORDER BY adapter_id, revision").fetchall()
+        return [(aid, rev, json.loads(files)) for aid, rev, files in rows]
 
     def revisions(self, adapter_id: str) -> list[Revision]:
         rows = self._run(f"SELECT {_REV_COLS} FROM revisions r WHERE r.adapter_id = ? ORDER BY r.revision",
@@ -293,7 +309,7 @@ class SqlMetadataStore(MetadataStore):
         try:
             with self._write() as c:
                 self.dialect.insert_rows(c, "adapters", 6, ((aid, 1, 1, False, created, created) for aid, _ in items))
-                self.dialect.insert_rows(c, "revisions", 14, (_rev_params(aid, 1, rec, created) for aid, rec in items))
+                self.dialect.insert_rows(c, "revisions", 15, (_rev_params(aid, 1, rec, created) for aid, rec in items))
                 self.dialect.executemany(c, _ADD_REFS, sorted(refs.items()))
         except self.dialect.unique_violation:
             # Rolled back: the ids that exist now are the ones taken before this batch.
@@ -309,6 +325,11 @@ class SqlMetadataStore(MetadataStore):
                 taken = next(aid for aid in ids if aid in seen or seen.add(aid))
             raise RevisionConflict(f"adapter {taken!r} already exists; bulk insert adds new adapters only") from None
         return len(items)
+
+    def mark_durable(self, adapter_id: str, revision: int) -> None:
+        with self._write() as c:
+            self.dialect.execute(c, "UPDATE revisions SET durable = TRUE WHERE adapter_id = ? AND revision = ?",
+                                 (adapter_id, revision))
 
     def set_current(self, adapter_id: str, pick) -> int:
         run = self.dialect.execute

@@ -44,6 +44,10 @@ class RevisionRecord:
     # tensors and how many there are. The host budget charges this before a read; 0 = not recorded.
     loaded_bytes: int = 0
     tensor_count: int = 0
+    # False: recorded before its blobs were stored (a publish with durable=false, see
+    # frontend/staged_revisions.py); set once they are. Such a revision is served only by the
+    # engine that holds its bytes in memory.
+    durable: bool = True
 
 
 @dataclass(frozen=True)
@@ -62,7 +66,9 @@ class Revision:
     Plain attributes: ``adapter_id``, ``revision`` (int, from 1), ``format``
     ("peft" or "packed"), ``rank``, ``alpha``, ``target_modules`` (tuple),
     ``dtype``, ``size_bytes``, ``created`` (unix seconds), ``content_digest``,
-    ``loaded_bytes`` and ``tensor_count`` (see RevisionRecord); parsed on first use:
+    ``loaded_bytes``, ``tensor_count`` and ``durable`` (see RevisionRecord); ``staged``, the
+    folder in shared memory holding its files while they are being stored (None once read back
+    from the catalog, see frontend/staged_revisions.py); parsed on first use:
     ``files`` ({name: blob digest}) and ``metadata``. ``local_path()`` returns a
     folder the engine can load (see Catalog.local_path). It pickles without its
     catalog: the record travels with a request to the scheduler (sglang_mint/lora_id.py).
@@ -71,12 +77,12 @@ class Revision:
     __slots__ = (
         "adapter_id", "revision", "format", "rank", "alpha", "target_modules", "dtype",
         "size_bytes", "created", "content_digest", "_files", "_metadata", "_catalog",
-        "loaded_bytes", "tensor_count",
+        "loaded_bytes", "tensor_count", "durable", "staged",
     )
 
     def __init__(self, adapter_id, revision, created, fmt, rank, alpha, targets, dtype,
                  size_bytes, files_json, content_digest, metadata_json, loaded_bytes=0, tensor_count=0,
-                 *, catalog=None):
+                 durable=True, staged=None, *, catalog=None):
         self.adapter_id = adapter_id
         self.revision = revision
         self.created = created
@@ -92,11 +98,14 @@ class Revision:
         self._catalog = catalog
         self.loaded_bytes = loaded_bytes or 0
         self.tensor_count = tensor_count or 0
+        self.durable = bool(durable)
+        self.staged = staged
 
     def __reduce__(self):
         return Revision, (self.adapter_id, self.revision, self.created, self.format, self.rank, self.alpha,
                           ",".join(self.target_modules), self.dtype, self.size_bytes, self._files,
-                          self.content_digest, self._metadata, self.loaded_bytes, self.tensor_count)
+                          self.content_digest, self._metadata, self.loaded_bytes, self.tensor_count,
+                          self.durable, self.staged)
 
     @property
     def files(self) -> dict[str, str]:
@@ -122,7 +131,7 @@ class Revision:
             "rank": self.rank, "alpha": self.alpha, "target_modules": list(self.target_modules),
             "dtype": self.dtype, "size_bytes": self.size_bytes, "created": self.created,
             "content_digest": self.content_digest, "files": self.files, "metadata": self.metadata,
-            "loaded_bytes": self.loaded_bytes, "tensor_count": self.tensor_count,
+            "loaded_bytes": self.loaded_bytes, "tensor_count": self.tensor_count, "durable": self.durable,
         }
 
     def __eq__(self, other):
@@ -149,6 +158,18 @@ class MetadataStore(abc.ABC):
 
     @abc.abstractmethod
     def get_adapter(self, adapter_id: str) -> AdapterRow | None: ...
+
+    @abc.abstractmethod
+    def latest_durable(self, adapter_id: str, below: int) -> Revision | None:
+        """The highest revision numbered below ``below`` whose blobs are stored, or None."""
+
+    @abc.abstractmethod
+    def not_durable(self) -> list[tuple[str, int, dict]]:
+        """(adapter id, revision, files) of every revision whose blobs are not stored yet."""
+
+    @abc.abstractmethod
+    def mark_durable(self, adapter_id: str, revision: int) -> None:
+        """Record that the blobs of a revision published with durable=false are now stored."""
 
     @abc.abstractmethod
     def get_revision(self, adapter_id: str, revision: int) -> Revision | None: ...

@@ -95,20 +95,24 @@ def adapter_from_files(files: dict[str, str], catalog: "Catalog", where: str) ->
 
 def publish_files(catalog: "Catalog", adapter_id: str, files: dict[str, str], *, metadata: dict | None = None,
                   expect_revision: int | None = None, pack: bool | None = None,
-                  max_rank: int | None = None, where: str = "upload") -> "Revision":
+                  max_rank: int | None = None, where: str = "upload", digests: dict | None = None,
+                  stage=None) -> "Revision":
     """Check and publish an adapter given as files ({file name: path}); the new revision is current
     when this returns. The files are the caller's to delete afterwards.
 
     ``pack`` None keeps the form it came in; True stores a PEFT upload packed. ``max_rank`` refuses
-    an adapter the serving pool cannot hold (RankTooLarge). Nothing is written unless every check passes."""
+    an adapter the serving pool cannot hold (RankTooLarge). Nothing is written unless every check passes.
+    ``digests``: {file name: sha256} taken while the files were received; ``stage``: record the
+    revision before its blobs are stored (durable=false, see Catalog._publish)."""
     peft, came_packed = adapter_from_files(files, catalog, where)
     rank = served_rank(peft)
     if max_rank is not None and rank > max_rank:
         raise RankTooLarge(f"{where}: rank {rank} is above this server's --max-lora-rank {max_rank}; "
                            f"train at rank {max_rank} or less, or restart the server with a larger --max-lora-rank")
     if came_packed if pack is None else pack:
-        return catalog.publish_packed(adapter_id, peft, metadata, expect_revision, where=where)
-    return catalog.publish_peft(adapter_id, peft, metadata, expect_revision)
+        return catalog.publish_packed(adapter_id, peft, metadata, expect_revision, where=where, stage=stage)
+    return catalog.publish_peft(adapter_id, peft, metadata, expect_revision,
+                                weights_digest=(digests or {}).get(WEIGHTS), stage=stage)
 
 
 def _unpack(data: bytes, catalog: "Catalog", where: str) -> tuple[bytes, bytes]:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import os
 import shutil
 import tempfile
@@ -37,7 +38,7 @@ from python_multipart.multipart import MultipartParseError, MultipartParser, par
 from sglang_mint.catalog.upload import check_file_name
 from sglang_mint.errors import MintError
 
-UPLOAD_FIELDS = ("expected_revision", "metadata", "pack", "warm")
+UPLOAD_FIELDS = ("durable", "expected_revision", "metadata", "pack", "warm")
 MAX_FILES = 4
 MAX_FIELD_BYTES = 64 << 10
 FLUSH_BYTES = 1 << 20
@@ -103,8 +104,9 @@ async def read_capped(request, limit: int, what: str) -> bytes:
 
 @contextlib.asynccontextmanager
 async def received_upload(request, root: str, limit: int, where: str):
-    """``async with received_upload(...) as (files, fields)``: files {file name: temp path}, fields
-    {name: text}. Raises BodyRefused or InvalidAdapter; the temp files are gone after the block."""
+    """``async with received_upload(...) as (files, fields, digests)``: files {file name: temp path},
+    fields {name: text}, digests {file name: sha256 hex, taken as the bytes were written}. Raises
+    BodyRefused or InvalidAdapter; the temp files still there after the block are removed."""
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
         raise BodyRefused(415, "publish takes multipart/form-data: the files adapter_config.json and "
                                "adapter_model.safetensors (or adapter.mintpack), e.g. "
@@ -115,7 +117,7 @@ async def received_upload(request, root: str, limit: int, where: str):
     receiver = _Receiver(folder, where)
     try:
         await receiver.receive(request, limit)
-        yield receiver.files, receiver.fields
+        yield receiver.files, receiver.fields, {name: h.hexdigest() for name, h in receiver.hashes.items()}
     finally:
         receiver.close()
         await asyncio.to_thread(shutil.rmtree, folder, True)
@@ -151,7 +153,9 @@ class _Receiver:
         self._disposition = b""
         self._file = None  # the open temp file of the current file part
         self._pending = bytearray()  # its bytes not yet handed to _writes
-        self._writes: list[tuple[object, bytes | None]] = []  # (file, bytes to write, or None: close it)
+        self.hashes: dict[str, object] = {}  # file name -> its sha256, fed as the bytes are written
+        self._hash = None  # the current file part's
+        self._writes: list[tuple] = []  # (file, bytes to write or None: close it, its hash)
         self._field: tuple[str, bytearray] | None = None
         self._ended = False
 
@@ -188,7 +192,7 @@ class _Receiver:
 
     def _hand_over(self) -> None:
         if self._pending:
-            self._writes.append((self._file, bytes(self._pending)))
+            self._writes.append((self._file, bytes(self._pending), self._hash))
             self._pending.clear()
 
     async def _flush(self) -> None:
@@ -228,6 +232,7 @@ class _Receiver:
         path = os.path.join(self.folder, str(len(self.files)))
         self.files[name] = path
         self._file = open(path, "xb")  # noqa: SIM115 - closed by _carry_out or close()
+        self._hash = self.hashes[name] = hashlib.sha256()
 
     def _part_data(self, data: bytes, start: int, end: int) -> None:
         if self._field is not None:
@@ -243,21 +248,22 @@ class _Receiver:
             self._field = None
         elif self._file is not None:
             self._hand_over()
-            self._writes.append((self._file, None))
+            self._writes.append((self._file, None, None))
             self._file = None
 
     def _end(self) -> None:
         self._ended = True
 
     def close(self) -> None:
-        for f in [self._file] + [f for f, data in self._writes if data is None]:
+        for f in [self._file] + [f for f, data, _ in self._writes if data is None]:
             if f is not None:
                 f.close()
 
 
-def _carry_out(writes: list[tuple[object, bytes | None]]) -> None:
-    for f, data in writes:
+def _carry_out(writes: list[tuple]) -> None:
+    for f, data, digest in writes:
         if data is None:
             f.close()
         else:
             f.write(data)
+            digest.update(data)  # hashlib releases the GIL on large buffers

@@ -22,6 +22,7 @@ and peft are imported when an in-memory model is published.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import time
@@ -154,12 +155,17 @@ class MintClient:
     # -- calls ---------------------------------------------------------------
     def publish(self, adapter_id: str, source: Any, *, lora_config: Any = None, adapter_name: str = "default",
                 expected_revision: int | None = None, metadata: dict | None = None, pack: bool | None = None,
-                warm: bool = True) -> Published:
+                warm: bool = True, durable: bool = True) -> Published:
         """Publish ``source`` as the next revision of ``adapter_id``; it is current when this returns.
 
         ``expected_revision`` refuses (409) unless the new revision gets that number;
-        ``warm=False`` leaves loading to the first request."""
+        ``warm=False`` leaves loading to the first request. ``durable=False`` (an RL step)
+        answers once the revision is recorded and handed to the engine in memory; its blob is
+        stored after the answer, and a revision whose blob was never stored (the server
+        stopped first) is not served after a restart: the one before it is."""
         fields = {"warm": "true" if warm else "false"}
+        if not durable:
+            fields["durable"] = "false"
         if expected_revision is not None:
             fields["expected_revision"] = str(int(expected_revision))
         if metadata is not None:
@@ -169,6 +175,13 @@ class MintClient:
         body, content_type = multipart(adapter_files(source, lora_config, adapter_name), fields)
         answer = self._call("POST", f"/mint/adapters/{_quote(adapter_id)}/revisions", body, content_type)
         return Published(answer["adapter_id"], answer["revision"], answer["digest"], answer.get("format", "peft"))
+
+    async def publish_served(self, adapter_id: str, source: Any, *, timeout: float = 120.0, **kwargs) -> Published:
+        """``publish`` (same arguments), then ``wait_until_served``: returns once a request for the
+        new revision has been served, without blocking the caller's event loop."""
+        pub = await asyncio.to_thread(self.publish, adapter_id, source, **kwargs)
+        await asyncio.to_thread(self.wait_until_served, adapter_id, pub.revision, timeout)
+        return pub
 
     def rollback(self, adapter_id: str, to: int | None = None) -> Published:
         """Make revision ``to`` (default: the one before current) current again."""

@@ -11,8 +11,9 @@ Every 50 optimizer steps, and at each checkpoint save, the adapter's weights
 go from memory to the server as a new revision of ``acme/bot`` with metadata
 ``{"global_step": ..., "epoch": ...}``; requests arriving after that are served
 by it. A step is published once even when it is also a save step. Only the
-main process publishes. A refused or failed publish is logged and training goes
-on (``raise_errors=True`` stops it instead).
+main process publishes. A refused or failed publish stops training with the
+error (``raise_errors=False`` logs it and goes on). ``durable=False`` publishes
+each step as an RL loop does (see MintClient.publish).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ logger = logging.getLogger("sglang_mint")
 class MintPublishCallback(TrainerCallback):
     def __init__(self, server: str | MintClient, adapter_id: str, *, every_n_steps: int | None = None,
                  on_save: bool = True, adapter_name: str = "default", metadata: dict | None = None,
-                 wait: bool = False, raise_errors: bool = False):
+                 wait: bool = False, raise_errors: bool = True, durable: bool = True):
         if every_n_steps is not None and every_n_steps <= 0:
             raise ValueError(f"every_n_steps must be positive, got {every_n_steps}")
         self.client = server if isinstance(server, MintClient) else MintClient(server)
@@ -41,6 +42,7 @@ class MintPublishCallback(TrainerCallback):
         self.metadata = dict(metadata or {})
         self.wait = wait
         self.raise_errors = raise_errors
+        self.durable = durable
         self.published: list[Published] = []
         self._last_step: int | None = None
 
@@ -58,7 +60,8 @@ class MintPublishCallback(TrainerCallback):
         self._last_step = state.global_step
         metadata = {**self.metadata, "global_step": state.global_step, "epoch": state.epoch}
         try:
-            pub = self.client.publish(self.adapter_id, model, adapter_name=self.adapter_name, metadata=metadata)
+            pub = self.client.publish(self.adapter_id, model, adapter_name=self.adapter_name, metadata=metadata,
+                                      durable=self.durable)
             if self.wait:
                 self.client.wait_until_served(self.adapter_id, pub.revision)
         except (MintError, OSError, TimeoutError) as exc:

@@ -54,14 +54,19 @@ async def catalog_name_taken(request, exc: CatalogNameTaken) -> ORJSONResponse:
     return ORJSONResponse({"success": False, "error_message": str(exc)}, status_code=exc.http_status)
 
 
+class RevisionNotServable(AdapterNotFound):
+    """A revision published with durable=false whose weights this server does not hold (404)."""
+
+
 class CatalogNames:
     """The frontend's view of the catalog: requested names -> revision names, with their counters.
 
     ``metrics`` has two counters, ``resolves`` and ``not_found`` (``.inc()``).
     """
 
-    def __init__(self, catalog, metrics):
+    def __init__(self, catalog, metrics, staged=None):
         self.catalog = catalog
+        self.staged = staged  # StagedRevisions: revisions published with durable=false, served from memory
         self.resolves = 0
         self.metrics = metrics
         # Revision names between their resolve here and the engine's acquire of them: never dropped.
@@ -91,7 +96,23 @@ class CatalogNames:
             raise
         self.resolves += 1
         self.metrics.resolves.inc()
-        return RevisionName(rev)
+        return RevisionName(self._servable(rev, pinned="@" in name))
+
+    def _servable(self, rev, pinned: bool):
+        """The record that serves ``rev``: the staged one when this frontend holds its files in
+        memory, ``rev`` itself when durable; else (a durable=false revision another process holds,
+        or lost to a restart) the latest durable revision before it, or 404 for ``id@N``."""
+        staged = self.staged.get(rev.adapter_id, rev.revision) if self.staged is not None else None
+        if staged is not None:
+            return staged
+        if rev.durable:
+            return rev
+        why = (f"revision {rev.revision} of {rev.adapter_id!r} was published with durable=false and its weights "
+               "are not stored: the server that received them stopped first, or is storing them now")
+        older = None if pinned else self.catalog.latest_durable(rev.adapter_id, rev.revision)
+        if older is None:
+            raise RevisionNotServable(f"{why}; publish it again")
+        return older
 
     def holder(self, name) -> str | None:
         """The catalog id whose name ``name`` is, or None: ``"acme/bot"`` if the catalog holds

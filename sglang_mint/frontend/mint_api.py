@@ -13,12 +13,14 @@ Publishing takes ``multipart/form-data``: the files ``adapter_config.json`` and
 ``adapter_model.safetensors`` (or ``adapter.mintpack`` alone), named by their
 file names, and the optional fields ``expected_revision`` (refuse with 409
 unless the new revision gets this number), ``metadata`` (a JSON object kept
-with the revision), ``pack`` (``true`` stores it packed) and ``warm``
-(``false`` skips loading it right away). For example::
+with the revision), ``pack`` (``true`` stores it packed), ``warm``
+(``false`` skips loading it right away) and ``durable`` (``false``: answer once
+the revision is recorded and handed to the engine in memory, storing its blob
+after the answer; see staged_revisions.py). For example::
 
     curl -F files=@adapter_config.json -F files=@adapter_model.safetensors \\
          -F metadata='{"step": 1200}' http://host:30000/mint/adapters/acme/bot/revisions
-    -> 201 {"adapter_id": "acme/bot", "revision": 4, "digest": "9f2c...", "format": "peft"}
+    -> 201 {"adapter_id": "acme/bot", "revision": 4, "digest": "9f2c...", "format": "peft", "durable": true}
 
 A request that arrives after the 201 is served by revision 4; requests in
 flight finish on the revision they started with.
@@ -151,7 +153,7 @@ def _flag(fields: dict, name: str, default: bool | None) -> bool | None:
 
 def _revision_json(rev) -> dict:
     return {"adapter_id": rev.adapter_id, "revision": rev.revision, "digest": rev.content_digest,
-            "format": rev.format}
+            "format": rev.format, "durable": rev.durable}
 
 
 # -- endpoints -------------------------------------------------------------------
@@ -231,18 +233,24 @@ async def publish_revision(request: Request, adapter_id: str):
                            "rate_limit_error")
         refused.response.headers["Retry-After"] = str(RETRY_AFTER_S)
         raise refused
+    declared = request.headers.get("content-length")
+    folder = upload_folder(names.catalog)
+    if names.staged is not None:  # shared memory when it has room: a durable=false publish stays there
+        folder = names.staged.receive_folder(int(declared) if declared and declared.isdigit() else None, folder)
     try:
-        async with received_upload(request, upload_folder(names.catalog), config.max_upload_bytes,
-                                   f"upload for {adapter_id!r}") as (files, fields):
-            rev = await _publish_received(engine, names, adapter_id, files, fields)
+        async with received_upload(request, folder, config.max_upload_bytes,
+                                   f"upload for {adapter_id!r}") as (files, fields, digests):
+            rev = await _publish_received(engine, names, adapter_id, files, fields, digests)
     finally:
         gate.leave()
     return ORJSONResponse(_revision_json(rev), status_code=201)
 
 
 async def _publish_received(engine: MintEngine, names: CatalogNames, adapter_id: str, files: dict[str, str],
-                            fields: dict[str, str]):
-    """publish_revision once the upload is on disk: the fields checked, then the adapter."""
+                            fields: dict[str, str], digests: dict[str, str]):
+    """publish_revision once the upload is received: the fields checked, then the adapter. With
+    ``durable=false`` the revision is recorded and served from memory before its blobs are stored
+    (frontend/staged_revisions.py)."""
     expected = fields.get("expected_revision")
     if expected is not None and not (expected.isdigit() and int(expected) > 0):
         raise _Refused(400, f"expected_revision must be a positive integer, got {expected!r}")
@@ -256,11 +264,15 @@ async def _publish_received(engine: MintEngine, names: CatalogNames, adapter_id:
             raise _Refused(400, 'metadata must be a JSON object, e.g. {"step": 1200}')
     pack = _flag(fields, "pack", None)
     warm = _flag(fields, "warm", True)
+    durable = _flag(fields, "durable", True)
+    if not durable and names.staged is None:
+        raise _Refused(400, "durable=false needs a server whose frontend serves staged revisions")
+    stage = None if durable else functools.partial(names.staged.stage, names.catalog)
     # The checks and the write take seconds for a large adapter: off the event loop, which keeps serving.
     rev = await asyncio.to_thread(
         publish_files, names.catalog, adapter_id, files, metadata=metadata,
         expect_revision=int(expected) if expected is not None else None, pack=pack,
-        max_rank=engine.max_lora_rank, where=f"upload for {adapter_id!r}")
+        max_rank=engine.max_lora_rank, where=f"upload for {adapter_id!r}", digests=digests, stage=stage)
     if warm:
         engine.warm(revision_name(adapter_id, rev.revision))
     return rev

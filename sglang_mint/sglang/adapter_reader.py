@@ -7,6 +7,8 @@ the adapter; ``attach_adapter`` maps the copy tensor-parallel rank 0 read
 
 from __future__ import annotations
 
+import os
+
 from sglang_mint.adapters.peft import load_for_serving
 from sglang_mint.residency.host_bytes import adapter_host_bytes
 
@@ -18,7 +20,9 @@ def read_adapter(manager, catalog, lora_id: str, rev):
 
     from sglang_mint.packed.reader import packed_path
 
-    path = str(catalog.local_path(rev))
+    # A revision published with durable=false is read from its staged folder in shared memory
+    # (frontend/staged_revisions.py) until that goes, a while after its blobs are stored.
+    path = rev.staged if rev.staged and os.path.isdir(rev.staged) else str(catalog.local_path(rev))
     config = LoRAConfig(path, base_vocab_size=manager.base_hf_config.vocab_size)
     tensors = None
     if packed_path(path) is None:

@@ -13,6 +13,7 @@ import logging
 from sglang.srt.lora.lora_registry import LoRARef
 
 from sglang_mint.frontend.catalog_names import CatalogNames
+from sglang_mint.frontend.staged_revisions import StagedRevisions, staging_root
 from sglang_mint.lora_id import CatalogLoraId, RevisionName, is_catalog_lora_id, lora_name_of
 from sglang_mint.residency.metrics import FrontendMetrics
 from sglang_mint.sglang.flags import mint_config
@@ -24,10 +25,11 @@ logger = logging.getLogger("sglang_mint")
 class CatalogFrontend(CatalogNames):
     """The tokenizer manager's view of the catalog: CatalogNames, registered in SGLang's registry."""
 
-    def __init__(self, config):
+    def __init__(self, config, port: int):
         from sglang_mint.sglang.flags import metrics_enabled  # looked up per call: tests stand it in
 
-        super().__init__(config.open_catalog(), FrontendMetrics(metrics_enabled()))
+        super().__init__(config.open_catalog(), FrontendMetrics(metrics_enabled()),
+                         StagedRevisions(staging_root(port)))
         self._warming: set[asyncio.Task] = set()
 
     @staticmethod
@@ -96,7 +98,7 @@ def _after_init_lora(result, tm, *args, **kwargs):
         return result
     verify_startup("frontend", tokenizer_manager=tm, lora_registry=getattr(tm, "lora_registry", None))
     if config.catalog is not None:
-        frontend = tm._mint_frontend = tm.lora_registry._mint_frontend = CatalogFrontend(config)
+        frontend = tm._mint_frontend = tm.lora_registry._mint_frontend = CatalogFrontend(config, tm.server_args.port)
         frontend.warn_shadowed({name: ref.lora_path for name, ref in tm.lora_ref_cache.items()})  # --lora-paths
     return result
 

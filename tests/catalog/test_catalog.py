@@ -224,14 +224,21 @@ def test_a_revision_records_what_it_holds_once_loaded_and_old_catalogs_upgrade(c
     assert rest > 0 and (rev.loaded_bytes, rev.tensor_count) == (wide + 8 * rest, len(tensors))
     assert cat.resolve("p/x").loaded_bytes == rev.loaded_bytes  # read back from the store
 
-    with cat.store.write_lock() as c:  # as version 1 wrote it
-        for column in ("loaded_bytes", "tensor_count"):
-            cat.store.dialect.execute(c, f"ALTER TABLE revisions DROP COLUMN {column}")
-        cat.store.dialect.execute(c, "UPDATE settings SET value = '1' WHERE key = 'schema_version'")
+    with cat.store.write_lock() as c:  # as version 2 wrote it: no durable flag
+        cat.store.dialect.execute(c, "ALTER TABLE revisions DROP COLUMN durable")
+        cat.store.dialect.execute(c, "UPDATE settings SET value = '2' WHERE key = 'schema_version'")
     cat.close()
+    with open_catalog(cat.path) as again:
+        assert again.store.get_setting("schema_version") == SCHEMA_VERSION != "2"
+        assert again.resolve("p/x").durable and again.resolve("p/x").loaded_bytes == rev.loaded_bytes
+        with again.store.write_lock() as c:  # as version 1 wrote it
+            for column in ("loaded_bytes", "tensor_count", "durable"):
+                again.store.dialect.execute(c, f"ALTER TABLE revisions DROP COLUMN {column}")
+            again.store.dialect.execute(c, "UPDATE settings SET value = '1' WHERE key = 'schema_version'")
     with open_catalog(cat.path) as again:
         assert again.store.get_setting("schema_version") == SCHEMA_VERSION != "1"
         old = again.resolve("p/x")
         assert (old.loaded_bytes, old.tensor_count) == (0, 0)  # not recorded: the budget falls back to file bytes
+        assert old.durable  # every revision before the flag was stored before it was recorded
         assert again.publish("p/x", peft("plain", rank=2)).loaded_bytes > 0
         assert again.store.check() == []

@@ -61,3 +61,34 @@ def test_a_safetensors_header_above_the_reference_parsers_limit_is_refused_unrea
         f.write((200_000_000).to_bytes(8, "little"))
     with pytest.raises(InvalidAdapter, match="a header of 200000000 bytes"):
         publish_files(cat, "huge/header", files_of(folder))
+
+
+def test_a_revision_recorded_before_its_blobs_is_not_durable_until_they_are_stored(cat, tmp_path):
+    """durable=false (frontend/staged_revisions.py): the revision is recorded, with compare-and-set,
+    before its blobs exist; store_blobs completes it. Meanwhile latest_durable names the one before it,
+    verify lists it as not durable rather than as damage, and a digest taken while receiving is used."""
+    first = publish_files(cat, "rl/p", files_of(write_peft(tmp_path / "one", rank=2, seed=1)))
+    folder = write_peft(tmp_path / "two", rank=2, seed=2)
+    weights = os.path.join(folder, "adapter_model.safetensors")
+    digest = hashlib.sha256(open(weights, "rb").read()).hexdigest()
+    handed = {}
+
+    def stage(rev, payload):
+        handed.update(payload)
+        return rev
+
+    second = publish_files(cat, "rl/p", files_of(folder), expect_revision=2, stage=stage,
+                           digests={"adapter_model.safetensors": digest})
+    assert (second.revision, second.durable, first.durable) == (2, False, True)
+    assert second.files["adapter_model.safetensors"] == digest and not cat.blobs.exists(digest)
+    assert cat.resolve("rl/p") == second and cat.latest_durable("rl/p", 2) == first
+    report = cat.verify()
+    assert report["ok"] and report["not_durable"] == ["rl/p@2"], report
+    with pytest.raises(Exception, match="revision 2 of .rl/p. already exists"):
+        publish_files(cat, "rl/p", files_of(write_peft(tmp_path / "three", rank=2, seed=3)), expect_revision=2)
+
+    cat.store_blobs(second, handed)
+    assert cat.resolve("rl/p").durable and cat.blobs.read(digest) == open(weights, "rb").read()
+    assert cat.latest_durable("rl/p", 3) == second
+    report = cat.verify()
+    assert report["ok"] and report["not_durable"] == [], report

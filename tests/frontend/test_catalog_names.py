@@ -29,12 +29,12 @@ class Catalog:
     def resolve(self, adapter_id):
         if adapter_id != "acme/bot":
             raise AdapterNotFound(f"adapter {adapter_id!r} not found")
-        return SimpleNamespace(adapter_id=adapter_id, revision=3)
+        return SimpleNamespace(adapter_id=adapter_id, revision=3, durable=True)
 
     def resolve_revision(self, adapter_id, revision):
         if adapter_id != "acme/bot" or revision > 3:
             raise AdapterNotFound(f"{adapter_id}@{revision} not found")
-        return SimpleNamespace(adapter_id=adapter_id, revision=revision)
+        return SimpleNamespace(adapter_id=adapter_id, revision=revision, durable=True)
 
 
 @pytest.fixture

@@ -72,7 +72,7 @@ def stack(tiny_model, tiny_adapters, tmp_path_factory):
     try:
         from sglang_mint.sglang.frontend import CatalogFrontend
 
-        tm = StubTokenizerManager(server_args, CatalogFrontend(config))
+        tm = StubTokenizerManager(server_args, CatalogFrontend(config, port=0))
     finally:
         flags.metrics_enabled = enabled
     http_server._global_state = SimpleNamespace(tokenizer_manager=tm)

@@ -1,0 +1,145 @@
+"""Revisions published with ``durable=false``: recorded, served from memory, stored after the answer.
+
+An RL loop publishes a new policy every step and samples from it at once; the
+durable publish makes it wait for a copy of the blob, an fsync and, later, the
+scheduler reading that blob back. With ``durable=false``:
+
+1. The upload is received into shared memory (``/dev/shm`` when it has room for
+   the declared body, else the catalog's ``uploads/`` folder) and hashed as it
+   arrives (catalog/upload_stream.py). It is checked as every upload is.
+2. The revision is recorded in the catalog, with compare-and-set as always, but
+   ``durable = false`` and no blob yet; ``stage`` moves its files (a rename, no
+   copy) into ``staged/<n>/`` under the same root, and this frontend serves the
+   revision from there: the record it hands to the scheduler carries the folder
+   (``Revision.staged``), which the load worker reads instead of the catalog.
+3. A thread stores the blobs (copied and fsynced, as a durable publish does
+   before it answers) and marks the revision durable. Until then only this
+   process serves it: another engine, or this one after a restart, resolves the
+   adapter to its latest durable revision before it (frontend/catalog_names.py),
+   and ``<id>@<n>`` of a revision that was never stored is a 404 saying why.
+4. The staged folder is removed ``GRACE_S`` after the blob is stored (a request
+   holding the record may still read it; the load worker falls back to the
+   catalog once it is gone). A process killed before that leaves its folder,
+   which the next frontend on the same port removes at start.
+
+``MINT_FAULT_DURABLE_DELAY_S`` (seconds, default 0) holds each store back: fault
+injection, so that tests can kill the server while a revision is not yet durable.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import queue
+import shutil
+import threading
+import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from sglang_mint.catalog.catalog import Catalog
+    from sglang_mint.catalog.store import Revision
+
+logger = logging.getLogger("sglang_mint")
+
+SHARED_MEMORY = "/dev/shm"
+GRACE_S = 60.0
+SHM_HEADROOM_BYTES = 1 << 30  # an upload goes to shared memory only if this much stays free beside it
+
+
+def staging_root(port: int) -> str:
+    """Where this server receives uploads and stages revisions: shared memory if the machine has it."""
+    base = SHARED_MEMORY if os.access(SHARED_MEMORY, os.W_OK) else None
+    return os.path.join(base, f"sglang-mint-{os.getuid()}", str(port)) if base else ""
+
+
+class StagedRevisions:
+    """The revisions this frontend serves from memory until (and shortly after) they are stored."""
+
+    def __init__(self, root: str, grace_s: float = GRACE_S):
+        self.root = root
+        self.grace_s = grace_s
+        if root:
+            shutil.rmtree(os.path.join(root, "staged"), ignore_errors=True)  # left by a killed process
+        self._records: dict[tuple[str, int], "Revision"] = {}
+        self._lock = threading.Lock()
+        self._work: queue.Queue = queue.Queue()
+        self._expiring: list[tuple[float, tuple[str, int], str]] = []
+        self._numbers = itertools.count()
+        self._worker: threading.Thread | None = None
+        self.stored_total = self.failed_total = 0
+
+    def receive_folder(self, declared_bytes: int | None, fallback: str) -> str:
+        """Where an upload of ``declared_bytes`` (None: unknown) is received: shared memory when it
+        fits with room to spare, else ``fallback`` (the catalog's disk)."""
+        if not self.root or declared_bytes is None:
+            return fallback
+        os.makedirs(self.root, exist_ok=True)
+        free = os.statvfs(self.root)
+        if free.f_bavail * free.f_frsize < declared_bytes + SHM_HEADROOM_BYTES:
+            return fallback
+        return os.path.join(self.root, "uploads")
+
+    def get(self, adapter_id: str, revision: int) -> "Revision | None":
+        return self._records.get((adapter_id, revision))
+
+    def stage(self, catalog: "Catalog", rev: "Revision", payload: dict) -> "Revision":
+        """``Catalog._publish``'s ``stage``: move the files of ``rev`` (just recorded, not durable) into
+        a staged folder, serve it from there, and queue the blobs' store. Returns the served record."""
+        from sglang_mint.catalog.store import Revision
+
+        base = self.root or os.path.join(os.path.dirname(os.path.abspath(catalog.views)), "staged-uploads")
+        folder = os.path.join(base, "staged", str(next(self._numbers)))
+        os.makedirs(folder)
+        files = {}
+        for name, data in payload.items():
+            files[name] = os.path.join(folder, name)
+            if isinstance(data, str):
+                shutil.move(data, files[name])  # a rename when the upload was received under the same root
+            else:
+                with open(files[name], "xb") as f:
+                    f.write(data)
+        staged = Revision(*rev.__reduce__()[1][:-1], staged=folder, catalog=catalog)
+        with self._lock:
+            self._records[(rev.adapter_id, rev.revision)] = staged
+            if self._worker is None:
+                self._worker = threading.Thread(target=self._store_forever, name="mint-durable", daemon=True)
+                self._worker.start()
+        self._work.put((catalog, staged, files))
+        return staged
+
+    def _store_forever(self) -> None:
+        delay = float(os.environ.get("MINT_FAULT_DURABLE_DELAY_S", "0") or 0)
+        while True:
+            try:
+                catalog, rev, files = self._work.get(timeout=1.0)
+            except queue.Empty:
+                self._expire()
+                continue
+            time.sleep(delay)
+            key = (rev.adapter_id, rev.revision)
+            try:
+                catalog.store_blobs(rev, files)
+            except Exception as exc:  # noqa: BLE001 - the revision stays not durable, served here only
+                self.failed_total += 1
+                logger.error("storing %s@%d (published with durable=false) failed; it is served by this "
+                             "server only until it stops: %s: %s", *key, type(exc).__name__, exc)
+                continue
+            self.stored_total += 1
+            stored = catalog.get_revision(*key)  # durable now; still read from the staged folder a while
+            stored.staged = rev.staged
+            with self._lock:
+                self._records[key] = stored
+                self._expiring.append((time.monotonic() + self.grace_s, key, rev.staged))
+            self._expire()
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        with self._lock:
+            done = [e for e in self._expiring if e[0] <= now]
+            self._expiring = [e for e in self._expiring if e[0] > now]
+            for _, key, _ in done:
+                self._records.pop(key, None)
+        for _, _, folder in done:
+            shutil.rmtree(folder, ignore_errors=True)

@@ -1,0 +1,126 @@
+"""Publishing with durable=false (issue 22): served from memory at once, stored after the answer.
+
+Real servers on CPU (--enable-mint, one SQLite catalog). The first holds every store back
+(MINT_FAULT_DURABLE_DELAY_S), so its durable=false revisions are never stored, and is killed with
+SIGKILL, as a machine is lost; the second opens the same catalog. HF+PEFT in its own process is the
+reference for what a revision serves.
+
+- a durable=false revision is served by the next request and equals HF+PEFT (fp32, 1e-4);
+- two trainers publishing to one adapter with compare-and-set: one wins, the other gets 409;
+- after the kill, neither is served: the adapter serves its last stored revision, ``id@N`` of a lost
+  one is 404 saying why, and ``mint catalog verify`` lists them as not durable, not as damage;
+- without the delay, a durable=false revision is stored and marked durable shortly after the answer.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import openai
+import pytest
+
+from test_catalog_serving import complete
+from test_handoff import peft_model, reference
+
+from sglang_mint.catalog import open_catalog
+from sglang_mint.client import MintAPIError, MintClient
+from sglang_mint.dev.server import SGLangServer
+
+pytestmark = pytest.mark.server  # starts real SGLang servers: not in make test-fast
+
+TOL = 1e-4
+ADAPTER = "rl/policy"
+
+
+@pytest.fixture(scope="module")
+def catalog(tiny_model, tiny_adapters, tmp_path_factory):
+    from sglang_mint.catalog import init_catalog
+
+    root = tmp_path_factory.mktemp("durable-later") / "catalog"
+    with init_catalog(str(root), str(tiny_model)) as cat:
+        cat.publish(ADAPTER, str(tiny_adapters["tiny-0001"]))
+    return root
+
+
+@pytest.fixture(scope="module")
+def prompt_ids(tiny_model):
+    from transformers import AutoTokenizer
+
+    from test_catalog_serving import PROMPT
+
+    return AutoTokenizer.from_pretrained(tiny_model)(PROMPT)["input_ids"]
+
+
+def server(tiny_model, catalog, log_dir, env=None) -> SGLangServer:
+    log_dir.mkdir(parents=True, exist_ok=True)
+    return SGLangServer(tiny_model, enable_mint=True, extra_args=["--mint-catalog", str(catalog)],
+                        log_path=log_dir / "server.log", python=sys.executable, env=env)
+
+
+def openai_client(server):
+    return openai.OpenAI(base_url=server.openai_url, api_key="none", max_retries=0, timeout=600)
+
+
+def test_durable_false_is_served_at_once_and_never_after_a_crash_before_it_is_stored(
+        tiny_model, tiny_adapters, catalog, prompt_ids, tmp_path):
+    stored = reference(tiny_model, tiny_adapters["tiny-0001"], prompt_ids)
+    held = server(tiny_model, catalog, tmp_path / "held", env={"MINT_FAULT_DURABLE_DELAY_S": "600"}).start()
+    try:
+        mint, client = MintClient(held.url), openai_client(held)
+        trained = peft_model(tiny_model, seed=11)
+        pub = mint.publish(ADAPTER, trained, durable=False, expected_revision=2)
+        assert (pub.revision, mint.adapter(ADAPTER)["revisions"][-1]["durable"]) == (2, False)
+        served = complete(client, ADAPTER)
+        trained.save_pretrained(tmp_path / "r2")
+        new = reference(tiny_model, tmp_path / "r2", prompt_ids)
+        assert new["tokens"] != stored["tokens"]
+        assert served[0] == new["tokens"] and served[1] == pytest.approx(new["logprobs"], abs=TOL)
+
+        # Two trainers race for revision 3: compare-and-set lets one in.
+        racers = [peft_model(tiny_model, seed=s) for s in (12, 13)]
+        with ThreadPoolExecutor(2) as pool:
+            tries = list(pool.map(lambda m: _publish_or_error(mint, m), racers))
+        assert sorted(type(t).__name__ for t in tries) == ["MintAPIError", "Published"], tries
+        lost = next(t for t in tries if isinstance(t, MintAPIError))
+        assert lost.status == 409 and "revision 3" in lost.message
+        assert mint.adapter(ADAPTER)["current"] == 3
+    finally:
+        os.killpg(held.proc.pid, signal.SIGKILL)  # before either blob is stored
+        held.stop()
+
+    with open_catalog(str(catalog)) as cat:
+        report = cat.verify()
+    assert report["ok"] and report["not_durable"] == [f"{ADAPTER}@2", f"{ADAPTER}@3"], report
+
+    with server(tiny_model, catalog, tmp_path / "after") as after:
+        client = openai_client(after)
+        tokens, logprobs = complete(client, ADAPTER)
+        assert tokens == stored["tokens"] and logprobs == pytest.approx(stored["logprobs"], abs=TOL)
+        lost = httpx.post(f"{after.url}/generate", timeout=120, json={
+            "text": "x", "lora_path": f"{ADAPTER}@3", "sampling_params": {"max_new_tokens": 1}})
+        assert lost.status_code == 404 and "durable=false" in lost.text and "not stored" in lost.text, lost.text
+
+        mint = MintClient(after.url)
+        pub = mint.publish(ADAPTER, peft_model(tiny_model, seed=14), durable=False)
+        assert pub.revision == 4 and complete(client, ADAPTER)[0] != stored["tokens"]
+        deadline = time.monotonic() + 60
+        while not mint.adapter(ADAPTER)["revisions"][-1]["durable"]:
+            assert time.monotonic() < deadline, "revision 4 was not stored within 60 s"
+            time.sleep(0.1)
+    with open_catalog(str(catalog)) as cat:
+        rev = cat.resolve(ADAPTER)
+        assert (rev.revision, rev.durable) == (4, True)
+        assert os.path.isfile(os.path.join(rev.local_path(), "adapter_model.safetensors"))
+        assert cat.verify()["ok"]
+
+
+def _publish_or_error(mint: MintClient, model):
+    try:
+        return mint.publish(ADAPTER, model, durable=False, expected_revision=3)
+    except MintAPIError as exc:
+        return exc
