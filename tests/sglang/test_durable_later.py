@@ -9,11 +9,13 @@ reference for what a revision serves.
 - two trainers publishing to one adapter with compare-and-set: one wins, the other gets 409;
 - after the kill, neither is served: the adapter serves its last stored revision, ``id@N`` of a lost
   one is 404 saying why, and ``mint catalog verify`` lists them as not durable, not as damage;
-- without the delay, a durable=false revision is stored and marked durable shortly after the answer.
+- without the delay, a durable=false revision (published with the client's async variant) is stored
+  and marked durable shortly after the answer.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import sys
@@ -106,7 +108,8 @@ def test_durable_false_is_served_at_once_and_never_after_a_crash_before_it_is_st
         assert lost.status_code == 404 and "durable=false" in lost.text and "not stored" in lost.text, lost.text
 
         mint = MintClient(after.url)
-        pub = mint.publish(ADAPTER, peft_model(tiny_model, seed=14), durable=False)
+        # the async variant: returns once a request for the new revision has been served
+        pub = asyncio.run(mint.publish_served(ADAPTER, peft_model(tiny_model, seed=14), durable=False))
         assert pub.revision == 4 and complete(client, ADAPTER)[0] != stored["tokens"]
         deadline = time.monotonic() + 60
         while not mint.adapter(ADAPTER)["revisions"][-1]["durable"]:
