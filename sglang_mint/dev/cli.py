@@ -9,11 +9,20 @@ import os
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
     demo = subparsers.add_parser(
-        "demo", help="real SGLang on CPU serving a 100,000-adapter catalog by id, zipf workload (`make demo`)"
+        "demo", help="real SGLang on CPU: `catalog` (default, `make demo`) serves a 100,000-adapter catalog by id "
+                     "under a zipf workload; `rl` trains K policies at once, each publishing its LoRA every step"
     )
-    demo.add_argument("--catalog-size", type=int, default=100_000, help="synthetic adapters (default 100000)")
-    demo.add_argument("--requests", type=int, default=3000, help="zipf workload requests (default 3000)")
-    demo.add_argument("--concurrency", type=int, default=32, help="concurrent clients (default 32)")
+    demo.add_argument("scenario", nargs="?", choices=["catalog", "rl"], default="catalog",
+                      help="catalog (default) or rl")
+    demo.add_argument("--catalog-size", type=int, default=100_000, help="catalog: synthetic adapters (default 100000)")
+    demo.add_argument("--requests", type=int, default=3000, help="catalog: zipf workload requests (default 3000)")
+    demo.add_argument("--concurrency", type=int, default=32, help="catalog: concurrent clients (default 32)")
+    demo.add_argument("--policies", type=int, default=4, help="rl: policies trained at once (default 4)")
+    demo.add_argument("--steps", type=int, default=5, help="rl: steps of every policy (default 5)")
+    demo.add_argument("--durable", action=argparse.BooleanOptionalAction, default=None,
+                      help="rl: each publish answers once its revision is stored (the default); --no-durable: "
+                           "once it is handed to the engine, stored after")
+    demo.add_argument("--json", default=None, metavar="PATH", help="rl: write the run's record to PATH")
     demo.set_defaults(func=_demo)
 
     cluster = subparsers.add_parser(
@@ -127,9 +136,16 @@ def _cpu_env(args) -> int:
 
 
 def _demo(args) -> int:
-    from sglang_mint.dev.demo import run_demo
-
     from sglang_mint.errors import MintError
+
+    if args.scenario == "rl":
+        from sglang_mint.dev.rl_demo import run_rl_demo
+
+        if args.policies < 1 or args.steps < 1:
+            raise MintError("--policies and --steps must be positive")
+        durable = {} if args.durable is None else {"durable": args.durable}
+        return run_rl_demo(args.policies, args.steps, json_path=args.json, **durable)
+    from sglang_mint.dev.demo import run_demo
 
     if args.catalog_size < 1 or args.requests < 1 or args.concurrency < 1:
         raise MintError("--catalog-size, --requests and --concurrency must be positive")
