@@ -20,8 +20,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     demo.add_argument("--policies", type=int, default=4, help="rl: policies trained at once (default 4)")
     demo.add_argument("--steps", type=int, default=5, help="rl: steps of every policy (default 5)")
     demo.add_argument("--durable", action=argparse.BooleanOptionalAction, default=None,
-                      help="rl: each publish answers once its revision is stored (the default); --no-durable: "
-                           "once it is handed to the engine, stored after")
+                      help="rl: each publish answers once its revision is stored; --no-durable (the default): "
+                           "once it is recorded and served from memory, stored after")
     demo.add_argument("--json", default=None, metavar="PATH", help="rl: write the run's record to PATH")
     demo.set_defaults(func=_demo)
 

@@ -43,10 +43,10 @@ NEW_TOKENS = 8
 # fp32 on both sides: SGLang's torch_native LoRA matches HF+PEFT to about 1e-5 here, while one
 # Adam step moves these logprobs by 1e-2 or more (each step's ``neighbour_gap``).
 ON_POLICY_TOLERANCE = 1e-3
-# Whether a publish answers only once the revision's blob is stored. An RL step wants False (the
-# server answers once the revision is recorded and handed to the engine, and stores the blob
-# after: MintClient.publish); True until the server takes the field.
-DURABLE = True
+# Whether a publish answers only once the revision's blob is stored. An RL step's does not: the
+# server answers once the revision is recorded and served from its upload in memory, and stores
+# the blob after (MintClient.publish, durable=False).
+DURABLE = False
 DEFAULT_POLICIES = 4
 DEFAULT_STEPS = 5
 
@@ -233,10 +233,10 @@ def print_header(policies: list[Policy]) -> None:
     print(f"    {'step':>4} {'wall s':>7} {'sample':>7} {'update':>7} {'publish':>7}   {names}")
 
 
-def server_flags(catalog: Path, policies: int) -> list[str]:
-    """Room in the engine for every policy's revision and the next one being warmed, and for every
-    policy's upload at once (the default, 2, answers a third 429)."""
-    return ["--mint-catalog", str(catalog), "--max-loras-per-batch", str(max(4, 2 * policies)),
+def server_flags(catalog: Path, policies: int, slots: int | None = None) -> list[str]:
+    """Room in the engine for every policy's revision and the next one being warmed (``slots``, by
+    default 2 per policy), and for every policy's upload at once (the default, 2, answers a third 429)."""
+    return ["--mint-catalog", str(catalog), "--max-loras-per-batch", str(slots or max(4, 2 * policies)),
             "--mint-max-concurrent-uploads", str(max(2, policies))]
 
 

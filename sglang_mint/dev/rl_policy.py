@@ -20,11 +20,13 @@ several times (a group); a generated token's advantage is its pay (1 or 0) less 
 pay over its group's tokens, over their standard deviation; the loss is
 ``-mean(advantage * logprob(token))`` over every generated token, with logprobs recomputed
 by the HF model, then one Adam step. Paying tokens rather than whole sequences gives the
-few steps of a demo a clear signal: on the tiny model the mean reward goes from about
-0.13 to 0.4-0.7 in four steps at this learning rate. Before the step the HF logprobs are compared with the
-engine's (``logprob_gap``: the engine sampled from exactly these weights, i.e. on-policy);
-after it, the same tokens are scored again (``neighbour_gap``: how far the next revision
-is from this one, the resolution of that check).
+few steps of a demo a clear signal: on the tiny model, after four updates at this learning
+rate, each policy's mean reward went from about 0.13 to between 0.4 and 0.97 (two runs).
+
+Before the step the HF logprobs are compared with the engine's (``logprob_gap``: small
+when the engine sampled from exactly these weights, i.e. on-policy); after it, the same
+tokens are scored again (``neighbour_gap``: how far the next revision is from this one,
+the resolution of that check).
 """
 
 from __future__ import annotations
