@@ -38,7 +38,7 @@ from python_multipart.multipart import MultipartParseError, MultipartParser, par
 from sglang_mint.catalog.upload import check_file_name
 from sglang_mint.errors import MintError
 
-UPLOAD_FIELDS = ("durable", "expected_revision", "metadata", "pack", "warm")
+UPLOAD_FIELDS = ("durable", "expected_revision", "inbox", "metadata", "pack", "warm")
 MAX_FILES = 4
 MAX_FIELD_BYTES = 64 << 10
 FLUSH_BYTES = 1 << 20
@@ -186,7 +186,7 @@ class _Receiver:
         await self._flush()
         if not self._ended:
             raise BodyRefused(400, "malformed multipart body: it ends before its closing boundary")
-        if not self.files:
+        if not self.files and "inbox" not in self.fields:  # inbox: the files are in shared memory
             raise BodyRefused(400, "no files in the upload: send adapter_config.json and "
                                    "adapter_model.safetensors, or adapter.mintpack")
 

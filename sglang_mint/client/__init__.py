@@ -33,6 +33,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from sglang_mint.client.handoff import Inbox, safetensors_parts, size_of
 from sglang_mint.errors import MintError
 
 CONFIG = "adapter_config.json"
@@ -63,8 +64,9 @@ class Published:
         return f"{self.adapter_id}@{self.revision}"
 
 
-def adapter_files(source: Any, lora_config: Any = None, adapter_name: str = "default") -> dict[str, bytes]:
-    """The files of an adapter, in memory, from whichever form the trainer holds.
+def adapter_files(source: Any, lora_config: Any = None, adapter_name: str = "default") -> dict[str, bytes | list]:
+    """The files of an adapter, in memory, from whichever form the trainer holds: each file's bytes,
+    or (the weights of a model in memory) the list of buffers it is made of (handoff.py).
 
     - a folder written by ``save_pretrained`` (or ``mint pack``): its files;
     - a ``PeftModel``: its LoRA weights for ``adapter_name`` and its config;
@@ -87,10 +89,7 @@ def adapter_files(source: Any, lora_config: Any = None, adapter_name: str = "def
     else:
         raise MintError(f"cannot publish a {type(source).__name__}: pass a PeftModel, a state dict with "
                         "lora_config, or a folder")
-    import safetensors.torch
-
-    weights = safetensors.torch.save({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()})
-    return {CONFIG: config_json(lora_config), WEIGHTS: weights}
+    return {CONFIG: config_json(lora_config), WEIGHTS: safetensors_parts(tensors)}
 
 
 def config_json(lora_config: Any) -> bytes:
@@ -122,8 +121,14 @@ def _folder_files(folder: str) -> dict[str, bytes]:
     return out
 
 
-def multipart(files: dict[str, bytes], fields: dict[str, str]) -> tuple[bytes, str]:
+def multipart(files: dict[str, bytes | list], fields: dict[str, str]) -> tuple[bytes, str]:
     """(body, content type) of a multipart/form-data upload: every file under the field ``files``."""
+    parts, content_type = multipart_parts(files, fields)
+    return b"".join(parts), content_type
+
+
+def multipart_parts(files: dict[str, bytes | list], fields: dict[str, str]) -> tuple[list, str]:
+    """``multipart`` as the list of buffers the body is made of, the files' own among them (not joined)."""
     boundary = uuid.uuid4().hex
     parts = []
     for name, value in fields.items():
@@ -131,10 +136,10 @@ def multipart(files: dict[str, bytes], fields: dict[str, str]) -> tuple[bytes, s
     for name, data in files.items():
         parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="{name}"\r\n'
                      "Content-Type: application/octet-stream\r\n\r\n".encode())
-        parts.append(data)
+        parts.extend(data if isinstance(data, list) else [data])
         parts.append(b"\r\n")
     parts.append(f"--{boundary}--\r\n".encode())
-    return b"".join(parts), f"multipart/form-data; boundary={boundary}"
+    return parts, f"multipart/form-data; boundary={boundary}"
 
 
 class MintClient:
@@ -142,15 +147,17 @@ class MintClient:
 
     ``admin_api_key`` is the server's ``--admin-api-key`` (a server without one
     takes admin calls from its own machine only); ``api_key`` its ``--api-key``,
-    used for the request ``wait_until_served`` sends.
+    used for the request ``wait_until_served`` sends. A server on this machine takes a publish's
+    files through shared memory (client/handoff.py); ``shared_memory=False`` sends them in the body.
     """
 
     def __init__(self, url: str, admin_api_key: str | None = None, api_key: str | None = None,
-                 timeout: float = 600.0):
+                 timeout: float = 600.0, shared_memory: bool = True):
         self.url = url.rstrip("/")
         self.admin_api_key = admin_api_key
         self.api_key = api_key
         self.timeout = timeout
+        self._inbox_answer: dict | None = None if shared_memory else {}
 
     # -- calls ---------------------------------------------------------------
     def publish(self, adapter_id: str, source: Any, *, lora_config: Any = None, adapter_name: str = "default",
@@ -172,7 +179,16 @@ class MintClient:
             fields["metadata"] = json.dumps(metadata)
         if pack is not None:
             fields["pack"] = "true" if pack else "false"
-        body, content_type = multipart(adapter_files(source, lora_config, adapter_name), fields)
+        files = adapter_files(source, lora_config, adapter_name)
+        inbox = self._inbox()
+        if inbox is not None:  # the server is on this machine: the files go through shared memory
+            try:
+                fields["inbox"] = inbox.put({name: data if isinstance(data, list) else [data]
+                                             for name, data in files.items()})
+                files = {}
+            except OSError:  # full, or gone: send them in the body
+                pass
+        body, content_type = multipart_parts(files, fields)
         answer = self._call("POST", f"/mint/adapters/{_quote(adapter_id)}/revisions", body, content_type)
         return Published(answer["adapter_id"], answer["revision"], answer["digest"], answer.get("format", "peft"))
 
@@ -182,6 +198,15 @@ class MintClient:
         pub = await asyncio.to_thread(self.publish, adapter_id, source, **kwargs)
         await asyncio.to_thread(self.wait_until_served, adapter_id, pub.revision, timeout)
         return pub
+
+    def _inbox(self) -> Inbox | None:
+        """The server's shared-memory inbox if it is on this machine (asked once)."""
+        if self._inbox_answer is None:
+            try:
+                self._inbox_answer = self._call("GET", "/mint/inbox") or {}
+            except (MintAPIError, OSError):
+                self._inbox_answer = {}
+        return Inbox.of(self._inbox_answer)
 
     def rollback(self, adapter_id: str, to: int | None = None) -> Published:
         """Make revision ``to`` (default: the one before current) current again."""
@@ -211,7 +236,7 @@ class MintClient:
         return time.monotonic() - t0
 
     # -- transport -------------------------------------------------------------
-    def _call(self, method: str, path: str, body: bytes | None = None, content_type: str | None = None,
+    def _call(self, method: str, path: str, body: bytes | list | None = None, content_type: str | None = None,
               admin: bool = True, timeout: float | None = None) -> Any:
         headers = {}
         if content_type:
@@ -219,6 +244,8 @@ class MintClient:
         key = (self.admin_api_key or self.api_key) if admin else self.api_key
         if key:
             headers["Authorization"] = f"Bearer {key}"
+        if isinstance(body, list):  # buffers sent one after another, never joined
+            headers["Content-Length"] = str(size_of(body))
         req = urllib.request.Request(self.url + path, data=body, method=method, headers=headers)
         try:
             with urllib.request.urlopen(req, timeout=timeout or self.timeout) as r:

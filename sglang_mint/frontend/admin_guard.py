@@ -73,7 +73,7 @@ ADMIN_ENDPOINTS: tuple[str, ...] = (
     "/start_expert_distribution_record", "/stop_expert_distribution_record", "/dump_expert_distribution_record",
     "/dumper/{method}",
     # sglang-mint (mint_api.py); /mint/status and /mint/usage too: they name the adapters other tenants use
-    "/mint/status", "/mint/usage", "/mint/prefetch", "/mint/adapters/{adapter_id:path}/revisions",
+    "/mint/status", "/mint/usage", "/mint/prefetch", "/mint/inbox", "/mint/adapters/{adapter_id:path}/revisions",
     "/mint/adapters/{adapter_id:path}/rollback", "/mint/adapters/{adapter_id:path}",
 )
 

@@ -5,6 +5,7 @@
     GET  /mint/status                           residency and catalog counters
     GET  /mint/usage?adapter=&since=&until=     the usage ledger: per adapter, revision and minute
     POST /mint/prefetch                         {"adapters": [id, ...]}: load them ahead of traffic
+    GET  /mint/inbox                            where a trainer on this machine may put a publish's files
     POST /mint/adapters/{id}/revisions          publish a new revision and make it current
     POST /mint/adapters/{id}/rollback           {"to": N} or no body: the previous revision
     GET  /mint/adapters/{id}                    the adapter's revisions and their metadata
@@ -44,6 +45,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import shutil
+import socket
 from typing import Callable, Protocol
 
 from fastapi import Request
@@ -87,6 +90,7 @@ def add_routes(app, engine: Callable[[], MintEngine], mark_admin: Callable) -> N
     app.add_api_route("/mint/status", mark_admin(mint_status), methods=["GET"])
     app.add_api_route("/mint/prefetch", mark_admin(mint_prefetch), methods=["POST"])
     app.add_api_route("/mint/usage", mark_admin(mint_usage), methods=["GET"])
+    app.add_api_route("/mint/inbox", mark_admin(mint_inbox), methods=["GET"])
     # {adapter_id:path}: ids hold slashes ("acme/bot"); the suffix routes come first.
     app.add_api_route("/mint/adapters/{adapter_id:path}/revisions", mark_admin(publish_revision), methods=["POST"])
     app.add_api_route("/mint/adapters/{adapter_id:path}/rollback", mark_admin(rollback_adapter), methods=["POST"])
@@ -240,10 +244,27 @@ async def publish_revision(request: Request, adapter_id: str):
     try:
         async with received_upload(request, folder, config.max_upload_bytes,
                                    f"upload for {adapter_id!r}") as (files, fields, digests):
-            rev = await _publish_received(engine, names, adapter_id, files, fields, digests)
+            if "inbox" in fields:
+                if files:
+                    raise _Refused(400, "send the files in the body or name an inbox folder, not both")
+                rev = await _publish_from_inbox(engine, names, adapter_id, fields)
+            else:
+                rev = await _publish_received(engine, names, adapter_id, files, fields, digests)
     finally:
         gate.leave()
     return ORJSONResponse(_revision_json(rev), status_code=201)
+
+
+async def _publish_from_inbox(engine: MintEngine, names: CatalogNames, adapter_id: str, fields: dict[str, str]):
+    """A publish whose files a trainer on this machine wrote into the shared-memory inbox."""
+    where = f"upload for {adapter_id!r}"
+    if names.staged is None or not names.staged.inbox:
+        raise _Refused(400, f"{where}: this server has no shared-memory inbox; send the files in the body")
+    folder, files = await asyncio.to_thread(names.staged.take, fields["inbox"], engine.config.max_upload_bytes, where)
+    try:
+        return await _publish_received(engine, names, adapter_id, files, fields, {})
+    finally:
+        await asyncio.to_thread(shutil.rmtree, folder, True)
 
 
 async def _publish_received(engine: MintEngine, names: CatalogNames, adapter_id: str, files: dict[str, str],
@@ -298,6 +319,14 @@ async def rollback_adapter(request: Request, adapter_id: str):
     rev = await asyncio.to_thread(names.catalog.rollback, adapter_id, to)
     engine.warm(revision_name(adapter_id, rev.revision))
     return ORJSONResponse(_revision_json(rev))
+
+
+async def mint_inbox(request: Request):
+    """Where a trainer on this machine may put a publish's files instead of sending them (client/handoff.py)."""
+    _, names = _with_catalog(request)
+    if names.staged is None or not names.staged.inbox:
+        return error(404, "this server has no shared-memory inbox: send publishes' files in the body")
+    return ORJSONResponse({"path": names.staged.inbox, "host": socket.gethostname()})
 
 
 @_refusals

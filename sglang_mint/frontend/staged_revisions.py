@@ -33,6 +33,7 @@ import logging
 import os
 import queue
 import shutil
+import stat
 import threading
 import time
 from typing import TYPE_CHECKING
@@ -60,8 +61,12 @@ class StagedRevisions:
     def __init__(self, root: str, grace_s: float = GRACE_S):
         self.root = root
         self.grace_s = grace_s
+        self.inbox = os.path.join(root, "inbox") if root else None
         if root:
-            shutil.rmtree(os.path.join(root, "staged"), ignore_errors=True)  # left by a killed process
+            for left in ("staged", "inbox"):  # left by a killed process
+                shutil.rmtree(os.path.join(root, left), ignore_errors=True)
+            os.makedirs(os.path.dirname(root), mode=0o700, exist_ok=True)
+            os.makedirs(self.inbox, mode=0o700, exist_ok=True)
         self._records: dict[tuple[str, int], "Revision"] = {}
         self._lock = threading.Lock()
         self._work: queue.Queue = queue.Queue()
@@ -80,6 +85,42 @@ class StagedRevisions:
         if free.f_bavail * free.f_frsize < declared_bytes + SHM_HEADROOM_BYTES:
             return fallback
         return os.path.join(self.root, "uploads")
+
+    def take(self, token: str, max_bytes: int, where: str) -> tuple[str, dict[str, str]]:
+        """The files a trainer on this machine wrote into ``inbox/<token>/`` (client/handoff.py), moved
+        out of the inbox (a rename): (their folder, {file name: path}). The folder is the caller's to
+        remove. BodyRefused (400/413) or InvalidAdapter names what is wrong."""
+        from sglang_mint.catalog.upload import check_file_name
+        from sglang_mint.catalog.upload_stream import MAX_FILES, BodyRefused
+
+        if not self.inbox or not (len(token) == 32 and all(c in "0123456789abcdef" for c in token)):
+            raise BodyRefused(400, f"inbox {token[:64]!r} is not a folder name this server handed out "
+                                   "(32 hex digits, GET /mint/inbox)")
+        source = os.path.join(self.inbox, token)
+        try:
+            info = os.lstat(source)
+        except FileNotFoundError:
+            raise BodyRefused(400, f"{where}: the inbox has no folder {token!r}") from None
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+            raise BodyRefused(400, f"{where}: inbox entry {token!r} is not a folder of this server's user")
+        folder = os.path.join(self.root, "uploads", f"inbox-{token}")
+        os.makedirs(os.path.dirname(folder), exist_ok=True)
+        os.rename(source, folder)  # the trainer can no longer change it
+        names = sorted(os.listdir(folder))
+        files, total = {}, 0
+        for name in names[:MAX_FILES + 1]:
+            check_file_name(name, where)
+            info = os.lstat(os.path.join(folder, name))
+            if not stat.S_ISREG(info.st_mode):
+                raise BodyRefused(400, f"{where}: inbox file {name!r} is not a regular file")
+            files[name], total = os.path.join(folder, name), total + info.st_size
+        if len(names) > MAX_FILES or not files:
+            raise BodyRefused(400, f"{where}: the inbox folder holds {len(names)} files; send "
+                                   "adapter_config.json and adapter_model.safetensors, or adapter.mintpack")
+        if total > max_bytes:
+            raise BodyRefused(413, f"{where}: the inbox files are {total} bytes, above this server's limit of "
+                                   f"{max_bytes} bytes (--mint-max-upload-bytes)")
+        return folder, files
 
     def get(self, adapter_id: str, revision: int) -> "Revision | None":
         return self._records.get((adapter_id, revision))

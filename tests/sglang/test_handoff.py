@@ -99,7 +99,8 @@ def test_publish_from_memory_is_served_next_and_streams_keep_their_revision(
     first = next(chunks)  # the request has resolved its revision
 
     trained = peft_model(tiny_model, seed=5)
-    pub = mint.publish(ADAPTER, trained, metadata={"step": 100})  # from memory: nothing written by the trainer
+    # from memory, in the request body (not the shared-memory inbox): nothing written by the trainer
+    pub = MintClient(mint.url, shared_memory=False).publish(ADAPTER, trained, metadata={"step": 100})
     served = complete(client, ADAPTER, max_tokens=long_tokens)
     before_text = first.choices[0].text + "".join(c.choices[0].text for c in chunks)
 

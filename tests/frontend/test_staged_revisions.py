@@ -1,0 +1,79 @@
+"""The shared-memory inbox (frontend/staged_revisions.py): what a trainer on this machine may hand over.
+
+The inbox token and the folder behind it are written by the caller, so each is checked before a
+byte is read: a name that is not one this server hands out, a path out of the inbox, a symlink, a
+pickle, too many files, too many bytes. A real folder under a temp root stands in for /dev/shm.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import pytest
+
+from sglang_mint.adapters.errors import InvalidAdapter
+from sglang_mint.catalog.upload_stream import BodyRefused
+from sglang_mint.client.handoff import Inbox
+from sglang_mint.frontend.staged_revisions import StagedRevisions
+
+WHERE = "upload for 'rl/p'"
+
+
+@pytest.fixture
+def staged(tmp_path):
+    return StagedRevisions(str(tmp_path / "shm" / "30000"))
+
+
+def put(staged, files: dict[str, bytes]) -> str:
+    return Inbox(staged.inbox).put({name: [data] for name, data in files.items()})
+
+
+def test_the_files_a_trainer_wrote_are_moved_out_of_the_inbox(staged):
+    token = put(staged, {"adapter_config.json": b"{}", "adapter_model.safetensors": b"x" * 10})
+    folder, files = staged.take(token, 1 << 20, WHERE)
+    assert sorted(files) == ["adapter_config.json", "adapter_model.safetensors"]
+    assert not os.path.exists(os.path.join(staged.inbox, token))  # the trainer can no longer change them
+    assert open(files["adapter_model.safetensors"], "rb").read() == b"x" * 10
+    assert os.path.dirname(files["adapter_config.json"]) == folder
+
+
+@pytest.mark.parametrize("token", ["../../etc", "0" * 31, "g" * 32, "/" + "0" * 31, ""])
+def test_a_token_that_is_not_an_inbox_folder_name_is_refused(staged, token):
+    with pytest.raises(BodyRefused) as exc:
+        staged.take(token, 1 << 20, WHERE)
+    assert exc.value.http_status == 400 and "32 hex digits" in str(exc.value)
+
+
+def test_a_folder_that_is_not_there_or_a_symlink_is_refused(staged, tmp_path):
+    with pytest.raises(BodyRefused, match="has no folder"):
+        staged.take(uuid.uuid4().hex, 1 << 20, WHERE)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    token = uuid.uuid4().hex
+    os.symlink(elsewhere, os.path.join(staged.inbox, token))
+    with pytest.raises(BodyRefused, match="not a folder"):
+        staged.take(token, 1 << 20, WHERE)
+
+
+def test_a_symlinked_file_a_pickle_or_too_much_is_refused(staged, tmp_path):
+    token = put(staged, {"adapter_config.json": b"{}"})
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"not yours")
+    os.symlink(secret, os.path.join(staged.inbox, token, "adapter_model.safetensors"))
+    with pytest.raises(BodyRefused, match="not a regular file"):
+        staged.take(token, 1 << 20, WHERE)
+    with pytest.raises(InvalidAdapter, match="pickle"):
+        staged.take(put(staged, {"adapter_model.bin": b"x"}), 1 << 20, WHERE)
+    with pytest.raises(BodyRefused) as exc:
+        staged.take(put(staged, {"adapter_config.json": b"{}", "adapter_model.safetensors": b"x" * 100}), 50, WHERE)
+    assert exc.value.http_status == 413 and "--mint-max-upload-bytes" in str(exc.value)
+
+
+def test_a_new_frontend_clears_what_a_killed_one_left(tmp_path):
+    root = str(tmp_path / "shm" / "30000")
+    token = put(StagedRevisions(root), {"adapter_config.json": b"{}"})
+    assert os.path.isdir(os.path.join(root, "inbox", token))
+    StagedRevisions(root)
+    assert os.listdir(os.path.join(root, "inbox")) == []
+    assert oct(os.stat(os.path.join(root, "inbox")).st_mode & 0o777) == "0o700"
