@@ -13,7 +13,10 @@ scheduler reading that blob back. With ``durable=false``:
    revision from there: the record it hands to the scheduler carries the folder
    (``Revision.staged``), which the load worker reads instead of the catalog.
 3. A thread stores the blobs (copied and fsynced, as a durable publish does
-   before it answers) and marks the revision durable. Until then only this
+   before it answers) and marks the revision durable, ``STORE_AFTER_S`` after
+   the answer: the copy and its fsync then stay off the path of the revision's
+   first requests (on one disk, an fsync of the blob held up the next
+   publish's catalog commit). Until then only this
    process serves it: another engine, or this one after a restart, resolves the
    adapter to its latest durable revision before it (frontend/catalog_names.py),
    and ``<id>@<n>`` of a revision that was never stored is a 404 saying why.
@@ -22,7 +25,7 @@ scheduler reading that blob back. With ``durable=false``:
    catalog once it is gone). A process killed before that leaves its folder,
    which the next frontend on the same port removes at start.
 
-``MINT_FAULT_DURABLE_DELAY_S`` (seconds, default 0) holds each store back: fault
+``MINT_FAULT_DURABLE_DELAY_S`` (seconds, default 0) holds each store back longer: fault
 injection, so that tests can kill the server while a revision is not yet durable.
 """
 
@@ -46,6 +49,7 @@ logger = logging.getLogger("sglang_mint")
 
 SHARED_MEMORY = "/dev/shm"
 GRACE_S = 60.0
+STORE_AFTER_S = 1.0
 SHM_HEADROOM_BYTES = 1 << 30  # an upload goes to shared memory only if this much stays free beside it
 
 
@@ -147,18 +151,18 @@ class StagedRevisions:
             if self._worker is None:
                 self._worker = threading.Thread(target=self._store_forever, name="mint-durable", daemon=True)
                 self._worker.start()
-        self._work.put((catalog, staged, files))
+        self._work.put((catalog, staged, files, time.monotonic()))
         return staged
 
     def _store_forever(self) -> None:
-        delay = float(os.environ.get("MINT_FAULT_DURABLE_DELAY_S", "0") or 0)
+        delay = STORE_AFTER_S + float(os.environ.get("MINT_FAULT_DURABLE_DELAY_S", "0") or 0)
         while True:
             try:
-                catalog, rev, files = self._work.get(timeout=1.0)
+                catalog, rev, files, answered = self._work.get(timeout=1.0)
             except queue.Empty:
                 self._expire()
                 continue
-            time.sleep(delay)
+            time.sleep(max(0.0, answered + delay - time.monotonic()))
             key = (rev.adapter_id, rev.revision)
             try:
                 catalog.store_blobs(rev, files)
