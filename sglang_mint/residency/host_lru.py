@@ -16,6 +16,14 @@ four kinds of events and answers one question:
   evict come back) or failed.
 - ``touched(key)`` / ``evicted(key)``: a hit, and an eviction carried out.
 
+A revision superseded by a newer one of the same adapter (``acme/bot@3`` once
+``acme/bot@4`` is resident) goes first: ``loaded`` of the newer one returns the
+idle older ones to evict at once, and one still in use goes to the cold end
+when its last request ends. Requests for the bare id resolve to the newest
+revision, so the older ones serve only requests pinned to them; an RL loop
+publishing every step would otherwise fill the budget with policies nobody
+samples any more.
+
 Example, budget 100::
 
     lru.hold("a"); lru.reserve("a", 60)   # -> []          (fits)
@@ -44,6 +52,12 @@ def adapter_of(key: str) -> str:
     return key.rpartition("@")[0] or key
 
 
+def _revision_of(key: str) -> tuple[str, int | None]:
+    """``"mint:acme/bot@3"`` -> ``("mint:acme/bot", 3)``; a key without a revision number -> (key, None)."""
+    group, _, number = key.rpartition("@")
+    return (group, int(number)) if group and number.isdigit() else (key, None)
+
+
 class HostLRU:
     def __init__(self, budget_bytes: int, pinned: Iterable[str] = (), group_of: Callable[[str], str] = adapter_of):
         if budget_bytes <= 0:
@@ -52,6 +66,7 @@ class HostLRU:
         self.pinned = frozenset(pinned)
         self._group_of = group_of
         self._sizes: OrderedDict[str, int] = OrderedDict()  # resident, cold first, hot last
+        self._revisions: dict[str, dict[str, int]] = {}  # adapter -> {resident key: revision number}
         self._holds: dict[str, int] = {}  # requests in flight per key (resident or not)
         self._reserved: dict[str, int] = {}  # reads under way: estimated bytes
         self.bytes = 0  # resident
@@ -90,6 +105,8 @@ class HostLRU:
             del self._holds[key]
             if key in self._sizes:
                 self.held_resident_bytes -= self._sizes[key]
+                if self._newer_resident(key):
+                    self._sizes.move_to_end(key, last=False)  # superseded: the first to go
         else:
             self._holds[key] = n - 1
 
@@ -121,10 +138,20 @@ class HostLRU:
             self._forget(key)
         self._sizes[key] = nbytes
         self.bytes += nbytes
+        group, number = _revision_of(key)
+        if number is not None:
+            self._revisions.setdefault(group, {})[key] = number
         if key in self._holds:
             self.held_resident_bytes += nbytes
         self._note_peak(self.committed_bytes)
-        return self._over_budget(self.committed_bytes - self.budget_bytes, spare=key)
+        superseded = [k for k, n in self._revisions.get(group, {}).items()
+                      if number is not None and n < number and k not in self._holds and not self.is_pinned(k)]
+        over = self.committed_bytes - self.budget_bytes - sum(self._sizes[k] for k in superseded)
+        return superseded + [v for v in self._over_budget(over, spare=key) if v not in superseded]
+
+    def _newer_resident(self, key: str) -> bool:
+        group, number = _revision_of(key)
+        return number is not None and any(n > number for n in self._revisions.get(group, {}).values())
 
     def _over_budget(self, over: int, spare: str | None = None) -> list[str]:
         """Idle adapters, coldest first, whose bytes cover ``over`` (all of them if they cannot)."""
@@ -152,6 +179,12 @@ class HostLRU:
             self.evictions_total += 1
 
     def _forget(self, key: str) -> None:
+        group, number = _revision_of(key)
+        if number is not None:
+            revisions = self._revisions[group]
+            del revisions[key]
+            if not revisions:
+                del self._revisions[group]
         nbytes = self._sizes.pop(key)
         self.bytes -= nbytes
         if key in self._holds:

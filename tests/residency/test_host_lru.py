@@ -174,3 +174,24 @@ def test_random_lifecycle_keeps_committed_bytes_within_budget_plus_one_adapter()
 def test_budget_must_be_positive():
     with pytest.raises(ValueError):
         HostLRU(0)
+
+
+def test_a_superseded_revision_goes_as_soon_as_the_newer_one_is_resident():
+    """RL publishes a revision every step; the older ones serve only requests pinned to them."""
+    lru = HostLRU(1000, pinned=["mint:kept/p"])
+    for key in ("mint:rl/p@1", "mint:rl/q@1", "mint:kept/p@1", "mint:rl/p@10"):
+        lru.reserve(key, 10)
+        assert [v for v in lru.loaded(key, 10)] == ([] if key != "mint:rl/p@10" else ["mint:rl/p@1"])
+        if key == "mint:rl/p@10":
+            lru.evicted("mint:rl/p@1")
+    lru.hold("mint:rl/p@10")  # a request for the current revision, in flight
+    lru.reserve("mint:kept/p@2", 10)
+    assert lru.loaded("mint:kept/p@2", 10) == []  # pinned: every revision stays
+    lru.reserve("mint:rl/p@11", 10)
+    assert lru.loaded("mint:rl/p@11", 10) == []  # @10 is in use: it stays ...
+    assert lru.keys()[0] != "mint:rl/p@10"
+    lru.release("mint:rl/p@10")
+    assert lru.keys()[0] == "mint:rl/p@10"  # ... and is the first to go once its request ends
+    lru.reserve("mint:rl/p@12", 10)
+    assert sorted(lru.loaded("mint:rl/p@12", 10)) == ["mint:rl/p@10", "mint:rl/p@11"]
+    assert "mint:rl/q@1" in lru and lru.bytes == 60  # @10 and @11 not evicted yet: the owner carries it out
