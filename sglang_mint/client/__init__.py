@@ -36,6 +36,7 @@ from typing import Any, Mapping
 from sglang_mint.client.handoff import Inbox, safetensors_parts, size_of
 from sglang_mint.errors import MintError
 
+JOIN_BELOW_BYTES = 8 << 20
 CONFIG = "adapter_config.json"
 WEIGHTS = "adapter_model.safetensors"
 PACKED = "adapter.mintpack"
@@ -204,7 +205,11 @@ class MintClient:
         if self._inbox_answer is None:
             try:
                 self._inbox_answer = self._call("GET", "/mint/inbox") or {}
-            except (MintAPIError, OSError):
+            except MintAPIError as exc:
+                if exc.status in (401, 403):  # the publish would be refused alike: say so now
+                    raise
+                self._inbox_answer = {}  # 404: no shared memory there
+            except OSError:
                 self._inbox_answer = {}
         return Inbox.of(self._inbox_answer)
 
@@ -244,8 +249,13 @@ class MintClient:
         key = (self.admin_api_key or self.api_key) if admin else self.api_key
         if key:
             headers["Authorization"] = f"Bearer {key}"
-        if isinstance(body, list):  # buffers sent one after another, never joined
-            headers["Content-Length"] = str(size_of(body))
+        if isinstance(body, list):
+            if size_of(body) <= JOIN_BELOW_BYTES:
+                # one send: a server that refuses at once (401, 413, 429) closes the connection, and a
+                # body still being sent part by part would see a broken pipe instead of its answer
+                body = b"".join(body)
+            else:  # large weights: their buffers are sent one after another, never joined
+                headers["Content-Length"] = str(size_of(body))
         req = urllib.request.Request(self.url + path, data=body, method=method, headers=headers)
         try:
             with urllib.request.urlopen(req, timeout=timeout or self.timeout) as r:

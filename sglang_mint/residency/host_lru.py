@@ -53,7 +53,10 @@ def adapter_of(key: str) -> str:
 
 
 def _revision_of(key: str) -> tuple[str, int | None]:
-    """``"mint:acme/bot@3"`` -> ``("mint:acme/bot", 3)``; a key without a revision number -> (key, None)."""
+    """``"mint:acme/bot@3"`` -> ``("mint:acme/bot", 3)``; a key without a revision number (an adapter
+    the engine loaded itself, the capacity simulator's integers) -> (key, None)."""
+    if not isinstance(key, str):
+        return key, None
     group, _, number = key.rpartition("@")
     return (group, int(number)) if group and number.isdigit() else (key, None)
 

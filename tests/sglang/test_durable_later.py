@@ -2,7 +2,9 @@
 
 Real servers on CPU (--enable-mint, one SQLite catalog). The first holds every store back
 (MINT_FAULT_DURABLE_DELAY_S), so its durable=false revisions are never stored, and is killed with
-SIGKILL, as a machine is lost; the second opens the same catalog. HF+PEFT in its own process is the
+SIGKILL, as a machine is lost; the second opens the same catalog. The first also has an admin key,
+and the admin calls' refusals without it are tested there first (issue 19: a server of its own
+cost the suite a start). HF+PEFT in its own process is the
 reference for what a revision serves.
 
 - a durable=false revision is served by the next request and equals HF+PEFT (fp32, 1e-4);
@@ -27,16 +29,18 @@ import openai
 import pytest
 
 from test_catalog_serving import complete
-from test_handoff import peft_model, reference
+from test_handoff import peft_model, proxied_call
 
 from sglang_mint.catalog import open_catalog
 from sglang_mint.client import MintAPIError, MintClient
+from sglang_mint.dev.reference import run_reference
 from sglang_mint.dev.server import SGLangServer
 
 pytestmark = pytest.mark.server  # starts real SGLang servers: not in make test-fast
 
 TOL = 1e-4
 ADAPTER = "rl/policy"
+KEY = "K"
 
 
 @pytest.fixture(scope="module")
@@ -58,10 +62,34 @@ def prompt_ids(tiny_model):
     return AutoTokenizer.from_pretrained(tiny_model)(PROMPT)["input_ids"]
 
 
-def server(tiny_model, catalog, log_dir, env=None) -> SGLangServer:
+def server(tiny_model, catalog, log_dir, *flags: str, env=None) -> SGLangServer:
     log_dir.mkdir(parents=True, exist_ok=True)
-    return SGLangServer(tiny_model, enable_mint=True, extra_args=["--mint-catalog", str(catalog)],
+    return SGLangServer(tiny_model, enable_mint=True, extra_args=["--mint-catalog", str(catalog), *flags],
                         log_path=log_dir / "server.log", python=sys.executable, env=env)
+
+
+@pytest.fixture(scope="module")
+def held(tiny_model, catalog, tmp_path_factory):
+    """The first server: every durable=false store held back, and an admin key (the next test's)."""
+    srv = server(tiny_model, catalog, tmp_path_factory.mktemp("held"), "--admin-api-key", KEY,
+                 env={"MINT_FAULT_DURABLE_DELAY_S": "600"}).start()
+    yield srv
+    srv.stop()
+
+
+def test_admin_key_is_required_when_set(held, tiny_adapters):
+    with pytest.raises(MintAPIError) as exc:
+        MintClient(held.url).publish("keyed/x", str(tiny_adapters["tiny-0002"]))
+    assert exc.value.status == 401
+    with pytest.raises(MintAPIError) as exc:
+        MintClient(held.url, admin_api_key="wrong").adapter(ADAPTER)
+    assert exc.value.status == 401
+    pub = MintClient(held.url, admin_api_key=KEY).publish("keyed/x", str(tiny_adapters["tiny-0002"]))
+    assert pub.revision == 1
+    # with a key, callers elsewhere (through a proxy) are admitted by the key alone
+    status, body = proxied_call(held.url, "GET", "/mint/adapters/keyed/x", {"Authorization": f"Bearer {KEY}"})
+    assert status == 200 and body["current"] == 1, body
+    assert proxied_call(held.url, "GET", "/mint/status")[0] == 401
 
 
 def openai_client(server):
@@ -69,17 +97,18 @@ def openai_client(server):
 
 
 def test_durable_false_is_served_at_once_and_never_after_a_crash_before_it_is_stored(
-        tiny_model, tiny_adapters, catalog, prompt_ids, tmp_path):
-    stored = reference(tiny_model, tiny_adapters["tiny-0001"], prompt_ids)
-    held = server(tiny_model, catalog, tmp_path / "held", env={"MINT_FAULT_DURABLE_DELAY_S": "600"}).start()
+        held, tiny_model, tiny_adapters, catalog, prompt_ids, tmp_path):
     try:
-        mint, client = MintClient(held.url), openai_client(held)
+        mint, client = MintClient(held.url, admin_api_key=KEY), openai_client(held)
+        assert mint._inbox() is not None  # this machine's server: the files go through shared memory
         trained = peft_model(tiny_model, seed=11)
         pub = mint.publish(ADAPTER, trained, durable=False, expected_revision=2)
         assert (pub.revision, mint.adapter(ADAPTER)["revisions"][-1]["durable"]) == (2, False)
         served = complete(client, ADAPTER)
         trained.save_pretrained(tmp_path / "r2")
-        new = reference(tiny_model, tmp_path / "r2", prompt_ids)
+        stored, new = run_reference(sys.executable, tiny_model, [  # revision 1 (stored), revision 2
+            {"adapter": str(folder), "prompt_ids": prompt_ids, "max_tokens": 6}
+            for folder in (tiny_adapters["tiny-0001"], tmp_path / "r2")])
         assert new["tokens"] != stored["tokens"]
         assert served[0] == new["tokens"] and served[1] == pytest.approx(new["logprobs"], abs=TOL)
 
@@ -93,7 +122,6 @@ def test_durable_false_is_served_at_once_and_never_after_a_crash_before_it_is_st
         assert mint.adapter(ADAPTER)["current"] == 3
     finally:
         os.killpg(held.proc.pid, signal.SIGKILL)  # before either blob is stored
-        held.stop()
 
     with open_catalog(str(catalog)) as cat:
         report = cat.verify()

@@ -179,19 +179,3 @@ def test_trainer_callback_publishes_every_n_steps(client, mint, tiny_model, prom
     ref = reference(tiny_model, tmp_path / "final", prompt_ids)
     tokens, logprobs = complete(client, "acme/trained")
     assert tokens == ref["tokens"] and logprobs == pytest.approx(ref["logprobs"], abs=TOL)
-
-
-def test_admin_key_is_required_when_set(tiny_model, catalog, tiny_adapters, tmp_path, catalog_server):
-    with catalog_server(tiny_model, catalog, tmp_path, "--admin-api-key", "K") as srv:
-        with pytest.raises(MintAPIError) as exc:
-            MintClient(srv.url).publish("keyed/x", str(tiny_adapters["tiny-0002"]))
-        assert exc.value.status == 401
-        with pytest.raises(MintAPIError) as exc:
-            MintClient(srv.url, admin_api_key="wrong").adapter(ADAPTER)
-        assert exc.value.status == 401
-        pub = MintClient(srv.url, admin_api_key="K").publish("keyed/x", str(tiny_adapters["tiny-0002"]))
-        assert pub.revision == 1
-        # with a key, callers elsewhere (through a proxy) are admitted by the key alone
-        status, body = proxied_call(srv.url, "GET", "/mint/adapters/keyed/x", {"Authorization": "Bearer K"})
-        assert status == 200 and body["current"] == 1, body
-        assert proxied_call(srv.url, "GET", "/mint/status")[0] == 401

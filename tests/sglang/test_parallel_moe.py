@@ -22,14 +22,14 @@ from sglang_mint.dev.tiny_moe import write_tiny_moe, write_tiny_moe_adapters
 pytestmark = pytest.mark.server  # starts real SGLang servers: not in make test-fast
 
 # SGLang's MoE-LoRA kernels run under Triton's interpreter on CPU, about 2 s a request here,
-# so this storm is smaller: 12 requests over 6 cold adapters (each read cold, then served
+# so this storm is smaller: 8 requests over 4 cold adapters (each read cold, then served
 # again after the others went through the 2 slots), half of them stored packed.
 # Tolerance 1e-3 against HF+PEFT: test_moe_cpu.py explains SGLang's fp16 expert outputs.
 # At TP=2 SGLang pads the tiny model's expert intermediate size on CPU (32 -> 64); before
 # moe_cpu.py padded the adapters alike, every expert LoRA failed to load there
 # ("LoRA buffer shape [8, 32] does not match weight shape [8, 0]"), and at EP=2 too
 # ("[8, 64] does not match [8, 32]"): each rank holds 4 of the 8 experts, all channels.
-MOE_ADAPTERS = 6
+MOE_ADAPTERS = 4
 MOE_TOL = 1e-3
 
 
