@@ -105,8 +105,23 @@ class SGLangServer:
         return self.process.log_tail(lines)
 
     def start(self) -> "SGLangServer":
-        self.process.start(ready=self._ready, timeout=self.start_timeout, poll=0.25)
+        for attempt in range(3):
+            try:
+                self.process.start(ready=self._ready, timeout=self.start_timeout, poll=0.25)
+                return self
+            except ServerFailed:
+                # The port was free when chosen and taken by the time uvicorn bound it (the
+                # previous server's internal ports linger a moment): choose another and start again.
+                if attempt == 2 or "address already in use" not in self.log_path.read_text(errors="replace"):
+                    raise
+                self._move_to(free_port())
         return self
+
+    def _move_to(self, port: int) -> None:
+        self.args[self.args.index("--port") + 1] = str(port)
+        self.port = port
+        self.process = ManagedProcess(self.args, name="sglang", log_path=self.log_path, env=self.env,
+                                      error=ServerFailed)
 
     def _ready(self) -> bool:
         return url_answers(self.url + "/health")
