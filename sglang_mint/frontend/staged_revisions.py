@@ -4,9 +4,11 @@ An RL loop publishes a new policy every step and samples from it at once; the
 durable publish makes it wait for a copy of the blob, an fsync and, later, the
 scheduler reading that blob back. With ``durable=false``:
 
-1. The upload is received into shared memory (``/dev/shm`` when it has room for
-   the declared body, else the catalog's ``uploads/`` folder) and hashed as it
-   arrives (catalog/upload_stream.py). It is checked as every upload is.
+1. The upload is received into shared memory (``/dev/shm``, when its declared
+   body is at most ``SHM_UPLOAD_MAX_BYTES`` and fits with room to spare; else the
+   catalog's ``uploads/`` folder on disk, so a large upload does not sit in RAM)
+   and hashed as it arrives (catalog/upload_stream.py). It is checked as every
+   upload is.
 2. The revision is recorded in the catalog, with compare-and-set as always, but
    ``durable = false`` and no blob yet; ``stage`` moves its files (a rename, no
    copy) into ``staged/<n>/`` under the same root, and this frontend serves the
@@ -48,7 +50,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger("sglang_mint")
 
 SHARED_MEMORY = "/dev/shm"
-GRACE_S = 60.0
+GRACE_S = 5.0
+SHM_UPLOAD_MAX_BYTES = 512 << 20
 STORE_AFTER_S = 1.0
 SHM_HEADROOM_BYTES = 1 << 30  # an upload goes to shared memory only if this much stays free beside it
 
@@ -82,7 +85,7 @@ class StagedRevisions:
     def receive_folder(self, declared_bytes: int | None, fallback: str) -> str:
         """Where an upload of ``declared_bytes`` (None: unknown) is received: shared memory when it
         fits with room to spare, else ``fallback`` (the catalog's disk)."""
-        if not self.root or declared_bytes is None:
+        if not self.root or declared_bytes is None or declared_bytes > SHM_UPLOAD_MAX_BYTES:
             return fallback
         os.makedirs(self.root, exist_ok=True)
         free = os.statvfs(self.root)
