@@ -12,6 +12,7 @@ while starting, or is not healthy in time, raises ServerFailed with the log's ta
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -36,6 +37,19 @@ class ServerFailed(ProcessFailed):
     pass
 
 
+# The modules of sglang.srt.models that the dev and test models need (the tiny Llama, Qwen3-MoE and
+# DeepSeek-V3, the random Llamas of the benchmarks). SGLang imports all ~250 at start, about 3 s
+# a process; model_modules=None keeps that.
+DEV_MODEL_MODULES = ("llama", "qwen3_moe", "deepseek_v2")
+
+
+def _other_model_modules(keep: tuple[str, ...]) -> list[str]:
+    """The names of sglang.srt.models' modules not in ``keep``, found without importing them."""
+    spec = importlib.util.find_spec("sglang")
+    models = Path(spec.origin).parent / "srt" / "models"
+    return sorted(p.stem for p in models.glob("*.py") if p.stem not in keep and p.stem != "__init__")
+
+
 class SGLangServer:
     def __init__(
         self,
@@ -52,6 +66,7 @@ class SGLangServer:
         python: str = sys.executable,
         start_timeout: float = 240.0,
         sleep_on_idle: bool = True,
+        model_modules: tuple[str, ...] | None = DEV_MODEL_MODULES,
     ):
         self.port = free_port()
         self.served_name = served_name
@@ -81,6 +96,8 @@ class SGLangServer:
         # TRITON_INTERPRET only when asked: a test process sets it for its own kernels, and a
         # server inheriting it would run different code paths than the test meant to check.
         inherited = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+        if model_modules is not None:  # SGLang's own switch: the registry skips the other model modules
+            inherited.setdefault("SGLANG_DISABLED_MODEL_ARCHS", ",".join(_other_model_modules(model_modules)))
         self.env = cpu_server_env({**inherited, **(env or {})})
         self.process = ManagedProcess(self.args, name="sglang", log_path=self.log_path, env=self.env,
                                       error=ServerFailed)
