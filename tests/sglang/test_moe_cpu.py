@@ -6,8 +6,7 @@ and PEFT 0.21's fused experts through `mint pack` (stock SGLang cannot read the
 fused folder; the packed file is the product's answer). Every form must give
 HF+PEFT's greedy tokens (PEFT loads the fused folder: the form it wrote) and
 the same logprobs as each other; `--lora-backend mint` must give what
-SGLang's `torch_native` gives (on Qwen3-MoE; DeepSeek-V3 is served by mint
-only and checked against HF+PEFT).
+SGLang's `torch_native` gives.
 
 Tolerances: forms against each other and mint against torch_native 1e-4
 (measured: forms bit-identical; mint vs torch_native 6.3e-5 on Qwen3-MoE,
@@ -74,11 +73,10 @@ def mint_moe_kernel_calls(server) -> int | None:
     return (state.get("mint_backend") or {}).get("moe_kernel_calls")
 
 
-def serve_backends(model, served, jobs, log_dir, extra_args=(), max_tokens=MAX_TOKENS,
-                   backends=("torch_native", "mint")):
-    """{backend: (results, server log, MoE kernel calls)} for each backend, one server at a time."""
+def serve_backends(model, served, jobs, log_dir, extra_args=(), max_tokens=MAX_TOKENS):
+    """{backend: (results, server log, MoE kernel calls)} for torch_native and mint, one server at a time."""
     out = {}
-    for backend in backends:
+    for backend in ("torch_native", "mint"):
         log = log_dir / f"{backend}.log"
         with SGLangServer(model, lora_paths=served, enable_mint=False, lora_backend=backend, log_path=log,
                           env=INTERPRET, extra_args=list(extra_args), python=sys.executable) as server:
@@ -185,9 +183,7 @@ def test_expert_lora_moves_logprobs_past_tolerance(qwen_reference, qwen_jobs):
 
 # DeepSeek-V3: MLA + expert LoRA. MLA prefill needs SGLang's Triton attention
 # (interpreted here; torch_native attention reads a latent cache prefill did not
-# write), so it is slow: one prompt, a handful of tokens, and only the mint backend,
-# against HF+PEFT (a torch_native server beside it cost the suite a minute; the
-# tighter mint-vs-torch_native check runs on Qwen3-MoE above).
+# write), so it is slow: one prompt, a handful of tokens.
 DS_PROMPTS = ["the quick brown fox"]
 DS_TOKENS = 3
 TRITON_ATTENTION = ["--attention-backend", "triton"]
@@ -213,12 +209,17 @@ def ds_reference(deepseek, ds_jobs):
 def ds_served(deepseek, ds_jobs, tmp_path_factory):
     model, _, served = deepseek
     return serve_backends(model, served, ds_jobs, tmp_path_factory.mktemp("deepseek-v3-logs"),
-                          extra_args=TRITON_ATTENTION, max_tokens=DS_TOKENS, backends=("mint",))
+                          extra_args=TRITON_ATTENTION, max_tokens=DS_TOKENS)
 
 
-def test_deepseek_mla_and_experts_match_hf_peft(ds_served, ds_reference, ds_jobs):
-    assert ds_served["mint"][2] >= 2 * len(ds_jobs)  # our MoE kernels served them
-    assert_close(ds_served["mint"][0], ds_reference, ds_jobs, TOL_HF)
+@pytest.mark.parametrize("backend", ["torch_native", "mint"])
+def test_deepseek_mla_and_experts_match_hf_peft(ds_served, ds_reference, ds_jobs, backend):
+    assert_close(ds_served[backend][0], ds_reference, ds_jobs, TOL_HF)
     adapter = [lp for (m, _), (_, lp) in zip(ds_jobs, ds_reference) if m != "tiny"]
     base = [lp for (m, _), (_, lp) in zip(ds_jobs, ds_reference) if m == "tiny"]
     assert abs(adapter[0][0] - base[0][0]) > 10 * TOL_HF  # the adapter changes the output
+
+
+def test_deepseek_mint_matches_torch_native(ds_served, ds_jobs):
+    assert ds_served["mint"][2] >= 2 * len(ds_jobs) and ds_served["torch_native"][2] is None
+    assert_close(ds_served["mint"][0], ds_served["torch_native"][0], ds_jobs, TOL)
