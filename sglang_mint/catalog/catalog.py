@@ -360,15 +360,8 @@ class Catalog:
         def ensure_blobs():
             # Called inside the write transaction, after the conflict checks: a refused
             # publish writes nothing, and a blob gc removed a moment ago is written again.
-            if stage is not None:
-                return  # stored after the answer, by store_blobs
-            for name, digest in files.items():
-                if self.blobs.exists(digest):
-                    self.blobs.touch(digest)
-                elif isinstance(payload[name], str):
-                    self.blobs.put_file(payload[name], digest)
-                else:
-                    self.blobs.put(payload[name])
+            if stage is None:  # else stored after the answer, by store_blobs
+                self._put_blobs(files, payload)
 
         rev = self.store.publish(adapter_id, record, expect_revision, ensure_blobs)
         revision = self.get_revision(adapter_id, rev)
@@ -377,14 +370,18 @@ class Catalog:
     def store_blobs(self, rev: Revision, payload: dict) -> None:
         """Complete a revision recorded before its blobs (``stage`` above): store them, fsynced, then
         mark it durable. ``payload`` as for ``_publish``."""
-        for name, digest in rev.files.items():
+        self._put_blobs(rev.files, payload)
+        self.store.mark_durable(rev.adapter_id, rev.revision)
+
+    def _put_blobs(self, files: dict[str, str], payload: dict) -> None:
+        """Each file's blob ({name: digest}) from its bytes or path in ``payload``; one already stored is touched."""
+        for name, digest in files.items():
             if self.blobs.exists(digest):
                 self.blobs.touch(digest)
             elif isinstance(payload[name], str):
                 self.blobs.put_file(payload[name], digest)
             else:
                 self.blobs.put(payload[name])
-        self.store.mark_durable(rev.adapter_id, rev.revision)
 
     def latest_durable(self, adapter_id: str, below: int) -> Revision | None:
         """The highest durable revision of ``adapter_id`` numbered below ``below``, or None."""
