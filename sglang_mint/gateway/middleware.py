@@ -74,7 +74,7 @@ def build_adapter_route(base_model: str, cache_dir: str | os.PathLike | None = N
     with tempfile.TemporaryDirectory(prefix="mint-wasm-") as work:
         shutil.copy(GUEST_DIR / "guest.py", Path(work) / "guest.py")
         (Path(work) / "route_config.py").write_text(_route_config(base_model))
-        partial = out.with_suffix(".partial")
+        partial = out.with_name(f"{out.name}.{os.getpid()}.partial")  # one per builder; rename is atomic
         cmd = [componentize_py(), "-d", str(GUEST_DIR / "smg_middleware.wit"), "-w", WIT_WORLD,
                "componentize", "guest", "-p", work, "-o", str(partial)]
         done = subprocess.run(cmd, capture_output=True, text=True, cwd=work)
