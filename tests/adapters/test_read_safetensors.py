@@ -1,0 +1,60 @@
+"""A cold load reads an adapter's weights with one copy (adapters/peft.py: read_safetensors)."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+import torch
+from safetensors.torch import load, save_file
+
+from sglang_mint.adapters.errors import InvalidAdapter
+from sglang_mint.adapters.peft import read_safetensors
+
+
+@pytest.fixture
+def weights(tmp_path):
+    gen = torch.Generator().manual_seed(0)
+    tensors = {f"base_model.model.model.layers.{i}.self_attn.q_proj.lora_{ab}.weight":
+               torch.randn(*((4, 77) if ab == "A" else (199, 4)), generator=gen) for i in range(3) for ab in "AB"}
+    tensors["half"] = torch.randn(3, 5, generator=gen).to(torch.float16)  # 30 bytes: what follows is 2-aligned
+    tensors["bf16"] = torch.randn(7, generator=gen).to(torch.bfloat16)
+    tensors["empty"] = torch.empty(0, 4)
+    path = tmp_path / "adapter_model.safetensors"
+    save_file(tensors, path)
+    return path, tensors
+
+
+def test_equals_safetensors_own_reader_tensor_for_tensor(weights):
+    path, tensors = weights
+    got, theirs = read_safetensors(str(path), "x"), load(path.read_bytes())
+    assert set(got) == set(theirs) == set(tensors)
+    for name, t in theirs.items():
+        assert got[name].dtype == t.dtype and got[name].shape == t.shape
+        assert torch.equal(got[name], t), name
+    assert not torch.equal(got["half"], torch.zeros_like(got["half"]))  # fresh random data, not a blank
+
+
+def test_each_tensor_has_storage_of_its_own(weights):
+    """SGLang concatenates q/k/v and gate/up into new tensors and drops the parts: a part that was a
+    view of one file-sized buffer would keep the whole buffer alive in every resident adapter."""
+    got = read_safetensors(str(weights[0]), "x")
+    storages = {t.untyped_storage().data_ptr() for t in got.values() if t.numel()}
+    assert len(storages) == sum(1 for t in got.values() if t.numel())
+    assert all(t.untyped_storage().nbytes() == t.numel() * t.element_size() for t in got.values())
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda b: b[:-3], "truncated safetensors (tensors need"),
+    (lambda b: b + b"\0", "corrupt safetensors (tensors need"),
+    (lambda b: b[:5], "truncated safetensors file (5 bytes, no header)"),
+    (lambda b: b"", "truncated safetensors file (0 bytes, no header)"),
+    (lambda b: struct.pack("<Q", 10**12) + b[8:], "header of 1000000000000 bytes"),
+    (lambda b: b[:8] + b"!" + b[9:], "corrupt safetensors header"),
+])
+def test_a_damaged_file_is_an_invalid_adapter_naming_it(weights, tmp_path, change, message):
+    path = tmp_path / "damaged.safetensors"
+    path.write_bytes(change(weights[0].read_bytes()))
+    with pytest.raises(InvalidAdapter, match="^adapter acme/bot revision 3: ") as e:
+        read_safetensors(str(path), "adapter acme/bot revision 3")
+    assert message in str(e.value)
