@@ -21,7 +21,11 @@ Figures: the wall time of a step, median over --steps timed steps after one warm
 step, with the median phases of a policy's step (sample, update, publish); peak engine
 memory, the PSS of the server's processes sampled every 0.2 s over the loop
 (bench/_server_memory.py), for mint with 1 and K policies on the same flags (the same
-LoRA slots). Goal: K policies cost the engine no more than one policy plus K adapters.
+LoRA slots) and the same sampling load: the one policy samples K times the prompts, so
+both engines prefill and hold the same sequences at once (at 6bde11c K=1 sampled a K-th
+of K's, and the growth it measured was mostly the larger batches' activations and KV
+pages: 40.5 against 114.7 MiB). Goal: K policies cost the engine no more than one policy
+plus K adapters.
 Two engines started alike differ in PSS by tens of MiB before any policy runs, more than
 K small adapters, so the goal is also checked on each loop's growth (peak less the PSS
 at the loop's start). Both engines' logprobs are checked against HF's for the pinned
@@ -65,7 +69,8 @@ def adapter_bytes(policy) -> int:
     return sum(t.numel() * t.element_size() for t in policy.lora_state_dict().values())
 
 
-def run_mint(model_dir: Path, policies: int, steps: int, slots: int, workdir: Path) -> dict:
+def run_mint(model_dir: Path, policies: int, steps: int, slots: int, workdir: Path, prompt_repeats: int = 1) -> dict:
+    """``prompt_repeats``: each policy samples its prompts that many times over per step."""
     from sglang_mint.catalog import init_catalog
 
     catalog = workdir / f"catalog-k{policies}"
@@ -75,10 +80,11 @@ def run_mint(model_dir: Path, policies: int, steps: int, slots: int, workdir: Pa
     with start_server(model_dir, enable_mint=True, extra_args=flags) as server:
         loaded, prompt_ids = make_policies(model_dir, policies)
         with ServerMemory(server.proc.pid) as memory:
-            record = run_loop(MintEngine(server.url, rl_demo.DURABLE), loaded, prompt_ids, steps + 1)
+            record = run_loop(MintEngine(server.url, rl_demo.DURABLE), loaded, prompt_ids * prompt_repeats, steps + 1)
         status = get_json(server.url + "/mint/status")["schedulers"][0]
     shutil.rmtree(catalog, ignore_errors=True)
     return {**record, **timed(record), "durable": rl_demo.DURABLE, "adapter_bytes": adapter_bytes(loaded[0]),
+            "samples_per_policy_step": record["samples_per_step"] * prompt_repeats,
             "engine_pss_start_bytes": memory.first_bytes, "engine_pss_peak_bytes": memory.peak_bytes,
             "memory_samples": memory.samples,
             "mint_status": {k: status.get(k) for k in ("resident", "host_bytes", "host_peak_bytes", "cold_loads",
@@ -182,7 +188,8 @@ def main() -> int:
     runs = {}
     if "mint" in cases:  # before full: that one imports sglang into this process
         if a.policies > 1:
-            runs["mint_k1"] = run_mint(model_dir, 1, a.steps, slots, workdir)
+            # the same sequences in flight as K policies: only the number of adapters differs
+            runs["mint_k1"] = run_mint(model_dir, 1, a.steps, slots, workdir, prompt_repeats=a.policies)
             print(f"mint k=1: step {runs['mint_k1']['median_step_s']} s", flush=True)
         runs[f"mint_k{a.policies}"] = run_mint(model_dir, a.policies, a.steps, slots, workdir)
         print(f"mint k={a.policies}: step {runs[f'mint_k{a.policies}']['median_step_s']} s", flush=True)
