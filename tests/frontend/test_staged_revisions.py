@@ -8,6 +8,8 @@ pickle, too many files, too many bytes. A real folder under a temp root stands i
 from __future__ import annotations
 
 import os
+import subprocess
+import time
 import uuid
 
 import pytest
@@ -15,7 +17,7 @@ import pytest
 from sglang_mint.adapters.errors import InvalidAdapter
 from sglang_mint.catalog.upload_stream import BodyRefused
 from sglang_mint.client.handoff import Inbox
-from sglang_mint.frontend.staged_revisions import StagedRevisions
+from sglang_mint.frontend.staged_revisions import StagedRevisions, process_identity
 
 WHERE = "upload for 'rl/p'"
 
@@ -77,3 +79,43 @@ def test_a_new_frontend_clears_what_a_killed_one_left(tmp_path):
     StagedRevisions(root)
     assert os.listdir(os.path.join(root, "inbox")) == []
     assert oct(os.stat(os.path.join(root, "inbox")).st_mode & 0o777) == "0o700"
+
+
+def test_a_frontend_names_itself_in_its_root_and_removes_the_root_when_it_closes(tmp_path):
+    root = str(tmp_path / "shm" / "30000")
+    staged = StagedRevisions(root)
+    put(staged, {"adapter_config.json": b"{}"})
+    assert open(os.path.join(root, "owner")).read() == process_identity(os.getpid())
+    staged.close()
+    assert not os.path.exists(root)
+
+
+def test_a_starting_frontend_removes_the_roots_of_frontends_that_are_gone(tmp_path):
+    parent = tmp_path / "shm"
+
+    def root(port: int, owner: str | None, age_s: float = 0) -> str:
+        folder = parent / str(port)
+        (folder / "staged" / "0").mkdir(parents=True)
+        (folder / "staged" / "0" / "adapter_model.safetensors").write_bytes(b"x" * 1000)
+        if owner is not None:
+            (folder / "owner").write_text(owner)
+        for path in (folder / "staged" / "0" / "adapter_model.safetensors", folder / "staged" / "0",
+                     folder / "staged", *([folder / "owner"] if owner else []), folder):
+            os.utime(path, (time.time() - age_s, time.time() - age_s))
+        return str(folder)
+
+    child = subprocess.Popen(["sleep", "30"])
+    killed = process_identity(child.pid)
+    child.kill()
+    child.wait()
+    mine = process_identity(os.getpid())
+    gone = [root(30001, killed),  # killed: its pid is dead
+            root(30002, f"{os.getpid()} 1"),  # our pid, another start time: a process that had our pid
+            root(30003, None, age_s=2 * 24 * 3600)]  # an older version's, unchanged for two days
+    kept = [root(30004, mine), root(30005, None, age_s=60)]  # alive; an older version's, changed lately
+
+    StagedRevisions(str(parent / "30000"))
+
+    assert sorted(os.listdir(parent)) == ["30000", "30004", "30005"]
+    assert not any(os.path.exists(r) for r in gone)
+    assert all(os.path.exists(os.path.join(r, "staged", "0", "adapter_model.safetensors")) for r in kept)
