@@ -35,6 +35,7 @@ from sglang_mint.catalog import open_catalog
 from sglang_mint.client import MintAPIError, MintClient
 from sglang_mint.dev.reference import run_reference
 from sglang_mint.dev.server import SGLangServer
+from sglang_mint.frontend.staged_revisions import staging_root
 
 pytestmark = pytest.mark.server  # starts real SGLang servers: not in make test-fast
 
@@ -126,8 +127,11 @@ def test_durable_false_is_served_at_once_and_never_after_a_crash_before_it_is_st
     with open_catalog(str(catalog)) as cat:
         report = cat.verify()
     assert report["ok"] and report["not_durable"] == [f"{ADAPTER}@2", f"{ADAPTER}@3"], report
+    killed_root = staging_root(held.port)
+    assert len(os.listdir(os.path.join(killed_root, "staged"))) == 2  # in /dev/shm, with no one to remove them
 
     with server(tiny_model, catalog, tmp_path / "after") as after:
+        assert not os.path.exists(killed_root)  # the next frontend removed what the killed one left
         client = openai_client(after)
         tokens, logprobs = complete(client, ADAPTER)
         assert tokens == stored["tokens"] and logprobs == pytest.approx(stored["logprobs"], abs=TOL)
@@ -143,6 +147,8 @@ def test_durable_false_is_served_at_once_and_never_after_a_crash_before_it_is_st
         while not mint.adapter(ADAPTER)["revisions"][-1]["durable"]:
             assert time.monotonic() < deadline, "revision 4 was not stored within 60 s"
             time.sleep(0.1)
+        assert os.path.isfile(os.path.join(staging_root(after.port), "owner"))
+    assert not os.path.exists(staging_root(after.port))  # a frontend that stops removes its own
     with open_catalog(str(catalog)) as cat:
         rev = cat.resolve(ADAPTER)
         assert (rev.revision, rev.durable) == (4, True)
