@@ -28,9 +28,10 @@ scheduler reading that blob back. With ``durable=false``:
 
 Shared memory is RAM, so nothing is left there for good. Each frontend's root
 (``/dev/shm/sglang-mint-<uid>/<port>``) holds an ``owner`` file naming its process
-(pid and start time); the frontend removes its root when it exits, and a starting
-frontend removes the roots of every frontend that is gone: a killed one, or one on a
-port no server uses any more (measured on the development machine before this: 200
+(pid and start time); the frontend removes its root when Python exits normally (SGLang
+kills its own frontend when a child dies first, e.g. after a signal to the whole process
+group), and a starting frontend removes the roots of every frontend that is gone: a
+killed or stopped one, or one on a port no server uses any more (measured on the development machine before this: 200
 such roots, 1.7 GB of staged revisions). A root without an owner file (older versions)
 goes once nothing in it has changed for ``ORPHAN_AGE_S``.
 
@@ -233,12 +234,19 @@ def _owner_of(root: str) -> str | None:
 
 
 def _alive(owner: str) -> bool:
+    """Whether the process ``owner`` (process_identity) runs: not gone, not another process that got
+    its pid, and not a zombie (killed, its exit status not yet collected by its parent)."""
     from sglang_mint.process import pid_alive
 
     pid, _, _ = owner.partition(" ")
     if not pid.isdigit() or not pid_alive(int(pid)):
         return False
-    return process_identity(int(pid)) == owner or owner.endswith(" ?")
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        state = "?"
+    return state != "Z" and (process_identity(int(pid)) == owner or owner.endswith(" ?"))
 
 
 def _last_change(root: str) -> float:

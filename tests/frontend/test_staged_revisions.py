@@ -107,9 +107,15 @@ def test_a_starting_frontend_removes_the_roots_of_frontends_that_are_gone(tmp_pa
     child = subprocess.Popen(["sleep", "30"])
     killed = process_identity(child.pid)
     child.kill()
+    zombie = subprocess.Popen(["sleep", "30"])
+    unreaped = process_identity(zombie.pid)
+    zombie.kill()  # not waited for: a zombie until the end of the test, as a killed server is
     child.wait()
+    while open(f"/proc/{zombie.pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z":
+        time.sleep(0.01)
     mine = process_identity(os.getpid())
     gone = [root(30001, killed),  # killed: its pid is dead
+            root(30006, unreaped),  # killed, its exit status not yet collected
             root(30002, f"{os.getpid()} 1"),  # our pid, another start time: a process that had our pid
             root(30003, None, age_s=2 * 24 * 3600)]  # an older version's, unchanged for two days
     kept = [root(30004, mine), root(30005, None, age_s=60)]  # alive; an older version's, changed lately
@@ -118,4 +124,5 @@ def test_a_starting_frontend_removes_the_roots_of_frontends_that_are_gone(tmp_pa
 
     assert sorted(os.listdir(parent)) == ["30000", "30004", "30005"]
     assert not any(os.path.exists(r) for r in gone)
+    zombie.wait()
     assert all(os.path.exists(os.path.join(r, "staged", "0", "adapter_model.safetensors")) for r in kept)
