@@ -62,10 +62,10 @@ class S3Server:
 
     def client(self):
         """A boto3 S3 client for this server that does not depend on the environment."""
-        import boto3
+        from sglang_mint.catalog.s3_blobs import boto3_session
 
         c = TEST_CREDENTIALS
-        return boto3.session.Session().client(
+        return boto3_session().client(
             "s3", endpoint_url=self.endpoint, aws_access_key_id=c["AWS_ACCESS_KEY_ID"],
             aws_secret_access_key=c["AWS_SECRET_ACCESS_KEY"], region_name=c["AWS_DEFAULT_REGION"])
 

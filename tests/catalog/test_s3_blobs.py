@@ -251,3 +251,16 @@ def test_missing_credentials_is_a_clear_error(s3_url, tmp_path, monkeypatch):
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     with pytest.raises(BlobStoreUnavailable, match=f"{s3_url} .*no AWS credentials found"):
         S3BlobStore(s3_url, str(tmp_path / "c"))
+
+
+def test_clients_share_one_loader_of_botocore_models(s3_url, tmp_path, monkeypatch):
+    """Each catalog opened builds a client; the service models are parsed once per process, while
+    credentials are still read per client (a second client sees the environment as it is now)."""
+    first = S3BlobStore(s3_url, str(tmp_path / "a"))
+    second = S3BlobStore(s3_url, str(tmp_path / "b"))
+    assert first.client is not second.client
+    assert first.client._loader is second.client._loader
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "another-key")
+    third = S3BlobStore(s3_url, str(tmp_path / "c"))
+    assert third.client._request_signer._credentials.access_key == "another-key"
+    assert first.client._request_signer._credentials.access_key != "another-key"
