@@ -69,6 +69,34 @@ def pid_alive(pid) -> bool:
     return True
 
 
+def _proc_stat(pid: int) -> list[str] | None:
+    """The fields of /proc/<pid>/stat after the command name (state first), or None."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def process_identity(pid: int) -> str:
+    """``"<pid> <start time>"``: the start time (clock ticks after boot, /proc/<pid>/stat) tells a
+    process from a later one that got its pid; ``"<pid> ?"`` where /proc has none."""
+    stat = _proc_stat(pid)
+    return f"{pid} {stat[19]}" if stat and len(stat) > 19 else f"{pid} ?"
+
+
+def identity_running(identity: str) -> bool:
+    """Whether the process ``identity`` (process_identity) names runs: not gone, not a later
+    process that got its pid, and not a zombie (killed, its exit status not yet collected)."""
+    pid, _, start = identity.partition(" ")
+    if not pid.isdigit():
+        return False
+    stat = _proc_stat(int(pid))
+    if stat is None or len(stat) <= 19:  # gone, or no /proc here: only the pid can tell
+        return start == "?" and pid_alive(int(pid))
+    return stat[0] != "Z" and start in ("?", stat[19])
+
+
 class ManagedProcess:
     """``args`` run in a process group of their own, output in ``log_path``.
 

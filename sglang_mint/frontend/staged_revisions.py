@@ -52,6 +52,8 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
+from sglang_mint.process import identity_running, process_identity
+
 if TYPE_CHECKING:
     from sglang_mint.catalog.catalog import Catalog
     from sglang_mint.catalog.store import Revision
@@ -215,38 +217,12 @@ class StagedRevisions:
             shutil.rmtree(folder, ignore_errors=True)
 
 
-def process_identity(pid: int) -> str:
-    """``"<pid> <start time>"``: the start time (clock ticks after boot, /proc/<pid>/stat) tells a
-    process from a later one that got its pid; ``"<pid> ?"`` where /proc has none."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f"{pid} {f.read().rsplit(')', 1)[1].split()[19]}"
-    except (OSError, IndexError):
-        return f"{pid} ?"
-
-
 def _owner_of(root: str) -> str | None:
     try:
         with open(os.path.join(root, OWNER)) as f:
             return f.read().strip()
     except OSError:
         return None
-
-
-def _alive(owner: str) -> bool:
-    """Whether the process ``owner`` (process_identity) runs: not gone, not another process that got
-    its pid, and not a zombie (killed, its exit status not yet collected by its parent)."""
-    from sglang_mint.process import pid_alive
-
-    pid, _, _ = owner.partition(" ")
-    if not pid.isdigit() or not pid_alive(int(pid)):
-        return False
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            state = f.read().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        state = "?"
-    return state != "Z" and (process_identity(int(pid)) == owner or owner.endswith(" ?"))
 
 
 def _last_change(root: str) -> float:
@@ -266,7 +242,7 @@ def remove_roots_of_gone_frontends(parent: str, keep: str, now: float | None = N
             continue
         owner = _owner_of(root)
         try:
-            gone = not _alive(owner) if owner is not None else now - _last_change(root) > ORPHAN_AGE_S
+            gone = not identity_running(owner) if owner is not None else now - _last_change(root) > ORPHAN_AGE_S
         except OSError:
             continue  # removed meanwhile by another frontend
         if gone:

@@ -17,7 +17,8 @@ import pytest
 from sglang_mint.adapters.errors import InvalidAdapter
 from sglang_mint.catalog.upload_stream import BodyRefused
 from sglang_mint.client.handoff import Inbox
-from sglang_mint.frontend.staged_revisions import StagedRevisions, process_identity
+from sglang_mint.frontend.staged_revisions import StagedRevisions
+from sglang_mint.process import process_identity
 
 WHERE = "upload for 'rl/p'"
 
