@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+import tracemalloc
 
 import pytest
 import torch
@@ -42,6 +43,23 @@ def test_each_tensor_has_storage_of_its_own(weights):
     storages = {t.untyped_storage().data_ptr() for t in got.values() if t.numel()}
     assert len(storages) == sum(1 for t in got.values() if t.numel())
     assert all(t.untyped_storage().nbytes() == t.numel() * t.element_size() for t in got.values())
+
+
+def test_a_tensor_kept_alone_holds_its_own_bytes_not_the_file(tmp_path):
+    """Views of one buffer (torch.frombuffer over the file read at once) pass the storage checks
+    above, but each keeps the whole buffer alive: here, keeping the smallest tensor would hold the
+    4 MB file. Python-allocated buffers are what tracemalloc sees; torch's own allocations are not."""
+    path = tmp_path / "adapter_model.safetensors"
+    save_file({"big": torch.randn(1024, 1024), "small": torch.randn(4)}, path)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        small = read_safetensors(str(path), "x")["small"]
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert small.shape == (4,)
+    assert held < 256 << 10, f"{held} bytes of Python buffers held by one 16-byte tensor"
 
 
 @pytest.mark.parametrize("change, message", [
