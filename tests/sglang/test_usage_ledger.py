@@ -4,8 +4,8 @@ Real SGLang on CPU (``shared_catalog_server``: --enable-mint, --enable-cache-rep
 official openai client: completions and chat, whole and streamed (usage in the last chunk), the
 bare id and ``tiny:<id>``, prompts that repeat (cached tokens), 16 at once over six adapters
 published for this module, more than the server's four GPU slots. Requests a client abandons
-mid-stream go to a seventh adapter, so their row can be checked alone: each is counted once, as
-an error, with its prompt.
+mid-stream go to a seventh adapter, so their row can be checked alone: each is counted once, with
+its prompt, and as an error unless it ran to its end before SGLang saw the hang-up.
 """
 
 from __future__ import annotations
@@ -30,9 +30,11 @@ ADAPTERS = [f"usage/a{i}" for i in range(6)]  # the server has 4 slots (dev/serv
 ABANDONED = "usage/abandoned"
 N_REQUESTS = 1000
 N_ABANDONED = 12
-# Far more than a request makes before its hang-up is seen (at its next chunk): at 200, 3 of 12
-# finished first on an idle machine (they are counted then, but not as errors).
-ABANDONED_TOKENS = 1500
+# Far more than a request makes before its hang-up is seen: at 200, 3 of 12 finished first on an
+# idle machine. SGLang aborts a streamed request whose client left up to 2 s after the hang-up
+# (TokenizerManager.create_abort_task), so one may still run to its end: at 1,500, 1 of 12 did,
+# counted whole and not as an error. The tiny model's context is 2,048.
+ABANDONED_TOKENS = 2000
 PROMPTS = ["the quick brown fox", "a b c d e f g h i j k l", "hello there, how are you today my friend"]
 
 
@@ -105,9 +107,13 @@ def test_ledger_counts_equal_the_answers(server):
         time.sleep(0.5)
     prompt_lengths = {p: one(client, ("text", False, ADAPTERS[0], p, 1))[1]["prompt_tokens"] for p in PROMPTS}
     lost = got[ABANDONED]
-    assert lost["errors"] == N_ABANDONED  # a request the client abandoned ends aborted
     assert lost["prompt_tokens"] == sum(prompt_lengths[PROMPTS[i % 3]] for i in range(N_ABANDONED))
-    assert 0 < lost["completion_tokens"] < N_ABANDONED * ABANDONED_TOKENS  # stopped before the end
+    # Each abandoned request ended aborted, an error with the tokens it made before its abort (at
+    # least the one its client read), or ran to its end (all its tokens, not an error).
+    aborted = lost["errors"]
+    assert 0 < aborted <= N_ABANDONED, lost
+    aborted_tokens = lost["completion_tokens"] - (N_ABANDONED - aborted) * ABANDONED_TOKENS
+    assert aborted <= aborted_tokens <= aborted * (ABANDONED_TOKENS - 1), lost
 
 
 def test_usage_rows_per_minute_the_cli_and_bad_queries(server, capsys):
