@@ -2,7 +2,9 @@
 
 - More distinct cold adapters in flight than GPU slots, with a host budget of about three
   adapters: no adapter in use is evicted (the scheduler survives), reads wait for room
-  instead of growing memory, outputs equal HF+PEFT. Once more with chunked prefill.
+  instead of growing memory, outputs equal HF+PEFT. Prefills are split into chunks of 16 tokens
+  (--chunked-prefill-size): every adapter gets a long prompt, whose prefill is chunked, and a
+  short one, whose prefill is not, at once.
 - No request body reaches another adapter's prefix cache through ``extra_key``.
 - ``lora_path`` goes through the catalog like ``model``: deleted and invented revisions 404.
 - SGLang's LoRA registry holds only the names in flight, not every name ever seen.
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import time
 import urllib.error
@@ -31,9 +34,11 @@ pytestmark = pytest.mark.server  # starts real SGLang servers: not in make test-
 
 N_ADAPTERS = 24
 MAX_TOKENS = 24
-# Long enough that --chunked-prefill-size 16 splits its prefill into chunks.
+# Long enough that --chunked-prefill-size 16 splits its prefill into chunks; SHORT_PROMPT is not.
 PROMPT = ("the quick brown fox and the lazy dog serve token request batch layer rank expert kernel "
           "adapter base model serve token request batch layer rank expert kernel")
+SHORT_PROMPT = "the quick brown fox"
+CHUNK = 16
 TOL = 1e-4
 
 
@@ -106,11 +111,16 @@ def prompt_ids(tiny_model):
 
 
 @pytest.fixture(scope="module")
-def references(tiny_model, catalog, adapter_ids, prompt_ids):
+def references(tiny_model, catalog, adapter_ids):
+    """{(adapter id, prompt): HF+PEFT's answer} for both prompts."""
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    ids = {p: tok(p)["input_ids"] for p in (PROMPT, SHORT_PROMPT)}
+    assert len(ids[PROMPT]) > CHUNK and len(ids[SHORT_PROMPT]) < CHUNK
     with open_catalog(str(catalog)) as cat:
-        paths = [str(cat.resolve(a).local_path()) for a in adapter_ids]
-    jobs = [{"adapter": p, "prompt_ids": prompt_ids, "max_tokens": MAX_TOKENS} for p in paths]
-    return dict(zip(adapter_ids, run_reference(sys.executable, tiny_model, jobs)))
+        paths = {a: str(cat.resolve(a).local_path()) for a in adapter_ids}
+    keys = [(a, p) for p in ids for a in adapter_ids]
+    jobs = [{"adapter": paths[a], "prompt_ids": ids[p], "max_tokens": MAX_TOKENS} for a, p in keys]
+    return dict(zip(keys, run_reference(sys.executable, tiny_model, jobs)))
 
 
 def status(server) -> dict:
@@ -129,49 +139,44 @@ def generate(server, body: dict) -> tuple[int, dict]:
 
 
 def storm(server, adapter_ids):
+    """Every adapter with both prompts, all at once: {(adapter id, prompt): (tokens, logprobs)}."""
     client = openai.OpenAI(base_url=server.openai_url, api_key="none", max_retries=0, timeout=600)
 
-    def one(adapter_id):
-        r = client.completions.create(model=adapter_id, prompt=PROMPT, max_tokens=MAX_TOKENS, temperature=0,
+    def one(job):
+        adapter_id, prompt = job
+        r = client.completions.create(model=adapter_id, prompt=prompt, max_tokens=MAX_TOKENS, temperature=0,
                                       logprobs=1, extra_body={"return_token_ids": True, "ignore_eos": True})
         c = r.choices[0]
         return c.model_extra["token_ids"], c.logprobs.token_logprobs
 
-    with ThreadPoolExecutor(len(adapter_ids)) as pool:
-        return dict(zip(adapter_ids, pool.map(one, adapter_ids)))
+    jobs = [(a, p) for p in (PROMPT, SHORT_PROMPT) for a in adapter_ids]
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        return dict(zip(jobs, pool.map(one, jobs)))
 
 
 @pytest.fixture(scope="module")
 def server(tiny_model, catalog, budget, tmp_path_factory, catalog_server):
-    """Room for about three adapters and four slots: the storm below, then the tests of names."""
+    """Room for about three adapters and four slots, prefills in chunks of 16 tokens: the storm
+    below, then the tests of names."""
     with catalog_server(tiny_model, catalog, tmp_path_factory.mktemp("pressure-server"),
-                        "--mint-host-cache-bytes", str(budget), "--max-loras-per-batch", "4") as srv:
+                        "--mint-host-cache-bytes", str(budget), "--max-loras-per-batch", "4",
+                        "--chunked-prefill-size", str(CHUNK)) as srv:
         yield srv
 
 
-@pytest.mark.parametrize("chunked_prefill", [None, 16])
-def test_more_cold_adapters_than_memory_and_slots(adapter_ids, budget, one_adapter, references, chunked_prefill,
-                                                  request):
-    server = request.getfixturevalue("chunked_server" if chunked_prefill else "server")
+def test_more_cold_adapters_than_memory_and_slots(server, adapter_ids, budget, one_adapter, references):
     for wave in range(2):
         outputs = storm(server, adapter_ids)
-        for adapter_id, (tokens, logprobs) in outputs.items():
-            assert tokens == references[adapter_id]["tokens"], (wave, adapter_id)
-            assert logprobs == pytest.approx(references[adapter_id]["logprobs"], abs=TOL), (wave, adapter_id)
+        for job, (tokens, logprobs) in outputs.items():
+            assert tokens == references[job]["tokens"], (wave, job)
+            assert logprobs == pytest.approx(references[job]["logprobs"], abs=TOL), (wave, job)
+    chunks = [int(n) for n in re.findall(r"Prefill batch, .*?#new-token: (\d+)", server.log_path.read_text())]
+    assert max(chunks) == CHUNK, chunks  # the long prompts' prefills were split
     [sched] = status(server)["schedulers"]
     assert sched["evictions"] >= N_ADAPTERS, sched  # the budget really was exceeded many times over
     assert sched["host_peak_bytes"] <= budget + one_adapter, sched
     assert sched["adapters_in_use"] == 0 and sched["host_reserved_bytes"] == 0, sched
     assert sched["loading"] == 0 and sched["reads_waiting_for_room"] == 0, sched
-
-
-@pytest.fixture
-def chunked_server(tiny_model, catalog, budget, tmp_path_factory, catalog_server):
-    """The storm's server once more, with prefills split into chunks of 16 tokens."""
-    with catalog_server(tiny_model, catalog, tmp_path_factory.mktemp("pressure-chunked-server"),
-                        "--mint-host-cache-bytes", str(budget), "--max-loras-per-batch", "4",
-                        "--chunked-prefill-size", "16") as srv:
-        yield srv
 
 
 def test_extra_key_cannot_reach_another_adapters_prefix_cache(server, adapter_ids):
