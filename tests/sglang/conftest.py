@@ -83,9 +83,12 @@ def shared_catalog(tiny_model, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def shared_catalog_server(tiny_model, shared_catalog, tmp_path_factory, catalog_server):
-    """Answers report cached tokens (--enable-cache-report); its usage ledger is ``srv.usage_dir``."""
+    """Answers report cached tokens (--enable-cache-report); its usage ledger is ``srv.usage_dir``;
+    it refuses uploads over ``srv.max_upload_bytes`` (1 MiB, about eight tiny adapters)."""
     logs = tmp_path_factory.mktemp("shared-catalog-server")
+    max_upload_bytes = 1 << 20
     with catalog_server(tiny_model, shared_catalog, logs, "--enable-cache-report",
-                        "--mint-usage-dir", str(logs / "usage")) as srv:
-        srv.usage_dir = logs / "usage"
+                        "--mint-usage-dir", str(logs / "usage"),
+                        "--mint-max-upload-bytes", str(max_upload_bytes)) as srv:
+        srv.usage_dir, srv.max_upload_bytes = logs / "usage", max_upload_bytes
         yield srv

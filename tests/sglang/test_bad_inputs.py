@@ -1,7 +1,8 @@
 """Walks docs/bad-inputs.md: every bad input gets its clear answer, and nothing else suffers.
 
-Requests and damaged catalog entries go to one real server (CPU, --enable-mint, a catalog);
-after each, a good adapter is still served. Imports go to the catalog in this process; the
+Requests and damaged catalog entries go to one real server (CPU, --enable-mint, a catalog: the
+session's ``shared_catalog_server``, under ids only this module uses); after each, a good adapter
+is still served. Imports go to the catalog in this process; the
 catalog is unchanged after each refusal. Launch flags are test_plugin.py's cases.
 """
 
@@ -25,7 +26,6 @@ pytestmark = pytest.mark.server  # starts real SGLang servers: not in make test-
 DOC = Path(__file__).resolve().parents[2] / "docs" / "bad-inputs.md"
 PROMPT = "the quick brown fox"
 GOOD = "ok/a"
-UPLOAD_LIMIT = 1 << 20
 
 
 def doc_keys() -> list[str]:
@@ -62,11 +62,11 @@ def adapters(tiny_model, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def catalog(tiny_model, adapters, tmp_path_factory):
+def catalog(tiny_model, adapters, shared_catalog, tmp_path_factory):
     from test_catalog_serving import write_rank16_adapter
 
-    root = tmp_path_factory.mktemp("bad-inputs") / "catalog"
-    cat = init_catalog(str(root), str(tiny_model))
+    root = shared_catalog
+    cat = open_catalog(str(root))
     k_proj = adapters[6]  # all modules (tiny.ADAPTER_SHAPES[0]), and its own content: blobs are shared by content
     for adapter_id, folder in ((GOOD, adapters[0]), ("bad/truncated", adapters[1]), ("bad/missing", adapters[2]),
                                ("bad/config", adapters[3]), ("bad/shape", k_proj), ("gone/x", adapters[5])):
@@ -87,10 +87,8 @@ def catalog(tiny_model, adapters, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def server(tiny_model, catalog, tmp_path_factory, catalog_server):
-    with catalog_server(tiny_model, catalog, tmp_path_factory.mktemp("bad-inputs-server"),
-                        "--mint-max-upload-bytes", str(UPLOAD_LIMIT)) as srv:
-        yield srv
+def server(catalog, shared_catalog_server):
+    return shared_catalog_server
 
 
 def post(server, path: str, body, content_type: str = "application/json", method: str | None = None
@@ -259,7 +257,7 @@ def test_imports_are_refused_and_write_nothing(tiny_model, adapters, tmp_path):
     cat.close()
 
 
-def upload_cases(tiny_model, adapters, tmp: Path) -> dict:
+def upload_cases(tiny_model, adapters, tmp: Path, upload_limit: int) -> dict:
     """key -> (method, path, body, content type, status, says) for the admin endpoints."""
     from test_catalog_serving import write_rank16_adapter
 
@@ -289,7 +287,7 @@ def upload_cases(tiny_model, adapters, tmp: Path) -> dict:
                                            says="packed for base model 'llama-0000other'"),
         "upload-rank-above-max": upload("u/r16", files_of(rank16), status=422,
                                         says="rank 16 is above this server's --max-lora-rank 8"),
-        "upload-oversize": upload("u/big", {**good, "adapter_model.safetensors": b"\0" * (UPLOAD_LIMIT + 1)},
+        "upload-oversize": upload("u/big", {**good, "adapter_model.safetensors": b"\0" * (upload_limit + 1)},
                                   status=413, says="--mint-max-upload-bytes"),
         "upload-stale-revision": upload(GOOD, good, {"expected_revision": "1"}, status=409, says="already exists"),
         "upload-not-multipart": ("POST", "/mint/adapters/u/json/revisions", b"{}", "application/json", 415,
@@ -316,7 +314,7 @@ def catalog_state(root: Path):
 
 def test_uploads_are_refused_and_write_nothing(server, catalog, tiny_model, adapters, tmp_path):
     before = catalog_state(catalog)
-    for key, (method, path, body, ctype, status, says) in upload_cases(tiny_model, adapters, tmp_path).items():
+    for key, (method, path, body, ctype, status, says) in upload_cases(tiny_model, adapters, tmp_path, server.max_upload_bytes).items():
         code, text = post(server, path, body, ctype, method)
         assert code == status, (key, code, text[:500])
         assert says in text, (key, text[:500])
@@ -333,7 +331,7 @@ def test_doc_lists_exactly_the_cases_walked(tiny_model, adapters, tmp_path):
     flag_cases = {f"S:{case}" for case, _ in next(
         m.args[1] for m in test_plugin.test_bad_flags_are_clear_errors.pytestmark if m.name == "parametrize")}
     walked = (set(REQUESTS) | {"extra-key-namespace"} | set(import_cases(tiny_model, adapters, tmp_path / "i"))
-              | set(upload_cases(tiny_model, adapters, tmp_path / "u")) | flag_cases
+              | set(upload_cases(tiny_model, adapters, tmp_path / "u", 1)) | flag_cases
               | set(test_upload_bounds.DOC_CASES))
     keys = doc_keys()
     assert len(keys) == len(set(keys)) and set(keys) == walked
