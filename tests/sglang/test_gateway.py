@@ -6,7 +6,8 @@ register themselves), a catalog of 200 adapters both read, the official openai
 client talking to the gateway with ``model=<adapter-id>``. The catalog is the
 shared kind, as on many machines: metadata in PostgreSQL, blobs in an
 S3-compatible server (moto); each engine gets only ``--mint-catalog
-postgresql://...`` and the AWS_* variables, and keeps its own views and blob cache.
+postgresql://...`` and the AWS_* variables, and keeps its own views and blob cache. A publish
+and a rollback made by another process are served on an engine's next request.
 
 An adapter served by one engine only is cold-loaded once: with a host budget
 that never evicts, the two engines' cold loads add up to the number of distinct
@@ -25,12 +26,13 @@ import time
 import urllib.request
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import openai
 import pytest
 from transformers import AutoTokenizer
 
-from sglang_mint.catalog import init_catalog
+from sglang_mint.catalog import init_catalog, open_catalog
 from sglang_mint.catalog.synth import synth
 from sglang_mint.dev.server import SGLangServer, free_port
 from sglang_mint.gateway.smg import SMGGateway
@@ -204,6 +206,37 @@ def publish(url: str, adapter_id: str, files: dict[str, bytes]) -> dict:
     with urllib.request.urlopen(req, timeout=60) as r:
         assert r.status == 201
         return json.loads(r.read())
+
+
+def test_publish_and_rollback_by_another_process_are_served_next(engines, catalog, tiny_model, tiny_adapters,
+                                                                  postgres_server, prompt_ids, tmp_path):
+    """An engine given only ``--mint-catalog postgresql://...``: a publish and a rollback made by
+    another process through the catalog are each served on the engine's very next request, equal
+    to HF+PEFT; its /mint/status and log never show the password; its views are its own."""
+    engine = engines[0]
+    client = openai.OpenAI(base_url=engine.openai_url, api_key="none", max_retries=0, timeout=120)
+    adapter_id = "acme/pg-bot"
+    revisions = {"acme/tiny-0000": 1, "acme/tiny-0001": 1}  # the same files as this adapter's two revisions
+    refs = references(tiny_model, catalog, list(revisions), prompt_ids, revisions=revisions)
+    first, second = refs["acme/tiny-0000"], refs["acme/tiny-0001"]
+    assert first["logprobs"] != pytest.approx(second["logprobs"], abs=1e-4)  # the two revisions are told apart
+
+    def served_equals(ref):
+        tokens, logprobs = complete(client, adapter_id)
+        return tokens == ref["tokens"] and logprobs == pytest.approx(ref["logprobs"], abs=1e-4)
+
+    with open_catalog(catalog, cache_dir=str(tmp_path / "publisher")) as cat:  # another node
+        assert cat.publish(adapter_id, str(tiny_adapters["tiny-0000"])).revision == 1
+        assert served_equals(first)
+        assert cat.publish(adapter_id, str(tiny_adapters["tiny-0001"])).revision == 2
+        assert served_equals(second)  # the very next request
+        assert cat.rollback(adapter_id).revision == 1
+        assert served_equals(first)  # and a rollback, the same way
+    with urllib.request.urlopen(engine.url + "/mint/status", timeout=30) as r:
+        assert json.load(r)["catalog"].startswith("postgresql://postgres:***@127.0.0.1:")
+    views = Path(engine.args[engine.args.index("--mint-catalog-cache") + 1]) / "views"
+    assert any(views.iterdir())  # the engine keeps its own views
+    assert postgres_server.password not in engine.log_path.read_text()
 
 
 def test_kill_9_one_engine_during_traffic(client, gateway, engines):
