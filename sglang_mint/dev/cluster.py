@@ -93,7 +93,8 @@ def run_cluster(engines: int, port: int, catalog: str | None, catalog_size: int)
         shown = parse_location(catalog).display
         catalog, engine_env = _engine_secrets(catalog, engine_env, work)
         gateway = stack.enter_context(SMGGateway(port, log_path=rd / "smg.log"))
-        gateway.install_adapter_route("tiny")
+        gateway.install_adapter_route("tiny", warm=False)
+        warming = gateway.warm_adapter_route_in_background()  # beside the engines' start
         print(f"==> gateway {gateway.url} (smg, consistent_hashing on the adapter id; log {gateway.log_path})")
         print(f"==> starting {engines} engines on {shown} (CPU, about 30 s each)", flush=True)
         servers = []
@@ -109,6 +110,7 @@ def run_cluster(engines: int, port: int, catalog: str | None, catalog_size: int)
         if not up:
             print("==> no engine started; see the logs above", file=sys.stderr)
             return 1
+        warming.result()
         gateway.wait_for_workers(up, timeout=60)
         t_ready = time.perf_counter() - t_up
         for s in servers:

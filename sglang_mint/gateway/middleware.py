@@ -5,7 +5,7 @@ requirements.lock) into a component of about 18 MB. The base model's served
 name is baked in, so one component serves one base model:
 
     wasm = build_adapter_route("tiny")          # about 8 s the first time, then cached
-    install_adapter_route("http://127.0.0.1:30080", wasm)   # SMG compiles it: about 8 s
+    install_adapter_route("http://127.0.0.1:30080", wasm)   # SMG compiles it: about 20 s on 2 cores
 
 The build is cached under the sglang-mint cache folder, keyed by the guest's
 source, the interface file and the base name. SMG must run with ``--enable-wasm``.
@@ -84,8 +84,10 @@ def build_adapter_route(base_model: str, cache_dir: str | os.PathLike | None = N
     return out
 
 
-def install_adapter_route(gateway_url: str, wasm_path: str | os.PathLike, timeout: float = 120.0) -> str:
-    """Attach the component to SMG's request phase; returns SMG's module id.
+def install_adapter_route(gateway_url: str, wasm_path: str | os.PathLike, timeout: float = 120.0,
+                          warm: bool = True) -> str:
+    """Attach the component to SMG's request phase, and warm it unless ``warm`` is false (then
+    call :func:`warm_adapter_route` before clients come); returns SMG's module id.
 
     SMG reads the file itself, so gateway and file must share a file system. It refuses
     files under /root/, /etc/ and a few other system folders, where the build cache of
@@ -112,7 +114,8 @@ def install_adapter_route(gateway_url: str, wasm_path: str | os.PathLike, timeou
     result = answer["modules"][0].get("add_result", {})
     if "Success" not in result:
         raise GatewayError(f"SMG did not load the middleware {wasm_path}: {result}")
-    warm_adapter_route(gateway_url, timeout)
+    if warm:
+        warm_adapter_route(gateway_url, timeout)
     return result["Success"]
 
 

@@ -23,10 +23,12 @@ import sys
 import tempfile
 import time
 import urllib.request
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from sglang_mint.gateway.middleware import GatewayError, build_adapter_route, install_adapter_route
+from sglang_mint.gateway.middleware import (GatewayError, build_adapter_route, install_adapter_route,
+                                            warm_adapter_route)
 from sglang_mint.ports import free_port
 from sglang_mint.process import ManagedProcess
 
@@ -122,9 +124,19 @@ class SMGGateway:
         except OSError:
             return False
 
-    def install_adapter_route(self, base_model: str) -> str:
-        """Build (cached) and attach the middleware that keeps ``model=<adapter-id>`` working."""
-        return install_adapter_route(self.url, build_adapter_route(base_model))
+    def install_adapter_route(self, base_model: str, warm: bool = True) -> str:
+        """Build (cached) and attach the middleware that keeps ``model=<adapter-id>`` working;
+        ``warm=False`` leaves its warm-up to :meth:`warm_adapter_route_in_background`."""
+        return install_adapter_route(self.url, build_adapter_route(base_model), warm=warm)
+
+    def warm_adapter_route_in_background(self) -> Future:
+        """Warm the installed middleware on a thread (SMG compiles it on its first requests, about
+        20 s of one core), e.g. while engines start; ``.result()`` waits and raises its error."""
+        pool = ThreadPoolExecutor(1, thread_name_prefix="smg-warm-up")
+        try:
+            return pool.submit(warm_adapter_route, self.url)
+        finally:
+            pool.shutdown(wait=False)
 
     def workers(self) -> list[dict]:
         return self._get("/workers")["workers"]

@@ -66,7 +66,7 @@ def catalog(tiny_model, tiny_adapters, postgres_server, moto_server, tmp_path_fa
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory):
     with SMGGateway(free_port(), log_path=tmp_path_factory.mktemp("smg") / "smg.log") as gw:
-        gw.install_adapter_route("tiny")
+        gw.install_adapter_route("tiny", warm=False)  # warmed while the engines start
         yield gw
 
 
@@ -86,11 +86,13 @@ def engines(tiny_model, catalog, gateway, tmp_path_factory):
         except Exception as exc:  # reported below, with both logs
             errors.append(exc)
 
+    warming = gateway.warm_adapter_route_in_background()
     threads = [threading.Thread(target=start, args=(s,)) for s in servers]
     [t.start() for t in threads]
     [t.join() for t in threads]
     try:
         assert not errors, errors
+        warming.result()
         gateway.wait_for_workers({s.url for s in servers}, timeout=30)
         yield servers
     finally:
