@@ -27,6 +27,7 @@ from pathlib import Path
 
 from sglang_mint.config import default_cache_dir
 from sglang_mint.errors import MintError
+from sglang_mint.process import pid_alive
 
 GUEST_DIR = Path(__file__).parent / "adapter_route"
 WIT_WORLD = "smg"
@@ -71,6 +72,7 @@ def build_adapter_route(base_model: str, cache_dir: str | os.PathLike | None = N
     if out.exists():
         return out
     out_dir.mkdir(parents=True, exist_ok=True)
+    _remove_partials_of_gone_builders(out)
     with tempfile.TemporaryDirectory(prefix="mint-wasm-") as work:
         shutil.copy(GUEST_DIR / "guest.py", Path(work) / "guest.py")
         (Path(work) / "route_config.py").write_text(_route_config(base_model))
@@ -82,6 +84,14 @@ def build_adapter_route(base_model: str, cache_dir: str | os.PathLike | None = N
             raise GatewayError(f"componentize-py failed ({done.returncode}):\n{done.stderr[-2000:]}")
         partial.rename(out)
     return out
+
+
+def _remove_partials_of_gone_builders(out: Path) -> None:
+    """A builder killed mid-write leaves ``<out>.<pid>.partial``; remove those whose pid has no process."""
+    for partial in out.parent.glob(f"{out.name}.*.partial"):
+        pid = partial.name[len(out.name) + 1:-len(".partial")]
+        if pid.isdigit() and not pid_alive(int(pid)):
+            partial.unlink(missing_ok=True)
 
 
 def install_adapter_route(gateway_url: str, wasm_path: str | os.PathLike, timeout: float = 120.0,
