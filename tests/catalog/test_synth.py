@@ -7,15 +7,17 @@ import numpy as np
 from safetensors.numpy import load_file
 
 from sglang_mint.adapters.peft import read_peft_folder
+from sglang_mint.catalog import synth as synth_module
 from sglang_mint.catalog.synth import synth
 
 
-def test_real_mode_adapters_are_distinct_and_loadable(cat):
-    rep = synth(cat, 1100, progress=False)  # crosses a 1024 batch boundary
-    assert rep["mode"] == "real" and rep["count"] == 1100
-    digests = {cat.resolve(f"synth/{i:07d}").files["adapter_model.safetensors"] for i in range(1100)}
-    assert len(digests) == 1100
-    for i in (0, 1023, 1024, 1099):
+def test_real_mode_adapters_are_distinct_and_loadable(cat, monkeypatch):
+    monkeypatch.setattr(synth_module, "BATCH", 16)  # the boundary crossed with 40 adapters, not 1,100
+    rep = synth(cat, 40, progress=False)  # two batch boundaries, the last batch short
+    assert rep["mode"] == "real" and rep["count"] == 40
+    digests = {cat.resolve(f"synth/{i:07d}").files["adapter_model.safetensors"] for i in range(40)}
+    assert len(digests) == 40
+    for i in (0, 15, 16, 39):
         path = cat.resolve(f"synth/{i:07d}").local_path()
         peft = read_peft_folder(path, cat.base)  # the same checks an import gets
         assert (peft.rank, peft.dtype, len(peft.target_modules)) == (1, "float16", 7)
