@@ -32,8 +32,8 @@ at the loop's start). That growth is mostly the scheduler's allocator (glibc's h
 tens-of-MiB anonymous mappings for activations, made and dropped as batches come and go),
 and it varies by tens of MiB from one run of the same loop to the next (35, 61 and 89 MiB
 for K=1 in three probes), so the mint loops run --memory-repeats times each, K=1 and K
-alternating, and the goal is judged on the median growths, with the spread beside them. Both engines' logprobs are checked against HF's for the pinned
-policy, as the demo does. JSON lines: bench/results/rl_loop_bench.jsonl.
+alternating, and the goal is judged on the median growths, with the spread beside them.
+Both engines' logprobs are checked against HF's for the pinned policy, as the demo does. JSON lines: bench/results/rl_loop_bench.jsonl.
 
     python bench/rl_loop_bench.py            # 2-layer random Llama (hidden 2048, 0.9 GB fp32), K=4, 5 steps
     python bench/rl_loop_bench.py --quick    # the demo's tiny model, K=4, 2 steps
@@ -224,7 +224,8 @@ def main() -> int:
     shutil.rmtree(workdir, ignore_errors=True)
     record = append_result("rl_loop_bench", {
         "bench": "rl_loop_bench", "quick": a.quick, "model": model, "policies": a.policies,
-        "timed_steps": a.steps, "lora_slots": slots, "runs": runs, "memory_repeats": a.memory_repeats, "ratios": compare(runs, a.policies, growth),
+        "timed_steps": a.steps, "lora_slots": slots, "runs": runs, "memory_repeats": a.memory_repeats,
+        "ratios": compare(runs, a.policies, growth),
         "wall_s": round(time.perf_counter() - t0, 1)})
     print_summary(record)
     return 0

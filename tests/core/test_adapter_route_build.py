@@ -25,13 +25,13 @@ SLOW_BUILDER = f"""#!{sys.executable}
 import os, sys, time
 out = sys.argv[sys.argv.index("-o") + 1]
 with open(out, "wb") as f:
-    for i in range(CHUNKS):
-        f.write(bytes([i]) * CHUNK_BYTES)
+    for i in range({CHUNKS}):
+        f.write(bytes([i]) * {CHUNK_BYTES})
         f.flush()
         if os.environ.get("SLOW_BUILDER_STARTED"):
             open(os.environ["SLOW_BUILDER_STARTED"], "a").close()
         time.sleep(0.02)
-""".replace("CHUNKS", str(CHUNKS)).replace("CHUNK_BYTES", str(CHUNK_BYTES))
+"""
 WHOLE = b"".join(bytes([i]) * CHUNK_BYTES for i in range(CHUNKS))
 
 

@@ -2,8 +2,8 @@
 
 Requests and damaged catalog entries go to one real server (CPU, --enable-mint, a catalog: the
 session's ``shared_catalog_server``, under ids only this module uses); after each, a good adapter
-is still served. Imports go to the catalog in this process; the
-catalog is unchanged after each refusal. Launch flags are test_plugin.py's cases.
+is still served. Imports go to the catalog in this process; the catalog is unchanged after each
+refusal. Launch flags are test_plugin.py's cases.
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ def adapters(tiny_model, tmp_path_factory):
 def catalog(tiny_model, adapters, shared_catalog, tmp_path_factory):
     from test_catalog_serving import write_rank16_adapter
 
-    root = shared_catalog
+    root = shared_catalog  # the ids below are this module's own
     cat = open_catalog(str(root))
     k_proj = adapters[6]  # all modules (tiny.ADAPTER_SHAPES[0]), and its own content: blobs are shared by content
     for adapter_id, folder in ((GOOD, adapters[0]), ("bad/truncated", adapters[1]), ("bad/missing", adapters[2]),
@@ -314,7 +314,8 @@ def catalog_state(root: Path):
 
 def test_uploads_are_refused_and_write_nothing(server, catalog, tiny_model, adapters, tmp_path):
     before = catalog_state(catalog)
-    for key, (method, path, body, ctype, status, says) in upload_cases(tiny_model, adapters, tmp_path, server.max_upload_bytes).items():
+    cases = upload_cases(tiny_model, adapters, tmp_path, server.max_upload_bytes)
+    for key, (method, path, body, ctype, status, says) in cases.items():
         code, text = post(server, path, body, ctype, method)
         assert code == status, (key, code, text[:500])
         assert says in text, (key, text[:500])
