@@ -7,8 +7,10 @@ name is baked in, so one component serves one base model:
     wasm = build_adapter_route("tiny")          # about 8 s the first time, then cached
     install_adapter_route("http://127.0.0.1:30080", wasm)   # SMG compiles it: about 20 s on 2 cores
 
-The build is cached under the sglang-mint cache folder, keyed by the guest's
-source, the interface file and the base name. SMG must run with ``--enable-wasm``.
+``routing_keys`` (placement.py) is baked in too: the routing key of each adapter that was moved
+off its ring home, ``{"acme/tutor": "acme/tutor#2"}``; every other adapter's key is its id.
+The build is cached under the sglang-mint cache folder, keyed by the guest's source, the
+interface file, the base name and the keys. SMG must run with ``--enable-wasm``.
 """
 
 from __future__ import annotations
@@ -56,26 +58,35 @@ def componentize_py() -> str:
     return found
 
 
-def _route_config(base_model: str) -> str:
+def _route_config(base_model: str, routing_keys: dict[str, str]) -> str:
+    keys = dict(sorted(routing_keys.items()))
     return (f"BASE_MODEL = {base_model!r}\nROUTED_PATHS = {ROUTED_PATHS!r}\n"
-            f"REQUESTED_MODEL_HEADER = {REQUESTED_MODEL_HEADER!r}\n")
+            f"REQUESTED_MODEL_HEADER = {REQUESTED_MODEL_HEADER!r}\nROUTING_KEYS = {keys!r}\n")
 
 
-def build_adapter_route(base_model: str, cache_dir: str | os.PathLike | None = None) -> Path:
-    """The middleware component for ``base_model``, built once and cached; returns its path."""
+def build_adapter_route(base_model: str, cache_dir: str | os.PathLike | None = None,
+                        routing_keys: dict[str, str] | None = None) -> Path:
+    """The middleware component for ``base_model``, built once and cached; returns its path.
+    Builds with ``routing_keys`` go to ``placed/`` in the cache, where those of past
+    placements are removed after an hour (a placement replaces its predecessor in seconds)."""
     if not base_model or ":" in base_model:
         raise GatewayError(f"base model name {base_model!r}: must be non-empty and have no ':'")
+    config = _route_config(base_model, routing_keys or {})
     sources = [GUEST_DIR / "guest.py", GUEST_DIR / "smg_middleware.wit"]
-    digest = hashlib.sha256(b"".join(p.read_bytes() for p in sources) + _route_config(base_model).encode())
+    digest = hashlib.sha256(b"".join(p.read_bytes() for p in sources) + config.encode())
     out_dir = Path(cache_dir) if cache_dir else default_cache_dir() / "gateway"
+    if routing_keys:
+        out_dir = out_dir / "placed"
     out = out_dir / f"adapter-route-{digest.hexdigest()[:16]}.wasm"
     if out.exists():
         return out
     out_dir.mkdir(parents=True, exist_ok=True)
     _remove_partials_of_gone_builders(out)
+    if routing_keys:
+        _remove_old_placed_builds(out_dir)
     with tempfile.TemporaryDirectory(prefix="mint-wasm-") as work:
         shutil.copy(GUEST_DIR / "guest.py", Path(work) / "guest.py")
-        (Path(work) / "route_config.py").write_text(_route_config(base_model))
+        (Path(work) / "route_config.py").write_text(config)
         partial = out.with_name(f"{out.name}.{os.getpid()}.partial")  # one per builder; rename is atomic
         cmd = [componentize_py(), "-d", str(GUEST_DIR / "smg_middleware.wit"), "-w", WIT_WORLD,
                "componentize", "guest", "-p", work, "-o", str(partial)]
@@ -94,6 +105,17 @@ def _remove_partials_of_gone_builders(out: Path) -> None:
             partial.unlink(missing_ok=True)
 
 
+def _remove_old_placed_builds(placed_dir: Path, max_age_s: float = 3600.0) -> None:
+    """Each placement's component is about 18 MB: keep the last hour's (the one in use among them)."""
+    cutoff = time.time() - max_age_s
+    for old in placed_dir.glob("adapter-route-*.wasm"):
+        try:
+            if old.stat().st_mtime < cutoff:
+                old.unlink()
+        except FileNotFoundError:
+            pass  # another gateway's builder removed it first
+
+
 def install_adapter_route(gateway_url: str, wasm_path: str | os.PathLike, timeout: float = 120.0,
                           warm: bool = True) -> str:
     """Attach the component to SMG's request phase, and warm it unless ``warm`` is false (then
@@ -105,10 +127,16 @@ def install_adapter_route(gateway_url: str, wasm_path: str | os.PathLike, timeou
     """
     wasm_path = Path(wasm_path).resolve()
     if str(wasm_path).startswith(SMG_BLOCKED_PREFIXES):
-        copy = Path(tempfile.gettempdir()) / f"mint-gateway-{os.getuid()}" / wasm_path.name
+        copies = Path(tempfile.gettempdir()) / f"mint-gateway-{os.getuid()}"
+        placed = wasm_path.parent.name == "placed"
+        copy = (copies / "placed" if placed else copies) / wasm_path.name
         if not copy.exists():
-            copy.parent.mkdir(exist_ok=True)
-            shutil.copy(wasm_path, copy)
+            copy.parent.mkdir(parents=True, exist_ok=True)
+            partial = copy.with_name(f"{copy.name}.{os.getpid()}.partial")
+            shutil.copy(wasm_path, partial)
+            partial.rename(copy)
+        if placed:
+            _remove_old_placed_builds(copy.parent)
         wasm_path = copy
     spec = {"modules": [{"name": MODULE_NAME, "file_path": str(wasm_path),
                          "module_type": "Middleware", "attach_points": [{"Middleware": "OnRequest"}]}]}
@@ -127,6 +155,17 @@ def install_adapter_route(gateway_url: str, wasm_path: str | os.PathLike, timeou
     if warm:
         warm_adapter_route(gateway_url, timeout)
     return result["Success"]
+
+
+def remove_adapter_route(gateway_url: str, module_id: str, timeout: float = 30.0) -> None:
+    """Detach a middleware module from SMG (``DELETE /wasm/<id>``)."""
+    req = urllib.request.Request(f"{gateway_url.rstrip('/')}/wasm/{module_id}", method="DELETE")
+    try:
+        urllib.request.urlopen(req, timeout=timeout).read()
+    except urllib.error.HTTPError as exc:
+        raise GatewayError(f"SMG did not remove middleware {module_id}: HTTP {exc.code} {exc.read()[:300]!r}") from None
+    except OSError as exc:
+        raise GatewayError(f"cannot reach SMG at {gateway_url}: {exc}") from None
 
 
 def warm_adapter_route(gateway_url: str, timeout: float = 120.0, tries: int = 4) -> list[float]:

@@ -28,7 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sglang_mint.gateway.middleware import (GatewayError, build_adapter_route, install_adapter_route,
-                                            warm_adapter_route)
+                                            remove_adapter_route, warm_adapter_route)
+from sglang_mint.gateway.placement import DEFAULT_LOAD_FACTOR, Placement, place_adapters
 from sglang_mint.ports import free_port
 from sglang_mint.process import ManagedProcess
 
@@ -100,6 +101,8 @@ class SMGGateway:
         self.log_path = Path(log_path or Path(tempfile.mkdtemp(prefix="mint-smg-")) / "smg.log")
         self.start_timeout = start_timeout
         self.process = ManagedProcess(self.args, name="smg", log_path=self.log_path, error=GatewayError)
+        self.base_model: str | None = None
+        self.route_module_id: str | None = None  # SMG's id of the adapter-route middleware attached now
 
     @property
     def proc(self) -> subprocess.Popen | None:
@@ -127,7 +130,31 @@ class SMGGateway:
     def install_adapter_route(self, base_model: str, warm: bool = True) -> str:
         """Build (cached) and attach the middleware that keeps ``model=<adapter-id>`` working;
         ``warm=False`` leaves its warm-up to :meth:`warm_adapter_route_in_background`."""
-        return install_adapter_route(self.url, build_adapter_route(base_model), warm=warm)
+        self.route_module_id = install_adapter_route(self.url, build_adapter_route(base_model), warm=warm)
+        self.base_model = base_model
+        return self.route_module_id
+
+    def rebalance(self, rates: dict[str, float], load_factor: float = DEFAULT_LOAD_FACTOR) -> Placement:
+        """Place adapters on engines by request rate (placement.py) and route them there.
+
+        Needs ``policy=AFFINITY`` and :meth:`install_adapter_route` first. The new middleware,
+        carrying the moved adapters' routing keys, is built, attached and warmed before the old
+        one is removed: meanwhile a request takes the old route or the new one, never none.
+        Takes about 10 s to build and 20 s for SMG to compile, on 2 cores."""
+        if self.base_model is None:
+            raise GatewayError("rebalance needs the adapter-route middleware: call install_adapter_route first")
+        if self.policy.name != AFFINITY.name:
+            raise GatewayError(f"rebalance places adapters on SMG's consistent-hashing ring; this gateway's "
+                               f"policy is {self.policy.name}")
+        workers = self.workers()
+        placement = place_adapters(rates, [w["url"] for w in workers],
+                                   [w["url"] for w in workers if w.get("is_healthy")], load_factor)
+        wasm = build_adapter_route(self.base_model, routing_keys=placement.routing_keys)
+        new_id = install_adapter_route(self.url, wasm)
+        if self.route_module_id is not None:
+            remove_adapter_route(self.url, self.route_module_id)
+        self.route_module_id = new_id
+        return placement
 
     def warm_adapter_route_in_background(self) -> Future:
         """Warm the installed middleware on a thread (SMG compiles it on its first requests, about

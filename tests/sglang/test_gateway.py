@@ -36,6 +36,7 @@ from sglang_mint.catalog import init_catalog, open_catalog
 from sglang_mint.catalog.synth import synth
 from sglang_mint.dev.server import SGLangServer, free_port
 from sglang_mint.gateway.smg import SMGGateway
+from sglang_mint.gateway.smg_ring import SMGRing
 from openai_jobs import answer_models
 from test_catalog_serving import PROMPT, complete, references
 
@@ -239,6 +240,45 @@ def test_publish_and_rollback_by_another_process_are_served_next(engines, catalo
     views = Path(engine.args[engine.args.index("--mint-catalog-cache") + 1]) / "views"
     assert any(views.iterdir())  # the engine keeps its own views
     assert postgres_server.password not in engine.log_path.read_text()
+
+
+def served_by(engines, client, adapter_id: str) -> int:
+    """The index of the engine that served one request for ``adapter_id`` (nothing else in flight)."""
+    before = [scheduler_status(s)["requests"] for s in engines]
+    complete(client, adapter_id, max_tokens=1)
+    grew = [i for i, (s, b) in enumerate(zip(engines, before)) if scheduler_status(s)["requests"] > b]
+    assert len(grew) == 1, grew
+    return grew[0]
+
+
+def test_rebalance_moves_whole_adapters_where_the_placement_says(client, gateway, engines):
+    """SMG routes as SMGRing computes, and after ``rebalance`` each adapter the placement moved is
+    served by the engine it names, every request of it; the others stay on their ring home."""
+    urls = [s.url for s in engines]
+    ring = SMGRing(urls)
+    names = [f"synth/{k:07d}" for k in range(100, 140)]
+    on_first = [a for a in names if ring.home(a) == urls[0]][:6]
+    on_second = [a for a in names if ring.home(a) == urls[1]][:2]
+    # before: every adapter where the ring puts it (this is plain consistent hashing)
+    for adapter in on_first + on_second:
+        assert urls[served_by(engines, client, adapter)] == ring.home(adapter), adapter
+    modules_before = gateway_modules(gateway)
+    rates = dict.fromkeys(on_first + on_second, 10.0)  # 60 on the first engine's home, 20 on the second's
+    placement = gateway.rebalance(rates, load_factor=1.0)
+    assert placement.routing_keys and set(placement.routing_keys) <= set(on_first)
+    assert placement.planned_load == {urls[0]: 40.0, urls[1]: 40.0}
+    for adapter in on_first + on_second:
+        for _ in range(2):
+            assert urls[served_by(engines, client, adapter)] == placement.engine_of[adapter], adapter
+    for adapter in placement.routing_keys:
+        assert placement.engine_of[adapter] == urls[1]  # moved off its home
+    assert complete(client, "synth/0000150")[0]  # an adapter the placement does not know: the ring
+    assert len(gateway_modules(gateway)) == len(modules_before) == 1  # the old middleware was replaced
+
+
+def gateway_modules(gateway) -> list:
+    with urllib.request.urlopen(gateway.url + "/wasm", timeout=10) as r:
+        return json.loads(r.read())["modules"]
 
 
 def test_kill_9_one_engine_during_traffic(client, gateway, engines):

@@ -15,6 +15,8 @@ REQUESTED_MODEL_HEADER (``x-request-id-mint-model: acme/bot``), so that the answ
 
 SMG's ``consistent_hashing`` policy then hashes the routing key onto its ring of
 engines: every request for ``acme/bot`` goes to the same engine while it is healthy.
+The key is the adapter id, or its entry in ROUTING_KEYS (``acme/tutor#2``) when a
+placement moved it to another engine (placement.py).
 The engine resolves ``lora_path`` through its catalog, and an id it does not know
 gets the engine's own 400/404, naming it. A client's own X-SMG-Routing-Key is kept.
 """
@@ -24,7 +26,7 @@ import json
 from wit_world import exports
 from wit_world.imports.middleware_types import Action_Continue, Action_Modify, Header, ModifyAction
 
-from route_config import BASE_MODEL, REQUESTED_MODEL_HEADER, ROUTED_PATHS
+from route_config import BASE_MODEL, REQUESTED_MODEL_HEADER, ROUTED_PATHS, ROUTING_KEYS
 
 ROUTING_KEY = "x-smg-routing-key"
 MAX_KEY_BYTES = 128  # SMG ignores a longer routing key
@@ -63,8 +65,9 @@ class MiddlewareOnRequest(exports.MiddlewareOnRequest):
         adapter = adapter_of(body)
         has_key = any(h.name.lower() == ROUTING_KEY for h in req.headers)
         headers = []
-        if adapter is not None and not has_key and len(adapter.encode()) <= MAX_KEY_BYTES:
-            headers.append(Header(ROUTING_KEY, adapter))
+        key = ROUTING_KEYS.get(adapter, adapter) if adapter is not None else None
+        if key is not None and not has_key and len(key.encode()) <= MAX_KEY_BYTES:
+            headers.append(Header(ROUTING_KEY, key))
         rewritten = body.get("model") != before
         if rewritten and before.isascii() and before.isprintable() and len(before) <= MAX_MODEL_HEADER:
             headers.append(Header(REQUESTED_MODEL_HEADER, before))
