@@ -4,8 +4,13 @@ Variants (``--variants``; SMG's ``--policy`` and its flags, sglang_mint/gateway/
 
     round_robin   requests dealt out in turn, the key ignored
     affinity      consistent_hashing on the key: every request for one adapter on one engine
-    bounded       prefix_hash on the key with a load bound (bounded_affinity(): the ring's engine
-                  while its in-flight count is at most --load-factor x the mean, else the next one)
+    bounded       affinity, then whole adapters placed by their request rate in the learning
+                  phase (SMGGateway.rebalance, gateway/placement.py: an engine takes adapters, the
+                  busiest first, until its rate is --load-factor x the mean; the rest go on along
+                  their ring walk), read from the engines' usage ledger
+    inflight      prefix_hash on the key with a bound on requests in flight (bounded_affinity():
+                  the ring's engine while its in-flight count is at most --inflight-load-factor x
+                  the mean, else the next one): single requests walk, not adapters
     sticky        manual with --assignment-mode min_load: a key is pinned, at its first request,
                   to the engine with the fewest requests in flight, and stays there
 
@@ -19,14 +24,19 @@ Every variant gets the same middleware, so the body is rewritten identically:
 
     {"model": "s/0000003"}  ->  {"model": "tiny", "lora_path": "s/0000003"}  + X-SMG-Routing-Key: s/0000003
 
-Only SMG's ``--policy`` and its flags differ between variants.
+Only SMG's ``--policy`` and its flags differ between variants, and for ``bounded`` the routing
+keys of the adapters its placement moved (``{"s/0000005": "s/0000005#2"}``, baked into the
+middleware, which is swapped after the learning phase).
 
 Workload (as in parallel_bench's DP=2 section): the same seeded sequence of N
 zipf(1.1) requests over the catalog (adapter k has weight 1/(k+1)^1.1, so s/0000000
 takes about 1 request in 5), sent through the gateway with the openai client,
 streaming, C in flight. Before it, each engine serves the base model and one
 warm-up adapter directly, and the gateway serves the base model until its
-middleware answers fast (first-request costs are not cold-load costs).
+middleware answers fast (first-request costs are not cold-load costs). Then every
+variant serves a learning phase (--learn-requests, default N: the same zipf
+distribution, another seed) that is not measured: the bounded variant reads its
+rates from it, and every variant starts the timed part with the caches it left.
 
 Measured per (engines, variant): cold loads per 1,000 requests (the engines'
 ``cold_loads`` from /mint/status, after minus before), requests per engine and the
@@ -41,9 +51,9 @@ so no bound moves them), under round_robin on every engine.
 Goals for the bounded variant (issue 23): max/mean <= 1.15 at 2 and 3 engines, and
 cold loads within 10% of affinity's in the same run.
 
-    flock /tmp/mint-server.lock python bench/gateway_bench.py            # about 12 minutes (16 with sticky)
+    flock /tmp/mint-server.lock python bench/gateway_bench.py            # about 17 minutes
     flock /tmp/mint-server.lock python bench/gateway_bench.py --quick    # 2 engines, 200 requests
-    python bench/gateway_bench.py --variants affinity bounded --load-factor 1.0
+    python bench/gateway_bench.py --variants affinity bounded inflight --load-factor 1.1
 
 Results: one JSON line per run in bench/results/gateway_bench.jsonl, with the ratios
 of each variant to affinity per engine count and the bounded variant's verdict.
@@ -67,7 +77,9 @@ from sglang_mint.catalog import init_catalog
 from sglang_mint.catalog.synth import synth
 from sglang_mint.dev.cpu_env import default_cache_dir
 from sglang_mint.dev.server import SGLangServer, free_port
+from sglang_mint.gateway.placement import DEFAULT_LOAD_FACTOR
 from sglang_mint.gateway.smg import AFFINITY, RoutingPolicy, SMGGateway, bounded_affinity
+from sglang_mint.usage.ledger import read_usage
 
 PROMPT = "the quick brown fox"
 BASE = "tiny"
@@ -76,9 +88,12 @@ WARMUP_ID, PROBE_ID = "probe/0000000", "probe/0000001"  # outside the zipf set
 MAX_OVER_MEAN_GOAL, COLD_LOADS_GOAL = 1.15, 1.10  # the bounded variant's goals (issue 23, item 4)
 
 
-def variants(bounded: RoutingPolicy) -> dict[str, RoutingPolicy]:
-    return {"round_robin": RoutingPolicy("round_robin"), "affinity": AFFINITY, "bounded": bounded,
-            "sticky": RoutingPolicy("manual", ("--assignment-mode", "min_load"))}
+PLACED = "bounded"  # the variant whose adapters are placed by rate after the learning phase
+
+
+def variants(inflight: RoutingPolicy) -> dict[str, RoutingPolicy]:
+    return {"round_robin": RoutingPolicy("round_robin"), "affinity": AFFINITY, PLACED: AFFINITY,
+            "inflight": inflight, "sticky": RoutingPolicy("manual", ("--assignment-mode", "min_load"))}
 
 
 def pct(values, q):
@@ -140,14 +155,29 @@ def policy_branches(gw: SMGGateway) -> dict[str, float]:
     return counts
 
 
-def run_config(model, catalog, requests, engines: int, variant: str, policy: RoutingPolicy, args,
+def learned_rates(usage_dir: Path, expected: int, timeout: float = 30.0) -> dict[str, float]:
+    """Requests per zipf adapter in the engines' usage ledger, once it holds ``expected`` of them
+    (each engine appends what it counted every 2 s)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        rates: dict[str, float] = {}
+        for row in read_usage(usage_dir, per_minute=False):
+            if row["adapter"] and row["adapter"].startswith("s/"):
+                rates[row["adapter"]] = rates.get(row["adapter"], 0.0) + row["requests"]
+        if sum(rates.values()) >= expected or time.monotonic() > deadline:
+            return rates
+        time.sleep(0.5)
+
+
+def run_config(model, catalog, requests, learn_requests, engines: int, variant: str, policy: RoutingPolicy, args,
                log_dir: Path) -> dict:
     t_setup = time.perf_counter()
     tag = f"e{engines}-{variant}"
+    usage_dir = log_dir / f"usage-{tag}-{int(time.time())}"
     with SMGGateway(free_port(), policy=policy, log_path=log_dir / f"smg-{tag}.log") as gw:
         gw.install_adapter_route(BASE)  # the same middleware for every variant
         extra = ["--mint-catalog", str(catalog), "--mint-gateway", gw.url, "--mint-host-cache-bytes", args.budget,
-                 "--max-loras-per-batch", "8"]
+                 "--max-loras-per-batch", "8", "--mint-usage-dir", str(usage_dir)]
         servers = [SGLangServer(model, served_name=BASE, extra_args=extra, log_path=log_dir / f"{tag}-{i}.log")
                    for i in range(engines)]
         try:
@@ -159,6 +189,18 @@ def run_config(model, catalog, requests, engines: int, variant: str, policy: Rou
                     direct.completions.create(model=name, prompt=PROMPT, max_tokens=args.max_tokens, temperature=0)
             client = openai.OpenAI(base_url=gw.openai_url, api_key="none", max_retries=0, timeout=300)
             gateway_warmup = warm_gateway(client, args.concurrency)
+            t_learn = time.perf_counter()
+            with ThreadPoolExecutor(args.concurrency) as pool:
+                learn_failures = sum(e is not None for _, e in pool.map(lambda a: one(client, a, args.max_tokens),
+                                                                         learn_requests))
+            learn_s = time.perf_counter() - t_learn
+            placement, rebalance_s = None, None
+            if variant == PLACED:
+                rates = learned_rates(usage_dir, len(learn_requests) - learn_failures)
+                t_rebalance = time.perf_counter()
+                placement = gw.rebalance(rates, args.load_factor).summary()
+                rebalance_s = round(time.perf_counter() - t_rebalance, 1)
+                print(json.dumps({"placement": placement, "rebalance_s": rebalance_s}), flush=True)
             setup_s = time.perf_counter() - t_setup
             before, branches_before = [scheduler(s) for s in servers], policy_branches(gw)
             t0 = time.perf_counter()
@@ -188,6 +230,8 @@ def run_config(model, catalog, requests, engines: int, variant: str, policy: Rou
         "cold_loads_per_engine": [a["cold_loads"] - b["cold_loads"] for a, b in zip(after, before)],
         "probe_requests_per_engine": probe, "gateway_warmup_s": gateway_warmup,
         "policy_branches": {k: v - branches_before.get(k, 0.0) for k, v in branches_after.items()},
+        "learn_requests": len(learn_requests), "learn_failures": learn_failures, "learn_seconds": round(learn_s, 1),
+        "placement": placement, "rebalance_seconds": rebalance_s,
         "seconds": round(seconds, 1), "setup_seconds": round(setup_s, 1),
         "total_seconds": round(time.perf_counter() - t_setup, 1),
     }
@@ -260,13 +304,17 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0, help="seed of the request sequence (default 0)")
     ap.add_argument("--repeats", type=int, default=1,
                     help="repetitions; each starts the variant order one later (order effects)")
+    ap.add_argument("--learn-requests", type=int, default=None,
+                    help="unmeasured zipf requests before the timed part, seed+1 (default: as many as --requests)")
     ap.add_argument("--variants", nargs="+", default=["round_robin", "affinity", "bounded"],
-                    choices=["round_robin", "affinity", "bounded", "sticky"],
+                    choices=["round_robin", "affinity", "bounded", "inflight", "sticky"],
                     help="what to measure, in this order (default round_robin affinity bounded)")
-    ap.add_argument("--load-factor", type=float, default=None,
-                    help="the bounded variant's --prefix-hash-load-factor (default: BOUNDED_AFFINITY's)")
+    ap.add_argument("--load-factor", type=float, default=DEFAULT_LOAD_FACTOR,
+                    help="the bounded variant's bound: an engine's planned rate over the mean (default %(default)s)")
+    ap.add_argument("--inflight-load-factor", type=float, default=None,
+                    help="the inflight variant's --prefix-hash-load-factor (default: BOUNDED_AFFINITY's)")
     ap.add_argument("--abs-threshold", type=int, default=None,
-                    help="the bounded variant's --prefix-hash-balance-abs-threshold (default: BOUNDED_AFFINITY's)")
+                    help="the inflight variant's --prefix-hash-balance-abs-threshold (default: BOUNDED_AFFINITY's)")
     ap.add_argument("--quick", action="store_true", help="a first look: 200 requests, 2 engines unless --engines")
     ap.add_argument("--out", default=None, help="working folder (default: under the cache dir)")
     args = ap.parse_args(argv)
@@ -287,8 +335,10 @@ def main(argv=None) -> int:
             synth(cat, args.adapters, prefix="s/", rank=args.rank, progress=False)
             synth(cat, 2, prefix="probe/", rank=args.rank, progress=False)
     requests = zipf_requests(args.adapters, args.requests, args.seed)
+    learn_requests = zipf_requests(args.adapters, args.requests if args.learn_requests is None else args.learn_requests,
+                                   args.seed + 1)
 
-    bound = {k: v for k, v in (("load_factor", args.load_factor), ("abs_threshold", args.abs_threshold))
+    bound = {k: v for k, v in (("load_factor", args.inflight_load_factor), ("abs_threshold", args.abs_threshold))
              if v is not None}
     policies = {name: policy for name, policy in variants(bounded_affinity(**bound)).items() if name in args.variants}
     t0 = time.perf_counter()
@@ -297,13 +347,14 @@ def main(argv=None) -> int:
         for engines in args.engines:
             turn = rep % len(args.variants)
             for name in args.variants[turn:] + args.variants[:turn]:
-                runs.append({"repeat": rep, **run_config(model, catalog, requests, engines, name, policies[name],
-                                                         args, work)})
+                runs.append({"repeat": rep, **run_config(model, catalog, requests, learn_requests, engines, name,
+                                                         policies[name], args, work)})
     summary = {str(engines): summarize([r for r in runs if r["engines"] == engines]) for engines in args.engines}
     record = {
         "setup": {"model": "tiny llama, fp32, CPU", "gateway": "smg 1.13.0 + mint adapter-route middleware",
                   "engines": args.engines, "variants": {n: p.args() for n, p in policies.items()},
-                  "adapters": args.adapters,
+                  "placed_variant": PLACED, "load_factor": args.load_factor,
+                  "learn_requests": len(learn_requests), "adapters": args.adapters,
                   "rank": args.rank, "host_budget_per_engine": args.budget, "requests": args.requests,
                   "zipf_s": ZIPF_S, "concurrency": args.concurrency, "max_tokens": args.max_tokens,
                   "seed": args.seed, "repeats": args.repeats, "fresh_engines_per_configuration": True,

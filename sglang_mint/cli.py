@@ -20,6 +20,7 @@ COMMAND_GROUPS = [
     ("sglang_mint.packed.cli", "pack"),
     ("sglang_mint.usage.cli", "usage"),
     ("sglang_mint.capacity.cli", "plan"),
+    ("sglang_mint.gateway.cli", "gateway"),
 ]
 
 

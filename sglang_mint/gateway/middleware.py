@@ -157,6 +157,16 @@ def install_adapter_route(gateway_url: str, wasm_path: str | os.PathLike, timeou
     return result["Success"]
 
 
+def adapter_route_modules(gateway_url: str, timeout: float = 10.0) -> list[str]:
+    """SMG's ids of the adapter-route middleware modules attached now (``GET /wasm``)."""
+    try:
+        with urllib.request.urlopen(gateway_url.rstrip("/") + "/wasm", timeout=timeout) as r:
+            modules = json.loads(r.read())["modules"]
+    except OSError as exc:
+        raise GatewayError(f"cannot list SMG's middleware at {gateway_url}: {exc}") from None
+    return [m["module_uuid"] for m in modules if m.get("module_meta", {}).get("name") == MODULE_NAME]
+
+
 def remove_adapter_route(gateway_url: str, module_id: str, timeout: float = 30.0) -> None:
     """Detach a middleware module from SMG (``DELETE /wasm/<id>``)."""
     req = urllib.request.Request(f"{gateway_url.rstrip('/')}/wasm/{module_id}", method="DELETE")

@@ -27,8 +27,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from sglang_mint.gateway.middleware import (GatewayError, build_adapter_route, install_adapter_route,
-                                            remove_adapter_route, warm_adapter_route)
+from sglang_mint.gateway.middleware import (GatewayError, adapter_route_modules, build_adapter_route,
+                                            install_adapter_route, remove_adapter_route, warm_adapter_route)
 from sglang_mint.gateway.placement import DEFAULT_LOAD_FACTOR, Placement, place_adapters
 from sglang_mint.ports import free_port
 from sglang_mint.process import ManagedProcess
@@ -72,6 +72,25 @@ def bounded_affinity(load_factor: float = 1.1, abs_threshold: int = 0) -> Routin
 
 
 BOUNDED_AFFINITY = bounded_affinity()
+
+
+def rebalance(gateway_url: str, base_model: str, rates: dict[str, float],
+              load_factor: float = DEFAULT_LOAD_FACTOR) -> tuple[Placement, str]:
+    """Place adapters on the gateway's engines by request rate (placement.py) and route them there;
+    returns the placement and SMG's id of the new middleware.
+
+    The gateway must run ``--policy consistent_hashing`` (AFFINITY). The new adapter-route
+    middleware, carrying the moved adapters' routing keys, is built, attached and warmed before
+    the old ones are removed: meanwhile a request takes the old route or the new one, never
+    none. About 10 s to build and 20 s for SMG to compile, on 2 cores."""
+    workers = json.loads(urllib.request.urlopen(gateway_url.rstrip("/") + "/workers", timeout=10).read())["workers"]
+    placement = place_adapters(rates, [w["url"] for w in workers],
+                               [w["url"] for w in workers if w.get("is_healthy")], load_factor)
+    old = adapter_route_modules(gateway_url)
+    new_id = install_adapter_route(gateway_url, build_adapter_route(base_model, routing_keys=placement.routing_keys))
+    for module_id in old:
+        remove_adapter_route(gateway_url, module_id)
+    return placement, new_id
 
 
 def smg_executable() -> str:
@@ -135,25 +154,13 @@ class SMGGateway:
         return self.route_module_id
 
     def rebalance(self, rates: dict[str, float], load_factor: float = DEFAULT_LOAD_FACTOR) -> Placement:
-        """Place adapters on engines by request rate (placement.py) and route them there.
-
-        Needs ``policy=AFFINITY`` and :meth:`install_adapter_route` first. The new middleware,
-        carrying the moved adapters' routing keys, is built, attached and warmed before the old
-        one is removed: meanwhile a request takes the old route or the new one, never none.
-        Takes about 10 s to build and 20 s for SMG to compile, on 2 cores."""
+        """:func:`rebalance`, on this gateway (its policy must be AFFINITY)."""
         if self.base_model is None:
             raise GatewayError("rebalance needs the adapter-route middleware: call install_adapter_route first")
         if self.policy.name != AFFINITY.name:
             raise GatewayError(f"rebalance places adapters on SMG's consistent-hashing ring; this gateway's "
                                f"policy is {self.policy.name}")
-        workers = self.workers()
-        placement = place_adapters(rates, [w["url"] for w in workers],
-                                   [w["url"] for w in workers if w.get("is_healthy")], load_factor)
-        wasm = build_adapter_route(self.base_model, routing_keys=placement.routing_keys)
-        new_id = install_adapter_route(self.url, wasm)
-        if self.route_module_id is not None:
-            remove_adapter_route(self.url, self.route_module_id)
-        self.route_module_id = new_id
+        placement, self.route_module_id = rebalance(self.url, self.base_model, rates, load_factor)
         return placement
 
     def warm_adapter_route_in_background(self) -> Future:

@@ -34,9 +34,11 @@ from transformers import AutoTokenizer
 
 from sglang_mint.catalog import init_catalog, open_catalog
 from sglang_mint.catalog.synth import synth
+from sglang_mint.cli import main as cli_main
 from sglang_mint.dev.server import SGLangServer, free_port
 from sglang_mint.gateway.smg import SMGGateway
 from sglang_mint.gateway.smg_ring import SMGRing
+from sglang_mint.usage.ledger import read_usage
 from openai_jobs import answer_models
 from test_catalog_serving import PROMPT, complete, references
 
@@ -77,6 +79,7 @@ def engines(tiny_model, catalog, gateway, tmp_path_factory):
     # the AWS_* variables that point at moto come from the moto_server fixture's environment
     servers = [SGLangServer(tiny_model, extra_args=["--mint-catalog", catalog, "--mint-gateway", gateway.url,
                                                     "--mint-catalog-cache", str(logs / f"cache{i}"),
+                                                    "--mint-usage-dir", str(logs / "usage"),
                                                     "--max-loras-per-batch", "8"],
                             log_path=logs / f"engine{i}.log", python=sys.executable) for i in range(2)]
     errors = []
@@ -179,6 +182,31 @@ def test_zipf_requests_each_adapter_on_one_engine(client, engines, tiny_model, c
     # each adapter cold-loaded on exactly one engine, and both engines took a share
     assert sum(loads) == len(requested), (loads, len(requested))
     assert min(after[0]["requests"] - before[0]["requests"], after[1]["requests"] - before[1]["requests"]) > 50
+
+
+def test_rebalance_command_plans_from_the_engines_usage(engines, gateway, capsys):
+    """``mint gateway rebalance --dry-run`` reads the rates the engines wrote (the zipf storm above)
+    and plans shares within the bound; it moves adapters exactly when the ring's own shares are not
+    (engine ports differ per run: the ring's max/mean was 1.01 to 1.39 over gateway_bench runs)."""
+    usage_dir = engines[0].log_path.parent / "usage"
+    deadline = time.time() + 10
+    while sum(r["requests"] for r in read_usage(usage_dir, per_minute=False)) < N_REQUESTS and time.time() < deadline:
+        time.sleep(0.5)  # each engine appends what it counted every 2 s
+    rates = {r["adapter"]: r["requests"] for r in read_usage(usage_dir, per_minute=False) if r["adapter"]}
+    assert sum(rates.values()) >= N_REQUESTS
+    assert cli_main(["gateway", "rebalance", "--gateway", gateway.url, "--base-model", "tiny", "--usage-dir",
+                     str(usage_dir), "--load-factor", "1.05", "--dry-run"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["dry_run"] and plan["adapters"] == len(rates)
+    assert plan["planned_max_over_mean"] <= 1.05
+    ring = SMGRing([s.url for s in engines])
+    on_ring = [sum(n for a, n in rates.items() if ring.home(a) == s.url) for s in engines]
+    assert (max(on_ring) * 2 / sum(on_ring) > 1.05) == bool(plan["moved"])
+    assert all(ring.home(key) != ring.home(adapter) for adapter, key in plan["moved"].items())
+    assert len(gateway_modules(gateway)) == 1  # a dry run changes nothing
+    assert cli_main(["gateway", "rebalance", "--gateway", gateway.url, "--base-model", "tiny", "--usage-dir",
+                     str(usage_dir), "--window-minutes", "0", "--dry-run"]) == 2
+    assert "no adapter requests" in capsys.readouterr().err
 
 
 def test_publish_on_one_engine_is_served_by_both_within_a_second(engines, tiny_model, catalog, tiny_adapters,
