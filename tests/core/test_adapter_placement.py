@@ -7,7 +7,7 @@ tested against a running gateway in tests/sglang/test_gateway.py.
 from __future__ import annotations
 
 import random
-from collections import Counter
+from collections import Counter, OrderedDict
 
 import pytest
 
@@ -75,25 +75,61 @@ def zipf_stream(n_adapters: int, n: int, seed: int) -> list[str]:
 
 @pytest.mark.parametrize("engines", [2, 3])
 def test_placement_learned_on_one_stream_evens_the_next_and_moves_whole_adapters(engines):
-    urls = URLS[:engines]
-    ring = SMGRing(urls)
-    learned = Counter(zipf_stream(64, 2000, seed=1))
-    placement = place_adapters(learned, urls, load_factor=1.05)
-    assert placement.planned_max_over_mean <= 1.05 + 1e-9
-    for adapter, url in placement.engine_of.items():
-        key = placement.routing_keys.get(adapter, adapter)
-        assert ring.home(key) == url  # where SMG will send it
-        assert (adapter in placement.routing_keys) == (ring.home(adapter) != url)
-    assert placement.routing_keys  # consistent hashing alone is uneven here: something moved
+    """Over 8 rings (engine ports), each learned on 2,000 zipf requests and judged on the next 2,000."""
+    placed_shares, ring_shares = [], []
+    for trial in range(8):
+        urls = [f"http://127.0.0.1:{40000 + 10 * trial + i}" for i in range(engines)]
+        ring = SMGRing(urls)
+        placement = place_adapters(Counter(zipf_stream(64, 2000, seed=2 * trial + 1)), urls, load_factor=1.05)
+        assert placement.planned_max_over_mean <= 1.05 + 1e-9
+        for adapter, url in placement.engine_of.items():
+            key = placement.routing_keys.get(adapter, adapter)
+            assert ring.home(key) == url  # where SMG will send it
+            assert (adapter in placement.routing_keys) == (ring.home(adapter) != url)
+        stream = zipf_stream(64, 2000, seed=2 * trial)  # the next traffic, not the learned one
+        placed_shares.append(max_over_mean([placement.engine_of.get(a) or ring.home(a) for a in stream]))
+        ring_shares.append(max_over_mean([ring.home(a) for a in stream]))
+    # planned 1.05 on the learned rates; the next 2,000 requests differ from them by sampling alone
+    assert max(placed_shares) <= 1.2, placed_shares
+    assert sum(ring_shares) / 8 > 1.2 and sum(placed_shares) / 8 < 1.1, (ring_shares, placed_shares)
 
-    def max_over_mean(engine_of_request):
-        shares = Counter(engine_of_request)
-        return max(shares.values()) * engines / sum(shares.values())
 
-    stream = zipf_stream(64, 2000, seed=0)  # the next traffic, not the learned one
-    affinity = max_over_mean(ring.home(a) for a in stream)
-    placed = max_over_mean(placement.engine_of.get(a) or ring.home(a) for a in stream)
-    assert placed < 1.12 and placed < affinity - 0.05, (affinity, placed)
+def max_over_mean(engine_of_request: list[str]) -> float:
+    shares = Counter(engine_of_request)
+    return max(shares.values()) * len(shares) / sum(shares.values())
+
+
+def lru_cold_loads(stream: list[str], engine_of, slots: int = 8) -> Counter:
+    """Cold loads per engine of ``stream`` with an LRU of ``slots`` adapters on each engine."""
+    caches: dict[str, OrderedDict] = {}
+    loads = Counter()
+    for adapter in stream:
+        cache = caches.setdefault(engine_of(adapter), OrderedDict())
+        if adapter in cache:
+            cache.move_to_end(adapter)
+            continue
+        loads[engine_of(adapter)] += 1
+        cache[adapter] = None
+        if len(cache) > slots:
+            cache.popitem(last=False)
+    return loads
+
+
+@pytest.mark.parametrize("engines", [2, 3])
+def test_placement_deals_the_busiest_adapters_out_so_no_engine_takes_all_the_tail(engines):
+    """Placed along their ring walks, the busiest adapters fill the first engines' bounds and the
+    long tail, with its cold loads, goes to the rest. Dealt out, the busiest engine's share of cold
+    loads stays that of plain consistent hashing (8-adapter host caches, 8 rings)."""
+    placed, ring_only = [], []
+    for trial in range(8):
+        urls = [f"http://127.0.0.1:{41000 + 10 * trial + i}" for i in range(engines)]
+        ring = SMGRing(urls)
+        placement = place_adapters(Counter(zipf_stream(64, 2000, seed=100 + trial)), urls)
+        stream = zipf_stream(64, 2000, seed=200 + trial)
+        placed.append(max_over_mean(list(lru_cold_loads(
+            stream, lambda a: placement.engine_of.get(a) or ring.home(a)).elements())))
+        ring_only.append(max_over_mean(list(lru_cold_loads(stream, ring.home).elements())))
+    assert sum(placed) / 8 <= sum(ring_only) / 8 + 0.1, (placed, ring_only)
 
 
 def test_placement_skips_unhealthy_engines_and_checks_its_arguments():
@@ -117,7 +153,7 @@ def test_placement_keeps_an_adapter_home_when_it_cannot_move():
     placement = place_adapters(long_ids, URLS[:2], load_factor=1.0)
     assert not placement.routing_keys
     assert all(placement.engine_of[a] == URLS[0] for a in long_ids)
-    assert len(placement.unmovable) == 2  # half of them were over the bound at home
+    assert len(placement.unmovable) == 3  # each after the first wanted the other, empty, engine
 
 
 def test_placement_carries_at_most_max_moved_keys():

