@@ -8,9 +8,10 @@ import json
 DESCRIPTION = """\
 Even the engines' shares behind SMG without losing adapter affinity. Each adapter's request
 rate over the window is read from the engines' usage ledger; adapters are placed whole, the
-busiest first, each on the first engine of its consistent-hashing ring walk whose planned
-rate stays under --load-factor x the mean; those that move get a routing key that lands them
-there, baked into the gateway's adapter-route middleware, which is replaced without a gap.
+busiest first: one with at least 1/16 of an engine's share on the least loaded engine, any
+other on the first engine of its consistent-hashing ring walk whose planned rate stays under
+--load-factor x the mean. Those that move get a routing key that lands them there, baked
+into the gateway's adapter-route middleware, which is replaced without a gap.
 Adapters not seen in the window keep their ring engine. The gateway must run
 --policy consistent_hashing with --enable-wasm. Run it again as popularity shifts (for
 example every 10 minutes); each run takes about 30 s of the gateway host's CPU.

@@ -51,7 +51,8 @@ class RoutingPolicy:
 
 # Every request for one adapter on one engine (the routing key is the adapter id): an engine's
 # share is the luck of where the popular adapters hash, and the ring hangs on the engines' URLs
-# (max/mean 1.01 to 1.39 on 2 engines, 1.14 to 1.67 on 3, over gateway_bench runs).
+# (max/mean 1.01 to 1.59 on 2 engines, 1.14 to 1.81 on 3, over gateway_bench runs;
+# placement.py bounds it).
 AFFINITY = RoutingPolicy("consistent_hashing")
 
 
