@@ -43,12 +43,10 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
 
 def run_rebalance(args: argparse.Namespace) -> int:
     import time
-    import urllib.request
     from pathlib import Path
 
     from sglang_mint.errors import MintError
-    from sglang_mint.gateway.placement import place_adapters
-    from sglang_mint.gateway.smg import rebalance
+    from sglang_mint.gateway.smg import plan_placement, rebalance
     from sglang_mint.usage.ledger import read_usage
 
     if not Path(args.usage_dir).is_dir():
@@ -65,10 +63,7 @@ def run_rebalance(args: argparse.Namespace) -> int:
                         "nothing to place")
     try:
         if args.dry_run:
-            with urllib.request.urlopen(args.gateway.rstrip("/") + "/workers", timeout=10) as r:
-                workers = json.loads(r.read())["workers"]
-            placement = place_adapters(rates, [w["url"] for w in workers],
-                                       [w["url"] for w in workers if w.get("is_healthy")], args.load_factor)
+            placement = plan_placement(args.gateway, rates, args.load_factor)
         else:
             placement, _ = rebalance(args.gateway, args.base_model, rates, args.load_factor)
     except ValueError as exc:

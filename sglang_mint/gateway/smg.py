@@ -75,6 +75,15 @@ def bounded_affinity(load_factor: float = 1.1, abs_threshold: int = 0) -> Routin
 BOUNDED_AFFINITY = bounded_affinity()
 
 
+def plan_placement(gateway_url: str, rates: dict[str, float], load_factor: float = DEFAULT_LOAD_FACTOR) -> Placement:
+    """Where :func:`rebalance` would put each adapter on the gateway's engines now; changes nothing.
+    SMG's ring holds every registered worker; adapters go to the healthy ones."""
+    with urllib.request.urlopen(gateway_url.rstrip("/") + "/workers", timeout=10) as r:
+        workers = json.loads(r.read())["workers"]
+    return place_adapters(rates, [w["url"] for w in workers], [w["url"] for w in workers if w.get("is_healthy")],
+                          load_factor)
+
+
 def rebalance(gateway_url: str, base_model: str, rates: dict[str, float],
               load_factor: float = DEFAULT_LOAD_FACTOR) -> tuple[Placement, str]:
     """Place adapters on the gateway's engines by request rate (placement.py) and route them there;
@@ -84,9 +93,7 @@ def rebalance(gateway_url: str, base_model: str, rates: dict[str, float],
     middleware, carrying the moved adapters' routing keys, is built, attached and warmed before
     the old ones are removed: meanwhile a request takes the old route or the new one, never
     none. About 10 s to build and 20 s for SMG to compile, on 2 cores."""
-    workers = json.loads(urllib.request.urlopen(gateway_url.rstrip("/") + "/workers", timeout=10).read())["workers"]
-    placement = place_adapters(rates, [w["url"] for w in workers],
-                               [w["url"] for w in workers if w.get("is_healthy")], load_factor)
+    placement = plan_placement(gateway_url, rates, load_factor)
     old = adapter_route_modules(gateway_url)
     new_id = install_adapter_route(gateway_url, build_adapter_route(base_model, routing_keys=placement.routing_keys))
     for module_id in old:
