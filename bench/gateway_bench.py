@@ -5,9 +5,9 @@ Variants (``--variants``; SMG's ``--policy`` and its flags, sglang_mint/gateway/
     round_robin   requests dealt out in turn, the key ignored
     affinity      consistent_hashing on the key: every request for one adapter on one engine
     bounded       affinity, then whole adapters placed by their request rate in the learning
-                  phase (SMGGateway.rebalance, gateway/placement.py: an engine takes adapters, the
-                  busiest first, until its rate is --load-factor x the mean; the rest go on along
-                  their ring walk), read from the engines' usage ledger
+                  phase, read from the engines' usage ledger (SMGGateway.rebalance,
+                  gateway/placement.py: the busiest dealt out to the least loaded engine, the
+                  rest along their ring walk while an engine stays under --load-factor x the mean)
     inflight      prefix_hash on the key with a bound on requests in flight (bounded_affinity():
                   the ring's engine while its in-flight count is at most --inflight-load-factor x
                   the mean, else the next one): single requests walk, not adapters
@@ -79,7 +79,7 @@ from sglang_mint.dev.cpu_env import default_cache_dir
 from sglang_mint.dev.server import SGLangServer, free_port
 from sglang_mint.gateway.placement import DEFAULT_LOAD_FACTOR
 from sglang_mint.gateway.smg import AFFINITY, RoutingPolicy, SMGGateway, bounded_affinity
-from sglang_mint.usage.ledger import read_usage
+from sglang_mint.usage.ledger import requests_by_adapter
 
 PROMPT = "the quick brown fox"
 BASE = "tiny"
@@ -160,10 +160,7 @@ def learned_rates(usage_dir: Path, expected: int, timeout: float = 30.0) -> dict
     (each engine appends what it counted every 2 s)."""
     deadline = time.monotonic() + timeout
     while True:
-        rates: dict[str, float] = {}
-        for row in read_usage(usage_dir, per_minute=False):
-            if row["adapter"] and row["adapter"].startswith("s/"):
-                rates[row["adapter"]] = rates.get(row["adapter"], 0.0) + row["requests"]
+        rates = {a: n for a, n in requests_by_adapter(usage_dir).items() if a.startswith("s/")}
         if sum(rates.values()) >= expected or time.monotonic() > deadline:
             return rates
         time.sleep(0.5)

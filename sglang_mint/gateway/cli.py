@@ -47,17 +47,14 @@ def run_rebalance(args: argparse.Namespace) -> int:
 
     from sglang_mint.errors import MintError
     from sglang_mint.gateway.smg import plan_placement, rebalance
-    from sglang_mint.usage.ledger import read_usage
+    from sglang_mint.usage.ledger import requests_by_adapter
 
     if not Path(args.usage_dir).is_dir():
         raise MintError(f"--usage-dir {args.usage_dir}: no such folder (engines write their ledger to "
                         "--mint-usage-dir)")
     if args.load_factor < 1.0:
         raise MintError(f"--load-factor {args.load_factor}: must be at least 1.0")
-    rates: dict[str, float] = {}
-    for row in read_usage(args.usage_dir, since=time.time() - args.window_minutes * 60, per_minute=False):
-        if row["adapter"]:
-            rates[row["adapter"]] = rates.get(row["adapter"], 0.0) + row["requests"]
+    rates = requests_by_adapter(args.usage_dir, since=time.time() - args.window_minutes * 60)
     if not rates:
         raise MintError(f"no adapter requests in {args.usage_dir} over the last {args.window_minutes:g} minutes: "
                         "nothing to place")

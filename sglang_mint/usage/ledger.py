@@ -158,3 +158,14 @@ def read_usage(directory: str | os.PathLike, adapter: str | None = None, since: 
         return [{"adapter": a, "revision": r, "minute": m, **dict(zip(FIELDS, c))} for (a, r, m), c in ordered]
     ordered = sorted(rows.items(), key=lambda kv: (-kv[1][0], kv[0][0] or "", kv[0][1] or 0))
     return [{"adapter": a, "revision": r, **dict(zip(FIELDS, c))} for (a, r, _), c in ordered]
+
+
+def requests_by_adapter(directory: str | os.PathLike, since: float | None = None,
+                        until: float | None = None) -> dict[str, int]:
+    """Requests per adapter id over the span, every revision summed; the base model left out
+    (the request rates gateway/placement.py places adapters by)."""
+    counts: dict[str, int] = {}
+    for row in read_usage(directory, since=since, until=until, per_minute=False):
+        if row["adapter"] is not None:
+            counts[row["adapter"]] = counts.get(row["adapter"], 0) + row["requests"]
+    return counts

@@ -38,7 +38,7 @@ from sglang_mint.cli import main as cli_main
 from sglang_mint.dev.server import SGLangServer, free_port
 from sglang_mint.gateway.smg import SMGGateway
 from sglang_mint.gateway.smg_ring import SMGRing
-from sglang_mint.usage.ledger import read_usage
+from sglang_mint.usage.ledger import requests_by_adapter
 from openai_jobs import answer_models
 from test_catalog_serving import PROMPT, complete, references
 
@@ -190,9 +190,9 @@ def test_rebalance_command_plans_from_the_engines_usage(engines, gateway, capsys
     (engine ports differ per run: the ring's max/mean was 1.01 to 1.39 over gateway_bench runs)."""
     usage_dir = engines[0].log_path.parent / "usage"
     deadline = time.time() + 10
-    while sum(r["requests"] for r in read_usage(usage_dir, per_minute=False)) < N_REQUESTS and time.time() < deadline:
+    while sum(requests_by_adapter(usage_dir).values()) < N_REQUESTS and time.time() < deadline:
         time.sleep(0.5)  # each engine appends what it counted every 2 s
-    rates = {r["adapter"]: r["requests"] for r in read_usage(usage_dir, per_minute=False) if r["adapter"]}
+    rates = requests_by_adapter(usage_dir)
     assert sum(rates.values()) >= N_REQUESTS
     assert cli_main(["gateway", "rebalance", "--gateway", gateway.url, "--base-model", "tiny", "--usage-dir",
                      str(usage_dir), "--load-factor", "1.05", "--dry-run"]) == 0

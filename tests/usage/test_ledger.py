@@ -7,7 +7,8 @@ import threading
 
 import pytest
 
-from sglang_mint.usage.ledger import FIELDS, UsageLedger, minute_text, parse_moment, read_usage
+from sglang_mint.usage.ledger import (FIELDS, UsageLedger, minute_text, parse_moment, read_usage,
+                                      requests_by_adapter)
 
 T0 = parse_moment("2026-12-05T04:17:10Z")
 
@@ -60,6 +61,9 @@ def test_deltas_from_flushes_and_engines_sum_to_one_row_per_minute(tmp_path):
     assert [r["minute"] for r in read_usage(tmp_path, since=T0 + 50)] == ["2026-12-05T04:18:00Z"]
     assert [r["adapter"] for r in read_usage(tmp_path, until=T0 + 50)] == [None, "acme/bot"]
     assert read_usage(tmp_path, adapter="acme/other") == []
+    # the placement's rates: requests per adapter, revisions summed, the base model left out
+    assert requests_by_adapter(tmp_path) == {"acme/bot": 4}
+    assert requests_by_adapter(tmp_path, since=T0 + 50) == {"acme/bot": 1}
 
 
 def test_a_line_cut_short_is_skipped_and_the_rest_is_read(tmp_path):
