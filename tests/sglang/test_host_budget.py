@@ -106,7 +106,7 @@ def test_padded_adapters_are_charged_what_they_hold(tiny_model, catalog, tmp_pat
     # Each adapter holds about 8x its file: a budget charged file bytes lets all six in at once.
     assert after["host_peak_bytes"] <= budget + one_adapter, (after, one_adapter)
     assert after["host_bytes"] >= 2 * one_adapter, after  # it did fill up: at least two resident
-    grown = after["pss_bytes"] - before["pss_bytes"]
+    grown = after["pss_data_bytes"] - before["pss_data_bytes"]
     assert grown == pytest.approx(after["host_bytes"] - before["host_bytes"], rel=0.2), (grown, before, after)
 
 
@@ -229,5 +229,5 @@ def test_per_expert_moe_adapters_are_charged_what_they_hold(moe_loads):
 
 def test_per_expert_moe_host_bytes_agree_with_pss(moe_loads):
     _, _, before, after, _ = moe_loads
-    grown = after["pss_bytes"] - before["pss_bytes"]
+    grown = after["pss_data_bytes"] - before["pss_data_bytes"]
     assert grown == pytest.approx(after["host_bytes"] - before["host_bytes"], rel=0.2), (grown, before, after)
