@@ -13,20 +13,25 @@ import sys
 
 import torch
 
-from sglang_mint.residency.host_bytes import proportional_data_size, proportional_set_size
+from sglang_mint.residency.host_bytes import proportional_sizes
 
 SHARERS = 3
 MIB = 1 << 20
 
 
+def sizes() -> tuple[int, int]:
+    s = proportional_sizes()
+    return s["pss_bytes"], s["pss_data_bytes"]
+
+
 def test_data_size_ignores_libraries_that_other_processes_map():
-    alone = proportional_set_size(), proportional_data_size()
+    alone = sizes()
     sharers = [subprocess.Popen([sys.executable, "-c", "import sys, torch; sys.stdout.write('up\\n'); "
                                  "sys.stdout.flush(); sys.stdin.read()"],
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) for _ in range(SHARERS)]
     try:
         assert all(p.stdout.readline() == "up\n" for p in sharers)
-        shared = proportional_set_size(), proportional_data_size()
+        shared = sizes()
     finally:
         for p in sharers:
             p.stdin.close()
@@ -38,8 +43,8 @@ def test_data_size_ignores_libraries_that_other_processes_map():
 
 
 def test_data_size_counts_what_this_process_holds():
-    before = proportional_data_size()
+    before = sizes()[1]
     held = torch.ones(64 * MIB // 4)  # 64 MiB, every page written
-    grown = proportional_data_size() - before
+    grown = sizes()[1] - before
     assert 60 * MIB < grown < 68 * MIB, grown
     del held
