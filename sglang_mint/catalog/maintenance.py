@@ -48,9 +48,9 @@ def collect_garbage(catalog: "Catalog", grace_s: float) -> dict:
 def verify_catalog(catalog: "Catalog", rehash: bool) -> dict:
     """Check the metadata, reference counts and every referenced blob (re-hashed unless ``rehash``
     is False). ``problems`` empty means consistent; ``unreferenced_blobs`` and ``temp_files`` are
-    garbage for gc, not errors. A blob of a revision published with durable=false that is not
-    stored yet (or never will be: the server stopped first) is listed in ``not_durable``, not a
-    problem: such a revision is never served from the catalog."""
+    garbage for gc, not errors. A revision published with durable=false that is not stored yet
+    (or never will be: the server stopped first) has no blobs or digests recorded and is listed
+    in ``not_durable``, not a problem: such a revision is never served from the catalog."""
     store, blobs = catalog.store, catalog.blobs
     problems = list(store.check())
     known = dict(store.referenced_digests())

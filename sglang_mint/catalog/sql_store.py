@@ -281,8 +281,9 @@ class SqlMetadataStore(MetadataStore):
                         "revisions are immutable, publish a new one")
                 raise RevisionConflict(
                     f"cannot publish revision {expect_revision} of {adapter_id!r}: the next revision is {latest + 1}")
-            same = run(c, "SELECT revision FROM revisions WHERE adapter_id = ? AND content_digest = ?",
-                       (adapter_id, record.content_digest)).fetchone()
+            same = None if not record.files else run(  # durable=false: no digest yet (Catalog._publish)
+                c, "SELECT revision FROM revisions WHERE adapter_id = ? AND content_digest = ?",
+                (adapter_id, record.content_digest)).fetchone()
             if same:
                 raise RevisionConflict(
                     f"{adapter_id!r} revision {same[0]} already has this exact content "
@@ -326,10 +327,14 @@ class SqlMetadataStore(MetadataStore):
             raise RevisionConflict(f"adapter {taken!r} already exists; bulk insert adds new adapters only") from None
         return len(items)
 
-    def mark_durable(self, adapter_id: str, revision: int) -> None:
+    def mark_durable(self, adapter_id: str, revision: int, files: dict[str, str], content_digest: str) -> None:
         with self._write() as c:
-            self.dialect.execute(c, "UPDATE revisions SET durable = TRUE WHERE adapter_id = ? AND revision = ?",
-                                 (adapter_id, revision))
+            done = self.dialect.execute(
+                c, "UPDATE revisions SET durable = TRUE, files = ?, content_digest = ? "
+                   "WHERE adapter_id = ? AND revision = ? AND durable = FALSE",
+                (json.dumps(files, sort_keys=True), content_digest, adapter_id, revision)).rowcount
+            if done:  # else stored already, or purged meanwhile: no references to add
+                self.dialect.executemany(c, _ADD_REF, [(d,) for d in sorted(files.values())])
 
     def set_current(self, adapter_id: str, pick) -> int:
         run = self.dialect.execute

@@ -168,8 +168,9 @@ class MetadataStore(abc.ABC):
         """(adapter id, revision, files) of every revision whose blobs are not stored yet."""
 
     @abc.abstractmethod
-    def mark_durable(self, adapter_id: str, revision: int) -> None:
-        """Record that the blobs of a revision published with durable=false are now stored."""
+    def mark_durable(self, adapter_id: str, revision: int, files: dict[str, str], content_digest: str) -> None:
+        """Record that the blobs of a revision published with durable=false are now stored, with
+        their digests ({file name: sha256}) and the revision's content digest, in one transaction."""
 
     @abc.abstractmethod
     def get_revision(self, adapter_id: str, revision: int) -> Revision | None: ...

@@ -56,7 +56,7 @@ class MintAPIError(MintError):
 class Published:
     adapter_id: str
     revision: int
-    digest: str
+    digest: str | None  # None for durable=False: the server hashes the files when it stores them
     format: str = "peft"
 
     @property

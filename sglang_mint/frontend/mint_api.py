@@ -156,7 +156,8 @@ def _flag(fields: dict, name: str, default: bool | None) -> bool | None:
 
 
 def _revision_json(rev) -> dict:
-    return {"adapter_id": rev.adapter_id, "revision": rev.revision, "digest": rev.content_digest,
+    # "digest" is null for a durable=false revision: its files are hashed when they are stored.
+    return {"adapter_id": rev.adapter_id, "revision": rev.revision, "digest": rev.content_digest or None,
             "format": rev.format, "durable": rev.durable}
 
 

@@ -16,6 +16,7 @@ import pytest
 from catalog_fixtures import write_peft
 
 from sglang_mint.adapters.errors import InvalidAdapter
+from sglang_mint.catalog.catalog import PENDING_DIGEST
 from sglang_mint.catalog.upload import publish_files
 
 
@@ -65,30 +66,53 @@ def test_a_safetensors_header_above_the_reference_parsers_limit_is_refused_unrea
 
 def test_a_revision_recorded_before_its_blobs_is_not_durable_until_they_are_stored(cat, tmp_path):
     """durable=false (frontend/staged_revisions.py): the revision is recorded, with compare-and-set,
-    before its blobs exist; store_blobs completes it. Meanwhile latest_durable names the one before it,
-    verify lists it as not durable rather than as damage, and a digest taken while receiving is used."""
+    before its blobs exist and before its files are hashed; store_blobs hashes and completes it.
+    Meanwhile latest_durable names the one before it, verify lists it as not durable rather than as
+    damage, and a digest taken while receiving is handed on to the store."""
     first = publish_files(cat, "rl/p", files_of(write_peft(tmp_path / "one", rank=2, seed=1)))
     folder = write_peft(tmp_path / "two", rank=2, seed=2)
     weights = os.path.join(folder, "adapter_model.safetensors")
     digest = hashlib.sha256(open(weights, "rb").read()).hexdigest()
     handed = {}
 
-    def stage(rev, payload):
-        handed.update(payload)
+    def stage(rev, payload, known):
+        handed.update(payload=payload, known=known)
         return rev
 
     second = publish_files(cat, "rl/p", files_of(folder), expect_revision=2, stage=stage,
                            digests={"adapter_model.safetensors": digest})
     assert (second.revision, second.durable, first.durable) == (2, False, True)
-    assert second.files["adapter_model.safetensors"] == digest and not cat.blobs.exists(digest)
+    assert (second.files, second.content_digest) == ({}, PENDING_DIGEST) and not cat.blobs.exists(digest)
+    assert handed["known"] == {"adapter_model.safetensors": digest}
     assert cat.resolve("rl/p") == second and cat.latest_durable("rl/p", 2) == first
     report = cat.verify()
     assert report["ok"] and report["not_durable"] == ["rl/p@2"], report
     with pytest.raises(Exception, match="revision 2 of .rl/p. already exists"):
         publish_files(cat, "rl/p", files_of(write_peft(tmp_path / "three", rank=2, seed=3)), expect_revision=2)
 
-    cat.store_blobs(second, handed)
-    assert cat.resolve("rl/p").durable and cat.blobs.read(digest) == open(weights, "rb").read()
-    assert cat.latest_durable("rl/p", 3) == second
+    stored = cat.store_blobs(second, handed["payload"], handed["known"])
+    assert stored.durable and stored.files["adapter_model.safetensors"] == digest
+    assert stored.content_digest not in (PENDING_DIGEST, first.content_digest)
+    assert cat.resolve("rl/p") == stored and cat.blobs.read(digest) == open(weights, "rb").read()
+    assert cat.latest_durable("rl/p", 3) == stored
     report = cat.verify()
     assert report["ok"] and report["not_durable"] == [], report
+
+
+def test_a_durable_false_revision_may_repeat_content_and_is_counted_once_stored(cat, tmp_path):
+    """The check that refuses a revision holding an earlier one's content needs the digest, which a
+    durable=false publish takes only after its answer: such a revision is accepted, and once stored
+    its blob is shared and counted like any other (verify recounts every reference)."""
+    folder = write_peft(tmp_path / "one", rank=2, seed=1)
+    first = publish_files(cat, "rl/p", files_of(folder))
+    with pytest.raises(Exception, match="already has this exact content"):
+        publish_files(cat, "rl/p", files_of(folder))
+    handed = {}
+    again = publish_files(cat, "rl/p", files_of(folder), stage=lambda rev, payload, known: handed.update(
+        payload=payload, known=known) or rev)
+    assert again.revision == 2 and cat.verify()["ok"]
+    stored = cat.store_blobs(again, handed["payload"], handed["known"])
+    assert stored.content_digest == first.content_digest and stored.files == first.files
+    report = cat.verify()
+    assert report["ok"] and report["not_durable"] == [], report
+    assert dict(cat.store.referenced_digests())[first.files["adapter_model.safetensors"]] == 2

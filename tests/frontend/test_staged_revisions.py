@@ -127,3 +127,30 @@ def test_a_starting_frontend_removes_the_roots_of_frontends_that_are_gone(tmp_pa
     assert not any(os.path.exists(r) for r in gone)
     zombie.wait()
     assert all(os.path.exists(os.path.join(r, "staged", "0", "adapter_model.safetensors")) for r in kept)
+
+
+def test_blobs_are_hashed_and_stored_at_the_lowest_cpu_priority(staged, tmp_path, monkeypatch):
+    """The store thread (hashing, copying, fsync) yields the CPU to the engine's serving. A stand-in
+    catalog records the nice value of the thread that stores: the thread is what is tested here;
+    tests/sglang/test_durable_later.py stores through a real server."""
+    import sglang_mint.frontend.staged_revisions as module
+    from sglang_mint.catalog.store import Revision
+
+    monkeypatch.setattr(module, "STORE_AFTER_S", 0.0)
+    mine = os.getpriority(os.PRIO_PROCESS, 0)  # this thread's (19 in make test's fast lane)
+    seen = []
+
+    class Catalog:
+        views = str(tmp_path / "views")
+
+        def store_blobs(self, rev, payload, known):
+            seen.append((os.getpriority(os.PRIO_PROCESS, 0), sorted(payload), known))
+            return rev
+
+    rev = Revision("rl/p", 1, 0.0, "peft", 2, 2.0, "q_proj", "float32", 2, "{}", "", "{}", durable=False)
+    staged.stage(Catalog(), rev, {"adapter_config.json": b"{}"}, {"adapter_config.json": "0" * 64})
+    deadline = time.monotonic() + 10
+    while not seen and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert seen == [(19, ["adapter_config.json"], {"adapter_config.json": "0" * 64})]
+    assert os.getpriority(os.PRIO_PROCESS, 0) == mine  # this thread, and so the serving ones, untouched
