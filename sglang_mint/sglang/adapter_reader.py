@@ -22,12 +22,14 @@ def read_adapter(manager, catalog, lora_id: str, rev):
 
     # A revision published with durable=false is read from its staged folder in shared memory
     # (frontend/staged_revisions.py) until that goes, a while after its blobs are stored.
-    path = rev.staged if rev.staged and os.path.isdir(rev.staged) else str(catalog.local_path(rev))
+    staged = bool(rev.staged) and os.path.isdir(rev.staged)
+    path = rev.staged if staged else str(catalog.local_path(rev))
     config = LoRAConfig(path, base_vocab_size=manager.base_hf_config.vocab_size)
     tensors = None
     if packed_path(path) is None:
         where = f"adapter {rev.adapter_id!r} revision {rev.revision}"
-        uniform_config, tensors = load_for_serving(path, config.hf_config, catalog.base, where)
+        # A staged file is in shared memory: mapped, not copied (peft.map_safetensors).
+        uniform_config, tensors = load_for_serving(path, config.hf_config, catalog.base, where, mapped=staged)
         if uniform_config is not config.hf_config:
             config.hf_config = uniform_config
             config.r, config.lora_alpha = uniform_config["r"], uniform_config["lora_alpha"]
@@ -49,7 +51,20 @@ def read_adapter(manager, catalog, lora_id: str, rev):
         # its model-weight iterator, which starts a thread pool per file: each handoff
         # then waits out the busy scheduler loop's GIL slice (tens of ms per tiny adapter).
         adapter.initialize_weights_from_tensors(tensors)
+        if staged:
+            own_weights(adapter, tensors)
     return adapter, adapter_host_bytes(adapter)
+
+
+def own_weights(adapter, read: dict) -> None:
+    """Copy each weight of ``adapter`` that is still a view of the ``read`` tensors' storage (what
+    SGLang did not stack, about a third of a dense adapter), so that the mapping they view goes
+    with ``read`` and the adapter holds what a read would have given it, no more."""
+    mapped = {t.untyped_storage().data_ptr() for t in read.values()}
+    for layer in adapter.layers:
+        for name, t in layer.weights.items():
+            if t.untyped_storage().data_ptr() in mapped:
+                layer.weights[name] = t.clone()
 
 
 def attach_adapter(manager, share, lora_id: str, seq: int):

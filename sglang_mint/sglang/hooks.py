@@ -134,6 +134,9 @@ INTERNALS: tuple[Internal, ...] = (
              "slot; when the one-copy packed fill applies", "lora_info, packed_pool"),
     Internal("scheduler", "sglang.srt.lora.mem_pool", "_SGLANG_EXPERIMENTAL_LORA_OPTI, copy_weight_into_buffer",
              "how the packed fill zeroes B, and the copy it counts through", "packed_pool"),
+    Internal("scheduler", "sglang.srt.lora.lora.LoRAAdapter", "initialize_weights_from_tensors", "builds a "
+             "catalog adapter from the tensors read here; its layers[].weights are counted (residency/host_bytes) "
+             "and copied where they still view a mapped staged file", "adapter_reader"),
     Internal("scheduler", "moe_layer", "_uses_interleaved_gate_up", "the gate/up layout of an expert layer",
              "mint_moe, packed_pool"),
     Internal("scheduler", "sglang.srt.lora.lora_moe_runners", "_naive_moe_lora_align_block_size", "SGLang's CPU "

@@ -1,16 +1,22 @@
-"""A cold load reads an adapter's weights with one copy (adapters/peft.py: read_safetensors)."""
+"""A cold load reads an adapter's weights with one copy (adapters/peft.py: read_safetensors), or,
+for a revision staged in shared memory, maps them (map_safetensors) and copies only what SGLang
+does not stack (sglang/adapter_reader.own_weights)."""
 
 from __future__ import annotations
 
 import struct
 import tracemalloc
+from types import SimpleNamespace
 
 import pytest
 import torch
 from safetensors.torch import load, save_file
 
 from sglang_mint.adapters.errors import InvalidAdapter
-from sglang_mint.adapters.peft import read_safetensors
+from sglang_mint.adapters.peft import map_safetensors, read_safetensors
+from sglang_mint.sglang.adapter_reader import own_weights
+
+READERS = pytest.mark.parametrize("reader", [read_safetensors, map_safetensors])
 
 
 @pytest.fixture
@@ -26,9 +32,10 @@ def weights(tmp_path):
     return path, tensors
 
 
-def test_equals_safetensors_own_reader_tensor_for_tensor(weights):
+@READERS
+def test_equals_safetensors_own_reader_tensor_for_tensor(weights, reader):
     path, tensors = weights
-    got, theirs = read_safetensors(str(path), "x"), load(path.read_bytes())
+    got, theirs = reader(str(path), "x"), load(path.read_bytes())
     assert set(got) == set(theirs) == set(tensors)
     for name, t in theirs.items():
         assert got[name].dtype == t.dtype and got[name].shape == t.shape
@@ -70,9 +77,35 @@ def test_a_tensor_kept_alone_holds_its_own_bytes_not_the_file(tmp_path):
     (lambda b: struct.pack("<Q", 10**12) + b[8:], "header of 1000000000000 bytes"),
     (lambda b: b[:8] + b"!" + b[9:], "corrupt safetensors header"),
 ])
-def test_a_damaged_file_is_an_invalid_adapter_naming_it(weights, tmp_path, change, message):
+@READERS
+def test_a_damaged_file_is_an_invalid_adapter_naming_it(weights, tmp_path, change, message, reader):
     path = tmp_path / "damaged.safetensors"
     path.write_bytes(change(weights[0].read_bytes()))
     with pytest.raises(InvalidAdapter, match="^adapter acme/bot revision 3: ") as e:
-        read_safetensors(str(path), "adapter acme/bot revision 3")
+        reader(str(path), "adapter acme/bot revision 3")
     assert message in str(e.value)
+
+
+def test_a_mapped_file_is_viewed_not_copied_and_its_writes_stay_private(weights):
+    path, tensors = weights
+    got = map_safetensors(str(path), "x")
+    storages = {t.untyped_storage().data_ptr() for t in got.values() if t.numel()}
+    assert len(storages) == 1  # one mapping, no copy
+    before = path.read_bytes()
+    got["half"].mul_(2)  # SGLang may scale in place: copy-on-write, the staged file is unchanged
+    assert path.read_bytes() == before and not torch.equal(got["half"], tensors["half"])
+
+
+def test_own_weights_copies_what_still_views_the_mapping(weights):
+    """What SGLang stacked is new memory and stays; what it kept as it was views the mapping and is
+    copied, so the adapter holds no view of the file (that would keep all of it mapped)."""
+    path, tensors = weights
+    got = map_safetensors(str(path), "x")
+    qkv = torch.cat([got[k] for k in sorted(got) if k.endswith("lora_A.weight")])  # stacked: new memory
+    layer = SimpleNamespace(weights={"qkv_proj.lora_A": qkv, "half": got["half"], "bf16": got["bf16"]})
+    own_weights(SimpleNamespace(layers=[layer]), got)
+    mapping = got["half"].untyped_storage().data_ptr()
+    assert all(t.untyped_storage().data_ptr() != mapping for t in layer.weights.values())
+    assert layer.weights["qkv_proj.lora_A"] is qkv
+    assert torch.equal(layer.weights["half"], tensors["half"]) and torch.equal(layer.weights["bf16"], tensors["bf16"])
+    assert layer.weights["half"].untyped_storage().nbytes() == tensors["half"].numel() * 2  # its bytes, not the file
