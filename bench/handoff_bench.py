@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -279,15 +280,22 @@ def main() -> int:
     if "b" in cases and a.probe_fd_sharing:
         notes["fd_sharing_probe"] = probe_fd_strategy(model_dir, trainers[0])
         print("file_descriptor sharing:", notes["fd_sharing_probe"], flush=True)
+    # Case c writes gigabytes of merged checkpoints: it runs last, and every case starts once the
+    # page cache has written back what the one before it left (os.sync): at 54da9ea, with c
+    # between b and a, the writeback of c's checkpoints lasted into a, whose r64 median rose
+    # from 0.71 to 0.80 s (min 0.60).
     if "b" in cases:
         for t in trainers:
+            os.sync()
             results[f"r{t.rank}"]["stock"] = case_stock(model_dir, t, prompt_ids, a.reps, payloads)
-    if "c" in cases:
-        for rk, res in case_full(model_dir, trainers, prompt_ids, a.reps, workdir, modes).items():
-            results[rk]["full"] = res
     if "a" in cases:
         for t in trainers:
+            os.sync()
             results[f"r{t.rank}"]["mint"] = case_mint(model_dir, t, prompt_ids, a.reps, workdir, mint_variants)
+    if "c" in cases:
+        os.sync()
+        for rk, res in case_full(model_dir, trainers, prompt_ids, a.reps, workdir, modes).items():
+            results[rk]["full"] = res
     for res in results.values():
         res["cross_case_max_logprob_gap"] = cross_case_agreement(dict(res))
         res["ratios"] = ratios(res)
