@@ -108,7 +108,8 @@ class CatalogNames:
         if rev.durable:
             return rev
         why = (f"revision {rev.revision} of {rev.adapter_id!r} was published with durable=false and its weights "
-               "are not stored: the server that received them stopped first, or is storing them now")
+               "are not stored: the server that received them stopped first, is storing them now, or "
+               "did not store them because a newer durable=false revision superseded it")
         older = None if pinned else self.catalog.latest_durable(rev.adapter_id, rev.revision)
         if older is None:
             raise RevisionNotServable(f"{why}; publish it again")

@@ -20,7 +20,13 @@ scheduler reading that blob back. With ``durable=false``:
    the revision durable with their digests, ``STORE_AFTER_S`` after the answer:
    the hashing, the copy and its fsync then stay off the path of the revision's
    first requests (on one disk, an fsync of the blob held up the next
-   publish's catalog commit). Until then only this
+   publish's catalog commit). A revision superseded by then (a newer one of
+   the same adapter was published here with durable=false) is never stored,
+   unless its adapter has gone ``MAX_UNSTORED_S`` without a store: an RL loop
+   publishing a policy every step stores its latest policy once it pauses, and
+   one at least every minute while it runs, not every step's blob (112 MB at
+   rank 64 of a 2.7 GB Llama; on 2 cores, storing each at nice 19 still slowed
+   the next requests by 10-20%). Until it is stored only this
    process serves it: another engine, or this one after a restart, resolves the
    adapter to its latest durable revision before it (frontend/catalog_names.py),
    and ``<id>@<n>`` of a revision that was never stored is a 404 saying why.
@@ -65,7 +71,8 @@ logger = logging.getLogger("sglang_mint")
 SHARED_MEMORY = "/dev/shm"
 GRACE_S = 5.0
 SHM_UPLOAD_MAX_BYTES = 512 << 20
-STORE_AFTER_S = 1.0
+STORE_AFTER_S = 5.0
+MAX_UNSTORED_S = 60.0
 SHM_HEADROOM_BYTES = 1 << 30  # an upload goes to shared memory only if this much stays free beside it
 ORPHAN_AGE_S = 24 * 3600  # a root without an owner file, unchanged this long, is removed
 OWNER = "owner"
@@ -100,7 +107,9 @@ class StagedRevisions:
         self._expiring: list[tuple[float, tuple[str, int], str]] = []
         self._numbers = itertools.count()
         self._worker: threading.Thread | None = None
-        self.stored_total = self.failed_total = 0
+        self._newest: dict[str, int] = {}  # adapter id -> its newest revision staged here
+        self._unstored_since: dict[str, float] = {}  # adapter id -> when it was last stored (or first staged)
+        self.stored_total = self.failed_total = self.superseded_total = 0
 
     def receive_folder(self, declared_bytes: int | None, fallback: str) -> str:
         """Where an upload of ``declared_bytes`` (None: unknown) is received: shared memory when it
@@ -178,6 +187,8 @@ class StagedRevisions:
         staged = Revision(*rev.__reduce__()[1][:-1], staged=folder, catalog=catalog)
         with self._lock:
             self._records[(rev.adapter_id, rev.revision)] = staged
+            self._newest[rev.adapter_id] = max(self._newest.get(rev.adapter_id, 0), rev.revision)
+            self._unstored_since.setdefault(rev.adapter_id, time.monotonic())
             if self._worker is None:
                 self._worker = threading.Thread(target=self._store_forever, name="mint-durable", daemon=True)
                 self._worker.start()
@@ -195,6 +206,12 @@ class StagedRevisions:
                 continue
             time.sleep(max(0.0, answered + delay - time.monotonic()))
             key = (rev.adapter_id, rev.revision)
+            if self._superseded(key):  # never stored: served from its staged folder until that goes
+                self.superseded_total += 1
+                with self._lock:
+                    self._expiring.append((time.monotonic() + self.grace_s, key, rev.staged))
+                self._expire()
+                continue
             try:
                 stored = catalog.store_blobs(rev, files, known)
             except Exception as exc:  # noqa: BLE001 - the revision stays not durable, served here only
@@ -205,9 +222,21 @@ class StagedRevisions:
             self.stored_total += 1
             stored.staged = rev.staged  # durable now; still read from the staged folder a while
             with self._lock:
+                if self._newest[rev.adapter_id] > rev.revision:
+                    self._unstored_since[rev.adapter_id] = time.monotonic()
+                else:
+                    self._unstored_since.pop(rev.adapter_id, None)
                 self._records[key] = stored
                 self._expiring.append((time.monotonic() + self.grace_s, key, rev.staged))
             self._expire()
+
+    def _superseded(self, key: tuple[str, int]) -> bool:
+        """Whether revision ``key`` need not be stored: a newer revision of its adapter was staged here
+        since, and the adapter was stored (or first staged) less than MAX_UNSTORED_S ago."""
+        adapter_id, revision = key
+        with self._lock:
+            return (self._newest[adapter_id] > revision
+                    and time.monotonic() - self._unstored_since[adapter_id] < MAX_UNSTORED_S)
 
     def _expire(self) -> None:
         now = time.monotonic()

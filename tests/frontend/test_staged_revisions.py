@@ -154,3 +154,48 @@ def test_blobs_are_hashed_and_stored_at_the_lowest_cpu_priority(staged, tmp_path
         time.sleep(0.01)
     assert seen == [(19, ["adapter_config.json"], {"adapter_config.json": "0" * 64})]
     assert os.getpriority(os.PRIO_PROCESS, 0) == mine  # this thread, and so the serving ones, untouched
+
+
+def stand_in_catalog(tmp_path, stored: list):
+    class Catalog:
+        views = str(tmp_path / "views")
+
+        def store_blobs(self, rev, payload, known):
+            stored.append((rev.adapter_id, rev.revision))
+            return rev
+    return Catalog()
+
+
+def wait_for(condition, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return condition()
+
+
+@pytest.mark.parametrize("max_unstored_s, expected", [(60.0, [("rl/p", 3), ("rl/q", 1)]),
+                                                       (0.0, [("rl/p", 1), ("rl/p", 2), ("rl/p", 3), ("rl/q", 1)])])
+def test_a_revision_superseded_before_its_store_is_not_stored(tmp_path, monkeypatch, max_unstored_s, expected):
+    """An RL loop publishing faster than STORE_AFTER_S: only each adapter's newest revision is stored,
+    unless the adapter went MAX_UNSTORED_S without a store. A superseded revision is served from its
+    staged folder until the grace period ends, then not at all (nothing of it was stored)."""
+    import sglang_mint.frontend.staged_revisions as module
+    from sglang_mint.catalog.store import Revision
+
+    monkeypatch.setattr(module, "STORE_AFTER_S", 1.0)  # the four are staged well within it
+    monkeypatch.setattr(module, "MAX_UNSTORED_S", max_unstored_s)
+    staged = StagedRevisions(str(tmp_path / "shm" / "30001"), grace_s=0.2)
+    stored = []
+    catalog = stand_in_catalog(tmp_path, stored)
+    for adapter_id, n in [("rl/p", 1), ("rl/p", 2), ("rl/q", 1), ("rl/p", 3)]:
+        rev = Revision(adapter_id, n, 0.0, "peft", 2, 2.0, "q_proj", "float32", 2, "{}", "", "{}", durable=False)
+        staged.stage(catalog, rev, {"adapter_config.json": b"{}"}, {})
+    assert staged.get("rl/p", 1) is not None  # served from memory meanwhile
+    assert wait_for(lambda: len(stored) == len(expected)), stored
+    assert sorted(stored) == expected
+    assert staged.superseded_total == 4 - len(expected)
+    if max_unstored_s:
+        assert wait_for(lambda: staged.get("rl/p", 1) is None and staged.get("rl/p", 2) is None)
+        # their staged folders (the first two staged: 0 and 1) go with them
+        assert wait_for(lambda: not any(os.path.exists(os.path.join(staged.root, "staged", n)) for n in "01"))
+    staged.close()
