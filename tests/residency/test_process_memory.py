@@ -1,15 +1,20 @@
 """The scheduler's memory figures: ``pss_data_bytes`` stays put while other processes map the
-same libraries, and ``pss_bytes`` does not.
+same files, and ``pss_bytes`` does not.
 
 CI ran the server lane beside the fast lane's workers, all importing torch. The per-expert MoE
 host-budget test compared the scheduler's PSS growth with its host bytes and failed at +21% on a
-run where the only difference was how many other processes shared torch's pages.
+run where the only difference was how many other processes shared torch's pages. Here a file of
+this test's own stands in for torch's libraries, so the number of sharers is known: every other
+process on the machine may map torch, but only this test's children map this file.
 """
 
 from __future__ import annotations
 
+import mmap
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import torch
 
@@ -17,6 +22,11 @@ from sglang_mint.residency.host_bytes import proportional_sizes
 
 SHARERS = 3
 MIB = 1 << 20
+FILE_BYTES = 64 * MIB
+# Each child maps the file and reads one byte of every page, so that its pages count for it too.
+SHARER = ("import mmap, sys\n"
+          "f = open(sys.argv[1], 'rb'); m = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)\n"
+          "sum(m[i] for i in range(0, len(m), 4096)); print('up', flush=True); sys.stdin.read()\n")
 
 
 def sizes() -> tuple[int, int]:
@@ -24,22 +34,31 @@ def sizes() -> tuple[int, int]:
     return s["pss_bytes"], s["pss_data_bytes"]
 
 
-def test_data_size_ignores_libraries_that_other_processes_map():
-    alone = sizes()
-    sharers = [subprocess.Popen([sys.executable, "-c", "import sys, torch; sys.stdout.write('up\\n'); "
-                                 "sys.stdout.flush(); sys.stdin.read()"],
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) for _ in range(SHARERS)]
+def test_data_size_ignores_files_that_other_processes_map():
+    # Beside the tests, on the checkout's disk: a file in /dev/shm (or a /tmp on tmpfs) would be
+    # shared memory, which pss_data_bytes counts on purpose (node-shared adapters are held there).
+    path = Path(__file__).with_name(f".mapped-by-test-{os.getpid()}")
+    sharers = []
     try:
+        path.write_bytes(os.urandom(FILE_BYTES))
+        with open(path, "rb") as f:
+            mapping = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        sum(mapping[i] for i in range(0, FILE_BYTES, 4096))  # every page mapped into this process
+        alone = sizes()
+        sharers = [subprocess.Popen([sys.executable, "-c", SHARER, str(path)], stdin=subprocess.PIPE,
+                                    stdout=subprocess.PIPE, text=True) for _ in range(SHARERS)]
         assert all(p.stdout.readline() == "up\n" for p in sharers)
         shared = sizes()
     finally:
         for p in sharers:
             p.stdin.close()
             p.wait(timeout=60)
-    # torch's libraries now have four sharers: this process's PSS drops by tens of MiB ...
-    assert alone[0] - shared[0] > 20 * MIB, (alone, shared)
+        path.unlink(missing_ok=True)
+    # Four sharers of the file's 64 MiB: this process's PSS drops by three quarters of it ...
+    assert alone[0] - shared[0] > 40 * MIB, (alone, shared)
     # ... while its data, its own heap and tensors, does not move.
     assert abs(alone[1] - shared[1]) < 4 * MIB, (alone, shared)
+    mapping.close()
 
 
 def test_data_size_counts_what_this_process_holds():
