@@ -27,6 +27,7 @@ writes blobs only for an adapter that passed every check.
 from __future__ import annotations
 
 import json
+import math
 import mmap
 import os
 import re
@@ -109,10 +110,7 @@ def _checked_header(data: bytes, where: str, size: int | None = None) -> dict[st
             raise InvalidAdapter(f"{where}: corrupt safetensors header entry for {name!r}") from None
         if dtype not in DTYPES:
             raise InvalidAdapter(f"{where}: tensor {name!r} has dtype {dtype}; LoRA weights must be F16, BF16 or F32")
-        numel = 1
-        for d in shape:
-            numel *= d
-        if end - start != numel * DTYPES[dtype][0] or start < 0:
+        if end - start != math.prod(shape) * DTYPES[dtype][0] or start < 0:
             raise InvalidAdapter(f"{where}: tensor {name!r} of shape {shape} does not fit its data offsets")
         spans.append((start, end, name))
         out[name] = (dtype, list(shape), 8 + n + start)
@@ -152,16 +150,9 @@ def map_safetensors(path: str, where: str) -> dict:
     tensors = {}
     for name, (dtype, shape, offset) in entries.items():
         dt = getattr(torch, DTYPES[dtype][1])
-        raw = data[offset:offset + DTYPES[dtype][0] * _numel(shape)]
+        raw = data[offset:offset + DTYPES[dtype][0] * math.prod(shape)]
         tensors[name] = (raw.view(dt) if offset % DTYPES[dtype][0] == 0 else raw.clone().view(dt)).view(shape)
     return tensors
-
-
-def _numel(shape) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
 
 
 def read_safetensors(path: str, where: str) -> dict:
