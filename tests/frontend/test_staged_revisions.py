@@ -129,41 +129,24 @@ def test_a_starting_frontend_removes_the_roots_of_frontends_that_are_gone(tmp_pa
     assert all(os.path.exists(os.path.join(r, "staged", "0", "adapter_model.safetensors")) for r in kept)
 
 
-def test_blobs_are_hashed_and_stored_at_the_lowest_cpu_priority(staged, tmp_path, monkeypatch):
-    """The store thread (hashing, copying, fsync) yields the CPU to the engine's serving. A stand-in
-    catalog records the nice value of the thread that stores: the thread is what is tested here;
-    tests/sglang/test_durable_later.py stores through a real server."""
-    import sglang_mint.frontend.staged_revisions as module
+class StandInCatalog:
+    """What the store thread calls: records (adapter id, revision, the storing thread's nice value,
+    the file names, the digests handed on) for each store. The thread is what these tests test;
+    tests/sglang/test_durable_later.py stores through a real server and catalog."""
+
+    def __init__(self, tmp_path):
+        self.views = str(tmp_path / "views")
+        self.stored = []
+
+    def store_blobs(self, rev, payload, known):
+        self.stored.append((rev.adapter_id, rev.revision, os.getpriority(os.PRIO_PROCESS, 0), sorted(payload), known))
+        return rev
+
+
+def not_durable(adapter_id: str, revision: int):
     from sglang_mint.catalog.store import Revision
 
-    monkeypatch.setattr(module, "STORE_AFTER_S", 0.0)
-    mine = os.getpriority(os.PRIO_PROCESS, 0)  # this thread's (19 in make test's fast lane)
-    seen = []
-
-    class Catalog:
-        views = str(tmp_path / "views")
-
-        def store_blobs(self, rev, payload, known):
-            seen.append((os.getpriority(os.PRIO_PROCESS, 0), sorted(payload), known))
-            return rev
-
-    rev = Revision("rl/p", 1, 0.0, "peft", 2, 2.0, "q_proj", "float32", 2, "{}", "", "{}", durable=False)
-    staged.stage(Catalog(), rev, {"adapter_config.json": b"{}"}, {"adapter_config.json": "0" * 64})
-    deadline = time.monotonic() + 10
-    while not seen and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert seen == [(19, ["adapter_config.json"], {"adapter_config.json": "0" * 64})]
-    assert os.getpriority(os.PRIO_PROCESS, 0) == mine  # this thread, and so the serving ones, untouched
-
-
-def stand_in_catalog(tmp_path, stored: list):
-    class Catalog:
-        views = str(tmp_path / "views")
-
-        def store_blobs(self, rev, payload, known):
-            stored.append((rev.adapter_id, rev.revision))
-            return rev
-    return Catalog()
+    return Revision(adapter_id, revision, 0.0, "peft", 2, 2.0, "q_proj", "float32", 2, "{}", "", "{}", durable=False)
 
 
 def wait_for(condition, timeout=10.0):
@@ -173,6 +156,19 @@ def wait_for(condition, timeout=10.0):
     return condition()
 
 
+def test_blobs_are_hashed_and_stored_at_the_lowest_cpu_priority(staged, tmp_path, monkeypatch):
+    """The store thread (hashing, copying, fsync) yields the CPU to the engine's serving."""
+    import sglang_mint.frontend.staged_revisions as module
+
+    monkeypatch.setattr(module, "STORE_AFTER_S", 0.0)
+    mine = os.getpriority(os.PRIO_PROCESS, 0)  # this thread's (19 in make test's fast lane)
+    catalog = StandInCatalog(tmp_path)
+    staged.stage(catalog, not_durable("rl/p", 1), {"adapter_config.json": b"{}"}, {"adapter_config.json": "0" * 64})
+    assert wait_for(lambda: catalog.stored)
+    assert catalog.stored == [("rl/p", 1, 19, ["adapter_config.json"], {"adapter_config.json": "0" * 64})]
+    assert os.getpriority(os.PRIO_PROCESS, 0) == mine  # this thread, and so the serving ones, untouched
+
+
 @pytest.mark.parametrize("max_unstored_s, expected", [(60.0, [("rl/p", 3), ("rl/q", 1)]),
                                                        (0.0, [("rl/p", 1), ("rl/p", 2), ("rl/p", 3), ("rl/q", 1)])])
 def test_a_revision_superseded_before_its_store_is_not_stored(tmp_path, monkeypatch, max_unstored_s, expected):
@@ -180,19 +176,16 @@ def test_a_revision_superseded_before_its_store_is_not_stored(tmp_path, monkeypa
     unless the adapter went MAX_UNSTORED_S without a store. A superseded revision is served from its
     staged folder until the grace period ends, then not at all (nothing of it was stored)."""
     import sglang_mint.frontend.staged_revisions as module
-    from sglang_mint.catalog.store import Revision
 
     monkeypatch.setattr(module, "STORE_AFTER_S", 1.0)  # the four are staged well within it
     monkeypatch.setattr(module, "MAX_UNSTORED_S", max_unstored_s)
     staged = StagedRevisions(str(tmp_path / "shm" / "30001"), grace_s=0.2)
-    stored = []
-    catalog = stand_in_catalog(tmp_path, stored)
+    catalog = StandInCatalog(tmp_path)
     for adapter_id, n in [("rl/p", 1), ("rl/p", 2), ("rl/q", 1), ("rl/p", 3)]:
-        rev = Revision(adapter_id, n, 0.0, "peft", 2, 2.0, "q_proj", "float32", 2, "{}", "", "{}", durable=False)
-        staged.stage(catalog, rev, {"adapter_config.json": b"{}"}, {})
+        staged.stage(catalog, not_durable(adapter_id, n), {"adapter_config.json": b"{}"}, {})
     assert staged.get("rl/p", 1) is not None  # served from memory meanwhile
-    assert wait_for(lambda: len(stored) == len(expected)), stored
-    assert sorted(stored) == expected
+    assert wait_for(lambda: len(catalog.stored) == len(expected)), catalog.stored
+    assert sorted(s[:2] for s in catalog.stored) == expected
     assert staged.superseded_total == 4 - len(expected)
     if max_unstored_s:
         assert wait_for(lambda: staged.get("rl/p", 1) is None and staged.get("rl/p", 2) is None)
