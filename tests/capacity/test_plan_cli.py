@@ -6,6 +6,7 @@ import sys
 import textwrap
 
 import pytest
+from hung import HUNG_AFTER_S
 
 from sglang_mint.cli import build_parser, main
 
@@ -85,6 +86,6 @@ def test_the_plan_needs_neither_torch_nor_sglang():
         sys.exit(main(["plan", "--model", "tiny", "--rank", "1", "--catalog", "100", "--requests", "200",
                        "--engines", "1", "--json"]))
     """)
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=HUNG_AFTER_S)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads(proc.stdout)["rows"][0]["requests"] == 100

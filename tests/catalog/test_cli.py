@@ -13,6 +13,7 @@ import sys
 
 import pytest
 from catalog_fixtures import write_peft
+from hung import HUNG_AFTER_S
 
 from sglang_mint.cli import main
 
@@ -55,10 +56,10 @@ def test_every_subcommand_has_help():
 
 def test_python_m_runs_the_cli(tmp_path):
     p = subprocess.run([sys.executable, "-m", "sglang_mint.cli", "catalog", "stats", str(tmp_path)],
-                       capture_output=True, text=True, timeout=120)
+                       capture_output=True, text=True, timeout=HUNG_AFTER_S)
     assert p.returncode == 2 and p.stderr.startswith("mint: error: ") and "is not a catalog" in p.stderr, p.stderr
     p = subprocess.run([sys.executable, "-m", "sglang_mint.cli", "catalog", "init", "--help"],
-                       capture_output=True, text=True, timeout=120)
+                       capture_output=True, text=True, timeout=HUNG_AFTER_S)
     assert p.returncode == 0 and "usage: mint catalog init" in p.stdout, p.stderr
 
 

@@ -10,6 +10,8 @@ import sys
 import textwrap
 import time
 
+from hung import HUNG_AFTER_S
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 PRELUDE = f"""
@@ -97,10 +99,10 @@ def test_readers_never_see_half_published_revisions(cat, tmp_path):
                for _ in range(2)]
     for p in readers:  # the publishes start once both readers watch (a reader slow to start saw only the last)
         assert p.stdout.readline().strip() == "ready"
-    w = subprocess.run([sys.executable, writer, cat.path, "21"], capture_output=True, text=True, timeout=120)
+    w = subprocess.run([sys.executable, writer, cat.path, "21"], capture_output=True, text=True, timeout=HUNG_AFTER_S)
     assert w.returncode == 0, w.stderr
     for p in readers:
-        out, _ = p.communicate(timeout=120)
+        out, _ = p.communicate(timeout=HUNG_AFTER_S)
         rep = json.loads(out)
         assert rep["errors"] == [], rep
         assert rep["revisions_seen"] >= 2 and rep["resolves"] > 0  # they really ran during the publishes

@@ -3,6 +3,8 @@
 import subprocess
 import sys
 
+from hung import HUNG_AFTER_S
+
 CODE = r"""
 import sys
 class Block:
@@ -29,7 +31,7 @@ print("ok")
 def test_catalog_imports_without_sglang_or_torch():
     import os
     p = subprocess.run([sys.executable, "-c", CODE, os.path.dirname(os.path.abspath(__file__))],
-                       capture_output=True, text=True, timeout=120)
+                       capture_output=True, text=True, timeout=HUNG_AFTER_S)
     assert p.returncode == 0 and p.stdout.strip() == "ok", p.stderr
 
 
@@ -40,6 +42,6 @@ def test_the_mint_command_starts_without_torch(tmp_path):
             "try:\n    main()\nexcept SystemExit:\n    pass\n"
             "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'sglang', 'transformers'}))")
     p = subprocess.run([sys.executable, "-c", code, str(tmp_path / "no-catalog")], capture_output=True, text=True,
-                       timeout=120)
+                       timeout=HUNG_AFTER_S)
     assert p.stdout.strip().splitlines()[-1] == "[]", p.stdout + p.stderr
     assert "no-catalog" in p.stderr  # it ran the command: the error names the folder

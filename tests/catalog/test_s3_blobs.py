@@ -10,6 +10,7 @@ import threading
 import time
 
 import pytest
+from hung import HUNG_AFTER_S
 
 from sglang_mint.catalog.errors import BlobMissing, BlobStoreUnavailable
 from sglang_mint.catalog.s3_blobs import S3BlobStore, parse_s3_url
@@ -184,7 +185,7 @@ def test_concurrent_processes_and_threads_fetch_one_intact_file(store, moto_serv
     for t in threads:
         t.join()
     for p in procs:
-        out, err = p.communicate(timeout=120)
+        out, err = p.communicate(timeout=HUNG_AFTER_S)
         assert p.returncode == 0, err
         path, sha = out.split()
         results.append((path, sha))

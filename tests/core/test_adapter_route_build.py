@@ -18,6 +18,7 @@ import time
 
 import pytest
 
+from hung import HUNG_AFTER_S
 from sglang_mint.gateway import middleware
 
 CHUNKS, CHUNK_BYTES = 20, 50_000
@@ -62,9 +63,9 @@ def test_two_builders_at_once_both_get_the_whole_component(slow_builder, tmp_pat
     builders = [ctx.Process(target=build, args=(str(tmp_path / "cache"), results)) for _ in range(2)]
     for p in builders:
         p.start()
-    outcomes = [results.get(timeout=60) for _ in builders]
+    outcomes = [results.get(timeout=HUNG_AFTER_S) for _ in builders]
     for p in builders:
-        p.join(timeout=60)
+        p.join(timeout=HUNG_AFTER_S)
     assert [kind for kind, _ in outcomes] == ["ok", "ok"], outcomes
     [path] = {path for _, path in outcomes}
     with open(path, "rb") as f:

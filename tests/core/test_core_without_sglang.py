@@ -6,6 +6,8 @@ import subprocess
 import sys
 import textwrap
 
+from hung import HUNG_AFTER_S
+
 
 def test_core_imports_with_sglang_blocked():
     code = textwrap.dedent("""
@@ -34,7 +36,7 @@ def test_core_imports_with_sglang_blocked():
         assert "sglang" not in sys.modules
         print(len(seen), " ".join(seen))
     """)
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=HUNG_AFTER_S)
     assert proc.returncode == 0, proc.stderr[-3000:]
     count, names = proc.stdout.split(" ", 1)
     assert int(count) >= 5
@@ -56,7 +58,7 @@ def test_the_sglang_blocker_would_catch_a_leak():
         sys.meta_path.insert(0, BlockSglang())
         import sglang_mint.sglang.frontend
     """)
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=HUNG_AFTER_S)
     assert proc.returncode != 0
     assert "blocked: sglang" in proc.stderr
 

@@ -27,6 +27,7 @@ GPU = REPO / "bench" / "gpu"
 sys.path.insert(0, str(GPU))
 import _env  # noqa: E402
 import fetch_wheels  # noqa: E402
+from hung import HUNG_AFTER_S
 
 # (model, layer) of every kernel_bench layer; variants per kind and mode
 LAYERS = {("llama3_8b", n) for n in ("qkv", "o", "gate_up", "down")} | \
@@ -43,7 +44,7 @@ def dry(tmp_path_factory):
     no_wheels = tmp_path_factory.mktemp("no-wheels")
     proc = subprocess.run([sys.executable, str(GPU / "run.py"), str(out), "--dry-run", "--wheels", str(no_wheels),
                            "--steps", "env,tests,h2d,tune,kernels"],
-                          cwd=REPO, capture_output=True, text=True, timeout=300)
+                          cwd=REPO, capture_output=True, text=True, timeout=HUNG_AFTER_S)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     return out
 

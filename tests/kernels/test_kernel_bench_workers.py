@@ -15,6 +15,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from hung import HUNG_AFTER_S
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -23,7 +25,7 @@ def bench(tmp_path, **env) -> tuple[subprocess.CompletedProcess, list[dict]]:
     proc = subprocess.run(
         [sys.executable, str(REPO / "bench" / "kernel_bench.py"), "--dry-run", "--isolate",
          "--paths", "experts", "--out", str(out)],
-        cwd=REPO, capture_output=True, text=True, timeout=600, env={**os.environ, **env})
+        cwd=REPO, capture_output=True, text=True, timeout=HUNG_AFTER_S, env={**os.environ, **env})
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     return proc, [r for r in rows if r["status"] != "planned"]
 

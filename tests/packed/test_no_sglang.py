@@ -6,6 +6,8 @@ import subprocess
 import sys
 import textwrap
 
+from hung import HUNG_AFTER_S
+
 
 def test_packed_imports_and_runs_with_sglang_blocked(tmp_path):
     code = textwrap.dedent(f"""
@@ -26,5 +28,5 @@ def test_packed_imports_and_runs_with_sglang_blocked(tmp_path):
         assert not any(m == "sglang" or m.startswith("sglang.") for m in sys.modules)
         print("ok")
     """)
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=HUNG_AFTER_S)
     assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr[-3000:]

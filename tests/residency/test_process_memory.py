@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 import torch
+from hung import HUNG_AFTER_S
 
 from sglang_mint.residency.host_bytes import proportional_sizes
 
@@ -52,7 +53,7 @@ def test_data_size_ignores_files_that_other_processes_map():
     finally:
         for p in sharers:
             p.stdin.close()
-            p.wait(timeout=60)
+            p.wait(timeout=HUNG_AFTER_S)
         path.unlink(missing_ok=True)
     # Four sharers of the file's 64 MiB: this process's PSS drops by three quarters of it ...
     assert alone[0] - shared[0] > 40 * MIB, (alone, shared)

@@ -6,6 +6,8 @@ import subprocess
 import sys
 import textwrap
 
+from hung import HUNG_AFTER_S
+
 
 def test_the_catalog_lora_id_survives_pickle_and_msgpack_ipc():
     # One interpreter for both encodings (SGLang's import is most of the cost): SGLANG_USE_PICKLE_IPC
@@ -34,7 +36,7 @@ def test_the_catalog_lora_id_survives_pickle_and_msgpack_ipc():
             back = io_struct.sock_recv(recv).lora_id
             print(pickle_ipc, type(back).__name__, back, getattr(getattr(back, "revision", None), "loaded_bytes", None))
     """)
-    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=HUNG_AFTER_S)
     assert p.returncode == 0, p.stderr[-3000:]
     seen = {line.split()[0]: line.split()[1:] for line in p.stdout.splitlines()}
     assert seen["1"] == ["CatalogLoraId", "mint:acme/bot@3", "99"]  # the record rides along
