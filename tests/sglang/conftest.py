@@ -8,7 +8,9 @@ test process:
 - ``mint_server``: --enable-mint serving the tiny adapters from --lora-paths;
 - ``shared_catalog_server``: --enable-mint serving ``shared_catalog``, into which each
   module publishes its own adapters under ids of its own (the catalog is read per
-  request, so a publish while the server runs is served at once).
+  request, so a publish while the server runs is served at once);
+- ``small_budget_server``: the same for ``small_budget_catalog``, with a 2 MiB host budget,
+  eight GPU slots and Prometheus metrics: for modules that churn adapters through memory.
 
 A module whose claim depends on the server's flags or counters starts its own.
 """
@@ -91,4 +93,26 @@ def shared_catalog_server(tiny_model, shared_catalog, tmp_path_factory, catalog_
                         "--mint-usage-dir", str(logs / "usage"),
                         "--mint-max-upload-bytes", str(max_upload_bytes)) as srv:
         srv.usage_dir, srv.max_upload_bytes = logs / "usage", max_upload_bytes
+        yield srv
+
+
+@pytest.fixture(scope="session")
+def small_budget_catalog(tiny_model, tmp_path_factory):
+    """The root of a catalog for ``tiny_model`` that churning modules publish into (each under its own ids)."""
+    from sglang_mint.catalog import init_catalog
+
+    root = tmp_path_factory.mktemp("small-budget-catalog") / "catalog"
+    init_catalog(str(root), str(tiny_model)).close()
+    return root
+
+
+@pytest.fixture(scope="session")
+def small_budget_server(tiny_model, small_budget_catalog, tmp_path_factory, catalog_server):
+    """A host budget of ``srv.host_budget_bytes`` (2 MiB: about thirty rank-8 or two hundred rank-1 tiny
+    adapters), eight GPU slots, --enable-metrics. Counters are shared: a module checks differences."""
+    host_budget_bytes = 2 << 20
+    with catalog_server(tiny_model, small_budget_catalog, tmp_path_factory.mktemp("small-budget-server"),
+                        "--mint-host-cache-bytes", str(host_budget_bytes), "--enable-metrics",
+                        "--max-loras-per-batch", "8") as srv:
+        srv.host_budget_bytes = host_budget_bytes
         yield srv

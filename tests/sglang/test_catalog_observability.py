@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -13,27 +12,21 @@ import openai
 import psutil
 import pytest
 
-from sglang_mint.catalog import init_catalog
+from sglang_mint.catalog import open_catalog
 from sglang_mint.catalog.synth import synth
-from sglang_mint.dev.server import SGLangServer
 
 pytestmark = pytest.mark.server  # starts real SGLang servers: not in make test-fast
 
 N_ADAPTERS = 600
-RANK = 8  # about 64 KiB per adapter: 600 of them would be about 38 MiB without a budget
-BUDGET = 2 << 20
+RANK = 8  # about 64 KiB per adapter: 600 of them would be about 38 MiB without the 2 MiB budget
 
 
 @pytest.fixture(scope="module")
-def server(tiny_model, tmp_path_factory):
-    root = tmp_path_factory.mktemp("obs-catalog") / "catalog"
-    with init_catalog(str(root), str(tiny_model)) as cat:
+def server(small_budget_server, small_budget_catalog):
+    """The session's server with a 2 MiB host budget and eight slots (test_catalog_serving.py shares it)."""
+    with open_catalog(str(small_budget_catalog)) as cat:
         synth(cat, N_ADAPTERS, prefix="big/", rank=RANK, progress=False)
-    log = tmp_path_factory.mktemp("obs-server") / "server.log"
-    extra = ["--mint-catalog", str(root), "--mint-host-cache-bytes", str(BUDGET), "--enable-metrics",
-             "--max-loras-per-batch", "8", "--max-lora-rank", "8"]
-    with SGLangServer(tiny_model, enable_mint=True, extra_args=extra, log_path=log, python=sys.executable) as srv:
-        yield srv
+    return small_budget_server
 
 
 def get(server, path):
@@ -122,7 +115,7 @@ def test_metrics_and_host_memory_under_churn(server):
     st = sched_status(server)
     assert st["loading"] == 0
     assert st["cold_loads"] >= N_ADAPTERS - 10
-    assert st["host_bytes"] <= BUDGET + (128 << 10)  # the budget plus at most one adapter
+    assert st["host_bytes"] <= server.host_budget_bytes + (128 << 10)  # the budget plus at most one adapter
     grown = scheduler_rss(server) - rss_before
     unbounded = (N_ADAPTERS - 10) * st["host_bytes"] / max(st["resident"], 1)
     assert grown < unbounded / 2, f"scheduler RSS grew {grown >> 20} MiB; all adapters are {int(unbounded) >> 20} MiB"

@@ -15,16 +15,14 @@ import openai
 import pytest
 from transformers import AutoTokenizer
 
-from sglang_mint.catalog import init_catalog, open_catalog
+from sglang_mint.catalog import open_catalog
 from sglang_mint.catalog.synth import synth
 from sglang_mint.dev.reference import run_reference
-from sglang_mint.dev.server import SGLangServer
 
 pytestmark = pytest.mark.server  # starts real SGLang servers: not in make test-fast
 
 PROMPT = "the quick brown fox and the lazy dog"
 N_SYNTH = 10_000
-HOST_CACHE = 1 << 20  # 1 MiB: about a hundred rank-1 adapters, so the storm evicts
 TOL = 1e-4
 
 
@@ -41,9 +39,9 @@ def write_rank16_adapter(model_dir, out: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def catalog(tiny_model, tiny_adapters, tmp_path_factory):
-    root = tmp_path_factory.mktemp("catalog") / "catalog"
-    cat = init_catalog(str(root), str(tiny_model))
+def catalog(tiny_model, tiny_adapters, small_budget_catalog, tmp_path_factory):
+    root = small_budget_catalog
+    cat = open_catalog(str(root))
     for name, folder in tiny_adapters.items():
         cat.publish(f"acme/{name}", str(folder))
     synth(cat, N_SYNTH, prefix="synth/", rank=1, progress=False)
@@ -64,12 +62,9 @@ def catalog(tiny_model, tiny_adapters, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def server(tiny_model, catalog, tmp_path_factory):
-    log = tmp_path_factory.mktemp("catalog-server") / "server.log"
-    extra = ["--mint-catalog", str(catalog), "--mint-host-cache-bytes", str(HOST_CACHE),
-             "--max-loras-per-batch", "8"]
-    with SGLangServer(tiny_model, enable_mint=True, extra_args=extra, log_path=log, python=sys.executable) as srv:
-        yield srv
+def server(catalog, small_budget_server):
+    """The session's server with a 2 MiB host budget (about two hundred rank-1 adapters) and eight slots."""
+    return small_budget_server
 
 
 @pytest.fixture(scope="module")
@@ -169,7 +164,7 @@ def test_publish_and_rollback_mid_stream(client, tiny_model, catalog, tiny_adapt
 def test_zipf_storm_over_the_catalog(client, server, tiny_model, catalog, prompt_ids):
     rng = random.Random(0)
     weights = [1.0 / (k + 1) ** 1.1 for k in range(N_SYNTH)]
-    ids = [f"synth/{k:07d}" for k in rng.choices(range(N_SYNTH), weights=weights, k=1000)]  # 407 distinct: 4x what host memory holds
+    ids = [f"synth/{k:07d}" for k in rng.choices(range(N_SYNTH), weights=weights, k=1000)]  # 407 distinct: 2x what host memory holds
     with ThreadPoolExecutor(64) as pool:
         results = list(pool.map(lambda a: complete(client, a, max_tokens=4), ids))
     assert all(len(tokens) == 4 for tokens, _ in results)

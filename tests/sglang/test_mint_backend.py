@@ -5,8 +5,9 @@ prompts each, sent at once so SGLang batches them) go to a server with
 `--lora-backend mint` and to the session's stock server (SGLang's
 `torch_native`, the same adapters from --lora-paths); greedy tokens
 must be equal and logprobs within 1e-4 of each other and of HF+PEFT fp32.
-On CPU the mint backend runs our kernels' torch `_ref` path; one smaller run
-with TRITON_INTERPRET=1 runs the Triton kernels themselves (interpreted).
+On CPU the mint backend runs our kernels' torch `_ref` path here; the Triton
+kernels themselves run interpreted (TRITON_INTERPRET=1) in test_moe_cpu.py's
+mint servers, attention and experts, against torch_native and HF+PEFT.
 """
 
 from __future__ import annotations
@@ -38,9 +39,9 @@ def serve_batch(server, jobs):
     return greedy_batch(server, jobs, MAX_TOKENS)
 
 
-def run_server(tiny_model, adapters, backend, log, jobs, env=None):
+def run_server(tiny_model, adapters, backend, log, jobs):
     with SGLangServer(tiny_model, lora_paths=adapters, enable_mint=False, lora_backend=backend,
-                      log_path=log, env=env, python=sys.executable) as server:
+                      log_path=log, python=sys.executable) as server:
         results = serve_batch(server, jobs)
     return results, log.read_text(errors="replace")
 
@@ -102,13 +103,3 @@ def test_adapters_differ_from_base_in_the_batch(reference, jobs):
     for (model, prompt), (_, logprobs) in zip(jobs, reference):
         if model != "tiny":
             assert logprobs != pytest.approx(base[prompt], abs=1e-3), model
-
-
-def test_mint_triton_kernels_interpreted(tiny_model, tiny_adapters, reference, jobs, tmp_path):
-    """The Triton kernels themselves (TRITON_INTERPRET=1), on half the batch: slow."""
-    keep = [i for i, (_, p) in enumerate(jobs) if p == PROMPTS[0]]
-    sub_jobs = [jobs[i] for i in keep]
-    results, log = run_server(tiny_model, tiny_adapters, "mint", tmp_path / "interp.log", sub_jobs,
-                              env={"TRITON_INTERPRET": "1"})
-    assert "mint LoRA backend on cpu: triton kernels (TRITON_INTERPRET=1)" in log
-    assert_same(results, [reference[i] for i in keep], sub_jobs)

@@ -1,7 +1,10 @@
-"""MoE-expert LoRA (tiny Qwen3-MoE) served from a catalog with TP=2, TP=2 + EP=2 and DP=2, on CPU.
+"""MoE-expert LoRA (tiny Qwen3-MoE) served from a catalog with TP=2 and TP=2 + EP=2, on CPU.
 
 Real SGLang, two ranks on this machine's two cores; every answer must equal HF+PEFT.
-The dense storms under TP and DP are in test_parallel.py.
+The dense storms under TP and DP are in test_parallel.py. DP is not repeated here: each
+DP rank is a whole scheduler holding every expert, as a single engine does (test_moe_cpu.py),
+and what DP adds, routing adapters to ranks and loading them on each, does not depend on
+the model; a MoE DP storm cost the suite 50 s.
 """
 
 from __future__ import annotations
@@ -49,8 +52,7 @@ def moe(tmp_path_factory):
     return model, catalog, refs
 
 
-@pytest.mark.parametrize("parallel", [["--tp-size", "2"], ["--tp-size", "2", "--ep-size", "2"], ["--dp-size", "2"]],
-                         ids=["tp2", "tp2-ep2", "dp2"])
+@pytest.mark.parametrize("parallel", [["--tp-size", "2"], ["--tp-size", "2", "--ep-size", "2"]], ids=["tp2", "tp2-ep2"])
 def test_moe_storm_equals_hf_peft(moe, tmp_path, parallel):
     model, catalog, refs = moe
     extra = ["--mint-catalog", str(catalog), *parallel, "--max-loras-per-batch", "2"]
@@ -62,7 +64,7 @@ def test_moe_storm_equals_hf_peft(moe, tmp_path, parallel):
             answers = list(pool.map(lambda a: (a, complete(client, a)), ids))
         schedulers = status(srv)["schedulers"]
     assert sum(s["requests"] for s in schedulers) == len(ids)
-    assert len(schedulers) == (2 if "--dp-size" in parallel else 1)
+    assert len(schedulers) == 1
     for adapter_id, (tokens, logprobs) in answers:
         assert tokens == refs[adapter_id]["tokens"], adapter_id
         assert logprobs == pytest.approx(refs[adapter_id]["logprobs"], abs=MOE_TOL), adapter_id
