@@ -3,6 +3,7 @@
     with ServerMemory(server.proc.pid) as memory:   # samples every 0.2 s in a thread
         ...
     memory.peak_bytes, memory.first_bytes
+    memory.growth_by_process()   # {"sglang::scheduler": bytes, ...}: each process's peak less its first
 
 PSS splits a shared page among the processes sharing it, so SGLang's three processes
 (launcher, scheduler, detokenizer) add up to what they cost the machine together.
@@ -38,6 +39,14 @@ def descendants(pid: int) -> list[int]:
     return out
 
 
+def process_name(pid: int) -> str:
+    """SGLang names its processes (``sglang::scheduler``); the launcher is ``python``."""
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return "?"
+
+
 def tree_pss_bytes(pid: int) -> int:
     return sum(pss_bytes(p) for p in descendants(pid))
 
@@ -49,16 +58,31 @@ class ServerMemory:
         self.first_bytes = 0
         self.peak_bytes = 0
         self.samples = 0
+        self._first_by_pid: dict[int, int] = {}
+        self._peak_by_pid: dict[int, int] = {}
+        self._name_by_pid: dict[int, str] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="server-memory", daemon=True)
 
     def sample(self) -> int:
-        now = tree_pss_bytes(self.pid)
+        by_pid = {p: pss_bytes(p) for p in descendants(self.pid)}
+        for p, b in by_pid.items():
+            if p not in self._name_by_pid:
+                self._name_by_pid[p], self._first_by_pid[p] = process_name(p), b
+            self._peak_by_pid[p] = max(self._peak_by_pid.get(p, 0), b)
+        now = sum(by_pid.values())
         if not self.samples:
             self.first_bytes = now
         self.samples += 1
         self.peak_bytes = max(self.peak_bytes, now)
         return now
+
+    def growth_by_process(self) -> dict[str, int]:
+        """Each process's peak PSS less its first sample, summed over processes of one name."""
+        out: dict[str, int] = {}
+        for p, name in self._name_by_pid.items():
+            out[name] = out.get(name, 0) + self._peak_by_pid[p] - self._first_by_pid[p]
+        return out
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):

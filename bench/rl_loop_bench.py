@@ -90,7 +90,7 @@ def run_mint(model_dir: Path, policies: int, steps: int, slots: int, workdir: Pa
     return {**record, **timed(record), "durable": rl_demo.DURABLE, "adapter_bytes": adapter_bytes(loaded[0]),
             "samples_per_policy_step": record["samples_per_step"] * prompt_repeats,
             "engine_pss_start_bytes": memory.first_bytes, "engine_pss_peak_bytes": memory.peak_bytes,
-            "memory_samples": memory.samples,
+            "memory_samples": memory.samples, "pss_growth_by_process": memory.growth_by_process(),
             "mint_status": {k: status.get(k) for k in ("resident", "host_bytes", "host_peak_bytes", "cold_loads",
                                                        "cold_load_p50_s", "evictions")}}
 
@@ -216,8 +216,9 @@ def main() -> int:
                 run = run_mint(model_dir, k, a.steps, slots, workdir, prompt_repeats=a.policies if k == 1 else 1)
                 runs.setdefault(f"mint_k{k}", run)  # step times and samples: the first run of each
                 growth.setdefault(k, []).append(run["engine_pss_peak_bytes"] - run["engine_pss_start_bytes"])
+                by_process = ", ".join(f"{name} {b / 2 ** 20:.1f}" for name, b in run["pss_growth_by_process"].items())
                 print(f"mint k={k} (run {repeat + 1}): step {run['median_step_s']} s, engine PSS growth "
-                      f"{growth[k][-1] / 2 ** 20:.1f} MiB", flush=True)
+                      f"{growth[k][-1] / 2 ** 20:.1f} MiB ({by_process})", flush=True)
     if "full" in cases:
         runs[f"full_k{a.policies}"] = run_full(model_dir, a.policies, a.steps)
         print(f"full k={a.policies}: step {runs[f'full_k{a.policies}']['median_step_s']} s", flush=True)
