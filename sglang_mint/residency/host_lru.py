@@ -17,12 +17,13 @@ four kinds of events and answers one question:
 - ``touched(key)`` / ``evicted(key)``: a hit, and an eviction carried out.
 
 A revision superseded by a newer one of the same adapter (``acme/bot@3`` once
-``acme/bot@4`` is resident) goes first: ``loaded`` of the newer one returns the
-idle older ones to evict at once, and one still in use goes to the cold end
-when its last request ends. Requests for the bare id resolve to the newest
-revision, so the older ones serve only requests pinned to them; an RL loop
+``acme/bot@4`` is read) goes first: ``reserve`` for the newer one returns the
+idle older ones to evict before the read, ``loaded`` those that became idle
+while it read, and one still in use goes to the cold end when its last request
+ends. Requests for the bare id resolve to the newest revision, so the older
+ones serve only requests pinned to them (which read them again); an RL loop
 publishing every step would otherwise fill the budget with policies nobody
-samples any more.
+samples any more, and hold two revisions of each policy while it reads the next.
 
 Example, budget 100::
 
@@ -121,9 +122,10 @@ class HostLRU:
         """Room for a read of ``key``: idle adapters to evict first, or None to wait."""
         if key in self._reserved:
             raise KeyError(f"{key!r} already has a read under way")
-        over = self.committed_bytes + estimate - self.budget_bytes
-        victims = self._over_budget(over)
-        over -= sum(self._sizes[v] for v in victims)
+        superseded = self._idle_older(key)
+        over = self.committed_bytes + estimate - self.budget_bytes - sum(self._sizes[k] for k in superseded)
+        victims = superseded + self._over_budget(over, skip=superseded)
+        over -= sum(self._sizes[v] for v in victims[len(superseded):])
         if over > 0 and (self.reserved_bytes or self.held_resident_bytes):
             return None  # wait: something in flight will free room
         self._reserved[key] = estimate
@@ -147,22 +149,29 @@ class HostLRU:
         if key in self._holds:
             self.held_resident_bytes += nbytes
         self._note_peak(self.committed_bytes)
-        superseded = [k for k, n in self._revisions.get(group, {}).items()
-                      if number is not None and n < number and k not in self._holds and not self.is_pinned(k)]
+        superseded = self._idle_older(key)
         over = self.committed_bytes - self.budget_bytes - sum(self._sizes[k] for k in superseded)
-        return superseded + [v for v in self._over_budget(over, spare=key) if v not in superseded]
+        return superseded + self._over_budget(over, skip=[key, *superseded])
+
+    def _idle_older(self, key: str) -> list[str]:
+        """Resident revisions of ``key``'s adapter older than ``key``, with no request in flight, not pinned."""
+        group, number = _revision_of(key)
+        if number is None:
+            return []
+        return [k for k, n in self._revisions.get(group, {}).items()
+                if n < number and k not in self._holds and not self.is_pinned(k)]
 
     def _newer_resident(self, key: str) -> bool:
         group, number = _revision_of(key)
         return number is not None and any(n > number for n in self._revisions.get(group, {}).values())
 
-    def _over_budget(self, over: int, spare: str | None = None) -> list[str]:
-        """Idle adapters, coldest first, whose bytes cover ``over`` (all of them if they cannot)."""
+    def _over_budget(self, over: int, skip: list[str] = ()) -> list[str]:
+        """Idle adapters but ``skip``, coldest first, whose bytes cover ``over`` (all of them if they cannot)."""
         victims: list[str] = []
         for victim, nbytes in self._sizes.items():
             if over <= 0:
                 break
-            if victim in self._holds or victim == spare or self.is_pinned(victim):
+            if victim in self._holds or victim in skip or self.is_pinned(victim):
                 continue
             victims.append(victim)
             over -= nbytes

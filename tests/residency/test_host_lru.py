@@ -176,22 +176,42 @@ def test_budget_must_be_positive():
         HostLRU(0)
 
 
-def test_a_superseded_revision_goes_as_soon_as_the_newer_one_is_resident():
-    """RL publishes a revision every step; the older ones serve only requests pinned to them."""
+def test_a_superseded_revision_goes_before_the_newer_one_is_read():
+    """RL publishes a revision every step; the older ones serve only requests pinned to them. An idle
+    one leaves before its successor is read, so an adapter's revisions never sum in memory."""
     lru = HostLRU(1000, pinned=["mint:kept/p"])
-    for key in ("mint:rl/p@1", "mint:rl/q@1", "mint:kept/p@1", "mint:rl/p@10"):
-        lru.reserve(key, 10)
-        assert [v for v in lru.loaded(key, 10)] == ([] if key != "mint:rl/p@10" else ["mint:rl/p@1"])
-        if key == "mint:rl/p@10":
-            lru.evicted("mint:rl/p@1")
+    for key in ("mint:rl/p@1", "mint:rl/q@1", "mint:kept/p@1"):
+        assert lru.reserve(key, 10) == [] and lru.loaded(key, 10) == []
+    assert lru.reserve("mint:rl/p@10", 10) == ["mint:rl/p@1"]  # idle: evicted first, though the budget has room
+    lru.evicted("mint:rl/p@1")
+    assert lru.loaded("mint:rl/p@10", 10) == []
+    assert lru.peak_bytes == 30  # never @1 and @10 at once
     lru.hold("mint:rl/p@10")  # a request for the current revision, in flight
-    lru.reserve("mint:kept/p@2", 10)
+    assert lru.reserve("mint:kept/p@2", 10) == []
     assert lru.loaded("mint:kept/p@2", 10) == []  # pinned: every revision stays
-    lru.reserve("mint:rl/p@11", 10)
-    assert lru.loaded("mint:rl/p@11", 10) == []  # @10 is in use: it stays ...
+    assert lru.reserve("mint:rl/p@11", 10) == []  # @10 is in use: it stays ...
+    assert lru.loaded("mint:rl/p@11", 10) == []
     assert lru.keys()[0] != "mint:rl/p@10"
     lru.release("mint:rl/p@10")
     assert lru.keys()[0] == "mint:rl/p@10"  # ... and is the first to go once its request ends
-    lru.reserve("mint:rl/p@12", 10)
-    assert sorted(lru.loaded("mint:rl/p@12", 10)) == ["mint:rl/p@10", "mint:rl/p@11"]
-    assert "mint:rl/q@1" in lru and lru.bytes == 60  # @10 and @11 not evicted yet: the owner carries it out
+    assert lru.reserve("mint:rl/p@12", 10) == ["mint:rl/p@10", "mint:rl/p@11"]
+    assert "mint:rl/q@1" in lru and lru.bytes == 50  # @10 and @11 not evicted yet: the owner carries it out
+
+
+def test_a_revision_that_became_idle_during_the_read_goes_when_the_newer_one_is_resident():
+    lru = HostLRU(1000)
+    lru.reserve("mint:rl/p@1", 10)
+    lru.loaded("mint:rl/p@1", 10)
+    lru.hold("mint:rl/p@1")
+    assert lru.reserve("mint:rl/p@2", 10) == []  # in use: stays while @2 is read
+    lru.release("mint:rl/p@1")
+    assert lru.loaded("mint:rl/p@2", 10) == ["mint:rl/p@1"]
+
+
+def test_superseded_revisions_do_not_count_twice_toward_room():
+    """A read that needs room beyond what the superseded revision frees evicts the coldest other adapter too."""
+    lru = HostLRU(30)
+    for key in ("mint:cold/a@1", "mint:rl/p@1", "mint:hot/b@1"):
+        lru.reserve(key, 10)
+        lru.loaded(key, 10)
+    assert lru.reserve("mint:rl/p@2", 20) == ["mint:rl/p@1", "mint:cold/a@1"]
