@@ -12,6 +12,8 @@ import time
 
 from hung import HUNG_AFTER_S
 
+from sglang_mint.errors import AdapterNotFound
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 PRELUDE = f"""
@@ -116,7 +118,7 @@ def test_kill_9_during_publish_loop_leaves_catalog_consistent(cat, backend, tmp_
     cat.close()
     script = _script(tmp_path, "killed.py", KILLED_WRITER)
     rng = random.Random(1234)
-    published = 0
+    printed: set[int] = set()  # the k of every publish a writer reported committed
     for run in range(5):
         p = subprocess.Popen([sys.executable, script, cat.path, str(100000 * (run + 1))],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -125,8 +127,11 @@ def test_kill_9_during_publish_loop_leaves_catalog_consistent(cat, backend, tmp_
         time.sleep(rng.uniform(0.0, 0.25))
         os.kill(p.pid, signal.SIGKILL)
         p.wait()
-        published += 1 + len(p.stdout.read().split())
-    assert published >= 5
+        printed |= {int(first), *map(int, p.stdout.read().split())}
+    assert len(printed) >= 5
+    # A starved writer may be killed before its third publish: only the ids it reported must exist
+    # (one committed just before the kill, unreported, may exist too, and is checked alike).
+    reported = {f"k/{k % 3}" for k in printed}
     if backend == "sqlite":
         db = sqlite3.connect(os.path.join(cat.path, "catalog.db"))
         assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
@@ -142,11 +147,15 @@ def test_kill_9_during_publish_loop_leaves_catalog_consistent(cat, backend, tmp_
                 pass
         rep = c.verify()
         assert rep["ok"], rep["problems"]
-        for i in range(3):
-            info = c.get(f"k/{i}")
+        for adapter_id in (f"k/{i}" for i in range(3)):
+            try:
+                info = c.get(adapter_id)
+            except AdapterNotFound:
+                assert adapter_id not in reported
+                continue
             for r in info.revisions:  # no revision points at a missing blob
                 assert all(c.blobs.exists(d) for d in r.files.values())
-            assert c.resolve(f"k/{i}").revision in [r.revision for r in info.revisions]
+            assert c.resolve(adapter_id).revision in [r.revision for r in info.revisions]
         c.gc(grace_s=0)  # crash leftovers (orphan blobs, temp files) go; nothing referenced does
         rep = c.verify()
         assert rep["ok"] and rep["unreferenced_blobs"] == 0 and rep["temp_files"] == 0, rep
