@@ -73,14 +73,19 @@ def mint_client(mint_server):
     return openai.OpenAI(base_url=mint_server.openai_url, api_key="none", max_retries=0)
 
 
+def empty_catalog(tiny_model, tmp_path_factory, name: str):
+    """The root of a new, empty catalog for ``tiny_model``, in a temporary folder named ``name``."""
+    from sglang_mint.catalog import init_catalog
+
+    root = tmp_path_factory.mktemp(name) / "catalog"
+    init_catalog(str(root), str(tiny_model)).close()
+    return root
+
+
 @pytest.fixture(scope="session")
 def shared_catalog(tiny_model, tmp_path_factory):
     """The root of a catalog for ``tiny_model`` that modules publish into (each under its own ids)."""
-    from sglang_mint.catalog import init_catalog
-
-    root = tmp_path_factory.mktemp("shared-catalog") / "catalog"
-    init_catalog(str(root), str(tiny_model)).close()
-    return root
+    return empty_catalog(tiny_model, tmp_path_factory, "shared-catalog")
 
 
 @pytest.fixture(scope="session")
@@ -99,11 +104,7 @@ def shared_catalog_server(tiny_model, shared_catalog, tmp_path_factory, catalog_
 @pytest.fixture(scope="session")
 def small_budget_catalog(tiny_model, tmp_path_factory):
     """The root of a catalog for ``tiny_model`` that churning modules publish into (each under its own ids)."""
-    from sglang_mint.catalog import init_catalog
-
-    root = tmp_path_factory.mktemp("small-budget-catalog") / "catalog"
-    init_catalog(str(root), str(tiny_model)).close()
-    return root
+    return empty_catalog(tiny_model, tmp_path_factory, "small-budget-catalog")
 
 
 @pytest.fixture(scope="session")
