@@ -223,6 +223,15 @@ class MintClient:
         """``{"adapter_id", "current", "latest", "deleted", "revisions": [...]}``."""
         return self._call("GET", f"/mint/adapters/{_quote(adapter_id)}")
 
+    def usage(self, adapter: str | None = None, since: float | str | None = None, until: float | str | None = None,
+              by: str = "minute") -> dict:
+        """``GET /mint/usage``: ``{"usage": [rows], "totals": {...}, "engines": [...]}``, rows per
+        adapter, revision and minute (``by="adapter"``: per adapter and revision over the span);
+        ``since`` and ``until`` are epoch seconds or ISO 8601 moments."""
+        query = {name: value for name, value in (("adapter", adapter), ("since", since), ("until", until), ("by", by))
+                 if value is not None}
+        return self._call("GET", "/mint/usage?" + urllib.parse.urlencode(query))
+
     def wait_until_served(self, adapter_id: str, revision: int, timeout: float = 120.0) -> float:
         """Return once ``adapter_id`` resolves to ``revision`` and a request for it has been served.
 

@@ -3,7 +3,7 @@
 ::
 
     GET  /mint/status                           residency and catalog counters
-    GET  /mint/usage?adapter=&since=&until=     the usage ledger: per adapter, revision and minute
+    GET  /mint/usage?adapter=&since=&until=&by=  the usage ledger: per adapter, revision and minute
     POST /mint/prefetch                         {"adapters": [id, ...]}: load them ahead of traffic
     GET  /mint/inbox                            where a trainer on this machine may put a publish's files
     POST /mint/adapters/{id}/revisions          publish a new revision and make it current
@@ -60,7 +60,7 @@ from sglang_mint.errors import MintError
 from sglang_mint.frontend.admin_guard import ADMITTED
 from sglang_mint.frontend.catalog_names import CatalogNames
 from sglang_mint.usage.ledger import FIELDS as USAGE_FIELDS
-from sglang_mint.usage.ledger import parse_moment, read_usage
+from sglang_mint.usage.ledger import ledger_engines, parse_moment, read_usage
 
 MAX_PREFETCH = 1024
 MAX_PREFETCH_BODY = 1 << 20  # 1,024 ids of at most 128 characters fit in about 140 KB
@@ -179,24 +179,35 @@ async def mint_status(request: Request):
 
 @_refusals
 async def mint_usage(request: Request):
-    """``GET /mint/usage?adapter=acme/bot&since=2026-12-05T04:00Z&until=...``: the usage ledger's rows
-    (usage/ledger.py) of every engine writing to this server's ``--mint-usage-dir``, and their totals."""
+    """``GET /mint/usage?adapter=acme/bot&since=2026-12-05T04:00Z&until=...&by=minute|adapter``: the
+    usage ledger's rows (usage/ledger.py) of every engine writing to this server's ``--mint-usage-dir``,
+    per minute or (``by=adapter``) one per adapter and revision over the span, their totals, and the
+    engines whose files were read (engines sharing a folder answer alike: usage/engines.py)."""
     engine = _admin_engine(request)
     if engine.config.usage_dir is None:
         raise _Refused(404, "this server keeps no usage ledger (--mint-usage-dir off)", "not_found_error")
     query = request.query_params
-    unknown = sorted(set(query) - {"adapter", "since", "until"})
+    unknown = sorted(set(query) - {"adapter", "since", "until", "by"})
     if unknown:
-        raise _Refused(400, f"unknown query parameter {unknown[0]!r}: expected adapter, since, until")
+        raise _Refused(400, f"unknown query parameter {unknown[0]!r}: expected adapter, since, until, by")
+    by = query.get("by", "minute")
+    if by not in ("minute", "adapter"):
+        raise _Refused(400, f"by: {by!r}: expected minute or adapter")
     bounds = {}
     for name in ("since", "until"):
         try:
             bounds[name] = parse_moment(query[name]) if name in query else None
         except ValueError as exc:
             raise _Refused(400, f"{name}: {exc}") from None
-    rows = await asyncio.to_thread(read_usage, engine.config.usage_dir, query.get("adapter"), **bounds)
+
+    def read() -> tuple[list[dict], list[str]]:
+        folder = engine.config.usage_dir
+        return (read_usage(folder, query.get("adapter"), **bounds, per_minute=by == "minute"),
+                ledger_engines(folder, **bounds))
+
+    rows, engines = await asyncio.to_thread(read)
     totals = {field: sum(row[field] for row in rows) for field in USAGE_FIELDS}
-    return ORJSONResponse({"usage": rows, "totals": totals})
+    return ORJSONResponse({"usage": rows, "totals": totals, "engines": engines})
 
 
 @_refusals

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 
 DESCRIPTION = """\
 Even the engines' shares behind SMG without losing adapter affinity. Each adapter's request
@@ -15,6 +16,10 @@ into the gateway's adapter-route middleware, which is replaced without a gap.
 Adapters not seen in the window keep their ring engine. The gateway must run
 --policy consistent_hashing with --enable-wasm. Run it again as popularity shifts (for
 example every 10 minutes); each run takes about 30 s of the gateway host's CPU.
+
+The rates come from one ledger folder the engines share (--usage-dir: engines on one
+machine), or with --usage-from-engines from each healthy engine's GET /mint/usage, an
+admin endpoint (engines on several machines; a folder shared by several is counted once).
 """
 
 
@@ -31,8 +36,15 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     r.add_argument("--gateway", required=True, help="SMG's URL, e.g. http://127.0.0.1:30080")
     r.add_argument("--base-model", required=True, help="the engines' served model name (the middleware rewrites "
                    "model=<adapter-id> to it)")
-    r.add_argument("--usage-dir", default=str(default_cache_dir() / "usage"),
-                   help="the engines' usage ledger folder, their --mint-usage-dir (default %(default)s)")
+    source = r.add_mutually_exclusive_group()
+    source.add_argument("--usage-dir", default=str(default_cache_dir() / "usage"),
+                        help="the engines' usage ledger folder, their --mint-usage-dir (default %(default)s)")
+    source.add_argument("--usage-from-engines", action="store_true",
+                        help="ask each healthy engine behind the gateway for its ledger (GET /mint/usage) "
+                             "instead of reading a folder")
+    r.add_argument("--admin-api-key", default=os.environ.get("MINT_ADMIN_API_KEY"),
+                   help="the engines' --admin-api-key, for --usage-from-engines (default: $MINT_ADMIN_API_KEY; "
+                        "an engine without one answers its own machine only)")
     r.add_argument("--window-minutes", type=float, default=60.0,
                    help="rates over the last this many minutes (default %(default)s)")
     r.add_argument("--load-factor", type=float, default=DEFAULT_LOAD_FACTOR,
@@ -46,17 +58,26 @@ def run_rebalance(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from sglang_mint.errors import MintError
-    from sglang_mint.gateway.smg import plan_placement, rebalance
+    from sglang_mint.gateway.smg import gateway_workers, plan_placement, rebalance, requests_from_engines
     from sglang_mint.usage.ledger import requests_by_adapter
 
-    if not Path(args.usage_dir).is_dir():
-        raise MintError(f"--usage-dir {args.usage_dir}: no such folder (engines write their ledger to "
-                        "--mint-usage-dir)")
     if args.load_factor < 1.0:
         raise MintError(f"--load-factor {args.load_factor}: must be at least 1.0")
-    rates = requests_by_adapter(args.usage_dir, since=time.time() - args.window_minutes * 60)
+    since, unread = time.time() - args.window_minutes * 60, []
+    if args.usage_from_engines:
+        try:
+            urls = [w["url"] for w in gateway_workers(args.gateway) if w.get("is_healthy")]
+        except OSError as exc:
+            raise MintError(f"cannot reach SMG at {args.gateway}: {exc}") from None
+        rates, unread = requests_from_engines(urls, since, admin_api_key=args.admin_api_key)
+        where = f"the ledgers of {len(urls) - len(unread)} engines"
+    else:
+        if not Path(args.usage_dir).is_dir():
+            raise MintError(f"--usage-dir {args.usage_dir}: no such folder (engines write their ledger to "
+                            "--mint-usage-dir)")
+        rates, where = requests_by_adapter(args.usage_dir, since=since), args.usage_dir
     if not rates:
-        raise MintError(f"no adapter requests in {args.usage_dir} over the last {args.window_minutes:g} minutes: "
+        raise MintError(f"no adapter requests in {where} over the last {args.window_minutes:g} minutes: "
                         "nothing to place")
     try:
         if args.dry_run:
@@ -67,5 +88,6 @@ def run_rebalance(args: argparse.Namespace) -> int:
         raise MintError(str(exc)) from None
     except OSError as exc:
         raise MintError(f"cannot reach SMG at {args.gateway}: {exc}") from None
-    print(json.dumps({"dry_run": args.dry_run, **placement.summary(), "moved": placement.routing_keys}, indent=2))
+    print(json.dumps({"dry_run": args.dry_run, "requests_counted": sum(rates.values()), "usage_unread": unread,
+                      **placement.summary(), "moved": placement.routing_keys}, indent=2))
     return 0

@@ -27,11 +27,14 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from sglang_mint.client import MintAPIError, MintClient
+from sglang_mint.errors import MintError
 from sglang_mint.gateway.middleware import (GatewayError, adapter_route_modules, build_adapter_route,
                                             install_adapter_route, remove_adapter_route, warm_adapter_route)
 from sglang_mint.gateway.placement import DEFAULT_LOAD_FACTOR, Placement, place_adapters
 from sglang_mint.ports import free_port
 from sglang_mint.process import ManagedProcess
+from sglang_mint.usage.engines import merge_ledgers
 
 HEALTH_FLAGS = ["--health-check-interval-secs", "1", "--health-failure-threshold", "2",
                 "--health-success-threshold", "1", "--health-check-timeout-secs", "2"]
@@ -75,11 +78,39 @@ def bounded_affinity(load_factor: float = 1.1, abs_threshold: int = 0) -> Routin
 BOUNDED_AFFINITY = bounded_affinity()
 
 
+def gateway_workers(gateway_url: str) -> list[dict]:
+    """SMG's registered workers: ``[{"url": ..., "is_healthy": ...}, ...]``."""
+    with urllib.request.urlopen(gateway_url.rstrip("/") + "/workers", timeout=10) as r:
+        return json.loads(r.read())["workers"]
+
+
+USAGE_REFUSAL_HINTS = {401: "pass the engines' --admin-api-key", 403: "pass the engines' --admin-api-key",
+                       404: "start the engine with --mint-usage-dir"}
+
+
+def requests_from_engines(urls: list[str], since: float, until: float | None = None,
+                          admin_api_key: str | None = None, timeout: float = 60.0) -> tuple[dict[str, int], list[str]]:
+    """Requests per adapter over ``[since, until)`` from each engine's usage ledger (``GET /mint/usage``),
+    every ledger counted once (usage/engines.py), and the engines that could not be reached. A refusal
+    (no key, no ledger) is an error naming the engine: rates missing one ledger would place by a part."""
+    answers, unread = {}, []
+    for url in urls:
+        try:
+            answers[url] = MintClient(url, admin_api_key=admin_api_key, timeout=timeout).usage(
+                since=since, until=until, by="adapter")
+        except MintAPIError as exc:
+            hint = USAGE_REFUSAL_HINTS.get(exc.status)
+            raise MintError(f"{url}/mint/usage answered {exc.status}: {exc.message}"
+                            + (f" ({hint})" if hint else "")) from None
+        except OSError:
+            unread.append(url)
+    return merge_ledgers(answers), unread
+
+
 def plan_placement(gateway_url: str, rates: dict[str, float], load_factor: float = DEFAULT_LOAD_FACTOR) -> Placement:
     """Where :func:`rebalance` would put each adapter on the gateway's engines now; changes nothing.
     SMG's ring holds every registered worker; adapters go to the healthy ones."""
-    with urllib.request.urlopen(gateway_url.rstrip("/") + "/workers", timeout=10) as r:
-        workers = json.loads(r.read())["workers"]
+    workers = gateway_workers(gateway_url)
     return place_adapters(rates, [w["url"] for w in workers], [w["url"] for w in workers if w.get("is_healthy")],
                           load_factor)
 

@@ -132,13 +132,7 @@ def read_usage(directory: str | os.PathLike, adapter: str | None = None, since: 
     engine's files in ``directory``, oldest first; ``adapter`` keeps that id's rows only.
     ``per_minute`` False: one row per (adapter, revision) over the whole span, most requests first."""
     rows: dict[tuple, list[int]] = {}
-    for path in sorted(Path(directory).glob("usage-*.jsonl")):
-        m = _FILE.match(path.name)
-        if m is None:
-            continue
-        start = _hour_start(m["hour"])
-        if (since is not None and start + 3600 <= since) or (until is not None and start >= until):
-            continue
+    for path, _ in _files_in_span(directory, since, until):
         for line in path.read_text(encoding="utf-8").splitlines():
             try:
                 row = json.loads(line)
@@ -160,12 +154,35 @@ def read_usage(directory: str | os.PathLike, adapter: str | None = None, since: 
     return [{"adapter": a, "revision": r, **dict(zip(FIELDS, c))} for (a, r, _), c in ordered]
 
 
-def requests_by_adapter(directory: str | os.PathLike, since: float | None = None,
-                        until: float | None = None) -> dict[str, int]:
-    """Requests per adapter id over the span, every revision summed; the base model left out
-    (the request rates gateway/placement.py places adapters by)."""
+def ledger_engines(directory: str | os.PathLike, since: float | None = None,
+                   until: float | None = None) -> list[str]:
+    """The engines whose files in ``directory`` cover part of the span: whose counts a read sums."""
+    return sorted({engine for _, engine in _files_in_span(directory, since, until)})
+
+
+def _files_in_span(directory: str | os.PathLike, since: float | None, until: float | None):
+    """(path, engine) of each ledger file whose hour overlaps ``[since, until)``."""
+    for path in sorted(Path(directory).glob("usage-*.jsonl")):
+        m = _FILE.match(path.name)
+        if m is None:
+            continue
+        start = _hour_start(m["hour"])
+        if (since is not None and start + 3600 <= since) or (until is not None and start >= until):
+            continue
+        yield path, m["engine"]
+
+
+def requests_per_adapter(rows: list[dict]) -> dict[str, int]:
+    """Requests per adapter id in ``read_usage``'s rows, every revision and minute summed; the base
+    model left out (the request rates gateway/placement.py places adapters by)."""
     counts: dict[str, int] = {}
-    for row in read_usage(directory, since=since, until=until, per_minute=False):
+    for row in rows:
         if row["adapter"] is not None:
             counts[row["adapter"]] = counts.get(row["adapter"], 0) + row["requests"]
     return counts
+
+
+def requests_by_adapter(directory: str | os.PathLike, since: float | None = None,
+                        until: float | None = None) -> dict[str, int]:
+    """Requests per adapter id over the span, from the files in ``directory``."""
+    return requests_per_adapter(read_usage(directory, since=since, until=until, per_minute=False))

@@ -30,7 +30,8 @@ LAYERS = [
     # catalog ids; a CatalogLoraId carries the catalog's Revision record to the scheduler.
     ("config", "lora_id"),
     ("residency", "usage"),  # host LRU, cold loader, affinity: serving state; the per-adapter usage ledger
-    ("routing", "gateway", "client", "capacity"),  # capacity: `mint plan`, over residency's LRU and affinity
+    ("routing", "client", "capacity"),  # capacity: `mint plan`, over residency's LRU and affinity
+    ("gateway",),  # SMG in front of engines: it asks them, as a client, for their usage
     ("frontend",),  # the HTTP side, engine-neutral: admin guard, catalog names, /mint/* handlers
     ("sglang",),  # the glue, the only importer of sglang
     ("cli",),  # `mint`: puts the command groups together
@@ -140,7 +141,7 @@ def test_the_checker_catches_what_it_should():
     sources = {
         "sglang_mint/packed/convert.py": "def f():\n    from sglang_mint.catalog.ids import revision_name\n",
         "sglang_mint/adapters/peft.py": "from ..catalog import errors\n",  # relative, resolved
-        "sglang_mint/gateway/smg.py": "import sglang_mint.routing\n",  # a sibling of its layer
+        "sglang_mint/capacity/plan.py": "import sglang_mint.routing\n",  # a sibling of its layer
         "sglang_mint/residency/loader.py": "import importlib\nimportlib.import_module('sglang_mint.sglang.hooks')\n",
         "sglang_mint/catalog/cli.py": "GROUPS = ['sglang_mint.dev.cli']\n",  # only the top cli.py may
         "kernels/batch.py": "from sglang_mint import config\n",
@@ -153,7 +154,7 @@ def test_the_checker_catches_what_it_should():
     }
     found = violations(sources)
     assert [v.split(":")[0] for v in found] == [
-        "sglang_mint/packed/convert.py", "sglang_mint/adapters/peft.py", "sglang_mint/gateway/smg.py",
+        "sglang_mint/packed/convert.py", "sglang_mint/adapters/peft.py", "sglang_mint/capacity/plan.py",
         "sglang_mint/residency/loader.py", "sglang_mint/catalog/cli.py", "kernels/batch.py",
         "sglang_mint/newroom.py"], found
     assert "sglang_mint.catalog.errors" in found[1] and "never imports dev/" in found[4]

@@ -204,6 +204,13 @@ def test_rebalance_command_plans_from_the_engines_usage(engines, gateway, capsys
     assert (max(on_ring) * 2 / sum(on_ring) > 1.05) == bool(plan["moved"])
     assert all(ring.home(key) != ring.home(adapter) for adapter, key in plan["moved"].items())
     assert len(gateway_modules(gateway)) == 1  # a dry run changes nothing
+    # The same plan from each engine's GET /mint/usage: both engines write to one folder here, so both
+    # answer with every row, and the ledger is counted once (twice would be 2 x the requests).
+    assert cli_main(["gateway", "rebalance", "--gateway", gateway.url, "--base-model", "tiny",
+                     "--usage-from-engines", "--load-factor", "1.05", "--dry-run"]) == 0
+    from_engines = json.loads(capsys.readouterr().out)
+    assert from_engines["requests_counted"] == plan["requests_counted"] == sum(rates.values())
+    assert from_engines["moved"] == plan["moved"] and from_engines["usage_unread"] == []
     assert cli_main(["gateway", "rebalance", "--gateway", gateway.url, "--base-model", "tiny", "--usage-dir",
                      str(usage_dir), "--window-minutes", "0", "--dry-run"]) == 2
     assert "no adapter requests" in capsys.readouterr().err

@@ -22,6 +22,7 @@ import pytest
 
 from sglang_mint.catalog import open_catalog
 from sglang_mint.cli import main as mint
+from sglang_mint.client import MintClient
 from sglang_mint.usage.ledger import FIELDS
 
 pytestmark = pytest.mark.server  # starts real SGLang servers: not in make test-fast
@@ -127,8 +128,11 @@ def test_usage_rows_per_minute_the_cli_and_bad_queries(server, capsys):
     assert mint(["usage", "--dir", str(server.usage_dir)]) == 0
     table = capsys.readouterr().out.splitlines()
     assert table[0].split() == ["adapter", "revision", *FIELDS] and any(ADAPTERS[0] in line for line in table)
+    by_adapter = MintClient(server.url).usage(adapter=ADAPTERS[0], since=0, by="adapter")
+    assert by_adapter["usage"] == [total] and len(by_adapter["engines"]) == 1  # this engine's files only
     assert usage_of(server, adapter=ADAPTERS[0], until="2026-01-01")["usage"] == []
     for query, complaint in ((("since", "yesterday"), "since: 'yesterday' is not a moment"),
+                             (("by", "hour"), "by: 'hour': expected minute or adapter"),
                              (("adapterz", "x"), "unknown query parameter 'adapterz'")):
         with pytest.raises(urllib.error.HTTPError) as err:
             usage_of(server, **dict([query]))
