@@ -235,9 +235,11 @@ def add_commands(subparsers) -> None:
     cmd("stats", cmd_stats, "counts and sizes")
     p = cmd("verify", cmd_verify, "check metadata and re-hash every referenced blob (exit 1 on problems)")
     p.add_argument("--no-hash", action="store_true", help="check existence only, do not re-hash")
-    p = cmd("gc", cmd_gc, "drop deleted adapters' revisions and reclaim unreferenced blobs")
+    p = cmd("gc", cmd_gc, "drop deleted adapters' revisions and superseded never-stored durable=false ones, "
+                          "and reclaim unreferenced blobs")
     p.add_argument("--grace", type=float, default=3600.0, metavar="SECONDS",
-                   help="keep unreferenced blob files younger than this (a publish may be in flight); default 3600")
+                   help="keep unreferenced blob files, and superseded durable=false revisions never stored, "
+                        "younger than this (a publish may be in flight); default 3600")
 
     p = cmd("synth", cmd_synth, "add N synthetic rank-r adapters for benchmarks (distinct and loadable unless "
             "--shared-payload)")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from typing import TYPE_CHECKING
 
 from sglang_mint.catalog.blobs import LocalBlobStore
@@ -13,12 +14,18 @@ if TYPE_CHECKING:
 
 
 def collect_garbage(catalog: "Catalog", grace_s: float) -> dict:
-    """Drop deleted adapters' revisions, then views and blobs nothing references.
+    """Drop deleted adapters' revisions and the durable=false revisions that a newer one superseded
+    before they were stored, then views and blobs nothing references.
 
     A blob file unknown to the metadata (left by a publish killed before
     its commit) is removed only when older than ``grace_s``; a publish in
-    flight re-checks its blobs under the write lock, so gc cannot strand it."""
+    flight re-checks its blobs under the write lock, so gc cannot strand it.
+    A superseded durable=false revision goes once older than ``grace_s``: a server serves it
+    from memory for seconds after it is superseded, and stores such a revision within a
+    minute if it stores it at all (frontend/staged_revisions.py); a store that comes later
+    finds no row and leaves an unreferenced blob for the next gc."""
     purged = catalog.store.purge_deleted()
+    never_stored = catalog.store.purge_never_stored(time.time() - grace_s)
     views = catalog.view_folders.gc(lambda digest: bool(catalog.store.blob_refs(digest)))
     removed = freed = 0
     by_prefix: dict[str, list[str]] = {}
@@ -41,7 +48,8 @@ def collect_garbage(catalog: "Catalog", grace_s: float) -> dict:
             if refs <= 0:
                 catalog.store.forget_blob(digest)
     temp = catalog.blobs.clean_temp(grace_s)
-    return {"purged_revisions": purged, "removed_views": views, "removed_blobs": removed,
+    return {"purged_revisions": purged, "purged_never_stored": len(never_stored),
+            "removed_views": views, "removed_blobs": removed,
             "freed_bytes": freed, "removed_temp_files": temp}
 
 

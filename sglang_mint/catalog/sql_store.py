@@ -367,5 +367,17 @@ class SqlMetadataStore(MetadataStore):
             run(c, "UPDATE adapters SET current = NULL WHERE deleted = TRUE")
         return len(rows)
 
+    def purge_never_stored(self, created_before: float) -> list[tuple[str, int]]:
+        run = self.dialect.execute
+        with self._write() as c:
+            rows = run(c, "SELECT r.adapter_id, r.revision, r.files FROM revisions r JOIN adapters a "
+                          "ON a.id = r.adapter_id WHERE r.durable = FALSE AND r.created < ? AND r.revision < a.latest "
+                          "AND (a.current IS NULL OR r.revision <> a.current)", (created_before,)).fetchall()
+            for aid, rev, files in rows:
+                for d in json.loads(files).values():
+                    run(c, "UPDATE blobs SET refs = refs - 1 WHERE digest = ?", (d,))
+                run(c, "DELETE FROM revisions WHERE adapter_id = ? AND revision = ?", (aid, rev))
+        return [(aid, rev) for aid, rev, _ in rows]
+
     def forget_blob(self, digest: str) -> None:
         self._run("DELETE FROM blobs WHERE digest = ? AND refs <= 0", (digest,))

@@ -216,6 +216,12 @@ class MetadataStore(abc.ABC):
         so revision numbers are never reused if the id is published again."""
 
     @abc.abstractmethod
+    def purge_never_stored(self, created_before: float) -> list[tuple[str, int]]:
+        """Drop revisions published with durable=false whose blobs were never stored and never will
+        be: created before ``created_before``, superseded by a newer revision of their adapter and
+        not its current one (an RL loop's past steps). Returns their (adapter id, revision)."""
+
+    @abc.abstractmethod
     def blob_refs(self, digest: str) -> int | None:
         """How many revisions reference ``digest`` (None: the store never heard of it)."""
 

@@ -17,6 +17,7 @@ from catalog_fixtures import write_peft
 
 from sglang_mint.adapters.errors import InvalidAdapter
 from sglang_mint.catalog.catalog import PENDING_DIGEST
+from sglang_mint.catalog.errors import RevisionNotFound
 from sglang_mint.catalog.upload import publish_files
 
 
@@ -116,3 +117,34 @@ def test_a_durable_false_revision_may_repeat_content_and_is_counted_once_stored(
     report = cat.verify()
     assert report["ok"] and report["not_durable"] == [], report
     assert dict(cat.store.referenced_digests())[first.files["adapter_model.safetensors"]] == 2
+
+
+def test_gc_drops_durable_false_revisions_superseded_before_they_were_stored(cat, tmp_path):
+    """An RL loop publishes a durable=false revision every step and the server stores only the
+    newest (frontend/staged_revisions.py): the others stay not durable for good. gc drops them once
+    older than its grace; it keeps the current one, any stored one, and the revision numbers."""
+    first = publish_files(cat, "rl/p", files_of(write_peft(tmp_path / "durable", rank=2, seed=1)))
+    handed = {}
+
+    def stage(rev, payload, known):
+        handed[rev.revision] = (rev, payload, known)
+        return rev
+
+    for step in range(2, 6):
+        publish_files(cat, "rl/p", files_of(write_peft(tmp_path / f"step{step}", rank=2, seed=step)), stage=stage)
+    cat.store_blobs(*handed[3])  # one stored on the way (the store keeps one a minute)
+    assert cat.verify()["not_durable"] == ["rl/p@2", "rl/p@4", "rl/p@5"]
+    assert cat.gc(3600)["purged_never_stored"] == 0  # younger than the grace: a server may still serve them
+    report = cat.gc(0)
+    assert report["purged_never_stored"] == 2, report
+    assert [r.revision for r in cat.store.revisions("rl/p")] == [1, 3, 5]
+    assert cat.resolve("rl/p").revision == 5 and cat.latest_durable("rl/p", 5).revision == 3
+    report = cat.verify()
+    assert report["ok"] and report["not_durable"] == ["rl/p@5"], report
+    with pytest.raises(RevisionNotFound):  # a store that comes after gc finds no row
+        cat.store_blobs(*handed[4])
+    report = cat.verify()
+    assert report["ok"] and report["unreferenced_blobs"] == 1, report  # its blob: garbage for the next gc
+    assert [r.revision for r in cat.store.revisions("rl/p")] == [1, 3, 5]
+    nxt = publish_files(cat, "rl/p", files_of(write_peft(tmp_path / "next", rank=2, seed=9)))
+    assert nxt.revision == 6 and first.durable
