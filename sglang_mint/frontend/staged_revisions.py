@@ -245,6 +245,11 @@ class StagedRevisions:
             self._expiring = [e for e in self._expiring if e[0] > now]
             for _, key, _ in done:
                 self._records.pop(key, None)
+            if done:  # an adapter with nothing staged here any more needs no bookkeeping
+                staged = {adapter_id for adapter_id, _ in self._records}
+                for adapter_id in {key[0] for _, key, _ in done} - staged:
+                    self._newest.pop(adapter_id, None)
+                    self._unstored_since.pop(adapter_id, None)
         for _, _, folder in done:
             shutil.rmtree(folder, ignore_errors=True)
 

@@ -192,3 +192,20 @@ def test_a_revision_superseded_before_its_store_is_not_stored(tmp_path, monkeypa
         # their staged folders (the first two staged: 0 and 1) go with them
         assert wait_for(lambda: not any(os.path.exists(os.path.join(staged.root, "staged", n)) for n in "01"))
     staged.close()
+
+
+def test_an_adapter_with_nothing_staged_leaves_no_bookkeeping(tmp_path, monkeypatch):
+    """A server publishing for many adapters over days keeps state only for those staged now."""
+    import sglang_mint.frontend.staged_revisions as module
+
+    monkeypatch.setattr(module, "STORE_AFTER_S", 0.0)
+    staged = StagedRevisions(str(tmp_path / "shm" / "30002"), grace_s=0.1)
+    catalog = StandInCatalog(tmp_path)
+    for i in range(20):
+        staged.stage(catalog, not_durable(f"rl/p{i}", 1), {"adapter_config.json": b"{}"}, {})
+    assert len(staged._newest) == 20
+    assert wait_for(lambda: len(catalog.stored) == 20 and not staged._records)
+    assert wait_for(lambda: not staged._newest and not staged._unstored_since), (staged._newest, staged._unstored_since)
+    staged.stage(catalog, not_durable("rl/p0", 2), {"adapter_config.json": b"{}"}, {})  # and starts again
+    assert wait_for(lambda: len(catalog.stored) == 21) and catalog.stored[-1][:2] == ("rl/p0", 2)
+    staged.close()
