@@ -40,7 +40,7 @@ from collections import OrderedDict
 from typing import Any, Protocol
 
 from sglang_mint.lora_id import CatalogLoraId, parse_lora_id
-from sglang_mint.residency.host_bytes import proportional_sizes, read_estimate_bytes, release_free_memory
+from sglang_mint.residency.host_bytes import read_estimate_bytes, release_free_memory
 from sglang_mint.residency.host_lru import HostLRU
 from sglang_mint.residency.loader import ColdLoader, LoadResult
 from sglang_mint.residency.rank_agreement import RankView
@@ -377,5 +377,4 @@ class SchedulerResidency:
             "tp_rank": self.tp_rank,
             "pid": os.getpid(),  # which scheduler: /mint/status lists them in no fixed order
             "host": socket.gethostname(),
-            **proportional_sizes(),  # pss_bytes, pss_data_bytes
         }

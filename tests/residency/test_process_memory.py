@@ -68,3 +68,17 @@ def test_data_size_counts_what_this_process_holds():
     grown = sizes()[1] - before
     assert 60 * MIB < grown < 68 * MIB, grown
     del held
+
+
+def test_another_process_is_read_by_its_pid():
+    """The frontend reads its schedulers' sizes from outside, by pid."""
+    holder = subprocess.Popen([sys.executable, "-c", "b = bytearray(64 << 20); print('up', flush=True); input()"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "up\n"
+        held = proportional_sizes(holder.pid)
+        assert held["pss_data_bytes"] > 64 * MIB and held["pss_bytes"] >= held["pss_data_bytes"], held
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=HUNG_AFTER_S)
+    assert proportional_sizes(holder.pid) == {"pss_bytes": None, "pss_data_bytes": None}  # gone

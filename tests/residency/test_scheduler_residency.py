@@ -7,6 +7,8 @@ and ``settle`` runs loop iterations until none is under way.
 
 from __future__ import annotations
 
+import os
+
 import threading
 import time
 from types import SimpleNamespace
@@ -155,6 +157,8 @@ def test_a_miss_is_read_installed_then_admitted_and_the_next_request_hits():
     status = residency.status()
     assert status["requests"] == 2 and status["hit_rate"] == 0.5
     assert status["cold_loads"] == 1 and status["host_bytes"] == 60_000 and status["adapters_in_use"] == 1
+    # read on the scheduler's loop: no walk of its page tables (the frontend reads those by pid)
+    assert "pss_bytes" not in status and status["pid"] == os.getpid()
 
 
 def test_without_a_node_share_no_state_is_kept_per_adapter_ever_read():
