@@ -1,0 +1,58 @@
+"""The middleware warm-up: SMG compiles a new middleware build once per middleware thread (up to
+4), so each round of the warm-up keeps that many requests in flight at once; a thread busy
+compiling then leaves the next request to another. Against a loopback stand-in for SMG that
+counts requests in flight (whether SMG compiles per thread is SMG's, read from its source; on
+this 2-core machine SMG has 2 threads and the real gateway test warms both either way)."""
+
+from __future__ import annotations
+
+import http.server
+import threading
+import time
+
+import pytest
+
+from sglang_mint.gateway.middleware import SMG_WASM_THREADS_MAX, warm_adapter_route
+
+
+class Stand:
+    def __init__(self, slow_first: int):
+        self.lock = threading.Lock()
+        self.in_flight = self.most_in_flight = self.seen = 0
+        self.slow_first = slow_first  # the first this many requests "compile"
+
+
+@pytest.fixture
+def smg():
+    stand = Stand(slow_first=SMG_WASM_THREADS_MAX)
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers["Content-Length"]))
+            with stand.lock:
+                stand.in_flight += 1
+                stand.most_in_flight = max(stand.most_in_flight, stand.in_flight)
+                stand.seen += 1
+                slow = stand.seen <= stand.slow_first
+            time.sleep(1.2 if slow else 0.05)
+            with stand.lock:
+                stand.in_flight -= 1
+            self.send_response(404)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}", stand
+    server.shutdown()
+
+
+def test_each_round_keeps_every_middleware_thread_busy_and_a_fast_round_ends_it(smg):
+    url, stand = smg
+    slowest = warm_adapter_route(url, timeout=30)
+    assert stand.most_in_flight == SMG_WASM_THREADS_MAX  # all of the first round at once
+    assert len(slowest) == 2 and slowest[0] >= 1.2 and slowest[1] < 1.0, slowest
+    assert stand.seen == 2 * SMG_WASM_THREADS_MAX
