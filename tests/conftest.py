@@ -16,8 +16,16 @@ _server_allowed = [True]
 
 def pytest_configure(config):
     """A test that starts an SGLang server must say so (``pytest.mark.server``): in a run that leaves
-    server tests out, starting one anyway fails, so the fast lane never grows a slow test unseen."""
+    server tests out, starting one anyway fails, so the fast lane never grows a slow test unseen.
+    And the code under test must be this checkout's (checkout.py)."""
+    import sglang_mint
+    from checkout import installed_elsewhere
+
     from sglang_mint.dev.server import SGLangServer
+
+    wrong = installed_elsewhere(sglang_mint.__file__)
+    if wrong:
+        raise pytest.UsageError(wrong)
 
     start = SGLangServer.start
 
