@@ -24,8 +24,11 @@ memory, the PSS of the server's processes sampled every 0.2 s over the loop
 LoRA slots) and the same sampling load: the one policy samples K times the prompts, so
 both engines prefill and hold the same sequences at once (at 6bde11c K=1 sampled a K-th
 of K's, and the growth it measured was mostly the larger batches' activations and KV
-pages: 40.5 against 114.7 MiB). Goal: K policies cost the engine no more than one policy
-plus K adapters.
+pages: 40.5 against 114.7 MiB), and sends them as K requests at once, as the K policies do
+(at 6160f52 it sent one request of K times the prompts, and K=4 grew 131.0 MiB against 98.1;
+four concurrent requests of 16 sequences, by hand on one engine, raised the scheduler's memory
+by 41.1 MiB whether they named four adapters or one, so that gap was the requests' shape, not
+the adapters). Goal: K policies cost the engine no more than one policy plus K adapters.
 Two engines started alike differ in PSS by tens of MiB before any policy runs, more than
 K small adapters, so the goal is also checked on each loop's growth (peak less the PSS
 at the loop's start). That growth is mostly the scheduler's allocator (glibc's heap and
@@ -48,6 +51,7 @@ import statistics
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from _common import append_result
@@ -55,7 +59,7 @@ from _handoff_harness import SERVER_FLAGS, get_json, start_server
 from _rl_full_weight import FullWeightEngine
 from _server_memory import ServerMemory
 from sglang_mint.dev import rl_demo
-from sglang_mint.dev.rl_demo import MintEngine, make_policies, run_loop, server_flags
+from sglang_mint.dev.rl_demo import MintEngine, generate, make_policies, run_loop, server_flags
 
 
 def timed(record: dict) -> dict:
@@ -73,8 +77,25 @@ def adapter_bytes(policy) -> int:
     return sum(t.numel() * t.element_size() for t in policy.lora_state_dict().values())
 
 
+class SplitSampling(MintEngine):
+    """One policy's sampling sent as ``parts`` requests at once, each of an equal share of its
+    prompts: the shape K policies' batches reach the engine in."""
+
+    def __init__(self, url: str, durable: bool, parts: int):
+        super().__init__(url, durable)
+        self.parts = parts
+
+    def sample(self, policy, name: str, prompt_ids: list[list[int]]):
+        share = len(prompt_ids) // self.parts
+        chunks = [prompt_ids[i * share:(i + 1) * share] for i in range(self.parts)]
+        with ThreadPoolExecutor(self.parts) as pool:
+            return [group for part in pool.map(lambda c: generate(self.url, c, lora_path=name), chunks)
+                    for group in part]
+
+
 def run_mint(model_dir: Path, policies: int, steps: int, slots: int, workdir: Path, prompt_repeats: int = 1) -> dict:
-    """``prompt_repeats``: each policy samples its prompts that many times over per step."""
+    """``prompt_repeats``: each policy samples its prompts that many times over per step, as that
+    many requests at once."""
     from sglang_mint.catalog import init_catalog
 
     catalog = workdir / f"catalog-k{policies}"
@@ -84,7 +105,8 @@ def run_mint(model_dir: Path, policies: int, steps: int, slots: int, workdir: Pa
     with start_server(model_dir, enable_mint=True, extra_args=flags) as server:
         loaded, prompt_ids = make_policies(model_dir, policies)
         with ServerMemory(server.proc.pid) as memory:
-            record = run_loop(MintEngine(server.url, rl_demo.DURABLE), loaded, prompt_ids * prompt_repeats, steps + 1)
+            engine = SplitSampling(server.url, rl_demo.DURABLE, prompt_repeats)
+            record = run_loop(engine, loaded, prompt_ids * prompt_repeats, steps + 1)
         status = get_json(server.url + "/mint/status")["schedulers"][0]
     shutil.rmtree(catalog, ignore_errors=True)
     return {**record, **timed(record), "durable": rl_demo.DURABLE, "adapter_bytes": adapter_bytes(loaded[0]),
