@@ -4,9 +4,13 @@
 Added before the server starts, with SGLang's ``AuthLevel.ADMIN_OPTIONAL`` mark, the
 admin guard (``admin.py``) and the 409 answer to a stock load or unload under a
 catalog name; the handlers read SGLang's tokenizer manager as a ``MintEngine``.
+The server also keeps idle connections open longer than its clients' pools do.
 """
 
 from __future__ import annotations
+
+import logging
+import os
 
 from sglang.srt.utils.auth import AuthLevel, auth_level
 
@@ -17,6 +21,16 @@ from sglang_mint.sglang import admin
 from sglang_mint.sglang.flags import mint_config
 from sglang_mint.sglang.frontend import catalog_frontend
 from sglang_mint.sglang.hooks import verify_internals
+
+logger = logging.getLogger("sglang_mint")
+
+# SGLang's uvicorn closes a connection idle for SGLANG_TIMEOUT_KEEP_ALIVE seconds (5 by default),
+# the very age at which the openai client's pool (httpx: 5 s) stops reusing one: a request sent
+# on it as the server closes it fails with "Server disconnected without sending a response".
+# A server that waits longer than every common client pool (httpx 5 s, aiohttp 15 s, Go's and
+# reqwest's 90 s) never closes a connection a client is about to use; an idle socket costs
+# the server next to nothing. An operator's own SGLANG_TIMEOUT_KEEP_ALIVE is kept.
+IDLE_CONNECTION_S = 120
 
 
 class TokenizerManagerEngine:
@@ -65,6 +79,9 @@ def _before_launch_server(server_args, *args, **kwargs):
         watch_in_background(config.gateway, config.advertise_url or engine_url(server_args.host, server_args.port))
     from sglang.srt.entrypoints import http_server
 
+    if "SGLANG_TIMEOUT_KEEP_ALIVE" not in os.environ:  # read by launch_server as it builds uvicorn's config
+        os.environ["SGLANG_TIMEOUT_KEEP_ALIVE"] = str(IDLE_CONNECTION_S)
+        logger.info("idle HTTP connections are kept %d s (SGLANG_TIMEOUT_KEEP_ALIVE)", IDLE_CONNECTION_S)
     verify_internals("frontend")  # the app's internals, before routes are added to it
     add_routes(http_server.app, _engine, auth_level(AuthLevel.ADMIN_OPTIONAL))
     admin_guard.install(http_server.app, server_args.admin_api_key, admin.admin_optional_paths)

@@ -125,6 +125,8 @@ INTERNALS: tuple[Internal, ...] = (
              "frontend"),
     Internal("frontend", "sglang.srt.environ.envs", "SGLANG_USE_PICKLE_IPC", "a LoRA id carries its revision "
              "record only through pickled IPC", "frontend"),
+    Internal("frontend", "sglang.srt.environ.envs", "SGLANG_TIMEOUT_KEEP_ALIVE", "uvicorn's idle-connection "
+             "timeout, set through its variable before launch_server reads it", "endpoints"),
     Internal("frontend", "controller", "dp_budget.update_budget, dp_budget.total_requests, "
              "load_snapshot_reader.read_all, _active_workers", "the ranks' loads for adapter affinity; sets "
              "._mint_loads", "dp_affinity"),
