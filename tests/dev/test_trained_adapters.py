@@ -9,8 +9,8 @@ import pytest
 
 from sglang_mint.dev.demo import ANSWER_PROMPTS
 from sglang_mint.dev.reference import run_reference
-from sglang_mint.dev.trained_adapters import (BEHAVIOURS, expected_answer, trained_adapter_dirs, training_prompts,
-                                              training_seconds, unseen_prompts)
+from sglang_mint.dev.trained_adapters import (BEHAVIOURS, VALIDATION_PROMPTS, expected_answer, trained_adapter_dirs,
+                                              training_prompts, training_seconds, unseen_prompts, validation_prompts)
 
 MAX_TOKENS = 12
 PROMPTS = unseen_prompts(8)
@@ -50,9 +50,12 @@ def test_the_expected_answers():
 
 def test_the_prompts_shown_and_checked_are_not_training_prompts():
     seen = set(training_prompts())
-    assert len(seen) > 900  # 1,000 drawn: a few repeats at most
-    assert not seen & set(PROMPTS)
-    assert not seen & set(ANSWER_PROMPTS)
+    assert len(seen) > 3600  # 4,000 drawn: a few repeats at most
+    checked = set(validation_prompts())  # what training checks its adapters on
+    assert len(checked) == VALIDATION_PROMPTS and not seen & checked
+    for shown in (PROMPTS, ANSWER_PROMPTS):
+        assert not seen & set(shown)
+        assert not checked & set(shown)
 
 
 @pytest.mark.parametrize("name", list(BEHAVIOURS))
@@ -69,3 +72,34 @@ def test_training_is_recorded_and_cached(tiny_model, trained, tmp_path):
     assert all(s > 0 for s in seconds.values()), seconds
     # A second call finds the cache: no interpreter is started (one that cannot start would fail).
     assert trained_adapter_dirs(tiny_model, python=str(tmp_path / "no-such-python")) == trained
+
+
+def test_an_adapter_that_does_not_answer_as_trained_is_refused_by_name(tiny_model, tmp_path, monkeypatch):
+    from sglang_mint.dev import trained_adapters
+
+    monkeypatch.setattr(trained_adapters, "STEPS", 2)  # far too few to learn the motto
+    monkeypatch.setattr(trained_adapters, "CHECK_STEPS", 1)
+    monkeypatch.setattr(trained_adapters, "MAX_CHECKS", 1)
+    with pytest.raises(trained_adapters.TrainingFailed, match=r"adapter 'motto' answered \d+ of 256 .* after 3 steps"):
+        trained_adapters.train_adapter(tiny_model, "motto", tmp_path / "motto")
+    assert not (tmp_path / "motto").exists()  # nothing saved
+
+
+def test_concurrent_callers_train_once(tiny_model, tmp_path):
+    """Two callers at once (the two test lanes): the second waits for the first's training."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    calls = tmp_path / "calls"
+    trainer = tmp_path / "trainer"  # stands in for the interpreter: `trainer -m module MODEL OUT SEED`
+    trainer.write_text(f"""#!/bin/sh
+echo "$4" >> {calls}
+sleep 1
+for name in {' '.join(BEHAVIOURS)}; do mkdir -p "$4/$name"; done
+echo '{{"seconds": {{}}}}' > "$4/training.json"
+""")
+    trainer.chmod(0o755)
+    with ThreadPoolExecutor(2) as pool:
+        dirs = list(pool.map(lambda _: trained_adapter_dirs(tiny_model, cache_dir=tmp_path, python=str(trainer)),
+                             range(2)))
+    assert dirs[0] == dirs[1] and all(folder.is_dir() for folder in dirs[0].values())
+    assert len(calls.read_text().splitlines()) == 1
