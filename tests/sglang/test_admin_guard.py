@@ -85,7 +85,11 @@ def stack(tiny_model, tiny_adapters, tmp_path_factory):
             function = getattr(importlib.import_module(f"sglang_mint.sglang.{module}"), name)
             HookRegistry.register(hook.target, function, HookType[hook.kind])
     HookRegistry.apply_hooks()
+    keep_alive = os.environ.get("SGLANG_TIMEOUT_KEEP_ALIVE")  # the hook sets it for the launcher's uvicorn
     endpoints._before_launch_server(server_args)
+    assert os.environ["SGLANG_TIMEOUT_KEEP_ALIVE"] == (keep_alive or str(endpoints.IDLE_CONNECTION_S))
+    if keep_alive is None:  # servers this process starts later keep their own default
+        del os.environ["SGLANG_TIMEOUT_KEEP_ALIVE"]
     add_api_key_middleware(http_server.app, api_key="tenant", admin_api_key=None)
     served = uvicorn.Config(http_server.app, proxy_headers=True, forwarded_allow_ips="*", lifespan="off")
     served.load()
