@@ -15,9 +15,9 @@ Publishing takes ``multipart/form-data``: the files ``adapter_config.json`` and
 file names, and the optional fields ``expected_revision`` (refuse with 409
 unless the new revision gets this number), ``metadata`` (a JSON object kept
 with the revision), ``pack`` (``true`` stores it packed), ``warm``
-(``false`` skips loading it right away) and ``durable`` (``false``: answer once
-the revision is recorded and handed to the engine in memory, storing its blob
-after the answer; see staged_revisions.py). For example::
+(``false`` skips loading it right away; the default is ``durable``'s) and ``durable``
+(``false``: answer once the revision is recorded and handed to the engine in memory,
+storing its blob after the answer; see staged_revisions.py). For example::
 
     curl -F files=@adapter_config.json -F files=@adapter_model.safetensors \\
          -F metadata='{"step": 1200}' http://host:30000/mint/adapters/acme/bot/revisions
@@ -315,8 +315,8 @@ async def _publish_received(engine: MintEngine, names: CatalogNames, adapter_id:
         if not isinstance(metadata, dict):
             raise _Refused(400, 'metadata must be a JSON object, e.g. {"step": 1200}')
     pack = _flag(fields, "pack", None)
-    warm = _flag(fields, "warm", True)
     durable = _flag(fields, "durable", True)
+    warm = _flag(fields, "warm", durable)  # an RL step's own requests load it (MintClient.publish)
     if not durable and names.staged is None:
         raise _Refused(400, "durable=false needs a server whose frontend serves staged revisions")
     stage = None if durable else functools.partial(names.staged.stage, names.catalog)

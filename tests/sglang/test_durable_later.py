@@ -143,6 +143,21 @@ def test_durable_false_is_served_at_once_and_never_after_a_crash_before_it_is_st
         # the async variant: returns once a request for the new revision has been served
         pub = asyncio.run(mint.publish_served(ADAPTER, peft_model(tiny_model, seed=14), durable=False))
         assert pub.revision == 4 and complete(client, ADAPTER)[0] != stored["tokens"]
+
+        # An RL step is loaded by its own requests: no warm request beside them, unless asked.
+        def cold_loads():
+            return sum(s["cold_loads"] for s in httpx.get(f"{after.url}/mint/status", timeout=30).json()["schedulers"])
+        before, t0 = cold_loads(), time.monotonic()
+        mint.publish("rl/warmed", peft_model(tiny_model, seed=15), durable=False, warm=True)
+        while cold_loads() == before:
+            assert time.monotonic() - t0 < 60, "warm=True did not load the revision within 60 s"
+            time.sleep(0.05)
+        took, before = time.monotonic() - t0, cold_loads()
+        mint.publish("rl/unwarmed", peft_model(tiny_model, seed=16), durable=False)
+        time.sleep(max(2.0, 5 * took))
+        assert cold_loads() == before  # not warmed: its first request loads it
+        complete(client, "rl/unwarmed")
+        assert cold_loads() == before + 1
         deadline = time.monotonic() + 60
         while not mint.adapter(ADAPTER)["revisions"][-1]["durable"]:
             assert time.monotonic() < deadline, "revision 4 was not stored within 60 s"
