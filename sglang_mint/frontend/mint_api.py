@@ -61,7 +61,7 @@ from sglang_mint.frontend.admin_guard import ADMITTED
 from sglang_mint.frontend.catalog_names import CatalogNames
 from sglang_mint.residency.host_bytes import proportional_sizes
 from sglang_mint.usage.ledger import FIELDS as USAGE_FIELDS
-from sglang_mint.usage.ledger import ledger_engines, parse_moment, read_usage
+from sglang_mint.usage.ledger import parse_moment, read_ledger
 
 MAX_PREFETCH = 1024
 MAX_PREFETCH_BODY = 1 << 20  # 1,024 ids of at most 128 characters fit in about 140 KB
@@ -219,12 +219,8 @@ async def mint_usage(request: Request):
         except ValueError as exc:
             raise _Refused(400, f"{name}: {exc}") from None
 
-    def read() -> tuple[list[dict], list[str]]:
-        folder = engine.config.usage_dir
-        return (read_usage(folder, query.get("adapter"), **bounds, per_minute=by == "minute"),
-                ledger_engines(folder, **bounds))
-
-    rows, engines = await asyncio.to_thread(read)
+    rows, engines = await asyncio.to_thread(read_ledger, engine.config.usage_dir, query.get("adapter"), **bounds,
+                                            per_minute=by == "minute")
     totals = {field: sum(row[field] for row in rows) for field in USAGE_FIELDS}
     return ORJSONResponse({"usage": rows, "totals": totals, "engines": engines})
 

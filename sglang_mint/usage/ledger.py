@@ -131,8 +131,17 @@ def read_usage(directory: str | os.PathLike, adapter: str | None = None, since: 
     """One row per (adapter, revision, minute) with ``since <= minute < until``, summed over every
     engine's files in ``directory``, oldest first; ``adapter`` keeps that id's rows only.
     ``per_minute`` False: one row per (adapter, revision) over the whole span, most requests first."""
+    return read_ledger(directory, adapter, since, until, per_minute)[0]
+
+
+def read_ledger(directory: str | os.PathLike, adapter: str | None = None, since: float | None = None,
+                until: float | None = None, per_minute: bool = True) -> tuple[list[dict], list[str]]:
+    """``read_usage``'s rows, and the engines whose files they were summed from: one pass over the
+    folder, so an engine whose first file appears during the read is in both or in neither."""
     rows: dict[tuple, list[int]] = {}
-    for path, _ in _files_in_span(directory, since, until):
+    engines: set[str] = set()
+    for path, engine in _files_in_span(directory, since, until):
+        engines.add(engine)
         for line in path.read_text(encoding="utf-8").splitlines():
             try:
                 row = json.loads(line)
@@ -149,15 +158,11 @@ def read_usage(directory: str | os.PathLike, adapter: str | None = None, since: 
                 counts[i] += int(row.get(name, 0))
     if per_minute:
         ordered = sorted(rows.items(), key=lambda kv: (kv[0][2], kv[0][0] or "", kv[0][1] or 0))
-        return [{"adapter": a, "revision": r, "minute": m, **dict(zip(FIELDS, c))} for (a, r, m), c in ordered]
-    ordered = sorted(rows.items(), key=lambda kv: (-kv[1][0], kv[0][0] or "", kv[0][1] or 0))
-    return [{"adapter": a, "revision": r, **dict(zip(FIELDS, c))} for (a, r, _), c in ordered]
-
-
-def ledger_engines(directory: str | os.PathLike, since: float | None = None,
-                   until: float | None = None) -> list[str]:
-    """The engines whose files in ``directory`` cover part of the span: whose counts a read sums."""
-    return sorted({engine for _, engine in _files_in_span(directory, since, until)})
+        out = [{"adapter": a, "revision": r, "minute": m, **dict(zip(FIELDS, c))} for (a, r, m), c in ordered]
+    else:
+        ordered = sorted(rows.items(), key=lambda kv: (-kv[1][0], kv[0][0] or "", kv[0][1] or 0))
+        out = [{"adapter": a, "revision": r, **dict(zip(FIELDS, c))} for (a, r, _), c in ordered]
+    return out, sorted(engines)
 
 
 def _files_in_span(directory: str | os.PathLike, since: float | None, until: float | None):

@@ -12,7 +12,7 @@ import pytest
 from sglang_mint.errors import MintError
 from sglang_mint.gateway.smg import requests_from_engines
 from sglang_mint.usage.engines import merge_ledgers
-from sglang_mint.usage.ledger import UsageLedger, ledger_engines, parse_moment, read_usage
+from sglang_mint.usage.ledger import UsageLedger, parse_moment, read_ledger
 
 T0 = parse_moment("2026-12-05T04:17:10Z")
 
@@ -27,7 +27,8 @@ def write(folder, engine: str, requests: dict[str, int]) -> None:
 
 def answer(folder) -> dict:
     """What GET /mint/usage?by=adapter answers for a server writing to ``folder``."""
-    return {"usage": read_usage(folder, per_minute=False), "engines": ledger_engines(folder)}
+    rows, engines = read_ledger(folder, per_minute=False)
+    return {"usage": rows, "engines": engines}
 
 
 def test_a_shared_folder_is_counted_once_and_separate_folders_are_summed(tmp_path):
@@ -35,7 +36,7 @@ def test_a_shared_folder_is_counted_once_and_separate_folders_are_summed(tmp_pat
     write(shared, "10.0.0.1:30000/dp0", {"a": 3, "b": 1})
     write(shared, "10.0.0.1:30001/dp0", {"a": 2})
     write(own, "10.0.0.2:30000/dp0", {"b": 5, "c": 1})
-    assert ledger_engines(shared) == ["10.0.0.1_30000_dp0", "10.0.0.1_30001_dp0"]
+    assert read_ledger(shared)[1] == ["10.0.0.1_30000_dp0", "10.0.0.1_30001_dp0"]
     answers = {"http://10.0.0.1:30000": answer(shared), "http://10.0.0.1:30001": answer(shared),
                "http://10.0.0.2:30000": answer(own)}
     assert merge_ledgers(answers) == {"a": 5, "b": 6, "c": 1}

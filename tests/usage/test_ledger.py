@@ -134,3 +134,28 @@ def test_rows_per_adapter_over_the_span(tmp_path):
         {"adapter": "a1", "revision": 1, "requests": 2, "prompt_tokens": 5, "cached_tokens": 1,
          "completion_tokens": 2, "errors": 0},
     ]
+
+
+def test_the_engines_named_are_those_whose_rows_were_summed(tmp_path, monkeypatch):
+    """An engine whose first file appears during a read: its rows and its name come together or not
+    at all (two passes over the folder named it without its rows, and a gateway summing engines'
+    answers by those names would count a folder's rows under the wrong engines)."""
+    from pathlib import Path
+
+    from sglang_mint.usage.ledger import read_ledger
+
+    first = ledger(tmp_path)
+    first.record("acme/bot", 1, prompt_tokens=1, cached_tokens=0, completion_tokens=1)
+    first.flush()
+    read_text = Path.read_text
+
+    def read_and_let_another_engine_start(path, *args, **kwargs):
+        text = read_text(path, *args, **kwargs)
+        late = ledger(tmp_path, engine="127.0.0.1:30001/dp0")
+        late.record("acme/late", 1, prompt_tokens=1, cached_tokens=0, completion_tokens=1)
+        late.flush()
+        return text
+
+    monkeypatch.setattr(Path, "read_text", read_and_let_another_engine_start)
+    rows, engines = read_ledger(tmp_path)
+    assert [r["adapter"] for r in rows] == ["acme/bot"] and engines == ["127.0.0.1_30000_dp0"]
