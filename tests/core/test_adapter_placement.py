@@ -161,3 +161,20 @@ def test_placement_carries_at_most_max_moved_keys():
     capped = place_adapters(rates, URLS, max_moved=3)
     assert len(capped.routing_keys) == 3
     assert len(place_adapters(rates, URLS).routing_keys) > 3
+
+
+def test_the_busiest_adapters_are_dealt_out_even_when_the_ring_is_already_even():
+    """Two busy adapters at home on one engine, the tail at home on the other: the ring's own
+    shares are even, yet the second busy adapter goes to the other engine and tail adapters walk
+    back. Moves are not a sign that the ring was over the bound (test_gateway relies on this)."""
+    urls = URLS[:2]
+    ring = SMGRing(urls)
+    names = [f"synth/{k:07d}" for k in range(400)]
+    first = [a for a in names if ring.home(a) == urls[0]]
+    second = [a for a in names if ring.home(a) == urls[1]]
+    rates = {first[0]: 100, first[1]: 100, **{a: 10 for a in second[:20]}}
+    on_ring = [sum(r for a, r in rates.items() if ring.home(a) == url) for url in urls]
+    assert on_ring == [200, 200]
+    placement = place_adapters(rates, urls, load_factor=1.05)
+    assert placement.engine_of[first[1]] == urls[1] and first[1] in placement.routing_keys
+    assert placement.planned_max_over_mean <= 1.05 + 1e-9

@@ -186,8 +186,10 @@ def test_zipf_requests_each_adapter_on_one_engine(client, engines, tiny_model, c
 
 def test_rebalance_command_plans_from_the_engines_usage(engines, gateway, capsys):
     """``mint gateway rebalance --dry-run`` reads the rates the engines wrote (the zipf storm above)
-    and plans shares within the bound; it moves adapters exactly when the ring's own shares are not
-    (engine ports differ per run: the ring's max/mean was 1.01 to 1.39 over gateway_bench runs)."""
+    and plans shares within the bound; it moves adapters whenever the ring's own shares are not
+    (engine ports differ per run: the ring's max/mean was 1.01 to 1.39 over gateway_bench runs).
+    It may move some when they are: the busiest adapters are dealt out to the least loaded engine
+    (test_adapter_placement.py; a fresh clone's ring at 1.023 moved three)."""
     usage_dir = engines[0].log_path.parent / "usage"
     deadline = time.time() + 10
     while sum(requests_by_adapter(usage_dir).values()) < N_REQUESTS and time.time() < deadline:
@@ -201,7 +203,8 @@ def test_rebalance_command_plans_from_the_engines_usage(engines, gateway, capsys
     assert plan["planned_max_over_mean"] <= 1.05
     ring = SMGRing([s.url for s in engines])
     on_ring = [sum(n for a, n in rates.items() if ring.home(a) == s.url) for s in engines]
-    assert (max(on_ring) * 2 / sum(on_ring) > 1.05) == bool(plan["moved"])
+    if max(on_ring) * 2 / sum(on_ring) > 1.05:
+        assert plan["moved"]
     assert all(ring.home(key) != ring.home(adapter) for adapter, key in plan["moved"].items())
     assert len(gateway_modules(gateway)) == 1  # a dry run changes nothing
     # The same plan from each engine's GET /mint/usage: both engines write to one folder here, so both
