@@ -114,23 +114,26 @@ def training_prompts(seed: int = 0) -> list[str]:
     return [random_prompt(rng) for _ in range(TRAINING_PROMPTS)]
 
 
-def unseen_prompts(count: int, seed: int | str = 0) -> list[str]:
-    """``count`` prompts of the same kind that are not among ``training_prompts(seed)``
-    (``seed`` a string: not among ``training_prompts(0)``, drawn from a generator of its own)."""
-    seen = set(training_prompts(seed if isinstance(seed, int) else 0))
-    rng = random.Random(f"unseen-{seed}")
+def unseen_prompts(count: int, seed: int = 0) -> list[str]:
+    """``count`` prompts of the same kind that are not among ``training_prompts(seed)``."""
+    return _prompts_outside_training(count, seed, f"unseen-{seed}")
+
+
+def validation_prompts(seed: int = 0) -> list[str]:
+    """The prompts training checks its adapters on: unseen in training, and drawn apart from
+    ``unseen_prompts(n, seed)``, which the tests check the adapters on."""
+    return _prompts_outside_training(VALIDATION_PROMPTS, seed, f"unseen-validation-{seed}")
+
+
+def _prompts_outside_training(count: int, seed: int, stream: str) -> list[str]:
+    seen = set(training_prompts(seed))
+    rng = random.Random(stream)
     out: list[str] = []
     while len(out) < count:
         prompt = random_prompt(rng)
         if prompt not in seen and prompt not in out:
             out.append(prompt)
     return out
-
-
-def validation_prompts(seed: int = 0) -> list[str]:
-    """The prompts training checks its adapters on: unseen in training, and apart from
-    ``unseen_prompts(n, seed)``, which the tests check the adapters on."""
-    return unseen_prompts(VALIDATION_PROMPTS, seed=f"validation-{seed}")
 
 
 def train_adapter(model_dir: str | Path, name: str, out: str | Path, seed: int = 0) -> dict:
