@@ -16,9 +16,10 @@ every case, so the served logprobs of case a, b and c must agree rep by rep.
                  no-warm  publish(..., warm=False): the first request loads it
                  durable-false  publish(..., durable=False), an RL step: answered once
                           the revision is recorded and handed over in shared memory,
-                          its blob stored after (ratios use this one)
-                 durable-false-no-warm  the same with warm=False: the first request
-                          loads it (on request; on a CPU the warm request's own
+                          its blob stored after, loaded by the first request (ratios
+                          use this one)
+                 durable-false-warm  the same with warm=True: the server loads it at
+                          once with a one-token request (on a CPU that request's own
                           forward competes with the first request's)
   b  stock     stock SGLang LoRA (--enable-lora --max-lora-rank R, no --enable-mint):
                POST /unload_lora_adapter of the previous step's name, then
@@ -98,7 +99,7 @@ def case_mint(model_dir, trainer: Trainer, prompt_ids, reps, workdir: Path, vari
         def handoff_with(variant, revisions):
             adapter_id = f"handoff/r{trainer.rank}-{variant}"
             kwargs = {"warm": {}, "no-warm": {"warm": False}, "durable-false": {"durable": False},
-                      "durable-false-no-warm": {"durable": False, "warm": False}}[variant]
+                      "durable-false-warm": {"durable": False, "warm": True}}[variant]
 
             def handoff(k, sd):
                 t0 = time.perf_counter()
@@ -242,7 +243,7 @@ def main() -> int:
     p.add_argument("--layers", type=int, default=12, help="model layers (default 12: 2.7 GB fp32)")
     p.add_argument("--mint-publish", default="durable-false,warm,no-warm",
                    help="case a: durable-false (durable=False, an RL step), warm (the client's default publish: "
-                   "stored before the answer, loaded at once), no-warm (warm=False), durable-false-no-warm; default the first "
+                   "stored before the answer, loaded at once), no-warm (warm=False), durable-false-warm; default the first "
                    "three")
     p.add_argument("--stock-payloads", default="shm,bytes", help="case b payloads: shm, bytes (default both)")
     p.add_argument("--full-modes", default="disk,tensor", help="case c paths: disk, tensor (default both)")
