@@ -11,6 +11,10 @@ is never below ``MIN_BOUND``, since at a handful of requests the loads are
 noise (SGLang's snapshots lag its dispatches) and a spill costs a cold read. Adding or
 removing a rank moves only the adapters whose first choice it is.
 
+The snapshots also lag the ends of requests: a rank publishes when it next loops, so for a
+moment after a burst its last snapshot can still count requests that have ended, and a request
+dispatched then may spill once. That costs one cold read; the next snapshot sets it right.
+
 Example with 2 ranks and loads [9, 1] (bound ceil(1.25 * 11 / 2) = 7): an
 adapter preferring rank 0 goes to rank 1 until rank 0 drains to 7.
 """

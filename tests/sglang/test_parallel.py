@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import random
 import sys
+import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -95,6 +96,19 @@ def status(server) -> dict:
         return json.loads(r.read())
 
 
+def wait_until_snapshots_idle(server, ranks: int, timeout_s: float = 30.0) -> None:
+    """Wait until SGLang's load snapshots (GET /v1/loads, what the DP dispatcher reads) show every
+    rank with nothing running or waiting."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with urllib.request.urlopen(server.url + "/v1/loads") as r:
+            loads = json.loads(r.read())["loads"]
+        if len(loads) == ranks and all(x["num_running_reqs"] == x["num_waiting_reqs"] == 0 for x in loads):
+            return
+        assert time.monotonic() < deadline, f"the ranks' load snapshots never showed them idle: {loads}"
+        time.sleep(0.02)
+
+
 def openai_client(server):
     return openai.OpenAI(base_url=server.openai_url, api_key="none", max_retries=0, timeout=600)
 
@@ -170,6 +184,10 @@ class TestDataParallel:
 
     def test_dp2_requests_for_one_adapter_stay_on_one_rank(self, dp_server, references):
         client = openai_client(dp_server)
+        # The dispatcher sees the ranks' loads through SGLang's snapshots, which lag: a rank's last
+        # snapshot from the storm can still count requests that ended (residency/affinity.py). Start
+        # once every rank's snapshot says idle, as the dispatcher will then read it.
+        wait_until_snapshots_idle(dp_server, ranks=2)
         # by scheduler process: /mint/status lists the schedulers in the order they answered
         before = {s["pid"]: s["requests"] for s in status(dp_server)["schedulers"]}
         for _ in range(12):  # one at a time: load never pushes it elsewhere
