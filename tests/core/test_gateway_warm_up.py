@@ -6,11 +6,11 @@ this 2-core machine SMG has 2 threads and the real gateway test warms both eithe
 
 from __future__ import annotations
 
-import http.server
 import threading
 import time
 
 import pytest
+from loopback_stub import loopback_stub
 
 from sglang_mint.gateway.middleware import SMG_WASM_THREADS_MAX, warm_adapter_route
 
@@ -26,28 +26,19 @@ class Stand:
 def smg():
     stand = Stand(slow_first=SMG_WASM_THREADS_MAX)
 
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_POST(self):
-            self.rfile.read(int(self.headers["Content-Length"]))
-            with stand.lock:
-                stand.in_flight += 1
-                stand.most_in_flight = max(stand.most_in_flight, stand.in_flight)
-                stand.seen += 1
-                slow = stand.seen <= stand.slow_first
-            time.sleep(1.2 if slow else 0.05)
-            with stand.lock:
-                stand.in_flight -= 1
-            self.send_response(404)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
+    def answer(method, path, body):
+        with stand.lock:
+            stand.in_flight += 1
+            stand.most_in_flight = max(stand.most_in_flight, stand.in_flight)
+            stand.seen += 1
+            slow = stand.seen <= stand.slow_first
+        time.sleep(1.2 if slow else 0.05)
+        with stand.lock:
+            stand.in_flight -= 1
+        return 404, b""
 
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_port}", stand
-    server.shutdown()
+    with loopback_stub(answer) as url:
+        yield url, stand
 
 
 def test_each_round_keeps_every_middleware_thread_busy_and_a_fast_round_ends_it(smg):
