@@ -63,12 +63,13 @@ def run_rebalance(args: argparse.Namespace) -> int:
 
     if args.load_factor < 1.0:
         raise MintError(f"--load-factor {args.load_factor}: must be at least 1.0")
-    since, unread = time.time() - args.window_minutes * 60, []
+    since, unread, workers = time.time() - args.window_minutes * 60, [], None
     if args.usage_from_engines:
         try:
-            urls = [w["url"] for w in gateway_workers(args.gateway) if w.get("is_healthy")]
+            workers = gateway_workers(args.gateway)  # read once: the engines counted are the engines placed on
         except OSError as exc:
             raise MintError(f"cannot reach SMG at {args.gateway}: {exc}") from None
+        urls = [w["url"] for w in workers if w.get("is_healthy")]
         rates, unread = requests_from_engines(urls, since, admin_api_key=args.admin_api_key)
         where = f"the ledgers of {len(urls) - len(unread)} engines"
     else:
@@ -81,9 +82,9 @@ def run_rebalance(args: argparse.Namespace) -> int:
                         "nothing to place")
     try:
         if args.dry_run:
-            placement = plan_placement(args.gateway, rates, args.load_factor)
+            placement = plan_placement(args.gateway, rates, args.load_factor, workers)
         else:
-            placement, _ = rebalance(args.gateway, args.base_model, rates, args.load_factor)
+            placement, _ = rebalance(args.gateway, args.base_model, rates, args.load_factor, workers)
     except ValueError as exc:
         raise MintError(str(exc)) from None
     except OSError as exc:

@@ -107,16 +107,19 @@ def requests_from_engines(urls: list[str], since: float, until: float | None = N
     return merge_ledgers(answers), unread
 
 
-def plan_placement(gateway_url: str, rates: dict[str, float], load_factor: float = DEFAULT_LOAD_FACTOR) -> Placement:
+def plan_placement(gateway_url: str, rates: dict[str, float], load_factor: float = DEFAULT_LOAD_FACTOR,
+                   workers: list[dict] | None = None) -> Placement:
     """Where :func:`rebalance` would put each adapter on the gateway's engines now; changes nothing.
-    SMG's ring holds every registered worker; adapters go to the healthy ones."""
-    workers = gateway_workers(gateway_url)
+    SMG's ring holds every registered worker; adapters go to the healthy ones. ``workers`` is SMG's
+    list when the caller has read it already (the one its rates came from), else it is read here."""
+    if workers is None:
+        workers = gateway_workers(gateway_url)
     return place_adapters(rates, [w["url"] for w in workers], [w["url"] for w in workers if w.get("is_healthy")],
                           load_factor)
 
 
 def rebalance(gateway_url: str, base_model: str, rates: dict[str, float],
-              load_factor: float = DEFAULT_LOAD_FACTOR) -> tuple[Placement, str]:
+              load_factor: float = DEFAULT_LOAD_FACTOR, workers: list[dict] | None = None) -> tuple[Placement, str]:
     """Place adapters on the gateway's engines by request rate (placement.py) and route them there;
     returns the placement and SMG's id of the new middleware.
 
@@ -124,7 +127,7 @@ def rebalance(gateway_url: str, base_model: str, rates: dict[str, float],
     middleware, carrying the moved adapters' routing keys, is built, attached and warmed before
     the old ones are removed: meanwhile a request takes the old route or the new one, never
     none. About 10 s to build and 20 s for SMG to compile, on 2 cores."""
-    placement = plan_placement(gateway_url, rates, load_factor)
+    placement = plan_placement(gateway_url, rates, load_factor, workers)
     old = adapter_route_modules(gateway_url)
     new_id = install_adapter_route(gateway_url, build_adapter_route(base_model, routing_keys=placement.routing_keys))
     for module_id in old:

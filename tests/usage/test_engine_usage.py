@@ -3,12 +3,13 @@ engines is counted once, separate folders are summed, a partial overlap is refus
 
 from __future__ import annotations
 
-import http.server
 import json
-import threading
+import time
 
 import pytest
+from loopback_stub import loopback_stub
 
+from sglang_mint.cli import main as cli_main
 from sglang_mint.errors import MintError
 from sglang_mint.gateway.smg import requests_from_engines
 from sglang_mint.usage.engines import merge_ledgers
@@ -17,8 +18,8 @@ from sglang_mint.usage.ledger import UsageLedger, parse_moment, read_ledger
 T0 = parse_moment("2026-12-05T04:17:10Z")
 
 
-def write(folder, engine: str, requests: dict[str, int]) -> None:
-    ledger = UsageLedger(folder, engine, flush_s=3600, clock=lambda: T0)
+def write(folder, engine: str, requests: dict[str, int], at: float = T0) -> None:
+    ledger = UsageLedger(folder, engine, flush_s=3600, clock=lambda: at)
     for adapter, n in requests.items():
         for _ in range(n):
             ledger.record(adapter, 1, prompt_tokens=1, cached_tokens=0, completion_tokens=1)
@@ -62,23 +63,13 @@ def test_an_empty_ledger_adds_nothing(tmp_path):
 
 @pytest.fixture
 def refusing_engine():
-    """A loopback HTTP server answering every request 403 in OpenAI's error shape."""
-    class Refuse(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            body = json.dumps({"error": {"message": "admin endpoint: this caller is not on the server's machine",
-                                         "type": "permission_error"}}).encode()
-            self.send_response(403)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+    """A loopback stand-in for an engine answering every request 403 in OpenAI's error shape."""
+    def refuse(method, path, body):
+        return 403, {"error": {"message": "admin endpoint: this caller is not on the server's machine",
+                               "type": "permission_error"}}
 
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Refuse)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
+    with loopback_stub(refuse) as url:
+        yield url
 
 
 def test_a_refusal_names_the_engine_and_the_fix_and_an_unreachable_engine_is_reported(refusing_engine):
@@ -87,3 +78,30 @@ def test_a_refusal_names_the_engine_and_the_fix_and_an_unreachable_engine_is_rep
         requests_from_engines([refusing_engine], since=T0)
     closed = "http://127.0.0.1:9"  # discard: nothing listens here
     assert requests_from_engines([closed], since=T0, timeout=5) == ({}, [closed])
+
+
+def test_rebalance_from_engines_places_on_the_engines_it_counted(tmp_path, capsys):
+    """``mint gateway rebalance --usage-from-engines`` reads SMG's workers once: the engines whose
+    ledgers it counted are the engines it places on, even if SMG's list changes meanwhile."""
+    write(tmp_path / "a", "e1", {"acme/a": 4, "acme/b": 1}, at=time.time())
+    write(tmp_path / "b", "e2", {"acme/c": 2}, at=time.time())
+    workers_reads = []
+
+    def engine(folder):
+        return lambda method, path, body: (200, answer(folder)) if path.startswith("/mint/usage") else (404, b"")
+
+    with loopback_stub(engine(tmp_path / "a")) as one, loopback_stub(engine(tmp_path / "b")) as two:
+        def smg(method, path, body):
+            if path != "/workers":
+                return 404, b""
+            workers_reads.append(path)  # a second read would see engine two unhealthy
+            return 200, {"workers": [{"url": one, "is_healthy": True},
+                                     {"url": two, "is_healthy": len(workers_reads) == 1}]}
+
+        with loopback_stub(smg) as gateway:
+            assert cli_main(["gateway", "rebalance", "--gateway", gateway, "--base-model", "tiny",
+                             "--usage-from-engines", "--dry-run"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert workers_reads == ["/workers"]
+    assert plan["requests_counted"] == 7 and plan["usage_unread"] == []
+    assert sorted(plan["planned_load"]) == sorted([one, two]), plan  # both counted, so both placed on
