@@ -380,7 +380,14 @@ class Catalog:
     def store_blobs(self, rev: Revision, payload: dict, known: dict | None = None) -> Revision:
         """Complete a revision recorded before its blobs (``stage`` above): hash the files whose
         digest is not ``known``, store them, fsynced, then record the digests and mark it durable,
-        in one transaction. ``payload`` as for ``_publish``. Returns the durable revision."""
+        in one transaction. ``payload`` as for ``_publish``. Returns the durable revision.
+
+        Raises RevisionNotFound, writing nothing, if ``mint catalog gc`` collected the revision first
+        (superseded before it was stored, or its adapter deleted); collected in between, its blobs
+        stay unreferenced until the next gc."""
+        if self.store.get_revision(rev.adapter_id, rev.revision) is None:
+            raise RevisionNotFound(f"revision {rev.revision} of {rev.adapter_id!r} was collected by gc "
+                                   "before it was stored")
         files = {name: (known or {}).get(name) or _sha256(data) for name, data in payload.items()}
         self._put_blobs(files, payload)
         self.store.mark_durable(rev.adapter_id, rev.revision, files, content_digest(files))

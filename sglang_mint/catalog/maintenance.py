@@ -23,7 +23,8 @@ def collect_garbage(catalog: "Catalog", grace_s: float) -> dict:
     A superseded durable=false revision goes once older than ``grace_s``: a server serves it
     from memory for seconds after it is superseded, and stores such a revision within a
     minute if it stores it at all (frontend/staged_revisions.py); a store that comes later
-    finds no row and leaves an unreferenced blob for the next gc."""
+    finds no row and writes nothing (one that gc overtakes mid-store leaves an unreferenced
+    blob for the next gc)."""
     purged = catalog.store.purge_deleted()
     never_stored = catalog.store.purge_never_stored(time.time() - grace_s)
     views = catalog.view_folders.gc(lambda digest: bool(catalog.store.blob_refs(digest)))

@@ -60,6 +60,7 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
+from sglang_mint.catalog.errors import RevisionNotFound
 from sglang_mint.process import identity_running, process_identity
 
 if TYPE_CHECKING:
@@ -109,7 +110,7 @@ class StagedRevisions:
         self._worker: threading.Thread | None = None
         self._newest: dict[str, int] = {}  # adapter id -> its newest revision staged here
         self._unstored_since: dict[str, float] = {}  # adapter id -> when it was last stored (or first staged)
-        self.stored_total = self.failed_total = self.superseded_total = 0
+        self.stored_total = self.failed_total = self.superseded_total = self.collected_total = 0
 
     def receive_folder(self, declared_bytes: int | None, fallback: str) -> str:
         """Where an upload of ``declared_bytes`` (None: unknown) is received: shared memory when it
@@ -214,6 +215,10 @@ class StagedRevisions:
                 continue
             try:
                 stored = catalog.store_blobs(rev, files, known)
+            except RevisionNotFound as exc:  # collected by `mint catalog gc` first: nothing to keep
+                self.collected_total += 1
+                logger.info("not storing %s@%d: %s", *key, exc)
+                continue
             except Exception as exc:  # noqa: BLE001 - the revision stays not durable, served here only
                 self.failed_total += 1
                 logger.error("storing %s@%d (published with durable=false) failed; it is served by this "

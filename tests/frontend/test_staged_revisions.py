@@ -209,3 +209,28 @@ def test_an_adapter_with_nothing_staged_leaves_no_bookkeeping(tmp_path, monkeypa
     staged.stage(catalog, not_durable("rl/p0", 2), {"adapter_config.json": b"{}"}, {})  # and starts again
     assert wait_for(lambda: len(catalog.stored) == 21) and catalog.stored[-1][:2] == ("rl/p0", 2)
     staged.close()
+
+
+def test_a_revision_collected_before_its_store_is_not_a_failure(tmp_path, monkeypatch, caplog):
+    """`mint catalog gc` may drop a durable=false revision before the store thread gets to it (its
+    adapter deleted, or superseded): Catalog.store_blobs then raises RevisionNotFound and writes
+    nothing (tests/catalog/test_upload_files.py), which is said at INFO, not counted as a failure."""
+    import logging
+
+    import sglang_mint.frontend.staged_revisions as module
+    from sglang_mint.catalog.errors import RevisionNotFound
+
+    class Collected(StandInCatalog):
+        def store_blobs(self, rev, payload, known):
+            raise RevisionNotFound(f"revision {rev.revision} of {rev.adapter_id!r} was collected by gc before "
+                                   "it was stored")
+
+    monkeypatch.setattr(module, "STORE_AFTER_S", 0.0)
+    staged = StagedRevisions(str(tmp_path / "shm" / "30003"), grace_s=0.1)
+    with caplog.at_level(logging.INFO, logger=module.logger.name):
+        staged.stage(Collected(tmp_path), not_durable("rl/p", 1), {"adapter_config.json": b"{}"}, {})
+        assert wait_for(lambda: staged.collected_total == 1)
+    assert staged.failed_total == 0 and staged.stored_total == 0
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
+        ("INFO", "not storing rl/p@1: revision 1 of 'rl/p' was collected by gc before it was stored")]
+    staged.close()
