@@ -52,17 +52,20 @@ def pick_rank(key: str, loads: list[int], ranks: list[int], slack: float = DEFAU
 
 class DispatchLoads:
     """Running + waiting requests per DP rank as the dispatcher sees them: the schedulers' last load
-    snapshots, plus what it sent in the last RECENT_S (not in a snapshot yet).
+    snapshots, plus what it sent since each rank's snapshot was taken (not in it yet).
 
-    SGLang's own DPBudget adds each dispatch to the count until a newer snapshot replaces it; an
-    idle scheduler publishes none, so those counts would only grow and push an adapter off its
-    rank. With snapshots [3, 0] and a dispatch to rank 1 5 ms ago, ``loads`` is [3, 1]; 100 ms
-    later, with no new snapshot, it is [3, 0] again.
+    SGLang's own DPBudget adds each dispatch to the count until a newer snapshot replaces it. Here a
+    dispatch counts while it is newer than its rank's snapshot (the scheduler stamps each with its
+    wall clock) and at most RECENT_S: an idle scheduler publishes none, and a request that ended is
+    in no snapshot at all, so counting every dispatch of the last RECENT_S would count it twice.
+    With snapshots [3, 0] taken at wall time 100.0 and a dispatch to rank 1 at 100.004, ``loads`` is
+    [3, 1]; once rank 1 publishes a snapshot taken after 100.004, or 100 ms later, it is what the
+    snapshots say.
     """
 
     def __init__(self):
         self._read_at: float | None = None
-        self._recent: deque[tuple[float, int]] = deque()  # (when, rank) of each recent dispatch
+        self._recent: deque[tuple[float, float, int]] = deque()  # (when, wall clock, rank) of each dispatch
 
     def snapshots_due(self, now: float) -> bool:
         """Whether to re-read the schedulers' snapshots now (at most every LOAD_REFRESH_S); True
@@ -72,14 +75,16 @@ class DispatchLoads:
         self._read_at = now
         return True
 
-    def loads(self, snapshot_loads: list[int], now: float) -> list[int]:
+    def loads(self, snapshot_loads: list[int], snapshot_times: list[float], now: float) -> list[int]:
+        """``snapshot_loads[r]`` and ``snapshot_times[r]``: rank r's last snapshot and its wall-clock stamp."""
         recent = self._recent
         while recent and now - recent[0][0] > RECENT_S:
             recent.popleft()
         loads = list(snapshot_loads)
-        for _, rank in recent:
-            loads[rank] += 1
+        for _, wall, rank in recent:
+            if wall > snapshot_times[rank]:
+                loads[rank] += 1
         return loads
 
-    def dispatched(self, rank: int, now: float) -> None:
-        self._recent.append((now, rank))
+    def dispatched(self, rank: int, now: float, wall: float) -> None:
+        self._recent.append((now, wall, rank))

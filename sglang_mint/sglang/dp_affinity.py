@@ -37,8 +37,8 @@ def _around_dispatching_with_trace(original, controller, req, *args, **kwargs):
         loads, budget = controller.__dict__.setdefault("_mint_loads", DispatchLoads()), controller.dp_budget
         if loads.snapshots_due(now):
             budget.update_budget(controller.load_snapshot_reader.read_all())
-        rank = pick_rank(parse_lora_id(lora_id)[0], loads.loads(budget.total_requests, now),
+        rank = pick_rank(parse_lora_id(lora_id)[0], loads.loads(budget.total_requests, budget.last_timestamp, now),
                          list(controller._active_workers))
-        loads.dispatched(rank, now)
+        loads.dispatched(rank, now, time.time())  # the clock the schedulers stamp their snapshots with
         req.routed_dp_rank = rank
     return original(controller, req, *args, **kwargs)

@@ -128,7 +128,7 @@ INTERNALS: tuple[Internal, ...] = (
     Internal("frontend", "sglang.srt.environ.envs", "SGLANG_TIMEOUT_KEEP_ALIVE", "uvicorn's idle-connection "
              "timeout, set through its variable before launch_server reads it", "endpoints"),
     Internal("frontend", "controller", "dp_budget.update_budget, dp_budget.total_requests, "
-             "load_snapshot_reader.read_all, _active_workers", "the ranks' loads for adapter affinity; sets "
+             "dp_budget.last_timestamp, load_snapshot_reader.read_all, _active_workers", "the ranks' loads for adapter affinity; sets "
              "._mint_loads", "dp_affinity"),
     Internal("scheduler", "lora_manager", "configs, loras, lora_refs, memory_pool, lora_modules", "installs and "
              "drops catalog adapters as SGLang's own; ranks, pins; finds an expert layer", "residency, lora_info"),

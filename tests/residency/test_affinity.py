@@ -54,11 +54,30 @@ def test_only_active_ranks_are_picked():
     assert pick_rank("x", [0, 100, 0], [1]) == 1
 
 
-def test_a_dispatch_counts_until_snapshots_can_show_it():
+def test_a_dispatch_counts_until_its_ranks_snapshot_is_newer():
     loads = DispatchLoads()
     assert loads.snapshots_due(10.0) and not loads.snapshots_due(10.0 + LOAD_REFRESH_S / 2)
     assert loads.snapshots_due(10.0 + 2 * LOAD_REFRESH_S)
-    loads.dispatched(1, 10.0)
-    loads.dispatched(1, 10.001)
-    assert loads.loads([3, 0], 10.005) == [3, 2]
-    assert loads.loads([3, 0], 10.001 + RECENT_S * 1.5) == [3, 0]  # an idle scheduler sends no snapshot
+    loads.dispatched(1, 10.0, wall=100.0)
+    loads.dispatched(1, 10.001, wall=100.001)
+    assert loads.loads([3, 0], [99.9, 99.9], 10.005) == [3, 2]  # snapshots older than both dispatches
+    assert loads.loads([3, 1], [99.9, 100.0005], 10.005) == [3, 2]  # rank 1's shows the first only
+    assert loads.loads([3, 0], [99.9, 99.9], 10.001 + RECENT_S * 1.5) == [3, 0]  # an idle scheduler sends none
+
+
+def test_sequential_requests_stay_on_their_rank_while_snapshots_lag():
+    """One client, one request at a time, 25 ms each, on 2 ranks. Each rank's snapshot lags as SGLang's
+    can: the one taken as a request starts (load 1) is still the newest when the next is dispatched.
+    Counting every dispatch of the last RECENT_S on top of it counted each ended request again (1 + 3
+    at this pace, the bound), and the fourth request spilled to the other rank."""
+    key = "acme/x"
+    home = preference(key, [0, 1])[0]
+    loads, snapshot_loads, snapshot_times = DispatchLoads(), [0, 0], [0.0, 0.0]
+    picked = []
+    for k in range(12):
+        now = wall = 1000.0 + 0.025 * k
+        rank = pick_rank(key, loads.loads(snapshot_loads, snapshot_times, now), [0, 1])
+        loads.dispatched(rank, now, wall)
+        picked.append(rank)
+        snapshot_loads[rank], snapshot_times[rank] = 1, wall + 0.001  # published at its prefill, never at its end
+    assert picked == [home] * 12

@@ -115,7 +115,7 @@ def test_the_startup_hooks_check_their_instances_with_enable_mint_only(run_py):
         hooks.register_for("all")
         hooks.register_for("frontend")
         HookRegistry.apply_hooks()
-        budget = SimpleNamespace(update_budget=None, total_requests=0)
+        budget = SimpleNamespace(update_budget=None, total_requests=0, last_timestamp=[])
         controller = SimpleNamespace(dp_budget=budget, load_snapshot_reader=SimpleNamespace(read_all=None))
         for name, args in (("stock", SimpleNamespace()), ("mint", SimpleNamespace(_mint=MintConfig()))):
             try:
