@@ -36,8 +36,12 @@ from sglang_mint.ports import free_port
 from sglang_mint.process import ManagedProcess
 from sglang_mint.usage.engines import merge_ledgers
 
+# An engine lost to kill -9 refuses the next probe: dropped after two, about 2 s. A busy one is not:
+# SGLang's /health sends a one-token request and looks for any output once a second, so a probe
+# takes at least 1 s and, while a forward runs longer than that (a CPU prefill under load), 2 s or
+# more; SMG's 2 s timeout then dropped a serving engine and moved its adapters. 5 s allows four looks.
 HEALTH_FLAGS = ["--health-check-interval-secs", "1", "--health-failure-threshold", "2",
-                "--health-success-threshold", "1", "--health-check-timeout-secs", "2"]
+                "--health-success-threshold", "1", "--health-check-timeout-secs", "5"]
 
 
 @dataclass(frozen=True)

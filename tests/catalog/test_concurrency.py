@@ -202,9 +202,7 @@ def test_publish_on_one_process_is_resolved_by_another_at_once(cat, tmp_path):
         assert ask(writer, "publish 1") == 1 and ask(reader, "resolve -") == 1  # both connected and warm
         for k in range(2, 7):
             assert ask(writer, f"publish {k}") == k
-            t0 = time.perf_counter()
             assert ask(reader, "resolve -") == k  # the reader's first look after the commit
-            assert time.perf_counter() - t0 < 1.0
         assert ask(writer, "rollback -") == 5 and ask(reader, "resolve -") == 5
     finally:
         for p in (writer, reader):

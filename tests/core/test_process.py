@@ -12,6 +12,7 @@ import textwrap
 import time
 
 import pytest
+from hung import HUNG_AFTER_S
 
 from sglang_mint.ports import free_port
 from sglang_mint.process import ManagedProcess, ProcessFailed, pid_alive, url_answers
@@ -48,9 +49,9 @@ def test_stop_reaches_every_process_of_the_group(tmp_path):
     proc = ManagedProcess(script(f"""
         import os, subprocess, sys, time
         child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+        print("child", child.pid, flush=True)  # before the pid file: the test may stop us once that is there
         open({str(pid_file)!r} + ".tmp", "w").write(str(child.pid))
         os.rename({str(pid_file)!r} + ".tmp", {str(pid_file)!r})
-        print("child", child.pid, flush=True)
         time.sleep(600)
     """), log_path=tmp_path / "parent.log")
     proc.start(ready=pid_file.exists, timeout=30, poll=0.05)
@@ -101,10 +102,17 @@ def test_not_ready_in_time_is_stopped_and_raises_the_callers_error(tmp_path):
         print("still loading", flush=True)
         time.sleep(600)
     """), name="slow", log_path=tmp_path / "slow.log", error=NotUp)
+    def printed_then_never_ready() -> bool:
+        # never ready; but let the child print first, however slowly a loaded machine starts it
+        deadline = time.monotonic() + HUNG_AFTER_S
+        while "still loading" not in proc.log_text() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return False
+
     t0 = time.monotonic()
     with pytest.raises(NotUp) as err:
-        proc.start(ready=lambda: False, timeout=1.0, poll=0.05)
-    assert 1.0 <= time.monotonic() - t0 < 15
+        proc.start(ready=printed_then_never_ready, timeout=1.0, poll=0.05)
+    assert 1.0 <= time.monotonic() - t0 < HUNG_AFTER_S
     assert str(err.value).startswith("slow not ready after 1s:\n")
     assert "still loading" in str(err.value)
     assert not proc.running and proc.returncode == -signal.SIGTERM

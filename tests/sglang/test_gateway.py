@@ -191,9 +191,13 @@ def test_rebalance_command_plans_from_the_engines_usage(engines, gateway, capsys
     It may move some when they are: the busiest adapters are dealt out to the least loaded engine
     (test_adapter_placement.py; a fresh clone's ring at 1.023 moved three)."""
     usage_dir = engines[0].log_path.parent / "usage"
-    deadline = time.time() + 10
-    while sum(requests_by_adapter(usage_dir).values()) < N_REQUESTS and time.time() < deadline:
-        time.sleep(0.5)  # each engine appends what it counted every 2 s
+    # Each engine appends what it counted every 2 s: read once the ledger holds the storm and stays
+    # the same over longer than that, so the three reads below see the same rows.
+    deadline, counted = time.monotonic() + 60, -1
+    while (now := sum(requests_by_adapter(usage_dir).values())) != counted or now < N_REQUESTS:
+        assert time.monotonic() < deadline, f"the ledger never settled: {counted} then {now} requests"
+        counted = now
+        time.sleep(2.5)
     rates = requests_by_adapter(usage_dir)
     assert sum(rates.values()) >= N_REQUESTS
     assert cli_main(["gateway", "rebalance", "--gateway", gateway.url, "--base-model", "tiny", "--usage-dir",
@@ -219,19 +223,18 @@ def test_rebalance_command_plans_from_the_engines_usage(engines, gateway, capsys
     assert "no adapter requests" in capsys.readouterr().err
 
 
-def test_publish_on_one_engine_is_served_by_both_within_a_second(engines, tiny_model, catalog, tiny_adapters,
-                                                                 prompt_ids):
+def test_publish_on_one_engine_is_served_by_both_at_once(engines, tiny_model, catalog, tiny_adapters, prompt_ids):
+    """The first request to each engine after the publish answer gets the new revision: no engine
+    serves a cached older one, and none needs a retry (how long a publish takes: bench/)."""
     adapter_id = "acme/tiny-0000"
     refs = references(tiny_model, catalog, [adapter_id, "acme/tiny-0001"], prompt_ids)
     refs_v2 = refs["acme/tiny-0001"]
     assert refs_v2["tokens"] != refs[adapter_id]["tokens"]  # the new revision is told from the old
     folder = tiny_adapters["tiny-0001"]
     files = {name: (folder / name).read_bytes() for name in ("adapter_config.json", "adapter_model.safetensors")}
-    publish(engines[0].url, adapter_id, files)
-    published = time.monotonic()
     direct = [openai.OpenAI(base_url=s.openai_url, api_key="none", max_retries=0) for s in engines]
+    publish(engines[0].url, adapter_id, files)
     seen = [complete(c, adapter_id)[0] for c in direct]
-    assert time.monotonic() - published < 1.0
     assert seen == [refs_v2["tokens"]] * 2
 
 
