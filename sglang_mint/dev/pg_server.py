@@ -52,13 +52,14 @@ class PostgresServer:
         self.process: ManagedProcess | None = None
         self.running = False
 
-    def _run(self, *cmd: str) -> None:
-        p = subprocess.run([*self.as_postgres, *cmd], capture_output=True, text=True, timeout=120,
+    def _run(self, *cmd: str, timeout_s: float = 120.0) -> None:
+        p = subprocess.run([*self.as_postgres, *cmd], capture_output=True, text=True, timeout=timeout_s,
                            stdin=subprocess.DEVNULL)
         if p.returncode != 0:
             raise RuntimeError(f"{' '.join(cmd)} failed ({p.returncode}):\n{p.stdout}\n{p.stderr}")
 
-    def start(self) -> "PostgresServer":
+    def start(self, timeout_s: float = 60.0) -> "PostgresServer":
+        """initdb, then the server; each may take ``timeout_s`` (initdb at least 120 s)."""
         self.root = tempfile.mkdtemp(prefix="mint-pg-")
         self.data = os.path.join(self.root, "data")
         try:
@@ -70,7 +71,8 @@ class PostgresServer:
             if self.as_postgres:
                 shutil.chown(pwfile, "postgres", "postgres")
             self._run(pg_bin("initdb"), "-D", self.data, "-U", "postgres", "--pwfile", pwfile,
-                      "--auth-local=trust", "--auth-host=scram-sha-256", "-E", "UTF8", "--locale=C.UTF-8")
+                      "--auth-local=trust", "--auth-host=scram-sha-256", "-E", "UTF8", "--locale=C.UTF-8",
+                      timeout_s=max(120.0, timeout_s))
             os.unlink(pwfile)
             # -k: the Unix socket goes in our folder, not /var/run/postgresql (absent or another server's)
             self.process = ManagedProcess(
@@ -79,7 +81,7 @@ class PostgresServer:
                 name="postgres", log_path=self.log_path, user="postgres" if self.as_postgres else None,
                 stop_signal=signal.SIGQUIT)
             self.running = True
-            self.process.start(ready=self._accepting, timeout=60, poll=0.1)
+            self.process.start(ready=self._accepting, timeout=timeout_s, poll=0.1)
         except BaseException:
             self.stop()
             raise

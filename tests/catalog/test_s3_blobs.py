@@ -198,10 +198,10 @@ def test_concurrent_processes_and_threads_fetch_one_intact_file(store, moto_serv
 def test_age_touch_and_clean_temp(store, moto_server):
     digest = store.put(blob(1000, 50))
     assert 0 <= store.age_s(digest) < 5
-    time.sleep(2.1)
-    assert store.age_s(digest) >= 2
+    time.sleep(4.1)
+    assert store.age_s(digest) >= 4
     store.touch(digest)  # LastModified moves to now: gc's grace period starts again
-    assert store.age_s(digest) < 1.5
+    assert store.age_s(digest) < 3  # whole seconds (HTTP dates), and moto at nice 19 may take two
     assert store.age_s("0" * 64) == 0.0  # gone: nothing for gc to delete
     store.touch("0" * 64)  # touching a missing blob is a no-op, as in the local store
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import uuid
 
 import pytest
+from hung import HUNG_AFTER_S
 
 from sglang_mint.dev.pg_server import PostgresServer
 
@@ -23,8 +24,11 @@ __all__ = ["postgres_server", "pg_url"]
 
 @pytest.fixture(scope="session")
 def postgres_server():
-    with PostgresServer() as server:
+    server = PostgresServer().start(timeout_s=HUNG_AFTER_S)  # the fast lane's nice 19: starved, not hung
+    try:
         yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture
