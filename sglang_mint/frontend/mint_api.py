@@ -174,6 +174,7 @@ async def mint_status(request: Request):
         "resolves": 0 if names is None else names.resolves,
         "catalog_queries": 0 if names is None else names.catalog.lookups,
         "registered_names": engine.registered_names,
+        "uploads_in_flight": getattr(getattr(request.app.state, "mint_upload_gate", None), "active", 0),
         "schedulers": schedulers,
     }
     return ORJSONResponse(body)

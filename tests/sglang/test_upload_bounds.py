@@ -34,6 +34,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from hung import HUNG_AFTER_S
 
 from sglang_mint.catalog import init_catalog, open_catalog
 
@@ -52,6 +53,11 @@ DOC_CASES = {
     "prefetch-oversize": "test_prefetch_refuses_a_declared_large_body_before_reading_it",
     "prefetch-chunked-oversize": "test_prefetch_refuses_a_chunked_large_body_while_reading_it",
 }
+
+
+def mint_status(server) -> dict:
+    with urllib.request.urlopen(server.url + "/mint/status", timeout=60) as r:
+        return json.loads(r.read())
 
 
 def write_o_adapter(folder: Path, rank: int, seed: int) -> Path:
@@ -230,7 +236,10 @@ def test_uploads_beyond_the_limit_get_429_and_the_admitted_ones_publish(server, 
     slow_ones = [threading.Thread(target=slow, args=(f"slow/{i}", 20 + i)) for i in range(2)]
     [t.start() for t in slow_ones]
     try:
-        time.sleep(3.0)  # both are admitted and stalled after their first MiB
+        deadline = time.monotonic() + HUNG_AFTER_S
+        while mint_status(server)["uploads_in_flight"] < 2:  # both admitted, stalled after their first MiB
+            assert time.monotonic() < deadline and all(t.is_alive() for t in slow_ones), results
+            time.sleep(0.05)
         third = publish(server, "slow/third", write_o_adapter(tmp_path / "third", 8, seed=30))
     finally:
         hold.set()
