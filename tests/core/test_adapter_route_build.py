@@ -29,8 +29,9 @@ with open(out, "wb") as f:
     for i in range({CHUNKS}):
         f.write(bytes([i]) * {CHUNK_BYTES})
         f.flush()
-        if os.environ.get("SLOW_BUILDER_STARTED"):
+        if os.environ.get("SLOW_BUILDER_STARTED"):  # the kill test's builder: mark, then wait for the kill
             open(os.environ["SLOW_BUILDER_STARTED"], "a").close()
+            time.sleep(3600)
         time.sleep(0.02)
 """
 WHOLE = b"".join(bytes([i]) * CHUNK_BYTES for i in range(CHUNKS))
