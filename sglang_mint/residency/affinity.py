@@ -60,7 +60,8 @@ class DispatchLoads:
     in no snapshot at all, so counting every dispatch of the last RECENT_S would count it twice.
     With snapshots [3, 0] taken at wall time 100.0 and a dispatch to rank 1 at 100.004, ``loads`` is
     [3, 1]; once rank 1 publishes a snapshot taken after 100.004, or 100 ms later, it is what the
-    snapshots say.
+    snapshots say. (A rank on another node stamps with that node's clock: a skew between the two
+    makes a dispatch count until RECENT_S, or not at all, which is SGLang's own DPBudget behaviour.)
     """
 
     def __init__(self):
