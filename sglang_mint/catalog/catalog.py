@@ -378,16 +378,11 @@ class Catalog:
         return revision if stage is None else stage(revision, payload, known)
 
     def store_blobs(self, rev: Revision, payload: dict, known: dict | None = None) -> Revision:
-        """Complete a revision recorded before its blobs (``stage`` above): hash the files whose
-        digest is not ``known``, store them, fsynced, then record the digests and mark it durable,
-        in one transaction. ``payload`` as for ``_publish``. Returns the durable revision.
-
-        Raises RevisionNotFound, writing nothing, if ``mint catalog gc`` collected the revision first
-        (superseded before it was stored, or its adapter deleted); collected in between, its blobs
-        stay unreferenced until the next gc."""
+        """Complete a revision recorded before its blobs (``stage`` above): hash the files whose digest
+        is not ``known``, store them, fsynced, then mark it durable with its digests, in one transaction.
+        Returns the durable revision; raises RevisionNotFound, writing nothing, if gc collected it first."""
         if self.store.get_revision(rev.adapter_id, rev.revision) is None:
-            raise RevisionNotFound(f"revision {rev.revision} of {rev.adapter_id!r} was collected by gc "
-                                   "before it was stored")
+            raise RevisionNotFound(f"revision {rev.revision} of {rev.adapter_id!r} was collected by gc before it was stored")
         files = {name: (known or {}).get(name) or _sha256(data) for name, data in payload.items()}
         self._put_blobs(files, payload)
         self.store.mark_durable(rev.adapter_id, rev.revision, files, content_digest(files))
