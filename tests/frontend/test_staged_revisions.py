@@ -177,7 +177,7 @@ def test_a_revision_superseded_before_its_store_is_not_stored(tmp_path, monkeypa
     staged folder until the grace period ends, then not at all (nothing of it was stored)."""
     import sglang_mint.frontend.staged_revisions as module
 
-    monkeypatch.setattr(module, "STORE_AFTER_S", 1.0)  # the four are staged well within it
+    monkeypatch.setattr(module, "STORE_AFTER_S", 3.0)  # the four are staged well within it, even at nice 19
     monkeypatch.setattr(module, "MAX_UNSTORED_S", max_unstored_s)
     staged = StagedRevisions(str(tmp_path / "shm" / "30001"), grace_s=0.2)
     catalog = StandInCatalog(tmp_path)
