@@ -79,6 +79,12 @@ def upload_gate(app, limit: int) -> UploadGate:
     return gate
 
 
+def uploads_in_flight(app) -> int:
+    """How many uploads the server's gate has admitted and not yet let go (0 before the first)."""
+    gate = getattr(app.state, "mint_upload_gate", None)
+    return 0 if gate is None else gate.active
+
+
 def _declared_length(request, limit: int, what: str) -> None:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:

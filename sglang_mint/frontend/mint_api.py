@@ -54,7 +54,8 @@ from fastapi.responses import ORJSONResponse
 
 from sglang_mint.catalog.ids import revision_name, validate_adapter_id
 from sglang_mint.catalog.upload import publish_files, upload_folder
-from sglang_mint.catalog.upload_stream import RETRY_AFTER_S, read_capped, received_upload, upload_gate
+from sglang_mint.catalog.upload_stream import (RETRY_AFTER_S, read_capped, received_upload, upload_gate,
+                                               uploads_in_flight)
 from sglang_mint.config import MintConfig
 from sglang_mint.errors import MintError
 from sglang_mint.frontend.admin_guard import ADMITTED
@@ -174,7 +175,7 @@ async def mint_status(request: Request):
         "resolves": 0 if names is None else names.resolves,
         "catalog_queries": 0 if names is None else names.catalog.lookups,
         "registered_names": engine.registered_names,
-        "uploads_in_flight": getattr(getattr(request.app.state, "mint_upload_gate", None), "active", 0),
+        "uploads_in_flight": uploads_in_flight(request.app),
         "schedulers": schedulers,
     }
     return ORJSONResponse(body)
