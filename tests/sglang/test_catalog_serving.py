@@ -5,7 +5,6 @@ Real SGLang on CPU with --enable-mint --mint-catalog, the official openai client
 
 from __future__ import annotations
 
-import json
 import random
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -15,6 +14,7 @@ import openai
 import pytest
 from transformers import AutoTokenizer
 
+from mint_status import mint_status
 from sglang_mint.catalog import open_catalog
 from sglang_mint.catalog.synth import synth
 from sglang_mint.dev.reference import run_reference
@@ -89,13 +89,6 @@ def references(model_dir, catalog_root, adapter_ids, prompt_ids, max_tokens=6, r
         paths = [str(rev.local_path()) for rev in revs]
     jobs = [{"adapter": p, "prompt_ids": prompt_ids, "max_tokens": max_tokens} for p in paths]
     return dict(zip(adapter_ids, run_reference(sys.executable, model_dir, jobs)))
-
-
-def status(server) -> dict:
-    import urllib.request
-
-    with urllib.request.urlopen(server.url + "/mint/status") as r:
-        return json.loads(r.read())
 
 
 def test_cold_catalog_adapters_match_hf_peft(client, tiny_model, catalog, prompt_ids):
@@ -174,7 +167,7 @@ def test_zipf_storm_over_the_catalog(client, server, tiny_model, catalog, prompt
     for adapter_id in sample:
         assert by_id[adapter_id][0] == refs[adapter_id]["tokens"], adapter_id
 
-    st = status(server)["schedulers"][0]
+    st = mint_status(server)["schedulers"][0]
     assert st["loading"] == 0  # nothing stuck
     assert st["cold_loads"] >= len(set(ids))
     assert st["evictions"] > 0

@@ -28,6 +28,7 @@ import openai
 import pytest
 from safetensors.torch import load_file
 
+from mint_status import mint_status
 from sglang_mint.catalog import init_catalog
 from sglang_mint.dev.server import SGLangServer
 
@@ -79,11 +80,6 @@ def catalog(tiny_model, tmp_path_factory):
     return root, max(sizes)
 
 
-def status(server) -> dict:
-    with urllib.request.urlopen(server.url + "/mint/status") as r:
-        return json.loads(r.read())
-
-
 def test_padded_adapters_are_charged_what_they_hold(tiny_model, catalog, tmp_path_factory, catalog_server):
     root, one_adapter = catalog
     budget = 3 * one_adapter + (1 << 20)
@@ -92,7 +88,7 @@ def test_padded_adapters_are_charged_what_they_hold(tiny_model, catalog, tmp_pat
                         "--max-loras-per-batch", "2") as server:
         client = openai.OpenAI(base_url=server.openai_url, api_key="none", max_retries=0, timeout=600)
         client.completions.create(model="padded/warm-up", prompt="warm up", max_tokens=2)
-        [before] = status(server)["schedulers"]
+        [before] = mint_status(server)["schedulers"]
 
         def one(i):
             return client.completions.create(model=f"padded/p{i}", prompt="the quick brown fox", max_tokens=4,
@@ -101,7 +97,7 @@ def test_padded_adapters_are_charged_what_they_hold(tiny_model, catalog, tmp_pat
         with ThreadPoolExecutor(N_ADAPTERS) as pool:
             outputs = list(pool.map(one, range(N_ADAPTERS)))
         assert len(set(outputs)) > 1, outputs  # the adapters were applied, and differ
-        [after] = status(server)["schedulers"]
+        [after] = mint_status(server)["schedulers"]
     assert after["cold_loads"] == N_ADAPTERS + 1 and after["evictions"] >= N_ADAPTERS - 3, after
     # Each adapter holds about 8x its file: a budget charged file bytes lets all six in at once.
     assert after["host_peak_bytes"] <= budget + one_adapter, (after, one_adapter)
@@ -188,7 +184,7 @@ def loaded(server, cold_loads: int, timeout: float = 300.0) -> dict:
     """The scheduler's status once ``cold_loads`` reads are installed and nothing is held or reading."""
     deadline = time.monotonic() + timeout
     while True:
-        [s] = status(server)["schedulers"]
+        [s] = mint_status(server)["schedulers"]
         if s["cold_loads"] + s["failed_loads"] >= cold_loads and not (s["loading"] or s["adapters_in_use"]):
             return s
         assert time.monotonic() < deadline, s

@@ -22,6 +22,7 @@ import openai
 import pytest
 from transformers import AutoTokenizer
 
+from mint_status import mint_status
 from sglang_mint.catalog import init_catalog, open_catalog
 from sglang_mint.catalog.synth import synth
 from sglang_mint.dev.reference import run_reference
@@ -91,11 +92,6 @@ def storm(client, ids, references):
         assert logprobs == pytest.approx(references[adapter_id]["logprobs"], abs=TOL), adapter_id
 
 
-def status(server) -> dict:
-    with urllib.request.urlopen(server.url + "/mint/status") as r:
-        return json.loads(r.read())
-
-
 def wait_until_snapshots_idle(server, ranks: int, timeout_s: float = 30.0) -> None:
     """Wait until SGLang's load snapshots (GET /v1/loads, what the DP dispatcher reads) show every
     rank with nothing running or waiting."""
@@ -127,7 +123,7 @@ def tp_server(tiny_model, catalog, tmp_path_factory, catalog_server):
 class TestTensorParallel:
     def test_tp2_storm_over_cold_adapters_equals_hf_peft(self, tp_server, storm_ids, references):
         storm(openai_client(tp_server), storm_ids, references)
-        scheduler = status(tp_server)["schedulers"][0]
+        scheduler = mint_status(tp_server)["schedulers"][0]
         assert scheduler["evictions"] > 20  # the budget forced reads and evictions throughout
         ranks = scheduler["ranks"]
         assert [r["tp_rank"] for r in ranks] == [0, 1]
@@ -179,7 +175,7 @@ def dp_server(tiny_model, catalog, tmp_path_factory, catalog_server):
 class TestDataParallel:
     def test_dp2_storm_over_cold_adapters_equals_hf_peft(self, dp_server, storm_ids, references):
         storm(openai_client(dp_server), storm_ids, references)
-        schedulers = status(dp_server)["schedulers"]
+        schedulers = mint_status(dp_server)["schedulers"]
         assert len(schedulers) == 2 and all(s["requests"] > 0 for s in schedulers)  # both ranks served
 
     def test_dp2_requests_for_one_adapter_stay_on_one_rank(self, dp_server, references):
@@ -189,9 +185,9 @@ class TestDataParallel:
         # once every rank's snapshot says idle, as the dispatcher will then read it.
         wait_until_snapshots_idle(dp_server, ranks=2)
         # by scheduler process: /mint/status lists the schedulers in the order they answered
-        before = {s["pid"]: s["requests"] for s in status(dp_server)["schedulers"]}
+        before = {s["pid"]: s["requests"] for s in mint_status(dp_server)["schedulers"]}
         for _ in range(12):  # one at a time: load never pushes it elsewhere
             assert complete(client, "s/0000003")[0] == references["s/0000003"]["tokens"]
-        after = {s["pid"]: s["requests"] for s in status(dp_server)["schedulers"]}
+        after = {s["pid"]: s["requests"] for s in mint_status(dp_server)["schedulers"]}
         assert len(before) == 2 and after.keys() == before.keys()
         assert sorted(after[pid] - before[pid] for pid in before) == [0, 12]

@@ -26,6 +26,7 @@ import pytest
 from safetensors.torch import load_file
 from transformers import AutoTokenizer
 
+from mint_status import mint_status
 from sglang_mint.catalog import init_catalog, open_catalog
 from sglang_mint.dev.reference import run_reference
 from sglang_mint.dev.tiny import write_tiny_adapters
@@ -123,11 +124,6 @@ def references(tiny_model, catalog, adapter_ids):
     return dict(zip(keys, run_reference(sys.executable, tiny_model, jobs)))
 
 
-def status(server) -> dict:
-    with urllib.request.urlopen(server.url + "/mint/status") as r:
-        return json.loads(r.read())
-
-
 def generate(server, body: dict) -> tuple[int, dict]:
     req = urllib.request.Request(server.url + "/generate", data=json.dumps(body).encode(),
                                  headers={"Content-Type": "application/json"})
@@ -172,7 +168,7 @@ def test_more_cold_adapters_than_memory_and_slots(server, adapter_ids, budget, o
             assert logprobs == pytest.approx(references[job]["logprobs"], abs=TOL), (wave, job)
     chunks = [int(n) for n in re.findall(r"Prefill batch, .*?#new-token: (\d+)", server.log_path.read_text())]
     assert max(chunks) == CHUNK, chunks  # the long prompts' prefills were split
-    [sched] = status(server)["schedulers"]
+    [sched] = mint_status(server)["schedulers"]
     assert sched["evictions"] >= N_ADAPTERS, sched  # the budget really was exceeded many times over
     assert sched["host_peak_bytes"] <= budget + one_adapter, sched
     assert sched["adapters_in_use"] == 0 and sched["host_reserved_bytes"] == 0, sched
@@ -230,7 +226,7 @@ def test_registry_holds_only_names_in_flight(server, adapter_ids):
         codes = list(pool.map(lambda a: generate(server, {"text": PROMPT, "sampling_params": params,
                                                           "lora_path": a})[0], live))
     assert codes == [200] * len(live)
-    assert status(server)["registered_names"] == 0  # every name was dropped when its request ended
+    assert mint_status(server)["registered_names"] == 0  # every name was dropped when its request ended
     code, _ = generate(server, {"text": PROMPT, "sampling_params": params, "lora_path": live[0]})
     assert code == 200  # and a dropped name is registered again on its next request
 

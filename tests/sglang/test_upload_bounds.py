@@ -36,6 +36,7 @@ import numpy as np
 import pytest
 from hung import HUNG_AFTER_S
 
+from mint_status import mint_status
 from sglang_mint.catalog import init_catalog, open_catalog
 
 pytestmark = pytest.mark.server  # starts real SGLang servers: not in make test-fast
@@ -53,11 +54,6 @@ DOC_CASES = {
     "prefetch-oversize": "test_prefetch_refuses_a_declared_large_body_before_reading_it",
     "prefetch-chunked-oversize": "test_prefetch_refuses_a_chunked_large_body_while_reading_it",
 }
-
-
-def mint_status(server) -> dict:
-    with urllib.request.urlopen(server.url + "/mint/status", timeout=60) as r:
-        return json.loads(r.read())
 
 
 def write_o_adapter(folder: Path, rank: int, seed: int) -> Path:
