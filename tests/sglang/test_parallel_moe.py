@@ -15,7 +15,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from transformers import AutoTokenizer
 
-from test_parallel import PROMPT, TOKENS, complete, openai_client, status
+from mint_status import mint_status
+from test_parallel import PROMPT, TOKENS, complete, openai_client
 
 from sglang_mint.catalog import init_catalog
 from sglang_mint.dev.reference import run_reference
@@ -62,7 +63,7 @@ def test_moe_storm_equals_hf_peft(moe, tmp_path, parallel):
         ids = [f"moe/{i % MOE_ADAPTERS}" for i in range(2 * MOE_ADAPTERS)]
         with ThreadPoolExecutor(8) as pool:
             answers = list(pool.map(lambda a: (a, complete(client, a)), ids))
-        schedulers = status(srv)["schedulers"]
+        schedulers = mint_status(srv)["schedulers"]
     assert sum(s["requests"] for s in schedulers) == len(ids)
     assert len(schedulers) == 1
     for adapter_id, (tokens, logprobs) in answers:
