@@ -76,6 +76,7 @@ class HostLRU:
         self.bytes = 0  # resident
         self.reserved_bytes = 0
         self.held_resident_bytes = 0
+        self.held_unpinned_bytes = 0  # the part of held_resident_bytes an eviction may free some day
         self.peak_bytes = 0  # highest resident + reserved seen
         self.evictions_total = 0
 
@@ -99,7 +100,7 @@ class HostLRU:
         n = self._holds.get(key, 0)
         self._holds[key] = n + 1
         if n == 0 and key in self._sizes:
-            self.held_resident_bytes += self._sizes[key]
+            self._count_held(key, self._sizes[key])
 
     def release(self, key: str) -> None:
         n = self._holds.get(key, 0)
@@ -108,7 +109,7 @@ class HostLRU:
         if n == 1:
             del self._holds[key]
             if key in self._sizes:
-                self.held_resident_bytes -= self._sizes[key]
+                self._count_held(key, -self._sizes[key])
                 if self._newer_resident(key):
                     self._sizes.move_to_end(key, last=False)  # superseded: the first to go
         else:
@@ -126,8 +127,8 @@ class HostLRU:
         over = self.committed_bytes + estimate - self.budget_bytes - sum(self._sizes[k] for k in superseded)
         victims = superseded + self._over_budget(over, skip=superseded)
         over -= sum(self._sizes[v] for v in victims[len(superseded):])
-        if over > 0 and (self.reserved_bytes or self.held_resident_bytes):
-            return None  # wait: something in flight will free room
+        if over > 0 and (self.reserved_bytes or self.held_unpinned_bytes):
+            return None  # wait: something in flight will free room (a pinned adapter never will)
         self._reserved[key] = estimate
         self.reserved_bytes += estimate
         self._note_peak(self.committed_bytes - sum(self._sizes[v] for v in victims))
@@ -147,7 +148,7 @@ class HostLRU:
         if number is not None:
             self._revisions.setdefault(group, {})[key] = number
         if key in self._holds:
-            self.held_resident_bytes += nbytes
+            self._count_held(key, nbytes)
         self._note_peak(self.committed_bytes)
         superseded = self._idle_older(key)
         over = self.committed_bytes - self.budget_bytes - sum(self._sizes[k] for k in superseded)
@@ -200,7 +201,12 @@ class HostLRU:
         nbytes = self._sizes.pop(key)
         self.bytes -= nbytes
         if key in self._holds:
-            self.held_resident_bytes -= nbytes
+            self._count_held(key, -nbytes)
+
+    def _count_held(self, key: str, nbytes: int) -> None:
+        self.held_resident_bytes += nbytes
+        if not self.is_pinned(key):
+            self.held_unpinned_bytes += nbytes
 
     def _note_peak(self, nbytes: int) -> None:
         if nbytes > self.peak_bytes:

@@ -100,6 +100,24 @@ def test_pinned_adapters_stay_and_do_not_block_forever():
     assert "p" in lru
 
 
+def test_a_busy_pinned_adapter_does_not_hold_back_reads():
+    # A pinned adapter is never evicted, so waiting for its requests to end frees nothing: a read
+    # that waited on them would not start while the pinned adapter has steady traffic.
+    lru = HostLRU(100, pinned={"hot"})
+    lru.hold("hot@1")
+    assert lru.reserve("hot@1", 80) == []
+    lru.loaded("hot@1", 80)
+    lru.hold("cold@1")
+    assert lru.reserve("cold@1", 30) == []  # past the budget by one adapter, as with an idle pin
+    lru.loaded("cold@1", 30)
+    lru.release("cold@1")
+    lru.hold("b@1")
+    assert lru.reserve("b@1", 30) == ["cold@1"]  # an unpinned idle adapter still makes room
+    lru.evicted("cold@1")
+    lru.hold("c@1")
+    assert lru.reserve("c@1", 30) is None  # b's read is under way and will free room: wait for it
+
+
 def test_pin_covers_every_revision_of_an_adapter():
     lru = HostLRU(10, pinned={"acme/bot"})
     load(lru, "acme/bot@1", 50)
