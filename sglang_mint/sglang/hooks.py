@@ -46,6 +46,8 @@ HOOKS: tuple[Hook, ...] = (
     # the adapter id in the OpenAI `model` field
     Hook("frontend", f"{_OPENAI}._resolve_lora_path", "AROUND", "openai_model:_around_resolve_lora_path"),
     Hook("frontend", f"{_OPENAI}.handle_request", "AROUND", "openai_model:_around_handle_request"),  # answers name it
+    Hook("frontend", "sglang.srt.entrypoints.openai.serving_responses.OpenAIServingResponses._validate_model", "AROUND",
+         "openai_model:_around_validate_responses_model"),  # /v1/responses would drop the adapter: refused
     # catalog lookups in the tokenizer manager, the registry holding only names in flight, /mint/* and
     # --mint-gateway's join (endpoints.py)
     Hook("frontend", f"{_TM}.init_lora", "AFTER", "frontend:_after_init_lora"),

@@ -90,6 +90,24 @@ def test_chat_completions_select_the_adapter(mint_client, tiny_model, tiny_adapt
         assert [c.logprob for c in choice.logprobs.content] == pytest.approx(ref["logprobs"], abs=TOL)
 
 
+def test_responses_api_refuses_adapters_it_would_not_apply(mint_client, tiny_adapters):
+    # SGLang's /v1/responses checks `model`, then builds its request without a LoRA path: a stock
+    # adapter's name was answered by the base model, and a catalog id was "does not exist".
+    adapter_id = next(iter(tiny_adapters))
+    messages = [{"role": "user", "content": "hello world"}]
+
+    def responses(model):
+        return mint_client.responses.create(model=model, input=messages, max_output_tokens=4, temperature=0,
+                                            store=False)
+
+    assert responses("tiny").output_text  # the base model is served
+    for model in (adapter_id, f"tiny:{adapter_id}", "acme/no-such-adapter"):
+        with pytest.raises(openai.BadRequestError) as exc:
+            responses(model)
+        assert model in str(exc.value) and "/v1/chat/completions" in str(exc.value)
+    assert complete(mint_client, adapter_id)[0]  # the same adapter through /v1/completions
+
+
 def test_answers_name_the_model_the_request_named(mint_client, tiny_adapters):
     first, second = list(tiny_adapters)[:2]
     for model in (first, f"tiny:{first}", "tiny", "tiny:"):
