@@ -8,8 +8,10 @@ The admin endpoints are every endpoint SGLang marks ``AuthLevel.ADMIN_OPTIONAL``
 ``/mint/*``, all listed in ``ADMIN_ENDPOINTS``. They change what every tenant is
 served, or show other tenants' adapters, so:
 
-- with ``--admin-api-key K``, SGLang's own middleware admits only ``Authorization:
-  Bearer K`` (401 otherwise), from anywhere;
+- with ``--admin-api-key K``, only ``Authorization: Bearer K`` is admitted (401
+  otherwise), from anywhere. The guard checks the key itself: SGLang's middleware
+  decides "admin" from its route marks, and a route added through ``include_router``
+  (``/scale_elastic_ep``) escapes them, so a tenant key would pass there;
 - without it (``--api-key`` alone included: every tenant holds that key), they
   answer only a caller whose TCP connection comes from this machine (a loopback
   address, 127.0.0.0/8 or ::1, or the very address the connection reached: SGLang
@@ -42,6 +44,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import secrets
 from typing import Callable
 
 from fastapi.responses import ORJSONResponse
@@ -123,7 +126,8 @@ def refusal(scope) -> str | None:
 
 
 class AdminGuard:
-    """ASGI middleware: an admin call without ``--admin-api-key`` must come from a local TCP peer."""
+    """ASGI middleware: an admin call carries ``--admin-api-key``'s key, or without one comes from a
+    local TCP peer."""
 
     def __init__(self, app, *, fastapi_app, admin_api_key: str | None, marked_paths: Callable[[object], set[str]]):
         self.app = app
@@ -158,9 +162,13 @@ class AdminGuard:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or not self._is_admin(scope):
             return await self.app(scope, receive, send)
-        if self.admin_api_key:  # SGLang's api-key middleware, outside this one, has checked the key
-            scope[ADMITTED] = "admin-api-key"
-            return await self.app(scope, receive, send)
+        if self.admin_api_key:
+            if carries_key(scope, self.admin_api_key):
+                scope[ADMITTED] = "admin-api-key"
+                return await self.app(scope, receive, send)
+            message = (f"{scope['path']} is an admin endpoint: this server answers it only to requests carrying "
+                       "'Authorization: Bearer KEY' with its --admin-api-key KEY")
+            return await _refuse(scope, receive, send, 401, "authentication_error", message)
         why = refusal(scope)
         if why is None:
             scope[ADMITTED] = "loopback"
@@ -168,9 +176,23 @@ class AdminGuard:
         message = (f"{scope['path']} is an admin endpoint: without an admin API key this server answers it only "
                    f"to callers connected from this machine, and {why}. Restart the server with "
                    "--admin-api-key KEY and send 'Authorization: Bearer KEY'.")
-        response = ORJSONResponse({"error": {"message": message, "type": "permission_error", "code": 403}},
-                                  status_code=403)
-        await response(scope, receive, send)
+        await _refuse(scope, receive, send, 403, "permission_error", message)
+
+
+def carries_key(scope, key: str) -> bool:
+    """Whether the request's ``Authorization`` header is ``Bearer <key>`` (the scheme in any case, as
+    SGLang reads it), compared in constant time: ``b"bearer K"`` does, ``b"Bearer tenant"`` does not."""
+    for name, value in scope.get("headers", ()):
+        if name == b"authorization":
+            scheme, _, token = value.partition(b" ")
+            return scheme.lower() == b"bearer" and secrets.compare_digest(token, key.encode())
+    return False
+
+
+async def _refuse(scope, receive, send, status: int, kind: str, message: str) -> None:
+    """Answer ``status`` in OpenAI's error shape, ``{"error": {"message", "type", "code"}}``."""
+    response = ORJSONResponse({"error": {"message": message, "type": kind, "code": status}}, status_code=status)
+    await response(scope, receive, send)
 
 
 def install(app, admin_api_key: str | None, marked_paths: Callable[[object], set[str]]) -> None:

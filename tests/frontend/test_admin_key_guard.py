@@ -1,0 +1,74 @@
+"""With an admin API key the guard checks ``Authorization: Bearer K`` itself, on every admin path.
+
+The engine's own api-key middleware decides "admin" from its route marks, and a
+route added through ``include_router`` (SGLang's ``/scale_elastic_ep``) can escape
+them; here no engine middleware runs at all, so whatever the guard lets through
+reaches the handler. Played at the ASGI level: no server, a TCP peer per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+from fastapi import APIRouter, FastAPI
+
+from sglang_mint.frontend import admin_guard
+
+ADMIN_KEY = "admin-key-7f3a"
+REMOTE = ("203.0.113.7", 40123)
+LOOPBACK = ("127.0.0.1", 40123)
+
+
+def guarded_app(reached: list[str]):
+    """An app whose admin route comes through include_router, guarded with ADMIN_KEY; nothing
+    marks it admin but the guard's own list (ADMIN_ENDPOINTS holds /scale_elastic_ep)."""
+    app = FastAPI()
+    router = APIRouter()
+
+    @router.post("/scale_elastic_ep")
+    async def scale_elastic_ep():
+        reached.append("/scale_elastic_ep")
+        return {"ok": True}
+
+    app.include_router(router)
+
+    @app.post("/v1/completions")
+    async def completions():
+        reached.append("/v1/completions")
+        return {"ok": True}
+
+    admin_guard.install(app, ADMIN_KEY, marked_paths=lambda _app: set())
+    return admin_guard.RecordPeer(app)
+
+
+def post(app, path: str, peer: tuple[str, int], headers: dict[str, str]) -> httpx.Response:
+    async def call():
+        transport = httpx.ASGITransport(app=app, client=peer)
+        async with httpx.AsyncClient(transport=transport, base_url="http://10.0.0.5:30000") as client:
+            return await client.post(path, headers=headers)
+
+    return asyncio.run(call())
+
+
+def test_an_included_admin_route_needs_the_admin_key_from_every_peer():
+    reached: list[str] = []
+    app = guarded_app(reached)
+    for peer in (REMOTE, LOOPBACK):
+        for headers in ({}, {"Authorization": "Bearer tenant"}, {"Authorization": f"Bearer {ADMIN_KEY}x"},
+                        {"Authorization": f"Basic {ADMIN_KEY}"}, {"Authorization": ADMIN_KEY}):
+            response = post(app, "/scale_elastic_ep", peer, headers)
+            assert response.status_code == 401, (peer, headers, response.text)
+            error = response.json()["error"]
+            assert error["code"] == 401 and error["type"] == "authentication_error"
+            assert "/scale_elastic_ep" in error["message"] and "--admin-api-key" in error["message"]
+    assert reached == []
+
+
+def test_the_admin_key_admits_and_other_routes_are_left_to_the_engine():
+    reached: list[str] = []
+    app = guarded_app(reached)
+    for headers in ({"Authorization": f"Bearer {ADMIN_KEY}"}, {"Authorization": f"bearer {ADMIN_KEY}"}):
+        assert post(app, "/scale_elastic_ep", REMOTE, headers).status_code == 200
+    assert post(app, "/v1/completions", REMOTE, {}).status_code == 200  # not admin: the engine's to check
+    assert reached == ["/scale_elastic_ep", "/scale_elastic_ep", "/v1/completions"]
