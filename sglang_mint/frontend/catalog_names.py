@@ -129,30 +129,38 @@ class CatalogNames:
             return None
         return name
 
-    def resolve_lora_path(self, paths, stock: Container[str]) -> tuple[object, list[RevisionName]]:
+    def resolve_lora_path(self, paths, stock: Container[str], batch: int | None = None
+                          ) -> tuple[object, list[RevisionName]]:
         """A request's ``lora_path`` (one name, a list of them, or None) -> (the same with every
-        catalog name replaced by its revision name, those revision names), which are then
-        arriving until ``settle``. ``["acme/bot", None, "mine"]`` -> ``(["acme/bot@3", None,
-        "mine"], ["acme/bot@3"])`` when ``mine`` is in ``stock``. Raises HTTPException 400/404
-        naming the bad entry."""
+        catalog name replaced by its revision name, the distinct revision names), which are then
+        arriving until ``settle``. ``["acme/bot", None, "mine", "acme/bot"]`` -> ``(["acme/bot@3",
+        None, "mine", "acme/bot@3"], ["acme/bot@3"])`` when ``mine`` is in ``stock``: one lookup per
+        distinct name, however often the list repeats it. ``batch``, the request's number of
+        prompts (``prompt_count``): a longer list is refused before any lookup, so
+        ``["acme/bot"] * 200000`` for one prompt costs nothing. Raises HTTPException 400/404
+        naming the field and the bad entry."""
         single = isinstance(paths, str)
         entries = [paths] if single else list(paths or [])
-        names: list[RevisionName] = []
-        for i, entry in enumerate(entries):
-            if not entry:
-                continue  # the base model
+        if not single and batch is not None and len(entries) > batch:
+            raise HTTPException(status_code=400, detail=f"lora_path: a list of {len(entries)} entries for a request "
+                                                        f"of {batch} prompt(s); give at most one per prompt")
+        odd = next((entry for entry in entries if entry and not isinstance(entry, str)), None)
+        if odd is not None:
+            raise HTTPException(status_code=400, detail=f"lora_path: {odd!r} is not an adapter name")
+        resolved: dict[str, RevisionName] = {}  # requested name -> its revision name, catalog names only
+        for entry in dict.fromkeys(entry for entry in entries if entry):  # None or "": the base model
             try:
                 name = self.checked_name(entry, stock)
             except MintError as exc:
                 raise HTTPException(status_code=exc.http_status, detail=f"lora_path: {exc}") from None
-            if name is None:
-                continue  # an adapter the engine loaded itself, under a name the catalog does not hold
-            entries[i] = name
-            names.append(name)
+            if name is not None:  # None: an adapter the engine loaded itself, a name the catalog does not hold
+                resolved[entry] = name
+        names = list(dict.fromkeys(resolved.values()))  # "acme/bot" and "acme/bot@3" select one revision
         for name in names:
             self._arriving[name] = self._arriving.get(name, 0) + 1
         if not names:
             return paths, names
+        entries = [resolved.get(entry, entry) if entry else entry for entry in entries]
         return (entries[0] if single else entries), names
 
     def settle(self, names: list[str]) -> None:
@@ -225,3 +233,18 @@ def lora_path_of_model(model: str, served_name: str, explicit_lora_path, names: 
         raise AdapterNotFound(f"adapter {adapter_id!r} not found: no adapter with this id is known to the server")
     except MintError as exc:
         raise HTTPException(status_code=exc.http_status, detail=str(exc)) from None
+
+
+def prompt_count(request) -> int | None:
+    """How many prompts a generate or embedding request carries, as the engine normalized it:
+    ``text="hi"`` 1, ``text=["a", "b"]`` 2, ``input_ids=[5, 6, 7]`` 1 (one prompt of three
+    tokens), ``input_ids=[[5, 6], [7]]`` 2, ``input_embeds`` alike one level deeper; else the
+    request's own ``batch_size`` (media only), or None if it has none."""
+    text, input_ids, embeds = request.text, request.input_ids, request.input_embeds
+    if text is not None:
+        return 1 if isinstance(text, str) else len(text)
+    if input_ids is not None:
+        return len(input_ids) if input_ids and isinstance(input_ids[0], list) else 1
+    if embeds is not None:
+        return len(embeds) if embeds and embeds[0] and isinstance(embeds[0][0], list) else 1
+    return getattr(request, "batch_size", None)

@@ -12,7 +12,7 @@ import pytest
 from fastapi import HTTPException
 
 from sglang_mint.errors import AdapterNotFound
-from sglang_mint.frontend.catalog_names import CatalogNames, lora_path_of_model
+from sglang_mint.frontend.catalog_names import CatalogNames, lora_path_of_model, prompt_count
 
 
 class Counter:
@@ -94,3 +94,61 @@ def test_the_model_field(names):
         assert exc.value.status_code == status
     with pytest.raises(HTTPException, match="404"):
         lora_path_of_model("acme/bot", "tiny", None, None, stock=())
+
+
+class CountingCatalog(Catalog):
+    """Catalog, counting its lookups."""
+
+    def __init__(self):
+        self.lookups = 0
+
+    def resolve(self, adapter_id):
+        self.lookups += 1
+        return super().resolve(adapter_id)
+
+    def resolve_revision(self, adapter_id, revision):
+        self.lookups += 1
+        return super().resolve_revision(adapter_id, revision)
+
+
+def test_each_distinct_name_of_a_lora_path_list_is_looked_up_once():
+    catalog = CountingCatalog()
+    names = CatalogNames(catalog, SimpleNamespace(resolves=Counter(), not_found=Counter()))
+    requested = ["acme/bot"] * 5000 + ["acme/bot@2", None, "mine", "acme/bot@2", "acme/bot"]
+    paths, found = names.resolve_lora_path(requested, stock={"mine"})
+    assert catalog.lookups == 3  # acme/bot, acme/bot@2, mine (not in the catalog, then stock)
+    assert paths == ["acme/bot@3"] * 5000 + ["acme/bot@2", None, "mine", "acme/bot@2", "acme/bot@3"]
+    assert found == ["acme/bot@3", "acme/bot@2"] and names.resolves == 2
+    assert not names.may_forget("mint:acme/bot@3", 0) and not names.may_forget("mint:acme/bot@2", 0)
+    names.settle(found)
+    assert names.may_forget("mint:acme/bot@3", 0) and names.may_forget("mint:acme/bot@2", 0)
+
+
+def test_a_lora_path_list_longer_than_the_batch_is_refused_before_any_lookup():
+    catalog = CountingCatalog()
+    names = CatalogNames(catalog, SimpleNamespace(resolves=Counter(), not_found=Counter()))
+    with pytest.raises(HTTPException) as refused:
+        names.resolve_lora_path(["acme/bot"] * 200000, stock=(), batch=1)
+    assert refused.value.status_code == 400
+    assert refused.value.detail.startswith("lora_path: ") and "200000" in refused.value.detail
+    assert catalog.lookups == 0 and names.may_forget("mint:acme/bot@3", 0)
+    with pytest.raises(HTTPException) as odd:  # JSON that is no name, unhashable included
+        names.resolve_lora_path(["acme/bot", {"id": "acme/bot"}], stock=(), batch=2)
+    assert odd.value.status_code == 400 and odd.value.detail.startswith("lora_path: ")
+    paths, found = names.resolve_lora_path(["acme/bot", None, "acme/bot"], stock=(), batch=3)  # one per prompt
+    assert paths == ["acme/bot@3", None, "acme/bot@3"] and found == ["acme/bot@3"]
+    assert names.resolve_lora_path("acme/bot", stock=(), batch=1)[0] == "acme/bot@3"  # one name for the batch
+
+
+def test_the_batch_is_the_number_of_prompts_the_request_carries():
+    def request(**fields):
+        return SimpleNamespace(**{"text": None, "input_ids": None, "input_embeds": None, **fields})
+
+    assert prompt_count(request(text="hi")) == 1
+    assert prompt_count(request(text=["a", "b", "c"])) == 3
+    assert prompt_count(request(input_ids=[5, 6, 7])) == 1  # one prompt of three tokens
+    assert prompt_count(request(input_ids=[[5, 6], [7]])) == 2
+    assert prompt_count(request(input_embeds=[[0.5, 0.25], [0.125, 1.0]])) == 1  # one prompt of two tokens
+    assert prompt_count(request(input_embeds=[[[0.5]], [[0.25]], [[1.0]]])) == 3
+    assert prompt_count(request(batch_size=4)) == 4  # media only: the engine's own count
+    assert prompt_count(request()) is None
