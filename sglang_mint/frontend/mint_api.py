@@ -30,7 +30,7 @@ Who may call them: every one is an admin endpoint (``admin_guard.py`` holds the
 rule and the list). They change what every tenant is served, or, ``/mint/status``,
 name the adapters other tenants use, so the engine marks them admin (SGLang:
 ``AuthLevel.ADMIN_OPTIONAL``, passed in as ``mark_admin``): with ``--admin-api-key K``
-SGLang's middleware admits only ``Authorization: Bearer K`` (401 otherwise); without
+the guard admits only ``Authorization: Bearer K`` (401 otherwise); without
 an admin key they answer only a loopback TCP peer whose request carries no
 forwarding header (403 for anyone else, saying how to enable them).
 
@@ -45,6 +45,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import re
 import shutil
 import socket
 from typing import Callable, Protocol
@@ -66,6 +67,7 @@ from sglang_mint.usage.ledger import parse_moment, read_ledger
 
 MAX_PREFETCH = 1024
 MAX_PREFETCH_BODY = 1 << 20  # 1,024 ids of at most 128 characters fit in about 140 KB
+ASCII_DIGITS = re.compile(r"[0-9]+")  # "12"; not "²" or "١٢", which str.isdigit() takes and int() refuses or reads
 
 
 class MintEngine(Protocol):
@@ -157,6 +159,19 @@ def _flag(fields: dict, name: str, default: bool | None) -> bool | None:
     raise _Refused(400, f"field {name!r} must be true or false, got {value!r}")
 
 
+def _json(text):
+    """``json.loads``, with JSON nested past Python's recursion limit (``"[" * 40000``) a ValueError too."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("nested too deep") from None
+
+
+def _ascii_int(text: str | None) -> int | None:
+    """``"12"`` -> 12, ``"0"`` -> 0; None for None and anything else (``"-3"``, ``" 3"``, ``"²"``)."""
+    return int(text) if text is not None and ASCII_DIGITS.fullmatch(text) else None
+
+
 def _revision_json(rev) -> dict:
     # "digest" is null for a durable=false revision: its files are hashed when they are stored.
     return {"adapter_id": rev.adapter_id, "revision": rev.revision, "digest": rev.content_digest or None,
@@ -233,7 +248,7 @@ async def mint_prefetch(request: Request):
     engine, names = _with_catalog(request)
     raw = await read_capped(request, MAX_PREFETCH_BODY, "/mint/prefetch")
     try:
-        body = json.loads(raw)
+        body = _json(raw)
     except ValueError:
         body = None
     adapters = body.get("adapters") if isinstance(body, dict) else None
@@ -269,7 +284,7 @@ async def publish_revision(request: Request, adapter_id: str):
     declared = request.headers.get("content-length")
     folder = upload_folder(names.catalog)
     if names.staged is not None:  # shared memory when it has room: a durable=false publish stays there
-        folder = names.staged.receive_folder(int(declared) if declared and declared.isdigit() else None, folder)
+        folder = names.staged.receive_folder(_ascii_int(declared), folder)
     try:
         async with received_upload(request, folder, config.max_upload_bytes,
                                    f"upload for {adapter_id!r}") as (files, fields, digests):
@@ -301,13 +316,14 @@ async def _publish_received(engine: MintEngine, names: CatalogNames, adapter_id:
     """publish_revision once the upload is received: the fields checked, then the adapter. With
     ``durable=false`` the revision is recorded and served from memory before its blobs are stored
     (frontend/staged_revisions.py)."""
-    expected = fields.get("expected_revision")
-    if expected is not None and not (expected.isdigit() and int(expected) > 0):
-        raise _Refused(400, f"expected_revision must be a positive integer, got {expected!r}")
+    field = fields.get("expected_revision")
+    expected = _ascii_int(field)
+    if field is not None and not expected:  # None: not digits; 0: no revision has it
+        raise _Refused(400, f"expected_revision must be a positive integer, got {field!r}")
     metadata = None
     if fields.get("metadata") is not None:
         try:
-            metadata = json.loads(fields["metadata"])
+            metadata = _json(fields["metadata"])
         except ValueError as exc:
             raise _Refused(400, f"metadata is not valid JSON: {exc}") from None
         if not isinstance(metadata, dict):
@@ -321,7 +337,7 @@ async def _publish_received(engine: MintEngine, names: CatalogNames, adapter_id:
     # The checks and the write take seconds for a large adapter: off the event loop, which keeps serving.
     rev = await asyncio.to_thread(
         publish_files, names.catalog, adapter_id, files, metadata=metadata,
-        expect_revision=int(expected) if expected is not None else None, pack=pack,
+        expect_revision=expected, pack=pack,
         max_rank=engine.max_lora_rank, where=f"upload for {adapter_id!r}", digests=digests, stage=stage)
     if warm:
         engine.warm(revision_name(adapter_id, rev.revision))
@@ -337,7 +353,7 @@ async def rollback_adapter(request: Request, adapter_id: str):
     to = None
     if raw.strip():
         try:
-            body = json.loads(raw)
+            body = _json(raw)
         except ValueError:
             body = None
         if not isinstance(body, dict) or set(body) - {"to"}:
@@ -350,6 +366,7 @@ async def rollback_adapter(request: Request, adapter_id: str):
     return ORJSONResponse(_revision_json(rev))
 
 
+@_refusals
 async def mint_inbox(request: Request):
     """Where a trainer on this machine may put a publish's files instead of sending them (client/handoff.py)."""
     _, names = _with_catalog(request)

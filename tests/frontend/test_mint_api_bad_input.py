@@ -1,0 +1,74 @@
+"""Bad input to the ``/mint/*`` endpoints is a 400 in OpenAI's error shape, never a 500.
+
+Played at the ASGI level on a FastAPI app with the routes and the admin guard
+(no admin key: a loopback peer is admitted), and a catalog stand-in every
+request is refused before it reaches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+
+import httpx
+from fastapi import FastAPI
+
+from sglang_mint.config import MintConfig
+from sglang_mint.frontend import admin_guard
+from sglang_mint.frontend.mint_api import add_routes
+
+DEEP_JSON = b"[" * 40000  # past Python's recursion limit: json.loads raises RecursionError, no ValueError
+BOUNDARY = "b0undary"
+
+
+def mint_app(tmp_path, with_catalog: bool = True):
+    catalog = SimpleNamespace(views=str(tmp_path / "views"))  # upload_folder's only question
+    names = SimpleNamespace(catalog=catalog, staged=None) if with_catalog else None
+    engine = SimpleNamespace(names=names, config=MintConfig(), max_lora_rank=8, warm=lambda name: None)
+    app = FastAPI()
+    add_routes(app, lambda: engine, mark_admin=lambda handler: handler)
+    admin_guard.install(app, None, marked_paths=lambda _app: set())
+    return admin_guard.RecordPeer(app)
+
+
+def call(app, method: str, path: str, body: bytes = b"", content_type: str = "application/json") -> httpx.Response:
+    async def go():
+        transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 40123))
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:30000") as client:
+            return await client.request(method, path, content=body, headers={"content-type": content_type})
+
+    return asyncio.run(go())
+
+
+def publish(app, **fields: bytes) -> httpx.Response:
+    parts = [(b'Content-Disposition: form-data; name="files"; filename="adapter_config.json"', b"{}")]
+    parts += [(f'Content-Disposition: form-data; name="{name}"'.encode(), value) for name, value in fields.items()]
+    body = b"".join(f"--{BOUNDARY}\r\n".encode() + head + b"\r\n\r\n" + value + b"\r\n" for head, value in parts)
+    return call(app, "POST", "/mint/adapters/acme/bot/revisions", body + f"--{BOUNDARY}--\r\n".encode(),
+                f"multipart/form-data; boundary={BOUNDARY}")
+
+
+def assert_refused(response: httpx.Response, status: int, *words: str) -> None:
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["code"] == status and error["type"] == "invalid_request_error"
+    for word in words:
+        assert word in error["message"], error["message"]
+
+
+def test_an_expected_revision_of_non_ascii_digits_is_a_400(tmp_path):
+    app = mint_app(tmp_path)
+    for value in ("²", "١٢", "0", "-3", "3.0", " 3"):  # "²".isdigit() and "١٢".isdigit() are True
+        assert_refused(publish(app, expected_revision=value.encode()), 400, "expected_revision", repr(value))
+
+
+def test_json_nested_past_the_recursion_limit_is_a_400(tmp_path):
+    app = mint_app(tmp_path)
+    assert_refused(call(app, "POST", "/mint/prefetch", DEEP_JSON), 400, "adapters")
+    assert_refused(call(app, "POST", "/mint/adapters/acme/bot/rollback", DEEP_JSON), 400, "to")
+    assert_refused(publish(app, metadata=DEEP_JSON), 400, "metadata is not valid JSON", "deep")
+
+
+def test_the_inbox_without_a_catalog_is_a_400(tmp_path):
+    assert_refused(call(mint_app(tmp_path, with_catalog=False), "GET", "/mint/inbox"), 400,
+                   "/mint/inbox needs a catalog", "--mint-catalog")
