@@ -10,6 +10,7 @@ revision references yet (reclaimed by gc after its grace period).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import os
@@ -61,7 +62,8 @@ class LocalBlobStore(BlobStore):
 
     def _store(self, digest: str, write, sync: bool) -> str:
         """Blob ``digest`` written by ``write(fd)`` into a private temp file, then renamed into
-        place (a reader never sees a partial blob); a blob already there is only touched."""
+        place (a reader never sees a partial blob); a blob already there is only touched. A write
+        that fails (a full disk, a source that shrank) removes its temp file before raising."""
         final = self.path(digest)
         if os.path.exists(final):
             self.touch(digest)
@@ -69,12 +71,17 @@ class LocalBlobStore(BlobStore):
         tmp = os.path.join(self.tmp, f"{digest[:16]}.{os.getpid()}.{time.monotonic_ns()}")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444)
         try:
-            write(fd)
-            if sync:
-                os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.rename(tmp, final)
+            try:
+                write(fd)
+                if sync:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.rename(tmp, final)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
         if sync:
             self._fsync_dir(os.path.dirname(final))
         return digest
