@@ -32,7 +32,8 @@ scheduler reading that blob back. With ``durable=false``:
    and ``<id>@<n>`` of a revision that was never stored is a 404 saying why.
 4. The staged folder is removed ``GRACE_S`` after the blob is stored (a request
    holding the record may still read it; the load worker falls back to the
-   catalog once it is gone).
+   catalog once it is gone), and at once, record and all, if ``mint catalog gc``
+   collected the revision before its store.
 
 Shared memory is RAM, so nothing is left there for good. Each frontend's root
 (``/dev/shm/sglang-mint-<uid>/<port>``) holds an ``owner`` file naming its process
@@ -216,6 +217,9 @@ class StagedRevisions:
             try:
                 stored = catalog.store_blobs(rev, files, known)
             except RevisionNotFound as exc:  # collected by `mint catalog gc` first: nothing to keep
+                with self._lock:  # nor to serve: its record and staged folder go now, not after a grace
+                    self._expiring.append((time.monotonic(), key, rev.staged))
+                self._expire()
                 self.collected_total += 1
                 logger.info("not storing %s@%d: %s", *key, exc)
                 continue

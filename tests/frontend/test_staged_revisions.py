@@ -214,7 +214,9 @@ def test_an_adapter_with_nothing_staged_leaves_no_bookkeeping(tmp_path, monkeypa
 def test_a_revision_collected_before_its_store_is_not_a_failure(tmp_path, monkeypatch, caplog):
     """`mint catalog gc` may drop a durable=false revision before the store thread gets to it (its
     adapter deleted, or superseded): Catalog.store_blobs then raises RevisionNotFound and writes
-    nothing (tests/catalog/test_upload_files.py), which is said at INFO, not counted as a failure."""
+    nothing (tests/catalog/test_upload_files.py), which is said at INFO, not counted as a failure.
+    Nothing will read the revision again, so its staged folder (up to SHM_UPLOAD_MAX_BYTES of shared
+    memory) and its record go at once, not after a grace period (60 s here, longer than the test)."""
     import logging
 
     import sglang_mint.frontend.staged_revisions as module
@@ -226,11 +228,14 @@ def test_a_revision_collected_before_its_store_is_not_a_failure(tmp_path, monkey
                                    "it was stored")
 
     monkeypatch.setattr(module, "STORE_AFTER_S", 0.0)
-    staged = StagedRevisions(str(tmp_path / "shm" / "30003"), grace_s=0.1)
+    staged = StagedRevisions(str(tmp_path / "shm" / "30003"), grace_s=60.0)
     with caplog.at_level(logging.INFO, logger=module.logger.name):
-        staged.stage(Collected(tmp_path), not_durable("rl/p", 1), {"adapter_config.json": b"{}"}, {})
+        served = staged.stage(Collected(tmp_path), not_durable("rl/p", 1), {"adapter_config.json": b"{}"}, {})
+        assert os.path.isdir(served.staged) and staged.get("rl/p", 1) is served
         assert wait_for(lambda: staged.collected_total == 1)
     assert staged.failed_total == 0 and staged.stored_total == 0
+    assert staged.get("rl/p", 1) is None and not os.path.exists(served.staged)
+    assert not staged._newest and not staged._unstored_since and not staged._expiring
     assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
         ("INFO", "not storing rl/p@1: revision 1 of 'rl/p' was collected by gc before it was stored")]
     staged.close()
