@@ -19,7 +19,6 @@ import hashlib
 import json
 import os
 import sqlite3
-import sys
 import time
 from dataclasses import dataclass
 
@@ -31,6 +30,7 @@ from sglang_mint.catalog.errors import (AdapterNotFound, BlobMissing, CatalogErr
                                         RevisionNotFound)
 from sglang_mint.catalog.ids import validate_adapter_id
 from sglang_mint.catalog.location import parse_blobs, parse_location
+from sglang_mint.catalog.progress import Progress
 from sglang_mint.catalog.sql_dialects import PostgresDialect, SqliteDialect
 from sglang_mint.catalog.sql_store import SqlMetadataStore
 from sglang_mint.catalog.store import AdapterRow, BlobStore, MetadataStore, Revision, RevisionRecord
@@ -380,19 +380,27 @@ class Catalog:
     def store_blobs(self, rev: Revision, payload: dict, known: dict | None = None) -> Revision:
         """Complete a revision recorded before its blobs (``stage`` above): hash the files whose digest
         is not ``known``, store them, fsynced, then mark it durable with its digests, in one transaction.
+        The copy and its fsync happen outside the write lock (no other commit waits for them), so gc may
+        remove a blob before that transaction: e.g. the bytes of a deleted adapter's revision, found
+        stored and only touched here, lose their last reference when gc purges it. The transaction
+        checks every blob under the lock, as publish's ``ensure_blobs`` does, and writes a missing one again.
         Returns the durable revision; raises RevisionNotFound, writing nothing, if gc collected it first."""
         if self.store.get_revision(rev.adapter_id, rev.revision) is None:
             raise RevisionNotFound(f"revision {rev.revision} of {rev.adapter_id!r} was collected by gc before it was stored")
         files = {name: (known or {}).get(name) or _sha256(data) for name, data in payload.items()}
         self._put_blobs(files, payload)
-        self.store.mark_durable(rev.adapter_id, rev.revision, files, content_digest(files))
+        self.store.mark_durable(rev.adapter_id, rev.revision, files, content_digest(files),
+                                lambda: self._put_blobs(files, payload, touch=False))
         return self.get_revision(rev.adapter_id, rev.revision)
 
-    def _put_blobs(self, files: dict[str, str], payload: dict) -> None:
-        """Each file's blob ({name: digest}) from its bytes or path in ``payload``; one already stored is touched."""
+    def _put_blobs(self, files: dict[str, str], payload: dict, touch: bool = True) -> None:
+        """Each file's blob ({name: digest}) from its bytes or path in ``payload``. One already stored is
+        touched, so that gc's grace keeps an old orphan with these bytes until the commit; under the
+        write lock (``touch=False``) gc cannot run before the commit, and an S3 touch is a copy."""
         for name, digest in files.items():
             if self.blobs.exists(digest):
-                self.blobs.touch(digest)
+                if touch:
+                    self.blobs.touch(digest)
             elif isinstance(payload[name], str):
                 self.blobs.put_file(payload[name], digest)
             else:
@@ -407,20 +415,28 @@ class Catalog:
         return rev
 
     def rollback(self, adapter_id: str, to: int | None = None) -> Revision:
-        """Move ``current`` to revision ``to``, or to the one before current; atomically."""
+        """Move ``current`` to revision ``to``, or to the stored one before current; atomically.
+        A revision published with durable=false and not stored (no blobs: no engine could load it) is
+        passed over, and refused when named."""
         validate_adapter_id(adapter_id)
 
-        def pick(a: AdapterRow, numbers: list[int]) -> int:
+        def pick(a: AdapterRow, numbers: list[int], stored: set[int]) -> int:
             if to is None:
                 older = [n for n in numbers if n < (a.current or 0)]
                 if not older:
                     raise RevisionNotFound(
                         f"cannot roll back {adapter_id!r} past its first revision (current is {a.current})")
-                return older[-1]
+                if not stored.intersection(older):
+                    raise RevisionNotFound(f"cannot roll back {adapter_id!r}: no revision before {a.current} is "
+                                           f"stored (revisions {older} were published with durable=false)")
+                return max(stored.intersection(older))
             if to not in numbers:
                 raise RevisionNotFound(f"adapter {adapter_id!r} has no revision {to} (it has {numbers})")
             if to == a.current:
                 raise CatalogError(f"revision {to} of {adapter_id!r} is already current")
+            if to not in stored:
+                raise CatalogError(f"revision {to} of {adapter_id!r} is not stored (published with durable=false, "
+                                   f"its blobs were never stored): its stored revisions are {sorted(stored)}")
             return to
 
         return self.get_revision(adapter_id, self.store.set_current(adapter_id, pick))
@@ -465,36 +481,6 @@ class Catalog:
         finally:
             bar.close()
         return out
-
-
-class Progress:
-    """A progress bar on stderr: tqdm when it is installed, else one rewritten line."""
-
-    def __init__(self, total: int, desc: str, enabled: bool = True):
-        self.total, self.desc, self.n, self.enabled = total, desc, 0, enabled
-        self._tqdm = None
-        self._last = 0.0
-        if enabled:
-            try:
-                from tqdm import tqdm
-                self._tqdm = tqdm(total=total, desc=desc, file=sys.stderr, unit="adapter")
-            except ImportError:
-                pass
-
-    def update(self, k: int) -> None:
-        self.n += k
-        if self._tqdm is not None:
-            self._tqdm.update(k)
-        elif self.enabled and (time.monotonic() - self._last > 0.5 or self.n == self.total):
-            self._last = time.monotonic()
-            sys.stderr.write(f"\r{self.desc}: {self.n}/{self.total}")
-            sys.stderr.flush()
-
-    def close(self) -> None:
-        if self._tqdm is not None:
-            self._tqdm.close()
-        elif self.enabled:
-            sys.stderr.write("\n")
 
 
 __all__ = ["AdapterInfo", "BlobMissing", "Catalog", "Page", "init_catalog", "open_catalog"]

@@ -51,13 +51,33 @@ def cmd_init(args) -> int:
     return 0
 
 
+ADAPTER_FILES = "adapter_config.json and adapter_model.safetensors"
+
+
+def _adapter_folders(from_dir: str) -> list[str]:
+    """The sub-folders of ``--from-dir``, one adapter each; CatalogError naming DIR if there are none."""
+    from sglang_mint.catalog.errors import CatalogError
+    if not os.path.isdir(from_dir):
+        raise CatalogError(f"--from-dir {from_dir}: no such folder" if not os.path.exists(from_dir) else
+                           f"--from-dir {from_dir}: not a folder")
+    folders = sorted(os.path.join(from_dir, d) for d in os.listdir(from_dir)
+                     if os.path.isdir(os.path.join(from_dir, d)))
+    if not folders:
+        hint = (f"; {from_dir} is itself an adapter folder: publish it as one adapter with "
+                f"`mint catalog publish CATALOG ADAPTER_ID {from_dir}`"
+                if os.path.isfile(os.path.join(from_dir, "adapter_config.json")) else "")
+        raise CatalogError(f"--from-dir {from_dir} holds no adapter folders: each sub-folder is imported as one "
+                           f"adapter and holds {ADAPTER_FILES}{hint}")
+    return folders
+
+
 def cmd_import(args) -> int:
-    folders = list(args.folders)
-    if args.from_dir:
-        folders += sorted(os.path.join(args.from_dir, d) for d in os.listdir(args.from_dir)
-                          if os.path.isdir(os.path.join(args.from_dir, d)))
+    from sglang_mint.catalog.errors import CatalogError
+    folders = list(args.folders) + (_adapter_folders(args.from_dir) if args.from_dir is not None else [])
+    if not folders:
+        raise CatalogError(f"nothing to import: name adapter folders, or --from-dir DIR (folders holding "
+                           f"{ADAPTER_FILES})")
     if args.id and len(folders) != 1:
-        from sglang_mint.catalog.errors import CatalogError
         raise CatalogError(f"--id names one adapter but {len(folders)} folders were given")
     with _open(args) as cat:
         t0 = time.perf_counter()
@@ -139,6 +159,9 @@ def cmd_verify(args) -> int:
 
 
 def cmd_gc(args) -> int:
+    if args.grace < 0:
+        from sglang_mint.catalog.errors import CatalogError
+        raise CatalogError(f"--grace {args.grace:g}: must be 0 or more seconds")
     with _open(args) as cat:
         rep = cat.gc(args.grace)
         _out(args, rep, "\n".join(f"{k:20s} {v}" for k, v in rep.items()))
@@ -148,7 +171,9 @@ def cmd_gc(args) -> int:
 def cmd_synth(args) -> int:
     from sglang_mint.catalog import init_catalog, open_catalog
     from sglang_mint.catalog.synth import synth
-    from sglang_mint.catalog.errors import NotACatalog
+    from sglang_mint.catalog.errors import CatalogError, NotACatalog
+    if args.count < 1:  # before a catalog is made for it
+        raise CatalogError(f"--count {args.count}: must be at least 1")
     try:
         cat = open_catalog(args.catalog)
     except NotACatalog:

@@ -287,7 +287,7 @@ class SqlMetadataStore(MetadataStore):
             if same:
                 raise RevisionConflict(
                     f"{adapter_id!r} revision {same[0]} already has this exact content "
-                    f"({record.content_digest[:12]}); use `mint catalog rollback {adapter_id} --to {same[0]}` "
+                    f"({record.content_digest[:12]}); use `mint catalog rollback CATALOG {adapter_id} --to {same[0]}` "
                     "to make it current")
             ensure_blobs()
             rev = latest + 1
@@ -327,13 +327,15 @@ class SqlMetadataStore(MetadataStore):
             raise RevisionConflict(f"adapter {taken!r} already exists; bulk insert adds new adapters only") from None
         return len(items)
 
-    def mark_durable(self, adapter_id: str, revision: int, files: dict[str, str], content_digest: str) -> None:
+    def mark_durable(self, adapter_id: str, revision: int, files: dict[str, str], content_digest: str,
+                     ensure_blobs) -> None:
         with self._write() as c:
             done = self.dialect.execute(
                 c, "UPDATE revisions SET durable = TRUE, files = ?, content_digest = ? "
                    "WHERE adapter_id = ? AND revision = ? AND durable = FALSE",
                 (json.dumps(files, sort_keys=True), content_digest, adapter_id, revision)).rowcount
             if done:  # else stored already, or purged meanwhile: no references to add
+                ensure_blobs()
                 self.dialect.executemany(c, _ADD_REF, [(d,) for d in sorted(files.values())])
 
     def set_current(self, adapter_id: str, pick) -> int:
@@ -342,9 +344,9 @@ class SqlMetadataStore(MetadataStore):
             a = self.get_adapter(adapter_id)
             if a is None or a.deleted:
                 raise AdapterNotFound(f"adapter {adapter_id!r} is not in the catalog")
-            numbers = [r[0] for r in run(
-                c, "SELECT revision FROM revisions WHERE adapter_id = ? ORDER BY revision", (adapter_id,)).fetchall()]
-            target = pick(a, numbers)
+            rows = run(c, "SELECT revision, durable FROM revisions WHERE adapter_id = ? ORDER BY revision",
+                       (adapter_id,)).fetchall()
+            target = pick(a, [n for n, _ in rows], {n for n, durable in rows if durable})
             run(c, "UPDATE adapters SET current = ?, updated = ? WHERE id = ?", (target, time.time(), adapter_id))
         return target
 

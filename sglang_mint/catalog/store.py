@@ -168,9 +168,12 @@ class MetadataStore(abc.ABC):
         """(adapter id, revision, files) of every revision whose blobs are not stored yet."""
 
     @abc.abstractmethod
-    def mark_durable(self, adapter_id: str, revision: int, files: dict[str, str], content_digest: str) -> None:
+    def mark_durable(self, adapter_id: str, revision: int, files: dict[str, str], content_digest: str,
+                     ensure_blobs) -> None:
         """Record that the blobs of a revision published with durable=false are now stored, with
-        their digests ({file name: sha256}) and the revision's content digest, in one transaction."""
+        their digests ({file name: sha256}) and the revision's content digest, in one transaction.
+        ``ensure_blobs()`` is called in it, under the write lock and before the commit, as in
+        ``publish``: it re-checks the blobs (and writes any gc removed since they were stored)."""
 
     @abc.abstractmethod
     def get_revision(self, adapter_id: str, revision: int) -> Revision | None: ...
@@ -204,8 +207,9 @@ class MetadataStore(abc.ABC):
 
     @abc.abstractmethod
     def set_current(self, adapter_id: str, pick) -> int:
-        """Move ``current`` atomically. ``pick(adapter_row, revision_numbers) -> int``
-        chooses the target inside the write transaction (and raises to refuse)."""
+        """Move ``current`` atomically. ``pick(adapter_row, revision_numbers, stored) -> int`` (``stored``:
+        the set of those that are durable) chooses the target inside the write transaction (and raises
+        to refuse)."""
 
     @abc.abstractmethod
     def delete(self, adapter_id: str) -> None: ...

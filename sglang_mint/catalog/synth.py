@@ -28,8 +28,9 @@ import numpy as np
 
 from sglang_mint.adapters.base_model import DENSE_MODULES, BaseModel
 from sglang_mint.adapters.peft import CONFIG, WEIGHTS
-from sglang_mint.catalog.catalog import Catalog, Progress, content_digest
+from sglang_mint.catalog.catalog import Catalog, content_digest
 from sglang_mint.catalog.ids import validate_adapter_id
+from sglang_mint.catalog.progress import Progress
 from sglang_mint.catalog.store import RevisionRecord
 
 BATCH = 1024

@@ -107,6 +107,9 @@ def test_cli_synth_says_which_mode(tmp_path, cli_cat):
     (["rollback", "{cat}", "a"], "past its first revision"),
     (["publish", "{cat}", "a", "{bad}"], "rank r must be a positive integer"),
     (["publish", "{cat}", "a", "{good}"], "already has this exact content"),
+    (["publish", "{cat}", "a", "{good}"], "use `mint catalog rollback CATALOG a --to 1`"),
+    (["synth", "{cat}", "--count", "0"], "--count 0: must be at least 1"),
+    (["gc", "{cat}", "--grace", "-5"], "--grace -5: must be 0 or more seconds"),
     (["stats", "{tmp}"], "is not a catalog"),
     (["publish", "{cat}", "b", "{good}", "--metadata", "[1]"], "--metadata must be a JSON object"),
 ])
@@ -127,3 +130,20 @@ def test_verify_exit_code_1_on_problems(tmp_path, cli_cat):
         c.blobs.delete(r["files"]["adapter_model.safetensors"])
     p = mint("verify", cat, check=False)
     assert p.returncode == 1 and "missing" in p.stdout
+
+
+def test_import_says_what_it_found_instead_of_importing_nothing(tmp_path, base_dir):
+    cat = str(tmp_path / "cat")
+    mint("init", cat, "--base-model", base_dir)
+    empty, one = tmp_path / "empty", write_peft(tmp_path / "one", rank=1)
+    empty.mkdir()
+    for args, words in [
+        (["--from-dir", str(empty)], f"--from-dir {empty} holds no adapter folders: each sub-folder is imported as "
+                                     "one adapter and holds adapter_config.json and adapter_model.safetensors"),
+        (["--from-dir", one], f"publish it as one adapter with `mint catalog publish CATALOG ADAPTER_ID {one}`"),
+        (["--from-dir", str(tmp_path / "nowhere")], f"--from-dir {tmp_path / 'nowhere'}: no such folder"),
+        ([], "nothing to import: name adapter folders, or --from-dir DIR"),
+    ]:
+        p = mint("import", cat, *args, check=False)
+        assert p.returncode == 2 and p.stderr.startswith("mint: error: ") and words in p.stderr, p.stderr
+    assert mint_json("stats", cat)["adapters"] == 0

@@ -138,18 +138,18 @@ def test_list_adapters_sorts_bytes_and_pages(store):
 def test_set_current_delete_and_purge(store):
     for k in range(3):
         publish(store, "a", "shared", f"own{k}")
-    assert store.set_current("a", lambda a, numbers: numbers[0]) == 1
+    assert store.set_current("a", lambda a, numbers, stored: numbers[0]) == 1
     assert store.resolve("a").revision == 1 and store.get_adapter("a").latest == 3
 
-    def refuse(adapter, numbers):
-        raise ValueError(f"no: {numbers}")
+    def refuse(adapter, numbers, stored):
+        raise ValueError(f"no: {numbers} {sorted(stored)}")
 
-    with pytest.raises(ValueError, match="no: \\[1, 2, 3\\]"):  # pick refuses: current stays
+    with pytest.raises(ValueError, match="no: \\[1, 2, 3\\] \\[1, 2, 3\\]"):  # pick refuses: current stays
         store.set_current("a", refuse)
     assert store.resolve("a").revision == 1
     store.delete("a")
     assert store.resolve("a") is None and store.get_adapter("a").deleted
-    for call in (lambda: store.delete("a"), lambda: store.set_current("a", lambda a, n: 1)):
+    for call in (lambda: store.delete("a"), lambda: store.set_current("a", lambda a, n, stored: 1)):
         with pytest.raises(AdapterNotFound, match="'a' is not in the catalog"):
             call()
     assert store.counts()["deleted_adapters"] == 1

@@ -17,7 +17,7 @@ from catalog_fixtures import write_peft
 
 from sglang_mint.adapters.errors import InvalidAdapter
 from sglang_mint.catalog.catalog import PENDING_DIGEST
-from sglang_mint.catalog.errors import RevisionNotFound
+from sglang_mint.catalog.errors import CatalogError, RevisionNotFound
 from sglang_mint.catalog.upload import publish_files
 
 
@@ -148,3 +148,75 @@ def test_gc_drops_durable_false_revisions_superseded_before_they_were_stored(cat
     assert [r.revision for r in cat.store.revisions("rl/p")] == [1, 3, 5]
     nxt = publish_files(cat, "rl/p", files_of(write_peft(tmp_path / "next", rank=2, seed=9)))
     assert nxt.revision == 6 and first.durable
+
+
+@pytest.mark.parametrize("gc_strikes", ["before the commit", "between exists and touch"])
+def test_a_blob_gc_removes_while_a_revision_is_stored_is_written_again(cat, tmp_path, monkeypatch, gc_strikes):
+    """store_blobs copies the blobs outside the write lock (the copy and its fsync stay off other
+    publishes' commits) and `mint catalog gc` may run meanwhile in another process. Here it runs on
+    this thread at the worst moment: once team/a (same bytes) is deleted, its blobs lose their last
+    reference just before team/b's commit; or an old orphan with these bytes goes between store_blobs
+    seeing it and touching it. Either way the revision must not become durable without its blobs."""
+    folder = write_peft(tmp_path / "same", rank=2, seed=1)
+    handed, reports = {}, []
+
+    def stage(rev, payload, known):
+        handed.update(rev=rev, payload=payload, known=known)
+        return rev
+
+    if gc_strikes == "before the commit":
+        publish_files(cat, "team/a", files_of(folder))
+        cat.delete("team/a")
+        publish_files(cat, "team/b", files_of(folder), stage=stage)
+        commit = cat.store.mark_durable
+
+        def gc_then_commit(*args):
+            reports.append(cat.gc(3600))
+            return commit(*args)
+
+        monkeypatch.setattr(cat.store, "mark_durable", gc_then_commit)
+    else:
+        for path in files_of(folder).values():  # left by a publish killed before its commit
+            cat.blobs.put(open(path, "rb").read())
+        publish_files(cat, "team/b", files_of(folder), stage=stage)
+        touch = cat.blobs.touch
+
+        def gc_then_touch(digest):
+            if not reports:
+                reports.append(cat.gc(0))
+            touch(digest)
+
+        monkeypatch.setattr(cat.blobs, "touch", gc_then_touch)
+    stored = cat.store_blobs(handed["rev"], handed["payload"], handed["known"])
+    assert [r["removed_blobs"] for r in reports] == [2]  # gc did take both blobs of these bytes
+    assert stored.durable and cat.resolve("team/b") == stored
+    for name, path in files_of(folder).items():
+        assert cat.blobs.read(stored.files[name]) == open(path, "rb").read()
+    report = cat.verify()
+    assert report["ok"] and report["not_durable"] == [], report
+    assert os.path.isdir(stored.local_path())
+
+
+def test_rollback_passes_over_revisions_that_were_never_stored(cat, tmp_path):
+    """A durable=false revision superseded before its store has no blobs (gc drops it later): rollback
+    steps over it to the stored one before, and naming it is refused, so current never points at a
+    revision no engine can load."""
+    def publish(adapter_id, seed, **kw):
+        folder = write_peft(tmp_path / f"{adapter_id}-{seed}", rank=2, seed=seed)
+        return publish_files(cat, adapter_id, files_of(folder), **kw)
+
+    never = lambda rev, payload, known: rev  # noqa: E731 - staged, and its store never comes
+    first = publish("rl/p", 1)
+    publish("rl/p", 2, stage=never)
+    publish("rl/p", 3)
+    back = cat.rollback("rl/p")
+    assert (back.revision, back.durable) == (1, True) and back == first and os.path.isdir(back.local_path())
+    with pytest.raises(CatalogError, match=r"revision 2 of 'rl/p' is not stored .* stored revisions are \[1, 3\]"):
+        cat.rollback("rl/p", to=2)
+    assert cat.resolve("rl/p") == first
+    assert cat.rollback("rl/p", to=3).revision == 3
+    publish("rl/q", 4, stage=never)
+    publish("rl/q", 5)
+    with pytest.raises(RevisionNotFound, match=r"cannot roll back 'rl/q': no revision before 2 is stored"):
+        cat.rollback("rl/q")
+    assert cat.resolve("rl/q").revision == 2
