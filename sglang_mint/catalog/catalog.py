@@ -27,7 +27,7 @@ from sglang_mint.adapters.errors import InvalidAdapter
 from sglang_mint.adapters.peft import CONFIG, WEIGHTS, PeftAdapter, read_peft_folder
 from sglang_mint.catalog.blobs import LocalBlobStore
 from sglang_mint.catalog.errors import (AdapterNotFound, BlobMissing, CatalogError, MintError, NotACatalog,
-                                        RevisionNotFound)
+                                        RevisionNotFound, RevisionNotStored)
 from sglang_mint.catalog.ids import validate_adapter_id
 from sglang_mint.catalog.location import parse_blobs, parse_location
 from sglang_mint.catalog.progress import Progress
@@ -278,7 +278,14 @@ class Catalog:
         """A folder the engine can load for ``rev``, made on first use and then reused (views.py):
         hard links to the blobs under their file names (adapter_config.json and
         adapter_model.safetensors for PEFT; adapter_config.json and adapter.mintpack for packed,
-        which SGLang reads through sglang_mint.sglang.packed_loader) plus ``.mint-files.json``."""
+        which SGLang reads through sglang_mint.sglang.packed_loader) plus ``.mint-files.json``.
+        A record taken before its blobs were stored (durable=false) is read as its row is now."""
+        if not rev.durable:
+            rev = self.store.get_revision(rev.adapter_id, rev.revision) or rev
+            if not rev.durable:
+                raise RevisionNotStored(f"revision {rev.revision} of {rev.adapter_id!r} was published with "
+                                        "durable=false and its weights are not stored (yet): only the server "
+                                        "that received it serves it, from memory")
         return self.view_folders.path(rev.files, rev.content_digest, self.blobs.local_path,
                                       where=f"adapter {rev.adapter_id!r} revision {rev.revision}")
 

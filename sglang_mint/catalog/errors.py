@@ -15,6 +15,7 @@ __all__ = [
     "NotACatalog",
     "RevisionConflict",
     "RevisionNotFound",
+    "RevisionNotStored",
 ]
 
 
@@ -36,6 +37,11 @@ class RevisionConflict(CatalogError):
 
 class RevisionNotFound(AdapterNotFound):
     """A named revision that the adapter does not have (or rollback past the first one)."""
+
+
+class RevisionNotStored(CatalogError):
+    """A revision published with durable=false whose blobs are not stored (yet): only the server
+    that received it serves it, from memory."""
 
 
 class BlobMissing(CatalogError):

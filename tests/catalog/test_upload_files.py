@@ -17,7 +17,7 @@ from catalog_fixtures import write_peft
 
 from sglang_mint.adapters.errors import InvalidAdapter
 from sglang_mint.catalog.catalog import PENDING_DIGEST
-from sglang_mint.catalog.errors import CatalogError, RevisionNotFound
+from sglang_mint.catalog.errors import CatalogError, RevisionNotFound, RevisionNotStored
 from sglang_mint.catalog.upload import publish_files
 
 
@@ -98,6 +98,27 @@ def test_a_revision_recorded_before_its_blobs_is_not_durable_until_they_are_stor
     assert cat.latest_durable("rl/p", 3) == stored
     report = cat.verify()
     assert report["ok"] and report["not_durable"] == [], report
+
+
+def test_a_record_taken_before_its_store_reads_the_stored_revision(cat, tmp_path):
+    """An engine keeps the record its first request for a durable=false revision carried (no files,
+    no digest) and reads it again from the catalog once the staged folder is gone: after a host-cache
+    eviction, or as another DP rank's first read. Before the store it says why it cannot."""
+    folder = write_peft(tmp_path / "one", rank=2, seed=4)
+    handed = {}
+
+    def stage(rev, payload, known):
+        handed.update(payload=payload, known=known)
+        return rev
+
+    held = publish_files(cat, "rl/p", files_of(folder), stage=stage)
+    assert (held.durable, held.files) == (False, {})
+    with pytest.raises(RevisionNotStored, match="revision 1 of 'rl/p' was published with durable=false"):
+        held.local_path()
+    cat.store_blobs(held, handed["payload"], handed["known"])
+    weights = "adapter_model.safetensors"
+    with open(os.path.join(held.local_path(), weights), "rb") as got, open(os.path.join(folder, weights), "rb") as want:
+        assert got.read() == want.read()
 
 
 def test_a_durable_false_revision_may_repeat_content_and_is_counted_once_stored(cat, tmp_path):
