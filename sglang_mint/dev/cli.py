@@ -39,7 +39,9 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
                         "moto and fill a catalog with --catalog-size adapters)")
     p.add_argument("--catalog-size", type=int, default=1000, help="synthetic adapters in the demo catalog (1000)")
     p.set_defaults(func=_cluster_up)
-    p = csub.add_parser("down", help="stop the cluster `mint cluster up` started")
+    p = csub.add_parser("down", help="stop the cluster `mint cluster up` started (exit 1 if it is still stopping "
+                                     "after --timeout)")
+    p.add_argument("--timeout", type=float, default=90.0, help="seconds to wait for it to stop (default 90)")
     p.set_defaults(func=_cluster_down)
 
     dev = subparsers.add_parser("dev", help="development helpers: tiny models, adapters, CPU environment")
@@ -161,4 +163,4 @@ def _cluster_up(args) -> int:
 def _cluster_down(args) -> int:
     from sglang_mint.dev.cluster import stop_cluster
 
-    return stop_cluster()
+    return stop_cluster(args.timeout)

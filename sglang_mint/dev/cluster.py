@@ -242,5 +242,8 @@ def stop_cluster(timeout: float = 90.0) -> int:
     deadline = time.monotonic() + timeout
     while pid_alive(pid) and time.monotonic() < deadline:
         time.sleep(0.25)
-    print("cluster stopped" if not pid_alive(pid) else f"cluster (pid {pid}) still stopping after {timeout:.0f} s")
+    if pid_alive(pid):
+        print(f"cluster (pid {pid}) still stopping after {timeout:.0f} s")
+        return 1
+    print("cluster stopped")
     return 0

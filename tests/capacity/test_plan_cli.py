@@ -62,6 +62,7 @@ def test_a_plan_that_misses_exits_1_and_says_so(capsys):
     (["--rate", "0"], "rate or clients must be positive"),
     (["--clients", "0"], "rate or clients must be positive"),
     (["--disk-gbps", "-1"], "bandwidths must be positive"),
+    (["--engines", "0"], "--engines 0: must be at least 1"),
 ])
 def test_bad_inputs_are_named(capsys, args, message):
     assert main(["plan", *args, "--requests", "100"]) == 2
