@@ -88,6 +88,80 @@ def gateway_workers(gateway_url: str) -> list[dict]:
         return json.loads(r.read())["workers"]
 
 
+def served_model_names(worker: dict, timeout: float = 10.0) -> set[str]:
+    """The model names an engine serves: as SMG's ``/workers`` names them (``model_id``,
+    ``models[].id``), else as the engine's own ``GET /v1/models`` does, without the adapters it
+    lists (SGLang gives each a ``parent``): ``{"tiny"}``."""
+    names = {worker.get("model_id")} | {m.get("id") for m in worker.get("models") or [] if isinstance(m, dict)}
+    names -= {None, "", "unknown"}  # SMG's model_id for a worker whose model it never learnt
+    if names:
+        return names
+    try:
+        with urllib.request.urlopen(worker["url"].rstrip("/") + "/v1/models", timeout=timeout) as r:
+            listed = json.loads(r.read()).get("data") or []
+    except (OSError, ValueError) as exc:
+        raise GatewayError(f"cannot ask the engine {worker['url']} what it serves (GET /v1/models): {exc}") from None
+    return {m["id"] for m in listed if isinstance(m, dict) and m.get("id") and not m.get("parent")}
+
+
+def check_base_model(base_model: str, workers: list[dict]) -> None:
+    """GatewayError unless every healthy engine serves ``base_model``: the middleware sends every
+    request on as ``model=<base_model>``, so with a name no engine serves each one would fail."""
+    serving = {w["url"]: served_model_names(w) for w in workers if w.get("is_healthy")}
+    others = {url: names for url, names in serving.items() if base_model not in names}
+    if not others:
+        return
+    engines_of: dict[str, list[str]] = {}  # "'tiny'": the engines serving just that
+    for url, names in sorted(serving.items()):
+        engines_of.setdefault(", ".join(repr(n) for n in sorted(names)) or "no model they name", []).append(url)
+    said = "; ".join(f"{names} ({', '.join(urls)})" for names, urls in engines_of.items())
+    named = {n for names in serving.values() for n in names}
+    hint = f"; pass --base-model {next(iter(named))!r}" if len(named) == 1 else ""
+    raise GatewayError(f"base model {base_model!r} is not what the engines behind the gateway serve: {said}; the "
+                       f"middleware would send {'their' if len(others) < len(serving) else 'every'} request on as "
+                       f"model={base_model!r}{hint}")
+
+
+def require_affinity(policy: str, whose: str = "this gateway's", seen: str = "") -> None:
+    """GatewayError unless ``policy`` is AFFINITY's: placement routes by SMG's consistent-hashing ring."""
+    if policy != AFFINITY.name:
+        raise GatewayError(f"rebalance places adapters on SMG's consistent-hashing ring; {whose} policy is {policy}"
+                           f"{seen} (start SMG with --policy {AFFINITY.name})")
+
+
+SELECTION_METRIC = "smg_worker_selection_total"
+
+
+def routed_by_policy(metrics_text: str) -> dict[str, float]:
+    """Requests SMG routed per policy, from its Prometheus text: the line
+    ``smg_worker_selection_total{connection_mode="http",model="tiny",policy="consistent_hashing",
+    worker_type="regular"} 812`` counts 812 for consistent_hashing."""
+    counts: dict[str, float] = {}
+    for line in metrics_text.splitlines():
+        if line.startswith(SELECTION_METRIC + "{") and 'policy="' in line:
+            policy = line.split('policy="', 1)[1].split('"', 1)[0]
+            counts[policy] = counts.get(policy, 0.0) + float(line.rsplit("}", 1)[1].split()[0])
+    return {policy: n for policy, n in counts.items() if n > 0}
+
+
+def check_gateway_policy(metrics_url: str, timeout: float = 10.0) -> None:
+    """GatewayError unless SMG routes by consistent hashing. SMG 1.13.0 names its policy nowhere in
+    its HTTP API, only in its Prometheus metrics (``metrics_url``: its --prometheus-host and
+    --prometheus-port), and there only once it has routed a request."""
+    url = metrics_url.rstrip("/") + "/metrics"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            routed = routed_by_policy(r.read().decode())
+    except (OSError, ValueError) as exc:
+        raise GatewayError(f"cannot read SMG's routing policy from {url} ({exc}): pass --gateway-metrics "
+                           "http://HOST:PORT, SMG's --prometheus-host and --prometheus-port") from None
+    if not routed:
+        raise GatewayError(f"SMG has routed no request since it started ({url} counts none), so it does not name "
+                           f"its policy yet; rebalance needs --policy {AFFINITY.name}: run again once it has")
+    for policy in sorted(routed):
+        require_affinity(policy, "the gateway's", f" ({routed[policy]:.0f} requests routed by it, {url})")
+
+
 USAGE_REFUSAL_HINTS = {401: "pass the engines' --admin-api-key", 403: "pass the engines' --admin-api-key",
                        404: "start the engine with --mint-usage-dir"}
 
@@ -203,9 +277,7 @@ class SMGGateway:
         """:func:`rebalance`, on this gateway (its policy must be AFFINITY)."""
         if self.base_model is None:
             raise GatewayError("rebalance needs the adapter-route middleware: call install_adapter_route first")
-        if self.policy.name != AFFINITY.name:
-            raise GatewayError(f"rebalance places adapters on SMG's consistent-hashing ring; this gateway's "
-                               f"policy is {self.policy.name}")
+        require_affinity(self.policy.name)
         placement, self.route_module_id = rebalance(self.url, self.base_model, rates, load_factor)
         return placement
 
