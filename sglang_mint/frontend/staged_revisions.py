@@ -42,7 +42,10 @@ kills its own frontend when a child dies first, e.g. after a signal to the whole
 group), and a starting frontend removes the roots of every frontend that is gone: a
 killed or stopped one, or one on a port no server uses any more (measured on the development machine before this: 200
 such roots, 1.7 GB of staged revisions). A root without an owner file (older versions)
-goes once nothing in it has changed for ``ORPHAN_AGE_S``.
+goes once nothing in it has changed for ``ORPHAN_AGE_S``. The root and the folder holding it
+must be this user's alone (no symbolic link, nobody else may write): their names are easy to
+guess, in a folder anyone may write, and a user who made them first could swap the files of an
+upload. Otherwise shared memory is not used at all, and the log says why.
 
 ``MINT_FAULT_DURABLE_DELAY_S`` (seconds, default 0) holds each store back longer: fault
 injection, so that tests can kill the server while a revision is not yet durable.
@@ -90,12 +93,18 @@ class StagedRevisions:
     """The revisions this frontend serves from memory until (and shortly after) they are stored."""
 
     def __init__(self, root: str, grace_s: float = GRACE_S):
+        for folder in (os.path.dirname(root), root) if root else ():
+            why = _not_private(folder)
+            if why is not None:
+                logger.warning("not using shared memory for uploads and staged revisions: %s %s, so another "
+                               "user could change what is received there", folder, why)
+                root = ""
+                break
         self.root = root
         self.grace_s = grace_s
         self.inbox = os.path.join(root, "inbox") if root else None
         self._owner = process_identity(os.getpid())
         if root:
-            os.makedirs(os.path.dirname(root), mode=0o700, exist_ok=True)
             remove_roots_of_gone_frontends(os.path.dirname(root), keep=root)
             for left in ("staged", "inbox", "uploads"):  # left by a killed process on this port
                 shutil.rmtree(os.path.join(root, left), ignore_errors=True)
@@ -261,6 +270,22 @@ class StagedRevisions:
                     self._unstored_since.pop(adapter_id, None)
         for _, _, folder in done:
             shutil.rmtree(folder, ignore_errors=True)
+
+
+def _not_private(folder: str) -> str | None:
+    """Make ``folder`` (mode 0o700) unless it exists; None if it is this user's alone, else why not:
+    the root's name is easy to guess, in a folder anyone may write (``/dev/shm``)."""
+    os.makedirs(folder, mode=0o700, exist_ok=True)
+    info = os.lstat(folder)
+    if stat.S_ISLNK(info.st_mode):
+        return "is a symbolic link"
+    if not stat.S_ISDIR(info.st_mode):
+        return "is not a folder"
+    if info.st_uid != os.getuid():
+        return f"belongs to uid {info.st_uid}"
+    if info.st_mode & 0o022:
+        return f"may be written by others (mode {oct(info.st_mode & 0o777)})"
+    return None
 
 
 def _yield_cpu_to_serving() -> None:

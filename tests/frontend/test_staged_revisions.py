@@ -82,6 +82,40 @@ def test_a_new_frontend_clears_what_a_killed_one_left(tmp_path):
     assert oct(os.stat(os.path.join(root, "inbox")).st_mode & 0o777) == "0o700"
 
 
+@pytest.mark.parametrize("planted", ["parent-open", "parent-symlink", "root-open"])
+def test_a_root_another_user_could_change_is_not_used(tmp_path, planted, caplog):
+    """/dev/shm/sglang-mint-<uid>/<port> has a name anyone can guess, in a folder anyone can write:
+    a user who made it first, open to others (or a symlink to a folder of theirs), could swap the
+    files of an upload or a staged revision for weights of their own. Shared memory is then not
+    used at all: uploads go to the catalog's disk, and there is no inbox."""
+    import logging
+
+    parent, elsewhere = tmp_path / "shm", tmp_path / "theirs"
+    elsewhere.mkdir(mode=0o700)
+    if planted == "parent-open":
+        parent.mkdir()
+        parent.chmod(0o777)
+    elif planted == "parent-symlink":
+        parent.symlink_to(elsewhere)
+    else:
+        (parent / "30000").mkdir(parents=True)
+        (parent / "30000").chmod(0o777)
+    with caplog.at_level(logging.WARNING, logger="sglang_mint"):
+        staged = StagedRevisions(str(parent / "30000"))
+    assert (staged.root, staged.inbox) == ("", None)
+    assert staged.receive_folder(1000, "/catalog/uploads") == "/catalog/uploads"
+    [warning] = [r.getMessage() for r in caplog.records]
+    assert "not using shared memory" in warning and str(parent) in warning
+    assert not any(os.scandir(elsewhere))  # nothing written where the link led
+
+
+def test_the_root_is_this_users_alone(tmp_path):
+    staged = StagedRevisions(str(tmp_path / "shm" / "30000"))
+    for folder in (os.path.dirname(staged.root), staged.root, staged.inbox):
+        info = os.lstat(folder)
+        assert (info.st_uid, oct(info.st_mode & 0o777)) == (os.getuid(), "0o700"), folder
+
+
 def test_a_frontend_names_itself_in_its_root_and_removes_the_root_when_it_closes(tmp_path):
     root = str(tmp_path / "shm" / "30000")
     staged = StagedRevisions(root)
