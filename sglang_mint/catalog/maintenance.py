@@ -48,7 +48,7 @@ def collect_garbage(catalog: "Catalog", grace_s: float) -> dict:
         for digest, refs in list(catalog.store.referenced_digests()):
             if refs <= 0:
                 catalog.store.forget_blob(digest)
-    temp = catalog.blobs.clean_temp(grace_s)
+    temp = catalog.blobs.clean_temp(grace_s) + catalog.view_folders.clean_temp(grace_s)
     return {"purged_revisions": purged, "purged_never_stored": len(never_stored),
             "removed_views": views, "removed_blobs": removed,
             "freed_bytes": freed, "removed_temp_files": temp}

@@ -154,6 +154,26 @@ class ViewFolders:
                 n += 1
         return n
 
+    def clean_temp(self, grace_s: float) -> int:
+        """Remove what a killed process left in ``views/tmp`` more than ``grace_s`` ago: a view it was
+        building, or one it had renamed there to remove. Their links would keep blobs' bytes on disk
+        after gc deleted the blobs."""
+        tmp, n, now = os.path.join(self.root, "tmp"), 0, time.time()
+        try:
+            names = os.listdir(tmp)
+        except FileNotFoundError:
+            return 0
+        for name in names:
+            folder = os.path.join(tmp, name)
+            try:
+                if now - os.lstat(folder).st_mtime < grace_s:
+                    continue
+            except FileNotFoundError:
+                continue
+            shutil.rmtree(folder, ignore_errors=True)
+            n += 1
+        return n
+
     def _all(self):
         try:
             subs = sorted(os.listdir(self.root))

@@ -1,6 +1,7 @@
 """Publish / rollback / resolve / delete / gc / list semantics, and opening non-catalogs."""
 
 import os
+import shutil
 import sqlite3
 import threading
 
@@ -101,6 +102,22 @@ def test_gc_respects_grace_for_orphan_files(cat):
     assert cat.gc(grace_s=3600)["removed_blobs"] == 0 and cat.blobs.exists(digest)
     rep = cat.gc(grace_s=0)
     assert rep["removed_blobs"] == 1 and rep["removed_temp_files"] == partial and not cat.blobs.exists(digest)
+
+
+def test_gc_removes_views_left_half_built_or_half_removed(cat, peft):
+    """A process killed while it built a view (in views/tmp) or removed one (renamed there first)
+    leaves hard links that keep blobs' bytes on disk after gc deleted the blobs themselves."""
+    rev = cat.publish("a", str(peft("a", seed=3)))
+    view = rev.local_path()
+    left = [os.path.join(cat.views, "tmp", name) for name in ("0123abcd", "gone-4567ef")]
+    for folder in left:
+        shutil.copytree(view, folder, copy_function=os.link)
+    cat.delete("a")
+    rep = cat.gc(grace_s=3600)
+    assert rep["removed_blobs"] == 2 and rep["removed_temp_files"] == 0  # recent: maybe a build under way
+    assert all(map(os.path.isdir, left))
+    assert cat.gc(grace_s=0)["removed_temp_files"] == 2
+    assert not any(map(os.path.exists, left))
 
 
 def test_publish_rewrites_a_blob_gc_removed_meanwhile(cat, peft, monkeypatch):
