@@ -31,6 +31,7 @@ and ``attach`` takes the engine's constructor of an empty adapter.
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
 import pickle
@@ -73,12 +74,18 @@ class NodeShare:
         with open(self._path(seq, "meta"), "wb") as f:
             pickle.dump((adapter.config, index, extra), f)
         tmp = self._path(seq, "bin.tmp")
-        with open(tmp, "wb") as f:
-            f.truncate(max(offset, 1))
-            for (where, name, t), (_, _, _, _, start) in zip(slots, index):
-                f.seek(start)
-                f.write(t.detach().contiguous().view(torch.uint8).reshape(-1).numpy().tobytes())
-        os.rename(tmp, self._path(seq, "bin"))
+        try:
+            with open(tmp, "wb") as f:
+                f.truncate(max(offset, 1))
+                for (where, name, t), (_, _, _, _, start) in zip(slots, index):
+                    f.seek(start)
+                    f.write(t.detach().contiguous().view(torch.uint8).reshape(-1).numpy().tobytes())
+            os.rename(tmp, self._path(seq, "bin"))
+        except BaseException:  # e.g. /dev/shm full: shared memory is RAM, leave none of it behind
+            for path in (tmp, self._path(seq, "meta")):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+            raise
         _bind(adapter, self._views(seq, index))
 
     def publish_failure(self, seq: int, message: str) -> None:
