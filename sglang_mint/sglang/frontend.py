@@ -47,15 +47,30 @@ class CatalogFrontend(CatalogNames):
         becomes its current revision) and register the revision names it names; returns them,
         for ``settle`` once SGLang has acquired them. Raises HTTPException 400/404."""
         obj.lora_path, names = self.resolve_lora_path(obj.lora_path, tm.lora_ref_cache, batch=prompt_count(obj))
-        for name in dict.fromkeys(names):
-            if name not in tm.lora_registry._registry:
-                ref = LoRARef(lora_id=self.lora_id_of(name), lora_name=str(name),
-                              lora_path=f"mint-catalog:{name}", pinned=False)
-                try:
-                    await tm.lora_registry.register(ref)
-                except ValueError:
-                    pass  # another request registered it first
+        try:
+            for name in dict.fromkeys(names):
+                if name not in tm.lora_registry._registry:
+                    ref = LoRARef(lora_id=self.lora_id_of(name), lora_name=str(name),
+                                  lora_path=f"mint-catalog:{name}", pinned=False)
+                    try:
+                        await tm.lora_registry.register(ref)
+                    except ValueError:
+                        pass  # another request registered it first
+        except BaseException:  # the client went away meanwhile
+            self.refused(tm.lora_registry, names)
+            raise
         return names
+
+    def refused(self, registry, names) -> None:
+        """The request that ``arrive`` registered ``names`` for ended before SGLang acquired them (e.g.
+        more adapters than --max-loaded-loras, or the client went away): they are no longer arriving,
+        and a name no other request holds leaves the registry, which would otherwise keep it for good
+        (nothing releases a name never acquired) and list it in /v1/models."""
+        self.settle(names)
+        for name in dict.fromkeys(names):
+            ref = registry._registry.get(str(name))
+            if ref is not None:
+                self.forget_if_idle(registry, ref.lora_id)
 
     def forget_if_idle(self, registry, lora_id: str) -> None:
         """Drop a revision name from SGLang's registry once no request uses it. No await between
@@ -129,9 +144,12 @@ async def _around_tm_resolve_lora_path(original, tm, obj):
         return await original(tm, obj)
     names = await frontend.arrive(tm, obj)
     try:
-        return await original(tm, obj)
-    finally:
-        frontend.settle(names)
+        resolved = await original(tm, obj)
+    except BaseException:
+        frontend.refused(tm.lora_registry, names)
+        raise
+    frontend.settle(names)
+    return resolved
 
 
 async def _around_registry_release(original, registry, lora_id):
