@@ -17,7 +17,7 @@ from sglang_mint.residency.host_bytes import node_status
 from sglang_mint.residency.request_holds import admit, on_arrival, release_hold
 from sglang_mint.residency.scheduler_residency import SchedulerResidency
 from sglang_mint.sglang.adapter_reader import attach_adapter, read_adapter
-from sglang_mint.usage.ledger import UsageLedger
+from sglang_mint.usage.ledger import UsageLedger, engine_name
 
 logger = logging.getLogger("sglang_mint")
 
@@ -108,7 +108,7 @@ def _after_scheduler_init(result, scheduler, *args, **kwargs):
     if config.usage_dir is not None and scheduler.tp_group.rank_in_group == 0:  # one ledger per DP rank
         from sglang.srt.runtime_context import get_parallel
 
-        engine = f"{scheduler.server_args.host}:{scheduler.server_args.port}/dp{get_parallel().dp_rank or 0}"
+        engine = engine_name(scheduler.server_args.host, scheduler.server_args.port, get_parallel().dp_rank or 0)
         scheduler._mint_usage = UsageLedger(config.usage_dir, engine)
     return result
 

@@ -22,7 +22,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
                    help="the ledger folder, a server's --mint-usage-dir (default %(default)s)")
     p.add_argument("--adapter", help="one adapter id; the base model's rows have none (default: every adapter)")
     p.add_argument("--since", help="first minute to include (default: the oldest kept)")
-    p.add_argument("--until", help="moment to stop before (default: now)")
+    p.add_argument("--until", help="moment to stop before (default: none, every row up to the newest)")
     p.add_argument("--by", choices=["minute", "adapter"], default="adapter",
                    help="a row per adapter and revision over the whole span (default), or per minute too")
     p.add_argument("--json", action="store_true", help="JSON lines, one per row, instead of a table")

@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
+import socket
 import threading
 import time
 from datetime import datetime, timezone
@@ -37,6 +39,13 @@ _FILE = re.compile(r"usage-(?P<engine>.+)-(?P<hour>\d{10})\.jsonl\Z")
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
 
 
+def engine_name(host: str, port: int, dp_rank: int, machine: str | None = None) -> str:
+    """An engine's name in the ledger, ``gpu-a/0.0.0.0:30000/dp0``: the machine first, since engines
+    started alike on several machines share the rest, and a shared folder or a merge of their
+    answers (engines.py) must tell them apart."""
+    return f"{machine or socket.gethostname()}/{host}:{port}/dp{dp_rank}"
+
+
 def minute_text(epoch_s: float) -> str:
     """``1796444237.5`` -> ``"2026-12-05T04:17:00Z"``: the minute a moment falls in, UTC."""
     return datetime.fromtimestamp(int(epoch_s) // 60 * 60, timezone.utc).strftime("%Y-%m-%dT%H:%M:00Z")
@@ -46,9 +55,12 @@ def parse_moment(text: str) -> float:
     """An ISO 8601 moment (``2026-12-05T04:17:00Z``, ``2026-12-05``; UTC unless it says) or epoch
     seconds -> epoch seconds; ValueError naming it otherwise."""
     try:
-        return float(text)
+        seconds = float(text)
     except ValueError:
         pass
+    else:
+        if math.isfinite(seconds):
+            return seconds
     try:
         moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
@@ -87,21 +99,40 @@ class UsageLedger:
             counts[4] += bool(error)
 
     def flush(self) -> int:
-        """Append what was counted since the last flush; returns the rows written."""
+        """Append what was counted since the last flush; returns the rows written. Each row goes to
+        the file of the hour its minute is in (a request ended at 04:59:59 and flushed at 05:00:01
+        is in the 04 file, which a bill until 05:00 reads). Counts a write fails to append are kept
+        for the next flush, and the error raised."""
         with self._lock:
             counts, self._counts = self._counts, {}
         if not counts:
             return 0
-        now = self._clock()
-        hour = time.strftime("%Y%m%d%H", time.gmtime(now))
-        lines = [json.dumps({"adapter": a, "revision": r, "minute": m, **dict(zip(FIELDS, c))}) + "\n"
-                 for (a, r, m), c in counts.items()]
-        with open(self.directory / f"usage-{self.engine}-{hour}.jsonl", "a", encoding="utf-8") as f:
-            f.write("".join(lines))  # one write: a reader never sees half of this flush's rows
-        if hour != self._hour:
-            self._hour = hour
-            self._forget_older_than(now - self.keep_s)
-        return len(lines)
+        by_hour: dict[str, list[tuple[tuple, list[int]]]] = {}
+        for key, c in counts.items():
+            by_hour.setdefault(key[2][:13].replace("-", "").replace("T", ""), []).append((key, c))
+        written = 0
+        for hour, rows in sorted(by_hour.items()):
+            lines = "".join(json.dumps({"adapter": a, "revision": r, "minute": m, **dict(zip(FIELDS, c))}) + "\n"
+                            for (a, r, m), c in rows)
+            try:
+                _append(self.directory / f"usage-{self.engine}-{hour}.jsonl", lines)
+            except BaseException:
+                self._keep(row for later in [h for h in sorted(by_hour) if h >= hour] for row in by_hour[later])
+                raise
+            written += len(rows)
+        now_hour = time.strftime("%Y%m%d%H", time.gmtime(self._clock()))
+        if now_hour != self._hour:
+            self._hour = now_hour
+            self._forget_older_than(self._clock() - self.keep_s)
+        return written
+
+    def _keep(self, rows) -> None:
+        """Put counts back, added to any counted since."""
+        with self._lock:
+            for key, c in rows:
+                counts = self._counts.setdefault(key, [0] * len(FIELDS))
+                for i, n in enumerate(c):
+                    counts[i] += n
 
     def _forget_older_than(self, cutoff: float) -> None:
         for path in self.directory.glob("usage-*.jsonl"):
@@ -120,6 +151,19 @@ class UsageLedger:
         self._stop.set()
         self._thread.join(timeout=5)
         self.flush()
+
+
+def _append(path: Path, lines: str) -> None:
+    """``lines`` at the end of ``path`` in one write (a reader never sees half of them), on a line of
+    their own: after a line cut short by a kill or a full disk, not joined to it."""
+    with open(path, "ab") as f:
+        data = lines.encode("utf-8")
+        if f.tell() > 0:
+            with open(path, "rb") as tail:
+                tail.seek(-1, os.SEEK_END)
+                if tail.read(1) != b"\n":
+                    data = b"\n" + data
+        f.write(data)
 
 
 def _hour_start(hour: str) -> float:

@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from sglang_mint.usage.ledger import (FIELDS, UsageLedger, minute_text, parse_moment, read_usage,
+from sglang_mint.usage.ledger import (FIELDS, UsageLedger, engine_name, minute_text, parse_moment, read_usage,
                                       requests_by_adapter)
 
 T0 = parse_moment("2026-12-05T04:17:10Z")
@@ -159,3 +159,58 @@ def test_the_engines_named_are_those_whose_rows_were_summed(tmp_path, monkeypatc
     monkeypatch.setattr(Path, "read_text", read_and_let_another_engine_start)
     rows, engines = read_ledger(tmp_path)
     assert [r["adapter"] for r in rows] == ["acme/bot"] and engines == ["127.0.0.1_30000_dp0"]
+
+
+def test_a_request_that_ends_as_the_hour_turns_is_in_that_hours_bill(tmp_path):
+    """A row counts the minute its request ended; the flush after it may come in the next hour."""
+    end = parse_moment("2026-12-05T04:59:59Z")
+    clock = Clock(end)
+    a = ledger(tmp_path, clock=clock)
+    a.record("acme/bot", 1, prompt_tokens=3, cached_tokens=0, completion_tokens=1)
+    clock.t = end + 2  # 05:00:01
+    a.flush()
+    hour = read_usage(tmp_path, since=parse_moment("2026-12-05T04:00:00Z"), until=parse_moment("2026-12-05T05:00:00Z"))
+    assert [(r["minute"], r["requests"]) for r in hour] == [("2026-12-05T04:59:00Z", 1)]
+
+
+def test_counts_a_failed_write_could_not_append_wait_for_the_next(tmp_path, monkeypatch):
+    a = ledger(tmp_path)
+    a.record("acme/bot", 1, prompt_tokens=3, cached_tokens=0, completion_tokens=1)
+    real_open = open
+
+    def full_disk(*args, **kw):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("builtins.open", full_disk)
+    with pytest.raises(OSError):
+        a.flush()
+    monkeypatch.setattr("builtins.open", real_open)
+    a.record("acme/bot", 1, prompt_tokens=2, cached_tokens=0, completion_tokens=1)
+    assert a.flush() == 1
+    assert [(r["requests"], r["prompt_tokens"]) for r in read_usage(tmp_path)] == [(2, 5)]
+
+
+def test_a_line_cut_short_does_not_take_the_next_flush_with_it(tmp_path):
+    a = ledger(tmp_path)
+    a.record("acme/bot", 1, prompt_tokens=3, cached_tokens=0, completion_tokens=1)
+    a.flush()
+    [path] = tmp_path.iterdir()
+    with open(path, "a") as f:
+        f.write('{"adapter": "acme/bot", "revi')  # a kill or a full disk mid-write
+    a.record("acme/bot", 1, prompt_tokens=2, cached_tokens=0, completion_tokens=1)
+    a.flush()
+    assert [r["requests"] for r in read_usage(tmp_path)] == [2]
+
+
+@pytest.mark.parametrize("text", ["nan", "inf", "-inf"])
+def test_a_moment_must_be_finite(text):
+    with pytest.raises(ValueError, match="is not a moment"):
+        parse_moment(text)
+
+
+def test_engines_on_two_machines_have_two_names():
+    """Engines started alike on two machines (--host 0.0.0.0 --port 30000) write to a shared folder
+    and answer GET /mint/usage under their own names: engines.merge_ledgers counts an answer whose
+    names it has seen once, as a folder shared on one machine."""
+    names = {engine_name("0.0.0.0", 30000, 0, machine=m) for m in ("gpu-a", "gpu-b")}
+    assert len(names) == 2 and all(":30000/dp0" in n for n in names)
