@@ -90,8 +90,9 @@ def _plan(args) -> int:
     from sglang_mint.capacity.report import make_plan, render
     from sglang_mint.errors import MintError
 
-    if args.engines is not None and args.engines < 1:
-        raise MintError(f"--engines {args.engines}: must be at least 1")
+    for flag, value in (("--engines", args.engines), ("--max-engines", args.max_engines)):
+        if value is not None and value < 1:
+            raise MintError(f"{flag} {value}: must be at least 1")
     plan = make_plan(args)
     print(json.dumps(plan, indent=2) if args.json else render(plan))
     return 0 if plan["engines_needed"] is not None else 1

@@ -52,6 +52,7 @@ def make_plan(args) -> dict:
         "hardware": {"gpu": card.name, "hbm_bytes": card.hbm_bytes, "pcie_bytes_per_s": card.pcie_bytes_per_s,
                      **{k: v for k, v in asdict(hw).items() if k != "gpu"}},
         "gpu_memory": memory, "slo": asdict(slo), "rows": rows, "engines_needed": needed,
+        "engines_given": args.engines,
     }
 
 
@@ -105,14 +106,16 @@ def render(plan: dict) -> str:
                  "the load workers busy all the time, so waits grow with the run). req/s/eng, load/eng, link (its "
                  "busy share), worst p99 and in flight (p99 adapters held: the GPU slots a batch needs) are the "
                  "busiest engine's.")
-    needed = plan["engines_needed"]
+    needed, given = plan["engines_needed"], plan.get("engines_given")
+    target = f"cold TTFT p99 <= {slo['cold_ttft_p99_s'] * 1e3:,.0f} ms"
     if needed is None:
-        lines.append(f"no engine count up to {slo['max_engines']} meets cold TTFT p99 <= "
-                     f"{slo['cold_ttft_p99_s'] * 1e3:,.0f} ms")
+        lines.append(f"{given} engine{'s miss' if given > 1 else ' misses'} {target}" if given else
+                     f"no engine count up to {slo['max_engines']} meets {target}")
     else:
         row = next(r for r in plan["rows"] if r["engines"] == needed)
-        lines.append(f"engines needed: {needed} ({needed * mem['gpus_per_engine']} GPUs) for cold TTFT p99 <= "
-                     f"{slo['cold_ttft_p99_s'] * 1e3:,.0f} ms: host hit {_pct(row['hit_rate'])}, "
+        said = (f"{given} engine{'s meet' if given > 1 else ' meets'}" if given else
+                f"engines needed: {needed} ({needed * mem['gpus_per_engine']} GPUs) for")
+        lines.append(f"{said} {target}: host hit {_pct(row['hit_rate'])}, "
                      f"{row['cold_loads_per_s']:,.1f} cold loads/s needing {_gb(row['load_bytes_per_s'])}/s "
                      f"in all, reads p50 {_ms(row['read_p50_s'])} ms p99 {_ms(row['read_p99_s'])} ms")
         slots = row["busiest_engine"]["in_flight_p99"]

@@ -55,6 +55,13 @@ def test_a_plan_that_misses_exits_1_and_says_so(capsys):
     assert "no engine count up to 2 meets" in capsys.readouterr().out
 
 
+def test_a_given_engine_count_is_said_as_given(capsys):
+    assert main([*SMALL, "--engines", "1", "--slo-cold-p99-ms", "0.001"]) == 1
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("1 engine misses cold TTFT p99 <= 0 ms")
+    assert main([*SMALL, "--engines", "2", "--slo-cold-p99-ms", "500", "--gpu-slots", "64"]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("2 engines meet cold TTFT p99 <= 500 ms")
+
+
 @pytest.mark.parametrize("args, message", [
     (["--model", "gpt-9"], "neither a known name"),
     (["--model", "llama-3-70b", "--gpus-per-engine", "1"], "exceed"),
@@ -63,6 +70,7 @@ def test_a_plan_that_misses_exits_1_and_says_so(capsys):
     (["--clients", "0"], "rate or clients must be positive"),
     (["--disk-gbps", "-1"], "bandwidths must be positive"),
     (["--engines", "0"], "--engines 0: must be at least 1"),
+    (["--max-engines", "0"], "--max-engines 0: must be at least 1"),
 ])
 def test_bad_inputs_are_named(capsys, args, message):
     assert main(["plan", *args, "--requests", "100"]) == 2
