@@ -136,7 +136,7 @@ def _unpack(data: bytes, catalog: "Catalog", where: str) -> tuple[bytes, bytes]:
     if not isinstance(mint.get("peft_config"), dict):
         raise InvalidAdapter(f"{where}: the packed header has no peft_config")
     try:
-        tensors = unpack_tensors(mint, safetensors.torch.load(bytes(data)))
+        tensors = unpack_tensors(mint, safetensors.torch.load(bytes(data)), where, catalog.base.num_experts or 0)
         weights = safetensors.torch.save(tensors)
     except Exception as exc:  # noqa: BLE001 - any parser or layout complaint means a corrupt file
         raise InvalidAdapter(f"{where}: corrupt packed adapter ({type(exc).__name__}: {exc})") from None

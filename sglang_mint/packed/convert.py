@@ -35,6 +35,7 @@ from sglang_mint.adapters.errors import InvalidAdapter
 from sglang_mint.adapters.lora_keys import PEFT_FUSED, fused_expert_params, rank_alpha, scaling
 from sglang_mint.adapters.uniform_rank import uniform_lora
 from sglang_mint.packed.format import PackedError
+from sglang_mint.packed.part_map import checked_parts
 from sglang_mint.packed.writer import DTYPE_NAMES
 
 CONFIG = "adapter_config.json"
@@ -332,22 +333,17 @@ def _collapse(parts: list[dict], E: int | None) -> list[dict]:
     return rest
 
 
-def _expand(parts: list[dict]):
-    for p in parts:
-        if p["expert"] == "each":
-            for e in range(p["experts"]):
-                yield {**p, "src": p["src"].replace("{e}", str(e)), "expert": e}
-        else:
-            yield p
-
-
-def unpack_tensors(mint: dict, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Every source tensor, bit-exact, from the stored tensors and the part map."""
+def unpack_tensors(mint: dict, tensors: dict[str, torch.Tensor], where: str = "packed adapter",
+                   max_experts: int | None = None) -> dict[str, torch.Tensor]:
+    """Every source tensor, bit-exact, from the stored tensors and the part map. The part map is
+    checked whole first (part_map.py: bounded, inside the tensors, no overlaps), so a hostile header
+    is refused before anything is copied. ``max_experts``: the base model's expert count (0: dense), None if unknown."""
+    plan = checked_parts(mint, {name: list(t.shape) for name, t in tensors.items()}, where, max_experts)
     out = {}
-    for name, info in mint["tensors"].items():
+    for name, parts in plan.items():
         t = tensors[name]
-        for p in _expand(info["parts"]):
-            if p["src"] in out:
+        for p in parts:
+            if p["src"] in out:  # fused gate_up_proj: PEFT's one A is listed for both halves
                 continue
             v = t[p["expert"]] if p["expert"] is not None else t
             v = v[tuple(slice(*x) for x in p["box"])]
@@ -424,7 +420,7 @@ def unpack_folder(packed: str, out: str) -> str:
     path = os.path.join(packed, PACKED_FILE) if os.path.isdir(packed) else packed
     p = read_packed(path, pin=False)
     os.makedirs(out, exist_ok=True)
-    save_file(unpack_tensors(p.mint, p.tensors), os.path.join(out, WEIGHTS))
+    save_file(unpack_tensors(p.mint, p.tensors, path), os.path.join(out, WEIGHTS))
     with open(os.path.join(out, CONFIG), "w") as f:
         json.dump(p.mint["peft_config"], f, indent=2)
     return out
