@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import threading
 import time
 import uuid
 
@@ -232,12 +233,20 @@ def test_an_adapter_with_nothing_staged_leaves_no_bookkeeping(tmp_path, monkeypa
     """A server publishing for many adapters over days keeps state only for those staged now."""
     import sglang_mint.frontend.staged_revisions as module
 
+    class HeldBack(StandInCatalog):  # stores nothing until the test lets it: the 20 are staged first
+        go = threading.Event()
+
+        def store_blobs(self, rev, payload, known):
+            assert self.go.wait(60)
+            return super().store_blobs(rev, payload, known)
+
     monkeypatch.setattr(module, "STORE_AFTER_S", 0.0)
     staged = StagedRevisions(str(tmp_path / "shm" / "30002"), grace_s=0.1)
-    catalog = StandInCatalog(tmp_path)
+    catalog = HeldBack(tmp_path)
     for i in range(20):
         staged.stage(catalog, not_durable(f"rl/p{i}", 1), {"adapter_config.json": b"{}"}, {})
     assert len(staged._newest) == 20
+    catalog.go.set()
     assert wait_for(lambda: len(catalog.stored) == 20 and not staged._records)
     assert wait_for(lambda: not staged._newest and not staged._unstored_since), (staged._newest, staged._unstored_since)
     staged.stage(catalog, not_durable("rl/p0", 2), {"adapter_config.json": b"{}"}, {})  # and starts again
