@@ -71,7 +71,10 @@ def scheduler_residency(scheduler, config: MintConfig) -> SchedulerResidency:
         share = NodeShare(group_dir(scheduler.server_args.port, get_parallel().dp_rank or 0), tp.rank_in_group)
     residency = SchedulerResidency(
         LoraManagerAdapters(manager, catalog), catalog, budget_bytes=config.host_cache_bytes, pinned=config.pinned,
-        load_workers=config.load_workers, metrics=SchedulerMetrics(metrics_enabled()), agreement=agreement,
+        load_workers=config.load_workers, agreement=agreement,
+        # rank 0's only: SGLang's collector sums every process's counters and live gauges, and the
+        # ranks of one engine count the same requests and hold the same adapters
+        metrics=SchedulerMetrics(metrics_enabled() and tp.rank_in_group == 0),
         share=share, tp_rank=tp.rank_in_group)
     if metrics_enabled() and tp.rank_in_group == 0:
         # vLLM's LoRA gauges for llm-d (lora_info.py): one writer per DP rank

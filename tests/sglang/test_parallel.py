@@ -23,6 +23,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from mint_status import mint_status
+from test_catalog_observability import metric
 from sglang_mint.catalog import init_catalog, open_catalog
 from sglang_mint.catalog.synth import synth
 from sglang_mint.dev.reference import run_reference
@@ -116,7 +117,8 @@ def parallel_server(catalog_server, tiny_model, catalog, log_dir, *flags):
 
 @pytest.fixture(scope="class")
 def tp_server(tiny_model, catalog, tmp_path_factory, catalog_server):
-    with parallel_server(catalog_server, tiny_model, catalog, tmp_path_factory.mktemp("tp2"), "--tp-size", "2") as srv:
+    with parallel_server(catalog_server, tiny_model, catalog, tmp_path_factory.mktemp("tp2"), "--tp-size", "2",
+                         "--enable-metrics") as srv:
         yield srv
 
 
@@ -132,6 +134,12 @@ class TestTensorParallel:
         assert scheduler["node_shared"] and scheduler["node_host_bytes"] == {ranks[0]["host"]: ranks[0]["host_bytes"]}
         shared = Path(f"/dev/shm/sglang-mint-{tp_server.port}-dp0")
         assert shared.is_dir() and not list(shared.iterdir())  # names go once every rank has mapped them
+        # one count per engine, not one per rank: SGLang's collector sums every process's counters
+        with urllib.request.urlopen(tp_server.url + "/metrics") as r:
+            text = r.read().decode()
+        counted = [metric(text, f"sglang:mint_{name}_total") for name in ("requests", "cold_loads", "evictions")]
+        assert counted == [scheduler["requests"], scheduler["cold_loads"], scheduler["evictions"]]
+        assert metric(text, "sglang:mint_host_bytes") == ranks[0]["host_bytes"]
 
     def test_tp2_corrupt_adapter_fails_alone(self, tp_server, references):
         client = openai_client(tp_server)
