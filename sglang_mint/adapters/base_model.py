@@ -22,8 +22,8 @@ width 32) ``kv_a_proj_with_mqa`` maps 64 -> 256+32, ``kv_b_proj`` 256 -> 2*(16+1
 ``gate_proj`` 64 -> 32.
 
 Catalogs store the BaseModel as JSON (``to_json``); fields added later have
-defaults, so an old catalog opens and the checks that need a field it lacks
-are skipped.
+defaults, so an old catalog opens; an adapter module whose widths need a field
+it lacks is refused (its widths cannot be checked), other modules import as before.
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ class BaseModel:
     # Recorded for packed revisions (catalogs made before they existed lack them: None).
     vocab_size: int | None = None
     num_experts: int | None = None  # routed experts of an MoE model
-    # Recorded since every module kind's shapes are checked (older catalogs: None, check skipped).
+    # Recorded since every module kind's shapes are checked (older catalogs: None, such modules refused).
     moe_intermediate_size: int | None = None  # one routed expert's width (Mixtral: intermediate_size)
     shared_expert_intermediate_size: int | None = None  # the shared expert MLP (DeepSeek: moe * n_shared)
     q_lora_rank: int | None = None  # MLA; None also when the model has no q compression (plain q_proj)
@@ -105,11 +105,14 @@ class BaseModel:
         ``parent`` is the path segment before the name, with an expert index
         dropped: ``self_attn``, ``mlp``, ``experts`` (``mlp.experts.3.gate_proj``
         and the 3D ``mlp.experts.gate_proj``), ``shared_expert``/``shared_experts``,
-        ``indexer`` (``self_attn.indexer.wk``). Anything else, and any module
-        whose sizes this BaseModel lacks (an old catalog), gives None: only rank
-        consistency is checked there.
+        ``indexer`` (``self_attn.indexer.wk``), ``""`` for ``lm_head`` (hidden ->
+        vocab). Anything else, and any module whose sizes this BaseModel lacks
+        (an old catalog), gives None: adapters/peft.py refuses such a module,
+        as its widths cannot be checked (module_paths.py says why).
         """
         h = self.hidden_size
+        if parent == "":
+            return (h, self.vocab_size) if module == "lm_head" and self.vocab_size else None
         if parent == "self_attn":
             return self._mla_shape(module) if self.mla else self._attn_shape(module)
         if parent == "mlp":
@@ -129,7 +132,8 @@ class BaseModel:
     def _attn_shape(self, module: str) -> tuple[int, int] | None:
         h = self.hidden_size
         q, kv = self.num_attention_heads * self.head_dim, self.num_key_value_heads * self.head_dim
-        return {"q_proj": (h, q), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (q, h)}.get(module)
+        return {"q_proj": (h, q), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (q, h),
+                "qkv_proj": (h, q + 2 * kv)}.get(module)
 
     def _mla_shape(self, module: str) -> tuple[int, int] | None:
         """DeepSeek MLA. Example (tiny DeepSeek-V3): kv_b_proj 256 -> 2 heads * (16 nope + 16 v) = 64."""

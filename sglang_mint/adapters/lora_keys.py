@@ -3,12 +3,14 @@
 One place for PEFT's rules, shared by the import checks (``peft.py``,
 shapes only, no torch), ``uniform_rank.py`` and the packed converter:
 
-* ``rank_pattern`` / ``alpha_pattern`` keys are regexes matched against the
-  module path as PEFT's ``get_pattern_key`` does: the first key (dict order)
-  with ``re.match(rf"(.*\\.)?({key})$", path)`` wins, else ``r`` / ``lora_alpha``.
+* ``rank_pattern`` / ``alpha_pattern`` keys are matched against the module
+  path as PEFT's ``get_pattern_key`` does: the first key (dict order) with
+  ``re.match(rf"(.*\\.)?({key})$", path)`` wins, else ``r`` / ``lora_alpha``.
   Example: ``{"v_proj": 2}`` gives ``...layers.0.self_attn.v_proj`` rank 2 and
   leaves ``...q_proj`` at ``r``; ``{".*\\.gate_up_proj": 8}`` is how PEFT 0.21
-  records the doubled rank of fused MoE experts.
+  records the doubled rank of fused MoE experts. The keys come from tenants and
+  are never run as regexes: pattern_keys.py says which keys are accepted and
+  how they are matched to give the regex's answer.
 * scaling is ``alpha / r``, or ``alpha / sqrt(r)`` with ``use_rslora``.
 * PEFT 0.21's fused experts (``target_parameters``) nest one wrapper per
   parameter: ``...mlp.experts.base_layer.lora_A.weight`` (depth 1) and
@@ -24,26 +26,38 @@ import re
 from typing import Callable, Sequence
 
 from sglang_mint.adapters.errors import InvalidAdapter
+from sglang_mint.adapters.pattern_keys import PatternTable
 
 # <module>.lora_A.weight, also <module>.lora_A.<adapter name>.weight
 KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<ab>[AB])(?:\.[A-Za-z0-9_]+)?\.weight$")
 # ...mlp.experts (+ .base_layer per nesting depth): PEFT fused experts, only under target_parameters
 PEFT_FUSED = re.compile(r"^(?P<pre>.*\.experts)(?P<depth>(?:\.base_layer)*)$")
+# What PEFT's LoraConfig gives an adapter_config.json without lora_alpha.
+PEFT_DEFAULT_ALPHA = 8
 
 
-def pattern_value(patterns: dict | None, path: str, default):
-    """PEFT's ``get_pattern_key`` rule: the first key that matches the end of ``path``."""
-    for key, value in (patterns or {}).items():
-        if re.match(rf"(.*\.)?({key})$", path):
-            return value
-    return default
+def pattern_value(patterns: dict | None, path: str, default, field: str = "pattern"):
+    """PEFT's ``get_pattern_key`` rule: the value of the first key that matches the end of ``path``."""
+    return PatternTable(patterns, field).value(path, default)
+
+
+class ModuleRanks:
+    """(r, alpha) of each module under a config's patterns, the patterns read once.
+
+    ``ModuleRanks(config).of("...layers.0.self_attn.v_proj")`` is ``rank_alpha(config, path)``."""
+
+    def __init__(self, config: dict, where: str = "adapter_config.json"):
+        self.r, self.alpha = config["r"], config.get("lora_alpha", PEFT_DEFAULT_ALPHA)
+        self.ranks = PatternTable(config.get("rank_pattern"), "rank_pattern", where)
+        self.alphas = PatternTable(config.get("alpha_pattern"), "alpha_pattern", where)
+
+    def of(self, path: str) -> tuple[int, float]:
+        return int(self.ranks.value(path, self.r)), float(self.alphas.value(path, self.alpha))
 
 
 def rank_alpha(config: dict, path: str) -> tuple[int, float]:
     """(r, alpha) of the module at ``path`` under ``config``'s patterns."""
-    r = int(pattern_value(config.get("rank_pattern"), path, config["r"]))
-    alpha = float(pattern_value(config.get("alpha_pattern"), path, config.get("lora_alpha", config["r"])))
-    return r, alpha
+    return ModuleRanks(config).of(path)
 
 
 def scaling(config: dict, r: int, alpha: float) -> float:

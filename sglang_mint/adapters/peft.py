@@ -1,10 +1,12 @@
 """Read and check a PEFT LoRA folder before anything is written.
 
 A folder is importable when it holds ``adapter_config.json`` (peft_type LORA,
-r > 0, target_modules) and ``adapter_model.safetensors`` whose tensors are
-exactly ``<module>.lora_A.weight`` [r, in] and ``<module>.lora_B.weight``
-[out, r] for target modules, with in/out matching the base model
-(``BaseModel.module_shape``). Example for the tiny model (hidden 128, 2 kv heads
+r > 0, finite lora_alpha > 0, a list of target_modules) and
+``adapter_model.safetensors`` whose tensors are exactly ``<module>.lora_A.weight``
+[r, in] and ``<module>.lora_B.weight`` [out, r] for target modules, each module
+one of the base model's whose widths are known (module_paths.py: anything else
+is refused, as SGLang would put it unchecked in the module its name mentions)
+and in/out matching them (``BaseModel.module_shape``). Example for the tiny model (hidden 128, 2 kv heads
 of 32) and r=8: ``base_model.model.model.layers.0.self_attn.k_proj.lora_A.weight``
 is [8, 128] and ``...k_proj.lora_B.weight`` is [64, 8]. MoE experts come in three
 forms, each checked for rank, widths and expert count (E routed experts):
@@ -16,12 +18,14 @@ forms, each checked for rank, widths and expert count (E routed experts):
 * PEFT 0.21's fused experts (``target_parameters``): ``...mlp.experts.lora_A.weight``
   [E*r, in] / [out, r*E], one nesting depth (``.base_layer``) per parameter.
 
-``r`` is the module's own rank (``rank_pattern``, see lora_keys.py).
+``r`` is the module's own rank (``rank_pattern``, see lora_keys.py; its keys
+are module names, never regexes: pattern_keys.py).
 
 Everything is read into memory and checked here, except by ``check_peft_file``,
 which reads only the weights' header (an upload streamed to a file stays there,
 so checking a 1 GiB adapter takes a small constant of memory); the catalog
-writes blobs only for an adapter that passed every check.
+writes blobs only for an adapter that passed every check. The safetensors
+reading itself is safetensors_io.py's (its names are re-exported here).
 """
 
 from __future__ import annotations
@@ -38,20 +42,19 @@ from typing import Any, Mapping
 from sglang_mint.adapters.base_model import BaseModel
 from sglang_mint.adapters.errors import BaseModelMismatch, InvalidAdapter
 from sglang_mint.adapters.stacked_experts import held_tensor_count, stack_experts
-from sglang_mint.adapters.lora_keys import KEY, PEFT_FUSED, fused_expert_params, rank_alpha
+from sglang_mint.adapters.lora_keys import KEY, PEFT_DEFAULT_ALPHA, PEFT_FUSED, ModuleRanks, fused_expert_params
+from sglang_mint.adapters.module_paths import FAMILY_HELP, ModulePath, module_path
+from sglang_mint.adapters.pattern_keys import SuffixTable
+from sglang_mint.adapters.qkv_fill import complete_qkv
+from sglang_mint.adapters.safetensors_io import (DTYPES, MAX_HEADER_BYTES, map_safetensors, read_safetensors,
+                                                 read_safetensors_header)
 from sglang_mint.adapters.uniform_rank import uniform_lora, uniform_size
 
 CONFIG = "adapter_config.json"
 WEIGHTS = "adapter_model.safetensors"
 
-# The reference parser's limit on a safetensors header (safetensors' MAX_HEADER_SIZE). A per-expert
-# DeepSeek-V3 adapter (about 89,000 tensors) has a header of about 12 MB.
-MAX_HEADER_BYTES = 100_000_000
-# safetensors dtype -> (bytes per element, our dtype name)
-DTYPES = {"F16": (2, "float16"), "BF16": (2, "bfloat16"), "F32": (4, "float32"), "F64": (8, "float64")}
 _MEMORY_DTYPES = {"float16": "F16", "bfloat16": "BF16", "float32": "F32"}  # torch/numpy dtype name -> safetensors
 _LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.")
-_EXPERT = re.compile(r"^(?P<pre>.*\.experts)\.(?P<e>\d+)\.(?P<leaf>[A-Za-z0-9_]+)$")
 
 
 @dataclass
@@ -73,124 +76,6 @@ class PeftAdapter:
             return self.weights_bytes
         with open(self.weights_path, "rb") as f:
             return f.read()
-
-
-def read_safetensors_header(data: bytes, where: str) -> dict[str, tuple[str, list[int]]]:
-    """Parse and bounds-check a safetensors buffer; return {name: (dtype, shape)}.
-
-    Catches truncation (the header promises more bytes than the file has),
-    overlapping or gapped data offsets, and shape/size disagreements, each
-    with a message naming the file and tensor.
-    """
-    return {name: (dtype, shape) for name, (dtype, shape, _) in _checked_header(data, where).items()}
-
-
-def _checked_header(data: bytes, where: str, size: int | None = None) -> dict[str, tuple[str, list[int], int]]:
-    """{name: (dtype, shape, offset of its data in the file)}, checked as above. ``data`` is the
-    file, or its first bytes (at least the header) when ``size`` gives the file's length."""
-    size = len(data) if size is None else size
-    if size < 8 or len(data) < 8:
-        raise InvalidAdapter(f"{where}: truncated safetensors file ({size} bytes, no header)")
-    (n,) = struct.unpack("<Q", data[:8])
-    if n > size - 8:
-        raise InvalidAdapter(f"{where}: truncated or corrupt safetensors (header of {n} bytes, file of {size})")
-    try:
-        header = json.loads(data[8:8 + n])
-    except ValueError as exc:
-        raise InvalidAdapter(f"{where}: corrupt safetensors header ({exc})") from None
-    if not isinstance(header, dict):
-        raise InvalidAdapter(f"{where}: corrupt safetensors header (not a JSON object)")
-    header.pop("__metadata__", None)
-    payload = size - 8 - n
-    spans, out = [], {}
-    for name, info in header.items():
-        try:
-            dtype, shape, (start, end) = info["dtype"], info["shape"], info["data_offsets"]
-        except (KeyError, TypeError, ValueError):
-            raise InvalidAdapter(f"{where}: corrupt safetensors header entry for {name!r}") from None
-        if dtype not in DTYPES:
-            raise InvalidAdapter(f"{where}: tensor {name!r} has dtype {dtype}; LoRA weights must be F16, BF16 or F32")
-        if end - start != math.prod(shape) * DTYPES[dtype][0] or start < 0:
-            raise InvalidAdapter(f"{where}: tensor {name!r} of shape {shape} does not fit its data offsets")
-        spans.append((start, end, name))
-        out[name] = (dtype, list(shape), 8 + n + start)
-    spans.sort()
-    pos = 0
-    for start, end, name in spans:
-        if start != pos:
-            raise InvalidAdapter(f"{where}: corrupt safetensors (tensor {name!r} starts at {start}, expected {pos})")
-        pos = end
-    if pos != payload:
-        what = "truncated" if pos > payload else "corrupt"
-        raise InvalidAdapter(f"{where}: {what} safetensors (tensors need {pos} data bytes, file has {payload})")
-    return out
-
-
-def map_safetensors(path: str, where: str) -> dict:
-    """{name: torch tensor} of a safetensors file in shared memory, every tensor a view of one
-    private (copy-on-write) mapping of it: nothing is copied until the tensors are used.
-
-    For a revision staged in /dev/shm (frontend/staged_revisions.py), whose file stays put while
-    it is served: reading copied all of it into fresh memory, 41-45 ms of a 107 MB rank-64
-    adapter's cold load, where mapping takes 1 ms and SGLang's q/k/v and gate/up stacking reads
-    the mapping instead of the copy (1-2 ms more). The caller copies what it keeps
-    (adapter_reader.own_weights), so the mapping goes once the adapter is built. The header is
-    checked as read_safetensors checks it; a tensor whose offset does not suit its dtype is copied.
-    """
-    import torch
-
-    with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        if size < 8:
-            raise InvalidAdapter(f"{where}: truncated safetensors file ({size} bytes, no header)")
-        mapping = mmap.mmap(f.fileno(), size, access=mmap.ACCESS_COPY)
-    n = struct.unpack("<Q", mapping[:8])[0]
-    entries = _checked_header(mapping[:8 + min(n, size - 8)], where, size)
-    data = torch.frombuffer(mapping, dtype=torch.uint8)
-    tensors = {}
-    for name, (dtype, shape, offset) in entries.items():
-        dt = getattr(torch, DTYPES[dtype][1])
-        raw = data[offset:offset + DTYPES[dtype][0] * math.prod(shape)]
-        tensors[name] = (raw.view(dt) if offset % DTYPES[dtype][0] == 0 else raw.clone().view(dt)).view(shape)
-    return tensors
-
-
-def read_safetensors(path: str, where: str) -> dict:
-    """{name: torch tensor} of a safetensors file, each tensor read straight into its own memory:
-    a cold load copies the file once (from the page cache, or /dev/shm for a staged revision).
-
-    ``safetensors.torch.load(f.read())`` copied each tensor out of the bytes it had read: a
-    second copy of the whole file, about a third of a cold load's time (py-spy, a rank-8
-    adapter of a 2.7 GB Llama). (``load_file`` is worse: in safetensors 0.8.0 every call keeps
-    about 1.8 KB for good, most of a scheduler's growth over 10^5 cold loads.) Each tensor has
-    storage of its own, as before, so what SGLang replaces (it concatenates q/k/v and gate/up)
-    is freed. The header is checked first (``read_safetensors_header``'s checks): a truncated
-    or corrupt file, or one that changes while it is read, is an InvalidAdapter naming ``where``.
-    """
-    import torch
-
-    with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        head = f.read(8)
-        n = struct.unpack("<Q", head)[0] if len(head) == 8 else 0
-        head += f.read(min(n, max(size - 8, 0)))
-        entries = _checked_header(head, where, size)
-        tensors = {}
-        for name, (dtype, shape, offset) in sorted(entries.items(), key=lambda e: e[1][2]):
-            t = torch.empty(shape, dtype=getattr(torch, DTYPES[dtype][1]))
-            want = t.numel() * t.element_size()
-            if want and (f.tell() != offset or f.readinto(t.view(-1).view(torch.uint8).numpy()) != want):
-                raise InvalidAdapter(f"{where}: {WEIGHTS} changed while it was read ({name!r})")
-            tensors[name] = t
-    return tensors
-
-
-def _targeted(module: str, targets) -> bool:
-    """PEFT's rule: a regex string matches the whole path; a list entry is the path or a dotted suffix of it
-    (``wk`` and ``indexer.wk`` both target ``...self_attn.indexer.wk``)."""
-    if isinstance(targets, str):
-        return re.fullmatch(targets, module) is not None
-    return any(module == t or module.endswith("." + t) for t in targets)
 
 
 def parse_config(data: bytes, where: str) -> dict:
@@ -220,22 +105,43 @@ def check_config(config: dict, where: str) -> dict:
         if not isinstance(pr, int) or isinstance(pr, bool) or pr <= 0:
             raise InvalidAdapter(f"{where}: rank_pattern[{key!r}] must be a positive integer, got {pr!r}")
     for key, pa in (config.get("alpha_pattern") or {}).items():
-        if not isinstance(pa, (int, float)) or isinstance(pa, bool) or pa <= 0:
-            raise InvalidAdapter(f"{where}: alpha_pattern[{key!r}] must be a positive number, got {pa!r}")
+        if not _positive_finite(pa):
+            raise InvalidAdapter(f"{where}: alpha_pattern[{key!r}] must be a positive finite number, got {_shown(pa)}")
     if not isinstance(config.get("use_rslora", False), bool):
         raise InvalidAdapter(f"{where}: use_rslora must be true or false, got {config['use_rslora']!r}")
-    alpha = config.get("lora_alpha", r)
-    if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or alpha <= 0:
-        raise InvalidAdapter(f"{where}: lora_alpha must be a positive number, got {alpha!r}")
+    alpha = config.get("lora_alpha", PEFT_DEFAULT_ALPHA)
+    if not _positive_finite(alpha):
+        raise InvalidAdapter(f"{where}: lora_alpha must be a positive finite number, got {_shown(alpha)}")
     targets = config.get("target_modules")
-    if not targets or not isinstance(targets, (list, str)) or (
-            isinstance(targets, list) and not all(isinstance(t, str) and t for t in targets)):
-        raise InvalidAdapter(f"{where}: target_modules must be a non-empty list of module names, got {targets!r}")
+    if not targets or not isinstance(targets, list) or not all(isinstance(t, str) and t for t in targets):
+        # A string is a regex to PEFT and, unless 'all'/'all-linear', an error to SGLang's loader
+        # (get_normalized_target_modules); a list entry is matched as a module name (pattern_keys.py).
+        raise InvalidAdapter(f"{where}: target_modules must be a non-empty list of module names, got {targets!r}"
+                             + (" (a string, a regex or 'all-linear', is not served)" if isinstance(targets, str)
+                                else ""))
+    ModuleRanks(config, where)  # refuses a rank_pattern / alpha_pattern key that is not a module name
     if config.get("use_dora"):
         raise InvalidAdapter(f"{where}: DoRA adapters (use_dora) are not supported")
     if config.get("modules_to_save"):
         raise InvalidAdapter(f"{where}: modules_to_save {config['modules_to_save']!r} is not supported (LoRA deltas only)")
     return config
+
+
+def _positive_finite(x) -> bool:
+    """A JSON number > 0 that is a finite float: json reads NaN and Infinity, and NaN <= 0 is False;
+    an int such as 10**400 overflows a float."""
+    if not isinstance(x, (int, float)) or isinstance(x, bool):
+        return False
+    try:
+        return math.isfinite(float(x)) and x > 0
+    except OverflowError:
+        return False
+
+
+def _shown(x) -> str:
+    """``x`` for an error message, a huge int cut short (10**400 has 401 digits)."""
+    text = repr(x)
+    return text if len(text) <= 40 else f"{text[:20]}...({len(text)} characters)"
 
 
 def check_tensors(header: dict, config: dict, base: BaseModel, where: str) -> tuple[tuple[str, ...], str]:
@@ -256,7 +162,11 @@ def check_tensors(header: dict, config: dict, base: BaseModel, where: str) -> tu
         raise InvalidAdapter(f"{where}: no LoRA tensors")
     if len(dtypes) > 1:
         raise InvalidAdapter(f"{where}: tensors mix dtypes {sorted(dtypes)}; one dtype expected")
-    targets = config["target_modules"]
+    targets = SuffixTable()  # PEFT's rule: an entry is the path or a dotted suffix of it (wk, indexer.wk)
+    for t in config["target_modules"]:
+        targets.add(t, t)
+    targeted = {module: set(targets.hits(module)) for module in pairs}
+    ranks = ModuleRanks(config, where)
     params = list(config.get("target_parameters") or [])
     fused_params: dict[str, list[str]] = {}
     seen = set()
@@ -276,16 +186,17 @@ def check_tensors(header: dict, config: dict, base: BaseModel, where: str) -> tu
                     parent, params, lambda k: header[k][1] if k in header else None, where)
             param = fused_params[parent][fused["depth"].count(".base_layer")]
             seen.add(param)
-            _check_fused(ab, param, rank_alpha(config, f"{parent}.{param}")[0], base, where)
+            _check_fused(ab, parent, param, ranks.of(f"{parent}.{param}")[0], base, where)
             continue
-        if not _targeted(module, targets):
-            raise InvalidAdapter(f"{where}: module {module!r} has LoRA tensors but is not in target_modules {targets}")
+        if not targeted[module]:
+            raise InvalidAdapter(f"{where}: module {module!r} has LoRA tensors but is not in target_modules "
+                                 f"{config['target_modules']}")
         seen.add(module.rsplit(".", 1)[-1])
-        _check_module(module, ab, rank_alpha(config, module)[0], base, where)
-    if isinstance(targets, list):
-        missing = [t for t in targets if t not in seen and not any(_targeted(m, [t]) for m in pairs)]
-        if missing:
-            raise InvalidAdapter(f"{where}: target_modules {missing} have no lora_A/lora_B tensors")
+        _check_module(module, ab, ranks.of(module)[0], base, where)
+    hit = set().union(*targeted.values())
+    missing = [t for t in config["target_modules"] if t not in seen and t not in hit]
+    if missing:
+        raise InvalidAdapter(f"{where}: target_modules {missing} have no lora_A/lora_B tensors")
     return tuple(sorted(seen)), DTYPES[dtypes.pop()][1]
 
 
@@ -322,18 +233,15 @@ def load_for_serving(folder: str, config: dict, base: BaseModel, where: str,
     tensors = (map_safetensors if mapped else read_safetensors)(os.path.join(folder, WEIGHTS), where)
     check_lora(config, tensors, base, where)
     config, tensors = uniform_lora(config, tensors, where=where)
-    return config, stack_experts(tensors, base.num_experts)
+    return config, stack_experts(complete_qkv(tensors, base), base.num_experts)
 
 
 def _check_module(module: str, ab: dict, r: int, base: BaseModel, where: str) -> None:
     """One 2-D module ([r, in] / [out, r]) or 3-D expert module ([E, r, in] / [E, out, r])."""
     (ka, a), (kb, b) = ab["A"], ab["B"]
-    expert = _EXPERT.match(module)
-    if expert:  # ...mlp.experts.3.gate_proj
-        parent, leaf, index = "experts", expert["leaf"], int(expert["e"])
-    else:
-        parts = module.split(".")
-        parent, leaf, index = (parts[-2] if len(parts) > 1 else ""), parts[-1], None
+    path = module_path(module)
+    want = _widths(path, module, ka, base, where)
+    parent, leaf, index = path.parent, path.module, path.expert
     dims = 3 if parent == "experts" and index is None and len(a) == 3 else 2
     if len(a) != dims or len(b) != dims:
         raise InvalidAdapter(f"{where}: {module}: lora_A {a} and lora_B {b} must both be 2-D ([r, in], [out, r])"
@@ -352,15 +260,16 @@ def _check_module(module: str, ab: dict, r: int, base: BaseModel, where: str) ->
                 has = f"base has {n} experts" if n else f"{kb if key == ka else ka} has {experts}"
                 raise BaseModelMismatch(f"{where}: {key} has shape {shape}, expected {[experts] + shape[1:]}: "
                                         f"{shape[0]} experts, {has}")
-    want = base.module_shape(parent, leaf)
-    if want:
-        _expect(ka, a, lead_a + [r, want[0]], leaf, want, base, where)
-        _expect(kb, b, lead_b + [want[1], r], leaf, want, base, where)
+    _expect(ka, a, lead_a + [r, want[0]], leaf, want, base, where)
+    _expect(kb, b, lead_b + [want[1], r], leaf, want, base, where)
 
 
-def _check_fused(ab: dict, param: str, r: int, base: BaseModel, where: str) -> None:
-    """PEFT fused experts of ``param``: A [E*r, in], B [out, r*E] (PEFT reshapes them to [E, r, in], [E, out, r])."""
+def _check_fused(ab: dict, parent: str, param: str, r: int, base: BaseModel, where: str) -> None:
+    """PEFT fused experts of ``param`` under ``parent`` (``...layers.0.mlp.experts``): A [E*r, in],
+    B [out, r*E] (PEFT reshapes them to [E, r, in], [E, out, r])."""
     (ka, a), (kb, b) = ab["A"], ab["B"]
+    path = module_path(f"{parent}.{param}")
+    want = _widths(path if path and path.parent == "experts" else None, f"{parent}.{param}", ka, base, where)
     if len(a) != 2 or len(b) != 2 or a[0] % r or b[1] != a[0]:
         raise InvalidAdapter(f"{where}: fused experts {ka} {a} / {kb} {b} do not match rank r={r} of {param} "
                              f"(expected [E*{r}, in] and [out, {r}*E])")
@@ -368,10 +277,24 @@ def _check_fused(ab: dict, param: str, r: int, base: BaseModel, where: str) -> N
     if n and a[0] != n * r:
         raise BaseModelMismatch(f"{where}: {ka} has shape {a}, expected {[n * r, a[1]]} ({n} experts x rank {r}): "
                                 f"{a[0] // r} experts, base has {n} experts")
-    want = base.module_shape("experts", param)
-    if want:
-        _expect(ka, a, [a[0], want[0]], param, want, base, where)
-        _expect(kb, b, [want[1], b[1]], param, want, base, where)
+    _expect(ka, a, [a[0], want[0]], param, want, base, where)
+    _expect(kb, b, [want[1], b[1]], param, want, base, where)
+
+
+def _widths(path: ModulePath | None, module: str, key: str, base: BaseModel, where: str) -> tuple[int, int]:
+    """(in, out) of the base-model module at ``path``; refuses a module whose widths cannot be checked.
+
+    SGLang files a LoRA weight by substring, so an unchecked width reaches its forward (module_paths.py)."""
+    if path is None:
+        raise InvalidAdapter(f"{where}: {key}: {module!r} is not a module of base model {base.name!r} whose "
+                             f"widths can be checked (expected {FAMILY_HELP}); refused, as SGLang would put it in "
+                             f"the module its name mentions")
+    want = base.module_shape(path.parent, path.module)
+    if want is None:
+        raise InvalidAdapter(f"{where}: {key}: the widths of {path.module} under {path.parent or 'the model'} are "
+                             f"not recorded for base model {base.name!r} ({base.identity}), which has no such module "
+                             f"or was recorded before such widths were; refused, as they cannot be checked")
+    return want
 
 
 def _expect(key: str, got: list[int], want: list[int], leaf: str, io: tuple[int, int], base: BaseModel,
@@ -399,11 +322,16 @@ def read_peft_folder(folder: str, base: BaseModel) -> PeftAdapter:
         config_bytes = f.read()
     with open(wpath, "rb") as f:
         weights = f.read()
-    return check_peft_bytes(config_bytes, weights, base, folder)
+    return check_peft_bytes(config_bytes, weights, base, folder, read_named_base=True)
 
 
-def check_peft_bytes(config_bytes: bytes, weights: bytes, base: BaseModel, where: str) -> PeftAdapter:
-    config = _check_peft_config(config_bytes, base, where)
+def check_peft_bytes(config_bytes: bytes, weights: bytes, base: BaseModel, where: str, *,
+                     read_named_base: bool = False) -> PeftAdapter:
+    """Every check of a publish on an adapter in memory. The adapter returned holds the config to
+    store: ``config_bytes`` itself, or with PEFT's lora_alpha added (``_served_config``).
+    ``read_named_base``: the config is the operator's (read_peft_folder), see _check_peft_config."""
+    config = _check_peft_config(config_bytes, base, where, read_named_base)
+    config_bytes = _served_config(config_bytes, config)
     header = read_safetensors_header(weights, f"{where}/{WEIGHTS}")
     try:  # second opinion from the reference parser (deserialize handles BF16, numpy does not)
         import safetensors
@@ -411,7 +339,7 @@ def check_peft_bytes(config_bytes: bytes, weights: bytes, base: BaseModel, where
     except Exception as exc:  # noqa: BLE001 - any parser complaint means corrupt
         raise InvalidAdapter(f"{where}/{WEIGHTS}: corrupt safetensors ({exc})") from None
     modules, dtype = check_tensors(header, config, base, where)
-    return PeftAdapter(config_bytes, weights, config["r"], float(config.get("lora_alpha", config["r"])),
+    return PeftAdapter(config_bytes, weights, config["r"], float(config["lora_alpha"]),
                        modules, dtype, config.get("base_model_name_or_path"),
                        loaded_bytes=uniform_size(config, header, where),
                        tensor_count=held_tensor_count(header, base.num_experts))
@@ -421,6 +349,7 @@ def check_peft_file(config_bytes: bytes, weights_path: str, base: BaseModel, whe
     """check_peft_bytes on weights left in a file: only its header is read (through mmap, so the
     tensors' bytes are never copied into this process); the returned adapter keeps the path."""
     config = _check_peft_config(config_bytes, base, where)
+    config_bytes = _served_config(config_bytes, config)
     with open(weights_path, "rb") as f:
         head = f.read(8)
         if len(head) == 8 and struct.unpack("<Q", head)[0] > MAX_HEADER_BYTES:
@@ -437,21 +366,37 @@ def check_peft_file(config_bytes: bytes, weights_path: str, base: BaseModel, whe
     except Exception as exc:  # noqa: BLE001 - any parser complaint means corrupt
         raise InvalidAdapter(f"{where}/{WEIGHTS}: corrupt safetensors ({exc})") from None
     modules, dtype = check_tensors(header, config, base, where)
-    return PeftAdapter(config_bytes, None, config["r"], float(config.get("lora_alpha", config["r"])),
+    return PeftAdapter(config_bytes, None, config["r"], float(config["lora_alpha"]),
                        modules, dtype, config.get("base_model_name_or_path"), weights_path=weights_path,
                        loaded_bytes=uniform_size(config, header, where),
                        tensor_count=held_tensor_count(header, base.num_experts))
 
 
-def _check_peft_config(config_bytes: bytes, base: BaseModel, where: str) -> dict:
-    """adapter_config.json checked, and against the catalog's base model where it names one."""
+def _served_config(config_bytes: bytes, config: dict) -> bytes:
+    """The adapter_config.json to store: SGLang's LoRAConfig reads ``hf_config["lora_alpha"]`` (a
+    KeyError on every request without it), so a config that lacks it gets the value PEFT gives it
+    (LoraConfig's default, 8) and is served as PEFT computes it; any other config is kept byte for byte.
+    ``config`` (the parsed bytes) is given lora_alpha too."""
+    if "lora_alpha" in config:
+        return config_bytes
+    config["lora_alpha"] = PEFT_DEFAULT_ALPHA
+    return json.dumps(config).encode()
+
+
+def _check_peft_config(config_bytes: bytes, base: BaseModel, where: str, read_named_base: bool = False) -> dict:
+    """adapter_config.json checked, and against the catalog's base model where it names one.
+
+    ``base_model_identity`` is compared as a name. ``base_model_name_or_path`` is a path on the machine
+    that trained the adapter; its config.json is read only when ``read_named_base`` (a folder the
+    operator publishes from this machine): from an upload it would let a tenant make the server open
+    any path and tell what it found there (its model identity, or that it is unreadable)."""
     config = parse_config(config_bytes, f"{where}/{CONFIG}")
     recorded = config.get("base_model_identity")
     if recorded and recorded != base.identity:
         raise BaseModelMismatch(f"{where}: adapter records base model identity {recorded!r}; "
                                 f"this catalog serves {base.name!r} ({base.identity})")
     named = config.get("base_model_name_or_path")
-    if isinstance(named, str) and os.path.isfile(os.path.join(named, "config.json")):
+    if read_named_base and isinstance(named, str) and os.path.isfile(os.path.join(named, "config.json")):
         from sglang_mint.adapters.base_model import load_base_model
         theirs = load_base_model(named)
         if theirs.identity != base.identity:

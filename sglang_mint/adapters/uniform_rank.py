@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
 from sglang_mint.adapters.errors import InvalidAdapter
-from sglang_mint.adapters.lora_keys import KEY, PEFT_FUSED, fused_expert_params, is_uniform, rank_alpha, scaling
+from sglang_mint.adapters.lora_keys import KEY, PEFT_FUSED, ModuleRanks, fused_expert_params, is_uniform, scaling
 
 if TYPE_CHECKING:
     import torch
@@ -88,6 +88,7 @@ class _Module(NamedTuple):
 def _plan(config: dict, shapes: Mapping[str, Sequence[int]], where: str) -> list[_Module]:
     """Each module's keys, PEFT rank and scaling, checked against ``shapes`` ({key: shape})."""
     params = list(config.get("target_parameters") or [])
+    ranks = ModuleRanks(config, where)
     fused_cache: dict[str, list[str]] = {}
     modules: dict[str, dict[str, str]] = {}
     for key in shapes:
@@ -110,7 +111,7 @@ def _plan(config: dict, shapes: Mapping[str, Sequence[int]], where: str) -> list
             path = f"{parent}.{fused_cache[parent][fused['depth'].count('.base_layer')]}"
         else:
             path = module
-        r, alpha = rank_alpha(config, path)
+        r, alpha = ranks.of(path)
         if fused:
             if len(a) != 2 or len(b) != 2 or a[0] % r or b[1] != a[0]:
                 raise InvalidAdapter(f"{where}: fused experts {ka} {list(a)} / {kb} {list(b)} do not fit rank {r} "
@@ -118,7 +119,11 @@ def _plan(config: dict, shapes: Mapping[str, Sequence[int]], where: str) -> list
         elif len(a) not in (2, 3) or len(b) != len(a) or a[-2] != r or b[-1] != r:
             raise InvalidAdapter(f"{where}: {ka} {list(a)} / {kb} {list(b)} do not match rank r={r} of {path} "
                                  f"(expected [r, in] and [out, r], or [E, r, in] and [E, out, r])")
-        plan.append(_Module(ka, kb, r, scaling(config, r, alpha), bool(fused)))
+        s = scaling(config, r, alpha)
+        if not (math.isfinite(s) and s > 0):  # peft.check_config refuses such alphas; this runs without it too
+            raise InvalidAdapter(f"{where}: {path} has scaling {s} (alpha {alpha}, rank {r}); a positive finite "
+                                 f"lora_alpha / alpha_pattern value is required")
+        plan.append(_Module(ka, kb, r, s, bool(fused)))
     return plan
 
 
@@ -129,7 +134,7 @@ def uniform_size(config: dict, header: Mapping[str, tuple[str, Sequence[int]]], 
     Every LoRA tensor has one dimension proportional to its module's rank, so padding
     module m from r_m to R multiplies its bytes by R / r_m. Example: r=4 with
     rank_pattern {"q_proj": 32}: every other module's tensors grow 8x."""
-    from sglang_mint.adapters.peft import DTYPES
+    from sglang_mint.adapters.safetensors_io import DTYPES
 
     def nbytes(key: str) -> int:
         dtype, shape = header[key]

@@ -187,15 +187,18 @@ def test_not_a_folder(cat, tmp_path):
         cat.publish("a", str(tmp_path / "nope"))
 
 
-def test_unknown_modules_check_rank_only(cat, tmp_path):
-    """MoE expert modules are not in the dense table: any in/out passes, rank must agree."""
+def test_modules_the_base_lacks_are_refused(cat, tmp_path):
+    """An expert module on the dense tiny base has no widths to check: refused whatever its shape (SGLang would
+    file it by name, unchecked); a known module's rank must still agree."""
     key = "base_model.model.model.layers.0.mlp.experts.3.w1"
     t = {f"{key}.lora_A.weight": np.ones((4, 77), np.float16), f"{key}.lora_B.weight": np.ones((199, 4), np.float16)}
-    rev = cat.publish("moe", write_peft(tmp_path / "moe", modules=("w1",), tensors=t))
-    assert rev.target_modules == ("w1",)
-    t[f"{key}.lora_B.weight"] = np.ones((199, 5), np.float16)
+    with pytest.raises(InvalidAdapter, match=f"{key}.lora_A.weight: the widths of w1 under experts are not recorded"):
+        cat.publish("moe", write_peft(tmp_path / "moe", modules=("w1",), tensors=t))
+    assert written(cat) == (0, 0, [])
+    t = peft_tensors(modules=("q_proj",))
+    t["base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight"] = np.ones((128, 5), np.float16)
     with pytest.raises(InvalidAdapter, match="do not match rank r=4"):
-        cat.publish("moe2", write_peft(tmp_path / "moe2", modules=("w1",), tensors=t))
+        cat.publish("q", write_peft(tmp_path / "q", modules=("q_proj",), tensors=t))
 
 
 def test_rank_pattern_and_bf16(cat, tmp_path, base_dir):

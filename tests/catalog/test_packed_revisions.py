@@ -126,8 +126,13 @@ def test_per_module_scalings_are_packed_in_uniform_form(cat, tmp_path):
 
 
 def test_unconvertible_adapter_is_refused_and_nothing_written(cat, tmp_path):
-    """Passes the PEFT checks but not the converter: expert gate_proj and up_proj read different widths (the tiny
-    Llama base has no experts, so their widths are not checked), so they cannot share one gate_up_proj A."""
+    """Expert gate_proj and up_proj that read different widths cannot share one gate_up_proj A: the converter
+    refuses them. The tiny Llama base has no experts, so the PEFT checks refuse them first, in either form,
+    as widths they cannot check."""
+    from sglang_mint.adapters.errors import InvalidAdapter
+    from sglang_mint.packed.convert import pack_tensors
+    from sglang_mint.packed.format import PackedError
+
     key = "base_model.model.model.layers.0.mlp.experts.0."
     rng = np.random.default_rng(7)
     t = {key + "gate_proj.lora_A.weight": rng.standard_normal((4, 77)).astype(np.float16),
@@ -135,12 +140,14 @@ def test_unconvertible_adapter_is_refused_and_nothing_written(cat, tmp_path):
          key + "up_proj.lora_A.weight": rng.standard_normal((4, 78)).astype(np.float16),
          key + "up_proj.lora_B.weight": rng.standard_normal((199, 4)).astype(np.float16)}
     folder = write_peft(tmp_path / "gu", rank=4, modules=("gate_proj", "up_proj"), tensors=t)
-    cat.publish("gu-peft", folder)  # the PEFT checks pass
     before = written(cat)
-    from sglang_mint.adapters.errors import InvalidAdapter
-    with pytest.raises(InvalidAdapter, match="cannot convert to the packed format.*different input widths"):
-        cat.publish("gu", folder, pack=True)
+    for pack in (False, True):
+        with pytest.raises(InvalidAdapter, match="the widths of gate_proj under experts are not recorded"):
+            cat.publish("gu", folder, pack=pack)
     assert written(cat) == before
+    cfg = json.loads((tmp_path / "gu" / "adapter_config.json").read_text())
+    with pytest.raises(PackedError, match="different input widths"):
+        pack_tensors(cfg, {k: torch.from_numpy(v) for k, v in t.items()}, "gu")
 
 
 def test_verify_and_gc_understand_packed_blobs(cat, peft):

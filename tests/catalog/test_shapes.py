@@ -91,7 +91,7 @@ def test_check_lora_on_tensors_in_memory(tiny):
         check_lora(cfg, {**t, key: t[key].to(torch.int32)}, base, "ad")
     with pytest.raises(InvalidAdapter, match="rank r must be a positive integer, got 0"):
         check_lora({**cfg, "r": 0}, t, base, "ad")
-    with pytest.raises(InvalidAdapter, match=r"alpha_pattern\['o_proj'\] must be a positive number"):
+    with pytest.raises(InvalidAdapter, match=r"alpha_pattern\['o_proj'\] must be a positive finite number"):
         check_lora({**cfg, "alpha_pattern": {"o_proj": -1}}, t, base, "ad")
 
 
@@ -228,18 +228,27 @@ def test_dsa_indexer_wrong_shapes(module, ab, bad, want, tiny):
 
 # -- old catalogs --------------------------------------------------------------------------------------------------
 
-def test_old_catalog_without_the_new_fields_skips_those_checks(tiny):
-    """A BaseModel stored before these fields existed opens; widths it lacks are not checked, rank still is."""
-    _, base, forms = tiny["deepseek-v3"]
-    old = {k: v for k, v in base.to_json().items() if k not in NEW_FIELDS + ("num_experts",)}
-    old_base = BaseModel.from_json(old)
-    assert old_base.kv_lora_rank is None and old_base.moe_intermediate_size is None
+def test_old_catalog_without_the_new_fields_refuses_what_it_cannot_check(tiny):
+    """A BaseModel stored before these fields existed opens. A module whose widths need a field it lacks is
+    refused, not accepted unchecked (SGLang would serve a wrong width and assert in its forward); modules whose
+    widths it has (dense attention) still import, and their rank and widths are checked."""
+    for family in ("qwen3-moe", "deepseek-v3"):
+        _, base, forms = tiny[family]
+        old_base = BaseModel.from_json({k: v for k, v in base.to_json().items()
+                                        if k not in NEW_FIELDS + ("num_experts",)})
+        assert old_base.kv_lora_rank is None and old_base.moe_intermediate_size is None
+        cfg, t = _load(forms["per-expert"])
+        check_lora(cfg, t, base, "ad")  # a new catalog checks every width: accepted
+        first = min(k for k in t if ".mlp." in k or family == "deepseek-v3")  # sorted: the first module checked
+        _refused(t, cfg, old_base, InvalidAdapter, first.replace(".lora_B.", ".lora_A."), "not recorded for base model")
+    _, base, forms = tiny["qwen3-moe"]
+    old_base = BaseModel.from_json({k: v for k, v in base.to_json().items()
+                                    if k not in NEW_FIELDS + ("num_experts",)})
     cfg, t = _load(forms["per-expert"])
-    for change, words in [({L0 + "self_attn.kv_b_proj.lora_B.weight": _rand(96, 8)}, "expected [64, 8]"),
-                          ({L0 + "mlp.experts.2.gate_proj.lora_A.weight": _rand(8, 65)}, "expected [8, 64]"),
-                          ({k.replace("experts.0.", "experts.9."): v for k, v in t.items() if "experts.0." in k},
-                           "expert 9 does not exist")]:
-        check_lora(cfg, {**t, **change}, old_base, "ad")  # no widths, no expert count: accepted
-        _refused({**t, **change}, cfg, base, BaseModelMismatch, words)  # a new catalog refuses it
-    key = L0 + "self_attn.kv_b_proj.lora_B.weight"
-    _refused({**t, key: _rand(64, 5)}, cfg, old_base, InvalidAdapter, "do not match rank r=8")
+    attn = {k: v for k, v in t.items() if ".self_attn." in k}
+    attn_cfg = {**cfg, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]}
+    assert check_lora(attn_cfg, attn, old_base, "ad")[0] == ("k_proj", "o_proj", "q_proj", "v_proj")
+    key = L0 + "self_attn.o_proj.lora_B.weight"
+    r = attn[key].shape[1]
+    _refused({**attn, key: _rand(65, r)}, attn_cfg, old_base, BaseModelMismatch, key, f"expected [64, {r}]")
+    _refused({**attn, key: _rand(64, r + 1)}, attn_cfg, old_base, InvalidAdapter, f"do not match rank r={r}")

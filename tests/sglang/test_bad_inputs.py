@@ -273,6 +273,22 @@ def upload_cases(tiny_model, adapters, tmp: Path, upload_limit: int) -> dict:
         body, ctype = multipart(files, fields or {})
         return ("POST", f"/mint/adapters/{adapter_id}/revisions", body, ctype, status, says)
 
+    def with_config(files, **changes):
+        return {**files, "adapter_config.json": json.dumps({**json.loads(files["adapter_config.json"]), **changes}).encode()}
+
+    def unchecked_module(files):
+        """A LoRA pair under a path that names no module of the base (``layers.0.foo.o_proj``) and
+        whose width no base module has: SGLang would file it as o_proj's by substring."""
+        import torch
+        from safetensors.torch import load, save
+
+        weights = load(files["adapter_model.safetensors"])
+        rank = next(t for k, t in weights.items() if "lora_A" in k).shape[0]
+        stem = "base_model.model.model.layers.0.foo.o_proj"
+        weights = {**weights, f"{stem}.lora_A.weight": torch.randn(rank, 999),
+                   f"{stem}.lora_B.weight": torch.randn(999, rank)}
+        return {**files, "adapter_model.safetensors": save(weights)}
+
     imports = import_cases(tiny_model, adapters, tmp / "imports")
     folder = {key[len("import-"):]: case[0] for key, case in imports.items()}
     good = files_of(adapters[4])
@@ -284,7 +300,10 @@ def upload_cases(tiny_model, adapters, tmp: Path, upload_limit: int) -> dict:
         "upload-pickle": upload("u/pickle", files_of(folder["pickle"]), says="pickle file and is refused"),
         "upload-missing-file": upload("u/noconfig", files_of(folder["no-config"]), says="missing adapter_config.json"),
         "upload-truncated": upload("u/truncated", files_of(folder["truncated"]), says="truncated safetensors"),
-        "upload-other-base": upload("u/other", files_of(folder["other-base"]), says="trained on"),
+        "upload-unchecked-module": upload("u/foo", with_config(unchecked_module(good), target_modules=["o_proj"]),
+                                          says="layers.0.foo.o_proj"),
+        "upload-pattern-key": upload("u/pattern", with_config(good, rank_pattern={"(a|aa)*b": 8}), says="(a|aa)*b"),
+        "upload-alpha-nan": upload("u/nan", with_config(good, lora_alpha=float("nan")), says="lora_alpha"),
         "upload-packed-other-base": upload("u/packed", {"adapter.mintpack": bytes(data)},
                                            says="packed for base model 'llama-0000other'"),
         "upload-rank-above-max": upload("u/r16", files_of(rank16), status=422,

@@ -1,0 +1,68 @@
+"""Which module of the base model a LoRA tensor's module path names.
+
+SGLang files a LoRA weight by the first ``layers.<n>.`` in its name (the layer)
+and by substring (``"o_proj" in name``, the module), so any path that mentions a
+module lands in that module's buffer. ``layers.0.foo.o_proj`` is filed as layer
+0's o_proj; with a width the base does not have ([8, 999] for an o_proj of
+128 -> 128) an assert fails inside the scheduler's forward and the whole server
+goes down. So a LoRA module is accepted only when its path is one of the module
+families below, whose in/out widths ``BaseModel.module_shape`` knows, and those
+widths are then checked (adapters/peft.py).
+
+What follows the first ``layers.<n>.`` (``<moe>`` is ``mlp`` or Mixtral's
+``block_sparse_moe``, ``<e>`` an expert index):
+
+    self_attn.<m>                 dense attention (q/k/v/o_proj, Phi-3 qkv_proj) or MLA
+    self_attn.indexer.<m>         DeepSeek-V3.2's DSA indexer (wq_b, wk, weights_proj)
+    mlp.<m>                       dense MLP (gate/up/down_proj, gate_up_proj)
+    <moe>.experts.<e>.<m>         one routed expert ([r, in] / [out, r])
+    <moe>.experts.<m>             every routed expert ([E, r, in] / [E, out, r], PEFT fused experts)
+    mlp.shared_expert(s).<m>      Qwen2-MoE's shared expert, DeepSeek's shared experts
+
+and ``lm_head`` outside the layers (hidden -> vocab). Example:
+``base_model.model.model.layers.3.mlp.experts.7.gate_proj`` is layer 3, parent
+``experts``, expert 7, module ``gate_proj``; ``...layers.3.foo.o_proj`` is None.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import NamedTuple
+
+# The first layers.<n>. of a path, as SGLang's get_layer_id finds it (re.search(r"layers\.(\d+)\.", name)).
+_LAYER = re.compile(r"(?:^|\.)layers\.([0-9]+)\.")
+# The path between layers.<n>. and the module (expert index dropped) -> module_shape's parent
+FAMILIES = {
+    ("self_attn",): "self_attn",
+    ("self_attn", "indexer"): "indexer",
+    ("mlp",): "mlp",
+    ("mlp", "experts"): "experts",
+    ("block_sparse_moe", "experts"): "experts",
+    ("mlp", "shared_expert"): "shared_expert",
+    ("mlp", "shared_experts"): "shared_experts",
+}
+FAMILY_HELP = ("layers.<n>.self_attn.<m>, layers.<n>.self_attn.indexer.<m>, layers.<n>.mlp.<m>, "
+               "layers.<n>.mlp.experts[.<e>].<m>, layers.<n>.mlp.shared_expert(s).<m>, or lm_head")
+
+
+class ModulePath(NamedTuple):
+    layer: int | None  # None for lm_head
+    parent: str  # module_shape's parent: self_attn, indexer, mlp, experts, shared_expert(s); "" for lm_head
+    module: str  # the module's own name: q_proj, w1, lm_head, ...
+    expert: int | None  # the routed expert of a per-expert path, else None
+
+
+def module_path(path: str) -> ModulePath | None:
+    """The base-model module ``path`` names (see the module doc), or None when it names none of them."""
+    found = _LAYER.search(path)
+    if found is None:
+        return ModulePath(None, "", "lm_head", None) if path.rsplit(".", 1)[-1] == "lm_head" else None
+    parts = path[found.end():].split(".")
+    expert = None
+    if len(parts) >= 3 and parts[-3] == "experts" and parts[-2].isascii() and parts[-2].isdigit():
+        expert = int(parts[-2])
+        parts = parts[:-2] + parts[-1:]
+    parent = FAMILIES.get(tuple(parts[:-1]))
+    if parent is None or not parts[-1]:
+        return None
+    return ModulePath(int(found[1]), parent, parts[-1], expert)

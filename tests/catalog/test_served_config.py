@@ -1,0 +1,65 @@
+"""The adapter_config.json a catalog stores is one SGLang reads, and an upload's config never makes the
+server read a path of the tenant's choosing.
+
+* Without lora_alpha, SGLang's LoRAConfig raised KeyError on every request: the stored config carries
+  PEFT's value (8), in the PEFT form and in the packed one (lora_alpha / r is PEFT's scaling).
+* ``base_model_name_or_path`` of an upload named a path the server opened (``<path>/config.json``)
+  and echoed what it found: a tenant could probe the server's files. Only a folder published by
+  its operator (``mint catalog publish DIR``) is still compared with the base model it names.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+from catalog_fixtures import write_base, write_peft, written
+
+from sglang_mint.adapters.errors import BaseModelMismatch
+from sglang_mint.catalog.upload import publish_files
+
+
+def _files(folder: str) -> dict[str, str]:
+    return {name: os.path.join(folder, name) for name in ("adapter_config.json", "adapter_model.safetensors")}
+
+
+def _drop_alpha(folder: str) -> str:
+    path = os.path.join(folder, "adapter_config.json")
+    cfg = json.loads(open(path).read())
+    del cfg["lora_alpha"]
+    with open(path, "w") as f:
+        json.dump(cfg, f)
+    return folder
+
+
+@pytest.mark.parametrize("pack", [False, True], ids=["peft", "packed"])
+def test_a_config_without_lora_alpha_is_stored_as_sglang_reads_it(cat, tmp_path, pack):
+    from sglang.srt.lora.lora_config import LoRAConfig
+
+    folder = _drop_alpha(write_peft(tmp_path / "a", rank=4))
+    rev = publish_files(cat, "no/alpha", _files(folder), pack=pack)
+    served = LoRAConfig(str(rev.local_path()))  # what read_adapter builds first; KeyError before
+    assert served.lora_alpha / served.r == 8 / 4  # PEFT's default alpha 8 over the adapter's rank 4
+
+
+def test_an_upload_s_named_base_path_is_never_read(cat, tmp_path):
+    """Before: 'adapter was trained on <path> (llama-...)' for a folder holding another model's config.json,
+    and 'base model config <path>/config.json is unreadable' for a file that is not JSON."""
+    other = write_base(tmp_path / "other-model", hidden_size=256)
+    junk = tmp_path / "junk"
+    junk.mkdir()
+    (junk / "config.json").write_text("not json")
+    for i, named in enumerate((other, str(junk))):
+        folder = write_peft(tmp_path / f"u{i}", config={"base_model_name_or_path": named})
+        rev = publish_files(cat, f"probe/{i}", _files(folder))  # checked by its tensors, the named path unread
+        assert rev.revision == 1
+
+
+def test_an_operator_s_folder_is_still_compared_with_the_base_it_names(cat, tmp_path):
+    other = write_base(tmp_path / "other-model", hidden_size=256)
+    folder = write_peft(tmp_path / "a", config={"base_model_name_or_path": other})
+    before = written(cat)
+    with pytest.raises(BaseModelMismatch, match="adapter was trained on"):
+        cat.publish("a", folder)
+    assert written(cat) == before
