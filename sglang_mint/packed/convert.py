@@ -32,7 +32,7 @@ import re
 import torch
 
 from sglang_mint.adapters.errors import InvalidAdapter
-from sglang_mint.adapters.lora_keys import PEFT_FUSED, fused_expert_params, rank_alpha, scaling
+from sglang_mint.adapters.lora_keys import PEFT_DEFAULT_ALPHA, PEFT_FUSED, fused_expert_params, rank_alpha, scaling
 from sglang_mint.adapters.uniform_rank import uniform_lora
 from sglang_mint.packed.format import PackedError
 from sglang_mint.packed.part_map import checked_parts
@@ -101,7 +101,7 @@ def parse_peft(cfg_bytes: bytes, weights: bytes, where: str) -> tuple[dict, dict
 def _members(cfg: dict, tensors: dict[str, torch.Tensor], where: str) -> tuple[dict[str, Member], float | None]:
     """Map every source module to a Member keyed by (stored, slot, expert); also the adapter's one
     scaling, or None when modules differ (then pack_tensors makes the uniform form first)."""
-    r0, a0 = int(cfg["r"]), float(cfg.get("lora_alpha", cfg["r"]))
+    r0, a0 = int(cfg["r"]), float(cfg.get("lora_alpha", PEFT_DEFAULT_ALPHA))  # PEFT's default, as publish stores
     params = list(cfg.get("target_parameters") or [])
     out: dict[str, Member] = {}
     scales = {}

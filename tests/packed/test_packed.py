@@ -189,3 +189,15 @@ def test_mixed_scalings_pack_and_unpack_the_uniform_form(tmp_path):
     assert back.keys() == ut.keys() and all(torch.equal(back[k], ut[k]) for k in ut)
     key = "base_model.model.model.layers.0.mlp.experts.down_proj.lora_B.weight"
     assert torch.equal(back[key], load_file(str(src / "adapter_model.safetensors"))[key] * 0.5)
+
+
+def test_a_config_without_lora_alpha_packs_with_peft_default(tmp_path):
+    """PEFT's LoraConfig defaults lora_alpha to 8 (publish stores that, adapters/peft.py): the packed
+    form scales by 8 / r like it, not by r / r."""
+    src = write_layout(tmp_path / "src", "packed3d")
+    cfg = json.loads((src / "adapter_config.json").read_text())
+    del cfg["lora_alpha"]
+    (src / "adapter_config.json").write_text(json.dumps(cfg))
+    pack_folder(str(src), str(tmp_path / "packed"))
+    p = read_packed(str(tmp_path / "packed" / PACKED_FILE), pin=False)
+    assert p.alpha / p.rank == 8 / R != 1.0
