@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
-import pytest
+import os
+
+# Triton kernels run under the Triton interpreter on a CPU machine (tests/kernels), which must be on
+# before anything imports triton: triton.language's own @jit functions (tl.sum, tl.cdiv, ...) are
+# decorated when triton is imported, and an interpreted kernel cannot call them if they were
+# decorated without it. peft, transformers and sglang all import triton, and test modules collected
+# before tests/kernels import them. MINT_KERNEL_TESTS_ON_GPU=1 on a GPU machine runs real kernels.
+if os.environ.get("MINT_KERNEL_TESTS_ON_GPU") != "1":
+    os.environ["TRITON_INTERPRET"] = "1"
+
+import pytest  # noqa: E402
 
 # Real servers on loopback, usable from every test folder: the S3-compatible moto server
 # (fixtures ``moto_server``, ``s3_url``) and PostgreSQL (``postgres_server``, ``pg_url``).

@@ -2,18 +2,15 @@
 
 On a CPU machine the kernels run under the Triton interpreter, which must be
 switched on before anything imports triton (triton.jit reads it when a kernel
-is decorated), hence the environment line at the very top. Set
-MINT_KERNEL_TESTS_ON_GPU=1 on a GPU machine to run the `gpu` tests on real
-kernels instead (the interpreter tests then skip).
+is decorated): tests/conftest.py does that first thing, before any test module
+is collected. Set MINT_KERNEL_TESTS_ON_GPU=1 on a GPU machine to run the `gpu`
+tests on real kernels instead (the interpreter tests then skip).
 """
 
 import os
 
-if os.environ.get("MINT_KERNEL_TESTS_ON_GPU") != "1":
-    os.environ["TRITON_INTERPRET"] = "1"
-
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
