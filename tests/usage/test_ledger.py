@@ -209,8 +209,8 @@ def test_a_moment_must_be_finite(text):
 
 
 def test_engines_on_two_machines_have_two_names():
-    """Engines started alike on two machines (--host 0.0.0.0 --port 30000) write to a shared folder
-    and answer GET /mint/usage under their own names: engines.merge_ledgers counts an answer whose
-    names it has seen once, as a folder shared on one machine."""
-    names = {engine_name("0.0.0.0", 30000, 0, machine=m) for m in ("gpu-a", "gpu-b")}
+    """Engines started from one configuration on two machines (the same --host and --port) write to
+    a shared folder and answer GET /mint/usage under their own names: engines.merge_ledgers counts
+    an answer whose names it has seen once, as a folder shared on one machine."""
+    names = {engine_name("10.0.0.5", 30000, 0, machine=m) for m in ("gpu-a", "gpu-b")}
     assert len(names) == 2 and all(":30000/dp0" in n for n in names)
