@@ -1,7 +1,7 @@
 """The pure-torch moe_align_block_size (moe_cpu.py gap 2) against SGLang's own Triton reference.
 
 SGLang's reference (``sglang.test.kernels.moe_align``) runs interpreted on CPU
-(tests/kernels/conftest.py sets TRITON_INTERPRET=1);
+(tests/conftest.py sets TRITON_INTERPRET=1);
 it has no "+1 bucket" for invalid experts, so it is called with the bucket
 count ours uses (num_experts + 1) on ids shifted by one, exactly as the CUDA
 kernel sees them.
