@@ -32,7 +32,7 @@ import re
 import torch
 
 from sglang_mint.adapters.errors import InvalidAdapter
-from sglang_mint.adapters.lora_keys import PEFT_DEFAULT_ALPHA, PEFT_FUSED, fused_expert_params, rank_alpha, scaling
+from sglang_mint.adapters.lora_keys import PEFT_FUSED, ModuleRanks, fused_expert_params, scaling
 from sglang_mint.adapters.uniform_rank import uniform_lora
 from sglang_mint.packed.format import PackedError
 from sglang_mint.packed.part_map import checked_parts
@@ -101,7 +101,7 @@ def parse_peft(cfg_bytes: bytes, weights: bytes, where: str) -> tuple[dict, dict
 def _members(cfg: dict, tensors: dict[str, torch.Tensor], where: str) -> tuple[dict[str, Member], float | None]:
     """Map every source module to a Member keyed by (stored, slot, expert); also the adapter's one
     scaling, or None when modules differ (then pack_tensors makes the uniform form first)."""
-    r0, a0 = int(cfg["r"]), float(cfg.get("lora_alpha", PEFT_DEFAULT_ALPHA))  # PEFT's default, as publish stores
+    ranks = ModuleRanks(cfg, where)  # the patterns read once, not once per tensor
     params = list(cfg.get("target_parameters") or [])
     out: dict[str, Member] = {}
     scales = {}
@@ -124,7 +124,7 @@ def _members(cfg: dict, tensors: dict[str, torch.Tensor], where: str) -> tuple[d
                     parent, params, lambda k: tuple(tensors[k].shape) if k in tensors else None, where, PackedError)
             param = fused_params[parent][depth]
             leaf = param
-            rank, alpha = rank_alpha(cfg, f"{parent}.{param}")
+            rank, alpha = ranks.of(f"{parent}.{param}")
             layout = "peft_experts_" + ab
         else:
             e = _EXPERT.match(mod)
@@ -132,7 +132,7 @@ def _members(cfg: dict, tensors: dict[str, torch.Tensor], where: str) -> tuple[d
                 parent, leaf, expert = e["pre"], e["proj"], int(e["e"])
             else:
                 parent, _, leaf = mod.rpartition(".")
-            rank, alpha = rank_alpha(cfg, m["mod"])  # PEFT matched patterns against the real name (w1, not gate_proj)
+            rank, alpha = ranks.of(m["mod"])  # PEFT matched patterns against the real name (w1, not gate_proj)
         scales[key] = scaling(cfg, rank, alpha)
         if leaf == "gate_up_proj" and layout.startswith("peft"):
             slots = [("gate_up_proj", 0, 2), ("gate_up_proj", 1, 2)]
@@ -151,7 +151,7 @@ def _members(cfg: dict, tensors: dict[str, torch.Tensor], where: str) -> tuple[d
             raise PackedError(f"{where}: {mem.stored} has lora_{''.join(mem.t)} but not both A and B")
     if len({round(s, 12) for s in scales.values()}) > 1:
         return out, None
-    return out, (next(iter(scales.values())) if scales else scaling(cfg, r0, a0))
+    return out, (next(iter(scales.values())) if scales else scaling(cfg, int(ranks.r), float(ranks.alpha)))
 
 
 def _member_views(mem: Member) -> tuple[torch.Tensor, torch.Tensor]:
