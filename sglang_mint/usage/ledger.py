@@ -40,10 +40,10 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
 
 
 def engine_name(host: str, port: int, dp_rank: int, machine: str | None = None) -> str:
-    """An engine's name in the ledger, ``gpu-a/0.0.0.0:30000/dp0``: the machine first, since engines
+    """An engine's name in the ledger, ``gpu-a/10.0.0.5:30000/dp0``: the machine first, since engines
     started alike on several machines share the rest, and a shared folder or a merge of their
     answers (engines.py) must tell them apart."""
-    return f"{machine or socket.gethostname()}/{host}:{port}/dp{dp_rank}"
+    return f"{machine or socket.gethostname()}/{host}:{port}/dp{dp_rank}"  # a name only: no traffic
 
 
 def minute_text(epoch_s: float) -> str:
@@ -109,17 +109,17 @@ class UsageLedger:
             return 0
         by_hour: dict[str, list[tuple[tuple, list[int]]]] = {}
         for key, c in counts.items():
-            by_hour.setdefault(key[2][:13].replace("-", "").replace("T", ""), []).append((key, c))
+            by_hour.setdefault(_file_hour(key[2]), []).append((key, c))
         written = 0
-        for hour, rows in sorted(by_hour.items()):
+        for hour in sorted(by_hour):
             lines = "".join(json.dumps({"adapter": a, "revision": r, "minute": m, **dict(zip(FIELDS, c))}) + "\n"
-                            for (a, r, m), c in rows)
+                            for (a, r, m), c in by_hour[hour])
             try:
                 _append(self.directory / f"usage-{self.engine}-{hour}.jsonl", lines)
             except BaseException:
-                self._keep(row for later in [h for h in sorted(by_hour) if h >= hour] for row in by_hour[later])
+                self._keep(row for rows in by_hour.values() for row in rows)  # those not appended yet
                 raise
-            written += len(rows)
+            written += len(by_hour.pop(hour))
         now_hour = time.strftime("%Y%m%d%H", time.gmtime(self._clock()))
         if now_hour != self._hour:
             self._hour = now_hour
@@ -156,14 +156,18 @@ class UsageLedger:
 def _append(path: Path, lines: str) -> None:
     """``lines`` at the end of ``path`` in one write (a reader never sees half of them), on a line of
     their own: after a line cut short by a kill or a full disk, not joined to it."""
-    with open(path, "ab") as f:
-        data = lines.encode("utf-8")
-        if f.tell() > 0:
-            with open(path, "rb") as tail:
-                tail.seek(-1, os.SEEK_END)
-                if tail.read(1) != b"\n":
-                    data = b"\n" + data
+    data = lines.encode("utf-8")
+    with open(path, "a+b") as f:  # writes go to the end whatever the position
+        if f.seek(0, os.SEEK_END) > 0:
+            f.seek(-1, os.SEEK_END)
+            if f.read(1) != b"\n":
+                data = b"\n" + data
         f.write(data)
+
+
+def _file_hour(minute: str) -> str:
+    """The hour of a row's minute as file names spell it: ``2026-12-05T04:59:00Z`` -> ``2026120504``."""
+    return minute[:13].replace("-", "").replace("T", "")
 
 
 def _hour_start(hour: str) -> float:
