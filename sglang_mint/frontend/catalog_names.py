@@ -136,7 +136,7 @@ class CatalogNames:
         arriving until ``settle``. ``["acme/bot", None, "mine", "acme/bot"]`` -> ``(["acme/bot@3",
         None, "mine", "acme/bot@3"], ["acme/bot@3"])`` when ``mine`` is in ``stock``: one lookup per
         distinct name, however often the list repeats it. ``batch``, the request's number of
-        prompts (``prompt_count``): a longer list is refused before any lookup, so
+        prompts as the engine counts them: a longer list is refused before any lookup, so
         ``["acme/bot"] * 200000`` for one prompt costs nothing. Raises HTTPException 400/404
         naming the field and the bad entry."""
         single = isinstance(paths, str)
@@ -234,17 +234,3 @@ def lora_path_of_model(model: str, served_name: str, explicit_lora_path, names: 
     except MintError as exc:
         raise HTTPException(status_code=exc.http_status, detail=str(exc)) from None
 
-
-def prompt_count(request) -> int | None:
-    """How many prompts a generate or embedding request carries, as the engine normalized it:
-    ``text="hi"`` 1, ``text=["a", "b"]`` 2, ``input_ids=[5, 6, 7]`` 1 (one prompt of three
-    tokens), ``input_ids=[[5, 6], [7]]`` 2, ``input_embeds`` alike one level deeper; else the
-    request's own ``batch_size`` (media only), or None if it has none."""
-    text, input_ids, embeds = request.text, request.input_ids, request.input_embeds
-    if text is not None:
-        return 1 if isinstance(text, str) else len(text)
-    if input_ids is not None:
-        return len(input_ids) if input_ids and isinstance(input_ids[0], list) else 1
-    if embeds is not None:
-        return len(embeds) if embeds and embeds[0] and isinstance(embeds[0][0], list) else 1
-    return getattr(request, "batch_size", None)

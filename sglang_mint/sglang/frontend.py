@@ -12,7 +12,7 @@ import logging
 
 from sglang.srt.lora.lora_registry import LoRARef
 
-from sglang_mint.frontend.catalog_names import CatalogNames, prompt_count
+from sglang_mint.frontend.catalog_names import CatalogNames
 from sglang_mint.frontend.staged_revisions import StagedRevisions, staging_root
 from sglang_mint.lora_id import CatalogLoraId, RevisionName, is_catalog_lora_id, lora_name_of
 from sglang_mint.residency.metrics import FrontendMetrics
@@ -46,7 +46,7 @@ class CatalogFrontend(CatalogNames):
         """Resolve the request's ``lora_path`` through the catalog (rewritten in place: a bare id
         becomes its current revision) and register the revision names it names; returns them,
         for ``settle`` once SGLang has acquired them. Raises HTTPException 400/404."""
-        obj.lora_path, names = self.resolve_lora_path(obj.lora_path, tm.lora_ref_cache, batch=prompt_count(obj))
+        obj.lora_path, names = self.resolve_lora_path(obj.lora_path, tm.lora_ref_cache, batch=prompts(obj))
         try:
             for name in dict.fromkeys(names):
                 if name not in tm.lora_registry._registry:
@@ -101,6 +101,12 @@ class CatalogFrontend(CatalogNames):
                 pass
         except Exception as exc:  # the adapter's own requests will report it
             logger.warning("prefetch of %s failed: %s", lora_name, exc)
+
+
+def prompts(obj) -> int:
+    """The prompts of a request SGLang has normalized (its ``batch_size``, each sampled
+    ``parallel_sample_num`` times, as its lora_path list is repeated): 2 prompts with n=3 -> 6."""
+    return obj.batch_size * getattr(obj, "parallel_sample_num", 1)
 
 
 def catalog_frontend(tokenizer_manager) -> CatalogFrontend | None:

@@ -12,7 +12,7 @@ import pytest
 from fastapi import HTTPException
 
 from sglang_mint.errors import AdapterNotFound
-from sglang_mint.frontend.catalog_names import CatalogNames, lora_path_of_model, prompt_count
+from sglang_mint.frontend.catalog_names import CatalogNames, lora_path_of_model
 
 
 class Counter:
@@ -139,16 +139,3 @@ def test_a_lora_path_list_longer_than_the_batch_is_refused_before_any_lookup():
     assert paths == ["acme/bot@3", None, "acme/bot@3"] and found == ["acme/bot@3"]
     assert names.resolve_lora_path("acme/bot", stock=(), batch=1)[0] == "acme/bot@3"  # one name for the batch
 
-
-def test_the_batch_is_the_number_of_prompts_the_request_carries():
-    def request(**fields):
-        return SimpleNamespace(**{"text": None, "input_ids": None, "input_embeds": None, **fields})
-
-    assert prompt_count(request(text="hi")) == 1
-    assert prompt_count(request(text=["a", "b", "c"])) == 3
-    assert prompt_count(request(input_ids=[5, 6, 7])) == 1  # one prompt of three tokens
-    assert prompt_count(request(input_ids=[[5, 6], [7]])) == 2
-    assert prompt_count(request(input_embeds=[[0.5, 0.25], [0.125, 1.0]])) == 1  # one prompt of two tokens
-    assert prompt_count(request(input_embeds=[[[0.5]], [[0.25]], [[1.0]]])) == 3
-    assert prompt_count(request(batch_size=4)) == 4  # media only: the engine's own count
-    assert prompt_count(request()) is None
