@@ -85,10 +85,17 @@ def uploads_in_flight(app) -> int:
     return 0 if gate is None else gate.active
 
 
+def declared_length(request) -> int | None:
+    """The request's Content-Length, or None when it has none or it is not ASCII digits ("²" is a
+    digit to str.isdigit(), and int() refuses it)."""
+    text = request.headers.get("content-length")
+    return int(text) if text is not None and text.isascii() and text.isdigit() else None
+
+
 def _declared_length(request, limit: int, what: str) -> None:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise BodyRefused(413, f"{what}: the body is {int(declared)} bytes, above the limit of {_size(limit)}")
+    declared = declared_length(request)
+    if declared is not None and declared > limit:
+        raise BodyRefused(413, f"{what}: the body is {declared} bytes, above the limit of {_size(limit)}")
 
 
 def _size(n: int) -> str:

@@ -45,7 +45,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
-import re
 import shutil
 import socket
 from typing import Callable, Protocol
@@ -55,8 +54,8 @@ from fastapi.responses import ORJSONResponse
 
 from sglang_mint.catalog.ids import revision_name, validate_adapter_id
 from sglang_mint.catalog.upload import publish_files, upload_folder
-from sglang_mint.catalog.upload_stream import (RETRY_AFTER_S, read_capped, received_upload, upload_gate,
-                                               uploads_in_flight)
+from sglang_mint.catalog.upload_stream import (RETRY_AFTER_S, declared_length, read_capped, received_upload,
+                                               upload_gate, uploads_in_flight)
 from sglang_mint.config import MintConfig
 from sglang_mint.errors import MintError
 from sglang_mint.frontend.admin_guard import ADMITTED
@@ -67,7 +66,6 @@ from sglang_mint.usage.ledger import parse_moment, read_ledger
 
 MAX_PREFETCH = 1024
 MAX_PREFETCH_BODY = 1 << 20  # 1,024 ids of at most 128 characters fit in about 140 KB
-ASCII_DIGITS = re.compile(r"[0-9]+")  # "12"; not "²" or "١٢", which str.isdigit() takes and int() refuses or reads
 
 
 class MintEngine(Protocol):
@@ -169,7 +167,7 @@ def _json(text):
 
 def _ascii_int(text: str | None) -> int | None:
     """``"12"`` -> 12, ``"0"`` -> 0; None for None and anything else (``"-3"``, ``" 3"``, ``"²"``)."""
-    return int(text) if text is not None and ASCII_DIGITS.fullmatch(text) else None
+    return int(text) if text is not None and text.isascii() and text.isdigit() else None  # not "²", "١٢"
 
 
 def _revision_json(rev) -> dict:
@@ -281,10 +279,9 @@ async def publish_revision(request: Request, adapter_id: str):
                            "rate_limit_error")
         refused.response.headers["Retry-After"] = str(RETRY_AFTER_S)
         raise refused
-    declared = request.headers.get("content-length")
     folder = upload_folder(names.catalog)
     if names.staged is not None:  # shared memory when it has room: a durable=false publish stays there
-        folder = names.staged.receive_folder(_ascii_int(declared), folder)
+        folder = names.staged.receive_folder(declared_length(request), folder)
     try:
         async with received_upload(request, folder, config.max_upload_bytes,
                                    f"upload for {adapter_id!r}") as (files, fields, digests):
