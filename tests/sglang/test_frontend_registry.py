@@ -45,7 +45,7 @@ def test_names_of_a_request_refused_before_sglang_acquired_them_leave_the_regist
             return await tm.lora_registry.acquire(obj.lora_path)
 
         def request(*ids):
-            return SimpleNamespace(lora_path=list(ids), text=["x"] * len(ids), input_ids=None, input_embeds=None)
+            return SimpleNamespace(lora_path=list(ids), text=["x"] * len(ids), batch_size=len(ids), parallel_sample_num=1)
 
         async def main():
             try:
