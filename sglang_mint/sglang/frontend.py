@@ -158,6 +158,16 @@ async def _around_tm_resolve_lora_path(original, tm, obj):
     return resolved
 
 
+def _after_registry_get_all_adapters(adapters, registry, *args, **kwargs):
+    """LoRARegistry.get_all_adapters, which /v1/models (and SGLang's gRPC model list) lists: without the
+    catalog revisions in flight. One is registered while a tenant's request uses it, so listing it would
+    tell every tenant the ids the others call ({"tiny", "stock/x", "acme/bot@1"} -> {"tiny", "stock/x"});
+    the operator reads the catalog itself (``mint catalog``, ``GET /mint/adapters/{id}``)."""
+    if getattr(registry, "_mint_frontend", None) is None:
+        return adapters
+    return {name: ref for name, ref in adapters.items() if not is_catalog_lora_id(ref.lora_id)}
+
+
 async def _around_registry_release(original, registry, lora_id):
     frontend: CatalogFrontend | None = getattr(registry, "_mint_frontend", None)
     if frontend is not None and lora_id is None:

@@ -54,6 +54,8 @@ HOOKS: tuple[Hook, ...] = (
     Hook("frontend", f"{_TM}._resolve_lora_path", "AROUND", "frontend:_around_tm_resolve_lora_path"),
     Hook("frontend", "sglang.srt.lora.lora_registry.LoRARegistry.release", "AROUND",
          "frontend:_around_registry_release"),
+    Hook("frontend", "sglang.srt.lora.lora_registry.LoRARegistry.get_all_adapters", "AFTER",
+         "frontend:_after_registry_get_all_adapters"),  # /v1/models names no tenant's catalog id
     Hook("frontend", "sglang.srt.entrypoints.http_server.launch_server", "BEFORE", "endpoints:_before_launch_server"),
     # the catalog is the authority for its names: stock loads and unloads under them are refused (frontend.py)
     Hook("frontend", f"{_TM}.load_lora_adapter", "AROUND", "frontend:_around_load_lora_adapter"),

@@ -107,3 +107,22 @@ def test_sglang_admin_endpoints_refuse_forwarded_callers_and_answer_loopback(ser
     proxied = openai.OpenAI(base_url=server.openai_url, api_key="none", max_retries=0,
                             default_headers={"X-Forwarded-For": "203.0.113.7"})
     assert proxied.completions.create(model="acme/bot", prompt="hello", max_tokens=1).choices
+
+
+def test_v1_models_lists_stock_adapters_and_no_catalog_id_even_in_flight(server, client, folders):
+    """A catalog revision is in SGLang's registry while a request uses it, and SGLang lists every registered
+    name in /v1/models: any tenant polling it would learn the ids other tenants are calling."""
+    code, text = call(server, "/load_lora_adapter", {"lora_name": "stock/listed", "lora_path": str(folders["stock"])})
+    assert code == 200, text[:500]
+    stream = client.completions.create(model="acme/bot", prompt="the quick brown fox", max_tokens=1500, stream=True,
+                                       temperature=0, extra_body={"ignore_eos": True})
+    try:
+        next(stream)  # the request is in flight: its revision name is registered
+        listed = [m.id for m in client.models.list().data]
+        after = next(stream)
+    finally:
+        stream.close()
+    assert after.choices[0].finish_reason is None  # still generating after the listing
+    assert "tiny" in listed and "stock/listed" in listed, listed  # the base model and stock adapters, as stock
+    assert not [name for name in listed if name.startswith("acme/")], listed
+    assert call(server, "/unload_lora_adapter", {"lora_name": "stock/listed"})[0] == 200
