@@ -18,6 +18,7 @@ from pathlib import Path
 from sglang_mint.catalog.catalog import DEFAULT_BLOB_CACHE_BYTES
 from sglang_mint.catalog.ids import validate_adapter_id
 from sglang_mint.errors import MintError
+from sglang_mint.usage.ledger import flush_interval_s
 
 DEFAULT_HOST_CACHE_BYTES = 4 << 30
 DEFAULT_LOAD_WORKERS = 2
@@ -129,6 +130,8 @@ class MintConfig:
         if usage_dir is None:
             usage_dir = str(default_cache_dir() / "usage")
         usage_dir = None if usage_dir.lower() == "off" else os.path.abspath(usage_dir)
+        if usage_dir is not None:
+            flush_interval_s()  # a bad $MINT_USAGE_FLUSH_S is refused here, before any scheduler starts
         return cls(catalog=catalog, host_cache_bytes=size, pinned=tuple(pinned), load_workers=workers,
                    max_upload_bytes=upload, max_concurrent_uploads=uploads,
                    dp_dispatch=dp_dispatch or "affinity", gateway=gateway,

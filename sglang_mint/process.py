@@ -213,6 +213,27 @@ def _signal_group(pgid: int, sig: int) -> None:
         pass  # the group ended in between
 
 
+def before_sigterm(action: Callable[[], None]) -> None:
+    """Run ``action`` when SIGTERM reaches this process, then end as SIGTERM would have ended it: a
+    last quick write (the usage ledger's counts since its last append) in a process that SIGTERM
+    ends at once, such as an SGLang scheduler when systemd or ``ManagedProcess.stop`` signals its
+    whole group. A handler installed before runs after ``action``, in its place. Main thread only:
+    Python runs signal handlers there."""
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def on_sigterm(signum, frame):
+        try:
+            action()
+        finally:
+            if callable(previous):
+                previous(signum, frame)
+            elif previous != signal.SIG_IGN:
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+
+
 def numa_nodes() -> int:
     import glob
 

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 
 from sglang_mint.config import MintConfig
 from sglang_mint.lora_id import is_catalog_lora_id, lora_name_of, parse_lora_id
+from sglang_mint.process import before_sigterm
 from sglang_mint.residency.host_bytes import node_status
 from sglang_mint.residency.request_holds import admit, on_arrival, release_hold
 from sglang_mint.residency.scheduler_residency import SchedulerResidency
@@ -112,7 +114,17 @@ def _after_scheduler_init(result, scheduler, *args, **kwargs):
         from sglang.srt.runtime_context import get_parallel
 
         engine = engine_name(scheduler.server_args.host, scheduler.server_args.port, get_parallel().dp_rank or 0)
-        scheduler._mint_usage = UsageLedger(config.usage_dir, engine)
+        ledger = scheduler._mint_usage = UsageLedger(config.usage_dir, engine)
+        if threading.current_thread() is threading.main_thread():  # SGLang builds it there
+            before_sigterm(ledger.close)  # SIGTERM to the whole server: the last answers are billed
+    return result
+
+
+def _after_handle_shutdown(result, scheduler, *args, **kwargs):
+    """SGLang's graceful stop (SIGTERM to the launcher: drain, then ShutdownReq to each scheduler)."""
+    ledger = getattr(scheduler, "_mint_usage", None)
+    if ledger is not None:
+        ledger.close()
     return result
 
 

@@ -3,7 +3,7 @@
 The scheduler counts each request once, as it ends, with ``UsageLedger.record``: a dict
 update under a lock, nothing else on its loop. A background thread appends what was
 counted since its last pass to rotating JSON-lines files, one per engine process and
-hour, every ``flush_s``; a row is a delta, so the same (adapter, revision, minute) may
+hour, every ``flush_s`` (``$MINT_USAGE_FLUSH_S``, default 2); a row is a delta, so the same (adapter, revision, minute) may
 appear in several lines and in several engines' files::
 
     usage/usage-127.0.0.1_30000-dp0-2026120504.jsonl
@@ -30,10 +30,12 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from sglang_mint.errors import MintError
+
 logger = logging.getLogger("sglang_mint")
 
 FIELDS = ("requests", "prompt_tokens", "cached_tokens", "completion_tokens", "errors")
-FLUSH_S = 2.0
+FLUSH_S = 2.0  # the default of $MINT_USAGE_FLUSH_S
 KEEP_DAYS = 30
 _FILE = re.compile(r"usage-(?P<engine>.+)-(?P<hour>\d{10})\.jsonl\Z")
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
@@ -44,6 +46,19 @@ def engine_name(host: str, port: int, dp_rank: int, machine: str | None = None) 
     started alike on several machines share the rest, and a shared folder or a merge of their
     answers (engines.py) must tell them apart."""
     return f"{machine or socket.gethostname()}/{host}:{port}/dp{dp_rank}"  # a name only: no traffic
+
+
+def flush_interval_s() -> float:
+    """Seconds between a ledger's appends: ``$MINT_USAGE_FLUSH_S``, else 2. Fewer appends cost a
+    crash more counts; a stop costs none (``UsageLedger.close``). MintError naming a bad value."""
+    text = os.environ.get("MINT_USAGE_FLUSH_S", "")
+    try:
+        seconds = float(text) if text else FLUSH_S
+    except ValueError:
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise MintError(f"MINT_USAGE_FLUSH_S={text!r}: expected seconds above 0, e.g. 2")
+    return seconds
 
 
 def minute_text(epoch_s: float) -> str:
@@ -72,7 +87,7 @@ def parse_moment(text: str) -> float:
 class UsageLedger:
     """One engine process's counts, appended to ``directory`` in the background."""
 
-    def __init__(self, directory: str | os.PathLike, engine: str, *, flush_s: float = FLUSH_S,
+    def __init__(self, directory: str | os.PathLike, engine: str, *, flush_s: float | None = None,
                  keep_days: float = KEEP_DAYS, clock=time.time):
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -80,10 +95,11 @@ class UsageLedger:
         self.keep_s = keep_days * 86400
         self._clock = clock
         self._counts: dict[tuple, list[int]] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # close may run in a signal handler, inside record
         self._hour: str | None = None
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(flush_s,), name="mint-usage", daemon=True)
+        self._thread = threading.Thread(target=self._run, args=(flush_s or flush_interval_s(),),
+                                        name="mint-usage", daemon=True)
         self._thread.start()
 
     def record(self, adapter: str | None, revision: int | None, *, prompt_tokens: int, cached_tokens: int,
@@ -148,6 +164,7 @@ class UsageLedger:
                 logger.warning("usage ledger %s: %s", self.directory, exc)
 
     def close(self) -> None:
+        """Append what is left and stop: at a stop, so that the last answers are billed. Again: no-op."""
         self._stop.set()
         self._thread.join(timeout=5)
         self.flush()

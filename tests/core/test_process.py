@@ -159,3 +159,36 @@ def _running(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+@pytest.mark.parametrize("previous", ["default", "handler", "ignored"])
+def test_before_sigterm_runs_its_action_then_ends_as_sigterm_would(tmp_path, previous):
+    """A real SIGTERM to a real child: the action writes first, then the process ends as the handler
+    in place before (the default: killed by SIGTERM; a handler of its own: that handler; ignored: alive)."""
+    marks = tmp_path / "marks"
+    proc = ManagedProcess(script(f"""
+        import os, signal, sys, time
+        sys.path.insert(0, {os.getcwd()!r})
+        from sglang_mint.process import before_sigterm
+        mark = lambda text: open({str(marks)!r}, "a").write(text + "\\n")
+        if {previous!r} == "handler":
+            signal.signal(signal.SIGTERM, lambda *_: (mark("previous"), sys.exit(3)))
+        elif {previous!r} == "ignored":
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        before_sigterm(lambda: mark("action"))
+        open({str(tmp_path / "ready")!r}, "w").close()
+        time.sleep(60)
+        mark("slept")
+    """), name="sigterm-child", log_path=tmp_path / "log")
+    proc.start(ready=lambda: (tmp_path / "ready").exists(), timeout=HUNG_AFTER_S)
+    os.kill(proc.proc.pid, signal.SIGTERM)
+    if previous == "ignored":
+        time.sleep(0.5)
+        assert proc.proc.poll() is None, proc.log_tail()
+        os.kill(proc.proc.pid, signal.SIGKILL)
+        proc.proc.wait(HUNG_AFTER_S)
+        assert marks.read_text().split() == ["action"]
+        return
+    code = proc.proc.wait(HUNG_AFTER_S)
+    assert (code, marks.read_text().split()) == ({"default": (-signal.SIGTERM, ["action"]),
+                                                  "handler": (3, ["action", "previous"])}[previous]), proc.log_tail()

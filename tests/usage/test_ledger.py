@@ -7,8 +7,9 @@ import threading
 
 import pytest
 
-from sglang_mint.usage.ledger import (FIELDS, UsageLedger, engine_name, minute_text, parse_moment, read_usage,
-                                      requests_by_adapter)
+from sglang_mint.errors import MintError
+from sglang_mint.usage.ledger import (FIELDS, UsageLedger, engine_name, flush_interval_s, minute_text, parse_moment,
+                                      read_usage, requests_by_adapter)
 
 T0 = parse_moment("2026-12-05T04:17:10Z")
 
@@ -214,3 +215,30 @@ def test_engines_on_two_machines_have_two_names():
     an answer whose names it has seen once, as a folder shared on one machine."""
     names = {engine_name("10.0.0.5", 30000, 0, machine=m) for m in ("gpu-a", "gpu-b")}
     assert len(names) == 2 and all(":30000/dp0" in n for n in names)
+
+
+@pytest.mark.parametrize("value, seconds", [(None, 2.0), ("", 2.0), ("0.5", 0.5), ("3600", 3600.0)])
+def test_the_flush_interval_comes_from_the_environment(monkeypatch, value, seconds):
+    if value is None:
+        monkeypatch.delenv("MINT_USAGE_FLUSH_S", raising=False)
+    else:
+        monkeypatch.setenv("MINT_USAGE_FLUSH_S", value)
+    assert flush_interval_s() == seconds
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "nan", "inf", "2s", "²"])
+def test_a_bad_flush_interval_is_refused_at_startup_by_name(monkeypatch, tmp_path, value):
+    from sglang_mint.config import MintConfig
+
+    monkeypatch.setenv("MINT_USAGE_FLUSH_S", value)
+    with pytest.raises(MintError, match=f"MINT_USAGE_FLUSH_S={value!r}"):
+        MintConfig.from_flags(usage_dir=str(tmp_path))
+    assert MintConfig.from_flags(usage_dir="off").usage_dir is None  # no ledger: not read
+
+
+def test_close_appends_what_is_left_and_is_safe_twice(tmp_path):
+    book = ledger(tmp_path)  # appends once an hour: only close writes here
+    book.record("acme/bot", 3, prompt_tokens=5, cached_tokens=0, completion_tokens=2)
+    book.close()
+    book.close()
+    assert requests_by_adapter(tmp_path) == {"acme/bot": 1}
