@@ -84,6 +84,8 @@ def parse_config(data: bytes, where: str) -> dict:
         config = json.loads(data)
     except ValueError as exc:
         raise InvalidAdapter(f"{where}: malformed JSON ({exc})") from None
+    except RecursionError:  # {"r":[[[[...]]]]} 100,000 deep, in the 1 MiB an upload's config may have
+        raise InvalidAdapter(f"{where}: malformed JSON (nested too deep)") from None
     return check_config(config, where)
 
 

@@ -1,9 +1,10 @@
 """Reading a safetensors file of LoRA weights, checked before a tensor is trusted.
 
-``read_safetensors_header`` parses and bounds-checks the header (truncation,
-overlapping or gapped offsets, shape/size disagreements); ``read_safetensors``
-reads each tensor into its own memory and ``map_safetensors`` maps them (a
-revision staged in /dev/shm). Every error is an InvalidAdapter naming the file
+``read_safetensors_header`` counts the header's JSON items (one with more than
+any adapter has is refused unparsed), then parses and bounds-checks it
+(truncation, overlapping or gapped offsets, shape/size disagreements);
+``read_safetensors`` reads each tensor into its own memory and
+``map_safetensors`` maps them (a revision staged in /dev/shm). Every error is an InvalidAdapter naming the file
 and tensor. Moved here from peft.py, which re-exports these names.
 """
 
@@ -22,8 +23,29 @@ WEIGHTS = "adapter_model.safetensors"
 # The reference parser's limit on a safetensors header (safetensors' MAX_HEADER_SIZE). A per-expert
 # DeepSeek-V3 adapter (about 89,000 tensors) has a header of about 12 MB.
 MAX_HEADER_BYTES = 100_000_000
+# The most JSON items (json_items) a header may hold; more is refused before json.loads sees it.
+# json.loads keeps 40-170 bytes of Python objects per item beyond the text's own bytes:
+# {"x":[{},{},...]} holds 25 times its size (13 MB of it, 316 MB), 100 MB of it would take 2.5 GB.
+# A tensor entry is 8 items ("name":{"dtype":"BF16","shape":[a,b],"data_offsets":[x,y]}: 5 commas,
+# 1 brace, 2 brackets): a per-expert DeepSeek-V3 adapter (89,088 tensors) has 712,706 and parses
+# into 77 MB. 2 M items admit 250,000 tensors, more than a per-expert adapter of any open MoE model
+# has (Kimi K2: 138,240; 60 layers of 512 experts would be 184,320), and hold a parse to about
+# 340 MB besides the header and json.loads' str of it (the costliest item, measured: 171 bytes in
+# {"1":"1","2":"2",...}, 420 MB for 38 MB); a real 250,000-tensor header would take about 220 MB.
+MAX_JSON_ITEMS = 2_000_000
 # safetensors dtype -> (bytes per element, our dtype name)
 DTYPES = {"F16": (2, "float16"), "BF16": (2, "bfloat16"), "F32": (4, "float32"), "F64": (8, "float64")}
+
+
+def json_items(text: bytes | str) -> int:
+    """Commas, braces and brackets in ``text``: at least the number of values json.loads(text) makes,
+    less one, counted at C speed with nothing allocated. Each value but the outermost follows the
+    comma before it or the bracket that opens its container. Example: ``{"a":[1,2],"b":{}}`` makes
+    5 values (the two objects, the list, 1, 2) and has 2 + 2 + 1 = 5 items. Commas and brackets
+    inside strings count too, so the count errs high, never low."""
+    if isinstance(text, str):
+        return text.count(",") + text.count("{") + text.count("[")
+    return text.count(b",") + text.count(b"{") + text.count(b"[")
 
 
 def read_safetensors_header(data: bytes, where: str) -> dict[str, tuple[str, list[int]]]:
@@ -45,10 +67,17 @@ def _checked_header(data: bytes, where: str, size: int | None = None) -> dict[st
     (n,) = struct.unpack("<Q", data[:8])
     if n > size - 8:
         raise InvalidAdapter(f"{where}: truncated or corrupt safetensors (header of {n} bytes, file of {size})")
+    text = data[8:8 + n]
+    items = json_items(text)
+    if items > MAX_JSON_ITEMS:
+        raise InvalidAdapter(f"{where}: safetensors header refused unparsed: {items:,} JSON items (commas and "
+                             f"brackets); a LoRA adapter's has at most {MAX_JSON_ITEMS:,} (8 a tensor)")
     try:
-        header = json.loads(data[8:8 + n])
+        header = json.loads(text)
     except ValueError as exc:
         raise InvalidAdapter(f"{where}: corrupt safetensors header ({exc})") from None
+    except RecursionError:  # {"x":[[[[...]]]]} 100,000 deep: few items, past Python's recursion limit
+        raise InvalidAdapter(f"{where}: corrupt safetensors header (nested too deep)") from None
     if not isinstance(header, dict):
         raise InvalidAdapter(f"{where}: corrupt safetensors header (not a JSON object)")
     header.pop("__metadata__", None)

@@ -62,13 +62,17 @@ from __future__ import annotations
 import json
 import struct
 
+from sglang_mint.adapters.safetensors_io import MAX_HEADER_BYTES, MAX_JSON_ITEMS, json_items
 from sglang_mint.errors import MintError
 
 FORMAT_VERSION = 1
 FORMAT_TAG = f"mintpack/{FORMAT_VERSION}"
 PACKED_FILE = "adapter.mintpack"
 ALIGN = 4096
-MAX_HEADER = 256 << 20  # a header over 256 MB is corruption, not an adapter
+# safetensors' own limit (100 MB): a mintpack is a safetensors file, and an upload is read with
+# safetensors.torch.load too. The converter writes 0.43 MB for a per-expert DeepSeek-V3 adapter
+# (90,064 source tensors, 964 stored); listing its 89,088 expert parts one by one would take 13 MB.
+MAX_HEADER = MAX_HEADER_BYTES
 
 # safetensors dtype name -> bytes per element
 DTYPE_SIZES = {"F32": 4, "F16": 2, "BF16": 2}
@@ -109,29 +113,49 @@ def decode_header(prefix: bytes, file_size: int, where: str) -> tuple[int, list[
     Returns (data_start, entries in offset order, mint metadata). Raises
     PackedError for a truncated file, a header that is not JSON, not
     mintpack/1, tensors whose offsets disagree with shape x dtype, holes,
-    overlaps, or a data region longer than the file.
+    overlaps, or a data region longer than the file. The header, then the
+    mint string in it, is refused unparsed when it has more JSON items than
+    any adapter (safetensors_io.MAX_JSON_ITEMS): json.loads of ``[{},{},...]``
+    holds 25 times its bytes. The mint string is counted again, decoded: its
+    commas may be ``\\u002c`` escapes, which the header's count does not see.
     """
     def bad(msg: str) -> PackedError:
         return PackedError(f"{where}: {msg}")
 
+    def parse(text: bytes | str, what: str):
+        items = json_items(text)
+        if items > MAX_JSON_ITEMS:
+            raise bad(f"{what} refused unparsed: {items:,} JSON items (commas and brackets); "
+                      f"a LoRA adapter's has at most {MAX_JSON_ITEMS:,}")
+        try:
+            return json.loads(text)
+        except RecursionError:  # [[[[...]]]] 100,000 deep: few items, past Python's recursion limit
+            raise bad(f"corrupt header: {what} nested too deep") from None
+
     if file_size < 8 or len(prefix) < 8:
         raise bad(f"truncated: {file_size} bytes, not even a header length")
     (n,) = struct.unpack("<Q", prefix[:8])
-    if n > MAX_HEADER or 8 + n > file_size:
+    if n > MAX_HEADER:
+        raise bad(f"corrupt header: it claims {n} bytes, more than the {MAX_HEADER} safetensors allows")
+    if 8 + n > file_size:
         raise bad(f"corrupt header: it claims {n} bytes but the file has {file_size}")
     if len(prefix) < 8 + n:
         raise bad("internal: header prefix too short")
     try:
-        header = json.loads(prefix[8:8 + n])
+        header = parse(prefix[8:8 + n], "header")
     except (ValueError, UnicodeDecodeError) as exc:
         raise bad(f"corrupt header: not JSON ({exc})") from None
     if not isinstance(header, dict):
         raise bad("corrupt header: not a JSON object")
     meta = header.pop("__metadata__", None) or {}
+    if not isinstance(meta, dict):
+        raise bad(f"not a {FORMAT_TAG} file (__metadata__ is a {type(meta).__name__}, not an object)")
     if meta.get("mint_format") != FORMAT_TAG:
         raise bad(f"not a {FORMAT_TAG} file (mint_format={meta.get('mint_format')!r})")
     try:
-        mint = json.loads(meta["mint"])
+        if not isinstance(meta.get("mint"), str):
+            raise TypeError(f"mint is {type(meta.get('mint')).__name__}, not a JSON string")
+        mint = parse(meta["mint"], "mint metadata")
         rank, dtype = int(mint["rank"]), mint["dtype"]
         mint["tensors"]
     except (KeyError, TypeError, ValueError) as exc:
