@@ -24,6 +24,10 @@ width 32) ``kv_a_proj_with_mqa`` maps 64 -> 256+32, ``kv_b_proj`` 256 -> 2*(16+1
 Catalogs store the BaseModel as JSON (``to_json``); fields added later have
 defaults, so an old catalog opens; an adapter module whose widths need a field
 it lacks is refused (its widths cannot be checked), other modules import as before.
+``unrecorded`` names the fields such a record lacks, and the refusal then names
+``mint catalog refresh-base``, which records them from the model's folder
+(catalog/base_record.py). A record written since has every field, null where
+the model has no such size (a dense model's ``moe_intermediate_size``).
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 
 from sglang_mint.adapters.errors import InvalidAdapter
 
@@ -76,13 +80,19 @@ class BaseModel:
     v_head_dim: int | None = None
     index_n_heads: int | None = None  # DSA indexer (DeepSeek-V3.2)
     index_head_dim: int | None = None
+    # The fields the stored JSON lacked (from_json): an older version of mint wrote it before they
+    # existed. Not part of the record: to_json leaves it out, and == ignores it.
+    unrecorded: tuple[str, ...] = field(default=(), compare=False, repr=False)
 
     def to_json(self) -> dict:
-        return dict(self.__dict__)
+        out = dict(self.__dict__)
+        del out["unrecorded"]
+        return out
 
     @classmethod
     def from_json(cls, d: dict) -> "BaseModel":
-        return cls(**d)
+        recorded = {f.name for f in fields(cls)} - {"unrecorded"}
+        return cls(**d, unrecorded=tuple(sorted(recorded - set(d))))
 
     def packed_identity(self) -> dict:
         """What a packed file converted for this base records (``mint.base`` in format.py);

@@ -293,9 +293,13 @@ def _widths(path: ModulePath | None, module: str, key: str, base: BaseModel, whe
                              f"the module its name mentions")
     want = base.module_shape(path.parent, path.module)
     if want is None:
+        why = (f"the catalog's record of it was written by an older version of mint, without "
+               f"{', '.join(base.unrecorded)}; if the model has this module, record its widths with "
+               f"`mint catalog refresh-base CATALOG --base-model MODEL_DIR` (then restart the servers)"
+               if base.unrecorded else "which has no such module")
         raise InvalidAdapter(f"{where}: {key}: the widths of {path.module} under {path.parent or 'the model'} are "
-                             f"not recorded for base model {base.name!r} ({base.identity}), which has no such module "
-                             f"or was recorded before such widths were; refused, as they cannot be checked")
+                             f"not recorded for base model {base.name!r} ({base.identity}), {why}; refused, as "
+                             f"they cannot be checked")
     return want
 
 
@@ -383,6 +387,24 @@ def _served_config(config_bytes: bytes, config: dict) -> bytes:
         return config_bytes
     config["lora_alpha"] = PEFT_DEFAULT_ALPHA
     return json.dumps(config).encode()
+
+
+def read_served_config(folder: str, where: str) -> dict:
+    """The adapter_config.json in ``folder`` (a stored revision) as SGLang must read it.
+
+    A revision stored by an older version may lack lora_alpha (publish kept the config byte for byte
+    then; ``_served_config`` adds it since), and SGLang's LoRAConfig raised KeyError on every load of
+    it. It is served with the value PEFT gives it, as a newer publish stores it; its stored bytes stay
+    as they are (a revision is immutable and its digests name them). Example: ``{"r": 4, ...}`` without
+    lora_alpha is read as ``{"r": 4, ..., "lora_alpha": 8}``, scaling 8 / 4."""
+    try:
+        with open(os.path.join(folder, CONFIG), "rb") as f:
+            config = json.loads(f.read())
+    except ValueError as exc:
+        raise InvalidAdapter(f"{where}/{CONFIG}: malformed JSON ({exc})") from None
+    if isinstance(config, dict) and "lora_alpha" not in config:
+        config["lora_alpha"] = PEFT_DEFAULT_ALPHA
+    return config
 
 
 def _check_peft_config(config_bytes: bytes, base: BaseModel, where: str, read_named_base: bool = False) -> dict:

@@ -1,4 +1,4 @@
-"""``mint catalog ...``: init, import, publish, rollback, show, list, stats, verify, gc, synth, delete.
+"""``mint catalog ...``: init, refresh-base, import, publish, rollback, show, list, stats, verify, gc, synth, delete.
 
 Human output by default, ``--json`` for scripts (one JSON document on stdout).
 Errors are MintError subclasses: the top-level ``mint`` prints them and exits 2.
@@ -48,6 +48,20 @@ def cmd_init(args) -> int:
         b = cat.base
         _out(args, {"path": cat.display, "base_model": b.to_json()},
              f"created catalog {cat.display} for base model {b.name} ({b.identity})")
+    return 0
+
+
+def cmd_refresh_base(args) -> int:
+    from sglang_mint.catalog.base_record import refresh_base
+    with _open(args) as cat:
+        rep = refresh_base(cat, args.base_model)
+        b = cat.base
+        filled = ", ".join(f"{k}={json.dumps(v)}" for k, v in rep["filled"].items())
+        _out(args, {"path": cat.display, **rep},
+             f"catalog {cat.display}: recorded {filled} for base model {b.name} ({b.identity}); running servers "
+             "read it when they open the catalog: restart them" if filled else
+             f"catalog {cat.display} already records every field of base model {b.name} ({b.identity}); "
+             "nothing written")
     return 0
 
 
@@ -220,6 +234,11 @@ def add_commands(subparsers) -> None:
     p = cmd("init", cmd_init, "create an empty catalog for one base model")
     p.add_argument("--base-model", required=True, metavar="MODEL_DIR", help="HuggingFace folder with config.json")
     p.add_argument("--blobs", metavar="WHERE", help=BLOBS_HELP)
+
+    p = cmd("refresh-base", cmd_refresh_base, "record the base-model sizes an older version of mint left out of "
+            "the catalog (MoE and MLA widths: adapters of those modules are refused until then)")
+    p.add_argument("--base-model", required=True, metavar="MODEL_DIR", help="the catalog's base model: a folder with "
+                   "config.json of the same model (identity) as at init")
 
     p = cmd("import", cmd_import, "import PEFT adapter folders (id = NAMESPACE/<folder name>), with a progress bar")
     p.add_argument("folders", nargs="*", metavar="FOLDER", help="PEFT folders (adapter_config.json + "

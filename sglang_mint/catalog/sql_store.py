@@ -179,6 +179,13 @@ class SqlMetadataStore(MetadataStore):
                               "--base-model DIR`") from None
         return row[0] if row else None
 
+    def replace_setting(self, key: str, old: str, new: str) -> bool:
+        """Set ``key`` to ``new`` if it still holds ``old``: one UPDATE in a write transaction, so a reader
+        sees the old value or the new one; False (nothing written) if another writer changed it first."""
+        with self._write() as c:
+            cur = self.dialect.execute(c, "UPDATE settings SET value = ? WHERE key = ? AND value = ?", (new, key, old))
+            return cur.rowcount == 1
+
     def resolve(self, adapter_id: str) -> Revision | None:
         row = self._run(_RESOLVE, (adapter_id,), prepare=True).fetchone()
         return Revision(*row) if row else None

@@ -152,6 +152,10 @@ class MetadataStore(abc.ABC):
     def get_setting(self, key: str) -> str | None: ...
 
     @abc.abstractmethod
+    def replace_setting(self, key: str, old: str, new: str) -> bool:
+        """Set ``key`` to ``new`` if it still holds ``old``, atomically; False if it does not."""
+
+    @abc.abstractmethod
     def resolve(self, adapter_id: str) -> Revision | None:
         """The current revision of a live adapter, or None. One indexed lookup,
         safe from many threads and processes."""

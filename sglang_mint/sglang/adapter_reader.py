@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-from sglang_mint.adapters.peft import load_for_serving
+from sglang_mint.adapters.peft import load_for_serving, read_served_config
 from sglang_mint.residency.host_bytes import adapter_host_bytes
 
 
@@ -24,17 +24,19 @@ def read_adapter(manager, catalog, lora_id: str, rev):
     # (frontend/staged_revisions.py) until that goes, a while after its blobs are stored.
     staged = bool(rev.staged) and os.path.isdir(rev.staged)
     path = rev.staged if staged else str(catalog.local_path(rev))
-    config = LoRAConfig(path, base_vocab_size=manager.base_hf_config.vocab_size)
+    where = f"adapter {rev.adapter_id!r} revision {rev.revision}"
+    # The config is read here, not by LoRAConfig(path): one an older version stored without lora_alpha
+    # is served with PEFT's (peft.read_served_config). A revision holds only upload.ACCEPTED files, so
+    # there is no added_tokens.json for SGLang to read next to it.
+    config = LoRAConfig(path, config_dict=read_served_config(path, where), added_tokens_config=None,
+                        base_vocab_size=manager.base_hf_config.vocab_size)
     tensors = None
     if packed_path(path) is None:
-        where = f"adapter {rev.adapter_id!r} revision {rev.revision}"
         # A staged file is in shared memory: mapped, not copied (peft.map_safetensors).
         uniform_config, tensors = load_for_serving(path, config.hf_config, catalog.base, where, mapped=staged)
         if uniform_config is not config.hf_config:
             config.hf_config = uniform_config
             config.r, config.lora_alpha = uniform_config["r"], uniform_config["lora_alpha"]
-    if config.lora_added_tokens_size > 0:
-        raise ValueError("adapters that add tokens to the vocabulary are not supported")
     if config.use_dora:
         raise ValueError("DoRA adapters are not supported")
     if not manager.memory_pool.can_support(config):

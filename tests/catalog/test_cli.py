@@ -17,7 +17,7 @@ from hung import HUNG_AFTER_S
 
 from sglang_mint.cli import main
 
-SUBCOMMANDS = ["init", "import", "publish", "rollback", "show", "list", "stats", "verify", "gc", "synth", "delete"]
+SUBCOMMANDS = ["init", "refresh-base", "import", "publish", "rollback", "show", "list", "stats", "verify", "gc", "synth", "delete"]
 
 
 def mint(*args, check=True):

@@ -17,6 +17,7 @@ import pytest
 from catalog_fixtures import write_base, write_peft, written
 
 from sglang_mint.adapters.errors import BaseModelMismatch
+from sglang_mint.adapters.peft import CONFIG, WEIGHTS
 from sglang_mint.catalog.upload import publish_files
 
 
@@ -41,6 +42,43 @@ def test_a_config_without_lora_alpha_is_stored_as_sglang_reads_it(cat, tmp_path,
     rev = publish_files(cat, "no/alpha", _files(folder), pack=pack)
     served = LoRAConfig(str(rev.local_path()))  # what read_adapter builds first; KeyError before
     assert served.lora_alpha / served.r == 8 / 4  # PEFT's default alpha 8 over the adapter's rank 4
+
+
+def _publish_as_an_older_version(cat, adapter_id: str, folder: str):
+    """What publish stored before it added PEFT's lora_alpha: the operator's config byte for byte, and the
+    row's alpha r (``config.get("lora_alpha", r)``), through the catalog's own store."""
+    raw = open(os.path.join(folder, CONFIG), "rb").read()
+    r = json.loads(raw)["r"]
+    payload = {CONFIG: raw, WEIGHTS: open(os.path.join(folder, WEIGHTS), "rb").read()}
+    return cat._publish(adapter_id, "peft", payload, r, float(r), tuple(json.loads(raw)["target_modules"]),
+                        "float16", None, None)
+
+
+def _scheduler_manager():
+    """What read_adapter takes from SGLang's LoRAManager, for the tiny Llama of catalog_fixtures.TINY."""
+    from types import SimpleNamespace
+
+    from sglang.srt.configs.load_config import LoadConfig
+    from transformers import LlamaConfig
+
+    hf = LlamaConfig(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+                     num_key_value_heads=2, head_dim=32, vocab_size=1000)
+    return SimpleNamespace(base_hf_config=hf, memory_pool=SimpleNamespace(can_support=lambda config: True),
+                           load_config=LoadConfig(), lora_backend=None, base_model=None)
+
+
+def test_a_revision_an_older_version_stored_without_lora_alpha_loads_with_peft_s_alpha(cat, tmp_path):
+    """Before: KeyError 'lora_alpha' from SGLang's LoRAConfig on every load of such a revision."""
+    from sglang_mint.sglang.adapter_reader import read_adapter
+
+    rev = _publish_as_an_older_version(cat, "old/no-alpha", _drop_alpha(write_peft(tmp_path / "a", rank=4)))
+    stored = cat.blobs.read(rev.files[CONFIG])
+    assert "lora_alpha" not in json.loads(stored)
+    adapter, host_bytes = read_adapter(_scheduler_manager(), cat, "old/no-alpha", cat.resolve("old/no-alpha"))
+    assert adapter.config.lora_alpha == 8 and adapter.scaling == 8 / 4  # PEFT's default alpha over rank 4
+    stacked = {name.split(".")[-3] for name in adapter.layers[1].weights}  # SGLang stacks q/k/v and gate/up
+    assert host_bytes > 0 and stacked == {"qkv_proj", "o_proj", "gate_up_proj", "down_proj"}
+    assert cat.blobs.read(rev.files[CONFIG]) == stored and cat.verify()["ok"]  # the revision is not rewritten
 
 
 def test_an_upload_s_named_base_path_is_never_read(cat, tmp_path):
