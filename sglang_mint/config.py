@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sglang_mint.catalog.catalog import DEFAULT_BLOB_CACHE_BYTES
+from sglang_mint.catalog.opening import DEFAULT_BLOB_CACHE_BYTES
 from sglang_mint.catalog.ids import validate_adapter_id
 from sglang_mint.errors import MintError
 from sglang_mint.usage.ledger import flush_interval_s
@@ -142,7 +142,7 @@ class MintConfig:
         """The catalog as a serving process holds it: a small SQLite page cache per thread (see
         SERVING_CACHE_KIB), and for a postgresql:// catalog this engine's local folder."""
         from sglang_mint.catalog import open_catalog
-        from sglang_mint.catalog.catalog import SERVING_CACHE_KIB
+        from sglang_mint.catalog.opening import SERVING_CACHE_KIB
 
         return open_catalog(self.catalog, cache_kib=SERVING_CACHE_KIB, cache_dir=self.catalog_cache,
                             blob_cache_bytes=self.blob_cache_bytes)

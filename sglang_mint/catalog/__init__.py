@@ -3,7 +3,8 @@
 Engine-agnostic: never imports sglang, and works without torch. See docs/catalog.md.
 """
 
-from sglang_mint.catalog.catalog import AdapterInfo, Catalog, Page, init_catalog, open_catalog
+from sglang_mint.catalog.catalog import AdapterInfo, Catalog, Page
+from sglang_mint.catalog.opening import init_catalog, open_catalog
 from sglang_mint.catalog.ids import validate_adapter_id
 from sglang_mint.catalog.store import Revision
 
