@@ -28,7 +28,8 @@ from sglang_mint.catalog.errors import (AdapterNotFound, BlobMissing, CatalogErr
                                         RevisionNotStored)
 from sglang_mint.catalog.ids import validate_adapter_id
 from sglang_mint.catalog.progress import Progress
-from sglang_mint.catalog.store import AdapterRow, BlobStore, MetadataStore, Revision, RevisionRecord
+from sglang_mint.catalog.store import (AdapterRow, BlobStore, MetadataStore, Revision, RevisionRecord,
+                                       numbering_conflict)
 from sglang_mint.catalog.views import ViewFolders
 
 def _sha256(data: bytes | str) -> str:
@@ -258,12 +259,21 @@ class Catalog:
             content_digest=content_digest(files) if stage is None else PENDING_DIGEST, metadata=dict(metadata or {}),
             loaded_bytes=loaded[0], tensor_count=loaded[1], durable=stage is None)
         json.dumps(record.metadata)  # refuse unserialisable metadata before writing blobs
+        if stage is None:  # else stored after the answer, by store_blobs
+            # Copied before the write lock, which every publish of the catalog shares: the copy and its
+            # fsync (on S3, the whole upload) hold up no other commit. A trainer that lost the
+            # compare-and-set is refused first; one that loses it meanwhile leaves blobs gc collects.
+            row = self.store.get_adapter(adapter_id)
+            conflict = numbering_conflict(adapter_id, expect_revision, row.latest if row else 0)
+            if conflict is not None:
+                raise conflict
+            self._put_blobs(files, payload)
 
         def ensure_blobs():
-            # Called inside the write transaction, after the conflict checks: a refused
-            # publish writes nothing, and a blob gc removed a moment ago is written again.
-            if stage is None:  # else stored after the answer, by store_blobs
-                self._put_blobs(files, payload)
+            # Inside the write transaction, after the conflict checks: a blob gc removed since it
+            # was copied above is written again (store_blobs does the same).
+            if stage is None:
+                self._put_blobs(files, payload, touch=False)
 
         rev = self.store.publish(adapter_id, record, expect_revision, ensure_blobs)
         revision = self.get_revision(adapter_id, rev)

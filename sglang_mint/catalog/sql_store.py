@@ -29,7 +29,7 @@ import time
 from typing import Iterable, Iterator
 
 from sglang_mint.catalog.errors import AdapterNotFound, CatalogError, NotACatalog, RevisionConflict
-from sglang_mint.catalog.store import AdapterRow, MetadataStore, Revision, RevisionRecord
+from sglang_mint.catalog.store import AdapterRow, MetadataStore, Revision, RevisionRecord, numbering_conflict
 
 SCHEMA_VERSION = "3"
 # Version 1 lacked the loaded size (0: not recorded, see RevisionRecord), version 2 the durable flag (every
@@ -281,13 +281,9 @@ class SqlMetadataStore(MetadataStore):
         with self._write() as c:
             row = run(c, "SELECT latest FROM adapters WHERE id = ?", (adapter_id,)).fetchone()
             latest = row[0] if row else 0
-            if expect_revision is not None and expect_revision != latest + 1:
-                if expect_revision <= latest:
-                    raise RevisionConflict(
-                        f"revision {expect_revision} of {adapter_id!r} already exists (latest is {latest}); "
-                        "revisions are immutable, publish a new one")
-                raise RevisionConflict(
-                    f"cannot publish revision {expect_revision} of {adapter_id!r}: the next revision is {latest + 1}")
+            conflict = numbering_conflict(adapter_id, expect_revision, latest)
+            if conflict is not None:
+                raise conflict
             same = None if not record.files else run(  # durable=false: no digest yet (Catalog._publish)
                 c, "SELECT revision FROM revisions WHERE adapter_id = ? AND content_digest = ?",
                 (adapter_id, record.content_digest)).fetchone()

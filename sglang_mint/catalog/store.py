@@ -23,6 +23,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator
 
+from sglang_mint.catalog.errors import RevisionConflict
+
 
 @dataclass(frozen=True)
 class RevisionRecord:
@@ -145,6 +147,18 @@ class Revision:
         return f"Revision({self.adapter_id!r}, {self.revision}, {self.format}, rank={self.rank}, {self.dtype})"
 
 
+def numbering_conflict(adapter_id: str, expect_revision: int | None, latest: int) -> RevisionConflict | None:
+    """Why a publish asking to be revision ``expect_revision`` is refused when the adapter's highest
+    revision is ``latest`` (0: none yet); None when it is the next one, or when it asks for none."""
+    if expect_revision is None or expect_revision == latest + 1:
+        return None
+    if expect_revision <= latest:
+        return RevisionConflict(f"revision {expect_revision} of {adapter_id!r} already exists (latest is {latest}); "
+                                "revisions are immutable, publish a new one")
+    return RevisionConflict(f"cannot publish revision {expect_revision} of {adapter_id!r}: the next revision is "
+                            f"{latest + 1}")
+
+
 class MetadataStore(abc.ABC):
     """Adapters, revisions, blob references and catalog-wide settings."""
 
@@ -199,10 +213,11 @@ class MetadataStore(abc.ABC):
         """Add a revision and make it current, atomically; return its number.
 
         Raises RevisionConflict when ``expect_revision`` is given and is not the
-        next number, or when a revision with the same content_digest exists.
-        ``ensure_blobs()`` is called inside the write transaction, after the
-        checks and before the commit: it writes (or re-checks) the blobs, so a
-        refused publish writes nothing and gc cannot remove them meanwhile.
+        next number (``numbering_conflict``), or when a revision with the same
+        content_digest exists. ``ensure_blobs()`` is called inside the write
+        transaction, after the checks and before the commit: it re-checks the
+        blobs the caller wrote before taking the lock, writing again one gc
+        removed meanwhile, so the revision commits with every blob in place.
         """
 
     @abc.abstractmethod
