@@ -66,3 +66,21 @@ def module_path(path: str) -> ModulePath | None:
     if parent is None or not parts[-1]:
         return None
     return ModulePath(int(found[1]), parent, parts[-1], expert)
+
+
+# MLA without q compression (q_lora_rank null: DeepSeek-V2-Lite) has these two, and SGLang 0.5.23
+# serves a LoRA on neither: it stacks every q_proj with k_proj and v_proj (KeyError on v_proj as the
+# adapter loads), and files kv_a_proj_with_mqa under fused_qkv_a_proj_with_mqa, a module such a
+# model lacks (ValueError in the scheduler's forward, which stops the server for every tenant).
+_MLA_WITHOUT_Q_LORA = ("q_proj", "kv_a_proj_with_mqa")
+
+
+def unservable(path: ModulePath, base) -> str | None:
+    """Why SGLang cannot serve a LoRA on the base model's module at ``path``, though the module
+    exists; None when it can. ``base`` is the catalog's BaseModel."""
+    if path.parent == "self_attn" and base.mla and not base.q_lora_rank and path.module in _MLA_WITHOUT_Q_LORA:
+        return (f"SGLang serves no LoRA on {path.module} of an MLA model without q compression (q_lora_rank "
+                f"null, as DeepSeek-V2-Lite): it stacks q_proj with k_proj and v_proj, and expects "
+                f"kv_a_proj_with_mqa fused with a q_a_proj this model lacks; leave q_proj and "
+                f"kv_a_proj_with_mqa out of target_modules (kv_b_proj, o_proj and the MLP are served)")
+    return None

@@ -43,7 +43,7 @@ from sglang_mint.adapters.base_model import BaseModel
 from sglang_mint.adapters.errors import BaseModelMismatch, InvalidAdapter
 from sglang_mint.adapters.stacked_experts import held_tensor_count, stack_experts
 from sglang_mint.adapters.lora_keys import KEY, PEFT_DEFAULT_ALPHA, PEFT_FUSED, ModuleRanks, fused_expert_params
-from sglang_mint.adapters.module_paths import FAMILY_HELP, ModulePath, module_path
+from sglang_mint.adapters.module_paths import FAMILY_HELP, ModulePath, module_path, unservable
 from sglang_mint.adapters.pattern_keys import SuffixTable
 from sglang_mint.adapters.qkv_fill import complete_qkv
 from sglang_mint.adapters.safetensors_io import (DTYPES, MAX_HEADER_BYTES, map_safetensors, read_safetensors,
@@ -291,6 +291,9 @@ def _widths(path: ModulePath | None, module: str, key: str, base: BaseModel, whe
         raise InvalidAdapter(f"{where}: {key}: {module!r} is not a module of base model {base.name!r} whose "
                              f"widths can be checked (expected {FAMILY_HELP}); refused, as SGLang would put it in "
                              f"the module its name mentions")
+    refused = unservable(path, base)
+    if refused is not None:
+        raise InvalidAdapter(f"{where}: {key}: {refused}")
     want = base.module_shape(path.parent, path.module)
     if want is None:
         why = (f"the catalog's record of it was written by an older version of mint, without "

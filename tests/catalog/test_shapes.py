@@ -205,6 +205,25 @@ def test_mla_wrong_shapes(module, ab, bad, want, tiny):
     _refused({**t, key: _rand(*bad)}, cfg, base, BaseModelMismatch, key, str(bad), f"expected {want}", module)
 
 
+def test_mla_without_q_compression_refuses_what_sglang_cannot_serve(tiny):
+    """DeepSeek-V2-Lite's attention (q_lora_rank null): q_proj and a separate kv_a_proj_with_mqa. SGLang
+    0.5.23 stacks q_proj with k/v_proj (the load fails) and files kv_a_proj_with_mqa under a fused module
+    the model lacks (its scheduler raised in forward and the server stopped, on a real server); kv_b_proj
+    and o_proj are served."""
+    base = dataclasses.replace(tiny["deepseek-v3"][1], q_lora_rank=None)
+    assert base.module_shape("self_attn", "q_proj") == (64, 2 * (16 + 32))  # the module exists
+    cfg = {"peft_type": "LORA", "r": 2, "target_modules": ["q_proj", "kv_a_proj_with_mqa", "kv_b_proj", "o_proj"]}
+    shapes = {"q_proj": (64, 96), "kv_a_proj_with_mqa": (64, 288), "kv_b_proj": (256, 64), "o_proj": (32, 64)}
+    t = {f"{L0}self_attn.{m}.lora_{ab}.weight": _rand(*((2, i) if ab == "A" else (o, 2)))
+         for m, (i, o) in shapes.items() for ab in "AB"}
+    for module in ("kv_a_proj_with_mqa", "q_proj"):  # the order they are checked in
+        _refused(t, cfg, base, InvalidAdapter, f"{L0}self_attn.{module}.lora_A.weight", "q_lora_rank null",
+                 "leave q_proj and kv_a_proj_with_mqa out of target_modules")
+        t = {k: v for k, v in t.items() if f".{module}." not in k}
+    check_lora({**cfg, "target_modules": ["kv_b_proj", "o_proj"]}, t, base, "ad")
+    check_tensors(_header(t), {**cfg, "target_modules": ["kv_b_proj", "o_proj"]}, base, "ad")
+
+
 # -- DSA indexer (DeepSeek-V3.2): indexer.wq_b, indexer.wk, indexer.weights_proj -----------------------------------
 
 @pytest.mark.parametrize("module,ab,bad,want", [
