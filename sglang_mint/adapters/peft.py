@@ -69,6 +69,9 @@ class PeftAdapter:
     weights_path: str | None = None
     loaded_bytes: int = 0  # tensor bytes once ranks are padded to one (uniform.uniform_size)
     tensor_count: int = 0
+    # PEFT 0.21's fused experts (``target_parameters``: ``mlp.experts.base_layer.lora_A.weight``), which
+    # SGLang cannot file under any module: the catalog stores such an adapter packed (docs/packed.md).
+    fused_experts: bool = False
 
     def weights(self) -> bytes:
         """The safetensors bytes, read from ``weights_path`` if they are not in memory (packing needs them)."""
@@ -232,6 +235,9 @@ def load_for_serving(folder: str, config: dict, base: BaseModel, where: str,
     per-expert tensors stacked into one per layer-module (stacked_experts.py); the config
     returned is ``config`` itself when it already was uniform.
     """
+    if config.get("target_parameters"):  # stored by a version that kept this form: SGLang's pool fill raised
+        raise InvalidAdapter(f"{where}: stored in PEFT's fused-expert form (target_parameters), which SGLang "
+                             "cannot serve; publish it again: the catalog now stores such an adapter packed")
     tensors = (map_safetensors if mapped else read_safetensors)(os.path.join(folder, WEIGHTS), where)
     check_lora(config, tensors, base, where)
     config, tensors = uniform_lora(config, tensors, where=where)
@@ -351,7 +357,8 @@ def check_peft_bytes(config_bytes: bytes, weights: bytes, base: BaseModel, where
     return PeftAdapter(config_bytes, weights, config["r"], float(config["lora_alpha"]),
                        modules, dtype, config.get("base_model_name_or_path"),
                        loaded_bytes=uniform_size(config, header, where),
-                       tensor_count=held_tensor_count(header, base.num_experts))
+                       tensor_count=held_tensor_count(header, base.num_experts),
+                       fused_experts=bool(config.get("target_parameters")))
 
 
 def check_peft_file(config_bytes: bytes, weights_path: str, base: BaseModel, where: str) -> PeftAdapter:
@@ -378,7 +385,8 @@ def check_peft_file(config_bytes: bytes, weights_path: str, base: BaseModel, whe
     return PeftAdapter(config_bytes, None, config["r"], float(config["lora_alpha"]),
                        modules, dtype, config.get("base_model_name_or_path"), weights_path=weights_path,
                        loaded_bytes=uniform_size(config, header, where),
-                       tensor_count=held_tensor_count(header, base.num_experts))
+                       tensor_count=held_tensor_count(header, base.num_experts),
+                       fused_experts=bool(config.get("target_parameters")))
 
 
 def _served_config(config_bytes: bytes, config: dict) -> bytes:

@@ -188,10 +188,11 @@ class Catalog:
         With ``pack=True`` the revision is stored in the packed format
         (``format='packed'``: adapter_config.json + adapter.mintpack, converted
         by sglang_mint.packed after the same checks; needs torch).
-        Everything is checked before anything is written; blobs are written
-        and fsynced under the write lock, after the conflict checks and before
-        the revision commits (readers are never blocked: WAL). RevisionConflict if this content is
-        already a revision of the adapter, or ``expect_revision`` is taken."""
+        An adapter with PEFT's fused experts (``target_parameters``) is stored packed either way.
+        Everything is checked before anything is written; blobs are written and fsynced before the
+        write lock and checked again under it, before the revision commits (readers are never
+        blocked: WAL). RevisionConflict if this content is already a revision of the adapter, or
+        ``expect_revision`` is taken."""
         validate_adapter_id(adapter_id)
         peft = read_peft_folder(folder, self.base)
         if pack:
@@ -201,7 +202,10 @@ class Catalog:
     def publish_peft(self, adapter_id: str, peft: PeftAdapter, metadata: dict | None = None,
                      expect_revision: int | None = None, *, weights_digest: str | None = None,
                      stage=None) -> Revision:
-        """``weights_digest``: the sha256 of ``peft.weights_path``, taken while it was received."""
+        """``weights_digest``: the sha256 of ``peft.weights_path``, taken while it was received. An adapter
+        with PEFT's fused experts is stored packed: SGLang serves that form of them only packed."""
+        if peft.fused_experts:
+            return self.publish_packed(adapter_id, peft, metadata, expect_revision, where=adapter_id, stage=stage)
         payload = {CONFIG: peft.config_bytes, WEIGHTS: peft.weights_path or peft.weights_bytes}
         known = {WEIGHTS: weights_digest} if weights_digest and peft.weights_path else {}
         return self._publish(adapter_id, "peft", payload, peft.rank, peft.alpha, peft.target_modules, peft.dtype,

@@ -201,3 +201,30 @@ def test_cli_import_and_publish_pack(tmp_path):
     r = mint("publish", root, "acme/ad0", v2, "--pack")
     assert (r["revision"], r["format"], sorted(r["files"])) == (2, "packed", ["adapter.mintpack", "adapter_config.json"])
     assert mint("verify", root)["ok"]
+
+
+def test_peft_fused_experts_are_stored_packed_and_refused_unpacked_at_load(tmp_path):
+    """PEFT 0.21 writes an expert LoRA of a transformers-5 MoE model as fused experts
+    (``mlp.experts.base_layer.lora_A.weight``, ``target_parameters``). SGLang files no such name: served
+    as PEFT files, its pool fill raised in the scheduler's forward and the server stopped (a real
+    DeepSeek server, 0d384a3). The catalog stores the form packed, by every publish path, and a
+    revision an older version stored as PEFT files is refused at load, naming the fix."""
+    from sglang_mint.adapters.errors import InvalidAdapter
+    from sglang_mint.adapters.peft import load_for_serving
+    from sglang_mint.catalog.upload import publish_files
+    from sglang_mint.dev.tiny_moe import write_tiny_moe, write_tiny_moe_adapters
+
+    model = write_tiny_moe(tmp_path / "model", "qwen3-moe", seed=0)
+    fused = write_tiny_moe_adapters(model, tmp_path / "adapters", seed=0)["peft-fused"]
+    config = json.loads((fused / "adapter_config.json").read_text())
+    assert config["target_parameters"]  # the form under test
+    with init_catalog(str(tmp_path / "catalog"), str(model)) as cat:
+        by_folder = cat.publish("moe/folder", str(fused))
+        files = {n: str(fused / n) for n in ("adapter_config.json", "adapter_model.safetensors")}
+        by_upload = publish_files(cat, "moe/upload", files)
+        assert (by_folder.format, by_upload.format) == ("packed", "packed")
+        assert by_folder.content_digest == by_upload.content_digest
+        dense = cat.publish("moe/dense", str(write_tiny_moe_adapters(model, tmp_path / "b", seed=1)["per-expert"]))
+        assert dense.format == "peft"  # experts the engine can file keep their form
+        with pytest.raises(InvalidAdapter, match="PEFT's fused-expert form .* publish it again"):
+            load_for_serving(str(fused), config, cat.base, "moe/old")
