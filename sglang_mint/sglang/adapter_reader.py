@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 
+from sglang_mint.adapters.errors import InvalidAdapter
 from sglang_mint.adapters.peft import load_for_serving, read_served_config
 from sglang_mint.residency.host_bytes import adapter_host_bytes
 
@@ -55,7 +56,29 @@ def read_adapter(manager, catalog, lora_id: str, rev):
         adapter.initialize_weights_from_tensors(tensors)
         if staged:
             own_weights(adapter, tensors)
+    unfiled = unfiled_weights(adapter, manager.memory_pool.target_modules)
+    if unfiled:
+        raise InvalidAdapter(f"{where}: SGLang's LoRA pool has no module for {', '.join(unfiled[:3])}"
+                             f"{f' and {len(unfiled) - 3} more' if len(unfiled) > 3 else ''} (its modules: "
+                             f"{', '.join(sorted(manager.memory_pool.target_modules))})")
     return adapter, adapter_host_bytes(adapter)
+
+
+def unfiled_weights(adapter, target_modules) -> list[str]:
+    """The weights of ``adapter`` SGLang's pool cannot file under one of ``target_modules``, as its fill
+    looks each up (lora.utils.get_target_module_name). The fill runs on the scheduler's loop as a batch
+    is formed, and a name it cannot file raises there and stops the server for every tenant: found
+    here, on the read thread, it fails this adapter's requests alone. The catalog refuses the forms
+    known to do this (q_proj of DeepSeek-V2-Lite, PEFT's fused experts unpacked); this catches the rest."""
+    from sglang.srt.lora.utils import get_target_module_name
+
+    unfiled = []
+    for name in (name for layer in adapter.layers for name in layer.weights):  # embeddings: only logged there
+        try:
+            get_target_module_name(name, target_modules)
+        except ValueError:
+            unfiled.append(name)
+    return unfiled
 
 
 def own_weights(adapter, read: dict) -> None:

@@ -137,8 +137,11 @@ INTERNALS: tuple[Internal, ...] = (
              "._mint_loads", "dp_affinity"),
     Internal("scheduler", "lora_manager", "configs, loras, lora_refs, memory_pool, lora_modules", "installs and "
              "drops catalog adapters as SGLang's own; ranks, pins; finds an expert layer", "residency, lora_info"),
-    Internal("scheduler", "memory_pool", "buffer_id_to_uid, moe_use_local_expert_ids", "which adapter holds a "
-             "slot; when the one-copy packed fill applies", "lora_info, packed_pool"),
+    Internal("scheduler", "memory_pool", "buffer_id_to_uid, moe_use_local_expert_ids, target_modules", "which "
+             "adapter holds a slot; when the one-copy packed fill applies; the modules its fill files weights under",
+             "lora_info, packed_pool, adapter_reader"),
+    Internal("scheduler", "sglang.srt.lora.utils", "get_target_module_name", "how the pool fill files a weight by "
+             "name: a read adapter's names are checked with it before the fill", "adapter_reader"),
     Internal("scheduler", "sglang.srt.lora.mem_pool", "_SGLANG_EXPERIMENTAL_LORA_OPTI, copy_weight_into_buffer",
              "how the packed fill zeroes B, and the copy it counts through", "packed_pool"),
     Internal("scheduler", "sglang.srt.lora.lora.LoRAAdapter", "initialize_weights_from_tensors", "builds a "

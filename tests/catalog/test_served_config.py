@@ -63,7 +63,9 @@ def _scheduler_manager():
 
     hf = LlamaConfig(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
                      num_key_value_heads=2, head_dim=32, vocab_size=1000)
-    return SimpleNamespace(base_hf_config=hf, memory_pool=SimpleNamespace(can_support=lambda config: True),
+    pool = SimpleNamespace(can_support=lambda config: True,
+                           target_modules={"qkv_proj", "o_proj", "gate_up_proj", "down_proj"})
+    return SimpleNamespace(base_hf_config=hf, memory_pool=pool,
                            load_config=LoadConfig(), lora_backend=None, base_model=None)
 
 
@@ -101,3 +103,20 @@ def test_an_operator_s_folder_is_still_compared_with_the_base_it_names(cat, tmp_
     with pytest.raises(BaseModelMismatch, match="adapter was trained on"):
         cat.publish("a", folder)
     assert written(cat) == before
+
+
+def test_a_weight_the_pool_cannot_file_fails_the_read_not_the_forward(cat, tmp_path):
+    """SGLang's pool fill files each weight by name as a batch is formed and raised on one it could not
+    (DeepSeek-V2-Lite's kv_a_proj_with_mqa: the scheduler's forward raised and the server stopped).
+    read_adapter looks every name up the same way, on the read thread: such an adapter fails there."""
+    from sglang_mint.adapters.errors import InvalidAdapter
+    from sglang_mint.sglang.adapter_reader import read_adapter, unfiled_weights
+
+    rev = publish_files(cat, "pool/names", _files(write_peft(tmp_path / "a", rank=4)))
+    manager = _scheduler_manager()
+    adapter, _ = read_adapter(manager, cat, "pool/names", rev)  # every name files: read as before
+    assert unfiled_weights(adapter, manager.memory_pool.target_modules) == []
+    manager.memory_pool.target_modules = {"qkv_proj", "gate_up_proj", "down_proj"}  # a pool without o_proj
+    with pytest.raises(InvalidAdapter, match=r"pool has no module for .*o_proj.* and \d+ more \(its modules: "
+                                             r"down_proj, gate_up_proj, qkv_proj\)"):
+        read_adapter(manager, cat, "pool/names", rev)
