@@ -10,6 +10,7 @@ to every process.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -18,7 +19,6 @@ from pathlib import Path
 from sglang_mint.catalog.opening import DEFAULT_BLOB_CACHE_BYTES
 from sglang_mint.catalog.ids import validate_adapter_id
 from sglang_mint.errors import MintError
-from sglang_mint.usage.ledger import flush_interval_s
 
 DEFAULT_HOST_CACHE_BYTES = 4 << 30
 DEFAULT_LOAD_WORKERS = 2
@@ -68,6 +68,7 @@ class MintConfig:
     gateway: str | None = None  # SMG's URL: the server joins it when ready and leaves it when it stops
     advertise_url: str | None = None  # the URL the gateway reaches this server at
     usage_dir: str | None = None  # the usage ledger's folder (usage/ledger.py); None: not kept
+    usage_flush_s: float | None = None  # seconds between its appends ($MINT_USAGE_FLUSH_S); None: its default, 2
 
     @classmethod
     def from_flags(cls, catalog: str | None = None, host_cache: str | None = None,
@@ -130,13 +131,12 @@ class MintConfig:
         if usage_dir is None:
             usage_dir = str(default_cache_dir() / "usage")
         usage_dir = None if usage_dir.lower() == "off" else os.path.abspath(usage_dir)
-        if usage_dir is not None:
-            flush_interval_s()  # a bad $MINT_USAGE_FLUSH_S is refused here, before any scheduler starts
+        flush_s = usage_flush_s() if usage_dir is not None else None  # refused here, before a scheduler starts
         return cls(catalog=catalog, host_cache_bytes=size, pinned=tuple(pinned), load_workers=workers,
                    max_upload_bytes=upload, max_concurrent_uploads=uploads,
                    dp_dispatch=dp_dispatch or "affinity", gateway=gateway,
                    advertise_url=advertise_url, catalog_cache=catalog_cache, blob_cache_bytes=blob_bytes,
-                   usage_dir=usage_dir)
+                   usage_dir=usage_dir, usage_flush_s=flush_s)
 
     def open_catalog(self):
         """The catalog as a serving process holds it: a small SQLite page cache per thread (see
@@ -146,6 +146,21 @@ class MintConfig:
 
         return open_catalog(self.catalog, cache_kib=SERVING_CACHE_KIB, cache_dir=self.catalog_cache,
                             blob_cache_bytes=self.blob_cache_bytes)
+
+
+def usage_flush_s() -> float | None:
+    """``$MINT_USAGE_FLUSH_S``: seconds between the usage ledger's appends; None when unset (the
+    ledger's 2 s). Fewer appends cost a crash more counts; a stop costs none. MintError naming a bad value."""
+    text = os.environ.get("MINT_USAGE_FLUSH_S", "")
+    if not text:
+        return None
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise MintError(f"MINT_USAGE_FLUSH_S={text!r}: expected seconds above 0, e.g. 2")
+    return seconds
 
 
 def check_http_url(flag: str, url: str) -> str:

@@ -30,6 +30,7 @@ wait for and stop their processes the same way.
 from __future__ import annotations
 
 import http.client
+import logging
 import os
 import signal
 import subprocess
@@ -213,23 +214,28 @@ def _signal_group(pgid: int, sig: int) -> None:
         pass  # the group ended in between
 
 
-def before_sigterm(action: Callable[[], None]) -> None:
-    """Run ``action`` when SIGTERM reaches this process, then end as SIGTERM would have ended it: a
-    last quick write (the usage ledger's counts since its last append) in a process that SIGTERM
+def before_sigterm(action: Callable[[int], bool]) -> None:
+    """Run ``action(signum)`` when SIGTERM reaches this process, then end as SIGTERM would have ended it:
+    a last quick write (the usage ledger's counts since its last append) in a process that SIGTERM
     ends at once, such as an SGLang scheduler when systemd or ``ManagedProcess.stop`` signals its
-    whole group. A handler installed before runs after ``action``, in its place. Main thread only:
-    Python runs signal handlers there."""
+    whole group. A handler installed before runs after ``action``, in its place; one installed from
+    C (``getsignal`` answers None) counts as the default. ``action`` returns False to hold the
+    signal back (it came in the middle of the work ``action`` would finish): it then raises the
+    signal again itself, and this handler runs again. Main thread only: Python runs signal
+    handlers there. A handler installed after this one without calling it replaces it."""
     previous = signal.getsignal(signal.SIGTERM)
 
     def on_sigterm(signum, frame):
         try:
-            action()
-        finally:
-            if callable(previous):
-                previous(signum, frame)
-            elif previous != signal.SIG_IGN:
-                signal.signal(signal.SIGTERM, signal.SIG_DFL)
-                os.kill(os.getpid(), signal.SIGTERM)
+            if not action(signum):
+                return
+        except Exception:  # noqa: BLE001 - a last write that failed does not keep the process alive
+            logging.getLogger("sglang_mint").exception("before SIGTERM")
+        if callable(previous):
+            previous(signum, frame)
+        elif previous != signal.SIG_IGN:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
 
     signal.signal(signal.SIGTERM, on_sigterm)
 

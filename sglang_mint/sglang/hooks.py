@@ -80,7 +80,7 @@ HOOKS: tuple[Hook, ...] = (
     Hook("scheduler", "sglang.srt.managers.scheduler_components.output_streamer.SchedulerOutputStreamer"
          ".stream_output", "AFTER", "residency:_after_stream_output"),
     Hook("scheduler", f"{_SCHED}.get_internal_state", "AFTER", "residency:_after_get_internal_state"),
-    Hook("scheduler", f"{_SCHED}.handle_shutdown", "AFTER", "residency:_after_handle_shutdown"),  # usage billed
+    Hook("scheduler", f"{_SCHED}.run_event_loop", "AROUND", "residency:_around_run_event_loop"),  # usage billed
     # no request body names another adapter's prefix-cache namespace
     Hook("scheduler", f"{_SCHED}.handle_generate_request", "AROUND", "prefix_cache:_around_handle_generate_request"),
     # packed adapters: one read, one copy per pool buffer

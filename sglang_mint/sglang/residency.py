@@ -114,18 +114,22 @@ def _after_scheduler_init(result, scheduler, *args, **kwargs):
         from sglang.srt.runtime_context import get_parallel
 
         engine = engine_name(scheduler.server_args.host, scheduler.server_args.port, get_parallel().dp_rank or 0)
-        ledger = scheduler._mint_usage = UsageLedger(config.usage_dir, engine)
+        ledger = scheduler._mint_usage = UsageLedger(config.usage_dir, engine, flush_s=config.usage_flush_s)
         if threading.current_thread() is threading.main_thread():  # SGLang builds it there
-            before_sigterm(ledger.close)  # SIGTERM to the whole server: the last answers are billed
+            before_sigterm(ledger.flush_at_signal)  # SIGTERM to the whole server: the last answers are billed
     return result
 
 
-def _after_handle_shutdown(result, scheduler, *args, **kwargs):
-    """SGLang's graceful stop (SIGTERM to the launcher: drain, then ShutdownReq to each scheduler)."""
-    ledger = getattr(scheduler, "_mint_usage", None)
-    if ledger is not None:
-        ledger.close()
-    return result
+def _around_run_event_loop(original, scheduler, *args, **kwargs):
+    """The scheduler's loop ends: SGLang's graceful stop (SIGTERM to the launcher: drain, then a
+    ShutdownReq, and the loop's last pass), or an exception, after which SGLang's launcher kills
+    every process. Either way the usage ledger appends what is left first."""
+    try:
+        return original(scheduler, *args, **kwargs)
+    finally:
+        ledger = getattr(scheduler, "_mint_usage", None)
+        if ledger is not None:
+            ledger.close()
 
 
 def _around_can_schedule_lora_req(original, scheduler, req, running_loras):

@@ -3,7 +3,7 @@
 The scheduler counts each request once, as it ends, with ``UsageLedger.record``: a dict
 update under a lock, nothing else on its loop. A background thread appends what was
 counted since its last pass to rotating JSON-lines files, one per engine process and
-hour, every ``flush_s`` (``$MINT_USAGE_FLUSH_S``, default 2); a row is a delta, so the same (adapter, revision, minute) may
+hour, every ``flush_s`` (``$MINT_USAGE_FLUSH_S``, config.py; default 2); a row is a delta, so the same (adapter, revision, minute) may
 appear in several lines and in several engines' files::
 
     usage/usage-127.0.0.1_30000-dp0-2026120504.jsonl
@@ -19,23 +19,24 @@ the glue passes plain counts (sglang/residency.py).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
 import re
+import signal
 import socket
 import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from sglang_mint.errors import MintError
 
 logger = logging.getLogger("sglang_mint")
 
 FIELDS = ("requests", "prompt_tokens", "cached_tokens", "completion_tokens", "errors")
-FLUSH_S = 2.0  # the default of $MINT_USAGE_FLUSH_S
+FLUSH_S = 2.0  # seconds between appends, unless $MINT_USAGE_FLUSH_S says otherwise (config.py)
 KEEP_DAYS = 30
 _FILE = re.compile(r"usage-(?P<engine>.+)-(?P<hour>\d{10})\.jsonl\Z")
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
@@ -46,19 +47,6 @@ def engine_name(host: str, port: int, dp_rank: int, machine: str | None = None) 
     started alike on several machines share the rest, and a shared folder or a merge of their
     answers (engines.py) must tell them apart."""
     return f"{machine or socket.gethostname()}/{host}:{port}/dp{dp_rank}"  # a name only: no traffic
-
-
-def flush_interval_s() -> float:
-    """Seconds between a ledger's appends: ``$MINT_USAGE_FLUSH_S``, else 2. Fewer appends cost a
-    crash more counts; a stop costs none (``UsageLedger.close``). MintError naming a bad value."""
-    text = os.environ.get("MINT_USAGE_FLUSH_S", "")
-    try:
-        seconds = float(text) if text else FLUSH_S
-    except ValueError:
-        seconds = math.nan
-    if not (math.isfinite(seconds) and seconds > 0):
-        raise MintError(f"MINT_USAGE_FLUSH_S={text!r}: expected seconds above 0, e.g. 2")
-    return seconds
 
 
 def minute_text(epoch_s: float) -> str:
@@ -95,10 +83,14 @@ class UsageLedger:
         self.keep_s = keep_days * 86400
         self._clock = clock
         self._counts: dict[tuple, list[int]] = {}
-        self._lock = threading.RLock()  # close may run in a signal handler, inside record
+        self._lock = threading.Lock()
+        self._flushing = threading.Lock()  # one append at a time: a flush at a signal waits for the thread's
+        self._main = threading.main_thread()
+        self._on_main = 0  # record/flush/close calls under way on the main thread, where signal handlers run
+        self._signal_after: int | None = None  # a signal that came during one of them, raised again after it
         self._hour: str | None = None
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(flush_s or flush_interval_s(),),
+        self._thread = threading.Thread(target=self._run, args=(flush_s or FLUSH_S,),
                                         name="mint-usage", daemon=True)
         self._thread.start()
 
@@ -106,19 +98,24 @@ class UsageLedger:
                completion_tokens: int, error: bool = False) -> None:
         """Count one request that ended now. O(1); safe from any thread."""
         key = (adapter, revision, minute_text(self._clock()))
-        with self._lock:
-            counts = self._counts.setdefault(key, [0] * len(FIELDS))
-            counts[0] += 1
-            counts[1] += prompt_tokens
-            counts[2] += cached_tokens
-            counts[3] += completion_tokens
-            counts[4] += bool(error)
+        with self._main_thread_work():
+            with self._lock:
+                counts = self._counts.setdefault(key, [0] * len(FIELDS))
+                counts[0] += 1
+                counts[1] += prompt_tokens
+                counts[2] += cached_tokens
+                counts[3] += completion_tokens
+                counts[4] += bool(error)
 
     def flush(self) -> int:
         """Append what was counted since the last flush; returns the rows written. Each row goes to
         the file of the hour its minute is in (a request ended at 04:59:59 and flushed at 05:00:01
         is in the 04 file, which a bill until 05:00 reads). Counts a write fails to append are kept
         for the next flush, and the error raised."""
+        with self._main_thread_work(), self._flushing:
+            return self._append_counts()
+
+    def _append_counts(self) -> int:
         with self._lock:
             counts, self._counts = self._counts, {}
         if not counts:
@@ -164,10 +161,38 @@ class UsageLedger:
                 logger.warning("usage ledger %s: %s", self.directory, exc)
 
     def close(self) -> None:
-        """Append what is left and stop: at a stop, so that the last answers are billed. Again: no-op."""
-        self._stop.set()
-        self._thread.join(timeout=5)
+        """Stop appending in the background, and append what is left: at a stop, so that the last answers
+        are billed. A ledger closed appends only when closed again."""
+        with self._main_thread_work():
+            self._stop.set()
+            self._thread.join(timeout=5)
+            self.flush()
+
+    def flush_at_signal(self, signum: int) -> bool:
+        """For a signal handler (process.before_sigterm): append what is left, and True. But when the signal
+        came while the main thread, where handlers run, was inside this ledger (a record half counted, a
+        flush holding rows it took), False: the signal is raised again once that call is done, so the
+        handler runs again with nothing half done. The background appends go on: the process may too."""
+        if self._on_main:
+            self._signal_after = signum
+            return False
         self.flush()
+        return True
+
+    @contextlib.contextmanager
+    def _main_thread_work(self):
+        """Count a call under way on the main thread; at its end, raise a signal it held back."""
+        if threading.current_thread() is not self._main:
+            yield
+            return
+        self._on_main += 1
+        try:
+            yield
+        finally:
+            self._on_main -= 1
+            if not self._on_main and self._signal_after is not None:
+                signum, self._signal_after = self._signal_after, None
+                signal.raise_signal(signum)
 
 
 def _append(path: Path, lines: str) -> None:

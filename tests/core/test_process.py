@@ -175,7 +175,7 @@ def test_before_sigterm_runs_its_action_then_ends_as_sigterm_would(tmp_path, pre
             signal.signal(signal.SIGTERM, lambda *_: (mark("previous"), sys.exit(3)))
         elif {previous!r} == "ignored":
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        before_sigterm(lambda: mark("action"))
+        before_sigterm(lambda signum: mark(f"action {{signum}}") or True)
         open({str(tmp_path / "ready")!r}, "w").close()
         time.sleep(60)
         mark("slept")
@@ -187,8 +187,9 @@ def test_before_sigterm_runs_its_action_then_ends_as_sigterm_would(tmp_path, pre
         assert proc.proc.poll() is None, proc.log_tail()
         os.kill(proc.proc.pid, signal.SIGKILL)
         proc.proc.wait(HUNG_AFTER_S)
-        assert marks.read_text().split() == ["action"]
+        assert marks.read_text().splitlines() == [f"action {signal.SIGTERM.value}"]
         return
     code = proc.proc.wait(HUNG_AFTER_S)
-    assert (code, marks.read_text().split()) == ({"default": (-signal.SIGTERM, ["action"]),
-                                                  "handler": (3, ["action", "previous"])}[previous]), proc.log_tail()
+    action = f"action {signal.SIGTERM.value}"
+    assert (code, marks.read_text().splitlines()) == ({"default": (-signal.SIGTERM, [action]),
+                                                       "handler": (3, [action, "previous"])}[previous]), proc.log_tail()

@@ -51,4 +51,5 @@ def test_answers_just_before_a_stop_are_in_the_ledger(stopped, tiny_model, tiny_
         else:
             server.stop()
     stopped_after_s = time.time() - answered
+    assert "usage_flush_s=3600.0" in server.process.log_text()  # the schedulers' ledgers appended once an hour
     assert requests_by_adapter(usage) == {ADAPTER: N_REQUESTS}, (stopped_after_s, server.process.log_tail())

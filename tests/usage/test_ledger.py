@@ -8,8 +8,8 @@ import threading
 import pytest
 
 from sglang_mint.errors import MintError
-from sglang_mint.usage.ledger import (FIELDS, UsageLedger, engine_name, flush_interval_s, minute_text, parse_moment,
-                                      read_usage, requests_by_adapter)
+from sglang_mint.usage.ledger import (FIELDS, UsageLedger, engine_name, minute_text, parse_moment, read_usage,
+                                      requests_by_adapter)
 
 T0 = parse_moment("2026-12-05T04:17:10Z")
 
@@ -217,13 +217,15 @@ def test_engines_on_two_machines_have_two_names():
     assert len(names) == 2 and all(":30000/dp0" in n for n in names)
 
 
-@pytest.mark.parametrize("value, seconds", [(None, 2.0), ("", 2.0), ("0.5", 0.5), ("3600", 3600.0)])
-def test_the_flush_interval_comes_from_the_environment(monkeypatch, value, seconds):
+@pytest.mark.parametrize("value, seconds", [(None, None), ("", None), ("0.5", 0.5), ("3600", 3600.0)])
+def test_the_flush_interval_comes_from_the_environment(monkeypatch, tmp_path, value, seconds):
+    from sglang_mint.config import MintConfig
+
     if value is None:
         monkeypatch.delenv("MINT_USAGE_FLUSH_S", raising=False)
     else:
         monkeypatch.setenv("MINT_USAGE_FLUSH_S", value)
-    assert flush_interval_s() == seconds
+    assert MintConfig.from_flags(usage_dir=str(tmp_path)).usage_flush_s == seconds  # None: the ledger's 2 s
 
 
 @pytest.mark.parametrize("value", ["0", "-1", "nan", "inf", "2s", "²"])
@@ -242,3 +244,61 @@ def test_close_appends_what_is_left_and_is_safe_twice(tmp_path):
     book.close()
     book.close()
     assert requests_by_adapter(tmp_path) == {"acme/bot": 1}
+
+
+SIGNALLED_CHILD = """
+import os, signal, sys
+sys.path.insert(0, {root!r})
+from sglang_mint.process import before_sigterm
+from sglang_mint.usage import ledger as ledger_module
+from sglang_mint.usage.ledger import UsageLedger
+
+book = UsageLedger({folder!r}, "e", flush_s=3600)  # appends only when told: at the signal
+before_sigterm(book.flush_at_signal)
+for _ in range(5):
+    book.record("acme/bot", 1, prompt_tokens=500, cached_tokens=0, completion_tokens=200)
+where = {where!r}
+if where == "record":  # SIGTERM while the main thread is half way through counting a request
+    lock = book._lock
+
+    class SignalInside:
+        def __enter__(self):
+            lock.acquire()
+            os.kill(os.getpid(), signal.SIGTERM)  # delivered at the next bytecode: inside the count
+        def __exit__(self, *exc):
+            lock.release()
+    book._lock = SignalInside()
+    book.record("acme/bot", 1, prompt_tokens=500, cached_tokens=0, completion_tokens=200)
+else:  # SIGTERM while the graceful stop's close appends on the main thread
+    append = ledger_module._append
+
+    def append_then_signal(path, lines):
+        os.kill(os.getpid(), signal.SIGTERM)  # delivered before the write below returns
+        append(path, lines)
+    ledger_module._append = append_then_signal
+    book.record("acme/bot", 1, prompt_tokens=500, cached_tokens=0, completion_tokens=200)
+    book.close()
+print("not killed", flush=True)
+"""
+
+
+@pytest.mark.parametrize("where", ["record", "close"])
+def test_a_sigterm_inside_the_ledger_waits_for_it_then_appends_every_count(tmp_path, where):
+    """The scheduler's SIGTERM handler appends what is left. Run in the middle of a count it wrote a row
+    half counted (requests 1, tokens 0); run while close held rows it had taken to append, it found
+    none and the process ended: every count lost. Now the signal is held back until the ledger's
+    call is done, then raised again, and the process ends as SIGTERM ends it, every count appended."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = str(Path(__file__).resolve().parents[2])
+    out = subprocess.run([sys.executable, "-c", SIGNALLED_CHILD.format(root=root, folder=str(tmp_path),
+                                                                           where=where)],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == -signal.SIGTERM and "not killed" not in out.stdout, out.stderr[-2000:]
+    [row] = read_usage(tmp_path)
+    assert {k: row[k] for k in FIELDS} == {"requests": 6, "prompt_tokens": 3000, "cached_tokens": 0,
+                                           "completion_tokens": 1200, "errors": 0}, os.listdir(tmp_path)
