@@ -72,7 +72,8 @@ def test_tiny_moe_adapters_of_every_form_import(family, tiny, tmp_path):
         for form, folder in forms.items():
             got = read_peft_folder(str(folder), base)
             assert {"gate_up_proj" if form == "peft-fused" else "gate_proj", "down_proj"} <= set(got.target_modules)
-            assert cat.publish(f"{form}/peft", str(folder)).format == "peft"
+            # PEFT's fused experts are stored packed whatever the publish asks: SGLang serves them only so
+            assert cat.publish(f"{form}/peft", str(folder)).format == ("packed" if form == "peft-fused" else "peft")
             assert cat.publish(f"{form}/packed", str(folder), pack=True).format == "packed"
     finally:
         cat.close()
