@@ -16,7 +16,6 @@ Typical use by the serving path::
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import time
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from sglang_mint.adapters.peft import CONFIG, WEIGHTS, PeftAdapter, read_peft_fo
 from sglang_mint.catalog.errors import (AdapterNotFound, BlobMissing, CatalogError, MintError, RevisionNotFound,
                                         RevisionNotStored)
 from sglang_mint.catalog.ids import validate_adapter_id
+from sglang_mint.catalog.metadata import check_metadata
 from sglang_mint.catalog.progress import Progress
 from sglang_mint.catalog.store import (AdapterRow, BlobStore, MetadataStore, Revision, RevisionRecord,
                                        numbering_conflict)
@@ -253,8 +253,7 @@ class Catalog:
         1 GB/s), so ``store_blobs`` takes the digests after the answer. Nor is it refused for
         holding the content of an earlier revision: that check needs the digest."""
         validate_adapter_id(adapter_id)
-        if metadata is not None and not isinstance(metadata, dict):
-            raise CatalogError(f"metadata must be a JSON object, got {type(metadata).__name__}")
+        check_metadata({} if metadata is None else metadata)  # before anything is written: every reader writes it back
         known = known or {}
         files = {} if stage is not None else {name: known.get(name) or _sha256(data) for name, data in payload.items()}
         record = RevisionRecord(
@@ -262,7 +261,6 @@ class Catalog:
             dtype=dtype, size_bytes=sum(_size(d) for d in payload.values()), files=files,
             content_digest=content_digest(files) if stage is None else PENDING_DIGEST, metadata=dict(metadata or {}),
             loaded_bytes=loaded[0], tensor_count=loaded[1], durable=stage is None)
-        json.dumps(record.metadata)  # refuse unserialisable metadata before writing blobs
         if stage is None:  # else stored after the answer, by store_blobs
             # Copied before the write lock, which every publish of the catalog shares: the copy and its
             # fsync (on S3, the whole upload) hold up no other commit. A trainer that lost the

@@ -11,6 +11,7 @@ __all__ = [
     "BlobStoreUnavailable",
     "CatalogError",
     "InvalidAdapterId",
+    "InvalidMetadata",
     "MintError",
     "NotACatalog",
     "RevisionConflict",
@@ -23,6 +24,12 @@ class CatalogError(MintError):
     """A catalog operation that cannot be done in the catalog's current state."""
 
     http_status = 409
+
+
+class InvalidMetadata(CatalogError):
+    """A revision's metadata that is not plain JSON (catalog/metadata.py names the value)."""
+
+    http_status = 400
 
 
 class NotACatalog(CatalogError):

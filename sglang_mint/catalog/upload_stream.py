@@ -4,11 +4,12 @@ A publish (``multipart/form-data``) is streamed as it arrives (Starlette's
 ``request.stream()``, about 64 KiB a chunk): each file part goes to its own
 temp file under ``upload.upload_folder`` (``uploads/<random>/0``, ``/1``...,
 never a name the client chose), with at most 1 MiB of it in memory before it is
-written; form fields are kept, 64 KiB each at most. A file name an adapter
-never holds (a pickle, ``notes.txt``) is refused when its part begins, before
-its bytes are read. The body is refused with 413 as soon as it passes
-``--mint-max-upload-bytes`` (at once if its Content-Length says so). The temp
-folder goes when the request ends, published or not.
+written; form fields are kept, 64 KiB each at most and each sent once (so a
+body has at most ten parts). A file name an adapter never holds (a pickle,
+``notes.txt``) is refused when its part begins, before its bytes are read. The
+body is refused with 413 as soon as it passes ``--mint-max-upload-bytes`` (at
+once if its Content-Length says so). The temp folder goes when the request
+ends, published or not.
 
 So one upload holds a small constant of memory whatever its size: a real
 server's peak RSS grew by 3.5 MiB while it received, checked, hashed and
@@ -44,6 +45,7 @@ MAX_FIELD_BYTES = 64 << 10
 FLUSH_BYTES = 1 << 20
 RETRY_AFTER_S = 5
 STALE_S = 24 * 3600  # a temp folder this old was left by a server that died mid-upload
+MAX_DIGITS = 18  # of a number a client writes: 10**18 bytes or revisions is past any real one
 
 
 class BodyRefused(MintError):
@@ -85,11 +87,19 @@ def uploads_in_flight(app) -> int:
     return 0 if gate is None else gate.active
 
 
+def ascii_int(text: str | None) -> int | None:
+    """A decimal a client wrote (a header, a form field): ``"12"`` -> 12, ``"0"`` -> 0; None for None
+    and anything else: ``"-3"``, ``" 3"``, ``"²"`` (a digit to str.isdigit(), which int() refuses), and
+    more than MAX_DIGITS digits (``"9" * 5000``: int() refuses past 4,300 with ValueError)."""
+    if text is None or not (text.isascii() and text.isdigit()) or len(text) > MAX_DIGITS:
+        return None
+    return int(text)
+
+
 def declared_length(request) -> int | None:
-    """The request's Content-Length, or None when it has none or it is not ASCII digits ("²" is a
-    digit to str.isdigit(), and int() refuses it)."""
-    text = request.headers.get("content-length")
-    return int(text) if text is not None and text.isascii() and text.isdigit() else None
+    """The request's Content-Length, or None when it has none or ``ascii_int`` refuses it: the body
+    is then counted as it is read, as one sent without a length."""
+    return ascii_int(request.headers.get("content-length"))
 
 
 def _declared_length(request, limit: int, what: str) -> None:
@@ -234,6 +244,8 @@ class _Receiver:
         if b"filename" not in options:
             if key not in UPLOAD_FIELDS:
                 raise BodyRefused(400, f"unknown field {key!r}; the fields are {', '.join(UPLOAD_FIELDS)}")
+            if key in self.fields:  # expected_revision=5 then 7: which did the trainer mean?
+                raise BodyRefused(400, f"field {key!r} sent twice")
             self._field = (key, bytearray())
             return
         name = os.path.basename(options[b"filename"].decode("utf-8", "replace")) or key

@@ -53,9 +53,10 @@ from fastapi import Request
 from fastapi.responses import ORJSONResponse
 
 from sglang_mint.catalog.ids import revision_name, validate_adapter_id
+from sglang_mint.catalog.metadata import check_metadata, lone_surrogate
 from sglang_mint.catalog.upload import publish_files, upload_folder
-from sglang_mint.catalog.upload_stream import (RETRY_AFTER_S, declared_length, read_capped, received_upload,
-                                               upload_gate, uploads_in_flight)
+from sglang_mint.catalog.upload_stream import (RETRY_AFTER_S, ascii_int, declared_length, read_capped,
+                                               received_upload, upload_gate, uploads_in_flight)
 from sglang_mint.config import MintConfig
 from sglang_mint.errors import MintError
 from sglang_mint.frontend.admin_guard import ADMITTED
@@ -165,11 +166,6 @@ def _json(text):
         raise ValueError("nested too deep") from None
 
 
-def _ascii_int(text: str | None) -> int | None:
-    """``"12"`` -> 12, ``"0"`` -> 0; None for None and anything else (``"-3"``, ``" 3"``, ``"²"``)."""
-    return int(text) if text is not None and text.isascii() and text.isdigit() else None  # not "²", "١٢"
-
-
 def _revision_json(rev) -> dict:
     # "digest" is null for a durable=false revision: its files are hashed when they are stored.
     return {"adapter_id": rev.adapter_id, "revision": rev.revision, "digest": rev.content_digest or None,
@@ -254,6 +250,10 @@ async def mint_prefetch(request: Request):
         raise _Refused(400, 'expected JSON {"adapters": ["<adapter-id>", ...]}')
     if len(adapters) > MAX_PREFETCH:
         raise _Refused(400, f"at most {MAX_PREFETCH} adapters per call, got {len(adapters)}")
+    odd = next((i for i, a in enumerate(adapters) if lone_surrogate(a) is not None), None)
+    if odd is not None:  # "\ud800" in the JSON: no text, and no key the answer's errors could have
+        raise _Refused(400, f"adapters[{odd}] holds a lone UTF-16 surrogate "
+                            f"({lone_surrogate(adapters[odd])!r}), which is not text")
     prefetching, errors = [], {}
     for adapter_id in dict.fromkeys(adapters):
         try:
@@ -314,17 +314,17 @@ async def _publish_received(engine: MintEngine, names: CatalogNames, adapter_id:
     ``durable=false`` the revision is recorded and served from memory before its blobs are stored
     (frontend/staged_revisions.py)."""
     field = fields.get("expected_revision")
-    expected = _ascii_int(field)
-    if field is not None and not expected:  # None: not digits; 0: no revision has it
-        raise _Refused(400, f"expected_revision must be a positive integer, got {field!r}")
+    expected = ascii_int(field)
+    if field is not None and not expected:  # None: not digits, or past 18 of them; 0: no revision has it
+        shown = repr(field) if len(field) <= 40 else f"{field[:32]!r}... ({len(field)} characters)"
+        raise _Refused(400, f"expected_revision must be a positive integer of at most 18 digits, got {shown}")
     metadata = None
     if fields.get("metadata") is not None:
         try:
             metadata = _json(fields["metadata"])
         except ValueError as exc:
             raise _Refused(400, f"metadata is not valid JSON: {exc}") from None
-        if not isinstance(metadata, dict):
-            raise _Refused(400, 'metadata must be a JSON object, e.g. {"step": 1200}')
+        check_metadata(metadata)  # a JSON object the adapter's view can write back out; before the adapter's checks
     pack = _flag(fields, "pack", None)
     durable = _flag(fields, "durable", True)
     warm = _flag(fields, "warm", durable)  # an RL step's own requests load it (MintClient.publish)

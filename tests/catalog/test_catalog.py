@@ -9,8 +9,8 @@ import pytest
 from catalog_fixtures import overwrite_blob, written
 
 from sglang_mint.catalog import init_catalog, open_catalog
-from sglang_mint.catalog.errors import (AdapterNotFound, CatalogError, InvalidAdapterId, NotACatalog,
-                                        RevisionConflict, RevisionNotFound)
+from sglang_mint.catalog.errors import (AdapterNotFound, CatalogError, InvalidAdapterId, InvalidMetadata,
+                                        NotACatalog, RevisionConflict, RevisionNotFound)
 
 
 def test_publish_moves_current_and_rollback_moves_it_back(cat, peft):
@@ -34,6 +34,26 @@ def test_publish_moves_current_and_rollback_moves_it_back(cat, peft):
     assert r4.revision == 4 and cat.resolve("acme/bot").revision == 4
     info = cat.get("acme/bot")
     assert (info.current, info.latest, [r.revision for r in info.revisions]) == (4, 4, [1, 2, 3, 4])
+
+
+def test_metadata_that_is_not_plain_json_is_refused_before_anything_is_written(cat, peft):
+    # Each was stored (NaN as non-JSON text), and GET /mint/adapters/{id}, written by orjson, then answered 500.
+    deep: list = []
+    for _ in range(300):
+        deep = [deep]
+    cases = [({"loss": float("nan")}, r"metadata\['loss'\]: nan is not a JSON number"),
+             ({"step": 2**64}, r"metadata\['step'\]: an integer of 65 bits"),
+             ({"note": "\ud800"}, r"metadata\['note'\]: .* lone UTF-16 surrogate"),
+             ({"x": deep}, r"metadata\['x'\]\[0\].* nested more than 64 levels"),
+             ({1: "a"}, r"metadata: key 1 is not a string"),
+             ({"when": {1, 2}}, r"metadata\['when'\]: a set is not a JSON value"),
+             ([("step", 1)], r"metadata must be a JSON object")]
+    for metadata, match in cases:
+        with pytest.raises(InvalidMetadata, match=match) as exc:
+            cat.publish("acme/bot", peft("v1", seed=1), metadata)
+        assert exc.value.http_status == 400
+    assert written(cat) == (0, 0, [])
+    assert cat.publish("acme/bot", peft("v1", seed=1), {"step": 2**64 - 1, "lr": [-2**63, 1e-5, None, True]})
 
 
 def test_same_revision_twice_is_refused(cat, peft):

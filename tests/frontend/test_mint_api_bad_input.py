@@ -13,6 +13,7 @@ from types import SimpleNamespace
 import httpx
 from fastapi import FastAPI
 
+from sglang_mint.catalog.upload_stream import declared_length
 from sglang_mint.config import MintConfig
 from sglang_mint.frontend import admin_guard
 from sglang_mint.frontend.mint_api import add_routes
@@ -32,10 +33,14 @@ def mint_app(tmp_path, with_catalog: bool = True):
 
 
 def call(app, method: str, path: str, body: bytes = b"", content_type: str = "application/json") -> httpx.Response:
+    return call_with(app, method, path, body, {"content-type": content_type})
+
+
+def call_with(app, method: str, path: str, body: bytes, headers: dict[str, str]) -> httpx.Response:
     async def go():
         transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 40123))
         async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:30000") as client:
-            return await client.request(method, path, content=body, headers={"content-type": content_type})
+            return await client.request(method, path, content=body, headers=headers)
 
     return asyncio.run(go())
 
@@ -72,3 +77,29 @@ def test_json_nested_past_the_recursion_limit_is_a_400(tmp_path):
 def test_the_inbox_without_a_catalog_is_a_400(tmp_path):
     assert_refused(call(mint_app(tmp_path, with_catalog=False), "GET", "/mint/inbox"), 400,
                    "/mint/inbox needs a catalog", "--mint-catalog")
+
+
+def test_an_expected_revision_of_thousands_of_digits_is_a_400(tmp_path):
+    # int() refuses a string of more than 4,300 digits (ValueError); the message shows the start only
+    response = publish(mint_app(tmp_path), expected_revision=b"9" * 5000)
+    assert_refused(response, 400, "expected_revision", "'99999999")
+    assert len(response.json()["error"]["message"]) < 300
+
+
+def test_a_field_sent_twice_is_a_400(tmp_path):
+    config = (b'Content-Disposition: form-data; name="files"; filename="adapter_config.json"', b"{}")
+    first, second = ((b'Content-Disposition: form-data; name="expected_revision"', value) for value in (b"5", b"7"))
+    body = b"".join(f"--{BOUNDARY}\r\n".encode() + head + b"\r\n\r\n" + value + b"\r\n"
+                    for head, value in (config, first, second)) + f"--{BOUNDARY}--\r\n".encode()
+    response = call(mint_app(tmp_path), "POST", "/mint/adapters/acme/bot/revisions", body,
+                    f"multipart/form-data; boundary={BOUNDARY}")
+    assert_refused(response, 400, "field 'expected_revision' sent twice")
+
+
+def test_a_content_length_of_thousands_of_digits_is_not_a_500(tmp_path):
+    # int() refuses more than 4,300 digits. uvicorn's HTTP parsers refuse such a header before the app;
+    # an ASGI server that passes it on gets a body read by counting, as one without a length.
+    huge = {"content-length": "9" * 5000}
+    assert declared_length(SimpleNamespace(headers=huge)) is None
+    response = call_with(mint_app(tmp_path), "POST", "/mint/prefetch", b"[]", huge)
+    assert_refused(response, 400, "adapters")
