@@ -136,9 +136,8 @@ class StagedRevisions:
     def take(self, token: str, max_bytes: int, where: str) -> tuple[str, dict[str, str]]:
         """The files a trainer on this machine wrote into ``inbox/<token>/`` (client/handoff.py), moved
         out of the inbox (a rename): (their folder, {file name: path}). The folder is the caller's to
-        remove. BodyRefused (400/413) or InvalidAdapter names what is wrong."""
-        from sglang_mint.catalog.upload import check_file_name
-        from sglang_mint.catalog.upload_stream import MAX_FILES, BodyRefused
+        remove; a refused one is removed here. BodyRefused (400/413) or InvalidAdapter names what is wrong."""
+        from sglang_mint.catalog.upload_stream import BodyRefused
 
         if not self.inbox or not (len(token) == 32 and all(c in "0123456789abcdef" for c in token)):
             raise BodyRefused(400, f"inbox {token[:64]!r} is not a folder name this server handed out "
@@ -153,21 +152,11 @@ class StagedRevisions:
         folder = os.path.join(self.root, "uploads", f"inbox-{token}")
         os.makedirs(os.path.dirname(folder), exist_ok=True)
         os.rename(source, folder)  # the trainer can no longer change it
-        names = sorted(os.listdir(folder))
-        files, total = {}, 0
-        for name in names[:MAX_FILES + 1]:
-            check_file_name(name, where)
-            info = os.lstat(os.path.join(folder, name))
-            if not stat.S_ISREG(info.st_mode):
-                raise BodyRefused(400, f"{where}: inbox file {name!r} is not a regular file")
-            files[name], total = os.path.join(folder, name), total + info.st_size
-        if len(names) > MAX_FILES or not files:
-            raise BodyRefused(400, f"{where}: the inbox folder holds {len(names)} files; send "
-                                   "adapter_config.json and adapter_model.safetensors, or adapter.mintpack")
-        if total > max_bytes:
-            raise BodyRefused(413, f"{where}: the inbox files are {total} bytes, above this server's limit of "
-                                   f"{max_bytes} bytes (--mint-max-upload-bytes)")
-        return folder, files
+        try:
+            return folder, _inbox_files(folder, max_bytes, where)
+        except BaseException:  # refused: its bytes leave shared memory (RAM) now, not when the server stops
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
 
     def close(self) -> None:
         """Remove this frontend's root, staged revisions and all (at exit: what was not stored by
@@ -332,3 +321,26 @@ def remove_roots_of_gone_frontends(parent: str, keep: str, now: float | None = N
     if removed:
         logger.info("removed %d staging folders of frontends that are gone, under %s", len(removed), parent)
     return removed
+
+
+def _inbox_files(folder: str, max_bytes: int, where: str) -> dict[str, str]:
+    """{file name: path} of an inbox folder moved out of the inbox (StagedRevisions.take), checked as an
+    upload's parts are: the names an adapter has, regular files, at most MAX_FILES, ``max_bytes`` in all."""
+    from sglang_mint.catalog.upload import check_file_name
+    from sglang_mint.catalog.upload_stream import MAX_FILES, BodyRefused
+
+    names = sorted(os.listdir(folder))
+    files, total = {}, 0
+    for name in names[:MAX_FILES + 1]:
+        check_file_name(name, where)
+        info = os.lstat(os.path.join(folder, name))
+        if not stat.S_ISREG(info.st_mode):
+            raise BodyRefused(400, f"{where}: inbox file {name!r} is not a regular file")
+        files[name], total = os.path.join(folder, name), total + info.st_size
+    if len(names) > MAX_FILES or not files:
+        raise BodyRefused(400, f"{where}: the inbox folder holds {len(names)} files; send "
+                               "adapter_config.json and adapter_model.safetensors, or adapter.mintpack")
+    if total > max_bytes:
+        raise BodyRefused(413, f"{where}: the inbox files are {total} bytes, above this server's limit of "
+                               f"{max_bytes} bytes (--mint-max-upload-bytes)")
+    return files

@@ -74,6 +74,16 @@ def test_a_symlinked_file_a_pickle_or_too_much_is_refused(staged, tmp_path):
     assert exc.value.http_status == 413 and "--mint-max-upload-bytes" in str(exc.value)
 
 
+def test_a_refused_inbox_folder_leaves_nothing_in_shared_memory(staged):
+    # Refused after it was moved out of the inbox, the folder stayed in uploads/ (RAM) until the server stopped.
+    refused = [{"notes.txt": b"x" * 1000}, {"adapter_model.bin": b"x"}, {f"{i}.json": b"x" for i in range(5)},
+               {"adapter_config.json": b"{}", "adapter_model.safetensors": b"x" * 100}]
+    for files in refused:
+        with pytest.raises((BodyRefused, InvalidAdapter)):
+            staged.take(put(staged, files), 50, WHERE)
+    assert os.listdir(staged.inbox) == [] and os.listdir(os.path.join(staged.root, "uploads")) == []
+
+
 def test_a_new_frontend_clears_what_a_killed_one_left(tmp_path):
     root = str(tmp_path / "shm" / "30000")
     token = put(StagedRevisions(root), {"adapter_config.json": b"{}"})
