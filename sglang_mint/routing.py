@@ -29,10 +29,15 @@ def adapter_from_model(model: str, served_model_name: str) -> str | None:
     if ":" in model:
         other = model.split(":", 1)[0]
         raise InvalidAdapterId(
-            f"model {model!r}: {other!r} is not the served model name {served_model_name!r} "
+            f"model {_shown(model)}: {_shown(other)} is not the served model name {served_model_name!r} "
             f"(use {prefix}<adapter-id> or the bare adapter id)"
         )
     return validate_adapter_id(model)
+
+
+def _shown(text: str) -> str:
+    """``text`` quoted, cut to its start when long: a model of 1 MB is not echoed whole in a 400."""
+    return repr(text) if len(text) <= 64 else f"{text[:48]!r}... ({len(text)} characters)"
 
 
 def answered_model(request_model: str, lora_path, requested: str | None, served_model_name: str) -> str:

@@ -46,3 +46,11 @@ def test_answered_model_is_what_the_client_sent_through_the_gateway(requested, l
 
 def test_answered_model_keeps_a_model_that_names_an_adapter():
     assert answered_model("acme/a1", "acme/a1", "acme/b2", "tiny") == "acme/a1"
+
+
+def test_a_long_model_is_not_echoed_whole():
+    # "x" * 1,000,000 + ":a" was quoted twice in the 400's message, 2 MB of answer for a 1 MB field
+    with pytest.raises(InvalidAdapterId) as exc:
+        adapter_from_model("x" * 1_000_000 + ":a", "tiny")
+    message = str(exc.value)
+    assert "not the served model name 'tiny'" in message and "xxxxxxxx" in message and len(message) < 400

@@ -51,13 +51,22 @@ def adapter_of(body):
     return adapter
 
 
+def _utf8_size(text):
+    """Bytes of ``text`` in UTF-8; 0 for a string holding a lone surrogate ("\\ud800" in the JSON), which
+    no WIT string can carry: an exception here would be a trap in SMG, not the engine's 400."""
+    try:
+        return len(text.encode())
+    except UnicodeEncodeError:
+        return 0
+
+
 class MiddlewareOnRequest(exports.MiddlewareOnRequest):
     def on_request(self, req):
         if req.method != "POST" or req.path not in ROUTED_PATHS:
             return Action_Continue()
         try:
             body = json.loads(req.body)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: "[" * 40000, nested past the recursion limit
             return Action_Continue()  # SMG answers the malformed body itself
         if not isinstance(body, dict):
             return Action_Continue()
@@ -66,7 +75,7 @@ class MiddlewareOnRequest(exports.MiddlewareOnRequest):
         has_key = any(h.name.lower() == ROUTING_KEY for h in req.headers)
         headers = []
         key = ROUTING_KEYS.get(adapter, adapter) if adapter is not None else None
-        if key is not None and not has_key and len(key.encode()) <= MAX_KEY_BYTES:
+        if key is not None and not has_key and 0 < _utf8_size(key) <= MAX_KEY_BYTES:
             headers.append(Header(ROUTING_KEY, key))
         rewritten = body.get("model") != before
         if rewritten and before.isascii() and before.isprintable() and len(before) <= MAX_MODEL_HEADER:
