@@ -37,6 +37,8 @@ from sglang_mint.client.handoff import Inbox, safetensors_parts, size_of
 from sglang_mint.errors import MintError
 
 JOIN_BELOW_BYTES = 8 << 20
+PUBLISHED_KEYS = ("adapter_id", "revision", "digest")  # of a publish's or rollback's answer
+_NOT_JSON = object()
 CONFIG = "adapter_config.json"
 WEIGHTS = "adapter_model.safetensors"
 PACKED = "adapter.mintpack"
@@ -194,7 +196,8 @@ class MintClient:
             except OSError:  # full, or gone: send them in the body
                 pass
         body, content_type = multipart_parts(files, fields)
-        answer = self._call("POST", f"/mint/adapters/{_quote(adapter_id)}/revisions", body, content_type)
+        answer = self._call("POST", f"/mint/adapters/{_quote(adapter_id)}/revisions", body, content_type,
+                            keys=PUBLISHED_KEYS)
         return Published(answer["adapter_id"], answer["revision"], answer["digest"], answer.get("format", "peft"))
 
     async def publish_served(self, adapter_id: str, source: Any, *, timeout: float = 120.0, **kwargs) -> Published:
@@ -220,12 +223,13 @@ class MintClient:
     def rollback(self, adapter_id: str, to: int | None = None) -> Published:
         """Make revision ``to`` (default: the one before current) current again."""
         body = json.dumps({"to": to}).encode() if to is not None else b""
-        answer = self._call("POST", f"/mint/adapters/{_quote(adapter_id)}/rollback", body, "application/json")
+        answer = self._call("POST", f"/mint/adapters/{_quote(adapter_id)}/rollback", body, "application/json",
+                            keys=PUBLISHED_KEYS)
         return Published(answer["adapter_id"], answer["revision"], answer["digest"], answer.get("format", "peft"))
 
     def adapter(self, adapter_id: str) -> dict:
         """``{"adapter_id", "current", "latest", "deleted", "revisions": [...]}``."""
-        return self._call("GET", f"/mint/adapters/{_quote(adapter_id)}")
+        return self._call("GET", f"/mint/adapters/{_quote(adapter_id)}", keys=("adapter_id", "current"))
 
     def usage(self, adapter: str | None = None, since: float | str | None = None, until: float | str | None = None,
               by: str = "minute") -> dict:
@@ -255,7 +259,10 @@ class MintClient:
 
     # -- transport -------------------------------------------------------------
     def _call(self, method: str, path: str, body: bytes | list | None = None, content_type: str | None = None,
-              admin: bool = True, timeout: float | None = None) -> Any:
+              admin: bool = True, timeout: float | None = None, keys: tuple[str, ...] = ()) -> Any:
+        """The server's answer, parsed; MintAPIError for a refusal, and for an answer that is not JSON
+        (a proxy's HTML page) or not an object with ``keys``: never ValueError or KeyError, which a
+        caller catching MintError (MintPublishCallback) would not expect."""
         headers = {}
         if content_type:
             headers["Content-Type"] = content_type
@@ -272,19 +279,34 @@ class MintClient:
         req = urllib.request.Request(self.url + path, data=body, method=method, headers=headers)
         try:
             with urllib.request.urlopen(req, timeout=timeout or self.timeout) as r:
-                return json.loads(r.read() or b"null")
+                status, raw = r.status, r.read()
         except urllib.error.HTTPError as exc:
             raise MintAPIError(exc.code, _message(exc.read())) from None
+        answer = _parsed(raw or b"null")
+        if answer is _NOT_JSON:
+            raise MintAPIError(status, f"the server's answer is not JSON: {raw[:200]!r}")
+        if keys and not (isinstance(answer, dict) and all(key in answer for key in keys)):
+            listed = " and ".join(filter(None, (", ".join(keys[:-1]), keys[-1])))  # "adapter_id, revision and digest"
+            raise MintAPIError(status, f"the server's answer has no {listed}: {raw[:200]!r}")
+        return answer
 
 
 def _quote(adapter_id: str) -> str:
     return urllib.parse.quote(adapter_id, safe="/")
 
 
-def _message(raw: bytes) -> str:
+def _parsed(raw: bytes) -> Any:
+    """``json.loads(raw)``, or _NOT_JSON: for text that is not JSON, and for JSON nested past the
+    recursion limit (``b"[" * 40000``: RecursionError, no ValueError)."""
     try:
-        body = json.loads(raw)
-    except ValueError:
+        return json.loads(raw)
+    except (ValueError, RecursionError):
+        return _NOT_JSON
+
+
+def _message(raw: bytes) -> str:
+    body = _parsed(raw)
+    if body is _NOT_JSON:
         return raw.decode(errors="replace")[:2000]
     err = body.get("error", body) if isinstance(body, dict) else body
     if isinstance(err, dict):

@@ -59,7 +59,7 @@ class Inbox:
     @classmethod
     def of(cls, answer: dict | None) -> "Inbox | None":
         """The inbox ``GET /mint/inbox`` names, if it is on this machine and writable by this user."""
-        if not answer or answer.get("host") != socket.gethostname():
+        if not isinstance(answer, dict) or answer.get("host") != socket.gethostname():
             return None
         path = answer.get("path")
         if not isinstance(path, str) or not os.path.isdir(path) or not os.access(path, os.W_OK):

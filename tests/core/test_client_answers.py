@@ -1,0 +1,69 @@
+"""MintClient reading a server's answer that is not what sglang-mint sends: a MintAPIError naming it.
+
+A proxy's HTML page, a truncated body, JSON nested past the recursion limit or of another shape
+raised ValueError, RecursionError, TypeError or AttributeError, which MintPublishCallback's
+``raise_errors=False`` does not catch: one odd answer ended a training run. The server is a
+loopback stub answering as each test says (tests/loopback_stub.py).
+"""
+
+from __future__ import annotations
+
+import logging
+from types import SimpleNamespace
+
+import pytest
+from loopback_stub import loopback_stub
+
+from sglang_mint.client import MintAPIError, MintClient
+
+DEEP = b"[" * 40000  # past Python's recursion limit: json.loads raises RecursionError, no ValueError
+
+
+@pytest.fixture
+def folder(tmp_path):
+    (tmp_path / "adapter_config.json").write_bytes(b"{}")  # the stub reads nothing
+    (tmp_path / "adapter_model.safetensors").write_bytes(b"\0" * 16)
+    return tmp_path
+
+
+@pytest.mark.parametrize("status, body, words", [
+    (200, b"<html>signed out</html>", ("200", "not JSON", "<html>signed out")),
+    (200, DEEP, ("200", "not JSON")),
+    (200, b"[1, 2]", ("200", "no adapter_id, revision and digest")),
+    (201, b'{"adapter_id": "acme/bot"}', ("201", "no adapter_id, revision and digest")),
+    (502, DEEP, ("502", "[[[[")),  # an error page nested too deep is shown as it came
+])
+def test_an_answer_publish_cannot_read_is_a_mint_api_error(folder, status, body, words):
+    with loopback_stub(lambda method, path, data: (status, body)) as url:
+        with pytest.raises(MintAPIError) as exc:
+            MintClient(url, shared_memory=False).publish("acme/bot", str(folder))
+    for word in words:
+        assert word in str(exc.value), str(exc.value)
+    assert len(str(exc.value)) < 2100
+
+
+def test_an_inbox_answer_that_is_not_an_object_sends_the_files_in_the_body(folder):
+    seen = []
+
+    def answer(method, path, data):
+        seen.append(path)
+        if path == "/mint/inbox":
+            return 200, b'["/dev/shm/x"]'
+        return 201, {"adapter_id": "acme/bot", "revision": 2, "digest": "ab" * 32, "format": "peft"}
+
+    with loopback_stub(answer) as url:
+        assert MintClient(url).publish("acme/bot", str(folder)).revision == 2
+    assert seen == ["/mint/inbox", "/mint/adapters/acme/bot/revisions"]
+
+
+def test_a_callback_that_logs_failures_logs_an_unreadable_answer_and_training_goes_on(folder, caplog):
+    from sglang_mint.client import MintPublishCallback
+
+    with loopback_stub(lambda method, path, data: (200, b"<html>signed out</html>")) as url:
+        callback = MintPublishCallback(MintClient(url, shared_memory=False), "rl/policy", every_n_steps=1,
+                                       raise_errors=False)
+        state = SimpleNamespace(is_world_process_zero=True, global_step=1, epoch=0.5)
+        with caplog.at_level(logging.ERROR, logger="sglang_mint"):
+            callback.on_step_end(SimpleNamespace(), state, SimpleNamespace(), model=str(folder))
+    assert callback.published == []
+    assert any("publishing rl/policy at step 1 failed" in r.getMessage() for r in caplog.records)
