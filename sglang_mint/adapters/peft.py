@@ -413,7 +413,11 @@ def read_served_config(folder: str, where: str) -> dict:
             config = json.loads(f.read())
     except ValueError as exc:
         raise InvalidAdapter(f"{where}/{CONFIG}: malformed JSON ({exc})") from None
-    if isinstance(config, dict) and "lora_alpha" not in config:
+    except RecursionError:  # a catalog written by hand: checked at publish otherwise
+        raise InvalidAdapter(f"{where}/{CONFIG}: malformed JSON (nested too deep)") from None
+    if not isinstance(config, dict):
+        raise InvalidAdapter(f"{where}/{CONFIG}: not a JSON object")
+    if "lora_alpha" not in config:
         config["lora_alpha"] = PEFT_DEFAULT_ALPHA
     return config
 

@@ -48,6 +48,24 @@ def json_items(text: bytes | str) -> int:
     return text.count(b",") + text.count(b"{") + text.count(b"[")
 
 
+class JSONRefused(ValueError):
+    """A header's JSON refused without parsing it, or past Python's recursion limit; says which."""
+
+
+def load_bounded_json(text: bytes | str):
+    """``json.loads(text)`` for a header a client wrote: JSONRefused, unparsed, past MAX_JSON_ITEMS
+    items (json_items), and for nesting past the recursion limit (``[[[[...]]]]`` 100,000 deep: few
+    items); ValueError for text that is not JSON. safetensors and mintpack headers (packed/format.py)."""
+    items = json_items(text)
+    if items > MAX_JSON_ITEMS:
+        raise JSONRefused(f"refused unparsed: {items:,} JSON items (commas and brackets); a LoRA adapter's "
+                          f"has at most {MAX_JSON_ITEMS:,} (8 a tensor)")
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise JSONRefused("nested too deep") from None
+
+
 def read_safetensors_header(data: bytes, where: str) -> dict[str, tuple[str, list[int]]]:
     """Parse and bounds-check a safetensors buffer; return {name: (dtype, shape)}.
 
@@ -67,17 +85,12 @@ def _checked_header(data: bytes, where: str, size: int | None = None) -> dict[st
     (n,) = struct.unpack("<Q", data[:8])
     if n > size - 8:
         raise InvalidAdapter(f"{where}: truncated or corrupt safetensors (header of {n} bytes, file of {size})")
-    text = data[8:8 + n]
-    items = json_items(text)
-    if items > MAX_JSON_ITEMS:
-        raise InvalidAdapter(f"{where}: safetensors header refused unparsed: {items:,} JSON items (commas and "
-                             f"brackets); a LoRA adapter's has at most {MAX_JSON_ITEMS:,} (8 a tensor)")
     try:
-        header = json.loads(text)
+        header = load_bounded_json(data[8:8 + n])
+    except JSONRefused as exc:
+        raise InvalidAdapter(f"{where}: safetensors header {exc}") from None
     except ValueError as exc:
         raise InvalidAdapter(f"{where}: corrupt safetensors header ({exc})") from None
-    except RecursionError:  # {"x":[[[[...]]]]} 100,000 deep: few items, past Python's recursion limit
-        raise InvalidAdapter(f"{where}: corrupt safetensors header (nested too deep)") from None
     if not isinstance(header, dict):
         raise InvalidAdapter(f"{where}: corrupt safetensors header (not a JSON object)")
     header.pop("__metadata__", None)

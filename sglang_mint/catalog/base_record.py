@@ -10,8 +10,9 @@ fills in what the record lacks, e.g. for a Qwen3-MoE catalog made before the wid
     -> the same, plus "moe_intermediate_size": 768, "kv_lora_rank": null, ... (every field)
 
 Only the same model is accepted: its identity (a hash of the shape keys of config.json, unchanged
-since the first version) must be the recorded one, and a value the record holds is never changed
-(one that differs is refused, naming both). The name stays the recorded one. The new record replaces
+since the first version) must be the recorded one, and a number the record holds is never changed
+(one that differs is refused, naming both); a field recorded as null is filled when the folder
+has a number for it. The name stays the recorded one. The new record replaces
 the old one in one UPDATE that also checks the old one is still there, so a reader sees one or the
 other, and two refreshes cannot interleave. Servers read the record when they open the catalog:
 those running keep the old one until they restart.

@@ -62,7 +62,7 @@ from __future__ import annotations
 import json
 import struct
 
-from sglang_mint.adapters.safetensors_io import MAX_HEADER_BYTES, MAX_JSON_ITEMS, json_items
+from sglang_mint.adapters.safetensors_io import MAX_HEADER_BYTES, JSONRefused, load_bounded_json
 from sglang_mint.errors import MintError
 
 FORMAT_VERSION = 1
@@ -123,14 +123,10 @@ def decode_header(prefix: bytes, file_size: int, where: str) -> tuple[int, list[
         return PackedError(f"{where}: {msg}")
 
     def parse(text: bytes | str, what: str):
-        items = json_items(text)
-        if items > MAX_JSON_ITEMS:
-            raise bad(f"{what} refused unparsed: {items:,} JSON items (commas and brackets); "
-                      f"a LoRA adapter's has at most {MAX_JSON_ITEMS:,}")
         try:
-            return json.loads(text)
-        except RecursionError:  # [[[[...]]]] 100,000 deep: few items, past Python's recursion limit
-            raise bad(f"corrupt header: {what} nested too deep") from None
+            return load_bounded_json(text)
+        except JSONRefused as exc:
+            raise bad(f"{what} {exc}") from None
 
     if file_size < 8 or len(prefix) < 8:
         raise bad(f"truncated: {file_size} bytes, not even a header length")
