@@ -141,7 +141,7 @@ def test_flags_reach_subprocess_copies_of_server_args(flag_results):
         "catalog": catalog_dir, "host_cache_bytes": 64 << 20, "pinned": ["a", "b/c"], "load_workers": 3,
         "max_upload_bytes": 16 << 30, "max_concurrent_uploads": 3, "dp_dispatch": "affinity", "catalog_cache": None,
         "blob_cache_bytes": 10 << 30, "gateway": None, "advertise_url": None,
-        "usage_dir": str(Path(catalog_dir).parent / "ledger")}}
+        "usage_dir": str(Path(catalog_dir).parent / "ledger"), "usage_flush_s": None}}
 
 
 @pytest.mark.parametrize("case, message", [
