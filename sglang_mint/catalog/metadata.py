@@ -80,3 +80,36 @@ def _shown(key) -> str:
     """A key or index as a path shows it: ``'step'``, ``0``; a long key cut to its start."""
     text = repr(key)
     return text if len(text) <= 40 else repr(key[:32]) + "..."
+
+
+def shown_metadata(metadata):
+    """``metadata`` as near as plain JSON can show it, for metadata stored before ``check_metadata``
+    ran at publish: an integer past 64 bits and nesting past MAX_DEPTH become their JSON text, a
+    lone surrogate its escape (``"a\\ud800b"``), NaN and Infinity null. Plain metadata is returned
+    as it is. Example: ``{"step": 10**20}`` -> ``{"step": "100000000000000000000"}``."""
+    import json
+
+    def shown(value, depth: int):
+        if isinstance(value, dict):
+            if depth == MAX_DEPTH:
+                return json.dumps(value)
+            return {_escaped(str(k)): shown(v, depth + 1) for k, v in value.items()}
+        if isinstance(value, list):
+            return json.dumps(value) if depth == MAX_DEPTH else [shown(v, depth + 1) for v in value]
+        if isinstance(value, bool) or value is None:
+            return value
+        if isinstance(value, int):
+            return value if INT_MIN <= value <= INT_MAX else str(value)
+        if isinstance(value, float):
+            return value if math.isfinite(value) else None
+        return _escaped(value) if isinstance(value, str) else repr(value)
+
+    try:
+        check_metadata(metadata)
+        return metadata
+    except InvalidMetadata:
+        return shown(metadata, 0)
+
+
+def _escaped(text: str) -> str:
+    return text if lone_surrogate(text) is None else text.encode("utf-8", "backslashreplace").decode("utf-8")

@@ -53,7 +53,7 @@ from fastapi import Request
 from fastapi.responses import ORJSONResponse
 
 from sglang_mint.catalog.ids import revision_name, validate_adapter_id
-from sglang_mint.catalog.metadata import check_metadata, lone_surrogate
+from sglang_mint.catalog.metadata import check_metadata, lone_surrogate, shown_metadata
 from sglang_mint.catalog.upload import publish_files, upload_folder
 from sglang_mint.catalog.upload_stream import (RETRY_AFTER_S, ascii_int, declared_length, read_capped,
                                                received_upload, upload_gate, uploads_in_flight)
@@ -376,5 +376,7 @@ async def mint_inbox(request: Request):
 async def show_adapter(request: Request, adapter_id: str):
     """The adapter's current revision and every revision with its metadata."""
     _, names = _with_catalog(request)
-    info = await asyncio.to_thread(names.catalog.get, adapter_id)
-    return ORJSONResponse(info.to_json())
+    info = (await asyncio.to_thread(names.catalog.get, adapter_id)).to_json()
+    for rev in info["revisions"]:  # what an older version stored unchecked, shown, not a 500
+        rev["metadata"] = shown_metadata(rev["metadata"])
+    return ORJSONResponse(info)

@@ -28,16 +28,21 @@ class Counter:
 
 
 @pytest.fixture
-def app(tiny_model, tiny_adapters, tmp_path):
+def catalog(tiny_model, tiny_adapters, tmp_path):
     catalog = init_catalog(str(tmp_path / "catalog"), str(tiny_model))
     catalog.publish("acme/bot", str(tiny_adapters["tiny-0000"]))
+    yield catalog
+    catalog.close()
+
+
+@pytest.fixture
+def app(catalog):
     names = CatalogNames(catalog, SimpleNamespace(resolves=Counter(), not_found=Counter()))
     engine = SimpleNamespace(names=names, config=MintConfig(), max_lora_rank=64, warm=lambda name: None)
     app = FastAPI()
     add_routes(app, lambda: engine, mark_admin=lambda handler: handler)
     admin_guard.install(app, None, marked_paths=lambda _app: set())
-    yield admin_guard.RecordPeer(app)
-    catalog.close()
+    return admin_guard.RecordPeer(app)
 
 
 def publish(app, folder, metadata: bytes):
@@ -69,3 +74,26 @@ def test_a_prefetch_id_that_is_not_text_is_a_400(app):
     response = call(app, "POST", "/mint/prefetch", b'{"adapters": ["acme/bot", "\\ud800"]}')
     assert_refused(response, 400, "adapters[1]", "lone UTF-16 surrogate")
     assert json.loads(call(app, "POST", "/mint/prefetch", b'{"adapters": ["acme/bot"]}').text)["errors"] == {}
+
+
+def nested(levels: int, inner):
+    for _ in range(levels):
+        inner = [inner]
+    return inner
+
+
+@pytest.mark.parametrize("stored, shown", [
+    ('{"step": 100000000000000000000}', {"step": "100000000000000000000"}),
+    ('{"note": "a\\ud800b"}', {"note": "a\\ud800b"}),
+    ('{"loss": NaN, "lr": [Infinity]}', {"loss": None, "lr": [None]}),
+    ('{"x": ' + "[" * 300 + "]" * 300 + "}", {"x": nested(63, "[" * 237 + "]" * 237)}),  # text past 64 levels
+])
+def test_metadata_an_older_version_stored_is_shown_not_a_500(app, catalog, stored, shown):
+    """Metadata stored before publish checked it (37afd75) made every GET of its adapter a 500: it is
+    shown as near as JSON can say it (a string where a number or nesting cannot be written)."""
+    with catalog.store._write() as c:  # as that version stored it: Python's json.dumps of what it was given
+        c.execute("UPDATE revisions SET metadata = ? WHERE adapter_id = 'acme/bot' AND revision = 1", (stored,))
+    response = call(app, "GET", "/mint/adapters/acme/bot")
+    assert response.status_code == 200, response.text
+    [rev] = response.json()["revisions"]
+    assert rev["metadata"] == shown
