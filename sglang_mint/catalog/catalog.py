@@ -76,6 +76,23 @@ class Page:
     next_after: str | None  # pass as ``after`` to get the next page; None on the last page
 
 
+def number_spans(numbers, most: int = 8) -> str:
+    """Revision numbers as runs, for a message that stays short when an RL loop has published
+    thousands: ``[1, 2, 3, 5, 7, 8]`` -> ``"1-3, 5, 7-8"``; past ``most`` runs, the first and last
+    few and how many: ``"1, 3, 5, 7, ..., 95, 97, 99 (50 revisions)"``."""
+    ns = sorted(numbers)
+    runs: list[list[int]] = []
+    for n in ns:
+        if runs and n == runs[-1][1] + 1:
+            runs[-1][1] = n
+        else:
+            runs.append([n, n])
+    text = [f"{a}" if a == b else f"{a}-{b}" for a, b in runs]
+    if len(text) <= most:
+        return ", ".join(text) or "none"
+    return f"{', '.join(text[:most // 2])}, ..., {', '.join(text[-(most // 2) + 1:])} ({len(ns)} revisions)"
+
+
 class Catalog:
     """Adapters with immutable revisions. Safe from many threads and processes."""
 
@@ -332,15 +349,16 @@ class Catalog:
                         f"cannot roll back {adapter_id!r} past its first revision (current is {a.current})")
                 if not stored.intersection(older):
                     raise RevisionNotFound(f"cannot roll back {adapter_id!r}: no revision before {a.current} is "
-                                           f"stored (revisions {older} were published with durable=false)")
+                                           f"stored (revisions {number_spans(older)} were published with "
+                                           "durable=false)")
                 return max(stored.intersection(older))
             if to not in numbers:
-                raise RevisionNotFound(f"adapter {adapter_id!r} has no revision {to} (it has {numbers})")
+                raise RevisionNotFound(f"adapter {adapter_id!r} has no revision {to} (it has {number_spans(numbers)})")
             if to == a.current:
                 raise CatalogError(f"revision {to} of {adapter_id!r} is already current")
             if to not in stored:
                 raise CatalogError(f"revision {to} of {adapter_id!r} is not stored (published with durable=false, "
-                                   f"its blobs were never stored): its stored revisions are {sorted(stored)}")
+                                   f"its blobs were never stored): its stored revisions are {number_spans(stored)}")
             return to
 
         return self.get_revision(adapter_id, self.store.set_current(adapter_id, pick))

@@ -279,3 +279,14 @@ def test_a_revision_records_what_it_holds_once_loaded_and_old_catalogs_upgrade(c
         assert old.durable  # every revision before the flag was stored before it was recorded
         assert again.publish("p/x", peft("plain", rank=2)).loaded_bytes > 0
         assert again.store.check() == []
+
+
+def test_a_rollback_refusal_names_revisions_as_runs_however_many_there_are():
+    """An RL loop publishes a revision every step: the refusal listed every number, 10,000 of them."""
+    from sglang_mint.catalog.catalog import number_spans
+
+    assert number_spans([1, 2, 3, 5, 7, 8]) == "1-3, 5, 7-8"
+    assert number_spans(range(1, 10_001)) == "1-10000"
+    assert number_spans(range(1, 100, 2)) == "1, 3, 5, 7, ..., 95, 97, 99 (50 revisions)"
+    assert len(number_spans(range(1, 20_000, 2))) < 80
+    assert number_spans([]) == "none"

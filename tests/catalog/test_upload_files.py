@@ -232,7 +232,7 @@ def test_rollback_passes_over_revisions_that_were_never_stored(cat, tmp_path):
     publish("rl/p", 3)
     back = cat.rollback("rl/p")
     assert (back.revision, back.durable) == (1, True) and back == first and os.path.isdir(back.local_path())
-    with pytest.raises(CatalogError, match=r"revision 2 of 'rl/p' is not stored .* stored revisions are \[1, 3\]"):
+    with pytest.raises(CatalogError, match=r"revision 2 of 'rl/p' is not stored .* stored revisions are 1, 3\b"):
         cat.rollback("rl/p", to=2)
     assert cat.resolve("rl/p") == first
     assert cat.rollback("rl/p", to=3).revision == 3
