@@ -281,7 +281,7 @@ def test_a_revision_records_what_it_holds_once_loaded_and_old_catalogs_upgrade(c
         assert again.store.check() == []
 
 
-def test_a_rollback_refusal_names_revisions_as_runs_however_many_there_are():
+def test_revision_numbers_in_refusals_are_runs_however_many_there_are():
     """An RL loop publishes a revision every step: the refusal listed every number, 10,000 of them."""
     from sglang_mint.catalog.catalog import number_spans
 
