@@ -33,6 +33,10 @@ MAX_HEADER_BYTES = 100_000_000
 # 340 MB besides the header and json.loads' str of it (the costliest item, measured: 171 bytes in
 # {"1":"1","2":"2",...}, 420 MB for 38 MB); a real 250,000-tensor header would take about 220 MB.
 MAX_JSON_ITEMS = 2_000_000
+# The most bytes of a header holding anything but ASCII. Few items can still be many bytes: one
+# string of 4-byte characters held 6 times its size as json.loads read it (13 MB: 75 MB). Tensor
+# names, dtypes and numbers are ASCII; only __metadata__ text may not be, and it is short.
+MAX_NON_ASCII_BYTES = 1 << 20
 # safetensors dtype -> (bytes per element, our dtype name)
 DTYPES = {"F16": (2, "float16"), "BF16": (2, "bfloat16"), "F32": (4, "float32"), "F64": (8, "float64")}
 
@@ -60,6 +64,9 @@ def load_bounded_json(text: bytes | str):
     if items > MAX_JSON_ITEMS:
         raise JSONRefused(f"refused unparsed: {items:,} JSON items (commas and brackets); a LoRA adapter's "
                           f"has at most {MAX_JSON_ITEMS:,} (8 a tensor)")
+    if len(text) > MAX_NON_ASCII_BYTES and not text.isascii():
+        raise JSONRefused(f"refused unparsed: {len(text):,} bytes, not ASCII; a header with other text has at "
+                          f"most {MAX_NON_ASCII_BYTES:,} (tensor names are ASCII)")
     try:
         return json.loads(text)
     except RecursionError:

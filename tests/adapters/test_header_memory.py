@@ -122,3 +122,16 @@ def test_the_largest_per_expert_adapters_fit_the_item_bound():
     (Kimi K2: 60 MoE layers of 384 experts, 138,240; Qwen3-Next: 48 of 512). Counted, not parsed."""
     body, _ = per_expert_header(range(60), 512, 4096, 1024)
     assert 184_320 * 8 < json_items(body) < MAX_JSON_ITEMS
+
+
+def test_a_long_non_ascii_header_is_refused_before_it_is_parsed():
+    """Few items, many bytes: one string of 4-byte characters. json.loads held about 9 times such a
+    header (21 MB: 189 MB), past what the item count bounds; tensor names and dtypes are ASCII, and a
+    header with other characters is refused unparsed beyond a small size."""
+    body = b'{"__metadata__":{"note":"' + "\U0001F600".encode() * (HOSTILE_BYTES // 4) + b'"}}'
+    data = header_file(body)
+    peak, error = peak_of(lambda: read_safetensors_header(data, "up/adapter_model.safetensors"))
+    assert peak < len(data) + SLACK, f"{peak / 1e6:.0f} MB held to parse a {len(data) / 1e6:.0f} MB header"
+    assert error is not None and "not ASCII" in str(error), error
+    small = header_file('{"__metadata__":{"note":"caf\u00e9"}}'.encode())  # a little metadata text is fine
+    assert read_safetensors_header(small, "up/adapter_model.safetensors") == {}
