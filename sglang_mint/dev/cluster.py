@@ -226,6 +226,9 @@ def _print_contract(gateway, catalog: str, shown: str, first: str, engine_url: s
           f"    {env}mint catalog publish {catalog} acme/bot ./my-peft-adapter\n"
           f"    curl -F files=@adapter_config.json -F files=@adapter_model.safetensors "
           f"{engine_url}/mint/adapters/acme/bot/revisions\n"
+          f"==> place whole adapters by their traffic (add --dry-run to see the moves first)\n"
+          f"    mint gateway rebalance --gateway {gateway.url} --gateway-metrics "
+          f"http://{gateway.host}:{gateway.prometheus_port} --base-model tiny\n"
           f"==> running; Ctrl-C or `mint cluster down` stops it", flush=True)
 
 
