@@ -98,7 +98,10 @@ class UsageLedger:
                completion_tokens: int, error: bool = False) -> None:
         """Count one request that ended now. O(1); safe from any thread."""
         key = (adapter, revision, minute_text(self._clock()))
-        with self._main_thread_work():
+        on_main = threading.current_thread() is self._main  # as _main_thread_work, without its generator
+        if on_main:
+            self._on_main += 1
+        try:
             with self._lock:
                 counts = self._counts.setdefault(key, [0] * len(FIELDS))
                 counts[0] += 1
@@ -106,6 +109,9 @@ class UsageLedger:
                 counts[2] += cached_tokens
                 counts[3] += completion_tokens
                 counts[4] += bool(error)
+        finally:
+            if on_main:
+                self._left_main()
 
     def flush(self) -> int:
         """Append what was counted since the last flush; returns the rows written. Each row goes to
@@ -189,10 +195,13 @@ class UsageLedger:
         try:
             yield
         finally:
-            self._on_main -= 1
-            if not self._on_main and self._signal_after is not None:
-                signum, self._signal_after = self._signal_after, None
-                signal.raise_signal(signum)
+            self._left_main()
+
+    def _left_main(self) -> None:
+        self._on_main -= 1
+        if not self._on_main and self._signal_after is not None:
+            signum, self._signal_after = self._signal_after, None
+            signal.raise_signal(signum)
 
 
 def _append(path: Path, lines: str) -> None:
