@@ -23,6 +23,7 @@ and peft are imported when an in-memory model is published.
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
 import os
 import time
@@ -33,6 +34,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from sglang_mint.catalog.metadata import check_metadata
 from sglang_mint.client.handoff import Inbox, safetensors_parts, size_of
 from sglang_mint.errors import MintError
 
@@ -183,6 +185,7 @@ class MintClient:
         if expected_revision is not None:
             fields["expected_revision"] = str(int(expected_revision))
         if metadata is not None:
+            check_metadata(metadata)  # NaN (a logged loss), numpy numbers: named here, not a 400 or a TypeError
             fields["metadata"] = json.dumps(metadata)
         if pack is not None:
             fields["pack"] = "true" if pack else "false"
@@ -281,12 +284,20 @@ class MintClient:
             with urllib.request.urlopen(req, timeout=timeout or self.timeout) as r:
                 status, raw = r.status, r.read()
         except urllib.error.HTTPError as exc:
-            raise MintAPIError(exc.code, _message(exc.read())) from None
+            try:
+                text = exc.read()
+            except http.client.HTTPException as cut:  # an error page cut short
+                text = f"(the answer was cut short: {type(cut).__name__})".encode()
+            raise MintAPIError(exc.code, _message(text)) from None
+        except http.client.HTTPException as exc:  # IncompleteRead, BadStatusLine: neither OSError nor MintError
+            raise MintAPIError(502, f"the server's answer to {method} {path} was cut short or garbled "
+                                  f"({type(exc).__name__}: {exc})") from None
         answer = _parsed(raw or b"null")
         if answer is _NOT_JSON:
             raise MintAPIError(status, f"the server's answer is not JSON: {raw[:200]!r}")
-        if keys and not (isinstance(answer, dict) and all(key in answer for key in keys)):
-            listed = " and ".join(filter(None, (", ".join(keys[:-1]), keys[-1])))  # "adapter_id, revision and digest"
+        missing = [key for key in keys if not (isinstance(answer, dict) and key in answer)]
+        if missing:
+            listed = " and ".join(filter(None, (", ".join(missing[:-1]), missing[-1])))  # "revision and digest"
             raise MintAPIError(status, f"the server's answer has no {listed}: {raw[:200]!r}")
         return answer
 

@@ -9,6 +9,7 @@ loopback stub answering as each test says (tests/loopback_stub.py).
 from __future__ import annotations
 
 import logging
+import re
 from types import SimpleNamespace
 
 import pytest
@@ -30,7 +31,7 @@ def folder(tmp_path):
     (200, b"<html>signed out</html>", ("200", "not JSON", "<html>signed out")),
     (200, DEEP, ("200", "not JSON")),
     (200, b"[1, 2]", ("200", "no adapter_id, revision and digest")),
-    (201, b'{"adapter_id": "acme/bot"}', ("201", "no adapter_id, revision and digest")),
+    (201, b'{"adapter_id": "acme/bot"}', ("201", "has no revision and digest")),  # only what is missing
     (502, DEEP, ("502", "[[[[")),  # an error page nested too deep is shown as it came
 ])
 def test_an_answer_publish_cannot_read_is_a_mint_api_error(folder, status, body, words):
@@ -67,3 +68,50 @@ def test_a_callback_that_logs_failures_logs_an_unreadable_answer_and_training_go
             callback.on_step_end(SimpleNamespace(), state, SimpleNamespace(), model=str(folder))
     assert callback.published == []
     assert any("publishing rl/policy at step 1 failed" in r.getMessage() for r in caplog.records)
+
+
+@pytest.fixture
+def cut_short_server():
+    """A loopback server that answers 201 with a Content-Length of 100 and sends 14 bytes, then closes."""
+    import socket
+    import threading
+
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve():
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            with conn:
+                conn.settimeout(5)
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        break
+                    data += chunk
+                conn.sendall(b"HTTP/1.1 201 Created\r\nContent-Length: 100\r\n\r\n{\"adapter_id\":")
+
+    threading.Thread(target=serve, daemon=True).start()
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    listener.close()
+
+
+def test_an_answer_cut_short_is_a_mint_api_error(cut_short_server):
+    # http.client.IncompleteRead is neither an OSError nor a MintError: it ended a training run
+    with pytest.raises(MintAPIError, match="cut short or garbled .*IncompleteRead"):
+        MintClient(cut_short_server, shared_memory=False).adapter("acme/bot")
+
+
+def test_metadata_the_server_would_refuse_is_named_before_anything_is_sent(folder):
+    from sglang_mint.errors import MintError
+
+    sent = []
+    with loopback_stub(lambda method, path, data: sent.append(path) or (201, {})) as url:
+        for metadata, words in (({"loss": float("nan")}, "metadata['loss']: nan is not a JSON number"),
+                                ({"ids": {1, 2}}, "metadata['ids']: a set is not a JSON value")):
+            with pytest.raises(MintError, match=re.escape(words)):
+                MintClient(url, shared_memory=False).publish("acme/bot", str(folder), metadata=metadata)
+    assert sent == []
