@@ -158,8 +158,8 @@ def usage_flush_s() -> float | None:
         seconds = float(text)
     except ValueError:
         seconds = math.nan
-    if not (math.isfinite(seconds) and seconds > 0):
-        raise MintError(f"MINT_USAGE_FLUSH_S={text!r}: expected seconds above 0, e.g. 2")
+    if not (math.isfinite(seconds) and 0 < seconds <= 86400):  # 1e300: the ledger's thread died on its wait
+        raise MintError(f"MINT_USAGE_FLUSH_S={text!r}: expected seconds above 0 and at most a day (86400), e.g. 2")
     return seconds
 
 

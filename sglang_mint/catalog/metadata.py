@@ -13,6 +13,7 @@ before anything is written, naming where it is::
 
 from __future__ import annotations
 
+import json
 import math
 
 from sglang_mint.catalog.errors import InvalidMetadata

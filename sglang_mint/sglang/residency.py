@@ -129,7 +129,10 @@ def _around_run_event_loop(original, scheduler, *args, **kwargs):
     finally:
         ledger = getattr(scheduler, "_mint_usage", None)
         if ledger is not None:
-            ledger.close()
+            try:
+                ledger.close()
+            except OSError as exc:  # a full disk: the stop goes on, and an exception stays the one raised
+                logger.warning("usage ledger: the last counts were not appended: %s", exc)
 
 
 def _around_can_schedule_lora_req(original, scheduler, req, running_loras):

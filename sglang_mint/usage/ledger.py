@@ -3,8 +3,9 @@
 The scheduler counts each request once, as it ends, with ``UsageLedger.record``: a dict
 update under a lock, nothing else on its loop. A background thread appends what was
 counted since its last pass to rotating JSON-lines files, one per engine process and
-hour, every ``flush_s`` (``$MINT_USAGE_FLUSH_S``, config.py; default 2); a row is a delta, so the same (adapter, revision, minute) may
-appear in several lines and in several engines' files::
+hour, every ``flush_s`` (``$MINT_USAGE_FLUSH_S``, config.py; default 2); a row is a delta,
+so the same (adapter, revision, minute) may appear in several lines and in several
+engines' files::
 
     usage/usage-127.0.0.1_30000-dp0-2026120504.jsonl
     {"adapter": "acme/bot", "revision": 3, "minute": "2026-12-05T04:17:00Z", "requests": 2,
@@ -83,10 +84,12 @@ class UsageLedger:
         self.keep_s = keep_days * 86400
         self._clock = clock
         self._counts: dict[tuple, list[int]] = {}
+        # Taken on the main thread only inside a counted call (_main_calls): a SIGTERM there is held back,
+        # as the handler's flush would wait on this lock for good.
         self._lock = threading.Lock()
         self._flushing = threading.Lock()  # one append at a time: a flush at a signal waits for the thread's
         self._main = threading.main_thread()
-        self._on_main = 0  # record/flush/close calls under way on the main thread, where signal handlers run
+        self._main_calls = 0  # record/flush/close calls under way on the main thread, where signal handlers run
         self._signal_after: int | None = None  # a signal that came during one of them, raised again after it
         self._hour: str | None = None
         self._stop = threading.Event()
@@ -100,7 +103,7 @@ class UsageLedger:
         key = (adapter, revision, minute_text(self._clock()))
         on_main = threading.current_thread() is self._main  # as _main_thread_work, without its generator
         if on_main:
-            self._on_main += 1
+            self._main_calls += 1
         try:
             with self._lock:
                 counts = self._counts.setdefault(key, [0] * len(FIELDS))
@@ -111,7 +114,7 @@ class UsageLedger:
                 counts[4] += bool(error)
         finally:
             if on_main:
-                self._left_main()
+                self._main_call_done()
 
     def flush(self) -> int:
         """Append what was counted since the last flush; returns the rows written. Each row goes to
@@ -166,20 +169,29 @@ class UsageLedger:
             except OSError as exc:  # a full disk must not stop serving; the counts wait for the next pass
                 logger.warning("usage ledger %s: %s", self.directory, exc)
 
-    def close(self) -> None:
+    def close(self, timeout_s: float = 5.0) -> None:
         """Stop appending in the background, and append what is left: at a stop, so that the last answers
-        are billed. A ledger closed appends only when closed again."""
+        are billed. An append under way is waited for ``timeout_s`` at most (a hung disk must not hold a
+        stop, nor a SIGTERM that comes meanwhile): past it, what is left is given up, with a warning.
+        ``flush`` still appends after a close."""
         with self._main_thread_work():
             self._stop.set()
-            self._thread.join(timeout=5)
-            self.flush()
+            self._thread.join(timeout=timeout_s)
+            if not self._flushing.acquire(timeout=timeout_s):
+                logger.warning("usage ledger %s: an append still runs after %.0f s; the counts since are not "
+                               "appended", self.directory, timeout_s)
+                return
+            try:
+                self._append_counts()
+            finally:
+                self._flushing.release()
 
     def flush_at_signal(self, signum: int) -> bool:
         """For a signal handler (process.before_sigterm): append what is left, and True. But when the signal
         came while the main thread, where handlers run, was inside this ledger (a record half counted, a
         flush holding rows it took), False: the signal is raised again once that call is done, so the
         handler runs again with nothing half done. The background appends go on: the process may too."""
-        if self._on_main:
+        if self._main_calls:
             self._signal_after = signum
             return False
         self.flush()
@@ -191,15 +203,15 @@ class UsageLedger:
         if threading.current_thread() is not self._main:
             yield
             return
-        self._on_main += 1
+        self._main_calls += 1
         try:
             yield
         finally:
-            self._left_main()
+            self._main_call_done()
 
-    def _left_main(self) -> None:
-        self._on_main -= 1
-        if not self._on_main and self._signal_after is not None:
+    def _main_call_done(self) -> None:
+        self._main_calls -= 1
+        if not self._main_calls and self._signal_after is not None:
             signum, self._signal_after = self._signal_after, None
             signal.raise_signal(signum)
 

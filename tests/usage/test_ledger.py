@@ -228,7 +228,7 @@ def test_the_flush_interval_comes_from_the_environment(monkeypatch, tmp_path, va
     assert MintConfig.from_flags(usage_dir=str(tmp_path)).usage_flush_s == seconds  # None: the ledger's 2 s
 
 
-@pytest.mark.parametrize("value", ["0", "-1", "nan", "inf", "2s", "²"])
+@pytest.mark.parametrize("value", ["0", "-1", "nan", "inf", "2s", "²", "1e300", "86401"])
 def test_a_bad_flush_interval_is_refused_at_startup_by_name(monkeypatch, tmp_path, value):
     from sglang_mint.config import MintConfig
 
@@ -262,9 +262,13 @@ if where == "record":  # SIGTERM while the main thread is half way through count
     lock = book._lock
 
     class SignalInside:
+        sent = False
+
         def __enter__(self):
             lock.acquire()
-            os.kill(os.getpid(), signal.SIGTERM)  # delivered at the next bytecode: inside the count
+            if not SignalInside.sent:  # once: the handler's own flush takes this lock too
+                SignalInside.sent = True
+                os.kill(os.getpid(), signal.SIGTERM)  # delivered at the next bytecode: inside the count
         def __exit__(self, *exc):
             lock.release()
     book._lock = SignalInside()
@@ -299,6 +303,21 @@ def test_a_sigterm_inside_the_ledger_waits_for_it_then_appends_every_count(tmp_p
                                                                            where=where)],
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == -signal.SIGTERM and "not killed" not in out.stdout, out.stderr[-2000:]
+    assert "Traceback" not in out.stderr, out.stderr[-2000:]
     [row] = read_usage(tmp_path)
     assert {k: row[k] for k in FIELDS} == {"requests": 6, "prompt_tokens": 3000, "cached_tokens": 0,
                                            "completion_tokens": 1200, "errors": 0}, os.listdir(tmp_path)
+
+
+def test_close_gives_up_on_an_append_that_hangs(tmp_path, caplog):
+    """A hung disk under --mint-usage-dir must not hold a stop (nor a SIGTERM that comes meanwhile)."""
+    book = ledger(tmp_path)
+    book.record("acme/bot", 3, prompt_tokens=5, cached_tokens=0, completion_tokens=2)
+    book._flushing.acquire()  # an append under way that never ends
+    try:
+        with caplog.at_level("WARNING", logger="sglang_mint"):
+            book.close(timeout_s=0.2)
+    finally:
+        book._flushing.release()
+    assert "an append still runs" in caplog.text
+    assert requests_by_adapter(tmp_path) == {}
