@@ -58,15 +58,18 @@ class JSONRefused(ValueError):
 
 def load_bounded_json(text: bytes | str):
     """``json.loads(text)`` for a header a client wrote: JSONRefused, unparsed, past MAX_JSON_ITEMS
-    items (json_items), and for nesting past the recursion limit (``[[[[...]]]]`` 100,000 deep: few
-    items); ValueError for text that is not JSON. safetensors and mintpack headers (packed/format.py)."""
+    items (json_items), for more than MAX_NON_ASCII_BYTES of UTF-8 that is not all ASCII, and for
+    nesting past the recursion limit (``[[[[...]]]]`` 100,000 deep: few items); ValueError for text
+    that is not JSON. safetensors and mintpack headers (packed/format.py: its ``mint`` string too)."""
     items = json_items(text)
     if items > MAX_JSON_ITEMS:
         raise JSONRefused(f"refused unparsed: {items:,} JSON items (commas and brackets); a LoRA adapter's "
                           f"has at most {MAX_JSON_ITEMS:,} (8 a tensor)")
-    if len(text) > MAX_NON_ASCII_BYTES and not text.isascii():
-        raise JSONRefused(f"refused unparsed: {len(text):,} bytes, not ASCII; a header with other text has at "
-                          f"most {MAX_NON_ASCII_BYTES:,} (tensor names are ASCII)")
+    if len(text) > MAX_NON_ASCII_BYTES // 4 and not text.isascii():  # a str: up to 4 bytes a character
+        size = len(text) if isinstance(text, bytes) else len(text.encode("utf-8", "surrogatepass"))
+        if size > MAX_NON_ASCII_BYTES:
+            raise JSONRefused(f"refused unparsed: {size:,} bytes, not ASCII; a header with other text has at "
+                              f"most {MAX_NON_ASCII_BYTES:,} (tensor names are ASCII)")
     try:
         return json.loads(text)
     except RecursionError:

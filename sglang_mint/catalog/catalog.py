@@ -90,7 +90,9 @@ def number_spans(numbers, most: int = 8) -> str:
     text = [f"{a}" if a == b else f"{a}-{b}" for a, b in runs]
     if len(text) <= most:
         return ", ".join(text) or "none"
-    return f"{', '.join(text[:most // 2])}, ..., {', '.join(text[-(most // 2) + 1:])} ({len(ns)} revisions)"
+    head = max(1, most // 2)
+    tail = max(1, most - head - 1)
+    return f"{', '.join(text[:head])}, ..., {', '.join(text[len(text) - tail:])} ({len(ns)} revisions)"
 
 
 class Catalog:

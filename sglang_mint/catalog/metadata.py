@@ -94,7 +94,10 @@ def shown_metadata(metadata):
         if isinstance(value, dict):
             if depth == MAX_DEPTH:
                 return json.dumps(value)
-            return {_escaped(str(k)): shown(v, depth + 1) for k, v in value.items()}
+            keys = [_escaped(str(k)) for k in value]
+            if len(set(keys)) < len(keys):  # "a\ud800" and "a\\ud800" escape alike: shown whole, as text
+                return json.dumps(value, ensure_ascii=True)
+            return {key: shown(v, depth + 1) for key, v in zip(keys, value.values())}
         if isinstance(value, list):
             return json.dumps(value) if depth == MAX_DEPTH else [shown(v, depth + 1) for v in value]
         if isinstance(value, bool) or value is None:

@@ -125,8 +125,8 @@ def test_the_largest_per_expert_adapters_fit_the_item_bound():
 
 
 def test_a_long_non_ascii_header_is_refused_before_it_is_parsed():
-    """Few items, many bytes: one string of 4-byte characters. json.loads held about 9 times such a
-    header (21 MB: 189 MB), past what the item count bounds; tensor names and dtypes are ASCII, and a
+    """Few items, many bytes: one string of 4-byte characters. json.loads held about 6 times such a
+    header (13 MB: 75 MB), past what the item count bounds; tensor names and dtypes are ASCII, and a
     header with other characters is refused unparsed beyond a small size."""
     body = b'{"__metadata__":{"note":"' + "\U0001F600".encode() * (HOSTILE_BYTES // 4) + b'"}}'
     data = header_file(body)

@@ -290,3 +290,5 @@ def test_revision_numbers_in_refusals_are_runs_however_many_there_are():
     assert number_spans(range(1, 100, 2)) == "1, 3, 5, 7, ..., 95, 97, 99 (50 revisions)"
     assert len(number_spans(range(1, 20_000, 2))) < 80
     assert number_spans([]) == "none"
+    for most in (1, 2, 3):  # head and tail stay one run each at least, never every run
+        assert number_spans(range(1, 100, 2), most=most).count(",") <= 2

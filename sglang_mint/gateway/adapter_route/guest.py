@@ -62,6 +62,12 @@ def _utf8_size(text):
 
 class MiddlewareOnRequest(exports.MiddlewareOnRequest):
     def on_request(self, req):
+        try:
+            return self._routed(req)
+        except Exception:  # noqa: BLE001 - a trap here fails the call in SMG; the engine answers the body itself
+            return Action_Continue()
+
+    def _routed(self, req):
         if req.method != "POST" or req.path not in ROUTED_PATHS:
             return Action_Continue()
         try:
