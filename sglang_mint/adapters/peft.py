@@ -45,7 +45,7 @@ from sglang_mint.adapters.stacked_experts import held_tensor_count, stack_expert
 from sglang_mint.adapters.lora_keys import KEY, PEFT_DEFAULT_ALPHA, PEFT_FUSED, ModuleRanks, fused_expert_params
 from sglang_mint.adapters.module_paths import FAMILY_HELP, ModulePath, module_path, unservable
 from sglang_mint.adapters.pattern_keys import SuffixTable
-from sglang_mint.adapters.qkv_fill import complete_qkv
+from sglang_mint.adapters.stack_fill import complete_stacks
 from sglang_mint.adapters.safetensors_io import (DTYPES, MAX_HEADER_BYTES, map_safetensors, read_safetensors,
                                                  read_safetensors_header)
 from sglang_mint.adapters.uniform_rank import uniform_lora, uniform_size
@@ -241,7 +241,7 @@ def load_for_serving(folder: str, config: dict, base: BaseModel, where: str,
     tensors = (map_safetensors if mapped else read_safetensors)(os.path.join(folder, WEIGHTS), where)
     check_lora(config, tensors, base, where)
     config, tensors = uniform_lora(config, tensors, where=where)
-    return config, stack_experts(complete_qkv(tensors, base), base.num_experts)
+    return config, stack_experts(complete_stacks(tensors, base), base.num_experts)
 
 
 def _check_module(module: str, ab: dict, r: int, base: BaseModel, where: str) -> None:

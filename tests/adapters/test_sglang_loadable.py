@@ -66,10 +66,57 @@ def test_any_part_of_q_k_v_loads_into_sglang_s_qkv_proj(modules, tmp_path):
 
 def test_a_q_and_v_adapter_is_left_as_it_is():
     """The common q_proj + v_proj adapter needs nothing (SGLang zero-fills k_proj itself): no copy on a cold load."""
-    from sglang_mint.adapters.qkv_fill import complete_qkv
+    from sglang_mint.adapters.stack_fill import complete_stacks
 
     tensors = lora_tensors(modules=("q_proj", "v_proj", "o_proj"))
-    assert complete_qkv(tensors, TINY) is tensors
+    assert complete_stacks(tensors, TINY) is tensors
     q_only = lora_tensors(modules=("q_proj",))
-    filled = complete_qkv(q_only, TINY)
+    filled = complete_stacks(q_only, TINY)
     assert set(filled) - set(q_only) == {key(layer, "v_proj", ab) for layer in range(2) for ab in "AB"}
+
+
+def test_an_up_proj_without_its_gate_proj_loads_into_sglang_s_gate_up_proj():
+    """SGLang stacks gate_up_proj from gate_proj: an up_proj alone stayed unstacked, a 422 on every load."""
+    from sglang.srt.lora.lora import LoRAAdapter
+
+    from sglang_mint.adapters.stack_fill import complete_stacks
+
+    tensors = lora_tensors(modules=("up_proj",), dtype=torch.float32)
+    served = complete_stacks(tensors, TINY)
+    LoRAAdapter.normalize_gate_up_proj(None, list(served), served)  # up present: no self used
+    for layer in range(2):
+        a, b = served[key(layer, "gate_up_proj", "A")], served[key(layer, "gate_up_proj", "B")]
+        assert list(a.shape) == [16, 128] and list(b.shape) == [512, 8]
+        assert torch.equal(a[8:], tensors[key(layer, "up_proj", "A")]) and not a[:8].any()
+        assert torch.equal(b[256:], tensors[key(layer, "up_proj", "B")]) and not b[:256].any()
+    gated = lora_tensors(modules=("gate_proj", "up_proj"))
+    assert complete_stacks(gated, TINY) is gated
+
+
+@pytest.mark.parametrize("present", ["q_a_proj", "kv_a_proj_with_mqa"])
+def test_one_half_of_mla_s_fused_qkv_a_loads_with_the_pool_s_widths(present):
+    """SGLang fuses q_a_proj and kv_a_proj_with_mqa from q_a_proj, making a missing kv_a
+    ``zeros_like(q_a)``: B of q_lora_rank rows where the pool holds kv_lora_rank + rope, and its
+    assert then failed in the scheduler's forward (a real DeepSeek-V3 server stopped)."""
+    from sglang.srt.lora.lora import LoRAAdapter
+
+    from sglang_mint.adapters.base_model import base_model_from_config
+    from sglang_mint.adapters.stack_fill import complete_stacks
+
+    base = base_model_from_config({"model_type": "deepseek_v3", "hidden_size": 64, "num_attention_heads": 2,
+                                   "num_hidden_layers": 1, "q_lora_rank": 48, "kv_lora_rank": 256,
+                                   "qk_rope_head_dim": 32, "qk_nope_head_dim": 16, "v_head_dim": 16,
+                                   "intermediate_size": 128, "vocab_size": 1000}, "ds")
+    assert base.mla
+    fin, fout = base.module_shape("self_attn", present)
+    name = "base_model.model.model.layers.0.self_attn.{}.lora_{}.weight"
+    tensors = {name.format(present, "A"): torch.randn(4, fin), name.format(present, "B"): torch.randn(fout, 4)}
+    served = complete_stacks(tensors, base)
+    LoRAAdapter.normalize_fused_qkv_a_proj(None, list(served), served)
+    b = served[name.format("fused_qkv_a_proj_with_mqa", "B")]
+    assert list(b.shape) == [48 + 256 + 32, 4]  # q_lora_rank + kv_lora_rank + rope: what the pool holds
+    rows = slice(0, 48) if present == "q_a_proj" else slice(48, 336)
+    assert torch.equal(b[rows], tensors[name.format(present, "B")])
+    others = torch.ones(336, dtype=torch.bool)
+    others[rows] = False
+    assert not b[others].any()  # the missing half adds nothing
