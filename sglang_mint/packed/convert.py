@@ -50,6 +50,8 @@ FUSE = {
 # a missing member is zeros shaped like this sibling (SGLang does the same)
 ZERO_LIKE = {"k_proj": "v_proj", "v_proj": "k_proj", "up_proj": "gate_proj"}
 W_NAMES = {"w1": "gate_proj", "w3": "up_proj", "w2": "down_proj"}
+# names an adapter may hold already stacked (Phi-3), whose one A SGLang's loader repeats per slice
+PRESTACKED = ("qkv_proj", "gate_up_proj")
 _KEY = re.compile(r"^(?P<mod>.+)\.lora_(?P<ab>[AB])\.weight$")
 _EXPERT = re.compile(r"^(?P<pre>.*\.experts)\.(?P<e>\d+)\.(?P<proj>[A-Za-z0-9_]+)$")
 _LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.")
@@ -132,6 +134,9 @@ def _members(cfg: dict, tensors: dict[str, torch.Tensor], where: str) -> tuple[d
                 parent, leaf, expert = e["pre"], e["proj"], int(e["e"])
             else:
                 parent, _, leaf = mod.rpartition(".")
+            if leaf in PRESTACKED:  # one A for every slice: the pool holds them stacked, and its fill asserted
+                raise PackedError(f"{where}: {key}: {leaf} is already stacked, which the packed form does itself "
+                                  "from q/k/v_proj and gate/up_proj; publish this adapter without --pack")
             rank, alpha = ranks.of(m["mod"])  # PEFT matched patterns against the real name (w1, not gate_proj)
         scales[key] = scaling(cfg, rank, alpha)
         if leaf == "gate_up_proj" and layout.startswith("peft"):

@@ -228,3 +228,25 @@ def test_peft_fused_experts_are_stored_packed_and_refused_unpacked_at_load(tmp_p
         assert dense.format == "peft"  # experts the engine can file keep their form
         with pytest.raises(InvalidAdapter, match="PEFT's fused-expert form .* publish it again"):
             load_for_serving(str(fused), config, cat.base, "moe/old")
+
+
+@pytest.mark.parametrize("leaf, out", [("qkv_proj", 128 + 64 + 64), ("gate_up_proj", 2 * 256)])
+def test_a_prestacked_module_is_refused_packed_and_kept_plain(cat, tmp_path, leaf, out):
+    """Phi-3 names (qkv_proj, gate_up_proj) hold one A for every slice. Packed as they were, a real
+    server's pool fill asserted on the first request ([12, 128] buffer, [4, 128] weight) and every
+    tenant's server stopped. Packing refuses them; published plain, SGLang's loader stacks them."""
+    from safetensors.torch import save_file
+
+    from sglang_mint.adapters.errors import InvalidAdapter
+
+    parent = "self_attn" if leaf == "qkv_proj" else "mlp"
+    folder = tmp_path / leaf
+    folder.mkdir()
+    save_file({f"base_model.model.model.layers.{layer}.{parent}.{leaf}.lora_{ab}.weight":
+               torch.randn(*((4, 128) if ab == "A" else (out, 4))) for layer in (0, 1) for ab in "AB"},
+              str(folder / "adapter_model.safetensors"))
+    (folder / "adapter_config.json").write_text(json.dumps(
+        {"peft_type": "LORA", "r": 4, "lora_alpha": 8, "target_modules": [leaf]}))
+    with pytest.raises(InvalidAdapter, match=f"{leaf} is already stacked.*publish this adapter without --pack"):
+        cat.publish("phi/packed", str(folder), pack=True)
+    assert cat.publish("phi/plain", str(folder)).format == "peft"
