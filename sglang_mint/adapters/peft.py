@@ -13,8 +13,8 @@ forms, each checked for rank, widths and expert count (E routed experts):
 
 * per expert ``...mlp.experts.<e>.gate_proj`` [r, in] / [out, r], ``e < E``
   (also Mixtral's ``w1/w3/w2``);
-* 3D ``...mlp.experts.gate_proj`` [E, r, in] / [E, out, r] (a lead of 1 is a
-  shared-outer tensor);
+* 3D ``...mlp.experts.gate_proj`` [E, r, in] / [E, out, r] (a lead of 1, a shared-outer
+  tensor, is refused: SGLang serves it only for --lora-paths adapters);
 * PEFT 0.21's fused experts (``target_parameters``): ``...mlp.experts.lora_A.weight``
   [E*r, in] / [out, r*E], one nesting depth (``.base_layer``) per parameter.
 
@@ -261,10 +261,15 @@ def _check_module(module: str, ab: dict, r: int, base: BaseModel, where: str) ->
     if index is not None and n and index >= n:
         raise BaseModelMismatch(f"{where}: {ka}: expert {index} does not exist: base has {n} experts")
     lead_a, lead_b = a[:-2], b[:-2]
-    if dims == 3:  # lead E on both, or 1 on one side (shared-outer: one A or B for every expert)
+    if dims == 3:  # lead E on both
         experts = n or max(a[0], b[0])
         for key, shape in ((ka, a), (kb, b)):
-            if shape[0] not in (1, experts):
+            if shape[0] == 1 and experts > 1:
+                raise InvalidAdapter(
+                    f"{where}: {key} has shape {shape}: one tensor for every expert (shared-outer), which SGLang "
+                    "serves only in a server-wide mode it turns on at startup for --lora-paths adapters, never "
+                    f"for a catalog's (served so, it was wrong); repeat it to the {experts} experts")
+            if shape[0] != experts:
                 has = f"base has {n} experts" if n else f"{kb if key == ka else ka} has {experts}"
                 raise BaseModelMismatch(f"{where}: {key} has shape {shape}, expected {[experts] + shape[1:]}: "
                                         f"{shape[0]} experts, {has}")
