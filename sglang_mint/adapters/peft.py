@@ -118,6 +118,10 @@ def check_config(config: dict, where: str) -> dict:
     if not _positive_finite(alpha):
         raise InvalidAdapter(f"{where}: lora_alpha must be a positive finite number, got {_shown(alpha)}")
     targets = config.get("target_modules")
+    params = config.get("target_parameters")
+    if (targets == [] and params and isinstance(params, list)  # PEFT 0.21's experts-only adapter
+            and all(isinstance(t, str) and t for t in params)):
+        targets = params
     if not targets or not isinstance(targets, list) or not all(isinstance(t, str) and t for t in targets):
         # A string is a regex to PEFT and, unless 'all'/'all-linear', an error to SGLang's loader
         # (get_normalized_target_modules); a list entry is matched as a module name (pattern_keys.py).

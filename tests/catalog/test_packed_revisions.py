@@ -250,3 +250,24 @@ def test_a_prestacked_module_is_refused_packed_and_kept_plain(cat, tmp_path, lea
     with pytest.raises(InvalidAdapter, match=f"{leaf} is already stacked.*publish this adapter without --pack"):
         cat.publish("phi/packed", str(folder), pack=True)
     assert cat.publish("phi/plain", str(folder)).format == "peft"
+
+
+def test_an_experts_only_peft_adapter_is_accepted(tmp_path):
+    """PEFT 0.21 writes an adapter of a transformers-5 MoE model's experts alone with target_modules []
+    and the experts in target_parameters; publish refused it ("target_modules must be a non-empty
+    list"). It is stored packed, as every fused-expert adapter (on a real Qwen3-MoE server: 1.8e-4
+    from HF+PEFT)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from sglang_mint.dev.tiny_moe import write_tiny_moe
+
+    model = write_tiny_moe(tmp_path / "model", "qwen3-moe", seed=0)
+    peft = get_peft_model(AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32),
+                          LoraConfig(r=2, lora_alpha=4, target_modules=["gate_proj", "up_proj", "down_proj"]))
+    peft.save_pretrained(tmp_path / "adapter")
+    config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert config["target_modules"] == [] and config["target_parameters"]  # the form under test
+    with init_catalog(str(tmp_path / "catalog"), str(model)) as cat:
+        rev = cat.publish("moe/experts-only", str(tmp_path / "adapter"))
+        assert rev.format == "packed" and {"gate_up_proj", "down_proj"} <= set(rev.target_modules)
