@@ -103,6 +103,8 @@ def write_tiny_moe(out: str | Path, family: str = "qwen3-moe", seed: int = 0, **
         with torch.no_grad():  # noaux_tc routing bias: non-zero, so SGLang must read it
             gen = torch.Generator().manual_seed(seed + 1)
             for layer in model.model.layers:
+                if not hasattr(layer.mlp, "gate"):  # a dense layer (first_k_dense_replace) has no router
+                    continue
                 bias = layer.mlp.gate.e_score_correction_bias
                 bias.copy_(torch.randn(bias.shape, generator=gen) * 0.05)
     model.to(torch.float32).save_pretrained(out, safe_serialization=True)
