@@ -1,6 +1,18 @@
 """Errors the core raises. Each message names what is wrong and with what."""
 
 
+def shown(value, limit: int = 40) -> str:
+    """``value`` as ``repr`` shows it, cut to its start past ``limit`` characters: an error names a bad
+    value without echoing a megabyte of it. ``shown("x" * 10**6)`` ->
+    ``'xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx'... (1000000 characters)``; ``shown(10**400)`` the same way."""
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    if isinstance(value, str):
+        return f"{value[:limit - 8]!r}... ({len(value)} characters)"
+    return f"{text[:limit - 8]}... ({len(text)} characters)"
+
+
 class MintError(Exception):
     """Base of every error sglang-mint raises on bad input or state.
 

@@ -9,7 +9,7 @@ against the id rules (400) and against the adapters the server knows (404).
 from __future__ import annotations
 
 from sglang_mint.catalog.ids import validate_adapter_id
-from sglang_mint.errors import InvalidAdapterId
+from sglang_mint.errors import InvalidAdapterId, shown
 
 
 def adapter_from_model(model: str, served_model_name: str) -> str | None:
@@ -29,15 +29,10 @@ def adapter_from_model(model: str, served_model_name: str) -> str | None:
     if ":" in model:
         other = model.split(":", 1)[0]
         raise InvalidAdapterId(
-            f"model {_shown(model)}: {_shown(other)} is not the served model name {served_model_name!r} "
+            f"model {shown(model, 64)}: {shown(other, 64)} is not the served model name {served_model_name!r} "
             f"(use {prefix}<adapter-id> or the bare adapter id)"
         )
     return validate_adapter_id(model)
-
-
-def _shown(text: str) -> str:
-    """``text`` quoted, cut to its start when long: a model of 1 MB is not echoed whole in a 400."""
-    return repr(text) if len(text) <= 64 else f"{text[:48]!r}... ({len(text)} characters)"
 
 
 def answered_model(request_model: str, lora_path, requested: str | None, served_model_name: str) -> str:

@@ -49,6 +49,7 @@ from sglang_mint.adapters.stack_fill import complete_stacks
 from sglang_mint.adapters.safetensors_io import (DTYPES, MAX_HEADER_BYTES, map_safetensors, read_safetensors,
                                                  read_safetensors_header)
 from sglang_mint.adapters.uniform_rank import uniform_lora, uniform_size
+from sglang_mint.errors import shown
 
 CONFIG = "adapter_config.json"
 WEIGHTS = "adapter_model.safetensors"
@@ -83,13 +84,17 @@ class PeftAdapter:
 
 def parse_config(data: bytes, where: str) -> dict:
     """adapter_config.json bytes -> the checked config dict (check_config)."""
+    return check_config(_config_json(data, where), where)
+
+
+def _config_json(data: bytes, where: str):
+    """adapter_config.json bytes parsed; InvalidAdapter for malformed JSON."""
     try:
-        config = json.loads(data)
+        return json.loads(data)
     except ValueError as exc:
         raise InvalidAdapter(f"{where}: malformed JSON ({exc})") from None
     except RecursionError:  # {"r":[[[[...]]]]} 100,000 deep, in the 1 MiB an upload's config may have
         raise InvalidAdapter(f"{where}: malformed JSON (nested too deep)") from None
-    return check_config(config, where)
 
 
 def check_config(config: dict, where: str) -> dict:
@@ -111,12 +116,12 @@ def check_config(config: dict, where: str) -> dict:
             raise InvalidAdapter(f"{where}: rank_pattern[{key!r}] must be a positive integer, got {pr!r}")
     for key, pa in (config.get("alpha_pattern") or {}).items():
         if not _positive_finite(pa):
-            raise InvalidAdapter(f"{where}: alpha_pattern[{key!r}] must be a positive finite number, got {_shown(pa)}")
+            raise InvalidAdapter(f"{where}: alpha_pattern[{key!r}] must be a positive finite number, got {shown(pa)}")
     if not isinstance(config.get("use_rslora", False), bool):
         raise InvalidAdapter(f"{where}: use_rslora must be true or false, got {config['use_rslora']!r}")
     alpha = config.get("lora_alpha", PEFT_DEFAULT_ALPHA)
     if not _positive_finite(alpha):
-        raise InvalidAdapter(f"{where}: lora_alpha must be a positive finite number, got {_shown(alpha)}")
+        raise InvalidAdapter(f"{where}: lora_alpha must be a positive finite number, got {shown(alpha)}")
     targets = config.get("target_modules")
     params = config.get("target_parameters")
     if (targets == [] and params and isinstance(params, list)  # PEFT 0.21's experts-only adapter
@@ -145,12 +150,6 @@ def _positive_finite(x) -> bool:
         return math.isfinite(float(x)) and x > 0
     except OverflowError:
         return False
-
-
-def _shown(x) -> str:
-    """``x`` for an error message, a huge int cut short (10**400 has 401 digits)."""
-    text = repr(x)
-    return text if len(text) <= 40 else f"{text[:20]}...({len(text)} characters)"
 
 
 def check_tensors(header: dict, config: dict, base: BaseModel, where: str) -> tuple[tuple[str, ...], str]:
@@ -417,13 +416,8 @@ def read_served_config(folder: str, where: str) -> dict:
     it. It is served with the value PEFT gives it, as a newer publish stores it; its stored bytes stay
     as they are (a revision is immutable and its digests name them). Example: ``{"r": 4, ...}`` without
     lora_alpha is read as ``{"r": 4, ..., "lora_alpha": 8}``, scaling 8 / 4."""
-    try:
-        with open(os.path.join(folder, CONFIG), "rb") as f:
-            config = json.loads(f.read())
-    except ValueError as exc:
-        raise InvalidAdapter(f"{where}/{CONFIG}: malformed JSON ({exc})") from None
-    except RecursionError:  # a catalog written by hand: checked at publish otherwise
-        raise InvalidAdapter(f"{where}/{CONFIG}: malformed JSON (nested too deep)") from None
+    with open(os.path.join(folder, CONFIG), "rb") as f:
+        config = _config_json(f.read(), f"{where}/{CONFIG}")  # checked at publish; a catalog written by hand
     if not isinstance(config, dict):
         raise InvalidAdapter(f"{where}/{CONFIG}: not a JSON object")
     if "lora_alpha" not in config:

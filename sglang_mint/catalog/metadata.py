@@ -17,6 +17,7 @@ import json
 import math
 
 from sglang_mint.catalog.errors import InvalidMetadata
+from sglang_mint.errors import shown
 
 MAX_DEPTH = 64  # levels of objects and arrays; the adapter view wraps metadata in 3 more, orjson stops at 254
 INT_MIN, INT_MAX = -(1 << 63), (1 << 64) - 1  # what orjson writes: i64 and u64
@@ -52,8 +53,8 @@ def check_metadata(metadata) -> None:
             if isinstance(value, dict):
                 if not isinstance(key, str):
                     raise InvalidMetadata(f"{where}: key {key!r} is not a string")
-                _check_text(key, f"{where}: key {_shown(key)}")
-            stack.append((item, f"{where}[{_shown(key)}]", depth + 1))
+                _check_text(key, f"{where}: key {shown(key)}")
+            stack.append((item, f"{where}[{shown(key)}]", depth + 1))
 
 
 def _check_scalar(value, where: str) -> None:
@@ -77,12 +78,6 @@ def _check_text(text: str, where: str) -> None:
         raise InvalidMetadata(f"{where}: the string holds a lone UTF-16 surrogate ({bad!r}), which is not text")
 
 
-def _shown(key) -> str:
-    """A key or index as a path shows it: ``'step'``, ``0``; a long key cut to its start."""
-    text = repr(key)
-    return text if len(text) <= 40 else repr(key[:32]) + "..."
-
-
 def shown_metadata(metadata):
     """``metadata`` as near as plain JSON can show it, for metadata stored before ``check_metadata``
     ran at publish: an integer past 64 bits and nesting past MAX_DEPTH become their JSON text, a
@@ -90,16 +85,16 @@ def shown_metadata(metadata):
     as it is. Example: ``{"step": 10**20}`` -> ``{"step": "100000000000000000000"}``."""
     import json
 
-    def shown(value, depth: int):
+    def readable(value, depth: int):
         if isinstance(value, dict):
             if depth == MAX_DEPTH:
                 return json.dumps(value)
             keys = [_escaped(str(k)) for k in value]
             if len(set(keys)) < len(keys):  # "a\ud800" and "a\\ud800" escape alike: shown whole, as text
                 return json.dumps(value, ensure_ascii=True)
-            return {key: shown(v, depth + 1) for key, v in zip(keys, value.values())}
+            return {key: readable(v, depth + 1) for key, v in zip(keys, value.values())}
         if isinstance(value, list):
-            return json.dumps(value) if depth == MAX_DEPTH else [shown(v, depth + 1) for v in value]
+            return json.dumps(value) if depth == MAX_DEPTH else [readable(v, depth + 1) for v in value]
         if isinstance(value, bool) or value is None:
             return value
         if isinstance(value, int):
@@ -112,7 +107,7 @@ def shown_metadata(metadata):
         check_metadata(metadata)
         return metadata
     except InvalidMetadata:
-        return shown(metadata, 0)
+        return readable(metadata, 0)
 
 
 def _escaped(text: str) -> str:

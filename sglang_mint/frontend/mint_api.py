@@ -58,7 +58,7 @@ from sglang_mint.catalog.upload import publish_files, upload_folder
 from sglang_mint.catalog.upload_stream import (RETRY_AFTER_S, ascii_int, declared_length, read_capped,
                                                received_upload, upload_gate, uploads_in_flight)
 from sglang_mint.config import MintConfig
-from sglang_mint.errors import MintError
+from sglang_mint.errors import MintError, shown
 from sglang_mint.frontend.admin_guard import ADMITTED
 from sglang_mint.frontend.catalog_names import CatalogNames
 from sglang_mint.residency.host_bytes import proportional_sizes
@@ -316,8 +316,7 @@ async def _publish_received(engine: MintEngine, names: CatalogNames, adapter_id:
     field = fields.get("expected_revision")
     expected = ascii_int(field)
     if field is not None and not expected:  # None: not digits, or past 18 of them; 0: no revision has it
-        shown = repr(field) if len(field) <= 40 else f"{field[:32]!r}... ({len(field)} characters)"
-        raise _Refused(400, f"expected_revision must be a positive integer of at most 18 digits, got {shown}")
+        raise _Refused(400, f"expected_revision must be a positive integer of at most 18 digits, got {shown(field)}")
     metadata = None
     if fields.get("metadata") is not None:
         try:
