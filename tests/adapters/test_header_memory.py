@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import mmap
 import struct
-import tracemalloc
 
 import pytest
 from adapter_fixtures import TINY, config_bytes
+from allocation_peak import peak_of
 
 from sglang_mint.adapters.errors import InvalidAdapter
 from sglang_mint.adapters.peft import check_peft_file, read_safetensors_header
@@ -38,24 +38,10 @@ def hostile(element: bytes, size: int = HOSTILE_BYTES) -> bytes:
     return b'{"__metadata__":{},"x":[' + b",".join([element] * (size // (len(element) + 1))) + b"]}"
 
 
-def peak_of(call) -> tuple[int, Exception | None]:
-    """(peak bytes Python allocated while ``call`` ran, what it raised)."""
-    tracemalloc.start()
-    try:
-        call()
-        error = None
-    except InvalidAdapter as exc:
-        error = exc
-    finally:
-        peak = tracemalloc.get_traced_memory()[1]
-        tracemalloc.stop()
-    return peak, error
-
-
 @pytest.mark.parametrize("kind", HOSTILE)
 def test_a_hostile_header_is_refused_before_it_is_parsed(kind):
     data = header_file(hostile(HOSTILE[kind]))
-    peak, error = peak_of(lambda: read_safetensors_header(data, "up/adapter_model.safetensors"))
+    peak, error = peak_of(lambda: read_safetensors_header(data, "up/adapter_model.safetensors"), InvalidAdapter)
     assert peak < len(data) + SLACK, f"{kind}: {peak / 1e6:.0f} MB held to parse a {len(data) / 1e6:.0f} MB header"
     assert error is not None and "up/adapter_model.safetensors" in str(error)
     assert f"at most {MAX_JSON_ITEMS:,}" in str(error), str(error)
@@ -65,7 +51,7 @@ def test_an_uploaded_hostile_header_is_refused_before_it_is_parsed(tmp_path):
     """The upload's own path: check_peft_file maps the received file and reads its header."""
     path = tmp_path / "adapter_model.safetensors"
     path.write_bytes(header_file(hostile(HOSTILE["empty-objects"])))
-    peak, error = peak_of(lambda: check_peft_file(config_bytes(), str(path), TINY, "upload"))
+    peak, error = peak_of(lambda: check_peft_file(config_bytes(), str(path), TINY, "upload"), InvalidAdapter)
     assert peak < path.stat().st_size + SLACK, f"{peak / 1e6:.0f} MB held to check a {path.stat().st_size / 1e6:.0f} MB file"
     assert error is not None and "upload/adapter_model.safetensors" in str(error), error
 
@@ -130,7 +116,7 @@ def test_a_long_non_ascii_header_is_refused_before_it_is_parsed():
     header with other characters is refused unparsed beyond a small size."""
     body = b'{"__metadata__":{"note":"' + "\U0001F600".encode() * (HOSTILE_BYTES // 4) + b'"}}'
     data = header_file(body)
-    peak, error = peak_of(lambda: read_safetensors_header(data, "up/adapter_model.safetensors"))
+    peak, error = peak_of(lambda: read_safetensors_header(data, "up/adapter_model.safetensors"), InvalidAdapter)
     assert peak < len(data) + SLACK, f"{peak / 1e6:.0f} MB held to parse a {len(data) / 1e6:.0f} MB header"
     assert error is not None and "not ASCII" in str(error), error
     small = header_file('{"__metadata__":{"note":"caf\u00e9"}}'.encode())  # a little metadata text is fine

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import json
 import struct
-import tracemalloc
 
 import pytest
+from allocation_peak import peak_of
 
 from sglang_mint.adapters.safetensors_io import MAX_JSON_ITEMS
 from sglang_mint.packed.format import FORMAT_TAG, MAX_HEADER, PackedError, TensorEntry, decode_header, encode_header
@@ -32,25 +32,11 @@ def meta(mint: str) -> bytes:
     return b'"__metadata__":{"mint_format":"%s","mint":"%s"}' % (FORMAT_TAG.encode(), mint.encode())
 
 
-def peak_of(data: bytes) -> tuple[int, PackedError | None]:
-    """(peak bytes Python allocated while decode_header read ``data``, what it raised)."""
-    tracemalloc.start()
-    try:
-        decode_header(data, len(data), "up/adapter.mintpack")
-        error = None
-    except PackedError as exc:
-        error = exc
-    finally:
-        peak = tracemalloc.get_traced_memory()[1]
-        tracemalloc.stop()
-    return peak, error
-
-
 def test_a_hostile_header_is_refused_before_it_is_parsed():
     """4 M empty objects in 12 MB: 316 MB once parsed."""
     mint = json.dumps(json.dumps(MINT))[1:-1]
     data = packed(b"{" + meta(mint) + b',"x":[' + b",".join([b"{}"] * (HOSTILE_BYTES // 3)) + b"]}")
-    peak, error = peak_of(data)
+    peak, error = peak_of(lambda: decode_header(data, len(data), "up/adapter.mintpack"), PackedError)
     assert peak < len(data) + (1 << 20), f"{peak / 1e6:.0f} MB held to decode a {len(data) / 1e6:.0f} MB header"
     assert error is not None and f"at most {MAX_JSON_ITEMS:,}" in str(error), error
 
@@ -61,7 +47,7 @@ def test_a_hostile_mint_string_is_refused_before_it_is_parsed():
     n = MAX_JSON_ITEMS * 3 // 4
     mint = json.dumps(MINT)[:-1] + ',"x":[' + "{}\\u002c" * n + "{}]}"
     data = packed(b"{" + meta(mint.replace('"', '\\"')) + b"}")
-    peak, error = peak_of(data)
+    peak, error = peak_of(lambda: decode_header(data, len(data), "up/adapter.mintpack"), PackedError)
     # the header's bytes, json.loads' str of them, the mint string they hold (3/8 as long): 29 MB, not 113
     assert peak < 2.5 * len(data) + (1 << 20), f"{peak / 1e6:.0f} MB held to decode a {len(data) / 1e6:.0f} MB header"
     assert error is not None and "mint metadata" in str(error) and f"at most {MAX_JSON_ITEMS:,}" in str(error), error
