@@ -42,6 +42,7 @@ import triton.language as tl
 from ._tiles import masked_tile_dot
 
 from ._config import cdiv, get_config, launch_kwargs
+from ._launch import FastLaunch
 
 
 @dataclass
@@ -102,6 +103,7 @@ def moe_lora_plan(topk_ids: torch.Tensor, token_slots: torch.Tensor, ranks: torc
     return MoeLoraPlan(sorted_pairs[:dump], block_slot, block_expert, block_m, P, top_k)
 
 
+@FastLaunch
 @triton.jit
 def _moe_lora_shrink_kernel(
     x_ptr, a_ptr, y_ptr, sorted_pairs_ptr, block_slot_ptr, block_expert_ptr, ranks_ptr,
@@ -132,6 +134,7 @@ def _moe_lora_shrink_kernel(
     tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=m_mask[:, None] & n_mask[None, :])
 
 
+@FastLaunch
 @triton.jit
 def _moe_lora_expand_kernel(
     y_ptr, b_ptr, out_ptr, w_ptr, sorted_pairs_ptr, block_slot_ptr, block_expert_ptr,

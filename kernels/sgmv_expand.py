@@ -36,9 +36,11 @@ import triton.language as tl
 from ._tiles import masked_tile_dot
 
 from ._config import cdiv, get_config, launch_kwargs
+from ._launch import FastLaunch
 from .batch import LoraBatch
 
 
+@FastLaunch
 @triton.jit
 def _sgmv_expand_kernel(
     y_ptr, b_ptr, out_ptr,

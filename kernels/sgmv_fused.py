@@ -33,11 +33,13 @@ import triton.language as tl
 from ._tiles import masked_row_gemv
 
 from ._config import cdiv, get_config, launch_kwargs
+from ._launch import FastLaunch
 from .batch import LoraBatch
 from .sgmv_expand import _host_offsets, sgmv_expand_ref
 from .sgmv_shrink import sgmv_shrink_ref
 
 
+@FastLaunch
 @triton.jit
 def _bgmv_fused_kernel(
     x_ptr, a_ptr, b_ptr, out_ptr, token_slots_ptr, ranks_ptr, scalings_ptr, offsets_ptr,

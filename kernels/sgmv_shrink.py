@@ -28,11 +28,13 @@ import triton
 import triton.language as tl
 
 from ._config import cdiv, get_config, launch_kwargs, split_for
+from ._launch import FastLaunch
 from ._splitk import WORKSPACE, k_per_split
 from ._tiles import masked_tile_dot, split_k_finish, split_k_range
 from .batch import LoraBatch
 
 
+@FastLaunch
 @triton.jit
 def _sgmv_shrink_kernel(
     x_ptr, a_ptr, y_ptr, part_ptr, counter_ptr,

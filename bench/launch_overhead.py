@@ -1,0 +1,127 @@
+"""Host time of one dense LoRA op (shrink + expand) with Triton's launch path and with FastLaunch.
+
+    python bench/launch_overhead.py [--rounds 7] [--calls 2000]
+
+Without a CUDA graph the host's time is the op's time: on the H200 machine our two launches
+took 130-170 µs of host time against 9-17 µs of device time (bench/results/
+kernel_bench_NVIDIA_H200_cd786fc_dense_r16.jsonl, `host_us`). This measures the host's side
+on any machine: the launchers run for real (config lookup, by_slot plan, Triton's binder),
+on the stub driver of bench/_stubbed_launch.py, whose compiled kernels drop their launches.
+Both paths lose the same C launcher, so the difference is what FastLaunch saves a launch;
+the absolute figures are not the H200 host's (bench/gpu/run.py's kernel_bench measures that).
+
+Each round times `--calls` ops one way, then the other (alternating which goes first), and the
+row gives the median over rounds of µs per op: "triton" runs the raw @triton.jit kernels (the
+code before FastLaunch), "fast" the FastLaunch wrappers. Run with TRITON_INTERPRET unset.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from unittest import mock
+
+import torch
+import triton
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import RESULTS, git_commit, machine  # noqa: E402
+from _stubbed_launch import stubbed_triton  # noqa: E402
+
+from sglang_mint.kernels import LoraBatch, sgmv_expand, sgmv_shrink  # noqa: E402
+
+shrink_module = importlib.import_module("sglang_mint.kernels.sgmv_shrink")
+expand_module = importlib.import_module("sglang_mint.kernels.sgmv_expand")
+
+# llama3-8B qkv at rank 16 with 8 adapters, as kernel_bench's rows: prefill on segments, decode
+# on the per-token form serving uses (LoraBatch.by_slot)
+HIDDEN, WIDTHS, RANK, ADAPTERS = 4096, (4096, 1024, 1024), 16, 8
+CASES = {"prefill": 2048, "decode": 8}
+KERNELS = ((shrink_module, "_sgmv_shrink_kernel"), (expand_module, "_sgmv_expand_kernel"))
+
+
+def op_for(mode: str, tokens: int):
+    """The op as kernel_bench's ours_sgmv (prefill) or ours_bgmv (decode) calls it, on CPU tensors."""
+    S, N = len(WIDTHS), sum(WIDTHS)
+    offs = [0]
+    for w in WIDTHS:
+        offs.append(offs[-1] + w)
+    x = torch.randn(tokens, HIDDEN, dtype=torch.bfloat16)
+    a = torch.randn(ADAPTERS, S * RANK, HIDDEN, dtype=torch.bfloat16)
+    b = torch.randn(ADAPTERS, N, RANK, dtype=torch.bfloat16)
+    out = torch.zeros(tokens, N, dtype=torch.bfloat16)
+    y = torch.empty(tokens, S * RANK, dtype=torch.bfloat16)
+    slots = torch.arange(tokens) % ADAPTERS
+    ranks, scalings = [RANK] * ADAPTERS, [2.0] * ADAPTERS
+    if mode == "prefill":
+        counts = torch.bincount(slots, minlength=ADAPTERS).tolist()
+        batch = LoraBatch.from_segments(counts, range(ADAPTERS), ranks, scalings, "cpu")
+    else:
+        batch = LoraBatch.from_token_slots(slots, ranks, scalings, "cpu")
+    offsets = torch.tensor(offs, dtype=torch.int32)
+    return lambda: (sgmv_shrink(x, a, y, batch, S), sgmv_expand(y, b, out, batch, offsets, offs))
+
+
+@contextlib.contextmanager
+def triton_path():
+    """The launchers call the raw @triton.jit kernels, as before FastLaunch."""
+    with contextlib.ExitStack() as stack:
+        for module, name in KERNELS:
+            stack.enter_context(mock.patch.object(module, name, getattr(module, name).kernel))
+        yield
+
+
+def us_per_op(op, calls: int, context) -> float:
+    with context():
+        op()  # the first launch of each specialization goes through Triton on both paths
+        op()
+        start = time.perf_counter()
+        for _ in range(calls):
+            op()
+        return (time.perf_counter() - start) / calls * 1e6
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--rounds", type=int, default=7)
+    p.add_argument("--calls", type=int, default=2000)
+    p.add_argument("--out", default=str(RESULTS / "launch_overhead.jsonl"))
+    args = p.parse_args(argv)
+    kernels = [getattr(module, name).kernel for module, name in KERNELS]
+    if not isinstance(kernels[0], triton.runtime.jit.JITFunction):
+        sys.exit("launch_overhead: run with TRITON_INTERPRET unset (the interpreter has no launch path)")
+    rows = []
+    with stubbed_triton(*kernels, record=False):
+        for mode, tokens in CASES.items():
+            op = op_for(mode, tokens)
+            times = {"triton": [], "fast": []}
+            for i in range(args.rounds):
+                order = ("triton", "fast") if i % 2 == 0 else ("fast", "triton")
+                for way in order:
+                    times[way].append(us_per_op(op, args.calls, triton_path if way == "triton"
+                                                else contextlib.nullcontext))
+            med = {way: statistics.median(t) for way, t in times.items()}
+            row = {"bench": "launch_overhead", "mode": mode, "tokens": tokens, "hidden": HIDDEN,
+                   "slice_widths": list(WIDTHS), "rank": RANK, "adapters": ADAPTERS,
+                   "triton_us": round(med["triton"], 2), "fast_us": round(med["fast"], 2),
+                   "saved_us": round(med["triton"] - med["fast"], 2),
+                   "spread_us": {w: [round(min(t), 2), round(max(t), 2)] for w, t in times.items()},
+                   "rounds": args.rounds, "calls": args.calls, "triton": triton.__version__,
+                   "git_commit": git_commit(), "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                   **machine()}
+            rows.append(row)
+            print(f"{mode:8s} T={tokens:5d}: Triton's path {med['triton']:6.1f} µs/op, FastLaunch "
+                  f"{med['fast']:6.1f} µs/op, saved {med['triton'] - med['fast']:5.1f} µs (2 launches)")
+    with open(args.out, "a") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+
+
+if __name__ == "__main__":
+    main()
