@@ -152,6 +152,21 @@ def _positive_finite(x) -> bool:
         return False
 
 
+EMBEDDING_LAYERS = ("embed_tokens", "lm_head")  # what PEFT's save_embedding_layers saves whole
+
+
+def _why_not_lora(name: str) -> str:
+    """Why a tensor that is no lora_A/lora_B weight is refused. PEFT saves an embedding layer's full
+    weight beside the LoRA weights (``...lm_head.base_layer.weight``) when that layer is in
+    target_modules or the vocabulary was resized (save_embedding_layers="auto", its default)."""
+    module = name.removesuffix(".weight").removesuffix(".base_layer").rsplit(".", 1)[-1]
+    if module in EMBEDDING_LAYERS:
+        return (f"the full weight of {module}, which PEFT saves beside the LoRA weights (save_embedding_layers, "
+                f"on when {module} is in target_modules or the vocabulary was resized); a catalog serves LoRA "
+                f"weights on the base model's own vocabulary: save with save_embedding_layers=False")
+    return "only lora_A/lora_B weights are supported"
+
+
 def check_tensors(header: dict, config: dict, base: BaseModel, where: str) -> tuple[tuple[str, ...], str]:
     """Check names and shapes against the config and base; return (modules seen, dtype).
 
@@ -163,7 +178,7 @@ def check_tensors(header: dict, config: dict, base: BaseModel, where: str) -> tu
     for name, (dtype, shape) in header.items():
         m = KEY.match(name)
         if not m:
-            raise InvalidAdapter(f"{where}: unexpected tensor {name!r} (only lora_A/lora_B weights are supported)")
+            raise InvalidAdapter(f"{where}: unexpected tensor {name!r} ({_why_not_lora(name)})")
         pairs.setdefault(m["module"], {})[m["ab"]] = (name, list(shape))
         dtypes.add(dtype)
     if not pairs:

@@ -132,6 +132,11 @@ def _bad_cases(tmp, base_dir):
         t["base_model.model.lm_head.weight"] = np.ones((4, 4), np.float16)
         write_peft(f, tensors=t)
 
+    def embedding_save(f):  # PEFT's default save when lm_head is targeted: the base layer's full weight too
+        t = peft_tensors()
+        t["base_model.model.lm_head.base_layer.weight"] = np.ones((4, 4), np.float16)
+        write_peft(f, tensors=t)
+
     return [
         ("rank0", rank(0), InvalidAdapter, "rank r must be a positive integer, got 0"),
         ("rank-neg", rank(-2), InvalidAdapter, "got -2"),
@@ -157,6 +162,8 @@ def _bad_cases(tmp, base_dir):
         ("mixed-dtypes", mixed_dtypes, InvalidAdapter, "mix dtypes"),
         ("int-dtype", int_dtype, InvalidAdapter, "must be F16, BF16 or F32"),
         ("extra-tensor", extra_tensor, InvalidAdapter, "unexpected tensor"),
+        ("embedding-save", embedding_save, InvalidAdapter,
+         "the full weight of lm_head, which PEFT saves beside the LoRA weights (save_embedding_layers"),
     ]
 
 
