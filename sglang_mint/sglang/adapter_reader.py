@@ -7,7 +7,11 @@ the adapter; ``attach_adapter`` maps the copy tensor-parallel rank 0 read
 
 from __future__ import annotations
 
+import copy
+import inspect
+import logging
 import os
+import threading
 
 from sglang_mint.adapters.errors import InvalidAdapter
 from sglang_mint.adapters.peft import load_for_serving, read_served_config
@@ -61,6 +65,9 @@ def read_adapter(manager, catalog, lora_id: str, rev):
         raise InvalidAdapter(f"{where}: SGLang's LoRA pool has no module for {', '.join(unfiled[:3])}"
                              f"{f' and {len(unfiled) - 3} more' if len(unfiled) > 3 else ''} (its modules: "
                              f"{', '.join(sorted(manager.memory_pool.target_modules))})")
+    refusal = fill_refusal(manager, lora_id, adapter)
+    if refusal:
+        raise InvalidAdapter(f"{where}: SGLang's LoRA pool fill refuses it: {refusal}")
     return adapter, adapter_host_bytes(adapter)
 
 
@@ -79,6 +86,80 @@ def unfiled_weights(adapter, target_modules) -> list[str]:
         except ValueError:
             unfiled.append(name)
     return unfiled
+
+
+class _DryFill(logging.Filter):
+    """Drops the pool fill's log lines ("loaded weights for target modules ...") while this thread dry-runs
+    it: the scheduler's real fill says them when the adapter is filled."""
+
+    def __init__(self):
+        super().__init__()
+        self.local = threading.local()
+
+    def filter(self, record) -> bool:
+        return not getattr(self.local, "running", False)
+
+
+_DRY_FILL = _DryFill()
+
+
+def fill_refusal(manager, lora_id: str, adapter) -> str | None:
+    """What SGLang's pool fill (``LoRAMemoryPool.load_lora_weight_to_buffer``) raises for ``adapter``, or None.
+
+    The fill runs on the scheduler's loop as a batch is formed, and anything it raises there stops the
+    server for every tenant: a weight whose shape does not fit its slot after the layer's own slice
+    (its assert), an expert past the pool's, per-expert weights where the pool shares one across every
+    expert (``experts_shared_outer_loras``, set at startup from ``--lora-paths``). So the read thread runs
+    that very fill first, against a copy of the pool whose buffers are meta tensors: shapes only, nothing
+    copied, no slot touched, no pinned copy made. Example: a model served with a 320-wide MLP and a
+    revision whose down_proj lora_A is [4, 256] -> "AssertionError: LoRA buffer shape torch.Size([4, 320])
+    does not match weight shape torch.Size([4, 256])". Tensor-parallel ranks other than 0 attach what
+    rank 0 read, and their own slices are not tried."""
+    from sglang.srt.lora.mem_pool import LoRAMemoryPool
+
+    from sglang_mint.sglang.packed_pool import fill_plan
+
+    if getattr(adapter, "mint_packed", None) is not None and fill_plan(manager.memory_pool, adapter,
+                                                                     manager.lora_modules) is not None:
+        return None  # packed_pool's one-copy fill will run: its plan (kept for it) checked every slot's shape
+    logger = logging.getLogger(LoRAMemoryPool.__module__)
+    if _DRY_FILL not in logger.filters:
+        logger.addFilter(_DRY_FILL)
+    _DRY_FILL.local.running = True
+    try:
+        # SGLang's own, past the hooks (HookRegistry sets __wrapped__): packed_pool's fill, where it applies,
+        # is bit-identical to it and hands it whatever does not fit, and its timing and log are for real fills
+        sglang_fill = inspect.unwrap(LoRAMemoryPool.load_lora_weight_to_buffer)
+        sglang_fill(dry_pool(manager.memory_pool), lora_id, 0, adapter, manager.lora_modules,
+                    manager.embed_tokens_module, manager.lm_head_module)
+    except Exception as exc:  # whatever it raises, it would raise on the scheduler's loop
+        text = str(exc)
+        return f"{type(exc).__name__}: {text if len(text) <= 400 else text[:400] + '...'}"
+    finally:
+        _DRY_FILL.local.running = False
+    return None
+
+
+def dry_pool(pool):
+    """A shallow copy of SGLang's LoRA ``pool`` whose buffers (``*_buffer``: dicts of per-layer lists or
+    tensors) are meta tensors of the same shapes, and which pins nothing."""
+    import torch
+
+    def meta(v):
+        if isinstance(v, torch.Tensor):
+            return torch.empty(v.shape, dtype=v.dtype, device="meta")
+        if isinstance(v, dict):
+            return {k: meta(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return type(v)(meta(x) for x in v)
+        return v
+
+    dry = copy.copy(pool)
+    for name, value in vars(pool).items():
+        if name.endswith("_buffer") and isinstance(value, (dict, list, torch.Tensor)):
+            setattr(dry, name, meta(value))
+    dry.pin_memory_available = False
+    return dry
 
 
 def own_weights(adapter, read: dict) -> None:

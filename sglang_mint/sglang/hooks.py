@@ -137,9 +137,16 @@ INTERNALS: tuple[Internal, ...] = (
              "._mint_loads", "dp_affinity"),
     Internal("scheduler", "lora_manager", "configs, loras, lora_refs, memory_pool, lora_modules", "installs and "
              "drops catalog adapters as SGLang's own; ranks, pins; finds an expert layer", "residency, lora_info"),
+    Internal("scheduler", "lora_manager", "embed_tokens_module, lm_head_module", "what the pool fill is given "
+             "beside lora_modules, for its dry run on the read thread", "adapter_reader"),
     Internal("scheduler", "memory_pool", "buffer_id_to_uid, moe_use_local_expert_ids, target_modules", "which "
              "adapter holds a slot; when the one-copy packed fill applies; the modules its fill files weights under",
              "lora_info, packed_pool, adapter_reader"),
+    Internal("scheduler", "memory_pool", "A_buffer, B_buffer, pin_memory_available", "a copy of the pool for the "
+             "fill's dry run: every *_buffer replaced by meta tensors of its shapes, pinning off", "adapter_reader"),
+    Internal("scheduler", "sglang.srt.lora.mem_pool.LoRAMemoryPool", "load_lora_weight_to_buffer", "SGLang's own "
+             "(unwrapped past the hooks: HookRegistry's __wrapped__) run dry on the read thread, on that copy: what it "
+             "raises fails the adapter's requests, not the scheduler", "adapter_reader"),
     Internal("scheduler", "sglang.srt.lora.utils", "get_target_module_name", "how the pool fill files a weight by "
              "name: a read adapter's names are checked with it before the fill", "adapter_reader"),
     Internal("scheduler", "sglang.srt.lora.mem_pool", "_SGLANG_EXPERIMENTAL_LORA_OPTI, copy_weight_into_buffer",
