@@ -38,6 +38,7 @@ import os
 from dataclasses import dataclass, field, fields
 
 from sglang_mint.adapters.errors import InvalidAdapter
+from sglang_mint.adapters.stack_fill import attention_outs
 
 # Config keys that change any weight shape. Missing keys are simply left out.
 SHAPE_KEYS = (
@@ -97,14 +98,18 @@ class BaseModel:
     def packed_identity(self) -> dict:
         """What a packed file converted for this base records (``mint.base`` in format.py);
         the engine checks hidden_size, layers, vocab and experts against it before reading data.
-        Example for the tiny Llama: ``{"name": "tiny", "identity": "llama-3f2a...",
-        "hidden_size": 128, "num_hidden_layers": 2, "vocab_size": 1000, "kv_out": 64}``."""
+        ``stack_outs`` are the output widths of the attention stack's members, which the converter
+        gives the zeros of a member the adapter lacks (adapters/stack_fill.py); files written before
+        it record ``kv_out`` instead (k_proj/v_proj's width), which nothing reads back.
+        Example for the tiny Llama: ``{"name": "tiny", "identity": "llama-3f2a...", "hidden_size": 128,
+        "num_hidden_layers": 2, "vocab_size": 1000, "stack_outs": {"q_proj": 128, "k_proj": 64, "v_proj": 64}}``."""
         out = {"name": self.name, "identity": self.identity, "hidden_size": self.hidden_size,
                "num_hidden_layers": self.num_hidden_layers}
         if self.vocab_size:
             out["vocab_size"] = self.vocab_size
-        if not self.mla:  # k_proj/v_proj width, to zero-fill them under a q_proj-only adapter
-            out["kv_out"] = self.num_key_value_heads * self.head_dim
+        outs = attention_outs(self)
+        if outs:
+            out["stack_outs"] = outs
         if self.num_experts:
             out["num_experts"] = self.num_experts
         return out

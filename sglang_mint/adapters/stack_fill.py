@@ -14,7 +14,9 @@ always starting from one member and reading the others, or making zeros of a wro
   stopping the server (a real DeepSeek-V3 server); kv_a_proj_with_mqa alone stays unstacked.
 
 A missing member gets zeros of the base's widths, so the stacked module adds exactly the adapter's
-deltas; the packed converter does the same for q/k/v (packed/convert.py, ZERO_LIKE and ``kv_out``).
+deltas: those of a same-width partner the adapter has (SAME_WIDTH), else ``BaseModel.module_shape``.
+The packed converter stores every stack whole from the same tables (STACKS, SAME_WIDTH), taking the
+attention widths it cannot see from the packed identity (``attention_outs``, BaseModel.packed_identity).
 Example (tiny Llama, rank 8, q_proj only): ``...layers.0.self_attn.v_proj.lora_A.weight`` is zeros
 [8, 128], its lora_B zeros [64, 8]; SGLang's qkv_proj is then A [24, 128], B [256, 8] with rows
 128:256 of B zero. The common q_proj + v_proj adapter is left as it is.
@@ -24,51 +26,77 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from sglang_mint.adapters.base_model import BaseModel
 from sglang_mint.adapters.lora_keys import KEY
 from sglang_mint.adapters.module_paths import module_path
 
 if TYPE_CHECKING:
     import torch
 
-# (the members one stack holds, those SGLang's loader reads) per attention kind, and for gate/up
-QKV = (("q_proj", "k_proj", "v_proj"), ("q_proj", "v_proj"))  # a missing k_proj: zeros_like(v_proj), right
-MLA_QKV_A = (("q_a_proj", "kv_a_proj_with_mqa"), ("q_a_proj", "kv_a_proj_with_mqa"))
-GATE_UP = (("gate_proj", "up_proj"), ("gate_proj",))  # a missing up_proj: zeros_like(gate_proj), right
+    from sglang_mint.adapters.base_model import BaseModel
+
+# stacked module -> its members in slice order, as SGLang's normalize_* concatenates them
+STACKS = {"qkv_proj": ("q_proj", "k_proj", "v_proj"), "gate_up_proj": ("gate_proj", "up_proj"),
+          "fused_qkv_a_proj_with_mqa": ("q_a_proj", "kv_a_proj_with_mqa")}
+# the members SGLang's loader reads once a stack has any member: a missing k_proj it makes
+# zeros_like(v_proj), a missing up_proj zeros_like(gate_proj), both right
+READ = {"qkv_proj": ("q_proj", "v_proj"), "gate_up_proj": ("gate_proj",),
+        "fused_qkv_a_proj_with_mqa": STACKS["fused_qkv_a_proj_with_mqa"]}
+# members whose (in, out) are always their partner's: k/v (kv heads x head_dim), gate/up (hidden -> width)
+SAME_WIDTH = {"k_proj": "v_proj", "v_proj": "k_proj", "gate_proj": "up_proj", "up_proj": "gate_proj"}
 MLP_PARENTS = ("mlp", "experts", "shared_expert", "shared_experts")
 
 
-def complete_stacks(tensors: dict[str, "torch.Tensor"], base: BaseModel) -> dict[str, "torch.Tensor"]:
+def attention_stack(base: "BaseModel") -> str:
+    """The stack of the base's attention: MLA's fused_qkv_a_proj_with_mqa, else qkv_proj."""
+    return "fused_qkv_a_proj_with_mqa" if base.mla else "qkv_proj"
+
+
+def attention_outs(base: "BaseModel") -> dict[str, int]:
+    """The output width of each member of the base's attention stack whose width it knows, for a
+    converter that fills one an adapter lacks without the BaseModel at hand. Tiny Llama:
+    ``{"q_proj": 128, "k_proj": 64, "v_proj": 64}``; tiny DeepSeek-V3 (q_lora_rank 48,
+    kv_lora_rank 256, rope 32): ``{"q_a_proj": 48, "kv_a_proj_with_mqa": 288}``."""
+    shapes = {m: base.module_shape("self_attn", m) for m in STACKS[attention_stack(base)]}
+    return {m: shape[1] for m, shape in shapes.items() if shape}
+
+
+def _stack_of(parent: str, leaf: str, base: "BaseModel") -> str | None:
+    """The stack SGLang puts module ``leaf`` under ``parent`` (module_paths.py's) in, or None."""
+    if parent == "self_attn":
+        stack = attention_stack(base)
+    elif parent in MLP_PARENTS:
+        stack = "gate_up_proj"
+    else:
+        return None
+    return stack if leaf in STACKS[stack] else None
+
+
+def complete_stacks(tensors: dict[str, "torch.Tensor"], base: "BaseModel") -> dict[str, "torch.Tensor"]:
     """``tensors`` (checked, one rank) with zero lora_A/lora_B for each member SGLang reads that a stack
     lacks where the adapter has another member of it. The same dict comes back when none is missing."""
-    attention = MLA_QKV_A if base.mla else QKV
-    stacks: dict[str, tuple] = {}  # "...layers.0.self_attn." -> (members, needed, parent)
+    stacks: dict[str, tuple[str, str]] = {}  # "...layers.0.self_attn." -> (stack, parent)
     found: dict[str, dict[str, dict[str, tuple[str, "torch.Tensor"]]]] = {}  # prefix -> {member: {A/B}}
     for name, t in tensors.items():
         m = KEY.match(name)
         path = module_path(m["module"]) if m else None
-        if path is None:
-            continue
-        if path.parent == "self_attn" and path.module in attention[0]:
-            members, needed = attention
-        elif path.parent in MLP_PARENTS and path.module in GATE_UP[0]:
-            members, needed = GATE_UP
-        else:
+        stack = _stack_of(path.parent, path.module, base) if path else None
+        if stack is None:
             continue
         prefix = m["module"][:-len(path.module)]
-        stacks[prefix] = (members, needed, path.parent)
+        stacks[prefix] = (stack, path.parent)
         found.setdefault(prefix, {}).setdefault(path.module, {})[m["ab"]] = (name, t)
-    missing = {prefix: [leaf for leaf in stacks[prefix][1] if leaf not in have] for prefix, have in found.items()}
+    missing = {prefix: [leaf for leaf in READ[stacks[prefix][0]] if leaf not in have] for prefix, have in found.items()}
     if not any(missing.values()):
         return tensors
     out = dict(tensors)
     for prefix, leaves in missing.items():
         have, pair = next(iter(found[prefix].items()))
-        parent = stacks[prefix][2]
+        parent = stacks[prefix][1]
         for leaf in leaves:
+            partner = found[prefix].get(SAME_WIDTH.get(leaf))
             for ab, (name, t) in pair.items():
-                if parent in MLP_PARENTS:  # gate and up have the same widths: zeros like the partner
-                    zeros = t.new_zeros(t.shape)
+                if partner:  # zeros like the partner (3D for routed experts)
+                    zeros = t.new_zeros(partner[ab][1].shape)
                 else:
                     fin, fout = base.module_shape(parent, leaf)
                     rank = t.shape[0] if ab == "A" else t.shape[1]

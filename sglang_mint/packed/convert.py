@@ -14,6 +14,12 @@ Accepted MoE expert layouts (all become 3D ``experts.<proj>`` tensors):
   B.reshape(out, R, E).permute(2, 0, 1). A fused gate_up_proj has ONE A for
   both halves, so it fills both A slices (gate and up) and B goes whole.
 
+Stacks (adapters/stack_fill.py): q/k/v, gate/up and MLA's q_a/kv_a are stored stacked, as
+SGLang's pool holds them, whichever members the adapter has; a member it lacks is zeros of its
+width: a same-width partner's (k/v, gate/up), else the base's (``stack_outs`` of the packed
+identity). Example (tiny Llama, k_proj only, rank 4): qkv_proj A [12, 128] with rows 4:8 the
+k_proj A, B [128 + 64 + 64, 4] with rows 128:192 its B, the rest zeros that no part names.
+
 Ranks and scalings: modules of different ranks are zero-padded to the
 largest, R. If every module has one scaling s (alpha_m / r_m, or
 alpha_m / sqrt(r_m) under use_rslora), the packed config says r = R and
@@ -31,8 +37,11 @@ import re
 
 import torch
 
+from sglang_mint.adapters.base_model import base_model_from_config
 from sglang_mint.adapters.errors import InvalidAdapter
 from sglang_mint.adapters.lora_keys import PEFT_FUSED, ModuleRanks, fused_expert_params, scaling
+from sglang_mint.adapters.module_paths import module_path
+from sglang_mint.adapters.stack_fill import SAME_WIDTH, STACKS
 from sglang_mint.adapters.uniform_rank import uniform_lora
 from sglang_mint.packed.format import PackedError
 from sglang_mint.packed.part_map import checked_parts
@@ -41,14 +50,8 @@ from sglang_mint.packed.writer import DTYPE_NAMES
 CONFIG = "adapter_config.json"
 WEIGHTS = "adapter_model.safetensors"
 
-# member -> (fused name, slice index, slices). Fused only when slice 0 is present.
-FUSE = {
-    "q_proj": ("qkv_proj", 0, 3), "k_proj": ("qkv_proj", 1, 3), "v_proj": ("qkv_proj", 2, 3),
-    "gate_proj": ("gate_up_proj", 0, 2), "up_proj": ("gate_up_proj", 1, 2),
-    "q_a_proj": ("fused_qkv_a_proj_with_mqa", 0, 2), "kv_a_proj_with_mqa": ("fused_qkv_a_proj_with_mqa", 1, 2),
-}
-# a missing member is zeros shaped like this sibling (SGLang does the same)
-ZERO_LIKE = {"k_proj": "v_proj", "v_proj": "k_proj", "up_proj": "gate_proj"}
+# member -> (fused name, slice index, slices): "k_proj" -> ("qkv_proj", 1, 3)
+FUSE = {m: (stack, i, len(members)) for stack, members in STACKS.items() for i, m in enumerate(members)}
 W_NAMES = {"w1": "gate_proj", "w3": "up_proj", "w2": "down_proj"}
 # names an adapter may hold already stacked (Phi-3), whose one A SGLang's loader repeats per slice
 PRESTACKED = ("qkv_proj", "gate_up_proj")
@@ -176,9 +179,12 @@ def _member_views(mem: Member) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def pack_tensors(cfg: dict, tensors: dict[str, torch.Tensor], where: str, num_experts: int | None = None,
-                 kv_out: int | None = None):
+                 stack_outs: dict[str, int] | None = None):
     """Returns (stored list in pool order, mint dict without base, packed adapter_config).
 
+    ``stack_outs``: the base's attention members' output widths (``{"q_proj": 128, ...}``, see
+    BaseModel.packed_identity), for zeros of one the adapter lacks; without them such an adapter
+    is refused unless a same-width partner gives the width.
     ``mint["peft_config"]`` and the part map describe what unpack gives back: the
     source adapter, or its uniform form when modules had different scalings."""
     members, scale = _members(cfg, tensors, where)
@@ -197,17 +203,10 @@ def pack_tensors(cfg: dict, tensors: dict[str, torch.Tensor], where: str, num_ex
     groups: dict[str, list[Member]] = {}
     for m in members.values():
         groups.setdefault(m.stored, []).append(m)
-    for name in list(groups):  # k/v without q, up without gate, kv_a without q_a: keep them unfused
-        mems = groups[name]
-        if mems[0].slices > 1 and not any(m.slot == 0 for m in mems):
-            del groups[name]
-            for m in mems:
-                m.stored, m.slot, m.slices = f"{name.rsplit('.', 1)[0]}.{_member_leaf(name, m.slot)}", 0, 1
-                groups.setdefault(m.stored, []).append(m)
     stored: list[tuple[str, torch.Tensor]] = []
     tmap: dict[str, dict] = {}
     for name, mems in groups.items():
-        _build(name, mems, mems[0].slices, R, dtype, num_experts, where, stored, tmap, kv_out)
+        _build(name, mems, mems[0].slices, R, dtype, num_experts, where, stored, tmap, stack_outs or {})
     stored.sort(key=lambda kv: _order(kv[0]))
     mint = {"rank": R, "alpha": scale * R, "dtype": DTYPE_NAMES[dtype], "tensors": tmap,
             "peft_config": cfg, "target_modules": _targets(members)}
@@ -219,8 +218,7 @@ def pack_tensors(cfg: dict, tensors: dict[str, torch.Tensor], where: str, num_ex
 
 
 def _member_leaf(fused: str, slot: int) -> str:
-    leaf = fused.rsplit(".", 1)[1]
-    return next(k for k, v in FUSE.items() if v[0] == leaf and v[1] == slot)
+    return STACKS[fused.rsplit(".", 1)[1]][slot]
 
 
 def _order(name: str):
@@ -232,11 +230,11 @@ def _targets(members: dict[str, Member]) -> list[str]:
     out = set()
     for m in members.values():
         leaf = m.stored.rsplit(".", 1)[1]
-        out.update([k for k, v in FUSE.items() if v[0] == leaf] or [leaf])
+        out.update(STACKS.get(leaf, (leaf,)))
     return sorted(out)
 
 
-def _build(name, mems, n, R, dtype, num_experts, where, stored, tmap, kv_out=None):
+def _build(name, mems, n, R, dtype, num_experts, where, stored, tmap, stack_outs):
     by_slot: dict[int, dict[int | None, Member]] = {}
     for m in mems:
         by_slot.setdefault(m.slot, {})[m.expert] = m
@@ -266,14 +264,7 @@ def _build(name, mems, n, R, dtype, num_experts, where, stored, tmap, kv_out=Non
         shape[slot] = (a.shape[-1], b.shape[-2])
     for slot in range(n):
         if slot not in shape:
-            sib = ZERO_LIKE.get(_member_leaf(name, slot))
-            sib_slot = FUSE[sib][1] if sib else None
-            if sib_slot not in shape and kv_out and _member_leaf(name, slot) in ("k_proj", "v_proj") and 0 in shape:
-                shape[slot] = (shape[0][0], kv_out)
-                continue
-            if sib_slot not in shape:
-                raise PackedError(f"{where}: {name} lacks slice {slot} and has nothing to size it by")
-            shape[slot] = shape[sib_slot]
+            shape[slot] = _missing_shape(name, slot, shape, stack_outs, where)
     ins = {s[0] for s in shape.values()}
     if len(ins) != 1:
         raise PackedError(f"{where}: {name} members have different input widths {sorted(ins)}")
@@ -311,6 +302,25 @@ def _build(name, mems, n, R, dtype, num_experts, where, stored, tmap, kv_out=Non
     stored.append((name + suffix.format("B"), B))
     tmap[name + suffix.format("A")] = {"slices": n, "parts": partsA}
     tmap[name + suffix.format("B")] = {"slices": n, "parts": partsB}
+
+
+def _missing_shape(name: str, slot: int, shape: dict[int, tuple[int, int]], stack_outs: dict[str, int],
+                   where: str) -> tuple[int, int]:
+    """(in, out) of the zeros for member ``slot`` of stack ``name``, which the adapter lacks: a same-width
+    partner's (SGLang's own zeros_like), else the base's width of an attention member. Every member of a
+    stack reads the same input."""
+    leaf = _member_leaf(name, slot)
+    partner = SAME_WIDTH.get(leaf)
+    if partner and FUSE[partner][1] in shape:
+        return shape[FUSE[partner][1]]
+    path = module_path(name)
+    din = next(iter(shape.values()))[0]
+    if path is not None and path.parent == "self_attn" and stack_outs.get(leaf):
+        return din, int(stack_outs[leaf])
+    have = ", ".join(_member_leaf(name, s) for s in sorted(shape))
+    raise PackedError(f"{where}: {name}: the adapter has {have} but lacks {leaf}, which the packed form stores "
+                      f"stacked with it as zeros of the base model's width, unknown here; convert with "
+                      f"`mint pack --base MODEL`, or publish this adapter without --pack")
 
 
 _EXPERT_IN_NAME = re.compile(r"\.experts\.(\d+)\.")
@@ -361,20 +371,17 @@ def unpack_tensors(mint: dict, tensors: dict[str, torch.Tensor], where: str = "p
 
 
 def base_identity(model_dir: str) -> dict:
-    """What a packed file records about its base model (from config.json)."""
+    """What a packed file records about its base model (from config.json): BaseModel.packed_identity,
+    the catalog's, plus the text model's model_type, which the engine checks too."""
     with open(os.path.join(model_dir, "config.json")) as f:
-        c = json.load(f)
-    c = c.get("text_config", c)
-    ident = {"name": os.path.basename(os.path.normpath(model_dir))}
-    for k in ("model_type", "hidden_size", "num_hidden_layers", "vocab_size"):
-        if k in c:
-            ident[k] = c[k]
-    heads = c.get("num_attention_heads")
-    if heads and c.get("hidden_size"):  # k_proj/v_proj width, to zero-fill them under a q_proj-only adapter
-        ident["kv_out"] = c.get("num_key_value_heads", heads) * (c.get("head_dim") or c["hidden_size"] // heads)
-    experts = c.get("num_experts", c.get("n_routed_experts", c.get("num_local_experts")))
-    if experts:
-        ident["num_experts"] = int(experts)
+        config = json.load(f)
+    try:
+        ident = base_model_from_config(config, os.path.basename(os.path.normpath(model_dir))).packed_identity()
+    except InvalidAdapter as exc:
+        raise PackedError(f"--base {model_dir}: {exc}") from None
+    text = config.get("text_config") or config
+    if "model_type" in text:
+        ident["model_type"] = text["model_type"]
     return ident
 
 
@@ -386,7 +393,7 @@ def pack_folder(src: str, dst: str, base_dir: str | None = None) -> str:
     cfg, tensors = read_peft(src)
     base = base_identity(base_dir) if base_dir else {"name": cfg.get("base_model_name_or_path")}
     stored, mint, pcfg = pack_tensors(cfg, tensors, src, num_experts=base.get("num_experts"),
-                                      kv_out=base.get("kv_out"))
+                                      stack_outs=base.get("stack_outs"))
     mint["base"] = base
     os.makedirs(dst, exist_ok=True)
     out = os.path.join(dst, PACKED_FILE)
@@ -400,13 +407,13 @@ def pack_bytes(cfg_bytes: bytes, weights: bytes, base: dict, where: str) -> tupl
     """The packed folder's two files in memory: (adapter_config.json, adapter.mintpack, mint metadata).
 
     ``base`` is what the file records about its base model (see base_identity);
-    its ``num_experts`` and ``kv_out`` steer the conversion as in pack_folder.
+    its ``num_experts`` and ``stack_outs`` steer the conversion as in pack_folder.
     The same input gives the same bytes (the catalog stores them content-addressed)."""
     from sglang_mint.packed.writer import encode_packed
 
     cfg, tensors = parse_peft(cfg_bytes, weights, where)
     stored, mint, pcfg = pack_tensors(cfg, tensors, where, num_experts=base.get("num_experts"),
-                                      kv_out=base.get("kv_out"))
+                                      stack_outs=base.get("stack_outs"))
     mint["base"] = base
     data = encode_packed(stored, mint, where)
     return json.dumps(pcfg, indent=2).encode(), data, mint

@@ -22,7 +22,7 @@ The ``mint`` metadata (JSON)::
 
     {"version": 1, "rank": R, "alpha": A, "dtype": "BF16",
      "base": {"name": ..., "model_type": ..., "hidden_size": ..., "num_hidden_layers": ...,
-              "num_experts": ...},             # what the converter knew; may be partial
+              "num_experts": ..., "stack_outs": {"q_proj": ..., ...}},  # what the converter knew; may be partial
      "target_modules": ["q_proj", ...],        # PEFT names, as adapter_config.json lists them
      "tensors": {stored_name: {"slices": C, "parts": [part, ...]}}}
 
@@ -54,7 +54,9 @@ E parts, one per expert (keeps the header small for per-expert sources).
 ``view.narrow(dim, s, t - s)`` is the source tensor (``plain``), or its image
 under PEFT's fused-expert layout: A ``[E*R, in]`` is ``view.reshape(E*R, in)``
 and B ``[out, R*E]`` is ``view.permute(1, 2, 0).reshape(out, R*E)``. Regions no
-part covers are zeros (padding, or a k_proj/up_proj the source lacked).
+part covers are zeros (padding, or a member of a stack the source lacked: a k_proj
+alone is stored in qkv_proj beside zeros of q_proj's and v_proj's widths, as
+adapters/stack_fill.py completes it for SGLang).
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@
   that value into the config it stores, and the adapter is served as PEFT computes it.
 * SGLang's normalize_qkv_proj stacks q/k/v and looks up v_proj whenever q_proj is there: a q_proj
   (or q_proj + k_proj) adapter was a KeyError on every load. load_for_serving fills the missing
-  k_proj/v_proj (and q_proj) with zeros, what the packed converter does (convert.py ZERO_LIKE).
+  k_proj/v_proj (and q_proj) with zeros (stack_fill.py), what the packed converter does too.
 """
 
 from __future__ import annotations
