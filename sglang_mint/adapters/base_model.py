@@ -10,7 +10,10 @@ config.json). We record:
   renamed or re-downloaded; a differently sized model never does;
 - ``dims``: the sizes needed to check LoRA shapes of every module kind we
   serve: dense attention and MLP, MoE experts and shared experts, MLA
-  attention and the DSA indexer (``module_shape``).
+  attention and the DSA indexer (``module_shape``);
+- ``moe_layers``: the layers whose MLP routes to experts, as SGLang builds
+  them (``moe_layers_of``); the others have a dense MLP. DeepSeek-V3
+  (first_k_dense_replace 3, 61 layers): 3..60.
 
 For the tiny test model (hidden 128, intermediate 256, 4 heads, 2 kv heads,
 head_dim 32) ``q_proj`` maps 128 -> 4*32 = 128, ``k_proj`` 128 -> 2*32 = 64,
@@ -81,6 +84,9 @@ class BaseModel:
     v_head_dim: int | None = None
     index_n_heads: int | None = None  # DSA indexer (DeepSeek-V3.2)
     index_head_dim: int | None = None
+    # The layers that route to experts (moe_layers_of); () for a dense model. None: unknown (a record
+    # written before it was recorded, or an MoE architecture whose rule mint lacks), so not checked.
+    moe_layers: tuple[int, ...] | None = None
     # The fields the stored JSON lacked (from_json): an older version of mint wrote it before they
     # existed. Not part of the record: to_json leaves it out, and == ignores it.
     unrecorded: tuple[str, ...] = field(default=(), compare=False, repr=False)
@@ -88,12 +94,21 @@ class BaseModel:
     def to_json(self) -> dict:
         out = dict(self.__dict__)
         del out["unrecorded"]
+        if self.moe_layers is not None:
+            out["moe_layers"] = list(self.moe_layers)
         return out
 
     @classmethod
     def from_json(cls, d: dict) -> "BaseModel":
         recorded = {f.name for f in fields(cls)} - {"unrecorded"}
+        if isinstance(d.get("moe_layers"), list):
+            d = {**d, "moe_layers": tuple(d["moe_layers"])}
         return cls(**d, unrecorded=tuple(sorted(recorded - set(d))))
+
+    def routes_to_experts(self, layer: int) -> bool | None:
+        """Whether ``layer``'s MLP is routed experts (``mlp.experts``, and a shared expert where the model has
+        one) rather than a dense MLP (``mlp.gate_proj``...); None when the record does not say (moe_layers)."""
+        return None if self.moe_layers is None else layer in self.moe_layers
 
     def packed_identity(self) -> dict:
         """What a packed file converted for this base records (``mint.base`` in format.py);
@@ -173,6 +188,39 @@ def _mlp_shape(module: str, hidden: int, width: int | None) -> tuple[int, int] |
             "gate_up_proj": (hidden, 2 * width)}.get(module)
 
 
+# Which layers route to experts, as SGLang 0.5.23 builds the model it finds in architectures[0] (model_type
+# for a config without it): every layer of Qwen2-MoE, Qwen3-MoE and Mixtral (qwen2_moe.py, qwen3_moe.py and
+# mixtral.py stage_facts: sparse=True; mlp_only_layers and decoder_sparse_step are not read, and a dense
+# weight of such a layer is skipped at load); DeepSeek's by deepseek_v2.py _is_layer_sparse (below).
+EVERY_LAYER = {"Qwen2MoeForCausalLM", "Qwen3MoeForCausalLM", "MixtralForCausalLM", "qwen2_moe", "qwen3_moe", "mixtral"}
+DEEPSEEK = {"DeepseekV2ForCausalLM", "DeepseekV3ForCausalLM", "DeepseekV32ForCausalLM",
+            "deepseek_v2", "deepseek_v3", "deepseek_v32"}
+
+
+def moe_layers_of(config: dict, cfg: dict, layers: int, experts: int | None) -> tuple[int, ...] | None:
+    """The layers of the model that route to experts: () for a dense model, None when unknown.
+
+    ``config`` is config.json, ``cfg`` its text part. DeepSeek (deepseek_v2.py ``_is_layer_sparse``): layer
+    l when ``l >= first_k_dense_replace and l % moe_layer_freq == 0``, e.g. DeepSeek-V3 (3, 1): 3..60.
+    Without first_k_dense_replace SGLang takes the transformers config class's default (3 for V3, 0 for V2),
+    so it is unknown here; without moe_layer_freq it is 1, the value of every DeepSeek config (SGLang
+    requires the key; transformers 5 does not write it). An MoE architecture not named above: unknown."""
+    if not experts:
+        return ()
+    archs = config.get("architectures")
+    kind = archs[0] if isinstance(archs, list) and archs else config.get("model_type") or cfg.get("model_type")
+    if kind in EVERY_LAYER:
+        return tuple(range(layers))
+    first, freq = cfg.get("first_k_dense_replace"), cfg.get("moe_layer_freq", 1)
+    if kind not in DEEPSEEK or not _count(first) or not _count(freq) or freq == 0:
+        return None
+    return tuple(n for n in range(first, layers) if n % freq == 0)
+
+
+def _count(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
 def base_model_from_config(config: dict, name: str) -> BaseModel:
     """Build the identity and dims from a parsed config.json (``text_config`` is used if present)."""
     cfg = config.get("text_config") or config
@@ -219,6 +267,7 @@ def base_model_from_config(config: dict, name: str) -> BaseModel:
         v_head_dim=size("v_head_dim"),
         index_n_heads=size("index_n_heads"),
         index_head_dim=size("index_head_dim"),
+        moe_layers=moe_layers_of(config, cfg, cfg["num_hidden_layers"], experts),
     )
 
 

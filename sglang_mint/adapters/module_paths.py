@@ -7,7 +7,9 @@ module lands in that module's buffer. ``layers.0.foo.o_proj`` is filed as layer
 128 -> 128) an assert fails inside the scheduler's forward and the whole server
 goes down. So a LoRA module is accepted only when its path is one of the module
 families below, whose in/out widths ``BaseModel.module_shape`` knows, and those
-widths are then checked (adapters/peft.py).
+widths are then checked (adapters/peft.py). In an MoE model each layer has
+either the dense MLP or the experts (``BaseModel.routes_to_experts``): a path
+to the one its layer lacks is refused too (``absent_from_layer``).
 
 What follows the first ``layers.<n>.`` (``<moe>`` is ``mlp`` or Mixtral's
 ``block_sparse_moe``, ``<e>`` an expert index):
@@ -84,3 +86,29 @@ def unservable(path: ModulePath, base) -> str | None:
                 f"kv_a_proj_with_mqa fused with a q_a_proj this model lacks; leave q_proj and "
                 f"kv_a_proj_with_mqa out of target_modules (kv_b_proj, o_proj and the MLP are served)")
     return None
+
+
+MLP_PARENTS = ("mlp", "experts", "shared_expert", "shared_experts")  # the parents of an MLP module
+
+
+def absent_from_layer(path: ModulePath, base) -> str | None:
+    """Why the MLP module at ``path`` is not on its layer, though the model has it on others: a dense
+    ``mlp.<m>`` on a layer that routes to experts, an expert's or shared expert's on a dense layer; None
+    when it is there or the record does not say (``base.moe_layers`` unrecorded). HF+PEFT cannot make such
+    a LoRA, and SGLang files it by name: ``layers.1.mlp.gate_proj`` on an expert layer as layer 1's
+    gate_up_proj (a no-op on Qwen3-MoE; on DeepSeek-V3 it moved the output, likely through the shared
+    experts), a routed expert's on a dense layer into an expert buffer no module of that layer reads."""
+    if path.layer is None or path.parent not in MLP_PARENTS:
+        return None
+    sparse = base.routes_to_experts(path.layer)
+    if sparse is None or sparse == (path.parent != "mlp"):
+        return None
+    if sparse:
+        shared = " and shared experts mlp.shared_expert(s).<m>" if base.shared_expert_intermediate_size else ""
+        what = (f"routes to experts and has no dense mlp.{path.module} (its MLP is routed experts "
+                f"mlp.experts[.<e>].<m>{shared})")
+    else:
+        what = ("has a dense MLP (mlp.gate_proj, mlp.up_proj, mlp.down_proj) and no "
+                f"{'experts' if path.parent == 'experts' else 'shared expert'}")
+    return (f"layer {path.layer} of base model {base.name!r} {what}; refused, as no HF+PEFT "
+            f"adapter has this module and SGLang would put it in another module of the layer or drop it")

@@ -43,7 +43,7 @@ from sglang_mint.adapters.base_model import BaseModel
 from sglang_mint.adapters.errors import BaseModelMismatch, InvalidAdapter
 from sglang_mint.adapters.stacked_experts import held_tensor_count, stack_experts
 from sglang_mint.adapters.lora_keys import KEY, PEFT_DEFAULT_ALPHA, PEFT_FUSED, ModuleRanks, fused_expert_params
-from sglang_mint.adapters.module_paths import FAMILY_HELP, ModulePath, module_path, unservable
+from sglang_mint.adapters.module_paths import FAMILY_HELP, ModulePath, absent_from_layer, module_path, unservable
 from sglang_mint.adapters.pattern_keys import SuffixTable
 from sglang_mint.adapters.stack_fill import complete_stacks
 from sglang_mint.adapters.safetensors_io import (DTYPES, MAX_HEADER_BYTES, map_safetensors, read_safetensors,
@@ -332,6 +332,9 @@ def _widths(path: ModulePath | None, module: str, key: str, base: BaseModel, whe
         raise InvalidAdapter(f"{where}: {key}: the widths of {path.module} under {path.parent or 'the model'} are "
                              f"not recorded for base model {base.name!r} ({base.identity}), {why}; refused, as "
                              f"they cannot be checked")
+    absent = absent_from_layer(path, base)
+    if absent is not None:
+        raise InvalidAdapter(f"{where}: {key}: {absent}")
     return want
 
 

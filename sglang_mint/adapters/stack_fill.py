@@ -27,7 +27,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from sglang_mint.adapters.lora_keys import KEY
-from sglang_mint.adapters.module_paths import module_path
+from sglang_mint.adapters.module_paths import MLP_PARENTS, module_path
 
 if TYPE_CHECKING:
     import torch
@@ -43,7 +43,6 @@ READ = {"qkv_proj": ("q_proj", "v_proj"), "gate_up_proj": ("gate_proj",),
         "fused_qkv_a_proj_with_mqa": STACKS["fused_qkv_a_proj_with_mqa"]}
 # members whose (in, out) are always their partner's: k/v (kv heads x head_dim), gate/up (hidden -> width)
 SAME_WIDTH = {"k_proj": "v_proj", "v_proj": "k_proj", "gate_proj": "up_proj", "up_proj": "gate_proj"}
-MLP_PARENTS = ("mlp", "experts", "shared_expert", "shared_experts")
 
 
 def attention_stack(base: "BaseModel") -> str:

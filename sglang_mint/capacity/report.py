@@ -17,7 +17,7 @@ DEFAULT_RATE = 100.0
 def make_plan(args) -> dict:
     spec = model_spec(args.model)
     targets = resolve_targets(spec.base, args.targets)
-    adapter = adapter_size(spec.config, spec.base, args.rank, targets, BYTES_PER_VALUE[args.adapter_dtype],
+    adapter = adapter_size(spec.base, args.rank, targets, BYTES_PER_VALUE[args.adapter_dtype],
                            BYTES_PER_VALUE[spec.pool_dtype])
     card = gpu(args.gpu)
     if args.hbm_gb:

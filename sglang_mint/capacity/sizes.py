@@ -6,8 +6,8 @@ Every linear module of every layer, with ``BaseModel.module_shape`` giving (in, 
   (``q_proj`` without q compression) ``kv_a_proj_with_mqa kv_b_proj o_proj``;
 - MLP: ``gate_proj up_proj down_proj``. An MoE layer has one set per routed expert at the
   expert's width, plus the shared expert's set, and a router (weights only). Which layers are
-  MoE: all of them, less the first ``first_k_dense_replace`` (DeepSeek), those in
-  ``mlp_only_layers`` and those off ``decoder_sparse_step`` (Qwen-MoE).
+  MoE: the base record's ``moe_layers``, as SGLang builds the model (``BaseModel.routes_to_experts``:
+  DeepSeek-V3's first 3 layers are dense); every layer of an MoE model whose rule mint lacks.
 
 A target name means what PEFT's ``target_modules`` suffix match means on the HuggingFace
 modules: ``gate_proj`` is the dense MLP's, every routed expert's and the shared expert's.
@@ -63,16 +63,7 @@ class AdapterSize:
     gpu_bytes: int  # one slot of SGLang's LoRA pool, all GPUs of the engine together
 
 
-def moe_layer(config: dict, base: BaseModel, layer: int) -> bool:
-    """Whether ``layer`` routes to experts. DeepSeek-V3 (first_k_dense_replace 3): layers 0-2 are dense."""
-    if not base.num_experts:
-        return False
-    if layer < int(config.get("first_k_dense_replace") or 0) or layer in (config.get("mlp_only_layers") or ()):
-        return False
-    return (layer + 1) % int(config.get("decoder_sparse_step") or 1) == 0
-
-
-def layer_linears(config: dict, base: BaseModel, layer: int) -> list[Linear]:
+def layer_linears(base: BaseModel, layer: int) -> list[Linear]:
     """The linear modules of one layer. Example (Llama-3-8B): q 4096->4096, k and v 4096->1024,
     o 4096->4096, gate and up 4096->14336, down 14336->4096."""
     out = []
@@ -80,7 +71,8 @@ def layer_linears(config: dict, base: BaseModel, layer: int) -> list[Linear]:
         shape = base.module_shape("self_attn", module)
         if shape:
             out.append(Linear("self_attn", module, *shape))
-    if moe_layer(config, base, layer):
+    moe = base.routes_to_experts(layer)
+    if moe or (moe is None and base.num_experts):
         for module in MLP:
             out.append(Linear("experts", module, *base.module_shape("experts", module), count=base.num_experts))
             shared = base.module_shape("shared_experts", module)
@@ -95,7 +87,7 @@ def layer_linears(config: dict, base: BaseModel, layer: int) -> list[Linear]:
 def weight_bytes(config: dict, base: BaseModel, bytes_per_param: float) -> int:
     """The base model's weights: every layer's linear modules plus the embedding and (untied) head."""
     params = sum(m.fan_in * m.fan_out * m.count
-                 for layer in range(base.num_hidden_layers) for m in layer_linears(config, base, layer))
+                 for layer in range(base.num_hidden_layers) for m in layer_linears(base, layer))
     vocab = base.vocab_size or 0
     params += vocab * base.hidden_size * (1 if config.get("tie_word_embeddings") else 2)
     return int(params * bytes_per_param)
@@ -103,7 +95,8 @@ def weight_bytes(config: dict, base: BaseModel, bytes_per_param: float) -> int:
 
 def resolve_targets(base: BaseModel, names: list[str]) -> tuple[str, ...]:
     """``["all"]`` -> the model's attention and MLP modules; unknown names are an error naming them."""
-    have = [m.module for m in layer_linears({}, base, 0)]  # in the model's order
+    have = list(dict.fromkeys(m.module for layer in range(base.num_hidden_layers)  # in the model's order
+                              for m in layer_linears(base, layer) if m.parent != "router"))
     wanted = set()
     for name in names:
         if name not in TARGET_GROUPS and name not in have:
@@ -113,7 +106,7 @@ def resolve_targets(base: BaseModel, names: list[str]) -> tuple[str, ...]:
     return tuple(m for m in have if m in wanted)
 
 
-def adapter_size(config: dict, base: BaseModel, rank: int, targets: tuple[str, ...],
+def adapter_size(base: BaseModel, rank: int, targets: tuple[str, ...],
                  adapter_bytes_per_value: int, pool_bytes_per_value: int) -> AdapterSize:
     """The sizes of one adapter of ``rank`` on ``targets`` (resolved names) for this base model."""
     if rank <= 0:
@@ -121,7 +114,7 @@ def adapter_size(config: dict, base: BaseModel, rank: int, targets: tuple[str, .
     values = held = in_file = 0
     for layer in range(base.num_hidden_layers):
         pairs = set()
-        for m in layer_linears(config, base, layer):
+        for m in layer_linears(base, layer):
             if m.module in targets and m.parent != "router":
                 values += rank * (m.fan_in + m.fan_out) * m.count
                 pairs.add((m.parent, FUSED.get(m.module, m.module)))

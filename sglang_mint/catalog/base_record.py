@@ -2,12 +2,14 @@
 
 ``mint catalog init`` stores the base model's description (``BaseModel.to_json``) in the setting
 ``base_model``. Fields were added since (vocab_size and num_experts, then the widths of MoE experts,
-shared experts, MLA and the DSA indexer), and an adapter module whose widths need a field the record
-lacks is refused (adapters/peft.py ``_widths``). ``refresh_base`` reads the model's folder again and
-fills in what the record lacks, e.g. for a Qwen3-MoE catalog made before the widths were recorded::
+shared experts, MLA and the DSA indexer, then ``moe_layers``, the layers that route to experts), and an
+adapter module whose widths need a field the record lacks is refused (adapters/peft.py ``_widths``); a
+record without ``moe_layers`` accepts an MLP LoRA on any layer, as before (module_paths.py
+``absent_from_layer``). ``refresh_base`` reads the model's folder again and fills in what the record
+lacks, e.g. for a Qwen3-MoE catalog made before the widths were recorded::
 
     {"name": "Qwen3-30B-A3B", "identity": "qwen3_moe-3f2a...", ..., "num_experts": 128}
-    -> the same, plus "moe_intermediate_size": 768, "kv_lora_rank": null, ... (every field)
+    -> the same, plus "moe_intermediate_size": 768, "kv_lora_rank": null, ..., "moe_layers": [0, ..., 47]
 
 Only the same model is accepted: its identity (a hash of the shape keys of config.json, unchanged
 since the first version) must be the recorded one, and a number the record holds is never changed

@@ -56,7 +56,7 @@ def hardware(gpus=None, slots=8):
 @pytest.mark.parametrize("model, gpus", [("llama-3-8b", 1), ("llama-3-70b", 4), ("qwen3-30b-a3b", 2)])
 def test_gpus_per_engine_hold_weights_and_pool_with_room_for_kv(model, gpus):
     spec = model_spec(model)
-    adapter = adapter_size(spec.config, spec.base, 16, resolve_targets(spec.base, ["all"]), 2, 2)
+    adapter = adapter_size(spec.base, 16, resolve_targets(spec.base, ["all"]), 2, 2)
     mem = gpu_memory(spec, adapter, hardware())
     assert mem["gpus_per_engine"] == gpus and mem["fits"]
     assert mem["kv_cache_bytes"] >= 0.2 * mem["usable_bytes"]
@@ -66,6 +66,6 @@ def test_gpus_per_engine_hold_weights_and_pool_with_room_for_kv(model, gpus):
 
 def test_llama_3_70b_does_not_fit_one_h100():
     spec = model_spec("llama-3-70b")
-    adapter = adapter_size(spec.config, spec.base, 16, resolve_targets(spec.base, ["all"]), 2, 2)
+    adapter = adapter_size(spec.base, 16, resolve_targets(spec.base, ["all"]), 2, 2)
     mem = gpu_memory(spec, adapter, hardware(1))
     assert not mem["fits"] and mem["weight_bytes"] > 80e9

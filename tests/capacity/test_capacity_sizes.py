@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from sglang_mint.adapters.base_model import base_model_from_config
 from sglang_mint.capacity.hardware import MODELS, gpu, model_spec
 from sglang_mint.capacity.sizes import adapter_size, resolve_targets, weight_bytes
 from sglang_mint.dev.tiny import TINY_LLAMA
@@ -12,7 +13,7 @@ from sglang_mint.errors import MintError
 
 def size(name, rank, targets=("all",), adapter_bytes=2):
     spec = model_spec(name)
-    return adapter_size(spec.config, spec.base, rank, resolve_targets(spec.base, list(targets)), adapter_bytes, 2)
+    return adapter_size(spec.base, rank, resolve_targets(spec.base, list(targets)), adapter_bytes, 2)
 
 
 def test_llama_3_8b_rank_16_on_all_seven_modules_is_80_mib():
@@ -58,6 +59,20 @@ def test_deepseek_targets_are_its_mla_modules_and_dense_layers_stay_dense():
                                                          "o_proj")
     down = size("deepseek-v3", 1, ["down_proj"]).values
     assert down == 3 * (18432 + 7168) + 58 * (256 + 1) * (2048 + 7168)  # 3 dense layers, then 256 experts + shared
+
+
+def test_the_layers_that_route_to_experts_are_the_base_records():
+    """DeepSeek with moe_layer_freq 2, as SGLang builds it: layers 3.. that are even route to experts (29 of 61),
+    the other 32 are dense (BaseModel.moe_layers, adapters/base_model.py)."""
+    row = {k: v for k, v in MODELS["deepseek-v3"].items() if k not in ("name", "dtype")}
+    config = {**row, "moe_layer_freq": 2}
+    base = base_model_from_config(config, "every-other")
+    down = adapter_size(base, 1, ("down_proj",), 2, 2).values
+    assert down == 32 * (18432 + 7168) + 29 * (256 + 1) * (2048 + 7168)
+    moe_layer = 256 * 3 * 7168 * 2048 + 3 * 7168 * 2048 + 7168 * 256  # routed experts, shared expert, router
+    dense_layer = 3 * 7168 * 18432
+    assert weight_bytes(row, model_spec("deepseek-v3").base, 1) - weight_bytes(config, base, 1) == \
+        (58 - 29) * (moe_layer - dense_layer)
 
 
 def test_an_unknown_target_names_the_modules_there_are():

@@ -13,8 +13,9 @@ import contextlib
 import io
 import json
 
+import numpy as np
 import pytest
-from catalog_fixtures import written
+from catalog_fixtures import write_peft, written
 
 from sglang_mint.adapters.base_model import BaseModel, load_base_model
 from sglang_mint.adapters.errors import InvalidAdapter
@@ -24,10 +25,11 @@ from sglang_mint.cli import main
 from sglang_mint.dev.tiny_moe import write_tiny_moe, write_tiny_moe_adapters
 
 # What each older version's record lacked: the first wrote none of the optional fields but mla; the
-# second added vocab_size and num_experts; the MoE/MLA widths came after.
+# second added vocab_size and num_experts; the MoE/MLA widths came after, then which layers route to experts.
 WIDTHS = ("moe_intermediate_size", "shared_expert_intermediate_size", "q_lora_rank", "kv_lora_rank",
           "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim", "index_n_heads", "index_head_dim")
-OLDER = {"first": WIDTHS + ("vocab_size", "num_experts"), "before-widths": WIDTHS}
+LAYERS = ("moe_layers",)
+OLDER = {"first": WIDTHS + LAYERS + ("vocab_size", "num_experts"), "before-widths": WIDTHS + LAYERS}
 EXPERT = "base_model.model.model.layers.0.mlp.experts.1.gate_proj"
 
 
@@ -78,6 +80,32 @@ def test_an_old_record_refuses_an_expert_adapter_until_refresh_base(older, moe, 
 
     rc, out, _ = mint("refresh-base", target, "--base-model", model)  # nothing left to fill: no write
     assert rc == 0 and "already records" in out
+
+
+def test_a_record_without_moe_layers_accepts_as_before_until_refresh_base(moe, catalog_target, tmp_path):
+    """A dense MLP LoRA on a layer that routes to experts: accepted by a record that cannot tell (an older
+    version's), refused once refresh-base has recorded the layers (test_moe_layers.py has the refusals)."""
+    model, _ = moe
+    target, blobs = catalog_target
+    init_catalog(target, model, blobs=blobs).close()
+    write_old_record(target, LAYERS)
+    key = "base_model.model.model.layers.1.mlp.gate_proj"
+    rng = np.random.default_rng(0)
+    folder = write_peft(tmp_path / "dense-on-experts", modules=("gate_proj",), tensors={
+        f"{key}.lora_A.weight": rng.standard_normal((4, 64)).astype(np.float16),
+        f"{key}.lora_B.weight": rng.standard_normal((128, 4)).astype(np.float16)})
+    with open_catalog(target) as cat:
+        assert cat.base.unrecorded == LAYERS and cat.base.routes_to_experts(1) is None
+        assert cat.publish("acme/old", folder).revision == 1
+
+    rc, out, err = mint("refresh-base", target, "--base-model", model, "--json")
+    assert rc == 0, err
+    assert json.loads(out)["filled"] == {"moe_layers": [0, 1]}
+    with open_catalog(target) as cat:
+        assert cat.base == load_base_model(model) and cat.base.moe_layers == (0, 1)
+        with pytest.raises(InvalidAdapter, match=f"{key}.lora_A.weight: layer 1 of base model 'model' routes to "
+                                                 "experts and has no dense mlp.gate_proj"):
+            cat.publish("acme/new", folder)
 
 
 def test_refresh_base_refuses_another_model_naming_both(moe, catalog_target, base_dir):
