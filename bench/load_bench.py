@@ -234,6 +234,10 @@ def run(kind: str, rounds: int, root: str) -> dict:
         figure("pool fill: ours (e) vs SGLang (d)", t["e"], t["d"], "SGLang LoRAMemoryPool.load_lora_weight_to_buffer",
                None),
         figure("load + pool fill: packed (g) vs SGLang (f)", t["g"], t["f"], default + " + SGLang pool fill", None),
+        figure("read thread's check, PEFT adapter: dry fill (h) vs SGLang's fill (d)", t["h"], t["d"],
+               "SGLang LoRAMemoryPool.load_lora_weight_to_buffer", None),
+        figure("read thread's check, packed adapter: fill plan (i) vs SGLang's fill (d)", t["i"], t["d"],
+               "SGLang LoRAMemoryPool.load_lora_weight_to_buffer", None),
     ]
     med = {k: statistics.median(v) for k, v in t.items()}
     return {**fill, "adapter": kind, "shape": s, "bytes": nbytes, "file_bytes": size, "tensors_packed": len(entries),
@@ -242,7 +246,9 @@ def run(kind: str, rounds: int, root: str) -> dict:
             "timings": {k: stat(v) for k, v in t.items()},
             "paths": {"a": default, "b": "packed file, sglang_mint load_packed_into", "c": "memcpy from page cache",
                       "d": "SGLang pool fill of (a)'s adapter", "e": "sglang_mint pool fill of (b)'s adapter, plan incl.",
-                      "f": "(a) then (d), one step", "g": "(b) then (e), one step"},
+                      "f": "(a) then (d), one step", "g": "(b) then (e), one step",
+                      "h": "read thread: SGLang's fill of (a)'s adapter run dry (meta buffers)",
+                      "i": "read thread: the packed fill plan of (b)'s adapter"},
             "b_GBps_median": round(nbytes / med["b"] / 1e9, 3), "c_GBps_median": round(nbytes / med["c"] / 1e9, 3),
             "figures": figures}
 
@@ -295,8 +301,27 @@ def pool_fill(s: dict, cfg, native_adapter, packed_adapter, loads: dict, rounds:
         def packed_end_to_end():
             ours(original, ours_pool, "a", 0, loads["b"](), modules, None, None)
 
+        # what the read thread now checks before an adapter is installed (adapter_reader.fill_refusal): SGLang's
+        # fill run dry on meta copies of the pool's buffers, or, for a packed adapter, our fill's plan
+        from types import SimpleNamespace
+
+        from sglang_mint.sglang.adapter_reader import fill_refusal
+
+        def reader_of(pool):
+            return SimpleNamespace(memory_pool=pool, lora_modules=modules, embed_tokens_module=None,
+                                   lm_head_module=None)
+
+        def dry_fill():
+            if fill_refusal(reader_of(theirs_pool), "a", native_adapter) is not None:
+                raise RuntimeError("the dry fill refused what SGLang's fill took")
+
+        def packed_check():
+            packed_adapter.__dict__.pop("_mint_pool_plan", None)
+            if fill_refusal(reader_of(ours_pool), "a", packed_adapter) is not None:
+                raise RuntimeError("the packed plan refused what our fill took")
+
         times = interleaved({**loads, "d": sglang_fill, "e": packed_fill, "f": sglang_end_to_end,
-                             "g": packed_end_to_end}, rounds)
+                             "g": packed_end_to_end, "h": dry_fill, "i": packed_check}, rounds)
     pool_bytes = sum(t[0].numel() * t.element_size() for bufs in (ours_pool.A_buffer, ours_pool.B_buffer)
                      for layers in bufs.values() for t in layers)
     return times, {"pool_slot_bytes": pool_bytes, "d_copies": counts["d"],
