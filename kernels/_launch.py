@@ -1,8 +1,8 @@
 """Repeat launches of a Triton kernel for the price of its launcher, not of JITFunction.run.
 
 Every ``kernel[grid](...)`` runs Triton's launch path in Python (triton/runtime/jit.py,
-``JITFunction.run``, the same in Triton 3.6 and 3.8): it reads two knobs from the
-environment, asks the driver for the device and the stream, binds and specializes every
+``JITFunction.run``, the same in Triton 3.6 and 3.8): it reads the debug and instrumentation
+knobs, asks the driver for the device and the stream, binds and specializes every
 argument, formats the launch options into a cache-key string, checks the kernel's
 globals, and builds launch metadata for hooks: a LazyDict on every launch, because the
 hook slot is an (empty) HookChain, never None, which the C launcher then calls twice. On
@@ -12,18 +12,19 @@ host time is the op's time.
 
 ``FastLaunch(kernel)[grid](*args, **kwargs)`` launches as ``kernel[grid](...)`` does. The
 first launch of each specialization goes through Triton (which compiles, or finds the
-kernel in its cache) and keeps the CompiledKernel it returns; later launches of that
-specialization call its launcher directly: Triton's binder, one dict lookup, the launch.
-The key is Triton's own specialization, from Triton's own binder (each pointer's dtype and
-16-byte alignment, each int's width and divisibility by 16, each constexpr value) with the
-launch options and the device, so a compiled kernel is reused exactly where Triton would
-reuse it. Example: a shrink launched with x at an offset of 8 bytes specializes without
-the alignment hint, keys apart, and gets its own kernel, as under Triton.
+kernel in its cache) and keeps the CompiledKernel it returns (the first on a device takes
+two: Triton makes its binder on the first); later launches of that specialization call its
+launcher directly: Triton's binder, one dict lookup, the launch. The key is Triton's own
+specialization, from Triton's own binder (each pointer's dtype and 16-byte alignment, each
+int's width and divisibility by 16, each constexpr value) with the launch options, the
+debug and instrumentation knobs and the device, so a compiled kernel is reused exactly where
+Triton would reuse it. Example: a shrink launched with x at an offset of 8 bytes specializes
+without the alignment hint, keys apart, and gets its own kernel, as under Triton.
 
 Triton's own path runs whenever it would do more than launch: under the interpreter
-(TRITON_INTERPRET=1 makes no compiled kernel), while a launch hook is registered (a
-profiler such as proton), or when the kernel has pre-run hooks. Not followed: a change of
-TRITON_DEBUG or of the kernel's globals after its first launch (Triton reads both per launch).
+(TRITON_INTERPRET=1 makes no compiled kernel), while a launch hook or a stages-inspection
+hook is registered (profilers such as proton), or when the kernel has pre-run hooks. Not
+followed: a change of the kernel's globals after its first launch (Triton checks them per launch).
 """
 
 from __future__ import annotations
@@ -37,14 +38,20 @@ except ImportError:  # an older Triton: every launch takes Triton's path
 
 
 def launch_hooks_idle() -> bool:
-    """No launch hook registered: Triton's enter/exit hooks are empty chains (or None)."""
+    """No launch hook registered (Triton's enter/exit hooks are empty chains, or None), and no
+    stages-inspection hook, which adds to Triton's own key (3.8)."""
     if _knobs is None:
         return False
     runtime = _knobs.runtime
     for hook in (runtime.launch_enter_hook, runtime.launch_exit_hook):
         if hook is not None and getattr(hook, "calls", True):  # a HookChain with calls, or a bare hook
             return False
-    return True
+    return getattr(runtime, "add_stages_inspection_hook", None) is None
+
+
+def compile_knobs() -> tuple:
+    """The knobs JITFunction.run puts into a launch's options, which pick the compiled kernel."""
+    return _knobs.runtime.debug, _knobs.compilation.instrumentation_mode
 
 
 def current_device() -> int:
@@ -67,7 +74,8 @@ class FastLaunch:
         self.kernel = kernel
         # Triton's JITFunction keeps a binder per device; the interpreter's function has none.
         self.compiled_form = hasattr(kernel, "device_caches") and hasattr(kernel, "pre_run_hooks")
-        # (device, specialization, options) -> (launcher, CUfunction, packed metadata)
+        # (device, knobs, specialization, options) -> (CompiledKernel, launcher, CUfunction, packed metadata);
+        # the CompiledKernel is held so that its module stays loaded while its function is launched
         self._launchers: dict[tuple, tuple] = {}
 
     def __getitem__(self, grid):
@@ -84,12 +92,14 @@ class FastLaunch:
             self.kernel[grid](*args, **kwargs)
             return
         bound, specialization, options = caches[4](*args, **kwargs)  # (cache, key cache, target, backend, binder)
-        key = (device, tuple(specialization), tuple(options.items()))
+        key = (device, compile_knobs(), tuple(specialization), tuple(options.items()))
         kept = self._launchers.get(key)
         if kept is None:
             self._keep(key, self.kernel[grid](*args, **kwargs))
             return
-        run, function, metadata = kept
+        _, run, function, metadata = kept
+        if callable(grid):  # as Triton does: a grid computed from the bound arguments
+            grid = grid(bound)
         n = len(grid)
         # JITFunction.run's own call, less the launch metadata and the hooks (none registered)
         run(grid[0], grid[1] if n > 1 else 1, grid[2] if n > 2 else 1, current_stream(device),
@@ -101,4 +111,4 @@ class FastLaunch:
             return
         if len(self._launchers) > 4096:  # specializations are few; a bound, not a policy
             self._launchers.clear()
-        self._launchers[key] = (compiled.run, compiled.function, compiled.packed_metadata)
+        self._launchers[key] = (compiled, compiled.run, compiled.function, compiled.packed_metadata)

@@ -142,8 +142,10 @@ INTERNALS: tuple[Internal, ...] = (
     Internal("scheduler", "memory_pool", "buffer_id_to_uid, moe_use_local_expert_ids, target_modules", "which "
              "adapter holds a slot; when the one-copy packed fill applies; the modules its fill files weights under",
              "lora_info, packed_pool, adapter_reader"),
-    Internal("scheduler", "memory_pool", "A_buffer, B_buffer, pin_memory_available", "a copy of the pool for the "
-             "fill's dry run: every *_buffer replaced by meta tensors of its shapes, pinning off", "adapter_reader"),
+    Internal("scheduler", "memory_pool", "A_buffer, B_buffer, embedding_A_buffer, embedding_B_buffer, "
+             "lm_head_A_buffer, lm_head_B_buffer, new_embeddings_buffer, pin_memory_available", "a copy of the pool "
+             "for the fill's dry run: every *_buffer replaced by meta tensors of its shapes, pinning off",
+             "adapter_reader"),
     Internal("scheduler", "sglang.srt.lora.mem_pool.LoRAMemoryPool", "load_lora_weight_to_buffer", "SGLang's own "
              "(unwrapped past the hooks: HookRegistry's __wrapped__) run dry on the read thread, on that copy: what it "
              "raises fails the adapter's requests, not the scheduler", "adapter_reader"),

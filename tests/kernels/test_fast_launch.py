@@ -124,6 +124,51 @@ def test_a_registered_launch_hook_keeps_triton_s_path():
         assert stand_in.launches[-1][7] is None  # the hook gone: fast again
 
 
+@pytest.mark.parametrize("owner,knob,value", [("runtime", "debug", True),
+                                               ("compilation", "instrumentation_mode", "consan")])
+def test_a_compile_knob_change_gets_its_own_kernel(owner, knob, value, monkeypatch):
+    """Triton's run puts knobs.runtime.debug and knobs.compilation.instrumentation_mode into a launch's
+    options: changed between launches, they pick another kernel, under FastLaunch as under Triton."""
+    kernel = _kernel()
+    fast = FastLaunch(kernel)
+    args, kwargs = _args(), {"SCALE": 2, "BLOCK": 128}
+    with stubbed_triton(kernel) as compiled:
+        for _ in range(3):
+            fast[(4,)](*args, **kwargs)
+        monkeypatch.setattr(getattr(knobs, owner), knob, value)
+        for _ in range(3):
+            fast[(4,)](*args, **kwargs)
+        first, second = compiled[kernel]
+        assert (len(first.launches), len(second.launches)) == (3, 3)
+        assert second.launches[-1][7] is None  # and the second goes fast too
+        assert getattr(second.options, knob) == value
+
+
+def test_a_stages_inspection_hook_keeps_triton_s_path(monkeypatch):
+    """Triton 3.8 adds the hook's hash to its own key on every launch: FastLaunch steps aside while one is set."""
+    kernel = _kernel()
+    fast = FastLaunch(kernel)
+    args, kwargs = _args(), {"SCALE": 2, "BLOCK": 128}
+    with stubbed_triton(kernel) as compiled:
+        for _ in range(3):
+            fast[(4,)](*args, **kwargs)
+        monkeypatch.setattr(knobs.runtime, "add_stages_inspection_hook", lambda: ("stages", "hash"))
+        fast[(4,)](*args, **kwargs)
+        assert compiled[kernel][-1].launches[-1][7] is knobs.runtime.launch_enter_hook  # Triton's own launch
+
+
+def test_a_grid_computed_from_the_arguments_is_called_as_triton_calls_it():
+    kernel = _kernel()
+    fast = FastLaunch(kernel)
+    args, kwargs = _args(), {"SCALE": 2, "BLOCK": 128}
+    with stubbed_triton(kernel) as compiled:
+        for _ in range(3):
+            fast[lambda meta: (triton.cdiv(meta["n"], meta["BLOCK"]),)](*args, **kwargs)
+        (stand_in,) = compiled[kernel]
+    assert stand_in.launches[-1][:3] == (32, 1, 1) and stand_in.launches[-1][7] is None
+
+
+@pytest.mark.interp
 def test_the_interpreter_s_kernels_launch_through_triton():
     """Under TRITON_INTERPRET=1 (this suite) @triton.jit gives no compiled kernel: FastLaunch only forwards."""
     from sglang_mint.kernels.sgmv_shrink import _sgmv_shrink_kernel
