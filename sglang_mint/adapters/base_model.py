@@ -105,6 +105,11 @@ class BaseModel:
             d = {**d, "moe_layers": tuple(d["moe_layers"])}
         return cls(**d, unrecorded=tuple(sorted(recorded - set(d))))
 
+    def unrecorded_widths(self) -> tuple[str, ...]:
+        """The width fields (module_shape's) this record lacks: ``unrecorded`` less ``moe_layers``,
+        which every record written before it lacks and which no width needs."""
+        return tuple(f for f in self.unrecorded if f != "moe_layers")
+
     def routes_to_experts(self, layer: int) -> bool | None:
         """Whether ``layer``'s MLP is routed experts (``mlp.experts``, and a shared expert where the model has
         one) rather than a dense MLP (``mlp.gate_proj``...); None when the record does not say (moe_layers)."""

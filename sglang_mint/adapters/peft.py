@@ -159,11 +159,13 @@ def _why_not_lora(name: str) -> str:
     """Why a tensor that is no lora_A/lora_B weight is refused. PEFT saves an embedding layer's full
     weight beside the LoRA weights (``...lm_head.base_layer.weight``) when that layer is in
     target_modules or the vocabulary was resized (save_embedding_layers="auto", its default)."""
-    module = name.removesuffix(".weight").removesuffix(".base_layer").rsplit(".", 1)[-1]
+    path = name.removesuffix(".weight").split(".")
+    module = next((p for p in reversed(path) if p not in ("base_layer", "modules_to_save", "default")), "")
     if module in EMBEDDING_LAYERS:
-        return (f"the full weight of {module}, which PEFT saves beside the LoRA weights (save_embedding_layers, "
-                f"on when {module} is in target_modules or the vocabulary was resized); a catalog serves LoRA "
-                f"weights on the base model's own vocabulary: save with save_embedding_layers=False")
+        return (f"the full weight of {module}, which PEFT saves beside the LoRA weights when {module} is in "
+                f"modules_to_save, or (save_embedding_layers, on by default) in target_modules or the vocabulary "
+                f"was resized; a catalog serves LoRA weights on the base model's own weights and vocabulary: "
+                f"leave {module} out of modules_to_save and save with save_embedding_layers=False")
     return "only lora_A/lora_B weights are supported"
 
 
@@ -325,10 +327,11 @@ def _widths(path: ModulePath | None, module: str, key: str, base: BaseModel, whe
         raise InvalidAdapter(f"{where}: {key}: {refused}")
     want = base.module_shape(path.parent, path.module)
     if want is None:
+        lacks = base.unrecorded_widths()
         why = (f"the catalog's record of it was written by an older version of mint, without "
-               f"{', '.join(base.unrecorded)}; if the model has this module, record its widths with "
+               f"{', '.join(lacks)}; if the model has this module, record its widths with "
                f"`mint catalog refresh-base CATALOG --base-model MODEL_DIR` (then restart the servers)"
-               if base.unrecorded else "which has no such module")
+               if lacks else "which has no such module")
         raise InvalidAdapter(f"{where}: {key}: the widths of {path.module} under {path.parent or 'the model'} are "
                              f"not recorded for base model {base.name!r} ({base.identity}), {why}; refused, as "
                              f"they cannot be checked")

@@ -73,23 +73,30 @@ def _stack_of(parent: str, leaf: str, base: "BaseModel") -> str | None:
 def complete_stacks(tensors: dict[str, "torch.Tensor"], base: "BaseModel") -> dict[str, "torch.Tensor"]:
     """``tensors`` (checked, one rank) with zero lora_A/lora_B for each member SGLang reads that a stack
     lacks where the adapter has another member of it. The same dict comes back when none is missing."""
+    from sglang_mint.adapters.base_model import EXPERT_ALIASES  # base_model imports this module
+
     stacks: dict[str, tuple[str, str]] = {}  # "...layers.0.self_attn." -> (stack, parent)
     found: dict[str, dict[str, dict[str, tuple[str, "torch.Tensor"]]]] = {}  # prefix -> {member: {A/B}}
+    mixtral: set[str] = set()  # prefixes whose experts are named w1/w3 (SGLang renames them, then stacks)
     for name, t in tensors.items():
         m = KEY.match(name)
         path = module_path(m["module"]) if m else None
-        stack = _stack_of(path.parent, path.module, base) if path else None
+        leaf = path and (EXPERT_ALIASES.get(path.module, path.module) if path.parent == "experts" else path.module)
+        stack = _stack_of(path.parent, leaf, base) if path else None
         if stack is None:
             continue
         prefix = m["module"][:-len(path.module)]
+        if leaf != path.module:
+            mixtral.add(prefix)
         stacks[prefix] = (stack, path.parent)
-        found.setdefault(prefix, {}).setdefault(path.module, {})[m["ab"]] = (name, t)
+        found.setdefault(prefix, {}).setdefault(leaf, {})[m["ab"]] = (name, t)
     missing = {prefix: [leaf for leaf in READ[stacks[prefix][0]] if leaf not in have] for prefix, have in found.items()}
     if not any(missing.values()):
         return tensors
     out = dict(tensors)
+    named = {v: k for k, v in EXPERT_ALIASES.items()}  # gate_proj -> w1, for a Mixtral adapter's own names
     for prefix, leaves in missing.items():
-        have, pair = next(iter(found[prefix].items()))
+        pair = next(iter(found[prefix].values()))
         parent = stacks[prefix][1]
         for leaf in leaves:
             partner = found[prefix].get(SAME_WIDTH.get(leaf))
@@ -100,5 +107,6 @@ def complete_stacks(tensors: dict[str, "torch.Tensor"], base: "BaseModel") -> di
                     fin, fout = base.module_shape(parent, leaf)
                     rank = t.shape[0] if ab == "A" else t.shape[1]
                     zeros = t.new_zeros((rank, fin) if ab == "A" else (fout, rank))
-                out[prefix + leaf + name[len(prefix) + len(have):]] = zeros
+                suffix = name[len(KEY.match(name)["module"]):]  # ".lora_A.weight" (or ".lora_A.default.weight")
+                out[f"{prefix}{named[leaf] if prefix in mixtral else leaf}{suffix}"] = zeros
     return out

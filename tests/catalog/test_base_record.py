@@ -133,3 +133,9 @@ def test_only_a_record_that_lacks_fields_points_to_refresh_base(base_dir):
     with pytest.raises(InvalidAdapter, match="which has no such module") as refused:
         check_tensors(header, config, current, "ad")
     assert "refresh-base" not in str(refused.value)
+    # a record written before moe_layers (every catalog made before it) has every width: the module is absent
+    before_moe_layers = BaseModel.from_json({k: v for k, v in current.to_json().items() if k != "moe_layers"})
+    assert before_moe_layers.unrecorded == ("moe_layers",)
+    with pytest.raises(InvalidAdapter, match="which has no such module") as refused:
+        check_tensors(header, config, before_moe_layers, "ad")
+    assert "refresh-base" not in str(refused.value)

@@ -137,6 +137,11 @@ def _bad_cases(tmp, base_dir):
         t["base_model.model.lm_head.base_layer.weight"] = np.ones((4, 4), np.float16)
         write_peft(f, tensors=t)
 
+    def modules_to_save(f):  # PEFT with modules_to_save=["embed_tokens"]: the trained copy of the whole layer
+        t = peft_tensors()
+        t["base_model.model.model.embed_tokens.modules_to_save.default.weight"] = np.ones((4, 4), np.float16)
+        write_peft(f, tensors=t)
+
     return [
         ("rank0", rank(0), InvalidAdapter, "rank r must be a positive integer, got 0"),
         ("rank-neg", rank(-2), InvalidAdapter, "got -2"),
@@ -163,7 +168,8 @@ def _bad_cases(tmp, base_dir):
         ("int-dtype", int_dtype, InvalidAdapter, "must be F16, BF16 or F32"),
         ("extra-tensor", extra_tensor, InvalidAdapter, "unexpected tensor"),
         ("embedding-save", embedding_save, InvalidAdapter,
-         "the full weight of lm_head, which PEFT saves beside the LoRA weights (save_embedding_layers"),
+         "the full weight of lm_head, which PEFT saves beside the LoRA weights when lm_head is in modules_to_save"),
+        ("modules-to-save", modules_to_save, InvalidAdapter, "save with save_embedding_layers=False"),
     ]
 
 

@@ -37,6 +37,10 @@ DEEPSEEK = {"architectures": ["DeepseekV3ForCausalLM"], "model_type": "deepseek_
             "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 2, "q_lora_rank": 48,
             "kv_lora_rank": 256, "qk_rope_head_dim": 32, "qk_nope_head_dim": 16, "v_head_dim": 16,
             "n_routed_experts": 4, "moe_intermediate_size": 32, "n_shared_experts": 1, "vocab_size": 1000}
+# Mixtral names its experts w1 (gate), w3 (up), w2 (down) under block_sparse_moe; SGLang renames them, then stacks
+MIXTRAL = {"architectures": ["MixtralForCausalLM"], "model_type": "mixtral", "hidden_size": 64, "intermediate_size": 32,
+           "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16,
+           "num_local_experts": 4, "num_experts_per_tok": 2, "vocab_size": 1000}
 PARENT = {"q_proj": "self_attn", "k_proj": "self_attn", "v_proj": "self_attn", "o_proj": "self_attn",
           "q_a_proj": "self_attn", "kv_a_proj_with_mqa": "self_attn", "up_proj": "mlp", "gate_proj": "mlp",
           "down_proj": "mlp"}
@@ -50,10 +54,12 @@ def write_adapter(folder, base, modules, where="plain", seed=0):
     t = {}
     for layer in range(base.num_hidden_layers):
         for m in modules:
-            parent = PARENT[m] if where == "plain" else "experts" if where.startswith("experts") else where
+            parent = PARENT.get(m) if where == "plain" else "experts" if where.startswith(("experts", "block")) else where
             fin, fout = base.module_shape(parent, m)
-            path = f"base_model.model.model.layers.{layer}." + (PARENT[m] if where == "plain" else f"mlp.{parent}")
-            if where == "experts":
+            path = f"base_model.model.model.layers.{layer}." + (
+                PARENT[m] if where == "plain" else "block_sparse_moe.experts" if where.startswith("block") else
+                f"mlp.{parent}")
+            if where in ("experts", "block_sparse_moe"):
                 for e in range(base.num_experts):
                     t[f"{path}.{e}.{m}.lora_A.weight"] = torch.randn(R, fin, generator=g)
                     t[f"{path}.{e}.{m}.lora_B.weight"] = torch.randn(fout, R, generator=g)
@@ -70,9 +76,9 @@ def write_adapter(folder, base, modules, where="plain", seed=0):
 
 @pytest.fixture(scope="module")
 def catalogs(tmp_path_factory):
-    """{"llama" | "deepseek": (catalog, the engine's hf_config)} for the two tiny bases."""
+    """{"llama" | "deepseek" | "mixtral": (catalog, the engine's hf_config)} for the tiny bases."""
     out = {}
-    for name, config in (("llama", LLAMA), ("deepseek", DEEPSEEK)):
+    for name, config in (("llama", LLAMA), ("deepseek", DEEPSEEK), ("mixtral", MIXTRAL)):
         root = tmp_path_factory.mktemp(name)
         (root / "base").mkdir()
         (root / "base" / "config.json").write_text(json.dumps(config))
@@ -116,6 +122,7 @@ CASES = [  # (base, modules, where, the stacked module both must serve)
     ("deepseek", ("up_proj",), "shared_experts", "mlp.shared_experts.gate_up_proj"),
     ("deepseek", ("q_a_proj",), "plain", "self_attn.fused_qkv_a_proj_with_mqa"),
     ("deepseek", ("kv_a_proj_with_mqa",), "plain", "self_attn.fused_qkv_a_proj_with_mqa"),
+    ("mixtral", ("w3",), "block_sparse_moe", "block_sparse_moe.experts.gate_up_proj"),
 ]
 
 
