@@ -351,3 +351,9 @@ def check_catalog_serves(config: MintConfig, model_path: str) -> None:
         raise MintError(f"--mint-catalog {shown} was made for base model {base.name!r} ({base.identity}), "
                         f"but the server serves {model_path!r} ({served.identity}); adapters trained for one do "
                         "not fit the other")
+    # which layers route to experts is outside the identity (first_k_dense_replace, moe_layer_freq): every
+    # adapter was checked against the record's layout
+    if None not in (base.moe_layers, served.moe_layers) and base.moe_layers != served.moe_layers:
+        raise MintError(f"--mint-catalog {shown} was made for base model {base.name!r}, which routes to experts on "
+                        f"layers {list(base.moe_layers)}, but {model_path!r} does on {list(served.moe_layers)}; "
+                        "its adapters were checked against the other layout")

@@ -163,3 +163,26 @@ def test_the_identity_is_unchanged_and_the_record_round_trips():
     assert BaseModel.from_json(stored).routes_to_experts(1) and not base.routes_to_experts(0)
     older = BaseModel.from_json({k: v for k, v in stored.items() if k != "moe_layers"})
     assert older.unrecorded == ("moe_layers",) and older.routes_to_experts(1) is None
+
+
+def test_a_server_whose_model_puts_experts_on_other_layers_refuses_the_catalog(tmp_path):
+    """first_k_dense_replace and moe_layer_freq are not in the identity (changing SHAPE_KEYS would change every
+    catalog's): a served DeepSeek whose dense layers differ from the record's would run every adapter checked
+    against the other layout. The server refuses the catalog at start, as for another model."""
+    from sglang_mint.catalog import init_catalog
+    from sglang_mint.config import MintConfig, check_catalog_serves
+    from sglang_mint.errors import MintError
+
+    deepseek = {"architectures": ["DeepseekV3ForCausalLM"], "model_type": "deepseek_v3", "hidden_size": 64,
+                "intermediate_size": 128, "num_hidden_layers": 4, "num_attention_heads": 2, "q_lora_rank": 48,
+                "kv_lora_rank": 256, "qk_rope_head_dim": 32, "qk_nope_head_dim": 16, "v_head_dim": 16,
+                "n_routed_experts": 4, "moe_intermediate_size": 32, "n_shared_experts": 1, "vocab_size": 1000,
+                "first_k_dense_replace": 1, "moe_layer_freq": 1}
+    for name, changes in (("recorded", {}), ("served", {"first_k_dense_replace": 2})):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text(json.dumps({**deepseek, **changes}))
+    init_catalog(str(tmp_path / "cat"), str(tmp_path / "recorded")).close()
+    config = MintConfig.from_flags(catalog=str(tmp_path / "cat"))
+    check_catalog_serves(config, str(tmp_path / "recorded"))  # the same model: served
+    with pytest.raises(MintError, match=r"routes to experts on layers \[1, 2, 3\], .* does on \[2, 3\]"):
+        check_catalog_serves(config, str(tmp_path / "served"))
