@@ -222,7 +222,7 @@ async def mint_usage(request: Request):
         raise _Refused(400, f"unknown query parameter {unknown[0]!r}: expected adapter, since, until, by")
     by = query.get("by", "minute")
     if by not in ("minute", "adapter"):
-        raise _Refused(400, f"by: {by!r}: expected minute or adapter")
+        raise _Refused(400, f"by: {shown(by)}: expected minute or adapter")
     bounds = {}
     for name in ("since", "until"):
         try:

@@ -33,6 +33,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from sglang_mint.errors import shown
 
 logger = logging.getLogger("sglang_mint")
 
@@ -68,7 +69,7 @@ def parse_moment(text: str) -> float:
     try:
         moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
-        raise ValueError(f"{text!r} is not a moment: expected ISO 8601 (2026-12-05T04:17:00Z) or epoch "
+        raise ValueError(f"{shown(text)} is not a moment: expected ISO 8601 (2026-12-05T04:17:00Z) or epoch "
                          "seconds") from None
     return (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).timestamp()
 
