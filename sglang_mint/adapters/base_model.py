@@ -200,6 +200,7 @@ def _mlp_shape(module: str, hidden: int, width: int | None) -> tuple[int, int] |
 EVERY_LAYER = {"Qwen2MoeForCausalLM", "Qwen3MoeForCausalLM", "MixtralForCausalLM", "qwen2_moe", "qwen3_moe", "mixtral"}
 DEEPSEEK = {"DeepseekV2ForCausalLM", "DeepseekV3ForCausalLM", "DeepseekV32ForCausalLM",
             "deepseek_v2", "deepseek_v3", "deepseek_v32"}
+GLM4_MOE = {"Glm4MoeForCausalLM", "glm4_moe"}  # glm4_moe.py _is_layer_sparse: l >= first_k_dense_replace
 
 
 def moe_layers_of(config: dict, cfg: dict, layers: int, experts: int | None) -> tuple[int, ...] | None:
@@ -216,8 +217,8 @@ def moe_layers_of(config: dict, cfg: dict, layers: int, experts: int | None) -> 
     kind = archs[0] if isinstance(archs, list) and archs else config.get("model_type") or cfg.get("model_type")
     if kind in EVERY_LAYER:
         return tuple(range(layers))
-    first, freq = cfg.get("first_k_dense_replace"), cfg.get("moe_layer_freq", 1)
-    if kind not in DEEPSEEK or not _count(first) or not _count(freq) or freq == 0:
+    first, freq = cfg.get("first_k_dense_replace"), 1 if kind in GLM4_MOE else cfg.get("moe_layer_freq", 1)
+    if kind not in DEEPSEEK | GLM4_MOE or not _count(first) or not _count(freq) or freq == 0:
         return None
     return tuple(n for n in range(first, layers) if n % freq == 0)
 

@@ -145,7 +145,10 @@ def test_the_record_says_which_layers_route_to_experts_as_sglang_builds_them():
     mixtral = {"model_type": "mixtral", "hidden_size": 64, "num_attention_heads": 4, "num_hidden_layers": 3,
                "intermediate_size": 96, "num_local_experts": 8}
     assert layers(mixtral) == (0, 1, 2)
-    assert layers(mixtral, model_type="glm4_moe", first_k_dense_replace=1) is None
+    # GLM-4-MoE (glm4_moe.py _is_layer_sparse): l >= first_k_dense_replace; moe_layer_freq is not read
+    assert layers(mixtral, model_type="glm4_moe", first_k_dense_replace=1, moe_layer_freq=2) == (1, 2)
+    assert layers(mixtral, model_type="glm4_moe") is None
+    assert layers(mixtral, model_type="qwen3_next", first_k_dense_replace=1) is None  # no rule: unknown
     llama = {k: v for k, v in MODELS["llama-3-8b"].items() if k not in ("name", "dtype")}
     assert layers(llama) == ()
     row = {k: v for k, v in MODELS["deepseek-v3"].items() if k not in ("name", "dtype")}
