@@ -207,6 +207,10 @@ def import_cases(tiny_model, adapters, tmp: Path) -> dict:
         key = next(iter(t))
         return {**t, key: t[key].half()}
 
+    def embedding_saved(t):  # PEFT's save_embedding_layers: the base layer's whole weight beside the LoRA
+        key = next(iter(t))
+        return {**t, "base_model.model.lm_head.base_layer.weight": torch.zeros(4, 4, dtype=t[key].dtype)}
+
     pickle = variant("pickle", drop=["adapter_model.safetensors"])
     (pickle / "adapter_model.bin").write_bytes(b"\x80\x04not really")
     truncated = variant("truncated")
@@ -239,6 +243,8 @@ def import_cases(tiny_model, adapters, tmp: Path) -> dict:
                               ["trained on", *identities]),
         "import-layer-out-of-range": (variant("layer7", weights=to_layer7), "i/layer7", ["layer 7 does not exist"]),
         "import-mixed-dtypes": (variant("mixed", weights=mixed), "i/mixed", ["mix dtypes"]),
+        "import-embedding-save": (variant("embedding", weights=embedding_saved), "i/embedding",
+                                  ["save with save_embedding_layers=False"]),
         "import-bad-id": (adapters[0], "../x", ["'..' segment"]),
     }
 
