@@ -35,6 +35,17 @@ def _args(n=4096, stride=16, offset=0, dtype=torch.bfloat16):
     return x, torch.empty(n + 8, dtype=dtype), n, stride
 
 
+def _launcher():
+    """(a kernel, a ``launch(times=1, grid=(4,))`` of it through FastLaunch on one specialization)."""
+    kernel = _kernel()
+    fast, args = FastLaunch(kernel), _args()
+
+    def launch(times=1, grid=(4,)):
+        for _ in range(times):
+            fast[grid](*args, SCALE=2, BLOCK=128)
+    return kernel, launch
+
+
 def _triton_launch(kernel, grid, args, kwargs):
     """What Triton's own path passes its launcher: one plain kernel[grid](...) in a fresh stub."""
     with stubbed_triton(kernel) as compiled:
@@ -106,21 +117,18 @@ def test_a_new_specialization_goes_through_triton_and_gets_its_own_kernel(change
 
 def test_a_registered_launch_hook_keeps_triton_s_path():
     """A profiler's hook (proton registers one) must see every launch: FastLaunch steps aside."""
-    kernel = _kernel()
-    fast = FastLaunch(kernel)
-    args, kwargs = _args(), {"SCALE": 2, "BLOCK": 128}
+    kernel, launch = _launcher()
     seen = []
     with stubbed_triton(kernel) as compiled:
-        for _ in range(2):
-            fast[(4,)](*args, **kwargs)
+        launch(2)
         knobs.runtime.launch_enter_hook.add(seen.append)
         try:
-            fast[(4,)](*args, **kwargs)
+            launch()
         finally:
             knobs.runtime.launch_enter_hook.remove(seen.append)
         (stand_in,) = compiled[kernel]
         assert stand_in.launches[-1][7] is knobs.runtime.launch_enter_hook  # Triton's launch, hook passed
-        fast[(4,)](*args, **kwargs)
+        launch()
         assert stand_in.launches[-1][7] is None  # the hook gone: fast again
 
 
@@ -129,15 +137,11 @@ def test_a_registered_launch_hook_keeps_triton_s_path():
 def test_a_compile_knob_change_gets_its_own_kernel(owner, knob, value, monkeypatch):
     """Triton's run puts knobs.runtime.debug and knobs.compilation.instrumentation_mode into a launch's
     options: changed between launches, they pick another kernel, under FastLaunch as under Triton."""
-    kernel = _kernel()
-    fast = FastLaunch(kernel)
-    args, kwargs = _args(), {"SCALE": 2, "BLOCK": 128}
+    kernel, launch = _launcher()
     with stubbed_triton(kernel) as compiled:
-        for _ in range(3):
-            fast[(4,)](*args, **kwargs)
+        launch(3)
         monkeypatch.setattr(getattr(knobs, owner), knob, value)
-        for _ in range(3):
-            fast[(4,)](*args, **kwargs)
+        launch(3)
         first, second = compiled[kernel]
         assert (len(first.launches), len(second.launches)) == (3, 3)
         assert second.launches[-1][7] is None  # and the second goes fast too
@@ -146,24 +150,18 @@ def test_a_compile_knob_change_gets_its_own_kernel(owner, knob, value, monkeypat
 
 def test_a_stages_inspection_hook_keeps_triton_s_path(monkeypatch):
     """Triton 3.8 adds the hook's hash to its own key on every launch: FastLaunch steps aside while one is set."""
-    kernel = _kernel()
-    fast = FastLaunch(kernel)
-    args, kwargs = _args(), {"SCALE": 2, "BLOCK": 128}
+    kernel, launch = _launcher()
     with stubbed_triton(kernel) as compiled:
-        for _ in range(3):
-            fast[(4,)](*args, **kwargs)
+        launch(3)
         monkeypatch.setattr(knobs.runtime, "add_stages_inspection_hook", lambda: ("stages", "hash"))
-        fast[(4,)](*args, **kwargs)
+        launch()
         assert compiled[kernel][-1].launches[-1][7] is knobs.runtime.launch_enter_hook  # Triton's own launch
 
 
 def test_a_grid_computed_from_the_arguments_is_called_as_triton_calls_it():
-    kernel = _kernel()
-    fast = FastLaunch(kernel)
-    args, kwargs = _args(), {"SCALE": 2, "BLOCK": 128}
+    kernel, launch = _launcher()
     with stubbed_triton(kernel) as compiled:
-        for _ in range(3):
-            fast[lambda meta: (triton.cdiv(meta["n"], meta["BLOCK"]),)](*args, **kwargs)
+        launch(3, grid=lambda meta: (triton.cdiv(meta["n"], meta["BLOCK"]),))
         (stand_in,) = compiled[kernel]
     assert stand_in.launches[-1][:3] == (32, 1, 1) and stand_in.launches[-1][7] is None
 
