@@ -41,6 +41,7 @@ import os
 from dataclasses import dataclass, field, fields
 
 from sglang_mint.adapters.errors import InvalidAdapter
+from sglang_mint.adapters.module_paths import EXPERT_ALIASES
 from sglang_mint.adapters.stack_fill import attention_outs
 
 # Config keys that change any weight shape. Missing keys are simply left out.
@@ -55,8 +56,6 @@ SHAPE_KEYS = (
 )
 
 DENSE_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-# Mixtral-style expert names -> the Llama ones
-EXPERT_ALIASES = {"w1": "gate_proj", "w3": "up_proj", "w2": "down_proj"}
 
 
 @dataclass(frozen=True)

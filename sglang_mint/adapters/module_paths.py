@@ -31,6 +31,9 @@ from __future__ import annotations
 import re
 from typing import NamedTuple
 
+# Mixtral's expert names -> the Llama ones (SGLang's loader renames them so before it stacks gate/up)
+EXPERT_ALIASES = {"w1": "gate_proj", "w3": "up_proj", "w2": "down_proj"}
+
 # The first layers.<n>. of a path, as SGLang's get_layer_id finds it (re.search(r"layers\.(\d+)\.", name)).
 _LAYER = re.compile(r"(?:^|\.)layers\.([0-9]+)\.")
 # The path between layers.<n>. and the module (expert index dropped) -> module_shape's parent

@@ -27,7 +27,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from sglang_mint.adapters.lora_keys import KEY
-from sglang_mint.adapters.module_paths import MLP_PARENTS, module_path
+from sglang_mint.adapters.module_paths import EXPERT_ALIASES, MLP_PARENTS, module_path
 
 if TYPE_CHECKING:
     import torch
@@ -73,8 +73,6 @@ def _stack_of(parent: str, leaf: str, base: "BaseModel") -> str | None:
 def complete_stacks(tensors: dict[str, "torch.Tensor"], base: "BaseModel") -> dict[str, "torch.Tensor"]:
     """``tensors`` (checked, one rank) with zero lora_A/lora_B for each member SGLang reads that a stack
     lacks where the adapter has another member of it. The same dict comes back when none is missing."""
-    from sglang_mint.adapters.base_model import EXPERT_ALIASES  # base_model imports this module
-
     stacks: dict[str, tuple[str, str]] = {}  # "...layers.0.self_attn." -> (stack, parent)
     found: dict[str, dict[str, dict[str, tuple[str, "torch.Tensor"]]]] = {}  # prefix -> {member: {A/B}}
     mixtral: set[str] = set()  # prefixes whose experts are named w1/w3 (SGLang renames them, then stacks)

@@ -40,7 +40,7 @@ import torch
 from sglang_mint.adapters.base_model import base_model_from_config
 from sglang_mint.adapters.errors import InvalidAdapter
 from sglang_mint.adapters.lora_keys import PEFT_FUSED, ModuleRanks, fused_expert_params, scaling
-from sglang_mint.adapters.module_paths import module_path
+from sglang_mint.adapters.module_paths import EXPERT_ALIASES, module_path
 from sglang_mint.adapters.stack_fill import SAME_WIDTH, STACKS
 from sglang_mint.adapters.uniform_rank import uniform_lora
 from sglang_mint.packed.format import PackedError
@@ -52,7 +52,6 @@ WEIGHTS = "adapter_model.safetensors"
 
 # member -> (fused name, slice index, slices): "k_proj" -> ("qkv_proj", 1, 3)
 FUSE = {m: (stack, i, len(members)) for stack, members in STACKS.items() for i, m in enumerate(members)}
-W_NAMES = {"w1": "gate_proj", "w3": "up_proj", "w2": "down_proj"}
 # names an adapter may hold already stacked (Phi-3), whose one A SGLang's loader repeats per slice
 PRESTACKED = ("qkv_proj", "gate_up_proj")
 _KEY = re.compile(r"^(?P<mod>.+)\.lora_(?P<ab>[AB])\.weight$")
@@ -117,7 +116,7 @@ def _members(cfg: dict, tensors: dict[str, torch.Tensor], where: str) -> tuple[d
             raise PackedError(f"{where}: tensor {key} is not <module>.lora_A/B.weight")
         mod, ab = m["mod"], m["ab"]
         parts = mod.split(".")
-        parts[-1] = W_NAMES.get(parts[-1], parts[-1])
+        parts[-1] = EXPERT_ALIASES.get(parts[-1], parts[-1])
         mod = ".".join(parts)
         expert, layout = None, "plain"
         fused = PEFT_FUSED.match(mod) if params else None
