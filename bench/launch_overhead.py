@@ -1,4 +1,4 @@
-"""Host time of one dense LoRA op (shrink + expand) with Triton's launch path and with FastLaunch.
+"""Host time of one dense LoRA op (shrink + expand): Triton's launch path, FastLaunch, planned launches.
 
     python bench/launch_overhead.py [--rounds 7] [--calls 2000]
 
@@ -10,9 +10,12 @@ on the stub driver of bench/_stubbed_launch.py, whose compiled kernels drop thei
 Both paths lose the same C launcher, so the difference is what FastLaunch saves a launch;
 the absolute figures are not the H200 host's (bench/gpu/run.py's kernel_bench measures that).
 
-Each round times `--calls` ops one way, then the other (alternating which goes first), and the
-row gives the median over rounds of µs per op: "triton" runs the raw @triton.jit kernels (the
-code before FastLaunch), "fast" the FastLaunch wrappers. Run with TRITON_INTERPRET unset.
+Each round times `--calls` ops each way (rotating which goes first), and the row gives the
+median over rounds of µs per op:
+  "triton"   the launchers' work on every call (plans off) and Triton's launch (the code before FastLaunch);
+  "fast"     the same work and FastLaunch's launch, binder included (the code before plans);
+  "planned"  the launchers as shipped: one plan per shape, kept; FastLaunch's planned launch.
+Run with TRITON_INTERPRET unset.
 """
 
 from __future__ import annotations
@@ -68,17 +71,46 @@ def op_for(mode: str, tokens: int):
     return lambda: (sgmv_shrink(x, a, y, batch, S), sgmv_expand(y, b, out, batch, offsets, offs))
 
 
-@contextlib.contextmanager
-def triton_path():
-    """The launchers call the raw @triton.jit kernels, as before FastLaunch."""
-    with contextlib.ExitStack() as stack:
-        for module, name in KERNELS:
-            stack.enter_context(mock.patch.object(module, name, getattr(module, name).kernel))
-        yield
+class NoPlans(dict):
+    """A launcher's plan cache that keeps nothing: every call plans again, as before plans."""
+
+    def get(self, key, default=None):
+        return default
+
+    def keep(self, key, plan):
+        return plan
 
 
-def us_per_op(op, calls: int, context) -> float:
-    with context():
+class UnplannedLaunch:
+    """A kernel launched from the plan's parts, by Triton (``fast=False``) or FastLaunch.launch."""
+
+    def __init__(self, fast_launch, fast: bool):
+        self.fast_launch, self.fast = fast_launch, fast
+
+    def launch_planned(self, plan, pointers):
+        if self.fast:
+            self.fast_launch.launch(plan.grid, pointers + plan.scalars, plan.kwargs)
+        else:
+            self.fast_launch.kernel[plan.grid](*pointers, *plan.scalars, **plan.kwargs)
+
+
+def way(name: str):
+    """The context a way of launching runs in (module docstring)."""
+    if name == "planned":
+        return contextlib.nullcontext()
+    stack = contextlib.ExitStack()
+    for module, kernel in KERNELS:
+        stack.enter_context(mock.patch.object(module, "_PLANS", NoPlans()))
+        stack.enter_context(mock.patch.object(module, kernel, UnplannedLaunch(
+            getattr(module, kernel), fast=name == "fast")))
+    return stack
+
+
+WAYS = ("triton", "fast", "planned")
+
+
+def us_per_op(op, calls: int, name: str) -> float:
+    with way(name):
         op()  # the first launch of each specialization goes through Triton on both paths
         op()
         start = time.perf_counter()
@@ -93,31 +125,30 @@ def main(argv=None) -> None:
     p.add_argument("--calls", type=int, default=2000)
     p.add_argument("--out", default=str(RESULTS / "launch_overhead.jsonl"))
     args = p.parse_args(argv)
-    kernels = [getattr(module, name).kernel for module, name in KERNELS]
+    kernels = [getattr(module, kernel).kernel for module, kernel in KERNELS]
     if not isinstance(kernels[0], triton.runtime.jit.JITFunction):
         sys.exit("launch_overhead: run with TRITON_INTERPRET unset (the interpreter has no launch path)")
     rows = []
     with stubbed_triton(*kernels, record=False):
         for mode, tokens in CASES.items():
             op = op_for(mode, tokens)
-            times = {"triton": [], "fast": []}
+            times = {name: [] for name in WAYS}
             for i in range(args.rounds):
-                order = ("triton", "fast") if i % 2 == 0 else ("fast", "triton")
-                for way in order:
-                    times[way].append(us_per_op(op, args.calls, triton_path if way == "triton"
-                                                else contextlib.nullcontext))
-            med = {way: statistics.median(t) for way, t in times.items()}
+                for name in WAYS[i % 3:] + WAYS[:i % 3]:
+                    times[name].append(us_per_op(op, args.calls, name))
+            med = {name: statistics.median(t) for name, t in times.items()}
             row = {"bench": "launch_overhead", "mode": mode, "tokens": tokens, "hidden": HIDDEN,
                    "slice_widths": list(WIDTHS), "rank": RANK, "adapters": ADAPTERS,
-                   "triton_us": round(med["triton"], 2), "fast_us": round(med["fast"], 2),
-                   "saved_us": round(med["triton"] - med["fast"], 2),
+                   **{f"{name}_us": round(med[name], 2) for name in WAYS},
+                   "saved_us": round(med["triton"] - med["planned"], 2),
                    "spread_us": {w: [round(min(t), 2), round(max(t), 2)] for w, t in times.items()},
                    "rounds": args.rounds, "calls": args.calls, "triton": triton.__version__,
                    "git_commit": git_commit(), "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                    **machine()}
             rows.append(row)
             print(f"{mode:8s} T={tokens:5d}: Triton's path {med['triton']:6.1f} µs/op, FastLaunch "
-                  f"{med['fast']:6.1f} µs/op, saved {med['triton'] - med['fast']:5.1f} µs (2 launches)")
+                  f"{med['fast']:6.1f}, planned {med['planned']:6.1f} "
+                  f"({med['planned'] / med['triton']:.2f} x Triton's path; 2 launches)")
     with open(args.out, "a") as f:
         for row in rows:
             f.write(json.dumps(row) + "\n")

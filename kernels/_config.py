@@ -28,6 +28,8 @@ import os
 import re
 from pathlib import Path
 
+from ._launch import forget_plans
+
 _HERE = Path(__file__).resolve().parent
 # Where the tables are, first match wins:
 #   $MINT_KERNEL_CONFIG_DIR                   (a bench run writing new tables)
@@ -177,9 +179,11 @@ def _lookup(op: str, device: str, bucket: str, K: int, R: int, S: int, M: int) -
 
 
 def reload_tables() -> None:
-    """Forget every table read and every lookup made (after CONFIG_DIR changes)."""
+    """Forget every table read and every lookup made (after CONFIG_DIR changes), and the
+    launchers' plans made from them."""
     _load_table.cache_clear()
     _CONFIGS.clear()
+    forget_plans()
 
 
 def launch_kwargs(cfg: dict) -> dict:

@@ -26,7 +26,7 @@ from typing import Optional
 import torch
 
 
-@dataclass
+@dataclass(frozen=True)
 class LoraBatch:
     """Shape:
     ranks        [n_slots] int32/int64   rank of each pool slot (0 = empty)
@@ -38,6 +38,8 @@ class LoraBatch:
     max_seg_len  host int                longest segment (sgmv grid size)
     rows_hint    host int                rows a segment is expected to have, for the
                                          block sizes (0: max_seg_len); see by_slot
+
+    Frozen: a launcher's plan key reads ``launch_key``, made once from these fields.
     """
 
     ranks: torch.Tensor
@@ -50,7 +52,7 @@ class LoraBatch:
     rows_hint: int = 0
 
     def __post_init__(self):
-        self._by_slot: dict[int, "LoraBatch"] = {}
+        object.__setattr__(self, "_by_slot", {})
         seg = self.seg_indptr is not None
         if seg == (self.token_slots is not None):
             raise ValueError("LoraBatch needs exactly one of seg_indptr/token_slots")
@@ -58,6 +60,11 @@ class LoraBatch:
             raise ValueError("seg_indptr given without seg_slots")
         if seg and self.seg_indptr.numel() != self.seg_slots.numel() + 1:
             raise ValueError("seg_indptr must have len(seg_slots) + 1 entries")
+        tensors = (self.ranks, self.scalings, self.seg_indptr, self.seg_slots, self.permutation, self.token_slots)
+        # what a launch of the segment kernels takes from this batch besides its tensors' addresses
+        object.__setattr__(self, "launch_key", (
+            self.num_segments, self.max_seg_len, self.rows_hint, self.permutation is not None,
+            tuple(None if t is None else t.dtype for t in tensors)))
 
     @classmethod
     def routing(cls, ranks, scalings, seg_indptr, slots, n_seg, n_tokens, max_seg_len,

@@ -36,7 +36,7 @@ import triton.language as tl
 from ._tiles import masked_tile_dot
 
 from ._config import cdiv, get_config, launch_kwargs
-from ._launch import FastLaunch
+from ._launch import MISSING, FastLaunch, LaunchPlan, LaunchPlans
 from .batch import LoraBatch
 
 
@@ -95,9 +95,15 @@ def _sgmv_expand_kernel(
     tl.store(o_ptrs, acc.to(out_ptr.dtype.element_ty), mask=o_mask)
 
 
-def _host_offsets(slice_offsets, slice_offsets_cpu) -> list:
+def _host_offsets(slice_offsets, slice_offsets_cpu) -> tuple:
+    """The slice offsets as a tuple of host ints (from the host copy when there is one; a tuple
+    passes as it is). Example: SGLang's qkv layer passes tensor([0, 4096, 5120, 6144])."""
     src = slice_offsets if slice_offsets_cpu is None else slice_offsets_cpu
-    return [int(v) for v in (src.tolist() if torch.is_tensor(src) else src)]
+    if type(src) is tuple:
+        return src
+    if torch.is_tensor(src):
+        return tuple(src.tolist())  # an integer tensor's tolist gives ints
+    return tuple(int(v) for v in src)
 
 
 def _check(y, b, out, offs):
@@ -121,34 +127,48 @@ def sgmv_expand(y: torch.Tensor, b: torch.Tensor, out: torch.Tensor, batch: Lora
     config: block sizes instead of the table's (tuning, tests).
     """
     offs = _host_offsets(slice_offsets, slice_offsets_cpu)
-    _check(y, b, out, offs)
     if slice_offsets.device != y.device:
         slice_offsets = slice_offsets.to(y.device)
+    if batch.is_bgmv and y.shape[0]:
+        batch = batch.by_slot(y.shape[0])
+    key = (y.shape, y.stride(), y.dtype, b.shape, b.stride(), b.dtype, out.shape, out.stride(), out.dtype,
+           slice_offsets.dtype, y.device, batch.launch_key, offs, packed_slices)
+    plan = _PLANS.get(key, MISSING) if config is None else MISSING
+    if plan is MISSING:
+        plan = _plan(y, b, out, batch, offs, packed_slices, config)
+        if config is None:
+            _PLANS.keep(key, plan)
+    if plan is None:
+        return out
+    perm = batch.permutation
+    _sgmv_expand_kernel.launch_planned(plan, (
+        y, b, out, batch.seg_indptr, batch.seg_slots,
+        perm if perm is not None else batch.seg_indptr, batch.ranks, batch.scalings, slice_offsets))
+    return out
+
+
+_PLANS = LaunchPlans()  # by shapes, strides, dtypes, device, batch.launch_key, slice offsets, packing
+
+
+def _plan(y, b, out, batch: LoraBatch, offs: tuple, packed_slices: bool,
+          config: Optional[dict]) -> Optional[LaunchPlan]:
+    """Everything of a launch but the pointers (None: nothing to launch); checks the shapes."""
+    _check(y, b, out, offs)
     T = y.shape[0]
     R = b.shape[2]
     n_slices = len(offs) - 1
     widest = max(hi - lo for lo, hi in zip(offs, offs[1:]))
-    if T == 0 or R == 0 or widest == 0:
-        return out
-    if batch.is_bgmv:
-        batch = batch.by_slot(T)
-    n_seg = batch.num_segments
-    if n_seg == 0 or batch.max_seg_len == 0:
-        return out
+    if T == 0 or R == 0 or widest == 0 or batch.num_segments == 0 or batch.max_seg_len == 0:
+        return None
     cfg = config or get_config("sgmv_expand", y.device, K=widest, R=R, S=n_slices,
                                M=batch.rows_hint or batch.max_seg_len)
     n_tiles = cdiv(widest, cfg["BLOCK_N"])
-    grid = (cdiv(batch.max_seg_len, cfg["BLOCK_M"]) * n_tiles, n_slices, n_seg)
-    perm = batch.permutation
-    _sgmv_expand_kernel[grid](
-        y, b, out, batch.seg_indptr, batch.seg_slots,
-        perm if perm is not None else batch.seg_indptr, batch.ranks, batch.scalings,
-        slice_offsets, R, n_tiles,
-        y.stride(0), b.stride(0), b.stride(1), out.stride(0),
-        PACKED=packed_slices, HAS_PERM=perm is not None,
-        BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"],
-        **launch_kwargs(cfg))
-    return out
+    return LaunchPlan(
+        (cdiv(batch.max_seg_len, cfg["BLOCK_M"]) * n_tiles, n_slices, batch.num_segments),
+        (R, n_tiles, y.stride(0), b.stride(0), b.stride(1), out.stride(0)),
+        dict(PACKED=packed_slices, HAS_PERM=batch.permutation is not None,
+             BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"],
+             **launch_kwargs(cfg)))
 
 
 def sgmv_expand_ref(y: torch.Tensor, b: torch.Tensor, out: torch.Tensor, batch: LoraBatch,

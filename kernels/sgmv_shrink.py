@@ -28,7 +28,7 @@ import triton
 import triton.language as tl
 
 from ._config import cdiv, get_config, launch_kwargs, split_for
-from ._launch import FastLaunch
+from ._launch import MISSING, FastLaunch, LaunchPlan, LaunchPlans
 from ._splitk import WORKSPACE, k_per_split
 from ._tiles import masked_tile_dot, split_k_finish, split_k_range
 from .batch import LoraBatch
@@ -102,16 +102,40 @@ def sgmv_shrink(x: torch.Tensor, a: torch.Tensor, y: torch.Tensor, batch: LoraBa
     batch: segments, or token_slots (run as batch.by_slot(T): one segment per slot).
     config: block sizes and SPLIT_K instead of the table's (tuning, tests).
     """
+    if batch.is_bgmv and x.shape[0]:
+        batch = batch.by_slot(x.shape[0])
+    key = (x.shape, x.stride(), x.dtype, a.shape, a.stride(), a.dtype, y.shape, y.stride(), y.dtype,
+           x.device, batch.launch_key, n_slices, packed_slices)
+    plan = _PLANS.get(key, MISSING) if config is None else MISSING
+    if plan is MISSING:
+        plan = _plan(x, a, y, batch, n_slices, packed_slices, config)
+        if config is None:
+            _PLANS.keep(key, plan)
+    if plan is None:
+        return y
+    if plan.extra is None:
+        part, counters = y, batch.ranks  # untouched unsplit
+    else:
+        part, counters = WORKSPACE.get(x.device, *plan.extra)
+    perm = batch.permutation
+    _sgmv_shrink_kernel.launch_planned(plan, (
+        x, a, y, part, counters, batch.seg_indptr, batch.seg_slots,
+        perm if perm is not None else batch.seg_indptr, batch.ranks))
+    return y
+
+
+_PLANS = LaunchPlans()  # by shapes, strides, dtypes, device, batch.launch_key, n_slices, packing
+
+
+def _plan(x, a, y, batch: LoraBatch, n_slices: int, packed_slices: bool,
+          config: Optional[dict]) -> Optional[LaunchPlan]:
+    """Everything of a launch but the pointers (None: nothing to launch); checks the shapes."""
     _check(x, a, y, n_slices)
     T, K = x.shape
     N = a.shape[1]
     R = N // n_slices
-    if T == 0 or N == 0:
-        return y
-    if batch.is_bgmv:
-        batch = batch.by_slot(T)
-    if batch.num_segments == 0 or batch.max_seg_len == 0:
-        return y
+    if T == 0 or N == 0 or batch.num_segments == 0 or batch.max_seg_len == 0:
+        return None
     rows = batch.rows_hint or batch.max_seg_len
     cfg = config or get_config("sgmv_shrink", x.device, K=K, R=R, S=n_slices, M=rows)
     n_tiles = cdiv(N, cfg["BLOCK_N"])
@@ -120,21 +144,15 @@ def sgmv_shrink(x: torch.Tensor, a: torch.Tensor, y: torch.Tensor, batch: LoraBa
     # splits for the tiles expected to hold rows (all of them, unless by_slot's hint)
     split = split_for(cfg, K, cdiv(rows, cfg["BLOCK_M"]) * n_tiles * batch.num_segments,
                       x.device)
-    if split > 1:
-        part, counters = WORKSPACE.get(x.device, split * T * N, tiles)
-        stride_pp, stride_pm = T * N, N
-    else:
-        part, counters, stride_pp, stride_pm = y, batch.ranks, 0, 0  # untouched unsplit
-    perm = batch.permutation
-    _sgmv_shrink_kernel[(m_tiles * n_tiles, batch.num_segments, split)](
-        x, a, y, part, counters, batch.seg_indptr, batch.seg_slots,
-        perm if perm is not None else batch.seg_indptr, batch.ranks,
-        K, R, n_slices, split, k_per_split(K, split, cfg["BLOCK_K"]), n_tiles,
-        x.stride(0), a.stride(0), a.stride(1), y.stride(0), stride_pp, stride_pm,
-        PACKED=packed_slices, HAS_PERM=perm is not None, SPLIT=split > 1,
-        BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"],
-        **launch_kwargs(cfg))
-    return y
+    stride_pp, stride_pm = (T * N, N) if split > 1 else (0, 0)
+    return LaunchPlan(
+        (m_tiles * n_tiles, batch.num_segments, split),
+        (K, R, n_slices, split, k_per_split(K, split, cfg["BLOCK_K"]), n_tiles,
+         x.stride(0), a.stride(0), a.stride(1), y.stride(0), stride_pp, stride_pm),
+        dict(PACKED=packed_slices, HAS_PERM=batch.permutation is not None, SPLIT=split > 1,
+             BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"],
+             **launch_kwargs(cfg)),
+        extra=(split * T * N, tiles) if split > 1 else None)
 
 
 def slice_columns(ranks: torch.Tensor, n_slices: int, R: int, packed: bool) -> torch.Tensor:
