@@ -6,6 +6,7 @@ Triton's launch path runs for real here, on a stub driver whose compile records 
 makes ``@triton.jit`` give an interpreted one, so it is built directly).
 """
 
+import importlib
 import sys
 from pathlib import Path
 
@@ -183,6 +184,8 @@ def test_on_a_gpu_repeat_launches_go_fast_and_stay_right():
     from sglang_mint.kernels.sgmv_shrink import _sgmv_shrink_kernel
 
     gen = torch.Generator().manual_seed(11)
+    shrink_plans = importlib.import_module("sglang_mint.kernels.sgmv_shrink")._PLANS
+    shrink_plans.clear()
     T, K, S, R, ranks = 77, 4096, 3, 16, [16, 8, 16, 4]
     batch = LoraBatch.from_segments([20, 0, 40, 17], range(4), ranks, [1.0] * 4, "cuda")
     a, _ = dense_pool(4, S, R, K, 8, ranks, dtype=torch.bfloat16, device="cuda", gen=gen)
@@ -196,3 +199,6 @@ def test_on_a_gpu_repeat_launches_go_fast_and_stay_right():
         assert_close(y, want, torch.bfloat16)
     assert kept >= 1, "three launches of one specialization kept no compiled kernel"
     assert len(_sgmv_shrink_kernel._launchers) == kept + 1  # the misaligned x: a new specialization
+    # the aligned launches ran from the shape's plan, which kept one launcher (the misaligned none)
+    plans = [plan for plan in shrink_plans.values() if plan]
+    assert [len(plan.kept) for plan in plans] == [1]
