@@ -76,6 +76,7 @@ HOOKS: tuple[Hook, ...] = (
     Hook("scheduler", f"{_SCHED}.can_schedule_lora_req", "AROUND", "residency:_around_can_schedule_lora_req"),
     Hook("scheduler", f"{_SCHED}.ingest_requests", "AFTER", "residency:_after_ingest_requests"),
     Hook("scheduler", f"{_SCHED}._add_request_to_queue", "BEFORE", "residency:_before_add_request_to_queue"),
+    # (a request's end is billed: its abort reason's status_code tells an error from a cancellation)
     Hook("scheduler", f"{_SCHED}.send_abort_output", "AFTER", "residency:_after_send_abort_output"),
     Hook("scheduler", "sglang.srt.managers.scheduler_components.output_streamer.SchedulerOutputStreamer"
          ".stream_output", "AFTER", "residency:_after_stream_output"),

@@ -180,18 +180,25 @@ def _served_adapter(scheduler, lora_id) -> tuple[str | None, int | None]:
     return (lora_id if ref is None else ref.lora_name), None
 
 
-def _count_usage(req) -> None:
-    """A request ended: count it once in its scheduler's ledger, with the counts its answer has."""
+def _count_usage(req, abort_reason: dict | None = None) -> None:
+    """A request ended: count it once in its scheduler's ledger, with the counts its answer has.
+    An abort with a status (a refusal, an overload, a timeout) is an error; one without (its
+    client hung up, ``/abort_request``) a cancellation. ``abort_reason``: the reason SGLang sent
+    with an abort it reported outside the output stream (queue full, preempted)."""
     usage = getattr(req, "_mint_usage", None)
     if usage is not None:
         req._mint_usage = None
-        reason = req.finished_reason.to_json() if req.finished_reason is not None else {"type": "abort"}
+        reason = abort_reason or (req.finished_reason.to_json() if req.finished_reason is not None
+                                  else {"type": "abort"})
+        aborted = reason.get("type") == "abort"
+        failed = aborted and reason.get("status_code") is not None
         usage[0].record(usage[1], usage[2], prompt_tokens=len(req.origin_input_ids), cached_tokens=req.cached_tokens,
-                        completion_tokens=len(req.output_ids_through_stop), error=reason.get("type") == "abort")
+                        completion_tokens=len(req.output_ids_through_stop), error=failed,
+                        cancelled=aborted and not failed)
 
 
 def _after_send_abort_output(result, scheduler, abort_req, req, *args, **kwargs):
-    _count_usage(req)
+    _count_usage(req, abort_req.finished_reason)
     residency = residency_of(scheduler)
     if residency is not None:
         release_hold(req)

@@ -6,7 +6,7 @@ import argparse
 import json
 
 DESCRIPTION = """\
-What each adapter used: requests, prompt, cached and completion tokens, and errors, per revision
+What each adapter used: requests, prompt, cached and completion tokens, errors and cancellations, per revision
 and minute, summed over every engine that writes to the folder (a server's --mint-usage-dir;
 GET /mint/usage answers the same over HTTP). Moments are ISO 8601, UTC unless they say
 (2026-12-05T04:00Z, 2026-12-05), or epoch seconds; since is inclusive, until exclusive.

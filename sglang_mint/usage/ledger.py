@@ -1,4 +1,4 @@
-"""Per-adapter usage: requests, prompt, cached and completion tokens, and errors, per minute.
+"""Per-adapter usage: requests, prompt, cached and completion tokens, errors and cancellations, per minute.
 
 The scheduler counts each request once, as it ends, with ``UsageLedger.record``: a dict
 update under a lock, nothing else on its loop. A background thread appends what was
@@ -9,7 +9,11 @@ engines' files::
 
     usage/usage-127.0.0.1_30000-dp0-2026120504.jsonl
     {"adapter": "acme/bot", "revision": 3, "minute": "2026-12-05T04:17:00Z", "requests": 2,
-     "prompt_tokens": 40, "cached_tokens": 16, "completion_tokens": 12, "errors": 0}
+     "prompt_tokens": 40, "cached_tokens": 16, "completion_tokens": 12, "errors": 0, "cancelled": 1}
+
+``errors`` counts requests the server ended with an error status (a refusal, an overload, a
+timeout); ``cancelled`` those ended without one, because their client hung up or someone
+aborted them. Tokens count either way: what was computed before the end was spent.
 
 ``read_usage`` sums them into one row per (adapter, revision, minute): the ledger's view.
 ``adapter`` is the adapter id (``null`` for the base model), ``revision`` the catalog
@@ -37,7 +41,7 @@ from sglang_mint.errors import shown
 
 logger = logging.getLogger("sglang_mint")
 
-FIELDS = ("requests", "prompt_tokens", "cached_tokens", "completion_tokens", "errors")
+FIELDS = ("requests", "prompt_tokens", "cached_tokens", "completion_tokens", "errors", "cancelled")
 FLUSH_S = 2.0  # seconds between appends, unless $MINT_USAGE_FLUSH_S says otherwise (config.py)
 KEEP_DAYS = 30
 _FILE = re.compile(r"usage-(?P<engine>.+)-(?P<hour>\d{10})\.jsonl\Z")
@@ -99,7 +103,7 @@ class UsageLedger:
         self._thread.start()
 
     def record(self, adapter: str | None, revision: int | None, *, prompt_tokens: int, cached_tokens: int,
-               completion_tokens: int, error: bool = False) -> None:
+               completion_tokens: int, error: bool = False, cancelled: bool = False) -> None:
         """Count one request that ended now. O(1); safe from any thread."""
         key = (adapter, revision, minute_text(self._clock()))
         on_main = threading.current_thread() is self._main  # as _main_thread_work, without its generator
@@ -113,6 +117,7 @@ class UsageLedger:
                 counts[2] += cached_tokens
                 counts[3] += completion_tokens
                 counts[4] += bool(error)
+                counts[5] += bool(cancelled)
         finally:
             if on_main:
                 self._main_call_done()

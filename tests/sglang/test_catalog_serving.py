@@ -5,8 +5,11 @@ Real SGLang on CPU with --enable-mint --mint-catalog, the official openai client
 
 from __future__ import annotations
 
+import json
 import random
 import sys
+import time
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -118,7 +121,8 @@ def test_unknown_and_deleted_adapters_are_404(client, catalog):
     ("broken/truncated", "could not be loaded"),
     ("broken/rank16", "rank 16"),
 ])
-def test_bad_adapter_fails_alone(client, adapter_id, reason):
+def test_bad_adapter_fails_alone(server, client, adapter_id, reason):
+    before = usage_totals(server, adapter_id)
     with ThreadPoolExecutor(8) as pool:
         good = [pool.submit(complete, client, f"acme/tiny-000{i % 3}") for i in range(6)]
         bad = [pool.submit(complete, client, adapter_id) for _ in range(2)]
@@ -128,6 +132,18 @@ def test_bad_adapter_fails_alone(client, adapter_id, reason):
             assert exc.value.status_code == 422
             assert adapter_id in str(exc.value) and reason in str(exc.value)
         assert all(len(f.result()[0]) == 6 for f in good)
+    # the usage ledger counts both as errors (the server refused them), not as cancelled
+    deadline = time.monotonic() + 30  # appended every 2 s
+    while (after := usage_totals(server, adapter_id))["requests"] - before["requests"] < 2:
+        assert time.monotonic() < deadline, (before, after)
+        time.sleep(0.5)
+    assert {k: after[k] - before[k] for k in ("requests", "errors", "cancelled")} == {
+        "requests": 2, "errors": 2, "cancelled": 0}
+
+
+def usage_totals(server, adapter_id: str) -> dict:
+    with urllib.request.urlopen(f"{server.url}/mint/usage?adapter={adapter_id}", timeout=60) as r:
+        return json.loads(r.read())["totals"]
 
 
 def test_publish_and_rollback_mid_stream(client, tiny_model, catalog, tiny_adapters, prompt_ids):

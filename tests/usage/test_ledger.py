@@ -44,7 +44,7 @@ def test_deltas_from_flushes_and_engines_sum_to_one_row_per_minute(tmp_path):
     a.record("acme/bot", 3, prompt_tokens=10, cached_tokens=4, completion_tokens=5)
     assert a.flush() == 1
     a.record("acme/bot", 3, prompt_tokens=7, cached_tokens=0, completion_tokens=2, error=True)
-    b.record("acme/bot", 3, prompt_tokens=1, cached_tokens=1, completion_tokens=1)
+    b.record("acme/bot", 3, prompt_tokens=1, cached_tokens=1, completion_tokens=1, cancelled=True)
     b.record(None, None, prompt_tokens=9, cached_tokens=0, completion_tokens=3)  # the base model
     clock.t += 60
     a.record("acme/bot", 4, prompt_tokens=2, cached_tokens=0, completion_tokens=2)
@@ -55,11 +55,11 @@ def test_deltas_from_flushes_and_engines_sum_to_one_row_per_minute(tmp_path):
     rows = read_usage(tmp_path)
     assert rows == [
         {"adapter": None, "revision": None, "minute": "2026-12-05T04:17:00Z", "requests": 1, "prompt_tokens": 9,
-         "cached_tokens": 0, "completion_tokens": 3, "errors": 0},
+         "cached_tokens": 0, "completion_tokens": 3, "errors": 0, "cancelled": 0},
         {"adapter": "acme/bot", "revision": 3, "minute": "2026-12-05T04:17:00Z", "requests": 3,
-         "prompt_tokens": 18, "cached_tokens": 5, "completion_tokens": 8, "errors": 1},
+         "prompt_tokens": 18, "cached_tokens": 5, "completion_tokens": 8, "errors": 1, "cancelled": 1},
         {"adapter": "acme/bot", "revision": 4, "minute": "2026-12-05T04:18:00Z", "requests": 1,
-         "prompt_tokens": 2, "cached_tokens": 0, "completion_tokens": 2, "errors": 0},
+         "prompt_tokens": 2, "cached_tokens": 0, "completion_tokens": 2, "errors": 0, "cancelled": 0},
     ]
     assert [r["revision"] for r in read_usage(tmp_path, adapter="acme/bot")] == [3, 4]
     assert [r["minute"] for r in read_usage(tmp_path, since=T0 + 50)] == ["2026-12-05T04:18:00Z"]
@@ -96,7 +96,7 @@ def test_counts_from_many_threads_are_all_kept(tmp_path):
         t.join()
     one.close()
     [row] = read_usage(tmp_path)
-    assert [row[f] for f in FIELDS] == [4000, 8000, 4000, 12000, 0]
+    assert [row[f] for f in FIELDS] == [4000, 8000, 4000, 12000, 0, 0]
 
 
 def test_files_older_than_the_retention_go_as_the_hour_turns(tmp_path):
@@ -134,10 +134,22 @@ def test_rows_per_adapter_over_the_span(tmp_path):
     assert len(read_usage(tmp_path)) == 3  # per minute: a1 twice, a2 once
     assert read_usage(tmp_path, per_minute=False) == [
         {"adapter": "a2", "revision": None, "requests": 3, "prompt_tokens": 3, "cached_tokens": 0,
-         "completion_tokens": 3, "errors": 1},
+         "completion_tokens": 3, "errors": 1, "cancelled": 0},
         {"adapter": "a1", "revision": 1, "requests": 2, "prompt_tokens": 5, "cached_tokens": 1,
-         "completion_tokens": 2, "errors": 0},
+         "completion_tokens": 2, "errors": 0, "cancelled": 0},
     ]
+
+
+def test_rows_written_before_cancelled_was_counted_read_as_none_cancelled(tmp_path):
+    """Files appended by a server before ``cancelled`` existed (its hang-ups then counted as errors)."""
+    line = {"adapter": "acme/bot", "revision": 3, "minute": "2026-12-05T04:17:00Z", "requests": 2,
+            "prompt_tokens": 8, "cached_tokens": 0, "completion_tokens": 4, "errors": 1}
+    (tmp_path / "usage-127.0.0.1_30000_dp0-2026120504.jsonl").write_text(json.dumps(line) + "\n")
+    one = ledger(tmp_path, clock=Clock(T0))
+    one.record("acme/bot", 3, prompt_tokens=1, cached_tokens=0, completion_tokens=1, cancelled=True)
+    one.close()
+    [row] = read_usage(tmp_path)
+    assert (row["requests"], row["errors"], row["cancelled"]) == (3, 1, 1)
 
 
 def test_the_engines_named_are_those_whose_rows_were_summed(tmp_path, monkeypatch):
@@ -308,8 +320,9 @@ def test_a_sigterm_inside_the_ledger_waits_for_it_then_appends_every_count(tmp_p
     assert out.returncode == -signal.SIGTERM and "not killed" not in out.stdout, out.stderr[-2000:]
     assert "Traceback" not in out.stderr, out.stderr[-2000:]
     [row] = read_usage(tmp_path)
-    assert {k: row[k] for k in FIELDS} == {"requests": 6, "prompt_tokens": 3000, "cached_tokens": 0,
-                                           "completion_tokens": 1200, "errors": 0}, os.listdir(tmp_path)
+    want = {"requests": 6, "prompt_tokens": 3000, "cached_tokens": 0, "completion_tokens": 1200, "errors": 0,
+            "cancelled": 0}
+    assert {k: row[k] for k in FIELDS} == want, os.listdir(tmp_path)
 
 
 def test_close_gives_up_on_an_append_that_hangs(tmp_path, caplog):
