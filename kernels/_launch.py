@@ -135,7 +135,7 @@ class FastLaunch:
             return
         device = current_device()
         knobs = compile_knobs()
-        kept = plan.kept.get((device, knobs))
+        kept = plan.kept.get((self, device, knobs))
         if kept is None:
             args = pointers + plan.scalars
             launched = self._launch(plan.grid, args, plan.kwargs)
@@ -143,7 +143,7 @@ class FastLaunch:
                 (compiled, run, function, metadata), bound = launched
                 values = tuple(bound.values())
                 if all(v is a for v, a in zip(values, args)):  # the positional arguments lead, as in ours
-                    plan.kept[device, knobs] = (run, function, metadata, values[len(args):], compiled)
+                    plan.kept[self, device, knobs] = (run, function, metadata, values[len(args):], compiled)
             return
         run, function, metadata, constexprs, _ = kept
         grid = plan.grid
@@ -165,8 +165,8 @@ _DATA_PTR = torch.Tensor.data_ptr
 
 class LaunchPlan:
     """What a launcher derived from one shape: the grid (three ints), the int arguments after the
-    pointers, the constexprs and options; and, per (device, compile knobs), the launcher kept
-    from its first launch with all pointers aligned. Immutable but for ``kept``.
+    pointers, the constexprs and options; and, per (kernel, device, compile knobs), the launcher
+    kept from its first launch with all pointers aligned. Immutable but for ``kept``.
     ``extra`` is the launcher's own (the split-K workspace sizes of a shrink)."""
 
     __slots__ = ("grid", "scalars", "kwargs", "extra", "kept")

@@ -53,6 +53,8 @@ class LoraBatch:
 
     def __post_init__(self):
         object.__setattr__(self, "_by_slot", {})
+        for name in ("max_seg_len", "rows_hint"):  # Python ints: they size grids and key launch plans
+            object.__setattr__(self, name, int(getattr(self, name)))
         seg = self.seg_indptr is not None
         if seg == (self.token_slots is not None):
             raise ValueError("LoraBatch needs exactly one of seg_indptr/token_slots")

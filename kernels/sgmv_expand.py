@@ -96,14 +96,12 @@ def _sgmv_expand_kernel(
 
 
 def _host_offsets(slice_offsets, slice_offsets_cpu) -> tuple:
-    """The slice offsets as a tuple of host ints (from the host copy when there is one; a tuple
-    passes as it is). Example: SGLang's qkv layer passes tensor([0, 4096, 5120, 6144])."""
+    """The slice offsets as a tuple of host ints, from the host copy when there is one.
+    Example: SGLang's qkv layer passes tensor([0, 4096, 5120, 6144])."""
     src = slice_offsets if slice_offsets_cpu is None else slice_offsets_cpu
-    if type(src) is tuple:
-        return src
-    if torch.is_tensor(src):
-        return tuple(src.tolist())  # an integer tensor's tolist gives ints
-    return tuple(int(v) for v in src)
+    # Python ints, whatever they came as: numpy's equal ints would share a plan key, and Triton
+    # refuses them as arguments
+    return tuple(map(int, src.tolist() if torch.is_tensor(src) else src))
 
 
 def _check(y, b, out, offs):
@@ -131,19 +129,20 @@ def sgmv_expand(y: torch.Tensor, b: torch.Tensor, out: torch.Tensor, batch: Lora
         slice_offsets = slice_offsets.to(y.device)
     if batch.is_bgmv and y.shape[0]:
         batch = batch.by_slot(y.shape[0])
+    packed_slices = bool(packed_slices)
     key = (y.shape, y.stride(), y.dtype, b.shape, b.stride(), b.dtype, out.shape, out.stride(), out.dtype,
            slice_offsets.dtype, y.device, batch.launch_key, offs, packed_slices)
     plan = _PLANS.get(key, MISSING) if config is None else MISSING
-    if plan is MISSING:
+    fresh = plan is MISSING
+    if fresh:
         plan = _plan(y, b, out, batch, offs, packed_slices, config)
-        if config is None:
-            _PLANS.keep(key, plan)
-    if plan is None:
-        return out
-    perm = batch.permutation
-    _sgmv_expand_kernel.launch_planned(plan, (
-        y, b, out, batch.seg_indptr, batch.seg_slots,
-        perm if perm is not None else batch.seg_indptr, batch.ranks, batch.scalings, slice_offsets))
+    if plan is not None:
+        perm = batch.permutation
+        _sgmv_expand_kernel.launch_planned(plan, (
+            y, b, out, batch.seg_indptr, batch.seg_slots,
+            perm if perm is not None else batch.seg_indptr, batch.ranks, batch.scalings, slice_offsets))
+    if fresh and config is None:  # kept once it launched
+        _PLANS.keep(key, plan)
     return out
 
 

@@ -104,23 +104,25 @@ def sgmv_shrink(x: torch.Tensor, a: torch.Tensor, y: torch.Tensor, batch: LoraBa
     """
     if batch.is_bgmv and x.shape[0]:
         batch = batch.by_slot(x.shape[0])
+    # host values as Python types: numpy's 3 equals 3 in a key, but Triton refuses it
+    n_slices, packed_slices = int(n_slices), bool(packed_slices)
     key = (x.shape, x.stride(), x.dtype, a.shape, a.stride(), a.dtype, y.shape, y.stride(), y.dtype,
            x.device, batch.launch_key, n_slices, packed_slices)
     plan = _PLANS.get(key, MISSING) if config is None else MISSING
-    if plan is MISSING:
+    fresh = plan is MISSING
+    if fresh:
         plan = _plan(x, a, y, batch, n_slices, packed_slices, config)
-        if config is None:
-            _PLANS.keep(key, plan)
-    if plan is None:
-        return y
-    if plan.extra is None:
-        part, counters = y, batch.ranks  # untouched unsplit
-    else:
-        part, counters = WORKSPACE.get(x.device, *plan.extra)
-    perm = batch.permutation
-    _sgmv_shrink_kernel.launch_planned(plan, (
-        x, a, y, part, counters, batch.seg_indptr, batch.seg_slots,
-        perm if perm is not None else batch.seg_indptr, batch.ranks))
+    if plan is not None:
+        if plan.extra is None:
+            part, counters = y, batch.ranks  # untouched unsplit
+        else:
+            part, counters = WORKSPACE.get(x.device, *plan.extra)
+        perm = batch.permutation
+        _sgmv_shrink_kernel.launch_planned(plan, (
+            x, a, y, part, counters, batch.seg_indptr, batch.seg_slots,
+            perm if perm is not None else batch.seg_indptr, batch.ranks))
+    if fresh and config is None:  # kept once it launched
+        _PLANS.keep(key, plan)
     return y
 
 

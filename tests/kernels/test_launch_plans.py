@@ -96,12 +96,15 @@ def test_reloading_the_tables_drops_the_plans(tmp_path, monkeypatch):
     assert len(shrink_module._PLANS) == 0
 
 
-def _jit_shrink():
-    """The shrink as a compiled-form JITFunction (the suite's interpreter made an interpreted one);
+def _jit(module=shrink_module, name="_sgmv_shrink_kernel"):
+    """A kernel as a compiled-form JITFunction (the suite's interpreter made an interpreted one);
     its cache key is set, as its helpers are interpreted functions Triton's hashing refuses."""
-    kernel = triton.runtime.jit.JITFunction(shrink_module._sgmv_shrink_kernel.kernel.fn)
+    kernel = triton.runtime.jit.JITFunction(getattr(module, name).kernel.fn)
     kernel.hash, kernel.used_global_vals = "stub", {}
     return kernel
+
+
+_jit_shrink = _jit
 
 
 def _shrink_call(offset=0, dtype=torch.bfloat16, T=40):
@@ -173,3 +176,53 @@ def test_a_launch_hook_keeps_planned_launches_on_triton_s_path():
             knobs.runtime.launch_enter_hook.remove(seen.append)
         (stand_in,) = compiled[kernel]
         assert [c[7] is None for c in stand_in.launches] == [False, False, True, False]
+
+
+def test_numpy_host_values_launch_and_share_the_plan_of_their_ints():
+    """Offsets and slice counts computed with numpy equal their ints, so they key the same plan, and
+    Triton refuses numpy ints as arguments: both forms launch, in either order, from one plan."""
+    import numpy as np
+
+    kernel = _jit(expand_module, "_sgmv_expand_kernel")
+    batch = _segments([10, 10])
+    y, b, out = torch.zeros(20, S * R), torch.zeros(4, 384, R), torch.zeros(20, 384)
+    ints = (0, 128, 256, 384)
+    expand_module._PLANS.clear()
+    with stubbed_triton(kernel) as compiled, \
+            mock.patch.object(expand_module, "_sgmv_expand_kernel", FastLaunch(kernel)):
+        for offsets in (tuple(np.cumsum([0, 128, 128, 128])), ints, list(np.array(ints))):
+            sgmv_expand(y, b, out, batch, torch.tensor(ints, dtype=torch.int32), offsets)
+        assert sum(len(k.launches) for k in compiled[kernel]) == 3
+    assert len(expand_module._PLANS) == 1
+    x, a, y = torch.zeros(20, K), torch.zeros(4, S * R, K), torch.zeros(20, S * R)
+    kernel = _jit()
+    shrink_module._PLANS.clear()
+    with stubbed_triton(kernel) as compiled, \
+            mock.patch.object(shrink_module, "_sgmv_shrink_kernel", FastLaunch(kernel)):
+        for n_slices in (np.int64(S), S):
+            sgmv_shrink(x, a, y, batch, n_slices)
+        assert sum(len(k.launches) for k in compiled[kernel]) == 2
+    assert len(shrink_module._PLANS) == 1
+
+
+def test_a_plan_whose_launch_fails_is_not_kept():
+    call = _shrink_call()
+    shrink_module._PLANS.clear()
+    failing = mock.Mock(launch_planned=mock.Mock(side_effect=RuntimeError("no kernel")))
+    with mock.patch.object(shrink_module, "_sgmv_shrink_kernel", failing), pytest.raises(RuntimeError):
+        sgmv_shrink(*call, S)
+    assert len(shrink_module._PLANS) == 0
+
+
+def test_a_plan_keeps_each_kernel_s_launcher_apart():
+    """One plan, two kernels launched from it (a test or bench swapping a module's kernel): each
+    launch runs its own kernel's launcher."""
+    first, second = _jit(), _jit()
+    call = _shrink_call()
+    shrink_module._PLANS.clear()
+    with stubbed_triton(first, second) as compiled:
+        for kernel in (first, second):
+            with mock.patch.object(shrink_module, "_sgmv_shrink_kernel", FastLaunch(kernel)):
+                for _ in range(3):
+                    sgmv_shrink(*call, S)
+        assert [sum(len(k.launches) for k in compiled[kernel]) for kernel in (first, second)] == [3, 3]
