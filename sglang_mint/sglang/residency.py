@@ -180,21 +180,35 @@ def _served_adapter(scheduler, lora_id) -> tuple[str | None, int | None]:
     return (lora_id if ref is None else ref.lora_name), None
 
 
+# SGLang's message for a request an AbortReq ended (a hang-up, /abort_request) in its grammar queue
+# and its disaggregation queues, which file it under status 400 (set_finish_with_abort's default)
+ABORT_REQ_MESSAGE = "Aborted by AbortReq."
+
+
+def usage_outcome(reason: dict | None) -> tuple[bool, bool]:
+    """(error, cancelled) of a request that ended for ``reason`` (a finish reason's JSON; None: an
+    abort SGLang reported without one). An abort with a status (a refusal, an overload, a timeout)
+    is an error; one without, or one an AbortReq made, a cancellation: its client hung up or
+    ``/abort_request`` ended it."""
+    reason = reason or {"type": "abort"}
+    if reason.get("type") != "abort":
+        return False, False
+    if reason.get("status_code") is None or reason.get("message") == ABORT_REQ_MESSAGE:
+        return False, True
+    return True, False
+
+
 def _count_usage(req, abort_reason: dict | None = None) -> None:
     """A request ended: count it once in its scheduler's ledger, with the counts its answer has.
-    An abort with a status (a refusal, an overload, a timeout) is an error; one without (its
-    client hung up, ``/abort_request``) a cancellation. ``abort_reason``: the reason SGLang sent
-    with an abort it reported outside the output stream (queue full, preempted)."""
+    ``abort_reason``: the reason SGLang sent with an abort it reported outside the output stream
+    (queue full, preempted)."""
     usage = getattr(req, "_mint_usage", None)
     if usage is not None:
         req._mint_usage = None
-        reason = abort_reason or (req.finished_reason.to_json() if req.finished_reason is not None
-                                  else {"type": "abort"})
-        aborted = reason.get("type") == "abort"
-        failed = aborted and reason.get("status_code") is not None
+        error, cancelled = usage_outcome(abort_reason or (req.finished_reason.to_json()
+                                                          if req.finished_reason is not None else None))
         usage[0].record(usage[1], usage[2], prompt_tokens=len(req.origin_input_ids), cached_tokens=req.cached_tokens,
-                        completion_tokens=len(req.output_ids_through_stop), error=failed,
-                        cancelled=aborted and not failed)
+                        completion_tokens=len(req.output_ids_through_stop), error=error, cancelled=cancelled)
 
 
 def _after_send_abort_output(result, scheduler, abort_req, req, *args, **kwargs):

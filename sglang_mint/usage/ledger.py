@@ -13,7 +13,9 @@ engines' files::
 
 ``errors`` counts requests the server ended with an error status (a refusal, an overload, a
 timeout); ``cancelled`` those ended without one, because their client hung up or someone
-aborted them. Tokens count either way: what was computed before the end was spent.
+aborted them. Tokens count either way: what was computed before the end was spent. SGLang 0.5.23
+reports a few timeouts without their status (a chunked prefill's, its dLLM and disaggregation
+queues'): those count as cancelled.
 
 ``read_usage`` sums them into one row per (adapter, revision, minute): the ledger's view.
 ``adapter`` is the adapter id (``null`` for the base model), ``revision`` the catalog
