@@ -25,14 +25,30 @@ def adapter_from_model(model: str, served_model_name: str) -> str | None:
     prefix = served_model_name + ":"
     if model.startswith(prefix):
         adapter_id = model[len(prefix):].strip()
-        return validate_adapter_id(adapter_id) if adapter_id else None
+        return _adapter_id(adapter_id, served_model_name) if adapter_id else None
     if ":" in model:
         other = model.split(":", 1)[0]
         raise InvalidAdapterId(
             f"model {shown(model, 64)}: {shown(other, 64)} is not the served model name {served_model_name!r} "
             f"(use {prefix}<adapter-id> or the bare adapter id)"
         )
-    return validate_adapter_id(model)
+    return _adapter_id(model, served_model_name)
+
+
+def _adapter_id(named: str, served_model_name: str) -> str:
+    """``named`` if it is an adapter id; an ``id@N`` is refused saying where a revision goes."""
+    adapter_id, at, revision = named.rpartition("@")
+    if at and revision.isdigit() and adapter_id and "@" not in adapter_id:
+        try:
+            validate_adapter_id(adapter_id)
+        except InvalidAdapterId:
+            pass
+        else:
+            raise InvalidAdapterId(
+                f"model {shown(named, 160)} names revision {revision} of {adapter_id!r}: model takes the adapter id "
+                f"alone (its current revision); to pin a revision, send model {served_model_name!r} and lora_path "
+                f"{named!r} (with the openai client, extra_body={{'lora_path': {named!r}}})")
+    return validate_adapter_id(named)
 
 
 def answered_model(request_model: str, lora_path, requested: str | None, served_model_name: str) -> str:

@@ -347,10 +347,10 @@ class Catalog:
             if to is None:
                 older = [n for n in numbers if n < (a.current or 0)]
                 if not older:
-                    raise RevisionNotFound(
+                    raise CatalogError(
                         f"cannot roll back {adapter_id!r} past its first revision (current is {a.current})")
                 if not stored.intersection(older):
-                    raise RevisionNotFound(f"cannot roll back {adapter_id!r}: no revision before {a.current} is "
+                    raise CatalogError(f"cannot roll back {adapter_id!r}: no revision before {a.current} is "
                                            f"stored (revisions {number_spans(older)} were published with "
                                            "durable=false)")
                 return max(stored.intersection(older))

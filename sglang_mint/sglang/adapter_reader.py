@@ -18,6 +18,25 @@ from sglang_mint.adapters.peft import load_for_serving, read_served_config
 from sglang_mint.residency.host_bytes import adapter_host_bytes
 
 
+def pool_misfit(pool, config) -> str:
+    """Why SGLang's ``pool.can_support(config)`` said no, in its own terms (mem_pool.py), and the fix."""
+    from sglang.srt.lora.utils import get_normalized_target_modules
+
+    why = []
+    if config.r > pool.max_lora_rank:
+        why.append(f"rank {config.r} is above this server's --max-lora-rank {pool.max_lora_rank}")
+    wanted = get_normalized_target_modules(config.target_modules)
+    missing = sorted(wanted - set(pool.target_modules)) if "all" not in wanted else []
+    if missing:
+        why.append(f"modules {missing} are not in this server's --lora-target-modules "
+                   f"({' '.join(sorted(pool.target_modules))})")
+    if config.lora_added_tokens_size > pool.lora_added_tokens_size:
+        why.append(f"{config.lora_added_tokens_size} added tokens are more than the pool holds "
+                   f"({pool.lora_added_tokens_size})")
+    return ("; ".join(why) or "it does not fit the server's LoRA pool") + (
+        ": publish a revision that fits, or restart the server with flags that hold it")
+
+
 def read_adapter(manager, catalog, lora_id: str, rev):
     """Build revision ``rev`` (the catalog's record) for SGLang's LoRA ``manager``."""
     from sglang.srt.lora.lora import LoRAAdapter
@@ -45,10 +64,7 @@ def read_adapter(manager, catalog, lora_id: str, rev):
     if config.use_dora:
         raise ValueError("DoRA adapters are not supported")
     if not manager.memory_pool.can_support(config):
-        raise ValueError(
-            f"rank {config.r} or target modules {sorted(config.target_modules)} do not fit the server's "
-            "LoRA pool (--max-lora-rank, --lora-target-modules)"
-        )
+        raise ValueError(f"{where}: {pool_misfit(manager.memory_pool, config)}")
     adapter = LoRAAdapter(lora_id, config, manager.base_hf_config, manager.load_config, manager.lora_backend,
                           base_model=manager.base_model)
     if tensors is None:

@@ -47,4 +47,12 @@ def _after_from_cli_args(server_args, cls, namespace, *args, **kwargs):
             model_path=server_args.model_path)
     except MintError as exc:
         raise SystemExit(f"error: {exc}") from None
+    if server_args._mint is not None and not server_args.lora_paths:
+        missing = [flag for flag, value in (("--max-lora-rank", server_args.max_lora_rank),
+                                            ("--lora-target-modules", server_args.lora_target_modules)) if not value]
+        if missing:  # SGLang's own check asserts later, a traceback
+            raise SystemExit(
+                f"error: --enable-mint without --lora-paths needs {' and '.join(missing)}: SGLang sizes its LoRA pool "
+                "at startup and the catalog's adapters come after it (e.g. --max-lora-rank 16 --lora-target-modules "
+                "all; an adapter above the rank or beyond the modules is refused, naming them)")
     return server_args

@@ -78,6 +78,8 @@ HOOKS: tuple[Hook, ...] = (
     Hook("scheduler", f"{_SCHED}._add_request_to_queue", "BEFORE", "residency:_before_add_request_to_queue"),
     # (a request's end is billed: its abort reason's status_code tells an error from a cancellation)
     Hook("scheduler", f"{_SCHED}.send_abort_output", "AFTER", "residency:_after_send_abort_output"),
+    Hook("scheduler", "sglang.srt.managers.schedule_batch.Req.set_finish_with_abort", "AFTER",
+         "residency:_after_set_finish_with_abort"),  # a refusal before the prefill bills no tokens
     Hook("scheduler", "sglang.srt.managers.scheduler_components.output_streamer.SchedulerOutputStreamer"
          ".stream_output", "AFTER", "residency:_after_stream_output"),
     Hook("scheduler", f"{_SCHED}.get_internal_state", "AFTER", "residency:_after_get_internal_state"),
@@ -140,8 +142,9 @@ INTERNALS: tuple[Internal, ...] = (
              "drops catalog adapters as SGLang's own; ranks, pins; finds an expert layer", "residency, lora_info"),
     Internal("scheduler", "lora_manager", "embed_tokens_module, lm_head_module", "what the pool fill is given "
              "beside lora_modules, for its dry run on the read thread", "adapter_reader"),
-    Internal("scheduler", "memory_pool", "buffer_id_to_uid, moe_use_local_expert_ids, target_modules", "which "
-             "adapter holds a slot; when the one-copy packed fill applies; the modules its fill files weights under",
+    Internal("scheduler", "memory_pool", "buffer_id_to_uid, moe_use_local_expert_ids, target_modules, "
+             "max_lora_rank, lora_added_tokens_size", "which adapter holds a slot; when the one-copy packed fill "
+             "applies; the modules its fill files weights under; what it holds, named when an adapter does not fit",
              "lora_info, packed_pool, adapter_reader"),
     Internal("scheduler", "memory_pool", "A_buffer, B_buffer, embedding_A_buffer, embedding_B_buffer, "
              "lm_head_A_buffer, lm_head_B_buffer, new_embeddings_buffer, pin_memory_available", "a copy of the pool "
@@ -150,8 +153,9 @@ INTERNALS: tuple[Internal, ...] = (
     Internal("scheduler", "sglang.srt.lora.mem_pool.LoRAMemoryPool", "load_lora_weight_to_buffer", "SGLang's own "
              "(unwrapped past the hooks: HookRegistry's __wrapped__) run dry on the read thread, on that copy: what it "
              "raises fails the adapter's requests, not the scheduler", "adapter_reader"),
-    Internal("scheduler", "sglang.srt.lora.utils", "get_target_module_name", "how the pool fill files a weight by "
-             "name: a read adapter's names are checked with it before the fill", "adapter_reader"),
+    Internal("scheduler", "sglang.srt.lora.utils", "get_target_module_name, get_normalized_target_modules", "how "
+             "the pool fill files a weight by name: a read adapter's names are checked with it before the fill; the "
+             "module names the pool compares", "adapter_reader"),
     Internal("scheduler", "sglang.srt.lora.mem_pool", "_SGLANG_EXPERIMENTAL_LORA_OPTI, copy_weight_into_buffer",
              "how the packed fill zeroes B, and the copy it counts through", "packed_pool"),
     Internal("scheduler", "sglang.srt.lora.lora.LoRAAdapter", "initialize_weights_from_tensors", "builds a "

@@ -201,14 +201,24 @@ def usage_outcome(reason: dict | None) -> tuple[bool, bool]:
 def _count_usage(req, abort_reason: dict | None = None) -> None:
     """A request ended: count it once in its scheduler's ledger, with the counts its answer has.
     ``abort_reason``: the reason SGLang sent with an abort it reported outside the output stream
-    (queue full, preempted)."""
+    (queue full, preempted). A request SGLang ended with ``set_finish_with_abort`` (a refusal
+    before its prefill) bills no tokens: its prompt was swapped for one token, run and dropped."""
     usage = getattr(req, "_mint_usage", None)
     if usage is not None:
         req._mint_usage = None
         error, cancelled = usage_outcome(abort_reason or (req.finished_reason.to_json()
                                                           if req.finished_reason is not None else None))
-        usage[0].record(usage[1], usage[2], prompt_tokens=len(req.origin_input_ids), cached_tokens=req.cached_tokens,
-                        completion_tokens=len(req.output_ids_through_stop), error=error, cancelled=cancelled)
+        unserved = getattr(req, "_mint_unserved", False)
+        usage[0].record(usage[1], usage[2], prompt_tokens=0 if unserved else len(req.origin_input_ids),
+                        cached_tokens=0 if unserved else req.cached_tokens,
+                        completion_tokens=0 if unserved else len(req.output_ids_through_stop),
+                        error=error, cancelled=cancelled)
+
+
+def _after_set_finish_with_abort(result, req, *args, **kwargs):
+    """Req.set_finish_with_abort AFTER: the request's prompt is now one placeholder token."""
+    req._mint_unserved = True
+    return result
 
 
 def _after_send_abort_output(result, scheduler, abort_req, req, *args, **kwargs):

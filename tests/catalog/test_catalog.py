@@ -22,8 +22,9 @@ def test_publish_moves_current_and_rollback_moves_it_back(cat, peft):
     assert cat.rollback("acme/bot").revision == 2
     assert cat.resolve("acme/bot").revision == 2
     assert cat.rollback("acme/bot").revision == 1
-    with pytest.raises(RevisionNotFound, match="past its first revision"):
+    with pytest.raises(CatalogError, match="past its first revision") as exc:  # 409: the adapter is there
         cat.rollback("acme/bot")
+    assert exc.value.http_status == 409
     assert cat.rollback("acme/bot", to=3).revision == 3  # a named revision, also forwards
     with pytest.raises(RevisionNotFound, match="has no revision 9"):
         cat.rollback("acme/bot", to=9)

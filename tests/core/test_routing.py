@@ -54,3 +54,12 @@ def test_a_long_model_is_not_echoed_whole():
         adapter_from_model("x" * 1_000_000 + ":a", "tiny")
     message = str(exc.value)
     assert "not the served model name 'tiny'" in message and "xxxxxxxx" in message and len(message) < 400
+
+
+@pytest.mark.parametrize("model", ["acme/a1@2", "tiny:acme/a1@2"])
+def test_a_revision_in_model_says_where_revisions_go(model):
+    """``id@N`` pins a revision in ``lora_path``; in ``model`` it was refused as a bad character only."""
+    with pytest.raises(InvalidAdapterId) as exc:
+        adapter_from_model(model, "tiny")
+    message = str(exc.value)
+    assert "revision 2" in message and "lora_path" in message and "'acme/a1@2'" in message

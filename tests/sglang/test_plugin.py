@@ -61,6 +61,7 @@ def flag_results(tiny_model, tmp_path_factory, forked):
     cases = {
         "stock": ["--model-path", str(tiny_model)],
         "mint": ["--model-path", str(tiny_model), "--enable-lora", "--enable-mint", "--lora-backend", "mint",
+                 "--max-lora-rank", "8", "--lora-target-modules", "all",
                  "--mint-catalog", str(catalog_dir), "--mint-host-cache-bytes", "64MiB", "--mint-pin", "a", "b/c",
                  "--mint-load-workers", "3", "--mint-max-upload-bytes", "16GiB",
                  "--mint-max-concurrent-uploads", "3", "--mint-usage-dir", str(catalog_dir.parent / "ledger")],
@@ -91,6 +92,8 @@ def flag_results(tiny_model, tmp_path_factory, forked):
                         "--mint-catalog", str(catalog_dir), "--mint-load-workers", "0"],
         "bad_concurrent_uploads": ["--model-path", str(tiny_model), "--enable-lora", "--enable-mint",
                                    "--mint-catalog", str(catalog_dir), "--mint-max-concurrent-uploads", "0"],
+        "catalog_without_pool_size": ["--model-path", str(tiny_model), "--enable-lora", "--enable-mint",
+                                      "--mint-catalog", str(catalog_dir), "--max-lora-rank", "8"],
     }
     proc = forked.run(f"""
         import contextlib, io, json, pickle
@@ -160,6 +163,7 @@ def test_flags_reach_subprocess_copies_of_server_args(flag_results):
     ("bad_workers", "--mint-load-workers must be 1 to 64, got 0"),
     ("bad_upload_size", "--mint-max-upload-bytes: size '0' must be positive"),
     ("bad_concurrent_uploads", "--mint-max-concurrent-uploads must be 1 to 64, got 0"),
+    ("catalog_without_pool_size", "without --lora-paths needs --lora-target-modules"),  # was SGLang's traceback
 ])
 def test_bad_flags_are_clear_errors(flag_results, case, message):
     results, _ = flag_results
