@@ -24,8 +24,25 @@ COMMAND_GROUPS = [
 ]
 
 
+class CommandParser(argparse.ArgumentParser):
+    """An ArgumentParser that refuses arguments it does not know itself, with its own usage line.
+
+    argparse hands a sub-command's unknown arguments up to the top parser, which printed
+    ``usage: mint [-h] COMMAND ...`` for ``mint catalog import CAT --from-dirr DIR``: no word of
+    import's options. Every sub-parser is made of the class of the parser above it
+    (``add_subparsers``' default ``parser_class``), so at any depth the parser that got the
+    arguments says ``usage: mint catalog import ...`` and ``unrecognized arguments: --from-dirr DIR``
+    (exit 2)."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        namespace, extras = super().parse_known_args(args, namespace)
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return namespace, extras
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="mint",
         description="sglang-mint: serve a catalog of LoRA adapters on one SGLang base model.",
     )

@@ -87,12 +87,13 @@ class MintConfig:
         if catalog is not None:
             from sglang_mint.catalog import open_catalog
             from sglang_mint.catalog.location import parse_location
+            from sglang_mint.catalog.opening import create_catalog_hint
 
             loc = parse_location(catalog)  # a folder or postgresql://...; the password never in messages
             if loc.is_folder:
                 catalog = loc.target
                 if not os.path.isdir(catalog):
-                    raise MintError(f"--mint-catalog {catalog}: no such folder")
+                    raise MintError(f"--mint-catalog {catalog}: no such folder; {create_catalog_hint(catalog)}")
             catalog_cache = os.path.abspath(catalog_cache) if catalog_cache else None
             try:
                 open_catalog(catalog, cache_dir=catalog_cache, blob_cache_bytes=blob_bytes).close()

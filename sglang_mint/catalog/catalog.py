@@ -30,6 +30,7 @@ from sglang_mint.catalog.metadata import check_metadata
 from sglang_mint.catalog.progress import Progress
 from sglang_mint.catalog.store import (AdapterRow, BlobStore, MetadataStore, Revision, RevisionRecord,
                                        numbering_conflict)
+from sglang_mint.catalog.upload import PACKED, publish_files
 from sglang_mint.catalog.views import ViewFolders
 
 def _sha256(data: bytes | str) -> str:
@@ -202,8 +203,12 @@ class Catalog:
     # -- writes --------------------------------------------------------------
     def publish(self, adapter_id: str, folder: str, metadata: dict | None = None,
                 expect_revision: int | None = None, pack: bool = False) -> Revision:
-        """Import a PEFT folder as the next revision of ``adapter_id`` and make it current.
+        """Import an adapter folder as the next revision of ``adapter_id`` and make it current.
 
+        A PEFT folder (adapter_config.json + adapter_model.safetensors), or a packed one (``mint pack``
+        wrote it: adapter.mintpack, without the safetensors), which is stored packed exactly as an
+        HTTP upload of its adapter.mintpack is (upload.publish_files; its adapter_config.json is derived
+        from the packed file and not read).
         With ``pack=True`` the revision is stored in the packed format
         (``format='packed'``: adapter_config.json + adapter.mintpack, converted
         by sglang_mint.packed after the same checks; needs torch).
@@ -213,6 +218,10 @@ class Catalog:
         blocked: WAL). RevisionConflict if this content is already a revision of the adapter, or
         ``expect_revision`` is taken."""
         validate_adapter_id(adapter_id)
+        packed_file = os.path.join(folder, PACKED)
+        if not os.path.exists(os.path.join(folder, WEIGHTS)) and os.path.isfile(packed_file):
+            return publish_files(self, adapter_id, {PACKED: packed_file}, metadata=metadata,
+                                 expect_revision=expect_revision, where=folder)
         peft = read_peft_folder(folder, self.base)
         if pack:
             return self.publish_packed(adapter_id, peft, metadata, expect_revision, where=folder)

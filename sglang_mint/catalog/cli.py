@@ -251,9 +251,11 @@ def add_commands(subparsers) -> None:
     p.add_argument("--pack", action="store_true", help="store the packed format (adapter.mintpack: one read, one "
                    "copy at load; see docs/packed.md) instead of the PEFT files; the same checks run first")
 
-    p = cmd("publish", cmd_publish, "publish a PEFT folder as the next revision of an adapter and make it current")
+    p = cmd("publish", cmd_publish, "publish an adapter folder as the next revision of an adapter and make it "
+            "current")
     p.add_argument("adapter_id", metavar="ADAPTER_ID")
-    p.add_argument("folder", metavar="FOLDER")
+    p.add_argument("folder", metavar="FOLDER", help="a PEFT folder (adapter_config.json + adapter_model.safetensors), "
+                   "or a packed one `mint pack` wrote (adapter.mintpack: stored packed, as its HTTP upload is)")
     p.add_argument("--metadata", metavar="JSON", help="free-form metadata, e.g. '{\"step\": 1200, \"eval\": 0.81}'")
     p.add_argument("--revision", type=int, help="refuse unless this is the number the new revision gets")
     p.add_argument("--pack", action="store_true", help="store the packed format (adapter.mintpack: one read, one "

@@ -35,6 +35,12 @@ SERVING_CACHE_KIB = 512
 DEFAULT_BLOB_CACHE_BYTES = 10 << 30
 
 
+def create_catalog_hint(path: str) -> str:
+    """How to make the catalog a folder path names, for every message that finds none there (``mint
+    catalog ...`` and a server's ``--mint-catalog``): ``create_catalog_hint("/data/cat")`` ->
+    ``"create a catalog with `mint catalog init /data/cat --base-model DIR`"``."""
+    return f"create a catalog with `mint catalog init {path} --base-model DIR`"
+
 
 def init_catalog(target: str, base_model_dir: str, blobs: str | None = None,
                  cache_dir: str | None = None) -> "Catalog":
@@ -88,10 +94,9 @@ def open_catalog(target: str, cache_kib: int = 8192, cache_dir: str | None = Non
     path = target
     db = os.path.join(path, DB_NAME)
     if not os.path.isdir(path):
-        raise NotACatalog(f"{path!r} is not a folder; create a catalog with `mint catalog init {path} --base-model DIR`")
+        raise NotACatalog(f"{path!r} is not a folder; {create_catalog_hint(path)}")
     if not os.path.isfile(db):
-        raise NotACatalog(f"{path!r} is not a catalog (no {DB_NAME}); "
-                          f"create one with `mint catalog init {path} --base-model DIR`")
+        raise NotACatalog(f"{path!r} is not a catalog (no {DB_NAME}); {create_catalog_hint(path)}")
     store = SqlMetadataStore(SqliteDialect(db, cache_kib=cache_kib))
     try:
         raw = store.get_setting("base_model")

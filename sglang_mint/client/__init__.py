@@ -56,6 +56,15 @@ class MintAPIError(MintError):
         self.message = message
 
 
+class MintUnreachable(MintError, ConnectionError):
+    """Nothing answered at the client's URL: no server listens on that port, the host is unknown or
+    down, or connecting timed out; the socket's error is ``__cause__``. Not a MintAPIError: no server
+    refused anything (a caller such as gateway/smg.py tells the two apart). A ConnectionError too, so
+    code that caught urllib's URLError (an OSError) still catches it."""
+
+    http_status = 503  # what a gateway answers for a server it cannot reach
+
+
 @dataclass(frozen=True)
 class Published:
     adapter_id: str
@@ -215,6 +224,8 @@ class MintClient:
         if self._inbox_answer is None:
             try:
                 self._inbox_answer = self._call("GET", "/mint/inbox") or {}
+            except MintUnreachable:  # the call itself says so, naming its own request; asked again next time
+                return None
             except MintAPIError as exc:
                 if exc.status in (401, 403):  # the publish would be refused alike: say so now
                     raise
@@ -263,7 +274,8 @@ class MintClient:
     # -- transport -------------------------------------------------------------
     def _call(self, method: str, path: str, body: bytes | list | None = None, content_type: str | None = None,
               admin: bool = True, timeout: float | None = None, keys: tuple[str, ...] = ()) -> Any:
-        """The server's answer, parsed; MintAPIError for a refusal, and for an answer that is not JSON
+        """The server's answer, parsed; MintUnreachable when nothing answers at ``self.url``;
+        MintAPIError for a refusal, and for an answer that is not JSON
         (a proxy's HTML page) or not an object with ``keys``: never ValueError or KeyError, which a
         caller catching MintError (MintPublishCallback) would not expect."""
         headers = {}
@@ -289,6 +301,10 @@ class MintClient:
             except http.client.HTTPException as cut:  # an error page cut short
                 text = f"(the answer was cut short: {type(cut).__name__})".encode()
             raise MintAPIError(exc.code, _message(text)) from None
+        except urllib.error.URLError as exc:  # no HTTP answer: refused, unknown host, connect timeout
+            reason = getattr(exc.reason, "strerror", None) or str(exc.reason)
+            raise MintUnreachable(f"nothing answered at {self.url} ({method} {path}: {reason}); is the server "
+                                  "running, and is this its URL (scheme, host and port)?") from exc
         except http.client.HTTPException as exc:  # IncompleteRead, BadStatusLine: neither OSError nor MintError
             raise MintAPIError(502, f"the server's answer to {method} {path} was cut short or garbled "
                                   f"({type(exc).__name__}: {exc})") from None
@@ -333,4 +349,4 @@ def __getattr__(name: str):
     raise AttributeError(name)
 
 
-__all__ = ["MintAPIError", "MintClient", "MintPublishCallback", "Published", "adapter_files"]
+__all__ = ["MintAPIError", "MintClient", "MintPublishCallback", "MintUnreachable", "Published", "adapter_files"]

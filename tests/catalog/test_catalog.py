@@ -293,3 +293,19 @@ def test_revision_numbers_in_refusals_are_runs_however_many_there_are():
     assert number_spans([]) == "none"
     for most in (1, 2, 3):  # head and tail stay one run each at least, never every run
         assert number_spans(range(1, 100, 2), most=most).count(",") <= 2
+
+
+def test_a_server_given_a_missing_catalog_folder_is_told_how_to_make_one(tmp_path):
+    """`--mint-catalog /nonexistent` stopped the server with "no such folder" and no hint; `mint catalog`
+    commands say how to make one. Both say it in the same words."""
+    from sglang_mint.config import MintConfig
+    from sglang_mint.errors import MintError
+
+    missing = str(tmp_path / "nocat")
+    hint = f"create a catalog with `mint catalog init {missing} --base-model DIR`"
+    with pytest.raises(MintError) as exc:
+        MintConfig.from_flags(catalog=missing)
+    assert str(exc.value) == f"--mint-catalog {missing}: no such folder; {hint}", str(exc.value)
+    with pytest.raises(NotACatalog) as exc:  # what `mint catalog stats /nonexistent` prints
+        open_catalog(missing)
+    assert str(exc.value).endswith(hint), str(exc.value)

@@ -147,3 +147,47 @@ def test_import_says_what_it_found_instead_of_importing_nothing(tmp_path, base_d
         p = mint("import", cat, *args, check=False)
         assert p.returncode == 2 and p.stderr.startswith("mint: error: ") and words in p.stderr, p.stderr
     assert mint_json("stats", cat)["adapters"] == 0
+
+
+def test_publish_takes_the_folder_mint_pack_wrote(tmp_path, cli_cat):
+    """`mint pack SRC DIR` writes DIR/adapter_config.json + DIR/adapter.mintpack; publishing DIR stores a
+    packed revision, the one the HTTP upload of DIR/adapter.mintpack stores (upload.publish_files)."""
+    import torch
+    from safetensors.torch import load_file
+
+    from sglang_mint.catalog import open_catalog
+    from sglang_mint.catalog.upload import publish_files
+    from sglang_mint.packed import PACKED_FILE, read_packed
+    from sglang_mint.packed.convert import unpack_tensors
+
+    cat, _ = cli_cat()
+    src, packed = write_peft(tmp_path / "src", seed=7, rank=2), tmp_path / "packed"
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert main(["pack", src, str(packed)]) == 0
+    r = mint_json("publish", cat, "acme/packed", str(packed), "--metadata", '{"step": 3}')
+    assert (r["revision"], r["format"], r["rank"], r["metadata"]) == (1, "packed", 2, {"step": 3})
+    assert sorted(r["files"]) == ["adapter.mintpack", "adapter_config.json"]
+    assert [x["format"] for x in mint_json("show", cat, "acme/packed")["revisions"]] == ["packed"]
+    assert "acme/packed@1  packed rank=2" in mint("show", cat, "acme/packed").stdout
+    with open_catalog(cat) as c:
+        by_upload = publish_files(c, "acme/upload", {PACKED_FILE: str(packed / PACKED_FILE)})
+        assert (by_upload.format, by_upload.files, by_upload.content_digest) == (
+            "packed", r["files"], r["content_digest"])
+        view = c.resolve("acme/packed").local_path()
+        p = read_packed(f"{view}/{PACKED_FILE}", pin=False)
+        assert p.mint["base"]["identity"] == c.base.identity  # converted for this catalog, as an upload is
+        back, source = unpack_tensors(p.mint, p.tensors), load_file(f"{src}/adapter_model.safetensors")
+        assert set(back) == set(source)
+        for name, tensor in source.items():
+            assert torch.equal(back[name].view(torch.int16), tensor.view(torch.int16)), name  # bit-exact
+    assert mint_json("verify", cat)["ok"]
+
+
+def test_a_mistyped_option_is_reported_by_its_own_subcommand(tmp_path, base_dir):
+    """`mint catalog import CAT --from-dirr DIR` printed `usage: mint [-h] COMMAND ...`, which names none of
+    import's options; the import parser itself refuses it (exit 2), with its own usage line."""
+    cat = str(tmp_path / "cat")
+    mint("init", cat, "--base-model", base_dir)
+    p = mint("import", cat, "--from-dirr", str(tmp_path), check=False)
+    assert p.returncode == 2 and p.stderr.startswith("usage: mint catalog import "), p.stderr
+    assert "mint catalog import: error: unrecognized arguments: --from-dirr" in p.stderr, p.stderr

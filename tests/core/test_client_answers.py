@@ -115,3 +115,35 @@ def test_metadata_the_server_would_refuse_is_named_before_anything_is_sent(folde
             with pytest.raises(MintError, match=re.escape(words)):
                 MintClient(url, shared_memory=False).publish("acme/bot", str(folder), metadata=metadata)
     assert sent == []
+
+
+@pytest.fixture
+def closed_port_url():
+    """http://127.0.0.1:PORT where nothing listens: a port the kernel handed out, then closed."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+@pytest.mark.parametrize("shared_memory", [False, True])  # True: the inbox question goes first
+def test_a_url_where_nothing_answers_is_a_mint_error_naming_it(closed_port_url, folder, shared_memory):
+    """A bare ``URLError <urlopen error [Errno 111] Connection refused>`` named no URL."""
+    import urllib.error
+
+    from sglang_mint.client import MintUnreachable
+    from sglang_mint.errors import MintError
+
+    client = MintClient(closed_port_url, shared_memory=shared_memory)
+    for call, request in ((lambda: client.publish("acme/bot", str(folder)), "POST /mint/adapters/acme/bot/revisions"),
+                          (lambda: client.adapter("acme/bot"), "GET /mint/adapters/acme/bot")):
+        with pytest.raises(MintUnreachable) as exc:
+            call()
+        assert isinstance(exc.value, MintError) and not isinstance(exc.value, MintAPIError)  # no server refused it
+        message = str(exc.value)
+        assert f"nothing answered at {closed_port_url}" in message and request in message, message
+        assert "Connection refused" in message and "is the server running" in message, message
+        assert isinstance(exc.value.__cause__, urllib.error.URLError), repr(exc.value.__cause__)
+        assert isinstance(exc.value, ConnectionError)  # what a caller catching urllib's OSError still catches

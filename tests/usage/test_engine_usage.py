@@ -105,3 +105,12 @@ def test_rebalance_from_engines_places_on_the_engines_it_counted(tmp_path, capsy
     assert workers_reads == ["/workers"]
     assert plan["requests_counted"] == 7 and plan["usage_unread"] == []
     assert sorted(plan["planned_load"]) == sorted([one, two]), plan  # both counted, so both placed on
+
+
+def test_a_mistyped_option_of_mint_usage_is_reported_by_mint_usage(tmp_path, capsys):
+    """`mint usage --usage-dir X` (the flag is --dir) printed the top-level `usage: mint [-h] COMMAND ...`."""
+    with pytest.raises(SystemExit) as exc:
+        cli_main(["usage", "--usage-dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.startswith("usage: mint usage [-h] [--dir DIR]"), err
+    assert "mint usage: error: unrecognized arguments: --usage-dir" in err, err
