@@ -38,16 +38,16 @@ def adapter_from_model(model: str, served_model_name: str) -> str | None:
 def _adapter_id(named: str, served_model_name: str) -> str:
     """``named`` if it is an adapter id; an ``id@N`` is refused saying where a revision goes."""
     adapter_id, at, revision = named.rpartition("@")
-    if at and revision.isdigit() and adapter_id and "@" not in adapter_id:
+    if at and revision.isascii() and revision.isdigit() and len(revision) <= 10 and adapter_id and "@" not in adapter_id:
         try:
             validate_adapter_id(adapter_id)
         except InvalidAdapterId:
             pass
         else:
             raise InvalidAdapterId(
-                f"model {shown(named, 160)} names revision {revision} of {adapter_id!r}: model takes the adapter id "
-                f"alone (its current revision); to pin a revision, send model {served_model_name!r} and lora_path "
-                f"{named!r} (with the openai client, extra_body={{'lora_path': {named!r}}})")
+                f"model {shown(named, 160)} names revision {revision} of {shown(adapter_id, 160)}: model takes the "
+                f"adapter id alone (its current revision); to pin a revision, send model {served_model_name!r} and "
+                f"lora_path {shown(named, 160)} (with the openai client, extra_body={{'lora_path': ...}})")
     return validate_adapter_id(named)
 
 

@@ -43,7 +43,7 @@ class RevisionConflict(CatalogError):
 
 
 class RevisionNotFound(AdapterNotFound):
-    """A named revision that the adapter does not have (or rollback past the first one)."""
+    """A named revision that the adapter does not have."""
 
 
 class RevisionNotStored(CatalogError):

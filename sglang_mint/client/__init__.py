@@ -23,9 +23,11 @@ and peft are imported when an in-memory model is published.
 from __future__ import annotations
 
 import asyncio
+import errno
 import http.client
 import json
 import os
+import socket
 import time
 import urllib.error
 import urllib.parse
@@ -57,12 +59,19 @@ class MintAPIError(MintError):
 
 
 class MintUnreachable(MintError, ConnectionError):
-    """Nothing answered at the client's URL: no server listens on that port, the host is unknown or
-    down, or connecting timed out; the socket's error is ``__cause__``. Not a MintAPIError: no server
+    """Nothing answered at the client's URL: no server listens on that port, the host is unknown, or
+    no route reaches it; the socket's error is ``__cause__``. Not a MintAPIError: no server
     refused anything (a caller such as gateway/smg.py tells the two apart). A ConnectionError too, so
     code that caught urllib's URLError (an OSError) still catches it."""
 
     http_status = 503  # what a gateway answers for a server it cannot reach
+
+
+def _nobody_there(reason) -> bool:
+    """A connection that never opened: refused, an unknown host, no route. Not a pipe a server broke
+    answering before it read the body (401, 413, 429 to a large upload), which urllib cannot read."""
+    return (isinstance(reason, (ConnectionRefusedError, socket.gaierror))
+            or getattr(reason, "errno", None) in (errno.EHOSTUNREACH, errno.ENETUNREACH))
 
 
 @dataclass(frozen=True)
@@ -301,7 +310,9 @@ class MintClient:
             except http.client.HTTPException as cut:  # an error page cut short
                 text = f"(the answer was cut short: {type(cut).__name__})".encode()
             raise MintAPIError(exc.code, _message(text)) from None
-        except urllib.error.URLError as exc:  # no HTTP answer: refused, unknown host, connect timeout
+        except urllib.error.URLError as exc:
+            if not _nobody_there(exc.reason):  # e.g. a broken pipe: a server refused the body as it came
+                raise
             reason = getattr(exc.reason, "strerror", None) or str(exc.reason)
             raise MintUnreachable(f"nothing answered at {self.url} ({method} {path}: {reason}); is the server "
                                   "running, and is this its URL (scheme, host and port)?") from exc

@@ -147,3 +147,35 @@ def test_a_url_where_nothing_answers_is_a_mint_error_naming_it(closed_port_url, 
         assert "Connection refused" in message and "is the server running" in message, message
         assert isinstance(exc.value.__cause__, urllib.error.URLError), repr(exc.value.__cause__)
         assert isinstance(exc.value, ConnectionError)  # what a caller catching urllib's OSError still catches
+
+
+def test_a_server_that_answers_before_reading_a_large_body_is_not_nothing_answering():
+    """A server refusing an upload at once (401, 413, 429 by Content-Length) and closing: urllib breaks
+    its pipe sending the body and cannot read the answer. Something answered: no MintUnreachable
+    telling the caller the server is not running."""
+    import socket
+    import threading
+    import urllib.error
+
+    from sglang_mint.client import MintUnreachable
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+
+        def refuse_at_once():
+            conn, _ = server.accept()
+            with conn:
+                head = b""
+                while b"\r\n\r\n" not in head:
+                    head += conn.recv(65536)
+                body = b'{"error": {"message": "upload: the body is above the limit of 16 MiB"}}'
+                conn.sendall(b"HTTP/1.1 413 Payload Too Large\r\nContent-Type: application/json\r\nConnection: close"
+                             b"\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+
+        threading.Thread(target=refuse_at_once, daemon=True).start()
+        client = MintClient(f"http://127.0.0.1:{server.getsockname()[1]}", timeout=30)
+        with pytest.raises((MintAPIError, urllib.error.URLError, OSError)) as exc:
+            client._call("POST", "/mint/adapters/a/b/revisions", [b"x" * (8 << 20)] * 8,
+                         "multipart/form-data; boundary=x")
+    assert not isinstance(exc.value, MintUnreachable), exc.value

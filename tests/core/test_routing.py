@@ -63,3 +63,10 @@ def test_a_revision_in_model_says_where_revisions_go(model):
         adapter_from_model(model, "tiny")
     message = str(exc.value)
     assert "revision 2" in message and "lora_path" in message and "'acme/a1@2'" in message
+
+
+@pytest.mark.parametrize("model", ["a" * 120 + "@" + "9" * 1_000_000, "a@\u00b2"])
+def test_a_revision_hint_is_bounded_and_only_for_revisions_lora_path_takes(model):
+    with pytest.raises(InvalidAdapterId) as exc:
+        adapter_from_model(model, "tiny")
+    assert len(str(exc.value)) < 600 and "lora_path" not in str(exc.value)
