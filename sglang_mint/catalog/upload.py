@@ -49,6 +49,12 @@ class RankTooLarge(InvalidAdapter):
     http_status = 422
 
 
+def rank_above_max(rank: int, max_rank: int) -> str:
+    """The refusal of a rank the server's LoRA pool cannot hold, at upload and at load alike."""
+    return (f"rank {rank} is above this server's --max-lora-rank {max_rank}; train at rank {max_rank} or less, "
+            "or restart the server with a larger --max-lora-rank")
+
+
 def served_rank(peft: PeftAdapter) -> int:
     """The rank SGLang's pool must hold for this adapter: the largest module rank.
 
@@ -107,8 +113,7 @@ def publish_files(catalog: "Catalog", adapter_id: str, files: dict[str, str], *,
     peft, came_packed = adapter_from_files(files, catalog, where)
     rank = served_rank(peft)
     if max_rank is not None and rank > max_rank:
-        raise RankTooLarge(f"{where}: rank {rank} is above this server's --max-lora-rank {max_rank}; "
-                           f"train at rank {max_rank} or less, or restart the server with a larger --max-lora-rank")
+        raise RankTooLarge(f"{where}: {rank_above_max(rank, max_rank)}")
     if came_packed if pack is None else pack:
         return catalog.publish_packed(adapter_id, peft, metadata, expect_revision, where=where, stage=stage)
     return catalog.publish_peft(adapter_id, peft, metadata, expect_revision,

@@ -15,6 +15,7 @@ import threading
 
 from sglang_mint.adapters.errors import InvalidAdapter
 from sglang_mint.adapters.peft import load_for_serving, read_served_config
+from sglang_mint.catalog.upload import rank_above_max
 from sglang_mint.residency.host_bytes import adapter_host_bytes
 
 
@@ -23,8 +24,6 @@ def pool_misfit(pool, config) -> str:
     from sglang.srt.lora.utils import get_normalized_target_modules
 
     why = []
-    if config.r > pool.max_lora_rank:
-        why.append(f"rank {config.r} is above this server's --max-lora-rank {pool.max_lora_rank}")
     wanted = get_normalized_target_modules(config.target_modules)
     missing = sorted(wanted - set(pool.target_modules)) if "all" not in wanted else []
     if missing:
@@ -33,8 +32,10 @@ def pool_misfit(pool, config) -> str:
     if config.lora_added_tokens_size > pool.lora_added_tokens_size:
         why.append(f"{config.lora_added_tokens_size} added tokens are more than the pool holds "
                    f"({pool.lora_added_tokens_size})")
-    return ("; ".join(why) or "it does not fit the server's LoRA pool") + (
-        ": publish a revision that fits, or restart the server with flags that hold it")
+    fix = ": publish a revision that fits, or restart the server with flags that hold it"
+    if config.r > pool.max_lora_rank:  # the upload's own refusal, with its fix
+        return "; ".join([rank_above_max(config.r, pool.max_lora_rank), *why]) + (fix if why else "")
+    return ("; ".join(why) or "it does not fit the server's LoRA pool") + fix
 
 
 def read_adapter(manager, catalog, lora_id: str, rev):

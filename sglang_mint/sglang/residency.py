@@ -208,10 +208,10 @@ def _count_usage(req, abort_reason: dict | None = None) -> None:
         req._mint_usage = None
         error, cancelled = usage_outcome(abort_reason or (req.finished_reason.to_json()
                                                           if req.finished_reason is not None else None))
-        unserved = getattr(req, "_mint_unserved", False)
-        usage[0].record(usage[1], usage[2], prompt_tokens=0 if unserved else len(req.origin_input_ids),
-                        cached_tokens=0 if unserved else req.cached_tokens,
-                        completion_tokens=0 if unserved else len(req.output_ids_through_stop),
+        served = not getattr(req, "_mint_unserved", False)
+        prompt, cached, completion = ((len(req.origin_input_ids), req.cached_tokens, len(req.output_ids_through_stop))
+                                      if served else (0, 0, 0))
+        usage[0].record(usage[1], usage[2], prompt_tokens=prompt, cached_tokens=cached, completion_tokens=completion,
                         error=error, cancelled=cancelled)
 
 
