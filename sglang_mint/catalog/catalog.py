@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 from sglang_mint.adapters.base_model import BaseModel
 from sglang_mint.adapters.errors import InvalidAdapter
+from sglang_mint.adapters.folder_form import PACKED, packed_file
 from sglang_mint.adapters.peft import CONFIG, WEIGHTS, PeftAdapter, read_peft_folder
 from sglang_mint.catalog.errors import (AdapterNotFound, BlobMissing, CatalogError, MintError, RevisionNotFound,
                                         RevisionNotStored)
@@ -30,7 +31,7 @@ from sglang_mint.catalog.metadata import check_metadata
 from sglang_mint.catalog.progress import Progress
 from sglang_mint.catalog.store import (AdapterRow, BlobStore, MetadataStore, Revision, RevisionRecord,
                                        numbering_conflict)
-from sglang_mint.catalog.upload import PACKED, publish_files
+from sglang_mint.catalog.upload import publish_files
 from sglang_mint.catalog.views import ViewFolders
 
 def _sha256(data: bytes | str) -> str:
@@ -218,9 +219,9 @@ class Catalog:
         blocked: WAL). RevisionConflict if this content is already a revision of the adapter, or
         ``expect_revision`` is taken."""
         validate_adapter_id(adapter_id)
-        packed_file = os.path.join(folder, PACKED)
-        if not os.path.exists(os.path.join(folder, WEIGHTS)) and os.path.isfile(packed_file):
-            return publish_files(self, adapter_id, {PACKED: packed_file}, metadata=metadata,
+        packed = packed_file(folder)  # InvalidAdapter for a folder holding PEFT weights beside it
+        if packed is not None:
+            return publish_files(self, adapter_id, {PACKED: packed}, metadata=metadata,
                                  expect_revision=expect_revision, where=folder)
         peft = read_peft_folder(folder, self.base)
         if pack:

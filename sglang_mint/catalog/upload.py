@@ -31,13 +31,13 @@ import os
 from typing import TYPE_CHECKING
 
 from sglang_mint.adapters.errors import BaseModelMismatch, InvalidAdapter
+from sglang_mint.adapters.folder_form import PACKED
 from sglang_mint.adapters.peft import CONFIG, WEIGHTS, PeftAdapter, check_peft_bytes, check_peft_file
 
 if TYPE_CHECKING:
     from sglang_mint.catalog.catalog import Catalog
     from sglang_mint.catalog.store import Revision
 
-PACKED = "adapter.mintpack"  # sglang_mint.packed.format.PACKED_FILE, named here without importing torch
 ACCEPTED = (CONFIG, WEIGHTS, PACKED)
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 MAX_CONFIG_BYTES = 1 << 20  # adapter_config.json is a few KB; it is the one file read whole

@@ -36,6 +36,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from sglang_mint.adapters.folder_form import PACKED, packed_file
 from sglang_mint.catalog.metadata import check_metadata
 from sglang_mint.client.handoff import Inbox, safetensors_parts, size_of
 from sglang_mint.errors import MintError
@@ -45,7 +46,6 @@ PUBLISHED_KEYS = ("adapter_id", "revision", "digest")  # of a publish's or rollb
 _NOT_JSON = object()
 CONFIG = "adapter_config.json"
 WEIGHTS = "adapter_model.safetensors"
-PACKED = "adapter.mintpack"
 
 
 class MintAPIError(MintError):
@@ -132,9 +132,10 @@ def config_json(lora_config: Any) -> bytes:
 def _folder_files(folder: str) -> dict[str, bytes]:
     if not os.path.isdir(folder):
         raise MintError(f"{folder!r} is not a folder (a PEFT adapter folder is expected)")
-    names = [n for n in (CONFIG, WEIGHTS, PACKED) if os.path.isfile(os.path.join(folder, n))]
-    if PACKED in names:
+    if packed_file(folder) is not None:  # InvalidAdapter (a MintError) for PEFT weights beside it
         names = [PACKED]  # a packed folder's adapter_config.json is derived from the packed file
+    else:
+        names = [n for n in (CONFIG, WEIGHTS) if os.path.isfile(os.path.join(folder, n))]
     if not names:
         raise MintError(f"{folder!r} holds neither {CONFIG} + {WEIGHTS} nor {PACKED}")
     out = {}

@@ -39,6 +39,7 @@ import torch
 
 from sglang_mint.adapters.base_model import base_model_from_config
 from sglang_mint.adapters.errors import InvalidAdapter
+from sglang_mint.adapters.folder_form import peft_weight_files
 from sglang_mint.adapters.lora_keys import PEFT_FUSED, ModuleRanks, fused_expert_params, scaling
 from sglang_mint.adapters.module_paths import EXPERT_ALIASES, module_path
 from sglang_mint.adapters.stack_fill import SAME_WIDTH, STACKS
@@ -389,6 +390,10 @@ def pack_folder(src: str, dst: str, base_dir: str | None = None) -> str:
     from sglang_mint.packed.format import PACKED_FILE
     from sglang_mint.packed.writer import write_packed
 
+    weights = peft_weight_files(dst)
+    if weights:  # a folder holding both forms is refused by every reader (adapters/folder_form.py)
+        raise PackedError(f"{dst} holds {', '.join(weights)}: `mint pack` writes a packed folder of its own; "
+                          "name an empty or new DST")
     cfg, tensors = read_peft(src)
     base = base_identity(base_dir) if base_dir else {"name": cfg.get("base_model_name_or_path")}
     stored, mint, pcfg = pack_tensors(cfg, tensors, src, num_experts=base.get("num_experts"),
@@ -429,6 +434,9 @@ def unpack_folder(packed: str, out: str) -> str:
     from sglang_mint.packed.reader import read_packed
 
     path = os.path.join(packed, PACKED_FILE) if os.path.isdir(packed) else packed
+    if os.path.isfile(os.path.join(out, PACKED_FILE)):
+        raise PackedError(f"{out} holds {PACKED_FILE}: `mint pack --unpack` writes a PEFT folder of its own; "
+                          "name an empty or new DST")
     p = read_packed(path, pin=False)
     os.makedirs(out, exist_ok=True)
     save_file(unpack_tensors(p.mint, p.tensors, path), os.path.join(out, WEIGHTS))

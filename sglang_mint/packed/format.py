@@ -64,12 +64,12 @@ from __future__ import annotations
 import json
 import struct
 
+from sglang_mint.adapters.folder_form import PACKED as PACKED_FILE  # noqa: F401 (the format's file name)
 from sglang_mint.adapters.safetensors_io import MAX_HEADER_BYTES, JSONRefused, load_bounded_json
 from sglang_mint.errors import MintError
 
 FORMAT_VERSION = 1
 FORMAT_TAG = f"mintpack/{FORMAT_VERSION}"
-PACKED_FILE = "adapter.mintpack"
 ALIGN = 4096
 # safetensors' own limit (100 MB): a mintpack is a safetensors file, and an upload is read with
 # safetensors.torch.load too. The converter writes 0.43 MB for a per-expert DeepSeek-V3 adapter

@@ -17,7 +17,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from sglang_mint.packed.format import PACKED_FILE, PackedError, decode_header
+from sglang_mint.packed.format import PackedError, decode_header
 from sglang_mint.packed.writer import TORCH_DTYPES
 
 
@@ -39,12 +39,6 @@ class PackedAdapter:
     @property
     def nbytes(self) -> int:
         return self.buffer.numel()
-
-
-def packed_path(folder: str) -> str | None:
-    """``folder``'s packed file when it holds one: ``"/v/acme/bot@3"`` -> ``"/v/acme/bot@3/adapter.mintpack"``."""
-    path = os.path.join(folder, PACKED_FILE)
-    return path if os.path.isfile(path) else None
 
 
 def read_header(path: str) -> tuple[int, list, dict, int]:

@@ -43,7 +43,7 @@ def read_adapter(manager, catalog, lora_id: str, rev):
     from sglang.srt.lora.lora import LoRAAdapter
     from sglang.srt.lora.lora_config import LoRAConfig
 
-    from sglang_mint.packed.reader import packed_path
+    from sglang_mint.adapters.folder_form import packed_file
 
     # A revision published with durable=false is read from its staged folder in shared memory
     # (frontend/staged_revisions.py) until that goes, a while after its blobs are stored.
@@ -56,7 +56,7 @@ def read_adapter(manager, catalog, lora_id: str, rev):
     config = LoRAConfig(path, config_dict=read_served_config(path, where), added_tokens_config=None,
                         base_vocab_size=manager.base_hf_config.vocab_size)
     tensors = None
-    if packed_path(path) is None:
+    if packed_file(path) is None:
         # A staged file is in shared memory: mapped, not copied (peft.map_safetensors).
         uniform_config, tensors = load_for_serving(path, config.hf_config, catalog.base, where, mapped=staged)
         if uniform_config is not config.hf_config:

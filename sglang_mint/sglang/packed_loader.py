@@ -1,6 +1,6 @@
 """SGLang reads packed adapters: ``LoRAAdapter.initialize_weights`` from one buffer (docs/packed.md).
 
-Hooked (AROUND): when the adapter folder holds ``adapter.mintpack``, the header is
+Hooked (AROUND): when the adapter folder holds ``adapter.mintpack`` (adapters/folder_form.py), the header is
 checked against the engine BEFORE the data is read, then one copy lands in a host
 buffer and ``layer.weights`` are views into it, in the form SGLang's
 ``_normalize_weights`` would have produced. Any other folder takes SGLang's path.
@@ -14,13 +14,18 @@ from __future__ import annotations
 import logging
 
 from sglang_mint.packed import PackedError
-from sglang_mint.packed.reader import check_against_base, packed_path, read_header, read_packed
+from sglang_mint.adapters.errors import InvalidAdapter
+from sglang_mint.adapters.folder_form import packed_file
+from sglang_mint.packed.reader import check_against_base, read_header, read_packed
 
 logger = logging.getLogger("sglang_mint")
 
 
 def initialize_weights(original, adapter, *args, **kwargs):
-    path = packed_path(adapter.config.path)
+    try:
+        path = packed_file(adapter.config.path)
+    except InvalidAdapter as exc:  # PEFT weights beside the packed file: either may be stale
+        raise ValueError(str(exc)) from None
     if path is None:
         return original(adapter, *args, **kwargs)
     try:

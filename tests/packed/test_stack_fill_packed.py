@@ -95,18 +95,18 @@ def served(cat, rev, hf_config):
     from sglang.srt.lora.lora_config import LoRAConfig
 
     from sglang_mint.adapters.peft import load_for_serving, read_served_config
-    from sglang_mint.packed.reader import packed_path
+    from sglang_mint.adapters.folder_form import packed_file
     from sglang_mint.sglang.packed_loader import load_packed_into
 
     path = str(cat.local_path(rev))
     config = LoRAConfig(path, config_dict=read_served_config(path, "t"), added_tokens_config=None)
     adapter = LoRAAdapter(f"{rev.adapter_id}@{rev.revision}", config, hf_config, LoadConfig(), lora_backend=None)
-    if packed_path(path) is None:
+    if packed_file(path) is None:
         uniform_config, tensors = load_for_serving(path, config.hf_config, cat.base, "t")
         assert uniform_config is config.hf_config  # one rank, one scaling: nothing rewritten
         adapter.initialize_weights_from_tensors(tensors)
     else:
-        load_packed_into(adapter, packed_path(path))
+        load_packed_into(adapter, packed_file(path))
     return adapter
 
 

@@ -73,6 +73,8 @@ def _bad_folders(tiny_model, tiny_adapters, packed, root):
 
     variant("corrupt-header", data=good[:8] + b"[[[" + good[11:])
     variant("truncated", data=good[:-512])
+    variant("both-forms")  # a retrained PEFT file beside a stale pack: which one is the adapter?
+    shutil.copy(next(iter(tiny_adapters.values())) / "adapter_model.safetensors", out["both-forms"])
     variant("wrong-dtype", data=good.replace(b'"dtype":"F32"', b'"dtype":"F16"', 1).replace(
         b'"dtype":"BF16"', b'"dtype":"F16"', 1))
     # packed against a base model with another hidden size
@@ -99,6 +101,7 @@ def _bad_folders(tiny_model, tiny_adapters, packed, root):
 
 EXPECTED = {
     "corrupt-header": "corrupt header",
+    "both-forms": "holds both adapter.mintpack and adapter_model.safetensors",
     "truncated": "truncated data region",
     "wrong-dtype": "has dtype F16",
     "wrong-base": "different base model: hidden_size=256",
