@@ -15,6 +15,9 @@ Variants, one JSON row each; no row is a ratio to another row:
                planned once per batch (in the check before timing), like every layer after the first
   ours_fused   bgmv_fused, one launch per token                 (dense, decode)
   ours_moe     moe_lora; its plan is built before timing     (experts)
+  ours_moe_planned     moe_lora with its plan (kernels/moe_plan.py) built in the timed call, as
+               serving builds one per MoE layer and forward (shared there by gate_up and down)
+  ours_moe_torch_plan  the same with the plan in torch ops (moe_lora_plan_ref, the plan before)
   sglang_csgmv, sglang_triton, sglang_fused_moe_lora         (bench/gpu/sglang_kernels.py)
   base_gemm    the layer's own x @ W^T, for scale            (dense)
 A row has ms (median of triton.testing.do_bench, which flushes L2 before each call),
@@ -61,7 +64,7 @@ sys.path[:0] = [str(HERE), str(HERE / "gpu")]
 import sglang_kernels  # noqa: E402
 from _common import git_commit  # noqa: E402
 from sglang_mint.kernels import (  # noqa: E402
-    LoraBatch, bgmv_fused, moe_lora, moe_lora_plan, moe_lora_ref, sgmv_expand, sgmv_expand_ref,
+    LoraBatch, bgmv_fused, moe_lora, moe_lora_plan, moe_lora_plan_ref, moe_lora_ref, sgmv_expand, sgmv_expand_ref,
     sgmv_shrink, sgmv_shrink_ref,
 )
 
@@ -117,7 +120,7 @@ def specs(paths: str = "all"):
 
 def variants(L: Layer, mode: str) -> list[str]:
     if L.experts:
-        return ["ours_moe", "sglang_fused_moe_lora"]
+        return ["ours_moe", "sglang_fused_moe_lora", "ours_moe_planned", "ours_moe_torch_plan"]
     ours = ["ours_sgmv"] + (["ours_bgmv", "ours_fused"] if mode == "decode" else [])
     return ours + ["sglang_csgmv", "sglang_triton", "base_gemm"]
 
@@ -180,10 +183,14 @@ def runners(d: dict, names: list[str]) -> tuple[dict, dict]:
     x, a, b, out, y, S = d["x"], d["a"], d["b"], d["out"], d["y"], d["S"]
     fns, why = {}, {}
     if "E" in d:
-        fns["ours_moe"] = lambda: moe_lora(
-            out, x, a, b, d["topk_ids"], d["topk_weights"], d["slots_dev"], d["ranks"],
-            n_slices=S, mul_routed_weight=d["mul_routed_weight"], n_experts=d["E"],
-            plan=d["plan"], y=y)
+        def ours_moe(plan):
+            return lambda: moe_lora(
+                out, x, a, b, d["topk_ids"], d["topk_weights"], d["slots_dev"], d["ranks"],
+                n_slices=S, mul_routed_weight=d["mul_routed_weight"], n_experts=d["E"], plan=plan(), y=y)
+
+        fns["ours_moe"] = ours_moe(lambda: d["plan"])
+        for name, make_plan in (("ours_moe_planned", moe_lora_plan), ("ours_moe_torch_plan", moe_lora_plan_ref)):
+            fns[name] = ours_moe(lambda make_plan=make_plan: make_plan(d["topk_ids"], d["slots_dev"], d["ranks"], d["E"]))
         theirs, reason = sglang_kernels.experts(d)
     else:
         seg, tok, offsets, offs = d["seg"], d["tok"], d["offsets"], d["offs"]

@@ -25,14 +25,13 @@ Shape:
                  (dims 0 and 1 must flatten: out.stride(0) == top_k*out.stride(1))
     topk_ids     [M, top_k] int;   topk_weights [M, top_k] float
     token_slots  [M] int32 (-1 = no adapter);  ranks [n_slots] int
-    plan         MoeLoraPlan from moe_lora_plan() (built once per batch, shared
-                 by the gate_up and down calls of every MoE layer)
+    plan         MoeLoraPlan from moe_plan.moe_lora_plan() (built once per MoE layer
+                 and forward, shared by its gate_up and down calls)
     y            [n_slices, P, R] optional caller-owned intermediate
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -43,64 +42,7 @@ from ._tiles import masked_tile_dot
 
 from ._config import cdiv, get_config, launch_kwargs
 from ._launch import FastLaunch
-
-
-@dataclass
-class MoeLoraPlan:
-    """Pairs sorted by (slot, expert), each group padded to whole BLOCK_M blocks.
-
-    Example (BLOCK_M=2, E=4): pairs with keys slot*E+e = [5, 1, 5, 5] give
-    sorted_pairs [1, P, 0, 2, 3, P] and block_slot [0, 1, 1], block_expert
-    [1, 1, 1]; P marks padding. Sizes are fixed by (P, n_slots*E, BLOCK_M)
-    so the same buffers serve a CUDA graph replay.
-
-    Shape: sorted_pairs [max_blocks*block_m] int32; block_slot, block_expert
-    [max_blocks] int32 (-1 = unused block).
-    """
-
-    sorted_pairs: torch.Tensor
-    block_slot: torch.Tensor
-    block_expert: torch.Tensor
-    block_m: int
-    num_pairs: int
-    top_k: int
-
-
-def moe_lora_plan(topk_ids: torch.Tensor, token_slots: torch.Tensor, ranks: torch.Tensor,
-                  n_experts: int, block_m: Optional[int] = None) -> MoeLoraPlan:
-    """Group routed pairs by (slot, expert) with torch ops only (no host sync)."""
-    M, top_k = topk_ids.shape
-    P = M * top_k
-    dev = topk_ids.device
-    n_slots = ranks.numel()
-    if block_m is None:
-        block_m = get_config("moe_lora_shrink", dev, M=P)["BLOCK_M"]
-    G = n_slots * n_experts
-    max_blocks = cdiv(P, block_m) + min(P, G)
-    slot = token_slots[:M].long()[:, None].expand(M, top_k).reshape(-1)
-    e = topk_ids.reshape(-1).long()
-    valid = (slot >= 0) & (e >= 0) & (e < n_experts)
-    valid &= ranks.long()[slot.clamp(min=0)] > 0
-    key = torch.where(valid, slot * n_experts + e, torch.full_like(e, G))
-    order = torch.argsort(key, stable=True)
-    skey = key[order]
-    counts = torch.zeros(G + 1, dtype=torch.long, device=dev)
-    counts.scatter_add_(0, key, torch.ones_like(key))
-    counts[G] = 0
-    blocks = (counts + block_m - 1) // block_m
-    block_end = torch.cumsum(blocks, 0)
-    block_start = block_end - blocks
-    pair_start = torch.cumsum(counts, 0) - counts
-    pos = block_start[skey] * block_m + (torch.arange(P, device=dev) - pair_start[skey])
-    dump = max_blocks * block_m
-    pos = torch.where(skey < G, pos, torch.full_like(pos, dump))
-    sorted_pairs = torch.full((dump + 1,), P, dtype=torch.int32, device=dev)
-    sorted_pairs.scatter_(0, pos, order.to(torch.int32))
-    g = torch.searchsorted(block_end, torch.arange(max_blocks, device=dev), right=True)
-    live = g < G
-    block_slot = torch.where(live, g // n_experts, -1).to(torch.int32)
-    block_expert = torch.where(live, g % n_experts, -1).to(torch.int32)
-    return MoeLoraPlan(sorted_pairs[:dump], block_slot, block_expert, block_m, P, top_k)
+from .moe_plan import MoeLoraPlan, moe_lora_plan
 
 
 @FastLaunch

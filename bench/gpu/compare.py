@@ -10,6 +10,8 @@ Per shape (model, layer, mode, adapters n, rank r):
     speedup   sglang / ours (above 1: ours faster); geometric means per path and mode;
               in decode also under CUDA-graph replay (graph_ms: device time, no host cost)
     lora/gemm decode under CUDA-graph replay (graph_ms): serving / base_gemm of the layer
+    plan gain experts: ours_moe_torch_plan / ours_moe_planned, the op with its plan built in
+              the timed call (ms; in decode also graph_ms): what the Triton plan saves
 The lines printed are the verdicts of issue 21's items 1 and 2; --table writes every row.
 """
 
@@ -79,7 +81,17 @@ def compare(rows) -> tuple[list[dict], list[str]]:
             t["lora_over_gemm"] = (ok_ms(v.get(serving_variant(layer, mode)), "graph_ms") or math.nan) / gemm
             s_graph = best(v, SGLANG, "graph_ms")[0]
             t["sglang_over_gemm"] = s_graph / gemm if s_graph else None
+        for key in ("ms", "graph_ms"):
+            torch_plan, triton_plan = ok_ms(v.get("ours_moe_torch_plan"), key), ok_ms(v.get("ours_moe_planned"), key)
+            if torch_plan and triton_plan:
+                t[f"plan_gain_{key}"] = torch_plan / triton_plan
         table.append(t)
+    for mode in ("prefill", "decode"):
+        for key in ("ms", "graph_ms"):
+            sel = [t[f"plan_gain_{key}"] for t in table if t["mode"] == mode and t.get(f"plan_gain_{key}")]
+            if sel:
+                lines.append(f"moe   {mode:<7} with its plan ({key}): torch plan / Triton plan geomean {geo(sel):.2f}, "
+                             f"min {min(sel):.2f} over {len(sel)} shapes")
     for path in ("dense", "moe"):
         for mode in ("prefill", "decode"):
             sel = [t for t in table if t["path"] == path and t["mode"] == mode and t["speedup"]]

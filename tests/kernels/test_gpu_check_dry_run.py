@@ -35,7 +35,7 @@ LAYERS = {("llama3_8b", n) for n in ("qkv", "o", "gate_up", "down")} | \
          {("deepseek_v3", n) for n in ("mla_qkv_a", "o", "experts_gate_up", "experts_down")}
 DENSE = {"prefill": {"ours_sgmv", "sglang_csgmv", "sglang_triton", "base_gemm"},
          "decode": {"ours_sgmv", "ours_bgmv", "ours_fused", "sglang_csgmv", "sglang_triton", "base_gemm"}}
-EXPERTS = {"ours_moe", "sglang_fused_moe_lora"}
+EXPERTS = {"ours_moe", "sglang_fused_moe_lora", "ours_moe_planned", "ours_moe_torch_plan"}
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from kernel_cases import assert_close, randn
-from sglang_mint.kernels import moe_lora, moe_lora_plan, moe_lora_ref
+from sglang_mint.kernels import moe_lora, moe_lora_plan, moe_lora_plan_ref, moe_lora_ref
 
 
 def _routing(M, top_k, E, n_slots, gen, device="cpu", drop=False):
@@ -96,12 +96,14 @@ def test_moe_dropped_experts_and_non_gated():
     assert_close(out, ref)
 
 
-def test_plan_groups_pairs_by_slot_and_expert():
+@pytest.mark.parametrize("make_plan", [
+    moe_lora_plan_ref, pytest.param(moe_lora_plan, marks=pytest.mark.interp)], ids=["torch", "triton"])
+def test_plan_groups_pairs_by_slot_and_expert(make_plan):
     gen = torch.Generator().manual_seed(4)
     M, top_k, E = 23, 2, 8
     ranks = torch.tensor([4, 0, 2], dtype=torch.int32)
     ids, _, slots = _routing(M, top_k, E, 3, gen, drop=True)
-    plan = moe_lora_plan(ids, slots, ranks, E, block_m=4)
+    plan = make_plan(ids, slots, ranks, E, block_m=4)
     P = M * top_k
     seen = []
     for blk in range(plan.block_slot.numel()):
