@@ -98,7 +98,10 @@ def ascii_int(text: str | None) -> int | None:
 
 def declared_length(request) -> int | None:
     """The request's Content-Length, or None when it has none or ``ascii_int`` refuses it: the body
-    is then counted as it is read, as one sent without a length."""
+    is then counted as it is read, as one sent without a length. None too beside a Transfer-Encoding:
+    uvicorn's parser (h11) then reads the body chunked, to its end, whatever Content-Length claims."""
+    if "transfer-encoding" in request.headers:
+        return None
     return ascii_int(request.headers.get("content-length"))
 
 

@@ -103,3 +103,40 @@ def test_a_content_length_of_thousands_of_digits_is_not_a_500(tmp_path):
     assert declared_length(SimpleNamespace(headers=huge)) is None
     response = call_with(mint_app(tmp_path), "POST", "/mint/prefetch", b"[]", huge)
     assert_refused(response, 400, "adapters")
+
+
+def test_a_chunked_upload_claiming_a_small_content_length_is_received_on_disk(tmp_path, monkeypatch):
+    """uvicorn's HTTP parser (h11) reads a body sent with both ``Transfer-Encoding: chunked`` and
+    ``Content-Length: 10`` as chunked, to its end, and passes both headers on. The upload was put in
+    shared memory by its Content-Length, so a body of up to --mint-max-upload-bytes (4 GiB) went to
+    RAM past SHM_UPLOAD_MAX_BYTES and its free-room check; it goes to the catalog's disk now."""
+    import h11
+
+    import sglang_mint.catalog.upload_stream as upload_stream
+    import sglang_mint.frontend.staged_revisions as module
+    from sglang_mint.frontend.staged_revisions import StagedRevisions
+
+    server = h11.Connection(h11.SERVER)  # what uvicorn's h11 protocol is handed
+    server.receive_data(b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\nTransfer-Encoding: chunked\r\n\r\n"
+                        b"14\r\n" + b"x" * 20 + b"\r\n0\r\n\r\n")
+    request, data = server.next_event(), server.next_event()
+    assert (b"content-length", b"10") in list(request.headers) and len(data.data) == 20
+
+    monkeypatch.setattr(module, "SHM_UPLOAD_MAX_BYTES", 1000)
+    staged = StagedRevisions(str(tmp_path / "shm" / "30000"))
+    catalog = SimpleNamespace(views=str(tmp_path / "views"))
+    engine = SimpleNamespace(names=SimpleNamespace(catalog=catalog, staged=staged), config=MintConfig(),
+                             max_lora_rank=8, warm=lambda name: None)
+    app = FastAPI()
+    add_routes(app, lambda: engine, mark_admin=lambda handler: handler)
+    admin_guard.install(app, None, marked_paths=lambda _app: set())
+    received_in = []
+    real_new_folder = upload_stream._new_folder
+    monkeypatch.setattr(upload_stream, "_new_folder", lambda root: received_in.append(root) or real_new_folder(root))
+    body = (f"--{BOUNDARY}\r\n".encode() + b'Content-Disposition: form-data; name="files"; '
+            b'filename="adapter_model.safetensors"\r\n\r\n' + b"x" * 5000 + f"\r\n--{BOUNDARY}--\r\n".encode())
+    call_with(admin_guard.RecordPeer(app), "POST", "/mint/adapters/acme/bot/revisions", body,
+              {"content-type": f"multipart/form-data; boundary={BOUNDARY}", "content-length": "10",
+               "transfer-encoding": "chunked"})
+    assert received_in and not received_in[0].startswith(staged.root), received_in
+    staged.close()
