@@ -42,10 +42,12 @@ kills its own frontend when a child dies first, e.g. after a signal to the whole
 group), and a starting frontend removes the roots of every frontend that is gone: a
 killed or stopped one, or one on a port no server uses any more (measured on the development machine before this: 200
 such roots, 1.7 GB of staged revisions). A root without an owner file (older versions)
-goes once nothing in it has changed for ``ORPHAN_AGE_S``. The root and the folder holding it
-must be this user's alone (no symbolic link, nobody else may write): their names are easy to
+goes once nothing in it has changed for ``ORPHAN_AGE_S``; an inbox folder no publish took (its trainer
+killed before the request) once it is ``INBOX_STALE_S`` old, at the next publish through the inbox.
+The root and the folder holding it must be this user's alone (no symbolic link, nobody else may write): their names are easy to
 guess, in a folder anyone may write, and a user who made them first could swap the files of an
-upload. Otherwise shared memory is not used at all, and the log says why.
+upload. Otherwise shared memory is not used at all, and the log says why (a root that others may
+only read, as versions before d5f9e15 made it, is closed to them instead).
 
 ``MINT_FAULT_DURABLE_DELAY_S`` (seconds, default 0) holds each store back longer: fault
 injection, so that tests can kill the server while a revision is not yet durable.
@@ -80,6 +82,8 @@ STORE_AFTER_S = 5.0
 MAX_UNSTORED_S = 60.0
 SHM_HEADROOM_BYTES = 1 << 30  # an upload goes to shared memory only if this much stays free beside it
 ORPHAN_AGE_S = 24 * 3600  # a root without an owner file, unchanged this long, is removed
+STAGE_SMALL_BYTES = 1 << 20  # staged in shared memory without a room check (a config beside shm files)
+INBOX_STALE_S = 600  # an inbox folder unchanged this long was left by a trainer killed before its publish
 OWNER = "owner"
 
 
@@ -125,13 +129,18 @@ class StagedRevisions:
     def receive_folder(self, declared_bytes: int | None, fallback: str) -> str:
         """Where an upload of ``declared_bytes`` (None: unknown) is received: shared memory when it
         fits with room to spare, else ``fallback`` (the catalog's disk)."""
-        if not self.root or declared_bytes is None or declared_bytes > SHM_UPLOAD_MAX_BYTES:
-            return fallback
-        os.makedirs(self.root, exist_ok=True)
-        free = os.statvfs(self.root)
-        if free.f_bavail * free.f_frsize < declared_bytes + SHM_HEADROOM_BYTES:
+        if declared_bytes is None or not self._fits(declared_bytes):
             return fallback
         return os.path.join(self.root, "uploads")
+
+    def _fits(self, size: int) -> bool:
+        """Whether ``size`` more bytes may go to shared memory: at most SHM_UPLOAD_MAX_BYTES, with
+        SHM_HEADROOM_BYTES left free beside them."""
+        if not self.root or size > SHM_UPLOAD_MAX_BYTES:
+            return False
+        os.makedirs(self.root, exist_ok=True)
+        free = os.statvfs(self.root)
+        return free.f_bavail * free.f_frsize >= size + SHM_HEADROOM_BYTES
 
     def take(self, token: str, max_bytes: int, where: str) -> tuple[str, dict[str, str]]:
         """The files a trainer on this machine wrote into ``inbox/<token>/`` (client/handoff.py), moved
@@ -142,20 +151,23 @@ class StagedRevisions:
         if not self.inbox or not (len(token) == 32 and all(c in "0123456789abcdef" for c in token)):
             raise BodyRefused(400, f"inbox {token[:64]!r} is not a folder name this server handed out "
                                    "(32 hex digits, GET /mint/inbox)")
+        _remove_stale_inbox_folders(self.inbox, keep=token)
         source = os.path.join(self.inbox, token)
-        try:
-            info = os.lstat(source)
-        except FileNotFoundError:
-            raise BodyRefused(400, f"{where}: the inbox has no folder {token!r}") from None
-        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
-            raise BodyRefused(400, f"{where}: inbox entry {token!r} is not a folder of this server's user")
         folder = os.path.join(self.root, "uploads", f"inbox-{token}")
         os.makedirs(os.path.dirname(folder), exist_ok=True)
-        os.rename(source, folder)  # the trainer can no longer change it
         try:
+            os.rename(source, folder)  # the trainer can no longer change it
+        except FileNotFoundError:  # never there, or taken by another request meanwhile
+            raise BodyRefused(400, f"{where}: the inbox has no folder {token!r}") from None
+        try:
+            # What was moved is checked, not what was looked at before the move: a folder swapped for a
+            # symlink in between would lead the reads (and a durable=false stage's moves) out of the inbox.
+            info = os.lstat(folder)
+            if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+                raise BodyRefused(400, f"{where}: inbox entry {token!r} is not a folder of this server's user")
             return folder, _inbox_files(folder, max_bytes, where)
         except BaseException:  # refused: its bytes leave shared memory (RAM) now, not when the server stops
-            shutil.rmtree(folder, ignore_errors=True)
+            _remove(folder)
             raise
 
     def close(self) -> None:
@@ -173,7 +185,13 @@ class StagedRevisions:
         while the upload was received; the store takes the others). Returns the served record."""
         from sglang_mint.catalog.store import Revision
 
-        base = self.root or os.path.join(os.path.dirname(os.path.abspath(catalog.views)), "staged-uploads")
+        # Files received in shared memory stay there (a rename). What would be copied in (an upload
+        # received on disk because it was large, a packed conversion's bytes) goes there only if it fits
+        # as an upload would; a config's few bytes beside them need no room check.
+        adding = sum(len(d) if not isinstance(d, str) else 0 if _inside(d, self.root) else os.path.getsize(d)
+                     for d in payload.values())
+        disk = os.path.join(os.path.dirname(os.path.abspath(catalog.views)), "staged-uploads")
+        base = self.root if self.root and (adding <= STAGE_SMALL_BYTES or self._fits(adding)) else disk
         folder = os.path.join(base, "staged", str(next(self._numbers)))
         os.makedirs(folder)
         files = {}
@@ -274,7 +292,34 @@ def _not_private(folder: str) -> str | None:
         return f"belongs to uid {info.st_uid}"
     if info.st_mode & 0o022:
         return f"may be written by others (mode {oct(info.st_mode & 0o777)})"
+    if info.st_mode & 0o077:  # 0o755, as versions before d5f9e15 made it: others could read staged weights
+        os.chmod(folder, 0o700)  # ours, in a sticky or private folder: nobody else can swap it meanwhile
     return None
+
+
+def _inside(path: str, root: str) -> bool:
+    return bool(root) and os.path.abspath(path).startswith(os.path.abspath(root) + os.sep)
+
+
+def _remove(path: str) -> None:
+    """Remove a folder, or what stands in its place (a symlink is removed, never followed)."""
+    if os.path.islink(path) or os.path.isfile(path):
+        os.unlink(path)
+    else:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _remove_stale_inbox_folders(inbox: str, keep: str) -> None:
+    """Remove the inbox folders unchanged for INBOX_STALE_S: a trainer killed between writing its files
+    and its publish request (or while writing them) left them there, in RAM."""
+    for entry in os.scandir(inbox):
+        try:
+            folder = entry.is_dir(follow_symlinks=False)
+            changed = _last_change(entry.path) if folder else entry.stat(follow_symlinks=False).st_mtime
+            if entry.name != keep and time.time() - changed > INBOX_STALE_S:
+                _remove(entry.path)
+        except OSError:  # taken or removed meanwhile
+            pass
 
 
 def _yield_cpu_to_serving() -> None:

@@ -292,3 +292,102 @@ def test_a_revision_collected_before_its_store_is_not_a_failure(tmp_path, monkey
     assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
         ("INFO", "not storing rl/p@1: revision 1 of 'rl/p' was collected by gc before it was stored")]
     staged.close()
+
+
+def test_a_root_an_older_version_left_open_to_reading_is_closed(tmp_path):
+    """Versions before d5f9e15 made /dev/shm/sglang-mint-<uid>/<port> with the default mode (0o755 under
+    umask 022), and /dev/shm lives until reboot: the root was used as it was, and any local user could
+    read every tenant's weights staged in it (staged/<n>/ and its files are 0o755 and 0o644)."""
+    parent = tmp_path / "shm"
+    (parent / "30000").mkdir(parents=True)
+    for folder in (parent, parent / "30000"):
+        folder.chmod(0o755)
+    staged = StagedRevisions(str(parent / "30000"))
+    assert staged.root == str(parent / "30000")
+    for folder in (parent, parent / "30000"):
+        assert oct(os.lstat(folder).st_mode & 0o777) == "0o700", folder
+
+
+def test_a_folder_swapped_for_a_symlink_between_the_look_and_the_move_is_refused(staged, tmp_path, monkeypatch):
+    """take() looked at inbox/<token> (a folder of this user), then renamed it: a symlink put there in
+    between was moved instead, and the files of the folder it named (another tenant's staged revision,
+    an adapter folder) were published; with durable=false, moved out of that folder."""
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "adapter_config.json").write_bytes(b'{"theirs": 1}')
+    token = put(staged, {"adapter_config.json": b"{}"})
+    real_rename = os.rename
+
+    def swapped_first(source, target):
+        if source == os.path.join(staged.inbox, token):
+            os.remove(os.path.join(source, "adapter_config.json"))
+            os.rmdir(source)
+            os.symlink(theirs, source)
+        return real_rename(source, target)
+
+    monkeypatch.setattr(os, "rename", swapped_first)
+    with pytest.raises(BodyRefused, match="not a folder"):
+        staged.take(token, 1 << 20, WHERE)
+    monkeypatch.undo()
+    assert (theirs / "adapter_config.json").read_bytes() == b'{"theirs": 1}'
+    assert os.listdir(staged.inbox) == [] and os.listdir(os.path.join(staged.root, "uploads")) == []
+
+
+def test_a_folder_taken_by_another_request_meanwhile_is_a_400(staged, monkeypatch):
+    # Two publishes naming one folder: the second found it, then its rename found nothing (a 500).
+    token = put(staged, {"adapter_config.json": b"{}"})
+    real_rename = os.rename
+
+    def taken_first(source, target):
+        os.rename = real_rename
+        staged.take(token, 1 << 20, WHERE)
+        return real_rename(source, target)
+
+    monkeypatch.setattr(os, "rename", taken_first)
+    with pytest.raises(BodyRefused, match="has no folder"):
+        staged.take(token, 1 << 20, WHERE)
+
+
+def test_what_a_killed_trainer_left_in_the_inbox_goes_at_the_next_take(staged):
+    """A trainer killed between writing its files and its publish request (or while writing them)
+    left them in the inbox, RAM, until the server stopped. Folders unchanged for INBOX_STALE_S go
+    when the next publish takes a folder; a fresh one stays."""
+    import sglang_mint.frontend.staged_revisions as module
+
+    left = put(staged, {"adapter_config.json": b"{}", "adapter_model.safetensors": b"x" * 1000})
+    fresh = put(staged, {"adapter_config.json": b"{}"})
+    old = time.time() - module.INBOX_STALE_S - 60
+    for path in (os.path.join(staged.inbox, left, name) for name in ("adapter_config.json",
+                                                                        "adapter_model.safetensors", "")):
+        os.utime(path, (old, old))
+    staged.take(put(staged, {"adapter_config.json": b"{}"}), 1 << 20, WHERE)
+    assert os.listdir(staged.inbox) == [fresh]
+
+
+def test_a_durable_false_upload_received_on_disk_is_not_copied_into_shared_memory(tmp_path, monkeypatch):
+    """An upload over SHM_UPLOAD_MAX_BYTES is received on the catalog's disk "so a large upload does
+    not sit in RAM"; stage() then moved it into <root>/staged, a copy into /dev/shm of up to
+    --mint-max-upload-bytes (4 GiB) with no room check, kept there until it was stored."""
+    import sglang_mint.frontend.staged_revisions as module
+
+    monkeypatch.setattr(module, "SHM_UPLOAD_MAX_BYTES", 1000)
+    monkeypatch.setattr(module, "STAGE_SMALL_BYTES", 100, raising=False)  # the config, not the weights
+    monkeypatch.setattr(module, "STORE_AFTER_S", 3600.0)  # not stored during the test
+    staged = StagedRevisions(str(tmp_path / "shm" / "30000"))
+    disk = tmp_path / "catalog" / "uploads"
+    assert staged.receive_folder(5000, str(disk)) == str(disk)
+    disk.mkdir(parents=True)
+    (disk / "0").write_bytes(b"x" * 5000)
+    catalog = StandInCatalog(tmp_path / "catalog")
+    served = staged.stage(catalog, not_durable("rl/p", 1),
+                          {"adapter_config.json": b"{}", "adapter_model.safetensors": str(disk / "0")}, {})
+    assert not served.staged.startswith(staged.root + os.sep), served.staged
+    assert open(os.path.join(served.staged, "adapter_model.safetensors"), "rb").read() == b"x" * 5000
+    small = staged.receive_folder(500, str(disk))  # one received in shared memory stays there: a rename
+    os.makedirs(small)
+    with open(os.path.join(small, "0"), "wb") as f:
+        f.write(b"y" * 500)
+    served = staged.stage(catalog, not_durable("rl/p", 2), {"adapter_config.json": b"{}",
+                                                           "adapter_model.safetensors": os.path.join(small, "0")}, {})
+    assert served.staged.startswith(staged.root + os.sep), served.staged
+    staged.close()
