@@ -218,8 +218,13 @@ class MintClient:
             except OSError:  # full, or gone: send them in the body
                 pass
         body, content_type = multipart_parts(files, fields)
-        answer = self._call("POST", f"/mint/adapters/{_quote(adapter_id)}/revisions", body, content_type,
-                            keys=PUBLISHED_KEYS)
+        try:
+            answer = self._call("POST", f"/mint/adapters/{_quote(adapter_id)}/revisions", body, content_type,
+                                keys=PUBLISHED_KEYS)
+        except BaseException:
+            if "inbox" in fields:  # refused before the server took the folder (401, 429): not left in RAM
+                inbox.discard(fields["inbox"])
+            raise
         return Published(answer["adapter_id"], answer["revision"], answer["digest"], answer.get("format", "peft"))
 
     async def publish_served(self, adapter_id: str, source: Any, *, timeout: float = 120.0, **kwargs) -> Published:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import uuid
 from typing import Any, Mapping
@@ -71,8 +72,17 @@ class Inbox:
         token = uuid.uuid4().hex
         folder = os.path.join(self.path, token)
         os.mkdir(folder, 0o700)
-        for name, parts in files.items():
-            with open(os.path.join(folder, name), "xb") as f:
-                for part in parts:
-                    f.write(part)
+        try:
+            for name, parts in files.items():
+                with open(os.path.join(folder, name), "xb") as f:
+                    for part in parts:
+                        f.write(part)
+        except BaseException:  # /dev/shm full: what was written is RAM that no publish will take
+            self.discard(token)
+            raise
         return token
+
+    def discard(self, token: str) -> None:
+        """Remove folder ``token`` if the server has not taken it: a publish refused before its handler
+        (401, 429, a bad id) left the adapter in shared memory until the server stopped."""
+        shutil.rmtree(os.path.join(self.path, token), ignore_errors=True)
