@@ -123,6 +123,7 @@ class StagedRevisions:
         self._numbers = itertools.count()
         self._worker: threading.Thread | None = None
         self._newest: dict[str, int] = {}  # adapter id -> its newest revision staged here
+        self._failed: dict[tuple[str, int], str] = {}  # a revision whose store failed -> its staged folder
         self._unstored_since: dict[str, float] = {}  # adapter id -> when it was last stored (or first staged)
         self.stored_total = self.failed_total = self.superseded_total = self.collected_total = 0
 
@@ -242,7 +243,10 @@ class StagedRevisions:
             except Exception as exc:  # noqa: BLE001 - the revision stays not durable, served here only
                 self.failed_total += 1
                 logger.error("storing %s@%d (published with durable=false) failed; it is served by this "
-                             "server only until it stops: %s: %s", *key, type(exc).__name__, exc)
+                             "server only, until it stops or a newer revision is stored: %s: %s",
+                             *key, type(exc).__name__, exc)
+                with self._lock:
+                    self._failed[key] = rev.staged
                 continue
             self.stored_total += 1
             stored.staged = rev.staged  # durable now; still read from the staged folder a while
@@ -253,6 +257,9 @@ class StagedRevisions:
                     self._unstored_since.pop(rev.adapter_id, None)
                 self._records[key] = stored
                 self._expiring.append((time.monotonic() + self.grace_s, key, rev.staged))
+                # An older revision whose store failed is nobody's current one now: it goes as a superseded one does.
+                for old in [k for k in self._failed if k[0] == rev.adapter_id and k[1] < rev.revision]:
+                    self._expiring.append((time.monotonic() + self.grace_s, old, self._failed.pop(old)))
             self._expire()
 
     def _superseded(self, key: tuple[str, int]) -> bool:

@@ -391,3 +391,36 @@ def test_a_durable_false_upload_received_on_disk_is_not_copied_into_shared_memor
                                                            "adapter_model.safetensors": os.path.join(small, "0")}, {})
     assert served.staged.startswith(staged.root + os.sep), served.staged
     staged.close()
+
+
+def test_a_revision_whose_store_failed_goes_once_a_newer_one_is_stored(tmp_path, monkeypatch):
+    """A store that fails (the catalog's disk full) leaves the revision served by this server alone, from
+    its staged folder. Once a newer revision of the adapter is stored, the failed one is nobody's current
+    revision: its folder (up to SHM_UPLOAD_MAX_BYTES of shared memory) goes after the grace period, as a
+    superseded one's does, instead of staying until the server stops."""
+    import sglang_mint.frontend.staged_revisions as module
+
+    class FullOnce(StandInCatalog):
+        failed = False
+
+        def store_blobs(self, rev, payload, known):
+            if not self.failed:
+                self.failed = True
+                raise OSError(28, "No space left on device")
+            return super().store_blobs(rev, payload, known)
+
+    monkeypatch.setattr(module, "STORE_AFTER_S", 0.0)
+    monkeypatch.setattr(module, "MAX_UNSTORED_S", 0.0)  # every revision is stored, none superseded
+    staged = StagedRevisions(str(tmp_path / "shm" / "30004"), grace_s=0.1)
+    catalog = FullOnce(tmp_path)
+    first = staged.stage(catalog, not_durable("rl/p", 1), {"adapter_config.json": b"{}"}, {})
+    assert wait_for(lambda: staged.failed_total == 1)
+    assert staged.get("rl/p", 1) is first and os.path.isdir(first.staged)  # still served here meanwhile
+    staged.stage(catalog, not_durable("rl/q", 1), {"adapter_config.json": b"{}"}, {})  # another adapter's
+    assert wait_for(lambda: staged.stored_total == 1)
+    time.sleep(0.3)
+    assert staged.get("rl/p", 1) is first and os.path.isdir(first.staged)
+    staged.stage(catalog, not_durable("rl/p", 2), {"adapter_config.json": b"{}"}, {})
+    assert wait_for(lambda: staged.stored_total == 2)
+    assert wait_for(lambda: staged.get("rl/p", 1) is None and not os.path.exists(first.staged))
+    staged.close()
