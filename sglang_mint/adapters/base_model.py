@@ -193,13 +193,17 @@ def _mlp_shape(module: str, hidden: int, width: int | None) -> tuple[int, int] |
 
 
 # Which layers route to experts, as SGLang 0.5.23 builds the model it finds in architectures[0] (model_type
-# for a config without it): every layer of Qwen2-MoE, Qwen3-MoE and Mixtral (qwen2_moe.py, qwen3_moe.py and
-# mixtral.py stage_facts: sparse=True; mlp_only_layers and decoder_sparse_step are not read, and a dense
-# weight of such a layer is skipped at load); DeepSeek's by deepseek_v2.py _is_layer_sparse (below).
-EVERY_LAYER = {"Qwen2MoeForCausalLM", "Qwen3MoeForCausalLM", "MixtralForCausalLM", "qwen2_moe", "qwen3_moe", "mixtral"}
+# for a config without it): every layer of Qwen2-MoE, Qwen3-MoE, Qwen3-Next and Mixtral (qwen2_moe.py,
+# qwen3_moe.py and mixtral.py stage_facts: sparse=True; qwen3_next.py is_layer_sparse = True; mlp_only_layers
+# and decoder_sparse_step are not read, and a dense weight of such a layer is skipped at load); DeepSeek's by
+# deepseek_v2.py _is_layer_sparse, Llama-4's by llama4.py _is_moe_layer (below).
+EVERY_LAYER = {"Qwen2MoeForCausalLM", "Qwen3MoeForCausalLM", "Qwen3NextForCausalLM", "MixtralForCausalLM",
+               "qwen2_moe", "qwen3_moe", "qwen3_next", "mixtral"}
 DEEPSEEK = {"DeepseekV2ForCausalLM", "DeepseekV3ForCausalLM", "DeepseekV32ForCausalLM",
             "deepseek_v2", "deepseek_v3", "deepseek_v32"}
 GLM4_MOE = {"Glm4MoeForCausalLM", "glm4_moe"}  # glm4_moe.py _is_layer_sparse: l >= first_k_dense_replace
+# mllama4.py (the multimodal model, text model under text_config) and llama4.py (a text-only export)
+LLAMA4 = {"Llama4ForConditionalGeneration", "Llama4ForCausalLM", "llama4", "llama4_text"}
 
 
 def moe_layers_of(config: dict, cfg: dict, layers: int, experts: int | None) -> tuple[int, ...] | None:
@@ -209,13 +213,21 @@ def moe_layers_of(config: dict, cfg: dict, layers: int, experts: int | None) -> 
     l when ``l >= first_k_dense_replace and l % moe_layer_freq == 0``, e.g. DeepSeek-V3 (3, 1): 3..60.
     Without first_k_dense_replace SGLang takes the transformers config class's default (3 for V3, 0 for V2),
     so it is unknown here; without moe_layer_freq it is 1, the value of every DeepSeek config (SGLang
-    requires the key; transformers 5 does not write it). An MoE architecture not named above: unknown."""
+    requires the key; transformers 5 does not write it). Llama-4 (llama4.py ``_is_moe_layer``): layer l when
+    ``(l + 1) % interleave_moe_layer_step == 0``, every layer for a step of 0; without the key, 1 (the only
+    default, Llama4TextConfig's); its ``moe_layers`` key is not read. Maverick (step 2, 48 layers): 1, 3, ..., 47.
+    An MoE architecture not named above: unknown."""
     if not experts:
         return ()
     archs = config.get("architectures")
     kind = archs[0] if isinstance(archs, list) and archs else config.get("model_type") or cfg.get("model_type")
     if kind in EVERY_LAYER:
         return tuple(range(layers))
+    if kind in LLAMA4:
+        step = cfg.get("interleave_moe_layer_step", 1)
+        if not _count(step):
+            return None
+        return tuple(range(layers)) if step == 0 else tuple(range(step - 1, layers, step))
     first, freq = cfg.get("first_k_dense_replace"), 1 if kind in GLM4_MOE else cfg.get("moe_layer_freq", 1)
     if kind not in DEEPSEEK | GLM4_MOE or not _count(first) or not _count(freq) or freq == 0:
         return None

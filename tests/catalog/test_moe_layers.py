@@ -31,7 +31,10 @@ QWEN = {"architectures": ["Qwen3MoeForCausalLM"], "model_type": "qwen3_moe", **T
 # Layer 0 dense, layer 1 routes to experts
 DEEPSEEK = {"architectures": ["DeepseekV3ForCausalLM"], "model_type": "deepseek_v3", **TINY_DEEPSEEK_V3,
             **DEEPSEEK_EXTRA, "vocab_size": 1000, "first_k_dense_replace": 1}
-CONFIGS = {"qwen3-moe": QWEN, "deepseek-v3": DEEPSEEK}
+# Every layer routes to experts, each with a shared expert (SGLang's qwen3_next.py)
+NEXT = {"architectures": ["Qwen3NextForCausalLM"], "model_type": "qwen3_next", **TINY_QWEN3_MOE, "vocab_size": 1000,
+        "shared_expert_intermediate_size": EXPERT}
+CONFIGS = {"qwen3-moe": QWEN, "deepseek-v3": DEEPSEEK, "qwen3-next": NEXT}
 DENSE_MLP = {"gate_proj": (H, DENSE), "up_proj": (H, DENSE), "down_proj": (DENSE, H), "gate_up_proj": (H, 2 * DENSE)}
 PRE = "base_model.model.model."
 
@@ -75,7 +78,7 @@ def moe_catalog(catalog_target, tmp_path):
 def test_a_dense_mlp_lora_on_a_layer_that_routes_to_experts_is_refused(family, moe_catalog, tmp_path):
     cat = moe_catalog(family)
     has = "(its MLP is routed experts mlp.experts[.<e>].<m>" + (
-        " and shared experts mlp.shared_expert(s).<m>)" if family == "deepseek-v3" else ")")
+        " and shared experts mlp.shared_expert(s).<m>)" if family != "qwen3-moe" else ")")
     for module, (fin, fout) in DENSE_MLP.items():
         folder = adapter(tmp_path / module, lora(f"layers.1.mlp.{module}", fin, fout), [module])
         with pytest.raises(InvalidAdapter) as info:
@@ -148,11 +151,76 @@ def test_the_record_says_which_layers_route_to_experts_as_sglang_builds_them():
     # GLM-4-MoE (glm4_moe.py _is_layer_sparse): l >= first_k_dense_replace; moe_layer_freq is not read
     assert layers(mixtral, model_type="glm4_moe", first_k_dense_replace=1, moe_layer_freq=2) == (1, 2)
     assert layers(mixtral, model_type="glm4_moe") is None
-    assert layers(mixtral, model_type="qwen3_next", first_k_dense_replace=1) is None  # no rule: unknown
+    assert layers(mixtral, model_type="jamba", first_k_dense_replace=1) is None  # no rule: unknown
     llama = {k: v for k, v in MODELS["llama-3-8b"].items() if k not in ("name", "dtype")}
     assert layers(llama) == ()
     row = {k: v for k, v in MODELS["deepseek-v3"].items() if k not in ("name", "dtype")}
     assert layers(row) == tuple(range(3, 61))
+
+
+# Qwen/Qwen3-Next-80B-A3B-Instruct's config.json (the keys Qwen3NextConfig reads)
+QWEN3_NEXT_80B = {
+    "architectures": ["Qwen3NextForCausalLM"], "model_type": "qwen3_next", "attention_bias": False,
+    "attention_dropout": 0.0, "bos_token_id": 151643, "eos_token_id": 151645, "decoder_sparse_step": 1,
+    "full_attention_interval": 4, "head_dim": 256, "hidden_act": "silu", "hidden_size": 2048,
+    "initializer_range": 0.02, "intermediate_size": 5120, "linear_conv_kernel_dim": 4, "linear_key_head_dim": 128,
+    "linear_num_key_heads": 16, "linear_num_value_heads": 32, "linear_value_head_dim": 128,
+    "max_position_embeddings": 262144, "mlp_only_layers": [], "moe_intermediate_size": 512, "norm_topk_prob": True,
+    "num_attention_heads": 16, "num_experts": 512, "num_experts_per_tok": 10, "num_hidden_layers": 48,
+    "num_key_value_heads": 2, "output_router_logits": False, "partial_rotary_factor": 0.25, "rms_norm_eps": 1e-06,
+    "rope_scaling": None, "rope_theta": 10000000, "router_aux_loss_coef": 0.001,
+    "shared_expert_intermediate_size": 512, "tie_word_embeddings": False, "torch_dtype": "bfloat16",
+    "use_cache": True, "use_sliding_window": False, "vocab_size": 151936,
+}
+# meta-llama/Llama-4-Scout-17B-16E-Instruct's config.json: the text model under text_config (Llama4TextConfig)
+LLAMA4_SCOUT = {
+    "architectures": ["Llama4ForConditionalGeneration"], "model_type": "llama4", "boi_token_index": 200080,
+    "eoi_token_index": 200081, "image_token_index": 200092, "tie_word_embeddings": False, "torch_dtype": "bfloat16",
+    "text_config": {
+        "model_type": "llama4_text", "attention_bias": False, "attention_chunk_size": 8192, "attention_dropout": 0.0,
+        "bos_token_id": 200000, "eos_token_id": [200001, 200007, 200008], "for_llm_compressor": False,
+        "head_dim": 128, "hidden_act": "silu", "hidden_size": 5120, "initializer_range": 0.02,
+        "interleave_moe_layer_step": 1, "intermediate_size": 8192, "intermediate_size_mlp": 16384,
+        "max_position_embeddings": 10485760, "no_rope_layers": [], "num_attention_heads": 40,
+        "num_experts_per_tok": 1, "num_hidden_layers": 48, "num_key_value_heads": 8, "num_local_experts": 16,
+        "output_router_logits": False, "pad_token_id": 200018, "rms_norm_eps": 1e-05,
+        "rope_scaling": {"factor": 16.0, "high_freq_factor": 1.0, "low_freq_factor": 1.0,
+                         "original_max_position_embeddings": 8192, "rope_type": "llama3"},
+        "rope_theta": 500000.0, "router_aux_loss_coef": 0.001, "router_jitter_noise": 0.0, "use_cache": True,
+        "use_qk_norm": True, "vocab_size": 202048},
+    "vision_config": {"model_type": "llama4_vision_model", "hidden_size": 1408, "intermediate_size": 5632,
+                      "num_attention_heads": 16, "num_hidden_layers": 34, "image_size": 336, "patch_size": 14,
+                      "vision_output_dim": 4096, "projector_input_dim": 4096, "projector_output_dim": 4096},
+}
+
+
+def _llama4(**text_changes) -> dict:
+    """LLAMA4_SCOUT with ``text_changes`` made to its text_config (a key changed to None is dropped)."""
+    text = {k: v for k, v in {**LLAMA4_SCOUT["text_config"], **text_changes}.items() if v is not None}
+    return {**LLAMA4_SCOUT, "text_config": text}
+
+
+def test_qwen3_next_and_llama_4_route_the_layers_sglang_builds_with_experts():
+    """SGLang 0.5.23 qwen3_next.py: every layer is sparse (is_layer_sparse = True; mlp_only_layers and
+    decoder_sparse_step are not read). llama4.py _is_moe_layer: (l + 1) % interleave_moe_layer_step == 0, every
+    layer when the step is 0; Llama4TextConfig's default step is 1, and its moe_layers key is not read."""
+    def layers(config):
+        return base_model_from_config(config, "m").moe_layers
+
+    assert layers(QWEN3_NEXT_80B) == tuple(range(48))
+    assert layers({**QWEN3_NEXT_80B, "mlp_only_layers": [0], "decoder_sparse_step": 2}) == tuple(range(48))
+    assert layers(LLAMA4_SCOUT) == tuple(range(48))
+    # Llama-4-Maverick-17B-128E: 128 experts on every other layer, 1, 3, ..., 47
+    maverick = _llama4(interleave_moe_layer_step=2, num_local_experts=128, moe_layers=list(range(1, 48, 2)))
+    assert layers(maverick) == tuple(range(1, 48, 2))
+    text_only = {"architectures": ["Llama4ForCausalLM"], **maverick["text_config"]}  # a text-only export
+    assert layers(text_only) == tuple(range(1, 48, 2))
+    assert layers(_llama4(interleave_moe_layer_step=3, num_hidden_layers=7)) == (2, 5)
+    assert layers(_llama4(interleave_moe_layer_step=0)) == tuple(range(48))
+    assert layers(_llama4(interleave_moe_layer_step=None)) == tuple(range(48))  # the config class's default: 1
+    assert layers(_llama4(num_local_experts=0)) == ()
+    assert layers(_llama4(interleave_moe_layer_step=-2)) is None  # no step SGLang could build with: unknown
+    assert layers(_llama4(interleave_moe_layer_step="2")) is None
 
 
 def test_the_identity_is_unchanged_and_the_record_round_trips():
