@@ -238,14 +238,35 @@ def _count(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and v >= 0
 
 
-def base_model_from_config(config: dict, name: str) -> BaseModel:
-    """Build the identity and dims from a parsed config.json (``text_config`` is used if present)."""
-    cfg = config.get("text_config") or config
+def _positive(v) -> bool:
+    return _count(v) and v > 0
+
+
+def text_part(config: dict, where: str) -> tuple[dict, str]:
+    """config.json's text model and the prefix that names its keys: ``(config["text_config"], "text_config.")``
+    for a multimodal config (Llama-4, Gemma-3, Mistral-3), else ``(config, "")``. ``where`` names the file."""
+    text = config.get("text_config")
+    if not text:  # absent, null or {}: the sizes are the file's own
+        return config, ""
+    if not isinstance(text, dict):
+        raise InvalidAdapter(f"base model config {where}: text_config is a {type(text).__name__}, not a JSON object")
+    return text, "text_config."
+
+
+def base_model_from_config(config: dict, name: str, where: str = "config.json") -> BaseModel:
+    """Build the identity and dims from a parsed config.json (``text_config`` is used if present).
+
+    ``where`` names the file in a refusal, which names each key that is missing or no positive integer:
+    ``base model config /models/gemma-3-4b-it/config.json: text_config.num_attention_heads is missing``."""
+    cfg, prefix = text_part(config, where)
     model_type = str(config.get("model_type") or cfg.get("model_type") or "unknown")
     need = ("hidden_size", "num_attention_heads", "num_hidden_layers")
-    missing = [k for k in need if not isinstance(cfg.get(k), int)]
-    if missing:
-        raise InvalidAdapter(f"base model {name!r}: config.json lacks integer {', '.join(missing)}")
+    wrong = [f"{prefix}{k} is missing" if k not in cfg else f"{prefix}{k} is {json.dumps(cfg[k])}, not a positive "
+             "integer" for k in need if not _positive(cfg.get(k))]
+    if wrong:
+        hint = " (mint reads each size from this file, not from a transformers class's defaults)" if any(
+            w.endswith("missing") for w in wrong) else ""
+        raise InvalidAdapter(f"base model config {where}: {'; '.join(wrong)}{hint}")
     h, heads = cfg["hidden_size"], cfg["num_attention_heads"]
     head_dim = cfg.get("head_dim") or h // heads
     shape = {k: cfg[k] for k in SHAPE_KEYS if k in cfg}
@@ -288,16 +309,34 @@ def base_model_from_config(config: dict, name: str) -> BaseModel:
     )
 
 
-def load_base_model(model_dir: str) -> BaseModel:
-    """Read ``model_dir/config.json``; errors name the folder and the problem."""
-    path = os.path.join(model_dir, "config.json")
+def read_config(path: str) -> dict:
+    """A config.json as a dict; refusals name the file. The bytes are parsed (``json.loads`` finds UTF-8 with
+    or without a BOM, UTF-16 and UTF-32), so the result does not depend on the locale's encoding."""
     try:
         with open(path, "rb") as f:
-            config = json.loads(f.read())
+            data = f.read()
     except FileNotFoundError:
-        raise InvalidAdapter(f"base model folder {model_dir!r} has no config.json") from None
-    except (OSError, ValueError) as exc:
-        raise InvalidAdapter(f"base model config {path!r} is unreadable: {exc}") from None
+        raise InvalidAdapter(f"base model config {path} does not exist") from None
+    except OSError as exc:
+        raise InvalidAdapter(f"base model config {path} is unreadable: {exc}") from None
+    try:
+        config = json.loads(data)
+    except ValueError as exc:  # UnicodeDecodeError too
+        raise InvalidAdapter(f"base model config {path} is not JSON ({exc})") from None
     if not isinstance(config, dict):
-        raise InvalidAdapter(f"base model config {path!r} is not a JSON object")
-    return base_model_from_config(config, os.path.basename(os.path.normpath(model_dir)))
+        raise InvalidAdapter(f"base model config {path} is not a JSON object")
+    return config
+
+
+def read_base_model(model_dir: str) -> tuple[BaseModel, dict]:
+    """The base model in ``model_dir`` and its config.json's text part (``text_part``): the one reader of a base
+    model's folder, for the catalog (``load_base_model``) and ``mint pack --base`` (packed/convert.py)."""
+    path = os.path.join(model_dir, "config.json")
+    config = read_config(path)
+    base = base_model_from_config(config, os.path.basename(os.path.normpath(model_dir)), path)
+    return base, text_part(config, path)[0]
+
+
+def load_base_model(model_dir: str) -> BaseModel:
+    """Read ``model_dir/config.json``; errors name the file and the problem."""
+    return read_base_model(model_dir)[0]

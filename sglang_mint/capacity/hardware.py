@@ -8,11 +8,10 @@ parameters, Llama-3-70B 70.6, Qwen3-30B-A3B 30.5, DeepSeek-V3 671 (its MTP layer
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 
-from sglang_mint.adapters.base_model import BaseModel, base_model_from_config
+from sglang_mint.adapters.base_model import BaseModel, base_model_from_config, read_config, text_part
 from sglang_mint.errors import MintError
 
 BYTES_PER_VALUE = {"float32": 4, "bfloat16": 2, "float16": 2, "float8": 1}
@@ -79,14 +78,9 @@ def model_spec(name_or_path: str) -> ModelSpec:
     if not os.path.isfile(path):
         raise MintError(f"model {name_or_path!r} is neither a known name ({', '.join(MODELS)}) "
                         "nor a config.json or a folder holding one")
-    try:
-        with open(path) as f:
-            config = json.load(f)
-    except (OSError, ValueError) as exc:
-        raise MintError(f"{path}: unreadable config.json: {exc}") from None
-    cfg = config.get("text_config") or config
+    config = read_config(path)  # as the catalog reads it
     name = os.path.basename(os.path.dirname(os.path.abspath(path))) or path
-    return ModelSpec(cfg, base_model_from_config(config, name), config_dtype(config))
+    return ModelSpec(text_part(config, path)[0], base_model_from_config(config, name, path), config_dtype(config))
 
 
 def config_dtype(config: dict) -> str:

@@ -37,7 +37,7 @@ import re
 
 import torch
 
-from sglang_mint.adapters.base_model import base_model_from_config
+from sglang_mint.adapters.base_model import read_base_model
 from sglang_mint.adapters.errors import InvalidAdapter
 from sglang_mint.adapters.folder_form import peft_weight_files
 from sglang_mint.adapters.lora_keys import PEFT_FUSED, ModuleRanks, fused_expert_params, scaling
@@ -371,15 +371,14 @@ def unpack_tensors(mint: dict, tensors: dict[str, torch.Tensor], where: str = "p
 
 
 def base_identity(model_dir: str) -> dict:
-    """What a packed file records about its base model (from config.json): BaseModel.packed_identity,
-    the catalog's, plus the text model's model_type, which the engine checks too."""
-    with open(os.path.join(model_dir, "config.json")) as f:
-        config = json.load(f)
+    """What a packed file records about its base model (from config.json, read as the catalog reads it:
+    adapters/base_model.py read_base_model): BaseModel.packed_identity, the catalog's, plus the text model's
+    model_type, which the engine checks too (Llama-4: ``llama4_text``, from text_config)."""
     try:
-        ident = base_model_from_config(config, os.path.basename(os.path.normpath(model_dir))).packed_identity()
+        base, text = read_base_model(model_dir)
     except InvalidAdapter as exc:
         raise PackedError(f"--base {model_dir}: {exc}") from None
-    text = config.get("text_config") or config
+    ident = base.packed_identity()
     if "model_type" in text:
         ident["model_type"] = text["model_type"]
     return ident

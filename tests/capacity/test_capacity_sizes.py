@@ -6,7 +6,7 @@ import pytest
 
 from sglang_mint.adapters.base_model import base_model_from_config
 from sglang_mint.capacity.hardware import MODELS, gpu, model_spec
-from sglang_mint.capacity.sizes import adapter_size, resolve_targets, weight_bytes
+from sglang_mint.capacity.sizes import adapter_size, layer_linears, resolve_targets, weight_bytes
 from sglang_mint.dev.tiny import TINY_LLAMA
 from sglang_mint.errors import MintError
 
@@ -75,6 +75,39 @@ def test_the_layers_that_route_to_experts_are_the_base_records():
         (58 - 29) * (moe_layer - dense_layer)
 
 
+# meta-llama/Llama-4-Maverick-17B-128E-Instruct's config.json, vision_config left out
+LLAMA4_MAVERICK = {
+    "architectures": ["Llama4ForConditionalGeneration"], "model_type": "llama4", "tie_word_embeddings": False,
+    "torch_dtype": "bfloat16", "boi_token_index": 200080, "eoi_token_index": 200081, "image_token_index": 200092,
+    "text_config": {
+        "model_type": "llama4_text", "attention_bias": False, "attention_chunk_size": 8192, "head_dim": 128,
+        "hidden_act": "silu", "hidden_size": 5120, "interleave_moe_layer_step": 2, "intermediate_size": 8192,
+        "intermediate_size_mlp": 16384, "max_position_embeddings": 1048576, "num_attention_heads": 40,
+        "num_experts_per_tok": 1, "num_hidden_layers": 48, "num_key_value_heads": 8, "num_local_experts": 128,
+        "rms_norm_eps": 1e-05, "rope_theta": 500000.0, "use_qk_norm": False, "vocab_size": 202048},
+}
+
+
+def test_llama_4_maverick_and_qwen3_next_count_experts_on_the_layers_sglang_gives_them(tmp_path):
+    """Maverick (interleave_moe_layer_step 2): 128 experts on the 24 odd layers, not on all 48 (llama4.py
+    _is_moe_layer); Qwen3-Next: on every layer (qwen3_next.py). Counted from a config.json, as `mint plan`."""
+    (tmp_path / "maverick").mkdir()
+    (tmp_path / "maverick" / "config.json").write_text(json.dumps(LLAMA4_MAVERICK))
+    spec = model_spec(str(tmp_path / "maverick"))
+    experts = [layer for layer in range(48) if any(m.parent == "experts" for m in layer_linears(spec.base, layer))]
+    assert experts == list(range(1, 48, 2))
+    expert_params = sum(m.fan_in * m.fan_out * m.count for layer in range(48)
+                        for m in layer_linears(spec.base, layer) if m.parent == "experts")
+    assert expert_params == 24 * 128 * 3 * 5120 * 8192
+    qwen3_next = {"architectures": ["Qwen3NextForCausalLM"], "model_type": "qwen3_next", "hidden_size": 2048,
+                  "intermediate_size": 5120, "moe_intermediate_size": 512, "shared_expert_intermediate_size": 512,
+                  "num_experts": 512, "num_hidden_layers": 48, "num_attention_heads": 16, "num_key_value_heads": 2,
+                  "head_dim": 256, "vocab_size": 151936, "decoder_sparse_step": 1, "mlp_only_layers": []}
+    base = base_model_from_config(qwen3_next, "Qwen3-Next-80B-A3B")
+    assert base.moe_layers == tuple(range(48))
+    assert adapter_size(base, 1, ("down_proj",), 2, 2).values == 48 * (512 + 1) * (512 + 2048)
+
+
 def test_an_unknown_target_names_the_modules_there_are():
     with pytest.raises(MintError, match="not a module of Llama-3-8B; it has q_proj"):
         size("llama-3-8b", 16, ["q_a_proj"])
@@ -90,6 +123,19 @@ def test_a_config_json_of_ones_own(tmp_path):
     assert weight_bytes(spec.config, spec.base, 1) == weight_bytes(*_llama(), 1)
     with pytest.raises(MintError, match="neither a known name"):
         model_spec(str(tmp_path / "absent"))
+
+
+def test_a_config_json_is_read_as_the_catalog_reads_it(tmp_path):
+    """One reader (adapters/base_model.py read_config): a UTF-8 BOM is read, a refusal names the file and key."""
+    config = {k: v for k, v in MODELS["llama-3-8b"].items() if k not in ("name", "dtype")}
+    (tmp_path / "bom").mkdir()
+    (tmp_path / "bom" / "config.json").write_bytes(b"\xef\xbb\xbf" + json.dumps(config).encode())
+    spec = model_spec(str(tmp_path / "bom"))
+    assert weight_bytes(spec.config, spec.base, 1) == weight_bytes(*_llama(), 1)
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "config.json").write_text(json.dumps({**config, "text_config": "llama"}))
+    with pytest.raises(MintError, match=f"{tmp_path}/bad/config.json: text_config is a str, not a JSON object"):
+        model_spec(str(tmp_path / "bad"))
 
 
 def _llama():
