@@ -35,10 +35,16 @@ def inbox(tmp_path):
     return path
 
 
+@pytest.fixture(autouse=True)
+def one_machine(monkeypatch):
+    """The stub server says it runs on the client's machine (a name, no lookup)."""
+    monkeypatch.setattr(socket, "gethostname", lambda: "trainer-box")
+
+
 def server(inbox, publish_answer):
     def answer(method, path, body):
         if path == "/mint/inbox":
-            return 200, {"path": str(inbox), "host": socket.gethostname()}
+            return 200, {"path": str(inbox), "host": "trainer-box"}
         return publish_answer(body)
 
     return loopback_stub(answer)
