@@ -1,4 +1,4 @@
-"""Host time of one dense LoRA op (shrink + expand): Triton's launch path, FastLaunch, planned launches.
+"""Host time of one LoRA op (shrink + expand, dense or MoE): Triton's launch path, FastLaunch, planned launches.
 
     python bench/launch_overhead.py [--rounds 7] [--calls 2000]
 
@@ -9,6 +9,10 @@ on any machine: the launchers run for real (config lookup, by_slot plan, Triton'
 on the stub driver of bench/_stubbed_launch.py, whose compiled kernels drop their launches.
 Both paths lose the same C launcher, so the difference is what FastLaunch saves a launch;
 the absolute figures are not the H200 host's (bench/gpu/run.py's kernel_bench measures that).
+
+The MoE op is Qwen3-30B-A3B's experts gate_up (hidden 2048, 768 per expert, 128 experts, top 8) at
+rank 16 with 8 adapters, its (slot, expert) plan built before, as kernel_bench's ours_moe row
+(bench/moe_plan_launches.py counts the plan's own launches).
 
 Each round times `--calls` ops each way (rotating which goes first), and the row gives the
 median over rounds of µs per op:
@@ -39,16 +43,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, git_commit, machine  # noqa: E402
 from _stubbed_launch import stubbed_triton  # noqa: E402
 
-from sglang_mint.kernels import LoraBatch, sgmv_expand, sgmv_shrink  # noqa: E402
+from sglang_mint.kernels import LoraBatch, moe_lora, moe_lora_plan_ref, sgmv_expand, sgmv_shrink  # noqa: E402
 
 shrink_module = importlib.import_module("sglang_mint.kernels.sgmv_shrink")
 expand_module = importlib.import_module("sglang_mint.kernels.sgmv_expand")
+moe_module = importlib.import_module("sglang_mint.kernels.moe_lora")
 
 # llama3-8B qkv at rank 16 with 8 adapters, as kernel_bench's rows: prefill on segments, decode
 # on the per-token form serving uses (LoraBatch.by_slot)
 HIDDEN, WIDTHS, RANK, ADAPTERS = 4096, (4096, 1024, 1024), 16, 8
-CASES = {"prefill": 2048, "decode": 8}
-KERNELS = ((shrink_module, "_sgmv_shrink_kernel"), (expand_module, "_sgmv_expand_kernel"))
+MOE_HIDDEN, MOE_WIDTH, EXPERTS, TOP_K = 2048, 768, 128, 8
+CASES = {"prefill": ("dense", 2048), "decode": ("dense", 8), "moe prefill": ("moe", 2048), "moe decode": ("moe", 64)}
+KERNELS = ((shrink_module, "_sgmv_shrink_kernel"), (expand_module, "_sgmv_expand_kernel"),
+           (moe_module, "_moe_lora_shrink_kernel"), (moe_module, "_moe_lora_expand_kernel"))
+PLANNED_IN = (shrink_module, expand_module, moe_module)
 
 
 def op_for(mode: str, tokens: int):
@@ -71,6 +79,23 @@ def op_for(mode: str, tokens: int):
         batch = LoraBatch.from_token_slots(slots, ranks, scalings, "cpu")
     offsets = torch.tensor(offs, dtype=torch.int32)
     return lambda: (sgmv_shrink(x, a, y, batch, S), sgmv_expand(y, b, out, batch, offsets, offs))
+
+
+def moe_op_for(tokens: int):
+    """kernel_bench's ours_moe on the experts' gate_up (2 slices), on CPU tensors, its plan built before."""
+    gen = torch.Generator().manual_seed(0)
+    topk_ids = torch.rand(tokens, EXPERTS, generator=gen).topk(TOP_K, dim=1).indices.int()
+    slots = (torch.arange(tokens) % ADAPTERS).int()
+    ranks = torch.full((ADAPTERS,), RANK, dtype=torch.int32)
+    x = torch.randn(tokens, MOE_HIDDEN, dtype=torch.bfloat16)
+    a = torch.randn(ADAPTERS, EXPERTS, 2 * RANK, MOE_HIDDEN, dtype=torch.bfloat16)
+    b = torch.randn(ADAPTERS, EXPERTS, 2 * MOE_WIDTH, RANK, dtype=torch.bfloat16)
+    out = torch.zeros(tokens, TOP_K, 2 * MOE_WIDTH, dtype=torch.bfloat16)
+    y = torch.empty(2, tokens * TOP_K, RANK, dtype=torch.bfloat16)
+    weights = torch.rand(tokens, TOP_K, generator=gen)
+    plan = moe_lora_plan_ref(topk_ids, slots, ranks, EXPERTS)
+    return lambda: moe_lora(out, x, a, b, topk_ids, weights, slots, ranks, n_slices=2, n_experts=EXPERTS,
+                            plan=plan, y=y)
 
 
 class NoPlans(dict):
@@ -98,8 +123,9 @@ def way(name: str):
     if name == "planned":
         return contextlib.nullcontext()
     stack = contextlib.ExitStack()
-    for module, kernel in KERNELS:
+    for module in PLANNED_IN:
         stack.enter_context(mock.patch.object(module, "_PLANS", NoPlans()))
+    for module, kernel in KERNELS:
         stack.enter_context(mock.patch.object(module, kernel, UnplannedLaunch(
             getattr(module, kernel), fast=name == "fast")))
     return stack
@@ -129,15 +155,17 @@ def main(argv=None) -> None:
         sys.exit("launch_overhead: run with TRITON_INTERPRET unset (the interpreter has no launch path)")
     rows = []
     with stubbed_triton(*kernels, record=False):
-        for mode, tokens in CASES.items():
-            op = op_for(mode, tokens)
+        for mode, (kind, tokens) in CASES.items():
+            op = op_for(mode, tokens) if kind == "dense" else moe_op_for(tokens)
             times = {name: [] for name in WAYS}
             for i in range(args.rounds):
                 for name in WAYS[i % 3:] + WAYS[:i % 3]:
                     times[name].append(us_per_op(op, args.calls, name))
             med = {name: statistics.median(t) for name, t in times.items()}
-            row = {"bench": "launch_overhead", "mode": mode, "tokens": tokens, "hidden": HIDDEN,
-                   "slice_widths": list(WIDTHS), "rank": RANK, "adapters": ADAPTERS,
+            shape = (dict(hidden=HIDDEN, slice_widths=list(WIDTHS)) if kind == "dense" else
+                     dict(hidden=MOE_HIDDEN, slice_widths=[MOE_WIDTH] * 2, experts=EXPERTS, top_k=TOP_K))
+            row = {"bench": "launch_overhead", "op": kind, "mode": mode, "tokens": tokens, **shape,
+                   "rank": RANK, "adapters": ADAPTERS,
                    **{f"{name}_us": round(med[name], 2) for name in WAYS},
                    "saved_us": round(med["triton"] - med["planned"], 2),
                    "spread_us": {w: [round(min(t), 2), round(max(t), 2)] for w, t in times.items()},
@@ -145,7 +173,7 @@ def main(argv=None) -> None:
                    "git_commit": git_commit(), "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                    **machine()}
             rows.append(row)
-            print(f"{mode:8s} T={tokens:5d}: Triton's path {med['triton']:6.1f} µs/op, FastLaunch "
+            print(f"{mode:11s} T={tokens:5d}: Triton's path {med['triton']:6.1f} µs/op, FastLaunch "
                   f"{med['fast']:6.1f}, planned {med['planned']:6.1f} "
                   f"({med['planned'] / med['triton']:.2f} x Triton's path; 2 launches)")
     with open(args.out, "a") as f:

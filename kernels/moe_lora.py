@@ -41,7 +41,7 @@ import triton.language as tl
 from ._tiles import masked_tile_dot
 
 from ._config import cdiv, get_config, launch_kwargs
-from ._launch import FastLaunch
+from ._launch import MISSING, FastLaunch, LaunchPlan, LaunchPlans
 from .moe_plan import MoeLoraPlan, moe_lora_plan
 
 
@@ -135,42 +135,69 @@ def moe_lora(out: torch.Tensor, x: torch.Tensor, a: torch.Tensor, b: torch.Tenso
 
     Semantics and Shape: see the module docstring. gate_up: n_slices=2,
     mul_routed_weight=False; down: n_slices=1, mul_routed_weight=True.
+    The two launches are planned once per shape (_PLANS: the checks, block sizes, grids and
+    int arguments), as the dense launchers' are (kernels/_launch.py).
     """
-    _check(out, x, a, b, topk_ids, n_slices)
+    # host values as Python types: numpy's 2 equals 2 in a key, but Triton refuses it
+    n_slices, mul_routed_weight = int(n_slices), bool(mul_routed_weight)
     M, top_k = topk_ids.shape
-    P = M * top_k
-    R = b.shape[3]
-    W = b.shape[2] // n_slices
-    K = x.shape[1]
+    P, R = M * top_k, b.shape[3]
     if P == 0 or R == 0:
+        _check(out, x, a, b, topk_ids, n_slices)
         return out
-    E = n_experts if n_experts is not None else max(a.shape[1], b.shape[1])
     if plan is None:
+        E = n_experts if n_experts is not None else max(a.shape[1], b.shape[1])
         plan = moe_lora_plan(topk_ids, token_slots, ranks, E)
-    assert plan.num_pairs == P and plan.top_k == top_k
-    BM = plan.block_m
-    max_blocks = plan.block_slot.numel()
     if y is None:
         y = torch.empty((n_slices, P, R), dtype=x.dtype, device=x.device)
+    key = (x.shape, x.stride(), x.dtype, a.shape, a.stride(), a.dtype, b.shape, b.stride(), b.dtype,
+           out.shape, out.stride(), out.dtype, y.shape, y.stride(), y.dtype, topk_ids.shape,
+           topk_weights.dtype, ranks.dtype, x.device, plan.num_pairs, plan.top_k, plan.block_m,
+           plan.block_slot.numel(), n_slices, mul_routed_weight)
+    plans = _PLANS.get(key, MISSING)
+    fresh = plans is MISSING
+    if fresh:
+        plans = _plan(out, x, a, b, y, topk_ids, plan, n_slices, mul_routed_weight)
+    shrink, expand = plans
+    _moe_lora_shrink_kernel.launch_planned(shrink, (
+        x, a, y, plan.sorted_pairs, plan.block_slot, plan.block_expert, ranks))
+    _moe_lora_expand_kernel.launch_planned(expand, (
+        y, b, out, topk_weights, plan.sorted_pairs, plan.block_slot, plan.block_expert, ranks))
+    if fresh:  # kept once it launched
+        _PLANS.keep(key, plans)
+    return out
+
+
+_PLANS = LaunchPlans()  # by shapes, strides, dtypes, device, the plan's sizes, n_slices, routed weight
+
+
+def _plan(out, x, a, b, y, topk_ids, plan: MoeLoraPlan, n_slices: int,
+          mul_routed_weight: bool) -> tuple[LaunchPlan, LaunchPlan]:
+    """The shrink's and the expand's launches but their pointers; checks the shapes."""
+    _check(out, x, a, b, topk_ids, n_slices)
+    M, top_k = topk_ids.shape
+    P, R, K = M * top_k, b.shape[3], x.shape[1]
+    W = b.shape[2] // n_slices
+    assert plan.num_pairs == P and plan.top_k == top_k, (plan.num_pairs, plan.top_k, topk_ids.shape)
+    assert y.shape == (n_slices, P, R) and y.stride(2) == 1, (y.shape, y.stride())
+    BM, max_blocks = plan.block_m, plan.block_slot.numel()
     xdiv = 1 if (x.shape[0] == P and top_k > 1) else top_k
     cs = get_config("moe_lora_shrink", x.device, K=K, R=R, S=n_slices, M=P)
     n_r = cdiv(R, cs["BLOCK_N"])
-    _moe_lora_shrink_kernel[(max_blocks * n_r, n_slices)](
-        x, a, y, plan.sorted_pairs, plan.block_slot, plan.block_expert, ranks,
-        P, K, R, xdiv, n_r,
-        x.stride(0), a.stride(0), 0 if a.shape[1] == 1 else a.stride(1), a.stride(2),
-        y.stride(0), y.stride(1),
-        BLOCK_M=BM, BLOCK_N=cs["BLOCK_N"], BLOCK_K=cs["BLOCK_K"], **launch_kwargs(cs))
+    shrink = LaunchPlan(
+        (max_blocks * n_r, n_slices),
+        (P, K, R, xdiv, n_r, x.stride(0), a.stride(0), 0 if a.shape[1] == 1 else a.stride(1), a.stride(2),
+         y.stride(0), y.stride(1)),
+        dict(BLOCK_M=BM, BLOCK_N=cs["BLOCK_N"], BLOCK_K=cs["BLOCK_K"], **launch_kwargs(cs)))
     ce = get_config("moe_lora_expand", x.device, K=W, R=R, S=n_slices, M=P)
     n_n = cdiv(W, ce["BLOCK_N"])
-    _moe_lora_expand_kernel[(max_blocks * n_n, n_slices)](
-        y, b, out, topk_weights, plan.sorted_pairs, plan.block_slot, plan.block_expert,
-        ranks, P, R, W, n_n,
-        y.stride(0), y.stride(1), b.stride(0), 0 if b.shape[1] == 1 else b.stride(1),
-        b.stride(2), out.stride(1),
-        MUL_ROUTED_WEIGHT=mul_routed_weight,
-        BLOCK_M=BM, BLOCK_N=ce["BLOCK_N"], BLOCK_K=ce["BLOCK_K"], **launch_kwargs(ce))
-    return out
+    expand = LaunchPlan(
+        (max_blocks * n_n, n_slices),
+        (P, R, W, n_n, y.stride(0), y.stride(1), b.stride(0), 0 if b.shape[1] == 1 else b.stride(1),
+         b.stride(2), out.stride(1)),
+        dict(MUL_ROUTED_WEIGHT=mul_routed_weight, BLOCK_M=BM, BLOCK_N=ce["BLOCK_N"], BLOCK_K=ce["BLOCK_K"],
+             **launch_kwargs(ce)))
+    return shrink, expand
 
 
 def moe_lora_ref(out: torch.Tensor, x: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
