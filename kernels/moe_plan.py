@@ -132,7 +132,8 @@ def moe_lora_plan(topk_ids: torch.Tensor, token_slots: torch.Tensor, ranks: torc
     P, dev = M * top_k, topk_ids.device
     bm = _block_m(topk_ids, block_m)
     G, max_blocks = plan_sizes(P, ranks.numel(), n_experts, bm)
-    topk_ids = topk_ids.contiguous()
+    # the kernels index each by its flat position (views with a stride are copied; no-ops otherwise)
+    topk_ids, token_slots, ranks = topk_ids.contiguous(), token_slots[:M].contiguous(), ranks.contiguous()
     counts = torch.zeros(max(G, 1), dtype=torch.int32, device=dev)
     block_end = torch.empty(max(G, 1), dtype=torch.int32, device=dev)
     sorted_pairs = torch.empty(max_blocks * bm, dtype=torch.int32, device=dev)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from sglang_mint.kernels import moe_lora_plan, moe_lora_plan_ref
-from sglang_mint.kernels.moe_plan import GROUPS_PER_STEP, PAIRS_PER_PROGRAM
+from sglang_mint.kernels.moe_plan import GROUPS_PER_STEP, PAIRS_PER_PROGRAM, plan_sizes
 
 
 def _canonical(plan, n_experts):
@@ -16,7 +16,7 @@ def _canonical(plan, n_experts):
     return plan.block_slot, plan.block_expert, keyed.sort().values
 
 
-def _routing(M, top_k, E, ranks, seed, *, same_route=False, dtype=torch.int32):
+def _routing(M, top_k, E, ranks, seed, *, same_route=False, past_e=False, dtype=torch.int32):
     gen = torch.Generator().manual_seed(seed)
     if same_route:  # every pair in one group: the most contended atomics
         ids = torch.zeros(M, top_k, dtype=torch.long)
@@ -25,6 +25,9 @@ def _routing(M, top_k, E, ranks, seed, *, same_route=False, dtype=torch.int32):
         ids = torch.stack([torch.randperm(E, generator=gen)[:top_k] for _ in range(M)])
         ids[::5, -1] = -1                                             # dropped (another EP rank)
         slots = torch.randint(-1, len(ranks), (M,), generator=gen).int()
+    if past_e:  # expert ids >= E are in no group (not slot + 1's expert 0 or 3)
+        ids[1::3, 0] = E
+        ids[2::7, -1] = E + 3
     return ids.to(dtype), slots, torch.tensor(ranks, dtype=torch.int32)
 
 
@@ -38,6 +41,8 @@ CASES = [
     ("one_group", 3000, 1, 1, [8, 8], 64, {"same_route": True}),
     ("int64_ids", 40, 4, 16, [8, 2], 8, {"dtype": torch.int64}),
     ("no_live_rank", 30, 2, 8, [0, 0], 16, {}),
+    ("experts_past_e", 50, 4, 8, [4, 4, 4], 8, {"past_e": True}),
+    ("blocks_over_programs", 128, 8, 128, [8] * 8, 16, {}),              # max_blocks 1088 > 1024 >= P
 ]
 
 
@@ -60,6 +65,22 @@ def test_the_cases_reach_past_one_program_and_one_step():
     P = {c[0]: c[1] * c[2] for c in CASES}
     G = {c[0]: c[3] * len(c[4]) for c in CASES}
     assert P["pairs_over_programs"] > PAIRS_PER_PROGRAM and G["groups_over_steps"] > GROUPS_PER_STEP
+    name, M, top_k, E, ranks, block_m, _ = next(c for c in CASES if c[0] == "blocks_over_programs")
+    max_blocks = plan_sizes(M * top_k, len(ranks), E, block_m)[1]
+    assert max_blocks > PAIRS_PER_PROGRAM * -(-M * top_k // PAIRS_PER_PROGRAM), "blocks need a program of their own"
+
+
+@pytest.mark.interp
+def test_strided_token_slots_and_ranks():
+    """Views with a stride (a column of a wider table) plan as their contiguous copies do."""
+    ids, slots, ranks = _routing(40, 4, 16, [8, 2, 0], seed=3)
+    wide_slots = torch.stack([slots, torch.full_like(slots, 1)], 1).reshape(-1)[::2]
+    wide_ranks = torch.stack([ranks, torch.full_like(ranks, 5)], 1).reshape(-1)[::2]
+    assert not wide_slots.is_contiguous() and not wide_ranks.is_contiguous()
+    got = moe_lora_plan(ids, wide_slots, wide_ranks, 16, block_m=8)
+    want = moe_lora_plan_ref(ids, slots, ranks, 16, block_m=8)
+    for g, w in zip(_canonical(got, 16), _canonical(want, 16)):
+        assert torch.equal(g, w)
 
 
 @pytest.mark.gpu
