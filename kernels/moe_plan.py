@@ -33,7 +33,7 @@ import triton
 import triton.language as tl
 
 from ._config import cdiv, get_config
-from ._launch import FastLaunch
+from ._launch import MISSING, FastLaunch, LaunchPlan, LaunchPlans
 
 PAIRS_PER_PROGRAM = 1024
 GROUPS_PER_STEP = 1024
@@ -127,27 +127,51 @@ def _moe_plan_place_kernel(topk_ids_ptr, token_slots_ptr, ranks_ptr, next_pos_pt
 
 def moe_lora_plan(topk_ids: torch.Tensor, token_slots: torch.Tensor, ranks: torch.Tensor,
                   n_experts: int, block_m: Optional[int] = None) -> MoeLoraPlan:
-    """Triton launcher: group routed pairs by (slot, expert) (module docstring); no host sync."""
+    """Triton launcher: group routed pairs by (slot, expert) (module docstring); no host sync.
+    Its three launches are planned once per shape (_PLANS), as moe_lora's are."""
     M, top_k = topk_ids.shape
-    P, dev = M * top_k, topk_ids.device
-    bm = _block_m(topk_ids, block_m)
-    G, max_blocks = plan_sizes(P, ranks.numel(), n_experts, bm)
+    dev = topk_ids.device
     # the kernels index each by its flat position (views with a stride are copied; no-ops otherwise)
     topk_ids, token_slots, ranks = topk_ids.contiguous(), token_slots[:M].contiguous(), ranks.contiguous()
+    key = (topk_ids.shape, topk_ids.dtype, token_slots.dtype, ranks.shape, ranks.dtype, dev, int(n_experts), block_m)
+    planned = _PLANS.get(key, MISSING)
+    fresh = planned is MISSING
+    if fresh:
+        planned = _plan(topk_ids, ranks, int(n_experts), block_m)
+    bm, G, max_blocks, launches = planned
     counts = torch.zeros(max(G, 1), dtype=torch.int32, device=dev)
     block_end = torch.empty(max(G, 1), dtype=torch.int32, device=dev)
     sorted_pairs = torch.empty(max_blocks * bm, dtype=torch.int32, device=dev)
     block_slot = torch.empty(max_blocks, dtype=torch.int32, device=dev)
     block_expert = torch.empty(max_blocks, dtype=torch.int32, device=dev)
-    if P > 0:
-        _moe_plan_count_kernel[(cdiv(max_blocks * bm, PAIRS_PER_PROGRAM),)](
-            topk_ids, token_slots, ranks, counts, sorted_pairs, P, top_k, n_experts, max_blocks * bm,
-            BLOCK=PAIRS_PER_PROGRAM)
-        _moe_plan_scan_kernel[(1,)](counts, block_end, G, BLOCK_M=bm, STEP=GROUPS_PER_STEP)
-        _moe_plan_place_kernel[(cdiv(max(P, max_blocks), PAIRS_PER_PROGRAM),)](
-            topk_ids, token_slots, ranks, counts, block_end, sorted_pairs, block_slot, block_expert,
-            P, top_k, n_experts, G, max_blocks, G.bit_length(), BLOCK=PAIRS_PER_PROGRAM)
-    return MoeLoraPlan(sorted_pairs, block_slot, block_expert, bm, P, top_k)
+    if launches is not None:
+        count, scan, place = launches
+        _moe_plan_count_kernel.launch_planned(count, (topk_ids, token_slots, ranks, counts, sorted_pairs))
+        _moe_plan_scan_kernel.launch_planned(scan, (counts, block_end))
+        _moe_plan_place_kernel.launch_planned(place, (
+            topk_ids, token_slots, ranks, counts, block_end, sorted_pairs, block_slot, block_expert))
+    if fresh:  # kept once it launched
+        _PLANS.keep(key, planned)
+    return MoeLoraPlan(sorted_pairs, block_slot, block_expert, bm, M * top_k, top_k)
+
+
+_PLANS = LaunchPlans()  # by routing shape, dtypes, slot count, device, experts and a given block size
+
+
+def _plan(topk_ids: torch.Tensor, ranks: torch.Tensor, n_experts: int, block_m: Optional[int]) -> tuple:
+    """(block_m, G, max_blocks, the three launches but their pointers; None without a pair)."""
+    M, top_k = topk_ids.shape
+    P = M * top_k
+    bm = _block_m(topk_ids, block_m)
+    G, max_blocks = plan_sizes(P, ranks.numel(), n_experts, bm)
+    if P == 0:
+        return bm, G, max_blocks, None
+    return bm, G, max_blocks, (
+        LaunchPlan((cdiv(max_blocks * bm, PAIRS_PER_PROGRAM),), (P, top_k, n_experts, max_blocks * bm),
+                   dict(BLOCK=PAIRS_PER_PROGRAM)),
+        LaunchPlan((1,), (G,), dict(BLOCK_M=bm, STEP=GROUPS_PER_STEP)),
+        LaunchPlan((cdiv(max(P, max_blocks), PAIRS_PER_PROGRAM),),
+                   (P, top_k, n_experts, G, max_blocks, G.bit_length()), dict(BLOCK=PAIRS_PER_PROGRAM)))
 
 
 def moe_lora_plan_ref(topk_ids: torch.Tensor, token_slots: torch.Tensor, ranks: torch.Tensor,
