@@ -5,7 +5,9 @@ load (sglang_mint.sglang.packed_loader) and ``mint pack``. So a folder is never 
 form and served in the other. A folder holding both is refused: after a retrain over a packed
 folder, or ``mint pack SRC SRC``, either file may be the stale one, and nothing in the folder says
 which. PEFT weights are what SGLang's loader reads from a folder (``*.safetensors``, else ``*.bin``
-or ``*.pt``); the catalog takes only ``adapter_model.safetensors`` of them (adapters/peft.py).
+or ``*.pt``), less the training state transformers' Trainer writes beside them in a checkpoint folder
+(``training_args.bin``, ``optimizer.pt``...: SGLang's ``filter_files_not_needed_for_inference``); the
+catalog takes only ``adapter_model.safetensors`` of them (adapters/peft.py).
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from sglang_mint.adapters.errors import InvalidAdapter
 
 PACKED = "adapter.mintpack"  # the packed format's file (sglang_mint.packed.format.PACKED_FILE)
 PEFT_WEIGHT_FILES = ("*.safetensors", "*.bin", "*.pt")
+# Never read as weights by SGLang (sglang.srt.model_loader.weight_utils, matched as a name's end as there)
+TRAINING_STATE = ("training_args.bin", "optimizer.bin", "optimizer.pt", "scheduler.pt", "scaler.pt")
 
 
 def peft_weight_files(folder: str) -> list[str]:
@@ -26,7 +30,7 @@ def peft_weight_files(folder: str) -> list[str]:
     except OSError:
         return []
     return sorted(n for n in names if any(fnmatch.fnmatch(n, p) for p in PEFT_WEIGHT_FILES)
-                  and os.path.isfile(os.path.join(folder, n)))
+                  and not n.endswith(TRAINING_STATE) and os.path.isfile(os.path.join(folder, n)))
 
 
 def packed_file(folder: str) -> str | None:

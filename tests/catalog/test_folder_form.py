@@ -67,3 +67,25 @@ def test_mint_pack_never_writes_beside_peft_weights(tmp_path, capsys):
         assert main(["pack", "--unpack", str(tmp_path / "packed"), str(tmp_path / "packed")]) == 2
     assert f"holds {PACKED_FILE}: `mint pack --unpack` writes a PEFT folder of its own" in capsys.readouterr().err
     assert sorted(os.listdir(tmp_path / "packed")) == ["adapter.mintpack", "adapter_config.json"]
+
+
+# What transformers' Trainer writes into a checkpoint folder beside the adapter: SGLang's loader never
+# reads the first five as weights (weight_utils.filter_files_not_needed_for_inference), nor the others.
+TRAINER_FILES = ("training_args.bin", "optimizer.pt", "scheduler.pt", "scaler.pt", "optimizer.bin",
+                 "rng_state.pth", "trainer_state.json", "tokenizer.json", "README.md")
+
+
+def test_a_packed_checkpoint_folder_with_the_trainer_s_files_is_one_form(cat, tmp_path, capsys):
+    """A checkpoint folder packed in place by an older mint, whose stale adapter_model.safetensors was
+    removed as the refusal says: what is left is one adapter, the pack. The trainer's own files (optimizer
+    state, training_args.bin) are no weights SGLang would read, and refusing them named them as an adapter."""
+    folder = _retrained_over_a_packed_folder(tmp_path)
+    for name in TRAINER_FILES:
+        (folder / name).write_bytes(b"\x80\x04N.")  # a pickle's bytes: never read
+    with pytest.raises(InvalidAdapter, match=f"holds both {PACKED_FILE} and {WEIGHTS}, and nothing"):
+        cat.publish("acme/bot", str(folder))
+    os.remove(folder / WEIGHTS)  # the stale one, as the refusal says
+    assert sorted(adapter_files(str(folder))) == [PACKED_FILE]
+    assert cat.publish("acme/bot", str(folder)).format == "packed"
+    with contextlib.redirect_stdout(io.StringIO()):  # and `mint pack` may write into such a folder
+        assert main(["pack", write_peft(tmp_path / "run3", seed=3), str(folder)]) == 0, capsys.readouterr().err
