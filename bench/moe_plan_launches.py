@@ -35,6 +35,7 @@ from _common import RESULTS, git_commit, machine  # noqa: E402
 from _stubbed_launch import stubbed_triton  # noqa: E402
 
 from sglang_mint.kernels import moe_lora_plan, moe_lora_plan_ref  # noqa: E402
+from sglang_mint.kernels._launch import forget_plans  # noqa: E402
 
 plan_module = importlib.import_module("sglang_mint.kernels.moe_plan")
 KERNELS = ("_moe_plan_count_kernel", "_moe_plan_scan_kernel", "_moe_plan_place_kernel")
@@ -55,6 +56,14 @@ class LaunchCount(TorchDispatchMode):
         if not func.is_view and name not in NO_KERNEL:
             self.calls[name] += 1
         return func(*args, **(kwargs or {}))
+
+
+def forget_stub_launchers() -> None:
+    """Drop the launchers that plans and FastLaunch kept in a stubbed context: the next context's stand-ins
+    must get the launches (kept ones would go on recording into the last context's)."""
+    forget_plans()
+    for name in KERNELS:
+        getattr(plan_module, name)._launchers.clear()
 
 
 def routing(tokens: int, seed: int = 0):
@@ -84,6 +93,7 @@ def main(argv=None) -> None:
             with LaunchCount() as triton_way:
                 moe_lora_plan(*inputs, EXPERTS)
             triton_launches = sum(len(k.launches) for ks in compiled.values() for k in ks) - launched
+        forget_stub_launchers()
         # launches dropped: a recorded launch holds its tensors, and every later allocation is fresh memory
         with stubbed_triton(*kernels, record=False):
             moe_lora_plan(*inputs, EXPERTS)
@@ -103,9 +113,10 @@ def main(argv=None) -> None:
                    "rounds": args.rounds, "calls": args.calls, "triton": triton.__version__,
                    "git_commit": git_commit(), "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                    **machine()}
-            rows.append(row)
-            print(f"{mode:8s} T={tokens:5d}: torch plan >= {row['torch_launches_at_least']} launches, "
-                  f"Triton plan {row['triton_launches']} ({row['triton_host_us']:.1f} µs of host time, stub driver)")
+        forget_stub_launchers()
+        rows.append(row)
+        print(f"{mode:8s} T={tokens:5d}: torch plan >= {row['torch_launches_at_least']} launches, "
+              f"Triton plan {row['triton_launches']} ({row['triton_host_us']:.1f} µs of host time, stub driver)")
     with open(args.out, "a") as f:
         for row in rows:
             f.write(json.dumps(row) + "\n")
