@@ -274,9 +274,10 @@ class Catalog:
         ``loaded``: (bytes, tensors) the adapter holds once loaded (RevisionRecord); ``known``: digests
         already taken ({file name: sha256}).
 
-        ``stage(revision, payload, known) -> Revision``: record the revision before its blobs are
-        stored (durable=false, frontend/staged_revisions.py), hand the files to ``stage`` and return
-        what it returns; ``store_blobs`` completes it later. Such a revision is recorded without its
+        ``stage(payload, known) -> staged``: record the revision before its blobs are stored
+        (durable=false, frontend/staged_revisions.py): ``stage`` takes the files first, then the record
+        is the commit, and ``staged.serve(revision)`` is returned (``staged.discard()`` if the record is
+        refused); ``store_blobs`` completes it later. Such a revision is recorded without its
         digests (``files`` empty, ``content_digest`` PENDING_DIGEST): hashing is most of a large
         publish's time (about 110 ms for the 112 MB of a rank-64 adapter of a 2.7 GB Llama, at
         1 GB/s), so ``store_blobs`` takes the digests after the answer. Nor is it refused for
@@ -290,15 +291,17 @@ class Catalog:
             dtype=dtype, size_bytes=sum(_size(d) for d in payload.values()), files=files,
             content_digest=content_digest(files) if stage is None else PENDING_DIGEST, metadata=dict(metadata or {}),
             loaded_bytes=loaded[0], tensor_count=loaded[1], durable=stage is None)
+        # A trainer that lost the compare-and-set is refused before anything is copied or staged.
+        row = self.store.get_adapter(adapter_id)
+        conflict = numbering_conflict(adapter_id, expect_revision, row.latest if row else 0)
+        if conflict is not None:
+            raise conflict
         if stage is None:  # else stored after the answer, by store_blobs
             # Copied before the write lock, which every publish of the catalog shares: the copy and its
-            # fsync (on S3, the whole upload) hold up no other commit. A trainer that lost the
-            # compare-and-set is refused first; one that loses it meanwhile leaves blobs gc collects.
-            row = self.store.get_adapter(adapter_id)
-            conflict = numbering_conflict(adapter_id, expect_revision, row.latest if row else 0)
-            if conflict is not None:
-                raise conflict
+            # fsync (on S3, the whole upload) hold up no other commit. One that loses the compare-and-set
+            # meanwhile leaves blobs gc collects.
             self._put_blobs(files, payload)
+        staged = None if stage is None else stage(payload, known)  # then the record is the commit
 
         def ensure_blobs():
             # Inside the write transaction, after the conflict checks: a blob gc removed since it
@@ -306,9 +309,14 @@ class Catalog:
             if stage is None:
                 self._put_blobs(files, payload, touch=False)
 
-        rev = self.store.publish(adapter_id, record, expect_revision, ensure_blobs)
+        try:
+            rev = self.store.publish(adapter_id, record, expect_revision, ensure_blobs)
+        except BaseException:
+            if staged is not None:
+                staged.discard()
+            raise
         revision = self.get_revision(adapter_id, rev)
-        return revision if stage is None else stage(revision, payload, known)
+        return revision if staged is None else staged.serve(revision)
 
     def store_blobs(self, rev: Revision, payload: dict, known: dict | None = None) -> Revision:
         """Complete a revision recorded before its blobs (``stage`` above): hash the files whose digest

@@ -180,12 +180,12 @@ class StagedRevisions:
     def get(self, adapter_id: str, revision: int) -> "Revision | None":
         return self._records.get((adapter_id, revision))
 
-    def stage(self, catalog: "Catalog", rev: "Revision", payload: dict, known: dict) -> "Revision":
-        """``Catalog._publish``'s ``stage``: move the files of ``rev`` (just recorded, not durable) into
-        a staged folder, serve it from there, and queue the blobs' store (``known``: the digests taken
-        while the upload was received; the store takes the others). Returns the served record."""
-        from sglang_mint.catalog.store import Revision
-
+    def stage(self, catalog: "Catalog", payload: dict, known: dict) -> "StagedFiles":
+        """``Catalog._publish``'s ``stage`` (with ``functools.partial`` for ``catalog``): move the files of a
+        durable=false publish into a staged folder BEFORE its revision is recorded. The record then serves
+        it (``StagedFiles.serve``); a record refused discards it. A staging that fails leaves nothing, and no
+        revision is recorded: a revision recorded first was current with nothing staged to serve it, and its
+        number was spent. ``known``: the digests taken while the upload was received (the store takes the others)."""
         # Files received in shared memory stay there (a rename). What would be copied in (an upload
         # received on disk because it was large, a packed conversion's bytes) goes there only if it fits
         # as an upload would; a config's few bytes beside them need no room check.
@@ -196,13 +196,23 @@ class StagedRevisions:
         folder = os.path.join(base, "staged", str(next(self._numbers)))
         os.makedirs(folder)
         files = {}
-        for name, data in payload.items():
-            files[name] = os.path.join(folder, name)
-            if isinstance(data, str):
-                shutil.move(data, files[name])  # a rename when the upload was received under the same root
-            else:
-                with open(files[name], "xb") as f:
-                    f.write(data)
+        try:
+            for name, data in payload.items():
+                files[name] = os.path.join(folder, name)
+                if isinstance(data, str):
+                    shutil.move(data, files[name])  # a rename when the upload was received under the same root
+                else:
+                    with open(files[name], "xb") as f:
+                        f.write(data)
+        except BaseException:  # full: what was staged is RAM or disk nobody will read
+            _remove(folder)
+            raise
+        return StagedFiles(self, catalog, folder, files, known)
+
+    def _serve(self, catalog: "Catalog", rev: "Revision", folder: str, files: dict, known: dict) -> "Revision":
+        """Serve ``rev`` (just recorded, not durable) from its staged ``folder`` and queue its blobs' store."""
+        from sglang_mint.catalog.store import Revision
+
         staged = Revision(*rev.__reduce__()[1][:-1], staged=folder, catalog=catalog)
         with self._lock:
             self._records[(rev.adapter_id, rev.revision)] = staged
@@ -284,6 +294,21 @@ class StagedRevisions:
                     self._unstored_since.pop(adapter_id, None)
         for _, _, folder in done:
             shutil.rmtree(folder, ignore_errors=True)
+
+
+class StagedFiles:
+    """A durable=false publish's files in their staged folder, before its revision is recorded."""
+
+    def __init__(self, owner: StagedRevisions, catalog: "Catalog", folder: str, files: dict, known: dict):
+        self.owner, self.catalog, self.folder, self.files, self.known = owner, catalog, folder, files, known
+
+    def serve(self, rev: "Revision") -> "Revision":
+        """The revision was recorded: serve it from here (the served record) and store its blobs later."""
+        return self.owner._serve(self.catalog, rev, self.folder, self.files, self.known)
+
+    def discard(self) -> None:
+        """The revision was not recorded (a number taken meanwhile): its files go now."""
+        _remove(self.folder)
 
 
 def _not_private(folder: str) -> str | None:

@@ -8,6 +8,7 @@ server receives an upload over HTTP) is tests/sglang/test_upload_bounds.py's.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import tracemalloc
@@ -17,8 +18,24 @@ from catalog_fixtures import write_peft
 
 from sglang_mint.adapters.errors import InvalidAdapter
 from sglang_mint.catalog.catalog import PENDING_DIGEST
-from sglang_mint.catalog.errors import CatalogError, RevisionNotFound, RevisionNotStored
+from sglang_mint.catalog.errors import CatalogError, RevisionConflict, RevisionNotFound, RevisionNotStored
 from sglang_mint.catalog.upload import publish_files
+
+
+def staged_by(serve):
+    """A ``stage`` for publish_files from ``serve(rev, payload, known) -> Revision``: it takes the files
+    first and serves the revision once recorded (Catalog._publish)."""
+    class Staged:
+        def __init__(self, payload, known):
+            self.payload, self.known = payload, known
+
+        def serve(self, rev):
+            return serve(rev, self.payload, self.known)
+
+        def discard(self):
+            pass
+
+    return Staged
 
 
 def files_of(folder: str) -> dict[str, str]:
@@ -80,7 +97,7 @@ def test_a_revision_recorded_before_its_blobs_is_not_durable_until_they_are_stor
         handed.update(payload=payload, known=known)
         return rev
 
-    second = publish_files(cat, "rl/p", files_of(folder), expect_revision=2, stage=stage,
+    second = publish_files(cat, "rl/p", files_of(folder), expect_revision=2, stage=staged_by(stage),
                            digests={"adapter_model.safetensors": digest})
     assert (second.revision, second.durable, first.durable) == (2, False, True)
     assert (second.files, second.content_digest) == ({}, PENDING_DIGEST) and not cat.blobs.exists(digest)
@@ -111,7 +128,7 @@ def test_a_record_taken_before_its_store_reads_the_stored_revision(cat, tmp_path
         handed.update(payload=payload, known=known)
         return rev
 
-    held = publish_files(cat, "rl/p", files_of(folder), stage=stage)
+    held = publish_files(cat, "rl/p", files_of(folder), stage=staged_by(stage))
     assert (held.durable, held.files) == (False, {})
     with pytest.raises(RevisionNotStored, match="revision 1 of 'rl/p' was published with durable=false"):
         held.local_path()
@@ -130,8 +147,8 @@ def test_a_durable_false_revision_may_repeat_content_and_is_counted_once_stored(
     with pytest.raises(Exception, match="already has this exact content"):
         publish_files(cat, "rl/p", files_of(folder))
     handed = {}
-    again = publish_files(cat, "rl/p", files_of(folder), stage=lambda rev, payload, known: handed.update(
-        payload=payload, known=known) or rev)
+    again = publish_files(cat, "rl/p", files_of(folder), stage=staged_by(
+        lambda rev, payload, known: handed.update(payload=payload, known=known) or rev))
     assert again.revision == 2 and cat.verify()["ok"]
     stored = cat.store_blobs(again, handed["payload"], handed["known"])
     assert stored.content_digest == first.content_digest and stored.files == first.files
@@ -152,7 +169,8 @@ def test_gc_drops_durable_false_revisions_superseded_before_they_were_stored(cat
         return rev
 
     for step in range(2, 6):
-        publish_files(cat, "rl/p", files_of(write_peft(tmp_path / f"step{step}", rank=2, seed=step)), stage=stage)
+        publish_files(cat, "rl/p", files_of(write_peft(tmp_path / f"step{step}", rank=2, seed=step)),
+                      stage=staged_by(stage))
     cat.store_blobs(*handed[3])  # one stored on the way (the store keeps one a minute)
     assert cat.verify()["not_durable"] == ["rl/p@2", "rl/p@4", "rl/p@5"]
     assert cat.gc(3600)["purged_never_stored"] == 0  # younger than the grace: a server may still serve them
@@ -188,7 +206,7 @@ def test_a_blob_gc_removes_while_a_revision_is_stored_is_written_again(cat, tmp_
     if gc_strikes == "before the commit":
         publish_files(cat, "team/a", files_of(folder))
         cat.delete("team/a")
-        publish_files(cat, "team/b", files_of(folder), stage=stage)
+        publish_files(cat, "team/b", files_of(folder), stage=staged_by(stage))
         commit = cat.store.mark_durable
 
         def gc_then_commit(*args):
@@ -199,7 +217,7 @@ def test_a_blob_gc_removes_while_a_revision_is_stored_is_written_again(cat, tmp_
     else:
         for path in files_of(folder).values():  # left by a publish killed before its commit
             cat.blobs.put(open(path, "rb").read())
-        publish_files(cat, "team/b", files_of(folder), stage=stage)
+        publish_files(cat, "team/b", files_of(folder), stage=staged_by(stage))
         touch = cat.blobs.touch
 
         def gc_then_touch(digest):
@@ -228,7 +246,7 @@ def test_rollback_passes_over_revisions_that_were_never_stored(cat, tmp_path):
 
     never = lambda rev, payload, known: rev  # noqa: E731 - staged, and its store never comes
     first = publish("rl/p", 1)
-    publish("rl/p", 2, stage=never)
+    publish("rl/p", 2, stage=staged_by(never))
     publish("rl/p", 3)
     back = cat.rollback("rl/p")
     assert (back.revision, back.durable) == (1, True) and back == first and os.path.isdir(back.local_path())
@@ -236,8 +254,43 @@ def test_rollback_passes_over_revisions_that_were_never_stored(cat, tmp_path):
         cat.rollback("rl/p", to=2)
     assert cat.resolve("rl/p") == first
     assert cat.rollback("rl/p", to=3).revision == 3
-    publish("rl/q", 4, stage=never)
+    publish("rl/q", 4, stage=staged_by(never))
     publish("rl/q", 5)
     with pytest.raises(CatalogError, match=r"cannot roll back 'rl/q': no revision before 2 is stored"):
         cat.rollback("rl/q")
     assert cat.resolve("rl/q").revision == 2
+
+
+@pytest.mark.parametrize("fails", ["staging", "the record"])
+def test_a_durable_false_publish_records_its_revision_with_its_files_staged_or_not_at_all(cat, tmp_path, monkeypatch,
+                                                                                          fails):
+    """The files are staged (frontend/staged_revisions.py) before the revision is recorded, and the record
+    is the commit: staging that fails (shared memory and disk full) records nothing, and was a current
+    revision no server held, a revision number spent and a retry with the same expected_revision refused;
+    a record refused (a revision number taken meanwhile) leaves nothing staged."""
+    import sglang_mint.frontend.staged_revisions as staged_module
+    from sglang_mint.frontend.staged_revisions import StagedRevisions
+
+    first = publish_files(cat, "rl/p", files_of(write_peft(tmp_path / "one", rank=2, seed=1)))
+    staged = StagedRevisions(str(tmp_path / "shm" / "30009"))
+    folder = write_peft(tmp_path / "two", rank=2, seed=2)
+    if fails == "staging":
+        def full(src, dst):
+            raise OSError(28, "No space left on device")
+        monkeypatch.setattr(staged_module.shutil, "move", full)
+        with pytest.raises(OSError, match="No space left"):
+            publish_files(cat, "rl/p", files_of(folder), expect_revision=2, stage=functools.partial(staged.stage, cat))
+    else:
+        def taken_meanwhile(*args):  # another trainer's revision 2 committed between the check and this commit
+            raise RevisionConflict("revision 2 of 'rl/p' already exists (latest is 2)")
+        monkeypatch.setattr(cat.store, "publish", taken_meanwhile)
+        with pytest.raises(RevisionConflict, match="revision 2 of .rl/p. already exists"):
+            publish_files(cat, "rl/p", files_of(folder), expect_revision=2, stage=functools.partial(staged.stage, cat))
+    assert cat.resolve("rl/p") == first and [r.revision for r in cat.store.revisions("rl/p")] == [1]
+    staging = os.path.join(staged.root, "staged")
+    assert not os.path.isdir(staging) or not os.listdir(staging), "nothing left staged"
+    monkeypatch.undo()
+    again = write_peft(tmp_path / "two-again", rank=2, seed=2)  # staging moved the refused upload's files
+    retried = publish_files(cat, "rl/p", files_of(again), expect_revision=2, stage=functools.partial(staged.stage, cat))
+    assert (retried.revision, retried.durable, os.path.isdir(retried.staged)) == (2, False, True)
+    staged.close()

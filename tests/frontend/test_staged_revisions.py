@@ -208,7 +208,8 @@ def test_blobs_are_hashed_and_stored_at_the_lowest_cpu_priority(staged, tmp_path
     monkeypatch.setattr(module, "STORE_AFTER_S", 0.0)
     mine = os.getpriority(os.PRIO_PROCESS, 0)  # this thread's (19 in make test's fast lane)
     catalog = StandInCatalog(tmp_path)
-    staged.stage(catalog, not_durable("rl/p", 1), {"adapter_config.json": b"{}"}, {"adapter_config.json": "0" * 64})
+    staged.stage(catalog, {"adapter_config.json": b"{}"}, {"adapter_config.json": "0" * 64}).serve(
+        not_durable("rl/p", 1))
     assert wait_for(lambda: catalog.stored)
     assert catalog.stored == [("rl/p", 1, 19, ["adapter_config.json"], {"adapter_config.json": "0" * 64})]
     assert os.getpriority(os.PRIO_PROCESS, 0) == mine  # this thread, and so the serving ones, untouched
@@ -227,7 +228,7 @@ def test_a_revision_superseded_before_its_store_is_not_stored(tmp_path, monkeypa
     staged = StagedRevisions(str(tmp_path / "shm" / "30001"), grace_s=0.2)
     catalog = StandInCatalog(tmp_path)
     for adapter_id, n in [("rl/p", 1), ("rl/p", 2), ("rl/q", 1), ("rl/p", 3)]:
-        staged.stage(catalog, not_durable(adapter_id, n), {"adapter_config.json": b"{}"}, {})
+        staged.stage(catalog, {"adapter_config.json": b"{}"}, {}).serve(not_durable(adapter_id, n))
     assert staged.get("rl/p", 1) is not None  # served from memory meanwhile
     assert wait_for(lambda: len(catalog.stored) == len(expected)), catalog.stored
     assert sorted(s[:2] for s in catalog.stored) == expected
@@ -254,12 +255,12 @@ def test_an_adapter_with_nothing_staged_leaves_no_bookkeeping(tmp_path, monkeypa
     staged = StagedRevisions(str(tmp_path / "shm" / "30002"), grace_s=0.1)
     catalog = HeldBack(tmp_path)
     for i in range(20):
-        staged.stage(catalog, not_durable(f"rl/p{i}", 1), {"adapter_config.json": b"{}"}, {})
+        staged.stage(catalog, {"adapter_config.json": b"{}"}, {}).serve(not_durable(f"rl/p{i}", 1))
     assert len(staged._newest) == 20
     catalog.go.set()
     assert wait_for(lambda: len(catalog.stored) == 20 and not staged._records)
     assert wait_for(lambda: not staged._newest and not staged._unstored_since), (staged._newest, staged._unstored_since)
-    staged.stage(catalog, not_durable("rl/p0", 2), {"adapter_config.json": b"{}"}, {})  # and starts again
+    staged.stage(catalog, {"adapter_config.json": b"{}"}, {}).serve(not_durable("rl/p0", 2))  # and starts again
     assert wait_for(lambda: len(catalog.stored) == 21) and catalog.stored[-1][:2] == ("rl/p0", 2)
     staged.close()
 
@@ -283,7 +284,8 @@ def test_a_revision_collected_before_its_store_is_not_a_failure(tmp_path, monkey
     monkeypatch.setattr(module, "STORE_AFTER_S", 0.0)
     staged = StagedRevisions(str(tmp_path / "shm" / "30003"), grace_s=60.0)
     with caplog.at_level(logging.INFO, logger=module.logger.name):
-        served = staged.stage(Collected(tmp_path), not_durable("rl/p", 1), {"adapter_config.json": b"{}"}, {})
+        served = staged.stage(Collected(tmp_path), {"adapter_config.json": b"{}"}, {}).serve(
+            not_durable("rl/p", 1))
         assert os.path.isdir(served.staged) and staged.get("rl/p", 1) is served
         assert wait_for(lambda: staged.collected_total == 1)
     assert staged.failed_total == 0 and staged.stored_total == 0
@@ -379,16 +381,16 @@ def test_a_durable_false_upload_received_on_disk_is_not_copied_into_shared_memor
     disk.mkdir(parents=True)
     (disk / "0").write_bytes(b"x" * 5000)
     catalog = StandInCatalog(tmp_path / "catalog")
-    served = staged.stage(catalog, not_durable("rl/p", 1),
-                          {"adapter_config.json": b"{}", "adapter_model.safetensors": str(disk / "0")}, {})
+    payload = {"adapter_config.json": b"{}", "adapter_model.safetensors": str(disk / "0")}
+    served = staged.stage(catalog, payload, {}).serve(not_durable("rl/p", 1))
     assert not served.staged.startswith(staged.root + os.sep), served.staged
     assert open(os.path.join(served.staged, "adapter_model.safetensors"), "rb").read() == b"x" * 5000
     small = staged.receive_folder(500, str(disk))  # one received in shared memory stays there: a rename
     os.makedirs(small)
     with open(os.path.join(small, "0"), "wb") as f:
         f.write(b"y" * 500)
-    served = staged.stage(catalog, not_durable("rl/p", 2), {"adapter_config.json": b"{}",
-                                                           "adapter_model.safetensors": os.path.join(small, "0")}, {})
+    payload = {"adapter_config.json": b"{}", "adapter_model.safetensors": os.path.join(small, "0")}
+    served = staged.stage(catalog, payload, {}).serve(not_durable("rl/p", 2))
     assert served.staged.startswith(staged.root + os.sep), served.staged
     staged.close()
 
@@ -413,14 +415,14 @@ def test_a_revision_whose_store_failed_goes_once_a_newer_one_is_stored(tmp_path,
     monkeypatch.setattr(module, "MAX_UNSTORED_S", 0.0)  # every revision is stored, none superseded
     staged = StagedRevisions(str(tmp_path / "shm" / "30004"), grace_s=0.1)
     catalog = FullOnce(tmp_path)
-    first = staged.stage(catalog, not_durable("rl/p", 1), {"adapter_config.json": b"{}"}, {})
+    first = staged.stage(catalog, {"adapter_config.json": b"{}"}, {}).serve(not_durable("rl/p", 1))
     assert wait_for(lambda: staged.failed_total == 1)
     assert staged.get("rl/p", 1) is first and os.path.isdir(first.staged)  # still served here meanwhile
-    staged.stage(catalog, not_durable("rl/q", 1), {"adapter_config.json": b"{}"}, {})  # another adapter's
+    staged.stage(catalog, {"adapter_config.json": b"{}"}, {}).serve(not_durable("rl/q", 1))  # another adapter's
     assert wait_for(lambda: staged.stored_total == 1)
     time.sleep(0.3)
     assert staged.get("rl/p", 1) is first and os.path.isdir(first.staged)
-    staged.stage(catalog, not_durable("rl/p", 2), {"adapter_config.json": b"{}"}, {})
+    staged.stage(catalog, {"adapter_config.json": b"{}"}, {}).serve(not_durable("rl/p", 2))
     assert wait_for(lambda: staged.stored_total == 2)
     assert wait_for(lambda: staged.get("rl/p", 1) is None and not os.path.exists(first.staged))
     staged.close()
