@@ -144,6 +144,19 @@ async def _around_unload_lora_adapter(original, tm, obj, *args, **kwargs):
     return await original(tm, obj, *args, **kwargs)
 
 
+async def _around_validate_and_resolve_lora(original, tm, obj):
+    """TokenizerManager._validate_and_resolve_lora: a request's LoRA id is the one its ``lora_path``
+    resolves to, never one its body writes. SGLang's ``/generate`` takes ``lora_id`` from the client
+    and, with no ``lora_path``, sends it on as is: ``{"text": "hi", "lora_id": "mint:acme/bot@3"}``
+    was served and billed as acme/bot revision 3 past the catalog, and ``"mint:x"`` stopped the
+    scheduler (no revision to parse)."""
+    if mint_config(tm.server_args) is not None:
+        obj.lora_id = None
+        for sub_obj in obj.__dict__.get("_sub_obj_cache", {}).values():  # a batch's prompts, made already
+            sub_obj.lora_id = None
+    return await original(tm, obj)
+
+
 async def _around_tm_resolve_lora_path(original, tm, obj):
     frontend = catalog_frontend(tm)
     if frontend is None or not obj.lora_path:

@@ -51,6 +51,8 @@ HOOKS: tuple[Hook, ...] = (
     # catalog lookups in the tokenizer manager, the registry holding only names in flight, /mint/* and
     # --mint-gateway's join (endpoints.py)
     Hook("frontend", f"{_TM}.init_lora", "AFTER", "frontend:_after_init_lora"),
+    Hook("frontend", f"{_TM}._validate_and_resolve_lora", "AROUND",
+         "frontend:_around_validate_and_resolve_lora"),  # no request body writes its own LoRA id
     Hook("frontend", f"{_TM}._resolve_lora_path", "AROUND", "frontend:_around_tm_resolve_lora_path"),
     Hook("frontend", "sglang.srt.lora.lora_registry.LoRARegistry.release", "AROUND",
          "frontend:_around_registry_release"),
@@ -129,6 +131,9 @@ INTERNALS: tuple[Internal, ...] = (
              "admin"),
     Internal("frontend", "tokenizer_manager", "lora_ref_cache, lora_registry", "SGLang's own adapters: the "
              "fallback for names the catalog does not hold", "frontend, openai_model"),
+    Internal("frontend", "generate_req_input", "lora_id, _sub_obj_cache", "cleared, with the prompts a batch was "
+             "split into, before SGLang resolves a request's LoRA: no request body writes its own LoRA id",
+             "frontend"),
     Internal("frontend", "lora_registry", "_registry, _counters", "registers and drops catalog revision names",
              "frontend"),
     Internal("frontend", "sglang.srt.environ.envs", "SGLANG_USE_PICKLE_IPC", "a LoRA id carries its revision "
@@ -138,6 +143,8 @@ INTERNALS: tuple[Internal, ...] = (
     Internal("frontend", "controller", "dp_budget.update_budget, dp_budget.total_requests, "
              "dp_budget.last_timestamp, load_snapshot_reader.read_all, _active_workers", "the ranks' loads for adapter affinity; sets "
              "._mint_loads", "dp_affinity"),
+    Internal("scheduler", "req", "already_computed, retraction_count", "a request aborted in the queue before its "
+             "first prefill bills no tokens", "residency"),
     Internal("scheduler", "lora_manager", "configs, loras, lora_refs, memory_pool, lora_modules", "installs and "
              "drops catalog adapters as SGLang's own; ranks, pins; finds an expert layer", "residency, lora_info"),
     Internal("scheduler", "lora_manager", "embed_tokens_module, lm_head_module", "what the pool fill is given "

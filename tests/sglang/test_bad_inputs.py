@@ -179,6 +179,26 @@ def test_extra_key_namespace(server):
     assert code == 200 and json.loads(text)["meta_info"]["cached_tokens"] == 0
 
 
+def test_a_lora_id_in_the_body_is_not_the_request_s_adapter(server):
+    """SGLang's /generate takes ``lora_id`` from the body and, without a ``lora_path``, sends it to the
+    scheduler as is: a client named any catalog revision past the catalog (and was billed as it), and
+    ``"mint:x"``, no revision to parse, stopped the scheduler. The id is only the one ``lora_path``
+    resolves to: such a request is the base model's."""
+    def answer(**body):
+        code, text = post(server, "/generate", {"text": PROMPT, "sampling_params": {
+            "max_new_tokens": 8, "temperature": 0}, "return_logprob": True, **body})
+        assert code == 200, text[:500]
+        meta = json.loads(text)["meta_info"]
+        return [round(lp[0], 4) for lp in meta["output_token_logprobs"]]
+
+    base, adapter = answer(), answer(lora_path=GOOD)
+    assert adapter != base  # the control: the adapter changes the answer, so the check below can fail
+    assert answer(lora_id=f"mint:{GOOD}@1") == base
+    assert answer(lora_id="mint:x") == base
+    code, text = post(server, "/v1/completions", completion(GOOD))
+    assert code == 200, text[:500]  # the server keeps serving
+
+
 def import_cases(tiny_model, adapters, tmp: Path) -> dict:
     """key -> (adapter folder, adapter id, substrings the refusal names)."""
     import torch
