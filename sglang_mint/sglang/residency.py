@@ -100,6 +100,8 @@ def _after_scheduler_init(result, scheduler, *args, **kwargs):
     config = mint_config(scheduler.server_args)
     if config is None:
         return result
+    from sglang.srt.runtime_context import get_parallel
+
     from sglang_mint.sglang.hooks import verify_startup
     from sglang_mint.sglang.mint_moe import moe_layer_of
 
@@ -110,9 +112,9 @@ def _after_scheduler_init(result, scheduler, *args, **kwargs):
     logger.info("sglang-mint enabled in scheduler process %d: %s", os.getpid(), config)
     if config.catalog is not None and scheduler.enable_lora:
         scheduler._mint_residency = scheduler_residency(scheduler, config)
-    if config.usage_dir is not None and scheduler.tp_group.rank_in_group == 0:  # one ledger per DP rank
-        from sglang.srt.runtime_context import get_parallel
-
+    # One ledger per DP rank, where SGLang answers from: every rank of a tensor- or pipeline-parallel
+    # engine runs each request, and each pipeline stage's first rank is rank 0 of its own tp_group.
+    if config.usage_dir is not None and scheduler.tp_group.rank_in_group == 0 and get_parallel().pp_rank == 0:
         engine = engine_name(scheduler.server_args.host, scheduler.server_args.port, get_parallel().dp_rank or 0)
         ledger = scheduler._mint_usage = UsageLedger(config.usage_dir, engine, flush_s=config.usage_flush_s)
         if threading.current_thread() is threading.main_thread():  # SGLang builds it there
@@ -202,7 +204,8 @@ def _count_usage(req, abort_reason: dict | None = None) -> None:
     """A request ended: count it once in its scheduler's ledger, with the counts its answer has.
     ``abort_reason``: the reason SGLang sent with an abort it reported outside the output stream
     (queue full, preempted). A request SGLang ended with ``set_finish_with_abort`` (a refusal
-    before its prefill) bills no tokens: its prompt was swapped for one token, run and dropped."""
+    before its prefill) bills no tokens: its prompt was swapped for one token, run and dropped; nor
+    does one ended in the queue before its first prefill (_after_send_abort_output)."""
     usage = getattr(req, "_mint_usage", None)
     if usage is not None:
         req._mint_usage = None
@@ -222,6 +225,11 @@ def _after_set_finish_with_abort(result, req, *args, **kwargs):
 
 
 def _after_send_abort_output(result, scheduler, abort_req, req, *args, **kwargs):
+    if req.already_computed == 0 and req.retraction_count == 0:
+        # Ended in the queue before its first prefill (the queue full, a priority refused, a hang-up
+        # while it waited): nothing was computed. A chunked prefill's abort has computed a chunk; a
+        # retracted request ran before (SGLang zeroes already_computed at a retraction).
+        req._mint_unserved = True
     _count_usage(req, abort_req.finished_reason)
     residency = residency_of(scheduler)
     if residency is not None:

@@ -1,0 +1,110 @@
+"""Which adapter a request is billed to, how often, and for which tokens: the glue's counting
+(residency.py, frontend.py) on SGLang 0.5.23's own request objects. No server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import importlib
+import inspect
+from array import array
+from types import SimpleNamespace
+
+import pytest
+from sglang.srt import runtime_context
+from sglang.srt.managers.io_struct import AbortReq, GenerateReqInput
+from sglang.srt.managers.schedule_batch import Req
+from sglang.srt.managers.tokenizer_manager import TokenizerManager
+from sglang.srt.sampling.sampling_params import SamplingParams
+
+from sglang_mint.sglang import hooks, residency
+
+MINT_ON = SimpleNamespace(_mint=object())  # server_args with --enable-mint (flags.mint_config)
+
+
+def validated_as_served(tm, obj) -> None:
+    """TokenizerManager._validate_and_resolve_lora as a server runs it: SGLang's own, inside the
+    hooks HOOKS puts around it (none are applied in this process)."""
+    call = inspect.unwrap(TokenizerManager._validate_and_resolve_lora)
+    for row in hooks.HOOKS:
+        if row.target == f"{hooks._TM}._validate_and_resolve_lora":
+            assert row.kind == "AROUND"
+            module, name = row.function.split(":")
+            call = functools.partial(getattr(importlib.import_module(f"sglang_mint.sglang.{module}"), name), call)
+    asyncio.run(call(tm, obj))
+
+
+def test_a_request_body_does_not_choose_the_lora_id_it_is_served_and_billed_under():
+    """``POST /generate {"text": "hi", "lora_id": "mint:acme/bot@3"}``: with no lora_path SGLang
+    resolves nothing and sends the body's id on, so the scheduler served and billed acme/bot@3
+    without the catalog being asked (and stopped at ``"mint:x"``, which names no revision)."""
+    tm = SimpleNamespace(server_args=MINT_ON, enable_lora=True)
+    one = GenerateReqInput(text="hi", lora_id="mint:acme/bot@3")
+    one.normalize_batch_and_arguments()
+    validated_as_served(tm, one)
+    assert one.lora_id is None
+
+    batch = GenerateReqInput(text=["hi", "yo"], lora_id=["mint:acme/bot@3", "mint:x"])
+    batch.normalize_batch_and_arguments()
+    first = batch[0]  # a prompt SGLang split off before the check
+    validated_as_served(tm, batch)
+    assert batch.lora_id is None and first.lora_id is None and batch[1].lora_id is None
+
+    stock = GenerateReqInput(text="hi", lora_id="0123")  # without --enable-mint: SGLang's own behaviour
+    stock.normalize_batch_and_arguments()
+    validated_as_served(SimpleNamespace(server_args=SimpleNamespace(), enable_lora=True), stock)
+    assert stock.lora_id == "0123"
+
+
+def new_req(prompt_len: int) -> Req:
+    return Req("r1", "", array("q", range(1, prompt_len + 1)), SamplingParams(max_new_tokens=8))
+
+
+def abort_counted(req: Req, finished_reason: dict | None) -> dict:
+    """What the ledger records for ``req`` when the scheduler reports its abort (send_abort_output)."""
+    recorded = []
+    req._mint_usage = (SimpleNamespace(record=lambda *args, **counts: recorded.append(counts)), "acme/bot", 3)
+    residency._after_send_abort_output(None, SimpleNamespace(), AbortReq(rid=req.rid, finished_reason=finished_reason),
+                                       req)
+    [counts] = recorded
+    return counts
+
+
+def test_a_request_ended_in_the_queue_before_its_prefill_bills_no_tokens():
+    """The queue full (503), or its client gone while it waited: SGLang ends it with send_abort_output
+    before anything ran, and its whole prompt was billed, as uncached tokens."""
+    full = {"type": "abort", "status_code": 503, "message": "The request queue is full."}
+    nothing = {"prompt_tokens": 0, "cached_tokens": 0, "completion_tokens": 0}
+    assert abort_counted(new_req(40), full) == {**nothing, "error": True, "cancelled": False}
+    assert abort_counted(new_req(40), None) == {**nothing, "error": False, "cancelled": True}  # a hang-up
+
+    chunked = new_req(40)  # a chunked prefill aborted after its first chunk: computed
+    chunked.already_computed = 16
+    assert abort_counted(chunked, None)["prompt_tokens"] == 40
+    retracted = new_req(40)  # ran, then was retracted to the queue, then aborted there
+    retracted.already_computed = 40
+    retracted.output_ids.extend([7, 8])
+    retracted.reset_for_retract()
+    assert abort_counted(retracted, full) == {"prompt_tokens": 40, "cached_tokens": 0, "completion_tokens": 2,
+                                              "error": True, "cancelled": False}
+
+
+@pytest.mark.parametrize("pp_rank, counts", [(0, True), (1, False)])
+def test_one_ledger_per_engine_not_per_pipeline_stage(tmp_path, monkeypatch, pp_rank, counts):
+    """Each pipeline stage runs every request, and each stage's first rank is rank 0 of its own
+    tensor-parallel group: with --pp-size 2 both stages kept a ledger, under one engine name, and
+    every request was counted twice. SGLang answers from the first stage only; so does the ledger."""
+    from sglang_mint.config import MintConfig
+
+    monkeypatch.setattr(hooks, "verify_startup", lambda *args, **kwargs: None)  # no hooks applied here
+    monkeypatch.setattr(residency, "before_sigterm", lambda handler: None)  # pytest keeps its SIGTERM
+    monkeypatch.setattr(runtime_context, "get_parallel", lambda: SimpleNamespace(pp_rank=pp_rank, dp_rank=None))
+    scheduler = SimpleNamespace(enable_lora=False, tp_group=SimpleNamespace(rank_in_group=0),
+                                server_args=SimpleNamespace(_mint=MintConfig.from_flags(usage_dir=str(tmp_path)),
+                                                            host="127.0.0.1", port=30000))
+    residency._after_scheduler_init(None, scheduler)
+    ledger = getattr(scheduler, "_mint_usage", None)
+    assert (ledger is not None) == counts
+    if ledger is not None:
+        ledger.close()
