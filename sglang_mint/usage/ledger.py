@@ -226,14 +226,23 @@ class UsageLedger:
 
 def _append(path: Path, lines: str) -> None:
     """``lines`` at the end of ``path`` in one write (a reader never sees half of them), on a line of
-    their own: after a line cut short by a kill or a full disk, not joined to it."""
+    their own: after a line cut short by a kill or a full disk, not joined to it. A write a full disk
+    fails part way is taken back whole: its counts are kept for the next flush, which would append
+    the lines that had gone through a second time."""
     data = lines.encode("utf-8")
-    with open(path, "a+b") as f:  # writes go to the end whatever the position
-        if f.seek(0, os.SEEK_END) > 0:
+    with open(path, "a+b", buffering=0) as f:  # writes go to the end whatever the position; none buffered
+        end = f.seek(0, os.SEEK_END)
+        if end > 0:
             f.seek(-1, os.SEEK_END)
             if f.read(1) != b"\n":
                 data = b"\n" + data
-        f.write(data)
+        try:
+            rest = memoryview(data)
+            while rest:
+                rest = rest[f.write(rest):]
+        except BaseException:
+            f.truncate(end)
+            raise
 
 
 def _file_hour(minute: str) -> str:

@@ -337,3 +337,40 @@ def test_close_gives_up_on_an_append_that_hangs(tmp_path, caplog):
         book._flushing.release()
     assert "an append still runs" in caplog.text
     assert requests_by_adapter(tmp_path) == {}
+
+
+def test_a_write_the_disk_cut_short_is_not_counted_twice(tmp_path, monkeypatch):
+    """A full disk can take part of an append: the lines before the cut are in the file, the rest
+    are not, and the write raises. The counts are kept for the next flush, which appended all of
+    them again: acme/a, whose line had gone through, was billed twice."""
+    a = ledger(tmp_path)
+    a.record("acme/a", 1, prompt_tokens=3, cached_tokens=0, completion_tokens=1)
+    a.record("acme/b", 1, prompt_tokens=5, cached_tokens=0, completion_tokens=1)
+    real_open = open
+
+    class CutShort:
+        """The file, whose next write stores its first line only, then fails as a full disk does."""
+
+        def __init__(self, f):
+            self.f = f
+
+        def write(self, data):
+            self.f.write(bytes(data)[:bytes(data).index(b"\n") + 1])
+            self.f.flush()
+            raise OSError(28, "No space left on device")
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+    monkeypatch.setattr("builtins.open", lambda *args, **kw: CutShort(real_open(*args, **kw)))
+    with pytest.raises(OSError):
+        a.flush()
+    monkeypatch.setattr("builtins.open", real_open)
+    assert a.flush() == 2
+    assert {r["adapter"]: r["requests"] for r in read_usage(tmp_path)} == {"acme/a": 1, "acme/b": 1}
