@@ -145,16 +145,38 @@ async def _around_unload_lora_adapter(original, tm, obj, *args, **kwargs):
 
 
 async def _around_validate_and_resolve_lora(original, tm, obj):
-    """TokenizerManager._validate_and_resolve_lora: a request's LoRA id is the one its ``lora_path``
-    resolves to, never one its body writes. SGLang's ``/generate`` takes ``lora_id`` from the client
-    and, with no ``lora_path``, sends it on as is: ``{"text": "hi", "lora_id": "mint:acme/bot@3"}``
-    was served and billed as acme/bot revision 3 past the catalog, and ``"mint:x"`` stopped the
-    scheduler (no revision to parse)."""
+    """TokenizerManager._validate_and_resolve_lora, which every request passes before it is sent on: what
+    its body writes must not reach other tenants.
+
+    - Its LoRA id is the one its ``lora_path`` resolves to, never one its body writes. SGLang's
+      ``/generate`` takes ``lora_id`` from the client and, with no ``lora_path``, sends it on as is:
+      ``{"text": "hi", "lora_id": "mint:acme/bot@3"}`` was served and billed as acme/bot revision 3 past
+      the catalog, and ``"mint:x"`` stopped the scheduler (no revision to parse).
+    - Its rid is no proper prefix of the rids SGLang makes (``refuse_prefix_rids``)."""
     if mint_config(tm.server_args) is not None:
+        refuse_prefix_rids(obj.rid)
         obj.lora_id = None
         for sub_obj in obj.__dict__.get("_sub_obj_cache", {}).values():  # a batch's prompts, made already
             sub_obj.lora_id = None
     return await original(tm, obj)
+
+
+SGLANG_RID_LENGTH = 32  # uuid4().hex: GenerateReqInput's own rids, and each sample's of n > 1
+HEX = frozenset("0123456789abcdef")
+
+
+def refuse_prefix_rids(rid) -> None:
+    """SGLang aborts every request whose rid STARTS WITH an aborted one's (Scheduler.abort_request), and
+    a request that ends early (its client hung up) is aborted by its rid. A client rid that is a proper
+    prefix of the rids SGLang makes, 1 to 31 hex digits, thereby cancelled other tenants' requests: "a"
+    one in 16 of them. Such a rid is refused (a ValueError: 400) before anything runs; any other is
+    left as the client wrote it (e.g. ``"a"`` refused, ``"job-7-step-3"`` or a uuid4().hex kept)."""
+    for one in [rid] if isinstance(rid, str) else rid or []:
+        if isinstance(one, str) and 0 < len(one) < SGLANG_RID_LENGTH and set(one) <= HEX:
+            raise ValueError(f"rid {one!r} is a prefix of the request ids SGLang makes ({SGLANG_RID_LENGTH} hex "
+                             "digits): when a request ends early SGLang aborts every request whose rid starts "
+                             "with its rid, other clients' too; send none, or one of at least "
+                             f"{SGLANG_RID_LENGTH} characters (uuid4().hex)")
 
 
 async def _around_tm_resolve_lora_path(original, tm, obj):

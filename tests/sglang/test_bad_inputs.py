@@ -199,6 +199,37 @@ def test_a_lora_id_in_the_body_is_not_the_request_s_adapter(server):
     assert code == 200, text[:500]  # the server keeps serving
 
 
+def test_a_short_hex_rid_cannot_cancel_another_tenant_s_request(server):
+    """SGLang aborts every request whose rid STARTS WITH an aborted one's, and makes rids of 32 hex digits:
+    a client that sent rid "a" and hung up cancelled every other request whose rid began with "a" (one in
+    16 of everyone's). Such a rid, a proper prefix of the ones SGLang makes, is refused before it runs."""
+    import socket
+    import threading
+
+    other = "a" + "0" * 31  # another tenant's request, with a rid SGLang could have made
+    answers = {}
+
+    def long_request():
+        answers["other"] = post(server, "/generate", {"text": PROMPT, "rid": other, "sampling_params": {
+            "max_new_tokens": 96, "temperature": 0, "ignore_eos": True}})
+
+    worker = threading.Thread(target=long_request)
+    worker.start()
+    body = json.dumps({"text": PROMPT, "rid": "a", "stream": True,
+                       "sampling_params": {"max_new_tokens": 96, "ignore_eos": True}}).encode()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=60) as sock:
+        sock.sendall(b"POST /generate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                     + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        first = sock.recv(65536).decode(errors="replace")  # its answer begins (a stream: its error in it)
+        if "prefix of the request ids" not in first:
+            first += sock.recv(65536).decode(errors="replace")
+    # ... and it hung up
+    worker.join(timeout=300)
+    code, text = answers["other"]
+    assert code == 200 and json.loads(text)["meta_info"]["finish_reason"]["type"] == "length", text[:500]
+    assert "rid 'a' is a prefix of the request ids SGLang makes" in first, first[:500]
+
+
 def import_cases(tiny_model, adapters, tmp: Path) -> dict:
     """key -> (adapter folder, adapter id, substrings the refusal names)."""
     import torch
