@@ -9,12 +9,80 @@ import pytest
 from sglang_mint.sglang.frontend import refuse_prefix_rids
 
 
-@pytest.mark.parametrize("rid", ["a", "0" * 31, "deadbeef", ["job-1", "a1"]])
+@pytest.mark.parametrize("rid", ["", "a", "0" * 31, "deadbeef", ["job-1", "a1"]])
 def test_a_prefix_of_sglang_s_rids_is_refused(rid):
     with pytest.raises(ValueError, match="is a prefix of the request ids SGLang makes"):
         refuse_prefix_rids(rid)
 
 
-@pytest.mark.parametrize("rid", [None, "", uuid.uuid4().hex, "0" * 32, "job-7-step-3", "A1", ["job-1", "job-2"]])
+@pytest.mark.parametrize("rid", [None, uuid.uuid4().hex, "0" * 32, "job-7-step-3", "A1", ["job-1", "job-2"]])
 def test_any_other_rid_is_left_as_written(rid):
     refuse_prefix_rids(rid)  # no ValueError: no rid SGLang makes starts with it but itself
+
+
+def sglang_made_rids() -> list[str]:
+    """One rid of each form SGLang makes itself, by its own code: /generate's (uuid4().hex), /v1/responses'
+    (``resp_`` + uuid4().hex, ResponsesRequest.request_id) and the health check's (``HEALTH_CHECK_`` + ...)."""
+    from sglang.srt.constants import HEALTH_CHECK_RID_PREFIX
+    from sglang.srt.entrypoints.openai.protocol import ResponsesRequest
+    from sglang.srt.managers.io_struct import GenerateReqInput
+
+    generate = GenerateReqInput(text="hi")
+    generate.normalize_batch_and_arguments()
+    return [generate.rid, ResponsesRequest(input="hi").request_id, f"{HEALTH_CHECK_RID_PREFIX}_{uuid.uuid4().hex}"]
+
+
+def test_no_proper_prefix_of_any_rid_sglang_makes_is_taken():
+    """A /generate rid "resp_" (not hex) that hung up cancelled every other tenant's /v1/responses request:
+    SGLang's rids there are "resp_" + 32 hex digits. Every proper prefix of every form is refused, the rid
+    itself is kept."""
+    for made in sglang_made_rids():
+        refuse_prefix_rids(made)
+        kept = [made[:n] for n in range(1, len(made)) if not _refused(made[:n])]
+        assert kept == [], f"prefixes of {made!r} taken: {kept}"
+
+
+def _refused(rid) -> bool:
+    try:
+        refuse_prefix_rids(rid)
+    except ValueError:
+        return True
+    return False
+
+
+def test_a_refused_rid_releases_no_lora_id_its_body_wrote():
+    """SGLang's cleanup of a request refused before it is sent (TokenizerManager._release_req_states_on_failure)
+    releases ``obj.lora_id`` whenever ``lora_path`` is set. A rid refused before the body's ``lora_id`` was
+    cleared released "mint:acme/bot@3", which this request never acquired: another tenant's hold on it,
+    counted down to 0, let the frontend forget the name under that tenant's request."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from sglang.srt.managers.io_struct import GenerateReqInput
+    from sglang.srt.managers.tokenizer_manager import ReqState, TokenizerManager
+
+    from sglang_mint.sglang.frontend import _around_validate_and_resolve_lora
+
+    obj = GenerateReqInput(text="hi", rid="a", lora_path="acme/bot", lora_id="mint:acme/bot@3")
+    obj.normalize_batch_and_arguments()
+    released = []
+
+    async def release(lora_id):
+        released.append(lora_id)
+
+    async def original(tm, obj):
+        raise AssertionError("a refused rid reaches SGLang's resolution")
+
+    async def refused_then_cleaned_up():
+        tm = SimpleNamespace(server_args=SimpleNamespace(_mint=object()), enable_lora=True,
+                             lora_registry=SimpleNamespace(release=release), _lora_release_tasks=set())
+        with pytest.raises(ValueError, match="is a prefix of the request ids"):
+            await _around_validate_and_resolve_lora(original, tm, obj)
+        state = ReqState.__new__(ReqState)
+        state.obj, state.lora_released = obj, False
+        task = TokenizerManager._release_lora_once(tm, state)
+        if task is not None:
+            await task
+
+    asyncio.run(refused_then_cleaned_up())
+    assert released in ([], [None]), f"released what the body wrote: {released}"
