@@ -62,6 +62,7 @@ import os
 import queue
 import shutil
 import stat
+import tempfile
 import threading
 import time
 from typing import TYPE_CHECKING
@@ -193,8 +194,10 @@ class StagedRevisions:
                      for d in payload.values())
         disk = os.path.join(os.path.dirname(os.path.abspath(catalog.views)), "staged-uploads")
         base = self.root if self.root and (adding <= STAGE_SMALL_BYTES or self._fits(adding)) else disk
-        folder = os.path.join(base, "staged", str(next(self._numbers)))
-        os.makedirs(folder)
+        # A name no other folder has: the disk's staged-uploads/ is shared by every server of the catalog on
+        # this machine, and keeps what a killed one left (each numbering from 0, the second's folder 0 was taken).
+        os.makedirs(os.path.join(base, "staged"), exist_ok=True)
+        folder = tempfile.mkdtemp(prefix=f"{next(self._numbers)}-", dir=os.path.join(base, "staged"))
         files = {}
         try:
             for name, data in payload.items():

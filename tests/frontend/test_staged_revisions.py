@@ -227,16 +227,17 @@ def test_a_revision_superseded_before_its_store_is_not_stored(tmp_path, monkeypa
     monkeypatch.setattr(module, "MAX_UNSTORED_S", max_unstored_s)
     staged = StagedRevisions(str(tmp_path / "shm" / "30001"), grace_s=0.2)
     catalog = StandInCatalog(tmp_path)
+    folders = []
     for adapter_id, n in [("rl/p", 1), ("rl/p", 2), ("rl/q", 1), ("rl/p", 3)]:
-        staged.stage(catalog, {"adapter_config.json": b"{}"}, {}).serve(not_durable(adapter_id, n))
+        folders.append(staged.stage(catalog, {"adapter_config.json": b"{}"}, {}).serve(not_durable(adapter_id, n)).staged)
     assert staged.get("rl/p", 1) is not None  # served from memory meanwhile
     assert wait_for(lambda: len(catalog.stored) == len(expected)), catalog.stored
     assert sorted(s[:2] for s in catalog.stored) == expected
     assert staged.superseded_total == 4 - len(expected)
     if max_unstored_s:
         assert wait_for(lambda: staged.get("rl/p", 1) is None and staged.get("rl/p", 2) is None)
-        # their staged folders (the first two staged: 0 and 1) go with them
-        assert wait_for(lambda: not any(os.path.exists(os.path.join(staged.root, "staged", n)) for n in "01"))
+        # their staged folders (the first two staged) go with them
+        assert wait_for(lambda: not any(os.path.exists(folder) for folder in folders[:2]))
     staged.close()
 
 
@@ -426,3 +427,18 @@ def test_a_revision_whose_store_failed_goes_once_a_newer_one_is_stored(tmp_path,
     assert wait_for(lambda: staged.stored_total == 2)
     assert wait_for(lambda: staged.get("rl/p", 1) is None and not os.path.exists(first.staged))
     staged.close()
+
+
+def test_two_servers_of_one_catalog_stage_on_its_disk_side_by_side(tmp_path):
+    """A publish that does not fit in shared memory (or a server without it) is staged under the catalog's
+    ``staged-uploads/``, which every server of the catalog on the machine shares, and a restarted server
+    finds what a killed one left there: each numbered its folders from 0, so the second server's first such
+    publish failed (FileExistsError, a 500) while the first one's folder 0 was there."""
+    catalog = StandInCatalog(tmp_path)
+    one, two = StagedRevisions(""), StagedRevisions("")  # no shared memory: staged on the catalog's disk
+    first = one.stage(catalog, {"adapter_config.json": b"{}"}, {})
+    second = two.stage(catalog, {"adapter_config.json": b"[]"}, {})
+    assert first.folder != second.folder
+    assert [open(s.files["adapter_config.json"], "rb").read() for s in (first, second)] == [b"{}", b"[]"]
+    first.discard()
+    second.discard()
