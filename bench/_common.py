@@ -38,6 +38,18 @@ def machine() -> dict:
     return info
 
 
+def stamped(row: dict) -> dict:
+    """``row`` with the commit, the time and the machine's fields beside its own (the host-time benches' rows)."""
+    return {**row, "git_commit": git_commit(), "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **machine()}
+
+
+def append_rows(path, rows: list[dict]) -> None:
+    """Append ``rows`` to the JSON-lines file ``path``, one line each."""
+    with open(path, "a") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+
+
 def append_result(name: str, record: dict) -> dict:
     """Append one JSON line to bench/results/<name>.jsonl, stamped with machine, commit and time."""
     record = {**record, "machine": machine(), "commit": git_commit(),

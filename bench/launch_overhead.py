@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
-import json
 import statistics
 import sys
 import time
@@ -40,7 +39,7 @@ import torch
 import triton
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, git_commit, machine  # noqa: E402
+from _common import RESULTS, append_rows, stamped  # noqa: E402
 from _stubbed_launch import stubbed_triton  # noqa: E402
 
 from sglang_mint.kernels import LoraBatch, moe_lora, moe_lora_plan_ref, sgmv_expand, sgmv_shrink  # noqa: E402
@@ -169,16 +168,12 @@ def main(argv=None) -> None:
                    **{f"{name}_us": round(med[name], 2) for name in WAYS},
                    "saved_us": round(med["triton"] - med["planned"], 2),
                    "spread_us": {w: [round(min(t), 2), round(max(t), 2)] for w, t in times.items()},
-                   "rounds": args.rounds, "calls": args.calls, "triton": triton.__version__,
-                   "git_commit": git_commit(), "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                   **machine()}
-            rows.append(row)
+                   "rounds": args.rounds, "calls": args.calls, "triton": triton.__version__}
+            rows.append(stamped(row))
             print(f"{mode:11s} T={tokens:5d}: Triton's path {med['triton']:6.1f} µs/op, FastLaunch "
                   f"{med['fast']:6.1f}, planned {med['planned']:6.1f} "
                   f"({med['planned'] / med['triton']:.2f} x Triton's path; 2 launches)")
-    with open(args.out, "a") as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
+    append_rows(args.out, rows)
 
 
 if __name__ == "__main__":

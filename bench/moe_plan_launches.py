@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import statistics
 import sys
 import time
@@ -31,7 +30,7 @@ import triton
 from torch.utils._python_dispatch import TorchDispatchMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, git_commit, machine  # noqa: E402
+from _common import RESULTS, append_rows, stamped  # noqa: E402
 from _stubbed_launch import stubbed_triton  # noqa: E402
 
 from sglang_mint.kernels import moe_lora_plan, moe_lora_plan_ref  # noqa: E402
@@ -110,16 +109,12 @@ def main(argv=None) -> None:
                    "triton_ops": {**triton_way.calls, "triton": triton_launches},
                    "triton_host_us": round(statistics.median(times), 2),
                    "spread_us": [round(min(times), 2), round(max(times), 2)],
-                   "rounds": args.rounds, "calls": args.calls, "triton": triton.__version__,
-                   "git_commit": git_commit(), "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                   **machine()}
+                   "rounds": args.rounds, "calls": args.calls, "triton": triton.__version__}
         forget_stub_launchers()
-        rows.append(row)
+        rows.append(stamped(row))
         print(f"{mode:8s} T={tokens:5d}: torch plan >= {row['torch_launches_at_least']} launches, "
               f"Triton plan {row['triton_launches']} ({row['triton_host_us']:.1f} µs of host time, stub driver)")
-    with open(args.out, "a") as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
+    append_rows(args.out, rows)
 
 
 if __name__ == "__main__":
