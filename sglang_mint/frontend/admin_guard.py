@@ -45,6 +45,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import secrets
+from contextvars import ContextVar
 from typing import Callable
 
 from fastapi.responses import ORJSONResponse
@@ -84,6 +85,9 @@ FORWARDING_HEADERS = (b"x-forwarded-for", b"forwarded", b"x-real-ip")
 PEER = "sglang_mint.peer"  # scope key: (host, port) of the TCP peer, recorded before any middleware
 LOCAL = "sglang_mint.local"  # scope key: (host, port) of this end of the connection, recorded with it
 ADMITTED = "sglang_mint.admitted"  # scope key: set on the admin calls the guard let through
+# How the admin call being answered was let through ("admin-api-key", "loopback"), for code it calls that
+# has no scope (sglang/client_rids.py); None outside an admin call.
+ADMIN_CALL: ContextVar[str | None] = ContextVar("sglang_mint.admin_call", default=None)
 _MARK = "_mint_admin_guard"  # attribute on the FastAPI app: this app's server records peers
 
 
@@ -164,19 +168,25 @@ class AdminGuard:
             return await self.app(scope, receive, send)
         if self.admin_api_key:
             if carries_key(scope, self.admin_api_key):
-                scope[ADMITTED] = "admin-api-key"
-                return await self.app(scope, receive, send)
+                return await self._admit("admin-api-key", scope, receive, send)
             message = (f"{scope['path']} is an admin endpoint: this server answers it only to requests carrying "
                        "'Authorization: Bearer KEY' with its --admin-api-key KEY")
             return await _refuse(scope, receive, send, 401, "authentication_error", message)
         why = refusal(scope)
         if why is None:
-            scope[ADMITTED] = "loopback"
-            return await self.app(scope, receive, send)
+            return await self._admit("loopback", scope, receive, send)
         message = (f"{scope['path']} is an admin endpoint: without an admin API key this server answers it only "
                    f"to callers connected from this machine, and {why}. Restart the server with "
                    "--admin-api-key KEY and send 'Authorization: Bearer KEY'.")
         await _refuse(scope, receive, send, 403, "permission_error", message)
+
+    async def _admit(self, how: str, scope, receive, send) -> None:
+        scope[ADMITTED] = how
+        token = ADMIN_CALL.set(how)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            ADMIN_CALL.reset(token)
 
 
 def carries_key(scope, key: str) -> bool:

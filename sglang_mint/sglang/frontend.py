@@ -16,6 +16,7 @@ from sglang_mint.frontend.catalog_names import CatalogNames
 from sglang_mint.frontend.staged_revisions import StagedRevisions, staging_root
 from sglang_mint.lora_id import CatalogLoraId, RevisionName, is_catalog_lora_id, lora_name_of
 from sglang_mint.residency.metrics import FrontendMetrics
+from sglang_mint.sglang.client_rids import refuse_prefix_rids
 from sglang_mint.sglang.flags import mint_config
 from sglang_mint.sglang.hooks import verify_startup
 
@@ -152,48 +153,13 @@ async def _around_validate_and_resolve_lora(original, tm, obj):
       ``/generate`` takes ``lora_id`` from the client and, with no ``lora_path``, sends it on as is:
       ``{"text": "hi", "lora_id": "mint:acme/bot@3"}`` was served and billed as acme/bot revision 3 past
       the catalog, and ``"mint:x"`` stopped the scheduler (no revision to parse).
-    - Its rid is no proper prefix of the rids SGLang makes (``refuse_prefix_rids``)."""
+    - Its rid is no proper prefix of the rids SGLang makes (``client_rids.refuse_prefix_rids``)."""
     if mint_config(tm.server_args) is not None:
         obj.lora_id = None  # first: SGLang's cleanup of a refused request releases the lora_id it holds
         for sub_obj in obj.__dict__.get("_sub_obj_cache", {}).values():  # a batch's prompts, made already
             sub_obj.lora_id = None
         refuse_prefix_rids(obj.rid)
     return await original(tm, obj)
-
-
-SGLANG_RID_LENGTH = 32  # uuid4().hex: GenerateReqInput's own rids, and each sample's of n > 1
-HEX = frozenset("0123456789abcdef")
-# What SGLang puts before the uuid4().hex of the rids it makes: nothing (/generate, the OpenAI endpoints
-# without a client rid), "resp_" (/v1/responses: ResponsesRequest.request_id), "HEALTH_CHECK_" (/health_generate).
-SGLANG_RID_HEADS = ("", "resp_", "HEALTH_CHECK_")
-
-
-def _prefix_of_sglang_rid(rid: str) -> bool:
-    """Whether ``rid`` is a proper prefix of a rid SGLang makes: "", "a", "resp", "resp_a" are ("": a request
-    timeout, SGLANG_REQ_*_TIMEOUT, aborts it by its rid, so every request); "resp_" + 32 hex digits, "job-7"
-    are not."""
-    for head in SGLANG_RID_HEADS:
-        if len(rid) <= len(head):
-            if head.startswith(rid):
-                return True
-        elif rid.startswith(head) and len(rid) - len(head) < SGLANG_RID_LENGTH and set(rid[len(head):]) <= HEX:
-            return True
-    return False
-
-
-def refuse_prefix_rids(rid) -> None:
-    """SGLang aborts every request whose rid STARTS WITH an aborted one's (Scheduler.abort_request), and
-    a request that ends early (its client hung up) is aborted by its rid. A client rid that is a proper
-    prefix of the rids SGLang makes (``SGLANG_RID_HEADS`` + 32 hex digits) thereby cancelled other
-    tenants' requests: "a" one in 16 of them, "resp_" every /v1/responses request. Such a rid is refused
-    (a ValueError: 400) before anything runs; any other is left as the client wrote it (e.g. ``"a"`` or
-    ``"resp"`` refused, ``"job-7-step-3"`` or a uuid4().hex kept)."""
-    for one in [rid] if isinstance(rid, str) else rid or []:
-        if isinstance(one, str) and _prefix_of_sglang_rid(one):
-            raise ValueError(f"rid {one!r} is a prefix of the request ids SGLang makes ({SGLANG_RID_LENGTH} hex "
-                             "digits, after 'resp_' for /v1/responses): when a request ends early SGLang aborts "
-                             "every request whose rid starts with its rid, other clients' too; send none, or one "
-                             f"of at least {SGLANG_RID_LENGTH} characters (uuid4().hex)")
 
 
 async def _around_tm_resolve_lora_path(original, tm, obj):

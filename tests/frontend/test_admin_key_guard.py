@@ -72,3 +72,29 @@ def test_the_admin_key_admits_and_other_routes_are_left_to_the_engine():
         assert post(app, "/scale_elastic_ep", REMOTE, headers).status_code == 200
     assert post(app, "/v1/completions", REMOTE, {}).status_code == 200  # not admin: the engine's to check
     assert reached == ["/scale_elastic_ep", "/scale_elastic_ep", "/v1/completions"]
+
+
+def test_code_an_admitted_admin_call_runs_knows_it_and_no_other_code_does():
+    """``ADMIN_CALL`` tells code without the request's scope (sglang/client_rids.py: an admin's
+    /abort_request keeps SGLang's meaning) how the call being answered was admitted."""
+    seen: list[tuple[str, str | None]] = []
+    app = FastAPI()
+
+    @app.post("/abort_request")
+    async def abort_request():
+        seen.append(("/abort_request", admin_guard.ADMIN_CALL.get()))
+
+    @app.post("/v1/completions")
+    async def completions():
+        seen.append(("/v1/completions", admin_guard.ADMIN_CALL.get()))
+
+    for key, peer, admitted in ((None, LOOPBACK, "loopback"), (ADMIN_KEY, REMOTE, "admin-api-key")):
+        seen.clear()
+        guarded = FastAPI()
+        guarded.router.routes.extend(app.router.routes)
+        admin_guard.install(guarded, key, marked_paths=lambda _app: set())
+        headers = {"Authorization": f"Bearer {ADMIN_KEY}"} if key else {}
+        for path in ("/abort_request", "/v1/completions"):
+            assert post(admin_guard.RecordPeer(guarded), path, peer, headers).status_code == 200
+        assert seen == [("/abort_request", admitted), ("/v1/completions", None)]
+        assert admin_guard.ADMIN_CALL.get() is None

@@ -230,6 +230,33 @@ def test_a_short_hex_rid_cannot_cancel_another_tenant_s_request(server):
     assert "rid 'a' is a prefix of the request ids SGLang makes" in first, first[:500]
 
 
+def test_a_client_s_hang_up_cancels_no_request_whose_rid_extends_its_rid(server):
+    """SGLang aborts every request whose rid STARTS WITH an aborted one's. A tenant that sent rid "job",
+    read one token and hung up cancelled another tenant's "job-7" midway. Its request now runs to its end
+    instead; the other one is served in full."""
+    import socket
+
+    other = {"text": PROMPT, "rid": "job-7", "stream": True,
+             "sampling_params": {"max_new_tokens": 1536, "temperature": 0, "ignore_eos": True}}
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=300)
+    conn.request("POST", "/generate", json.dumps(other), {"Content-Type": "application/json"})
+    answer = conn.getresponse()
+    assert answer.status == 200 and answer.readline().startswith(b"data:")  # it runs
+    body = json.dumps({"text": PROMPT, "rid": "job", "stream": True,
+                       "sampling_params": {"max_new_tokens": 1536, "ignore_eos": True}}).encode()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=60) as sock:
+        sock.sendall(b"POST /generate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                     + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        first = sock.recv(65536)
+        while b"data:" not in first:
+            first += sock.recv(65536)
+    # ... and it hung up, while "job-7" still had most of its tokens to go
+    last = [line for line in answer.read().split(b"\n") if line.startswith(b"data:") and b"meta_info" in line][-1]
+    conn.close()
+    meta = json.loads(last[len(b"data:"):])["meta_info"]
+    assert (meta["finish_reason"]["type"], meta["completion_tokens"]) == ("length", 1536), meta
+
+
 def import_cases(tiny_model, adapters, tmp: Path) -> dict:
     """key -> (adapter folder, adapter id, substrings the refusal names)."""
     import torch

@@ -1,12 +1,14 @@
-"""A client's rid may not be a proper prefix of the rids SGLang makes (sglang/frontend.py refuse_prefix_rids):
-SGLang aborts every request whose rid starts with an aborted one's. A real server: tests/sglang/test_bad_inputs.py
-(test_a_short_hex_rid_cannot_cancel_another_tenant_s_request)."""
+"""A client's rid never ends another tenant's request (sglang/client_rids.py): SGLang aborts every request whose rid
+starts with an aborted one's. A rid that is a proper prefix of the rids SGLang makes is refused, and a hang-up's
+abort that would end another request in flight is not sent. A real server: tests/sglang/test_bad_inputs.py
+(test_a_short_hex_rid_cannot_cancel_another_tenant_s_request,
+test_a_client_s_hang_up_cancels_no_request_whose_rid_extends_its_rid)."""
 
 import uuid
 
 import pytest
 
-from sglang_mint.sglang.frontend import refuse_prefix_rids
+from sglang_mint.sglang.client_rids import refuse_prefix_rids
 
 
 @pytest.mark.parametrize("rid", ["", "a", "0" * 31, "deadbeef", ["job-1", "a1"]])
@@ -88,3 +90,45 @@ def test_a_refused_rid_releases_no_lora_id_its_body_wrote():
 
     asyncio.run(refused_then_cleaned_up())
     assert released in ([], [None]), f"released what the body wrote: {released}"
+
+
+class InFlight:
+    """A tokenizer manager for ``_around_abort_request``: its rids in flight, and the aborts it sent."""
+
+    def __init__(self, *rids: str, mint: bool = True):
+        from types import SimpleNamespace
+
+        self.server_args = SimpleNamespace(**({"_mint": object()} if mint else {}))
+        self.rid_to_state = dict.fromkeys(rids)
+        self.sent: list[tuple[str, bool]] = []
+
+
+def abort(tm: InFlight, *args, **kwargs) -> list[tuple[str, bool]]:
+    from sglang_mint.sglang.client_rids import _around_abort_request
+
+    def original(tm, rid="", abort_all=False):
+        tm.sent.append((rid, abort_all))
+
+    _around_abort_request(original, tm, *args, **kwargs)
+    return tm.sent
+
+
+def test_a_hang_up_s_abort_is_not_sent_while_it_would_end_another_request():
+    """SGLang ends every request whose rid starts with the aborted one's: "job" hanging up ended "job-7"."""
+    assert abort(InFlight("job", "job-7"), "job") == []
+    assert abort(InFlight("job", "jobs"), rid="job") == []
+
+
+def test_any_other_abort_is_sent_as_sglang_sends_it():
+    from sglang_mint.frontend.admin_guard import ADMIN_CALL
+
+    assert abort(InFlight("job", "job-7"), "job-7") == [("job-7", False)]  # nothing else starts with it
+    assert abort(InFlight("job", "other", "jo"), "job") == [("job", False)]
+    assert abort(InFlight("job"), "job") == [("job", False)]
+    assert abort(InFlight("job", "job-7"), abort_all=True) == [("", True)]
+    assert abort(InFlight("job", "job-7", mint=False), "job") == [("job", False)]  # the plugin is off
+    token = ADMIN_CALL.set("loopback")  # an admin's /abort_request: SGLang's meaning, prefix and all
+    try:
+        assert abort(InFlight("job", "job-7"), rid="job") == [("job", False)]
+    finally:
+        ADMIN_CALL.reset(token)

@@ -71,7 +71,7 @@ def test_an_internal_sglang_lacks_refuses_startup(run_py):
         from sglang_mint.sglang import hooks
 
         registry = SimpleNamespace(_registry={}, _counters={})
-        tm = SimpleNamespace(lora_registry=registry)  # no lora_ref_cache
+        tm = SimpleNamespace(lora_registry=registry, rid_to_state={})  # no lora_ref_cache
         kept = mem_pool._SGLANG_EXPERIMENTAL_LORA_OPTI
         del mem_pool._SGLANG_EXPERIMENTAL_LORA_OPTI  # as if SGLang had renamed it
         for role, instances in (("scheduler", {}), ("frontend", {"tokenizer_manager": tm})):

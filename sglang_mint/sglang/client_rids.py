@@ -1,0 +1,77 @@
+"""A client's rid in SGLang's tokenizer manager: it never ends another tenant's request.
+
+SGLang's scheduler ends every request whose rid STARTS WITH an aborted one's (Scheduler.abort_request),
+and the tokenizer manager aborts a request by its rid when its client hangs up. Two rules keep that
+abort to the request itself:
+
+- ``refuse_prefix_rids``: a client rid that is a proper prefix of the rids SGLang makes is refused
+  (400) before anything runs: "a" would have ended one in 16 of everyone's requests.
+- ``_around_abort_request``: a hang-up's abort that would also end another request in flight, one
+  whose rid starts with this one's ("job" and another tenant's "job-7"), is not sent. The request
+  runs to its end instead, unread, and is billed as served. An admin's ``/abort_request`` is sent as
+  SGLang sends it: every request whose rid starts with the one named ends.
+
+With ``--enable-mint`` the tokenizer manager is SGLang's only one (``config.py`` refuses
+``--tokenizer-worker-num`` above 1), so its ``rid_to_state`` holds every request in flight.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from sglang_mint.frontend.admin_guard import ADMIN_CALL
+from sglang_mint.sglang.flags import mint_config
+
+logger = logging.getLogger("sglang_mint")
+
+
+SGLANG_RID_LENGTH = 32  # uuid4().hex: GenerateReqInput's own rids, and each sample's of n > 1
+HEX = frozenset("0123456789abcdef")
+# What SGLang puts before the uuid4().hex of the rids it makes: nothing (/generate, the OpenAI endpoints
+# without a client rid), "resp_" (/v1/responses: ResponsesRequest.request_id), "HEALTH_CHECK_" (/health_generate).
+SGLANG_RID_HEADS = ("", "resp_", "HEALTH_CHECK_")
+
+
+def _prefix_of_sglang_rid(rid: str) -> bool:
+    """Whether ``rid`` is a proper prefix of a rid SGLang makes: "", "a", "resp", "resp_a" are ("": a request
+    timeout, SGLANG_REQ_*_TIMEOUT, aborts it by its rid, so every request); "resp_" + 32 hex digits, "job-7"
+    are not."""
+    for head in SGLANG_RID_HEADS:
+        if len(rid) <= len(head):
+            if head.startswith(rid):
+                return True
+        elif rid.startswith(head) and len(rid) - len(head) < SGLANG_RID_LENGTH and set(rid[len(head):]) <= HEX:
+            return True
+    return False
+
+
+def refuse_prefix_rids(rid) -> None:
+    """SGLang aborts every request whose rid STARTS WITH an aborted one's (Scheduler.abort_request), and
+    a request that ends early (its client hung up) is aborted by its rid. A client rid that is a proper
+    prefix of the rids SGLang makes (``SGLANG_RID_HEADS`` + 32 hex digits) thereby cancelled other
+    tenants' requests: "a" one in 16 of them, "resp_" every /v1/responses request. Such a rid is refused
+    (a ValueError: 400) before anything runs; any other is left as the client wrote it (e.g. ``"a"`` or
+    ``"resp"`` refused, ``"job-7-step-3"`` or a uuid4().hex kept)."""
+    for one in [rid] if isinstance(rid, str) else rid or []:
+        if isinstance(one, str) and _prefix_of_sglang_rid(one):
+            raise ValueError(f"rid {one!r} is a prefix of the request ids SGLang makes ({SGLANG_RID_LENGTH} hex "
+                             "digits, after 'resp_' for /v1/responses): when a request ends early SGLang aborts "
+                             "every request whose rid starts with its rid, other clients' too; send none, or one "
+                             f"of at least {SGLANG_RID_LENGTH} characters (uuid4().hex)")
+
+
+def _around_abort_request(original, tm, rid: str = "", abort_all: bool = False, *args, **kwargs):
+    """TokenizerManager.abort_request AROUND: a hang-up's (or a failed handler's) abort of ``rid`` is not
+    sent while another request in flight has a rid that starts with it. SGLang would end that one too: a
+    tenant that sent rid "job", read one token and hung up ended another tenant's "job-7" midway."""
+    if (abort_all or ADMIN_CALL.get() is not None or mint_config(tm.server_args) is None
+            or not _extended_in_flight(tm.rid_to_state, rid)):
+        return original(tm, rid, abort_all, *args, **kwargs)
+    logger.info("request %r runs to its end, unread: its client went away, and SGLang's abort of it would end "
+                "every request whose rid starts with %r, another of those is in flight", rid, rid)
+    return None
+
+
+def _extended_in_flight(rid_to_state, rid) -> bool:
+    """Whether a request in flight other than ``rid``'s own has a rid that starts with ``rid``."""
+    return isinstance(rid, str) and any(other != rid and other.startswith(rid) for other in rid_to_state)
