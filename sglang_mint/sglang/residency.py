@@ -205,7 +205,14 @@ def _count_usage(req, abort_reason: dict | None = None) -> None:
     ``abort_reason``: the reason SGLang sent with an abort it reported outside the output stream
     (queue full, preempted). A request SGLang ended with ``set_finish_with_abort`` (a refusal
     before its prefill) bills no tokens: its prompt was swapped for one token, run and dropped; nor
-    does one ended in the queue before its first prefill (_after_send_abort_output)."""
+    does one ended in the queue before its first prefill (_after_send_abort_output).
+
+    A prompt asked for n > 1 choices is served by SGLang as a warm-up (the prompt run for no new token,
+    which caches it) and then one request per choice, each with the whole prompt, all but its last
+    token cached by the warm-up. Counted whole, n = 3 was 4 requests, 4 prompts and 3 of them cached.
+    The warm-up counts the prompt once and what it found cached, and no request; each choice counts
+    one request and its completion. A warm-up that fails is the request (no choice follows it).
+    A client that asks n > 1 choices of 0 new tokens is counted as n + 1 warm-ups: no request."""
     usage = getattr(req, "_mint_usage", None)
     if usage is not None:
         req._mint_usage = None
@@ -214,8 +221,14 @@ def _count_usage(req, abort_reason: dict | None = None) -> None:
         served = not getattr(req, "_mint_unserved", False)
         prompt, cached, completion = ((len(req.origin_input_ids), req.cached_tokens, len(req.output_ids_through_stop))
                                       if served else (0, 0, 0))
+        requests = 1
+        if req.sampling_params.n > 1:  # one of n choices, or SGLang's warm-up of their prompt
+            if req.sampling_params.max_new_tokens == 0 and not (error or cancelled):
+                requests = 0  # the warm-up: the prompt, once, and what it found cached; the choices follow
+            else:
+                prompt = cached = 0  # a choice: its prompt is the warm-up's (cached by it)
         usage[0].record(usage[1], usage[2], prompt_tokens=prompt, cached_tokens=cached, completion_tokens=completion,
-                        error=error, cancelled=cancelled)
+                        error=error, cancelled=cancelled, requests=requests)
 
 
 def _after_set_finish_with_abort(result, req, *args, **kwargs):

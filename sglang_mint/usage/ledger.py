@@ -105,8 +105,9 @@ class UsageLedger:
         self._thread.start()
 
     def record(self, adapter: str | None, revision: int | None, *, prompt_tokens: int, cached_tokens: int,
-               completion_tokens: int, error: bool = False, cancelled: bool = False) -> None:
-        """Count one request that ended now. O(1); safe from any thread."""
+               completion_tokens: int, error: bool = False, cancelled: bool = False, requests: int = 1) -> None:
+        """Count one request that ended now (``requests=0``: tokens spent for requests counted apart). O(1);
+        safe from any thread."""
         key = (adapter, revision, minute_text(self._clock()))
         on_main = threading.current_thread() is self._main  # as _main_thread_work, without its generator
         if on_main:
@@ -114,7 +115,7 @@ class UsageLedger:
         try:
             with self._lock:
                 counts = self._counts.setdefault(key, [0] * len(FIELDS))
-                counts[0] += 1
+                counts[0] += requests
                 counts[1] += prompt_tokens
                 counts[2] += cached_tokens
                 counts[3] += completion_tokens

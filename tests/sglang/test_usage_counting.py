@@ -14,7 +14,7 @@ from types import SimpleNamespace
 import pytest
 from sglang.srt import runtime_context
 from sglang.srt.managers.io_struct import AbortReq, GenerateReqInput
-from sglang.srt.managers.schedule_batch import Req
+from sglang.srt.managers.schedule_batch import FINISH_LENGTH, Req
 from sglang.srt.managers.tokenizer_manager import TokenizerManager
 from sglang.srt.sampling.sampling_params import SamplingParams
 
@@ -75,7 +75,7 @@ def test_a_request_ended_in_the_queue_before_its_prefill_bills_no_tokens():
     """The queue full (503), or its client gone while it waited: SGLang ends it with send_abort_output
     before anything ran, and its whole prompt was billed, as uncached tokens."""
     full = {"type": "abort", "status_code": 503, "message": "The request queue is full."}
-    nothing = {"prompt_tokens": 0, "cached_tokens": 0, "completion_tokens": 0}
+    nothing = {"prompt_tokens": 0, "cached_tokens": 0, "completion_tokens": 0, "requests": 1}
     assert abort_counted(new_req(40), full) == {**nothing, "error": True, "cancelled": False}
     assert abort_counted(new_req(40), None) == {**nothing, "error": False, "cancelled": True}  # a hang-up
 
@@ -87,7 +87,34 @@ def test_a_request_ended_in_the_queue_before_its_prefill_bills_no_tokens():
     retracted.output_ids.extend([7, 8])
     retracted.reset_for_retract()
     assert abort_counted(retracted, full) == {"prompt_tokens": 40, "cached_tokens": 0, "completion_tokens": 2,
-                                              "error": True, "cancelled": False}
+                                              "error": True, "cancelled": False, "requests": 1}
+
+
+def test_n_choices_count_one_request_each_and_their_prompt_once():
+    """SGLang serves n > 1 as a warm-up of the prompt (0 new tokens) and one request per choice, each
+    with the whole prompt; a real server: tests/sglang/test_usage_ledger.py."""
+    def finished(n: int, max_new_tokens: int, cached: int, made: int) -> dict:
+        req = Req("r1", "", array("q", range(1, 41)), SamplingParams(max_new_tokens=max_new_tokens, n=n))
+        req.cached_tokens, req.finished_reason = cached, FINISH_LENGTH(length=made)
+        req.output_ids.extend(range(made))
+        recorded = []
+        req._mint_usage = (SimpleNamespace(record=lambda *args, **counts: recorded.append(counts)), "acme/bot", 3)
+        residency._count_usage(req)
+        [counts] = recorded
+        return {k: counts[k] for k in ("requests", "prompt_tokens", "cached_tokens", "completion_tokens")}
+
+    assert finished(1, 8, 16, 8) == {"requests": 1, "prompt_tokens": 40, "cached_tokens": 16, "completion_tokens": 8}
+    assert finished(3, 0, 16, 0) == {"requests": 0, "prompt_tokens": 40, "cached_tokens": 16, "completion_tokens": 0}
+    assert finished(3, 8, 39, 8) == {"requests": 1, "prompt_tokens": 0, "cached_tokens": 0, "completion_tokens": 8}
+    assert finished(1, 0, 16, 0)["requests"] == 1  # 0 new tokens, one choice: a request (a prompt scored)
+
+    full = {"type": "abort", "status_code": 503, "message": "The request queue is full."}
+    warm_up = Req("r1", "", array("q", range(1, 41)), SamplingParams(max_new_tokens=0, n=3))
+    assert abort_counted(warm_up, full)["requests"] == 1  # no choice follows a failed warm-up: it is the request
+    choice = Req("r1", "", array("q", range(1, 41)), SamplingParams(max_new_tokens=8, n=3))
+    choice.already_computed = 40
+    assert abort_counted(choice, None) == {"prompt_tokens": 0, "cached_tokens": 0, "completion_tokens": 0,
+                                           "error": False, "cancelled": True, "requests": 1}
 
 
 @pytest.mark.parametrize("pp_rank, counts", [(0, True), (1, False)])

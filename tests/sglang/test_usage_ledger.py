@@ -143,3 +143,28 @@ def test_usage_rows_per_minute_the_cli_and_bad_queries(server, capsys):
         with pytest.raises(urllib.error.HTTPError) as err:
             usage_of(server, **dict([query]))
         assert err.value.code == 400 and complaint in json.loads(err.value.read())["error"]["message"]
+
+
+def test_a_request_with_n_choices_counts_each_choice_and_its_prompt_once(server):
+    """SGLang serves n > 1 as a warm-up of the prompt (no new token: it caches the prefix), then one
+    request per choice. Each was counted whole: n = 3 gave 4 requests and 4 prompts, 3 of them cached
+    only because of that warm-up. The ledger counts one request per choice and the prompt once, with
+    what it found cached before; the answer's usage counts the prompt once too."""
+    adapter = ADAPTERS[5]
+    client = openai.OpenAI(base_url=server.openai_url, api_key="none", max_retries=0, timeout=600)
+    before = usage_of(server, adapter=adapter)["totals"]
+    prompt = "one prompt this module sends only here, for three choices"  # nothing of it cached before
+    answer = client.completions.create(model=adapter, prompt=prompt, n=3, max_tokens=5, temperature=1.0)
+    assert len(answer.choices) == 3
+    expected = {"requests": 3, "prompt_tokens": answer.usage.prompt_tokens, "cached_tokens": 0,
+                "completion_tokens": answer.usage.completion_tokens, "errors": 0, "cancelled": 0}
+    deadline = time.monotonic() + 30  # the ledger appends every 2 s
+    while True:
+        got = {k: v - before[k] for k, v in usage_of(server, adapter=adapter)["totals"].items()}
+        if got["requests"] >= 3:
+            time.sleep(2.5)  # and one more append: a fourth request counted would show
+            got = {k: v - before[k] for k, v in usage_of(server, adapter=adapter)["totals"].items()}
+            break
+        assert time.monotonic() < deadline, got
+        time.sleep(0.5)
+    assert got == expected
