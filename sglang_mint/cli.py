@@ -11,7 +11,7 @@ import argparse
 import importlib
 import sys
 
-from sglang_mint.errors import MintError
+from sglang_mint.errors import MintError, no_room
 
 # (module, group name). A group module defines add_commands(subparsers).
 COMMAND_GROUPS = [
@@ -66,6 +66,12 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except MintError as exc:
         print(f"mint: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a write that found the disk full: said as such, not a traceback
+        refused = no_room(exc, f"mint {args.group}")
+        if refused is None:
+            raise
+        print(f"mint: error: {refused}", file=sys.stderr)
         return 2
 
 

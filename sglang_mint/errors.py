@@ -1,5 +1,11 @@
 """Errors the core raises. Each message names what is wrong and with what."""
 
+import errno
+
+# What a write raises when there is no room for it: the disk or shared memory full, a disk quota, the
+# process's file-size limit (RLIMIT_FSIZE)
+NO_ROOM_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
 
 def shown(value, limit: int = 40) -> str:
     """``value`` as ``repr`` shows it, cut to its start past ``limit`` characters: an error names a bad
@@ -29,6 +35,21 @@ class InvalidAdapterId(MintError):
 
 class AdapterNotFound(MintError):
     http_status = 404
+
+
+class NoRoom(MintError):
+    """A write found no room (``NO_ROOM_ERRNOS``): HTTP's 507 Insufficient Storage. What it wrote is
+    removed; the same call succeeds once there is room."""
+    http_status = 507
+
+
+def no_room(exc: OSError, where: str, path: str | None = None) -> NoRoom | None:
+    """The NoRoom for ``exc`` if it is one (else None), naming ``where`` and the path it wrote to."""
+    if exc.errno not in NO_ROOM_ERRNOS:
+        return None
+    path = path or exc.filename
+    return NoRoom(f"{where}: no room left to write{f' to {path}' if path else ''} ({exc.strerror}); "
+                  "free space there, or raise the quota or file-size limit, and send it again")
 
 
 class HooksNotApplied(MintError):

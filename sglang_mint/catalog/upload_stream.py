@@ -37,7 +37,7 @@ import time
 from python_multipart.multipart import MultipartParseError, MultipartParser, parse_options_header
 
 from sglang_mint.catalog.upload import check_file_name
-from sglang_mint.errors import MintError
+from sglang_mint.errors import MintError, no_room
 
 UPLOAD_FIELDS = ("durable", "expected_revision", "inbox", "metadata", "pack", "warm")
 MAX_FILES = 4
@@ -132,7 +132,7 @@ async def read_capped(request, limit: int, what: str) -> bytes:
 async def received_upload(request, root: str, limit: int, where: str):
     """``async with received_upload(...) as (files, fields, digests)``: files {file name: temp path},
     fields {name: text}, digests {file name: sha256 hex, taken as the bytes were written}. Raises
-    BodyRefused or InvalidAdapter; the temp files still there after the block are removed."""
+    BodyRefused, InvalidAdapter or NoRoom; the temp files still there after the block are removed."""
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
         raise BodyRefused(415, "publish takes multipart/form-data: the files adapter_config.json and "
                                "adapter_model.safetensors (or adapter.mintpack), e.g. "
@@ -142,7 +142,13 @@ async def received_upload(request, root: str, limit: int, where: str):
     folder = await asyncio.to_thread(_new_folder, root)
     receiver = _Receiver(folder, where)
     try:
-        await receiver.receive(request, limit)
+        try:
+            await receiver.receive(request, limit)
+        except OSError as exc:
+            refused = no_room(exc, where, folder)
+            if refused is None:
+                raise
+            raise refused from None
         yield receiver.files, receiver.fields, {name: h.hexdigest() for name, h in receiver.hashes.items()}
     finally:
         receiver.close()

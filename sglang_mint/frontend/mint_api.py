@@ -58,7 +58,7 @@ from sglang_mint.catalog.upload import publish_files, upload_folder
 from sglang_mint.catalog.upload_stream import (RETRY_AFTER_S, ascii_int, declared_length, read_capped,
                                                received_upload, upload_gate, uploads_in_flight)
 from sglang_mint.config import MintConfig
-from sglang_mint.errors import MintError, shown
+from sglang_mint.errors import MintError, no_room, shown
 from sglang_mint.frontend.admin_guard import ADMITTED
 from sglang_mint.frontend.catalog_names import CatalogNames
 from sglang_mint.residency.host_bytes import proportional_sizes
@@ -134,6 +134,9 @@ def _check_admitted(request: Request) -> None:
                             "this request", "permission_error")
 
 
+_ERROR_KINDS = {409: "conflict", 507: "server_error"}
+
+
 def _refusals(handler):
     @functools.wraps(handler)  # FastAPI reads the handler's own signature (path parameters)
     async def wrapped(request: Request, *args, **kwargs):
@@ -142,7 +145,12 @@ def _refusals(handler):
         except _Refused as exc:
             return exc.response
         except MintError as exc:
-            return error(exc.http_status, str(exc), "conflict" if exc.http_status == 409 else "invalid_request_error")
+            return error(exc.http_status, str(exc), _ERROR_KINDS.get(exc.http_status, "invalid_request_error"))
+        except OSError as exc:  # a write of the catalog or of staging found the disk full
+            refused = no_room(exc, f"{request.method} {request.url.path}")
+            if refused is None:
+                raise
+            return error(refused.http_status, str(refused), "server_error")
 
     return wrapped
 

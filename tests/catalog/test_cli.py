@@ -191,3 +191,27 @@ def test_a_mistyped_option_is_reported_by_its_own_subcommand(tmp_path, base_dir)
     p = mint("import", cat, "--from-dirr", str(tmp_path), check=False)
     assert p.returncode == 2 and p.stderr.startswith("usage: mint catalog import "), p.stderr
     assert "mint catalog import: error: unrecognized arguments: --from-dirr" in p.stderr, p.stderr
+
+
+def test_a_full_disk_is_said_as_such_and_stores_nothing(tmp_path, base_dir):
+    """The disk filling under a publish (here the kernel's file-size limit, RLIMIT_FSIZE, which fails a write
+    with EFBIG as a full disk fails it with ENOSPC) is an error that says so, not a traceback."""
+    import os
+    import resource
+
+    cat = str(tmp_path / "cat")
+    mint("init", cat, "--base-model", base_dir)
+    big = write_peft(tmp_path / "big", rank=64)
+    size = os.path.getsize(os.path.join(big, "adapter_model.safetensors"))
+    assert max(os.path.getsize(os.path.join(cat, name)) for name in os.listdir(cat)) < size // 2
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (size // 2, hard))
+    try:
+        p = mint("publish", cat, "a", big, check=False)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    assert p.returncode == 2 and p.stderr.startswith("mint: error: mint catalog: no room left to write"), p.stderr
+    assert "File too large" in p.stderr and "Traceback" not in p.stderr
+    assert "'a' is not in the catalog" in mint("show", cat, "a", check=False).stderr
+    assert os.listdir(os.path.join(cat, "blobs", "tmp")) == []
+    mint("publish", cat, "a", big)  # with room again

@@ -8,6 +8,8 @@ request is refused before it reaches.
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 from types import SimpleNamespace
 
 import httpx
@@ -140,3 +142,30 @@ def test_a_chunked_upload_claiming_a_small_content_length_is_received_on_disk(tm
                "transfer-encoding": "chunked"})
     assert received_in and not received_in[0].startswith(staged.root), received_in
     staged.close()
+
+
+def test_a_write_that_finds_no_room_is_a_507_and_any_other_os_error_is_raised():
+    """A catalog write past the upload (a blob, a view) that finds the disk full answers 507 naming the
+    call and the file; the receiving of an upload names its folder itself (test_mint_api_catalog_input.py)."""
+    import errno
+
+    import pytest
+
+    from sglang_mint.frontend.mint_api import _refusals
+
+    request = SimpleNamespace(method="POST", url=SimpleNamespace(path="/mint/adapters/acme/bot/revisions"))
+
+    def answer(exc: OSError):
+        async def handler(request):
+            raise exc
+
+        return asyncio.run(_refusals(handler)(request))
+
+    for code in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        response = answer(OSError(code, os.strerror(code), "/catalog/blobs/tmp/ab12"))
+        body = json.loads(response.body)["error"]
+        assert (response.status_code, body["code"], body["type"]) == (507, 507, "server_error")
+        assert body["message"].startswith("POST /mint/adapters/acme/bot/revisions: no room left to write to "
+                                          f"/catalog/blobs/tmp/ab12 ({os.strerror(code)})"), body["message"]
+    with pytest.raises(PermissionError):
+        answer(PermissionError(errno.EACCES, "Permission denied", "/catalog/blobs"))

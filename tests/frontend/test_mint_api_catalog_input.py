@@ -97,3 +97,32 @@ def test_metadata_an_older_version_stored_is_shown_not_a_500(app, catalog, store
     assert response.status_code == 200, response.text
     [rev] = response.json()["revisions"]
     assert rev["metadata"] == shown
+
+
+def test_a_full_disk_is_a_507_naming_it_and_a_publish_that_fits_is_stored(app, catalog, tiny_adapters, tmp_path):
+    """The disk filling under an upload (here the kernel's file-size limit, RLIMIT_FSIZE, which fails a write
+    with EFBIG as a full disk fails it with ENOSPC) is a 507 that says so, not a bare 500; what the upload
+    wrote is gone, and a smaller adapter is still published."""
+    import os
+    import resource
+
+    from sglang_mint.catalog.upload import upload_folder
+
+    big, small = tiny_adapters["tiny-0000"], tiny_adapters["tiny-0002"]  # 134 KB and 20 KB of weights
+    limit = 64 * 1024
+    assert (small / FILES[1]).stat().st_size < limit < (big / FILES[1]).stat().st_size
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+    try:
+        refused = publish(app, big, b"{}")
+        stored = publish(app, small, b"{}")
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    assert refused.status_code == 507, refused.text
+    error = refused.json()["error"]
+    assert error["code"] == 507 and error["type"] == "server_error"
+    for words in ("upload for 'acme/bot': no room left to write to", upload_folder(catalog), "File too large"):
+        assert words in error["message"], error["message"]
+    assert stored.status_code == 201, stored.text
+    assert catalog.resolve("acme/bot").revision == 2  # the refused upload took no revision
+    assert os.listdir(upload_folder(catalog)) == []
