@@ -10,6 +10,13 @@ abort to the request itself:
   whose rid starts with this one's ("job" and another tenant's "job-7"), is not sent. The request
   runs to its end instead, unread, and is billed as served. An admin's ``/abort_request`` is sent as
   SGLang sends it: every request whose rid starts with the one named ends.
+- ``_around_create_abort_task``: 2 s after a streamed answer ends, SGLang aborts each of its rids still
+  in flight, finished or not; the abort now goes only to the answer's own requests, not to a newer
+  request that took the same rid (another tenant's "job", sent once the first "job" was done).
+
+Not covered: SGLang's scheduler aborts a request that passed ``SGLANG_REQ_WAITING_TIMEOUT`` or
+``SGLANG_REQ_RUNNING_TIMEOUT`` (both off by default) by its rid too, inside the scheduler, past these
+hooks: with those set, a timed-out "job" ends "job-7" as well.
 
 With ``--enable-mint`` the tokenizer manager is SGLang's only one (``config.py`` refuses
 ``--tokenizer-worker-num`` above 1), so its ``rid_to_state`` holds every request in flight.
@@ -18,11 +25,15 @@ With ``--enable-mint`` the tokenizer manager is SGLang's only one (``config.py``
 from __future__ import annotations
 
 import logging
+from contextvars import ContextVar
 
 from sglang_mint.frontend.admin_guard import ADMIN_CALL
 from sglang_mint.sglang.flags import mint_config
 
 logger = logging.getLogger("sglang_mint")
+
+# The request whose streamed answer ended, while SGLang's abort task for it runs (_around_create_abort_task)
+_ABORTING_FOR: ContextVar[object | None] = ContextVar("sglang_mint.aborting_for", default=None)
 
 
 SGLANG_RID_LENGTH = 32  # uuid4().hex: GenerateReqInput's own rids, and each sample's of n > 1
@@ -64,12 +75,46 @@ def _around_abort_request(original, tm, rid: str = "", abort_all: bool = False, 
     """TokenizerManager.abort_request AROUND: a hang-up's (or a failed handler's) abort of ``rid`` is not
     sent while another request in flight has a rid that starts with it. SGLang would end that one too: a
     tenant that sent rid "job", read one token and hung up ended another tenant's "job-7" midway."""
-    if (abort_all or ADMIN_CALL.get() is not None or mint_config(tm.server_args) is None
-            or not _extended_in_flight(tm.rid_to_state, rid)):
+    if abort_all or ADMIN_CALL.get() is not None or mint_config(tm.server_args) is None:
+        return original(tm, rid, abort_all, *args, **kwargs)
+    owner = _ABORTING_FOR.get()
+    if owner is not None and not _belongs_to(tm.rid_to_state.get(rid), owner):
+        return None  # the rid is a newer request's now: the answer that ended had finished
+    if not _extended_in_flight(tm.rid_to_state, rid):
         return original(tm, rid, abort_all, *args, **kwargs)
     logger.info("request %r runs to its end, unread: its client went away, and SGLang's abort of it would end "
                 "every request whose rid starts with %r, another of those is in flight", rid, rid)
     return None
+
+
+def _around_create_abort_task(original, tm, obj, *args, **kwargs):
+    """TokenizerManager.create_abort_task AROUND: SGLang's task, which aborts each rid of ``obj`` still in
+    ``rid_to_state`` 2 s after its streamed answer ended, runs on behalf of ``obj``: ``_around_abort_request``
+    lets it abort only ``obj``'s own requests. A rid there may be a newer request's: a stream that ran to
+    its end, then another tenant's request with the same rid, was aborted 2 s in."""
+    tasks = original(tm, obj, *args, **kwargs)
+    if mint_config(tm.server_args) is not None:
+        for task in tasks.tasks:
+            task.func = _on_behalf_of(obj, task.func)
+    return tasks
+
+
+def _on_behalf_of(obj, abort_later):
+    async def run(*args, **kwargs):
+        token = _ABORTING_FOR.set(obj)
+        try:
+            return await abort_later(*args, **kwargs)
+        finally:
+            _ABORTING_FOR.reset(token)
+
+    return run
+
+
+def _belongs_to(state, obj) -> bool:
+    """Whether ``state`` (a ReqState, or None) is one of ``obj``'s requests: ``obj`` itself, or one of the
+    prompts of its batch (GenerateReqInput's ``_sub_obj_cache``, the objects its states hold)."""
+    return state is not None and (state.obj is obj
+                                  or any(state.obj is sub for sub in obj.__dict__.get("_sub_obj_cache", {}).values()))
 
 
 def _extended_in_flight(rid_to_state, rid) -> bool:

@@ -55,6 +55,8 @@ HOOKS: tuple[Hook, ...] = (
          "frontend:_around_validate_and_resolve_lora"),  # no request body writes its own LoRA id
     Hook("frontend", f"{_TM}.abort_request", "AROUND",
          "client_rids:_around_abort_request"),  # a hang-up ends no other request whose rid starts with its rid
+    Hook("frontend", f"{_TM}.create_abort_task", "AROUND",
+         "client_rids:_around_create_abort_task"),  # a finished stream's late abort spares a newer same rid
     Hook("frontend", f"{_TM}._resolve_lora_path", "AROUND", "frontend:_around_tm_resolve_lora_path"),
     Hook("frontend", "sglang.srt.lora.lora_registry.LoRARegistry.release", "AROUND",
          "frontend:_around_registry_release"),
@@ -136,8 +138,8 @@ INTERNALS: tuple[Internal, ...] = (
     Internal("frontend", "generate_req_input", "lora_id, _sub_obj_cache", "cleared, with the prompts a batch was "
              "split into, before SGLang resolves a request's LoRA: no request body writes its own LoRA id",
              "frontend"),
-    Internal("frontend", "tokenizer_manager", "rid_to_state", "the rids in flight: a hang-up's abort is not sent "
-             "while it would end another of them", "client_rids"),
+    Internal("frontend", "tokenizer_manager", "rid_to_state", "the rids in flight, and the request each is: a "
+             "hang-up's abort is not sent while it would end another of them", "client_rids"),
     Internal("frontend", "lora_registry", "_registry, _counters", "registers and drops catalog revision names",
              "frontend"),
     Internal("frontend", "sglang.srt.environ.envs", "SGLANG_USE_PICKLE_IPC", "a LoRA id carries its revision "

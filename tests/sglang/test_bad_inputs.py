@@ -257,6 +257,19 @@ def test_a_client_s_hang_up_cancels_no_request_whose_rid_extends_its_rid(server)
     assert (meta["finish_reason"]["type"], meta["completion_tokens"]) == ("length", 1536), meta
 
 
+def test_a_finished_stream_s_rid_taken_by_another_request_is_not_aborted_with_it(server):
+    """SGLang aborts each rid of a streamed answer that is still in flight 2 s after the stream ended
+    (TokenizerManager.create_abort_task), finished or not. A tenant that streamed rid "task" to its end
+    ended another tenant's "task", sent once the first was done, 2 s in."""
+    first = {"text": PROMPT, "rid": "task", "stream": True, "sampling_params": {"max_new_tokens": 2}}
+    code, text = post(server, "/generate", first)
+    assert code == 200 and '"finish_reason":{"type":"length"' in text, text[-500:]  # streamed to its end
+    code, text = post(server, "/generate", {"text": PROMPT, "rid": "task", "sampling_params": {
+        "max_new_tokens": 1536, "temperature": 0, "ignore_eos": True}})
+    meta = json.loads(text)["meta_info"]
+    assert (code, meta["finish_reason"]["type"], meta["completion_tokens"]) == (200, "length", 1536), text[:500]
+
+
 def import_cases(tiny_model, adapters, tmp: Path) -> dict:
     """key -> (adapter folder, adapter id, substrings the refusal names)."""
     import torch

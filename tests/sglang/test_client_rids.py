@@ -4,6 +4,7 @@ abort that would end another request in flight is not sent. A real server: tests
 (test_a_short_hex_rid_cannot_cancel_another_tenant_s_request,
 test_a_client_s_hang_up_cancels_no_request_whose_rid_extends_its_rid)."""
 
+import asyncio
 import uuid
 
 import pytest
@@ -132,3 +133,43 @@ def test_any_other_abort_is_sent_as_sglang_sends_it():
         assert abort(InFlight("job", "job-7"), rid="job") == [("job", False)]
     finally:
         ADMIN_CALL.reset(token)
+
+
+def test_a_finished_answer_s_late_abort_reaches_only_its_own_requests():
+    """SGLang's task aborts each rid of a streamed answer still in rid_to_state 2 s after the stream ended; a
+    rid there may be a newer request's. A real server: test_a_finished_stream_s_rid_taken_by_another_request_..."""
+    from types import SimpleNamespace
+
+    from sglang.srt.managers.io_struct import GenerateReqInput
+
+    from sglang_mint.sglang.client_rids import _around_create_abort_task
+
+    def sglang_s_task(tm, obj):  # TokenizerManager.create_abort_task's, less its 2 s wait
+        from fastapi import BackgroundTasks
+
+        async def abort_request():
+            for rid in [obj.rid] if obj.is_single else obj.rid:
+                if rid in tm.rid_to_state:
+                    abort(tm, rid)
+
+        tasks = BackgroundTasks()
+        tasks.add_task(abort_request)
+        return tasks
+
+    def after_the_stream(tm, obj):
+        asyncio.run(_around_create_abort_task(sglang_s_task, tm, obj)())
+        return tm.sent
+
+    answer = GenerateReqInput(text="hi", rid="task")
+    answer.normalize_batch_and_arguments()
+    newer = InFlight("task")
+    newer.rid_to_state["task"] = SimpleNamespace(obj=GenerateReqInput(text="hi", rid="task"))
+    assert after_the_stream(newer, answer) == []  # another request's now
+    own = InFlight("task")
+    own.rid_to_state["task"] = SimpleNamespace(obj=answer)
+    assert after_the_stream(own, answer) == [("task", False)]  # its own, still running: its client left
+    batch = GenerateReqInput(text=["a", "b"], rid=["t1", "t2"])
+    batch.normalize_batch_and_arguments()
+    both = InFlight("t1", "t2")
+    both.rid_to_state.update(t1=SimpleNamespace(obj=batch[0]), t2=SimpleNamespace(obj=GenerateReqInput(text="x")))
+    assert after_the_stream(both, batch) == [("t1", False)]
