@@ -12,6 +12,7 @@ import sglang.srt.managers.schedule_batch as schedule_batch
 from sglang.srt.constrained import grammar_manager
 from sglang.srt.managers.io_struct import AbortReq
 from sglang.srt.managers.schedule_batch import FINISH_ABORT, FINISH_LENGTH, FINISH_MATCHED_TOKEN
+from sglang.srt.sampling.sampling_params import SamplingParams
 
 from sglang_mint.sglang.residency import _count_usage, usage_outcome
 
@@ -37,8 +38,9 @@ def test_a_hang_up_while_the_grammar_compiles_is_a_cancellation():
     recorded = []
     ledger = SimpleNamespace(record=lambda *args, **counts: recorded.append(counts))
     req = SimpleNamespace(rid="r1", grammar=None, origin_input_ids=[1, 2, 3], cached_tokens=0,
-                          output_ids_through_stop=[], to_finish=None, finished_reason=None,
-                          release_mm_inputs_on_abort=lambda: None, _mint_usage=(ledger, "acme/bot", 3))
+                          sampling_params=SamplingParams(), output_ids_through_stop=[], to_finish=None,
+                          finished_reason=None, release_mm_inputs_on_abort=lambda: None,
+                          _mint_usage=(ledger, "acme/bot", 3))
     req.set_finish_with_abort = lambda *a, **k: schedule_batch.Req.set_finish_with_abort(req, *a, **k)
     with mock.patch.object(schedule_batch, "get_parallel", lambda: SimpleNamespace(tp_rank=1)):
         grammar_manager.GrammarManager.abort_requests(SimpleNamespace(grammar_queue=[req]), AbortReq(rid="r1"))
