@@ -86,6 +86,8 @@ HOOKS: tuple[Hook, ...] = (
     Hook("scheduler", f"{_SCHED}.send_abort_output", "AFTER", "residency:_after_send_abort_output"),
     Hook("scheduler", "sglang.srt.managers.schedule_batch.Req.set_finish_with_abort", "AFTER",
          "residency:_after_set_finish_with_abort"),  # a refusal before the prefill bills no tokens
+    Hook("scheduler", f"{_SCHED}.init_req_max_new_tokens", "BEFORE",
+         "residency:_before_init_req_max_new_tokens"),  # n > 1: SGLang's warm-up bills the prompt once
     Hook("scheduler", "sglang.srt.managers.scheduler_components.output_streamer.SchedulerOutputStreamer"
          ".stream_output", "AFTER", "residency:_after_stream_output"),
     Hook("scheduler", f"{_SCHED}.get_internal_state", "AFTER", "residency:_after_get_internal_state"),

@@ -93,8 +93,11 @@ def test_a_request_ended_in_the_queue_before_its_prefill_bills_no_tokens():
 def test_n_choices_count_one_request_each_and_their_prompt_once():
     """SGLang serves n > 1 as a warm-up of the prompt (0 new tokens) and one request per choice, each
     with the whole prompt; a real server: tests/sglang/test_usage_ledger.py."""
-    def finished(n: int, max_new_tokens: int, cached: int, made: int) -> dict:
+    def finished(n: int, max_new_tokens: int, cached: int, made: int, cut_to: int | None = None) -> dict:
         req = Req("r1", "", array("q", range(1, 41)), SamplingParams(max_new_tokens=max_new_tokens, n=n))
+        residency._before_init_req_max_new_tokens(None, req)
+        if cut_to is not None:  # by Scheduler.init_req_max_new_tokens: the context or the KV memory
+            req.sampling_params.max_new_tokens = cut_to
         req.cached_tokens, req.finished_reason = cached, FINISH_LENGTH(length=made)
         req.output_ids.extend(range(made))
         recorded = []
@@ -107,9 +110,13 @@ def test_n_choices_count_one_request_each_and_their_prompt_once():
     assert finished(3, 0, 16, 0) == {"requests": 0, "prompt_tokens": 40, "cached_tokens": 16, "completion_tokens": 0}
     assert finished(3, 8, 39, 8) == {"requests": 1, "prompt_tokens": 0, "cached_tokens": 0, "completion_tokens": 8}
     assert finished(1, 0, 16, 0)["requests"] == 1  # 0 new tokens, one choice: a request (a prompt scored)
+    # a choice of a prompt that fills the context, cut to 0 new tokens: still a choice
+    assert finished(3, 8, 39, 0, cut_to=0) == {"requests": 1, "prompt_tokens": 0, "cached_tokens": 0,
+                                               "completion_tokens": 0}
 
     full = {"type": "abort", "status_code": 503, "message": "The request queue is full."}
     warm_up = Req("r1", "", array("q", range(1, 41)), SamplingParams(max_new_tokens=0, n=3))
+    residency._before_init_req_max_new_tokens(None, warm_up)
     assert abort_counted(warm_up, full)["requests"] == 1  # no choice follows a failed warm-up: it is the request
     choice = Req("r1", "", array("q", range(1, 41)), SamplingParams(max_new_tokens=8, n=3))
     choice.already_computed = 40
