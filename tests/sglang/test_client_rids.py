@@ -124,6 +124,10 @@ def test_any_other_abort_is_sent_as_sglang_sends_it():
     from sglang_mint.frontend.admin_guard import ADMIN_CALL
 
     assert abort(InFlight("job", "job-7"), "job-7") == [("job-7", False)]  # nothing else starts with it
+    uuid_rid = "65f2cc20ea6f47b6ac793ff0be2c440d"  # SGLang's: only its own requester could extend it
+    assert abort(InFlight(uuid_rid, uuid_rid + "-mine"), uuid_rid) == [(uuid_rid, False)]
+    assert abort(InFlight("resp_" + uuid_rid, "resp_" + uuid_rid + "x"), "resp_" + uuid_rid) != []
+    assert abort(InFlight(uuid_rid[:31] + "g", uuid_rid[:31] + "g-7"), uuid_rid[:31] + "g") == []  # not hex
     assert abort(InFlight("job", "other", "jo"), "job") == [("job", False)]
     assert abort(InFlight("job"), "job") == [("job", False)]
     assert abort(InFlight("job", "job-7"), abort_all=True) == [("", True)]
