@@ -16,7 +16,7 @@ abort to the request itself:
 
 Not covered: SGLang's scheduler aborts a request that passed ``SGLANG_REQ_WAITING_TIMEOUT`` or
 ``SGLANG_REQ_RUNNING_TIMEOUT`` (both off by default) by its rid too, inside the scheduler, past these
-hooks: with those set, a timed-out "job" ends "job-7" as well.
+hooks: with those set, a timed-out "job" ends "job-7" as well. The log says so as the server starts.
 
 With ``--enable-mint`` the tokenizer manager is SGLang's only one (``config.py`` refuses
 ``--tokenizer-worker-num`` above 1), so its ``rid_to_state`` holds every request in flight.
@@ -135,3 +135,17 @@ def _made_by_sglang(rid: str) -> bool:
         if len(rid) == len(head) + SGLANG_RID_LENGTH and rid.startswith(head) and set(rid[len(head):]) <= HEX:
             return True
     return False
+
+
+def warn_of_scheduler_timeouts() -> None:
+    """Say, as the server starts, what ``SGLANG_REQ_WAITING_TIMEOUT`` or ``SGLANG_REQ_RUNNING_TIMEOUT``
+    (off by default) does with rids clients write: the scheduler aborts a timed-out request by its rid,
+    past these hooks, so the requests whose rids start with it end too."""
+    from sglang.srt.environ import envs
+
+    timeouts = [name for name in ("SGLANG_REQ_WAITING_TIMEOUT", "SGLANG_REQ_RUNNING_TIMEOUT")
+                if getattr(envs, name).get() > 0]
+    if timeouts:
+        logger.warning("%s set: SGLang's scheduler aborts a request that times out by its rid, and with it every "
+                       "request whose rid starts with that rid, another client's too (\"job\" ends \"job-7\"); "
+                       "clients should send no rid, or a uuid4().hex", " and ".join(timeouts))

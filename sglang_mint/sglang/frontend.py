@@ -16,7 +16,7 @@ from sglang_mint.frontend.catalog_names import CatalogNames
 from sglang_mint.frontend.staged_revisions import StagedRevisions, staging_root
 from sglang_mint.lora_id import CatalogLoraId, RevisionName, is_catalog_lora_id, lora_name_of
 from sglang_mint.residency.metrics import FrontendMetrics
-from sglang_mint.sglang.client_rids import refuse_prefix_rids
+from sglang_mint.sglang.client_rids import refuse_prefix_rids, warn_of_scheduler_timeouts
 from sglang_mint.sglang.flags import mint_config
 from sglang_mint.sglang.hooks import verify_startup
 
@@ -119,6 +119,7 @@ def _after_init_lora(result, tm, *args, **kwargs):
     if config is None:
         return result
     verify_startup("frontend", tokenizer_manager=tm, lora_registry=getattr(tm, "lora_registry", None))
+    warn_of_scheduler_timeouts()
     if config.catalog is not None:
         frontend = tm._mint_frontend = tm.lora_registry._mint_frontend = CatalogFrontend(config, tm.server_args.port)
         frontend.warn_shadowed({name: ref.lora_path for name, ref in tm.lora_ref_cache.items()})  # --lora-paths

@@ -146,6 +146,8 @@ INTERNALS: tuple[Internal, ...] = (
              "frontend"),
     Internal("frontend", "sglang.srt.environ.envs", "SGLANG_USE_PICKLE_IPC", "a LoRA id carries its revision "
              "record only through pickled IPC", "frontend"),
+    Internal("frontend", "sglang.srt.environ.envs", "SGLANG_REQ_WAITING_TIMEOUT, SGLANG_REQ_RUNNING_TIMEOUT", "the "
+             "scheduler's timeouts, which abort by rid prefix past the hooks: warned of at startup", "client_rids"),
     Internal("frontend", "sglang.srt.environ.envs", "SGLANG_TIMEOUT_KEEP_ALIVE", "uvicorn's idle-connection "
              "timeout, set through its variable before launch_server reads it", "endpoints"),
     Internal("frontend", "controller", "dp_budget.update_budget, dp_budget.total_requests, "

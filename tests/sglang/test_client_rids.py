@@ -177,3 +177,16 @@ def test_a_finished_answer_s_late_abort_reaches_only_its_own_requests():
     both = InFlight("t1", "t2")
     both.rid_to_state.update(t1=SimpleNamespace(obj=batch[0]), t2=SimpleNamespace(obj=GenerateReqInput(text="x")))
     assert after_the_stream(both, batch) == [("t1", False)]
+
+
+def test_the_scheduler_s_timeouts_are_warned_of_as_the_server_starts(monkeypatch, caplog):
+    from sglang_mint.sglang.client_rids import warn_of_scheduler_timeouts
+
+    with caplog.at_level("WARNING", logger="sglang_mint"):
+        warn_of_scheduler_timeouts()  # both off: SGLang's default
+        assert caplog.records == []
+        monkeypatch.setenv("SGLANG_REQ_RUNNING_TIMEOUT", "30")
+        warn_of_scheduler_timeouts()
+    [record] = caplog.records
+    assert record.getMessage().startswith("SGLANG_REQ_RUNNING_TIMEOUT set: SGLang's scheduler aborts")
+    assert '"job" ends "job-7"' in record.getMessage()
