@@ -222,11 +222,10 @@ def _count_usage(req, abort_reason: dict | None = None) -> None:
         prompt, cached, completion = ((len(req.origin_input_ids), req.cached_tokens, len(req.output_ids_through_stop))
                                       if served else (0, 0, 0))
         requests = 1
-        if req.sampling_params.n > 1:  # one of n choices, or SGLang's warm-up of their prompt
-            if getattr(req, "_mint_warm_up", False) and not (error or cancelled):
-                requests = 0  # the warm-up: the prompt, once, and what it found cached; the choices follow
-            else:
-                prompt = cached = 0  # a choice: its prompt is the warm-up's (cached by it)
+        if getattr(req, "_mint_warm_up", False):  # SGLang's warm-up of a prompt asked for n > 1 choices
+            requests = 0 if not (error or cancelled) else 1  # the choices follow it; none follow one that failed
+        elif req.sampling_params.n > 1:  # a choice: its prompt is the warm-up's (cached by it)
+            prompt = cached = 0
         usage[0].record(usage[1], usage[2], prompt_tokens=prompt, cached_tokens=cached, completion_tokens=completion,
                         error=error, cancelled=cancelled, requests=requests)
 
@@ -235,7 +234,8 @@ def _before_init_req_max_new_tokens(scheduler, req, *args, **kwargs):
     """Scheduler.init_req_max_new_tokens BEFORE: whether ``req`` is SGLang's warm-up of a prompt asked for
     n > 1 choices (0 new tokens), read before the scheduler cuts max_new_tokens to what the context and
     the KV memory leave: a choice of a long prompt cut to 0 is still a choice."""
-    req._mint_warm_up = req.sampling_params.n > 1 and req.sampling_params.max_new_tokens == 0
+    if getattr(scheduler, "_mint_usage", None) is not None:
+        req._mint_warm_up = req.sampling_params.n > 1 and req.sampling_params.max_new_tokens == 0
 
 
 def _after_set_finish_with_abort(result, req, *args, **kwargs):

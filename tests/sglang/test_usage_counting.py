@@ -21,6 +21,7 @@ from sglang.srt.sampling.sampling_params import SamplingParams
 from sglang_mint.sglang import hooks, residency
 
 MINT_ON = SimpleNamespace(_mint=object())  # server_args with --enable-mint (flags.mint_config)
+COUNTING = SimpleNamespace(_mint_usage=object())  # a scheduler with a usage ledger
 
 
 def validated_as_served(tm, obj) -> None:
@@ -95,7 +96,7 @@ def test_n_choices_count_one_request_each_and_their_prompt_once():
     with the whole prompt; a real server: tests/sglang/test_usage_ledger.py."""
     def finished(n: int, max_new_tokens: int, cached: int, made: int, cut_to: int | None = None) -> dict:
         req = Req("r1", "", array("q", range(1, 41)), SamplingParams(max_new_tokens=max_new_tokens, n=n))
-        residency._before_init_req_max_new_tokens(None, req)
+        residency._before_init_req_max_new_tokens(COUNTING, req)
         if cut_to is not None:  # by Scheduler.init_req_max_new_tokens: the context or the KV memory
             req.sampling_params.max_new_tokens = cut_to
         req.cached_tokens, req.finished_reason = cached, FINISH_LENGTH(length=made)
@@ -116,8 +117,16 @@ def test_n_choices_count_one_request_each_and_their_prompt_once():
 
     full = {"type": "abort", "status_code": 503, "message": "The request queue is full."}
     warm_up = Req("r1", "", array("q", range(1, 41)), SamplingParams(max_new_tokens=0, n=3))
-    residency._before_init_req_max_new_tokens(None, warm_up)
+    residency._before_init_req_max_new_tokens(COUNTING, warm_up)
     assert abort_counted(warm_up, full)["requests"] == 1  # no choice follows a failed warm-up: it is the request
+    ran = Req("r1", "", array("q", range(1, 41)), SamplingParams(max_new_tokens=0, n=3))
+    residency._before_init_req_max_new_tokens(COUNTING, ran)
+    ran.already_computed = 16  # its client hung up in its chunked prefill: 16 tokens computed
+    assert abort_counted(ran, None) == {"prompt_tokens": 40, "cached_tokens": 0, "completion_tokens": 0,
+                                        "error": False, "cancelled": True, "requests": 1}
+    stock = Req("r1", "", array("q", range(1, 41)), SamplingParams(max_new_tokens=0, n=3))
+    residency._before_init_req_max_new_tokens(SimpleNamespace(), stock)  # no ledger: the plugin off
+    assert not hasattr(stock, "_mint_warm_up")
     choice = Req("r1", "", array("q", range(1, 41)), SamplingParams(max_new_tokens=8, n=3))
     choice.already_computed = 40
     assert abort_counted(choice, None) == {"prompt_tokens": 0, "cached_tokens": 0, "completion_tokens": 0,
