@@ -184,9 +184,22 @@ class AdminGuard:
         scope[ADMITTED] = how
         token = ADMIN_CALL.set(how)
         try:
-            await self.app(scope, receive, send)
+            await self.app(scope, receive, _outside_admin_call(send))
         finally:
             ADMIN_CALL.reset(token)
+
+
+def _outside_admin_call(send):
+    """``send`` run with ``ADMIN_CALL`` unset: uvicorn starts the next request of a kept-alive connection
+    from inside the last ``send`` of this one, and that request's task copies the context it starts in."""
+    async def send_outside(message) -> None:
+        token = ADMIN_CALL.set(None)
+        try:
+            await send(message)
+        finally:
+            ADMIN_CALL.reset(token)
+
+    return send_outside
 
 
 def carries_key(scope, key: str) -> bool:

@@ -12,6 +12,7 @@ import asyncio
 
 import httpx
 from fastapi import APIRouter, FastAPI
+from starlette.middleware import Middleware
 
 from sglang_mint.frontend import admin_guard
 
@@ -76,7 +77,8 @@ def test_the_admin_key_admits_and_other_routes_are_left_to_the_engine():
 
 def test_code_an_admitted_admin_call_runs_knows_it_and_no_other_code_does():
     """``ADMIN_CALL`` tells code without the request's scope (sglang/client_rids.py: an admin's
-    /abort_request keeps SGLang's meaning) how the call being answered was admitted."""
+    /abort_request keeps SGLang's meaning) how the call being answered was admitted; not the request
+    uvicorn starts next on the same connection, from inside this one's last ``send``."""
     seen: list[tuple[str, str | None]] = []
     app = FastAPI()
 
@@ -88,13 +90,35 @@ def test_code_an_admitted_admin_call_runs_knows_it_and_no_other_code_does():
     async def completions():
         seen.append(("/v1/completions", admin_guard.ADMIN_CALL.get()))
 
+    def next_request_started_in_send(inner):
+        """As uvicorn's h11 protocol: the response's last message starts the connection's next request."""
+        async def asgi(scope, receive, send):
+            async def send_and_start_next(message):
+                await send(message)
+                if message["type"] == "http.response.body" and not message.get("more_body"):
+                    started.append(asyncio.create_task(next_request()))
+            await inner(scope, receive, send_and_start_next)
+        return asgi
+
+    async def next_request():
+        seen.append(("next", admin_guard.ADMIN_CALL.get()))
+
     for key, peer, admitted in ((None, LOOPBACK, "loopback"), (ADMIN_KEY, REMOTE, "admin-api-key")):
         seen.clear()
+        started: list[asyncio.Task] = []
         guarded = FastAPI()
         guarded.router.routes.extend(app.router.routes)
         admin_guard.install(guarded, key, marked_paths=lambda _app: set())
         headers = {"Authorization": f"Bearer {ADMIN_KEY}"} if key else {}
-        for path in ("/abort_request", "/v1/completions"):
-            assert post(admin_guard.RecordPeer(guarded), path, peer, headers).status_code == 200
-        assert seen == [("/abort_request", admitted), ("/v1/completions", None)]
-        assert admin_guard.ADMIN_CALL.get() is None
+
+        async def calls():
+            transport = httpx.ASGITransport(app=admin_guard.RecordPeer(guarded), client=peer)
+            async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:30000") as client:
+                for path in ("/abort_request", "/v1/completions"):
+                    assert (await client.post(path, headers=headers)).status_code == 200
+                    assert admin_guard.ADMIN_CALL.get() is None  # reset once the call is answered
+            await asyncio.gather(*started)
+
+        guarded.user_middleware.insert(0, Middleware(next_request_started_in_send))  # outside the guard
+        asyncio.run(calls())
+        assert seen == [("/abort_request", admitted), ("/v1/completions", None), ("next", None), ("next", None)]
