@@ -118,12 +118,27 @@ def _after_init_lora(result, tm, *args, **kwargs):
     config = mint_config(tm.server_args)
     if config is None:
         return result
-    verify_startup("frontend", tokenizer_manager=tm, lora_registry=getattr(tm, "lora_registry", None))
+    verify_startup("frontend", tokenizer_manager=tm, lora_registry=getattr(tm, "lora_registry", None),
+                   **_request_internals(tm))
     warn_of_scheduler_timeouts()
     if config.catalog is not None:
         frontend = tm._mint_frontend = tm.lora_registry._mint_frontend = CatalogFrontend(config, tm.server_args.port)
         frontend.warn_shadowed({name: ref.lora_path for name, ref in tm.lora_ref_cache.items()})  # --lora-paths
     return result
+
+
+def _request_internals(tm) -> dict:
+    """The per-request objects whose internals the hooks read, made once as the server starts so that
+    ``verify_startup`` checks them: a batch request split into its prompts, and its abort task (built,
+    never run)."""
+    from sglang.srt.managers.io_struct import GenerateReqInput
+
+    batch = GenerateReqInput(text=["a", "b"])
+    batch.normalize_batch_and_arguments()
+    batch[0]  # noqa: B018 - makes the prompts' objects, as SGLang does for a batch
+    tasks = tm.create_abort_task(batch)
+    first_task = next(iter(getattr(tasks, "tasks", [])), None)
+    return {"generate_req_input": batch, "abort_tasks": tasks, "abort_task": first_task}
 
 
 async def _around_load_lora_adapter(original, tm, obj, *args, **kwargs):

@@ -137,11 +137,18 @@ INTERNALS: tuple[Internal, ...] = (
              "admin"),
     Internal("frontend", "tokenizer_manager", "lora_ref_cache, lora_registry", "SGLang's own adapters: the "
              "fallback for names the catalog does not hold", "frontend, openai_model"),
+    Internal("frontend", "tokenizer_manager", "server_args", "--enable-mint's settings (flags.mint_config), the "
+             "port", "frontend, client_rids, openai_model"),
     Internal("frontend", "generate_req_input", "lora_id, _sub_obj_cache", "cleared, with the prompts a batch was "
-             "split into, before SGLang resolves a request's LoRA: no request body writes its own LoRA id",
-             "frontend"),
+             "split into, before SGLang resolves a request's LoRA: no request body writes its own LoRA id; the "
+             "prompts' objects are the ones a batch's rids in flight hold", "frontend, client_rids"),
     Internal("frontend", "tokenizer_manager", "rid_to_state", "the rids in flight, and the request each is: a "
              "hang-up's abort is not sent while it would end another of them", "client_rids"),
+    Internal("frontend", "sglang.srt.managers.tokenizer_manager.ReqState", "obj", "the request a rid in flight "
+             "is: a finished answer's late abort reaches only its own", "client_rids"),
+    Internal("frontend", "abort_tasks", "tasks", "create_abort_task's BackgroundTasks: its task runs on behalf of "
+             "its answer", "client_rids"),
+    Internal("frontend", "abort_task", "func", "the task's function, wrapped", "client_rids"),
     Internal("frontend", "lora_registry", "_registry, _counters", "registers and drops catalog revision names",
              "frontend"),
     Internal("frontend", "sglang.srt.environ.envs", "SGLANG_USE_PICKLE_IPC", "a LoRA id carries its revision "
@@ -151,8 +158,10 @@ INTERNALS: tuple[Internal, ...] = (
     Internal("frontend", "sglang.srt.environ.envs", "SGLANG_TIMEOUT_KEEP_ALIVE", "uvicorn's idle-connection "
              "timeout, set through its variable before launch_server reads it", "endpoints"),
     Internal("frontend", "controller", "dp_budget.update_budget, dp_budget.total_requests, "
-             "dp_budget.last_timestamp, load_snapshot_reader.read_all, _active_workers", "the ranks' loads for adapter affinity; sets "
-             "._mint_loads", "dp_affinity"),
+             "dp_budget.last_timestamp, load_snapshot_reader.read_all, _active_workers", "the ranks' loads for "
+             "adapter affinity; sets ._mint_loads", "dp_affinity"),
+    Internal("scheduler", "sglang.srt.sampling.sampling_params.SamplingParams", "n, max_new_tokens", "a prompt "
+             "asked for n > 1 choices: SGLang's warm-up of it (0 new tokens) bills the prompt once", "residency"),
     Internal("scheduler", "req", "already_computed, retraction_count", "a request aborted in the queue before its "
              "first prefill bills no tokens", "residency"),
     Internal("scheduler", "lora_manager", "configs, loras, lora_refs, memory_pool, lora_modules", "installs and "

@@ -38,10 +38,14 @@ def test_every_row_names_a_role_and_modules_of_the_glue():
 def test_sglang_s_own_objects_hold_what_the_instance_rows_name():
     """No server: SGLang's real LoRA pool and MoE LoRA layer (bench/_standin_pool.py builds them on CPU)
     and its LoRA registry have every attribute INTERNALS names on them."""
+    import functools
+
     from sglang.srt.lora.layers import FusedMoEWithLoRA
     from sglang.srt.lora.lora_registry import LoRARegistry
+    from sglang.srt.managers.tokenizer_manager import TokenizerManager
     from transformers import Qwen3MoeConfig
 
+    from sglang_mint.sglang.frontend import _request_internals
     from sglang_mint.sglang.mint_moe import moe_layer_of
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
@@ -58,6 +62,11 @@ def test_sglang_s_own_objects_hold_what_the_instance_rows_name():
         hooks.verify_internals("scheduler", memory_pool=pool, moe_layer=moe)
         hooks.verify_internals("frontend", lora_registry=LoRARegistry())
     assert moe_layer_of(None) is None  # LoRA off: nothing to check
+    tm = SimpleNamespace()  # SGLang's own create_abort_task, on a tokenizer manager that has nothing else
+    tm.create_abort_task = functools.partial(TokenizerManager.create_abort_task, tm)
+    made = _request_internals(tm)
+    assert None not in made.values()  # each row checked below
+    hooks.verify_internals("frontend", **made)
 
 
 def test_an_internal_sglang_lacks_refuses_startup(run_py):
@@ -71,7 +80,7 @@ def test_an_internal_sglang_lacks_refuses_startup(run_py):
         from sglang_mint.sglang import hooks
 
         registry = SimpleNamespace(_registry={}, _counters={})
-        tm = SimpleNamespace(lora_registry=registry, rid_to_state={})  # no lora_ref_cache
+        tm = SimpleNamespace(lora_registry=registry, rid_to_state={}, server_args=None)  # no lora_ref_cache
         kept = mem_pool._SGLANG_EXPERIMENTAL_LORA_OPTI
         del mem_pool._SGLANG_EXPERIMENTAL_LORA_OPTI  # as if SGLang had renamed it
         for role, instances in (("scheduler", {}), ("frontend", {"tokenizer_manager": tm})):
