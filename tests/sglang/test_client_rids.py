@@ -6,6 +6,7 @@ test_a_client_s_hang_up_cancels_no_request_whose_rid_extends_its_rid)."""
 
 import asyncio
 import uuid
+from types import SimpleNamespace
 
 import pytest
 
@@ -97,11 +98,12 @@ class InFlight:
     """A tokenizer manager for ``_around_abort_request``: its rids in flight, and the aborts it sent."""
 
     def __init__(self, *rids: str, mint: bool = True):
-        from types import SimpleNamespace
-
         self.server_args = SimpleNamespace(**({"_mint": object()} if mint else {}))
-        self.rid_to_state = dict.fromkeys(rids)
+        self.rid_to_state = {rid: SimpleNamespace(obj=None) for rid in rids}  # ReqState: its request is .obj
         self.sent: list[tuple[str, bool]] = []
+
+    def abort_request(self, rid: str = "", abort_all: bool = False) -> None:  # as the hook wraps it
+        abort(self, rid, abort_all=abort_all)
 
 
 def abort(tm: InFlight, *args, **kwargs) -> list[tuple[str, bool]]:
@@ -126,7 +128,8 @@ def test_any_other_abort_is_sent_as_sglang_sends_it():
     assert abort(InFlight("job", "job-7"), "job-7") == [("job-7", False)]  # nothing else starts with it
     uuid_rid = "65f2cc20ea6f47b6ac793ff0be2c440d"  # SGLang's: only its own requester could extend it
     assert abort(InFlight(uuid_rid, uuid_rid + "-mine"), uuid_rid) == [(uuid_rid, False)]
-    assert abort(InFlight("resp_" + uuid_rid, "resp_" + uuid_rid + "x"), "resp_" + uuid_rid) != []
+    assert abort(InFlight("resp_" + uuid_rid, "resp_" + uuid_rid + "x"), "resp_" + uuid_rid) == [
+        ("resp_" + uuid_rid, False)]
     assert abort(InFlight(uuid_rid[:31] + "g", uuid_rid[:31] + "g-7"), uuid_rid[:31] + "g") == []  # not hex
     assert abort(InFlight("job", "other", "jo"), "job") == [("job", False)]
     assert abort(InFlight("job"), "job") == [("job", False)]
@@ -142,26 +145,20 @@ def test_any_other_abort_is_sent_as_sglang_sends_it():
 def test_a_finished_answer_s_late_abort_reaches_only_its_own_requests():
     """SGLang's task aborts each rid of a streamed answer still in rid_to_state 2 s after the stream ended; a
     rid there may be a newer request's. A real server: test_a_finished_stream_s_rid_taken_by_another_request_..."""
-    from types import SimpleNamespace
+    from unittest import mock
 
+    from sglang.srt.managers import tokenizer_manager
     from sglang.srt.managers.io_struct import GenerateReqInput
 
     from sglang_mint.sglang.client_rids import _around_create_abort_task
 
-    def sglang_s_task(tm, obj):  # TokenizerManager.create_abort_task's, less its 2 s wait
-        from fastapi import BackgroundTasks
+    async def no_wait(seconds):
+        assert seconds == 2  # SGLang's wait before it aborts
 
-        async def abort_request():
-            for rid in [obj.rid] if obj.is_single else obj.rid:
-                if rid in tm.rid_to_state:
-                    abort(tm, rid)
-
-        tasks = BackgroundTasks()
-        tasks.add_task(abort_request)
-        return tasks
-
-    def after_the_stream(tm, obj):
-        asyncio.run(_around_create_abort_task(sglang_s_task, tm, obj)())
+    def after_the_stream(tm, obj):  # SGLang's own task, in the hook, less its 2 s wait
+        tasks = _around_create_abort_task(tokenizer_manager.TokenizerManager.create_abort_task, tm, obj)
+        with mock.patch.object(tokenizer_manager, "asyncio", SimpleNamespace(sleep=no_wait)):
+            asyncio.run(tasks())
         return tm.sent
 
     answer = GenerateReqInput(text="hi", rid="task")
