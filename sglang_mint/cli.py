@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mint: error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:  # a write that found the disk full: said as such, not a traceback
-        refused = no_room(exc, f"mint {args.group}")
+        refused = no_room(exc, "mint " + " ".join(name for name in (argv if argv is not None else sys.argv[1:])[:2]))
         if refused is None:
             raise
         print(f"mint: error: {refused}", file=sys.stderr)

@@ -38,8 +38,7 @@ class AdapterNotFound(MintError):
 
 
 class NoRoom(MintError):
-    """A write found no room (``NO_ROOM_ERRNOS``): HTTP's 507 Insufficient Storage. What it wrote is
-    removed; the same call succeeds once there is room."""
+    """A write found no room (``NO_ROOM_ERRNOS``): HTTP's 507 Insufficient Storage."""
     http_status = 507
 
 
@@ -49,7 +48,7 @@ def no_room(exc: OSError, where: str, path: str | None = None) -> NoRoom | None:
         return None
     path = path or exc.filename
     return NoRoom(f"{where}: no room left to write{f' to {path}' if path else ''} ({exc.strerror}); "
-                  "free space there, or raise the quota or file-size limit, and send it again")
+                  "free space there, or raise the quota or file-size limit, and try again")
 
 
 class HooksNotApplied(MintError):

@@ -137,6 +137,10 @@ def _check_admitted(request: Request) -> None:
 _ERROR_KINDS = {409: "conflict", 507: "server_error"}
 
 
+def _answer(exc: MintError) -> ORJSONResponse:
+    return error(exc.http_status, str(exc), _ERROR_KINDS.get(exc.http_status, "invalid_request_error"))
+
+
 def _refusals(handler):
     @functools.wraps(handler)  # FastAPI reads the handler's own signature (path parameters)
     async def wrapped(request: Request, *args, **kwargs):
@@ -145,12 +149,12 @@ def _refusals(handler):
         except _Refused as exc:
             return exc.response
         except MintError as exc:
-            return error(exc.http_status, str(exc), _ERROR_KINDS.get(exc.http_status, "invalid_request_error"))
+            return _answer(exc)
         except OSError as exc:  # a write of the catalog or of staging found the disk full
             refused = no_room(exc, f"{request.method} {request.url.path}")
             if refused is None:
                 raise
-            return error(refused.http_status, str(refused), "server_error")
+            return _answer(refused)
 
     return wrapped
 

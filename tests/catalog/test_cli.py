@@ -210,7 +210,8 @@ def test_a_full_disk_is_said_as_such_and_stores_nothing(tmp_path, base_dir):
         p = mint("publish", cat, "a", big, check=False)
     finally:
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
-    assert p.returncode == 2 and p.stderr.startswith("mint: error: mint catalog: no room left to write"), p.stderr
+    assert p.returncode == 2 and p.stderr.startswith("mint: error: mint catalog publish: no room left to write"), \
+        p.stderr
     assert "File too large" in p.stderr and "Traceback" not in p.stderr
     assert "'a' is not in the catalog" in mint("show", cat, "a", check=False).stderr
     assert os.listdir(os.path.join(cat, "blobs", "tmp")) == []
