@@ -184,22 +184,24 @@ class AdminGuard:
         scope[ADMITTED] = how
         token = ADMIN_CALL.set(how)
         try:
-            await self.app(scope, receive, _outside_admin_call(send))
+            await self.app(scope, _outside_admin_call(receive), _outside_admin_call(send))
         finally:
             ADMIN_CALL.reset(token)
 
 
-def _outside_admin_call(send):
-    """``send`` run with ``ADMIN_CALL`` unset: uvicorn starts the next request of a kept-alive connection
-    from inside the last ``send`` of this one, and that request's task copies the context it starts in."""
-    async def send_outside(message) -> None:
+def _outside_admin_call(channel):
+    """An ASGI ``receive`` or ``send`` run with ``ADMIN_CALL`` unset. uvicorn starts the next request of a
+    kept-alive connection from inside the last ``send`` of this one, and a ``receive`` that resumes reading
+    a paused connection (a body past 64 KiB) registers its reader, under asyncio's own loop, in the context
+    it runs in: a request started there, or a task it makes, copies that context."""
+    async def outside(*args):
         token = ADMIN_CALL.set(None)
         try:
-            await send(message)
+            return await channel(*args)
         finally:
             ADMIN_CALL.reset(token)
 
-    return send_outside
+    return outside
 
 
 def carries_key(scope, key: str) -> bool:
