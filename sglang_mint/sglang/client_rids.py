@@ -80,8 +80,9 @@ def _around_abort_request(original, tm, rid: str = "", abort_all: bool = False, 
     would end that one too: a tenant that sent rid "job", read one token and hung up ended another
     tenant's "job-7" midway."""
     state = tm.rid_to_state.get(rid)
-    if (abort_all or state is None or ADMIN_CALL.get() is not None or mint_config(tm.server_args) is None):
-        return original(tm, rid, abort_all, *args, **kwargs)  # (SGLang sends nothing for a rid not in flight)
+    if (abort_all or state is None or getattr(state, "abort_sent", False) or ADMIN_CALL.get() is not None
+            or mint_config(tm.server_args) is None):
+        return original(tm, rid, abort_all, *args, **kwargs)  # (SGLang sends nothing for one not in flight or sent)
     owner = _ABORTING_FOR.get()
     if owner is not None and not _belongs_to(state, owner):
         return None  # the rid is a newer request's now: the answer that ended had finished
