@@ -144,8 +144,9 @@ INTERNALS: tuple[Internal, ...] = (
              "prompts' objects are the ones a batch's rids in flight hold", "frontend, client_rids"),
     Internal("frontend", "tokenizer_manager", "rid_to_state", "the rids in flight, and the request each is: a "
              "hang-up's abort is not sent while it would end another of them", "client_rids"),
-    Internal("frontend", "sglang.srt.managers.tokenizer_manager.ReqState", "obj", "the request a rid in flight "
-             "is: a finished answer's late abort reaches only its own", "client_rids"),
+    Internal("frontend", "sglang.srt.managers.tokenizer_manager.ReqState", "obj, abort_sent", "the request a rid "
+             "in flight is (a finished answer's late abort reaches only its own), and whether its abort was sent",
+             "client_rids"),
     Internal("frontend", "abort_tasks", "tasks", "create_abort_task's BackgroundTasks: its task runs on behalf of "
              "its answer", "client_rids"),
     Internal("frontend", "abort_task", "func", "the task's function, wrapped", "client_rids"),
@@ -162,6 +163,9 @@ INTERNALS: tuple[Internal, ...] = (
              "adapter affinity; sets ._mint_loads", "dp_affinity"),
     Internal("scheduler", "sglang.srt.sampling.sampling_params.SamplingParams", "n, max_new_tokens", "a prompt "
              "asked for n > 1 choices: SGLang's warm-up of it (0 new tokens) bills the prompt once", "residency"),
+    Internal("scheduler", "parallel", "pp_rank, dp_rank, attn_tp_rank, attn_cp_rank, attn_dp_rank, attn_dp_size",
+             "get_parallel(): the ranks SGLang takes requests on, where the usage ledger is kept; the DP rank the "
+             "node share and the metrics state are named by", "residency"),
     Internal("scheduler", "req", "already_computed, retraction_count", "a request aborted in the queue before its "
              "first prefill bills no tokens", "residency"),
     Internal("scheduler", "lora_manager", "configs, loras, lora_refs, memory_pool, lora_modules", "installs and "

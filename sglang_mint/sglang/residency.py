@@ -107,15 +107,20 @@ def _after_scheduler_init(result, scheduler, *args, **kwargs):
 
     manager = scheduler.tp_worker.model_runner.lora_manager if scheduler.enable_lora else None
     verify_startup("scheduler", lora_manager=manager, memory_pool=getattr(manager, "memory_pool", None),
-                   moe_layer=moe_layer_of(manager))
+                   moe_layer=moe_layer_of(manager), parallel=get_parallel())
     # The scheduler is a spawned process: this line shows the settings reached it.
     logger.info("sglang-mint enabled in scheduler process %d: %s", os.getpid(), config)
     if config.catalog is not None and scheduler.enable_lora:
         scheduler._mint_residency = scheduler_residency(scheduler, config)
-    # One ledger per DP rank, where SGLang answers from: every rank of a tensor- or pipeline-parallel
-    # engine runs each request, and each pipeline stage's first rank is rank 0 of its own tp_group.
-    if config.usage_dir is not None and scheduler.tp_group.rank_in_group == 0 and get_parallel().pp_rank == 0:
-        engine = engine_name(scheduler.server_args.host, scheduler.server_args.port, get_parallel().dp_rank or 0)
+    # One ledger per rank SGLang takes requests on and answers from (its own test, in Scheduler.recv_requests):
+    # every rank of a tensor- or pipeline-parallel engine runs each request, each pipeline stage's first rank
+    # is rank 0 of its own tp_group, and with --enable-dp-attention each attention group's first rank takes
+    # its own requests, though all share one tp_group.
+    parallel = get_parallel()
+    if (config.usage_dir is not None and parallel.pp_rank == 0 and parallel.attn_tp_rank == 0
+            and parallel.attn_cp_rank == 0):
+        rank = (parallel.dp_rank or 0) * parallel.attn_dp_size + parallel.attn_dp_rank  # dp_rank without DP attention
+        engine = engine_name(scheduler.server_args.host, scheduler.server_args.port, rank)
         ledger = scheduler._mint_usage = UsageLedger(config.usage_dir, engine, flush_s=config.usage_flush_s)
         if threading.current_thread() is threading.main_thread():  # SGLang builds it there
             before_sigterm(ledger.flush_at_signal)  # SIGTERM to the whole server: the last answers are billed
@@ -211,7 +216,8 @@ def _count_usage(req, abort_reason: dict | None = None) -> None:
     which caches it) and then one request per choice, each with the whole prompt, all but its last
     token cached by the warm-up. Counted whole, n = 3 was 4 requests, 4 prompts and 3 of them cached.
     The warm-up counts the prompt once and what it found cached, and no request; each choice counts
-    one request and its completion. A warm-up that fails is the request (no choice follows it).
+    one request and its completion. A warm-up that fails is counted as a request (SGLang then sends the
+    choices only for a streamed request, or an abort without a status: they count too).
     A client that asks n > 1 choices of 0 new tokens is counted as n + 1 warm-ups: no request."""
     usage = getattr(req, "_mint_usage", None)
     if usage is not None:
@@ -223,7 +229,7 @@ def _count_usage(req, abort_reason: dict | None = None) -> None:
                                       if served else (0, 0, 0))
         requests = 1
         if getattr(req, "_mint_warm_up", False):  # SGLang's warm-up of a prompt asked for n > 1 choices
-            requests = 0 if not (error or cancelled) else 1  # the choices follow it; none follow one that failed
+            requests = 0 if not (error or cancelled) else 1  # the choices follow it, seldom one that failed
         elif req.sampling_params.n > 1:  # a choice: its prompt is the warm-up's (cached by it)
             prompt = cached = 0
         usage[0].record(usage[1], usage[2], prompt_tokens=prompt, cached_tokens=cached, completion_tokens=completion,

@@ -118,7 +118,7 @@ def test_n_choices_count_one_request_each_and_their_prompt_once():
     full = {"type": "abort", "status_code": 503, "message": "The request queue is full."}
     warm_up = Req("r1", "", array("q", range(1, 41)), SamplingParams(max_new_tokens=0, n=3))
     residency._before_init_req_max_new_tokens(COUNTING, warm_up)
-    assert abort_counted(warm_up, full)["requests"] == 1  # no choice follows a failed warm-up: it is the request
+    assert abort_counted(warm_up, full)["requests"] == 1  # a non-streamed one: no choice follows, it is the request
     ran = Req("r1", "", array("q", range(1, 41)), SamplingParams(max_new_tokens=0, n=3))
     residency._before_init_req_max_new_tokens(COUNTING, ran)
     ran.already_computed = 16  # its client hung up in its chunked prefill: 16 tokens computed
@@ -133,21 +133,33 @@ def test_n_choices_count_one_request_each_and_their_prompt_once():
                                            "error": False, "cancelled": True, "requests": 1}
 
 
-@pytest.mark.parametrize("pp_rank, counts", [(0, True), (1, False)])
-def test_one_ledger_per_engine_not_per_pipeline_stage(tmp_path, monkeypatch, pp_rank, counts):
+# (pp_rank, attn_tp_rank, attn_dp_rank, attn_dp_size, dp_rank) -> the ledger's engine name, None: no ledger
+RANKS = [((0, 0, 0, 1, None), "dp0"), ((1, 0, 0, 1, None), None),  # the second pipeline stage runs, not answers
+         ((0, 1, 0, 1, None), None),  # a tensor-parallel rank past the first
+         ((0, 0, 0, 1, 2), "dp2"),  # the third of --dp-size replicas
+         ((0, 0, 1, 2, None), "dp1"), ((0, 1, 1, 2, None), None)]  # --enable-dp-attention: groups 0 and 1
+
+
+@pytest.mark.parametrize("ranks, name", RANKS)
+def test_one_ledger_per_rank_that_answers(tmp_path, monkeypatch, ranks, name):
     """Each pipeline stage runs every request, and each stage's first rank is rank 0 of its own
     tensor-parallel group: with --pp-size 2 both stages kept a ledger, under one engine name, and
-    every request was counted twice. SGLang answers from the first stage only; so does the ledger."""
+    every request was counted twice. With --enable-dp-attention every attention group's first rank
+    takes and answers its own requests, all in one tp_group: only the first group's were counted.
+    The ledger is kept where SGLang answers: one per replica and attention group."""
     from sglang_mint.config import MintConfig
 
+    pp_rank, attn_tp_rank, attn_dp_rank, attn_dp_size, dp_rank = ranks
     monkeypatch.setattr(hooks, "verify_startup", lambda *args, **kwargs: None)  # no hooks applied here
     monkeypatch.setattr(residency, "before_sigterm", lambda handler: None)  # pytest keeps its SIGTERM
-    monkeypatch.setattr(runtime_context, "get_parallel", lambda: SimpleNamespace(pp_rank=pp_rank, dp_rank=None))
-    scheduler = SimpleNamespace(enable_lora=False, tp_group=SimpleNamespace(rank_in_group=0),
+    monkeypatch.setattr(runtime_context, "get_parallel", lambda: SimpleNamespace(
+        pp_rank=pp_rank, attn_tp_rank=attn_tp_rank, attn_cp_rank=0, attn_dp_rank=attn_dp_rank,
+        attn_dp_size=attn_dp_size, dp_rank=dp_rank))
+    scheduler = SimpleNamespace(enable_lora=False, tp_group=SimpleNamespace(rank_in_group=attn_tp_rank),
                                 server_args=SimpleNamespace(_mint=MintConfig.from_flags(usage_dir=str(tmp_path)),
                                                             host="127.0.0.1", port=30000))
     residency._after_scheduler_init(None, scheduler)
     ledger = getattr(scheduler, "_mint_usage", None)
-    assert (ledger is not None) == counts
+    assert (None if ledger is None else ledger.engine.rsplit("_", 1)[-1]) == name
     if ledger is not None:
         ledger.close()
