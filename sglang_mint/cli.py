@@ -59,6 +59,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _command_name(parser: argparse.ArgumentParser, argv: list[str]) -> str:
+    """The command ``argv`` runs, its subcommands and none of their arguments: "mint catalog publish" for
+    ``catalog publish CAT acme/bot FOLDER``, "mint pack" for ``pack SRC DST``."""
+    words = ["mint"]
+    for word in argv:
+        subcommands = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+        if subcommands is None or word not in subcommands.choices:
+            break
+        words.append(word)
+        parser = subcommands.choices[word]
+    return " ".join(words)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -68,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mint: error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:  # a write that found the disk full: said as such, not a traceback
-        refused = no_room(exc, "mint " + " ".join(name for name in (argv if argv is not None else sys.argv[1:])[:2]))
+        refused = no_room(exc, _command_name(parser, sys.argv[1:] if argv is None else argv))
         if refused is None:
             raise
         print(f"mint: error: {refused}", file=sys.stderr)

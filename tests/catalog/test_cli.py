@@ -216,3 +216,12 @@ def test_a_full_disk_is_said_as_such_and_stores_nothing(tmp_path, base_dir):
     assert "'a' is not in the catalog" in mint("show", cat, "a", check=False).stderr
     assert os.listdir(os.path.join(cat, "blobs", "tmp")) == []
     mint("publish", cat, "a", big)  # with room again
+
+
+def test_a_command_is_named_by_its_subcommands_not_their_arguments():
+    from sglang_mint.cli import _command_name, build_parser
+
+    parser = build_parser()
+    assert _command_name(parser, ["catalog", "publish", "/cat", "a", "/src"]) == "mint catalog publish"
+    assert _command_name(parser, ["pack", "/data/peft-src", "/dst"]) == "mint pack"
+    assert _command_name(parser, ["usage", "--dir", "/u"]) == "mint usage"
