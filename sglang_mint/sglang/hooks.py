@@ -163,6 +163,8 @@ INTERNALS: tuple[Internal, ...] = (
              "adapter affinity; sets ._mint_loads", "dp_affinity"),
     Internal("scheduler", "sglang.srt.sampling.sampling_params.SamplingParams", "n, max_new_tokens", "a prompt "
              "asked for n > 1 choices: SGLang's warm-up of it (0 new tokens) bills the prompt once", "residency"),
+    Internal("scheduler", "scheduler", "disaggregation_mode", "a prefill server of prefill-decode disaggregation "
+             "keeps no usage ledger: the decode server answers and bills", "residency"),
     Internal("scheduler", "parallel", "pp_rank, dp_rank, attn_tp_rank, attn_cp_rank, attn_dp_rank, attn_dp_size",
              "get_parallel(): the ranks SGLang takes requests on, where the usage ledger is kept; the DP rank the "
              "node share and the metrics state are named by", "residency"),

@@ -107,7 +107,7 @@ def _after_scheduler_init(result, scheduler, *args, **kwargs):
 
     manager = scheduler.tp_worker.model_runner.lora_manager if scheduler.enable_lora else None
     verify_startup("scheduler", lora_manager=manager, memory_pool=getattr(manager, "memory_pool", None),
-                   moe_layer=moe_layer_of(manager), parallel=get_parallel())
+                   moe_layer=moe_layer_of(manager), parallel=get_parallel(), scheduler=scheduler)
     # The scheduler is a spawned process: this line shows the settings reached it.
     logger.info("sglang-mint enabled in scheduler process %d: %s", os.getpid(), config)
     if config.catalog is not None and scheduler.enable_lora:
@@ -115,16 +115,22 @@ def _after_scheduler_init(result, scheduler, *args, **kwargs):
     # One ledger per rank SGLang takes requests on and answers from (its own test, in Scheduler.recv_requests):
     # every rank of a tensor- or pipeline-parallel engine runs each request, each pipeline stage's first rank
     # is rank 0 of its own tp_group, and with --enable-dp-attention each attention group's first rank takes
-    # its own requests, though all share one tp_group.
+    # its own requests, though all share one tp_group. Under prefill-decode disaggregation the decode
+    # server answers, and the prefill server also ends each request it hands over: only the decode side bills.
     parallel = get_parallel()
     if (config.usage_dir is not None and parallel.pp_rank == 0 and parallel.attn_tp_rank == 0
-            and parallel.attn_cp_rank == 0):
+            and parallel.attn_cp_rank == 0 and _disaggregation_mode(scheduler) != "prefill"):
         rank = (parallel.dp_rank or 0) * parallel.attn_dp_size + parallel.attn_dp_rank  # dp_rank without DP attention
         engine = engine_name(scheduler.server_args.host, scheduler.server_args.port, rank)
         ledger = scheduler._mint_usage = UsageLedger(config.usage_dir, engine, flush_s=config.usage_flush_s)
         if threading.current_thread() is threading.main_thread():  # SGLang builds it there
             before_sigterm(ledger.flush_at_signal)  # SIGTERM to the whole server: the last answers are billed
     return result
+
+
+def _disaggregation_mode(scheduler) -> str:
+    """"null", "prefill" or "decode" (SGLang's DisaggregationMode, ``--disaggregation-mode``)."""
+    return scheduler.disaggregation_mode.value
 
 
 def _around_run_event_loop(original, scheduler, *args, **kwargs):

@@ -13,6 +13,7 @@ from types import SimpleNamespace
 
 import pytest
 from sglang.srt import runtime_context
+from sglang.srt.disaggregation.utils import DisaggregationMode
 from sglang.srt.managers.io_struct import AbortReq, GenerateReqInput
 from sglang.srt.managers.schedule_batch import FINISH_LENGTH, Req
 from sglang.srt.managers.tokenizer_manager import TokenizerManager
@@ -140,13 +141,15 @@ RANKS = [((0, 0, 0, 1, None), "dp0"), ((1, 0, 0, 1, None), None),  # the second 
          ((0, 0, 1, 2, None), "dp1"), ((0, 1, 1, 2, None), None)]  # --enable-dp-attention: groups 0 and 1
 
 
-@pytest.mark.parametrize("ranks, name", RANKS)
-def test_one_ledger_per_rank_that_answers(tmp_path, monkeypatch, ranks, name):
+@pytest.mark.parametrize("ranks, name, mode", [(ranks, name, "null") for ranks, name in RANKS]
+                         + [((0, 0, 0, 1, None), None, "prefill"), ((0, 0, 0, 1, None), "dp0", "decode")])
+def test_one_ledger_per_rank_that_answers(tmp_path, monkeypatch, ranks, name, mode):
     """Each pipeline stage runs every request, and each stage's first rank is rank 0 of its own
     tensor-parallel group: with --pp-size 2 both stages kept a ledger, under one engine name, and
     every request was counted twice. With --enable-dp-attention every attention group's first rank
     takes and answers its own requests, all in one tp_group: only the first group's were counted.
-    The ledger is kept where SGLang answers: one per replica and attention group."""
+    The ledger is kept where SGLang answers: one per replica and attention group, on the decode server of
+    prefill-decode disaggregation (the prefill server also ends each request it hands over)."""
     from sglang_mint.config import MintConfig
 
     pp_rank, attn_tp_rank, attn_dp_rank, attn_dp_size, dp_rank = ranks
@@ -155,7 +158,7 @@ def test_one_ledger_per_rank_that_answers(tmp_path, monkeypatch, ranks, name):
     monkeypatch.setattr(runtime_context, "get_parallel", lambda: SimpleNamespace(
         pp_rank=pp_rank, attn_tp_rank=attn_tp_rank, attn_cp_rank=0, attn_dp_rank=attn_dp_rank,
         attn_dp_size=attn_dp_size, dp_rank=dp_rank))
-    scheduler = SimpleNamespace(enable_lora=False, tp_group=SimpleNamespace(rank_in_group=attn_tp_rank),
+    scheduler = SimpleNamespace(enable_lora=False, disaggregation_mode=DisaggregationMode(mode),
                                 server_args=SimpleNamespace(_mint=MintConfig.from_flags(usage_dir=str(tmp_path)),
                                                             host="127.0.0.1", port=30000))
     residency._after_scheduler_init(None, scheduler)
