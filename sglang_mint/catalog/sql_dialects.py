@@ -72,10 +72,16 @@ class SqliteDialect:
         conn.execute("BEGIN IMMEDIATE")
         try:
             yield conn
+            conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:  # a COMMIT that failed (a full disk) leaves it open
+                conn.execute("ROLLBACK")
             raise
-        conn.execute("COMMIT")
+
+    def no_room(self, exc: BaseException) -> bool:
+        """Whether ``exc`` is SQLite's "database or disk is full" (SQLITE_FULL)."""
+        return (isinstance(exc, sqlite3.OperationalError)
+                and getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL)
 
     def table_names(self, conn) -> list[str]:
         return [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
@@ -134,6 +140,10 @@ class PostgresDialect:
     @property
     def undefined_table(self):
         return _psycopg().errors.UndefinedTable
+
+    def no_room(self, exc: BaseException) -> bool:
+        """Whether ``exc`` is the server's disk_full (SQLSTATE 53100)."""
+        return isinstance(exc, _psycopg().errors.DiskFull)
 
     def connect(self):
         psycopg = _psycopg()

@@ -30,6 +30,7 @@ from typing import Iterable, Iterator
 
 from sglang_mint.catalog.errors import AdapterNotFound, CatalogError, NotACatalog, RevisionConflict
 from sglang_mint.catalog.store import AdapterRow, MetadataStore, Revision, RevisionRecord, numbering_conflict
+from sglang_mint.errors import NoRoom
 
 SCHEMA_VERSION = "3"
 # Version 1 lacked the loaded size (0: not recorded, see RevisionRecord), version 2 the durable flag (every
@@ -149,8 +150,17 @@ class SqlMetadataStore(MetadataStore):
                 self.dialect.execute(c, stmt.format(**self.dialect.column_types))
             self.dialect.execute(c, "UPDATE settings SET value = ? WHERE key = 'schema_version'", (SCHEMA_VERSION,))
 
+    @contextlib.contextmanager
     def _write(self):
-        return self.dialect.write_transaction(self.conn())
+        """One write transaction; a database that found no room for it raises NoRoom (it was rolled back)."""
+        try:
+            with self.dialect.write_transaction(self.conn()) as c:
+                yield c
+        except self.dialect.error as exc:
+            if not self.dialect.no_room(exc):
+                raise
+            raise NoRoom(f"catalog {self.dialect.display}: no room left to write ({exc}); free space there, "
+                         "or raise the quota, and try again") from exc
 
     def write_lock(self):
         return self._write()

@@ -218,3 +218,28 @@ def test_reads_see_another_connections_commit(store, new_dialect):
         assert store.resolve("a") is None
     finally:
         other.close()
+
+
+def test_a_full_database_is_no_room_and_leaves_nothing(tmp_path):
+    """SQLite's "database or disk is full" (SQLITE_FULL: here its own page limit, max_page_count, which fails
+    a write as a full disk does) is NoRoom, a 507 on the HTTP side; the write is rolled back."""
+    from sglang_mint.errors import NoRoom
+
+    store = SqlMetadataStore.create(SqliteDialect(str(tmp_path / "catalog.db")), SETTINGS)
+    publish(store, "a", "aa")
+    pages = store.conn().execute("PRAGMA page_count").fetchone()[0]
+    store.conn().execute(f"PRAGMA max_page_count = {pages}")
+    with pytest.raises(NoRoom, match=f"catalog {tmp_path / 'catalog.db'}: no room left to write \\(database or disk "
+                                     "is full\\)") as refused:
+        for i in range(200):  # each a new adapter, until one needs a page the limit refuses
+            publish(store, f"b{i:03d}-" + "x" * 200, f"{i:04x}")
+    assert refused.value.http_status == 507
+    store.conn().execute("PRAGMA max_page_count = 1000000")
+    assert publish(store, "a", "bb") == 2  # the store is usable, nothing half-written
+    store.close()
+
+
+def test_postgres_disk_full_is_no_room():
+    import psycopg
+    assert PostgresDialect("postgresql://x/y").no_room(psycopg.errors.DiskFull("could not extend file"))
+    assert not PostgresDialect("postgresql://x/y").no_room(psycopg.errors.UniqueViolation("duplicate key"))
