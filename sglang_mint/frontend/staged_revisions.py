@@ -239,10 +239,10 @@ class StagedRevisions:
             time.sleep(max(0.0, answered + delay - time.monotonic()))
             key = (rev.adapter_id, rev.revision)
             if self._superseded(key):  # never stored: served from its staged folder until that goes
-                self.superseded_total += 1
                 with self._lock:
                     self._expiring.append((time.monotonic() + self.grace_s, key, rev.staged))
                 self._expire()
+                self.superseded_total += 1
                 continue
             try:
                 stored = catalog.store_blobs(rev, files, known)
@@ -250,18 +250,17 @@ class StagedRevisions:
                 with self._lock:  # nor to serve: its record and staged folder go now, not after a grace
                     self._expiring.append((time.monotonic(), key, rev.staged))
                 self._expire()
-                self.collected_total += 1
                 logger.info("not storing %s@%d: %s", *key, exc)
+                self.collected_total += 1  # last: a count a caller waits for means all of it is done
                 continue
             except Exception as exc:  # noqa: BLE001 - the revision stays not durable, served here only
-                self.failed_total += 1
                 logger.error("storing %s@%d (published with durable=false) failed; it is served by this "
                              "server only, until it stops or a newer revision is stored: %s: %s",
                              *key, type(exc).__name__, exc)
                 with self._lock:
                     self._failed[key] = rev.staged
+                self.failed_total += 1
                 continue
-            self.stored_total += 1
             stored.staged = rev.staged  # durable now; still read from the staged folder a while
             with self._lock:
                 if self._newest[rev.adapter_id] > rev.revision:
@@ -274,6 +273,7 @@ class StagedRevisions:
                 for old in [k for k in self._failed if k[0] == rev.adapter_id and k[1] < rev.revision]:
                     self._expiring.append((time.monotonic() + self.grace_s, old, self._failed.pop(old)))
             self._expire()
+            self.stored_total += 1
 
     def _superseded(self, key: tuple[str, int]) -> bool:
         """Whether revision ``key`` need not be stored: a newer revision of its adapter was staged here

@@ -282,7 +282,13 @@ def test_a_revision_collected_before_its_store_is_not_a_failure(tmp_path, monkey
             raise RevisionNotFound(f"revision {rev.revision} of {rev.adapter_id!r} was collected by gc before "
                                    "it was stored")
 
+    def slow_info(*args, **kwargs):  # the store thread slowed where it says so: the count waited for comes after
+        time.sleep(0.3)
+        say(*args, **kwargs)
+
     monkeypatch.setattr(module, "STORE_AFTER_S", 0.0)
+    say = module.logger.info
+    monkeypatch.setattr(module.logger, "info", slow_info)
     staged = StagedRevisions(str(tmp_path / "shm" / "30003"), grace_s=60.0)
     with caplog.at_level(logging.INFO, logger=module.logger.name):
         served = staged.stage(Collected(tmp_path), {"adapter_config.json": b"{}"}, {}).serve(
