@@ -119,18 +119,13 @@ def _after_scheduler_init(result, scheduler, *args, **kwargs):
     # server answers, and the prefill server also ends each request it hands over: only the decode side bills.
     parallel = get_parallel()
     if (config.usage_dir is not None and parallel.pp_rank == 0 and parallel.attn_tp_rank == 0
-            and parallel.attn_cp_rank == 0 and _disaggregation_mode(scheduler) != "prefill"):
+            and parallel.attn_cp_rank == 0 and scheduler.disaggregation_mode.value != "prefill"):
         rank = (parallel.dp_rank or 0) * parallel.attn_dp_size + parallel.attn_dp_rank  # dp_rank without DP attention
         engine = engine_name(scheduler.server_args.host, scheduler.server_args.port, rank)
         ledger = scheduler._mint_usage = UsageLedger(config.usage_dir, engine, flush_s=config.usage_flush_s)
         if threading.current_thread() is threading.main_thread():  # SGLang builds it there
             before_sigterm(ledger.flush_at_signal)  # SIGTERM to the whole server: the last answers are billed
     return result
-
-
-def _disaggregation_mode(scheduler) -> str:
-    """"null", "prefill" or "decode" (SGLang's DisaggregationMode, ``--disaggregation-mode``)."""
-    return scheduler.disaggregation_mode.value
 
 
 def _around_run_event_loop(original, scheduler, *args, **kwargs):

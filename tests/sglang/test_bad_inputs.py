@@ -199,11 +199,26 @@ def test_a_lora_id_in_the_body_is_not_the_request_s_adapter(server):
     assert code == 200, text[:500]  # the server keeps serving
 
 
+def stream_and_hang_up(server, body: dict) -> str:
+    """POST a streamed /generate, read its answer up to its first event (a token, or the error), and hang up."""
+    import socket
+
+    data = json.dumps(body).encode()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=60) as sock:
+        sock.sendall(b"POST /generate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                     + f"Content-Length: {len(data)}\r\n\r\n".encode() + data)
+        first = sock.recv(65536)
+        while b"data:" not in first:
+            more = sock.recv(65536)
+            assert more, first  # closed before its first event
+            first += more
+    return first.decode(errors="replace")
+
+
 def test_a_short_hex_rid_cannot_cancel_another_tenant_s_request(server):
     """SGLang aborts every request whose rid STARTS WITH an aborted one's, and makes rids of 32 hex digits:
     a client that sent rid "a" and hung up cancelled every other request whose rid began with "a" (one in
     16 of everyone's). Such a rid, a proper prefix of the ones SGLang makes, is refused before it runs."""
-    import socket
     import threading
 
     other = "a" + "0" * 31  # another tenant's request, with a rid SGLang could have made
@@ -215,15 +230,8 @@ def test_a_short_hex_rid_cannot_cancel_another_tenant_s_request(server):
 
     worker = threading.Thread(target=long_request)
     worker.start()
-    body = json.dumps({"text": PROMPT, "rid": "a", "stream": True,
-                       "sampling_params": {"max_new_tokens": 96, "ignore_eos": True}}).encode()
-    with socket.create_connection(("127.0.0.1", server.port), timeout=60) as sock:
-        sock.sendall(b"POST /generate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                     + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
-        first = sock.recv(65536).decode(errors="replace")  # its answer begins (a stream: its error in it)
-        if "prefix of the request ids" not in first:
-            first += sock.recv(65536).decode(errors="replace")
-    # ... and it hung up
+    first = stream_and_hang_up(server, {"text": PROMPT, "rid": "a", "stream": True,  # a stream: its error in it
+                                        "sampling_params": {"max_new_tokens": 96, "ignore_eos": True}})
     worker.join(timeout=300)
     code, text = answers["other"]
     assert code == 200 and json.loads(text)["meta_info"]["finish_reason"]["type"] == "length", text[:500]
@@ -234,25 +242,15 @@ def test_a_client_s_hang_up_cancels_no_request_whose_rid_extends_its_rid(server)
     """SGLang aborts every request whose rid STARTS WITH an aborted one's. A tenant that sent rid "job",
     read one token and hung up cancelled another tenant's "job-7" midway. Its request now runs to its end
     instead; the other one is served in full."""
-    import socket
-
     other = {"text": PROMPT, "rid": "job-7", "stream": True,
              "sampling_params": {"max_new_tokens": 1536, "temperature": 0, "ignore_eos": True}}
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=300)
     conn.request("POST", "/generate", json.dumps(other), {"Content-Type": "application/json"})
     answer = conn.getresponse()
     assert answer.status == 200 and answer.readline().startswith(b"data:")  # it runs
-    body = json.dumps({"text": PROMPT, "rid": "job", "stream": True,
-                       "sampling_params": {"max_new_tokens": 1536, "ignore_eos": True}}).encode()
-    with socket.create_connection(("127.0.0.1", server.port), timeout=60) as sock:
-        sock.sendall(b"POST /generate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                     + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
-        first = sock.recv(65536)
-        while b"data:" not in first:
-            more = sock.recv(65536)
-            assert more, first  # closed before its first token
-            first += more
-    # ... and it hung up, while "job-7" still had most of its tokens to go
+    stream_and_hang_up(server, {"text": PROMPT, "rid": "job", "stream": True,
+                                "sampling_params": {"max_new_tokens": 1536, "ignore_eos": True}})
+    # ... while "job-7" still had most of its tokens to go
     last = [line for line in answer.read().split(b"\n") if line.startswith(b"data:") and b"meta_info" in line][-1]
     conn.close()
     meta = json.loads(last[len(b"data:"):])["meta_info"]
