@@ -17,6 +17,10 @@ to the request itself:
   in flight, finished or not; the abort now goes only to the answer's own requests, not to a newer
   request that took the same rid (another tenant's "job", sent once the first "job" was done).
 
+The server's own requests (``CatalogFrontend.warm``: a publish's, a rollback's or ``/mint/prefetch``'s
+one-token load of an adapter) have rids that start with ``WARM_UP_RID_HEAD``; the ledger does not bill
+them to the adapter, and ``refuse_warm_up_rids`` refuses a client rid of that form (unbilled requests).
+
 Not covered: SGLang's scheduler aborts a request that passed ``SGLANG_REQ_WAITING_TIMEOUT`` or
 ``SGLANG_REQ_RUNNING_TIMEOUT`` (both off by default) by its rid too, inside the scheduler, past these
 hooks: with those set, a timed-out "job" ends "job-7" as well. The log says so as the server starts.
@@ -28,6 +32,7 @@ With ``--enable-mint`` the tokenizer manager is SGLang's only one (``config.py``
 from __future__ import annotations
 
 import logging
+import uuid
 from contextvars import ContextVar
 
 from sglang_mint.frontend.admin_guard import ADMIN_CALL
@@ -44,6 +49,16 @@ HEX = frozenset("0123456789abcdef")
 # What SGLang puts before the uuid4().hex of the rids it makes: nothing (/generate, the OpenAI endpoints
 # without a client rid), "resp_" (/v1/responses: ResponsesRequest.request_id), "HEALTH_CHECK_" (/health_generate).
 SGLANG_RID_HEADS = ("", "resp_", "HEALTH_CHECK_")
+# The server's own warm-up requests: WARM_UP_RID_HEAD + uuid4().hex (warm_up_rid)
+WARM_UP_RID_HEAD = "mint-warm-up-"
+
+
+def warm_up_rid() -> str:
+    return WARM_UP_RID_HEAD + uuid.uuid4().hex
+
+
+def is_warm_up_rid(rid) -> bool:
+    return isinstance(rid, str) and rid.startswith(WARM_UP_RID_HEAD)
 
 
 def _prefix_of_sglang_rid(rid: str) -> bool:
@@ -72,6 +87,15 @@ def refuse_prefix_rids(rid) -> None:
                              "digits, after 'resp_' for /v1/responses): when a request ends early SGLang aborts "
                              "every request whose rid starts with its rid, other clients' too; send none, or one "
                              f"of at least {SGLANG_RID_LENGTH} characters (uuid4().hex)")
+
+
+def refuse_warm_up_rids(rid) -> None:
+    """A client rid of the form the server's own warm-ups take (``WARM_UP_RID_HEAD``...) would make its
+    request unbilled: refused (a ValueError: 400)."""
+    for one in [rid] if isinstance(rid, str) else rid or []:
+        if is_warm_up_rid(one):
+            raise ValueError(f"rid {one!r}: rids that start with {WARM_UP_RID_HEAD!r} are the server's own "
+                             "(its one-token warm-ups of an adapter); send none, or another")
 
 
 def _around_abort_request(original, tm, rid: str = "", abort_all: bool = False, *args, **kwargs):

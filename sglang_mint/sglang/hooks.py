@@ -170,6 +170,8 @@ INTERNALS: tuple[Internal, ...] = (
              "node share and the metrics state are named by", "residency"),
     Internal("scheduler", "req", "already_computed, retraction_count", "a request aborted in the queue before its "
              "first prefill bills no tokens", "residency"),
+    Internal("scheduler", "req", "rid", "the server's own warm-ups of an adapter (client_rids.WARM_UP_RID_HEAD) are "
+             "not billed", "residency"),
     Internal("scheduler", "lora_manager", "configs, loras, lora_refs, memory_pool, lora_modules", "installs and "
              "drops catalog adapters as SGLang's own; ranks, pins; finds an expert layer", "residency, lora_info"),
     Internal("scheduler", "lora_manager", "embed_tokens_module, lm_head_module", "what the pool fill is given "

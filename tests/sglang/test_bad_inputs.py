@@ -137,6 +137,7 @@ REQUESTS = {
     "lora-path-batch": ("/generate", {**generate(["ok/a", "no/such"]), "text": [PROMPT, PROMPT]}, 404, "no/such"),
     "lora-path-longer-than-batch": ("/generate", generate(["ok/a"] * 20_000), 400,
                                     "a list of 20000 entries for a request of 1 prompt(s)"),
+    "rid-warm-up": ("/generate", {**generate("ok/a"), "rid": "mint-warm-up-x"}, 400, "are the server's own"),
     "prefetch-not-json": ("/mint/prefetch", b"nope", 400, "expected JSON"),
     "prefetch-not-list": ("/mint/prefetch", {"adapters": "ok/a"}, 400, "expected JSON"),
     "prefetch-too-many": ("/mint/prefetch", {"adapters": [f"x{i}" for i in range(1025)]}, 400, "at most 1024"),

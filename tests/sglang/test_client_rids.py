@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from sglang_mint.sglang.client_rids import refuse_prefix_rids
+from sglang_mint.sglang.client_rids import is_warm_up_rid, refuse_prefix_rids, refuse_warm_up_rids, warm_up_rid
 
 
 @pytest.mark.parametrize("rid", ["", "a", "0" * 31, "deadbeef", ["job-1", "a1"]])
@@ -24,6 +24,19 @@ def test_a_prefix_of_sglang_s_rids_is_refused(rid):
                                  ["job-1", "job-2"]])
 def test_any_other_rid_is_left_as_written(rid):
     refuse_prefix_rids(rid)  # no ValueError: no rid SGLang makes starts with it but itself
+
+
+def test_the_server_s_warm_up_rids_are_its_own():
+    """The server's one-token warm-ups of an adapter are not billed (residency._before_add_request_to_queue):
+    a client rid of their form would make its request unbilled."""
+    made = warm_up_rid()
+    assert is_warm_up_rid(made) and made != warm_up_rid()
+    for rid in (made, ["job-1", "mint-warm-up-"]):
+        with pytest.raises(ValueError, match="are the server's own"):
+            refuse_warm_up_rids(rid)
+    for rid in (None, "mint-warm-u", "job-mint-warm-up-1", ["job-1"]):
+        refuse_warm_up_rids(rid)
+        assert not is_warm_up_rid(rid)
 
 
 def sglang_made_rids() -> list[str]:

@@ -36,13 +36,15 @@ def test_every_row_names_a_role_and_modules_of_the_glue():
 
 
 def test_sglang_s_own_objects_hold_what_the_instance_rows_name():
-    """No server: SGLang's real LoRA pool and MoE LoRA layer (bench/_standin_pool.py builds them on CPU)
-    and its LoRA registry have every attribute INTERNALS names on them."""
+    """No server: SGLang's real LoRA pool and MoE LoRA layer (bench/_standin_pool.py builds them on CPU),
+    a request as its scheduler holds it and its LoRA registry have every attribute INTERNALS names on them."""
     import functools
 
     from sglang.srt.lora.layers import FusedMoEWithLoRA
     from sglang.srt.lora.lora_registry import LoRARegistry
+    from sglang.srt.managers.schedule_batch import Req
     from sglang.srt.managers.tokenizer_manager import TokenizerManager
+    from sglang.srt.sampling.sampling_params import SamplingParams
     from transformers import Qwen3MoeConfig
 
     from sglang_mint.sglang.frontend import _request_internals
@@ -59,7 +61,8 @@ def test_sglang_s_own_objects_hold_what_the_instance_rows_name():
         pool = standin_pool(cfg, base, 8, {"qkv_proj", "o_proj", "gate_up_proj", "down_proj"})
         moe = moe_layer_of(SimpleNamespace(lora_modules=modules))
         assert isinstance(moe, FusedMoEWithLoRA)
-        hooks.verify_internals("scheduler", memory_pool=pool, moe_layer=moe)
+        req = Req("r1", "", [1, 2], SamplingParams(max_new_tokens=1))  # a request, as the scheduler holds it
+        hooks.verify_internals("scheduler", memory_pool=pool, moe_layer=moe, req=req)
         hooks.verify_internals("frontend", lora_registry=LoRARegistry())
     assert moe_layer_of(None) is None  # LoRA off: nothing to check
     tm = SimpleNamespace()  # SGLang's own create_abort_task, on a tokenizer manager that has nothing else

@@ -24,6 +24,7 @@ from sglang_mint.catalog import open_catalog
 from sglang_mint.cli import main as mint
 from sglang_mint.client import MintClient
 from sglang_mint.usage.ledger import FIELDS
+from mint_status import mint_status
 
 pytestmark = pytest.mark.server  # starts real SGLang servers: not in make test-fast
 
@@ -168,3 +169,35 @@ def test_a_request_with_n_choices_counts_each_choice_and_its_prompt_once(server)
         assert time.monotonic() < deadline, got
         time.sleep(0.5)
     assert got == expected
+
+
+def test_the_servers_own_warm_ups_are_not_billed(server, tiny_adapters):
+    """A publish or rollback over HTTP, and ``/mint/prefetch``, load the revision with a one-token
+    request of the server's own (``CatalogFrontend.warm``). Each was billed to the adapter as a
+    tenant's request: this sequence showed 5 requests for the client's one."""
+    adapter, (first, second, _) = "usage/warmed", tiny_adapters.values()
+    admin = MintClient(server.url)
+    [scheduler] = mint_status(server)["schedulers"]
+    admin.publish(adapter, first)  # warm: the server's default for a durable publish
+    deadline = time.monotonic() + 30
+    while mint_status(server)["schedulers"][0]["requests"] == scheduler["requests"]:  # the warm-up reached it
+        assert time.monotonic() < deadline, "the publish's warm-up never reached the scheduler"
+        time.sleep(0.2)
+    admin.publish(adapter, second)
+    admin.rollback(adapter)
+    prefetch = urllib.request.Request(server.url + "/mint/prefetch", data=json.dumps({"adapters": [adapter]}).encode(),
+                                      headers={"content-type": "application/json"})
+    with urllib.request.urlopen(prefetch, timeout=60) as r:
+        assert json.loads(r.read())["prefetching"] == [f"{adapter}@1"]
+    client = openai.OpenAI(base_url=server.openai_url, api_key="none", max_retries=0, timeout=600)
+    answer = client.completions.create(model=adapter, prompt="the client's one request", max_tokens=3, temperature=0)
+    cached = answer.usage.prompt_tokens_details.cached_tokens if answer.usage.prompt_tokens_details else 0
+    expected = {"requests": 1, "prompt_tokens": answer.usage.prompt_tokens, "cached_tokens": cached or 0,
+                "completion_tokens": answer.usage.completion_tokens, "errors": 0, "cancelled": 0}
+    deadline = time.monotonic() + 30  # the ledger appends every 2 s; the warm-ups ran beside the request
+    while usage_of(server, adapter=adapter)["totals"]["requests"] < 1:
+        assert time.monotonic() < deadline
+        time.sleep(0.5)
+    time.sleep(2.5)  # one more append: a warm-up counted would show
+    got = usage_of(server, adapter=adapter)["totals"]
+    assert {k: got[k] for k in expected} == expected
