@@ -48,6 +48,8 @@ HOOKS: tuple[Hook, ...] = (
     Hook("frontend", f"{_OPENAI}.handle_request", "AROUND", "openai_model:_around_handle_request"),  # answers name it
     Hook("frontend", "sglang.srt.entrypoints.openai.serving_responses.OpenAIServingResponses._validate_model", "AROUND",
          "openai_model:_around_validate_responses_model"),  # /v1/responses would drop the adapter: refused
+    Hook("frontend", "sglang.srt.entrypoints.openai.serving_responses.OpenAIServingResponses.create_responses",
+         "AROUND", "client_rids:_around_create_responses"),  # a stored answer's id is the server's
     # catalog lookups in the tokenizer manager, the registry holding only names in flight, /mint/* and
     # --mint-gateway's join (endpoints.py)
     Hook("frontend", f"{_TM}.init_lora", "AFTER", "frontend:_after_init_lora"),
@@ -154,6 +156,12 @@ INTERNALS: tuple[Internal, ...] = (
              "frontend"),
     Internal("frontend", "sglang.srt.environ.envs", "SGLANG_USE_PICKLE_IPC", "a LoRA id carries its revision "
              "record only through pickled IPC", "frontend"),
+    Internal("frontend", "sglang.srt.runtime_context", "get_serving", "its enable_response_store: whether "
+             "/v1/responses stores answers, read by their id alone", "client_rids"),
+    Internal("frontend", "sglang.srt.arg_groups.fields.serving.Serving", "enable_response_store", "the same",
+             "client_rids"),
+    Internal("frontend", "sglang.srt.entrypoints.openai.protocol.ResponsesRequest", "request_id, store", "a stored "
+             "answer's id: the client's is refused", "client_rids"),
     Internal("frontend", "sglang.srt.environ.envs", "SGLANG_REQ_WAITING_TIMEOUT, SGLANG_REQ_RUNNING_TIMEOUT", "the "
              "scheduler's timeouts, which abort by rid prefix past the hooks: warned of at startup", "client_rids"),
     Internal("frontend", "sglang.srt.environ.envs", "SGLANG_TIMEOUT_KEEP_ALIVE", "uvicorn's idle-connection "

@@ -61,10 +61,11 @@ def stock_server(tiny_model, tiny_adapters, packed_tiny_adapters, tmp_path_facto
 
 @pytest.fixture(scope="session")
 def mint_server(tiny_model, tiny_adapters, tmp_path_factory):
-    """One real server with --enable-mint serving the tiny adapters from --lora-paths."""
+    """One real server with --enable-mint serving the tiny adapters from --lora-paths; /v1/responses
+    stores answers (--enable-response-store)."""
     log = tmp_path_factory.mktemp("mint-server") / "server.log"
     with SGLangServer(tiny_model, lora_paths=tiny_adapters, enable_mint=True, log_path=log,
-                      python=sys.executable) as server:
+                      extra_args=["--enable-response-store"], python=sys.executable) as server:
         yield server
 
 

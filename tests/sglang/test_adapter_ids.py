@@ -108,6 +108,26 @@ def test_responses_api_refuses_adapters_it_would_not_apply(mint_client, tiny_ada
     assert complete(mint_client, adapter_id)[0]  # the same adapter through /v1/completions
 
 
+def test_a_stored_response_is_read_by_an_id_only_the_server_makes(mint_client, mint_server):
+    """With --enable-response-store, ``GET /v1/responses/{id}`` answers whoever names the id, and so do
+    its cancel and a ``previous_response_id`` that continues the conversation. SGLang takes the id from
+    the body's ``request_id`` when a client writes one: tenant A stored an answer under "resp_job-1", and
+    tenant B read it back by that guessable id. A stored response's id is now the server's (resp_ and
+    uuid4().hex); a body that writes one is refused, and one that is not stored keeps its own."""
+    stored = mint_client.responses.create(model="tiny", input="hello world", max_output_tokens=4, temperature=0)
+    assert stored.id.startswith("resp_") and len(stored.id) == 5 + 32
+    assert mint_client.responses.retrieve(stored.id).output_text == stored.output_text  # the store works
+    with pytest.raises(openai.BadRequestError) as exc:
+        mint_client.responses.create(model="tiny", input="tenant a's secret", max_output_tokens=4, temperature=0,
+                                     extra_body={"request_id": "resp_job-1"})
+    assert "request_id" in str(exc.value) and "--enable-response-store" in str(exc.value)
+    with pytest.raises(openai.NotFoundError):  # tenant B, who guessed it
+        mint_client.responses.retrieve("resp_job-1")
+    unstored = mint_client.responses.create(model="tiny", input="hello world", max_output_tokens=4, temperature=0,
+                                            store=False, extra_body={"request_id": "resp_job-2"})
+    assert unstored.id == "resp_job-2"
+
+
 def test_answers_name_the_model_the_request_named(mint_client, tiny_adapters):
     first, second = list(tiny_adapters)[:2]
     for model in (first, f"tiny:{first}", "tiny", "tiny:"):
