@@ -17,10 +17,6 @@ to the request itself:
   in flight, finished or not; the abort now goes only to the answer's own requests, not to a newer
   request that took the same rid (another tenant's "job", sent once the first "job" was done).
 
-With ``--enable-response-store``, ``_around_create_responses`` refuses a stored ``/v1/responses`` request whose
-body writes its ``request_id``: the id alone reads, continues and cancels the stored answer, so only the server
-makes it (``resp_`` and a uuid4().hex).
-
 The server's own requests (``CatalogFrontend.warm``: a publish's, a rollback's or ``/mint/prefetch``'s
 one-token load of an adapter) have rids that start with ``WARM_UP_RID_HEAD``; the ledger does not bill
 them to the adapter, and ``refuse_warm_up_rids`` refuses a client rid of that form (unbilled requests).
@@ -100,24 +96,6 @@ def refuse_warm_up_rids(rid) -> None:
         if is_warm_up_rid(one):
             raise ValueError(f"rid {one!r}: rids that start with {WARM_UP_RID_HEAD!r} are the server's own "
                              "(its one-token warm-ups of an adapter); send none, or another")
-
-
-STORED_RESPONSE_ID = ("request_id: this server stores /v1/responses answers (--enable-response-store), and a stored "
-                      "answer is read (GET /v1/responses/{id}), continued (previous_response_id) and cancelled by its "
-                      "id alone, so the server makes the id; leave request_id out, or send store: false")
-
-
-async def _around_create_responses(original, serving, request, *args, **kwargs):
-    """OpenAIServingResponses.create_responses AROUND: a request to be stored whose body wrote its ``request_id``
-    is refused (400). SGLang stores the answer under that id and gives it to whoever names it: tenant A stored
-    an answer as "resp_job-1" and tenant B read it back by that guessable id (or could continue A's
-    conversation, cancel it, or store over it). A request not stored keeps the id its client wrote."""
-    from sglang.srt.runtime_context import get_serving
-
-    if (mint_config(serving.tokenizer_manager.server_args) is not None and request.store
-            and "request_id" in request.model_fields_set and get_serving().enable_response_store):
-        return serving.create_error_response(STORED_RESPONSE_ID, param="request_id")
-    return await original(serving, request, *args, **kwargs)
 
 
 def _around_abort_request(original, tm, rid: str = "", abort_all: bool = False, *args, **kwargs):

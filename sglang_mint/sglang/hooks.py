@@ -49,7 +49,8 @@ HOOKS: tuple[Hook, ...] = (
     Hook("frontend", "sglang.srt.entrypoints.openai.serving_responses.OpenAIServingResponses._validate_model", "AROUND",
          "openai_model:_around_validate_responses_model"),  # /v1/responses would drop the adapter: refused
     Hook("frontend", "sglang.srt.entrypoints.openai.serving_responses.OpenAIServingResponses.create_responses",
-         "AROUND", "client_rids:_around_create_responses"),  # a stored answer's id is the server's
+         "AROUND", "server_made_ids:_around_create_responses"),  # a stored answer's id is the server's
+    Hook("frontend", f"{_TM}.open_session", "AROUND", "server_made_ids:_around_open_session"),  # a session's too
     # catalog lookups in the tokenizer manager, the registry holding only names in flight, /mint/* and
     # --mint-gateway's join (endpoints.py)
     Hook("frontend", f"{_TM}.init_lora", "AFTER", "frontend:_after_init_lora"),
@@ -140,7 +141,7 @@ INTERNALS: tuple[Internal, ...] = (
     Internal("frontend", "tokenizer_manager", "lora_ref_cache, lora_registry", "SGLang's own adapters: the "
              "fallback for names the catalog does not hold", "frontend, openai_model"),
     Internal("frontend", "tokenizer_manager", "server_args", "--enable-mint's settings (flags.mint_config), the "
-             "port", "frontend, client_rids, openai_model"),
+             "port", "frontend, client_rids, openai_model, server_made_ids"),
     Internal("frontend", "generate_req_input", "lora_id, _sub_obj_cache", "cleared, with the prompts a batch was "
              "split into, before SGLang resolves a request's LoRA: no request body writes its own LoRA id; the "
              "prompts' objects are the ones a batch's rids in flight hold", "frontend, client_rids"),
@@ -157,11 +158,13 @@ INTERNALS: tuple[Internal, ...] = (
     Internal("frontend", "sglang.srt.environ.envs", "SGLANG_USE_PICKLE_IPC", "a LoRA id carries its revision "
              "record only through pickled IPC", "frontend"),
     Internal("frontend", "sglang.srt.runtime_context", "get_serving", "its enable_response_store: whether "
-             "/v1/responses stores answers, read by their id alone", "client_rids"),
+             "/v1/responses stores answers, read by their id alone", "server_made_ids"),
     Internal("frontend", "sglang.srt.arg_groups.fields.serving.Serving", "enable_response_store", "the same",
-             "client_rids"),
+             "server_made_ids"),
     Internal("frontend", "sglang.srt.entrypoints.openai.protocol.ResponsesRequest", "request_id, store", "a stored "
-             "answer's id: the client's is refused", "client_rids"),
+             "answer's id: the client's is refused", "server_made_ids"),
+    Internal("frontend", "sglang.srt.managers.io_struct.OpenSessionReqInput", "session_id", "a session's id: the "
+             "client's is refused", "server_made_ids"),
     Internal("frontend", "sglang.srt.environ.envs", "SGLANG_REQ_WAITING_TIMEOUT, SGLANG_REQ_RUNNING_TIMEOUT", "the "
              "scheduler's timeouts, which abort by rid prefix past the hooks: warned of at startup", "client_rids"),
     Internal("frontend", "sglang.srt.environ.envs", "SGLANG_TIMEOUT_KEEP_ALIVE", "uvicorn's idle-connection "

@@ -65,7 +65,7 @@ def mint_server(tiny_model, tiny_adapters, tmp_path_factory):
     stores answers (--enable-response-store)."""
     log = tmp_path_factory.mktemp("mint-server") / "server.log"
     with SGLangServer(tiny_model, lora_paths=tiny_adapters, enable_mint=True, log_path=log,
-                      extra_args=["--enable-response-store"], python=sys.executable) as server:
+                      extra_args=["--enable-response-store", "--enable-streaming-session"], python=sys.executable) as server:
         yield server
 
 

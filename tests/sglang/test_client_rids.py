@@ -200,29 +200,3 @@ def test_the_scheduler_s_timeouts_are_warned_of_as_the_server_starts(monkeypatch
     [record] = caplog.records
     assert record.getMessage().startswith("SGLANG_REQ_RUNNING_TIMEOUT set: SGLang's scheduler aborts")
     assert '"job" ends "job-7"' in record.getMessage()
-
-
-@pytest.mark.parametrize("mint, store_enabled, body, refused", [
-    (True, True, {"request_id": "resp_job-1"}, True),
-    (True, True, {"request_id": "resp_job-1", "store": False}, False),  # not stored: the client's id is kept
-    (True, True, {}, False),  # the server makes the id
-    (True, False, {"request_id": "resp_job-1"}, False),  # nothing is stored
-    (False, True, {"request_id": "resp_job-1"}, False),  # without --enable-mint: SGLang's own behaviour
-])
-def test_a_stored_response_s_id_is_never_the_client_s(monkeypatch, mint, store_enabled, body, refused):
-    """A real server: tests/sglang/test_adapter_ids.py (test_a_stored_response_is_read_by_an_id_only_the_server_makes)."""
-    from sglang.srt import runtime_context
-    from sglang.srt.entrypoints.openai.protocol import ResponsesRequest
-
-    from sglang_mint.sglang.client_rids import STORED_RESPONSE_ID, _around_create_responses
-
-    monkeypatch.setattr(runtime_context, "get_serving", lambda: SimpleNamespace(enable_response_store=store_enabled))
-    server_args = SimpleNamespace(_mint=object()) if mint else SimpleNamespace()
-    serving = SimpleNamespace(tokenizer_manager=SimpleNamespace(server_args=server_args),
-                              create_error_response=lambda message, param: ("refused", message, param))
-
-    async def original(serving, request, raw_request=None):
-        return "served"
-
-    answer = asyncio.run(_around_create_responses(original, serving, ResponsesRequest(input="hi", **body)))
-    assert answer == (("refused", STORED_RESPONSE_ID, "request_id") if refused else "served")
