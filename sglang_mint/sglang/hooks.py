@@ -51,6 +51,8 @@ HOOKS: tuple[Hook, ...] = (
     Hook("frontend", "sglang.srt.entrypoints.openai.serving_responses.OpenAIServingResponses.create_responses",
          "AROUND", "server_made_ids:_around_create_responses"),  # a stored answer's id is the server's
     Hook("frontend", f"{_TM}.open_session", "AROUND", "server_made_ids:_around_open_session"),  # a session's too
+    Hook("all", "sglang.srt.utils.common.build_server_info", "AFTER",
+         "server_info:_after_build_server_info"),  # /server_info: no secret to every tenant
     # catalog lookups in the tokenizer manager, the registry holding only names in flight, /mint/* and
     # --mint-gateway's join (endpoints.py)
     Hook("frontend", f"{_TM}.init_lora", "AFTER", "frontend:_after_init_lora"),
@@ -163,6 +165,9 @@ INTERNALS: tuple[Internal, ...] = (
              "server_made_ids"),
     Internal("frontend", "sglang.srt.entrypoints.openai.protocol.ResponsesRequest", "request_id, store", "a stored "
              "answer's id: the client's is refused", "server_made_ids"),
+    Internal("all", "sglang.srt.server_args.ServerArgs", "api_key, admin_api_key, ssl_keyfile_password, "
+             "launch_command", "the secrets build_server_info puts in /server_info's answer (its keys, and its "
+             "command line), redacted there", "server_info"),
     Internal("frontend", "sglang.srt.managers.io_struct.OpenSessionReqInput", "session_id", "a session's id: the "
              "client's is refused", "server_made_ids"),
     Internal("frontend", "sglang.srt.environ.envs", "SGLANG_REQ_WAITING_TIMEOUT, SGLANG_REQ_RUNNING_TIMEOUT", "the "

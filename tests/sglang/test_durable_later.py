@@ -93,6 +93,16 @@ def test_admin_key_is_required_when_set(held, tiny_adapters):
     assert proxied_call(held.url, "GET", "/mint/status")[0] == 401
 
 
+def test_server_info_gives_no_tenant_the_admin_key(held):
+    """/server_info answers every caller the API key admits, a tenant through a proxy too; SGLang's answer
+    carried --admin-api-key in clear, twice (its admin_api_key and its launch_command)."""
+    status, info = proxied_call(held.url, "GET", "/server_info")
+    assert status == 200 and info["admin_api_key"] == "<redacted>", info.get("admin_api_key")
+    assert KEY not in info.values() and f"--admin-api-key {KEY}" not in info["launch_command"]
+    assert "--admin-api-key <redacted>" in info["launch_command"]
+    assert info["served_model_name"] and info["port"] == held.port  # what a router reads is left
+
+
 def openai_client(server):
     return openai.OpenAI(base_url=server.openai_url, api_key="none", max_retries=0, timeout=600)
 
