@@ -35,6 +35,19 @@ def _after_add_cli_args(result, parser, *args, **kwargs):
     return result
 
 
+def grpc_servers(server_args) -> tuple[str, ...]:
+    """The settings in effect that serve SGLang over gRPC, as a user would write them."""
+    from sglang.srt.environ import envs
+
+    return tuple(name for name, on in (
+        ("--grpc-port", server_args.grpc_port is not None),
+        ("SGLANG_GRPC_PORT", envs.SGLANG_GRPC_PORT.get() is not None),
+        ("--smg-grpc-mode", server_args.smg_grpc_mode),
+        ("--grpc-mode", server_args.grpc_mode),
+        ("SGLANG_RUST_SERVER", envs.SGLANG_RUST_SERVER.get()),
+    ) if on)
+
+
 def _after_from_cli_args(server_args, cls, namespace, *args, **kwargs):
     from sglang_mint.process import default_thread_binding
 
@@ -44,7 +57,7 @@ def _after_from_cli_args(server_args, cls, namespace, *args, **kwargs):
             namespace, lora_on=bool(server_args.enable_lora or server_args.lora_paths),
             pp_size=getattr(server_args, "pp_size", 1) or 1,
             tokenizer_workers=getattr(server_args, "tokenizer_worker_num", 1) or 1,
-            model_path=server_args.model_path)
+            model_path=server_args.model_path, grpc_servers=grpc_servers(server_args))
     except MintError as exc:
         raise SystemExit(f"error: {exc}") from None
     if server_args._mint is not None and not server_args.lora_paths:

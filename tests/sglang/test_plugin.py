@@ -86,6 +86,10 @@ def flag_results(tiny_model, tmp_path_factory, forked):
         "bad_backend": ["--model-path", str(tiny_model), "--lora-backend", "nonsense"],
         "tokenizer_workers": ["--model-path", str(tiny_model), "--enable-lora", "--enable-mint",
                               "--tokenizer-worker-num", "2"],
+        "grpc_port": ["--model-path", str(tiny_model), "--enable-lora", "--enable-mint",
+                      "--mint-catalog", str(catalog_dir), "--grpc-port", "40123"],
+        "smg_grpc_mode": ["--model-path", str(tiny_model), "--enable-lora", "--enable-mint",
+                          "--mint-catalog", str(catalog_dir), "--smg-grpc-mode"],
         "catalog_other_base": ["--model-path", str(tiny_model), "--enable-lora", "--enable-mint",
                                "--mint-catalog", str(other_catalog)],
         "bad_workers": ["--model-path", str(tiny_model), "--enable-lora", "--enable-mint",
@@ -159,6 +163,8 @@ def test_flags_reach_subprocess_copies_of_server_args(flag_results):
     ("catalog_with_pp", "does not support pipeline parallelism yet, got --pp-size 2"),
     ("bad_dp_dispatch", "invalid choice: 'random'"),
     ("tokenizer_workers", "--tokenizer-worker-num 2"),
+    ("grpc_port", "serves over SGLang's HTTP server only; got --grpc-port"),  # its admin calls pass no guard
+    ("smg_grpc_mode", "serves over SGLang's HTTP server only; got --smg-grpc-mode"),  # no tokenizer manager
     ("catalog_other_base", "was made for base model"),
     ("bad_workers", "--mint-load-workers must be 1 to 64, got 0"),
     ("bad_upload_size", "--mint-max-upload-bytes: size '0' must be positive"),
