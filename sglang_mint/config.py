@@ -292,13 +292,14 @@ def add_mint_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace, *, lora_on: bool, pp_size: int, tokenizer_workers: int,
-                     model_path: str, grpc_servers: tuple[str, ...] = ()) -> MintConfig | None:
+                     model_path: str, tenant_unsafe: tuple[tuple[str, str], ...] = ()) -> MintConfig | None:
     """The parsed flags -> MintConfig, or None without ``--enable-mint``; MintError naming the flag at fault.
 
     The engine settings the plugin depends on come as arguments: ``lora_on`` (SGLang's
     ``--enable-lora`` or ``--lora-paths``), ``pp_size`` (``--pp-size``), ``tokenizer_workers``
     (``--tokenizer-worker-num``), ``model_path``, whose base model the catalog must be made for, and
-    ``grpc_servers``: the settings in effect that serve SGLang over gRPC (``--grpc-port``...).
+    ``tenant_unsafe``: (setting, why) for each SGLang setting in effect that would let one tenant past the
+    rules that keep it from the others (``sglang/flags.py:tenant_unsafe_settings``).
     """
     catalog = getattr(args, "mint_catalog", None)
     flags = {
@@ -329,12 +330,9 @@ def config_from_args(args: argparse.Namespace, *, lora_on: bool, pp_size: int, t
         # id would silently serve the base model there.
         raise MintError(f"--enable-mint serves with one tokenizer manager; got --tokenizer-worker-num "
                         f"{tokenizer_workers} (SGLang does not load plugins into extra tokenizer workers)")
-    if grpc_servers:
-        # The native gRPC server answers admin calls (flush, weight updates, abort all) past the HTTP
-        # admin guard; the SMG gRPC server and the Rust server bypass the tokenizer manager, where the
-        # catalog lookup and the rules that keep one tenant's body from another's requests live.
-        raise MintError(f"--enable-mint serves over SGLang's HTTP server only; got {', '.join(grpc_servers)} (its "
-                        "gRPC front end would pass the admin guard and the tenant rules by); leave it out")
+    if tenant_unsafe:
+        raise MintError("--enable-mint serves many tenants, and SGLang's " + "; ".join(
+            f"{setting} {why}" for setting, why in tenant_unsafe) + "; leave it out")
     config = MintConfig.from_flags(catalog=catalog, **flags)
     if catalog is not None:
         check_catalog_serves(config, model_path)

@@ -35,17 +35,32 @@ def _after_add_cli_args(result, parser, *args, **kwargs):
     return result
 
 
-def grpc_servers(server_args) -> tuple[str, ...]:
-    """The settings in effect that serve SGLang over gRPC, as a user would write them."""
+NATIVE_GRPC = ("starts a gRPC server beside HTTP whose admin calls (flush, weight updates, abort all) no admin guard "
+               "checks")
+PAST_TOKENIZER_MANAGER = ("serves requests past the tokenizer manager, where the catalog lookup and the tenant rules "
+                          "run")
+# (setting, why) of each SGLang setting a server for many tenants refuses (tenant_unsafe_settings)
+TENANT_UNSAFE = {
+    "--grpc-port": NATIVE_GRPC, "SGLANG_GRPC_PORT": NATIVE_GRPC,
+    "--smg-grpc-mode": PAST_TOKENIZER_MANAGER, "--grpc-mode": PAST_TOKENIZER_MANAGER,
+    "SGLANG_RUST_SERVER": PAST_TOKENIZER_MANAGER,
+    "--enable-custom-logit-processor": "runs a request's custom_logit_processor, code any tenant sends (dill), "
+                                       "in the scheduler that holds every tenant's adapters and cache",
+    "--enable-session-radix-cache": "keeps a request's KV cache under the session_id its body writes, which "
+                                    "any tenant may write too (and close)",
+}
+
+
+def tenant_unsafe_settings(server_args) -> tuple[tuple[str, str], ...]:
+    """(setting, why) for each setting in ``TENANT_UNSAFE`` that is in effect."""
     from sglang.srt.environ import envs
 
-    return tuple(name for name, on in (
-        ("--grpc-port", server_args.grpc_port is not None),
-        ("SGLANG_GRPC_PORT", envs.SGLANG_GRPC_PORT.get() is not None),
-        ("--smg-grpc-mode", server_args.smg_grpc_mode),
-        ("--grpc-mode", server_args.grpc_mode),
-        ("SGLANG_RUST_SERVER", envs.SGLANG_RUST_SERVER.get()),
-    ) if on)
+    on = {"--grpc-port": server_args.grpc_port is not None, "SGLANG_GRPC_PORT": envs.SGLANG_GRPC_PORT.get() is not None,
+          "--smg-grpc-mode": server_args.smg_grpc_mode, "--grpc-mode": server_args.grpc_mode,
+          "SGLANG_RUST_SERVER": envs.SGLANG_RUST_SERVER.get(),
+          "--enable-custom-logit-processor": server_args.enable_custom_logit_processor,
+          "--enable-session-radix-cache": server_args.enable_session_radix_cache}
+    return tuple((setting, why) for setting, why in TENANT_UNSAFE.items() if on[setting])
 
 
 def _after_from_cli_args(server_args, cls, namespace, *args, **kwargs):
@@ -57,7 +72,7 @@ def _after_from_cli_args(server_args, cls, namespace, *args, **kwargs):
             namespace, lora_on=bool(server_args.enable_lora or server_args.lora_paths),
             pp_size=getattr(server_args, "pp_size", 1) or 1,
             tokenizer_workers=getattr(server_args, "tokenizer_worker_num", 1) or 1,
-            model_path=server_args.model_path, grpc_servers=grpc_servers(server_args))
+            model_path=server_args.model_path, tenant_unsafe=tenant_unsafe_settings(server_args))
     except MintError as exc:
         raise SystemExit(f"error: {exc}") from None
     if server_args._mint is not None and not server_args.lora_paths:

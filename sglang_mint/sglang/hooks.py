@@ -168,8 +168,10 @@ INTERNALS: tuple[Internal, ...] = (
     Internal("all", "sglang.srt.server_args.ServerArgs", "api_key, admin_api_key, ssl_keyfile_password, "
              "launch_command", "the secrets build_server_info puts in /server_info's answer (its keys, and its "
              "command line), redacted there", "server_info"),
-    Internal("all", "sglang.srt.server_args.ServerArgs", "grpc_port, smg_grpc_mode, grpc_mode", "SGLang's gRPC "
-             "front ends, refused with --enable-mint: they pass the admin guard and the tenant rules by", "flags"),
+    Internal("all", "sglang.srt.server_args.ServerArgs", "grpc_port, smg_grpc_mode, grpc_mode, "
+             "enable_custom_logit_processor, enable_session_radix_cache", "settings refused with --enable-mint: "
+             "gRPC front ends past the admin guard and the tenant rules, tenants' code and session ids "
+             "(flags.TENANT_UNSAFE)", "flags"),
     Internal("all", "sglang.srt.environ.envs", "SGLANG_GRPC_PORT, SGLANG_RUST_SERVER", "the same, set by "
              "environment", "flags"),
     Internal("frontend", "sglang.srt.managers.io_struct.OpenSessionReqInput", "session_id", "a session's id: the "

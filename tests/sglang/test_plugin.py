@@ -90,6 +90,10 @@ def flag_results(tiny_model, tmp_path_factory, forked):
                       "--mint-catalog", str(catalog_dir), "--grpc-port", "40123"],
         "smg_grpc_mode": ["--model-path", str(tiny_model), "--enable-lora", "--enable-mint",
                           "--mint-catalog", str(catalog_dir), "--smg-grpc-mode"],
+        "custom_logit_processor": ["--model-path", str(tiny_model), "--enable-lora", "--enable-mint",
+                                   "--mint-catalog", str(catalog_dir), "--enable-custom-logit-processor"],
+        "session_radix_cache": ["--model-path", str(tiny_model), "--enable-lora", "--enable-mint",
+                                "--mint-catalog", str(catalog_dir), "--enable-session-radix-cache"],
         "catalog_other_base": ["--model-path", str(tiny_model), "--enable-lora", "--enable-mint",
                                "--mint-catalog", str(other_catalog)],
         "bad_workers": ["--model-path", str(tiny_model), "--enable-lora", "--enable-mint",
@@ -163,8 +167,10 @@ def test_flags_reach_subprocess_copies_of_server_args(flag_results):
     ("catalog_with_pp", "does not support pipeline parallelism yet, got --pp-size 2"),
     ("bad_dp_dispatch", "invalid choice: 'random'"),
     ("tokenizer_workers", "--tokenizer-worker-num 2"),
-    ("grpc_port", "serves over SGLang's HTTP server only; got --grpc-port"),  # its admin calls pass no guard
-    ("smg_grpc_mode", "serves over SGLang's HTTP server only; got --smg-grpc-mode"),  # no tokenizer manager
+    ("grpc_port", "SGLang's --grpc-port starts a gRPC server beside HTTP whose admin calls"),  # no admin guard
+    ("smg_grpc_mode", "SGLang's --smg-grpc-mode serves requests past the tokenizer manager"),
+    ("custom_logit_processor", "SGLang's --enable-custom-logit-processor runs a request's custom_logit_processor"),
+    ("session_radix_cache", "SGLang's --enable-session-radix-cache keeps a request's KV cache under the session_id"),
     ("catalog_other_base", "was made for base model"),
     ("bad_workers", "--mint-load-workers must be 1 to 64, got 0"),
     ("bad_upload_size", "--mint-max-upload-bytes: size '0' must be positive"),
@@ -315,3 +321,17 @@ def test_the_dp_controller_refuses_to_start_without_its_dispatch_hook(run_py):
     assert "REFUSED True" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-3000:]
     assert "DataParallelController.dispatching_with_trace" in proc.stdout
     assert "STARTED False" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-3000:]  # every hook applied: it goes on
+
+
+def test_grpc_set_by_environment_is_refused_too(monkeypatch):
+    """SGLANG_GRPC_PORT starts the native gRPC server as --grpc-port does; SGLANG_RUST_SERVER serves without
+    the Python HTTP server."""
+    from sglang.srt.server_args import ServerArgs
+
+    from sglang_mint.sglang.flags import tenant_unsafe_settings
+
+    args = ServerArgs(model_path="tiny")
+    assert tenant_unsafe_settings(args) == ()
+    monkeypatch.setenv("SGLANG_GRPC_PORT", "40124")
+    monkeypatch.setenv("SGLANG_RUST_SERVER", "1")
+    assert [setting for setting, _ in tenant_unsafe_settings(args)] == ["SGLANG_GRPC_PORT", "SGLANG_RUST_SERVER"]
