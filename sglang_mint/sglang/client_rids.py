@@ -17,9 +17,12 @@ to the request itself:
   in flight, finished or not; the abort now goes only to the answer's own requests, not to a newer
   request that took the same rid (another tenant's "job", sent once the first "job" was done).
 
-The server's own requests (``CatalogFrontend.warm``: a publish's, a rollback's or ``/mint/prefetch``'s
-one-token load of an adapter) have rids that start with ``WARM_UP_RID_HEAD``; the ledger does not bill
-them to the adapter, and ``refuse_warm_up_rids`` refuses a client rid of that form (unbilled requests).
+Two rid heads are reserved (``RESERVED_RID_HEADS``), and ``refuse_reserved_rids`` refuses a client rid that
+starts with either: ``WARM_UP_RID_HEAD``, the server's own requests (``CatalogFrontend.warm``: a publish's, a
+rollback's or ``/mint/prefetch``'s one-token load of an adapter), which the ledger does not bill; and
+SGLang's ``HEALTH_CHECK``, which a busy scheduler drops unanswered and whose abort the tokenizer manager
+ignores: a client's "HEALTH_CHECK_job" sent beside a running request was never answered, and its state stayed.
+The server's own requests carry the head they may use (``OWN_RID_HEAD``, an attribute no body can set).
 
 Not covered: SGLang's scheduler aborts a request that passed ``SGLANG_REQ_WAITING_TIMEOUT`` or
 ``SGLANG_REQ_RUNNING_TIMEOUT`` (both off by default) by its rid too, inside the scheduler, past these
@@ -51,6 +54,14 @@ HEX = frozenset("0123456789abcdef")
 SGLANG_RID_HEADS = ("", "resp_", "HEALTH_CHECK_")
 # The server's own warm-up requests: WARM_UP_RID_HEAD + uuid4().hex (warm_up_rid)
 WARM_UP_RID_HEAD = "mint-warm-up-"
+HEALTH_CHECK_RID_HEAD = "HEALTH_CHECK"  # sglang.srt.constants.HEALTH_CHECK_RID_PREFIX (tests check they agree)
+RESERVED_RID_HEADS = {
+    WARM_UP_RID_HEAD: "the server's own (its one-token warm-ups of an adapter, not billed)",
+    HEALTH_CHECK_RID_HEAD: "SGLang's health checks (a busy server drops them unanswered, and ignores their aborts)",
+}
+# The attribute of a request object the server made itself: the reserved head its rid may have
+OWN_RID_HEAD = "_mint_own_rid_head"
+HEALTH_CHECK_PATHS = ("/health", "/health_generate")  # where SGLang sends its own health check
 
 
 def warm_up_rid() -> str:
@@ -89,13 +100,21 @@ def refuse_prefix_rids(rid) -> None:
                              f"of at least {SGLANG_RID_LENGTH} characters (uuid4().hex)")
 
 
-def refuse_warm_up_rids(rid) -> None:
-    """A client rid of the form the server's own warm-ups take (``WARM_UP_RID_HEAD``...) would make its
-    request unbilled: refused (a ValueError: 400)."""
-    for one in [rid] if isinstance(rid, str) else rid or []:
-        if is_warm_up_rid(one):
-            raise ValueError(f"rid {one!r}: rids that start with {WARM_UP_RID_HEAD!r} are the server's own "
-                             "(its one-token warm-ups of an adapter); send none, or another")
+def refuse_reserved_rids(obj) -> None:
+    """A client rid that starts with a head of ``RESERVED_RID_HEADS`` is refused (a ValueError: 400); a request the
+    server made may use the head it carries (``OWN_RID_HEAD``)."""
+    own = getattr(obj, OWN_RID_HEAD, None)
+    for one in [obj.rid] if isinstance(obj.rid, str) else obj.rid or []:
+        for head, whose in RESERVED_RID_HEADS.items():
+            if isinstance(one, str) and one.startswith(head) and head != own:
+                raise ValueError(f"rid {one!r}: rids that start with {head!r} are {whose}; send none, or another")
+
+
+def _before_generate_request(tm, obj, request=None, *args, **kwargs):
+    """TokenizerManager.generate_request BEFORE: SGLang's own health check (``/health``, ``/health_generate``)
+    may use its rid head."""
+    if request is not None and getattr(getattr(request, "url", None), "path", None) in HEALTH_CHECK_PATHS:
+        setattr(obj, OWN_RID_HEAD, HEALTH_CHECK_RID_HEAD)
 
 
 def _around_abort_request(original, tm, rid: str = "", abort_all: bool = False, *args, **kwargs):

@@ -16,8 +16,8 @@ from sglang_mint.frontend.catalog_names import CatalogNames
 from sglang_mint.frontend.staged_revisions import StagedRevisions, staging_root
 from sglang_mint.lora_id import CatalogLoraId, RevisionName, is_catalog_lora_id, lora_name_of
 from sglang_mint.residency.metrics import FrontendMetrics
-from sglang_mint.sglang.client_rids import (refuse_prefix_rids, refuse_warm_up_rids, warm_up_rid,
-                                           warn_of_scheduler_timeouts)
+from sglang_mint.sglang.client_rids import (OWN_RID_HEAD, WARM_UP_RID_HEAD, refuse_prefix_rids, refuse_reserved_rids,
+                                           warm_up_rid, warn_of_scheduler_timeouts)
 from sglang_mint.sglang.flags import mint_config
 from sglang_mint.sglang.hooks import verify_startup
 
@@ -98,7 +98,7 @@ class CatalogFrontend(CatalogNames):
 
         obj = GenerateReqInput(input_ids=[0], sampling_params={"max_new_tokens": 1, "temperature": 0},
                                lora_path=lora_name, rid=warm_up_rid())  # a rid the ledger does not bill
-        obj._mint_warm_up = True  # no client's request has it: the rid is let through
+        setattr(obj, OWN_RID_HEAD, WARM_UP_RID_HEAD)  # no client's request has it: the rid is let through
         try:
             async for _ in tm.generate_request(obj, None):
                 pass
@@ -172,14 +172,14 @@ async def _around_validate_and_resolve_lora(original, tm, obj):
       ``{"text": "hi", "lora_id": "mint:acme/bot@3"}`` was served and billed as acme/bot revision 3 past
       the catalog, and ``"mint:x"`` stopped the scheduler (no revision to parse).
     - Its rid is no proper prefix of the rids SGLang makes (``client_rids.refuse_prefix_rids``), nor one
-      of the server's own unbilled warm-ups' (``client_rids.refuse_warm_up_rids``)."""
+      that starts with a reserved head, the server's own unbilled warm-ups' or SGLang's health checks'
+      (``client_rids.refuse_reserved_rids``)."""
     if mint_config(tm.server_args) is not None:
         obj.lora_id = None  # first: SGLang's cleanup of a refused request releases the lora_id it holds
         for sub_obj in obj.__dict__.get("_sub_obj_cache", {}).values():  # a batch's prompts, made already
             sub_obj.lora_id = None
         refuse_prefix_rids(obj.rid)
-        if not getattr(obj, "_mint_warm_up", False):
-            refuse_warm_up_rids(obj.rid)
+        refuse_reserved_rids(obj)
     return await original(tm, obj)
 
 

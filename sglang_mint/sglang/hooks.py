@@ -60,6 +60,8 @@ HOOKS: tuple[Hook, ...] = (
          "frontend:_around_validate_and_resolve_lora"),  # no request body writes its own LoRA id
     Hook("frontend", f"{_TM}.abort_request", "AROUND",
          "client_rids:_around_abort_request"),  # a hang-up ends no other request whose rid starts with its rid
+    Hook("frontend", f"{_TM}.generate_request", "BEFORE",
+         "client_rids:_before_generate_request"),  # SGLang's own health check may use its rid head
     Hook("frontend", f"{_TM}.create_abort_task", "AROUND",
          "client_rids:_around_create_abort_task"),  # a finished stream's late abort spares a newer same rid
     Hook("frontend", f"{_TM}._resolve_lora_path", "AROUND", "frontend:_around_tm_resolve_lora_path"),

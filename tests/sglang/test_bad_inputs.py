@@ -138,6 +138,7 @@ REQUESTS = {
     "lora-path-longer-than-batch": ("/generate", generate(["ok/a"] * 20_000), 400,
                                     "a list of 20000 entries for a request of 1 prompt(s)"),
     "rid-warm-up": ("/generate", {**generate("ok/a"), "rid": "mint-warm-up-x"}, 400, "are the server's own"),
+    "rid-health-check": ("/generate", {**generate("ok/a"), "rid": "HEALTH_CHECK_job"}, 400, "SGLang's health checks"),
     "prefetch-not-json": ("/mint/prefetch", b"nope", 400, "expected JSON"),
     "prefetch-not-list": ("/mint/prefetch", {"adapters": "ok/a"}, 400, "expected JSON"),
     "prefetch-too-many": ("/mint/prefetch", {"adapters": [f"x{i}" for i in range(1025)]}, 400, "at most 1024"),
@@ -168,6 +169,12 @@ def test_request(server, key):
     assert code == 200, text[:500]  # the server keeps serving
     # ...and a refusal leaves no traceback behind, e.g. from releasing an adapter it never acquired
     assert "Traceback" not in server.log_path.read_text(errors="replace")[logged:], key
+
+
+def test_sglang_s_own_health_check_is_still_served(server):
+    """/health_generate sends a request whose rid starts with HEALTH_CHECK, a head a client may not use."""
+    code, text = post(server, "/health_generate", None)
+    assert code == 200, text[:500]
 
 
 def test_extra_key_namespace(server):

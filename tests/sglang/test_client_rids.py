@@ -10,7 +10,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from sglang_mint.sglang.client_rids import is_warm_up_rid, refuse_prefix_rids, refuse_warm_up_rids, warm_up_rid
+from sglang_mint.sglang.client_rids import (HEALTH_CHECK_RID_HEAD, OWN_RID_HEAD, WARM_UP_RID_HEAD, _before_generate_request,
+                                           is_warm_up_rid, refuse_prefix_rids, refuse_reserved_rids, warm_up_rid)
 
 
 @pytest.mark.parametrize("rid", ["", "a", "0" * 31, "deadbeef", ["job-1", "a1"]])
@@ -26,17 +27,39 @@ def test_any_other_rid_is_left_as_written(rid):
     refuse_prefix_rids(rid)  # no ValueError: no rid SGLang makes starts with it but itself
 
 
-def test_the_server_s_warm_up_rids_are_its_own():
+def test_reserved_rid_heads_are_the_server_s_own():
     """The server's one-token warm-ups of an adapter are not billed (residency._before_add_request_to_queue):
-    a client rid of their form would make its request unbilled."""
+    a client rid of their form would make its request unbilled. SGLang's health checks are dropped unanswered
+    by a busy scheduler and their aborts ignored: a client's "HEALTH_CHECK_job" beside a running request was
+    never answered. Each is refused from a client; a request the server made may use its own head."""
+    from sglang.srt.constants import HEALTH_CHECK_RID_PREFIX
+
+    assert HEALTH_CHECK_RID_HEAD == HEALTH_CHECK_RID_PREFIX
     made = warm_up_rid()
     assert is_warm_up_rid(made) and made != warm_up_rid()
-    for rid in (made, ["job-1", "mint-warm-up-"]):
-        with pytest.raises(ValueError, match="are the server's own"):
-            refuse_warm_up_rids(rid)
-    for rid in (None, "mint-warm-u", "job-mint-warm-up-1", ["job-1"]):
-        refuse_warm_up_rids(rid)
+    for rid, says in ((made, "are the server's own"), (["job-1", "mint-warm-up-"], "are the server's own"),
+                      ("HEALTH_CHECK_job", "are SGLang's health checks"), (["HEALTH_CHECKx"], "health checks")):
+        with pytest.raises(ValueError, match=says):
+            refuse_reserved_rids(SimpleNamespace(rid=rid))
+    for rid in (None, "mint-warm-u", "job-mint-warm-up-1", ["job-1"], "HEALTH-CHECK"):
+        refuse_reserved_rids(SimpleNamespace(rid=rid))
         assert not is_warm_up_rid(rid)
+    refuse_reserved_rids(SimpleNamespace(rid=made, **{OWN_RID_HEAD: WARM_UP_RID_HEAD}))  # the server's warm-up
+    with pytest.raises(ValueError, match="health checks"):  # a warm-up's head lets no health check through
+        refuse_reserved_rids(SimpleNamespace(rid="HEALTH_CHECK_x", **{OWN_RID_HEAD: WARM_UP_RID_HEAD}))
+
+
+@pytest.mark.parametrize("path, own", [("/health_generate", True), ("/health", True), ("/generate", False)])
+def test_sglang_s_own_health_check_may_use_its_rid_head(path, own):
+    """SGLang's /health_generate sends its request through TokenizerManager.generate_request with the HTTP
+    request; that request, and no other, may use the HEALTH_CHECK head."""
+    obj = SimpleNamespace(rid="HEALTH_CHECK_" + "0" * 32)
+    _before_generate_request(None, obj, SimpleNamespace(url=SimpleNamespace(path=path)))
+    if own:
+        refuse_reserved_rids(obj)
+    else:
+        with pytest.raises(ValueError, match="health checks"):
+            refuse_reserved_rids(obj)
 
 
 def sglang_made_rids() -> list[str]:
