@@ -98,6 +98,8 @@ HOOKS: tuple[Hook, ...] = (
     Hook("scheduler", "sglang.srt.managers.scheduler_components.output_streamer.SchedulerOutputStreamer"
          ".stream_output", "AFTER", "residency:_after_stream_output"),
     Hook("scheduler", f"{_SCHED}.get_internal_state", "AFTER", "residency:_after_get_internal_state"),
+    Hook("scheduler", f"{_SCHED}.get_internal_state", "AFTER",
+         "server_info:_after_scheduler_get_internal_state"),  # /server_info's internal_states: no secret
     Hook("scheduler", f"{_SCHED}.run_event_loop", "AROUND", "residency:_around_run_event_loop"),  # usage billed
     # no request body names another adapter's prefix-cache namespace
     Hook("scheduler", f"{_SCHED}.handle_generate_request", "AROUND", "prefix_cache:_around_handle_generate_request"),
@@ -167,9 +169,11 @@ INTERNALS: tuple[Internal, ...] = (
              "server_made_ids"),
     Internal("frontend", "sglang.srt.entrypoints.openai.protocol.ResponsesRequest", "request_id, store", "a stored "
              "answer's id: the client's is refused", "server_made_ids"),
-    Internal("all", "sglang.srt.server_args.ServerArgs", "api_key, admin_api_key, ssl_keyfile_password, "
-             "launch_command", "the secrets build_server_info puts in /server_info's answer (its keys, and its "
-             "command line), redacted there", "server_info"),
+    Internal("all", "sglang.srt.server_args.ServerArgs", "api_key, admin_api_key, ssl_keyfile_password",
+             "the secrets /server_info's answer carries (its settings, its command line, each scheduler's "
+             "internal state), redacted there", "server_info"),
+    Internal("scheduler", "sglang.srt.managers.io_struct.GetInternalStateReqOutput", "internal_state", "a "
+             "scheduler's settings, as /server_info gives them: replaced by a redacted copy", "server_info"),
     Internal("all", "sglang.srt.server_args.ServerArgs", "grpc_port, smg_grpc_mode, grpc_mode, "
              "enable_custom_logit_processor, enable_session_radix_cache", "settings refused with --enable-mint: "
              "gRPC front ends past the admin guard and the tenant rules, tenants' code and session ids "

@@ -95,12 +95,21 @@ def test_admin_key_is_required_when_set(held, tiny_adapters):
 
 def test_server_info_gives_no_tenant_the_admin_key(held):
     """/server_info answers every caller the API key admits, a tenant through a proxy too; SGLang's answer
-    carried --admin-api-key in clear, twice (its admin_api_key and its launch_command)."""
+    carried --admin-api-key in clear three times (its admin_api_key, its launch_command, and each
+    scheduler's internal state)."""
     status, info = proxied_call(held.url, "GET", "/server_info")
     assert status == 200 and info["admin_api_key"] == "<redacted>", info.get("admin_api_key")
-    assert KEY not in info.values() and f"--admin-api-key {KEY}" not in info["launch_command"]
-    assert "--admin-api-key <redacted>" in info["launch_command"]
+    assert [state["admin_api_key"] for state in info["internal_states"]] == ["<redacted>"]
+    assert KEY not in leaf_values(info) and "--admin-api-key <redacted>" in info["launch_command"]
     assert info["served_model_name"] and info["port"] == held.port  # what a router reads is left
+
+
+def leaf_values(tree) -> list:
+    if isinstance(tree, dict):
+        return [leaf for value in tree.values() for leaf in leaf_values(value)]
+    if isinstance(tree, list):
+        return [leaf for value in tree for leaf in leaf_values(value)]
+    return [tree]
 
 
 def openai_client(server):
