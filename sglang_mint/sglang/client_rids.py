@@ -17,12 +17,13 @@ to the request itself:
   in flight, finished or not; the abort now goes only to the answer's own requests, not to a newer
   request that took the same rid (another tenant's "job", sent once the first "job" was done).
 
-Two rid heads are reserved (``RESERVED_RID_HEADS``), and ``refuse_reserved_rids`` refuses a client rid that
-starts with either: ``WARM_UP_RID_HEAD``, the server's own requests (``CatalogFrontend.warm``: a publish's, a
-rollback's or ``/mint/prefetch``'s one-token load of an adapter), which the ledger does not bill; and
-SGLang's ``HEALTH_CHECK``, which a busy scheduler drops unanswered and whose abort the tokenizer manager
-ignores: a client's "HEALTH_CHECK_job" sent beside a running request was never answered, and its state stayed.
-The server's own requests carry the head they may use (``OWN_RID_HEAD``, an attribute no body can set).
+Two rid heads are the server's own (``SERVER_RID_HEADS``), and ``refuse_reserved_rids`` refuses a client rid
+that starts with either: ``ADAPTER_WARM_UP_RID_HEAD``, the plugin's one-token load of an adapter
+(``CatalogFrontend.warm``: a publish's, a rollback's, ``/mint/prefetch``'s); and SGLang's ``HEALTH_CHECK``,
+which a busy scheduler drops unanswered and whose abort the tokenizer manager ignores: a client's
+"HEALTH_CHECK_job" sent beside a running request was never answered, and its state stayed. The ledger bills
+neither (``is_server_rid``): no tenant sent them. The server's own requests carry the head they may use
+(``OWN_RID_HEAD``, an attribute no body can set).
 
 Not covered: SGLang's scheduler aborts a request that passed ``SGLANG_REQ_WAITING_TIMEOUT`` or
 ``SGLANG_REQ_RUNNING_TIMEOUT`` (both off by default) by its rid too, inside the scheduler, past these
@@ -38,6 +39,8 @@ import logging
 import uuid
 from contextvars import ContextVar
 
+from sglang.srt.constants import HEALTH_CHECK_RID_PREFIX
+
 from sglang_mint.frontend.admin_guard import ADMIN_CALL
 from sglang_mint.sglang.flags import mint_config
 
@@ -52,24 +55,24 @@ HEX = frozenset("0123456789abcdef")
 # What SGLang puts before the uuid4().hex of the rids it makes: nothing (/generate, the OpenAI endpoints
 # without a client rid), "resp_" (/v1/responses: ResponsesRequest.request_id), "HEALTH_CHECK_" (/health_generate).
 SGLANG_RID_HEADS = ("", "resp_", "HEALTH_CHECK_")
-# The server's own warm-up requests: WARM_UP_RID_HEAD + uuid4().hex (warm_up_rid)
-WARM_UP_RID_HEAD = "mint-warm-up-"
-HEALTH_CHECK_RID_HEAD = "HEALTH_CHECK"  # sglang.srt.constants.HEALTH_CHECK_RID_PREFIX (tests check they agree)
-RESERVED_RID_HEADS = {
-    WARM_UP_RID_HEAD: "the server's own (its one-token warm-ups of an adapter, not billed)",
-    HEALTH_CHECK_RID_HEAD: "SGLang's health checks (a busy server drops them unanswered, and ignores their aborts)",
+# The plugin's one-token loads of an adapter: ADAPTER_WARM_UP_RID_HEAD + uuid4().hex (adapter_warm_up_rid)
+ADAPTER_WARM_UP_RID_HEAD = "mint-warm-up-"
+SERVER_RID_HEADS = {
+    ADAPTER_WARM_UP_RID_HEAD: "the server's own (its one-token warm-ups of an adapter, not billed)",
+    HEALTH_CHECK_RID_PREFIX: "SGLang's health checks (a busy server drops them unanswered, and ignores their aborts)",
 }
 # The attribute of a request object the server made itself: the reserved head its rid may have
 OWN_RID_HEAD = "_mint_own_rid_head"
 HEALTH_CHECK_PATHS = ("/health", "/health_generate")  # where SGLang sends its own health check
 
 
-def warm_up_rid() -> str:
-    return WARM_UP_RID_HEAD + uuid.uuid4().hex
+def adapter_warm_up_rid() -> str:
+    return ADAPTER_WARM_UP_RID_HEAD + uuid.uuid4().hex
 
 
-def is_warm_up_rid(rid) -> bool:
-    return isinstance(rid, str) and rid.startswith(WARM_UP_RID_HEAD)
+def is_server_rid(rid) -> bool:
+    """Whether ``rid`` is one of the server's own requests' (an adapter's warm-up, a health check)."""
+    return isinstance(rid, str) and rid.startswith(tuple(SERVER_RID_HEADS))
 
 
 def _prefix_of_sglang_rid(rid: str) -> bool:
@@ -101,20 +104,25 @@ def refuse_prefix_rids(rid) -> None:
 
 
 def refuse_reserved_rids(obj) -> None:
-    """A client rid that starts with a head of ``RESERVED_RID_HEADS`` is refused (a ValueError: 400); a request the
+    """A client rid that starts with a head of ``SERVER_RID_HEADS`` is refused (a ValueError: 400); a request the
     server made may use the head it carries (``OWN_RID_HEAD``)."""
     own = getattr(obj, OWN_RID_HEAD, None)
     for one in [obj.rid] if isinstance(obj.rid, str) else obj.rid or []:
-        for head, whose in RESERVED_RID_HEADS.items():
+        for head, whose in SERVER_RID_HEADS.items():
             if isinstance(one, str) and one.startswith(head) and head != own:
                 raise ValueError(f"rid {one!r}: rids that start with {head!r} are {whose}; send none, or another")
 
 
 def _before_generate_request(tm, obj, request=None, *args, **kwargs):
-    """TokenizerManager.generate_request BEFORE: SGLang's own health check (``/health``, ``/health_generate``)
-    may use its rid head."""
-    if request is not None and getattr(getattr(request, "url", None), "path", None) in HEALTH_CHECK_PATHS:
-        setattr(obj, OWN_RID_HEAD, HEALTH_CHECK_RID_HEAD)
+    """TokenizerManager.generate_request BEFORE: SGLang's own health check (``/health``, ``/health_generate``,
+    under ``--fastapi-root-path`` too) may use its rid head."""
+    if request is None or mint_config(tm.server_args) is None:
+        return
+    path, root = request.url.path, request.scope.get("root_path", "")
+    if root and path.startswith(root + "/"):  # as SGLang's own health route compares it
+        path = path[len(root):]
+    if path in HEALTH_CHECK_PATHS:
+        setattr(obj, OWN_RID_HEAD, HEALTH_CHECK_RID_PREFIX)
 
 
 def _around_abort_request(original, tm, rid: str = "", abort_all: bool = False, *args, **kwargs):

@@ -72,7 +72,8 @@ def _after_from_cli_args(server_args, cls, namespace, *args, **kwargs):
             namespace, lora_on=bool(server_args.enable_lora or server_args.lora_paths),
             pp_size=getattr(server_args, "pp_size", 1) or 1,
             tokenizer_workers=getattr(server_args, "tokenizer_worker_num", 1) or 1,
-            model_path=server_args.model_path, tenant_unsafe=tenant_unsafe_settings(server_args))
+            model_path=server_args.model_path,
+            tenant_unsafe=tenant_unsafe_settings(server_args) if getattr(namespace, "enable_mint", False) else ())
     except MintError as exc:
         raise SystemExit(f"error: {exc}") from None
     if server_args._mint is not None and not server_args.lora_paths:

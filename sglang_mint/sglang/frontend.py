@@ -16,8 +16,8 @@ from sglang_mint.frontend.catalog_names import CatalogNames
 from sglang_mint.frontend.staged_revisions import StagedRevisions, staging_root
 from sglang_mint.lora_id import CatalogLoraId, RevisionName, is_catalog_lora_id, lora_name_of
 from sglang_mint.residency.metrics import FrontendMetrics
-from sglang_mint.sglang.client_rids import (OWN_RID_HEAD, WARM_UP_RID_HEAD, refuse_prefix_rids, refuse_reserved_rids,
-                                           warm_up_rid, warn_of_scheduler_timeouts)
+from sglang_mint.sglang.client_rids import (ADAPTER_WARM_UP_RID_HEAD, OWN_RID_HEAD, adapter_warm_up_rid,
+                                           refuse_prefix_rids, refuse_reserved_rids, warn_of_scheduler_timeouts)
 from sglang_mint.sglang.flags import mint_config
 from sglang_mint.sglang.hooks import verify_startup
 
@@ -97,8 +97,8 @@ class CatalogFrontend(CatalogNames):
         from sglang.srt.managers.io_struct import GenerateReqInput
 
         obj = GenerateReqInput(input_ids=[0], sampling_params={"max_new_tokens": 1, "temperature": 0},
-                               lora_path=lora_name, rid=warm_up_rid())  # a rid the ledger does not bill
-        setattr(obj, OWN_RID_HEAD, WARM_UP_RID_HEAD)  # no client's request has it: the rid is let through
+                               lora_path=lora_name, rid=adapter_warm_up_rid())  # a rid the ledger does not bill
+        setattr(obj, OWN_RID_HEAD, ADAPTER_WARM_UP_RID_HEAD)  # no client's request has it: the rid is let through
         try:
             async for _ in tm.generate_request(obj, None):
                 pass

@@ -180,6 +180,11 @@ INTERNALS: tuple[Internal, ...] = (
              "(flags.TENANT_UNSAFE)", "flags"),
     Internal("all", "sglang.srt.environ.envs", "SGLANG_GRPC_PORT, SGLANG_RUST_SERVER", "the same, set by "
              "environment", "flags"),
+    Internal("all", "sglang.srt.constants", "HEALTH_CHECK_RID_PREFIX", "the head of SGLang's health checks' "
+             "rids: a client's rid may not start with it, and the ledger does not bill them", "client_rids"),
+    Internal("frontend", "sglang.srt.entrypoints.openai.serving_responses.OpenAIServingResponses",
+             "create_error_response", "the refusal of a stored answer whose body wrote its id (its "
+             "tokenizer_manager, set in __init__, gives the server_args)", "server_made_ids"),
     Internal("frontend", "sglang.srt.managers.io_struct.OpenSessionReqInput", "session_id", "a session's id: the "
              "client's is refused", "server_made_ids"),
     Internal("frontend", "sglang.srt.environ.envs", "SGLANG_REQ_WAITING_TIMEOUT, SGLANG_REQ_RUNNING_TIMEOUT", "the "
@@ -198,8 +203,8 @@ INTERNALS: tuple[Internal, ...] = (
              "node share and the metrics state are named by", "residency"),
     Internal("scheduler", "req", "already_computed, retraction_count", "a request aborted in the queue before its "
              "first prefill bills no tokens", "residency"),
-    Internal("scheduler", "req", "rid", "the server's own warm-ups of an adapter (client_rids.WARM_UP_RID_HEAD) are "
-             "not billed", "residency"),
+    Internal("scheduler", "req", "rid", "the server's own requests (client_rids.SERVER_RID_HEADS: an adapter's "
+             "warm-up, a health check) are not billed", "residency"),
     Internal("scheduler", "lora_manager", "configs, loras, lora_refs, memory_pool, lora_modules", "installs and "
              "drops catalog adapters as SGLang's own; ranks, pins; finds an expert layer", "residency, lora_info"),
     Internal("scheduler", "lora_manager", "embed_tokens_module, lm_head_module", "what the pool fill is given "

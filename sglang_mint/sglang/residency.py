@@ -19,7 +19,7 @@ from sglang_mint.residency.host_bytes import node_status
 from sglang_mint.residency.request_holds import admit, on_arrival, release_hold
 from sglang_mint.residency.scheduler_residency import SchedulerResidency
 from sglang_mint.sglang.adapter_reader import attach_adapter, read_adapter
-from sglang_mint.sglang.client_rids import is_warm_up_rid
+from sglang_mint.sglang.client_rids import is_server_rid
 from sglang_mint.usage.ledger import UsageLedger, engine_name
 
 logger = logging.getLogger("sglang_mint")
@@ -175,7 +175,7 @@ def _before_add_request_to_queue(scheduler, req, is_retracted=False, *args, **kw
     if residency is not None and not is_retracted and is_catalog_lora_id(req.lora_id):
         on_arrival(residency, req)
     ledger = getattr(scheduler, "_mint_usage", None)
-    if ledger is not None and not is_retracted and not is_warm_up_rid(req.rid):  # the server's own: not billed
+    if ledger is not None and not is_retracted and not is_server_rid(req.rid):  # no tenant's: not billed
         req._mint_usage = (ledger, *_served_adapter(scheduler, req.lora_id))
     return None
 

@@ -10,8 +10,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from sglang_mint.sglang.client_rids import (HEALTH_CHECK_RID_HEAD, OWN_RID_HEAD, WARM_UP_RID_HEAD, _before_generate_request,
-                                           is_warm_up_rid, refuse_prefix_rids, refuse_reserved_rids, warm_up_rid)
+from sglang_mint.sglang.client_rids import (ADAPTER_WARM_UP_RID_HEAD, OWN_RID_HEAD, _before_generate_request,
+                                           adapter_warm_up_rid, is_server_rid, refuse_prefix_rids, refuse_reserved_rids)
 
 
 @pytest.mark.parametrize("rid", ["", "a", "0" * 31, "deadbeef", ["job-1", "a1"]])
@@ -32,29 +32,31 @@ def test_reserved_rid_heads_are_the_server_s_own():
     a client rid of their form would make its request unbilled. SGLang's health checks are dropped unanswered
     by a busy scheduler and their aborts ignored: a client's "HEALTH_CHECK_job" beside a running request was
     never answered. Each is refused from a client; a request the server made may use its own head."""
-    from sglang.srt.constants import HEALTH_CHECK_RID_PREFIX
-
-    assert HEALTH_CHECK_RID_HEAD == HEALTH_CHECK_RID_PREFIX
-    made = warm_up_rid()
-    assert is_warm_up_rid(made) and made != warm_up_rid()
+    made = adapter_warm_up_rid()
+    assert is_server_rid(made) and made != adapter_warm_up_rid() and is_server_rid("HEALTH_CHECK_" + "0" * 32)
     for rid, says in ((made, "are the server's own"), (["job-1", "mint-warm-up-"], "are the server's own"),
                       ("HEALTH_CHECK_job", "are SGLang's health checks"), (["HEALTH_CHECKx"], "health checks")):
         with pytest.raises(ValueError, match=says):
             refuse_reserved_rids(SimpleNamespace(rid=rid))
     for rid in (None, "mint-warm-u", "job-mint-warm-up-1", ["job-1"], "HEALTH-CHECK"):
         refuse_reserved_rids(SimpleNamespace(rid=rid))
-        assert not is_warm_up_rid(rid)
-    refuse_reserved_rids(SimpleNamespace(rid=made, **{OWN_RID_HEAD: WARM_UP_RID_HEAD}))  # the server's warm-up
+        assert not is_server_rid(rid)
+    refuse_reserved_rids(SimpleNamespace(rid=made, **{OWN_RID_HEAD: ADAPTER_WARM_UP_RID_HEAD}))  # the server's
     with pytest.raises(ValueError, match="health checks"):  # a warm-up's head lets no health check through
-        refuse_reserved_rids(SimpleNamespace(rid="HEALTH_CHECK_x", **{OWN_RID_HEAD: WARM_UP_RID_HEAD}))
+        refuse_reserved_rids(SimpleNamespace(rid="HEALTH_CHECK_x", **{OWN_RID_HEAD: ADAPTER_WARM_UP_RID_HEAD}))
 
 
-@pytest.mark.parametrize("path, own", [("/health_generate", True), ("/health", True), ("/generate", False)])
-def test_sglang_s_own_health_check_may_use_its_rid_head(path, own):
+MINT_ON = SimpleNamespace(server_args=SimpleNamespace(_mint=object()))  # a tokenizer manager with --enable-mint
+
+
+@pytest.mark.parametrize("path, root, own", [("/health_generate", "", True), ("/health", "", True),
+                                             ("/sglang/health_generate", "/sglang", True),  # --fastapi-root-path
+                                             ("/generate", "", False), ("/health_generate/x", "", False)])
+def test_sglang_s_own_health_check_may_use_its_rid_head(path, root, own):
     """SGLang's /health_generate sends its request through TokenizerManager.generate_request with the HTTP
     request; that request, and no other, may use the HEALTH_CHECK head."""
     obj = SimpleNamespace(rid="HEALTH_CHECK_" + "0" * 32)
-    _before_generate_request(None, obj, SimpleNamespace(url=SimpleNamespace(path=path)))
+    _before_generate_request(MINT_ON, obj, SimpleNamespace(url=SimpleNamespace(path=path), scope={"root_path": root}))
     if own:
         refuse_reserved_rids(obj)
     else:

@@ -201,3 +201,24 @@ def test_the_servers_own_warm_ups_are_not_billed(server, tiny_adapters):
     time.sleep(2.5)  # one more append: a warm-up counted would show
     got = usage_of(server, adapter=adapter)["totals"]
     assert {k: got[k] for k in expected} == expected
+
+
+def test_sglang_s_health_checks_are_not_billed(server):
+    """/health_generate (and /health, which SMG calls every second) runs a one-token request on the base
+    model; the ledger billed each to it, as a tenant's request."""
+    def base_requests() -> int:
+        return sum(row["requests"] for row in usage_of(server, since="2026-01-01T00:00Z")["usage"]
+                   if row["adapter"] is None)
+
+    before = base_requests()
+    for _ in range(3):
+        with urllib.request.urlopen(server.url + "/health_generate", timeout=60) as r:
+            assert r.status == 200
+    client = openai.OpenAI(base_url=server.openai_url, api_key="none", max_retries=0, timeout=600)
+    client.completions.create(model="tiny", prompt="a base model request", max_tokens=2, temperature=0)
+    deadline = time.monotonic() + 30  # the ledger appends every 2 s
+    while base_requests() == before:
+        assert time.monotonic() < deadline
+        time.sleep(0.5)
+    time.sleep(2.5)  # one more append: a health check counted would show
+    assert base_requests() == before + 1  # the client's request alone
