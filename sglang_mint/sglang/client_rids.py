@@ -54,7 +54,7 @@ SGLANG_RID_LENGTH = 32  # uuid4().hex: GenerateReqInput's own rids, and each sam
 HEX = frozenset("0123456789abcdef")
 # What SGLang puts before the uuid4().hex of the rids it makes: nothing (/generate, the OpenAI endpoints
 # without a client rid), "resp_" (/v1/responses: ResponsesRequest.request_id), "HEALTH_CHECK_" (/health_generate).
-SGLANG_RID_HEADS = ("", "resp_", "HEALTH_CHECK_")
+SGLANG_RID_HEADS = ("", "resp_", HEALTH_CHECK_RID_PREFIX + "_")
 # The plugin's one-token loads of an adapter: ADAPTER_WARM_UP_RID_HEAD + uuid4().hex (adapter_warm_up_rid)
 ADAPTER_WARM_UP_RID_HEAD = "mint-warm-up-"
 SERVER_RID_HEADS = {

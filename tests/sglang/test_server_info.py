@@ -3,13 +3,14 @@ handler, no server. A real server: tests/sglang/test_durable_later.py
 (test_server_info_gives_no_tenant_the_admin_key)."""
 
 import asyncio
+import collections
 import json
 from types import SimpleNamespace
 
 import pytest
 
 from sglang_mint.sglang.server_info import (REDACTED, _after_build_server_info, _after_scheduler_get_internal_state,
-                                            redact_text)
+                                            redact_command_line, redact_settings)
 
 SECRETS = ("TENANT-KEY-1", "ADMIN-KEY-2", "p w", "K")
 
@@ -22,13 +23,30 @@ SECRETS = ("TENANT-KEY-1", "ADMIN-KEY-2", "p w", "K")
      f"--api-key={REDACTED} --ssl-keyfile-password {REDACTED} --admin-api {REDACTED}"),
     ("--model-path /models/Kimi-K2 --api-key K", f"--model-path /models/Kimi-K2 --api-key {REDACTED}"),
     ("--mint-catalog postgresql://mint:p@ss@db:5432/catalog --enable-mint",  # the password has an @
-     f"--mint-catalog postgresql://mint:{REDACTED}@db:5432/catalog --enable-mint"),
-    ("--mint-catalog postgresql://mint:p%40ss@[::1]:5432/c", f"--mint-catalog postgresql://mint:{REDACTED}@[::1]:5432/c"),
-    ("--otlp-traces-endpoint http://db/c?user=a&password=pw&x=1", f"--otlp-traces-endpoint http://db/c?user=a&password={REDACTED}&x=1"),
-    ("--mint-catalog postgresql://mint@db/catalog --my-flag Kx", None),  # no password, no secret: as is
+     f"--mint-catalog postgresql://{REDACTED}@db:5432/catalog --enable-mint"),
+    ("--mint-catalog postgresql://mint:p%40ss@[::1]:5432/c", f"--mint-catalog postgresql://{REDACTED}@[::1]:5432/c"),
+    ("--otlp-traces-endpoint http://db/c?user=a&password=pw&x=1",
+     f"--otlp-traces-endpoint http://db/c?user=a&password={REDACTED}&x=1"),
+    ("--model-path https://ghp_TOKEN@github.com/m", f"--model-path https://{REDACTED}@github.com/m"),
+    ("--hicache-storage-backend-extra-config {\"access_key\":\"AK\",\"secret_key\":\"SK\",\"endpoint\":\"e\"}",
+     f"--hicache-storage-backend-extra-config {{\"access_key\":\"{REDACTED}\",\"secret_key\":\"{REDACTED}\","
+     f"\"endpoint\":\"e\"}}"),
+    ("--mint-catalog postgresql://db/catalog --my-flag Kx --port 8000", None),  # no secret: as is
 ])
 def test_secret_values_leave_the_command_line(command, shown):
-    assert redact_text(command, SECRETS) == (command if shown is None else shown)
+    assert redact_command_line(command, SECRETS) == (command if shown is None else shown)
+
+
+def test_a_setting_that_holds_one_value_is_never_rewritten_for_a_secret_in_it():
+    """A key that happens to be "tiny" leaves the model named: SMG reads model_path and served_model_name."""
+    settings = {"model_path": "tiny", "served_model_name": "tiny", "api_key": "tiny", "ssl_keyfile_password": None,
+                "bucket_time_to_first_token": [0.1], "dp_size": (1, 2),
+                "hicache_storage_backend_extra_config": '{"secret_key": "SK", "bucket": "b"}'}
+    assert redact_settings(settings, ("tiny",)) == {**settings, "api_key": REDACTED,
+                                                   "hicache_storage_backend_extra_config":
+                                                       f'{{"secret_key": "{REDACTED}", "bucket": "b"}}'}
+    Pair = collections.namedtuple("Pair", "a b")
+    assert redact_settings({"x": Pair("redis://u:pw@h/m", 2)}) == {"x": Pair(f"redis://{REDACTED}@h/m", 2)}
 
 
 def test_sglang_s_server_info_handler_answers_without_the_keys():
