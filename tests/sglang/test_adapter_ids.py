@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-import urllib.request
 
 import openai
 import pytest
@@ -12,6 +11,7 @@ from transformers import AutoTokenizer
 
 from sglang_mint.dev.reference import run_reference
 from sglang_mint.gateway.middleware import REQUESTED_MODEL_HEADER
+from json_calls import post_json
 from openai_jobs import answer_models
 
 pytestmark = pytest.mark.server  # starts real SGLang servers: not in make test-fast
@@ -19,16 +19,6 @@ pytestmark = pytest.mark.server  # starts real SGLang servers: not in make test-
 PROMPT = "the quick brown fox and the lazy dog"
 MAX_TOKENS = 6
 TOL = 1e-4
-
-
-def post(server, path: str, body: dict) -> tuple[int, str]:
-    request = urllib.request.Request(server.url + path, data=json.dumps(body).encode(),
-                                     headers={"content-type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=120) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
 
 
 def complete(client, model, prompt=PROMPT, max_tokens=MAX_TOKENS):
@@ -146,21 +136,21 @@ def test_a_session_is_continued_by_an_id_only_the_server_makes(mint_server, tiny
     writes. Tenant A opened streaming session "chat-1" and sent a prompt with its adapter; tenant B's
     request naming "chat-1" ran on A's context and cache (22 prompt tokens, 20 cached), and B could close
     it. A session's id is now the server's; a body that writes one is refused."""
-    code, text = post(mint_server, "/open_session", {"capacity_of_str_len": 4000, "session_id": "chat-1",
+    code, text = post_json(mint_server, "/open_session", {"capacity_of_str_len": 4000, "session_id": "chat-1",
                                                      "streaming": True})
     assert code == 400 and "session_id" in text, text
-    code, text = post(mint_server, "/generate", {"text": " and", "session_params": {"id": "chat-1"},
+    code, text = post_json(mint_server, "/generate", {"text": " and", "session_params": {"id": "chat-1"},
                                                  "sampling_params": {"max_new_tokens": 1}})
     assert code != 200 or json.loads(text)["meta_info"]["finish_reason"]["type"] == "abort", text  # no such session
-    code, session = post(mint_server, "/open_session", {"capacity_of_str_len": 4000, "streaming": True})
+    code, session = post_json(mint_server, "/open_session", {"capacity_of_str_len": 4000, "streaming": True})
     assert code == 200 and len(json.loads(session)) == 32, session  # uuid4().hex: the store works
     turn = {"text": "my secret code is violet", "lora_path": next(iter(tiny_adapters)),
             "session_params": {"id": json.loads(session)}, "sampling_params": {"max_new_tokens": 2, "temperature": 0}}
-    code, text = post(mint_server, "/generate", turn)
+    code, text = post_json(mint_server, "/generate", turn)
     assert code == 200, text
-    code, text = post(mint_server, "/generate", {**turn, "text": " and"})
+    code, text = post_json(mint_server, "/generate", {**turn, "text": " and"})
     assert code == 200 and json.loads(text)["meta_info"]["cached_tokens"] > 0, text  # the session's context
-    assert post(mint_server, "/close_session", {"session_id": json.loads(session)})[0] == 200
+    assert post_json(mint_server, "/close_session", {"session_id": json.loads(session)})[0] == 200
 
 
 def test_answers_name_the_model_the_request_named(mint_client, tiny_adapters):

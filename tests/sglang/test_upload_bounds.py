@@ -25,8 +25,6 @@ import sqlite3
 import struct
 import threading
 import time
-import urllib.error
-import urllib.request
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -36,6 +34,7 @@ import numpy as np
 import pytest
 from hung import HUNG_AFTER_S
 
+from json_calls import post_json
 from mint_status import mint_status
 from sglang_mint.catalog import init_catalog, open_catalog
 
@@ -114,16 +113,6 @@ def publish(server, adapter_id: str, folder: Path, hold: threading.Event | None 
     chunks, ctype, length = multipart_stream(folder, {"warm": "false"}, hold)
     return httpx.post(f"{server.url}/mint/adapters/{adapter_id}/revisions", content=chunks,
                       headers={"Content-Type": ctype, "Content-Length": str(length)}, timeout=600)
-
-
-def post_json(server, path: str, body: dict) -> tuple[int, str]:
-    req = urllib.request.Request(server.url + path, data=json.dumps(body).encode(),
-                                 headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=120) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
 
 
 def completion(model: str) -> dict:
