@@ -43,28 +43,31 @@ setup:
 demo: setup
 	"$(VENV)/bin/mint" demo
 
-# Tests without SGLang servers run in FAST_WORKERS processes, one file per process at a time
-# (pytest-xdist; module fixtures are built once; most of their time is subprocesses and servers
-# they wait on, so 4 beat 2 on two cores). The server tests (pytest.mark.server) run one at a
-# time: one CPU server takes both cores while it imports or computes (two at once, measured
-# from a fresh clone of 3b44530, made the lane slower, 23.9 min, and starved a gateway's health
-# checks), and leaves one idle about half the time while it waits on requests and its own
-# subprocesses. The fast lane runs beside it at the lowest CPU priority (nice 19), on what the
-# server lane leaves, so it adds little to the server lane's time; its output is printed after.
-# Both lanes always run; the target fails if either failed (exit 5, nothing selected by
-# PYTEST_ARGS, is not a failure).
+# Three lanes at once. Tests without SGLang servers run in FAST_WORKERS processes at the lowest CPU
+# priority (nice 19), one file per process at a time (pytest-xdist; module fixtures are built once;
+# most of their time is subprocesses and servers they wait on, so 4 beat 2 on two cores): they take
+# what the servers leave. The server tests (pytest.mark.server) run in two halves side by side
+# (tests/server_lanes.py): those on the four shared servers, and the modules that start their own.
+# Each half runs one test at a time: a test mostly waits on one server, which keeps one core busy.
+# Every lane always runs; the target fails if any failed (exit 5, nothing selected by PYTEST_ARGS,
+# is not a failure).
 FAST_WORKERS ?= 4
 
 test: setup
-	@fast=0; server=0; fast_log=$$(mktemp -t mint-fast-lane.XXXXXX); \
+	@fast=0; own=0; shared=0; \
+	fast_log=$$(mktemp -t mint-fast-lane.XXXXXX); own_log=$$(mktemp -t mint-own-servers.XXXXXX); \
 	echo "==> tests without SGLang servers: $(FAST_WORKERS) workers at nice 19, output in $$fast_log until they end"; \
 	nice -n 19 "$(VENV)/bin/pytest" -q -m "not server" -n $(FAST_WORKERS) --dist loadfile $(PYTEST_ARGS) \
 		>"$$fast_log" 2>&1 & fast_pid=$$!; \
-	echo "==> tests with SGLang servers, one at a time"; \
-	"$(VENV)/bin/pytest" -q -m server --durations=15 $(PYTEST_ARGS) || server=$$?; \
+	echo "==> tests with SGLang servers of their own, one at a time, output in $$own_log until they end"; \
+	"$(VENV)/bin/pytest" -q -m server --server-lane own --durations=15 $(PYTEST_ARGS) >"$$own_log" 2>&1 & own_pid=$$!; \
+	echo "==> tests on the shared SGLang servers, one at a time"; \
+	"$(VENV)/bin/pytest" -q -m server --server-lane shared --durations=15 $(PYTEST_ARGS) || shared=$$?; \
+	wait $$own_pid || own=$$?; \
+	echo "==> tests with SGLang servers of their own (exit $$own)"; cat "$$own_log"; rm -f "$$own_log"; \
 	wait $$fast_pid || fast=$$?; \
 	echo "==> tests without SGLang servers (exit $$fast)"; cat "$$fast_log"; rm -f "$$fast_log"; \
-	for rc in $$fast $$server; do [ $$rc -eq 0 ] || [ $$rc -eq 5 ] || exit 1; done
+	for rc in $$fast $$own $$shared; do [ $$rc -eq 0 ] || [ $$rc -eq 5 ] || exit 1; done
 
 # Everything but the tests that start SGLang servers: a few minutes, for the edit loop.
 test-fast: setup

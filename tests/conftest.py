@@ -12,7 +12,14 @@ import os
 if os.environ.get("MINT_KERNEL_TESTS_ON_GPU") != "1":
     os.environ["TRITON_INTERPRET"] = "1"
 
+# One OpenMP thread in every test process and every server a test starts: a tiny model's ops are too
+# small to split, and torch's idle OpenMP threads spin. 200 requests to one tiny server took 9.0-9.5
+# CPU-seconds with two threads, 4.3-5.1 with one, in the same wall time, on two cores that three test
+# lanes share (Makefile).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 import pytest  # noqa: E402
+import server_lanes  # noqa: E402
 
 # Real servers on loopback, usable from every test folder: the S3-compatible moto server
 # (fixtures ``moto_server``, ``s3_url``) and PostgreSQL (``postgres_server``, ``pg_url``).
@@ -46,6 +53,22 @@ def pytest_configure(config):
         return start(self)
 
     SGLangServer.start = start_if_marked
+
+
+def pytest_addoption(parser):
+    parser.addoption("--server-lane", choices=server_lanes.LANES, default=None,
+                     help="run one half of the server tests (tests/server_lanes.py): make test runs both at once")
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config, items):
+    lane = config.getoption("--server-lane")
+    if lane is not None:
+        kept, deselected = server_lanes.select(items, lane)
+        if deselected:
+            config.hook.pytest_deselected(items=deselected)
+        items[:] = kept
+    config.stash[server_lanes.LAST_USERS] = server_lanes.last_users(items)
 
 
 @pytest.hookimpl(hookwrapper=True)

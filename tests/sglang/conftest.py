@@ -13,6 +13,10 @@ test process:
   eight GPU slots and Prometheus metrics: for modules that churn adapters through memory.
 
 A module whose claim depends on the server's flags or counters starts its own.
+
+Each of these stops after the last test that uses it (``server_lanes.last_users``), not at the
+end of the session: the server tests run in two halves at once (tests/server_lanes.py), and four
+idle servers would hold 11 GB beside the other half's.
 """
 
 from __future__ import annotations
@@ -21,8 +25,25 @@ import sys
 
 import openai
 import pytest
+import server_lanes
 
 from sglang_mint.dev.server import SGLangServer
+
+_running: dict[str, SGLangServer] = {}  # the shared servers started: {fixture name: server}
+
+
+def _shared(name: str, server: SGLangServer) -> SGLangServer:
+    _running[name] = server
+    return server
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_teardown(item, nextitem):
+    yield  # after the test's own teardown, and its module's if it was the module's last
+    for name in item.config.stash[server_lanes.LAST_USERS].get(item.nodeid, ()):
+        server = _running.pop(name, None)
+        if server is not None:
+            server.stop()
 
 
 @pytest.fixture(scope="session")
@@ -56,7 +77,7 @@ def stock_server(tiny_model, tiny_adapters, packed_tiny_adapters, tmp_path_facto
     paths = {**tiny_adapters, **{f"packed-{k}": v for k, v in packed_tiny_adapters.items()}}
     log = tmp_path_factory.mktemp("stock-server") / "server.log"
     with SGLangServer(tiny_model, lora_paths=paths, enable_mint=False, log_path=log, python=sys.executable) as s:
-        yield s
+        yield _shared("stock_server", s)
 
 
 @pytest.fixture(scope="session")
@@ -66,7 +87,7 @@ def mint_server(tiny_model, tiny_adapters, tmp_path_factory):
     log = tmp_path_factory.mktemp("mint-server") / "server.log"
     with SGLangServer(tiny_model, lora_paths=tiny_adapters, enable_mint=True, log_path=log,
                       extra_args=["--enable-response-store", "--enable-streaming-session"], python=sys.executable) as server:
-        yield server
+        yield _shared("mint_server", server)
 
 
 @pytest.fixture(scope="session")
@@ -99,7 +120,7 @@ def shared_catalog_server(tiny_model, shared_catalog, tmp_path_factory, catalog_
                         "--mint-usage-dir", str(logs / "usage"),
                         "--mint-max-upload-bytes", str(max_upload_bytes)) as srv:
         srv.usage_dir, srv.max_upload_bytes = logs / "usage", max_upload_bytes
-        yield srv
+        yield _shared("shared_catalog_server", srv)
 
 
 @pytest.fixture(scope="session")
@@ -117,4 +138,4 @@ def small_budget_server(tiny_model, small_budget_catalog, tmp_path_factory, cata
                         "--mint-host-cache-bytes", str(host_budget_bytes), "--enable-metrics",
                         "--max-loras-per-batch", "8") as srv:
         srv.host_budget_bytes = host_budget_bytes
-        yield srv
+        yield _shared("small_budget_server", srv)
