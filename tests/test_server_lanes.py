@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from server_lanes import last_users, select
+from server_lanes import SHARED_HALF_ALSO, last_users, select
 
 
 @dataclass
@@ -28,21 +28,24 @@ def items_of(path: str, *tests: tuple[str, ...]) -> list[Item]:
 CATALOG = items_of("test_catalog.py", ("shared_catalog_server",), ("tmp_path",))
 STOCK = items_of("test_stock.py", ("stock_server",))
 OWN = items_of("test_own.py", ("tiny_model",), ("tiny_model",))
+OWN_IN_SHARED_HALF = items_of(SHARED_HALF_ALSO[0], ("tiny_model",))
 MIXED = items_of("test_mixed.py", ("tmp_path",), ("stock_server", "mint_server"), ("tmp_path",))
 MINT = items_of("test_mint.py", ("mint_client", "mint_server"))
-ALL = CATALOG + STOCK + OWN + MIXED + MINT
+ALL = CATALOG + OWN_IN_SHARED_HALF + STOCK + OWN + MIXED + MINT
 
 
 def test_the_shared_half_runs_each_servers_users_together_and_keeps_modules_whole():
     kept, deselected = select(ALL, "shared")
-    assert kept == STOCK + MIXED + MINT + CATALOG  # by the first shared server each module uses
+    # by the first shared server each module uses, then the modules with servers of their own it also runs
+    assert kept == STOCK + MIXED + MINT + CATALOG + OWN_IN_SHARED_HALF
     assert deselected == OWN
 
 
 def test_the_own_half_keeps_collection_order():
     kept, deselected = select(ALL, "own")
     assert kept == OWN
-    assert sorted(i.nodeid for i in deselected) == sorted(i.nodeid for i in CATALOG + STOCK + MIXED + MINT)
+    assert sorted(i.nodeid for i in deselected) == sorted(
+        i.nodeid for i in CATALOG + OWN_IN_SHARED_HALF + STOCK + MIXED + MINT)
 
 
 def test_a_server_stops_after_the_last_test_of_the_last_module_that_uses_it():
@@ -55,3 +58,8 @@ def test_a_server_stops_after_the_last_test_of_the_last_module_that_uses_it():
     # One process running every server test, in collection order, stops each as early.
     assert last_users(ALL) == stops
     assert ALL.index(CATALOG[-1]) < ALL.index(MIXED[-1])
+
+
+def test_the_modules_the_shared_half_also_runs_exist():
+    here = Path(__file__).parent / "sglang"
+    assert [name for name in SHARED_HALF_ALSO if not (here / name).is_file()] == []

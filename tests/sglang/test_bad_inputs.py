@@ -197,12 +197,19 @@ def test_a_lora_id_in_the_body_is_not_the_request_s_adapter(server):
             "max_new_tokens": 8, "temperature": 0}, "return_logprob": True, **body})
         assert code == 200, text[:500]
         meta = json.loads(text)["meta_info"]
-        return [round(lp[0], 4) for lp in meta["output_token_logprobs"]]
+        return [(lp[1], lp[0]) for lp in meta["output_token_logprobs"]]  # (token id, logprob)
+
+    def gap(one, other) -> float:
+        """How far two answers are apart: infinite if their tokens differ, else the largest logprob gap (a
+        prompt found in the prefix cache is computed in other pieces: about 1e-5 apart)."""
+        if [token for token, _ in one] != [token for token, _ in other]:
+            return float("inf")
+        return max(abs(a - b) for (_, a), (_, b) in zip(one, other))
 
     base, adapter = answer(), answer(lora_path=GOOD)
-    assert adapter != base  # the control: the adapter changes the answer, so the check below can fail
-    assert answer(lora_id=f"mint:{GOOD}@1") == base
-    assert answer(lora_id="mint:x") == base
+    assert gap(adapter, base) > 1e-2  # the control: the adapter changes the answer, so the check below can fail
+    assert gap(answer(lora_id=f"mint:{GOOD}@1"), base) < 1e-3
+    assert gap(answer(lora_id="mint:x"), base) < 1e-3
     code, text = post(server, "/v1/completions", completion(GOOD))
     assert code == 200, text[:500]  # the server keeps serving
 
