@@ -20,6 +20,7 @@ from sglang_mint.sglang.client_rids import (ADAPTER_WARM_UP_RID_HEAD, OWN_RID_HE
                                            refuse_prefix_rids, refuse_reserved_rids, warn_of_scheduler_timeouts)
 from sglang_mint.sglang.flags import mint_config
 from sglang_mint.sglang.hooks import verify_startup
+from sglang_mint.sglang.router_fields import refuse_router_fields
 
 logger = logging.getLogger("sglang_mint")
 
@@ -173,13 +174,16 @@ async def _around_validate_and_resolve_lora(original, tm, obj):
       the catalog, and ``"mint:x"`` stopped the scheduler (no revision to parse).
     - Its rid is no proper prefix of the rids SGLang makes (``client_rids.refuse_prefix_rids``), nor one
       that starts with a reserved head, the server's own unbilled warm-ups' or SGLang's health checks'
-      (``client_rids.refuse_reserved_rids``)."""
+      (``client_rids.refuse_reserved_rids``).
+    - It writes none of the fields a router writes (priority, a DP rank, a PD hand-off) without the admin
+      key (``router_fields.refuse_router_fields``)."""
     if mint_config(tm.server_args) is not None:
         obj.lora_id = None  # first: SGLang's cleanup of a refused request releases the lora_id it holds
         for sub_obj in obj.__dict__.get("_sub_obj_cache", {}).values():  # a batch's prompts, made already
             sub_obj.lora_id = None
         refuse_prefix_rids(obj.rid)
         refuse_reserved_rids(obj)
+        refuse_router_fields(obj)
     return await original(tm, obj)
 
 

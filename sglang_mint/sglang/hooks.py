@@ -51,6 +51,8 @@ HOOKS: tuple[Hook, ...] = (
     Hook("frontend", "sglang.srt.entrypoints.openai.serving_responses.OpenAIServingResponses.create_responses",
          "AROUND", "server_made_ids:_around_create_responses"),  # a stored answer's id is the server's
     Hook("frontend", f"{_TM}.open_session", "AROUND", "server_made_ids:_around_open_session"),  # a session's too
+    # priority, DP ranks, PD hand-offs: a router's fields, an admin's right (the check: frontend.py)
+    Hook("frontend", f"{_TM}.generate_request", "BEFORE", "router_fields:_before_generate_request"),
     Hook("all", "sglang.srt.utils.common.build_server_info", "AFTER",
          "server_info:_after_build_server_info"),  # /server_info: no secret to every tenant
     # catalog lookups in the tokenizer manager, the registry holding only names in flight, /mint/* and
@@ -147,7 +149,7 @@ INTERNALS: tuple[Internal, ...] = (
     Internal("frontend", "tokenizer_manager", "lora_ref_cache, lora_registry", "SGLang's own adapters: the "
              "fallback for names the catalog does not hold", "frontend, openai_model"),
     Internal("frontend", "tokenizer_manager", "server_args", "--enable-mint's settings (flags.mint_config), the "
-             "port", "frontend, client_rids, openai_model, server_made_ids"),
+             "port", "frontend, client_rids, openai_model, server_made_ids, router_fields"),
     Internal("frontend", "generate_req_input", "lora_id, _sub_obj_cache", "cleared, with the prompts a batch was "
              "split into, before SGLang resolves a request's LoRA: no request body writes its own LoRA id; the "
              "prompts' objects are the ones a batch's rids in flight hold", "frontend, client_rids"),
@@ -187,6 +189,11 @@ INTERNALS: tuple[Internal, ...] = (
              "tokenizer_manager, set in __init__, gives the server_args)", "server_made_ids"),
     Internal("frontend", "sglang.srt.managers.io_struct.OpenSessionReqInput", "session_id", "a session's id: the "
              "client's is refused", "server_made_ids"),
+    Internal("frontend", "sglang.srt.managers.io_struct.GenerateReqInput", "priority, routed_dp_rank, "
+             "data_parallel_rank, disagg_prefill_dp_rank, bootstrap_host, bootstrap_port, bootstrap_room, "
+             "bootstrap_pair_key", "a router's fields: refused from a request without the admin key", "router_fields"),
+    Internal("frontend", "sglang.srt.server_args.ServerArgs", "admin_api_key", "the key a request carries to "
+             "write a router's field", "router_fields"),
     Internal("frontend", "sglang.srt.environ.envs", "SGLANG_REQ_WAITING_TIMEOUT, SGLANG_REQ_RUNNING_TIMEOUT", "the "
              "scheduler's timeouts, which abort by rid prefix past the hooks: warned of at startup", "client_rids"),
     Internal("frontend", "sglang.srt.environ.envs", "SGLANG_TIMEOUT_KEEP_ALIVE", "uvicorn's idle-connection "
