@@ -205,13 +205,18 @@ def _outside_admin_call(channel):
 
 
 def carries_key(scope, key: str) -> bool:
-    """Whether the request's ``Authorization`` header is ``Bearer <key>`` (the scheme in any case, as
-    SGLang reads it), compared in constant time: ``b"bearer K"`` does, ``b"Bearer tenant"`` does not."""
+    """Whether the request's ``Authorization`` header is ``Bearer <key>`` (``is_bearer``)."""
     for name, value in scope.get("headers", ()):
         if name == b"authorization":
-            scheme, _, token = value.partition(b" ")
-            return scheme.lower() == b"bearer" and secrets.compare_digest(token, key.encode())
+            return is_bearer(value, key)
     return False
+
+
+def is_bearer(authorization: bytes, key: str) -> bool:
+    """Whether an ``Authorization`` header's value is ``Bearer <key>`` (the scheme in any case, as SGLang
+    reads it), compared in constant time: ``b"bearer K"`` is, ``b"Bearer tenant"`` is not."""
+    scheme, _, token = authorization.partition(b" ")
+    return scheme.lower() == b"bearer" and secrets.compare_digest(token, key.encode())
 
 
 async def _refuse(scope, receive, send, status: int, kind: str, message: str) -> None:

@@ -51,8 +51,10 @@ HOOKS: tuple[Hook, ...] = (
     Hook("frontend", "sglang.srt.entrypoints.openai.serving_responses.OpenAIServingResponses.create_responses",
          "AROUND", "server_made_ids:_around_create_responses"),  # a stored answer's id is the server's
     Hook("frontend", f"{_TM}.open_session", "AROUND", "server_made_ids:_around_open_session"),  # a session's too
-    # priority, DP ranks, PD hand-offs: a router's fields, an admin's right (the check: frontend.py)
+    # priority, DP ranks: a router's fields, an admin's right (the check: frontend.py), and the admin key opens
+    # the tenants' routes
     Hook("frontend", f"{_TM}.generate_request", "BEFORE", "router_fields:_before_generate_request"),
+    Hook("frontend", "sglang.srt.utils.auth.decide_request_auth", "AFTER", "admin:_after_decide_request_auth"),
     Hook("all", "sglang.srt.utils.common.build_server_info", "AFTER",
          "server_info:_after_build_server_info"),  # /server_info: no secret to every tenant
     # catalog lookups in the tokenizer manager, the registry holding only names in flight, /mint/* and
@@ -190,8 +192,13 @@ INTERNALS: tuple[Internal, ...] = (
     Internal("frontend", "sglang.srt.managers.io_struct.OpenSessionReqInput", "session_id", "a session's id: the "
              "client's is refused", "server_made_ids"),
     Internal("frontend", "sglang.srt.managers.io_struct.GenerateReqInput", "priority, routed_dp_rank, "
-             "data_parallel_rank, disagg_prefill_dp_rank, bootstrap_host, bootstrap_port, bootstrap_room, "
-             "bootstrap_pair_key", "a router's fields: refused from a request without the admin key", "router_fields"),
+             "data_parallel_rank", "a router's fields: refused from a request without the admin key", "router_fields"),
+    Internal("frontend", "tokenizer_manager", "enable_priority_scheduling", "whether SGLang acts on a request's "
+             "priority", "router_fields"),
+    Internal("all", "sglang.srt.server_args.ServerArgs", "dp_size", "whether SGLang acts on a request's DP rank",
+             "router_fields"),
+    Internal("frontend", "sglang.srt.utils.auth", "AuthDecision, AuthLevel.NORMAL", "the tenants' routes admit the "
+             "admin key too", "admin"),
     Internal("frontend", "sglang.srt.server_args.ServerArgs", "admin_api_key", "the key a request carries to "
              "write a router's field", "router_fields"),
     Internal("frontend", "sglang.srt.environ.envs", "SGLANG_REQ_WAITING_TIMEOUT, SGLANG_REQ_RUNNING_TIMEOUT", "the "

@@ -104,20 +104,6 @@ def test_server_info_gives_no_tenant_the_admin_key(held):
     assert info["served_model_name"] and info["port"] == held.port  # what a router reads is left
 
 
-def test_a_router_s_fields_need_the_admin_key(held):
-    """A router's fields (sglang/router_fields.py): a request carrying the admin key may set them, any
-    other is refused (400) saying which key it needs. tests/sglang/test_router_fields.py has the rest."""
-    messages = [{"role": "user", "content": "hi"}]
-    admin = openai.OpenAI(base_url=held.openai_url, api_key=KEY, max_retries=0, timeout=600)
-    answer = admin.chat.completions.create(model="tiny", messages=messages, max_tokens=2, extra_body={"priority": 5},
-                                           extra_headers={"X-Data-Parallel-Rank": "0"})
-    assert answer.choices[0].finish_reason == "length"
-    with pytest.raises(openai.BadRequestError) as exc:
-        openai_client(held).chat.completions.create(model="tiny", messages=messages, max_tokens=2,
-                                                    extra_body={"priority": 5})
-    assert "priority: a router's field" in str(exc.value) and "--admin-api-key" in str(exc.value)
-
-
 def leaf_values(tree) -> list:
     if isinstance(tree, dict):
         return [leaf for value in tree.values() for leaf in leaf_values(value)]

@@ -83,7 +83,8 @@ def test_an_internal_sglang_lacks_refuses_startup(run_py):
         from sglang_mint.sglang import hooks
 
         registry = SimpleNamespace(_registry={}, _counters={})
-        tm = SimpleNamespace(lora_registry=registry, rid_to_state={}, server_args=None)  # no lora_ref_cache
+        tm = SimpleNamespace(lora_registry=registry, rid_to_state={}, server_args=None,  # no lora_ref_cache
+                             enable_priority_scheduling=False)
         kept = mem_pool._SGLANG_EXPERIMENTAL_LORA_OPTI
         del mem_pool._SGLANG_EXPERIMENTAL_LORA_OPTI  # as if SGLang had renamed it
         for role, instances in (("scheduler", {}), ("frontend", {"tokenizer_manager": tm})):

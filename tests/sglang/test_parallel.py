@@ -181,6 +181,16 @@ def dp_server(tiny_model, catalog, tmp_path_factory, catalog_server):
 
 
 class TestDataParallel:
+    def test_dp2_a_tenant_cannot_pin_a_rank(self, dp_server):
+        """A request's DP rank is a router's field (sglang/router_fields.py): without the admin key it is
+        refused, in the body and in SGLang's X-Data-Parallel-Rank header."""
+        client = openai_client(dp_server)
+        for body, headers in [({"routed_dp_rank": 1}, None), (None, {"X-Data-Parallel-Rank": "1"})]:
+            with pytest.raises(openai.BadRequestError) as exc:
+                client.completions.create(model="s/0000003", prompt="hi", max_tokens=2, extra_body=body,
+                                          extra_headers=headers)
+            assert "routed_dp_rank: a router's field" in str(exc.value)
+
     def test_dp2_storm_over_cold_adapters_equals_hf_peft(self, dp_server, storm_ids, references):
         storm(openai_client(dp_server), storm_ids, references)
         schedulers = mint_status(dp_server)["schedulers"]

@@ -1,29 +1,36 @@
-"""A router's fields (priority, DP ranks, PD hand-offs) are an admin's right with --enable-mint
-(sglang/router_fields.py).
+"""A router's fields (priority, the DP rank) are an admin's right with --enable-mint
+(sglang/router_fields.py), and the admin key opens the tenants' routes (sglang/admin.py).
 
-The hook's decisions on SGLang's own request objects and a real Starlette request; then a real
-server without an admin key (``mint_server``): a tenant's priority, DP rank (in the body or
-SGLang's X-Data-Parallel-Rank header) are refused, and /v1/responses is still served. /generate and /v1/completions bodies: the rows
-``router-*`` of docs/bad-inputs.md (tests/sglang/test_bad_inputs.py). The admin key's side, on a server that has one:
-tests/sglang/test_durable_later.py (test_a_router_s_fields_need_the_admin_key).
+The hooks' decisions on SGLang's own request objects, a real Starlette request and SGLang's own
+auth decision; then a real server with a tenants' key, an admin key and priority scheduling: a
+tenant's priority is refused, an admin's is served. The DP rank on a server with two DP ranks:
+tests/sglang/test_parallel.py (test_dp2_a_tenant_cannot_pin_a_rank).
 """
 
 from __future__ import annotations
 
+import json
+import sys
+import urllib.error
+import urllib.request
 from types import SimpleNamespace
 
 import openai
 import pytest
 from starlette.requests import Request
 
+from sglang_mint.dev.server import SGLangServer
+from sglang_mint.sglang import admin
 from sglang_mint.sglang.router_fields import ROUTER_FIELDS, WRITTEN, _before_generate_request, refuse_router_fields
 
-ADMIN_KEY = "ADMIN-KEY"
+TENANT_KEY, ADMIN_KEY = "TENANT-KEY", "ADMIN-KEY"
+VALUES = {"priority": 7, "routed_dp_rank": 1, "data_parallel_rank": 1}
 
 
-def tokenizer_manager(mint: bool = True, admin_api_key: str | None = ADMIN_KEY):
-    args = SimpleNamespace(admin_api_key=admin_api_key, **({"_mint": object()} if mint else {}))
-    return SimpleNamespace(server_args=args)
+def tokenizer_manager(mint: bool = True, admin_api_key: str | None = ADMIN_KEY, priority_scheduling: bool = True,
+                      dp_size: int = 2):
+    args = SimpleNamespace(admin_api_key=admin_api_key, dp_size=dp_size, **({"_mint": object()} if mint else {}))
+    return SimpleNamespace(server_args=args, enable_priority_scheduling=priority_scheduling)
 
 
 def http_request(bearer: str | None = None) -> Request:
@@ -41,14 +48,10 @@ def written(obj) -> list[str]:
     return getattr(obj, WRITTEN, [])
 
 
-VALUES = {"priority": 7, "routed_dp_rank": 1, "data_parallel_rank": 1, "disagg_prefill_dp_rank": 0,
-          "bootstrap_host": "10.0.0.9", "bootstrap_port": 8998, "bootstrap_room": 42, "bootstrap_pair_key": "k"}
-
-
 @pytest.mark.parametrize("field", ROUTER_FIELDS)
 def test_a_tenant_s_router_field_is_refused_naming_it(field):
     obj = generate(**{field: VALUES[field]})
-    _before_generate_request(tokenizer_manager(), obj, http_request("tenant-key"))
+    _before_generate_request(tokenizer_manager(), obj, http_request(TENANT_KEY))
     assert written(obj) == [field]
     with pytest.raises(ValueError, match=rf"^{field}: a router's field.*--admin-api-key"):
         refuse_router_fields(obj)
@@ -58,6 +61,8 @@ def test_a_tenant_s_router_field_is_refused_naming_it(field):
     ("the admin key", tokenizer_manager(), lambda: http_request(ADMIN_KEY)),
     ("inside the process (sglang.Engine, the plugin's warm-ups)", tokenizer_manager(), lambda: None),
     ("without --enable-mint: SGLang's own behaviour", tokenizer_manager(mint=False), lambda: http_request()),
+    ("where SGLang ignores them: no priority scheduling, one DP rank",
+     tokenizer_manager(priority_scheduling=False, dp_size=1), lambda: http_request(TENANT_KEY)),
 ])
 def test_who_may_write_a_router_s_fields(case, tm, request_of):
     obj = generate(**VALUES)
@@ -69,51 +74,74 @@ def test_who_may_write_a_router_s_fields(case, tm, request_of):
 
 def test_without_an_admin_key_no_http_caller_may_write_them():
     """A caller on loopback is no admin here: a proxy on the same machine relays tenants' requests."""
-    obj = generate(priority=7)
-    _before_generate_request(tokenizer_manager(admin_api_key=None), obj, http_request(""))
-    assert written(obj) == ["priority"]
-    obj = generate(priority=7)
-    _before_generate_request(tokenizer_manager(), obj, http_request("not-the-key"))
-    assert written(obj) == ["priority"]
+    for tm, bearer in [(tokenizer_manager(admin_api_key=None), None), (tokenizer_manager(), "not-the-key")]:
+        obj = generate(priority=7)
+        _before_generate_request(tm, obj, http_request(bearer))
+        assert written(obj) == ["priority"]
 
 
-def test_a_batch_without_router_fields_passes_after_sglang_normalizes_it():
-    from sglang.srt.managers.io_struct import GenerateReqInput
+@pytest.mark.parametrize("level, header, mint, allowed", [
+    ("NORMAL", f"Bearer {ADMIN_KEY}", True, True),  # the admin key opens the tenants' routes
+    ("NORMAL", f"bearer {ADMIN_KEY}", True, True),  # the scheme in any case, as SGLang reads it
+    ("NORMAL", f"Bearer {ADMIN_KEY}", False, False),  # without --enable-mint: SGLang's own decision
+    ("NORMAL", "Bearer wrong", True, False),
+    ("NORMAL", None, True, False),
+    ("NORMAL", f"Bearer {TENANT_KEY}", True, True),  # SGLang's own: the tenants' key
+    ("ADMIN_OPTIONAL", f"Bearer {TENANT_KEY}", True, False),  # admin routes: only the admin key, as before
+])
+def test_the_admin_key_opens_the_tenants_routes(monkeypatch, level, header, mint, allowed):
+    from sglang.srt.utils.auth import AuthLevel, decide_request_auth
 
-    obj = GenerateReqInput(text=["a", "b"])
-    _before_generate_request(tokenizer_manager(), obj, http_request("tenant-key"))
-    obj.normalize_batch_and_arguments()  # bootstrap_* become [None, None]
-    assert obj.bootstrap_host == [None, None] and written(obj) == []
-    refuse_router_fields(obj)
-    batch = GenerateReqInput(text=["a", "b"], bootstrap_room=[None, 5])
-    _before_generate_request(tokenizer_manager(), batch, http_request("tenant-key"))
-    assert written(batch) == ["bootstrap_room"]
+    monkeypatch.setattr(admin.admin_guard, "is_guarded", lambda app: mint)
+    kwargs = dict(method="POST", path="/v1/chat/completions", authorization_header=header, api_key=TENANT_KEY,
+                  admin_api_key=ADMIN_KEY, auth_level=getattr(AuthLevel, level))
+    decision = admin._after_decide_request_auth(decide_request_auth(**kwargs), **kwargs)
+    assert decision.allowed is allowed
 
 
-# -- a real server without an admin key ------------------------------------------------------------------
+# -- a real server with a tenants' key, an admin key and priority scheduling ----------------------------------
+
+
+@pytest.fixture(scope="module")
+def keyed_server(tiny_model, tiny_adapters, tmp_path_factory):
+    log = tmp_path_factory.mktemp("keyed-server") / "server.log"
+    with SGLangServer(tiny_model, lora_paths=tiny_adapters, log_path=log, python=sys.executable,
+                      extra_args=["--api-key", TENANT_KEY, "--admin-api-key", ADMIN_KEY,
+                                  "--enable-priority-scheduling"]) as server:
+        yield server
+
+
+def chat(server, key: str, **extra):
+    client = openai.OpenAI(base_url=server.openai_url, api_key=key, max_retries=0, timeout=120)
+    return client.chat.completions.create(model="tiny-0000", max_tokens=2, extra_body=extra or None,
+                                          messages=[{"role": "user", "content": "hi"}])
 
 
 @pytest.mark.server
-@pytest.mark.parametrize("field, value", [("priority", 5), ("routed_dp_rank", 0)])
-def test_a_tenant_s_router_field_is_refused_by_the_server(mint_client, field, value):
+def test_a_tenant_s_priority_is_refused_and_an_admin_s_served(keyed_server):
+    assert chat(keyed_server, TENANT_KEY).choices[0].finish_reason == "length"
     with pytest.raises(openai.BadRequestError) as exc:
-        mint_client.chat.completions.create(model="tiny-0000", max_tokens=2, extra_body={field: value},
-                                            messages=[{"role": "user", "content": "hi"}])
-    assert f"{field}: a router's field" in str(exc.value)
+        chat(keyed_server, TENANT_KEY, priority=5)
+    assert "priority: a router's field" in str(exc.value) and "--admin-api-key" in str(exc.value)
+    # SGLang admits only the tenants' key to this route; with --enable-mint the admin's key too
+    assert chat(keyed_server, ADMIN_KEY, priority=5).choices[0].finish_reason == "length"
+    with pytest.raises(openai.AuthenticationError):
+        chat(keyed_server, "wrong", priority=5)
 
 
 @pytest.mark.server
-def test_sglang_s_dp_rank_header_is_refused_too(mint_client):
-    with pytest.raises(openai.BadRequestError) as exc:
-        mint_client.completions.create(model="tiny-0000", prompt="hi", max_tokens=2,
-                                       extra_headers={"X-Data-Parallel-Rank": "0"})
-    assert "routed_dp_rank: a router's field" in str(exc.value)
-    assert mint_client.completions.create(model="tiny-0000", prompt="hi", max_tokens=2).choices[0].text is not None
+def test_native_generate_refuses_a_tenant_s_priority_too(keyed_server):
+    def generate_with(key: str) -> tuple[int, str]:
+        body = json.dumps({"text": "hi", "priority": 3, "sampling_params": {"max_new_tokens": 2}}).encode()
+        req = urllib.request.Request(keyed_server.url + "/generate", data=body, headers={
+            "Content-Type": "application/json", "Authorization": f"Bearer {key}"})
+        try:
+            with urllib.request.urlopen(req, timeout=120) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
 
-
-@pytest.mark.server
-def test_v1_responses_is_served(mint_client):
-    """/v1/responses builds its request from ResponsesRequest, whose router fields default to None: not refused.
-    (Its ``priority``, 0 by default, SGLang 0.5.23 never passes on.)"""
-    answer = mint_client.responses.create(model="tiny", input="hi", max_output_tokens=2, store=False)
-    assert answer.error is None and answer.status in ("completed", "incomplete"), answer  # (max_output_tokens)
+    status, body = generate_with(TENANT_KEY)
+    assert status == 400 and "priority: a router's field" in body, (status, body)
+    status, body = generate_with(ADMIN_KEY)
+    assert status == 200, body
