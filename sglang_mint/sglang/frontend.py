@@ -175,8 +175,8 @@ async def _around_validate_and_resolve_lora(original, tm, obj):
     - Its rid is no proper prefix of the rids SGLang makes (``client_rids.refuse_prefix_rids``), nor one
       that starts with a reserved head, the server's own unbilled warm-ups' or SGLang's health checks'
       (``client_rids.refuse_reserved_rids``).
-    - It writes none of the fields a router writes (priority, a DP rank, a PD hand-off) without the admin
-      key (``router_fields.refuse_router_fields``)."""
+    - It writes none of the fields a router writes (a priority, a DP rank, where SGLang acts on them)
+      without the admin key (``router_fields.refuse_router_fields``)."""
     if mint_config(tm.server_args) is not None:
         obj.lora_id = None  # first: SGLang's cleanup of a refused request releases the lora_id it holds
         for sub_obj in obj.__dict__.get("_sub_obj_cache", {}).values():  # a batch's prompts, made already

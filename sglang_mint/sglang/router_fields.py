@@ -62,4 +62,3 @@ def refuse_router_fields(obj) -> None:
         where = f"in the body {headers}" if headers else "in the body"
         raise ValueError(f"{field}: a router's field, which acts on other tenants' requests; with --enable-mint "
                          f"only a request carrying the server's --admin-api-key may set it ({where}); leave it out")
-
