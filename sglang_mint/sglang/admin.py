@@ -36,11 +36,12 @@ def _after_decide_request_auth(decision, *args, **kwargs):
     ``--admin-api-key``'s key is admitted to the routes every tenant may call, as the tenants' ``--api-key``
     is. SGLang admits only the tenants' key there once both are set, so an admin could not send a request
     with a router's field (sglang/router_fields.py), which needs the admin key."""
+    admin_api_key, header = kwargs.get("admin_api_key"), kwargs.get("authorization_header")
+    if decision.allowed or not admin_api_key or not header:  # every admitted request returns here
+        return decision
     from sglang.srt.entrypoints import http_server
     from sglang.srt.utils.auth import AuthDecision, AuthLevel
 
-    admin_api_key, header = kwargs.get("admin_api_key"), kwargs.get("authorization_header")
-    if (decision.allowed or kwargs.get("auth_level") != AuthLevel.NORMAL or not admin_api_key or not header
-            or not admin_guard.is_guarded(http_server.app)):
+    if kwargs.get("auth_level") != AuthLevel.NORMAL or not admin_guard.is_guarded(http_server.app):
         return decision
     return AuthDecision(allowed=True) if admin_guard.is_bearer(header.encode(), admin_api_key) else decision

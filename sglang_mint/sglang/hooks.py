@@ -175,7 +175,8 @@ INTERNALS: tuple[Internal, ...] = (
              "answer's id: the client's is refused", "server_made_ids"),
     Internal("all", "sglang.srt.server_args.ServerArgs", "api_key, admin_api_key, ssl_keyfile_password",
              "the secrets /server_info's answer carries (its settings, its command line, each scheduler's "
-             "internal state), redacted there", "server_info"),
+             "internal state), redacted there; admin_api_key is also the key a request carries to write a "
+             "router's field", "server_info, router_fields"),
     Internal("scheduler", "sglang.srt.managers.io_struct.GetInternalStateReqOutput", "internal_state", "a "
              "scheduler's settings, as /server_info gives them: replaced by a redacted copy", "server_info"),
     Internal("all", "sglang.srt.server_args.ServerArgs", "grpc_port, smg_grpc_mode, grpc_mode, "
@@ -199,8 +200,6 @@ INTERNALS: tuple[Internal, ...] = (
              "router_fields"),
     Internal("frontend", "sglang.srt.utils.auth", "AuthDecision, AuthLevel.NORMAL", "the tenants' routes admit the "
              "admin key too", "admin"),
-    Internal("frontend", "sglang.srt.server_args.ServerArgs", "admin_api_key", "the key a request carries to "
-             "write a router's field", "router_fields"),
     Internal("frontend", "sglang.srt.environ.envs", "SGLANG_REQ_WAITING_TIMEOUT, SGLANG_REQ_RUNNING_TIMEOUT", "the "
              "scheduler's timeouts, which abort by rid prefix past the hooks: warned of at startup", "client_rids"),
     Internal("frontend", "sglang.srt.environ.envs", "SGLANG_TIMEOUT_KEEP_ALIVE", "uvicorn's idle-connection "

@@ -45,12 +45,10 @@ def _before_generate_request(tm, obj, request=None, *args, **kwargs):
     by ``refuse_router_fields``)."""
     if mint_config(tm.server_args) is None or request is None:
         return
-    admin_api_key = tm.server_args.admin_api_key
-    if admin_api_key and carries_key(request.scope, admin_api_key):
-        return
     written = [field for field, (acted_on, _) in ROUTER_FIELDS.items()
                if getattr(obj, field, None) is not None and acted_on(tm)]
-    if written:
+    admin_api_key = tm.server_args.admin_api_key
+    if written and not (admin_api_key and carries_key(request.scope, admin_api_key)):  # the key: only if needed
         setattr(obj, WRITTEN, written)
 
 

@@ -7,9 +7,9 @@ import urllib.error
 import urllib.request
 
 
-def post_json(server, path: str, body: dict) -> tuple[int, str]:
+def post_json(server, path: str, body: dict, headers: dict | None = None) -> tuple[int, str]:
     req = urllib.request.Request(server.url + path, data=json.dumps(body).encode(),
-                                 headers={"Content-Type": "application/json"})
+                                 headers={"Content-Type": "application/json", **(headers or {})})
     try:
         with urllib.request.urlopen(req, timeout=120) as r:
             return r.status, r.read().decode()

@@ -9,14 +9,12 @@ tests/sglang/test_parallel.py (test_dp2_a_tenant_cannot_pin_a_rank).
 
 from __future__ import annotations
 
-import json
 import sys
-import urllib.error
-import urllib.request
 from types import SimpleNamespace
 
 import openai
 import pytest
+from json_calls import post_json
 from starlette.requests import Request
 
 from sglang_mint.dev.server import SGLangServer
@@ -132,14 +130,8 @@ def test_a_tenant_s_priority_is_refused_and_an_admin_s_served(keyed_server):
 @pytest.mark.server
 def test_native_generate_refuses_a_tenant_s_priority_too(keyed_server):
     def generate_with(key: str) -> tuple[int, str]:
-        body = json.dumps({"text": "hi", "priority": 3, "sampling_params": {"max_new_tokens": 2}}).encode()
-        req = urllib.request.Request(keyed_server.url + "/generate", data=body, headers={
-            "Content-Type": "application/json", "Authorization": f"Bearer {key}"})
-        try:
-            with urllib.request.urlopen(req, timeout=120) as r:
-                return r.status, r.read().decode()
-        except urllib.error.HTTPError as exc:
-            return exc.code, exc.read().decode()
+        return post_json(keyed_server, "/generate", {"text": "hi", "priority": 3, "sampling_params": {
+            "max_new_tokens": 2}}, headers={"Authorization": f"Bearer {key}"})
 
     status, body = generate_with(TENANT_KEY)
     assert status == 400 and "priority: a router's field" in body, (status, body)
