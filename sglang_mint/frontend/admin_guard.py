@@ -171,14 +171,14 @@ class AdminGuard:
                 return await self._admit("admin-api-key", scope, receive, send)
             message = (f"{scope['path']} is an admin endpoint: this server answers it only to requests carrying "
                        "'Authorization: Bearer KEY' with its --admin-api-key KEY")
-            return await _refuse(scope, receive, send, 401, "authentication_error", message)
+            return await answer_error(scope, receive, send, 401, "authentication_error", message)
         why = refusal(scope)
         if why is None:
             return await self._admit("loopback", scope, receive, send)
         message = (f"{scope['path']} is an admin endpoint: without an admin API key this server answers it only "
                    f"to callers connected from this machine, and {why}. Restart the server with "
                    "--admin-api-key KEY and send 'Authorization: Bearer KEY'.")
-        await _refuse(scope, receive, send, 403, "permission_error", message)
+        await answer_error(scope, receive, send, 403, "permission_error", message)
 
     async def _admit(self, how: str, scope, receive, send) -> None:
         scope[ADMITTED] = how
@@ -219,7 +219,7 @@ def is_bearer(authorization: bytes, key: str) -> bool:
     return scheme.lower() == b"bearer" and secrets.compare_digest(token, key.encode())
 
 
-async def _refuse(scope, receive, send, status: int, kind: str, message: str) -> None:
+async def answer_error(scope, receive, send, status: int, kind: str, message: str) -> None:
     """Answer ``status`` in OpenAI's error shape, ``{"error": {"message", "type", "code"}}``."""
     response = ORJSONResponse({"error": {"message": message, "type": kind, "code": status}}, status_code=status)
     await response(scope, receive, send)

@@ -80,6 +80,9 @@ HOOKS: tuple[Hook, ...] = (
     Hook("frontend", f"{_TM}.unload_lora_adapter", "AROUND", "frontend:_around_unload_lora_adapter"),
     # admin endpoints answer a loopback TCP peer: recorded before uvicorn's proxy-headers middleware (admin.py)
     Hook("frontend", "uvicorn.config.Config.load", "AFTER", "admin:_after_uvicorn_config_load"),
+    # SGLang's HTTP metrics: no series per path a client invents (http_metrics.py)
+    Hook("frontend", "sglang.srt.observability.http_request_metrics._get_fastapi_request_path", "AFTER",
+         "http_metrics:_after_get_fastapi_request_path"),
     # vLLM's lora_requests_info gauge on /metrics, for llm-d's LoRA affinity (lora_info.py)
     Hook("frontend", "sglang.srt.entrypoints.http_server.add_prometheus_middleware", "AFTER",
          "lora_info:_after_add_prometheus_middleware"),

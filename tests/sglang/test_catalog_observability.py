@@ -202,3 +202,42 @@ def test_llm_d_load_state_series_name_gpu_and_host_residency(server):
     counts = {s.labels["source"]: s.value for s in got["vllm:lora_adapter_load_seconds"].samples
               if s.name.endswith("_count")}
     assert counts["disk"] == status["cold_loads"] and counts["host"] >= len(ids), counts
+
+
+def status_of(server, method: str, path: str) -> int:
+    import http.client
+    from urllib.parse import urlsplit
+
+    url = urlsplit(server.url)
+    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=60)
+    try:
+        conn.request(method, path)
+        return conn.getresponse().status
+    finally:
+        conn.close()
+
+
+def http_series(server) -> list:
+    fams = families(server)
+    return [s for name in ("sglang:http_requests", "sglang:http_responses") if name in fams
+            for s in fams[name].samples]
+
+
+def test_http_metrics_keep_no_series_per_invented_path_or_method(server):
+    """SGLang's HTTP metrics label each request with its route and its method. A path no route serves is
+    counted as ``unmatched`` and a method HTTP does not define is refused (501) before it is counted, however
+    many a client invents: each new value would otherwise add series that are never removed."""
+    before = len(http_series(server))
+    for i in range(15):
+        assert status_of(server, "GET", f"/no-such-path-{i}") == 404
+        assert status_of(server, f"MINT{i}", "/v1/models") == 501
+    assert status_of(server, "GET", "/v1/models") == 200
+    series = http_series(server)
+    labels = [s.labels for s in series]
+    assert not [lb for lb in labels if "no-such-path" in lb.get("endpoint", "")], labels
+    assert not [lb for lb in labels if lb.get("method", "").startswith("MINT")], labels
+    unmatched = [s.value for s in series if s.name == "sglang:http_requests_total"
+                 and s.labels["endpoint"] == "unmatched" and s.labels["method"] == "GET"]
+    assert unmatched and unmatched[0] >= 15
+    assert any(lb.get("endpoint") == "/v1/models" for lb in labels)  # the metrics do count routes
+    assert len(series) - before <= 8  # the unmatched route's and /v1/models' series at most, not three per invented path
