@@ -10,6 +10,14 @@ memory and every scrape without bound, three series per invented path. With ``--
 - ``endpoint_label``: a path no route serves is counted as ``unmatched``;
 - ``KnownMethodsOnly``: a method HTTP does not define is refused, 501 (RFC 9110: the server does not
   recognize it), before any middleware counts it. No route of SGLang's or the plugin's takes one.
+
+SGLang's tokenizer metrics also label each request's series with the body's ``custom_labels``
+(``/generate``; the OpenAI routes take them from ``--tokenizer-metrics-custom-labels-header``, keeping
+only the allowed names). A name the series were not made with raised inside the loop that reads every
+answer, which stopped the whole server; ``model_name`` took any value, a new series in every tokenizer
+metric per value. ``check_custom_labels``: a request may name only the labels the server was started
+to allow (``--tokenizer-metrics-allowed-custom-labels``); their values are the operator's choice to
+take from clients, and each distinct one is a series.
 """
 
 from __future__ import annotations
@@ -40,3 +48,16 @@ class KnownMethodsOnly:
         await answer_error(scope, receive, send, 501, "invalid_request_error",
                            f"HTTP method {method!r} is not one this server implements; use one of "
                            f"{', '.join(sorted(HTTP_METHODS))}")
+
+
+def check_custom_labels(custom_labels, allowed) -> None:
+    """Raise ValueError (a 400) naming the first of a request's ``custom_labels`` that is not one of
+    ``allowed``, the label names the server was started to take from a request."""
+    if not isinstance(custom_labels, dict):
+        raise ValueError(f"custom_labels must be an object of label names to values, not {type(custom_labels).__name__}")
+    for name in custom_labels:
+        if name not in allowed:
+            shown = name[:64] if isinstance(name, str) else name
+            offer = f"one of {', '.join(sorted(allowed))}" if allowed else "none: the server allows no custom label"
+            raise ValueError(f"custom_labels: {shown!r} is not a label this server takes from a request ({offer}; "
+                             "the operator allows them with --tokenizer-metrics-allowed-custom-labels)")

@@ -20,6 +20,7 @@ from sglang_mint.sglang.client_rids import (ADAPTER_WARM_UP_RID_HEAD, OWN_RID_HE
                                            refuse_prefix_rids, refuse_reserved_rids, warn_of_scheduler_timeouts)
 from sglang_mint.sglang.flags import mint_config
 from sglang_mint.sglang.hooks import verify_startup
+from sglang_mint.sglang.metric_labels import refuse_unallowed_custom_labels
 from sglang_mint.sglang.router_fields import refuse_router_fields
 
 logger = logging.getLogger("sglang_mint")
@@ -176,7 +177,9 @@ async def _around_validate_and_resolve_lora(original, tm, obj):
       that starts with a reserved head, the server's own unbilled warm-ups' or SGLang's health checks'
       (``client_rids.refuse_reserved_rids``).
     - It writes none of the fields a router writes (a priority, a DP rank, where SGLang acts on them)
-      without the admin key (``router_fields.refuse_router_fields``)."""
+      without the admin key (``router_fields.refuse_router_fields``).
+    - Its ``custom_labels`` name only labels the server allows: another stopped the server
+      (``metric_labels.refuse_unallowed_custom_labels``)."""
     if mint_config(tm.server_args) is not None:
         obj.lora_id = None  # first: SGLang's cleanup of a refused request releases the lora_id it holds
         for sub_obj in obj.__dict__.get("_sub_obj_cache", {}).values():  # a batch's prompts, made already
@@ -184,6 +187,7 @@ async def _around_validate_and_resolve_lora(original, tm, obj):
         refuse_prefix_rids(obj.rid)
         refuse_reserved_rids(obj)
         refuse_router_fields(obj)
+        refuse_unallowed_custom_labels(tm, obj)
     return await original(tm, obj)
 
 

@@ -80,9 +80,9 @@ HOOKS: tuple[Hook, ...] = (
     Hook("frontend", f"{_TM}.unload_lora_adapter", "AROUND", "frontend:_around_unload_lora_adapter"),
     # admin endpoints answer a loopback TCP peer: recorded before uvicorn's proxy-headers middleware (admin.py)
     Hook("frontend", "uvicorn.config.Config.load", "AFTER", "admin:_after_uvicorn_config_load"),
-    # SGLang's HTTP metrics: no series per path a client invents (http_metrics.py)
+    # SGLang's HTTP metrics: no series per path a client invents (metric_labels.py)
     Hook("frontend", "sglang.srt.observability.http_request_metrics._get_fastapi_request_path", "AFTER",
-         "http_metrics:_after_get_fastapi_request_path"),
+         "metric_labels:_after_get_fastapi_request_path"),
     # vLLM's lora_requests_info gauge on /metrics, for llm-d's LoRA affinity (lora_info.py)
     Hook("frontend", "sglang.srt.entrypoints.http_server.add_prometheus_middleware", "AFTER",
          "lora_info:_after_add_prometheus_middleware"),
@@ -201,6 +201,12 @@ INTERNALS: tuple[Internal, ...] = (
              "priority", "router_fields"),
     Internal("all", "sglang.srt.server_args.ServerArgs", "dp_size", "whether SGLang acts on a request's DP rank",
              "router_fields"),
+    Internal("frontend", "sglang.srt.managers.io_struct.GenerateReqInput", "custom_labels", "the labels a request "
+             "adds to SGLang's tokenizer metrics: only the names the server allows", "metric_labels"),
+    Internal("frontend", "tokenizer_manager", "enable_metrics", "whether SGLang's tokenizer metrics read them",
+             "metric_labels"),
+    Internal("all", "sglang.srt.server_args.ServerArgs", "tokenizer_metrics_allowed_custom_labels", "the label "
+             "names a request may write", "metric_labels"),
     Internal("frontend", "sglang.srt.utils.auth", "AuthDecision, AuthLevel.NORMAL", "the tenants' routes admit the "
              "admin key too", "admin"),
     Internal("frontend", "sglang.srt.environ.envs", "SGLANG_REQ_WAITING_TIMEOUT, SGLANG_REQ_RUNNING_TIMEOUT", "the "

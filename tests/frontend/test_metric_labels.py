@@ -9,9 +9,11 @@ from __future__ import annotations
 import asyncio
 
 import httpx
+import pytest
 from fastapi import FastAPI
 
-from sglang_mint.frontend.metric_labels import HTTP_METHODS, UNMATCHED_ENDPOINT, KnownMethodsOnly, endpoint_label
+from sglang_mint.frontend.metric_labels import (HTTP_METHODS, UNMATCHED_ENDPOINT, KnownMethodsOnly,
+                                                check_custom_labels, endpoint_label)
 
 
 def app_counting(seen: list[str]):
@@ -64,3 +66,20 @@ def test_a_method_is_named_in_the_refusal_cut_short():
 def test_an_unserved_path_is_labelled_unmatched_and_a_route_by_its_template():
     assert endpoint_label("/no-such-path-1", handled=False) == UNMATCHED_ENDPOINT
     assert endpoint_label("/v1/models/{model:path}", handled=True) == "/v1/models/{model:path}"
+
+
+def test_custom_labels_may_name_only_the_allowed_labels():
+    check_custom_labels({"tenant": "acme", "app": "bot"}, allowed=("app", "tenant"))
+    check_custom_labels({}, allowed=())
+    with pytest.raises(ValueError, match=r"custom_labels: 'model_name' is not a label .*one of app, tenant"):
+        check_custom_labels({"tenant": "acme", "model_name": "spoofed"}, allowed=("app", "tenant"))
+    with pytest.raises(ValueError, match="the server allows no custom label"):
+        check_custom_labels({"tenant": "acme"}, allowed=())
+    with pytest.raises(ValueError, match="not str"):
+        check_custom_labels("tenant=acme", allowed=("tenant",))
+
+
+def test_an_unallowed_label_name_is_cut_short_in_the_refusal():
+    with pytest.raises(ValueError) as refused:
+        check_custom_labels({"x" * 5000: "y"}, allowed=())
+    assert len(str(refused.value)) < 300

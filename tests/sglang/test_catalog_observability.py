@@ -241,3 +241,30 @@ def test_http_metrics_keep_no_series_per_invented_path_or_method(server):
     assert unmatched and unmatched[0] >= 15
     assert any(lb.get("endpoint") == "/v1/models" for lb in labels)  # the metrics do count routes
     assert len(series) - before <= 8  # the unmatched route's and /v1/models' series at most, not three per invented path
+
+
+@pytest.mark.parametrize("labels", [{"app": "bot"}, {"tenant": "acme", "model_name": "spoofed-" + "x" * 200}])
+def test_custom_labels_the_server_does_not_allow_are_refused_and_it_keeps_serving(server, labels):
+    """``/generate`` takes ``custom_labels`` from the body and SGLang's tokenizer metrics add them to each
+    series' labels. A name the server was not started to allow (``--tokenizer-metrics-allowed-custom-labels``)
+    raised in the loop that reads every answer, and that stopped the whole server; ``model_name`` took any
+    value, a new series in every tokenizer metric for each one. Refused, 400 naming the label."""
+    code, answer = post(server, "/generate", json.dumps({
+        "text": "hello", "sampling_params": {"max_new_tokens": 2}, "custom_labels": labels}).encode())
+    assert code == 400, answer
+    name = [n for n in labels if n != "tenant"][0]
+    assert "custom_labels" in answer["error"]["message"] and repr(name) in answer["error"]["message"]
+    client = openai.OpenAI(base_url=server.openai_url, api_key="none", max_retries=0, timeout=600)
+    assert client.completions.create(model="big/0000001", prompt="hello", max_tokens=2).choices[0].text is not None
+    assert "spoofed-" not in get(server, "/metrics")
+
+
+def test_a_custom_label_the_server_allows_is_counted_from_the_body_and_the_header(server):
+    code, answer = post(server, "/generate", json.dumps({
+        "text": "hello", "sampling_params": {"max_new_tokens": 2}, "custom_labels": {"tenant": "acme-7"}}).encode())
+    assert code == 200, answer
+    client = openai.OpenAI(base_url=server.openai_url, api_key="none", max_retries=0, timeout=600)
+    client.completions.create(model="big/0000001", prompt="hello", max_tokens=2,
+                              extra_headers={"x-custom-labels": json.dumps({"tenant": "beta-7", "other": "x"})})
+    text = get(server, "/metrics")
+    assert 'tenant="acme-7"' in text and 'tenant="beta-7"' in text  # SGLang drops the header's other names

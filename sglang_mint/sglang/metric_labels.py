@@ -1,9 +1,10 @@
-"""SGLang's HTTP metrics, labelled from a fixed set of values (the rule: ``frontend/metric_labels.py``)."""
+"""SGLang's HTTP and tokenizer metrics, labelled from a fixed set of names and values where a request writes
+them (the rules: ``frontend/metric_labels.py``)."""
 
 from __future__ import annotations
 
 from sglang_mint.frontend import admin_guard
-from sglang_mint.frontend.metric_labels import KnownMethodsOnly, endpoint_label
+from sglang_mint.frontend.metric_labels import KnownMethodsOnly, check_custom_labels, endpoint_label
 
 
 def install(app) -> None:
@@ -19,3 +20,11 @@ def _after_get_fastapi_request_path(result, request, *args, **kwargs):
     if handled or not admin_guard.is_guarded(request.app):
         return result
     return endpoint_label(path, handled), handled
+
+
+def refuse_unallowed_custom_labels(tm, obj) -> None:
+    """A request whose ``custom_labels`` name a label the server does not allow is refused (a ValueError: 400).
+    Called with mint on, inside generate_request, before the request is sent on; without ``--enable-metrics``
+    SGLang never reads them."""
+    if tm.enable_metrics and obj.custom_labels is not None:
+        check_custom_labels(obj.custom_labels, tm.server_args.tokenizer_metrics_allowed_custom_labels or ())
