@@ -21,6 +21,7 @@ from sglang_mint.catalog.ids import validate_adapter_id
 from sglang_mint.errors import MintError
 
 DEFAULT_HOST_CACHE_BYTES = 4 << 30
+DEFAULT_GRAMMAR_CACHE_BYTES = 512 << 20  # per scheduler: compiled grammars, keyed by a request's text
 DEFAULT_LOAD_WORKERS = 2
 # The largest adapter upload (POST /mint/adapters/{id}/revisions) a server reads. A rank-64 bf16
 # LoRA on every dense module of a 70B model is about 1.6 GB; MoE-expert LoRA can be far larger.
@@ -69,6 +70,7 @@ class MintConfig:
     advertise_url: str | None = None  # the URL the gateway reaches this server at
     usage_dir: str | None = None  # the usage ledger's folder (usage/ledger.py); None: not kept
     usage_flush_s: float | None = None  # seconds between its appends ($MINT_USAGE_FLUSH_S); None: its default, 2
+    grammar_cache_bytes: int = DEFAULT_GRAMMAR_CACHE_BYTES  # grammar_cache.py
 
     @classmethod
     def from_flags(cls, catalog: str | None = None, host_cache: str | None = None,
@@ -76,7 +78,8 @@ class MintConfig:
                    max_upload: str | None = None, dp_dispatch: str | None = None,
                    gateway: str | None = None, advertise_url: str | None = None,
                    catalog_cache: str | None = None, blob_cache: str | None = None,
-                   max_concurrent_uploads: int | None = None, usage_dir: str | None = None) -> "MintConfig":
+                   max_concurrent_uploads: int | None = None, usage_dir: str | None = None,
+                   grammar_cache: str | None = None) -> "MintConfig":
         """Validate the flags' values; raise MintError naming the flag at fault."""
         try:
             blob_bytes = parse_bytes(blob_cache) if blob_cache is not None else DEFAULT_BLOB_CACHE_BYTES
@@ -103,6 +106,10 @@ class MintConfig:
             size = parse_bytes(host_cache) if host_cache is not None else DEFAULT_HOST_CACHE_BYTES
         except MintError as exc:
             raise MintError(f"--mint-host-cache-bytes: {exc}") from None
+        try:
+            grammar_bytes = parse_bytes(grammar_cache) if grammar_cache is not None else DEFAULT_GRAMMAR_CACHE_BYTES
+        except MintError as exc:
+            raise MintError(f"--mint-grammar-cache-bytes: {exc}") from None
         pinned = []
         for adapter_id in pin or []:
             try:
@@ -137,7 +144,7 @@ class MintConfig:
                    max_upload_bytes=upload, max_concurrent_uploads=uploads,
                    dp_dispatch=dp_dispatch or "affinity", gateway=gateway,
                    advertise_url=advertise_url, catalog_cache=catalog_cache, blob_cache_bytes=blob_bytes,
-                   usage_dir=usage_dir, usage_flush_s=flush_s)
+                   usage_dir=usage_dir, usage_flush_s=flush_s, grammar_cache_bytes=grammar_bytes)
 
     def open_catalog(self):
         """The catalog as a serving process holds it: a small SQLite page cache per thread (see
@@ -230,6 +237,14 @@ def add_mint_arguments(parser: argparse.ArgumentParser) -> None:
         "used adapters that no request uses are evicted beyond it.",
     )
     group.add_argument(
+        "--mint-grammar-cache-bytes",
+        metavar="SIZE",
+        default=None,
+        help="Memory per scheduler for compiled grammars (a request's json_schema, regex, ebnf, structural_tag), "
+        "e.g. 1GiB (default 512MiB): least recently used ones are dropped beyond it and compiled again when asked "
+        "for. SGLang alone keeps every one, a failed one too, for good.",
+    )
+    group.add_argument(
         "--mint-pin",
         metavar="ID",
         nargs="+",
@@ -314,6 +329,7 @@ def config_from_args(args: argparse.Namespace, *, lora_on: bool, pp_size: int, t
         "catalog_cache": getattr(args, "mint_catalog_cache", None),
         "blob_cache": getattr(args, "mint_blob_cache_bytes", None),
         "usage_dir": getattr(args, "mint_usage_dir", None),
+        "grammar_cache": getattr(args, "mint_grammar_cache_bytes", None),
     }
     if not getattr(args, "enable_mint", False):
         if catalog is not None or any(v is not None for v in flags.values()):

@@ -105,6 +105,10 @@ HOOKS: tuple[Hook, ...] = (
     Hook("scheduler", "sglang.srt.managers.scheduler_components.output_streamer.SchedulerOutputStreamer"
          ".stream_output", "AFTER", "residency:_after_stream_output"),
     Hook("scheduler", f"{_SCHED}.get_internal_state", "AFTER", "residency:_after_get_internal_state"),
+    # the compiled grammars a scheduler keeps, within --mint-grammar-cache-bytes
+    Hook("scheduler", "sglang.srt.constrained.grammar_manager.GrammarManager.__init__", "AFTER",
+         "grammar_cache:_after_grammar_manager_init"),
+    Hook("scheduler", f"{_SCHED}.get_internal_state", "AFTER", "grammar_cache:_after_get_internal_state"),
     Hook("scheduler", f"{_SCHED}.get_internal_state", "AFTER",
          "server_info:_after_scheduler_get_internal_state"),  # /server_info's internal_states: no secret
     Hook("scheduler", f"{_SCHED}.run_event_loop", "AROUND", "residency:_around_run_event_loop"),  # usage billed
@@ -207,6 +211,14 @@ INTERNALS: tuple[Internal, ...] = (
              "metric_labels"),
     Internal("all", "sglang.srt.server_args.ServerArgs", "tokenizer_metrics_allowed_custom_labels", "the label "
              "names a request may write", "metric_labels"),
+    Internal("scheduler", "sglang.srt.constrained.base_grammar_backend.BaseGrammarBackend",
+             "get_cached_or_future_value, set_cache, reset", "what reads and writes a backend's compiled grammars: "
+             "get, [] =, pop and clear on its cache", "grammar_cache"),
+    Internal("scheduler", "grammar_backend", "cache", "the compiled grammars, a dict: replaced by a GrammarCache "
+             "(a wrapped backend's grammar_backend too)", "grammar_cache"),
+    Internal("scheduler", "xgrammar_backend", "grammar_compiler, _tokenizer_info", "xgrammar's compiler, replaced "
+             "by one without a cache (a grammar's ctx, its compiled form, is weighed where present)",
+             "grammar_cache"),
     Internal("frontend", "sglang.srt.utils.auth", "AuthDecision, AuthLevel.NORMAL", "the tenants' routes admit the "
              "admin key too", "admin"),
     Internal("frontend", "sglang.srt.environ.envs", "SGLANG_REQ_WAITING_TIMEOUT, SGLANG_REQ_RUNNING_TIMEOUT", "the "

@@ -132,12 +132,12 @@ def small_budget_catalog(tiny_model, tmp_path_factory):
 @pytest.fixture(scope="session")
 def small_budget_server(tiny_model, small_budget_catalog, tmp_path_factory, catalog_server):
     """A host budget of ``srv.host_budget_bytes`` (2 MiB: about thirty rank-8 or two hundred rank-1 tiny
-    adapters), eight GPU slots, --enable-metrics with one custom label a request may set (``tenant``). Counters
-    are shared: a module checks differences."""
+    adapters), eight GPU slots, --enable-metrics with one custom label a request may set (``tenant``), and 4 MiB
+    for compiled grammars. Counters are shared: a module checks differences."""
     host_budget_bytes = 2 << 20
     with catalog_server(tiny_model, small_budget_catalog, tmp_path_factory.mktemp("small-budget-server"),
                         "--mint-host-cache-bytes", str(host_budget_bytes), "--enable-metrics",
-                        "--tokenizer-metrics-allowed-custom-labels", "tenant",
+                        "--tokenizer-metrics-allowed-custom-labels", "tenant", "--mint-grammar-cache-bytes", "4MiB",
                         "--max-loras-per-batch", "8") as srv:
         srv.host_budget_bytes = host_budget_bytes
         yield _shared("small_budget_server", srv)

@@ -9,8 +9,8 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import openai
-import psutil
 import pytest
+from mint_status import scheduler_rss
 
 from sglang_mint.catalog import open_catalog
 from sglang_mint.catalog.synth import synth
@@ -50,12 +50,6 @@ def sched_status(server):
 def metric(text: str, name: str) -> float:
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
                if line.startswith(name) and not line.startswith("#"))
-
-
-def scheduler_rss(server) -> int:
-    procs = psutil.Process(server.proc.pid).children(recursive=True)
-    sched = [p for p in procs if "scheduler" in " ".join(p.cmdline()) + p.name()]
-    return max(p.memory_info().rss for p in (sched or procs))
 
 
 def test_prefetch_loads_ahead_of_traffic(server):
