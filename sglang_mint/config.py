@@ -23,6 +23,9 @@ from sglang_mint.errors import MintError
 DEFAULT_HOST_CACHE_BYTES = 4 << 30
 DEFAULT_GRAMMAR_CACHE_BYTES = 512 << 20  # per scheduler: compiled grammars, keyed by a request's text
 DEFAULT_LOAD_WORKERS = 2
+# SGLang's sessions (/open_session), per scheduler: how many are open at once, and how long one is kept idle
+DEFAULT_MAX_SESSIONS = 1024
+DEFAULT_SESSION_TIMEOUT_S = 600.0
 # The largest adapter upload (POST /mint/adapters/{id}/revisions) a server reads. A rank-64 bf16
 # LoRA on every dense module of a 70B model is about 1.6 GB; MoE-expert LoRA can be far larger.
 DEFAULT_MAX_UPLOAD_BYTES = 4 << 30
@@ -71,6 +74,8 @@ class MintConfig:
     usage_dir: str | None = None  # the usage ledger's folder (usage/ledger.py); None: not kept
     usage_flush_s: float | None = None  # seconds between its appends ($MINT_USAGE_FLUSH_S); None: its default, 2
     grammar_cache_bytes: int = DEFAULT_GRAMMAR_CACHE_BYTES  # grammar_cache.py
+    max_sessions: int = DEFAULT_MAX_SESSIONS  # sglang/sessions.py
+    session_timeout_s: float = DEFAULT_SESSION_TIMEOUT_S
 
     @classmethod
     def from_flags(cls, catalog: str | None = None, host_cache: str | None = None,
@@ -79,7 +84,8 @@ class MintConfig:
                    gateway: str | None = None, advertise_url: str | None = None,
                    catalog_cache: str | None = None, blob_cache: str | None = None,
                    max_concurrent_uploads: int | None = None, usage_dir: str | None = None,
-                   grammar_cache: str | None = None) -> "MintConfig":
+                   grammar_cache: str | None = None, max_sessions: int | None = None,
+                   session_timeout: float | None = None) -> "MintConfig":
         """Validate the flags' values; raise MintError naming the flag at fault."""
         try:
             blob_bytes = parse_bytes(blob_cache) if blob_cache is not None else DEFAULT_BLOB_CACHE_BYTES
@@ -110,6 +116,12 @@ class MintConfig:
             grammar_bytes = parse_bytes(grammar_cache) if grammar_cache is not None else DEFAULT_GRAMMAR_CACHE_BYTES
         except MintError as exc:
             raise MintError(f"--mint-grammar-cache-bytes: {exc}") from None
+        sessions = DEFAULT_MAX_SESSIONS if max_sessions is None else max_sessions
+        if not 1 <= sessions <= 1_000_000:
+            raise MintError(f"--mint-max-sessions must be 1 to 1000000, got {sessions}")
+        timeout_s = DEFAULT_SESSION_TIMEOUT_S if session_timeout is None else session_timeout
+        if not 0 < timeout_s <= 7 * 86400:
+            raise MintError(f"--mint-session-timeout must be above 0 and at most 604800 (7 days), got {timeout_s:g}")
         pinned = []
         for adapter_id in pin or []:
             try:
@@ -144,7 +156,8 @@ class MintConfig:
                    max_upload_bytes=upload, max_concurrent_uploads=uploads,
                    dp_dispatch=dp_dispatch or "affinity", gateway=gateway,
                    advertise_url=advertise_url, catalog_cache=catalog_cache, blob_cache_bytes=blob_bytes,
-                   usage_dir=usage_dir, usage_flush_s=flush_s, grammar_cache_bytes=grammar_bytes)
+                   usage_dir=usage_dir, usage_flush_s=flush_s, grammar_cache_bytes=grammar_bytes,
+                   max_sessions=sessions, session_timeout_s=timeout_s)
 
     def open_catalog(self):
         """The catalog as a serving process holds it: a small SQLite page cache per thread (see
@@ -245,6 +258,23 @@ def add_mint_arguments(parser: argparse.ArgumentParser) -> None:
         "for. SGLang alone keeps every one, a failed one too, for good.",
     )
     group.add_argument(
+        "--mint-max-sessions",
+        metavar="N",
+        type=int,
+        default=None,
+        help="SGLang sessions (/open_session) a scheduler keeps open at once (default 1024); one more is "
+        "answered 429 until one is closed or reaped. SGLang alone keeps every session opened.",
+    )
+    group.add_argument(
+        "--mint-session-timeout",
+        metavar="SECONDS",
+        type=float,
+        default=None,
+        help="The longest a session is kept idle before it is closed (default 600): an /open_session without "
+        "a timeout gets this one, and one asking for longer is refused. SGLang alone keeps a session without "
+        "a timeout until its client closes it.",
+    )
+    group.add_argument(
         "--mint-pin",
         metavar="ID",
         nargs="+",
@@ -330,6 +360,8 @@ def config_from_args(args: argparse.Namespace, *, lora_on: bool, pp_size: int, t
         "blob_cache": getattr(args, "mint_blob_cache_bytes", None),
         "usage_dir": getattr(args, "mint_usage_dir", None),
         "grammar_cache": getattr(args, "mint_grammar_cache_bytes", None),
+        "max_sessions": getattr(args, "mint_max_sessions", None),
+        "session_timeout": getattr(args, "mint_session_timeout", None),
     }
     if not getattr(args, "enable_mint", False):
         if catalog is not None or any(v is not None for v in flags.values()):

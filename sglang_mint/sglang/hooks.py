@@ -51,6 +51,11 @@ HOOKS: tuple[Hook, ...] = (
     Hook("frontend", "sglang.srt.entrypoints.openai.serving_responses.OpenAIServingResponses.create_responses",
          "AROUND", "server_made_ids:_around_create_responses"),  # a stored answer's id is the server's
     Hook("frontend", f"{_TM}.open_session", "AROUND", "server_made_ids:_around_open_session"),  # a session's too
+    # sessions: an idle timeout each, and at most --mint-max-sessions open per scheduler
+    Hook("frontend", f"{_TM}.open_session", "AROUND", "sessions:_around_open_session"),
+    Hook("scheduler", f"{_SCHED}.__init__", "AFTER", "sessions:_after_scheduler_init"),
+    Hook("scheduler", "sglang.srt.session.session_controller.SessionController.open", "AROUND",
+         "sessions:_around_session_controller_open"),
     # priority, DP ranks: a router's fields, an admin's right (the check: frontend.py), and the admin key opens
     # the tenants' routes
     Hook("frontend", f"{_TM}.generate_request", "BEFORE", "router_fields:_before_generate_request"),
@@ -219,6 +224,13 @@ INTERNALS: tuple[Internal, ...] = (
     Internal("scheduler", "xgrammar_backend", "grammar_compiler, _tokenizer_info", "xgrammar's compiler, replaced "
              "by one without a cache (a grammar's ctx, its compiled form, is weighed where present)",
              "grammar_cache"),
+    Internal("frontend", "sglang.srt.managers.io_struct.OpenSessionReqInput", "timeout", "a session's idle "
+             "timeout: set where the body has none, refused above --mint-session-timeout", "sessions"),
+    Internal("scheduler", "sglang.srt.managers.io_struct.OpenSessionReqOutput", "session_id, success", "a "
+             "session refused past --mint-max-sessions", "sessions"),
+    Internal("scheduler", "scheduler", "session_controller", "the scheduler's sessions", "sessions"),
+    Internal("scheduler", "session_controller", "sessions, maybe_reap", "the sessions a scheduler keeps open, and "
+             "the close of those past their timeout", "sessions"),
     Internal("frontend", "sglang.srt.utils.auth", "AuthDecision, AuthLevel.NORMAL", "the tenants' routes admit the "
              "admin key too", "admin"),
     Internal("frontend", "sglang.srt.environ.envs", "SGLANG_REQ_WAITING_TIMEOUT, SGLANG_REQ_RUNNING_TIMEOUT", "the "

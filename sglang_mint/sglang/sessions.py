@@ -1,0 +1,57 @@
+"""SGLang's sessions within ``--mint-max-sessions`` and ``--mint-session-timeout`` (the rules:
+``frontend/session_bounds.py``).
+
+The tokenizer manager gives each new session its idle timeout and turns a scheduler's refusal into a 429;
+the scheduler's session controller refuses a session past the limit, after closing those that timed out.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from sglang_mint.frontend.session_bounds import session_timeout, sessions_full
+from sglang_mint.sglang.flags import mint_config
+from sglang_mint.sglang.hooks import verify_internals
+
+logger = logging.getLogger("sglang_mint")
+
+# The attribute of a scheduler's SessionController: the most sessions it keeps open (set by _after_scheduler_init)
+MAX_SESSIONS = "_mint_max_sessions"
+
+
+async def _around_open_session(original, tm, obj, *args, **kwargs):
+    """TokenizerManager.open_session AROUND: the session's idle timeout, and a 429 where the scheduler
+    refused it (with mint, a session's id is the server's, so a refusal is the limit's)."""
+    config = mint_config(tm.server_args)
+    if config is None:
+        return await original(tm, obj, *args, **kwargs)
+    obj.timeout = session_timeout(obj.timeout, config.session_timeout_s)
+    opened = await original(tm, obj, *args, **kwargs)
+    if opened is None:
+        raise sessions_full(config.max_sessions, config.session_timeout_s)
+    return opened
+
+
+def _after_scheduler_init(result, scheduler, *args, **kwargs):
+    """Scheduler.__init__ AFTER: tell the session controller its limit."""
+    config = mint_config(scheduler.server_args)
+    if config is not None:
+        controller = getattr(scheduler, "session_controller", None)
+        verify_internals("scheduler", scheduler=scheduler, session_controller=controller)
+        setattr(controller, MAX_SESSIONS, config.max_sessions)
+    return result
+
+
+def _around_session_controller_open(original, controller, recv_req, *args, **kwargs):
+    """SessionController.open AROUND: at the limit, close the sessions past their timeout; still at it,
+    refuse (the tokenizer manager answers 429)."""
+    limit = getattr(controller, MAX_SESSIONS, None)
+    if limit is not None and len(controller.sessions) >= limit:
+        controller.maybe_reap(time.monotonic(), interval=0.0)
+        if len(controller.sessions) >= limit:
+            from sglang.srt.managers.io_struct import OpenSessionReqOutput
+
+            logger.warning("a session was refused: %d are open, the most --mint-max-sessions allows", limit)
+            return OpenSessionReqOutput(session_id=recv_req.session_id, success=False)
+    return original(controller, recv_req, *args, **kwargs)
