@@ -26,6 +26,7 @@ DEFAULT_LOAD_WORKERS = 2
 # SGLang's sessions (/open_session), per scheduler: how many are open at once, and how long one is kept idle
 DEFAULT_MAX_SESSIONS = 1024
 DEFAULT_SESSION_TIMEOUT_S = 600.0
+DEFAULT_MAX_STORED_RESPONSES = 10_000  # /v1/responses answers kept under --enable-response-store
 # The largest adapter upload (POST /mint/adapters/{id}/revisions) a server reads. A rank-64 bf16
 # LoRA on every dense module of a 70B model is about 1.6 GB; MoE-expert LoRA can be far larger.
 DEFAULT_MAX_UPLOAD_BYTES = 4 << 30
@@ -76,6 +77,7 @@ class MintConfig:
     grammar_cache_bytes: int = DEFAULT_GRAMMAR_CACHE_BYTES  # grammar_cache.py
     max_sessions: int = DEFAULT_MAX_SESSIONS  # sglang/sessions.py
     session_timeout_s: float = DEFAULT_SESSION_TIMEOUT_S
+    max_stored_responses: int = DEFAULT_MAX_STORED_RESPONSES  # frontend/response_store.py
 
     @classmethod
     def from_flags(cls, catalog: str | None = None, host_cache: str | None = None,
@@ -85,7 +87,7 @@ class MintConfig:
                    catalog_cache: str | None = None, blob_cache: str | None = None,
                    max_concurrent_uploads: int | None = None, usage_dir: str | None = None,
                    grammar_cache: str | None = None, max_sessions: int | None = None,
-                   session_timeout: float | None = None) -> "MintConfig":
+                   session_timeout: float | None = None, max_stored_responses: int | None = None) -> "MintConfig":
         """Validate the flags' values; raise MintError naming the flag at fault."""
         try:
             blob_bytes = parse_bytes(blob_cache) if blob_cache is not None else DEFAULT_BLOB_CACHE_BYTES
@@ -122,6 +124,9 @@ class MintConfig:
         timeout_s = DEFAULT_SESSION_TIMEOUT_S if session_timeout is None else session_timeout
         if not 0 < timeout_s <= 7 * 86400:
             raise MintError(f"--mint-session-timeout must be above 0 and at most 604800 (7 days), got {timeout_s:g}")
+        stored = DEFAULT_MAX_STORED_RESPONSES if max_stored_responses is None else max_stored_responses
+        if not 1 <= stored <= 10_000_000:
+            raise MintError(f"--mint-max-stored-responses must be 1 to 10000000, got {stored}")
         pinned = []
         for adapter_id in pin or []:
             try:
@@ -157,7 +162,7 @@ class MintConfig:
                    dp_dispatch=dp_dispatch or "affinity", gateway=gateway,
                    advertise_url=advertise_url, catalog_cache=catalog_cache, blob_cache_bytes=blob_bytes,
                    usage_dir=usage_dir, usage_flush_s=flush_s, grammar_cache_bytes=grammar_bytes,
-                   max_sessions=sessions, session_timeout_s=timeout_s)
+                   max_sessions=sessions, session_timeout_s=timeout_s, max_stored_responses=stored)
 
     def open_catalog(self):
         """The catalog as a serving process holds it: a small SQLite page cache per thread (see
@@ -275,6 +280,15 @@ def add_mint_arguments(parser: argparse.ArgumentParser) -> None:
         "a timeout until its client closes it.",
     )
     group.add_argument(
+        "--mint-max-stored-responses",
+        metavar="N",
+        type=int,
+        default=None,
+        help="With --enable-response-store: the /v1/responses answers kept, each with its conversation "
+        "(default 10000); the least recently used go first, and naming one afterwards is a 404. SGLang alone "
+        "keeps every one.",
+    )
+    group.add_argument(
         "--mint-pin",
         metavar="ID",
         nargs="+",
@@ -362,6 +376,7 @@ def config_from_args(args: argparse.Namespace, *, lora_on: bool, pp_size: int, t
         "grammar_cache": getattr(args, "mint_grammar_cache_bytes", None),
         "max_sessions": getattr(args, "mint_max_sessions", None),
         "session_timeout": getattr(args, "mint_session_timeout", None),
+        "max_stored_responses": getattr(args, "mint_max_stored_responses", None),
     }
     if not getattr(args, "enable_mint", False):
         if catalog is not None or any(v is not None for v in flags.values()):

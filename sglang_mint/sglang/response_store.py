@@ -1,0 +1,17 @@
+"""SGLang's stored ``/v1/responses`` answers within ``--mint-max-stored-responses`` (the store:
+``frontend/response_store.py``)."""
+
+from __future__ import annotations
+
+from sglang_mint.frontend.response_store import limited_stores
+from sglang_mint.sglang.flags import mint_config
+from sglang_mint.sglang.hooks import verify_internals
+
+
+def _after_serving_responses_init(result, serving, *args, **kwargs):
+    """OpenAIServingResponses.__init__ AFTER: its answers and conversations become limited stores."""
+    config = mint_config(serving.tokenizer_manager.server_args)
+    if config is not None:
+        verify_internals("frontend", openai_serving_responses=serving)
+        serving.response_store, serving.msg_store = limited_stores(config.max_stored_responses)
+    return result

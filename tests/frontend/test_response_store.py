@@ -1,0 +1,63 @@
+"""LimitedStore: SGLang's stored /v1/responses answers and their conversations, at most a limit of them
+(frontend/response_store.py). A real server: tests/sglang/test_stored_responses.py."""
+
+from __future__ import annotations
+
+import pytest
+
+from sglang_mint.frontend.response_store import LimitedStore, limited_stores
+
+
+def store(answers, conversations, key: str) -> None:
+    """As SGLang stores a request's answer: its conversation as it starts, then the answer, then the
+    conversation with the answer's output."""
+    conversations[key] = [{"role": "user", "content": key}]
+    answers[key] = f"answer {key}"
+    conversations[key] = [{"role": "user", "content": key}, {"role": "assistant", "content": "..."}]
+
+
+def test_past_the_limit_the_least_recently_used_answer_goes_with_its_conversation():
+    answers, conversations = limited_stores(2)
+    for key in ("resp_a", "resp_b"):
+        store(answers, conversations, key)
+    assert answers.get("resp_a") == "answer resp_a"  # read: resp_b is now the oldest
+    store(answers, conversations, "resp_c")
+    assert "resp_b" not in answers and "resp_b" not in conversations
+    assert set(answers) == {"resp_a", "resp_c"} and set(conversations) == {"resp_a", "resp_c"}
+    assert answers.evictions == 1
+
+
+def test_a_kept_answer_keeps_its_conversation_whatever_else_is_written():
+    answers, conversations = limited_stores(2)
+    store(answers, conversations, "resp_a")
+    for n in range(10):  # requests that start and fail: conversations with no answer
+        conversations[f"resp_failed_{n}"] = [{"role": "user", "content": "x" * 1000}]
+    assert "resp_a" in answers and "resp_a" in conversations
+    assert set(conversations) == {"resp_a", "resp_failed_8", "resp_failed_9"}  # two unanswered at most
+
+
+def test_a_conversation_whose_answer_never_came_is_dropped_in_its_turn():
+    answers, conversations = limited_stores(2)
+    conversations["resp_failed"] = [{"role": "user", "content": "x" * 1000}]  # the request then failed
+    for key in ("resp_a", "resp_b", "resp_c"):
+        conversations[key] = []  # in flight
+    assert "resp_failed" not in conversations and len(conversations) == 2
+    answers["resp_b"] = "answer resp_b"
+    conversations["resp_d"] = []
+    assert set(conversations) == {"resp_b", "resp_c", "resp_d"}  # resp_b answered: kept beside two in flight
+
+
+def test_a_write_counts_as_use_and_a_missing_key_is_the_default():
+    store = LimitedStore(2)
+    store["a"], store["b"] = 1, 2
+    store["a"] = 3
+    store["c"] = 4
+    assert dict(store) == {"a": 3, "c": 4}
+    assert store.get("b", "gone") == "gone"
+    with pytest.raises(KeyError):
+        store["b"]
+
+
+def test_a_limit_must_be_at_least_one():
+    with pytest.raises(ValueError, match="at least 1"):
+        LimitedStore(0)

@@ -1,0 +1,30 @@
+"""SGLang's stored /v1/responses answers within --mint-max-stored-responses (sglang/response_store.py), end to end.
+
+Under --enable-response-store SGLang keeps every stored answer and its conversation, and the conversation of a
+request that failed, for good. The shared ``mint_server`` keeps four.
+"""
+
+from __future__ import annotations
+
+import openai
+import pytest
+
+pytestmark = pytest.mark.server  # starts real SGLang servers: not in make test-fast
+
+MAX_STORED = 4
+
+
+def test_past_the_limit_the_oldest_answer_is_gone_and_the_newest_go_on(mint_client):
+    def ask(text: str, **extra):
+        return mint_client.responses.create(model="tiny", input=text, max_output_tokens=2, temperature=0, **extra)
+
+    first = ask("hello one")
+    assert mint_client.responses.retrieve(first.id).id == first.id  # stored
+    later = [ask(f"hello {n}") for n in range(MAX_STORED)]
+    with pytest.raises(openai.NotFoundError):
+        mint_client.responses.retrieve(first.id)
+    with pytest.raises(openai.NotFoundError):  # its conversation went with it
+        ask("and then?", previous_response_id=first.id)
+    assert [mint_client.responses.retrieve(r.id).id for r in later] == [r.id for r in later]
+    follow_up = ask("and then?", previous_response_id=later[-1].id)  # a kept conversation goes on
+    assert follow_up.status in ("completed", "incomplete")
