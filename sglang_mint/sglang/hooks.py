@@ -192,7 +192,8 @@ INTERNALS: tuple[Internal, ...] = (
     Internal("all", "sglang.srt.server_args.ServerArgs", "api_key, admin_api_key, ssl_keyfile_password",
              "the secrets /server_info's answer carries (its settings, its command line, each scheduler's "
              "internal state), redacted there; admin_api_key is also the key a request carries to write a "
-             "router's field", "server_info, router_fields"),
+             "router's field, and either key the one a WebSocket handshake carries", "server_info, router_fields, "
+             "endpoints"),
     Internal("scheduler", "sglang.srt.managers.io_struct.GetInternalStateReqOutput", "internal_state", "a "
              "scheduler's settings, as /server_info gives them: replaced by a redacted copy", "server_info"),
     Internal("all", "sglang.srt.server_args.ServerArgs", "grpc_port, smg_grpc_mode, grpc_mode, "

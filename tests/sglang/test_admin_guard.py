@@ -234,3 +234,35 @@ def test_without_enable_mint_nothing_is_installed():
     loaded = config.loaded_app
     admin._after_uvicorn_config_load(None, config)
     assert config.loaded_app is loaded  # an app the guard is not installed on: uvicorn's stack as it was
+
+
+def handshake(app, headers: dict) -> tuple[list[dict], str | None]:
+    """(what the app sent, the error it raised) for a WebSocket handshake to SGLang's /v1/realtime."""
+    scope = {"type": "websocket", "asgi": {"version": "3.0", "spec_version": "2.3"}, "http_version": "1.1",
+             "scheme": "ws", "path": "/v1/realtime", "raw_path": b"/v1/realtime", "query_string": b"",
+             "root_path": "", "headers": [(k.encode(), v.encode()) for k, v in headers.items()],
+             "client": ("127.0.0.1", 40123), "server": ("127.0.0.1", 30000), "subprotocols": [], "state": {}}
+    sent, pending = [], [{"type": "websocket.connect"}]
+
+    async def receive():
+        if pending:
+            return pending.pop()
+        await asyncio.Event().wait()
+
+    async def send(message):
+        sent.append(message)
+
+    try:
+        asyncio.run(app(scope, receive, send))
+    except Exception as exc:  # noqa: BLE001 - the route itself, on the stub's app state
+        return sent, f"{type(exc).__name__}: {exc}"
+    return sent, None
+
+
+def test_a_websocket_handshake_needs_the_key_sglang_s_middleware_checks_only_on_http(stack):
+    """SGLang's API-key middleware passes WebSocket scopes through: its /v1/realtime was reached with no key."""
+    app, _ = stack
+    sent, error = handshake(app, {})
+    assert error is None and [m["type"] for m in sent] == ["websocket.close"] and sent[0]["code"] == 1008, sent
+    sent, error = handshake(app, TENANT)  # past the check: the route runs (on this stub, without its state)
+    assert error is not None and "openai_serving_transcription" in error, (sent, error)
