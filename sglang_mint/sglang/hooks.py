@@ -216,7 +216,8 @@ INTERNALS: tuple[Internal, ...] = (
     Internal("all", "sglang.srt.server_args.ServerArgs", "dp_size", "whether SGLang acts on a request's DP rank",
              "router_fields"),
     Internal("frontend", "sglang.srt.managers.io_struct.GenerateReqInput", "custom_labels", "the labels a request "
-             "adds to SGLang's tokenizer metrics: only the names the server allows", "metric_labels"),
+             "adds to SGLang's tokenizer metrics: only the names the server allows (an EmbeddingReqInput has none)",
+             "metric_labels"),
     Internal("frontend", "tokenizer_manager", "enable_metrics", "whether SGLang's tokenizer metrics read them",
              "metric_labels"),
     Internal("all", "sglang.srt.server_args.ServerArgs", "tokenizer_metrics_allowed_custom_labels", "the label "

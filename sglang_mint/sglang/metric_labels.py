@@ -26,5 +26,6 @@ def refuse_unallowed_custom_labels(tm, obj) -> None:
     """A request whose ``custom_labels`` name a label the server does not allow is refused (a ValueError: 400).
     Called with mint on, inside generate_request, before the request is sent on; without ``--enable-metrics``
     SGLang never reads them."""
-    if tm.enable_metrics and obj.custom_labels is not None:
-        check_custom_labels(obj.custom_labels, tm.server_args.tokenizer_metrics_allowed_custom_labels or ())
+    custom_labels = getattr(obj, "custom_labels", None)  # an EmbeddingReqInput has none
+    if tm.enable_metrics and custom_labels is not None:
+        check_custom_labels(custom_labels, tm.server_args.tokenizer_metrics_allowed_custom_labels or ())
