@@ -18,13 +18,23 @@ from sglang_mint.sglang.flags import mint_config
 from sglang_mint.sglang.hooks import verify_internals
 
 
+# What a compiled grammar without a measure of its own is taken to hold (outlines', llguidance's): the
+# default budget keeps 2,048 of them
+UNMEASURED_GRAMMAR_BYTES = 256 << 10
+
+
 def grammar_value_bytes(value) -> int:
-    """What a cached grammar holds: an xgrammar grammar's compiled form, by xgrammar's own measure; a failed
-    one's error message."""
+    """What a cached grammar holds: a failed one, its error message; an xgrammar one, its compiled form by
+    xgrammar's own measure, inside the reasoning backend's wrapper too; any other, ``UNMEASURED_GRAMMAR_BYTES``."""
+    from sglang.srt.constrained.base_grammar_backend import InvalidGrammarObject
+    from sglang.srt.constrained.reasoner_grammar_backend import ReasonerGrammarObject
+
+    while isinstance(value, ReasonerGrammarObject):
+        value = value.grammar
+    if isinstance(value, InvalidGrammarObject):
+        return sys.getsizeof(value.error_message)
     measured = getattr(getattr(value, "ctx", None), "memory_size_bytes", None)
-    size = measured if isinstance(measured, int) else 0
-    message = getattr(value, "error_message", None)
-    return size + (sys.getsizeof(message) if isinstance(message, str) else 0)
+    return measured if isinstance(measured, int) else UNMEASURED_GRAMMAR_BYTES
 
 
 def bound_grammar_caches(backend, budget_bytes: int) -> GrammarCache:

@@ -228,8 +228,17 @@ INTERNALS: tuple[Internal, ...] = (
     Internal("scheduler", "grammar_backend", "cache", "the compiled grammars, a dict: replaced by a GrammarCache "
              "(a wrapped backend's grammar_backend too)", "grammar_cache"),
     Internal("scheduler", "xgrammar_backend", "grammar_compiler, _tokenizer_info", "xgrammar's compiler, replaced "
-             "by one without a cache (a grammar's ctx, its compiled form, is weighed where present)",
-             "grammar_cache"),
+             "by one without a cache", "grammar_cache"),
+    Internal("scheduler", "sglang.srt.constrained.reasoner_grammar_backend", "ReasonerGrammarObject, "
+             "ReasonerGrammarBackend", "the reasoning wrapper of a grammar (its .grammar) and of a backend (its "
+             ".grammar_backend), both unwrapped", "grammar_cache"),
+    Internal("scheduler", "sglang.srt.constrained.base_grammar_backend", "InvalidGrammarObject", "a grammar that "
+             "failed to compile, weighed by its .error_message", "grammar_cache"),
+    Internal("scheduler", "sglang.srt.constrained.xgrammar_backend.XGrammarGrammar", "copy", "an xgrammar grammar: "
+             "its .ctx, the compiled form, weighed by xgrammar's memory_size_bytes (a grammar without them is "
+             "taken to hold UNMEASURED_GRAMMAR_BYTES)", "grammar_cache"),
+    Internal("scheduler", "scheduler", "grammar_manager", "the scheduler's grammars (its grammar_backend, "
+             "server_args): their cache's figures for /server_info", "grammar_cache"),
     Internal("frontend", "sglang.srt.managers.io_struct.OpenSessionReqInput", "timeout", "a session's idle "
              "timeout: set where the body has none, refused above --mint-session-timeout", "sessions"),
     Internal("scheduler", "sglang.srt.managers.io_struct.OpenSessionReqOutput", "session_id, success", "a "
