@@ -8,7 +8,11 @@ them. Every tenant adds to both. With ``--enable-mint`` (``limited_stores``) at 
 is kept, the least recently used going first and its conversation with it (naming it afterwards is
 SGLang's 404 for an unknown response id); a kept answer's conversation is always kept, so it can be
 continued; and of the conversations whose answer is not stored (in flight, or failed) at most the
-limit more are kept, the oldest going first.
+limit more are kept, the oldest going first. A background answer still being made (``queued``,
+``in_progress``) is never dropped. Not covered: a request that continues an answer
+(``previous_response_id``) reads that answer's conversation again once its own answer is made, and if
+``limit`` newer answers were stored meanwhile it is gone and the request fails (500): give a limit
+above the answers stored during the longest request.
 """
 
 from __future__ import annotations
@@ -19,14 +23,17 @@ from typing import Callable
 
 class LimitedStore(OrderedDict):
     """A dict of at most ``limit`` entries: a new one past it drops the least recently used (``get`` and a
-    write count as use); ``on_store(key)`` is told of each write and ``on_evict(key)`` of each dropped key."""
+    write count as use) whose value ``keep`` does not hold on to (past the limit while every entry is kept);
+    ``on_store(key)`` is told of each write and ``on_evict(key)`` of each dropped key."""
 
-    def __init__(self, limit: int, on_store: Callable[[object], None] = lambda key: None,
+    def __init__(self, limit: int, keep: Callable[[object], bool] = lambda value: False,
+                 on_store: Callable[[object], None] = lambda key: None,
                  on_evict: Callable[[object], None] = lambda key: None):
         if limit < 1:
             raise ValueError(f"a store's limit must be at least 1, got {limit}")
         super().__init__()
         self.limit = limit
+        self.keep = keep
         self.on_store = on_store
         self.on_evict = on_evict
         self.evictions = 0
@@ -36,7 +43,10 @@ class LimitedStore(OrderedDict):
         self.move_to_end(key)
         self.on_store(key)
         while len(self) > self.limit:
-            dropped, _ = self.popitem(last=False)
+            dropped = next((k for k, v in self.items() if not self.keep(v)), None)
+            if dropped is None:
+                return
+            del self[dropped]
             self.evictions += 1
             self.on_evict(dropped)
 
@@ -77,10 +87,15 @@ class Conversations(OrderedDict):
         super().pop(key, None)
 
 
+# The states of a stored answer still being made (a background request's): never dropped, or it could not
+# be read, cancelled, nor finished by its own task
+IN_FLIGHT = frozenset(("queued", "in_progress"))
+
+
 def limited_stores(limit: int) -> tuple[LimitedStore, Conversations]:
-    """``(answers, conversations)``, at most ``limit`` answers each with its conversation, and at most
-    ``limit`` conversations more whose answer is not (yet) stored."""
-    answers = LimitedStore(limit)
+    """``(answers, conversations)``, at most ``limit`` answers each with its conversation, besides answers
+    still being made, and at most ``limit`` conversations more whose answer is not (yet) stored."""
+    answers = LimitedStore(limit, keep=lambda answer: getattr(answer, "status", None) in IN_FLIGHT)
     conversations = Conversations(limit, is_answered=answers.__contains__)
     answers.on_store, answers.on_evict = conversations.answered, conversations.drop
     return answers, conversations

@@ -58,6 +58,8 @@ HOOKS: tuple[Hook, ...] = (
     Hook("scheduler", f"{_SCHED}.__init__", "AFTER", "sessions:_after_scheduler_init"),
     Hook("scheduler", "sglang.srt.session.session_controller.SessionController.open", "AROUND",
          "sessions:_around_session_controller_open"),
+    Hook("scheduler", "sglang.srt.session.session_controller.Session.is_timed_out", "AROUND",
+         "sessions:_around_session_is_timed_out"),  # idle only once its requests are done
     # priority, DP ranks: a router's fields, an admin's right (the check: frontend.py), and the admin key opens
     # the tenants' routes
     Hook("frontend", f"{_TM}.generate_request", "BEFORE", "router_fields:_before_generate_request"),
@@ -246,6 +248,9 @@ INTERNALS: tuple[Internal, ...] = (
     Internal("scheduler", "scheduler", "session_controller", "the scheduler's sessions", "sessions"),
     Internal("scheduler", "session_controller", "sessions, maybe_reap", "the sessions a scheduler keeps open, and "
              "the close of those past their timeout", "sessions"),
+    Internal("scheduler", "sglang.srt.session.session_controller.SessionController", "_all_requests_finished",
+             "whether a session's requests are done (its _inflight, last_active_time: whether a streaming one runs, "
+             "and when it was last active)", "sessions"),
     Internal("frontend", "sglang.srt.utils.auth", "AuthDecision, AuthLevel.NORMAL", "the tenants' routes admit the "
              "admin key too", "admin"),
     Internal("frontend", "sglang.srt.environ.envs", "SGLANG_REQ_WAITING_TIMEOUT, SGLANG_REQ_RUNNING_TIMEOUT", "the "

@@ -3,6 +3,8 @@
 
 The tokenizer manager gives each new session its idle timeout and turns a scheduler's refusal into a 429;
 the scheduler's session controller refuses a session past the limit, after closing those that timed out.
+A session is idle only once its requests are done: SGLang counts its timeout from a request's arrival,
+so one request that ran longer than the timeout had its session closed under it.
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ from sglang_mint.sglang.hooks import verify_internals
 logger = logging.getLogger("sglang_mint")
 
 # The attribute of a scheduler's SessionController: the most sessions it keeps open (set by _after_scheduler_init)
-MAX_SESSIONS = "_mint_max_sessions"
+MAX_SESSIONS_ATTR = "_mint_max_sessions"
+# The attribute of a Session opened with limits: it is idle only once its requests are done
+IDLE_ONLY_WHEN_DONE_ATTR = "_mint_idle_only_when_done"
 
 
 async def _around_open_session(original, tm, obj, *args, **kwargs):
@@ -39,14 +43,14 @@ def _after_scheduler_init(result, scheduler, *args, **kwargs):
     if config is not None:
         controller = getattr(scheduler, "session_controller", None)
         verify_internals("scheduler", scheduler=scheduler, session_controller=controller)
-        setattr(controller, MAX_SESSIONS, config.max_sessions)
+        setattr(controller, MAX_SESSIONS_ATTR, config.max_sessions)
     return result
 
 
 def _around_session_controller_open(original, controller, recv_req, *args, **kwargs):
     """SessionController.open AROUND: at the limit, close the sessions past their timeout; still at it,
     refuse (the tokenizer manager answers 429)."""
-    limit = getattr(controller, MAX_SESSIONS, None)
+    limit = getattr(controller, MAX_SESSIONS_ATTR, None)
     if limit is not None and len(controller.sessions) >= limit:
         controller.maybe_reap(time.monotonic(), interval=0.0)
         if len(controller.sessions) >= limit:
@@ -54,4 +58,19 @@ def _around_session_controller_open(original, controller, recv_req, *args, **kwa
 
             logger.warning("a session was refused: %d are open, the most --mint-max-sessions allows", limit)
             return OpenSessionReqOutput(session_id=recv_req.session_id, success=False)
-    return original(controller, recv_req, *args, **kwargs)
+    output = original(controller, recv_req, *args, **kwargs)
+    if limit is not None and output.success:
+        setattr(controller.sessions[recv_req.session_id], IDLE_ONLY_WHEN_DONE_ATTR, True)
+    return output
+
+
+def _around_session_is_timed_out(original, session, *args, **kwargs):
+    """Session.is_timed_out AROUND: a session opened with limits whose request is still running is not idle:
+    its idle time starts over (the scheduler asks every second)."""
+    from sglang.srt.session.session_controller import SessionController
+
+    if getattr(session, IDLE_ONLY_WHEN_DONE_ATTR, False) and (
+            session._inflight or not SessionController._all_requests_finished(session)):
+        session.last_active_time = time.monotonic()
+        return False
+    return original(session, *args, **kwargs)

@@ -61,3 +61,20 @@ def test_a_write_counts_as_use_and_a_missing_key_is_the_default():
 def test_a_limit_must_be_at_least_one():
     with pytest.raises(ValueError, match="at least 1"):
         LimitedStore(0)
+
+
+def test_an_answer_still_being_made_is_never_dropped():
+    from types import SimpleNamespace
+
+    answers, conversations = limited_stores(2)
+    answers["resp_bg"] = SimpleNamespace(status="queued")  # a background request's, oldest
+    answers["resp_a"] = SimpleNamespace(status="completed")
+    answers["resp_b"] = SimpleNamespace(status="completed")
+    assert set(answers) == {"resp_bg", "resp_b"}  # resp_a, the oldest it could drop
+    answers["resp_bg"] = SimpleNamespace(status="in_progress")
+    answers["resp_c"] = SimpleNamespace(status="in_progress")
+    assert set(answers) == {"resp_bg", "resp_c"}
+    answers["resp_d"] = SimpleNamespace(status="queued")  # all three being made: over the limit until one ends
+    assert set(answers) == {"resp_bg", "resp_c", "resp_d"}
+    answers["resp_bg"] = SimpleNamespace(status="completed")
+    assert set(answers) == {"resp_c", "resp_d"}  # resp_bg, done, was the oldest it could drop
