@@ -41,7 +41,7 @@ def test_a_request_body_does_not_choose_the_lora_id_it_is_served_and_billed_unde
     """``POST /generate {"text": "hi", "lora_id": "mint:acme/bot@3"}``: with no lora_path SGLang
     resolves nothing and sends the body's id on, so the scheduler served and billed acme/bot@3
     without the catalog being asked (and stopped at ``"mint:x"``, which names no revision)."""
-    tm = SimpleNamespace(server_args=MINT_ON, enable_lora=True)
+    tm = SimpleNamespace(server_args=MINT_ON, enable_lora=True, enable_metrics=False)
     one = GenerateReqInput(text="hi", lora_id="mint:acme/bot@3")
     one.normalize_batch_and_arguments()
     validated_as_served(tm, one)
