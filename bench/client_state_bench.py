@@ -1,0 +1,149 @@
+"""Does what a client's invented input leaves in the server stay bounded, against stock SGLang on the same requests?
+
+Two servers in one run, one after the other, on the tiny random Llama, with --enable-metrics,
+--enable-response-store and LoRA on: stock SGLang, then --enable-mint with small limits
+(--mint-grammar-cache-bytes 4MiB, --mint-max-stored-responses 10, --mint-max-sessions 256). Each gets
+the same four sweeps, every request a new text, none generating more than a token:
+
+- grammars: rounds of 200 /generate requests with a new 256 KiB regex that does not parse (400):
+  the scheduler's RSS growth after each round;
+- stored conversations: rounds of 100 /v1/responses requests with a new 256 KiB input, too long for
+  the model (400): the frontend's RSS growth after each round;
+- metric series: 200 requests to invented paths and 50 with invented methods: the ``sglang:http_*``
+  series on /metrics;
+- sessions: 2,000 /open_session calls never closed: how many were opened.
+
+    python bench/client_state_bench.py [--rounds 4]
+
+Writes bench/results/client_state_bench.jsonl, one row per server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import uuid
+from urllib.parse import urlsplit
+
+import psutil
+
+from _common import append_result
+from sglang_mint.dev.server import SGLangServer
+from sglang_mint.dev.tiny import write_tiny_llama
+
+COMMON = ["--enable-lora", "--max-lora-rank", "8", "--lora-target-modules", "all", "--enable-metrics",
+          "--enable-response-store"]
+MINT_LIMITS = ["--mint-grammar-cache-bytes", "4MiB", "--mint-max-stored-responses", "10", "--mint-max-sessions", "256"]
+TEXT_BYTES = 256 << 10
+SESSIONS = 2000
+
+
+def mib(n: int) -> float:
+    return round(n / (1 << 20), 1)
+
+
+def post(url: str, path: str, body: dict) -> int:
+    request = urllib.request.Request(url + path, data=json.dumps(body).encode(),
+                                     headers={"content-type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=120) as answer:
+            answer.read()
+            return answer.status
+    except urllib.error.HTTPError as exc:
+        exc.read()
+        return exc.code
+
+
+def processes(server: SGLangServer) -> dict[str, psutil.Process]:
+    launcher = psutil.Process(server.proc.pid)
+    sched = [p for p in launcher.children(recursive=True) if "scheduler" in " ".join(p.cmdline() + [p.name()])]
+    return {"frontend": launcher, "scheduler": sched[0]}
+
+
+def grammar_rounds(server, rounds: int) -> list[float]:
+    sched = processes(server)["scheduler"]
+    base, grown = sched.memory_info().rss, []
+    for _ in range(rounds):
+        for _ in range(200):
+            regex = "(" + uuid.uuid4().hex + "x" * TEXT_BYTES
+            assert post(server.url, "/generate", {"text": "hi", "sampling_params": {"max_new_tokens": 1,
+                                                                                      "regex": regex}}) == 400
+        grown.append(mib(sched.memory_info().rss - base))
+    return grown
+
+
+def conversation_rounds(server, rounds: int) -> list[float]:
+    frontend = processes(server)["frontend"]
+    base, grown = frontend.memory_info().rss, []
+    for _ in range(rounds):
+        for _ in range(100):
+            text = uuid.uuid4().hex + " word" * (TEXT_BYTES // 5)
+            assert post(server.url, "/v1/responses", {"model": "tiny", "input": text, "max_output_tokens": 1}) == 400
+        grown.append(mib(frontend.memory_info().rss - base))
+    return grown
+
+
+def metric_series(server) -> dict:
+    url = urlsplit(server.url)
+
+    def status(method: str, path: str) -> int:
+        conn = http.client.HTTPConnection(url.hostname, url.port, timeout=60)
+        try:
+            conn.request(method, path)
+            return conn.getresponse().status
+        finally:
+            conn.close()
+
+    def count() -> int:
+        with urllib.request.urlopen(server.url + "/metrics", timeout=60) as answer:
+            return sum(line.startswith("sglang:http_") for line in answer.read().decode().splitlines())
+
+    before = count()
+    for i in range(200):
+        status("GET", f"/invented-{uuid.uuid4().hex}")
+    for i in range(50):
+        status(f"M{uuid.uuid4().hex[:8].upper()}", "/v1/models")
+    return {"series_before": before, "series_after": count()}
+
+
+def sessions_opened(server) -> dict:
+    codes = [post(server.url, "/open_session", {"capacity_of_str_len": 100}) for _ in range(SESSIONS)]
+    return {"asked": SESSIONS, "opened": codes.count(200), "refused_429": codes.count(429)}
+
+
+def run(model: str, mint: bool, rounds: int) -> dict:
+    extra = COMMON + (MINT_LIMITS if mint else [])
+    with SGLangServer(model, enable_mint=mint, extra_args=extra, python=sys.executable) as server:
+        started = time.perf_counter()
+        row = {"server": "mint" if mint else "stock", "args": extra,
+               "grammar_scheduler_growth_mib": grammar_rounds(server, rounds),
+               "conversation_frontend_growth_mib": conversation_rounds(server, rounds + 2),
+               "metric_series": metric_series(server), "sessions": sessions_opened(server)}
+        row["seconds"] = round(time.perf_counter() - started, 1)
+    return row
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rounds", type=int, default=4, help="rounds of the grammar sweep (the stored one gets two more)")
+    ap.add_argument("--no-record", action="store_true", help="print only, append nothing to bench/results")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        model = str(write_tiny_llama(tmp, seed=0))
+        for mint in (False, True):
+            row = run(model, mint, args.rounds)
+            print(json.dumps(row), flush=True)
+            if not args.no_record:
+                append_result("client_state_bench", {"setup": {"model": "tiny random Llama", "text_bytes": TEXT_BYTES,
+                                                               "rounds": args.rounds}, **row})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
