@@ -75,7 +75,7 @@ class MintConfig:
     usage_dir: str | None = None  # the usage ledger's folder (usage/ledger.py); None: not kept
     usage_flush_s: float | None = None  # seconds between its appends ($MINT_USAGE_FLUSH_S); None: its default, 2
     grammar_cache_bytes: int = DEFAULT_GRAMMAR_CACHE_BYTES  # grammar_cache.py
-    max_sessions: int = DEFAULT_MAX_SESSIONS  # sglang/sessions.py
+    max_sessions: int = DEFAULT_MAX_SESSIONS  # sglang/session_bounds.py
     session_timeout_s: float = DEFAULT_SESSION_TIMEOUT_S
     max_stored_responses: int = DEFAULT_MAX_STORED_RESPONSES  # frontend/response_store.py
 

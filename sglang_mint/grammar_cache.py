@@ -5,7 +5,7 @@ and keeps the result under the request's own text of it, in a dict that only an 
 ``/flush_cache`` empties; a text that fails to compile is kept too, with its error. Every tenant
 writes that text, so a client sending a new one per request grew the scheduler's memory for good:
 200 requests with a 256 KiB regex that does not parse, answered 400 without a token generated,
-took about 5 s and grew the scheduler by 105.5 MiB, and as much again per 200 more
+grew the scheduler by 105.5 MiB, and as much again per 200 more
 (bench/client_state_bench.py).
 
 ``GrammarCache`` stands in for that dict: past ``budget_bytes`` it drops the least recently used

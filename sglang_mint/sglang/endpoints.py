@@ -19,7 +19,7 @@ from sglang.srt.utils.auth import AuthLevel, auth_level
 from sglang_mint.frontend import admin_guard
 from sglang_mint.frontend.catalog_names import CatalogNameTaken, catalog_name_taken
 from sglang_mint.frontend.mint_api import add_routes
-from sglang_mint.frontend.websocket_keys import WebSocketKeys
+from sglang_mint.frontend.websocket_keys import WebSocketKeys, handshake_keys
 from sglang_mint.sglang import admin, metric_labels
 from sglang_mint.sglang.flags import mint_config
 from sglang_mint.sglang.frontend import catalog_frontend
@@ -89,6 +89,6 @@ def _before_launch_server(server_args, *args, **kwargs):
     add_routes(http_server.app, _engine, auth_level(AuthLevel.ADMIN_OPTIONAL))
     admin_guard.install(http_server.app, server_args.admin_api_key, admin.admin_optional_paths)
     metric_labels.install(http_server.app)
-    http_server.app.add_middleware(WebSocketKeys, keys=(server_args.api_key, server_args.admin_api_key))
+    http_server.app.add_middleware(WebSocketKeys, keys=handshake_keys(server_args.api_key, server_args.admin_api_key))
     http_server.app.add_exception_handler(CatalogNameTaken, catalog_name_taken)
     return None

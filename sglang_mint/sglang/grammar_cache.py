@@ -3,8 +3,8 @@
 SGLang's grammar backend (and the reasoning backend wrapped around it) keeps its grammars in a dict,
 ``cache``; ``_after_grammar_manager_init`` swaps in a ``GrammarCache`` with the budget. xgrammar's
 compiler keeps a cache of its own under the same texts, which SGLang's makes redundant, and that one
-kept every regex that failed to compile past any limit set on it (200 invalid 256 KiB regexes: 50 MiB
-more per 200, with a 4 MiB limit; none with the cache off), so its compiler is replaced by one
+kept every regex that failed to compile past any limit set on it (xgrammar 0.2.7, compiling invalid
+regexes in one process; nothing was kept with the cache off), so its compiler is replaced by one
 without a cache, as SGLang makes its own framing compiler. ``/server_info`` shows each scheduler's
 figures under ``internal_states[i].mint_grammar_cache``.
 """

@@ -54,12 +54,12 @@ HOOKS: tuple[Hook, ...] = (
          "response_store:_after_serving_responses_init"),  # at most --mint-max-stored-responses answers kept
     Hook("frontend", f"{_TM}.open_session", "AROUND", "server_made_ids:_around_open_session"),  # a session's too
     # sessions: an idle timeout each, and at most --mint-max-sessions open per scheduler
-    Hook("frontend", f"{_TM}.open_session", "AROUND", "sessions:_around_open_session"),
-    Hook("scheduler", f"{_SCHED}.__init__", "AFTER", "sessions:_after_scheduler_init"),
+    Hook("frontend", f"{_TM}.open_session", "AROUND", "session_bounds:_around_open_session"),
+    Hook("scheduler", f"{_SCHED}.__init__", "AFTER", "session_bounds:_after_scheduler_init"),
     Hook("scheduler", "sglang.srt.session.session_controller.SessionController.open", "AROUND",
-         "sessions:_around_session_controller_open"),
+         "session_bounds:_around_session_controller_open"),
     Hook("scheduler", "sglang.srt.session.session_controller.Session.is_timed_out", "AROUND",
-         "sessions:_around_session_is_timed_out"),  # idle only once its requests are done
+         "session_bounds:_around_session_is_timed_out"),  # idle only once its requests are done
     # priority, DP ranks: a router's fields, an admin's right (the check: frontend.py), and the admin key opens
     # the tenants' routes
     Hook("frontend", f"{_TM}.generate_request", "BEFORE", "router_fields:_before_generate_request"),
@@ -242,15 +242,15 @@ INTERNALS: tuple[Internal, ...] = (
     Internal("scheduler", "scheduler", "grammar_manager", "the scheduler's grammars (its grammar_backend, "
              "server_args): their cache's figures for /server_info", "grammar_cache"),
     Internal("frontend", "sglang.srt.managers.io_struct.OpenSessionReqInput", "timeout", "a session's idle "
-             "timeout: set where the body has none, refused above --mint-session-timeout", "sessions"),
+             "timeout: set where the body has none, refused above --mint-session-timeout", "session_bounds"),
     Internal("scheduler", "sglang.srt.managers.io_struct.OpenSessionReqOutput", "session_id, success", "a "
-             "session refused past --mint-max-sessions", "sessions"),
-    Internal("scheduler", "scheduler", "session_controller", "the scheduler's sessions", "sessions"),
+             "session refused past --mint-max-sessions", "session_bounds"),
+    Internal("scheduler", "scheduler", "session_controller", "the scheduler's sessions", "session_bounds"),
     Internal("scheduler", "session_controller", "sessions, maybe_reap", "the sessions a scheduler keeps open, and "
-             "the close of those past their timeout", "sessions"),
+             "the close of those past their timeout", "session_bounds"),
     Internal("scheduler", "sglang.srt.session.session_controller.SessionController", "_all_requests_finished",
              "whether a session's requests are done (its _inflight, last_active_time: whether a streaming one runs, "
-             "and when it was last active)", "sessions"),
+             "and when it was last active)", "session_bounds"),
     Internal("frontend", "sglang.srt.utils.auth", "AuthDecision, AuthLevel.NORMAL", "the tenants' routes admit the "
              "admin key too", "admin"),
     Internal("frontend", "sglang.srt.environ.envs", "SGLANG_REQ_WAITING_TIMEOUT, SGLANG_REQ_RUNNING_TIMEOUT", "the "

@@ -50,7 +50,7 @@ def test_a_method_http_does_not_define_is_refused_before_it_is_counted():
     assert seen == []
 
 
-def test_every_method_http_defines_passes_through():
+def test_the_methods_routes_take_pass_through():
     seen: list[str] = []
     app = app_counting(seen)
     for method in ("GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "HEAD"):

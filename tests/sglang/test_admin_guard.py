@@ -236,7 +236,7 @@ def test_without_enable_mint_nothing_is_installed():
     assert config.loaded_app is loaded  # an app the guard is not installed on: uvicorn's stack as it was
 
 
-def handshake(app, headers: dict) -> tuple[list[dict], str | None]:
+def raw_handshake(app, headers: dict) -> tuple[list[dict], str | None]:
     """(what the app sent, the error it raised) for a WebSocket handshake to SGLang's /v1/realtime."""
     scope = {"type": "websocket", "asgi": {"version": "3.0", "spec_version": "2.3"}, "http_version": "1.1",
              "scheme": "ws", "path": "/v1/realtime", "raw_path": b"/v1/realtime", "query_string": b"",
@@ -262,7 +262,7 @@ def handshake(app, headers: dict) -> tuple[list[dict], str | None]:
 def test_a_websocket_handshake_needs_the_key_sglang_s_middleware_checks_only_on_http(stack):
     """SGLang's API-key middleware passes WebSocket scopes through: its /v1/realtime was reached with no key."""
     app, _ = stack
-    sent, error = handshake(app, {})
+    sent, error = raw_handshake(app, {})
     assert error is None and [m["type"] for m in sent] == ["websocket.close"] and sent[0]["code"] == 1008, sent
-    sent, error = handshake(app, TENANT)  # past the check: the route runs (on this stub, without its state)
+    sent, error = raw_handshake(app, TENANT)  # past the check: the route runs (on this stub, without its state)
     assert error is not None and "openai_serving_transcription" in error, (sent, error)

@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import openai
 import pytest
-from mint_status import scheduler_rss
+from process_memory import scheduler_rss
 
 from sglang_mint.catalog import open_catalog
 from sglang_mint.catalog.synth import synth

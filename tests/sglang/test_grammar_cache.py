@@ -1,7 +1,7 @@
 """A scheduler keeps the grammars requests name within --mint-grammar-cache-bytes (grammar_cache.py), end to end.
 
 SGLang alone keeps every compiled grammar, a failed one too, under the request's own text of it: 200 requests
-with a 256 KiB regex that does not parse (400, no token generated, about 5 s) grew its scheduler by 105.5 MiB,
+with a 256 KiB regex that does not parse (400, no token generated) grew its scheduler by 105.5 MiB,
 and by as much again with each 200 more (measured on this machine's tiny model, stock SGLang).
 """
 
@@ -14,7 +14,7 @@ import uuid
 
 import pytest
 from json_calls import post_json
-from mint_status import scheduler_rss
+from process_memory import scheduler_rss
 
 pytestmark = pytest.mark.server  # starts real SGLang servers: not in make test-fast
 

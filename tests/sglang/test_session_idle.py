@@ -1,4 +1,4 @@
-"""A session opened with limits is idle only once its requests are done (sglang/sessions.py), on SGLang's own
+"""A session opened with limits is idle only once its requests are done (sglang/session_bounds.py), on SGLang's own
 Session objects, no server: SGLang counts the timeout from a request's arrival, so a request that ran longer
 than the timeout had its session closed under it. A real server: tests/sglang/test_sessions.py."""
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 from types import SimpleNamespace
 
-from sglang_mint.sglang.sessions import IDLE_ONLY_WHEN_DONE_ATTR, _around_session_is_timed_out
+from sglang_mint.sglang.session_bounds import IDLE_ONLY_WHEN_DONE_ATTR, _around_session_is_timed_out
 
 
 def session(streaming: bool, limits: bool = True):

@@ -1,4 +1,4 @@
-"""SGLang's sessions within --mint-max-sessions and --mint-session-timeout (sglang/sessions.py), end to end.
+"""SGLang's sessions within --mint-max-sessions and --mint-session-timeout (sglang/session_bounds.py), end to end.
 
 SGLang opens a session for any caller and keeps it until its client closes it (or, with a ``timeout`` in the
 body, until it has been idle that long): sessions opened and never closed piled up in the scheduler for good.

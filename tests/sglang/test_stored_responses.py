@@ -23,7 +23,7 @@ def test_past_the_limit_the_oldest_answer_is_gone_and_the_newest_go_on(mint_clie
     later = [ask(f"hello {n}") for n in range(MAX_STORED)]
     with pytest.raises(openai.NotFoundError):
         mint_client.responses.retrieve(first.id)
-    with pytest.raises(openai.NotFoundError):  # its conversation went with it
+    with pytest.raises(openai.NotFoundError):  # nor can it be continued
         ask("and then?", previous_response_id=first.id)
     assert [mint_client.responses.retrieve(r.id).id for r in later] == [r.id for r in later]
     follow_up = ask("and then?", previous_response_id=later[-1].id)  # a kept conversation goes on

@@ -9,12 +9,12 @@ from fastapi import FastAPI, WebSocket
 from starlette.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
-from sglang_mint.frontend.websocket_keys import POLICY_VIOLATION, WebSocketKeys
+from sglang_mint.frontend.websocket_keys import POLICY_VIOLATION, WebSocketKeys, handshake_keys
 
 TENANT_KEY, ADMIN_KEY = "TENANT-KEY", "ADMIN-KEY"
 
 
-def app_with_keys(guarded: bool) -> FastAPI:
+def app_with_keys(guarded: bool, api_key: str | None = TENANT_KEY) -> FastAPI:
     from sglang.srt.utils.auth import add_api_key_middleware
 
     app = FastAPI()
@@ -30,8 +30,8 @@ def app_with_keys(guarded: bool) -> FastAPI:
         return {"data": []}
 
     if guarded:
-        app.add_middleware(WebSocketKeys, keys=(TENANT_KEY, ADMIN_KEY))
-    add_api_key_middleware(app, api_key=TENANT_KEY, admin_api_key=ADMIN_KEY)  # as launch_server adds it, last
+        app.add_middleware(WebSocketKeys, keys=handshake_keys(api_key, ADMIN_KEY))  # as the plugin adds it
+    add_api_key_middleware(app, api_key=api_key, admin_api_key=ADMIN_KEY)  # as launch_server adds it, last
     return app
 
 
@@ -71,3 +71,10 @@ def test_without_keys_every_handshake_passes():
     app.add_middleware(WebSocketKeys, keys=(None, None))
     with TestClient(app).websocket_connect("/ws") as conn:
         assert conn.receive_text() == "hi"
+
+
+def test_with_the_admin_key_alone_a_handshake_needs_no_key_as_the_tenants_routes_need_none():
+    app = app_with_keys(guarded=True, api_key=None)
+    assert TestClient(app).get("/v1/models").status_code == 200  # SGLang: no --api-key, the tenants' routes open
+    assert handshake(app, None) == "session.created"
+    assert handshake_keys(None, ADMIN_KEY) == () and handshake_keys(TENANT_KEY, None) == (TENANT_KEY,)
