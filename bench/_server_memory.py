@@ -15,6 +15,20 @@ import threading
 from pathlib import Path
 
 
+def mib(n: int) -> float:
+    return round(n / (1 << 20), 1)
+
+
+def processes(server) -> dict:
+    """The launcher (frontend: HTTP server and tokenizer manager) and the scheduler of an ``SGLangServer``, as
+    ``psutil.Process`` es."""
+    import psutil
+
+    launcher = psutil.Process(server.proc.pid)
+    sched = [p for p in launcher.children(recursive=True) if "scheduler" in " ".join(p.cmdline() + [p.name()])]
+    return {"frontend": launcher, "scheduler": sched[0]}
+
+
 def pss_bytes(pid: int) -> int:
     try:
         for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():

@@ -21,7 +21,6 @@ Writes bench/results/client_state_bench.jsonl, one row per server.
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import sys
 import tempfile
@@ -29,11 +28,10 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from urllib.parse import urlsplit
 
-import psutil
 
 from _common import append_result
+from _server_memory import mib, processes
 from sglang_mint.dev.server import SGLangServer
 from sglang_mint.dev.tiny import write_tiny_llama
 
@@ -42,10 +40,6 @@ COMMON = ["--enable-lora", "--max-lora-rank", "8", "--lora-target-modules", "all
 MINT_LIMITS = ["--mint-grammar-cache-bytes", "4MiB", "--mint-max-stored-responses", "10", "--mint-max-sessions", "256"]
 TEXT_BYTES = 256 << 10
 SESSIONS = 2000
-
-
-def mib(n: int) -> float:
-    return round(n / (1 << 20), 1)
 
 
 def post(url: str, path: str, body: dict) -> int:
@@ -58,12 +52,6 @@ def post(url: str, path: str, body: dict) -> int:
     except urllib.error.HTTPError as exc:
         exc.read()
         return exc.code
-
-
-def processes(server: SGLangServer) -> dict[str, psutil.Process]:
-    launcher = psutil.Process(server.proc.pid)
-    sched = [p for p in launcher.children(recursive=True) if "scheduler" in " ".join(p.cmdline() + [p.name()])]
-    return {"frontend": launcher, "scheduler": sched[0]}
 
 
 def grammar_rounds(server, rounds: int) -> list[float]:
@@ -90,25 +78,15 @@ def conversation_rounds(server, rounds: int) -> list[float]:
 
 
 def metric_series(server) -> dict:
-    url = urlsplit(server.url)
-
-    def status(method: str, path: str) -> int:
-        conn = http.client.HTTPConnection(url.hostname, url.port, timeout=60)
-        try:
-            conn.request(method, path)
-            return conn.getresponse().status
-        finally:
-            conn.close()
-
     def count() -> int:
         with urllib.request.urlopen(server.url + "/metrics", timeout=60) as answer:
             return sum(line.startswith("sglang:http_") for line in answer.read().decode().splitlines())
 
     before = count()
     for i in range(200):
-        status("GET", f"/invented-{uuid.uuid4().hex}")
+        server.status_of("GET", f"/invented-{uuid.uuid4().hex}")
     for i in range(50):
-        status(f"M{uuid.uuid4().hex[:8].upper()}", "/v1/models")
+        server.status_of(f"M{uuid.uuid4().hex[:8].upper()}", "/v1/models")
     return {"series_before": before, "series_after": count()}
 
 

@@ -26,26 +26,15 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import openai
-import psutil
 
 from _common import append_result
+from _server_memory import mib, processes
 from sglang_mint.dev.demo import demo_assets, demo_catalog
 from sglang_mint.dev.server import SGLangServer
 
 CATALOG_SIZE = 100_000
 HOST_BUDGET = "64MiB"
 CONCURRENCY = 32
-
-
-def mib(n: int) -> float:
-    return round(n / (1 << 20), 1)
-
-
-def processes(server: SGLangServer) -> dict[str, psutil.Process]:
-    """The launcher (frontend: HTTP server and tokenizer manager) and the scheduler."""
-    launcher = psutil.Process(server.proc.pid)
-    sched = [p for p in launcher.children(recursive=True) if "scheduler" in " ".join(p.cmdline() + [p.name()])]
-    return {"frontend": launcher, "scheduler": sched[0]}
 
 
 def status(server) -> dict:

@@ -57,6 +57,22 @@ def parse_bytes(text: str) -> int:
     return value
 
 
+def _size_flag(flag: str, text: str | None, default: int) -> int:
+    """A size flag's bytes (``parse_bytes``), ``default`` when not given; MintError naming the flag."""
+    try:
+        return parse_bytes(text) if text is not None else default
+    except MintError as exc:
+        raise MintError(f"{flag}: {exc}") from None
+
+
+def _count_flag(flag: str, value: int | None, default: int, most: int) -> int:
+    """A count flag's value, ``default`` when not given; MintError naming the flag outside 1 to ``most``."""
+    value = default if value is None else value
+    if not 1 <= value <= most:
+        raise MintError(f"{flag} must be 1 to {most}, got {value}")
+    return value
+
+
 @dataclass(frozen=True)
 class MintConfig:
     """Settings every process of a server with ``--enable-mint`` shares."""
@@ -89,10 +105,7 @@ class MintConfig:
                    grammar_cache: str | None = None, max_sessions: int | None = None,
                    session_timeout: float | None = None, max_stored_responses: int | None = None) -> "MintConfig":
         """Validate the flags' values; raise MintError naming the flag at fault."""
-        try:
-            blob_bytes = parse_bytes(blob_cache) if blob_cache is not None else DEFAULT_BLOB_CACHE_BYTES
-        except MintError as exc:
-            raise MintError(f"--mint-blob-cache-bytes: {exc}") from None
+        blob_bytes = _size_flag("--mint-blob-cache-bytes", blob_cache, DEFAULT_BLOB_CACHE_BYTES)
         if catalog is None and (catalog_cache is not None or blob_cache is not None):
             raise MintError("--mint-catalog-cache and --mint-blob-cache-bytes need --mint-catalog")
         if catalog is not None:
@@ -110,39 +123,24 @@ class MintConfig:
                 open_catalog(catalog, cache_dir=catalog_cache, blob_cache_bytes=blob_bytes).close()
             except MintError as exc:
                 raise MintError(f"--mint-catalog {loc.display}: {exc}") from None
-        try:
-            size = parse_bytes(host_cache) if host_cache is not None else DEFAULT_HOST_CACHE_BYTES
-        except MintError as exc:
-            raise MintError(f"--mint-host-cache-bytes: {exc}") from None
-        try:
-            grammar_bytes = parse_bytes(grammar_cache) if grammar_cache is not None else DEFAULT_GRAMMAR_CACHE_BYTES
-        except MintError as exc:
-            raise MintError(f"--mint-grammar-cache-bytes: {exc}") from None
-        sessions = DEFAULT_MAX_SESSIONS if max_sessions is None else max_sessions
-        if not 1 <= sessions <= 1_000_000:
-            raise MintError(f"--mint-max-sessions must be 1 to 1000000, got {sessions}")
+        size = _size_flag("--mint-host-cache-bytes", host_cache, DEFAULT_HOST_CACHE_BYTES)
+        grammar_bytes = _size_flag("--mint-grammar-cache-bytes", grammar_cache, DEFAULT_GRAMMAR_CACHE_BYTES)
+        sessions = _count_flag("--mint-max-sessions", max_sessions, DEFAULT_MAX_SESSIONS, 1_000_000)
         timeout_s = DEFAULT_SESSION_TIMEOUT_S if session_timeout is None else session_timeout
         if not 0 < timeout_s <= 7 * 86400:
             raise MintError(f"--mint-session-timeout must be above 0 and at most 604800 (7 days), got {timeout_s:g}")
-        stored = DEFAULT_MAX_STORED_RESPONSES if max_stored_responses is None else max_stored_responses
-        if not 1 <= stored <= 10_000_000:
-            raise MintError(f"--mint-max-stored-responses must be 1 to 10000000, got {stored}")
+        stored = _count_flag("--mint-max-stored-responses", max_stored_responses, DEFAULT_MAX_STORED_RESPONSES,
+                             10_000_000)
         pinned = []
         for adapter_id in pin or []:
             try:
                 pinned.append(validate_adapter_id(adapter_id))
             except MintError as exc:
                 raise MintError(f"--mint-pin: {exc}") from None
-        workers = DEFAULT_LOAD_WORKERS if load_workers is None else load_workers
-        if not 1 <= workers <= 64:
-            raise MintError(f"--mint-load-workers must be 1 to 64, got {workers}")
-        try:
-            upload = parse_bytes(max_upload) if max_upload is not None else DEFAULT_MAX_UPLOAD_BYTES
-        except MintError as exc:
-            raise MintError(f"--mint-max-upload-bytes: {exc}") from None
-        uploads = DEFAULT_MAX_CONCURRENT_UPLOADS if max_concurrent_uploads is None else max_concurrent_uploads
-        if not 1 <= uploads <= 64:
-            raise MintError(f"--mint-max-concurrent-uploads must be 1 to 64, got {uploads}")
+        workers = _count_flag("--mint-load-workers", load_workers, DEFAULT_LOAD_WORKERS, 64)
+        upload = _size_flag("--mint-max-upload-bytes", max_upload, DEFAULT_MAX_UPLOAD_BYTES)
+        uploads = _count_flag("--mint-max-concurrent-uploads", max_concurrent_uploads,
+                              DEFAULT_MAX_CONCURRENT_UPLOADS, 64)
         if (host_cache is not None or pin or load_workers is not None or max_upload is not None
                 or max_concurrent_uploads is not None) and catalog is None:
             raise MintError("--mint-host-cache-bytes, --mint-pin, --mint-load-workers, --mint-max-upload-bytes "

@@ -121,6 +121,17 @@ class SGLangServer:
     def log_tail(self, lines: int = 40) -> str:
         return self.process.log_tail(lines)
 
+    def status_of(self, method: str, path: str) -> int:
+        """The HTTP status of one bodiless request, any method token (urllib sends only the usual ones)."""
+        import http.client
+
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+        try:
+            conn.request(method, path)
+            return conn.getresponse().status
+        finally:
+            conn.close()
+
     def start(self) -> "SGLangServer":
         for attempt in range(3):
             try:

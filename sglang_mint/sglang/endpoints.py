@@ -89,6 +89,8 @@ def _before_launch_server(server_args, *args, **kwargs):
     add_routes(http_server.app, _engine, auth_level(AuthLevel.ADMIN_OPTIONAL))
     admin_guard.install(http_server.app, server_args.admin_api_key, admin.admin_optional_paths)
     metric_labels.install(http_server.app)
-    http_server.app.add_middleware(WebSocketKeys, keys=handshake_keys(server_args.api_key, server_args.admin_api_key))
+    keys = handshake_keys(server_args.api_key, server_args.admin_api_key)
+    if keys:  # none asked for: no layer on every request's way
+        http_server.app.add_middleware(WebSocketKeys, keys=keys)
     http_server.app.add_exception_handler(CatalogNameTaken, catalog_name_taken)
     return None

@@ -198,19 +198,6 @@ def test_llm_d_load_state_series_name_gpu_and_host_residency(server):
     assert counts["disk"] == status["cold_loads"] and counts["host"] >= len(ids), counts
 
 
-def status_of(server, method: str, path: str) -> int:
-    import http.client
-    from urllib.parse import urlsplit
-
-    url = urlsplit(server.url)
-    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=60)
-    try:
-        conn.request(method, path)
-        return conn.getresponse().status
-    finally:
-        conn.close()
-
-
 def http_series(server) -> list:
     fams = families(server)
     return [s for name in ("sglang:http_requests", "sglang:http_responses") if name in fams
@@ -223,9 +210,9 @@ def test_http_metrics_keep_no_series_per_invented_path_or_method(server):
     many a client invents: each new value would otherwise add series that are never removed."""
     before = len(http_series(server))
     for i in range(15):
-        assert status_of(server, "GET", f"/no-such-path-{i}") == 404
-        assert status_of(server, f"MINT{i}", "/v1/models") == 501
-    assert status_of(server, "GET", "/v1/models") == 200
+        assert server.status_of("GET", f"/no-such-path-{i}") == 404
+        assert server.status_of(f"MINT{i}", "/v1/models") == 501
+    assert server.status_of("GET", "/v1/models") == 200
     series = http_series(server)
     labels = [s.labels for s in series]
     assert not [lb for lb in labels if "no-such-path" in lb.get("endpoint", "")], labels
