@@ -111,7 +111,7 @@ def keyed_server(tiny_model, tiny_adapters, tmp_path_factory):
 
 def chat(server, key: str, **extra):
     client = openai.OpenAI(base_url=server.openai_url, api_key=key, max_retries=0, timeout=120)
-    return client.chat.completions.create(model="tiny-0000", max_tokens=2, extra_body=extra or None,
+    return client.chat.completions.create(model="tiny-0000", max_tokens=2, temperature=0, extra_body=extra or None,
                                           messages=[{"role": "user", "content": "hi"}])
 
 
