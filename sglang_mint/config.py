@@ -26,6 +26,9 @@ DEFAULT_LOAD_WORKERS = 2
 # SGLang's sessions (/open_session), per scheduler: how many are open at once, and how long one is kept idle
 DEFAULT_MAX_SESSIONS = 1024
 DEFAULT_SESSION_TIMEOUT_S = 600.0
+# the tokens of its requests a non-streaming session keeps to continue from: with the default sessions,
+# at most about 1.4 GiB of a scheduler's memory (KEPT_REQUEST_OVERHEAD_TOKENS: ~21 bytes a token)
+DEFAULT_SESSION_HISTORY_TOKENS = 65536
 DEFAULT_MAX_STORED_RESPONSES = 10_000  # /v1/responses answers kept under --enable-response-store
 # The largest adapter upload (POST /mint/adapters/{id}/revisions) a server reads. A rank-64 bf16
 # LoRA on every dense module of a 70B model is about 1.6 GB; MoE-expert LoRA can be far larger.
@@ -93,6 +96,7 @@ class MintConfig:
     grammar_cache_bytes: int = DEFAULT_GRAMMAR_CACHE_BYTES  # grammar_cache.py
     max_sessions: int = DEFAULT_MAX_SESSIONS  # sglang/session_bounds.py
     session_timeout_s: float = DEFAULT_SESSION_TIMEOUT_S
+    session_history_tokens: int = DEFAULT_SESSION_HISTORY_TOKENS  # sglang/session_history.py
     max_stored_responses: int = DEFAULT_MAX_STORED_RESPONSES  # frontend/response_store.py
 
     @classmethod
@@ -103,7 +107,8 @@ class MintConfig:
                    catalog_cache: str | None = None, blob_cache: str | None = None,
                    max_concurrent_uploads: int | None = None, usage_dir: str | None = None,
                    grammar_cache: str | None = None, max_sessions: int | None = None,
-                   session_timeout: float | None = None, max_stored_responses: int | None = None) -> "MintConfig":
+                   session_timeout: float | None = None, max_stored_responses: int | None = None,
+                   session_history_tokens: int | None = None) -> "MintConfig":
         """Validate the flags' values; raise MintError naming the flag at fault."""
         blob_bytes = _size_flag("--mint-blob-cache-bytes", blob_cache, DEFAULT_BLOB_CACHE_BYTES)
         if catalog is None and (catalog_cache is not None or blob_cache is not None):
@@ -129,6 +134,8 @@ class MintConfig:
         timeout_s = DEFAULT_SESSION_TIMEOUT_S if session_timeout is None else session_timeout
         if not 0 < timeout_s <= 7 * 86400:
             raise MintError(f"--mint-session-timeout must be above 0 and at most 604800 (7 days), got {timeout_s:g}")
+        history = _count_flag("--mint-session-history-tokens", session_history_tokens,
+                              DEFAULT_SESSION_HISTORY_TOKENS, 1 << 30)
         stored = _count_flag("--mint-max-stored-responses", max_stored_responses, DEFAULT_MAX_STORED_RESPONSES,
                              10_000_000)
         pinned = []
@@ -160,7 +167,8 @@ class MintConfig:
                    dp_dispatch=dp_dispatch or "affinity", gateway=gateway,
                    advertise_url=advertise_url, catalog_cache=catalog_cache, blob_cache_bytes=blob_bytes,
                    usage_dir=usage_dir, usage_flush_s=flush_s, grammar_cache_bytes=grammar_bytes,
-                   max_sessions=sessions, session_timeout_s=timeout_s, max_stored_responses=stored)
+                   max_sessions=sessions, session_timeout_s=timeout_s, session_history_tokens=history,
+                   max_stored_responses=stored)
 
     def open_catalog(self):
         """The catalog as a serving process holds it: a small SQLite page cache per thread (see
@@ -278,6 +286,15 @@ def add_mint_arguments(parser: argparse.ArgumentParser) -> None:
         "a timeout until its client closes it.",
     )
     group.add_argument(
+        "--mint-session-history-tokens",
+        metavar="N",
+        type=int,
+        default=None,
+        help="The tokens of its requests a non-streaming session keeps to continue from (default 65536, about "
+        "21 bytes each); past them it forgets its least recently used requests, and continuing from one is a "
+        "400. Its newest request is always kept. SGLang alone keeps every request of a session while it is open.",
+    )
+    group.add_argument(
         "--mint-max-stored-responses",
         metavar="N",
         type=int,
@@ -375,6 +392,7 @@ def config_from_args(args: argparse.Namespace, *, lora_on: bool, pp_size: int, t
         "max_sessions": getattr(args, "mint_max_sessions", None),
         "session_timeout": getattr(args, "mint_session_timeout", None),
         "max_stored_responses": getattr(args, "mint_max_stored_responses", None),
+        "session_history_tokens": getattr(args, "mint_session_history_tokens", None),
     }
     if not getattr(args, "enable_mint", False):
         if catalog is not None or any(v is not None for v in flags.values()):

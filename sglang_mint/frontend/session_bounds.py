@@ -1,4 +1,5 @@
-"""How many SGLang sessions a scheduler keeps open, and how long one is kept idle: bounded with ``--enable-mint``.
+"""SGLang's sessions with ``--enable-mint``: how many a scheduler keeps open, how long one is kept idle, how
+much of its history one keeps, and the ``session_params`` a request may write.
 
 SGLang opens a session (``/open_session``) for any caller the API key admits and keeps it until its
 client closes it, or, with a ``timeout`` in the body, until it has been idle that long. A
@@ -10,12 +11,26 @@ tenants' requests need, without bound. With ``--enable-mint``:
 - every session has an idle timeout: one opened without a timeout gets ``--mint-session-timeout``,
   and one asking for longer is refused (400);
 - a scheduler keeps at most ``--mint-max-sessions`` open: once the sessions past their timeout are
-  closed, one more is refused (429) until a session is closed or times out.
+  closed, one more is refused (429) until a session is closed or times out;
+- a non-streaming session keeps about ``--mint-session-history-tokens`` tokens of its requests to continue
+  from (``history_to_forget``), forgetting the least recently used first: SGLang kept every request of
+  one for as long as it was open, so a single session grew the scheduler without bound;
+- a request's ``session_params`` are the types SGLang's scheduler reads (``check_session_params``): a
+  list for ``rid``, a string for ``offset`` or an offset past 64 bits raised in the scheduler, and the
+  whole server stopped.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Hashable, Sequence
+
+# session_params: each field SGLang reads, and the type it takes (None leaves it out)
+SESSION_PARAM_TYPES = {"id": str, "rid": str, "offset": int, "replace": bool, "drop_previous_output": bool}
+LARGEST_OFFSET = 2**31 - 1  # a token position; SGLang's messages carry 64-bit integers at most
+# What a kept request weighs beside its tokens, in tokens: about 3.5 KB of its own on CPU, beside some
+# 21 bytes a token (its token arrays), measured with SGLang 0.5.23
+KEPT_REQUEST_OVERHEAD_TOKENS = 256
 
 
 class SessionsFull(Exception):
@@ -40,3 +55,53 @@ def sessions_full(max_sessions: int, timeout_s: float) -> SessionsFull:
     return SessionsFull(f"this server keeps at most {max_sessions} sessions open (--mint-max-sessions), and that "
                         "many are: close one you opened (/close_session), or retry once an idle one has been closed "
                         f"(after {timeout_s:g} s idle)")
+
+
+def check_session_params(params) -> None:
+    """A ValueError (400) naming the field where ``params``, a request's ``session_params``, is not what
+    SGLang's scheduler reads: an object of ``SESSION_PARAM_TYPES``, each field of its type or null, an
+    ``offset`` within +-``LARGEST_OFFSET``."""
+    if params is None:
+        return
+    if not isinstance(params, dict):
+        raise ValueError(f"session_params: an object such as {{\"id\": \"<session id>\"}}, got {type(params).__name__}")
+    for name, value in params.items():
+        kind = SESSION_PARAM_TYPES.get(name)
+        if kind is None:
+            raise ValueError(f"session_params.{name}: no such field; the fields are " + ", ".join(SESSION_PARAM_TYPES))
+        if value is None:
+            continue
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            what = {str: "a string", int: "an integer", bool: "true or false"}[kind]
+            raise ValueError(f"session_params.{name}: {what} (or null), got {_json_type(value)}")
+        if kind is int and abs(value) > LARGEST_OFFSET:
+            raise ValueError(f"session_params.{name}: a token position, at most {LARGEST_OFFSET} either way, "
+                             f"got {value}")
+
+
+def _json_type(value) -> str:
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "an array",
+            dict: "an object"}.get(type(value), type(value).__name__)
+
+
+def history_to_forget(kept: Sequence[tuple[Hashable, int, bool]], budget_tokens: int) -> list[Hashable]:
+    """The requests a session forgets to keep about ``budget_tokens``: ``kept`` is (key, tokens, finished)
+    for each request it keeps, least recently used first. The least recently used finished ones go first;
+    the last (the newest) and any still running are kept, even past the budget."""
+    total = sum(tokens for _, tokens, _ in kept)
+    forget = []
+    for key, tokens, finished in kept[:-1]:
+        if total <= budget_tokens:
+            break
+        if finished:
+            forget.append(key)
+            total -= tokens
+    return forget
+
+
+def unknown_session_rid(rid: str, budget_tokens: int) -> str:
+    """The message for a request that continues from (or replaces) a rid its session does not hold."""
+    return (f"session_params.rid {rid!r}: no request of this session has that rid, or the session forgot it: "
+            f"a session keeps about {budget_tokens} tokens of its requests (--mint-session-history-tokens), "
+            "forgetting the least recently used first. Continue from a recent request, or send the whole "
+            "conversation without a rid")

@@ -13,6 +13,7 @@ import logging
 from sglang.srt.lora.lora_registry import LoRARef
 
 from sglang_mint.frontend.catalog_names import CatalogNames
+from sglang_mint.frontend.session_bounds import check_session_params
 from sglang_mint.frontend.staged_revisions import StagedRevisions, staging_root
 from sglang_mint.lora_id import CatalogLoraId, RevisionName, is_catalog_lora_id, lora_name_of
 from sglang_mint.residency.metrics import FrontendMetrics
@@ -179,7 +180,9 @@ async def _around_validate_and_resolve_lora(original, tm, obj):
     - It writes none of the fields a router writes (a priority, a DP rank, where SGLang acts on them)
       without the admin key (``router_fields.refuse_router_fields``).
     - Its ``custom_labels`` name only labels the server allows: another stopped the server
-      (``metric_labels.refuse_unallowed_custom_labels``)."""
+      (``metric_labels.refuse_unallowed_custom_labels``).
+    - Its ``session_params`` are of the types the scheduler reads: a list for a rid stopped the server
+      (``session_bounds.check_session_params``)."""
     if mint_config(tm.server_args) is not None:
         obj.lora_id = None  # first: SGLang's cleanup of a refused request releases the lora_id it holds
         for sub_obj in obj.__dict__.get("_sub_obj_cache", {}).values():  # a batch's prompts, made already
@@ -188,6 +191,7 @@ async def _around_validate_and_resolve_lora(original, tm, obj):
         refuse_reserved_rids(obj)
         refuse_router_fields(obj)
         refuse_unallowed_custom_labels(tm, obj)
+        check_session_params(getattr(obj, "session_params", None))
     return await original(tm, obj)
 
 

@@ -60,6 +60,10 @@ HOOKS: tuple[Hook, ...] = (
          "session_bounds:_around_session_controller_open"),
     Hook("scheduler", "sglang.srt.session.session_controller.Session.is_timed_out", "AROUND",
          "session_bounds:_around_session_is_timed_out"),  # idle only once its requests are done
+    # a non-streaming session's history: a whole tree, within --mint-session-history-tokens
+    Hook("scheduler", "sglang.srt.session.session_controller.Session.create_req", "AROUND",
+         "session_history:_around_session_create_req"),
+    Hook("scheduler", f"{_SCHED}.get_internal_state", "AFTER", "session_history:_after_get_internal_state"),
     # priority, DP ranks: a router's fields, an admin's right (the check: frontend.py), and the admin key opens
     # the tenants' routes
     Hook("frontend", f"{_TM}.generate_request", "BEFORE", "router_fields:_before_generate_request"),
@@ -251,6 +255,17 @@ INTERNALS: tuple[Internal, ...] = (
     Internal("scheduler", "sglang.srt.session.session_controller.SessionController", "_all_requests_finished",
              "whether a session's requests are done (its _inflight, last_active_time: whether a streaming one runs, "
              "and when it was last active)", "session_bounds"),
+    Internal("scheduler", "session", "req_nodes, streaming", "a session's requests by rid, its tree's nodes (their "
+             "order, the order of use); whether it streams (such a session keeps one request: left to SGLang)",
+             "session_history"),
+    Internal("scheduler", "session_node", "req, parent, children, abort", "a node of a session's tree: cleared, "
+             "and taken out of the tree, here", "session_history"),
+    Internal("scheduler", "sglang.srt.managers.io_struct.SessionParams", "rid, replace", "which request a session "
+             "request continues from or replaces", "session_history"),
+    Internal("scheduler", "sglang.srt.managers.schedule_batch.Req", "finished, set_finish_with_abort", "a kept "
+             "request still running is not forgotten; a rid the session does not hold is refused with mint's "
+             "message", "session_history"),
+    Internal("scheduler", "req", "origin_input_ids, output_ids", "what a kept request weighs", "session_history"),
     Internal("frontend", "sglang.srt.utils.auth", "AuthDecision, AuthLevel.NORMAL", "the tenants' routes admit the "
              "admin key too", "admin"),
     Internal("frontend", "sglang.srt.environ.envs", "SGLANG_REQ_WAITING_TIMEOUT, SGLANG_REQ_RUNNING_TIMEOUT", "the "

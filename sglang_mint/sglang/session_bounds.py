@@ -15,6 +15,7 @@ import time
 from sglang_mint.frontend.session_bounds import session_timeout, sessions_full
 from sglang_mint.sglang.flags import mint_config
 from sglang_mint.sglang.hooks import verify_internals
+from sglang_mint.sglang.session_history import HISTORY_LIMIT_ATTR, HistoryLimit
 
 logger = logging.getLogger("sglang_mint")
 
@@ -38,18 +39,22 @@ async def _around_open_session(original, tm, obj, *args, **kwargs):
 
 
 def _after_scheduler_init(result, scheduler, *args, **kwargs):
-    """Scheduler.__init__ AFTER: tell the session controller its limit."""
+    """Scheduler.__init__ AFTER: tell the session controller its limits."""
     config = mint_config(scheduler.server_args)
     if config is not None:
         controller = getattr(scheduler, "session_controller", None)
-        verify_internals("scheduler", scheduler=scheduler, session_controller=controller)
+        from sglang.srt.session.session_controller import Session, SessionReqNode
+
+        verify_internals("scheduler", scheduler=scheduler, session_controller=controller,
+                         session=Session(capacity_of_str_len=0), session_node=SessionReqNode(req=None))
         setattr(controller, MAX_SESSIONS_ATTR, config.max_sessions)
+        setattr(controller, HISTORY_LIMIT_ATTR, HistoryLimit(config.session_history_tokens))
     return result
 
 
 def _around_session_controller_open(original, controller, recv_req, *args, **kwargs):
     """SessionController.open AROUND: at the limit, close the sessions past their timeout; still at it,
-    refuse (the tokenizer manager answers 429)."""
+    refuse (the tokenizer manager answers 429). A session opened gets the limit on its history."""
     limit = getattr(controller, MAX_SESSIONS_ATTR, None)
     if limit is not None and len(controller.sessions) >= limit:
         controller.maybe_reap(time.monotonic(), interval=0.0)
@@ -60,7 +65,9 @@ def _around_session_controller_open(original, controller, recv_req, *args, **kwa
             return OpenSessionReqOutput(session_id=recv_req.session_id, success=False)
     output = original(controller, recv_req, *args, **kwargs)
     if limit is not None and output.success:
-        setattr(controller.sessions[recv_req.session_id], IDLE_ONLY_WHEN_DONE_ATTR, True)
+        session = controller.sessions[recv_req.session_id]
+        setattr(session, IDLE_ONLY_WHEN_DONE_ATTR, True)
+        setattr(session, HISTORY_LIMIT_ATTR, getattr(controller, HISTORY_LIMIT_ATTR))
     return output
 
 
