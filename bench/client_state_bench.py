@@ -2,13 +2,15 @@
 
 Two servers in one run, one after the other, on the tiny random Llama, with --enable-metrics,
 --enable-response-store and LoRA on: stock SGLang, then --enable-mint with small limits
-(--mint-grammar-cache-bytes 4MiB, --mint-max-stored-responses 10, --mint-max-sessions 256). Each gets
-the same four sweeps, every request a new text, none generating more than a token:
+(--mint-grammar-cache-bytes 4MiB, --mint-max-stored-responses 10, --mint-max-sessions 256, and the default
+--mint-session-history-tokens). Each gets the same five sweeps, none generating more than a token:
 
 - grammars: rounds of 200 /generate requests with a new 256 KiB regex that does not parse (400):
   the scheduler's RSS growth after each round;
 - stored conversations: rounds of 100 /v1/responses requests with a new 256 KiB input, too long for
   the model (400): the frontend's RSS growth after each round;
+- one session's history: rounds of 300 /generate requests of 1,800 tokens in one session (the same
+  prompt, so a prefix-cache hit): the scheduler's RSS growth after each round;
 - metric series: 200 requests to invented paths and 50 with invented methods: the ``sglang:http_*``
   series on /metrics;
 - sessions: 2,000 /open_session calls never closed: how many were opened.
@@ -40,6 +42,7 @@ COMMON = ["--enable-lora", "--max-lora-rank", "8", "--lora-target-modules", "all
 MINT_LIMITS = ["--mint-grammar-cache-bytes", "4MiB", "--mint-max-stored-responses", "10", "--mint-max-sessions", "256"]
 TEXT_BYTES = 256 << 10
 SESSIONS = 2000
+SESSION_PROMPT = [300 + (7 * i) % 600 for i in range(1800)]
 
 
 def post(url: str, path: str, body: dict) -> int:
@@ -77,6 +80,22 @@ def conversation_rounds(server, rounds: int) -> list[float]:
     return grown
 
 
+def session_history_rounds(server, rounds: int) -> list[float]:
+    request = urllib.request.Request(server.url + "/open_session", data=b'{"capacity_of_str_len": 100000}',
+                                     headers={"content-type": "application/json"})
+    with urllib.request.urlopen(request, timeout=60) as answer:
+        session_id = json.loads(answer.read())
+    sched = processes(server)["scheduler"]
+    base, grown = sched.memory_info().rss, []
+    for _ in range(rounds):
+        for _ in range(300):
+            assert post(server.url, "/generate", {"input_ids": SESSION_PROMPT, "session_params": {"id": session_id},
+                                                  "sampling_params": {"max_new_tokens": 1}}) == 200
+        grown.append(mib(sched.memory_info().rss - base))
+    assert post(server.url, "/close_session", {"session_id": session_id}) == 200
+    return grown
+
+
 def metric_series(server) -> dict:
     def count() -> int:
         with urllib.request.urlopen(server.url + "/metrics", timeout=60) as answer:
@@ -102,6 +121,7 @@ def run(model: str, mint: bool, rounds: int) -> dict:
         row = {"server": "mint" if mint else "stock", "args": extra,
                "grammar_scheduler_growth_mib": grammar_rounds(server, rounds),
                "conversation_frontend_growth_mib": conversation_rounds(server, rounds + 2),
+               "session_history_scheduler_growth_mib": session_history_rounds(server, rounds),
                "metric_series": metric_series(server), "sessions": sessions_opened(server)}
         row["seconds"] = round(time.perf_counter() - started, 1)
     return row
