@@ -13,6 +13,7 @@ import logging
 from sglang.srt.lora.lora_registry import LoRARef
 
 from sglang_mint.frontend.catalog_names import CatalogNames
+from sglang_mint.frontend.request_values import check_lora_path_shape, check_tokenized_request
 from sglang_mint.frontend.session_bounds import check_session_params
 from sglang_mint.frontend.staged_revisions import StagedRevisions, staging_root
 from sglang_mint.lora_id import CatalogLoraId, RevisionName, is_catalog_lora_id, lora_name_of
@@ -182,7 +183,8 @@ async def _around_validate_and_resolve_lora(original, tm, obj):
     - Its ``custom_labels`` name only labels the server allows: another stopped the server
       (``metric_labels.refuse_unallowed_custom_labels``).
     - Its ``session_params`` are of the types the scheduler reads: a list for a rid stopped the server
-      (``session_bounds.check_session_params``)."""
+      (``session_bounds.check_session_params``); so is its ``lora_path``, one name per prompt: a list on one
+      prompt stopped it too (``request_values.check_lora_path_shape``)."""
     if mint_config(tm.server_args) is not None:
         obj.lora_id = None  # first: SGLang's cleanup of a refused request releases the lora_id it holds
         for sub_obj in obj.__dict__.get("_sub_obj_cache", {}).values():  # a batch's prompts, made already
@@ -192,7 +194,16 @@ async def _around_validate_and_resolve_lora(original, tm, obj):
         refuse_router_fields(obj)
         refuse_unallowed_custom_labels(tm, obj)
         check_session_params(getattr(obj, "session_params", None))
+        check_lora_path_shape(getattr(obj, "lora_path", None), obj.is_single)
     return await original(tm, obj)
+
+
+def _after_create_tokenized_object(tokenized, tm, *args, **kwargs):
+    """TokenizerManager._create_tokenized_object AFTER: one prompt's request as the scheduler will get it,
+    refused where the scheduler would raise on it, which stops the server (``request_values.py``)."""
+    if mint_config(tm.server_args) is not None:
+        check_tokenized_request(tokenized, tm.model_config.vocab_size)
+    return tokenized
 
 
 async def _around_tm_resolve_lora_path(original, tm, obj):

@@ -66,6 +66,8 @@ HOOKS: tuple[Hook, ...] = (
     Hook("scheduler", f"{_SCHED}.get_internal_state", "AFTER", "session_history:_after_get_internal_state"),
     # priority, DP ranks: a router's fields, an admin's right (the check: frontend.py), and the admin key opens
     # the tenants' routes
+    # a prompt's request as the scheduler will get it: refused where the scheduler would raise on it
+    Hook("frontend", f"{_TM}._create_tokenized_object", "AFTER", "frontend:_after_create_tokenized_object"),
     Hook("frontend", f"{_TM}.generate_request", "BEFORE", "router_fields:_before_generate_request"),
     Hook("frontend", "sglang.srt.utils.auth.decide_request_auth", "AFTER", "admin:_after_decide_request_auth"),
     Hook("all", "sglang.srt.utils.common.build_server_info", "AFTER",
@@ -255,6 +257,15 @@ INTERNALS: tuple[Internal, ...] = (
     Internal("scheduler", "sglang.srt.session.session_controller.SessionController", "_all_requests_finished",
              "whether a session's requests are done (its _inflight, last_active_time: whether a streaming one runs, "
              "and when it was last active)", "session_bounds"),
+    Internal("frontend", "sglang.srt.managers.io_struct.TokenizedGenerateReqInput", "input_ids, mm_inputs, "
+             "logprob_start_len, top_logprobs_num, return_hidden_states, token_indices_to_pool, "
+             "positional_embed_overrides, sampling_params", "a prompt's request as the scheduler gets it: the values it "
+             "raises on refused", "frontend"),
+    Internal("frontend", "sglang.srt.sampling.sampling_params.SamplingParams", "top_k, stop_token_ids, logit_bias",
+             "sampling values the scheduler raises on (top_k past int32, a stop id outside the vocabulary, a "
+             "non-finite bias)", "frontend"),
+    Internal("frontend", "tokenizer_manager", "model_config.vocab_size", "the vocabulary a prompt's and a stop's "
+             "token ids are checked against", "frontend"),
     Internal("scheduler", "session", "req_nodes, streaming", "a session's requests by rid, its tree's nodes (their "
              "order, the order of use); whether it streams (such a session keeps one request: left to SGLang)",
              "session_history"),

@@ -1,0 +1,100 @@
+"""Values of a request that SGLang's tokenizer manager passes on unchecked and its scheduler raises on.
+
+An exception in SGLang's scheduler loop, while it takes a request in or runs the batch holding it, stops
+every process of the server. SGLang 0.5.23 checks a request's sampling parameters for sense (``top_k``
+at least 1, ``logit_bias`` keys in the vocabulary) but not these, each of which a client could send to
+stop the server (each reproduced with ``--enable-mint`` on a real server, on CPU):
+
+- on one prompt, a list where the scheduler reads one value: ``lora_path``, ``logprob_start_len``,
+  ``top_logprobs_num``, ``return_hidden_states``;
+- a token id outside the vocabulary in ``stop_token_ids`` (read when ``min_new_tokens`` is set);
+- ``top_logprobs_num`` (``logprobs`` / ``top_logprobs`` on the OpenAI routes) above the vocabulary size;
+- ``top_k`` past a 32-bit integer;
+- a ``logit_bias`` value past float32, which sampling turns into NaN; OpenAI's range, -100 to 100, is
+  kept (a bias of -100 already bans a token);
+- ``token_indices_to_pool`` naming a position outside the prompt, or none;
+- ``positional_embed_overrides``, which only an in-process caller can give (a JSON body cannot hold one).
+
+A token id outside the vocabulary in the prompt (``input_ids``, or ``prompt`` as token ids) did not stop
+the CPU server: it was served, as whatever the embedding made of it. It is refused too: it is not a token.
+
+With ``--enable-mint`` each is refused, a ValueError (400) naming the field, before the request is sent on.
+``lora_path``'s shape is checked before the adapter is resolved (``check_lora_path_shape``), the rest on the
+tokenized request (``check_tokenized_request``).
+"""
+
+from __future__ import annotations
+
+import math
+
+LARGEST_TOP_K = 2**31 - 1  # the scheduler holds top_k in an int32 tensor
+LARGEST_LOGIT_BIAS = 100.0  # OpenAI's bound, either way
+
+
+def check_lora_path_shape(lora_path, single: bool) -> None:
+    """A ValueError where ``lora_path`` is not one name (or none) per prompt: a string or null for one
+    prompt; for a batch, that or a list of them."""
+    if single and isinstance(lora_path, list):
+        raise ValueError("lora_path: one adapter name (a string) for one prompt, got a list; send a list only "
+                         "with a list of prompts")
+    names = lora_path if isinstance(lora_path, list) else [lora_path]
+    for name in names:
+        if name is not None and not isinstance(name, str):
+            raise ValueError(f"lora_path: adapter names are strings, got {type(name).__name__}")
+
+
+def check_tokenized_request(tokenized, vocab_size: int) -> None:
+    """A ValueError naming the first field of ``tokenized`` (one prompt's request as the scheduler gets it:
+    its token ids, sampling parameters, logprob settings) that the scheduler would raise on."""
+    input_ids = getattr(tokenized, "input_ids", None)
+    multimodal = getattr(tokenized, "mm_inputs", None) is not None  # a model's media placeholders: its own ids
+    if input_ids is not None and len(input_ids) and not multimodal \
+            and not (0 <= min(input_ids) and max(input_ids) < vocab_size):
+        bad = next(t for t in input_ids if not 0 <= t < vocab_size)
+        raise ValueError(f"input_ids: token id {bad} is outside the model's vocabulary (0 to {vocab_size - 1})")
+    for field in ("logprob_start_len", "top_logprobs_num"):
+        value = getattr(tokenized, field, None)
+        if value is not None and not _is_int(value):
+            raise ValueError(f"{field}: an integer for one prompt, got {type(value).__name__}")
+    top_logprobs = getattr(tokenized, "top_logprobs_num", None)
+    if top_logprobs is not None and top_logprobs > vocab_size:
+        raise ValueError(f"top_logprobs_num (top_logprobs, logprobs): at most the vocabulary size, {vocab_size}; "
+                         f"got {top_logprobs}")
+    hidden = getattr(tokenized, "return_hidden_states", None)
+    if hidden is not None and not isinstance(hidden, bool):
+        raise ValueError(f"return_hidden_states: true or false for one prompt, got {type(hidden).__name__}")
+    _check_pool_indices(getattr(tokenized, "token_indices_to_pool", None), input_ids)
+    overrides = getattr(tokenized, "positional_embed_overrides", None)
+    if overrides is not None and not callable(getattr(overrides, "reconstruct", None)):
+        raise ValueError("positional_embed_overrides: only a caller inside the server's process can give "
+                         "embeddings; leave it out")
+    params = getattr(tokenized, "sampling_params", None)
+    if params is not None:
+        _check_sampling_params(params, vocab_size)
+
+
+def _check_sampling_params(params, vocab_size: int) -> None:
+    top_k = getattr(params, "top_k", None)
+    if _is_int(top_k) and top_k > LARGEST_TOP_K:
+        raise ValueError(f"top_k: at most {LARGEST_TOP_K} (-1 for the whole vocabulary), got {top_k}")
+    for token_id in getattr(params, "stop_token_ids", None) or ():
+        if not _is_int(token_id) or not 0 <= token_id < vocab_size:
+            raise ValueError(f"stop_token_ids: each a token id of the model's vocabulary (0 to {vocab_size - 1}), "
+                             f"got {token_id!r}")
+    for token_id, bias in (getattr(params, "logit_bias", None) or {}).items():
+        if isinstance(bias, bool) or not isinstance(bias, (int, float)) or not math.isfinite(bias) \
+                or abs(bias) > LARGEST_LOGIT_BIAS:
+            raise ValueError(f"logit_bias: each bias a number from -{LARGEST_LOGIT_BIAS:g} to "
+                             f"{LARGEST_LOGIT_BIAS:g}, got {bias!r} for token {token_id}")
+
+
+def _check_pool_indices(indices, input_ids) -> None:
+    if indices is None:
+        return
+    length = len(input_ids) if input_ids is not None else 0
+    if not isinstance(indices, list) or not indices or not all(_is_int(i) and 0 <= i < length for i in indices):
+        raise ValueError(f"token_indices_to_pool: a non-empty list of positions in the prompt (0 to {length - 1})")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)

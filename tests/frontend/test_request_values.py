@@ -1,0 +1,75 @@
+"""The values SGLang's scheduler raises on, refused before a request is sent on (frontend/request_values.py).
+A real server: tests/sglang/test_request_values_served.py."""
+
+from __future__ import annotations
+
+from array import array
+from types import SimpleNamespace
+
+import pytest
+
+from sglang_mint.frontend.request_values import check_lora_path_shape, check_tokenized_request
+
+VOCAB = 1000
+
+
+def tokenized(**fields):
+    """One prompt's request as the scheduler gets it, well formed unless ``fields`` say otherwise."""
+    params = SimpleNamespace(top_k=-1, stop_token_ids=set(), logit_bias=None)
+    for name in ("top_k", "stop_token_ids", "logit_bias"):
+        if name in fields:
+            setattr(params, name, fields.pop(name))
+    base = dict(input_ids=array("q", [1, 2, 999]), mm_inputs=None, logprob_start_len=-1, top_logprobs_num=0,
+                return_hidden_states=False, token_indices_to_pool=None, positional_embed_overrides=None,
+                sampling_params=params)
+    return SimpleNamespace(**{**base, **fields})
+
+
+def test_a_well_formed_request_passes():
+    check_tokenized_request(tokenized(), VOCAB)
+    check_tokenized_request(tokenized(input_ids=array("q")), VOCAB)  # a session's turn may add no tokens
+    check_tokenized_request(tokenized(top_k=2**31 - 1, stop_token_ids={0, 999},
+                                      logit_bias={"5": -100.0, "6": 100}, top_logprobs_num=VOCAB,
+                                      token_indices_to_pool=[0, 2], return_hidden_states=True), VOCAB)
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"input_ids": array("q", [1, 1000])}, r"input_ids: token id 1000 is outside the model's vocabulary \(0 to 999\)"),
+    ({"input_ids": array("q", [-7, 1])}, r"input_ids: token id -7"),
+    ({"logprob_start_len": [0]}, r"logprob_start_len: an integer for one prompt, got list"),
+    ({"top_logprobs_num": [5]}, r"top_logprobs_num: an integer for one prompt, got list"),
+    ({"top_logprobs_num": 1001}, r"at most the vocabulary size, 1000; got 1001"),
+    ({"return_hidden_states": []}, r"return_hidden_states: true or false for one prompt, got list"),
+    ({"token_indices_to_pool": [3]}, r"token_indices_to_pool: a non-empty list of positions in the prompt \(0 to 2\)"),
+    ({"token_indices_to_pool": []}, r"token_indices_to_pool"),
+    ({"positional_embed_overrides": {}}, r"positional_embed_overrides: only a caller inside the server's process"),
+    ({"top_k": 2**31}, r"top_k: at most 2147483647"),
+    ({"stop_token_ids": {40000000}}, r"stop_token_ids: each a token id of the model's vocabulary \(0 to 999\)"),
+    ({"stop_token_ids": {-3}}, r"stop_token_ids"),
+    ({"logit_bias": {"5": float("inf")}}, r"logit_bias: each bias a number from -100 to 100, got inf for token 5"),
+    ({"logit_bias": {"5": float("nan")}}, r"logit_bias"),
+    ({"logit_bias": {"5": 100.5}}, r"logit_bias"),
+])
+def test_a_value_the_scheduler_raises_on_is_refused_naming_the_field(fields, message):
+    with pytest.raises(ValueError, match=message):
+        check_tokenized_request(tokenized(**fields), VOCAB)
+
+
+def test_a_multimodal_prompt_keeps_its_placeholder_ids():
+    check_tokenized_request(tokenized(input_ids=array("q", [1, 151655]), mm_inputs=object()), VOCAB)
+
+
+@pytest.mark.parametrize("lora_path, single", [(None, True), ("a", True), (["a", None], False), ("a", False)])
+def test_one_adapter_name_per_prompt_passes(lora_path, single):
+    check_lora_path_shape(lora_path, single)
+
+
+@pytest.mark.parametrize("lora_path, single, message", [
+    ([None], True, "lora_path: one adapter name \\(a string\\) for one prompt, got a list"),
+    (["a"], True, "for one prompt"),
+    ([["a"], None], False, "lora_path: adapter names are strings, got list"),
+    (7, True, "got int"),
+])
+def test_a_lora_path_of_another_shape_is_refused(lora_path, single, message):
+    with pytest.raises(ValueError, match=message):
+        check_lora_path_shape(lora_path, single)
