@@ -23,6 +23,7 @@ setup(
         "sglang==0.5.23",
         "safetensors",
         "numpy",
+        "regex",  # stop patterns matched in bounded time (sglang_mint/stop_regex.py)
     ],
     extras_require={
         "test": ["pytest", "peft", "openai"],

@@ -60,6 +60,10 @@ HOOKS: tuple[Hook, ...] = (
          "session_bounds:_around_session_controller_open"),
     Hook("scheduler", "sglang.srt.session.session_controller.Session.is_timed_out", "AROUND",
          "session_bounds:_around_session_is_timed_out"),  # idle only once its requests are done
+    # a request's stop_regex matched in bounded time
+    Hook("scheduler", f"{_SCHED}.__init__", "AFTER", "stop_regex:_after_scheduler_init"),
+    Hook("scheduler", "sglang.srt.managers.schedule_batch.Req._locate_str_stop_finished_len", "AROUND",
+         "stop_regex:_around_locate_stop_finished_len"),
     # a non-streaming session's history: a whole tree, within --mint-session-history-tokens
     Hook("scheduler", "sglang.srt.session.session_controller.Session.create_req", "AROUND",
          "session_history:_around_session_create_req"),
@@ -276,7 +280,10 @@ INTERNALS: tuple[Internal, ...] = (
     Internal("scheduler", "sglang.srt.managers.schedule_batch.Req", "finished, set_finish_with_abort", "a kept "
              "request still running is not forgotten; a rid the session does not hold is refused with mint's "
              "message", "session_history"),
-    Internal("scheduler", "req", "origin_input_ids, output_ids", "what a kept request weighs", "session_history"),
+    Internal("scheduler", "req", "origin_input_ids, output_ids", "what a kept request weighs; where a stop "
+             "pattern's search past its budget cuts the output", "session_history, stop_regex"),
+    Internal("scheduler", "sglang.srt.managers.schedule_batch", "re", "the module a request's stop patterns are "
+             "matched with, its only use there: replaced by a BoundedSearch (its search and error)", "stop_regex"),
     Internal("frontend", "sglang.srt.utils.auth", "AuthDecision, AuthLevel.NORMAL", "the tenants' routes admit the "
              "admin key too", "admin"),
     Internal("frontend", "sglang.srt.environ.envs", "SGLANG_REQ_WAITING_TIMEOUT, SGLANG_REQ_RUNNING_TIMEOUT", "the "

@@ -29,8 +29,8 @@ LAYERS = [
     # Built on the catalog: MintConfig validates --mint-catalog by opening it and --mint-pin with
     # catalog ids; a CatalogLoraId carries the catalog's Revision record to the scheduler.
     ("config", "lora_id"),
-    ("residency", "usage", "grammar_cache"),  # host LRU, cold loader, affinity: serving state; the per-adapter
-    # usage ledger; the scheduler's compiled grammars within a budget
+    ("residency", "usage", "grammar_cache", "stop_regex"),  # host LRU, cold loader, affinity: serving state;
+    # the per-adapter usage ledger; the scheduler's compiled grammars within a budget; stop patterns in bounded time
     ("routing", "client", "capacity"),  # capacity: `mint plan`, over residency's LRU and affinity
     ("gateway",),  # SMG in front of engines: it asks them, as a client, for their usage
     ("frontend",),  # the HTTP side, engine-neutral: admin guard, catalog names, /mint/* handlers

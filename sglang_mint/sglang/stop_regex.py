@@ -1,0 +1,32 @@
+"""A request's ``stop_regex`` matched in bounded time in SGLang's scheduler (the matching:
+``sglang_mint/stop_regex.py``).
+
+With ``--enable-mint``, ``schedule_batch.re``, the module SGLang's ``Req`` matches stop patterns with (its
+only use of ``re`` there), is a ``BoundedSearch``. A search past its budget raises ``StopRegexTooSlow``, an
+``re.error``: where SGLang matches the output after a decode step it catches ``re.error`` and ends that
+request (400, naming the pattern). Where it then finds how much of the output the stop took
+(``Req._locate_str_stop_finished_len``, only once a pattern matched) it does not catch it: there a search
+past the budget cuts the output where the whole window matched, or finds no stop within a step.
+"""
+
+from __future__ import annotations
+
+from sglang_mint.sglang.flags import mint_config
+from sglang_mint.stop_regex import BoundedSearch, StopRegexTooSlow
+
+
+def _after_scheduler_init(result, scheduler, *args, **kwargs):
+    """Scheduler.__init__ AFTER: stop patterns matched by a BoundedSearch in this scheduler's process."""
+    if mint_config(scheduler.server_args) is not None:
+        from sglang.srt.managers import schedule_batch
+
+        schedule_batch.re = BoundedSearch()
+    return result
+
+
+def _around_locate_stop_finished_len(original, req, *args, **kwargs):
+    """Req._locate_str_stop_finished_len AROUND: a search past the budget is no match of a shorter window."""
+    try:
+        return original(req, *args, **kwargs)
+    except StopRegexTooSlow:
+        return len(req.output_ids) if kwargs.get("full_window_matched", True) else None

@@ -1,0 +1,48 @@
+"""A request's ``stop_regex`` matched in bounded time.
+
+SGLang's scheduler matches each ``stop_regex`` against a request's output after every decode step, with
+Python's ``re``, a backtracking engine, on the scheduler's own thread. A pattern such as ``(.+)+\\x00``
+backtracks exponentially in the length of the text it fails to match: 1.6 s at 24 characters, and by 40
+it never ends. One such request froze the scheduler, and with it every tenant's requests (its watchdog
+too: the search holds the GIL).
+
+``BoundedSearch`` stands in for ``re`` where SGLang matches stop patterns. It matches with the ``regex``
+package, which needs no backtracking for most of those patterns (``(.+)+\\x00`` on 40 characters: no
+time at all), and stops a search that takes longer than ``budget_s`` (``(a|aa)+b`` on a run of a's) with
+``StopRegexTooSlow``, an ``re.error``: SGLang ends that request, 400, and the scheduler goes on.
+"""
+
+from __future__ import annotations
+
+import re
+
+import regex
+
+STOP_REGEX_BUDGET_S = 0.02  # one search of a request's output; a plain pattern takes microseconds
+
+
+class StopRegexTooSlow(re.error):
+    """A stop pattern's search took longer than its budget."""
+
+
+class BoundedSearch:
+    """``re.search`` and ``re.error``, as SGLang's scheduler uses them for stop patterns, within ``budget_s``
+    a search; anything else of ``re`` as it is."""
+
+    error = re.error
+
+    def __init__(self, budget_s: float = STOP_REGEX_BUDGET_S):
+        self.budget_s = budget_s
+
+    def search(self, pattern, string, flags=0):
+        try:
+            return regex.search(pattern, string, flags, timeout=self.budget_s)
+        except TimeoutError:
+            raise StopRegexTooSlow(f"matching it took over {self.budget_s * 1000:g} ms on the output so far: it "
+                                   "backtracks without end (a repeat inside a repeat, such as (a|aa)+); write it "
+                                   "so that each character can match one way") from None
+        except regex.error as exc:  # re accepted it at the request's arrival
+            raise re.error(f"the pattern does not compile here: {exc}") from None
+
+    def __getattr__(self, name):
+        return getattr(re, name)

@@ -1,0 +1,47 @@
+"""A request's stop_regex matched in bounded time in the scheduler (sglang/stop_regex.py), end to end.
+
+SGLang matches stop patterns with Python's re after every decode step, on the scheduler's thread: a request
+with ``"stop_regex": "(.+)+\\u0000"`` froze the scheduler once its output passed some 30 characters, and
+every tenant's requests with it.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from json_calls import post_json
+from transformers import AutoTokenizer
+
+pytestmark = pytest.mark.server  # starts real SGLang servers: not in make test-fast
+
+
+@pytest.fixture(scope="module")
+def only_a(tiny_model) -> dict:
+    """Sampling parameters under which the tiny model writes "aaaa...": its token "a" biased up, greedy."""
+    [token] = AutoTokenizer.from_pretrained(tiny_model).encode("a", add_special_tokens=False)
+    return {"temperature": 0, "logit_bias": {str(token): 100}, "ignore_eos": True}
+
+
+def generate(server, **sampling) -> tuple[int, str]:
+    return post_json(server, "/generate", {"text": "hello", "sampling_params": {"max_new_tokens": 48, **sampling}})
+
+
+def test_a_pattern_python_re_backtracks_on_for_good_is_answered(mint_server, only_a):
+    code, text = generate(mint_server, stop_regex="(.+)+\u0000", **only_a)
+    assert code == 200 and json.loads(text)["meta_info"]["finish_reason"]["type"] == "length", (code, text)
+    assert json.loads(text)["text"] == "a" * 48, text  # the output the pattern ran over
+
+
+def test_a_search_past_its_budget_ends_its_request_only(mint_server, only_a):
+    code, text = generate(mint_server, stop_regex="(a|aa)+b", **only_a)
+    assert code == 400 and "(a|aa)+b" in text and "took over 20 ms" in text, (code, text)
+    code, text = generate(mint_server, max_new_tokens=2)
+    assert code == 200, text  # the scheduler goes on
+
+
+def test_a_plain_stop_pattern_still_stops(mint_server, only_a):
+    code, text = generate(mint_server, stop_regex="a{5}", **only_a)
+    answer = json.loads(text)
+    assert code == 200 and answer["meta_info"]["finish_reason"] == {"type": "stop", "matched": "a{5}"}, text
+    assert answer["text"] == "a" * 5, text
