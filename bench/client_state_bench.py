@@ -42,7 +42,7 @@ COMMON = ["--enable-lora", "--max-lora-rank", "8", "--lora-target-modules", "all
 MINT_LIMITS = ["--mint-grammar-cache-bytes", "4MiB", "--mint-max-stored-responses", "10", "--mint-max-sessions", "256"]
 TEXT_BYTES = 256 << 10
 SESSIONS = 2000
-SESSION_PROMPT = [300 + (7 * i) % 600 for i in range(1800)]
+SESSION_PROMPT = [3 + (7 * i) % 500 for i in range(1800)]
 
 
 def post(url: str, path: str, body: dict) -> int:

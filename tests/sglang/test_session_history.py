@@ -106,7 +106,7 @@ def test_a_rid_sent_again_in_its_session_and_then_replaced(mint_server):
 
 
 def test_a_session_keeps_its_history_within_the_budget(mint_server):
-    prompt = [300 + (7 * i) % 600 for i in range(400)]  # 400 tokens: five requests are over the budget
+    prompt = [3 + (7 * i) % 500 for i in range(400)]  # 400 tokens: three requests fit the budget, four do not
     with Session(mint_server) as session:
         for turn in range(12):
             code, answer = session.generate(f"turn-{turn}", prompt)
@@ -122,7 +122,7 @@ def test_a_session_keeps_its_history_within_the_budget(mint_server):
 
 
 def test_a_busy_session_does_not_grow_the_scheduler(mint_server):
-    prompt = [300 + (7 * i) % 600 for i in range(1800)]
+    prompt = [3 + (7 * i) % 500 for i in range(1800)]
     with Session(mint_server) as session:
         for turn in range(100):
             assert session.generate(f"warm-{turn}", prompt)[0] == 200
