@@ -183,8 +183,9 @@ async def _around_validate_and_resolve_lora(original, tm, obj):
     - Its ``custom_labels`` name only labels the server allows: another stopped the server
       (``metric_labels.refuse_unallowed_custom_labels``).
     - Its ``session_params`` are of the types the scheduler reads: a list for a rid stopped the server
-      (``session_bounds.check_session_params``); so is its ``lora_path``, one name per prompt: a list on one
-      prompt stopped it too (``request_values.check_lora_path_shape``)."""
+      (``session_bounds.check_session_params``).
+    - Its ``lora_path`` is one name per prompt: a list on one prompt stopped the server too
+      (``request_values.check_lora_path_shape``)."""
     if mint_config(tm.server_args) is not None:
         obj.lora_id = None  # first: SGLang's cleanup of a refused request releases the lora_id it holds
         for sub_obj in obj.__dict__.get("_sub_obj_cache", {}).values():  # a batch's prompts, made already
