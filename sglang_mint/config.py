@@ -29,6 +29,9 @@ DEFAULT_SESSION_TIMEOUT_S = 600.0
 # the tokens of its requests a non-streaming session keeps to continue from: with the default sessions,
 # at most about 1.4 GiB of a scheduler's memory (KEPT_REQUEST_OVERHEAD_TOKENS: ~21 bytes a token)
 DEFAULT_SESSION_HISTORY_TOKENS = 65536
+# top logprobs a request may ask for per position (vLLM's default max_logprobs too): past some hundreds, the
+# scheduler and the tokenizer manager's loop spent seconds to minutes on one long prompt's
+DEFAULT_MAX_TOP_LOGPROBS = 20
 DEFAULT_MAX_STORED_RESPONSES = 10_000  # /v1/responses answers kept under --enable-response-store
 # The largest adapter upload (POST /mint/adapters/{id}/revisions) a server reads. A rank-64 bf16
 # LoRA on every dense module of a 70B model is about 1.6 GB; MoE-expert LoRA can be far larger.
@@ -97,6 +100,7 @@ class MintConfig:
     max_sessions: int = DEFAULT_MAX_SESSIONS  # sglang/session_bounds.py
     session_timeout_s: float = DEFAULT_SESSION_TIMEOUT_S
     session_history_tokens: int = DEFAULT_SESSION_HISTORY_TOKENS  # sglang/session_history.py
+    max_top_logprobs: int = DEFAULT_MAX_TOP_LOGPROBS  # frontend/request_values.py
     max_stored_responses: int = DEFAULT_MAX_STORED_RESPONSES  # frontend/response_store.py
 
     @classmethod
@@ -108,7 +112,7 @@ class MintConfig:
                    max_concurrent_uploads: int | None = None, usage_dir: str | None = None,
                    grammar_cache: str | None = None, max_sessions: int | None = None,
                    session_timeout: float | None = None, max_stored_responses: int | None = None,
-                   session_history_tokens: int | None = None) -> "MintConfig":
+                   session_history_tokens: int | None = None, max_top_logprobs: int | None = None) -> "MintConfig":
         """Validate the flags' values; raise MintError naming the flag at fault."""
         blob_bytes = _size_flag("--mint-blob-cache-bytes", blob_cache, DEFAULT_BLOB_CACHE_BYTES)
         if catalog is None and (catalog_cache is not None or blob_cache is not None):
@@ -136,6 +140,7 @@ class MintConfig:
             raise MintError(f"--mint-session-timeout must be above 0 and at most 604800 (7 days), got {timeout_s:g}")
         history = _count_flag("--mint-session-history-tokens", session_history_tokens,
                               DEFAULT_SESSION_HISTORY_TOKENS, 1 << 30)
+        top_logprobs = _count_flag("--mint-max-top-logprobs", max_top_logprobs, DEFAULT_MAX_TOP_LOGPROBS, 1 << 20)
         stored = _count_flag("--mint-max-stored-responses", max_stored_responses, DEFAULT_MAX_STORED_RESPONSES,
                              10_000_000)
         pinned = []
@@ -168,7 +173,7 @@ class MintConfig:
                    advertise_url=advertise_url, catalog_cache=catalog_cache, blob_cache_bytes=blob_bytes,
                    usage_dir=usage_dir, usage_flush_s=flush_s, grammar_cache_bytes=grammar_bytes,
                    max_sessions=sessions, session_timeout_s=timeout_s, session_history_tokens=history,
-                   max_stored_responses=stored)
+                   max_stored_responses=stored, max_top_logprobs=top_logprobs)
 
     def open_catalog(self):
         """The catalog as a serving process holds it: a small SQLite page cache per thread (see
@@ -295,6 +300,15 @@ def add_mint_arguments(parser: argparse.ArgumentParser) -> None:
         "400. Its newest request is always kept. SGLang alone keeps every request of a session while it is open.",
     )
     group.add_argument(
+        "--mint-max-top-logprobs",
+        metavar="N",
+        type=int,
+        default=None,
+        help="The most top logprobs a request may ask for per position (top_logprobs_num; logprobs, "
+        "top_logprobs on the OpenAI routes; default 20); more is a 400. SGLang alone takes up to the vocabulary, "
+        "which held the scheduler for many seconds on one long prompt.",
+    )
+    group.add_argument(
         "--mint-max-stored-responses",
         metavar="N",
         type=int,
@@ -393,6 +407,7 @@ def config_from_args(args: argparse.Namespace, *, lora_on: bool, pp_size: int, t
         "session_timeout": getattr(args, "mint_session_timeout", None),
         "max_stored_responses": getattr(args, "mint_max_stored_responses", None),
         "session_history_tokens": getattr(args, "mint_session_history_tokens", None),
+        "max_top_logprobs": getattr(args, "mint_max_top_logprobs", None),
     }
     if not getattr(args, "enable_mint", False):
         if catalog is not None or any(v is not None for v in flags.values()):

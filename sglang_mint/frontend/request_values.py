@@ -13,7 +13,20 @@ stop the server (each reproduced with ``--enable-mint`` on a real server, on CPU
 - a ``logit_bias`` value past float32, which sampling turns into NaN; OpenAI's range, -100 to 100, is
   kept (a bias of -100 already bans a token);
 - ``token_indices_to_pool`` naming a position outside the prompt, or none;
-- ``positional_embed_overrides``, which only an in-process caller can give (a JSON body cannot hold one).
+- ``positional_embed_overrides`` from a JSON body (``/generate``: it is no embedding), or of another width
+  than the model's hidden size or at positions outside the prompt (``/v1/score``'s
+  ``query_embed_overrides``, ``item_embed_overrides``);
+- a sampling parameter of another type than SGLang's own ``SamplingParams`` declares, on a route that skips
+  ``/generate``'s type check: ``/vertex_generate``'s ``max_new_tokens: 8.5``, ``skip_special_tokens: "no"``
+  or a ``json_schema`` object, Ollama's ``options``, or ``chat_template_kwargs``'
+  ``spaces_between_special_tokens`` on ``/v1/chat/completions``, which SGLang copies into the sampling
+  parameters: each checked against that declaration (``msgspec``, as SGLang's own typed IPC would). The
+  first four stopped the server; ``chat_template_kwargs``' list reached the detokenizer, which groups
+  requests by that value (a crash with another request in its batch, by the code; not reproduced here).
+
+Beside those, ``top_logprobs_num`` is kept within ``--mint-max-top-logprobs`` (20 by default, vLLM's
+default too): the top logprobs of every position of a long prompt (``logprob_start_len: 0``) over the
+whole vocabulary held the scheduler for some 46 s and the tokenizer manager's loop for minutes.
 
 A token id outside the vocabulary in the prompt (``input_ids``, or ``prompt`` as token ids) did not stop
 the CPU server: it was served, as whatever the embedding made of it. It is refused too: it is not a token.
@@ -26,9 +39,21 @@ tokenized request (``check_tokenized_request``).
 from __future__ import annotations
 
 import math
+import re
+from typing import NamedTuple
+
+import msgspec
 
 LARGEST_TOP_K = 2**31 - 1  # the scheduler holds top_k in an int32 tensor
 LARGEST_LOGIT_BIAS = 100.0  # OpenAI's bound, either way
+
+
+class ModelLimits(NamedTuple):
+    """What a request is checked against: the model's vocabulary and hidden size, the server's top-logprobs cap."""
+
+    vocab_size: int
+    hidden_size: int
+    max_top_logprobs: int
 
 
 def check_lora_path_shape(lora_path, single: bool) -> None:
@@ -43,9 +68,11 @@ def check_lora_path_shape(lora_path, single: bool) -> None:
             raise ValueError(f"lora_path: adapter names are strings, got {type(name).__name__}")
 
 
-def check_tokenized_request(tokenized, vocab_size: int) -> None:
+def check_tokenized_request(tokenized, limits: ModelLimits) -> None:
     """A ValueError naming the first field of ``tokenized`` (one prompt's request as the scheduler gets it:
-    its token ids, sampling parameters, logprob settings) that the scheduler would raise on."""
+    its token ids, sampling parameters, logprob settings) that the scheduler would raise on, or that is past
+    ``limits``."""
+    vocab_size = limits.vocab_size
     input_ids = getattr(tokenized, "input_ids", None)
     multimodal = getattr(tokenized, "mm_inputs", None) is not None  # a model's media placeholders: its own ids
     if input_ids is not None and len(input_ids) and not multimodal \
@@ -57,20 +84,46 @@ def check_tokenized_request(tokenized, vocab_size: int) -> None:
         if value is not None and not _is_int(value):
             raise ValueError(f"{field}: an integer for one prompt, got {type(value).__name__}")
     top_logprobs = getattr(tokenized, "top_logprobs_num", None)
-    if top_logprobs is not None and top_logprobs > vocab_size:
-        raise ValueError(f"top_logprobs_num (top_logprobs, logprobs): at most the vocabulary size, {vocab_size}; "
-                         f"got {top_logprobs}")
+    if top_logprobs is not None and top_logprobs > min(limits.max_top_logprobs, vocab_size):
+        most = (f"{limits.max_top_logprobs} on this server (--mint-max-top-logprobs)"
+                if limits.max_top_logprobs <= vocab_size else f"the vocabulary size, {vocab_size}")
+        raise ValueError(f"top_logprobs_num (top_logprobs, logprobs): at most {most}; got {top_logprobs}")
     hidden = getattr(tokenized, "return_hidden_states", None)
     if hidden is not None and not isinstance(hidden, bool):
         raise ValueError(f"return_hidden_states: true or false for one prompt, got {type(hidden).__name__}")
     _check_pool_indices(getattr(tokenized, "token_indices_to_pool", None), input_ids)
-    overrides = getattr(tokenized, "positional_embed_overrides", None)
-    if overrides is not None and not callable(getattr(overrides, "reconstruct", None)):
-        raise ValueError("positional_embed_overrides: only a caller inside the server's process can give "
-                         "embeddings; leave it out")
+    _check_embed_overrides(getattr(tokenized, "positional_embed_overrides", None), input_ids, limits.hidden_size)
     params = getattr(tokenized, "sampling_params", None)
     if params is not None:
+        _check_sampling_schema(params)
         _check_sampling_params(params, vocab_size)
+
+
+def _check_embed_overrides(overrides, input_ids, hidden_size: int) -> None:
+    if overrides is None:
+        return
+    if not callable(getattr(overrides, "reconstruct", None)):
+        raise ValueError("positional_embed_overrides: embeddings only a caller inside the server's process can "
+                         "give; leave it out")
+    shape = tuple(getattr(overrides.embeds, "shape", ()))
+    positions = list(overrides.positions)
+    length = len(input_ids) if input_ids is not None else 0
+    if shape != (len(positions), hidden_size) or not all(_is_int(p) and 0 <= p < length for p in positions):
+        raise ValueError(f"embedding overrides (query_embed_overrides, item_embed_overrides): one vector of the "
+                         f"model's hidden size, {hidden_size}, per position, each position in the prompt (0 to "
+                         f"{length - 1}); got {list(shape)} at {positions[:8]}")
+
+
+def _check_sampling_schema(params) -> None:
+    """``params`` against the declaration of their own class (SGLang's ``SamplingParams``, a msgspec Struct)."""
+    try:
+        msgspec.convert(msgspec.to_builtins(params), type(params))
+    except (msgspec.ValidationError, TypeError) as exc:
+        what, _, where = str(exc).partition(" - at ")
+        index = re.match(r"`\$\[(\d+)\]", where)
+        fields = getattr(type(params), "__struct_fields__", ())
+        field = f".{fields[int(index[1])]}" if index and int(index[1]) < len(fields) else ""
+        raise ValueError(f"sampling_params{field}: {what}") from None
 
 
 def _check_sampling_params(params, vocab_size: int) -> None:

@@ -13,7 +13,7 @@ import logging
 from sglang.srt.lora.lora_registry import LoRARef
 
 from sglang_mint.frontend.catalog_names import CatalogNames
-from sglang_mint.frontend.request_values import check_lora_path_shape, check_tokenized_request
+from sglang_mint.frontend.request_values import ModelLimits, check_lora_path_shape, check_tokenized_request
 from sglang_mint.frontend.session_bounds import check_session_params
 from sglang_mint.frontend.staged_revisions import StagedRevisions, staging_root
 from sglang_mint.lora_id import CatalogLoraId, RevisionName, is_catalog_lora_id, lora_name_of
@@ -202,8 +202,10 @@ async def _around_validate_and_resolve_lora(original, tm, obj):
 def _after_create_tokenized_object(tokenized, tm, *args, **kwargs):
     """TokenizerManager._create_tokenized_object AFTER: one prompt's request as the scheduler will get it,
     refused where the scheduler would raise on it, which stops the server (``request_values.py``)."""
-    if mint_config(tm.server_args) is not None:
-        check_tokenized_request(tokenized, tm.model_config.vocab_size)
+    config = mint_config(tm.server_args)
+    if config is not None:
+        check_tokenized_request(tokenized, ModelLimits(tm.model_config.vocab_size, tm.model_config.hidden_size,
+                                                       config.max_top_logprobs))
     return tokenized
 
 

@@ -60,6 +60,11 @@ HOOKS: tuple[Hook, ...] = (
          "session_bounds:_around_session_controller_open"),
     Hook("scheduler", "sglang.srt.session.session_controller.Session.is_timed_out", "AROUND",
          "session_bounds:_around_session_is_timed_out"),  # idle only once its requests are done
+    # Ollama's routes: a refused request is a 400 in Ollama's shape
+    Hook("frontend", "sglang.srt.entrypoints.ollama.serving.OllamaServing.handle_generate", "AROUND",
+         "ollama_errors:_around_ollama_handler"),
+    Hook("frontend", "sglang.srt.entrypoints.ollama.serving.OllamaServing.handle_chat", "AROUND",
+         "ollama_errors:_around_ollama_handler"),
     # a request's stop_regex matched in bounded time
     Hook("scheduler", f"{_SCHED}.__init__", "AFTER", "stop_regex:_after_scheduler_init"),
     Hook("scheduler", "sglang.srt.managers.schedule_batch.Req._locate_str_stop_finished_len", "AROUND",
@@ -268,8 +273,9 @@ INTERNALS: tuple[Internal, ...] = (
     Internal("frontend", "sglang.srt.sampling.sampling_params.SamplingParams", "top_k, stop_token_ids, logit_bias",
              "sampling values the scheduler raises on (top_k past int32, a stop id outside the vocabulary, a "
              "non-finite bias)", "frontend"),
-    Internal("frontend", "tokenizer_manager", "model_config.vocab_size", "the vocabulary a prompt's and a stop's "
-             "token ids are checked against", "frontend"),
+    Internal("frontend", "tokenizer_manager", "model_config.vocab_size, model_config.hidden_size", "the vocabulary "
+             "a prompt's and a stop's token ids are checked against; the width of an embedding override",
+             "frontend"),
     Internal("scheduler", "session", "req_nodes, streaming", "a session's requests by rid, its tree's nodes (their "
              "order, the order of use); whether it streams (such a session keeps one request: left to SGLang)",
              "session_history"),
@@ -282,6 +288,8 @@ INTERNALS: tuple[Internal, ...] = (
              "message", "session_history"),
     Internal("scheduler", "req", "origin_input_ids, output_ids", "what a kept request weighs; where a stop "
              "pattern's search past its budget cuts the output", "session_history, stop_regex"),
+    Internal("frontend", "ollama_serving", "tokenizer_manager", "the Ollama handlers' tokenizer manager, whose "
+             "settings say whether mint is on", "ollama_errors"),
     Internal("scheduler", "sglang.srt.managers.schedule_batch", "re", "the module a request's stop patterns are "
              "matched with, its only use there: replaced by a BoundedSearch (its search and error)", "stop_regex"),
     Internal("frontend", "sglang.srt.utils.auth", "AuthDecision, AuthLevel.NORMAL", "the tenants' routes admit the "

@@ -5,20 +5,41 @@ from __future__ import annotations
 
 from array import array
 from types import SimpleNamespace
+from typing import Optional
 
+import msgspec
 import pytest
 
-from sglang_mint.frontend.request_values import check_lora_path_shape, check_tokenized_request
+from sglang_mint.frontend.request_values import ModelLimits, check_lora_path_shape, check_tokenized_request
 
 VOCAB = 1000
+LIMITS = ModelLimits(vocab_size=VOCAB, hidden_size=4, max_top_logprobs=20)
+
+
+class Sampling(msgspec.Struct, kw_only=True, array_like=True):
+    """A few of SGLang's SamplingParams fields, declared as it declares them (a msgspec Struct, array-like)."""
+
+    max_new_tokens: Optional[int] = 128
+    top_k: int = -1
+    stop_token_ids: Optional[set[int]] = None
+    skip_special_tokens: bool = True
+    json_schema: Optional[str] = None
+    logit_bias: Optional[dict[str, float]] = None
+
+
+class Embeds(SimpleNamespace):
+    """Stands in for SGLang's PositionalEmbeds: ``embeds`` of a shape, at ``positions``."""
+
+    def reconstruct(self, device):
+        pass
 
 
 def tokenized(**fields):
     """One prompt's request as the scheduler gets it, well formed unless ``fields`` say otherwise."""
-    params = SimpleNamespace(top_k=-1, stop_token_ids=set(), logit_bias=None)
-    for name in ("top_k", "stop_token_ids", "logit_bias"):
+    params = Sampling()
+    for name in Sampling.__struct_fields__:
         if name in fields:
-            setattr(params, name, fields.pop(name))
+            setattr(params, name, fields.pop(name))  # a Struct takes any value set after it is made, as SGLang's
     base = dict(input_ids=array("q", [1, 2, 999]), mm_inputs=None, logprob_start_len=-1, top_logprobs_num=0,
                 return_hidden_states=False, token_indices_to_pool=None, positional_embed_overrides=None,
                 sampling_params=params)
@@ -26,11 +47,13 @@ def tokenized(**fields):
 
 
 def test_a_well_formed_request_passes():
-    check_tokenized_request(tokenized(), VOCAB)
-    check_tokenized_request(tokenized(input_ids=array("q")), VOCAB)  # a session's turn may add no tokens
+    check_tokenized_request(tokenized(), LIMITS)
+    check_tokenized_request(tokenized(input_ids=array("q")), LIMITS)  # a session's turn may add no tokens
     check_tokenized_request(tokenized(top_k=2**31 - 1, stop_token_ids={0, 999},
-                                      logit_bias={"5": -100.0, "6": 100}, top_logprobs_num=VOCAB,
-                                      token_indices_to_pool=[0, 2], return_hidden_states=True), VOCAB)
+                                      logit_bias={"5": -100.0, "6": 100}, top_logprobs_num=20,
+                                      token_indices_to_pool=[0, 2], return_hidden_states=True,
+                                      positional_embed_overrides=Embeds(embeds=SimpleNamespace(shape=(2, 4)),
+                                                                        positions=[0, 2])), LIMITS)
 
 
 @pytest.mark.parametrize("fields, message", [
@@ -38,11 +61,18 @@ def test_a_well_formed_request_passes():
     ({"input_ids": array("q", [-7, 1])}, r"input_ids: token id -7"),
     ({"logprob_start_len": [0]}, r"logprob_start_len: an integer for one prompt, got list"),
     ({"top_logprobs_num": [5]}, r"top_logprobs_num: an integer for one prompt, got list"),
-    ({"top_logprobs_num": 1001}, r"at most the vocabulary size, 1000; got 1001"),
+    ({"top_logprobs_num": 21}, r"at most 20 on this server \(--mint-max-top-logprobs\); got 21"),
     ({"return_hidden_states": []}, r"return_hidden_states: true or false for one prompt, got list"),
     ({"token_indices_to_pool": [3]}, r"token_indices_to_pool: a non-empty list of positions in the prompt \(0 to 2\)"),
     ({"token_indices_to_pool": []}, r"token_indices_to_pool"),
-    ({"positional_embed_overrides": {}}, r"positional_embed_overrides: only a caller inside the server's process"),
+    ({"positional_embed_overrides": {}}, r"positional_embed_overrides: embeddings only a caller inside"),
+    ({"positional_embed_overrides": Embeds(embeds=SimpleNamespace(shape=(1, 2)), positions=[0])},
+     r"one vector of the model's hidden size, 4, per position.*got \[1, 2\] at \[0\]"),
+    ({"positional_embed_overrides": Embeds(embeds=SimpleNamespace(shape=(1, 4)), positions=[3])},
+     r"each position in the prompt \(0 to 2\)"),
+    ({"max_new_tokens": 8.5}, r"sampling_params.max_new_tokens: Expected `int \| null`, got `float`"),
+    ({"skip_special_tokens": "no"}, r"sampling_params.skip_special_tokens: Expected `bool`, got `str`"),
+    ({"json_schema": {"type": "object"}}, r"sampling_params.json_schema: Expected `str \| null`, got `object`"),
     ({"top_k": 2**31}, r"top_k: at most 2147483647"),
     ({"stop_token_ids": {40000000}}, r"stop_token_ids: each a token id of the model's vocabulary \(0 to 999\)"),
     ({"stop_token_ids": {-3}}, r"stop_token_ids"),
@@ -52,11 +82,16 @@ def test_a_well_formed_request_passes():
 ])
 def test_a_value_the_scheduler_raises_on_is_refused_naming_the_field(fields, message):
     with pytest.raises(ValueError, match=message):
-        check_tokenized_request(tokenized(**fields), VOCAB)
+        check_tokenized_request(tokenized(**fields), LIMITS)
 
 
 def test_a_multimodal_prompt_keeps_its_placeholder_ids():
-    check_tokenized_request(tokenized(input_ids=array("q", [1, 151655]), mm_inputs=object()), VOCAB)
+    check_tokenized_request(tokenized(input_ids=array("q", [1, 151655]), mm_inputs=object()), LIMITS)
+
+
+def test_the_top_logprobs_cap_never_passes_the_vocabulary():
+    with pytest.raises(ValueError, match="at most the vocabulary size, 1000; got 1001"):
+        check_tokenized_request(tokenized(top_logprobs_num=1001), LIMITS._replace(max_top_logprobs=5000))
 
 
 @pytest.mark.parametrize("lora_path, single", [(None, True), ("a", True), (["a", None], False), ("a", False)])

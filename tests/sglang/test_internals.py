@@ -85,7 +85,7 @@ def test_an_internal_sglang_lacks_refuses_startup(run_py):
         registry = SimpleNamespace(_registry={}, _counters={})
         tm = SimpleNamespace(lora_registry=registry, rid_to_state={}, server_args=None,  # no lora_ref_cache
                              enable_priority_scheduling=False, enable_metrics=False,
-                             model_config=SimpleNamespace(vocab_size=512))
+                             model_config=SimpleNamespace(vocab_size=512, hidden_size=128))
         kept = mem_pool._SGLANG_EXPERIMENTAL_LORA_OPTI
         del mem_pool._SGLANG_EXPERIMENTAL_LORA_OPTI  # as if SGLang had renamed it
         for role, instances in (("scheduler", {}), ("frontend", {"tokenizer_manager": tm})):

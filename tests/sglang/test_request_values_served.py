@@ -23,6 +23,12 @@ def vocab(tiny_model) -> int:
     return json.loads((tiny_model / "config.json").read_text())["vocab_size"]
 
 
+def error_message(answer: dict) -> str:
+    """The message of an error answer: SGLang's native shape, OpenAI's (/v1/score) or Ollama's."""
+    error = answer.get("error", answer)
+    return error if isinstance(error, str) else error["message"]
+
+
 def serves(server) -> bool:
     return post_json(server, "/generate", {"text": "hello", "sampling_params": {"max_new_tokens": 1}})[0] == 200
 
@@ -72,3 +78,41 @@ def test_the_same_fields_within_range_are_served(mint_client, mint_server, tiny_
     assert all(5 not in a["output_ids"] for a in answers), text  # a bias of -100 bans the token
     answer = mint_client.completions.create(model="tiny", prompt=[1, vocab - 1], max_tokens=2, logprobs=3)
     assert answer.choices[0].finish_reason == "length" and len(answer.choices[0].logprobs.top_logprobs[0]) == 3
+
+
+@pytest.mark.parametrize("path, body, field", [
+    ("/vertex_generate", {"instances": [{"text": "hi"}], "parameters": {"sampling_params": {"max_new_tokens": 8.5}}},
+     "sampling_params.max_new_tokens"),
+    ("/vertex_generate", {"instances": [{"text": "hi"}],
+                          "parameters": {"sampling_params": {"max_new_tokens": 2, "skip_special_tokens": "no"}}},
+     "sampling_params.skip_special_tokens"),
+    ("/vertex_generate", {"instances": [{"text": "hi"}],
+                          "parameters": {"sampling_params": {"max_new_tokens": 2, "json_schema": {"type": "object"}}}},
+     "sampling_params.json_schema"),
+    ("/api/generate", {"model": "tiny", "prompt": "hi", "stream": False, "options": {"num_predict": 8.5}},
+     "sampling_params.max_new_tokens"),
+    ("/v1/score", {"query": [5, 6], "items": [[7]], "label_token_ids": [1], "embed_override_token_id": 5,
+                   "query_embed_overrides": [[0.5, 0.5]]}, "embedding overrides"),
+])
+def test_routes_past_generate_s_type_check_are_checked_too(mint_server, path, body, field):
+    """/vertex_generate and Ollama's /api/generate build the request past /generate's type check; /v1/score
+    turns a body's vectors into embedding overrides. Each of these stopped the server."""
+    code, text = post_json(mint_server, path, body)
+    assert code == 400 and field in error_message(json.loads(text)), (code, text)
+    assert serves(mint_server)
+
+
+def test_chat_template_kwargs_reach_the_sampling_parameters_checked(mint_client, mint_server):
+    with pytest.raises(openai.BadRequestError, match="sampling_params.spaces_between_special_tokens"):
+        mint_client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=2,
+                                            extra_body={"chat_template_kwargs": {"spaces_between_special_tokens": [1]}})
+    assert serves(mint_server)
+
+
+def test_top_logprobs_stay_within_the_server_s_cap(mint_client):
+    with pytest.raises(openai.BadRequestError, match=r"at most 20 on this server \(--mint-max-top-logprobs\)"):
+        mint_client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=2,
+                                            logprobs=True, top_logprobs=21)
+    answer = mint_client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}],
+                                                 max_tokens=2, logprobs=True, top_logprobs=20)
+    assert len(answer.choices[0].logprobs.content[0].top_logprobs) == 20
