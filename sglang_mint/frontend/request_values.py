@@ -24,9 +24,16 @@ stop the server (each reproduced with ``--enable-mint`` on a real server, on CPU
   first four stopped the server; ``chat_template_kwargs``' list reached the detokenizer, which groups
   requests by that value (a crash with another request in its batch, by the code; not reproduced here).
 
-Beside those, ``top_logprobs_num`` is kept within ``--mint-max-top-logprobs`` (20 by default, vLLM's
-default too): the top logprobs of every position of a long prompt (``logprob_start_len: 0``) over the
-whole vocabulary held the scheduler for some 46 s and the tokenizer manager's loop for minutes.
+Beside those, three values that held a loop every tenant waits on are kept within bounds:
+
+- ``top_logprobs_num`` within ``--mint-max-top-logprobs`` (20 by default, vLLM's default too): the top
+  logprobs of every position of a long prompt (``logprob_start_len: 0``) over the whole vocabulary held
+  the scheduler for some 46 s and the tokenizer manager's loop for minutes;
+- ``n`` (choices per prompt) at most ``MAX_PARALLEL_SAMPLES``: the tokenizer manager makes every choice's
+  request before it sends one, 13 s of its loop for a million (``check_parallel_samples``);
+- each stop string at most ``MAX_STOP_CHARS`` characters, as SGLang bounds a stop regex: the scheduler
+  compares every prefix of each stop with the output's tail after each step of a streamed request,
+  0.55 s a step for stops of 54,000 characters.
 
 A token id outside the vocabulary in the prompt (``input_ids``, or ``prompt`` as token ids) did not stop
 the CPU server: it was served, as whatever the embedding made of it. It is refused too: it is not a token.
@@ -46,6 +53,8 @@ import msgspec
 
 LARGEST_TOP_K = 2**31 - 1  # the scheduler holds top_k in an int32 tensor
 LARGEST_LOGIT_BIAS = 100.0  # OpenAI's bound, either way
+MAX_PARALLEL_SAMPLES = 1024  # n: choices of one prompt (RL rollouts take some dozens)
+MAX_STOP_CHARS = 256  # SGLang's own bound on a stop regex
 
 
 class ModelLimits(NamedTuple):
@@ -66,6 +75,16 @@ def check_lora_path_shape(lora_path, single: bool) -> None:
     for name in names:
         if name is not None and not isinstance(name, str):
             raise ValueError(f"lora_path: adapter names are strings, got {type(name).__name__}")
+
+
+def check_parallel_samples(sampling_params) -> None:
+    """A ValueError where a request's ``sampling_params`` (as the client wrote them: an object, or one per
+    prompt) ask for more than ``MAX_PARALLEL_SAMPLES`` choices of a prompt."""
+    for params in sampling_params if isinstance(sampling_params, list) else [sampling_params]:
+        n = params.get("n") if isinstance(params, dict) else None
+        if _is_int(n) and n > MAX_PARALLEL_SAMPLES:
+            raise ValueError(f"n: at most {MAX_PARALLEL_SAMPLES} choices of a prompt, got {n}; send the prompt "
+                             "again for more")
 
 
 def check_tokenized_request(tokenized, limits: ModelLimits) -> None:
@@ -134,6 +153,9 @@ def _check_sampling_params(params, vocab_size: int) -> None:
         if not _is_int(token_id) or not 0 <= token_id < vocab_size:
             raise ValueError(f"stop_token_ids: each a token id of the model's vocabulary (0 to {vocab_size - 1}), "
                              f"got {token_id!r}")
+    for stop in getattr(params, "stop_strs", None) or ():
+        if isinstance(stop, str) and len(stop) > MAX_STOP_CHARS:
+            raise ValueError(f"stop: each stop string at most {MAX_STOP_CHARS} characters, got one of {len(stop)}")
     for token_id, bias in (getattr(params, "logit_bias", None) or {}).items():
         if isinstance(bias, bool) or not isinstance(bias, (int, float)) or not math.isfinite(bias) \
                 or abs(bias) > LARGEST_LOGIT_BIAS:

@@ -13,7 +13,8 @@ import logging
 from sglang.srt.lora.lora_registry import LoRARef
 
 from sglang_mint.frontend.catalog_names import CatalogNames
-from sglang_mint.frontend.request_values import ModelLimits, check_lora_path_shape, check_tokenized_request
+from sglang_mint.frontend.request_values import (ModelLimits, check_lora_path_shape, check_parallel_samples,
+                                                  check_tokenized_request)
 from sglang_mint.frontend.session_bounds import check_session_params
 from sglang_mint.frontend.staged_revisions import StagedRevisions, staging_root
 from sglang_mint.lora_id import CatalogLoraId, RevisionName, is_catalog_lora_id, lora_name_of
@@ -197,6 +198,12 @@ async def _around_validate_and_resolve_lora(original, tm, obj):
         check_session_params(getattr(obj, "session_params", None))
         check_lora_path_shape(getattr(obj, "lora_path", None), obj.is_single)
     return await original(tm, obj)
+
+
+def _before_generate_request(tm, obj, request=None, *args, **kwargs):
+    """TokenizerManager.generate_request BEFORE, before SGLang makes a request per choice: ``n`` bounded."""
+    if mint_config(tm.server_args) is not None:
+        check_parallel_samples(getattr(obj, "sampling_params", None))
 
 
 def _after_create_tokenized_object(tokenized, tm, *args, **kwargs):

@@ -75,7 +75,8 @@ HOOKS: tuple[Hook, ...] = (
     Hook("scheduler", f"{_SCHED}.get_internal_state", "AFTER", "session_history:_after_get_internal_state"),
     # priority, DP ranks: a router's fields, an admin's right (the check: frontend.py), and the admin key opens
     # the tenants' routes
-    # a prompt's request as the scheduler will get it: refused where the scheduler would raise on it
+    # a prompt's request as the scheduler will get it: refused where the scheduler would raise on it; n bounded
+    Hook("frontend", f"{_TM}.generate_request", "BEFORE", "frontend:_before_generate_request"),
     Hook("frontend", f"{_TM}._create_tokenized_object", "AFTER", "frontend:_after_create_tokenized_object"),
     Hook("frontend", f"{_TM}.generate_request", "BEFORE", "router_fields:_before_generate_request"),
     Hook("frontend", "sglang.srt.utils.auth.decide_request_auth", "AFTER", "admin:_after_decide_request_auth"),
@@ -270,7 +271,8 @@ INTERNALS: tuple[Internal, ...] = (
              "logprob_start_len, top_logprobs_num, return_hidden_states, token_indices_to_pool, "
              "positional_embed_overrides, sampling_params", "a prompt's request as the scheduler gets it: the values it "
              "raises on refused", "frontend"),
-    Internal("frontend", "sglang.srt.sampling.sampling_params.SamplingParams", "top_k, stop_token_ids, logit_bias",
+    Internal("frontend", "sglang.srt.sampling.sampling_params.SamplingParams", "top_k, stop_token_ids, logit_bias, "
+             "stop_strs",
              "sampling values the scheduler raises on (top_k past int32, a stop id outside the vocabulary, a "
              "non-finite bias)", "frontend"),
     Internal("frontend", "tokenizer_manager", "model_config.vocab_size, model_config.hidden_size", "the vocabulary "

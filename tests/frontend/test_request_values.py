@@ -10,7 +10,8 @@ from typing import Optional
 import msgspec
 import pytest
 
-from sglang_mint.frontend.request_values import ModelLimits, check_lora_path_shape, check_tokenized_request
+from sglang_mint.frontend.request_values import (ModelLimits, check_lora_path_shape, check_parallel_samples,
+                                                  check_tokenized_request)
 
 VOCAB = 1000
 LIMITS = ModelLimits(vocab_size=VOCAB, hidden_size=4, max_top_logprobs=20)
@@ -24,6 +25,7 @@ class Sampling(msgspec.Struct, kw_only=True, array_like=True):
     stop_token_ids: Optional[set[int]] = None
     skip_special_tokens: bool = True
     json_schema: Optional[str] = None
+    stop_strs: Optional[list[str]] = None
     logit_bias: Optional[dict[str, float]] = None
 
 
@@ -70,6 +72,7 @@ def test_a_well_formed_request_passes():
      r"one vector of the model's hidden size, 4, per position.*got \[1, 2\] at \[0\]"),
     ({"positional_embed_overrides": Embeds(embeds=SimpleNamespace(shape=(1, 4)), positions=[3])},
      r"each position in the prompt \(0 to 2\)"),
+    ({"stop_strs": ["ok", "x" * 257]}, r"stop: each stop string at most 256 characters, got one of 257"),
     ({"max_new_tokens": 8.5}, r"sampling_params.max_new_tokens: Expected `int \| null`, got `float`"),
     ({"skip_special_tokens": "no"}, r"sampling_params.skip_special_tokens: Expected `bool`, got `str`"),
     ({"json_schema": {"type": "object"}}, r"sampling_params.json_schema: Expected `str \| null`, got `object`"),
@@ -108,3 +111,11 @@ def test_one_adapter_name_per_prompt_passes(lora_path, single):
 def test_a_lora_path_of_another_shape_is_refused(lora_path, single, message):
     with pytest.raises(ValueError, match=message):
         check_lora_path_shape(lora_path, single)
+
+
+def test_choices_of_a_prompt_are_bounded():
+    for params in (None, {"n": 1024}, [{"n": 8}, {"n": 8}], {"max_new_tokens": 4}):
+        check_parallel_samples(params)
+    for params in ({"n": 1025}, [{"n": 2}, {"n": 10**6}]):
+        with pytest.raises(ValueError, match="n: at most 1024 choices of a prompt"):
+            check_parallel_samples(params)

@@ -116,3 +116,15 @@ def test_top_logprobs_stay_within_the_server_s_cap(mint_client):
     answer = mint_client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}],
                                                  max_tokens=2, logprobs=True, top_logprobs=20)
     assert len(answer.choices[0].logprobs.content[0].top_logprobs) == 20
+
+
+def test_choices_and_stop_strings_that_held_a_loop_are_bounded(mint_client, mint_server):
+    """A million choices of a prompt held the tokenizer manager's loop for 13 s before one was sent; stop strings
+    of 54,000 characters cost the scheduler 0.55 s a step of a streamed request. Both are refused past a bound."""
+    with pytest.raises(openai.BadRequestError, match="n: at most 1024 choices of a prompt, got 1025"):
+        mint_client.completions.create(model="tiny", prompt="hi", max_tokens=1, n=1025)
+    with pytest.raises(openai.BadRequestError, match="stop: each stop string at most 256 characters, got one of 300"):
+        mint_client.completions.create(model="tiny", prompt="hi", max_tokens=2, stop=["x" * 300])
+    answer = mint_client.completions.create(model="tiny", prompt="hi", max_tokens=2, n=3, stop=["x" * 256],
+                                            temperature=1)
+    assert len(answer.choices) == 3
