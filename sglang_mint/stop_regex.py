@@ -10,15 +10,58 @@ too: the search holds the GIL).
 package, which needs no backtracking for most of those patterns (``(.+)+\\x00`` on 40 characters: no
 time at all), and stops a search that takes longer than ``budget_s`` (``(a|aa)+b`` on a run of a's) with
 ``StopRegexTooSlow``, an ``re.error``: SGLang ends that request, 400, and the scheduler goes on.
+
+Where the two engines read a pattern differently, it is first written as ``re`` reads it
+(``as_re_reads_it``): ``regex`` takes ``{e}``, ``{d}``, ``{s}``, ``{i}`` (and braces that begin with
+those letters, as in ``\\end{document}``) as fuzzy-matching constraints and ``[[:digit:]]`` as a POSIX
+class, where ``re`` takes both literally; such braces and brackets are escaped. Not made the same:
+``\s``, which ``regex`` does not let match ``\x1c`` to ``\x1f``.
 """
 
 from __future__ import annotations
 
+import functools
 import re
 
 import regex
 
 STOP_REGEX_BUDGET_S = 0.02  # one search of a request's output; a plain pattern takes microseconds
+_QUANTIFIER = re.compile(r"\{\d*,?\d*\}")  # re's {m}, {m,}, {,n}, {m,n} ({} alone is a literal)
+
+
+@functools.lru_cache(maxsize=4096)
+def as_re_reads_it(pattern: str) -> str:
+    """``pattern`` with the braces that are no quantifier to ``re`` and the ``[`` inside a character class
+    escaped, so that ``regex`` reads it as ``re`` does."""
+    out, i, in_class = [], 0, False
+    while i < len(pattern):
+        c = pattern[i]
+        if c == "\\":
+            out.append(pattern[i:i + 2])
+            i += 2
+            continue
+        if in_class:
+            in_class = c != "]"
+            out.append("\\[" if c == "[" else c)
+        elif c == "[":
+            j = i + 1 + (pattern[i + 1:i + 2] == "^")
+            out.append(pattern[i:j] + ("\\]" if pattern[j:j + 1] == "]" else ""))  # a "]" first is literal
+            i = j + (pattern[j:j + 1] == "]")
+            in_class = True
+            continue
+        elif c == "{":
+            quantifier = _QUANTIFIER.match(pattern, i)
+            if quantifier and quantifier[0] != "{}":
+                out.append(quantifier[0])
+                i = quantifier.end()
+                continue
+            out.append("\\{")
+        elif c == "}":
+            out.append("\\}")
+        else:
+            out.append(c)
+        i += 1
+    return "".join(out)
 
 
 class StopRegexTooSlow(re.error):
@@ -36,7 +79,7 @@ class BoundedSearch:
 
     def search(self, pattern, string, flags=0):
         try:
-            return regex.search(pattern, string, flags, timeout=self.budget_s)
+            return regex.search(as_re_reads_it(pattern), string, flags, timeout=self.budget_s)
         except TimeoutError:
             raise StopRegexTooSlow(f"matching it took over {self.budget_s * 1000:g} ms on the output so far: it "
                                    "backtracks without end (a repeat inside a repeat, such as (a|aa)+); write it "

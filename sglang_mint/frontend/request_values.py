@@ -10,19 +10,20 @@ stop the server (each reproduced with ``--enable-mint`` on a real server, on CPU
 - a token id outside the vocabulary in ``stop_token_ids`` (read when ``min_new_tokens`` is set);
 - ``top_logprobs_num`` (``logprobs`` / ``top_logprobs`` on the OpenAI routes) above the vocabulary size;
 - ``top_k`` past a 32-bit integer;
-- a ``logit_bias`` value past float32, which sampling turns into NaN; OpenAI's range, -100 to 100, is
-  kept (a bias of -100 already bans a token);
+- a ``logit_bias`` value past float32 (``1e39``), which sampling turns into NaN: a bias is at most
+  ``LARGEST_LOGIT_BIAS`` either way (-1e9, a common way to ban a token, passes);
 - ``token_indices_to_pool`` naming a position outside the prompt, or none;
 - ``positional_embed_overrides`` from a JSON body (``/generate``: it is no embedding), or of another width
   than the model's hidden size or at positions outside the prompt (``/v1/score``'s
   ``query_embed_overrides``, ``item_embed_overrides``);
-- a sampling parameter of another type than SGLang's own ``SamplingParams`` declares, on a route that skips
-  ``/generate``'s type check: ``/vertex_generate``'s ``max_new_tokens: 8.5``, ``skip_special_tokens: "no"``
-  or a ``json_schema`` object, Ollama's ``options``, or ``chat_template_kwargs``'
-  ``spaces_between_special_tokens`` on ``/v1/chat/completions``, which SGLang copies into the sampling
-  parameters: each checked against that declaration (``msgspec``, as SGLang's own typed IPC would). The
-  first four stopped the server; ``chat_template_kwargs``' list reached the detokenizer, which groups
-  requests by that value (a crash with another request in its batch, by the code; not reproduced here).
+- a scalar sampling parameter of another type than SGLang's ``SamplingParams`` declares
+  (``SAMPLING_PARAM_TYPES``), on a route that skips ``/generate``'s type check: ``/vertex_generate``'s
+  ``max_new_tokens: 8.5``, ``skip_special_tokens: "no"`` or a ``json_schema`` object, Ollama's ``options``,
+  or ``chat_template_kwargs``' ``spaces_between_special_tokens`` on ``/v1/chat/completions``, which SGLang
+  copies into the sampling parameters. The first four stopped the server; ``chat_template_kwargs``' list
+  reached the detokenizer, which groups requests by that value (a crash with another request in its batch,
+  by the code; not reproduced here). Only the scalars are checked: ``custom_params`` takes any JSON, as
+  SGLang's routes declare, and an in-process caller's numpy numbers pass.
 
 Beside those, three values that held a loop every tenant waits on are kept within bounds:
 
@@ -31,7 +32,7 @@ Beside those, three values that held a loop every tenant waits on are kept withi
   the scheduler for some 46 s and the tokenizer manager's loop for minutes;
 - ``n`` (choices per prompt) at most ``MAX_PARALLEL_SAMPLES``: the tokenizer manager makes every choice's
   request before it sends one, 13 s of its loop for a million (``check_parallel_samples``);
-- each stop string at most ``MAX_STOP_CHARS`` characters, as SGLang bounds a stop regex: the scheduler
+- each stop string at most ``MAX_STOP_CHARS`` characters (SGLang bounds a stop regex to 256 bytes): the scheduler
   compares every prefix of each stop with the output's tail after each step of a streamed request,
   0.55 s a step for stops of 54,000 characters.
 
@@ -46,15 +47,22 @@ tokenized request (``check_tokenized_request``).
 from __future__ import annotations
 
 import math
-import re
+import numbers
 from typing import NamedTuple
 
-import msgspec
-
 LARGEST_TOP_K = 2**31 - 1  # the scheduler holds top_k in an int32 tensor
-LARGEST_LOGIT_BIAS = 100.0  # OpenAI's bound, either way
+LARGEST_LOGIT_BIAS = 1e9  # divided by a temperature of 1e-6 still far within float32
 MAX_PARALLEL_SAMPLES = 1024  # n: choices of one prompt (RL rollouts take some dozens)
-MAX_STOP_CHARS = 256  # SGLang's own bound on a stop regex
+MAX_STOP_CHARS = 256  # as SGLang's bound on a stop regex (256 bytes)
+# The scalar sampling parameters, by the type SGLang's SamplingParams declares (None: left out)
+SAMPLING_PARAM_TYPES = {
+    **dict.fromkeys(("max_new_tokens", "min_new_tokens", "n", "top_k", "stream_interval", "beam_width",
+                     "sampling_seed"), numbers.Integral),
+    **dict.fromkeys(("temperature", "top_p", "min_p", "frequency_penalty", "presence_penalty",
+                     "repetition_penalty"), numbers.Real),
+    **dict.fromkeys(("ignore_eos", "skip_special_tokens", "spaces_between_special_tokens", "no_stop_trim"), bool),
+    **dict.fromkeys(("json_schema", "regex", "ebnf", "structural_tag"), str),
+}
 
 
 class ModelLimits(NamedTuple):
@@ -108,17 +116,20 @@ def check_tokenized_request(tokenized, limits: ModelLimits) -> None:
                 if limits.max_top_logprobs <= vocab_size else f"the vocabulary size, {vocab_size}")
         raise ValueError(f"top_logprobs_num (top_logprobs, logprobs): at most {most}; got {top_logprobs}")
     hidden = getattr(tokenized, "return_hidden_states", None)
-    if hidden is not None and not isinstance(hidden, bool):
-        raise ValueError(f"return_hidden_states: true or false for one prompt, got {type(hidden).__name__}")
+    if hidden is not None and not (isinstance(hidden, bool) or hidden == "last"):
+        raise ValueError(f"return_hidden_states: true, false or \"last\" for one prompt, got {hidden!r:.40}")
     _check_pool_indices(getattr(tokenized, "token_indices_to_pool", None), input_ids)
-    _check_embed_overrides(getattr(tokenized, "positional_embed_overrides", None), input_ids, limits.hidden_size)
+    in_session = getattr(tokenized, "session_params", None) is not None  # positions count from the session's start
+    _check_embed_overrides(getattr(tokenized, "positional_embed_overrides", None),
+                           None if in_session else input_ids, limits.hidden_size)
     params = getattr(tokenized, "sampling_params", None)
     if params is not None:
-        _check_sampling_schema(params)
+        _check_sampling_types(params)
         _check_sampling_params(params, vocab_size)
 
 
 def _check_embed_overrides(overrides, input_ids, hidden_size: int) -> None:
+    """``input_ids`` None: positions not checked against the prompt."""
     if overrides is None:
         return
     if not callable(getattr(overrides, "reconstruct", None)):
@@ -126,23 +137,20 @@ def _check_embed_overrides(overrides, input_ids, hidden_size: int) -> None:
                          "give; leave it out")
     shape = tuple(getattr(overrides.embeds, "shape", ()))
     positions = list(overrides.positions)
-    length = len(input_ids) if input_ids is not None else 0
-    if shape != (len(positions), hidden_size) or not all(_is_int(p) and 0 <= p < length for p in positions):
+    length = len(input_ids) if input_ids is not None else None
+    if shape != (len(positions), hidden_size) or not all(
+            _is_int(p) and (length is None or 0 <= p < length) for p in positions):
         raise ValueError(f"embedding overrides (query_embed_overrides, item_embed_overrides): one vector of the "
                          f"model's hidden size, {hidden_size}, per position, each position in the prompt (0 to "
-                         f"{length - 1}); got {list(shape)} at {positions[:8]}")
+                         f"{'its length - 1' if length is None else length - 1}); got {list(shape)} at {positions[:8]}")
 
 
-def _check_sampling_schema(params) -> None:
-    """``params`` against the declaration of their own class (SGLang's ``SamplingParams``, a msgspec Struct)."""
-    try:
-        msgspec.convert(msgspec.to_builtins(params), type(params))
-    except (msgspec.ValidationError, TypeError) as exc:
-        what, _, where = str(exc).partition(" - at ")
-        index = re.match(r"`\$\[(\d+)\]", where)
-        fields = getattr(type(params), "__struct_fields__", ())
-        field = f".{fields[int(index[1])]}" if index and int(index[1]) < len(fields) else ""
-        raise ValueError(f"sampling_params{field}: {what}") from None
+def _check_sampling_types(params) -> None:
+    for field, kind in SAMPLING_PARAM_TYPES.items():
+        value = getattr(params, field, None)
+        if value is not None and (not isinstance(value, kind) or (kind is not bool and isinstance(value, bool))):
+            what = {numbers.Integral: "an integer", numbers.Real: "a number", bool: "true or false", str: "a string"}
+            raise ValueError(f"sampling_params.{field}: {what[kind]} (or null), got {type(value).__name__}")
 
 
 def _check_sampling_params(params, vocab_size: int) -> None:
@@ -157,7 +165,7 @@ def _check_sampling_params(params, vocab_size: int) -> None:
         if isinstance(stop, str) and len(stop) > MAX_STOP_CHARS:
             raise ValueError(f"stop: each stop string at most {MAX_STOP_CHARS} characters, got one of {len(stop)}")
     for token_id, bias in (getattr(params, "logit_bias", None) or {}).items():
-        if isinstance(bias, bool) or not isinstance(bias, (int, float)) or not math.isfinite(bias) \
+        if isinstance(bias, bool) or not isinstance(bias, numbers.Real) or not math.isfinite(bias) \
                 or abs(bias) > LARGEST_LOGIT_BIAS:
             raise ValueError(f"logit_bias: each bias a number from -{LARGEST_LOGIT_BIAS:g} to "
                              f"{LARGEST_LOGIT_BIAS:g}, got {bias!r} for token {token_id}")

@@ -285,9 +285,10 @@ INTERNALS: tuple[Internal, ...] = (
              "and taken out of the tree, here", "session_history"),
     Internal("scheduler", "sglang.srt.managers.io_struct.SessionParams", "rid, replace", "which request a session "
              "request continues from or replaces", "session_history"),
-    Internal("scheduler", "sglang.srt.managers.schedule_batch.Req", "finished, set_finish_with_abort", "a kept "
-             "request still running is not forgotten; a rid the session does not hold is refused with mint's "
-             "message", "session_history"),
+    Internal("scheduler", "sglang.srt.managers.schedule_batch.Req", "finished", "a kept request still running is "
+             "not forgotten", "session_history"),
+    Internal("scheduler", "sglang.srt.managers.schedule_batch", "FINISH_ABORT", "a request continuing from a rid "
+             "its session does not hold: its abort (req.to_finish) given mint's message", "session_history"),
     Internal("scheduler", "req", "origin_input_ids, output_ids", "what a kept request weighs; where a stop "
              "pattern's search past its budget cuts the output", "session_history, stop_regex"),
     Internal("frontend", "ollama_serving", "tokenizer_manager", "the Ollama handlers' tokenizer manager, whose "

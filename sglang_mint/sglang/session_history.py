@@ -53,6 +53,14 @@ def _around_session_create_req(original, session, req, *args, **kwargs):
     if limit is None or session.streaming:
         return original(session, req, *args, **kwargs)
     nodes, params = session.req_nodes, req.session_params
+    if params.replace and params.rid is None and len(req.input_ids) == 0:
+        # SGLang refuses it (no tokens once the history is gone); its loop over the history must not run
+        kept = dict(nodes)
+        nodes.clear()
+        try:
+            return original(session, req, *args, **kwargs)
+        finally:
+            nodes.update(kept)
     if params.replace and params.rid is None:
         for node in list(nodes.values()):
             _clear(nodes, node)
@@ -68,8 +76,10 @@ def _around_session_create_req(original, session, req, *args, **kwargs):
 
     node = nodes.get(req.rid)
     if node is None or node.req is not new_req:  # refused: no node was added
-        if unknown_rid:
-            new_req.set_finish_with_abort(unknown_session_rid(params.rid, limit.tokens))
+        if unknown_rid:  # SGLang's message, "Invalid request session id", made to say why
+            from sglang.srt.managers.schedule_batch import FINISH_ABORT
+
+            new_req.to_finish = FINISH_ABORT(unknown_session_rid(params.rid, limit.tokens), 400, "BadRequestError")
         return new_req
     if earlier is not None:
         _leave_tree(earlier)

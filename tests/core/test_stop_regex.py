@@ -12,7 +12,12 @@ from sglang_mint.stop_regex import BoundedSearch, StopRegexTooSlow
 @pytest.mark.parametrize("pattern, text", [
     (r"\d+ apples", "we have 12 apples"), (r"^The", "The end"), (r"end$", "the end"), (r"(?i)STOP", "please stop"),
     (r"a{3}", "aab"), (r"\n\n", "one\n\ntwo"), (r"[.!?]\s*$", "done. "),
+    # read differently by the regex package as it is: braces that are no quantifier, "[" inside a class
+    (r"\\end{document}", r"proof done \end{document}"), (r"x{e}", "ax{e}b"), (r"a{}", "a{}"), (r"}", "a}"),
+    (r"[[:digit:]]+$", "answer 42"), (r"[[:digit:]]+$", "x:]"), (r"[]a]+", "]a]"), (r"[^]a]+", "]bcd"),
+    (r"a{,2}b", "aab"), (r"a{2,}", "caaa"),
 ])
+@pytest.mark.filterwarnings("ignore:Possible nested set")
 def test_it_finds_what_re_finds(pattern, text):
     found, expected = BoundedSearch().search(pattern, text), re.search(pattern, text)
     assert (found and found.span()) == (expected and expected.span())
