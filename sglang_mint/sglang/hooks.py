@@ -73,11 +73,11 @@ HOOKS: tuple[Hook, ...] = (
     Hook("scheduler", "sglang.srt.session.session_controller.Session.create_req", "AROUND",
          "session_history:_around_session_create_req"),
     Hook("scheduler", f"{_SCHED}.get_internal_state", "AFTER", "session_history:_after_get_internal_state"),
-    # priority, DP ranks: a router's fields, an admin's right (the check: frontend.py), and the admin key opens
-    # the tenants' routes
     # a prompt's request as the scheduler will get it: refused where the scheduler would raise on it; n bounded
     Hook("frontend", f"{_TM}.generate_request", "BEFORE", "frontend:_before_generate_request"),
     Hook("frontend", f"{_TM}._create_tokenized_object", "AFTER", "frontend:_after_create_tokenized_object"),
+    # priority, DP ranks: a router's fields, an admin's right (the check: frontend.py), and the admin key opens
+    # the tenants' routes
     Hook("frontend", f"{_TM}.generate_request", "BEFORE", "router_fields:_before_generate_request"),
     Hook("frontend", "sglang.srt.utils.auth.decide_request_auth", "AFTER", "admin:_after_decide_request_auth"),
     Hook("all", "sglang.srt.utils.common.build_server_info", "AFTER",
