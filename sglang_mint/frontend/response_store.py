@@ -9,10 +9,14 @@ is kept, the least recently used going first and its conversation with it (namin
 SGLang's 404 for an unknown response id); a kept answer's conversation is always kept, so it can be
 continued; and of the conversations whose answer is not stored (in flight, or failed) at most the
 limit more are kept, the oldest going first. A background answer still being made (``queued``,
-``in_progress``) is never dropped. Not covered: a request that continues an answer
-(``previous_response_id``) reads that answer's conversation again once its own answer is made, and if
-``limit`` newer answers were stored meanwhile it is gone and the request fails (500): give a limit
-above the answers stored during the longest request.
+``in_progress``) is never dropped.
+
+A request that continues an answer (``previous_response_id``) reads that answer's conversation at its
+arrival, and SGLang reads it again once the request's own answer is made, to store the conversation so
+far. If ``limit`` newer answers were stored meanwhile (with a limit of 1: its own), the answer it continues
+is gone by then, and SGLang's second read failed the request (a 500, or a stream cut off). It now reads
+the conversation the request stored at its arrival, which is the same (``history_at_arrival``). Only a
+request that outlives ``limit`` newer requests still in flight or failed loses that too, and fails.
 """
 
 from __future__ import annotations
@@ -80,6 +84,14 @@ class Conversations(OrderedDict):
     def answered(self, key) -> None:
         """``key``'s answer is stored: its conversation now goes only with it."""
         self._unanswered.pop(key, None)
+
+    def history_at_arrival(self, request_id, previous_id):
+        """The conversation request ``request_id`` stored at its arrival, where the answer it continues
+        (``previous_id``) is gone since: that answer's conversation then, and the request's input. None where
+        the answer is still kept, or the request stored none."""
+        if previous_id is None or previous_id in self or request_id not in self:
+            return None
+        return list(self[request_id])
 
     def drop(self, key) -> None:
         """``key``'s answer was dropped: its conversation goes too."""

@@ -52,6 +52,8 @@ HOOKS: tuple[Hook, ...] = (
          "AROUND", "server_made_ids:_around_create_responses"),  # a stored answer's id is the server's
     Hook("frontend", "sglang.srt.entrypoints.openai.serving_responses.OpenAIServingResponses.__init__", "AFTER",
          "response_store:_after_serving_responses_init"),  # at most --mint-max-stored-responses answers kept
+    Hook("frontend", "sglang.srt.entrypoints.openai.serving_responses.OpenAIServingResponses."
+         "_response_input_history", "AROUND", "response_store:_around_response_input_history"),  # ...and continued
     Hook("frontend", f"{_TM}.open_session", "AROUND", "server_made_ids:_around_open_session"),  # a session's too
     # sessions: an idle timeout each, and at most --mint-max-sessions open per scheduler
     Hook("frontend", f"{_TM}.open_session", "AROUND", "session_bounds:_around_open_session"),
@@ -205,6 +207,8 @@ INTERNALS: tuple[Internal, ...] = (
              "server_made_ids"),
     Internal("frontend", "openai_serving_responses", "response_store, msg_store", "the stored answers and their "
              "conversations, dicts SGLang reads with get, [] and [] =: replaced by limited stores", "response_store"),
+    Internal("frontend", "sglang.srt.entrypoints.openai.protocol.ResponsesRequest", "request_id, previous_response_id",
+             "a request's own stored conversation and the answer it continues", "response_store"),
     Internal("frontend", "sglang.srt.entrypoints.openai.protocol.ResponsesRequest", "request_id, store", "a stored "
              "answer's id: the client's is refused", "server_made_ids"),
     Internal("all", "sglang.srt.server_args.ServerArgs", "api_key, admin_api_key, ssl_keyfile_password",

@@ -15,3 +15,14 @@ def _after_serving_responses_init(result, serving, *args, **kwargs):
         verify_internals("frontend", openai_serving_responses=serving)
         serving.response_store, serving.msg_store = limited_stores(config.max_stored_responses)
     return result
+
+
+def _around_response_input_history(original, serving, request, *args, **kwargs):
+    """OpenAIServingResponses._response_input_history AROUND: a continued answer evicted while the request ran
+    is read as it stood at the request's arrival."""
+    history_at_arrival = getattr(serving.msg_store, "history_at_arrival", None)
+    if history_at_arrival is not None:
+        history = history_at_arrival(request.request_id, request.previous_response_id)
+        if history is not None:
+            return history
+    return original(serving, request, *args, **kwargs)

@@ -78,3 +78,16 @@ def test_an_answer_still_being_made_is_never_dropped():
     assert set(answers) == {"resp_bg", "resp_c", "resp_d"}
     answers["resp_bg"] = SimpleNamespace(status="completed")
     assert set(answers) == {"resp_c", "resp_d"}  # resp_bg, done, was the oldest it could drop
+
+
+def test_a_continuation_reads_the_conversation_it_stored_at_its_arrival_once_its_parent_is_gone():
+    answers, conversations = limited_stores(1)
+    store(answers, conversations, "resp_a")
+    parent = list(conversations["resp_a"])
+    assert conversations.history_at_arrival("resp_b", "resp_a") is None  # the parent kept: SGLang reads it
+    conversations["resp_b"] = parent + [{"role": "user", "content": "and then?"}]  # resp_b continues resp_a
+    answers["resp_b"] = "answer resp_b"  # its own answer evicts resp_a (limit 1)
+    assert "resp_a" not in conversations
+    assert conversations.history_at_arrival("resp_b", "resp_a") == parent + [{"role": "user", "content": "and then?"}]
+    assert conversations.history_at_arrival("resp_b", None) is None  # continues nothing
+    assert conversations.history_at_arrival("resp_c", "resp_a") is None  # stored nothing at its arrival

@@ -28,3 +28,34 @@ def test_past_the_limit_the_oldest_answer_is_gone_and_the_newest_go_on(mint_clie
     assert [mint_client.responses.retrieve(r.id).id for r in later] == [r.id for r in later]
     follow_up = ask("and then?", previous_response_id=later[-1].id)  # a kept conversation goes on
     assert follow_up.status in ("completed", "incomplete")
+
+
+def test_a_continuation_outlives_the_answer_it_continues(mint_client):
+    """A request continuing an answer reads that answer's conversation again once its own answer is made. Here
+    ``MAX_STORED`` newer answers are stored while it streams, so the answer it continues is evicted meanwhile:
+    it still ends (SGLang cut its stream off), is stored, and can be continued in turn. What its stored conversation
+    holds: tests/frontend/test_response_store.py."""
+    def ask(text: str, **extra):
+        return mint_client.responses.create(model="tiny", input=text, max_output_tokens=2, temperature=0, **extra)
+
+    first = ask("hello one")
+    events = iter(mint_client.responses.create(model="tiny", input="and then?", previous_response_id=first.id,
+                                               max_output_tokens=300, temperature=0, stream=True))
+    kinds = []
+    for event in events:  # until the continuation is making its answer
+        kinds.append(event.type)
+        if event.type == "response.output_text.delta":
+            break
+    for n in range(MAX_STORED):
+        ask(f"meanwhile {n}")
+    with pytest.raises(openai.NotFoundError):
+        mint_client.responses.retrieve(first.id)  # evicted while the continuation streamed
+    last = None
+    for event in events:
+        kinds.append(event.type)
+        last = event
+    assert last is not None and last.type in ("response.completed", "response.incomplete"), kinds[-3:]
+    continued = last.response
+    assert mint_client.responses.retrieve(continued.id).id == continued.id
+    then = ask("and after that?", previous_response_id=continued.id)
+    assert then.status in ("completed", "incomplete")
