@@ -71,6 +71,8 @@ HOOKS: tuple[Hook, ...] = (
     Hook("scheduler", f"{_SCHED}.__init__", "AFTER", "stop_regex:_after_scheduler_init"),
     Hook("scheduler", "sglang.srt.managers.schedule_batch.Req._locate_str_stop_finished_len", "AROUND",
          "stop_regex:_around_locate_stop_finished_len"),
+    Hook("scheduler", "sglang.srt.managers.schedule_batch.Req._check_str_based_finish", "AROUND",
+         "stop_regex:_around_check_str_based_finish"),  # one budget for all of a request's patterns in a step
     # a non-streaming session's history: a whole tree, within --mint-session-history-tokens
     Hook("scheduler", "sglang.srt.session.session_controller.Session.create_req", "AROUND",
          "session_history:_around_session_create_req"),
@@ -297,6 +299,8 @@ INTERNALS: tuple[Internal, ...] = (
              "pattern's search past its budget cuts the output", "session_history, stop_regex"),
     Internal("frontend", "ollama_serving", "tokenizer_manager", "the Ollama handlers' tokenizer manager, whose "
              "settings say whether mint is on", "ollama_errors"),
+    Internal("scheduler", "req", "sampling_params.stop_regex_strs", "whether a request has stop patterns to "
+             "search after a step", "stop_regex"),
     Internal("scheduler", "sglang.srt.managers.schedule_batch", "re", "the module a request's stop patterns are "
              "matched with, its only use there: replaced by a BoundedSearch (its search and error)", "stop_regex"),
     Internal("frontend", "sglang.srt.utils.auth", "AuthDecision, AuthLevel.NORMAL", "the tenants' routes admit the "

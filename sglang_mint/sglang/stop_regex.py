@@ -6,7 +6,8 @@ only use of ``re`` there), is a ``BoundedSearch``. A search past its budget rais
 ``re.error``: where SGLang matches the output after a decode step it catches ``re.error`` and ends that
 request (400, naming the pattern). Where it then finds how much of the output the stop took
 (``Req._locate_str_stop_finished_len``, only once a pattern matched) it does not catch it: there a search
-past the budget cuts the output where the whole window matched, or finds no stop within a step.
+past the budget cuts the output where the whole window matched, or finds no stop within a step. All the
+searches of one request after one step (``Req._check_str_based_finish``) share one budget.
 """
 
 from __future__ import annotations
@@ -15,13 +16,25 @@ from sglang_mint.sglang.flags import mint_config
 from sglang_mint.stop_regex import BoundedSearch, StopRegexTooSlow
 
 
+_search: BoundedSearch | None = None  # this scheduler process's, once mint is on
+
+
 def _after_scheduler_init(result, scheduler, *args, **kwargs):
     """Scheduler.__init__ AFTER: stop patterns matched by a BoundedSearch in this scheduler's process."""
+    global _search
     if mint_config(scheduler.server_args) is not None:
         from sglang.srt.managers import schedule_batch
 
-        schedule_batch.re = BoundedSearch()
+        _search = schedule_batch.re = BoundedSearch()
     return result
+
+
+def _around_check_str_based_finish(original, req, *args, **kwargs):
+    """Req._check_str_based_finish AROUND: the request's stop pattern searches after this step share one budget."""
+    if _search is None or not req.sampling_params.stop_regex_strs:
+        return original(req, *args, **kwargs)
+    with _search.one_request_step():
+        return original(req, *args, **kwargs)
 
 
 def _around_locate_stop_finished_len(original, req, *args, **kwargs):

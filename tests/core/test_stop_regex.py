@@ -37,3 +37,14 @@ def test_a_search_past_the_budget_is_an_re_error_naming_why():
 
 def test_the_rest_of_re_is_re():
     assert BoundedSearch().error is re.error and BoundedSearch().escape("a.b") == re.escape("a.b")
+
+
+def test_the_searches_of_one_request_step_share_one_budget():
+    search, pattern, window = BoundedSearch(budget_s=0.05), "(a|aa){1,11}b", "a" * 24  # a few ms a search
+    for _ in range(30):
+        assert search.search(pattern, window) is None  # each alone well within its budget
+    with pytest.raises(StopRegexTooSlow, match="stop patterns together took over 50 ms"):
+        with search.one_request_step():
+            for _ in range(30):
+                search.search(pattern, window)
+    assert search.search(pattern, window) is None  # the next step has its own

@@ -45,3 +45,15 @@ def test_a_plain_stop_pattern_still_stops(mint_server, only_a):
     answer = json.loads(text)
     assert code == 200 and answer["meta_info"]["finish_reason"] == {"type": "stop", "matched": "a{5}"}, text
     assert answer["text"] == "a" * 5, text
+
+
+def test_the_budget_is_one_requests_all_patterns_together(mint_server, only_a):
+    """32 patterns (SGLang's most), each some 4 ms on the window of "a"s they read, well within 20 ms alone: on
+    SGLang's own they held the scheduler for some 85 ms a step, every tenant's requests with it."""
+    patterns = [f"(a|aa){{1,11}}{letter}" for letter in "bcdefghijklmnopqrstuvwxyzBCDEFGH"]
+    code, text = generate(mint_server, stop_regex=patterns[0], **only_a)
+    assert code == 200, text  # one of them alone is matched to the end
+    code, text = generate(mint_server, stop_regex=patterns, **only_a)
+    assert code == 400 and "stop patterns together took over 20 ms" in text, (code, text)
+    code, text = generate(mint_server, max_new_tokens=2)
+    assert code == 200, text  # the scheduler goes on
