@@ -18,7 +18,7 @@ Where the two engines read a pattern differently, it is first written as ``re`` 
 (``as_re_reads_it``): ``regex`` takes ``{e}``, ``{d}``, ``{s}``, ``{i}`` (and braces that begin with
 those letters, as in ``\\end{document}``) as fuzzy-matching constraints and ``[[:digit:]]`` as a POSIX
 class, where ``re`` takes both literally; such braces and brackets are escaped. Not made the same:
-``\s``, which ``regex`` does not let match ``\x1c`` to ``\x1f``.
+``\\s``, which ``regex`` does not let match ``\x1c`` to ``\x1f``.
 """
 
 from __future__ import annotations
