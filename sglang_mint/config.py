@@ -98,6 +98,7 @@ class MintConfig:
     usage_flush_s: float | None = None  # seconds between its appends ($MINT_USAGE_FLUSH_S); None: its default, 2
     grammar_cache_bytes: int = DEFAULT_GRAMMAR_CACHE_BYTES  # grammar_cache.py
     max_sessions: int = DEFAULT_MAX_SESSIONS  # sglang/session_bounds.py
+    max_streaming_sessions: int | None = None  # None: a quarter of a scheduler's request slots (session_bounds)
     session_timeout_s: float = DEFAULT_SESSION_TIMEOUT_S
     session_history_tokens: int = DEFAULT_SESSION_HISTORY_TOKENS  # sglang/session_history.py
     max_top_logprobs: int = DEFAULT_MAX_TOP_LOGPROBS  # frontend/request_values.py
@@ -112,7 +113,8 @@ class MintConfig:
                    max_concurrent_uploads: int | None = None, usage_dir: str | None = None,
                    grammar_cache: str | None = None, max_sessions: int | None = None,
                    session_timeout: float | None = None, max_stored_responses: int | None = None,
-                   session_history_tokens: int | None = None, max_top_logprobs: int | None = None) -> "MintConfig":
+                   session_history_tokens: int | None = None, max_top_logprobs: int | None = None,
+                   max_streaming_sessions: int | None = None) -> "MintConfig":
         """Validate the flags' values; raise MintError naming the flag at fault."""
         blob_bytes = _size_flag("--mint-blob-cache-bytes", blob_cache, DEFAULT_BLOB_CACHE_BYTES)
         if catalog is None and (catalog_cache is not None or blob_cache is not None):
@@ -135,6 +137,8 @@ class MintConfig:
         size = _size_flag("--mint-host-cache-bytes", host_cache, DEFAULT_HOST_CACHE_BYTES)
         grammar_bytes = _size_flag("--mint-grammar-cache-bytes", grammar_cache, DEFAULT_GRAMMAR_CACHE_BYTES)
         sessions = _count_flag("--mint-max-sessions", max_sessions, DEFAULT_MAX_SESSIONS, 1_000_000)
+        if max_streaming_sessions is not None:
+            _count_flag("--mint-max-streaming-sessions", max_streaming_sessions, 0, 1_000_000)
         timeout_s = DEFAULT_SESSION_TIMEOUT_S if session_timeout is None else session_timeout
         if not 0 < timeout_s <= 7 * 86400:
             raise MintError(f"--mint-session-timeout must be above 0 and at most 604800 (7 days), got {timeout_s:g}")
@@ -172,7 +176,7 @@ class MintConfig:
                    dp_dispatch=dp_dispatch or "affinity", gateway=gateway,
                    advertise_url=advertise_url, catalog_cache=catalog_cache, blob_cache_bytes=blob_bytes,
                    usage_dir=usage_dir, usage_flush_s=flush_s, grammar_cache_bytes=grammar_bytes,
-                   max_sessions=sessions, session_timeout_s=timeout_s, session_history_tokens=history,
+                   max_sessions=sessions, max_streaming_sessions=max_streaming_sessions, session_timeout_s=timeout_s, session_history_tokens=history,
                    max_stored_responses=stored, max_top_logprobs=top_logprobs)
 
     def open_catalog(self):
@@ -291,6 +295,17 @@ def add_mint_arguments(parser: argparse.ArgumentParser) -> None:
         "a timeout until its client closes it.",
     )
     group.add_argument(
+        "--mint-max-streaming-sessions",
+        metavar="N",
+        type=int,
+        default=None,
+        help="Of those, the streaming ones (/open_session with streaming: true, under --enable-streaming-session) a "
+        "scheduler keeps open at once (default: a quarter of its request slots, --max-running-requests, at least "
+        "1; never all of them). Each holds a request slot and its tokens' KV cache from its first request until "
+        "it is closed; one more is answered 429. SGLang alone lets sessions hold every slot, and then serves no "
+        "other request.",
+    )
+    group.add_argument(
         "--mint-session-history-tokens",
         metavar="N",
         type=int,
@@ -404,6 +419,7 @@ def config_from_args(args: argparse.Namespace, *, lora_on: bool, pp_size: int, t
         "usage_dir": getattr(args, "mint_usage_dir", None),
         "grammar_cache": getattr(args, "mint_grammar_cache_bytes", None),
         "max_sessions": getattr(args, "mint_max_sessions", None),
+        "max_streaming_sessions": getattr(args, "mint_max_streaming_sessions", None),
         "session_timeout": getattr(args, "mint_session_timeout", None),
         "max_stored_responses": getattr(args, "mint_max_stored_responses", None),
         "session_history_tokens": getattr(args, "mint_session_history_tokens", None),

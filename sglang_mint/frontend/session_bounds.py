@@ -12,6 +12,10 @@ tenants' requests need, without bound. With ``--enable-mint``:
   and one asking for longer is refused (400);
 - a scheduler keeps at most ``--mint-max-sessions`` open: once the sessions past their timeout are
   closed, one more is refused (429) until a session is closed or times out;
+- of them, at most ``streaming_session_limit`` streaming: each holds one of the scheduler's request slots
+  (rows of its request-to-token table, as many as ``--max-running-requests``) from its first request until
+  it closes. Sessions holding every slot left the scheduler no room for any other request: it served
+  nobody until one closed;
 - a non-streaming session keeps about ``--mint-session-history-tokens`` tokens of its requests to continue
   from (``history_to_forget``), forgetting the least recently used first: SGLang kept every request of
   one for as long as it was open, so a single session grew the scheduler without bound;
@@ -49,6 +53,22 @@ def session_timeout(requested, limit_s: float) -> float:
         raise ValueError(f"timeout: a session is kept idle at most {limit_s:g} s on this server "
                          f"(--mint-session-timeout), above 0; got {requested!r}. Leave it out to get {limit_s:g} s")
     return float(requested)
+
+
+def streaming_session_limit(request_slots: int, configured: int | None) -> int:
+    """The most streaming sessions a scheduler with ``request_slots`` (its max running requests) keeps open:
+    ``configured`` (--mint-max-streaming-sessions) or a quarter of the slots, at least 1, and never every slot
+    (0 where there is one)."""
+    wanted = max(request_slots // 4, 1) if configured is None else configured
+    return max(0, min(wanted, request_slots - 1))
+
+
+def streaming_sessions_full(max_sessions: int, configured: int | None, timeout_s: float) -> SessionsFull:
+    streaming = "a quarter of a scheduler's request slots" if configured is None else str(configured)
+    return SessionsFull(f"this server keeps at most {max_sessions} sessions open (--mint-max-sessions), of them at "
+                        f"most {streaming} streaming (--mint-max-streaming-sessions): each holds a request slot "
+                        "until it is closed. That many are open: close one you opened (/close_session), or retry "
+                        f"once an idle one has been closed (after {timeout_s:g} s idle)")
 
 
 def sessions_full(max_sessions: int, timeout_s: float) -> SessionsFull:

@@ -77,6 +77,7 @@ HOOKS: tuple[Hook, ...] = (
     Hook("scheduler", "sglang.srt.session.session_controller.Session.create_req", "AROUND",
          "session_history:_around_session_create_req"),
     Hook("scheduler", f"{_SCHED}.get_internal_state", "AFTER", "session_history:_after_get_internal_state"),
+    Hook("scheduler", f"{_SCHED}.get_internal_state", "AFTER", "session_bounds:_after_get_internal_state"),
     # a prompt's request as the scheduler will get it: refused where the scheduler would raise on it; n bounded
     Hook("frontend", f"{_TM}.generate_request", "BEFORE", "frontend:_before_generate_request"),
     Hook("frontend", f"{_TM}._create_tokenized_object", "AFTER", "frontend:_after_create_tokenized_object"),
@@ -265,11 +266,15 @@ INTERNALS: tuple[Internal, ...] = (
              "server_args): their cache's figures for /server_info", "grammar_cache"),
     Internal("frontend", "sglang.srt.managers.io_struct.OpenSessionReqInput", "timeout", "a session's idle "
              "timeout: set where the body has none, refused above --mint-session-timeout", "session_bounds"),
+    Internal("all", "sglang.srt.managers.io_struct.OpenSessionReqInput", "streaming", "whether a session asked for "
+             "holds a request slot once it runs: refused past --mint-max-streaming-sessions", "session_bounds"),
     Internal("scheduler", "sglang.srt.managers.io_struct.OpenSessionReqOutput", "session_id, success", "a "
              "session refused past --mint-max-sessions", "session_bounds"),
     Internal("scheduler", "scheduler", "session_controller", "the scheduler's sessions", "session_bounds"),
-    Internal("scheduler", "session_controller", "sessions, maybe_reap", "the sessions a scheduler keeps open, and "
-             "the close of those past their timeout", "session_bounds"),
+    Internal("scheduler", "scheduler", "max_running_requests", "its request slots, which a streaming session holds "
+             "one of", "session_bounds"),
+    Internal("scheduler", "session_controller", "sessions, maybe_reap", "the sessions a scheduler keeps open (each "
+             "session's streaming), and the close of those past their timeout", "session_bounds"),
     Internal("scheduler", "sglang.srt.session.session_controller.SessionController", "_all_requests_finished",
              "whether a session's requests are done (its _inflight, last_active_time: whether a streaming one runs, "
              "and when it was last active)", "session_bounds"),

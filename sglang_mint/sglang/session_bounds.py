@@ -2,7 +2,8 @@
 ``frontend/session_bounds.py``).
 
 The tokenizer manager gives each new session its idle timeout and turns a scheduler's refusal into a 429;
-the scheduler's session controller refuses a session past the limit, after closing those that timed out.
+the scheduler's session controller refuses a session past the limit, or a streaming one past the streaming
+limit (``streaming_session_limit`` of its ``max_running_requests``), after closing those that timed out.
 A session is idle only once its requests are done: SGLang counts its timeout from a request's arrival,
 so one request that ran longer than the timeout had its session closed under it.
 """
@@ -12,7 +13,12 @@ from __future__ import annotations
 import logging
 import time
 
-from sglang_mint.frontend.session_bounds import session_timeout, sessions_full
+from sglang_mint.frontend.session_bounds import (
+    session_timeout,
+    sessions_full,
+    streaming_session_limit,
+    streaming_sessions_full,
+)
 from sglang_mint.sglang.flags import mint_config
 from sglang_mint.sglang.hooks import verify_internals
 from sglang_mint.sglang.session_history import HISTORY_LIMIT_ATTR, HistoryLimit
@@ -21,6 +27,9 @@ logger = logging.getLogger("sglang_mint")
 
 # The attribute of a scheduler's SessionController: the most sessions it keeps open (set by _after_scheduler_init)
 MAX_SESSIONS_ATTR = "_mint_max_sessions"
+# ... and the most of them streaming, and how many it refused
+MAX_STREAMING_ATTR = "_mint_max_streaming_sessions"
+REFUSED_ATTR = "_mint_sessions_refused"
 # The attribute of a Session opened with limits: it is idle only once its requests are done
 IDLE_ONLY_WHEN_DONE_ATTR = "_mint_idle_only_when_done"
 
@@ -34,6 +43,8 @@ async def _around_open_session(original, tm, obj, *args, **kwargs):
     obj.timeout = session_timeout(obj.timeout, config.session_timeout_s)
     opened = await original(tm, obj, *args, **kwargs)
     if opened is None:
+        if getattr(obj, "streaming", False):
+            raise streaming_sessions_full(config.max_sessions, config.max_streaming_sessions, config.session_timeout_s)
         raise sessions_full(config.max_sessions, config.session_timeout_s)
     return opened
 
@@ -48,20 +59,40 @@ def _after_scheduler_init(result, scheduler, *args, **kwargs):
         verify_internals("scheduler", scheduler=scheduler, session_controller=controller,
                          session=Session(capacity_of_str_len=0), session_node=SessionReqNode(req=None))
         setattr(controller, MAX_SESSIONS_ATTR, config.max_sessions)
+        streaming = streaming_session_limit(scheduler.max_running_requests, config.max_streaming_sessions)
+        if config.max_streaming_sessions is not None and streaming < config.max_streaming_sessions:
+            logger.warning("--mint-max-streaming-sessions %d: %d here, so that a request slot of the %d "
+                           "(--max-running-requests) is left to other requests", config.max_streaming_sessions,
+                           streaming, scheduler.max_running_requests)
+        setattr(controller, MAX_STREAMING_ATTR, streaming)
+        setattr(controller, REFUSED_ATTR, 0)
         setattr(controller, HISTORY_LIMIT_ATTR, HistoryLimit(config.session_history_tokens))
     return result
 
 
+def _at_limit(controller, recv_req, limit: int) -> str | None:
+    """Why ``controller`` cannot open ``recv_req``'s session now (its flag), or None."""
+    if len(controller.sessions) >= limit:
+        return "--mint-max-sessions"
+    if recv_req.streaming:
+        streaming = getattr(controller, MAX_STREAMING_ATTR)
+        if sum(1 for s in controller.sessions.values() if s.streaming) >= streaming:
+            return "--mint-max-streaming-sessions"
+    return None
+
+
 def _around_session_controller_open(original, controller, recv_req, *args, **kwargs):
-    """SessionController.open AROUND: at the limit, close the sessions past their timeout; still at it,
+    """SessionController.open AROUND: at a limit, close the sessions past their timeout; still at it,
     refuse (the tokenizer manager answers 429). A session opened gets the limit on its history."""
     limit = getattr(controller, MAX_SESSIONS_ATTR, None)
-    if limit is not None and len(controller.sessions) >= limit:
+    if limit is not None and _at_limit(controller, recv_req, limit):
         controller.maybe_reap(time.monotonic(), interval=0.0)
-        if len(controller.sessions) >= limit:
+        flag = _at_limit(controller, recv_req, limit)
+        if flag is not None:
             from sglang.srt.managers.io_struct import OpenSessionReqOutput
 
-            logger.warning("a session was refused: %d are open, the most --mint-max-sessions allows", limit)
+            setattr(controller, REFUSED_ATTR, getattr(controller, REFUSED_ATTR) + 1)
+            logger.warning("a session was refused: as many are open as %s allows", flag)
             return OpenSessionReqOutput(session_id=recv_req.session_id, success=False)
     output = original(controller, recv_req, *args, **kwargs)
     if limit is not None and output.success:
@@ -81,3 +112,18 @@ def _around_session_is_timed_out(original, session, *args, **kwargs):
         session.last_active_time = time.monotonic()
         return False
     return original(session, *args, **kwargs)
+
+
+def _after_get_internal_state(result, scheduler, *args, **kwargs):
+    """Scheduler.get_internal_state AFTER: the sessions open against their limits, and those refused."""
+    controller = getattr(scheduler, "session_controller", None)
+    limit = getattr(controller, MAX_SESSIONS_ATTR, None)
+    if limit is not None:
+        result.internal_state["mint_sessions"] = {
+            "open": len(controller.sessions),
+            "max_open": limit,
+            "streaming_open": sum(1 for s in controller.sessions.values() if s.streaming),
+            "max_streaming_open": getattr(controller, MAX_STREAMING_ATTR),
+            "refused": getattr(controller, REFUSED_ATTR),
+        }
+    return result

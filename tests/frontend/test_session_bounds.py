@@ -8,7 +8,7 @@ import math
 import pytest
 
 from sglang_mint.frontend.session_bounds import (SessionsFull, check_session_params, history_to_forget, session_timeout,
-                                                  sessions_full, unknown_session_rid)
+                                                  sessions_full, streaming_session_limit, unknown_session_rid)
 
 
 def test_a_session_without_a_timeout_gets_the_server_s_and_one_within_it_keeps_its_own():
@@ -63,3 +63,11 @@ def test_a_session_forgets_its_least_recently_used_finished_requests_down_to_the
 def test_the_message_for_a_rid_the_session_does_not_hold_names_the_budget():
     message = unknown_session_rid("turn-3", 65536)
     assert "'turn-3'" in message and "65536 tokens" in message and "--mint-session-history-tokens" in message
+
+
+@pytest.mark.parametrize("slots, configured, limit", [
+    (256, None, 64), (8, None, 2), (2, None, 1), (3, None, 1), (1, None, 0),  # a quarter, at least 1, never all
+    (256, 10, 10), (8, 100, 7), (1, 5, 0),  # as configured, never all
+])
+def test_streaming_sessions_never_hold_every_request_slot(slots, configured, limit):
+    assert streaming_session_limit(slots, configured) == limit
