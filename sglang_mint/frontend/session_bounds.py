@@ -16,6 +16,9 @@ tenants' requests need, without bound. With ``--enable-mint``:
   (rows of its request-to-token table, as many as ``--max-running-requests``) from its first request until
   it closes. Sessions holding every slot left the scheduler no room for any other request: it served
   nobody until one closed;
+- and the streaming sessions hold at most half the scheduler's KV cache (``streaming_kv_budget``): each
+  keeps its tokens' KV, every turn's input and output, until it closes, so a few long ones filled the KV
+  cache as well (``streaming_turn_refusal``);
 - a non-streaming session keeps about ``--mint-session-history-tokens`` tokens of its requests to continue
   from (``history_to_forget``), forgetting the least recently used first: SGLang kept every request of
   one for as long as it was open, so a single session grew the scheduler without bound;
@@ -61,6 +64,23 @@ def streaming_session_limit(request_slots: int, configured: int | None) -> int:
     (0 where there is one)."""
     wanted = max(request_slots // 4, 1) if configured is None else configured
     return max(0, min(wanted, request_slots - 1))
+
+
+def streaming_kv_budget(kv_tokens: int) -> int:
+    """The tokens of a scheduler's KV cache (``kv_tokens``, its max total tokens) its streaming sessions may
+    hold together: half."""
+    return kv_tokens // 2
+
+
+def streaming_turn_refusal(turn_tokens: int, others_tokens: int, budget: int) -> str | None:
+    """Why a streaming session's turn, after which its KV holds at most ``turn_tokens``, is refused where the
+    other streaming sessions hold ``others_tokens`` of ``budget``; None where it fits."""
+    if others_tokens + turn_tokens <= budget:
+        return None
+    return (f"the streaming sessions of this server hold at most {budget} tokens of KV cache together (half of "
+            f"it), and this request would bring them to {others_tokens + turn_tokens} (this session's "
+            f"{turn_tokens}, counting max_new_tokens): close a streaming session (/close_session), or open a new "
+            "one for a fresh context")
 
 
 def streaming_sessions_full(max_sessions: int, configured: int | None, timeout_s: float) -> SessionsFull:

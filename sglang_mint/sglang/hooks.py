@@ -76,6 +76,8 @@ HOOKS: tuple[Hook, ...] = (
     # a non-streaming session's history: a whole tree, within --mint-session-history-tokens
     Hook("scheduler", "sglang.srt.session.session_controller.Session.create_req", "AROUND",
          "session_history:_around_session_create_req"),
+    Hook("scheduler", "sglang.srt.session.session_controller.Session.create_req", "AROUND",
+         "session_bounds:_around_session_create_req"),  # a streaming one: within half the KV cache
     Hook("scheduler", f"{_SCHED}.get_internal_state", "AFTER", "session_history:_after_get_internal_state"),
     Hook("scheduler", f"{_SCHED}.get_internal_state", "AFTER", "session_bounds:_after_get_internal_state"),
     # a prompt's request as the scheduler will get it: refused where the scheduler would raise on it; n bounded
@@ -271,8 +273,8 @@ INTERNALS: tuple[Internal, ...] = (
     Internal("scheduler", "sglang.srt.managers.io_struct.OpenSessionReqOutput", "session_id, success", "a "
              "session refused past --mint-max-sessions", "session_bounds"),
     Internal("scheduler", "scheduler", "session_controller", "the scheduler's sessions", "session_bounds"),
-    Internal("scheduler", "scheduler", "max_running_requests", "its request slots, which a streaming session holds "
-             "one of", "session_bounds"),
+    Internal("scheduler", "scheduler", "max_running_requests, max_total_num_tokens", "its request slots, which a "
+             "streaming session holds one of, and its KV cache's tokens, which it holds its own of", "session_bounds"),
     Internal("scheduler", "session_controller", "sessions, maybe_reap", "the sessions a scheduler keeps open (each "
              "session's streaming), and the close of those past their timeout", "session_bounds"),
     Internal("scheduler", "sglang.srt.session.session_controller.SessionController", "_all_requests_finished",
@@ -302,6 +304,11 @@ INTERNALS: tuple[Internal, ...] = (
              "its session does not hold: its abort (req.to_finish) given mint's message", "session_history"),
     Internal("scheduler", "req", "origin_input_ids, output_ids", "what a kept request weighs; where a stop "
              "pattern's search past its budget cuts the output", "session_history, stop_regex"),
+    Internal("scheduler", "req", "origin_input_ids, sampling_params.max_new_tokens, to_finish, "
+             "set_finish_with_abort", "a streaming session's turn: the tokens its KV holds after it, and its "
+             "refusal as SGLang refuses a turn", "session_bounds"),
+    Internal("scheduler", "session", "_inflight", "a streaming session's turn running: unset where mint refuses "
+             "it after SGLang took it", "session_bounds"),
     Internal("frontend", "ollama_serving", "tokenizer_manager", "the Ollama handlers' tokenizer manager, whose "
              "settings say whether mint is on", "ollama_errors"),
     Internal("scheduler", "req", "sampling_params.stop_regex_strs", "whether a request has stop patterns to "

@@ -3,7 +3,9 @@
 
 The tokenizer manager gives each new session its idle timeout and turns a scheduler's refusal into a 429;
 the scheduler's session controller refuses a session past the limit, or a streaming one past the streaming
-limit (``streaming_session_limit`` of its ``max_running_requests``), after closing those that timed out.
+limit (``streaming_session_limit`` of its ``max_running_requests``), after closing those that timed out;
+a streaming session's turn that would bring the KV all streaming sessions hold past half the cache is
+refused (429), the session kept as it was.
 A session is idle only once its requests are done: SGLang counts its timeout from a request's arrival,
 so one request that ran longer than the timeout had its session closed under it.
 """
@@ -16,8 +18,10 @@ import time
 from sglang_mint.frontend.session_bounds import (
     session_timeout,
     sessions_full,
+    streaming_kv_budget,
     streaming_session_limit,
     streaming_sessions_full,
+    streaming_turn_refusal,
 )
 from sglang_mint.sglang.flags import mint_config
 from sglang_mint.sglang.hooks import verify_internals
@@ -30,6 +34,11 @@ MAX_SESSIONS_ATTR = "_mint_max_sessions"
 # ... and the most of them streaming, and how many it refused
 MAX_STREAMING_ATTR = "_mint_max_streaming_sessions"
 REFUSED_ATTR = "_mint_sessions_refused"
+# ... the tokens of KV its streaming sessions may hold together, and a streaming session's controller
+STREAMING_KV_ATTR = "_mint_streaming_kv_budget"
+CONTROLLER_ATTR = "_mint_controller"
+# The attribute of a streaming session: the tokens its KV holds after its latest turn, at most
+KV_TOKENS_ATTR = "_mint_kv_tokens"
 # The attribute of a Session opened with limits: it is idle only once its requests are done
 IDLE_ONLY_WHEN_DONE_ATTR = "_mint_idle_only_when_done"
 
@@ -65,6 +74,7 @@ def _after_scheduler_init(result, scheduler, *args, **kwargs):
                            "(--max-running-requests) is left to other requests", config.max_streaming_sessions,
                            streaming, scheduler.max_running_requests)
         setattr(controller, MAX_STREAMING_ATTR, streaming)
+        setattr(controller, STREAMING_KV_ATTR, streaming_kv_budget(scheduler.max_total_num_tokens))
         setattr(controller, REFUSED_ATTR, 0)
         setattr(controller, HISTORY_LIMIT_ATTR, HistoryLimit(config.session_history_tokens))
     return result
@@ -99,7 +109,32 @@ def _around_session_controller_open(original, controller, recv_req, *args, **kwa
         session = controller.sessions[recv_req.session_id]
         setattr(session, IDLE_ONLY_WHEN_DONE_ATTR, True)
         setattr(session, HISTORY_LIMIT_ATTR, getattr(controller, HISTORY_LIMIT_ATTR))
+        if session.streaming:
+            setattr(session, CONTROLLER_ATTR, controller)
     return output
+
+
+def _streaming_kv_tokens(controller, but=None) -> int:
+    return sum(getattr(s, KV_TOKENS_ATTR, 0) for s in controller.sessions.values() if s.streaming and s is not but)
+
+
+def _around_session_create_req(original, session, req, *args, **kwargs):
+    """Session.create_req AROUND, for a streaming session opened with limits: a turn that would bring the KV
+    the streaming sessions hold past their budget is refused (429), as SGLang refuses a turn it cannot run
+    (the session not marked running, its history as it was)."""
+    new_req = original(session, req, *args, **kwargs)
+    controller = getattr(session, CONTROLLER_ATTR, None)
+    if controller is None or new_req.to_finish is not None:
+        return new_req
+    turn_tokens = len(new_req.origin_input_ids) + (new_req.sampling_params.max_new_tokens or 0)
+    refusal = streaming_turn_refusal(turn_tokens, _streaming_kv_tokens(controller, but=session),
+                                     getattr(controller, STREAMING_KV_ATTR))
+    if refusal is None:
+        setattr(session, KV_TOKENS_ATTR, turn_tokens)
+    else:
+        session._inflight = False
+        new_req.set_finish_with_abort(refusal, 429, "TooManyRequests")
+    return new_req
 
 
 def _around_session_is_timed_out(original, session, *args, **kwargs):
@@ -125,5 +160,7 @@ def _after_get_internal_state(result, scheduler, *args, **kwargs):
             "streaming_open": sum(1 for s in controller.sessions.values() if s.streaming),
             "max_streaming_open": getattr(controller, MAX_STREAMING_ATTR),
             "refused": getattr(controller, REFUSED_ATTR),
+            "streaming_kv_tokens": _streaming_kv_tokens(controller),
+            "max_streaming_kv_tokens": getattr(controller, STREAMING_KV_ATTR),
         }
     return result

@@ -8,7 +8,8 @@ import math
 import pytest
 
 from sglang_mint.frontend.session_bounds import (SessionsFull, check_session_params, history_to_forget, session_timeout,
-                                                  sessions_full, streaming_session_limit, unknown_session_rid)
+                                                  sessions_full, streaming_kv_budget, streaming_session_limit,
+                                                  streaming_turn_refusal, unknown_session_rid)
 
 
 def test_a_session_without_a_timeout_gets_the_server_s_and_one_within_it_keeps_its_own():
@@ -71,3 +72,11 @@ def test_the_message_for_a_rid_the_session_does_not_hold_names_the_budget():
 ])
 def test_streaming_sessions_never_hold_every_request_slot(slots, configured, limit):
     assert streaming_session_limit(slots, configured) == limit
+
+
+def test_a_streaming_turn_past_half_the_kv_cache_is_refused_naming_the_budget():
+    budget = streaming_kv_budget(4096)
+    assert budget == 2048
+    assert streaming_turn_refusal(1024, 1024, budget) is None  # exactly the budget fits
+    refusal = streaming_turn_refusal(1025, 1024, budget)
+    assert "at most 2048 tokens" in refusal and "to 2049" in refusal and "/close_session" in refusal
