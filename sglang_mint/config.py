@@ -299,8 +299,8 @@ def add_mint_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         type=int,
         default=None,
-        help="Of those, the streaming ones (/open_session with streaming: true, under --enable-streaming-session) a "
-        "scheduler keeps open at once (default: a quarter of its request slots, --max-running-requests, at least "
+        help="Of the sessions a scheduler keeps open, the streaming ones (/open_session with streaming: true, under "
+        "--enable-streaming-session) it keeps open at once (default: a quarter of its request slots, --max-running-requests, at least "
         "1; never all of them). Each holds a request slot and its turns' KV cache from its first request until "
         "it is closed; one more is answered 429, and so is a turn that would take them past half the KV cache. "
         "SGLang alone lets sessions hold every slot, or all the KV cache, and then serves no other request.",

@@ -35,6 +35,13 @@ _QUANTIFIER = re.compile(r"\{\d*,?\d*\}")  # re's {m}, {m,}, {,n}, {m,n} ({} alo
 
 
 @functools.lru_cache(maxsize=4096)
+def _compiled(pattern: str, flags: int):
+    """``pattern`` compiled as ``re`` reads it: outside a search's budget (``regex`` keeps 500 compiled patterns
+    of its own, and 32 long ones took most of 20 ms to compile)."""
+    return regex.compile(as_re_reads_it(pattern), flags)
+
+
+@functools.lru_cache(maxsize=4096)
 def as_re_reads_it(pattern: str) -> str:
     """``pattern`` with the braces that are no quantifier to ``re`` and the ``[`` inside a character class
     escaped, so that ``regex`` reads it as ``re`` does."""
@@ -93,18 +100,20 @@ class BoundedSearch:
             self._deadline = outer
 
     def search(self, pattern, string, flags=0):
+        try:
+            compiled = _compiled(pattern, flags)
+        except regex.error as exc:  # re accepted it at the request's arrival
+            raise re.error(f"the pattern does not compile here: {exc}") from None
         timeout = self.budget_s if self._deadline is None else self._deadline - time.perf_counter()
         try:
             if timeout <= 0:
                 raise TimeoutError
-            return regex.search(as_re_reads_it(pattern), string, flags, timeout=timeout)
+            return compiled.search(string, timeout=timeout)
         except TimeoutError:
             raise StopRegexTooSlow(f"matching the request's stop patterns together took over "
                                    f"{self.budget_s * 1000:g} ms on the output so far: one backtracks without end "
                                    "(a repeat inside a repeat, such as (a|aa)+); write each so that each character "
                                    "can match one way") from None
-        except regex.error as exc:  # re accepted it at the request's arrival
-            raise re.error(f"the pattern does not compile here: {exc}") from None
 
     def __getattr__(self, name):
         return getattr(re, name)

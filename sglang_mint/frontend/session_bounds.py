@@ -72,6 +72,14 @@ def streaming_kv_budget(kv_tokens: int) -> int:
     return kv_tokens // 2
 
 
+def streaming_turn_tokens(input_tokens: int, max_new_tokens: int | None, max_req_len: int) -> int:
+    """The tokens a streaming session's KV may hold after a turn of ``input_tokens`` (its whole context so far
+    and the new input): with its new tokens as SGLang caps them, to the longest request (``max_req_len``) less
+    one; all of that where the request asked for no limit."""
+    room = max(max_req_len - input_tokens - 1, 0)
+    return input_tokens + (room if max_new_tokens is None else min(max_new_tokens, room))
+
+
 def streaming_turn_refusal(turn_tokens: int, others_tokens: int, budget: int) -> str | None:
     """Why a streaming session's turn, after which its KV holds at most ``turn_tokens``, is refused where the
     other streaming sessions hold ``others_tokens`` of ``budget``; None where it fits."""
@@ -86,9 +94,10 @@ def streaming_turn_refusal(turn_tokens: int, others_tokens: int, budget: int) ->
 def streaming_sessions_full(max_sessions: int, configured: int | None, timeout_s: float) -> SessionsFull:
     streaming = "a quarter of a scheduler's request slots" if configured is None else str(configured)
     return SessionsFull(f"this server keeps at most {max_sessions} sessions open (--mint-max-sessions), of them at "
-                        f"most {streaming} streaming (--mint-max-streaming-sessions): each holds a request slot "
-                        "until it is closed. That many are open: close one you opened (/close_session), or retry "
-                        f"once an idle one has been closed (after {timeout_s:g} s idle)")
+                        f"most {streaming} streaming and never every request slot (--mint-max-streaming-sessions; "
+                        "/server_info's mint_sessions gives each scheduler's): each holds a request slot until it "
+                        "is closed. As many are open as the scheduler allows: close one you opened "
+                        f"(/close_session), or retry once an idle one has been closed (after {timeout_s:g} s idle)")
 
 
 def sessions_full(max_sessions: int, timeout_s: float) -> SessionsFull:

@@ -273,8 +273,12 @@ INTERNALS: tuple[Internal, ...] = (
     Internal("scheduler", "sglang.srt.managers.io_struct.OpenSessionReqOutput", "session_id, success", "a "
              "session refused past --mint-max-sessions", "session_bounds"),
     Internal("scheduler", "scheduler", "session_controller", "the scheduler's sessions", "session_bounds"),
-    Internal("scheduler", "scheduler", "max_running_requests, max_total_num_tokens", "its request slots, which a "
-             "streaming session holds one of, and its KV cache's tokens, which it holds its own of", "session_bounds"),
+    Internal("scheduler", "scheduler", "max_running_requests, max_total_num_tokens, max_req_len, "
+             "server_args.enable_streaming_session", "its request slots, which a streaming session holds one of, its "
+             "KV cache's tokens, which it holds its own of, and the longest request, which caps a turn's "
+             "max_new_tokens", "session_bounds"),
+    Internal("scheduler", "session_controller", "tree_cache.session_records", "the KV each streaming session "
+             "holds (its record's kv_allocated_len)", "session_bounds"),
     Internal("scheduler", "session_controller", "sessions, maybe_reap", "the sessions a scheduler keeps open (each "
              "session's streaming), and the close of those past their timeout", "session_bounds"),
     Internal("scheduler", "sglang.srt.session.session_controller.SessionController", "_all_requests_finished",
@@ -307,8 +311,8 @@ INTERNALS: tuple[Internal, ...] = (
     Internal("scheduler", "req", "origin_input_ids, sampling_params.max_new_tokens, to_finish, "
              "set_finish_with_abort", "a streaming session's turn: the tokens its KV holds after it, and its "
              "refusal as SGLang refuses a turn", "session_bounds"),
-    Internal("scheduler", "session", "_inflight", "a streaming session's turn running: unset where mint refuses "
-             "it after SGLang took it", "session_bounds"),
+    Internal("scheduler", "session", "_inflight, session_id", "a streaming session's turn running, whose KV is "
+             "counted as what it may hold after it; its record's key", "session_bounds"),
     Internal("frontend", "ollama_serving", "tokenizer_manager", "the Ollama handlers' tokenizer manager, whose "
              "settings say whether mint is on", "ollama_errors"),
     Internal("scheduler", "req", "sampling_params.stop_regex_strs", "whether a request has stop patterns to "

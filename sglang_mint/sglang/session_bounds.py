@@ -22,6 +22,7 @@ from sglang_mint.frontend.session_bounds import (
     streaming_session_limit,
     streaming_sessions_full,
     streaming_turn_refusal,
+    streaming_turn_tokens,
 )
 from sglang_mint.sglang.flags import mint_config
 from sglang_mint.sglang.hooks import verify_internals
@@ -34,10 +35,13 @@ MAX_SESSIONS_ATTR = "_mint_max_sessions"
 # ... and the most of them streaming, and how many it refused
 MAX_STREAMING_ATTR = "_mint_max_streaming_sessions"
 REFUSED_ATTR = "_mint_sessions_refused"
-# ... the tokens of KV its streaming sessions may hold together, and a streaming session's controller
+# ... the tokens of KV its streaming sessions may hold together, the longest request (the scheduler's
+# max_req_len), the turns it refused, and a streaming session's controller
 STREAMING_KV_ATTR = "_mint_streaming_kv_budget"
+MAX_REQ_LEN_ATTR = "_mint_max_req_len"
+TURNS_REFUSED_ATTR = "_mint_streaming_turns_refused"
 CONTROLLER_ATTR = "_mint_controller"
-# The attribute of a streaming session: the tokens its KV holds after its latest turn, at most
+# The attribute of a streaming session: the tokens its KV holds after the turn it runs, at most
 KV_TOKENS_ATTR = "_mint_kv_tokens"
 # The attribute of a Session opened with limits: it is idle only once its requests are done
 IDLE_ONLY_WHEN_DONE_ATTR = "_mint_idle_only_when_done"
@@ -73,9 +77,14 @@ def _after_scheduler_init(result, scheduler, *args, **kwargs):
             logger.warning("--mint-max-streaming-sessions %d: %d here, so that a request slot of the %d "
                            "(--max-running-requests) is left to other requests", config.max_streaming_sessions,
                            streaming, scheduler.max_running_requests)
+        if streaming == 0 and scheduler.server_args.enable_streaming_session:
+            logger.warning("--enable-streaming-session with one request slot (--max-running-requests): a streaming "
+                           "session would hold it, so none is opened")
         setattr(controller, MAX_STREAMING_ATTR, streaming)
         setattr(controller, STREAMING_KV_ATTR, streaming_kv_budget(scheduler.max_total_num_tokens))
+        setattr(controller, MAX_REQ_LEN_ATTR, scheduler.max_req_len)
         setattr(controller, REFUSED_ATTR, 0)
+        setattr(controller, TURNS_REFUSED_ATTR, 0)
         setattr(controller, HISTORY_LIMIT_ATTR, HistoryLimit(config.session_history_tokens))
     return result
 
@@ -115,24 +124,34 @@ def _around_session_controller_open(original, controller, recv_req, *args, **kwa
 
 
 def _streaming_kv_tokens(controller, but=None) -> int:
-    return sum(getattr(s, KV_TOKENS_ATTR, 0) for s in controller.sessions.values() if s.streaming and s is not but)
+    """The KV the streaming sessions but ``but`` hold: each one's record, or for one running a turn, what it
+    may hold after it (a turn aborted gives its record back, and SGLang marks its session not running)."""
+    records = controller.tree_cache.session_records()
+    held = 0
+    for session in controller.sessions.values():
+        if session.streaming and session is not but:
+            record = records.get(session.session_id)
+            held_now = record.kv_allocated_len if record is not None else 0
+            held += max(held_now, getattr(session, KV_TOKENS_ATTR, 0)) if session._inflight else held_now
+    return held
 
 
 def _around_session_create_req(original, session, req, *args, **kwargs):
     """Session.create_req AROUND, for a streaming session opened with limits: a turn that would bring the KV
     the streaming sessions hold past their budget is refused (429), as SGLang refuses a turn it cannot run
-    (the session not marked running, its history as it was)."""
+    (SGLang then detaches it from its session, whose history stays as it was)."""
     new_req = original(session, req, *args, **kwargs)
     controller = getattr(session, CONTROLLER_ATTR, None)
     if controller is None or new_req.to_finish is not None:
         return new_req
-    turn_tokens = len(new_req.origin_input_ids) + (new_req.sampling_params.max_new_tokens or 0)
+    turn_tokens = streaming_turn_tokens(len(new_req.origin_input_ids), new_req.sampling_params.max_new_tokens,
+                                        getattr(controller, MAX_REQ_LEN_ATTR))
     refusal = streaming_turn_refusal(turn_tokens, _streaming_kv_tokens(controller, but=session),
                                      getattr(controller, STREAMING_KV_ATTR))
     if refusal is None:
         setattr(session, KV_TOKENS_ATTR, turn_tokens)
     else:
-        session._inflight = False
+        setattr(controller, TURNS_REFUSED_ATTR, getattr(controller, TURNS_REFUSED_ATTR) + 1)
         new_req.set_finish_with_abort(refusal, 429, "TooManyRequests")
     return new_req
 
@@ -160,7 +179,9 @@ def _after_get_internal_state(result, scheduler, *args, **kwargs):
             "streaming_open": sum(1 for s in controller.sessions.values() if s.streaming),
             "max_streaming_open": getattr(controller, MAX_STREAMING_ATTR),
             "refused": getattr(controller, REFUSED_ATTR),
-            "streaming_kv_tokens": _streaming_kv_tokens(controller),
+            "streaming_turns_refused": getattr(controller, TURNS_REFUSED_ATTR),
+            "streaming_kv_tokens": sum(record.kv_allocated_len
+                                       for record in controller.tree_cache.session_records().values()),
             "max_streaming_kv_tokens": getattr(controller, STREAMING_KV_ATTR),
         }
     return result

@@ -9,7 +9,7 @@ import pytest
 
 from sglang_mint.frontend.session_bounds import (SessionsFull, check_session_params, history_to_forget, session_timeout,
                                                   sessions_full, streaming_kv_budget, streaming_session_limit,
-                                                  streaming_turn_refusal, unknown_session_rid)
+                                                  streaming_turn_refusal, streaming_turn_tokens, unknown_session_rid)
 
 
 def test_a_session_without_a_timeout_gets_the_server_s_and_one_within_it_keeps_its_own():
@@ -80,3 +80,10 @@ def test_a_streaming_turn_past_half_the_kv_cache_is_refused_naming_the_budget():
     assert streaming_turn_refusal(1024, 1024, budget) is None  # exactly the budget fits
     refusal = streaming_turn_refusal(1025, 1024, budget)
     assert "at most 2048 tokens" in refusal and "to 2049" in refusal and "/close_session" in refusal
+
+
+def test_a_streaming_turn_counts_its_new_tokens_as_sglang_caps_them():
+    assert streaming_turn_tokens(700, 2, 2048) == 702
+    assert streaming_turn_tokens(700, 100_000, 2048) == 2047  # capped to the longest request, less one
+    assert streaming_turn_tokens(700, None, 2048) == 2047  # no limit asked: all the room there is
+    assert streaming_turn_tokens(3000, 2, 2048) == 3000  # past the longest request: SGLang refuses it anyway

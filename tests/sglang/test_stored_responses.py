@@ -40,16 +40,20 @@ def test_a_continuation_outlives_the_answer_it_continues(mint_client):
 
     first = ask("hello one")
     events = iter(mint_client.responses.create(model="tiny", input="and then?", previous_response_id=first.id,
-                                               max_output_tokens=300, temperature=0, stream=True))
-    kinds = []
+                                               max_output_tokens=400, temperature=0, stream=True))
+    kinds, continuation = [], None
     for event in events:  # until the continuation is making its answer
         kinds.append(event.type)
+        if event.type == "response.created":
+            continuation = event.response.id
         if event.type == "response.output_text.delta":
             break
     for n in range(MAX_STORED):
         ask(f"meanwhile {n}")
     with pytest.raises(openai.NotFoundError):
         mint_client.responses.retrieve(first.id)  # evicted while the continuation streamed
+    with pytest.raises(openai.NotFoundError):
+        mint_client.responses.retrieve(continuation)  # and the continuation not done yet: stored once it is
     last = None
     for event in events:
         kinds.append(event.type)

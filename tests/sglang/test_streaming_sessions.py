@@ -85,7 +85,7 @@ def test_streaming_sessions_leave_request_slots_to_everyone_else(small_server):
         assert serves(small_server)
         state = mint_sessions(small_server)
         assert (state["open"], state["streaming_open"], state["max_streaming_open"]) == (3, 2, 2), state
-        assert state["refused"] >= 1, state
+        assert state["refused"] >= 1 and state["streaming_turns_refused"] == 0, state
 
         sessions.close(streaming[0])
         code, third = sessions.open(streaming=True)
@@ -104,6 +104,7 @@ def test_streaming_sessions_hold_at_most_half_the_kv_cache(small_server):
         assert code == 200, text  # the refused session goes on
         state = mint_sessions(small_server)
         assert state["max_streaming_kv_tokens"] == 2048 and 1400 < state["streaming_kv_tokens"] <= 2048, state
+        assert state["streaming_turns_refused"] == 1, state
 
         code, text = sessions.turn(first, long_turn)  # its KV would grow to some 1,400 tokens: 2,100 together
         assert code == 429 and "hold at most 2048 tokens of KV cache together" in text, (code, text)
