@@ -36,6 +36,9 @@ DEFAULT_MAX_STORED_RESPONSES = 10_000  # /v1/responses answers kept under --enab
 # The largest adapter upload (POST /mint/adapters/{id}/revisions) a server reads. A rank-64 bf16
 # LoRA on every dense module of a 70B model is about 1.6 GB; MoE-expert LoRA can be far larger.
 DEFAULT_MAX_UPLOAD_BYTES = 4 << 30
+# The largest body of any other request (frontend/body_limit.py): a 128k-token prompt is some 0.5 MB of text,
+# an image sent inline a few MB
+DEFAULT_MAX_REQUEST_BYTES = 64 << 20
 # Uploads received at once; one more gets 429 with Retry-After. Each holds a small constant of
 # memory (the body streams to temp files) but its size in temp disk until it is published.
 DEFAULT_MAX_CONCURRENT_UPLOADS = 2
@@ -103,6 +106,7 @@ class MintConfig:
     session_history_tokens: int = DEFAULT_SESSION_HISTORY_TOKENS  # sglang/session_history.py
     max_top_logprobs: int = DEFAULT_MAX_TOP_LOGPROBS  # frontend/request_values.py
     max_stored_responses: int = DEFAULT_MAX_STORED_RESPONSES  # frontend/response_store.py
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES  # frontend/body_limit.py
 
     @classmethod
     def from_flags(cls, catalog: str | None = None, host_cache: str | None = None,
@@ -114,7 +118,7 @@ class MintConfig:
                    grammar_cache: str | None = None, max_sessions: int | None = None,
                    session_timeout: float | None = None, max_stored_responses: int | None = None,
                    session_history_tokens: int | None = None, max_top_logprobs: int | None = None,
-                   max_streaming_sessions: int | None = None) -> "MintConfig":
+                   max_streaming_sessions: int | None = None, max_request: str | None = None) -> "MintConfig":
         """Validate the flags' values; raise MintError naming the flag at fault."""
         blob_bytes = _size_flag("--mint-blob-cache-bytes", blob_cache, DEFAULT_BLOB_CACHE_BYTES)
         if catalog is None and (catalog_cache is not None or blob_cache is not None):
@@ -155,6 +159,7 @@ class MintConfig:
                 raise MintError(f"--mint-pin: {exc}") from None
         workers = _count_flag("--mint-load-workers", load_workers, DEFAULT_LOAD_WORKERS, 64)
         upload = _size_flag("--mint-max-upload-bytes", max_upload, DEFAULT_MAX_UPLOAD_BYTES)
+        request_bytes = _size_flag("--mint-max-request-bytes", max_request, DEFAULT_MAX_REQUEST_BYTES)
         uploads = _count_flag("--mint-max-concurrent-uploads", max_concurrent_uploads,
                               DEFAULT_MAX_CONCURRENT_UPLOADS, 64)
         if (host_cache is not None or pin or load_workers is not None or max_upload is not None
@@ -177,7 +182,7 @@ class MintConfig:
                    advertise_url=advertise_url, catalog_cache=catalog_cache, blob_cache_bytes=blob_bytes,
                    usage_dir=usage_dir, usage_flush_s=flush_s, grammar_cache_bytes=grammar_bytes,
                    max_sessions=sessions, max_streaming_sessions=max_streaming_sessions, session_timeout_s=timeout_s, session_history_tokens=history,
-                   max_stored_responses=stored, max_top_logprobs=top_logprobs)
+                   max_stored_responses=stored, max_top_logprobs=top_logprobs, max_request_bytes=request_bytes)
 
     def open_catalog(self):
         """The catalog as a serving process holds it: a small SQLite page cache per thread (see
@@ -354,6 +359,14 @@ def add_mint_arguments(parser: argparse.ArgumentParser) -> None:
         "(default 4GiB); a larger body is refused with 413 before it is read.",
     )
     group.add_argument(
+        "--mint-max-request-bytes",
+        metavar="SIZE",
+        default=None,
+        help="Largest body of any other request, e.g. 256MiB (default 64MiB; admin calls are not bounded); a "
+        "larger one is refused with 413, before it is read where it declares its length. SGLang alone reads "
+        "any body whole into memory.",
+    )
+    group.add_argument(
         "--mint-max-concurrent-uploads",
         metavar="N",
         type=int,
@@ -422,6 +435,7 @@ def config_from_args(args: argparse.Namespace, *, lora_on: bool, pp_size: int, t
         "max_streaming_sessions": getattr(args, "mint_max_streaming_sessions", None),
         "session_timeout": getattr(args, "mint_session_timeout", None),
         "max_stored_responses": getattr(args, "mint_max_stored_responses", None),
+        "max_request": getattr(args, "mint_max_request_bytes", None),
         "session_history_tokens": getattr(args, "mint_session_history_tokens", None),
         "max_top_logprobs": getattr(args, "mint_max_top_logprobs", None),
     }

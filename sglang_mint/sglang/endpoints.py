@@ -17,6 +17,7 @@ import os
 from sglang.srt.utils.auth import AuthLevel, auth_level
 
 from sglang_mint.frontend import admin_guard
+from sglang_mint.frontend.body_limit import BodyLimit
 from sglang_mint.frontend.catalog_names import CatalogNameTaken, catalog_name_taken
 from sglang_mint.frontend.mint_api import add_routes
 from sglang_mint.frontend.websocket_keys import WebSocketKeys, handshake_keys
@@ -87,6 +88,7 @@ def _before_launch_server(server_args, *args, **kwargs):
         logger.info("idle HTTP connections are kept %d s (SGLANG_TIMEOUT_KEEP_ALIVE)", IDLE_CONNECTION_S)
     verify_internals("frontend")  # the app's internals, before routes are added to it
     add_routes(http_server.app, _engine, auth_level(AuthLevel.ADMIN_OPTIONAL))
+    http_server.app.add_middleware(BodyLimit, limit=config.max_request_bytes)  # inside the guard: it marks admins
     admin_guard.install(http_server.app, server_args.admin_api_key, admin.admin_optional_paths)
     metric_labels.install(http_server.app)
     keys = handshake_keys(server_args.api_key, server_args.admin_api_key)

@@ -66,7 +66,7 @@ def flag_results(tiny_model, tmp_path_factory, forked):
                  "--mint-load-workers", "3", "--mint-max-upload-bytes", "16GiB",
                  "--mint-max-concurrent-uploads", "3", "--mint-usage-dir", str(catalog_dir.parent / "ledger"),
                  "--mint-grammar-cache-bytes", "1GiB", "--mint-max-sessions", "64", "--mint-session-timeout", "90",
-                 "--mint-max-streaming-sessions", "16",
+                 "--mint-max-streaming-sessions", "16", "--mint-max-request-bytes", "8MiB",
                  "--mint-session-history-tokens", "4096", "--mint-max-top-logprobs", "50",
                  "--mint-max-stored-responses", "500"],
         "bad_upload_size": ["--model-path", str(tiny_model), "--enable-lora", "--enable-mint",
@@ -110,6 +110,8 @@ def flag_results(tiny_model, tmp_path_factory, forked):
                              "--mint-max-sessions", "0"],
         "bad_streaming_sessions": ["--model-path", str(tiny_model), "--enable-lora", "--enable-mint",
                                    "--mint-max-streaming-sessions", "0"],
+        "bad_request_size": ["--model-path", str(tiny_model), "--enable-lora", "--enable-mint",
+                             "--mint-max-request-bytes", "0"],
         "bad_top_logprobs": ["--model-path", str(tiny_model), "--enable-lora", "--enable-mint",
                              "--mint-max-top-logprobs", "0"],
         "bad_session_history": ["--model-path", str(tiny_model), "--enable-lora", "--enable-mint",
@@ -172,7 +174,7 @@ def test_flags_reach_subprocess_copies_of_server_args(flag_results):
         "blob_cache_bytes": 10 << 30, "gateway": None, "advertise_url": None,
         "usage_dir": str(Path(catalog_dir).parent / "ledger"), "usage_flush_s": None, "grammar_cache_bytes": 1 << 30,
         "max_sessions": 64, "max_streaming_sessions": 16, "session_timeout_s": 90.0, "session_history_tokens": 4096,
-        "max_stored_responses": 500, "max_top_logprobs": 50}}
+        "max_stored_responses": 500, "max_top_logprobs": 50, "max_request_bytes": 8 << 20}}
 
 
 @pytest.mark.parametrize("case, message", [
@@ -198,6 +200,7 @@ def test_flags_reach_subprocess_copies_of_server_args(flag_results):
     ("bad_grammar_cache", "--mint-grammar-cache-bytes: 'much' is not a size"),
     ("bad_max_sessions", "--mint-max-sessions must be 1 to 1000000, got 0"),
     ("bad_streaming_sessions", "--mint-max-streaming-sessions must be 1 to 1000000, got 0"),
+    ("bad_request_size", "--mint-max-request-bytes: size '0' must be positive"),
     ("bad_session_history", "--mint-session-history-tokens must be 1 to 1073741824, got 0"),
     ("bad_top_logprobs", "--mint-max-top-logprobs must be 1 to 1048576, got 0"),
     ("bad_stored_responses", "--mint-max-stored-responses must be 1 to 10000000, got 0"),
