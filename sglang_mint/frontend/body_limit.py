@@ -5,8 +5,10 @@ SGLang's routes read a request's whole body into memory before they look at it (
 headers, not bodies. One request of a few GB, valid JSON or not, grew the frontend by as much, then by
 the objects parsed from it, and a few at once could take the frontend's memory (every tenant's server)
 down. ``BodyLimit`` refuses a body past the limit with 413 in OpenAI's error shape: by its
-``Content-Length`` before any route runs, or, for a chunked body, once the bytes read pass the limit
-(the route then sees the client gone, and its answer is dropped for the 413).
+``Content-Length`` before any route runs, or once the bytes read pass the limit (a chunked body; or one
+that declares a small length and is chunked too, which uvicorn's h11 reads as chunked): the route then
+sees the client gone, and its answer is dropped for the 413. The 413 closes the connection, so the rest
+of the body is not read.
 
 Admin calls the admin guard admitted (``admin_guard.ADMITTED``) are not bounded here: an adapter upload
 has its own limit (``--mint-max-upload-bytes``, read in a stream), and a weight update from tensors is the
@@ -15,7 +17,10 @@ operator's.
 
 from __future__ import annotations
 
-from sglang_mint.frontend.admin_guard import ADMITTED, answer_error
+from starlette.requests import ClientDisconnect
+from starlette.responses import JSONResponse
+
+from sglang_mint.frontend.admin_guard import ADMITTED
 
 
 def declared_length(scope) -> int | None:
@@ -26,9 +31,13 @@ def declared_length(scope) -> int | None:
     return None
 
 
-def _too_large(limit: int, size: str) -> str:
-    return (f"the request body is {size}, above this server's limit of {limit} bytes (--mint-max-request-bytes); "
-            "send less in one request")
+async def refuse(scope, receive, send, limit: int, size: str) -> None:
+    """413 in OpenAI's error shape, closing the connection."""
+    message = (f"the request body is {size}, above this server's limit of {limit} bytes (--mint-max-request-bytes); "
+               "send less in one request")
+    response = JSONResponse({"error": {"message": message, "type": "invalid_request_error", "code": 413}},
+                            status_code=413, headers={"connection": "close"})
+    await response(scope, receive, send)
 
 
 class BodyLimit:
@@ -43,15 +52,12 @@ class BodyLimit:
         if scope["type"] != "http" or scope.get(ADMITTED):
             return await self.app(scope, receive, send)
         declared = declared_length(scope)
-        if declared is not None:
-            if declared > self.limit:
-                return await answer_error(scope, receive, send, 413, "invalid_request_error",
-                                          _too_large(self.limit, f"{declared} bytes"))
-            return await self.app(scope, receive, send)  # uvicorn reads no more than it declares
+        if declared is not None and declared > self.limit:
+            return await refuse(scope, receive, send, self.limit, f"{declared} bytes")
         await self._counted(scope, receive, send)
 
     async def _counted(self, scope, receive, send):
-        """A body without a Content-Length (chunked): counted as the route reads it."""
+        """The body counted as the route reads it."""
         received, refused, started = 0, False, False
 
         async def counted_receive():
@@ -64,8 +70,7 @@ class BodyLimit:
                 if received > self.limit:
                     refused = True
                     if not started:
-                        await answer_error(scope, receive, send, 413, "invalid_request_error",
-                                           _too_large(self.limit, f"over {self.limit} bytes"))
+                        await refuse(scope, receive, send, self.limit, f"over {self.limit} bytes")
                     return {"type": "http.disconnect"}
             return message
 
@@ -78,7 +83,6 @@ class BodyLimit:
 
         try:
             await self.app(scope, counted_receive, answer_unless_refused)
-        except Exception:
+        except ClientDisconnect:
             if not refused:
-                raise
-            # the route failed on the client gone (Starlette's ClientDisconnect): the 413 answered it
+                raise  # the 413 answered a route that failed on the body cut off

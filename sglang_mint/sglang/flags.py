@@ -7,8 +7,9 @@ underscore bookkeeping too). Without ``--enable-mint`` it is None and every hook
 
 from __future__ import annotations
 
-from sglang_mint.config import MintConfig, add_mint_arguments, config_from_args
+from sglang_mint.config import MintConfig, config_from_args
 from sglang_mint.errors import MintError
+from sglang_mint.launch_flags import add_mint_arguments
 from sglang_mint.sglang.backend import MINT_BACKEND
 
 
@@ -48,6 +49,9 @@ TENANT_UNSAFE = {
                                        "in the scheduler that holds every tenant's adapters and cache",
     "--enable-session-radix-cache": "keeps a request's KV cache under the session_id its body writes, which "
                                     "any tenant may write too (and close)",
+    "SGLANG_ENABLE_REQUEST_DECOMPRESSION": "unpacks a request body (x-body-compressed: zstd) whole, with no bound: "
+                                           "a body of a few KiB within --mint-max-request-bytes can become GiBs in "
+                                           "the frontend every tenant shares",
 }
 
 
@@ -59,7 +63,8 @@ def tenant_unsafe_settings(server_args) -> tuple[tuple[str, str], ...]:
           "--smg-grpc-mode": server_args.smg_grpc_mode, "--grpc-mode": server_args.grpc_mode,
           "SGLANG_RUST_SERVER": envs.SGLANG_RUST_SERVER.get(),
           "--enable-custom-logit-processor": server_args.enable_custom_logit_processor,
-          "--enable-session-radix-cache": server_args.enable_session_radix_cache}
+          "--enable-session-radix-cache": server_args.enable_session_radix_cache,
+          "SGLANG_ENABLE_REQUEST_DECOMPRESSION": envs.SGLANG_ENABLE_REQUEST_DECOMPRESSION.get()}
     return tuple((setting, why) for setting, why in TENANT_UNSAFE.items() if on[setting])
 
 

@@ -227,8 +227,9 @@ INTERNALS: tuple[Internal, ...] = (
              "enable_custom_logit_processor, enable_session_radix_cache", "settings refused with --enable-mint: "
              "gRPC front ends past the admin guard and the tenant rules, tenants' code and session ids "
              "(flags.TENANT_UNSAFE)", "flags"),
-    Internal("all", "sglang.srt.environ.envs", "SGLANG_GRPC_PORT, SGLANG_RUST_SERVER", "the same, set by "
-             "environment", "flags"),
+    Internal("all", "sglang.srt.environ.envs", "SGLANG_GRPC_PORT, SGLANG_RUST_SERVER, "
+             "SGLANG_ENABLE_REQUEST_DECOMPRESSION", "the same, set by environment; a body unpacked with no bound",
+             "flags"),
     Internal("all", "sglang.srt.constants", "HEALTH_CHECK_RID_PREFIX", "the head of SGLang's health checks' "
              "rids: a client's rid may not start with it, and the ledger does not bill them", "client_rids"),
     Internal("frontend", "sglang.srt.entrypoints.openai.serving_responses.OpenAIServingResponses",

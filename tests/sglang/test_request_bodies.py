@@ -17,20 +17,22 @@ pytestmark = pytest.mark.server  # starts real SGLang servers: not in make test-
 LIMIT = 64 << 20
 
 
-def send(server, path: str, *, declared: int | None = None, body: bytes = b"", chunk: int = 1 << 20):
+def send(server, path: str, *, declared: int | None = None, body: bytes = b"", chunk: int = 1 << 20,
+         chunked: bool | None = None):
     """(status, answer) of a POST of ``body`` to ``path``: with a Content-Length of ``declared`` (sending only
-    ``body``), or chunked without one."""
+    ``body``), or chunked without one; ``chunked`` with one too."""
+    chunked = declared is None if chunked is None else chunked
     connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
     try:
         connection.putrequest("POST", path)
         connection.putheader("Content-Type", "application/json")
-        if declared is None:
-            connection.putheader("Transfer-Encoding", "chunked")
-        else:
+        if declared is not None:
             connection.putheader("Content-Length", str(declared))
+        if chunked:
+            connection.putheader("Transfer-Encoding", "chunked")
         connection.endheaders()
         try:
-            if declared is None:
+            if chunked:
                 for start in range(0, len(body), chunk):
                     part = body[start:start + chunk]
                     connection.send(f"{len(part):x}\r\n".encode() + part + b"\r\n")
@@ -58,6 +60,12 @@ def test_a_chunked_body_is_refused_once_past_the_limit(mint_server):
     body = json.dumps({"model": "tiny", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 2})
     code, text = send(mint_server, "/v1/chat/completions", body=body.encode())  # chunked within it: served
     assert code == 200, text
+
+
+def test_a_small_length_on_a_chunked_body_is_no_way_past(mint_server):
+    """uvicorn's h11 reads a body that declares both a Content-Length and chunked as chunked."""
+    code, text = send(mint_server, "/generate", declared=10, chunked=True, body=b"x" * (LIMIT + (1 << 20)))
+    assert code == 413 and "--mint-max-request-bytes" in text, (code, text[:300])
 
 
 def test_an_admin_call_is_not_bounded(mint_server):
