@@ -1,6 +1,6 @@
 """The plugin's settings, as given by the ``--enable-mint`` / ``--mint-*`` launch flags.
 
-Engine-agnostic: ``add_mint_arguments`` puts the flags on the engine's argparse
+Engine-agnostic: ``launch_flags.add_mint_arguments`` puts the flags on the engine's argparse
 parser (so they appear in its ``--help``), ``config_from_args`` checks them with
 the engine settings they depend on and builds a ``MintConfig``, which the SGLang
 glue (``sglang/flags.py``) attaches to the server arguments that SGLang hands
@@ -33,6 +33,7 @@ DEFAULT_SESSION_HISTORY_TOKENS = 65536
 # scheduler and the tokenizer manager's loop spent seconds to minutes on one long prompt's
 DEFAULT_MAX_TOP_LOGPROBS = 20
 DEFAULT_MAX_STORED_RESPONSES = 10_000  # /v1/responses answers kept under --enable-response-store
+DEFAULT_STORED_RESPONSES_BYTES = 1 << 30  # ... and the bytes they and their conversations weigh
 # The largest adapter upload (POST /mint/adapters/{id}/revisions) a server reads. A rank-64 bf16
 # LoRA on every dense module of a 70B model is about 1.6 GB; MoE-expert LoRA can be far larger.
 DEFAULT_MAX_UPLOAD_BYTES = 4 << 30
@@ -107,6 +108,7 @@ class MintConfig:
     max_top_logprobs: int = DEFAULT_MAX_TOP_LOGPROBS  # frontend/request_values.py
     max_stored_responses: int = DEFAULT_MAX_STORED_RESPONSES  # frontend/response_store.py
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES  # frontend/body_limit.py
+    stored_responses_bytes: int = DEFAULT_STORED_RESPONSES_BYTES  # frontend/response_store.py
 
     @classmethod
     def from_flags(cls, catalog: str | None = None, host_cache: str | None = None,
@@ -118,7 +120,8 @@ class MintConfig:
                    grammar_cache: str | None = None, max_sessions: int | None = None,
                    session_timeout: float | None = None, max_stored_responses: int | None = None,
                    session_history_tokens: int | None = None, max_top_logprobs: int | None = None,
-                   max_streaming_sessions: int | None = None, max_request: str | None = None) -> "MintConfig":
+                   max_streaming_sessions: int | None = None, max_request: str | None = None,
+                   stored_responses_bytes: str | None = None) -> "MintConfig":
         """Validate the flags' values; raise MintError naming the flag at fault."""
         blob_bytes = _size_flag("--mint-blob-cache-bytes", blob_cache, DEFAULT_BLOB_CACHE_BYTES)
         if catalog is None and (catalog_cache is not None or blob_cache is not None):
@@ -160,6 +163,8 @@ class MintConfig:
         workers = _count_flag("--mint-load-workers", load_workers, DEFAULT_LOAD_WORKERS, 64)
         upload = _size_flag("--mint-max-upload-bytes", max_upload, DEFAULT_MAX_UPLOAD_BYTES)
         request_bytes = _size_flag("--mint-max-request-bytes", max_request, DEFAULT_MAX_REQUEST_BYTES)
+        stored_bytes = _size_flag("--mint-stored-responses-bytes", stored_responses_bytes,
+                                  DEFAULT_STORED_RESPONSES_BYTES)
         uploads = _count_flag("--mint-max-concurrent-uploads", max_concurrent_uploads,
                               DEFAULT_MAX_CONCURRENT_UPLOADS, 64)
         if (host_cache is not None or pin or load_workers is not None or max_upload is not None
@@ -182,7 +187,8 @@ class MintConfig:
                    advertise_url=advertise_url, catalog_cache=catalog_cache, blob_cache_bytes=blob_bytes,
                    usage_dir=usage_dir, usage_flush_s=flush_s, grammar_cache_bytes=grammar_bytes,
                    max_sessions=sessions, max_streaming_sessions=max_streaming_sessions, session_timeout_s=timeout_s, session_history_tokens=history,
-                   max_stored_responses=stored, max_top_logprobs=top_logprobs, max_request_bytes=request_bytes)
+                   max_stored_responses=stored, max_top_logprobs=top_logprobs, max_request_bytes=request_bytes,
+                   stored_responses_bytes=stored_bytes)
 
     def open_catalog(self):
         """The catalog as a serving process holds it: a small SQLite page cache per thread (see
@@ -231,182 +237,6 @@ def default_cache_dir() -> Path:
     return Path(root)
 
 
-def add_mint_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group(
-        "sglang-mint",
-        "Serve LoRA adapters by id: put the adapter id in the OpenAI `model` field.",
-    )
-    group.add_argument(
-        "--enable-mint",
-        action="store_true",
-        help="Turn the sglang-mint plugin on: `model` = <adapter-id> or <served-name>:<adapter-id> "
-        "selects an adapter, an unknown id answers 404, a malformed one 400. "
-        "Needs --enable-lora (or --lora-paths). Without this flag SGLang runs as stock.",
-    )
-    group.add_argument(
-        "--mint-catalog",
-        metavar="PATH|URL",
-        default=None,
-        help="Adapter catalog (made by `mint catalog init`): a folder, or postgresql://USER@HOST:PORT/DB "
-        "shared by many engines (blobs where init recorded them: s3://... or a shared folder; keep the "
-        "password in PGPASSWORD or ~/.pgpass). Every adapter in it is addressable by id; one that is not "
-        "in memory is loaded in the background while other requests keep running. Requires --enable-mint.",
-    )
-    group.add_argument(
-        "--mint-catalog-cache",
-        metavar="DIR",
-        default=None,
-        help="With --mint-catalog postgresql://...: this engine's local folder for loadable views and the "
-        "S3 blob cache (default $MINT_CATALOG_CACHE, else $MINT_CACHE_DIR/catalogs/<16 hex of the URL without "
-        "its password>, $MINT_CACHE_DIR being ~/.cache/sglang-mint). A catalog folder keeps them inside it.",
-    )
-    group.add_argument(
-        "--mint-blob-cache-bytes",
-        metavar="SIZE",
-        default=None,
-        help="With a catalog whose blobs are in S3: local disk for downloaded blobs, e.g. 20GiB "
-        "(default 10GiB); least recently used blobs are removed beyond it.",
-    )
-    group.add_argument(
-        "--mint-host-cache-bytes",
-        metavar="SIZE",
-        default=None,
-        help="Host memory for catalog adapters, e.g. 8GiB or 512MB (default 4GiB). Least recently "
-        "used adapters that no request uses are evicted beyond it.",
-    )
-    group.add_argument(
-        "--mint-grammar-cache-bytes",
-        metavar="SIZE",
-        default=None,
-        help="Memory per scheduler for compiled grammars (a request's json_schema, regex, ebnf, structural_tag), "
-        "e.g. 1GiB (default 512MiB): least recently used ones are dropped beyond it and compiled again when asked "
-        "for. SGLang alone keeps every one, a failed one too, for good.",
-    )
-    group.add_argument(
-        "--mint-max-sessions",
-        metavar="N",
-        type=int,
-        default=None,
-        help="SGLang sessions (/open_session) a scheduler keeps open at once (default 1024); one more is "
-        "answered 429 until one is closed or reaped. SGLang alone keeps every session opened.",
-    )
-    group.add_argument(
-        "--mint-session-timeout",
-        metavar="SECONDS",
-        type=float,
-        default=None,
-        help="The longest a session is kept idle before it is closed (default 600): an /open_session without "
-        "a timeout gets this one, and one asking for longer is refused. SGLang alone keeps a session without "
-        "a timeout until its client closes it.",
-    )
-    group.add_argument(
-        "--mint-max-streaming-sessions",
-        metavar="N",
-        type=int,
-        default=None,
-        help="Of the sessions a scheduler keeps open, the streaming ones (/open_session with streaming: true, under "
-        "--enable-streaming-session) it keeps open at once (default: a quarter of its request slots, --max-running-requests, at least "
-        "1; never all of them). Each holds a request slot and its turns' KV cache from its first request until "
-        "it is closed; one more is answered 429, and so is a turn that would take them past half the KV cache. "
-        "SGLang alone lets sessions hold every slot, or all the KV cache, and then serves no other request.",
-    )
-    group.add_argument(
-        "--mint-session-history-tokens",
-        metavar="N",
-        type=int,
-        default=None,
-        help="The tokens of its requests a non-streaming session keeps to continue from (default 65536, about "
-        "21 bytes each); past them it forgets its least recently used requests, and continuing from one is a "
-        "400. Its newest request is always kept. SGLang alone keeps every request of a session while it is open.",
-    )
-    group.add_argument(
-        "--mint-max-top-logprobs",
-        metavar="N",
-        type=int,
-        default=None,
-        help="The most top logprobs a request may ask for per position (top_logprobs_num; logprobs, "
-        "top_logprobs on the OpenAI routes; default 20); more is a 400. SGLang alone takes up to the vocabulary, "
-        "which held the scheduler for many seconds on one long prompt.",
-    )
-    group.add_argument(
-        "--mint-max-stored-responses",
-        metavar="N",
-        type=int,
-        default=None,
-        help="With --enable-response-store: the /v1/responses answers kept, each with its conversation "
-        "(default 10000); the least recently used go first, and naming one afterwards is a 404. SGLang alone "
-        "keeps every one.",
-    )
-    group.add_argument(
-        "--mint-pin",
-        metavar="ID",
-        nargs="+",
-        default=None,
-        help="Catalog adapter ids never evicted from host memory.",
-    )
-    group.add_argument(
-        "--mint-load-workers",
-        metavar="N",
-        type=int,
-        default=None,
-        help="Background threads per scheduler that read adapters from disk (default 2).",
-    )
-    group.add_argument(
-        "--mint-max-upload-bytes",
-        metavar="SIZE",
-        default=None,
-        help="Largest adapter upload POST /mint/adapters/<id>/revisions accepts, e.g. 16GiB "
-        "(default 4GiB); a larger body is refused with 413 before it is read.",
-    )
-    group.add_argument(
-        "--mint-max-request-bytes",
-        metavar="SIZE",
-        default=None,
-        help="Largest body of any other request, e.g. 256MiB (default 64MiB; admin calls are not bounded); a "
-        "larger one is refused with 413, before it is read where it declares its length. SGLang alone reads "
-        "any body whole into memory.",
-    )
-    group.add_argument(
-        "--mint-max-concurrent-uploads",
-        metavar="N",
-        type=int,
-        default=None,
-        help="Uploads POST /mint/adapters/<id>/revisions receives at once (default 2); one more is answered "
-        "429 with Retry-After. Each streams to temp files beside the catalog, in a small constant of memory.",
-    )
-    group.add_argument(
-        "--mint-dp-dispatch",
-        choices=["affinity", "sglang"],
-        default=None,
-        help="With --dp-size above 1: 'affinity' (default) sends a catalog adapter's requests to the "
-        "DP rank that keeps it warm while that rank's load allows; 'sglang' leaves every request to "
-        "--load-balance-method.",
-    )
-    group.add_argument(
-        "--mint-gateway",
-        metavar="URL",
-        default=None,
-        help="SGLang's gateway (SMG) to join, e.g. http://10.0.0.9:30080: once this server answers /health it "
-        "registers itself (POST /workers) and it deregisters when it stops; SMG's health checks drop it if it "
-        "dies. Start SMG with `mint cluster` or as the README shows (consistent_hashing, --enable-wasm).",
-    )
-    group.add_argument(
-        "--mint-usage-dir",
-        metavar="DIR|off",
-        default=None,
-        help="The usage ledger: per adapter, revision and minute, the requests, prompt, cached and completion "
-        "tokens and errors, appended every 2 s to hourly JSON-lines files (kept 30 days) in DIR (default "
-        "$MINT_CACHE_DIR/usage); read with GET /mint/usage or `mint usage`. 'off' keeps none.",
-    )
-    group.add_argument(
-        "--mint-advertise-url",
-        metavar="URL",
-        default=None,
-        help="The URL the gateway reaches this server at (default http://<--host>:<--port>; with --host "
-        "0.0.0.0 this machine's host name). Requires --mint-gateway.",
-    )
-
-
 def config_from_args(args: argparse.Namespace, *, lora_on: bool, pp_size: int, tokenizer_workers: int,
                      model_path: str, tenant_unsafe: tuple[tuple[str, str], ...] = ()) -> MintConfig | None:
     """The parsed flags -> MintConfig, or None without ``--enable-mint``; MintError naming the flag at fault.
@@ -436,6 +266,7 @@ def config_from_args(args: argparse.Namespace, *, lora_on: bool, pp_size: int, t
         "session_timeout": getattr(args, "mint_session_timeout", None),
         "max_stored_responses": getattr(args, "mint_max_stored_responses", None),
         "max_request": getattr(args, "mint_max_request_bytes", None),
+        "stored_responses_bytes": getattr(args, "mint_stored_responses_bytes", None),
         "session_history_tokens": getattr(args, "mint_session_history_tokens", None),
         "max_top_logprobs": getattr(args, "mint_max_top_logprobs", None),
     }

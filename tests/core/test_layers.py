@@ -28,7 +28,7 @@ LAYERS = [
     ("catalog",),  # ids, revisions, stores; publishes PEFT or packed adapters
     # Built on the catalog: MintConfig validates --mint-catalog by opening it and --mint-pin with
     # catalog ids; a CatalogLoraId carries the catalog's Revision record to the scheduler.
-    ("config", "lora_id"),
+    ("config", "lora_id", "launch_flags"),  # launch_flags: the --mint-* flags as --help shows them
     ("residency", "usage", "grammar_cache", "stop_regex"),  # host LRU, cold loader, affinity: serving state;
     # the per-adapter usage ledger; the scheduler's compiled grammars within a budget; stop patterns in bounded time
     ("routing", "client", "capacity"),  # capacity: `mint plan`, over residency's LRU and affinity

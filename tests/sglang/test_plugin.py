@@ -67,6 +67,7 @@ def flag_results(tiny_model, tmp_path_factory, forked):
                  "--mint-max-concurrent-uploads", "3", "--mint-usage-dir", str(catalog_dir.parent / "ledger"),
                  "--mint-grammar-cache-bytes", "1GiB", "--mint-max-sessions", "64", "--mint-session-timeout", "90",
                  "--mint-max-streaming-sessions", "16", "--mint-max-request-bytes", "8MiB",
+                 "--mint-stored-responses-bytes", "2GiB",
                  "--mint-session-history-tokens", "4096", "--mint-max-top-logprobs", "50",
                  "--mint-max-stored-responses", "500"],
         "bad_upload_size": ["--model-path", str(tiny_model), "--enable-lora", "--enable-mint",
@@ -174,7 +175,8 @@ def test_flags_reach_subprocess_copies_of_server_args(flag_results):
         "blob_cache_bytes": 10 << 30, "gateway": None, "advertise_url": None,
         "usage_dir": str(Path(catalog_dir).parent / "ledger"), "usage_flush_s": None, "grammar_cache_bytes": 1 << 30,
         "max_sessions": 64, "max_streaming_sessions": 16, "session_timeout_s": 90.0, "session_history_tokens": 4096,
-        "max_stored_responses": 500, "max_top_logprobs": 50, "max_request_bytes": 8 << 20}}
+        "max_stored_responses": 500, "max_top_logprobs": 50, "max_request_bytes": 8 << 20,
+        "stored_responses_bytes": 2 << 30}}
 
 
 @pytest.mark.parametrize("case, message", [
@@ -365,3 +367,5 @@ def test_grpc_set_by_environment_is_refused_too(monkeypatch):
     monkeypatch.setenv("SGLANG_GRPC_PORT", "40124")
     monkeypatch.setenv("SGLANG_RUST_SERVER", "1")
     assert [setting for setting, _ in tenant_unsafe_settings(args)] == ["SGLANG_GRPC_PORT", "SGLANG_RUST_SERVER"]
+    monkeypatch.setenv("SGLANG_ENABLE_REQUEST_DECOMPRESSION", "1")  # a zstd body unpacked with no bound
+    assert [setting for setting, _ in tenant_unsafe_settings(args)][-1] == "SGLANG_ENABLE_REQUEST_DECOMPRESSION"
