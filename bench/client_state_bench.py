@@ -2,8 +2,8 @@
 
 Two servers in one run, one after the other, on the tiny random Llama, with --enable-metrics,
 --enable-response-store and LoRA on: stock SGLang, then --enable-mint with small limits
-(--mint-grammar-cache-bytes 4MiB, --mint-stored-responses-bytes 4MiB, --mint-max-sessions 256, and the default
---mint-session-history-tokens and --mint-max-stored-responses, 10,000). Each gets the same five sweeps, none generating more than a token:
+(--mint-grammar-cache-bytes 4MiB, --mint-max-stored-responses 10, --mint-max-sessions 256, and the default
+--mint-session-history-tokens). Each gets the same five sweeps, none generating more than a token:
 
 - grammars: rounds of 200 /generate requests with a new 256 KiB regex that does not parse (400):
   the scheduler's RSS growth after each round;
@@ -39,8 +39,7 @@ from sglang_mint.dev.tiny import write_tiny_llama
 
 COMMON = ["--enable-lora", "--max-lora-rank", "8", "--lora-target-modules", "all", "--enable-metrics",
           "--enable-response-store"]
-MINT_LIMITS = ["--mint-grammar-cache-bytes", "4MiB", "--mint-stored-responses-bytes", "4MiB",
-               "--mint-max-sessions", "256"]
+MINT_LIMITS = ["--mint-grammar-cache-bytes", "4MiB", "--mint-max-stored-responses", "10", "--mint-max-sessions", "256"]
 TEXT_BYTES = 256 << 10
 SESSIONS = 2000
 SESSION_PROMPT = [3 + (7 * i) % 500 for i in range(1800)]

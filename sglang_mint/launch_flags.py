@@ -113,14 +113,6 @@ def add_mint_arguments(parser: argparse.ArgumentParser) -> None:
         "keeps every one.",
     )
     group.add_argument(
-        "--mint-stored-responses-bytes",
-        metavar="SIZE",
-        default=None,
-        help="With --enable-response-store: the memory those answers and their conversations may take in the "
-        "frontend, about their text (default 1GiB). Past it the conversations of requests not answered (failed, "
-        "or still running) go first, then the least recently used answers.",
-    )
-    group.add_argument(
         "--mint-pin",
         metavar="ID",
         nargs="+",

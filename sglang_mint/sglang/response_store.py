@@ -13,8 +13,7 @@ def _after_serving_responses_init(result, serving, *args, **kwargs):
     config = mint_config(serving.tokenizer_manager.server_args)
     if config is not None:
         verify_internals("frontend", openai_serving_responses=serving)
-        serving.response_store, serving.msg_store = limited_stores(config.max_stored_responses,
-                                                                   config.stored_responses_bytes)
+        serving.response_store, serving.msg_store = limited_stores(config.max_stored_responses)
     return result
 
 

@@ -91,39 +91,3 @@ def test_a_continuation_reads_the_conversation_it_stored_at_its_arrival_once_its
     assert conversations.history_at_arrival("resp_b", "resp_a") == parent + [{"role": "user", "content": "and then?"}]
     assert conversations.history_at_arrival("resp_b", None) is None  # continues nothing
     assert conversations.history_at_arrival("resp_c", "resp_a") is None  # stored nothing at its arrival
-
-
-def test_an_entry_weighs_about_its_text():
-    from types import SimpleNamespace
-
-    from sglang_mint.frontend.response_store import weigh
-
-    assert weigh("x" * 1000) == 1000 and weigh(b"xy") == 2
-    message = {"role": "user", "content": "x" * 1000}
-    assert 1000 < weigh([message]) < 1100
-    answer = SimpleNamespace(status="completed", output=[SimpleNamespace(content=[SimpleNamespace(text="y" * 5000)])])
-    assert 5000 < weigh(answer) < 5200  # a pydantic model's fields, as an object's attributes
-
-
-def test_past_the_bytes_the_unanswered_conversations_go_first_then_the_least_recently_used_answers():
-    answers, conversations = limited_stores(100, max_bytes=10_000)
-    store(answers, conversations, "resp_a")
-    store(answers, conversations, "resp_b")
-    for n in range(4):  # requests that failed: 3,000 bytes of input each
-        conversations[f"resp_failed_{n}"] = [{"role": "user", "content": "x" * 3000}]
-    assert set(conversations) == {"resp_a", "resp_b", "resp_failed_1", "resp_failed_2", "resp_failed_3"}
-    assert conversations.weights.used <= 10_000
-    conversations["resp_c"] = [{"role": "user", "content": "x" * 9000}]  # in flight
-    answers["resp_c"] = "answer resp_c"
-    conversations["resp_c"] = [{"role": "user", "content": "x" * 9000}, {"role": "assistant", "content": "y" * 800}]
-    assert not any(key.startswith("resp_failed") for key in conversations)  # the oldest failed go first
-    assert set(answers) == {"resp_c"} and "resp_a" not in conversations  # then the least recently used answers
-    assert answers.weights.used <= 10_000 and answers.evictions == 2
-
-
-def test_an_answer_weighing_more_than_all_the_bytes_is_not_kept():
-    answers, conversations = limited_stores(100, max_bytes=1000)
-    store(answers, conversations, "resp_a")
-    answers["resp_big"] = "x" * 5000
-    assert "resp_big" not in answers and "resp_a" not in answers  # all went, the big one last
-    assert answers.weights.used == 0 and not conversations

@@ -67,7 +67,6 @@ def flag_results(tiny_model, tmp_path_factory, forked):
                  "--mint-max-concurrent-uploads", "3", "--mint-usage-dir", str(catalog_dir.parent / "ledger"),
                  "--mint-grammar-cache-bytes", "1GiB", "--mint-max-sessions", "64", "--mint-session-timeout", "90",
                  "--mint-max-streaming-sessions", "16", "--mint-max-request-bytes", "8MiB",
-                 "--mint-stored-responses-bytes", "2GiB",
                  "--mint-session-history-tokens", "4096", "--mint-max-top-logprobs", "50",
                  "--mint-max-stored-responses", "500"],
         "bad_upload_size": ["--model-path", str(tiny_model), "--enable-lora", "--enable-mint",
@@ -175,8 +174,7 @@ def test_flags_reach_subprocess_copies_of_server_args(flag_results):
         "blob_cache_bytes": 10 << 30, "gateway": None, "advertise_url": None,
         "usage_dir": str(Path(catalog_dir).parent / "ledger"), "usage_flush_s": None, "grammar_cache_bytes": 1 << 30,
         "max_sessions": 64, "max_streaming_sessions": 16, "session_timeout_s": 90.0, "session_history_tokens": 4096,
-        "max_stored_responses": 500, "max_top_logprobs": 50, "max_request_bytes": 8 << 20,
-        "stored_responses_bytes": 2 << 30}}
+        "max_stored_responses": 500, "max_top_logprobs": 50, "max_request_bytes": 8 << 20}}
 
 
 @pytest.mark.parametrize("case, message", [
