@@ -135,6 +135,8 @@ HOOKS: tuple[Hook, ...] = (
     Hook("scheduler", f"{_SCHED}.init_req_max_new_tokens", "BEFORE",
          "residency:_before_init_req_max_new_tokens"),  # n > 1: SGLang's warm-up bills the prompt once
     Hook("scheduler", "sglang.srt.managers.scheduler_components.output_streamer.SchedulerOutputStreamer"
+         ".stream_output", "BEFORE", "residency:_before_stream_output"),  # billed before the answer leaves
+    Hook("scheduler", "sglang.srt.managers.scheduler_components.output_streamer.SchedulerOutputStreamer"
          ".stream_output", "AFTER", "residency:_after_stream_output"),
     Hook("scheduler", f"{_SCHED}.get_internal_state", "AFTER", "residency:_after_get_internal_state"),
     # the compiled grammars a scheduler keeps, within --mint-grammar-cache-bytes

@@ -266,12 +266,19 @@ def _after_send_abort_output(result, scheduler, abort_req, req, *args, **kwargs)
     return result
 
 
-def _after_stream_output(result, streamer, reqs, *args, **kwargs):
+def _before_stream_output(streamer, reqs, *args, **kwargs):
+    """SchedulerOutputStreamer.stream_output BEFORE: a finished request is counted before its answer leaves,
+    so a client that stops the server once answered finds it billed (counted after, the scheduler could be
+    stopped between the two)."""
     for req in reqs:
         if req.finished():
             _count_usage(req)
-            if getattr(req, "_mint_hold", None) is not None:
-                release_hold(req)  # drained on the loop at the next install_ready
+
+
+def _after_stream_output(result, streamer, reqs, *args, **kwargs):
+    for req in reqs:
+        if req.finished() and getattr(req, "_mint_hold", None) is not None:
+            release_hold(req)  # drained on the loop at the next install_ready
     return result
 
 
