@@ -219,9 +219,11 @@ def is_bearer(authorization: bytes, key: str) -> bool:
     return scheme.lower() == b"bearer" and secrets.compare_digest(token, key.encode())
 
 
-async def answer_error(scope, receive, send, status: int, kind: str, message: str) -> None:
+async def answer_error(scope, receive, send, status: int, kind: str, message: str,
+                       headers: dict[str, str] | None = None) -> None:
     """Answer ``status`` in OpenAI's error shape, ``{"error": {"message", "type", "code"}}``."""
-    response = ORJSONResponse({"error": {"message": message, "type": kind, "code": status}}, status_code=status)
+    response = ORJSONResponse({"error": {"message": message, "type": kind, "code": status}}, status_code=status,
+                              headers=headers)
     await response(scope, receive, send)
 
 

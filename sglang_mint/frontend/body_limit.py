@@ -17,27 +17,17 @@ operator's.
 
 from __future__ import annotations
 
-from starlette.requests import ClientDisconnect
-from starlette.responses import JSONResponse
+from starlette.requests import ClientDisconnect, Request
 
-from sglang_mint.frontend.admin_guard import ADMITTED
-
-
-def declared_length(scope) -> int | None:
-    """The request's ``Content-Length``, or None where it has none (or one that is no number)."""
-    for name, value in scope.get("headers", ()):
-        if name == b"content-length":
-            return int(value) if value.isdigit() else None
-    return None
+from sglang_mint.catalog.upload_stream import declared_length
+from sglang_mint.frontend.admin_guard import ADMITTED, answer_error
 
 
 async def refuse(scope, receive, send, limit: int, size: str) -> None:
     """413 in OpenAI's error shape, closing the connection."""
-    message = (f"the request body is {size}, above this server's limit of {limit} bytes (--mint-max-request-bytes); "
-               "send less in one request")
-    response = JSONResponse({"error": {"message": message, "type": "invalid_request_error", "code": 413}},
-                            status_code=413, headers={"connection": "close"})
-    await response(scope, receive, send)
+    await answer_error(scope, receive, send, 413, "invalid_request_error",
+                       f"the request body is {size}, above this server's limit of {limit} bytes "
+                       "(--mint-max-request-bytes); send less in one request", headers={"connection": "close"})
 
 
 class BodyLimit:
@@ -51,7 +41,7 @@ class BodyLimit:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope.get(ADMITTED):
             return await self.app(scope, receive, send)
-        declared = declared_length(scope)
+        declared = declared_length(Request(scope))  # None beside chunked: counted below either way
         if declared is not None and declared > self.limit:
             return await refuse(scope, receive, send, self.limit, f"{declared} bytes")
         await self._counted(scope, receive, send)
