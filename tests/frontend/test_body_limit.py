@@ -9,8 +9,6 @@ import httpx
 from fastapi import FastAPI, Request
 
 from sglang_mint.frontend.admin_guard import ADMITTED
-from starlette.requests import Request
-
 from sglang_mint.frontend.body_limit import BodyLimit
 
 LIMIT = 1000
@@ -85,3 +83,23 @@ def test_the_declared_length_is_read_from_the_headers():
     assert of([]) is None
     assert of([(b"content-length", b"9" * 5000)]) is None  # int() refuses past 4,300 digits: no 500
 
+
+def test_a_body_longer_than_it_declares_is_counted_too():
+    """A small Content-Length on a chunked body: uvicorn's h11 reads it as chunked, past the length."""
+    app, read = app_with_limit()
+    parts = [{"type": "http.request", "body": b"x" * 600, "more_body": True}] * 3 + [
+        {"type": "http.request", "body": b"", "more_body": False}]
+    sent = []
+
+    async def receive():
+        return parts.pop(0) if parts else {"type": "http.disconnect"}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": "/echo", "raw_path": b"/echo", "query_string": b"",
+             "root_path": "", "scheme": "http", "server": ("test", 80), "client": ("127.0.0.1", 1),
+             "http_version": "1.1", "headers": [(b"content-length", b"10"), (b"transfer-encoding", b"chunked")]}
+    asyncio.run(app(scope, receive, send))
+    assert sent[0]["status"] == 413 and read == []
+    assert (b"connection", b"close") in sent[0]["headers"]  # the rest of the body is not read
