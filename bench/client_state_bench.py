@@ -2,13 +2,16 @@
 
 Two servers in one run, one after the other, on the tiny random Llama, with --enable-metrics,
 --enable-response-store and LoRA on: stock SGLang, then --enable-mint with small limits
-(--mint-grammar-cache-bytes 4MiB, --mint-max-stored-responses 10, --mint-max-sessions 256, and the default
---mint-session-history-tokens). Each gets the same five sweeps, none generating more than a token:
+(--mint-grammar-cache-bytes 4MiB, --mint-stored-responses-bytes 4MiB, --mint-max-sessions 256, and the default
+--mint-session-history-tokens and --mint-max-stored-responses, 10,000). Each gets the same six sweeps, none
+generating more than a token:
 
 - grammars: rounds of 200 /generate requests with a new 256 KiB regex that does not parse (400):
   the scheduler's RSS growth after each round;
 - stored conversations: rounds of 100 /v1/responses requests with a new 256 KiB input, too long for
   the model (400): the frontend's RSS growth after each round;
+- stored answers: rounds of 100 /v1/responses requests answered (one token) whose function tool has a new
+  256 KiB description, stored with the answer though the model never sees it: the frontend's RSS growth;
 - one session's history: rounds of 300 /generate requests of 1,800 tokens in one session (the same
   prompt, so a prefix-cache hit): the scheduler's RSS growth after each round;
 - metric series: 200 requests to invented paths and 50 with invented methods: the ``sglang:http_*``
@@ -39,7 +42,8 @@ from sglang_mint.dev.tiny import write_tiny_llama
 
 COMMON = ["--enable-lora", "--max-lora-rank", "8", "--lora-target-modules", "all", "--enable-metrics",
           "--enable-response-store"]
-MINT_LIMITS = ["--mint-grammar-cache-bytes", "4MiB", "--mint-max-stored-responses", "10", "--mint-max-sessions", "256"]
+MINT_LIMITS = ["--mint-grammar-cache-bytes", "4MiB", "--mint-stored-responses-bytes", "4MiB",
+               "--mint-max-sessions", "256"]
 TEXT_BYTES = 256 << 10
 SESSIONS = 2000
 SESSION_PROMPT = [3 + (7 * i) % 500 for i in range(1800)]
@@ -76,6 +80,19 @@ def conversation_rounds(server, rounds: int) -> list[float]:
         for _ in range(100):
             text = uuid.uuid4().hex + " word" * (TEXT_BYTES // 5)
             assert post(server.url, "/v1/responses", {"model": "tiny", "input": text, "max_output_tokens": 1}) == 400
+        grown.append(mib(frontend.memory_info().rss - base))
+    return grown
+
+
+def answer_rounds(server, rounds: int) -> list[float]:
+    frontend = processes(server)["frontend"]
+    base, grown = frontend.memory_info().rss, []
+    for _ in range(rounds):
+        for _ in range(100):
+            tool = {"type": "function", "name": "lookup", "description": uuid.uuid4().hex + "x" * TEXT_BYTES,
+                    "parameters": {"type": "object", "properties": {}}}
+            assert post(server.url, "/v1/responses", {"model": "tiny", "input": "hi", "max_output_tokens": 1,
+                                                      "tools": [tool]}) == 200
         grown.append(mib(frontend.memory_info().rss - base))
     return grown
 
@@ -121,6 +138,7 @@ def run(model: str, mint: bool, rounds: int) -> dict:
         row = {"server": "mint" if mint else "stock", "args": extra,
                "grammar_scheduler_growth_mib": grammar_rounds(server, rounds),
                "conversation_frontend_growth_mib": conversation_rounds(server, rounds + 2),
+               "answer_frontend_growth_mib": answer_rounds(server, rounds),
                "session_history_scheduler_growth_mib": session_history_rounds(server, rounds),
                "metric_series": metric_series(server), "sessions": sessions_opened(server)}
         row["seconds"] = round(time.perf_counter() - started, 1)

@@ -113,6 +113,15 @@ def add_mint_arguments(parser: argparse.ArgumentParser) -> None:
         "keeps every one.",
     )
     group.add_argument(
+        "--mint-stored-responses-bytes",
+        metavar="SIZE",
+        default=None,
+        help="With --enable-response-store: the memory those answers and their conversations may take in the "
+        "frontend (default 1GiB), and as much again for conversations whose answer is not stored (failed, or "
+        "still running). Past it the least recently used answers go, and the oldest unanswered conversations; "
+        "one alone over it is not kept. SGLang alone keeps every one.",
+    )
+    group.add_argument(
         "--mint-pin",
         metavar="ID",
         nargs="+",

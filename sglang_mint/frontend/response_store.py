@@ -1,58 +1,239 @@
-"""The ``/v1/responses`` answers a server stores, at most ``--mint-max-stored-responses`` of them.
+"""The ``/v1/responses`` answers a server stores: at most ``--mint-max-stored-responses`` of them, weighing at
+most ``--mint-stored-responses-bytes``.
 
 Under ``--enable-response-store`` SGLang keeps each stored answer, and the conversation that led to it
-(its ``msg_store``: every message so far, so a long conversation is kept once per turn), in two dicts
-that nothing ever empties, and it writes the conversation before the answer is made: a request that
-then fails (its input too long for the model, say) leaves its messages behind with no answer to name
-them. Every tenant adds to both. With ``--enable-mint`` (``limited_stores``) at most the limit of answers
-is kept, the least recently used going first and its conversation with it (naming it afterwards is
-SGLang's 404 for an unknown response id); a kept answer's conversation is always kept, so it can be
-continued; and of the conversations whose answer is not stored (in flight, or failed) at most the
-limit more are kept, the oldest going first. A background answer still being made (``queued``,
-``in_progress``) is never dropped.
+(its ``msg_store``: every message so far, so a long conversation is held once per turn, the messages shared
+and the list of them not), in two dicts that nothing ever empties, and it writes the conversation before the
+answer is made: a request that then fails (its input too long for the model, say) leaves its messages behind
+with no answer to name them. Every tenant adds to both, and one input may be ``--mint-max-request-bytes``.
 
-A request that continues an answer (``previous_response_id``) reads that answer's conversation at its
-arrival, and SGLang reads it again once the request's own answer is made, to store the conversation so
-far. If ``limit`` newer answers were stored meanwhile (with a limit of 1: its own), the answer it continues
-is gone by then, and SGLang's second read failed the request (a 500, or a stream cut off). It now reads
-the conversation the request stored at its arrival, which is the same (``history_at_arrival``). Only a
-request that outlives ``limit`` newer requests still in flight or failed loses that too, and fails.
+With ``--enable-mint`` (``limited_stores``) there are two classes, each bounded by the count and the bytes:
+
+- the answers, each with its conversation: past either bound the least recently used go, answer and
+  conversation together (naming one afterwards is SGLang's 404 for an unknown response id), never an
+  answer still being made (``queued``, ``in_progress``: its background task reads it) nor the one just
+  written;
+- the conversations whose answer is not stored (in flight, or failed): past either bound the oldest go.
+
+A write that weighs more than its class's whole budget by itself goes alone; it does not empty the store.
+Bytes are ``weigh``'s: what the objects hold in memory, about, each message counted once in a class however
+many of its conversations hold it (``SharedWeights``), so a 100-turn conversation weighs its messages once
+and its 100 lists of them.
+
+A request that continues an answer (``previous_response_id``) reads that answer's conversation at its arrival,
+and SGLang reads it again once the request's own answer is made, to store the conversation so far. Newer
+answers may have evicted it meanwhile (with a count of 1: the request's own), and SGLang's second read then
+failed the request (a 500, or a stream cut off). Every read now gives the conversation as the request first
+read it (``ConversationStore.history_of``), held for as long as the request is.
 """
 
 from __future__ import annotations
 
+import weakref
 from collections import OrderedDict
+from functools import partial
+from sys import getsizeof
 from typing import Callable
 
+# The states of a stored answer still being made (a background request's): never dropped, or it could not
+# be read, cancelled, nor finished by its own task
+IN_FLIGHT = frozenset(("queued", "in_progress"))
+_CONTAINERS = (list, tuple, set, frozenset)
 
-class LimitedStore(OrderedDict):
-    """A dict of at most ``limit`` entries: a new one past it drops the least recently used (``get`` and a
-    write count as use) whose value ``keep`` does not hold on to (past the limit while every entry is kept);
-    ``on_store(key)`` is told of each write and ``on_evict(key)`` of each dropped key."""
 
-    def __init__(self, limit: int, keep: Callable[[object], bool] = lambda value: False,
-                 on_store: Callable[[object], None] = lambda key: None,
-                 on_evict: Callable[[object], None] = lambda key: None):
-        if limit < 1:
-            raise ValueError(f"a store's limit must be at least 1, got {limit}")
-        super().__init__()
-        self.limit = limit
-        self.keep = keep
-        self.on_store = on_store
-        self.on_evict = on_evict
-        self.evictions = 0
+def weigh(value) -> int:
+    """The bytes ``value`` holds, about: ``sys.getsizeof`` of it and of every dict key and value, list item
+    and pydantic model field under it (a small int, shared by CPython, is counted each time it appears).
+    Its time grows with the objects: 2,000 tokens with 20 top logprobs each take some 100 ms to weigh, where
+    SGLang takes some 600 ms to build them."""
+    total, stack = 0, [value]
+    while stack:
+        item = stack.pop()
+        kind = type(item)
+        total += getsizeof(item)
+        if kind is dict:
+            stack.extend(item)
+            stack.extend(item.values())
+        elif kind in _CONTAINERS:
+            stack.extend(item)
+        elif hasattr(kind, "__pydantic_fields__"):
+            stack.append(item.__dict__)
+            extra = getattr(item, "__pydantic_extra__", None)
+            if extra:
+                stack.append(extra)
+    return total
 
-    def __setitem__(self, key, value) -> None:
-        super().__setitem__(key, value)
-        self.move_to_end(key)
-        self.on_store(key)
-        while len(self) > self.limit:
-            dropped = next((k for k, v in self.items() if not self.keep(v)), None)
-            if dropped is None:
+
+class SharedWeights:
+    """The bytes of the conversations (lists of messages) held under some keys, each message weighed once
+    however many of them hold it: ``list(conversation)`` shares the messages, so a continuation holds its
+    parent's by reference and adds only its own."""
+
+    def __init__(self):
+        self.bytes = 0
+        self._lists: dict[object, tuple[list, int]] = {}  # key -> (its list, the list's own size)
+        self._messages: dict[int, list] = {}  # id(message) -> [message, its weight, how many lists hold it]
+
+    def __contains__(self, key) -> bool:
+        return key in self._lists
+
+    def hold(self, key, messages: list, weighed: "SharedWeights | None" = None) -> None:
+        """``key`` now holds ``messages`` (in place of what it held). A message ``weighed`` already knows is
+        not weighed again."""
+        size = getsizeof(messages)
+        self.bytes += size
+        for message in messages:
+            entry = self._messages.get(id(message))
+            if entry is None:
+                known = weighed._messages.get(id(message)) if weighed is not None else None
+                entry = [message, known[1] if known is not None else weigh(message), 0]
+                self._messages[id(message)] = entry
+                self.bytes += entry[1]
+            entry[2] += 1
+        old = self._lists.get(key)
+        self._lists[key] = (messages, size)
+        if old is not None:  # after the new list is held, so the messages the two share are not weighed again
+            self._release(*old)
+
+    def release(self, key) -> None:
+        """``key`` holds nothing any more."""
+        held = self._lists.pop(key, None)
+        if held is not None:
+            self._release(*held)
+
+    def _release(self, messages: list, size: int) -> None:
+        self.bytes -= size
+        for message in messages:
+            entry = self._messages[id(message)]
+            entry[2] -= 1
+            if not entry[2]:
+                del self._messages[id(message)]
+                self.bytes -= entry[1]
+
+    def alone(self, key) -> int:
+        """What ``key``'s conversation would weigh if it were the only one held."""
+        messages, size = self._lists[key]
+        return size + sum(self._messages[id(message)][1] for message in messages)
+
+    def move(self, key, into: "SharedWeights") -> None:
+        """``key``'s conversation is now counted in ``into``, not here."""
+        messages, _ = self._lists[key]
+        into.hold(key, messages, weighed=self)
+        self.release(key)
+
+
+class StoredResponses:
+    """Both classes' bounds, over the two dicts SGLang reads and writes: ``answers`` (its ``response_store``)
+    and ``conversations`` (its ``msg_store``)."""
+
+    def __init__(self, limit: int, budget_bytes: int):
+        if limit < 1 or budget_bytes < 1:
+            raise ValueError(f"a store's limit and budget must be at least 1, got {limit} and {budget_bytes}")
+        self.limit, self.budget_bytes = limit, budget_bytes
+        self.answers = AnswerStore(self)
+        self.conversations = ConversationStore(self)
+        self.answered = SharedWeights()  # the conversations of stored answers
+        self.unanswered = SharedWeights()  # those of answers not stored (yet)
+        self._unanswered_order: OrderedDict = OrderedDict()  # their keys, oldest first
+        self.answer_bytes = 0
+        self._answer_weights: dict[object, int] = {}
+        self.evictions = 0  # answers dropped past a bound
+        self.refused = 0  # writes that alone weighed more than their class's budget
+
+    @property
+    def answered_bytes(self) -> int:
+        return self.answer_bytes + self.answered.bytes
+
+    def answer_written(self, key, answer) -> None:
+        weight = weigh(answer)
+        self.answer_bytes += weight - self._answer_weights.get(key, 0)
+        self._answer_weights[key] = weight
+        if key in self.unanswered:  # the conversation written at its arrival now goes with the answer
+            self.unanswered.move(key, into=self.answered)
+            self._unanswered_order.pop(key, None)
+        self._trim_answers(newest=key)
+
+    def conversation_written(self, key, messages: list) -> None:
+        if key in self.answers:
+            self.answered.hold(key, messages)
+            self._trim_answers(newest=key)
+            return
+        self.unanswered.hold(key, messages)
+        self._unanswered_order[key] = None
+        self._unanswered_order.move_to_end(key)
+        if self.unanswered.alone(key) > self.budget_bytes:
+            self.refused += 1
+            self._drop_conversation(key)
+            return
+        while len(self._unanswered_order) > self.limit or self.unanswered.bytes > self.budget_bytes:
+            oldest = next(iter(self._unanswered_order))
+            if oldest == key:
+                break
+            self._drop_conversation(oldest)
+
+    def _trim_answers(self, newest) -> None:
+        if newest in self.answers and not self._in_flight(newest) and self._alone(newest) > self.budget_bytes:
+            self.refused += 1
+            self.drop_answer(newest)
+            return
+        while len(self.answers) > self.limit or self.answered_bytes > self.budget_bytes:
+            victim = next((key for key in self.answers if key != newest and not self._in_flight(key)), None)
+            if victim is None:  # only answers being made, and the newest: over until one ends
                 return
-            del self[dropped]
             self.evictions += 1
-            self.on_evict(dropped)
+            self.drop_answer(victim)
+
+    def _in_flight(self, key) -> bool:
+        return getattr(OrderedDict.__getitem__(self.answers, key), "status", None) in IN_FLIGHT
+
+    def _alone(self, key) -> int:
+        conversation = self.answered.alone(key) if key in self.answered else 0
+        return self._answer_weights.get(key, 0) + conversation
+
+    def drop_answer(self, key) -> None:
+        """The answer ``key`` goes, and its conversation with it."""
+        OrderedDict.pop(self.answers, key, None)
+        self.answer_bytes -= self._answer_weights.pop(key, 0)
+        self._drop_conversation(key)
+
+    def _drop_conversation(self, key) -> None:
+        OrderedDict.pop(self.conversations, key, None)
+        self.answered.release(key)
+        self.unanswered.release(key)
+        self._unanswered_order.pop(key, None)
+
+    def figures(self) -> dict:
+        return {"answers": len(self.answers), "conversations": len(self.conversations),
+                "answered_bytes": self.answered_bytes, "unanswered_bytes": self.unanswered.bytes,
+                "limit": self.limit, "budget_bytes": self.budget_bytes, "evictions": self.evictions,
+                "refused": self.refused}
+
+
+class AnswerStore(OrderedDict):
+    """SGLang's ``response_store``: a write or a ``get`` counts as use."""
+
+    def __init__(self, bounds: StoredResponses):
+        super().__init__()
+        self.bounds = bounds
+
+    def __setitem__(self, key, answer) -> None:
+        super().__setitem__(key, answer)
+        self.move_to_end(key)
+        self.bounds.answer_written(key, answer)
+
+    def __delitem__(self, key) -> None:
+        if key not in self:
+            raise KeyError(key)
+        self.bounds.drop_answer(key)
+
+    def pop(self, key, *default):
+        if key not in self:
+            if default:
+                return default[0]
+            raise KeyError(key)
+        answer = OrderedDict.__getitem__(self, key)
+        self.bounds.drop_answer(key)
+        return answer
 
     def get(self, key, default=None):
         if key not in self:
@@ -60,54 +241,54 @@ class LimitedStore(OrderedDict):
         self.move_to_end(key)
         return self[key]
 
+    @property
+    def evictions(self) -> int:
+        return self.bounds.evictions
 
-class Conversations(OrderedDict):
-    """The conversations of stored answers: one goes only with its answer, so an answer kept can always be
-    continued; those written before their answer (in flight, or failed) are at most ``limit``, the oldest
-    dropped first."""
 
-    def __init__(self, limit: int, is_answered: Callable[[object], bool]):
+class ConversationStore(OrderedDict):
+    """SGLang's ``msg_store``; and the conversation each request continues from, as it first read it."""
+
+    def __init__(self, bounds: StoredResponses):
         super().__init__()
-        self.limit = limit
-        self.is_answered = is_answered
-        self._unanswered: OrderedDict = OrderedDict()
+        self.bounds = bounds
+        self._first_read: dict[int, tuple[weakref.ref, list]] = {}  # id(request) -> (request, its history)
 
-    def __setitem__(self, key, value) -> None:
-        super().__setitem__(key, value)
-        if not self.is_answered(key):
-            self._unanswered[key] = None
-            self._unanswered.move_to_end(key)
-        while len(self._unanswered) > self.limit:
-            dropped, _ = self._unanswered.popitem(last=False)
-            super().pop(dropped, None)
+    def __setitem__(self, key, messages) -> None:
+        super().__setitem__(key, messages)
+        self.bounds.conversation_written(key, messages)
 
-    def answered(self, key) -> None:
-        """``key``'s answer is stored: its conversation now goes only with it."""
-        self._unanswered.pop(key, None)
+    def __delitem__(self, key) -> None:
+        if key not in self:
+            raise KeyError(key)
+        self.bounds._drop_conversation(key)
 
-    def history_at_arrival(self, request_id, previous_id):
-        """The conversation request ``request_id`` stored at its arrival, where the answer it continues
-        (``previous_id``) is gone since: that answer's conversation then, and the request's input. None where
-        the answer is still kept, or the request stored none."""
-        if previous_id is None or previous_id in self or request_id not in self:
-            return None
-        return list(self[request_id])
+    def pop(self, key, *default):
+        if key not in self:
+            if default:
+                return default[0]
+            raise KeyError(key)
+        messages = OrderedDict.__getitem__(self, key)
+        self.bounds._drop_conversation(key)
+        return messages
 
-    def drop(self, key) -> None:
-        """``key``'s answer was dropped: its conversation goes too."""
-        self._unanswered.pop(key, None)
-        super().pop(key, None)
+    def history_of(self, request, read: Callable[[], list]) -> list:
+        """``read()`` (the answer ``request`` continues, and its input) as it gave it the first time for this
+        request: the answer may be evicted before the request's own answer is stored."""
+        held = self._first_read.get(id(request))
+        if held is None or held[0]() is not request:
+            held = (weakref.ref(request, partial(self._forget, id(request))), read())
+            self._first_read[id(request)] = held
+        return list(held[1])
+
+    def _forget(self, key: int, ref: weakref.ref) -> None:
+        """A request ended (``ref`` died): its history goes, unless a later request of the same id holds it."""
+        if self._first_read.get(key, (None,))[0] is ref:
+            del self._first_read[key]
 
 
-# The states of a stored answer still being made (a background request's): never dropped, or it could not
-# be read, cancelled, nor finished by its own task
-IN_FLIGHT = frozenset(("queued", "in_progress"))
-
-
-def limited_stores(limit: int) -> tuple[LimitedStore, Conversations]:
-    """``(answers, conversations)``, at most ``limit`` answers each with its conversation, besides answers
-    still being made, and at most ``limit`` conversations more whose answer is not (yet) stored."""
-    answers = LimitedStore(limit, keep=lambda answer: getattr(answer, "status", None) in IN_FLIGHT)
-    conversations = Conversations(limit, is_answered=answers.__contains__)
-    answers.on_store, answers.on_evict = conversations.answered, conversations.drop
-    return answers, conversations
+def limited_stores(limit: int, budget_bytes: int) -> tuple[AnswerStore, ConversationStore]:
+    """``(answers, conversations)`` for SGLang's ``response_store`` and ``msg_store``, bound as the module
+    says."""
+    bounds = StoredResponses(limit, budget_bytes)
+    return bounds.answers, bounds.conversations

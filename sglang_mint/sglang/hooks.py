@@ -51,7 +51,7 @@ HOOKS: tuple[Hook, ...] = (
     Hook("frontend", "sglang.srt.entrypoints.openai.serving_responses.OpenAIServingResponses.create_responses",
          "AROUND", "server_made_ids:_around_create_responses"),  # a stored answer's id is the server's
     Hook("frontend", "sglang.srt.entrypoints.openai.serving_responses.OpenAIServingResponses.__init__", "AFTER",
-         "response_store:_after_serving_responses_init"),  # at most --mint-max-stored-responses answers kept
+         "response_store:_after_serving_responses_init"),  # answers kept within a count and bytes
     Hook("frontend", "sglang.srt.entrypoints.openai.serving_responses.OpenAIServingResponses."
          "_response_input_history", "AROUND", "response_store:_around_response_input_history"),  # ...and continued
     Hook("frontend", f"{_TM}.open_session", "AROUND", "server_made_ids:_around_open_session"),  # a session's too

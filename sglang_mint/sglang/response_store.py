@@ -1,5 +1,5 @@
-"""SGLang's stored ``/v1/responses`` answers within ``--mint-max-stored-responses`` (the store:
-``frontend/response_store.py``)."""
+"""SGLang's stored ``/v1/responses`` answers within ``--mint-max-stored-responses`` and
+``--mint-stored-responses-bytes`` (the store: ``frontend/response_store.py``)."""
 
 from __future__ import annotations
 
@@ -13,16 +13,15 @@ def _after_serving_responses_init(result, serving, *args, **kwargs):
     config = mint_config(serving.tokenizer_manager.server_args)
     if config is not None:
         verify_internals("frontend", openai_serving_responses=serving)
-        serving.response_store, serving.msg_store = limited_stores(config.max_stored_responses)
+        serving.response_store, serving.msg_store = limited_stores(config.max_stored_responses,
+                                                                   config.stored_responses_bytes)
     return result
 
 
 def _around_response_input_history(original, serving, request, *args, **kwargs):
-    """OpenAIServingResponses._response_input_history AROUND: a continued answer evicted while the request ran
-    is read as it stood at the request's arrival."""
-    history_at_arrival = getattr(serving.msg_store, "history_at_arrival", None)
-    if history_at_arrival is not None:
-        history = history_at_arrival(request.request_id, request.previous_response_id)
-        if history is not None:
-            return history
-    return original(serving, request, *args, **kwargs)
+    """OpenAIServingResponses._response_input_history AROUND: a request continuing an answer reads it as it
+    did the first time, the answer since evicted or not."""
+    history_of = getattr(serving.msg_store, "history_of", None)
+    if history_of is None or request.previous_response_id is None:
+        return original(serving, request, *args, **kwargs)
+    return history_of(request, lambda: original(serving, request, *args, **kwargs))

@@ -1,23 +1,37 @@
-"""LimitedStore: SGLang's stored /v1/responses answers and their conversations, at most a limit of them
+"""SGLang's stored /v1/responses answers and their conversations, within a count and a byte budget
 (frontend/response_store.py). A real server: tests/sglang/test_stored_responses.py."""
 
 from __future__ import annotations
 
+import gc
+import tracemalloc
+from types import SimpleNamespace
+
 import pytest
 
-from sglang_mint.frontend.response_store import LimitedStore, limited_stores
+from sglang_mint.frontend.response_store import SharedWeights, limited_stores, weigh
+
+ROOMY = 1 << 30  # a budget no test here reaches unless it means to
 
 
-def store(answers, conversations, key: str) -> None:
+class Request:
+    """What ``history_of`` reads of SGLang's ResponsesRequest (a pydantic model, which a weakref can name)."""
+
+    def __init__(self, request_id: str, previous_response_id: str):
+        self.request_id, self.previous_response_id = request_id, previous_response_id
+
+
+def store(answers, conversations, key: str, text: str | None = None) -> None:
     """As SGLang stores a request's answer: its conversation as it starts, then the answer, then the
     conversation with the answer's output."""
-    conversations[key] = [{"role": "user", "content": key}]
+    question = {"role": "user", "content": text or key}
+    conversations[key] = [question]
     answers[key] = f"answer {key}"
-    conversations[key] = [{"role": "user", "content": key}, {"role": "assistant", "content": "..."}]
+    conversations[key] = [question, {"role": "assistant", "content": "..."}]
 
 
 def test_past_the_limit_the_least_recently_used_answer_goes_with_its_conversation():
-    answers, conversations = limited_stores(2)
+    answers, conversations = limited_stores(2, ROOMY)
     for key in ("resp_a", "resp_b"):
         store(answers, conversations, key)
     assert answers.get("resp_a") == "answer resp_a"  # read: resp_b is now the oldest
@@ -28,7 +42,7 @@ def test_past_the_limit_the_least_recently_used_answer_goes_with_its_conversatio
 
 
 def test_a_kept_answer_keeps_its_conversation_whatever_else_is_written():
-    answers, conversations = limited_stores(2)
+    answers, conversations = limited_stores(2, ROOMY)
     store(answers, conversations, "resp_a")
     for n in range(10):  # requests that start and fail: conversations with no answer
         conversations[f"resp_failed_{n}"] = [{"role": "user", "content": "x" * 1000}]
@@ -37,7 +51,7 @@ def test_a_kept_answer_keeps_its_conversation_whatever_else_is_written():
 
 
 def test_a_conversation_whose_answer_never_came_is_dropped_in_its_turn():
-    answers, conversations = limited_stores(2)
+    answers, conversations = limited_stores(2, ROOMY)
     conversations["resp_failed"] = [{"role": "user", "content": "x" * 1000}]  # the request then failed
     for key in ("resp_a", "resp_b", "resp_c"):
         conversations[key] = []  # in flight
@@ -48,25 +62,25 @@ def test_a_conversation_whose_answer_never_came_is_dropped_in_its_turn():
 
 
 def test_a_write_counts_as_use_and_a_missing_key_is_the_default():
-    store = LimitedStore(2)
-    store["a"], store["b"] = 1, 2
-    store["a"] = 3
-    store["c"] = 4
-    assert dict(store) == {"a": 3, "c": 4}
-    assert store.get("b", "gone") == "gone"
+    answers, _ = limited_stores(2, ROOMY)
+    answers["a"], answers["b"] = 1, 2
+    answers["a"] = 3
+    answers["c"] = 4
+    assert dict(answers) == {"a": 3, "c": 4}
+    assert answers.get("b", "gone") == "gone"
     with pytest.raises(KeyError):
-        store["b"]
+        answers["b"]
 
 
-def test_a_limit_must_be_at_least_one():
+def test_a_limit_and_a_budget_must_be_at_least_one():
     with pytest.raises(ValueError, match="at least 1"):
-        LimitedStore(0)
+        limited_stores(0, ROOMY)
+    with pytest.raises(ValueError, match="at least 1"):
+        limited_stores(2, 0)
 
 
-def test_an_answer_still_being_made_is_never_dropped():
-    from types import SimpleNamespace
-
-    answers, conversations = limited_stores(2)
+def test_an_answer_still_being_made_is_never_dropped_nor_the_one_just_written():
+    answers, _ = limited_stores(2, ROOMY)
     answers["resp_bg"] = SimpleNamespace(status="queued")  # a background request's, oldest
     answers["resp_a"] = SimpleNamespace(status="completed")
     answers["resp_b"] = SimpleNamespace(status="completed")
@@ -76,18 +90,108 @@ def test_an_answer_still_being_made_is_never_dropped():
     assert set(answers) == {"resp_bg", "resp_c"}
     answers["resp_d"] = SimpleNamespace(status="queued")  # all three being made: over the limit until one ends
     assert set(answers) == {"resp_bg", "resp_c", "resp_d"}
-    answers["resp_bg"] = SimpleNamespace(status="completed")
+    answers["resp_bg"] = SimpleNamespace(status="completed")  # just written: its caller has yet to read it
+    assert set(answers) == {"resp_bg", "resp_c", "resp_d"}
+    answers["resp_c"] = SimpleNamespace(status="completed")
     assert set(answers) == {"resp_c", "resp_d"}  # resp_bg, done, was the oldest it could drop
 
 
-def test_a_continuation_reads_the_conversation_it_stored_at_its_arrival_once_its_parent_is_gone():
-    answers, conversations = limited_stores(1)
+def test_past_the_bytes_the_least_recently_used_answers_go_though_the_count_allows_them():
+    answers, conversations = limited_stores(100, 300_000)
+    for key in ("resp_a", "resp_b", "resp_c"):
+        store(answers, conversations, key, text=key + "x" * 100_000)
+    assert set(answers) == {"resp_b", "resp_c"} and set(conversations) == {"resp_b", "resp_c"}
+    assert answers.evictions == 1
+    bounds = answers.bounds
+    assert 200_000 < bounds.answered_bytes <= 300_000
+    store(answers, conversations, "resp_d")  # a small one fits beside them
+    assert set(answers) == {"resp_b", "resp_c", "resp_d"}
+
+
+def test_an_answer_over_the_whole_budget_alone_is_not_kept_and_the_others_stay():
+    answers, conversations = limited_stores(100, 300_000)
     store(answers, conversations, "resp_a")
-    parent = list(conversations["resp_a"])
-    assert conversations.history_at_arrival("resp_b", "resp_a") is None  # the parent kept: SGLang reads it
-    conversations["resp_b"] = parent + [{"role": "user", "content": "and then?"}]  # resp_b continues resp_a
-    answers["resp_b"] = "answer resp_b"  # its own answer evicts resp_a (limit 1)
-    assert "resp_a" not in conversations
-    assert conversations.history_at_arrival("resp_b", "resp_a") == parent + [{"role": "user", "content": "and then?"}]
-    assert conversations.history_at_arrival("resp_b", None) is None  # continues nothing
-    assert conversations.history_at_arrival("resp_c", "resp_a") is None  # stored nothing at its arrival
+    store(answers, conversations, "resp_huge", text="x" * 400_000)
+    assert set(answers) == {"resp_a"} and set(conversations) == {"resp_a"}
+    assert answers.bounds.refused == 2 and answers.evictions == 0  # its conversation at arrival, then answered
+    answers["resp_huge_answer"] = "y" * 400_000  # the answer itself over it
+    assert set(answers) == {"resp_a"}
+
+
+def test_past_the_bytes_the_oldest_unanswered_conversations_go_and_one_over_it_goes_alone():
+    answers, conversations = limited_stores(100, 300_000)
+    store(answers, conversations, "resp_a")
+    for n in range(5):  # inputs too long for the model: written, never answered
+        conversations[f"resp_failed_{n}"] = [{"role": "user", "content": "x" * 100_000}]
+    assert set(conversations) == {"resp_a", "resp_failed_3", "resp_failed_4"}
+    conversations["resp_huge"] = [{"role": "user", "content": "x" * 400_000}]
+    assert set(conversations) == {"resp_a", "resp_failed_3", "resp_failed_4"}
+    assert 200_000 < answers.bounds.unanswered.bytes <= 300_000
+
+
+def test_a_long_conversation_weighs_its_messages_once_and_its_lists_each():
+    answers, conversations = limited_stores(1000, ROOMY)
+    history, turns = [], 100
+    for turn in range(turns):  # each turn continues the last: SGLang's list(parent) + input, then + output
+        key = f"resp_{turn}"
+        question = {"role": "user", "content": f"turn {turn} " + "q" * 2000}
+        conversations[key] = history + [question]
+        answers[key] = f"answer {turn}"
+        history = history + [question, {"role": "assistant", "content": "a" * 2000}]
+        conversations[key] = history
+    messages_once = sum(weigh(message) for message in history)
+    lists = sum(8 * 2 * (turn + 1) for turn in range(turns))  # each turn's list of pointers
+    assert messages_once + lists <= answers.bounds.answered.bytes < 1.2 * (messages_once + lists) + 100 * 100
+    each_turn_again = sum(weigh(history[:2 * (turn + 1)]) for turn in range(turns))
+    assert answers.bounds.answered.bytes < each_turn_again / 10  # weighing each turn whole: some 40x
+
+
+def test_dropping_every_holder_of_a_message_frees_its_weight_and_a_shared_one_is_freed_last():
+    weights = SharedWeights()
+    shared, own = {"content": "s" * 10_000}, {"content": "o" * 10_000}
+    weights.hold("a", [shared])
+    weights.hold("b", [shared, own])
+    assert weights.bytes < weigh([shared]) + weigh([shared, own])  # the shared one counted once
+    weights.release("a")
+    assert weights.bytes == weigh([shared, own])
+    weights.hold("b", [own])  # rewritten: the shared one no longer held
+    assert weights.bytes == weigh([own])
+    weights.release("b")
+    assert weights.bytes == 0
+
+
+def test_an_answer_moves_its_conversation_to_the_answered_and_both_bounds_see_it():
+    answers, conversations = limited_stores(100, 300_000)
+    conversations["resp_a"] = [{"role": "user", "content": "x" * 100_000}]
+    bounds = answers.bounds
+    unanswered = bounds.unanswered.bytes
+    assert unanswered > 100_000 and bounds.answered_bytes == 0
+    answers["resp_a"] = "answer"
+    assert bounds.unanswered.bytes == 0 and bounds.answered_bytes >= unanswered
+
+
+def test_weigh_is_about_what_python_allocates():
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    value = [{"role": "user", "content": "x" * (10 + n), "n": [n, n * 1.5]} for n in range(2000)]
+    allocated = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    assert 0.7 * allocated < weigh(value) < 1.6 * allocated
+
+
+def test_a_continuation_reads_its_history_as_it_first_did_for_as_long_as_it_lives():
+    answers, conversations = limited_stores(1, ROOMY)
+    store(answers, conversations, "resp_a")
+    request = Request("resp_b", "resp_a")
+    read = lambda: list(conversations["resp_a"]) + [{"role": "user", "content": "and then?"}]  # as SGLang reads
+    first = conversations.history_of(request, read)
+    store(answers, conversations, "resp_c")  # resp_a evicted (limit 1): reading it again would raise
+    with pytest.raises(KeyError):
+        read()
+    assert conversations.history_of(request, read) == first
+    assert conversations.history_of(request, read) is not first  # a copy: SGLang appends to what it gets
+    other = Request("resp_d", "resp_c")
+    assert conversations.history_of(other, lambda: ["resp_c's"]) == ["resp_c's"]
+    del request
+    gc.collect()
+    assert len(conversations._first_read) == 1  # the ended request's history went with it

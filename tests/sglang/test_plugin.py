@@ -68,7 +68,7 @@ def flag_results(tiny_model, tmp_path_factory, forked):
                  "--mint-grammar-cache-bytes", "1GiB", "--mint-max-sessions", "64", "--mint-session-timeout", "90",
                  "--mint-max-streaming-sessions", "16", "--mint-max-request-bytes", "8MiB",
                  "--mint-session-history-tokens", "4096", "--mint-max-top-logprobs", "50",
-                 "--mint-max-stored-responses", "500"],
+                 "--mint-max-stored-responses", "500", "--mint-stored-responses-bytes", "2GiB"],
         "bad_upload_size": ["--model-path", str(tiny_model), "--enable-lora", "--enable-mint",
                             "--mint-catalog", str(catalog_dir), "--mint-max-upload-bytes", "0"],
         "not_a_catalog": ["--model-path", str(tiny_model), "--enable-lora", "--enable-mint",
@@ -106,6 +106,8 @@ def flag_results(tiny_model, tmp_path_factory, forked):
                               "--mint-grammar-cache-bytes", "much"],
         "bad_stored_responses": ["--model-path", str(tiny_model), "--enable-lora", "--enable-mint",
                                  "--mint-max-stored-responses", "0"],
+        "bad_stored_bytes": ["--model-path", str(tiny_model), "--enable-lora", "--enable-mint",
+                             "--mint-stored-responses-bytes", "1.5 tons"],
         "bad_max_sessions": ["--model-path", str(tiny_model), "--enable-lora", "--enable-mint",
                              "--mint-max-sessions", "0"],
         "bad_streaming_sessions": ["--model-path", str(tiny_model), "--enable-lora", "--enable-mint",
@@ -174,7 +176,8 @@ def test_flags_reach_subprocess_copies_of_server_args(flag_results):
         "blob_cache_bytes": 10 << 30, "gateway": None, "advertise_url": None,
         "usage_dir": str(Path(catalog_dir).parent / "ledger"), "usage_flush_s": None, "grammar_cache_bytes": 1 << 30,
         "max_sessions": 64, "max_streaming_sessions": 16, "session_timeout_s": 90.0, "session_history_tokens": 4096,
-        "max_stored_responses": 500, "max_top_logprobs": 50, "max_request_bytes": 8 << 20}}
+        "max_stored_responses": 500, "max_top_logprobs": 50, "max_request_bytes": 8 << 20,
+        "stored_responses_bytes": 2 << 30}}
 
 
 @pytest.mark.parametrize("case, message", [
@@ -204,6 +207,7 @@ def test_flags_reach_subprocess_copies_of_server_args(flag_results):
     ("bad_session_history", "--mint-session-history-tokens must be 1 to 1073741824, got 0"),
     ("bad_top_logprobs", "--mint-max-top-logprobs must be 1 to 1048576, got 0"),
     ("bad_stored_responses", "--mint-max-stored-responses must be 1 to 10000000, got 0"),
+    ("bad_stored_bytes", "--mint-stored-responses-bytes: '1.5 tons' is not a size"),
     ("bad_session_timeout", "--mint-session-timeout must be above 0 and at most 604800 (7 days), got inf"),
     ("catalog_without_pool_size", "without --lora-paths needs --lora-target-modules"),  # was SGLang's traceback
 ])

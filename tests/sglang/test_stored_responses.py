@@ -1,7 +1,8 @@
-"""SGLang's stored /v1/responses answers within --mint-max-stored-responses (sglang/response_store.py), end to end.
+"""SGLang's stored /v1/responses answers within --mint-max-stored-responses and --mint-stored-responses-bytes
+(sglang/response_store.py), end to end.
 
 Under --enable-response-store SGLang keeps every stored answer and its conversation, and the conversation of a
-request that failed, for good. The shared ``mint_server`` keeps four.
+request that failed, for good. The shared ``mint_server`` keeps four, within 2 MiB.
 """
 
 from __future__ import annotations
@@ -12,6 +13,14 @@ import pytest
 pytestmark = pytest.mark.server  # starts real SGLang servers: not in make test-fast
 
 MAX_STORED = 4
+BUDGET_BYTES = 2 << 20
+
+
+def tool_of(size: int) -> dict:
+    """A function tool described in ``size`` bytes. SGLang stores the request's tools with its answer, whether
+    or not it parses tool calls (this server does not): a tenant's bytes the model never sees."""
+    return {"type": "function", "name": "lookup", "description": "x" * size,
+            "parameters": {"type": "object", "properties": {}}}
 
 
 def test_past_the_limit_the_oldest_answer_is_gone_and_the_newest_go_on(mint_client):
@@ -63,3 +72,18 @@ def test_a_continuation_outlives_the_answer_it_continues(mint_client):
     assert mint_client.responses.retrieve(continued.id).id == continued.id
     then = ask("and after that?", previous_response_id=continued.id)
     assert then.status in ("completed", "incomplete")
+
+
+def test_past_the_bytes_the_least_recently_used_answers_go_and_one_over_them_alone_is_not_kept(mint_client):
+    def ask(text: str, **extra):
+        return mint_client.responses.create(model="tiny", input=text, max_output_tokens=2, temperature=0, **extra)
+
+    heavy = [ask(f"heavy {n}", tools=[tool_of(BUDGET_BYTES * 2 // 5)]) for n in range(3)]  # fewer than MAX_STORED
+    with pytest.raises(openai.NotFoundError):
+        mint_client.responses.retrieve(heavy[0].id)
+    assert [mint_client.responses.retrieve(r.id).id for r in heavy[1:]] == [r.id for r in heavy[1:]]
+    too_heavy = ask("too heavy", tools=[tool_of(BUDGET_BYTES * 5 // 4)])
+    assert too_heavy.status in ("completed", "incomplete")  # answered, and not kept
+    with pytest.raises(openai.NotFoundError):
+        mint_client.responses.retrieve(too_heavy.id)
+    assert [mint_client.responses.retrieve(r.id).id for r in heavy[1:]] == [r.id for r in heavy[1:]]
