@@ -38,29 +38,34 @@ from typing import Callable
 # The states of a stored answer still being made (a background request's): never dropped, or it could not
 # be read, cancelled, nor finished by its own task
 IN_FLIGHT = frozenset(("queued", "in_progress"))
+_LEAVES = frozenset((str, bytes, int, float, bool, type(None)))
 _CONTAINERS = (list, tuple, set, frozenset)
+# What SharedWeights spends to count one message, and one conversation: its record ([message, weight, count],
+# two ints, a dict slot), measured
+RECORD_BYTES = 200
 
 
-def weigh(value) -> int:
+def weigh(value, most: float = float("inf")) -> int:
     """The bytes ``value`` holds, about: ``sys.getsizeof`` of it and of every dict key and value, list item
     and pydantic model field under it (a small int, shared by CPython, is counted each time it appears).
-    Its time grows with the objects: 2,000 tokens with 20 top logprobs each take some 100 ms to weigh, where
-    SGLang takes some 600 ms to build them."""
-    total, stack = 0, [value]
-    while stack:
+    Its time grows with the objects, some 0.2 µs each (a 64 MiB body of ``{}``s, parsed in 1.7 s, weighs past
+    1 GiB in 3.4 s); it stops once past ``most`` (then more than ``most``)."""
+    total, stack = getsizeof(value), [value]
+    while stack and total <= most:
         item = stack.pop()
         kind = type(item)
-        total += getsizeof(item)
         if kind is dict:
-            stack.extend(item)
-            stack.extend(item.values())
+            children = [*item, *item.values()]
         elif kind in _CONTAINERS:
-            stack.extend(item)
+            children = item
+        elif kind in _LEAVES:
+            continue
         elif hasattr(kind, "__pydantic_fields__"):
-            stack.append(item.__dict__)
-            extra = getattr(item, "__pydantic_extra__", None)
-            if extra:
-                stack.append(extra)
+            children = [item.__dict__, getattr(item, "__pydantic_extra__", None) or {}]
+        else:
+            continue
+        total += sum(map(getsizeof, children))
+        stack.extend(child for child in children if type(child) not in _LEAVES)
     return total
 
 
@@ -69,8 +74,9 @@ class SharedWeights:
     however many of them hold it: ``list(conversation)`` shares the messages, so a continuation holds its
     parent's by reference and adds only its own."""
 
-    def __init__(self):
+    def __init__(self, most: float = float("inf")):
         self.bytes = 0
+        self.most = most  # a message is weighed until past this: it then goes, too heavy to keep
         self._lists: dict[object, tuple[list, int]] = {}  # key -> (its list, the list's own size)
         self._messages: dict[int, list] = {}  # id(message) -> [message, its weight, how many lists hold it]
 
@@ -78,15 +84,15 @@ class SharedWeights:
         return key in self._lists
 
     def hold(self, key, messages: list, weighed: "SharedWeights | None" = None) -> None:
-        """``key`` now holds ``messages`` (in place of what it held). A message ``weighed`` already knows is
+        """``key`` now holds ``messages`` (in place of what it held). A message this or ``weighed`` knows is
         not weighed again."""
-        size = getsizeof(messages)
+        size = getsizeof(messages) + RECORD_BYTES
         self.bytes += size
         for message in messages:
             entry = self._messages.get(id(message))
             if entry is None:
                 known = weighed._messages.get(id(message)) if weighed is not None else None
-                entry = [message, known[1] if known is not None else weigh(message), 0]
+                entry = [message, known[1] if known is not None else weigh(message, self.most) + RECORD_BYTES, 0]
                 self._messages[id(message)] = entry
                 self.bytes += entry[1]
             entry[2] += 1
@@ -124,89 +130,140 @@ class SharedWeights:
 
 class StoredResponses:
     """Both classes' bounds, over the two dicts SGLang reads and writes: ``answers`` (its ``response_store``)
-    and ``conversations`` (its ``msg_store``)."""
+    and ``conversations`` (its ``msg_store``). An answer still being made (its status, or its key among
+    ``running``: SGLang's background tasks, each until it ends) and its conversation are not counted, nor
+    dropped: they are a request's, bounded by the requests in flight. They count once it ends (``settled``)."""
 
-    def __init__(self, limit: int, budget_bytes: int):
+    def __init__(self, limit: int, budget_bytes: int, running: dict | None = None):
         if limit < 1 or budget_bytes < 1:
             raise ValueError(f"a store's limit and budget must be at least 1, got {limit} and {budget_bytes}")
         self.limit, self.budget_bytes = limit, budget_bytes
+        self.running = RunningAnswers(self) if running is None else running
         self.answers = AnswerStore(self)
         self.conversations = ConversationStore(self)
-        self.answered = SharedWeights()  # the conversations of stored answers
-        self.unanswered = SharedWeights()  # those of answers not stored (yet)
+        self.answered = SharedWeights(budget_bytes)  # the conversations of stored answers, once made
+        self.unanswered = SharedWeights(budget_bytes)  # those of answers not stored (yet)
         self._unanswered_order: OrderedDict = OrderedDict()  # their keys, oldest first
-        self.answer_bytes = 0
-        self._answer_weights: dict[object, int] = {}
+        self._counted: OrderedDict = OrderedDict()  # answers made, least recently used first -> their weight
+        self._counted_bytes = 0
+        self._refused: OrderedDict = OrderedDict()  # answers not kept, whose conversation SGLang writes next
         self.evictions = 0  # answers dropped past a bound
         self.refused = 0  # writes that alone weighed more than their class's budget
 
     @property
     def answered_bytes(self) -> int:
-        return self.answer_bytes + self.answered.bytes
+        return self._counted_bytes + self.answered.bytes
+
+    def in_flight(self, key) -> bool:
+        answer = OrderedDict.get(self.answers, key)
+        return key in self.running or getattr(answer, "status", None) in IN_FLIGHT
 
     def answer_written(self, key, answer) -> None:
-        weight = weigh(answer)
-        self.answer_bytes += weight - self._answer_weights.get(key, 0)
-        self._answer_weights[key] = weight
-        if key in self.unanswered:  # the conversation written at its arrival now goes with the answer
-            self.unanswered.move(key, into=self.answered)
+        self._uncount(key)
+        if self.in_flight(key):
+            self._trim_answers(newest=None)
+        else:
+            self.settled(key)
+        if key in self.unanswered:  # its conversation, written at its arrival, now goes with the answer
+            self.unanswered.release(key)
             self._unanswered_order.pop(key, None)
+
+    def settled(self, key) -> None:
+        """``key``'s answer is written, or its background task ended: counted once made, then the bounds."""
+        if key not in self.answers or key in self._counted or self.in_flight(key):
+            return
+        self._counted[key] = weight = weigh(OrderedDict.__getitem__(self.answers, key), most=self.budget_bytes)
+        self._counted_bytes += weight
+        if key in self.conversations:
+            self.answered.hold(key, OrderedDict.__getitem__(self.conversations, key), weighed=self.unanswered)
         self._trim_answers(newest=key)
 
     def conversation_written(self, key, messages: list) -> None:
         if key in self.answers:
-            self.answered.hold(key, messages)
-            self._trim_answers(newest=key)
+            if key in self._counted:
+                self.answered.hold(key, messages, weighed=self.unanswered)
+                self._trim_answers(newest=key)
             return
-        self.unanswered.hold(key, messages)
+        if key in self._refused:  # the conversation of an answer not kept
+            del self._refused[key]
+            OrderedDict.pop(self.conversations, key, None)
+            return
+        self.unanswered.hold(key, messages, weighed=self.answered)
         self._unanswered_order[key] = None
         self._unanswered_order.move_to_end(key)
         if self.unanswered.alone(key) > self.budget_bytes:
             self.refused += 1
-            self._drop_conversation(key)
+            self.drop_conversation(key)
             return
         while len(self._unanswered_order) > self.limit or self.unanswered.bytes > self.budget_bytes:
             oldest = next(iter(self._unanswered_order))
             if oldest == key:
                 break
-            self._drop_conversation(oldest)
+            self.drop_conversation(oldest)
+
+    def touched(self, key) -> None:
+        if key in self._counted:
+            self._counted.move_to_end(key)
 
     def _trim_answers(self, newest) -> None:
-        if newest in self.answers and not self._in_flight(newest) and self._alone(newest) > self.budget_bytes:
+        """Past the count or the bytes, the least recently used answers made go, but not ``newest`` (just
+        made, or None): it goes alone where it weighs more than the budget by itself."""
+        if newest is not None and self._alone(newest) > self.budget_bytes:
             self.refused += 1
             self.drop_answer(newest)
+            self._refused[newest] = None
+            while len(self._refused) > self.limit:
+                self._refused.popitem(last=False)
             return
+        if newest is not None:
+            self._counted.move_to_end(newest)
         while len(self.answers) > self.limit or self.answered_bytes > self.budget_bytes:
-            victim = next((key for key in self.answers if key != newest and not self._in_flight(key)), None)
-            if victim is None:  # only answers being made, and the newest: over until one ends
+            victim = next(iter(self._counted), None)
+            if victim is None or victim == newest:  # only answers being made besides it: over until one ends
                 return
             self.evictions += 1
             self.drop_answer(victim)
 
-    def _in_flight(self, key) -> bool:
-        return getattr(OrderedDict.__getitem__(self.answers, key), "status", None) in IN_FLIGHT
-
     def _alone(self, key) -> int:
         conversation = self.answered.alone(key) if key in self.answered else 0
-        return self._answer_weights.get(key, 0) + conversation
+        return self._counted[key] + conversation
+
+    def _uncount(self, key) -> None:
+        self._counted_bytes -= self._counted.pop(key, 0)
+        self.answered.release(key)
 
     def drop_answer(self, key) -> None:
         """The answer ``key`` goes, and its conversation with it."""
         OrderedDict.pop(self.answers, key, None)
-        self.answer_bytes -= self._answer_weights.pop(key, 0)
-        self._drop_conversation(key)
+        self._uncount(key)
+        self.drop_conversation(key)
 
-    def _drop_conversation(self, key) -> None:
+    def drop_conversation(self, key) -> None:
         OrderedDict.pop(self.conversations, key, None)
         self.answered.release(key)
         self.unanswered.release(key)
         self._unanswered_order.pop(key, None)
+
 
     def figures(self) -> dict:
         return {"answers": len(self.answers), "conversations": len(self.conversations),
                 "answered_bytes": self.answered_bytes, "unanswered_bytes": self.unanswered.bytes,
                 "limit": self.limit, "budget_bytes": self.budget_bytes, "evictions": self.evictions,
                 "refused": self.refused}
+
+
+class RunningAnswers(dict):
+    """SGLang's ``background_tasks`` (response id -> the task making it), which its task's end empties: the
+    store learns there that the answer is made."""
+
+    def __init__(self, bounds: StoredResponses):
+        super().__init__()
+        self.bounds = bounds
+
+    def pop(self, key, *default):
+        task = super().pop(key, *default)
+        self.bounds.settled(key)
+        return task
 
 
 class AnswerStore(OrderedDict):
@@ -239,7 +296,16 @@ class AnswerStore(OrderedDict):
         if key not in self:
             return default
         self.move_to_end(key)
+        self.bounds.touched(key)
         return self[key]
+
+    def popitem(self, last: bool = True):
+        key = next(reversed(self)) if last else next(iter(self))
+        return key, self.pop(key)
+
+    def clear(self) -> None:
+        for key in list(self):
+            self.bounds.drop_answer(key)
 
     @property
     def evictions(self) -> int:
@@ -261,7 +327,7 @@ class ConversationStore(OrderedDict):
     def __delitem__(self, key) -> None:
         if key not in self:
             raise KeyError(key)
-        self.bounds._drop_conversation(key)
+        self.bounds.drop_conversation(key)
 
     def pop(self, key, *default):
         if key not in self:
@@ -269,8 +335,16 @@ class ConversationStore(OrderedDict):
                 return default[0]
             raise KeyError(key)
         messages = OrderedDict.__getitem__(self, key)
-        self.bounds._drop_conversation(key)
+        self.bounds.drop_conversation(key)
         return messages
+
+    def popitem(self, last: bool = True):
+        key = next(reversed(self)) if last else next(iter(self))
+        return key, self.pop(key)
+
+    def clear(self) -> None:
+        for key in list(self):
+            self.bounds.drop_conversation(key)
 
     def history_of(self, request, read: Callable[[], list]) -> list:
         """``read()`` (the answer ``request`` continues, and its input) as it gave it the first time for this
@@ -287,8 +361,7 @@ class ConversationStore(OrderedDict):
             del self._first_read[key]
 
 
-def limited_stores(limit: int, budget_bytes: int) -> tuple[AnswerStore, ConversationStore]:
-    """``(answers, conversations)`` for SGLang's ``response_store`` and ``msg_store``, bound as the module
-    says."""
-    bounds = StoredResponses(limit, budget_bytes)
-    return bounds.answers, bounds.conversations
+def limited_stores(limit: int, budget_bytes: int) -> StoredResponses:
+    """The stores for SGLang's ``response_store`` (``.answers``), ``msg_store`` (``.conversations``) and
+    ``background_tasks`` (``.running``), bound as the module says."""
+    return StoredResponses(limit, budget_bytes)

@@ -212,10 +212,11 @@ INTERNALS: tuple[Internal, ...] = (
              "/v1/responses stores answers, read by their id alone", "server_made_ids"),
     Internal("frontend", "sglang.srt.arg_groups.fields.serving.Serving", "enable_response_store", "the same",
              "server_made_ids"),
-    Internal("frontend", "openai_serving_responses", "response_store, msg_store", "the stored answers and their "
-             "conversations, dicts SGLang reads with get, [] and [] =: replaced by limited stores", "response_store"),
-    Internal("frontend", "sglang.srt.entrypoints.openai.protocol.ResponsesRequest", "request_id, previous_response_id",
-             "a request's own stored conversation and the answer it continues", "response_store"),
+    Internal("frontend", "openai_serving_responses", "response_store, msg_store, background_tasks", "the stored "
+             "answers and their conversations, dicts SGLang reads with get, [] and [] =, and the tasks making "
+             "background answers, a dict each task's end pops: replaced by limited stores", "response_store"),
+    Internal("frontend", "sglang.srt.entrypoints.openai.protocol.ResponsesRequest", "previous_response_id",
+             "the answer a request continues", "response_store"),
     Internal("frontend", "sglang.srt.entrypoints.openai.protocol.ResponsesRequest", "request_id, store", "a stored "
              "answer's id: the client's is refused", "server_made_ids"),
     Internal("all", "sglang.srt.server_args.ServerArgs", "api_key, admin_api_key, ssl_keyfile_password",

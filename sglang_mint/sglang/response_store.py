@@ -9,12 +9,14 @@ from sglang_mint.sglang.hooks import verify_internals
 
 
 def _after_serving_responses_init(result, serving, *args, **kwargs):
-    """OpenAIServingResponses.__init__ AFTER: its answers and conversations become limited stores."""
+    """OpenAIServingResponses.__init__ AFTER: its answers, conversations and background tasks become limited
+    stores."""
     config = mint_config(serving.tokenizer_manager.server_args)
     if config is not None:
         verify_internals("frontend", openai_serving_responses=serving)
-        serving.response_store, serving.msg_store = limited_stores(config.max_stored_responses,
-                                                                   config.stored_responses_bytes)
+        stores = limited_stores(config.max_stored_responses, config.stored_responses_bytes)
+        serving.response_store, serving.msg_store = stores.answers, stores.conversations
+        serving.background_tasks = stores.running  # its tasks' ends: an answer made is counted then
     return result
 
 

@@ -9,9 +9,18 @@ from types import SimpleNamespace
 
 import pytest
 
-from sglang_mint.frontend.response_store import SharedWeights, limited_stores, weigh
+from pydantic import BaseModel
+
+from sglang_mint.frontend import response_store
+from sglang_mint.frontend.response_store import SharedWeights, weigh
 
 ROOMY = 1 << 30  # a budget no test here reaches unless it means to
+
+
+def limited_stores(limit: int, budget_bytes: int):
+    """``(answers, conversations)``, as SGLang's ``response_store`` and ``msg_store`` become."""
+    stores = response_store.limited_stores(limit, budget_bytes)
+    return stores.answers, stores.conversations
 
 
 class Request:
@@ -90,7 +99,7 @@ def test_an_answer_still_being_made_is_never_dropped_nor_the_one_just_written():
     assert set(answers) == {"resp_bg", "resp_c"}
     answers["resp_d"] = SimpleNamespace(status="queued")  # all three being made: over the limit until one ends
     assert set(answers) == {"resp_bg", "resp_c", "resp_d"}
-    answers["resp_bg"] = SimpleNamespace(status="completed")  # just written: its caller has yet to read it
+    answers["resp_bg"] = SimpleNamespace(status="completed")  # just made: its caller has yet to read it
     assert set(answers) == {"resp_bg", "resp_c", "resp_d"}
     answers["resp_c"] = SimpleNamespace(status="completed")
     assert set(answers) == {"resp_c", "resp_d"}  # resp_bg, done, was the oldest it could drop
@@ -150,12 +159,14 @@ def test_dropping_every_holder_of_a_message_frees_its_weight_and_a_shared_one_is
     weights = SharedWeights()
     shared, own = {"content": "s" * 10_000}, {"content": "o" * 10_000}
     weights.hold("a", [shared])
+    a_alone = weights.bytes
     weights.hold("b", [shared, own])
-    assert weights.bytes < weigh([shared]) + weigh([shared, own])  # the shared one counted once
+    b_alone = weights.alone("b")
+    assert weights.bytes < a_alone + b_alone and weights.bytes > b_alone  # the shared one counted once
     weights.release("a")
-    assert weights.bytes == weigh([shared, own])
+    assert weights.bytes == b_alone
     weights.hold("b", [own])  # rewritten: the shared one no longer held
-    assert weights.bytes == weigh([own])
+    assert weights.bytes == weights.alone("b") < b_alone - weigh(shared)
     weights.release("b")
     assert weights.bytes == 0
 
@@ -195,3 +206,63 @@ def test_a_continuation_reads_its_history_as_it_first_did_for_as_long_as_it_live
     del request
     gc.collect()
     assert len(conversations._first_read) == 1  # the ended request's history went with it
+
+
+class Answer(BaseModel):
+    """A stored answer, as SGLang's ResponsesResponse holds its request's metadata."""
+
+    status: str
+    metadata: dict = {}
+
+
+def test_a_background_answer_over_the_budget_empties_nothing_and_is_not_kept_once_made():
+    stores = response_store.limited_stores(100, 300_000)
+    answers, conversations = stores.answers, stores.conversations
+    for key in ("resp_a", "resp_b", "resp_c"):
+        store(answers, conversations, key)
+    conversations["resp_bg"] = [{"role": "user", "content": "hi"}]
+    answers["resp_bg"] = Answer(status="queued", metadata={"x": "x" * 400_000})  # SGLang's order
+    stores.running["resp_bg"] = "its task"
+    stores.running["resp_bg_small"] = "its task"
+    answers["resp_bg_small"] = Answer(status="queued")
+    store(answers, conversations, "resp_d")
+    assert set(answers) == {"resp_a", "resp_b", "resp_c", "resp_d", "resp_bg", "resp_bg_small"}
+    answers["resp_bg"].status = "cancelled"  # as SGLang cancels it, in place; its task still runs
+    store(answers, conversations, "resp_e")
+    assert "resp_bg" in answers and answers.evictions == 0  # its task reads it again as it ends
+    stores.running.pop("resp_bg", None)  # the task's end
+    assert "resp_bg" not in answers and "resp_bg" not in conversations and stores.refused == 1
+    assert set(answers) == {"resp_a", "resp_b", "resp_c", "resp_d", "resp_e", "resp_bg_small"}
+    answers["resp_bg_small"] = Answer(status="completed")
+    stores.running.pop("resp_bg_small", None)
+    assert "resp_bg_small" in answers and stores.answered_bytes < 300_000
+
+
+def test_the_conversation_of_an_answer_not_kept_is_not_kept_either():
+    stores = response_store.limited_stores(100, 300_000)
+    answers, conversations = stores.answers, stores.conversations
+    conversations["resp_big"] = [{"role": "user", "content": "hi"}]
+    answers["resp_big"] = "y" * 400_000
+    conversations["resp_big"] = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "..."}]
+    assert "resp_big" not in conversations and stores.unanswered.bytes == 0
+
+
+def test_a_continuation_weighs_only_its_own_messages(monkeypatch):
+    answers, conversations = limited_stores(1000, ROOMY)
+    calls = []
+    monkeypatch.setattr(response_store, "weigh", lambda value, most=float("inf"): calls.append(value) or 100)
+    history = []
+    for turn in range(50):
+        key = f"resp_{turn}"
+        question = {"role": "user", "content": f"turn {turn}"}
+        conversations[key] = history + [question]  # at its arrival: the parent's messages and its input
+        answers[key] = f"answer {turn}"
+        history = history + [question, {"role": "assistant", "content": "..."}]
+        conversations[key] = history
+    assert len(calls) == 50 * 3  # its input, its answer and its output, whatever came before
+
+
+def test_weigh_stops_past_what_it_is_asked_to_tell_apart():
+    many = [{} for _ in range(100_000)]
+    assert weigh(many, most=10_000) > 10_000
+    assert weigh(many) > 5_000_000

@@ -7,6 +7,8 @@ request that failed, for good. The shared ``mint_server`` keeps four, within 2 M
 
 from __future__ import annotations
 
+import time
+
 import openai
 import pytest
 
@@ -87,3 +89,23 @@ def test_past_the_bytes_the_least_recently_used_answers_go_and_one_over_them_alo
     with pytest.raises(openai.NotFoundError):
         mint_client.responses.retrieve(too_heavy.id)
     assert [mint_client.responses.retrieve(r.id).id for r in heavy[1:]] == [r.id for r in heavy[1:]]
+
+
+def test_a_background_answer_over_the_bytes_is_kept_while_made_and_empties_nothing(mint_client):
+    """A background answer is kept however heavy while its task makes it (the task reads it again as it ends),
+    and weighed once made: over the budget alone, it then goes alone."""
+    kept = mint_client.responses.create(model="tiny", input="kept", max_output_tokens=2, temperature=0)
+    made = mint_client.responses.create(model="tiny", input="in the background", max_output_tokens=2,
+                                        temperature=0, background=True, tools=[tool_of(BUDGET_BYTES * 5 // 4)])
+    assert made.status in ("queued", "in_progress")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            status = mint_client.responses.retrieve(made.id).status
+        except openai.NotFoundError:
+            break
+        assert status in ("queued", "in_progress", "completed", "incomplete"), status
+        time.sleep(0.2)
+    else:
+        pytest.fail(f"the background answer over the budget was still kept after 60 s: {status}")
+    assert mint_client.responses.retrieve(kept.id).id == kept.id
