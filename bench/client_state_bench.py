@@ -4,13 +4,13 @@ Two servers in one run, one after the other, on the tiny random Llama, with --en
 --enable-response-store and LoRA on: stock SGLang, then --enable-mint with small limits
 (--mint-grammar-cache-bytes 4MiB, --mint-stored-responses-bytes 4MiB, --mint-max-sessions 256, and the default
 --mint-session-history-tokens and --mint-max-stored-responses, 10,000). Each gets the same six sweeps, none
-generating more than a token:
+generating more than two tokens:
 
 - grammars: rounds of 200 /generate requests with a new 256 KiB regex that does not parse (400):
   the scheduler's RSS growth after each round;
 - stored conversations: rounds of 100 /v1/responses requests with a new 256 KiB input, too long for
   the model (400): the frontend's RSS growth after each round;
-- stored answers: rounds of 100 /v1/responses requests answered (one token) whose function tool has a new
+- stored answers: rounds of 100 /v1/responses requests answered (two tokens at most) whose function tool has a new
   256 KiB description, stored with the answer though the model never sees it: the frontend's RSS growth;
 - one session's history: rounds of 300 /generate requests of 1,800 tokens in one session (the same
   prompt, so a prefix-cache hit): the scheduler's RSS growth after each round;
@@ -91,8 +91,8 @@ def answer_rounds(server, rounds: int) -> list[float]:
         for _ in range(100):
             tool = {"type": "function", "name": "lookup", "description": uuid.uuid4().hex + "x" * TEXT_BYTES,
                     "parameters": {"type": "object", "properties": {}}}
-            assert post(server.url, "/v1/responses", {"model": "tiny", "input": "hi", "max_output_tokens": 1,
-                                                      "tools": [tool]}) == 200
+            assert post(server.url, "/v1/responses", {"model": "tiny", "input": "hi", "max_output_tokens": 2,
+                                                      "tools": [tool]}) == 200  # 1: stock SGLang's 400
         grown.append(mib(frontend.memory_info().rss - base))
     return grown
 

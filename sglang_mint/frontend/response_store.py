@@ -146,7 +146,7 @@ class StoredResponses:
         self._unanswered_order: OrderedDict = OrderedDict()  # their keys, oldest first
         self._counted: OrderedDict = OrderedDict()  # answers made, least recently used first -> their weight
         self._counted_bytes = 0
-        self._refused: OrderedDict = OrderedDict()  # answers not kept, whose conversation SGLang writes next
+        self._refused: OrderedDict = OrderedDict()  # keys not kept, whose answer or conversation may come next
         self.evictions = 0  # answers dropped past a bound
         self.refused = 0  # writes that alone weighed more than their class's budget
 
@@ -172,6 +172,10 @@ class StoredResponses:
         """``key``'s answer is written, or its background task ended: counted once made, then the bounds."""
         if key not in self.answers or key in self._counted or self.in_flight(key):
             return
+        if key in self._refused:  # its conversation was not kept: it could not be continued
+            self.refused += 1
+            self.drop_answer(key)
+            return
         self._counted[key] = weight = weigh(OrderedDict.__getitem__(self.answers, key), most=self.budget_bytes)
         self._counted_bytes += weight
         if key in self.conversations:
@@ -194,6 +198,7 @@ class StoredResponses:
         if self.unanswered.alone(key) > self.budget_bytes:
             self.refused += 1
             self.drop_conversation(key)
+            self._refuse(key)
             return
         while len(self._unanswered_order) > self.limit or self.unanswered.bytes > self.budget_bytes:
             oldest = next(iter(self._unanswered_order))
@@ -211,9 +216,7 @@ class StoredResponses:
         if newest is not None and self._alone(newest) > self.budget_bytes:
             self.refused += 1
             self.drop_answer(newest)
-            self._refused[newest] = None
-            while len(self._refused) > self.limit:
-                self._refused.popitem(last=False)
+            self._refuse(newest)
             return
         if newest is not None:
             self._counted.move_to_end(newest)
@@ -223,6 +226,12 @@ class StoredResponses:
                 return
             self.evictions += 1
             self.drop_answer(victim)
+
+    def _refuse(self, key) -> None:
+        """``key``'s answer and conversation are not kept, whichever SGLang writes next."""
+        self._refused[key] = None
+        while len(self._refused) > self.limit:
+            self._refused.popitem(last=False)
 
     def _alone(self, key) -> int:
         conversation = self.answered.alone(key) if key in self.answered else 0

@@ -26,4 +26,9 @@ def _around_response_input_history(original, serving, request, *args, **kwargs):
     history_of = getattr(serving.msg_store, "history_of", None)
     if history_of is None or request.previous_response_id is None:
         return original(serving, request, *args, **kwargs)
-    return history_of(request, lambda: original(serving, request, *args, **kwargs))
+    try:
+        return history_of(request, lambda: original(serving, request, *args, **kwargs))
+    except KeyError:  # the answer is kept and its conversation not: being made, or too heavy to keep (a 400)
+        raise ValueError(f"previous_response_id {request.previous_response_id!r}: that answer cannot be continued "
+                         "yet (a background answer still being made) or at all (its conversation weighed more "
+                         "than --mint-stored-responses-bytes)") from None

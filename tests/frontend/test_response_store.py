@@ -266,3 +266,20 @@ def test_weigh_stops_past_what_it_is_asked_to_tell_apart():
     many = [{} for _ in range(100_000)]
     assert weigh(many, most=10_000) > 10_000
     assert weigh(many) > 5_000_000
+
+
+def test_an_answer_whose_conversation_was_not_kept_is_not_kept_either():
+    """A continuation of it would find the answer and not its conversation (SGLang's KeyError, a 500)."""
+    stores = response_store.limited_stores(100, 300_000)
+    answers, conversations = stores.answers, stores.conversations
+    conversations["resp_big"] = [{"role": "user", "content": "x" * 400_000}]  # at its arrival: too heavy
+    answers["resp_big"] = Answer(status="completed")
+    conversations["resp_big"] = [{"role": "user", "content": "x" * 400_000}, {"role": "assistant", "content": "."}]
+    assert "resp_big" not in answers and "resp_big" not in conversations
+    conversations["resp_bg"] = [{"role": "user", "content": "x" * 400_000}]  # the same, in the background
+    answers["resp_bg"] = Answer(status="queued")
+    stores.running["resp_bg"] = "its task"
+    assert "resp_bg" in answers  # kept while made: its task reads it
+    answers["resp_bg"] = Answer(status="failed")  # the model refused its input; nothing writes its conversation
+    stores.running.pop("resp_bg", None)
+    assert "resp_bg" not in answers and stores.unanswered.bytes == 0 and stores.answered_bytes == 0
