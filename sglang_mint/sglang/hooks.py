@@ -73,6 +73,8 @@ HOOKS: tuple[Hook, ...] = (
          "stop_regex:_around_locate_stop_finished_len"),
     Hook("scheduler", "sglang.srt.managers.schedule_batch.Req._check_str_based_finish", "AROUND",
          "stop_regex:_around_check_str_based_finish"),  # one budget for all of a request's patterns in a step
+    Hook("scheduler", f"{_SCHED}.process_batch_result", "AFTER",
+         "stop_regex:_after_process_batch_result"),  # ... and for all the requests of a step
     # a non-streaming session's history: a whole tree, within --mint-session-history-tokens
     Hook("scheduler", "sglang.srt.session.session_controller.Session.create_req", "AROUND",
          "session_history:_around_session_create_req"),

@@ -7,7 +7,8 @@ only use of ``re`` there), is a ``BoundedSearch``. A search past its budget rais
 request (400, naming the pattern). Where it then finds how much of the output the stop took
 (``Req._locate_str_stop_finished_len``, only once a pattern matched) it does not catch it: there a search
 past the budget cuts the output where the whole window matched, or finds no stop within a step. All the
-searches of one request after one step (``Req._check_str_based_finish``) share one budget.
+searches of one request after one step (``Req._check_str_based_finish``) share one budget, and the requests
+of a step share it too (``Scheduler.process_batch_result``: a step ended).
 """
 
 from __future__ import annotations
@@ -35,6 +36,14 @@ def _around_check_str_based_finish(original, req, *args, **kwargs):
         return original(req, *args, **kwargs)
     with _search.one_request_step():
         return original(req, *args, **kwargs)
+
+
+def _after_process_batch_result(result, scheduler, *args, **kwargs):
+    """Scheduler.process_batch_result AFTER: a step ended; the requests with stop patterns share the next one's
+    budget."""
+    if _search is not None:
+        _search.step_ended()
+    return result
 
 
 def _around_locate_stop_finished_len(original, req, *args, **kwargs):

@@ -48,3 +48,22 @@ def test_the_searches_of_one_request_step_share_one_budget():
             for _ in range(200):  # some 800 ms in all, were the budget not shared
                 search.search(pattern, window)
     assert search.search(pattern, window) is None  # the next step has its own
+
+
+def test_the_requests_of_a_step_share_one_budget_by_how_many_the_last_step_had():
+    search, pattern, window = BoundedSearch(budget_s=0.05), "(a|aa){1,11}b", "a" * 24  # a few ms a search
+    for _ in range(10):  # a step of ten requests with patterns
+        with search.one_request_step():
+            search.search("a{5}", "aaaaa")
+    search.step_ended()
+    assert search.share_s == pytest.approx(0.005) and search.sharing == 10
+    with pytest.raises(StopRegexTooSlow, match=r"took over 5 ms \(its share of the 50 ms that a step's 10 requests"):
+        with search.one_request_step():
+            for _ in range(50):  # within 50 ms alone, but not within a tenth of it
+                search.search(pattern, window)
+    with search.one_request_step():
+        assert search.search("a{5}", "aaaaa") is not None  # a plain pattern, within a share of microseconds
+    search.step_ended()  # two requests this step
+    assert search.share_s == pytest.approx(0.025)
+    search.step_ended()  # none: one request alone has it all
+    assert search.share_s == pytest.approx(0.05)
