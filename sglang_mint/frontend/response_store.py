@@ -10,12 +10,15 @@ with no answer to name them. Every tenant adds to both, and one input may be ``-
 With ``--enable-mint`` (``limited_stores``) there are two classes, each bounded by the count and the bytes:
 
 - the answers, each with its conversation: past either bound the least recently used go, answer and
-  conversation together (naming one afterwards is SGLang's 404 for an unknown response id), never an
-  answer still being made (``queued``, ``in_progress``: its background task reads it) nor the one just
-  written;
+  conversation together (naming one afterwards is SGLang's 404 for an unknown response id), never the one
+  just made;
 - the conversations whose answer is not stored (in flight, or failed): past either bound the oldest go.
 
-A write that weighs more than its class's whole budget by itself goes alone; it does not empty the store.
+A write that weighs more than its class's whole budget by itself goes alone; it does not empty the store,
+and an answer whose conversation went so goes too (continuing it was SGLang's KeyError, a 500). A
+background answer still being made (``queued``, ``in_progress``, or its task running: SGLang's
+``background_tasks``, ``RunningAnswers``) is a request's, bounded by the requests in flight: it and its
+conversation are neither counted nor dropped (its task reads it again as it ends) until its task ends.
 Bytes are ``weigh``'s: what the objects hold in memory, about, each message counted once in a class however
 many of its conversations hold it (``SharedWeights``), so a 100-turn conversation weighs its messages once
 and its 100 lists of them.
@@ -134,11 +137,11 @@ class StoredResponses:
     ``running``: SGLang's background tasks, each until it ends) and its conversation are not counted, nor
     dropped: they are a request's, bounded by the requests in flight. They count once it ends (``settled``)."""
 
-    def __init__(self, limit: int, budget_bytes: int, running: dict | None = None):
+    def __init__(self, limit: int, budget_bytes: int):
         if limit < 1 or budget_bytes < 1:
             raise ValueError(f"a store's limit and budget must be at least 1, got {limit} and {budget_bytes}")
         self.limit, self.budget_bytes = limit, budget_bytes
-        self.running = RunningAnswers(self) if running is None else running
+        self.running = RunningAnswers(self)
         self.answers = AnswerStore(self)
         self.conversations = ConversationStore(self)
         self.answered = SharedWeights(budget_bytes)  # the conversations of stored answers, once made
@@ -252,7 +255,6 @@ class StoredResponses:
         self.answered.release(key)
         self.unanswered.release(key)
         self._unanswered_order.pop(key, None)
-
 
     def figures(self) -> dict:
         return {"answers": len(self.answers), "conversations": len(self.conversations),
