@@ -12,11 +12,14 @@ time at all), and stops a search that takes longer than ``budget_s`` (``(a|aa)+b
 ``StopRegexTooSlow``, an ``re.error``: SGLang ends that request, 400, and the scheduler goes on. Within
 ``one_request_step()``, where the scheduler matches one request's patterns after a step, all its searches
 share one ``budget_s``: a request may send 32 patterns, each within the budget alone (32 of 4 ms held the
-scheduler some 85 ms a step). And all the requests with patterns share ``budget_s`` a step: after each
-step (``step_ended()``) the next step's share of each is ``budget_s`` over how many there were, so 16
-requests of 16 ms each no longer hold every step some 250 ms (a 48-token answer beside them took 3.5 s,
-not 0.19). One request alone has all of it; with 100, each has 0.2 ms, where a plain pattern on the output's
-tail takes some microseconds.
+scheduler some 85 ms a step). And the requests with patterns in one step (``step_began(n)``) share
+``budget_s``, each at least ``MIN_SHARE_S``: 16 requests of 16 ms each held every step some 250 ms (a
+48-token answer beside them took 3.5 s, not 0.19). One request alone has all of it; with 100, each has
+1 ms, where a plain pattern takes microseconds on the output's tail, and some 0.3 ms on 4,096 tokens of
+output (a pattern with ``*``, ``+`` or ``$`` reads all of it). Only the searches are timed, not SGLang's
+decoding of the output they read; and a search holds the GIL (``concurrent=False``), or a thread of the
+scheduler's own could take it for some milliseconds and the request be charged the wait. The step's total is
+bounded by ``budget_s`` up to 20 requests with patterns, and by ``MIN_SHARE_S`` each past them.
 
 Where the two engines read a pattern differently, it is first written as ``re`` reads it
 (``as_re_reads_it``): ``regex`` takes ``{e}``, ``{d}``, ``{s}``, ``{i}`` (and braces that begin with
@@ -35,6 +38,7 @@ import time
 import regex
 
 STOP_REGEX_BUDGET_S = 0.02  # the searches after a step: of one request, and of all together; a plain one takes µs
+MIN_SHARE_S = 0.001  # ... of each request, however many share it
 _QUANTIFIER = re.compile(r"\{\d*,?\d*\}")  # re's {m}, {m,}, {,n}, {m,n} ({} alone is a literal)
 
 
@@ -86,52 +90,57 @@ class StopRegexTooSlow(re.error):
 
 class BoundedSearch:
     """``re.search`` and ``re.error``, as SGLang's scheduler uses them for stop patterns, within ``budget_s``
-    a search, or all the searches of ``one_request_step()``; anything else of ``re`` as it is."""
+    a search, or all the searches of ``one_request_step()`` within the request's share of the step's
+    ``budget_s``; anything else of ``re`` as it is."""
 
     error = re.error
 
     def __init__(self, budget_s: float = STOP_REGEX_BUDGET_S):
         self.budget_s = budget_s
         self.share_s = budget_s  # of each request, this step
-        self.sharing = 1  # requests the share was made for (those of the last step)
-        self._requests_this_step = 0
-        self._deadline: float | None = None
+        self.sharing = 1  # the requests with patterns this step
+        self._left_s: float | None = None  # of the request's allowance, within one_request_step
+
+    def step_began(self, requests_with_patterns: int) -> None:
+        """The scheduler checks a step's output: each request with patterns has ``budget_s`` over how many there
+        are, at least ``MIN_SHARE_S``."""
+        self.sharing = max(1, requests_with_patterns)
+        self.share_s = max(MIN_SHARE_S, self.budget_s / self.sharing)
 
     @contextlib.contextmanager
-    def one_request_step(self):
-        """The searches made within share one request's share of ``budget_s`` (its patterns after one step)."""
-        if self._deadline is None:
-            self._requests_this_step += 1
-        outer, self._deadline = self._deadline, self._deadline or time.perf_counter() + self.share_s
+    def one_request_step(self, allowance_s: float | None = None):
+        """The searches made within share one request's share of the step (its patterns after one step), or
+        ``allowance_s`` of their own."""
+        outer = self._left_s
+        if outer is None or allowance_s is not None:
+            self._left_s = self.share_s if allowance_s is None else allowance_s
         try:
             yield
         finally:
-            self._deadline = outer
-
-    def step_ended(self) -> None:
-        """The scheduler ended a step: the next one's share of each request is ``budget_s`` over the requests
-        of this one."""
-        self.sharing = max(1, self._requests_this_step)
-        self.share_s = self.budget_s / self.sharing
-        self._requests_this_step = 0
+            self._left_s = outer
 
     def search(self, pattern, string, flags=0):
         try:
             compiled = _compiled(pattern, flags)
         except regex.error as exc:  # re accepted it at the request's arrival
             raise re.error(f"the pattern does not compile here: {exc}") from None
-        timeout = self.share_s if self._deadline is None else self._deadline - time.perf_counter()
+        timeout = self.share_s if self._left_s is None else self._left_s
+        started = time.perf_counter()
         try:
             if timeout <= 0:
                 raise TimeoutError
-            return compiled.search(string, timeout=timeout)
+            return compiled.search(string, timeout=timeout, concurrent=False)
         except TimeoutError:
-            share = (f"{self.share_s * 1000:.3g} ms (its share of the {self.budget_s * 1000:g} ms that a step's "
-                     f"{self.sharing} requests with stop patterns may take together)"
-                     if self.sharing > 1 else f"{self.budget_s * 1000:g} ms")
+            share = (f"{self.share_s * 1000:.3g} ms (its share of the {self.budget_s * 1000:g} ms that this step's "
+                     f"{self.sharing} requests with stop patterns have together, at least {MIN_SHARE_S * 1000:g} ms)"
+                     if self.share_s < self.budget_s else f"{self.budget_s * 1000:g} ms")
             raise StopRegexTooSlow(f"matching the request's stop patterns together took over {share} on the "
-                                   "output so far: one backtracks without end (a repeat inside a repeat, such as "
-                                   "(a|aa)+); write each so that each character can match one way") from None
+                                   "output so far; a pattern that backtracks (a repeat inside a repeat, such as "
+                                   "(a|aa)+) takes that long: write each so that each character can match one way"
+                                   ) from None
+        finally:
+            if self._left_s is not None:
+                self._left_s -= time.perf_counter() - started
 
     def __getattr__(self, name):
         return getattr(re, name)

@@ -73,8 +73,8 @@ HOOKS: tuple[Hook, ...] = (
          "stop_regex:_around_locate_stop_finished_len"),
     Hook("scheduler", "sglang.srt.managers.schedule_batch.Req._check_str_based_finish", "AROUND",
          "stop_regex:_around_check_str_based_finish"),  # one budget for all of a request's patterns in a step
-    Hook("scheduler", f"{_SCHED}.process_batch_result", "AFTER",
-         "stop_regex:_after_process_batch_result"),  # ... and for all the requests of a step
+    Hook("scheduler", f"{_SCHED}.process_batch_result", "AROUND",
+         "stop_regex:_around_process_batch_result"),  # ... and for all the requests of a step
     # a non-streaming session's history: a whole tree, within --mint-session-history-tokens
     Hook("scheduler", "sglang.srt.session.session_controller.Session.create_req", "AROUND",
          "session_history:_around_session_create_req"),
@@ -323,6 +323,8 @@ INTERNALS: tuple[Internal, ...] = (
              "settings say whether mint is on", "ollama_errors"),
     Internal("scheduler", "req", "sampling_params.stop_regex_strs", "whether a request has stop patterns to "
              "search after a step", "stop_regex"),
+    Internal("scheduler", "batch", "reqs", "a step's requests: those with stop patterns share its budget",
+             "stop_regex"),
     Internal("scheduler", "sglang.srt.managers.schedule_batch", "re", "the module a request's stop patterns are "
              "matched with, its only use there: replaced by a BoundedSearch (its search and error)", "stop_regex"),
     Internal("frontend", "sglang.srt.utils.auth", "AuthDecision, AuthLevel.NORMAL", "the tenants' routes admit the "

@@ -8,7 +8,7 @@ request (400, naming the pattern). Where it then finds how much of the output th
 (``Req._locate_str_stop_finished_len``, only once a pattern matched) it does not catch it: there a search
 past the budget cuts the output where the whole window matched, or finds no stop within a step. All the
 searches of one request after one step (``Req._check_str_based_finish``) share one budget, and the requests
-of a step share it too (``Scheduler.process_batch_result``: a step ended).
+with patterns of a step share it too (``Scheduler.process_batch_result``: a step's output is checked).
 """
 
 from __future__ import annotations
@@ -38,17 +38,23 @@ def _around_check_str_based_finish(original, req, *args, **kwargs):
         return original(req, *args, **kwargs)
 
 
-def _after_process_batch_result(result, scheduler, *args, **kwargs):
-    """Scheduler.process_batch_result AFTER: a step ended; the requests with stop patterns share the next one's
-    budget."""
+def _around_process_batch_result(original, scheduler, batch, *args, **kwargs):
+    """Scheduler.process_batch_result AROUND: the step's output is checked; its requests with stop patterns
+    share the budget."""
     if _search is not None:
-        _search.step_ended()
-    return result
+        _search.step_began(sum(1 for req in batch.reqs if req.sampling_params.stop_regex_strs))
+    return original(scheduler, batch, *args, **kwargs)
 
 
 def _around_locate_stop_finished_len(original, req, *args, **kwargs):
-    """Req._locate_str_stop_finished_len AROUND: a search past the budget is no match of a shorter window."""
+    """Req._locate_str_stop_finished_len AROUND: a search past the budget is no match of a shorter window. Where
+    the whole window matched (once in a request's life: it then ends) the searches have a budget of their own,
+    not the rest of a crowded step's share."""
+    full_window_matched = kwargs.get("full_window_matched", True)
     try:
+        if _search is not None and full_window_matched:
+            with _search.one_request_step(allowance_s=_search.budget_s):
+                return original(req, *args, **kwargs)
         return original(req, *args, **kwargs)
     except StopRegexTooSlow:
-        return len(req.output_ids) if kwargs.get("full_window_matched", True) else None
+        return len(req.output_ids) if full_window_matched else None

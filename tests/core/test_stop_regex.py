@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 
 import pytest
 
@@ -50,20 +51,36 @@ def test_the_searches_of_one_request_step_share_one_budget():
     assert search.search(pattern, window) is None  # the next step has its own
 
 
-def test_the_requests_of_a_step_share_one_budget_by_how_many_the_last_step_had():
+def test_the_requests_of_a_step_share_one_budget_at_least_a_millisecond_each():
     search, pattern, window = BoundedSearch(budget_s=0.05), "(a|aa){1,11}b", "a" * 24  # a few ms a search
-    for _ in range(10):  # a step of ten requests with patterns
-        with search.one_request_step():
-            search.search("a{5}", "aaaaa")
-    search.step_ended()
-    assert search.share_s == pytest.approx(0.005) and search.sharing == 10
-    with pytest.raises(StopRegexTooSlow, match=r"took over 5 ms \(its share of the 50 ms that a step's 10 requests"):
+    search.step_began(10)
+    assert search.share_s == pytest.approx(0.005)
+    with pytest.raises(StopRegexTooSlow, match=r"took over 5 ms \(its share of the 50 ms that this step's 10 "):
         with search.one_request_step():
             for _ in range(50):  # within 50 ms alone, but not within a tenth of it
                 search.search(pattern, window)
     with search.one_request_step():
         assert search.search("a{5}", "aaaaa") is not None  # a plain pattern, within a share of microseconds
-    search.step_ended()  # two requests this step
-    assert search.share_s == pytest.approx(0.025)
-    search.step_ended()  # none: one request alone has it all
+    search.step_began(1000)
+    assert search.share_s == pytest.approx(0.001)  # not 50 µs: a plain pattern on a long output takes more
+    search.step_began(0)
     assert search.share_s == pytest.approx(0.05)
+
+
+def test_only_the_searches_are_charged_not_what_the_scheduler_does_between_them():
+    search = BoundedSearch(budget_s=0.01)
+    with search.one_request_step():
+        for _ in range(3):
+            time.sleep(0.01)  # SGLang decoding the output the next search reads
+            assert search.search("a{5}", "aaaaa") is not None
+
+
+def test_the_stop_s_position_has_an_allowance_of_its_own():
+    search, pattern, window = BoundedSearch(budget_s=0.05), "(a|aa){1,11}b", "a" * 24
+    search.step_began(50)  # 1 ms each
+    with search.one_request_step():
+        with search.one_request_step(allowance_s=search.budget_s):  # where the whole window matched
+            for _ in range(3):
+                search.search(pattern, window)
+        with pytest.raises(StopRegexTooSlow):
+            search.search(pattern + "c", window * 4)  # back within the request's own share

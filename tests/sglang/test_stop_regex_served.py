@@ -70,7 +70,7 @@ def test_the_requests_of_a_step_share_one_budget(mint_server, only_a):
     with ThreadPoolExecutor(8) as pool:
         answers = list(pool.map(lambda _: generate(mint_server, stop_regex=patterns, **only_a), range(8)))
     refused = [text for code, text in answers if code == 400]
-    assert refused and all("its share of the 20 ms that a step's" in text for text in refused), answers
+    assert refused and all("its share of the 20 ms that this step's" in text for text in refused), answers
     assert len(refused) >= 6, answers  # one or two may end before the others' steps begin
     code, text = generate(mint_server, max_new_tokens=2)
     assert code == 200, text  # the scheduler goes on
