@@ -37,15 +37,24 @@ import time
 
 import regex
 
+try:
+    from re import _parser as _re_parser  # how re reads a pattern (Python 3.11+)
+except ImportError:  # pragma: no cover - older Pythons
+    import sre_parse as _re_parser
+
 STOP_REGEX_BUDGET_S = 0.02  # the searches after a step: of one request, and of all together; a plain one takes µs
 MIN_SHARE_S = 0.001  # ... of each request, however many share it
+# A pattern's parts with its counted repeats written out (``unrolled_size``): regex compiles 2,000 in well under
+# 1 ms, and (?:(?:(?:(?:(?:(?:(?:ab){7}){7}){7}){7}){7}){7}){7}, 1.6 million, in 1.4 s and 500 MB, out of any budget
+MAX_UNROLLED = 2_000
 _QUANTIFIER = re.compile(r"\{\d*,?\d*\}")  # re's {m}, {m,}, {,n}, {m,n} ({} alone is a literal)
 
 
-@functools.lru_cache(maxsize=4096)
+@functools.lru_cache(maxsize=512)  # within MAX_UNROLLED each, some hundreds of MB at most
 def _compiled(pattern: str, flags: int):
-    """``pattern`` compiled as ``re`` reads it: outside a search's budget (``regex`` keeps 500 compiled patterns
-    of its own, and 32 long ones took most of 20 ms to compile)."""
+    """``pattern`` compiled as ``re`` reads it, and kept (``regex`` keeps 500 of its own). Its compiling is
+    charged to the request's share: 32 long patterns compiled cold take most of 20 ms, and a step's share of
+    each request may be 1 ms; past 512 patterns in use, each step compiles some again."""
     return regex.compile(as_re_reads_it(pattern), flags)
 
 
@@ -84,6 +93,53 @@ def as_re_reads_it(pattern: str) -> str:
     return "".join(out)
 
 
+def unrolled_size(pattern: str) -> int:
+    """About how many parts ``regex`` compiles ``pattern`` (as ``re`` reads it) to: it writes a repeat counted
+    ``{n}`` or ``{n,m}`` out n (m) times, so nested ones multiply: ``(?:(?:ab){7}){7}`` is 98; ``*``, ``+`` and a
+    one-character repeat such as ``[0-9]{1,1000}`` are one each. 0 for a pattern ``re`` refuses."""
+    try:
+        return _unrolled(_re_parser.parse(pattern))
+    except re.error:
+        return 0
+
+
+_REPEATS = {name for name in ("MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT") if hasattr(_re_parser, name)}
+
+
+def _unrolled(items) -> int:
+    total = 0
+    for op, av in items:
+        name = str(op)
+        if name in _REPEATS:
+            low, high, body = av
+            inner = _unrolled(body)
+            single = len(body) == 1 and inner == 1
+            count = low if high == _re_parser.MAXREPEAT else high
+            total += inner if single else max(1, count) * inner
+        elif name == "SUBPATTERN":
+            total += _unrolled(av[-1])
+        elif name == "BRANCH":
+            total += sum(_unrolled(branch) for branch in av[1])
+        elif name in ("ASSERT", "ASSERT_NOT"):
+            total += _unrolled(av[1])
+        elif name == "ATOMIC_GROUP":
+            total += _unrolled(av)
+        elif name == "GROUPREF_EXISTS":
+            total += _unrolled(av[1]) + (_unrolled(av[2]) if av[2] else 0)
+        else:
+            total += 1
+    return total
+
+
+def check_stop_patterns(patterns) -> None:
+    """A ValueError naming the first of a request's ``stop_regex`` patterns that ``regex`` would take past
+    ``MAX_UNROLLED`` parts to compile (time no budget bounds, and memory it keeps)."""
+    for pattern in [patterns] if isinstance(patterns, str) else patterns or ():
+        if isinstance(pattern, str) and unrolled_size(as_re_reads_it(pattern)) > MAX_UNROLLED:
+            raise ValueError(f"stop_regex: {pattern[:60]!r} has over {MAX_UNROLLED} parts with its counted repeats "
+                             "written out (nested {n} repeats multiply); write it with fewer or smaller counts")
+
+
 class StopRegexTooSlow(re.error):
     """A stop pattern's search took longer than its budget."""
 
@@ -100,32 +156,45 @@ class BoundedSearch:
         self.share_s = budget_s  # of each request, this step
         self.sharing = 1  # the requests with patterns this step
         self._left_s: float | None = None  # of the request's allowance, within one_request_step
+        self.locate_left_s = budget_s  # this step's, for finding where matched stops begin
 
     def step_began(self, requests_with_patterns: int) -> None:
         """The scheduler checks a step's output: each request with patterns has ``budget_s`` over how many there
         are, at least ``MIN_SHARE_S``."""
         self.sharing = max(1, requests_with_patterns)
         self.share_s = max(MIN_SHARE_S, self.budget_s / self.sharing)
+        self.locate_left_s = self.budget_s
 
     @contextlib.contextmanager
-    def one_request_step(self, allowance_s: float | None = None):
-        """The searches made within share one request's share of the step (its patterns after one step), or
-        ``allowance_s`` of their own."""
-        outer = self._left_s
-        if outer is None or allowance_s is not None:
-            self._left_s = self.share_s if allowance_s is None else allowance_s
+    def one_request_step(self):
+        """The searches made within share one request's share of the step (its patterns after one step)."""
+        if self._left_s is not None:  # within one already: its share
+            yield
+            return
+        self._left_s = self.share_s
         try:
             yield
         finally:
+            self._left_s = None
+
+    @contextlib.contextmanager
+    def locating_a_stop(self):
+        """The searches made within find where a matched stop begins (once in a request's life: it then ends),
+        out of the step's ``budget_s`` for that, not the request's share."""
+        outer, self._left_s = self._left_s, self.locate_left_s
+        try:
+            yield
+        finally:
+            self.locate_left_s = max(0.0, self._left_s)
             self._left_s = outer
 
     def search(self, pattern, string, flags=0):
+        started = time.perf_counter()
         try:
-            compiled = _compiled(pattern, flags)
+            compiled = _compiled(pattern, flags)  # charged too: within MAX_UNROLLED, some milliseconds at most
         except regex.error as exc:  # re accepted it at the request's arrival
             raise re.error(f"the pattern does not compile here: {exc}") from None
-        timeout = self.share_s if self._left_s is None else self._left_s
-        started = time.perf_counter()
+        timeout = self.share_s if self._left_s is None else self._left_s - (time.perf_counter() - started)
         try:
             if timeout <= 0:
                 raise TimeoutError

@@ -48,12 +48,12 @@ def _around_process_batch_result(original, scheduler, batch, *args, **kwargs):
 
 def _around_locate_stop_finished_len(original, req, *args, **kwargs):
     """Req._locate_str_stop_finished_len AROUND: a search past the budget is no match of a shorter window. Where
-    the whole window matched (once in a request's life: it then ends) the searches have a budget of their own,
-    not the rest of a crowded step's share."""
+    the whole window matched (once in a request's life: it then ends) the searches draw on the step's budget
+    for that, not on the rest of a crowded step's share."""
     full_window_matched = kwargs.get("full_window_matched", True)
     try:
         if _search is not None and full_window_matched:
-            with _search.one_request_step(allowance_s=_search.budget_s):
+            with _search.locating_a_stop():
                 return original(req, *args, **kwargs)
         return original(req, *args, **kwargs)
     except StopRegexTooSlow:

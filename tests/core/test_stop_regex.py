@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from sglang_mint.stop_regex import BoundedSearch, StopRegexTooSlow
+from sglang_mint.stop_regex import BoundedSearch, StopRegexTooSlow, check_stop_patterns, unrolled_size
 
 
 @pytest.mark.parametrize("pattern, text", [
@@ -75,12 +75,54 @@ def test_only_the_searches_are_charged_not_what_the_scheduler_does_between_them(
             assert search.search("a{5}", "aaaaa") is not None
 
 
-def test_the_stop_s_position_has_an_allowance_of_its_own():
-    search, pattern, window = BoundedSearch(budget_s=0.05), "(a|aa){1,11}b", "a" * 24
+def test_finding_where_stops_begin_draws_on_one_budget_a_step_not_on_a_crowded_share():
+    search, pattern, window = BoundedSearch(budget_s=0.05), "(a|aa){1,11}b", "a" * 24  # a few ms a search
     search.step_began(50)  # 1 ms each
     with search.one_request_step():
-        with search.one_request_step(allowance_s=search.budget_s):  # where the whole window matched
+        with search.locating_a_stop():  # where the whole window matched: some ms, past the 1 ms share
             for _ in range(3):
                 search.search(pattern, window)
+        assert 0 < search.locate_left_s < 0.05
         with pytest.raises(StopRegexTooSlow):
-            search.search(pattern + "c", window * 4)  # back within the request's own share
+            search.search(pattern, window * 2)  # back within the request's own share
+    with pytest.raises(StopRegexTooSlow):  # the step's budget for it, spent by many requests
+        for _ in range(100):
+            with search.one_request_step(), search.locating_a_stop():
+                search.search(pattern, window)
+    search.step_began(50)
+    assert search.locate_left_s == 0.05
+
+
+def test_a_nested_request_step_shares_the_outer_one():
+    search, pattern, window = BoundedSearch(budget_s=0.02), "(a|aa){1,11}b", "a" * 24
+    with pytest.raises(StopRegexTooSlow):
+        with search.one_request_step():
+            for _ in range(40):
+                with search.one_request_step():  # gives nothing back as it ends
+                    search.search(pattern, window)
+
+
+def test_compiling_is_charged_to_the_request():
+    search = BoundedSearch(budget_s=0.001)
+    patterns = [f"(?:x{n}|y{n}){{1,40}}z" for n in range(40)]  # cold: some 0.1 ms each to compile
+    with pytest.raises(StopRegexTooSlow):
+        with search.one_request_step():
+            for pattern in patterns:
+                search.search(pattern, "abc")
+
+
+@pytest.mark.parametrize("pattern, size", [
+    ("(a|aa){1,10}b", 21), ("[0-9]{1,1000}", 1), ("a*b+", 2), ("(?:foo|bar){1,100}", 600),
+    ("(?:(?:ab){7}){7}", 98), ("(?:(?:(?:(?:(?:(?:(?:ab){7}){7}){7}){7}){7}){7}){7}", 2 * 7 ** 7), ("(", 0),
+])
+def test_unrolled_size_multiplies_nested_counted_repeats(pattern, size):
+    assert unrolled_size(pattern) == size
+
+
+def test_a_stop_pattern_that_unrolls_past_the_bound_is_refused_by_name():
+    check_stop_patterns(["(a|aa){1,10}b", "[0-9]{1,1000}"])
+    check_stop_patterns(None)
+    with pytest.raises(ValueError, match=r"stop_regex: '\(\?:\(\?:\(\?:\(\?:ab\)\{7\}.* has over 2000 parts"):
+        check_stop_patterns(["a", "(?:(?:(?:(?:ab){7}){7}){7}){7}"])
+    with pytest.raises(ValueError):
+        check_stop_patterns("(?:ab){1001}")

@@ -74,3 +74,13 @@ def test_the_requests_of_a_step_share_one_budget(mint_server, only_a):
     assert len(refused) >= 6, answers  # one or two may end before the others' steps begin
     code, text = generate(mint_server, max_new_tokens=2)
     assert code == 200, text  # the scheduler goes on
+
+
+def test_a_pattern_that_compiles_past_any_budget_is_refused_at_arrival(mint_server):
+    """51 bytes of nested counted repeats, which re compiles at once and regex in 1.4 s and 500 MB of the
+    scheduler's memory, kept: no search budget bounds compiling."""
+    pattern = "(?:(?:(?:(?:(?:(?:(?:ab){7}){7}){7}){7}){7}){7}){7}"
+    code, text = generate(mint_server, stop_regex=pattern)
+    assert code == 400 and "has over 2000 parts with its counted repeats written out" in text, (code, text)
+    code, text = generate(mint_server, max_new_tokens=2)
+    assert code == 200, text
