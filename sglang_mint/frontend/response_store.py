@@ -38,6 +38,10 @@ from functools import partial
 from sys import getsizeof
 from typing import Callable
 
+# OpenAI's bounds on a request's metadata, which SGLang copies into the stored answer as it came (a 64 MiB body
+# of {}s in it weighs 1.5 GiB): pairs, a key's characters, a value's (a string)
+METADATA_PAIRS, METADATA_KEY_CHARS, METADATA_VALUE_CHARS = 16, 64, 512
+
 # The states of a stored answer still being made (a background request's): never dropped, or it could not
 # be read, cancelled, nor finished by its own task
 IN_FLIGHT = frozenset(("queued", "in_progress"))
@@ -70,6 +74,24 @@ def weigh(value, most: float = float("inf")) -> int:
         total += sum(map(getsizeof, children))
         stack.extend(child for child in children if type(child) not in _LEAVES)
     return total
+
+
+def metadata_problem(metadata) -> str | None:
+    """What is past OpenAI's bounds in a stored request's ``metadata``, or None: at most 16 pairs, each key a
+    string of at most 64 characters, each value one of at most 512."""
+    if metadata is None:
+        return None
+    if not isinstance(metadata, dict):
+        return f"metadata: an object of strings, got {type(metadata).__name__}"
+    if len(metadata) > METADATA_PAIRS:
+        return f"metadata: at most {METADATA_PAIRS} pairs, got {len(metadata)}"
+    for key, value in metadata.items():
+        if not isinstance(key, str) or len(key) > METADATA_KEY_CHARS:
+            return f"metadata: each key a string of at most {METADATA_KEY_CHARS} characters, got {str(key)[:80]!r}"
+        if not isinstance(value, str) or len(value) > METADATA_VALUE_CHARS:
+            return (f"metadata: each value a string of at most {METADATA_VALUE_CHARS} characters, got "
+                    f"{'one of ' + str(len(value)) if isinstance(value, str) else type(value).__name__} for {key!r}")
+    return None
 
 
 class SharedWeights:

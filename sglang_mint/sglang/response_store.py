@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from sglang_mint.frontend.response_store import limited_stores
+from sglang_mint.frontend.response_store import AnswerStore, limited_stores, metadata_problem
 from sglang_mint.sglang.flags import mint_config
 from sglang_mint.sglang.hooks import verify_internals
 
@@ -32,3 +32,15 @@ def _around_response_input_history(original, serving, request, *args, **kwargs):
         raise ValueError(f"previous_response_id {request.previous_response_id!r}: that answer cannot be continued "
                          "yet (a background answer still being made) or at all (its conversation weighed more "
                          "than --mint-stored-responses-bytes)") from None
+
+
+async def _around_create_responses(original, serving, request, *args, **kwargs):
+    """OpenAIServingResponses.create_responses AROUND: a request to be stored whose ``metadata`` is past OpenAI's
+    bounds is refused (400): SGLang keeps it with the answer as it came."""
+    from sglang.srt.runtime_context import get_serving
+
+    if isinstance(serving.response_store, AnswerStore) and request.store and get_serving().enable_response_store:
+        problem = metadata_problem(request.metadata)
+        if problem is not None:
+            return serving.create_error_response(problem, param="metadata")
+    return await original(serving, request, *args, **kwargs)

@@ -283,3 +283,16 @@ def test_an_answer_whose_conversation_was_not_kept_is_not_kept_either():
     answers["resp_bg"] = Answer(status="failed")  # the model refused its input; nothing writes its conversation
     stores.running.pop("resp_bg", None)
     assert "resp_bg" not in answers and stores.unanswered.bytes == 0 and stores.answered_bytes == 0
+
+
+@pytest.mark.parametrize("metadata, problem", [
+    (None, None), ({}, None), ({f"k{n}": "v" * 512 for n in range(16)}, None),
+    ({f"k{n}": "v" for n in range(17)}, "at most 16 pairs, got 17"),
+    ({"k" * 65: "v"}, "each key a string of at most 64 characters"),
+    ({"k": "v" * 513}, "each value a string of at most 512 characters, got one of 513 for 'k'"),
+    ({"k": [{}] * 3}, "each value a string of at most 512 characters, got list for 'k'"),
+    (["k"], "metadata: an object of strings, got list"),
+])
+def test_a_stored_request_s_metadata_is_held_to_openai_s_bounds(metadata, problem):
+    found = response_store.metadata_problem(metadata)
+    assert found == problem if problem is None else problem in found

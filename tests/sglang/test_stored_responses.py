@@ -109,3 +109,17 @@ def test_a_background_answer_over_the_bytes_is_kept_while_made_and_empties_nothi
     else:
         pytest.fail(f"the background answer over the budget was still kept after 60 s: {status}")
     assert mint_client.responses.retrieve(kept.id).id == kept.id
+
+
+def test_a_stored_request_s_metadata_is_held_to_openai_s_bounds(mint_client):
+    """SGLang keeps a stored request's metadata with its answer as it came: 64 MiB of {}s weigh 1.5 GiB."""
+    def ask(**extra):
+        return mint_client.responses.create(model="tiny", input="hi", max_output_tokens=2, temperature=0, **extra)
+
+    with pytest.raises(openai.BadRequestError, match="metadata: at most 16 pairs, got 17"):
+        ask(metadata={f"key{n}": "value" for n in range(17)})
+    with pytest.raises(openai.BadRequestError, match="each value a string of at most 512 characters"):
+        ask(metadata={"notes": "x" * 513})
+    kept = ask(metadata={"team": "search"})
+    assert mint_client.responses.retrieve(kept.id).metadata == {"team": "search"}
+    assert ask(store=False, metadata={f"key{n}": "value" for n in range(17)}).status in ("completed", "incomplete")
