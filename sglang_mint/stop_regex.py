@@ -16,9 +16,10 @@ scheduler some 85 ms a step). And the requests with patterns in one step (``step
 ``budget_s``, each at least ``MIN_SHARE_S``: 16 requests of 16 ms each held every step some 250 ms (a
 48-token answer beside them took 3.5 s, not 0.19). One request alone has all of it; with 100, each has
 1 ms, where a plain pattern takes microseconds on the output's tail, and some 0.3 ms on 4,096 tokens of
-output (a pattern with ``*``, ``+`` or ``$`` reads all of it). Only the searches are timed, not SGLang's
-decoding of the output they read; and a search holds the GIL (``concurrent=False``), or a thread of the
-scheduler's own could take it for some milliseconds and the request be charged the wait. The step's total is
+output (a pattern with ``*``, ``+`` or ``$`` reads all of it). Only the searches are timed, not compiling a
+pattern (bounded at arrival, ``check_stop_patterns``) nor SGLang's decoding of the output they read; and a
+search holds the GIL (``concurrent=False``), or a thread of the scheduler's own could take it for some
+milliseconds and the request be charged the wait. The step's total is
 bounded by ``budget_s`` up to 20 requests with patterns, and by ``MIN_SHARE_S`` each past them.
 
 Where the two engines read a pattern differently, it is first written as ``re`` reads it
@@ -53,9 +54,10 @@ _QUANTIFIER = re.compile(r"\{\d*,?\d*\}")  # re's {m}, {m,}, {,n}, {m,n} ({} alo
 
 @functools.lru_cache(maxsize=512)  # within MAX_UNROLLED each, some hundreds of MB at most
 def _compiled(pattern: str, flags: int):
-    """``pattern`` compiled as ``re`` reads it, and kept (``regex`` keeps 500 of its own). Its compiling is
-    charged to the request's share: 32 long patterns compiled cold take most of 20 ms, and a step's share of
-    each request may be 1 ms; past 512 patterns in use, each step compiles some again."""
+    """``pattern`` compiled as ``re`` reads it, and kept (``regex`` keeps 500 of its own). Its compiling is not
+    charged to the request: a process's first patterns compiled cold took over 20 ms on a loaded machine, and
+    32 long ones most of 20 ms. ``check_stop_patterns`` bounds it at arrival (``MAX_UNROLLED``); past 512
+    patterns in use, each step compiles some again, uncharged."""
     return regex.compile(as_re_reads_it(pattern), flags)
 
 
@@ -191,12 +193,12 @@ class BoundedSearch:
             self._left_s = outer
 
     def search(self, pattern, string, flags=0):
-        started = time.perf_counter()
         try:
-            compiled = _compiled(pattern, flags)  # charged too: within MAX_UNROLLED, some milliseconds at most
+            compiled = _compiled(pattern, flags)  # not charged: within MAX_UNROLLED, some milliseconds at most
         except regex.error as exc:  # re accepted it at the request's arrival
             raise re.error(f"the pattern does not compile here: {exc}") from None
-        timeout = (self.share_s if self._left_s is None else self._left_s) - (time.perf_counter() - started)
+        started = time.perf_counter()
+        timeout = self.share_s if self._left_s is None else self._left_s
         try:
             if timeout <= 0:
                 raise TimeoutError

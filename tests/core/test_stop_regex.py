@@ -106,13 +106,13 @@ def test_a_nested_request_step_shares_the_outer_one():
                     search.search(pattern, window)
 
 
-def test_compiling_is_charged_to_the_request():
+def test_compiling_is_not_charged_to_the_request():
+    """Compiling cold took over 20 ms on a loaded machine; check_stop_patterns bounds it at arrival instead."""
     search = BoundedSearch(budget_s=0.001)
-    patterns = [f"(?:x{n}|y{n}){{1,40}}z" for n in range(40)]  # cold: some 0.1 ms each to compile
-    with pytest.raises(StopRegexTooSlow):
-        with search.one_request_step():
-            for pattern in patterns:
-                search.search(pattern, "abc")
+    patterns = [f"(?:x{n}|y{n}){{1,40}}z" for n in range(40)]  # cold: some 0.1 ms each to compile, 4 ms in all
+    with search.one_request_step():
+        for pattern in patterns:
+            assert search.search(pattern, "abc") is None
 
 
 @pytest.mark.parametrize("pattern, size", [
