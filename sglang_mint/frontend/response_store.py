@@ -299,31 +299,49 @@ class RunningAnswers(dict):
         return task
 
 
-class AnswerStore(OrderedDict):
-    """SGLang's ``response_store``: a write or a ``get`` counts as use."""
+class _BoundStore(OrderedDict):
+    """One of SGLang's two dicts, whose every removal goes through ``bounds`` (``_drop``), so its bytes follow."""
 
     def __init__(self, bounds: StoredResponses):
         super().__init__()
         self.bounds = bounds
 
-    def __setitem__(self, key, answer) -> None:
-        super().__setitem__(key, answer)
-        self.move_to_end(key)
-        self.bounds.answer_written(key, answer)
+    def _drop(self, key) -> None:
+        raise NotImplementedError
 
     def __delitem__(self, key) -> None:
         if key not in self:
             raise KeyError(key)
-        self.bounds.drop_answer(key)
+        self._drop(key)
 
     def pop(self, key, *default):
         if key not in self:
             if default:
                 return default[0]
             raise KeyError(key)
-        answer = OrderedDict.__getitem__(self, key)
+        value = OrderedDict.__getitem__(self, key)
+        self._drop(key)
+        return value
+
+    def popitem(self, last: bool = True):
+        key = next(reversed(self)) if last else next(iter(self))
+        return key, self.pop(key)
+
+    def clear(self) -> None:
+        for key in list(self):
+            self._drop(key)
+
+
+class AnswerStore(_BoundStore):
+    """SGLang's ``response_store``: a write or a ``get`` counts as use."""
+
+    def __setitem__(self, key, answer) -> None:
+        super().__setitem__(key, answer)
+        self.move_to_end(key)
+        self.bounds.answer_written(key, answer)
+
+    def _drop(self, key) -> None:
         self.bounds.drop_answer(key)
-        return answer
 
     def get(self, key, default=None):
         if key not in self:
@@ -332,52 +350,24 @@ class AnswerStore(OrderedDict):
         self.bounds.touched(key)
         return self[key]
 
-    def popitem(self, last: bool = True):
-        key = next(reversed(self)) if last else next(iter(self))
-        return key, self.pop(key)
-
-    def clear(self) -> None:
-        for key in list(self):
-            self.bounds.drop_answer(key)
-
     @property
     def evictions(self) -> int:
         return self.bounds.evictions
 
 
-class ConversationStore(OrderedDict):
+class ConversationStore(_BoundStore):
     """SGLang's ``msg_store``; and the conversation each request continues from, as it first read it."""
 
     def __init__(self, bounds: StoredResponses):
-        super().__init__()
-        self.bounds = bounds
+        super().__init__(bounds)
         self._first_read: dict[int, tuple[weakref.ref, list]] = {}  # id(request) -> (request, its history)
 
     def __setitem__(self, key, messages) -> None:
         super().__setitem__(key, messages)
         self.bounds.conversation_written(key, messages)
 
-    def __delitem__(self, key) -> None:
-        if key not in self:
-            raise KeyError(key)
+    def _drop(self, key) -> None:
         self.bounds.drop_conversation(key)
-
-    def pop(self, key, *default):
-        if key not in self:
-            if default:
-                return default[0]
-            raise KeyError(key)
-        messages = OrderedDict.__getitem__(self, key)
-        self.bounds.drop_conversation(key)
-        return messages
-
-    def popitem(self, last: bool = True):
-        key = next(reversed(self)) if last else next(iter(self))
-        return key, self.pop(key)
-
-    def clear(self) -> None:
-        for key in list(self):
-            self.bounds.drop_conversation(key)
 
     def history_of(self, request, read: Callable[[], list]) -> list:
         """``read()`` (the answer ``request`` continues, and its input) as it gave it the first time for this
