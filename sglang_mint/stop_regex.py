@@ -58,19 +58,25 @@ def _compiled(pattern: str, flags: int):
     charged to the request: a process's first patterns compiled cold took over 20 ms on a loaded machine, and
     32 long ones most of 20 ms. ``check_stop_patterns`` bounds it at arrival (``MAX_UNROLLED``); past 512
     patterns in use, each step compiles some again, uncharged."""
-    return regex.compile(as_re_reads_it(pattern), flags)
+    return regex.compile(as_re_reads_it(pattern, flags), flags)
+
+
+_INLINE_FLAGS = re.compile(r"\(\?([aiLmsux]*)(?:-([imsx]+))?([:)])")  # (?x), (?x:...), (?-x:...), (?:...)
 
 
 @functools.lru_cache(maxsize=4096)
-def as_re_reads_it(pattern: str) -> str:
+def as_re_reads_it(pattern: str, flags: int = 0) -> str:
     """``pattern`` with the braces that are no quantifier to ``re`` and the ``[`` inside a character class
-    escaped, so that ``regex`` reads it as ``re`` does."""
+    escaped, so that ``regex`` reads it as ``re`` does. Comments (``(?#...)``, and ``#`` to the line's end
+    where verbose) and named characters (``\\N{DIGIT ONE}``) are kept as they are."""
     out, i, in_class = [], 0, False
+    verbose = [bool(flags & re.VERBOSE)]  # within each open group, the innermost last
     while i < len(pattern):
         c = pattern[i]
         if c == "\\":
-            out.append(pattern[i:i + 2])
-            i += 2
+            end = pattern.find("}", i) + 1 if pattern.startswith("N{", i + 1) else 0
+            out.append(pattern[i:max(end, i + 2)])
+            i = max(end, i + 2)
             continue
         if in_class:
             in_class = c != "]"
@@ -81,6 +87,26 @@ def as_re_reads_it(pattern: str) -> str:
             i = j + (pattern[j:j + 1] == "]")
             in_class = True
             continue
+        elif pattern.startswith("(?#", i) or (c == "#" and verbose[-1]):
+            end = _comment_end(pattern, i)
+            out.append(pattern[i:end])
+            i = end
+            continue
+        elif c == "(":
+            flagged = _INLINE_FLAGS.match(pattern, i)
+            if flagged and flagged[3] == ")":  # the whole pattern's flags, at its start
+                verbose[0] = verbose[0] or "x" in flagged[1]
+            elif flagged:
+                verbose.append(("x" in flagged[1] or verbose[-1]) and "x" not in (flagged[2] or ""))
+            else:
+                verbose.append(verbose[-1])
+            out.append(flagged[0] if flagged else c)
+            i = flagged.end() if flagged else i + 1
+            continue
+        elif c == ")":
+            if len(verbose) > 1:
+                verbose.pop()
+            out.append(c)
         elif c == "{":
             quantifier = _QUANTIFIER.match(pattern, i)
             if quantifier and quantifier[0] != "{}":
@@ -94,6 +120,18 @@ def as_re_reads_it(pattern: str) -> str:
             out.append(c)
         i += 1
     return "".join(out)
+
+
+def _comment_end(pattern: str, i: int) -> int:
+    """Where the comment at ``i`` ends: a ``(?#`` one after its first ``)`` not escaped, a ``#`` one after its
+    line."""
+    if pattern[i] == "#":
+        end = pattern.find("\n", i)
+        return len(pattern) if end < 0 else end + 1
+    i += 3
+    while i < len(pattern) and pattern[i] != ")":
+        i += 2 if pattern[i] == "\\" else 1
+    return min(i + 1, len(pattern))
 
 
 def unrolled_size(pattern: str) -> int:

@@ -19,6 +19,10 @@ from sglang_mint.stop_regex import BoundedSearch, StopRegexTooSlow, check_stop_p
     (r"\\end{document}", r"proof done \end{document}"), (r"x{e}", "ax{e}b"), (r"a{}", "a{}"), (r"}", "a}"),
     (r"[[:digit:]]+$", "answer 42"), (r"[[:digit:]]+$", "x:]"), (r"[]a]+", "]a]"), (r"[^]a]+", "]bcd"),
     (r"a{,2}b", "aab"), (r"a{2,}", "caaa"),
+    # named characters, and comments, where "[" opens no class and braces are not the regex package's
+    (r"\N{LATIN SMALL LETTER A}b", "xab"), (r"[\N{DIGIT ONE}]{2}", "x11"), (r"(?#[)a{e}", "a{e}"),
+    (r"(?#\)[)a{e}", "a{e}"), ("(?x) # [\n a{e}", "a{e}"), ("(?x:a # [\n){e}b", "a{e}b"), ("(?x:a)#{e}", "a#{e}"),
+    ("(?x)(?-x:#){e}", "#{e}"), ("(?x) a {2}", "aa"), ("(?x)a\\ #{e}", "a #"),
 ])
 @pytest.mark.filterwarnings("ignore:Possible nested set")
 def test_it_finds_what_re_finds(pattern, text):
