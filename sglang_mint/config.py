@@ -35,6 +35,9 @@ DEFAULT_MAX_TOP_LOGPROBS = 20
 DEFAULT_MAX_STORED_RESPONSES = 10_000  # /v1/responses answers kept under --enable-response-store
 # ... and what they and their conversations weigh (and as much again for conversations not answered)
 DEFAULT_STORED_RESPONSES_BYTES = 1 << 30
+# background /v1/responses answers queued or being made at once: about a GPU's batch. Each holds no connection
+# while it waits, and 2,000 queued by one client made a plain answer wait 26 s
+DEFAULT_MAX_BACKGROUND_RESPONSES = 256
 # The largest adapter upload (POST /mint/adapters/{id}/revisions) a server reads. A rank-64 bf16
 # LoRA on every dense module of a 70B model is about 1.6 GB; MoE-expert LoRA can be far larger.
 DEFAULT_MAX_UPLOAD_BYTES = 4 << 30
@@ -109,6 +112,7 @@ class MintConfig:
     max_top_logprobs: int = DEFAULT_MAX_TOP_LOGPROBS  # frontend/request_values.py
     max_stored_responses: int = DEFAULT_MAX_STORED_RESPONSES  # frontend/response_store.py
     stored_responses_bytes: int = DEFAULT_STORED_RESPONSES_BYTES
+    max_background_responses: int = DEFAULT_MAX_BACKGROUND_RESPONSES
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES  # frontend/body_limit.py
 
     @classmethod
@@ -122,7 +126,8 @@ class MintConfig:
                    session_timeout: float | None = None, max_stored_responses: int | None = None,
                    session_history_tokens: int | None = None, max_top_logprobs: int | None = None,
                    max_streaming_sessions: int | None = None, max_request: str | None = None,
-                   stored_responses_bytes: str | None = None) -> "MintConfig":
+                   stored_responses_bytes: str | None = None,
+                   max_background_responses: int | None = None) -> "MintConfig":
         """Validate the flags' values; raise MintError naming the flag at fault."""
         blob_bytes = _size_flag("--mint-blob-cache-bytes", blob_cache, DEFAULT_BLOB_CACHE_BYTES)
         if catalog is None and (catalog_cache is not None or blob_cache is not None):
@@ -157,6 +162,8 @@ class MintConfig:
                              10_000_000)
         stored_bytes = _size_flag("--mint-stored-responses-bytes", stored_responses_bytes,
                                   DEFAULT_STORED_RESPONSES_BYTES)
+        background = _count_flag("--mint-max-background-responses", max_background_responses,
+                                 DEFAULT_MAX_BACKGROUND_RESPONSES, 1_000_000)
         pinned = []
         for adapter_id in pin or []:
             try:
@@ -189,7 +196,7 @@ class MintConfig:
                    usage_dir=usage_dir, usage_flush_s=flush_s, grammar_cache_bytes=grammar_bytes,
                    max_sessions=sessions, max_streaming_sessions=max_streaming_sessions, session_timeout_s=timeout_s, session_history_tokens=history,
                    max_stored_responses=stored, max_top_logprobs=top_logprobs, max_request_bytes=request_bytes,
-                   stored_responses_bytes=stored_bytes)
+                   stored_responses_bytes=stored_bytes, max_background_responses=background)
 
     def open_catalog(self):
         """The catalog as a serving process holds it: a small SQLite page cache per thread (see
@@ -267,6 +274,7 @@ def config_from_args(args: argparse.Namespace, *, lora_on: bool, pp_size: int, t
         "session_timeout": getattr(args, "mint_session_timeout", None),
         "max_stored_responses": getattr(args, "mint_max_stored_responses", None),
         "stored_responses_bytes": getattr(args, "mint_stored_responses_bytes", None),
+        "max_background_responses": getattr(args, "mint_max_background_responses", None),
         "max_request": getattr(args, "mint_max_request_bytes", None),
         "session_history_tokens": getattr(args, "mint_session_history_tokens", None),
         "max_top_logprobs": getattr(args, "mint_max_top_logprobs", None),

@@ -122,6 +122,15 @@ def add_mint_arguments(parser: argparse.ArgumentParser) -> None:
         "one alone over it is not kept. SGLang alone keeps every one.",
     )
     group.add_argument(
+        "--mint-max-background-responses",
+        metavar="N",
+        type=int,
+        default=None,
+        help="With --enable-response-store: the background /v1/responses answers queued or being made at once "
+        "(default 256); one more is a 429 with Retry-After. A background request holds no connection while it "
+        "waits; SGLang alone queues every one, ahead of the requests that come after.",
+    )
+    group.add_argument(
         "--mint-pin",
         metavar="ID",
         nargs="+",

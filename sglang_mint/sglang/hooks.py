@@ -51,7 +51,7 @@ HOOKS: tuple[Hook, ...] = (
     Hook("frontend", "sglang.srt.entrypoints.openai.serving_responses.OpenAIServingResponses.create_responses",
          "AROUND", "server_made_ids:_around_create_responses"),  # a stored answer's id is the server's
     Hook("frontend", "sglang.srt.entrypoints.openai.serving_responses.OpenAIServingResponses.create_responses",
-         "AROUND", "response_store:_around_create_responses"),  # its metadata within OpenAI's bounds
+         "AROUND", "response_store:_around_create_responses"),  # its metadata within OpenAI's bounds; background ones bounded
     Hook("frontend", "sglang.srt.entrypoints.openai.serving_responses.OpenAIServingResponses.__init__", "AFTER",
          "response_store:_after_serving_responses_init"),  # answers kept within a count and bytes
     Hook("frontend", "sglang.srt.entrypoints.openai.serving_responses.OpenAIServingResponses."
@@ -220,7 +220,8 @@ INTERNALS: tuple[Internal, ...] = (
              "answers and their conversations, dicts SGLang reads with get, [] and [] =, and the tasks making "
              "background answers, a dict each task's end pops: replaced by limited stores", "response_store"),
     Internal("frontend", "sglang.srt.entrypoints.openai.protocol.ResponsesRequest", "previous_response_id, "
-             "metadata, store", "the answer a request continues; what is kept with a stored answer", "response_store"),
+             "metadata, store, background, stream", "the answer a request continues; what is kept with a stored "
+             "answer; whether it is made in the background, holding no connection", "response_store"),
     Internal("frontend", "sglang.srt.entrypoints.openai.protocol.ResponsesRequest", "request_id, store", "a stored "
              "answer's id: the client's is refused", "server_made_ids"),
     Internal("all", "sglang.srt.server_args.ServerArgs", "api_key, admin_api_key, ssl_keyfile_password",

@@ -1,9 +1,16 @@
 """SGLang's stored ``/v1/responses`` answers within ``--mint-max-stored-responses`` and
-``--mint-stored-responses-bytes`` (the store: ``frontend/response_store.py``)."""
+``--mint-stored-responses-bytes``, and its background ones within ``--mint-max-background-responses`` (the
+store: ``frontend/response_store.py``)."""
 
 from __future__ import annotations
 
-from sglang_mint.frontend.response_store import AnswerStore, limited_stores, metadata_problem
+from sglang_mint.frontend.response_store import (
+    AnswerStore,
+    BackgroundFull,
+    RunningAnswers,
+    limited_stores,
+    metadata_problem,
+)
 from sglang_mint.sglang.flags import mint_config
 from sglang_mint.sglang.hooks import verify_internals
 
@@ -14,7 +21,8 @@ def _after_serving_responses_init(result, serving, *args, **kwargs):
     config = mint_config(serving.tokenizer_manager.server_args)
     if config is not None:
         verify_internals("frontend", openai_serving_responses=serving)
-        stores = limited_stores(config.max_stored_responses, config.stored_responses_bytes)
+        stores = limited_stores(config.max_stored_responses, config.stored_responses_bytes,
+                                config.max_background_responses)
         serving.response_store, serving.msg_store = stores.answers, stores.conversations
         serving.background_tasks = stores.running  # its tasks' ends: an answer made is counted then
     return result
@@ -36,11 +44,24 @@ def _around_response_input_history(original, serving, request, *args, **kwargs):
 
 async def _around_create_responses(original, serving, request, *args, **kwargs):
     """OpenAIServingResponses.create_responses AROUND: a request to be stored whose ``metadata`` is past OpenAI's
-    bounds is refused (400): SGLang keeps it with the answer as it came."""
+    bounds is refused (400): SGLang keeps it with the answer as it came. A background one past the background
+    answers in flight is refused (429), and is otherwise counted among them until SGLang has started its task."""
     from sglang.srt.runtime_context import get_serving
 
-    if isinstance(serving.response_store, AnswerStore) and request.store and get_serving().enable_response_store:
-        problem = metadata_problem(request.metadata)
-        if problem is not None:
-            return serving.create_error_response(problem, param="metadata")
-    return await original(serving, request, *args, **kwargs)
+    if not (isinstance(serving.response_store, AnswerStore) and request.store
+            and get_serving().enable_response_store):
+        return await original(serving, request, *args, **kwargs)
+    problem = metadata_problem(request.metadata)
+    if problem is not None:
+        return serving.create_error_response(problem, param="metadata")
+    running = serving.background_tasks
+    if not (request.background and not request.stream and isinstance(running, RunningAnswers)):
+        return await original(serving, request, *args, **kwargs)  # streamed: it holds its connection
+    try:
+        admitted = running.admit()
+    except BackgroundFull as full:
+        refusal = serving.create_error_response(str(full), err_type="TooManyRequests", status_code=429)
+        refusal.headers["Retry-After"] = "1"
+        return refusal
+    with admitted:
+        return await original(serving, request, *args, **kwargs)

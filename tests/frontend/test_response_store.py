@@ -12,7 +12,7 @@ import pytest
 from pydantic import BaseModel
 
 from sglang_mint.frontend import response_store
-from sglang_mint.frontend.response_store import SharedWeights, weigh
+from sglang_mint.frontend.response_store import BackgroundFull, SharedWeights, weigh
 
 ROOMY = 1 << 30  # a budget no test here reaches unless it means to
 
@@ -296,3 +296,26 @@ def test_an_answer_whose_conversation_was_not_kept_is_not_kept_either():
 def test_a_stored_request_s_metadata_is_held_to_openai_s_bounds(metadata, problem):
     found = response_store.metadata_problem(metadata)
     assert found == problem if problem is None else problem in found
+
+
+def test_background_answers_in_flight_are_bounded_with_those_whose_task_is_not_started_yet():
+    stores = response_store.limited_stores(10, ROOMY, most_background=2)
+    running = stores.running
+    with running.admit():  # SGLang tokenizes it, stores it queued, starts its task, answers the request
+        running["resp_a"] = "its task"
+    with running.admit():  # admitted, its task not started yet: it counts already
+        with pytest.raises(BackgroundFull, match=r"at most 2 background answers at once "
+                                                 r"\(--mint-max-background-responses\)"):
+            running.admit()
+        running["resp_b"] = "its task"
+    with pytest.raises(BackgroundFull):
+        running.admit()
+    running.pop("resp_a")  # its task ended
+    with running.admit():  # refused by SGLang (no task started): it holds nothing after
+        pass
+    with running.admit():
+        running["resp_c"] = "its task"
+    figures = stores.figures()
+    assert (running.admitting, figures["background"], figures["background_limit"], figures["background_refused"]
+            ) == (0, 2, 2, 2)
+

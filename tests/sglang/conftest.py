@@ -83,14 +83,16 @@ def stock_server(tiny_model, tiny_adapters, packed_tiny_adapters, tmp_path_facto
 @pytest.fixture(scope="session")
 def mint_server(tiny_model, tiny_adapters, tmp_path_factory):
     """One real server with --enable-mint serving the tiny adapters from --lora-paths; /v1/responses
-    stores answers (--enable-response-store), four at most, within 2 MiB (test_stored_responses.py); at most three sessions
+    stores answers (--enable-response-store), four at most, within 2 MiB, and makes two background ones at once
+    (test_stored_responses.py); at most three sessions
     open, each closed after 4 s idle (test_sessions.py), each keeping 2048 tokens of its requests
     (test_session_history.py)."""
     log = tmp_path_factory.mktemp("mint-server") / "server.log"
     with SGLangServer(tiny_model, lora_paths=tiny_adapters, enable_mint=True, log_path=log,
                       extra_args=["--enable-response-store", "--enable-streaming-session", "--mint-max-sessions", "3",
                                   "--mint-session-timeout", "4", "--mint-session-history-tokens", "2048",
-                                  "--mint-max-stored-responses", "4", "--mint-stored-responses-bytes", "2MiB"],
+                                  "--mint-max-stored-responses", "4", "--mint-stored-responses-bytes", "2MiB",
+                                  "--mint-max-background-responses", "2"],
                       python=sys.executable) as server:
         yield _shared("mint_server", server)
 

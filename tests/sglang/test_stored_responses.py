@@ -2,7 +2,8 @@
 (sglang/response_store.py), end to end.
 
 Under --enable-response-store SGLang keeps every stored answer and its conversation, and the conversation of a
-request that failed, for good. The shared ``mint_server`` keeps four, within 2 MiB.
+request that failed, for good, and queues every background request, which holds no connection while it waits.
+The shared ``mint_server`` keeps four answers, within 2 MiB, and makes two background ones at once.
 """
 
 from __future__ import annotations
@@ -123,3 +124,24 @@ def test_a_stored_request_s_metadata_is_held_to_openai_s_bounds(mint_client):
     kept = ask(metadata={"team": "search"})
     assert mint_client.responses.retrieve(kept.id).metadata == {"team": "search"}
     assert ask(store=False, metadata={f"key{n}": "value" for n in range(17)}).status in ("completed", "incomplete")
+
+
+def test_background_answers_in_flight_are_bounded_and_a_slot_frees_as_one_ends(mint_client):
+    """On SGLang's own, one client queued 2,000 background requests in 10 s, holding no connection, and a plain
+    answer then waited 26 s behind them."""
+    def start():
+        return mint_client.responses.create(model="tiny", input="count on", max_output_tokens=2000, temperature=0,
+                                            background=True)
+
+    running = [start(), start()]
+    with pytest.raises(openai.RateLimitError, match=r"at most 2 background answers at once "
+                                                    r"\(--mint-max-background-responses\)") as refused:
+        start()
+    assert refused.value.response.headers["retry-after"] == "1"
+    plain = mint_client.responses.create(model="tiny", input="hi", max_output_tokens=2, temperature=0)
+    assert plain.status in ("completed", "incomplete")  # a request that holds its connection is served
+    statuses = [mint_client.responses.cancel(answer.id).status for answer in running]
+    assert statuses == ["cancelled", "cancelled"], statuses  # both were still being made at the refusal
+    again = start()
+    assert again.status in ("queued", "in_progress")
+    mint_client.responses.cancel(again.id)
