@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from forked_python import ForkedPython, publish_as_scheduler_without
+from hung import HUNG_AFTER_S
 
 # What the checks import; none of these loads SGLang's plugins.
 SGLANG_MODULES = ["sglang.srt.server_args", "sglang.srt.plugins", "sglang.srt.plugins.hook_registry",
@@ -68,7 +69,8 @@ def flag_results(tiny_model, tmp_path_factory, forked):
                  "--mint-grammar-cache-bytes", "1GiB", "--mint-max-sessions", "64", "--mint-session-timeout", "90",
                  "--mint-max-streaming-sessions", "16", "--mint-max-request-bytes", "8MiB",
                  "--mint-session-history-tokens", "4096", "--mint-max-top-logprobs", "50",
-                 "--mint-max-stored-responses", "500", "--mint-stored-responses-bytes", "2GiB"],
+                 "--mint-max-stored-responses", "500", "--mint-stored-responses-bytes", "2GiB",
+                 "--mint-max-background-responses", "32"],
         "bad_upload_size": ["--model-path", str(tiny_model), "--enable-lora", "--enable-mint",
                             "--mint-catalog", str(catalog_dir), "--mint-max-upload-bytes", "0"],
         "not_a_catalog": ["--model-path", str(tiny_model), "--enable-lora", "--enable-mint",
@@ -108,6 +110,8 @@ def flag_results(tiny_model, tmp_path_factory, forked):
                                  "--mint-max-stored-responses", "0"],
         "bad_stored_bytes": ["--model-path", str(tiny_model), "--enable-lora", "--enable-mint",
                              "--mint-stored-responses-bytes", "1.5 tons"],
+        "bad_background_responses": ["--model-path", str(tiny_model), "--enable-lora", "--enable-mint",
+                                     "--mint-max-background-responses", "0"],
         "bad_max_sessions": ["--model-path", str(tiny_model), "--enable-lora", "--enable-mint",
                              "--mint-max-sessions", "0"],
         "bad_streaming_sessions": ["--model-path", str(tiny_model), "--enable-lora", "--enable-mint",
@@ -177,7 +181,7 @@ def test_flags_reach_subprocess_copies_of_server_args(flag_results):
         "usage_dir": str(Path(catalog_dir).parent / "ledger"), "usage_flush_s": None, "grammar_cache_bytes": 1 << 30,
         "max_sessions": 64, "max_streaming_sessions": 16, "session_timeout_s": 90.0, "session_history_tokens": 4096,
         "max_stored_responses": 500, "max_top_logprobs": 50, "max_request_bytes": 8 << 20,
-        "stored_responses_bytes": 2 << 30}}
+        "stored_responses_bytes": 2 << 30, "max_background_responses": 32}}
 
 
 @pytest.mark.parametrize("case, message", [
@@ -208,6 +212,7 @@ def test_flags_reach_subprocess_copies_of_server_args(flag_results):
     ("bad_top_logprobs", "--mint-max-top-logprobs must be 1 to 1048576, got 0"),
     ("bad_stored_responses", "--mint-max-stored-responses must be 1 to 10000000, got 0"),
     ("bad_stored_bytes", "--mint-stored-responses-bytes: '1.5 tons' is not a size"),
+    ("bad_background_responses", "--mint-max-background-responses must be 1 to 1000000, got 0"),
     ("bad_session_timeout", "--mint-session-timeout must be above 0 and at most 604800 (7 days), got inf"),
     ("catalog_without_pool_size", "without --lora-paths needs --lora-target-modules"),  # was SGLang's traceback
 ])
@@ -219,7 +224,7 @@ def test_bad_flags_are_clear_errors(flag_results, case, message):
 
 def test_help_lists_the_flags():
     proc = subprocess.run([sys.executable, "-m", "sglang.launch_server", "--help"],
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=HUNG_AFTER_S)
     assert proc.returncode == 0, proc.stderr[-2000:]
     for text in ("--enable-mint", "--mint-catalog", "--mint-host-cache-bytes", "--mint-pin", "--mint-max-upload-bytes",
                  "--mint-max-concurrent-uploads", "sglang-mint", "mint}"):
