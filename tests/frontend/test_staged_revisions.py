@@ -11,9 +11,11 @@ import os
 import subprocess
 import threading
 import time
+import types
 import uuid
 
 import pytest
+from hung import HUNG_AFTER_S
 
 from sglang_mint.adapters.errors import InvalidAdapter
 from sglang_mint.catalog.upload_stream import BodyRefused
@@ -194,7 +196,7 @@ def not_durable(adapter_id: str, revision: int):
     return Revision(adapter_id, revision, 0.0, "peft", 2, 2.0, "q_proj", "float32", 2, "{}", "", "{}", durable=False)
 
 
-def wait_for(condition, timeout=10.0):
+def wait_for(condition, timeout=HUNG_AFTER_S):
     deadline = time.monotonic() + timeout
     while not condition() and time.monotonic() < deadline:
         time.sleep(0.01)
@@ -223,7 +225,11 @@ def test_a_revision_superseded_before_its_store_is_not_stored(tmp_path, monkeypa
     staged folder until the grace period ends, then not at all (nothing of it was stored)."""
     import sglang_mint.frontend.staged_revisions as module
 
-    monkeypatch.setattr(module, "STORE_AFTER_S", 3.0)  # the four are staged well within it, even at nice 19
+    # The module's clock stands still unless the test moves it, and the store thread's wait of
+    # STORE_AFTER_S ends when the test says: the four are staged "within it" however slowly they are.
+    clock, store_after = [time.monotonic()], threading.Event()
+    monkeypatch.setattr(module, "time", types.SimpleNamespace(
+        monotonic=lambda: clock[0], time=time.time, sleep=lambda seconds: store_after.wait(HUNG_AFTER_S)))
     monkeypatch.setattr(module, "MAX_UNSTORED_S", max_unstored_s)
     staged = StagedRevisions(str(tmp_path / "shm" / "30001"), grace_s=0.2)
     catalog = StandInCatalog(tmp_path)
@@ -231,10 +237,13 @@ def test_a_revision_superseded_before_its_store_is_not_stored(tmp_path, monkeypa
     for adapter_id, n in [("rl/p", 1), ("rl/p", 2), ("rl/q", 1), ("rl/p", 3)]:
         folders.append(staged.stage(catalog, {"adapter_config.json": b"{}"}, {}).serve(not_durable(adapter_id, n)).staged)
     assert staged.get("rl/p", 1) is not None  # served from memory meanwhile
-    assert wait_for(lambda: len(catalog.stored) == len(expected)), catalog.stored
+    store_after.set()
+    assert wait_for(lambda: staged.stored_total + staged.superseded_total == 4), catalog.stored  # all four handled
     assert sorted(s[:2] for s in catalog.stored) == expected
     assert staged.superseded_total == 4 - len(expected)
     if max_unstored_s:
+        assert staged.get("rl/p", 1) is not None  # superseded, and still served until its grace ends
+        clock[0] += 1.0  # past grace_s
         assert wait_for(lambda: staged.get("rl/p", 1) is None and staged.get("rl/p", 2) is None)
         # their staged folders (the first two staged) go with them
         assert wait_for(lambda: not any(os.path.exists(folder) for folder in folders[:2]))
@@ -249,7 +258,7 @@ def test_an_adapter_with_nothing_staged_leaves_no_bookkeeping(tmp_path, monkeypa
         go = threading.Event()
 
         def store_blobs(self, rev, payload, known):
-            assert self.go.wait(60)
+            assert self.go.wait(HUNG_AFTER_S)
             return super().store_blobs(rev, payload, known)
 
     monkeypatch.setattr(module, "STORE_AFTER_S", 0.0)
