@@ -68,15 +68,19 @@ _INLINE_FLAGS = re.compile(r"\(\?([aiLmsux]*)(?:-([imsx]+))?([:)])")  # (?x), (?
 def as_re_reads_it(pattern: str, flags: int = 0) -> str:
     """``pattern`` with the braces that are no quantifier to ``re`` and the ``[`` inside a character class
     escaped, so that ``regex`` reads it as ``re`` does. Comments (``(?#...)``, and ``#`` to the line's end
-    where verbose) and named characters (``\\N{DIGIT ONE}``) are kept as they are."""
+    where verbose) and named characters (``\\N{DIGIT ONE}``) are kept as they are; in verbose mode a ``#``
+    comment's escaped line ends are taken out, and a numeric escape followed, past space, by more digits is
+    ended with ``(?:)``, where ``regex`` would read on."""
     out, i, in_class = [], 0, False
     verbose = [bool(flags & re.VERBOSE)]  # within each open group, the innermost last
     while i < len(pattern):
         c = pattern[i]
         if c == "\\":
-            end = pattern.find("}", i) + 1 if pattern.startswith("N{", i + 1) else 0
-            out.append(pattern[i:max(end, i + 2)])
-            i = max(end, i + 2)
+            end = _escape_end(pattern, i)
+            out.append(pattern[i:end])
+            if verbose[-1] and not in_class and pattern[i + 1:i + 2].isdigit() and _digit_past_space(pattern, end):
+                out.append("(?:)")  # re's \1 ends at its last adjacent digit; regex reads past space to more
+            i = end
             continue
         if in_class:
             in_class = c != "]"
@@ -89,7 +93,8 @@ def as_re_reads_it(pattern: str, flags: int = 0) -> str:
             continue
         elif pattern.startswith("(?#", i) or (c == "#" and verbose[-1]):
             end = _comment_end(pattern, i)
-            out.append(pattern[i:end])
+            comment = pattern[i:end]  # a # one may span lines ended by a backslash, which regex ends at
+            out.append(comment if c == "(" else comment[:-1].replace("\n", "") + comment[-1:])
             i = end
             continue
         elif c == "(":
@@ -122,12 +127,34 @@ def as_re_reads_it(pattern: str, flags: int = 0) -> str:
     return "".join(out)
 
 
+def _escape_end(pattern: str, i: int) -> int:
+    """Where the escape at ``i`` ends: a named character's after its ``}``, a group reference's or an octal's
+    after its digits, any other's after its one character."""
+    if pattern.startswith("N{", i + 1):
+        return max(pattern.find("}", i) + 1, i + 2)
+    end = i + 2
+    if pattern[i + 1:i + 2].isdigit():
+        while pattern[end:end + 1].isdigit():
+            end += 1
+    return end
+
+
+def _digit_past_space(pattern: str, i: int) -> bool:
+    """Whether a digit follows ``i`` past whitespace and ``#`` comments (and not right at it), as verbose
+    mode skips them."""
+    k = i
+    while k < len(pattern) and (pattern[k] in " \t\n\r\f\v" or pattern[k] == "#"):
+        k = _comment_end(pattern, k) if pattern[k] == "#" else k + 1
+    return k > i and pattern[k:k + 1].isdigit()
+
+
 def _comment_end(pattern: str, i: int) -> int:
-    """Where the comment at ``i`` ends: a ``(?#`` one after its first ``)`` not escaped, a ``#`` one after its
-    line."""
+    """Where the comment at ``i`` ends: a ``(?#`` one after its first ``)`` not escaped, a ``#`` one after the
+    first line end not escaped (re reads a backslash and a line end as one escaped character)."""
     if pattern[i] == "#":
-        end = pattern.find("\n", i)
-        return len(pattern) if end < 0 else end + 1
+        while i < len(pattern) and pattern[i] != "\n":
+            i += 2 if pattern[i] == "\\" else 1
+        return min(i + 1, len(pattern))
     i += 3
     while i < len(pattern) and pattern[i] != ")":
         i += 2 if pattern[i] == "\\" else 1
