@@ -76,6 +76,7 @@ class MintEngine(Protocol):
     config: MintConfig
     max_lora_rank: int | None  # the largest rank an adapter may have (SGLang's --max-lora-rank)
     registered_names: int  # LoRA names the engine has registered now
+    stored_responses: dict | None  # the /v1/responses store's figures (response_store.py); None without one
 
     async def scheduler_status(self) -> list[dict]:
         """Each scheduler's residency status (``residency/host_bytes.py:node_status``)."""
@@ -197,6 +198,7 @@ async def mint_status(request: Request):
         "catalog_queries": 0 if names is None else names.catalog.lookups,
         "registered_names": engine.registered_names,
         "uploads_in_flight": uploads_in_flight(request.app),
+        "stored_responses": engine.stored_responses,
         "schedulers": schedulers,
     }
     return ORJSONResponse(body)

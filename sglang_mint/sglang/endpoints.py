@@ -38,10 +38,10 @@ IDLE_CONNECTION_S = 120
 
 
 class TokenizerManagerEngine:
-    """mint_api.MintEngine, read off SGLang's tokenizer manager."""
+    """mint_api.MintEngine, read off SGLang's tokenizer manager and its app."""
 
-    def __init__(self, tm):
-        self.tm = tm
+    def __init__(self, tm, app):
+        self.tm, self.app = tm, app
 
     @property
     def names(self):
@@ -59,6 +59,12 @@ class TokenizerManagerEngine:
     def registered_names(self) -> int:
         return self.tm.lora_registry.num_registered_loras
 
+    @property
+    def stored_responses(self) -> dict | None:
+        serving = getattr(self.app.state, "openai_serving_responses", None)
+        stores = getattr(getattr(serving, "response_store", None), "bounds", None)  # limited_stores' (response_store.py)
+        return stores.figures() if stores is not None and serving.enable_response_store else None
+
     async def scheduler_status(self) -> list[dict]:
         states = await self.tm.get_internal_state()  # residency.py:_after_get_internal_state fills "mint"
         return [s.get("mint") for s in states if s.get("mint") is not None]
@@ -68,9 +74,9 @@ class TokenizerManagerEngine:
 
 
 def _engine() -> TokenizerManagerEngine:
-    from sglang.srt.entrypoints.http_server import _global_state
+    from sglang.srt.entrypoints.http_server import _global_state, app
 
-    return TokenizerManagerEngine(_global_state.tokenizer_manager)
+    return TokenizerManagerEngine(_global_state.tokenizer_manager, app)
 
 
 def _before_launch_server(server_args, *args, **kwargs):

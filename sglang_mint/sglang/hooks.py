@@ -183,7 +183,8 @@ INTERNALS: tuple[Internal, ...] = (
     Internal("all", "sglang.srt.runtime_context", "_CONTEXT", "a publish into it announces the process's role "
              "(a model-owned context announces none)", "hooks"),
     Internal("frontend", _HTTP, "app, _global_state", "adds the /mint/* routes, frontend/admin_guard.AdminGuard and "
-             "the 409 handler to app before the server starts; reads _global_state.tokenizer_manager in /mint/*",
+             "the 409 handler to app before the server starts; reads _global_state.tokenizer_manager and "
+             "app.state.openai_serving_responses (its stores' figures, and enable_response_store) in /mint/*",
              "endpoints, admin"),
     Internal("frontend", "sglang.srt.utils.auth.AuthLevel", "ADMIN_OPTIONAL", "marks /mint/* ADMIN_OPTIONAL",
              "endpoints"),

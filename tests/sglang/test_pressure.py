@@ -226,7 +226,9 @@ def test_registry_holds_only_names_in_flight(server, adapter_ids):
         codes = list(pool.map(lambda a: generate(server, {"text": PROMPT, "sampling_params": params,
                                                           "lora_path": a})[0], live))
     assert codes == [200] * len(live)
-    assert mint_status(server)["registered_names"] == 0  # every name was dropped when its request ended
+    status = mint_status(server)
+    assert status["registered_names"] == 0  # every name was dropped when its request ended
+    assert status["stored_responses"] is None  # no --enable-response-store here
     code, _ = generate(server, {"text": PROMPT, "sampling_params": params, "lora_path": live[0]})
     assert code == 200  # and a dropped name is registered again on its next request
 

@@ -12,6 +12,7 @@ import time
 
 import openai
 import pytest
+from mint_status import mint_status
 
 pytestmark = pytest.mark.server  # starts real SGLang servers: not in make test-fast
 
@@ -126,7 +127,7 @@ def test_a_stored_request_s_metadata_is_held_to_openai_s_bounds(mint_client):
     assert ask(store=False, metadata={f"key{n}": "value" for n in range(17)}).status in ("completed", "incomplete")
 
 
-def test_background_answers_in_flight_are_bounded_and_a_slot_frees_as_one_ends(mint_client):
+def test_background_answers_in_flight_are_bounded_and_a_slot_frees_as_one_ends(mint_client, mint_server):
     """On SGLang's own, one client queued 2,000 background requests in 10 s, holding no connection, and a plain
     answer then waited 26 s behind them."""
     def start():
@@ -138,6 +139,8 @@ def test_background_answers_in_flight_are_bounded_and_a_slot_frees_as_one_ends(m
                                                     r"\(--mint-max-background-responses\)") as refused:
         start()
     assert refused.value.response.headers["retry-after"] == "1"
+    figures = mint_status(mint_server)["stored_responses"]
+    assert figures["background"] == figures["background_limit"] == 2 and figures["background_refused"] >= 1, figures
     plain = mint_client.responses.create(model="tiny", input="hi", max_output_tokens=2, temperature=0)
     assert plain.status in ("completed", "incomplete")  # a request that holds its connection is served
     statuses = [mint_client.responses.cancel(answer.id).status for answer in running]
