@@ -73,15 +73,23 @@ def folder_digest(folder) -> str:
     return h.hexdigest()
 
 
+# Config fields PEFT holds as sets and writes as lists in the set's order, which changes from one process to the next
+SET_FIELDS = ("target_modules", "exclude_modules")
+
+
 def adapter_digest(folder) -> str:
     """sha256 of what a PEFT adapter computes: its weights and its config without
     ``base_model_name_or_path`` (where the base lay when it was written; the base's own bytes
-    are in the key separately). PEFT's README is not read."""
+    are in the key separately) and with its set fields in order (each run wrote them in another, so
+    every fresh adapter missed the cache). PEFT's README is not read."""
     root = Path(folder)
     if not (root / "adapter_model.safetensors").is_file():
         return folder_digest(root)
     config = json.loads((root / "adapter_config.json").read_text())
     config.pop("base_model_name_or_path", None)
+    for name in SET_FIELDS:
+        if isinstance(config.get(name), list):
+            config[name] = sorted(config[name])
     h = hashlib.sha256(json.dumps(config, sort_keys=True).encode() + b"\0")
     with open(root / "adapter_model.safetensors", "rb") as f:
         while chunk := f.read(1 << 20):
