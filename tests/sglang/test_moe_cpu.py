@@ -73,16 +73,31 @@ def mint_moe_kernel_calls(server) -> int | None:
     return (state.get("mint_backend") or {}).get("moe_kernel_calls")
 
 
+def kernel_calls_of_a_decode_step(server, job) -> int | None:
+    """Launches of the MoE kernel in one decode step of ``job``: its launches for 2 tokens (a prefill and a
+    decode step) less those for 1 (a prefill alone). None: not the mint backend."""
+    before = mint_moe_kernel_calls(server)
+    if before is None:
+        return None
+    greedy_batch(server, [job], 1)
+    prefilled = mint_moe_kernel_calls(server)
+    greedy_batch(server, [job], 2)
+    return (mint_moe_kernel_calls(server) - prefilled) - (prefilled - before)
+
+
 def serve_backends(model, served, jobs, log_dir, extra_args=(), max_tokens=MAX_TOKENS,
-                   backends=("torch_native", "mint")):
-    """{backend: (results, server log, MoE kernel calls)} for each backend, one server at a time."""
+                   backends=("torch_native", "mint"), count_a_decode_step=True):
+    """{backend: (results, server log, MoE kernel calls, those of one decode step or None)} for each backend, one
+    server at a time."""
     out = {}
     for backend in backends:
         log = log_dir / f"{backend}.log"
         with SGLangServer(model, lora_paths=served, enable_mint=False, lora_backend=backend, log_path=log,
                           env=INTERPRET, extra_args=list(extra_args), python=sys.executable) as server:
             results = serve_batch(server, jobs, max_tokens)
-            out[backend] = results, log.read_text(errors="replace"), mint_moe_kernel_calls(server)
+            calls = mint_moe_kernel_calls(server)
+            out[backend] = (results, log.read_text(errors="replace"), calls,
+                            kernel_calls_of_a_decode_step(server, jobs[-1]) if count_a_decode_step else None)
     return out
 
 
@@ -160,9 +175,9 @@ def test_forms_agree_with_each_other(qwen_served, qwen_jobs, backend):
 
 
 def test_mint_matches_torch_native(qwen_served, qwen_jobs):
-    # Our MoE kernel ran (twice per MoE layer and forward, and a batch has a forward per token at least), and
+    # Our MoE kernel ran, in decode steps too (twice per MoE layer and forward: the tiny model has two), and
     # never under torch_native.
-    assert qwen_served["mint"][2] >= 2 * MAX_TOKENS
+    assert qwen_served["mint"][2] >= 2 * 2 * 2 and qwen_served["mint"][3] == 2 * 2
     assert qwen_served["torch_native"][2] is None
     assert_close(qwen_served["mint"][0], qwen_served["torch_native"][0], qwen_jobs, TOL)
 
@@ -175,7 +190,7 @@ def test_mint_ran_its_triton_kernels_interpreted(qwen_served):
 
 
 def test_forms_shared_a_batch(qwen_served):
-    for backend, (_, log, _) in qwen_served.items():
+    for backend, (_, log, _, _) in qwen_served.items():
         assert max(int(n) for n in re.findall(r"Prefill batch, #new-seq: (\d+)", log)) >= 2, backend
 
 
@@ -220,11 +235,12 @@ def ds_reference(deepseek, ds_jobs):
 def ds_served(deepseek, ds_jobs, tmp_path_factory):
     model, _, served = deepseek
     return serve_backends(model, served, ds_jobs, tmp_path_factory.mktemp("deepseek-v3-logs"),
-                          extra_args=TRITON_ATTENTION, max_tokens=DS_TOKENS, backends=("mint",))
+                          extra_args=TRITON_ATTENTION, max_tokens=DS_TOKENS, backends=("mint",),
+                          count_a_decode_step=False)  # interpreted MLA: each token costs seconds
 
 
 def test_deepseek_mla_and_experts_match_hf_peft(ds_served, ds_reference, ds_jobs):
-    results, _, moe_kernel_calls = ds_served["mint"]
+    results, _, moe_kernel_calls, _ = ds_served["mint"]
     assert moe_kernel_calls >= 2 * len(ds_jobs)  # our MoE kernel served the experts
     assert_close(results, ds_reference, ds_jobs, TOL_HF)
     adapter = [lp for (m, _), (_, lp) in zip(ds_jobs, ds_reference) if m != "tiny"]
