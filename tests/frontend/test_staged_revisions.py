@@ -227,9 +227,13 @@ def test_a_revision_superseded_before_its_store_is_not_stored(tmp_path, monkeypa
 
     # The module's clock stands still unless the test moves it, and the store thread's wait of
     # STORE_AFTER_S ends when the test says: the four are staged "within it" however slowly they are.
-    clock, store_after = [time.monotonic()], threading.Event()
-    monkeypatch.setattr(module, "time", types.SimpleNamespace(
-        monotonic=lambda: clock[0], time=time.time, sleep=lambda seconds: store_after.wait(HUNG_AFTER_S)))
+    clock, store_after, slept = [time.monotonic()], threading.Event(), []
+
+    def sleep(seconds):
+        slept.append(seconds)
+        store_after.wait(HUNG_AFTER_S)
+
+    monkeypatch.setattr(module, "time", types.SimpleNamespace(monotonic=lambda: clock[0], time=time.time, sleep=sleep))
     monkeypatch.setattr(module, "MAX_UNSTORED_S", max_unstored_s)
     staged = StagedRevisions(str(tmp_path / "shm" / "30001"), grace_s=0.2)
     catalog = StandInCatalog(tmp_path)
@@ -239,6 +243,7 @@ def test_a_revision_superseded_before_its_store_is_not_stored(tmp_path, monkeypa
     assert staged.get("rl/p", 1) is not None  # served from memory meanwhile
     store_after.set()
     assert wait_for(lambda: staged.stored_total + staged.superseded_total == 4), catalog.stored  # all four handled
+    assert slept[0] == module.STORE_AFTER_S  # the first waited STORE_AFTER_S after its answer, on the module's clock
     assert sorted(s[:2] for s in catalog.stored) == expected
     assert staged.superseded_total == 4 - len(expected)
     if max_unstored_s:
