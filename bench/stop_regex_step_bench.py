@@ -1,9 +1,9 @@
 """Do requests with costly stop patterns still hold every scheduler step from everyone else, against stock SGLang?
 
 SGLang matches each request's ``stop_regex`` patterns against its output after every step, on the scheduler's
-thread, 20 ms a request at most. Two servers in one run, one after the other, on the tiny random Llama with LoRA
-on: stock SGLang, then --enable-mint (the requests with patterns in a step share 20 ms, each at least 1 ms).
-Each gets:
+thread, with no bound (with mint: 20 ms a request at most, and the requests with patterns in a step share it,
+each at least 1 ms). Two servers in one run, one after the other, on the tiny random Llama with LoRA
+on: stock SGLang, then --enable-mint. Each gets:
 
 - a plain /generate request alone (48 tokens): its seconds;
 - ``--heavy`` requests at once, each writing "aaaa..." (its token biased up) with ``--patterns`` stop patterns

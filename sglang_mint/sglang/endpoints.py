@@ -63,7 +63,9 @@ class TokenizerManagerEngine:
     def stored_responses(self) -> dict | None:
         serving = getattr(self.app.state, "openai_serving_responses", None)
         stores = getattr(getattr(serving, "response_store", None), "bounds", None)  # limited_stores' (response_store.py)
-        return stores.figures() if stores is not None and serving.enable_response_store else None
+        from sglang.srt.runtime_context import get_serving
+
+        return stores.figures() if stores is not None and get_serving().enable_response_store else None
 
     async def scheduler_status(self) -> list[dict]:
         states = await self.tm.get_internal_state()  # residency.py:_after_get_internal_state fills "mint"

@@ -184,7 +184,7 @@ INTERNALS: tuple[Internal, ...] = (
              "(a model-owned context announces none)", "hooks"),
     Internal("frontend", _HTTP, "app, _global_state", "adds the /mint/* routes, frontend/admin_guard.AdminGuard and "
              "the 409 handler to app before the server starts; reads _global_state.tokenizer_manager and "
-             "app.state.openai_serving_responses (its stores' figures, and enable_response_store) in /mint/*",
+             "app.state.openai_serving_responses (its stores' figures) in /mint/*",
              "endpoints, admin"),
     Internal("frontend", "sglang.srt.utils.auth.AuthLevel", "ADMIN_OPTIONAL", "marks /mint/* ADMIN_OPTIONAL",
              "endpoints"),
@@ -214,9 +214,9 @@ INTERNALS: tuple[Internal, ...] = (
     Internal("frontend", "sglang.srt.environ.envs", "SGLANG_USE_PICKLE_IPC", "a LoRA id carries its revision "
              "record only through pickled IPC", "frontend"),
     Internal("frontend", "sglang.srt.runtime_context", "get_serving", "its enable_response_store: whether "
-             "/v1/responses stores answers, read by their id alone", "server_made_ids"),
+             "/v1/responses stores answers, read by their id alone", "server_made_ids, response_store, endpoints"),
     Internal("frontend", "sglang.srt.arg_groups.fields.serving.Serving", "enable_response_store", "the same",
-             "server_made_ids"),
+             "server_made_ids, response_store, endpoints"),
     Internal("frontend", "openai_serving_responses", "response_store, msg_store, background_tasks", "the stored "
              "answers and their conversations, dicts SGLang reads with get, [] and [] =, and the tasks making "
              "background answers, a dict each task's end pops: replaced by limited stores", "response_store"),
