@@ -1,4 +1,5 @@
-"""What every benchmark result carries (the machine, the git commit, the time), and waiting out other servers."""
+"""What every benchmark result carries (the machine, the git commit, the time), stock SGLang and mint run one after
+the other on the same work, and waiting out other servers."""
 
 from __future__ import annotations
 
@@ -6,7 +7,10 @@ import json
 import os
 import platform
 import subprocess
+import tempfile
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -58,6 +62,33 @@ def append_result(name: str, record: dict) -> dict:
     with open(RESULTS / f"{name}.jsonl", "a") as f:
         f.write(json.dumps(record) + "\n")
     return record
+
+
+def post_status(url: str, path: str, body: dict, timeout: float = 1800) -> int:
+    """POST ``body`` as JSON to ``url + path``, read the answer whole: its HTTP status, an error's too."""
+    request = urllib.request.Request(url + path, data=json.dumps(body).encode(),
+                                     headers={"content-type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as answer:
+            answer.read()
+            return answer.status
+    except urllib.error.HTTPError as exc:
+        exc.read()
+        return exc.code
+
+
+def stock_then_mint(name: str, run, setup: dict, record: bool = True) -> None:
+    """``run(model, mint)`` on the tiny random Llama, stock SGLang first and then --enable-mint, one server at a
+    time: each row printed, and appended to bench/results/<name>.jsonl with ``setup`` unless not ``record``."""
+    from sglang_mint.dev.tiny import write_tiny_llama
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model = str(write_tiny_llama(tmp, seed=0))
+        for mint in (False, True):
+            row = run(model, mint)
+            print(json.dumps(row), flush=True)
+            if record:
+                append_result(name, {"setup": {"model": "tiny random Llama", **setup}, **row})
 
 
 def other_server_pids(exclude: int | None = None) -> list[int]:

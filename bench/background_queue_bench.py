@@ -17,19 +17,14 @@ Writes bench/results/background_queue_bench.jsonl, one row per server.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
-from _common import append_result
+from _common import post_status, stock_then_mint
 from _server_memory import mib, processes
 from sglang_mint.dev.server import SGLangServer
-from sglang_mint.dev.tiny import write_tiny_llama
 
 COMMON = ["--enable-lora", "--max-lora-rank", "8", "--lora-target-modules", "all", "--enable-response-store",
           "--served-model-name", "tiny"]
@@ -38,15 +33,7 @@ PLAIN = {"model": "tiny", "input": "hi", "max_output_tokens": 8}
 
 
 def post(url: str, body: dict) -> int:
-    request = urllib.request.Request(url + "/v1/responses", data=json.dumps(body).encode(),
-                                     headers={"content-type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=1800) as answer:
-            answer.read()
-            return answer.status
-    except urllib.error.HTTPError as exc:
-        exc.read()
-        return exc.code
+    return post_status(url, "/v1/responses", body)
 
 
 def timed_plain(url: str) -> float:
@@ -76,13 +63,8 @@ def main() -> int:
     ap.add_argument("--flood", type=int, default=2000, help="background requests posted (default 2000)")
     ap.add_argument("--no-record", action="store_true", help="print only, append nothing to bench/results")
     args = ap.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        model = str(write_tiny_llama(tmp, seed=0))
-        for mint in (False, True):
-            row = run(model, mint, args.flood)
-            print(json.dumps(row), flush=True)
-            if not args.no_record:
-                append_result("background_queue_bench", {"setup": {"model": "tiny random Llama"}, **row})
+    stock_then_mint("background_queue_bench", lambda model, mint: run(model, mint, args.flood), {},
+                    record=not args.no_record)
     return 0
 
 

@@ -28,17 +28,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
 import uuid
 
 
-from _common import append_result
+from _common import post_status, stock_then_mint
 from _server_memory import mib, processes
 from sglang_mint.dev.server import SGLangServer
-from sglang_mint.dev.tiny import write_tiny_llama
 
 COMMON = ["--enable-lora", "--max-lora-rank", "8", "--lora-target-modules", "all", "--enable-metrics",
           "--enable-response-store"]
@@ -50,15 +48,7 @@ SESSION_PROMPT = [3 + (7 * i) % 500 for i in range(1800)]
 
 
 def post(url: str, path: str, body: dict) -> int:
-    request = urllib.request.Request(url + path, data=json.dumps(body).encode(),
-                                     headers={"content-type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=120) as answer:
-            answer.read()
-            return answer.status
-    except urllib.error.HTTPError as exc:
-        exc.read()
-        return exc.code
+    return post_status(url, path, body, timeout=120)
 
 
 def grammar_rounds(server, rounds: int) -> list[float]:
@@ -150,14 +140,8 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=4, help="rounds of the grammar sweep (the stored one gets two more)")
     ap.add_argument("--no-record", action="store_true", help="print only, append nothing to bench/results")
     args = ap.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        model = str(write_tiny_llama(tmp, seed=0))
-        for mint in (False, True):
-            row = run(model, mint, args.rounds)
-            print(json.dumps(row), flush=True)
-            if not args.no_record:
-                append_result("client_state_bench", {"setup": {"model": "tiny random Llama", "text_bytes": TEXT_BYTES,
-                                                               "rounds": args.rounds}, **row})
+    stock_then_mint("client_state_bench", lambda model, mint: run(model, mint, args.rounds),
+                    {"text_bytes": TEXT_BYTES, "rounds": args.rounds}, record=not args.no_record)
     return 0
 
 

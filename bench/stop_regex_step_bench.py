@@ -18,18 +18,13 @@ Writes bench/results/stop_regex_step_bench.jsonl, one row per server.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
-from _common import append_result
+from _common import post_status, stock_then_mint
 from sglang_mint.dev.server import SGLangServer
-from sglang_mint.dev.tiny import write_tiny_llama
 
 COMMON = ["--enable-lora", "--max-lora-rank", "8", "--lora-target-modules", "all"]
 PLAIN = {"text": "hello", "sampling_params": {"max_new_tokens": 48, "ignore_eos": True}}
@@ -37,16 +32,8 @@ LETTERS = "bcdefghijklmnopqrstuvwxyzBCDEFGH"  # SGLang takes 32 patterns at most
 
 
 def post(url: str, body: dict) -> tuple[int, float]:
-    request = urllib.request.Request(url + "/generate", data=json.dumps(body).encode(),
-                                     headers={"content-type": "application/json"})
     started = time.perf_counter()
-    try:
-        with urllib.request.urlopen(request, timeout=1800) as answer:
-            answer.read()
-            code = answer.status
-    except urllib.error.HTTPError as exc:
-        exc.read()
-        code = exc.code
+    code = post_status(url, "/generate", body)
     return code, round(time.perf_counter() - started, 3)
 
 
@@ -77,13 +64,8 @@ def main() -> int:
                     help="stop patterns each (default 4)")
     ap.add_argument("--no-record", action="store_true", help="print only, append nothing to bench/results")
     args = ap.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        model = str(write_tiny_llama(tmp, seed=0))
-        for mint in (False, True):
-            row = run(model, mint, args.heavy, args.patterns)
-            print(json.dumps(row), flush=True)
-            if not args.no_record:
-                append_result("stop_regex_step_bench", {"setup": {"model": "tiny random Llama"}, **row})
+    stock_then_mint("stop_regex_step_bench", lambda model, mint: run(model, mint, args.heavy, args.patterns), {},
+                    record=not args.no_record)
     return 0
 
 
