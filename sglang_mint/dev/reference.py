@@ -75,13 +75,16 @@ def folder_digest(folder) -> str:
 
 # Config fields PEFT holds as sets and writes as lists in the set's order, which changes from one process to the next
 SET_FIELDS = ("target_modules", "exclude_modules")
+# Config fields whose order PEFT reads: the first pattern that matches a module gives its alpha or rank
+ORDERED_FIELDS = ("alpha_pattern", "rank_pattern")
 
 
 def adapter_digest(folder) -> str:
     """sha256 of what a PEFT adapter computes: its weights and its config without
     ``base_model_name_or_path`` (where the base lay when it was written; the base's own bytes
-    are in the key separately) and with its set fields in order (each run wrote them in another, so
-    every fresh adapter missed the cache). PEFT's README is not read."""
+    are in the key separately), with its set fields in order (each run wrote them in another, so
+    every fresh adapter missed the cache) and its pattern fields in theirs (kept as pairs: the keys are
+    sorted when the config is written out). PEFT's README is not read."""
     root = Path(folder)
     if not (root / "adapter_model.safetensors").is_file():
         return folder_digest(root)
@@ -90,6 +93,9 @@ def adapter_digest(folder) -> str:
     for name in SET_FIELDS:
         if isinstance(config.get(name), list):
             config[name] = sorted(config[name])
+    for name in ORDERED_FIELDS:
+        if isinstance(config.get(name), dict):
+            config[name] = list(config[name].items())
     h = hashlib.sha256(json.dumps(config, sort_keys=True).encode() + b"\0")
     with open(root / "adapter_model.safetensors", "rb") as f:
         while chunk := f.read(1 << 20):

@@ -50,3 +50,14 @@ def test_an_adapter_s_targets_in_another_order_are_the_same_key(tmp_path):
     other = adapter_digest(write_adapter(tmp_path / "c", target_modules=["q_proj", "v_proj"]))
     regex = adapter_digest(write_adapter(tmp_path / "d", target_modules=".*proj"))
     assert first == again and len({first, other, regex}) == 3
+
+
+def test_an_adapter_s_patterns_in_another_order_are_another_key(tmp_path):
+    # PEFT matches alpha_pattern and rank_pattern first-come: with both patterns matching q_proj, the first one's
+    # alpha is q_proj's, so another order computes another adapter
+    first = adapter_digest(write_adapter(tmp_path / "a", alpha_pattern={"q_proj": 4, "proj": 32}))
+    swapped = adapter_digest(write_adapter(tmp_path / "b", alpha_pattern={"proj": 32, "q_proj": 4}))
+    ranks = adapter_digest(write_adapter(tmp_path / "c", rank_pattern={"proj": 2, "q_proj": 4}))
+    ranks_swapped = adapter_digest(write_adapter(tmp_path / "d", rank_pattern={"q_proj": 4, "proj": 2}))
+    again = adapter_digest(write_adapter(tmp_path / "e", alpha_pattern={"q_proj": 4, "proj": 32}))
+    assert first != swapped and ranks != ranks_swapped and first == again
