@@ -134,6 +134,8 @@ HOOKS: tuple[Hook, ...] = (
     Hook("scheduler", f"{_SCHED}._add_request_to_queue", "BEFORE", "residency:_before_add_request_to_queue"),
     # (a request's end is billed: its abort reason's status_code tells an error from a cancellation)
     Hook("scheduler", f"{_SCHED}.send_abort_output", "AFTER", "residency:_after_send_abort_output"),
+    Hook("scheduler", f"{_SCHED}.handle_generate_request", "AROUND",
+         "residency:_around_handle_generate_request"),  # refusals on arrival billed
     Hook("scheduler", "sglang.srt.managers.schedule_batch.Req.set_finish_with_abort", "AFTER",
          "residency:_after_set_finish_with_abort"),  # a refusal before the prefill bills no tokens
     Hook("scheduler", f"{_SCHED}.init_req_max_new_tokens", "BEFORE",

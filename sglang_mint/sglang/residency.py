@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from contextvars import ContextVar
 
 from sglang_mint.config import MintConfig
 from sglang_mint.lora_id import is_catalog_lora_id, lora_name_of, parse_lora_id
@@ -23,6 +24,9 @@ from sglang_mint.sglang.client_rids import is_server_rid
 from sglang_mint.usage.ledger import UsageLedger, engine_name
 
 logger = logging.getLogger("sglang_mint")
+
+# The scheduler taking a request in (Scheduler.handle_generate_request), while it does
+_ARRIVING_AT: ContextVar[object | None] = ContextVar("sglang_mint.arriving_at", default=None)
 
 
 class LoraManagerAdapters:
@@ -174,10 +178,34 @@ def _before_add_request_to_queue(scheduler, req, is_retracted=False, *args, **kw
     residency = residency_of(scheduler)
     if residency is not None and not is_retracted and is_catalog_lora_id(req.lora_id):
         on_arrival(residency, req)
-    ledger = getattr(scheduler, "_mint_usage", None)
-    if ledger is not None and not is_retracted and not is_server_rid(req.rid):  # no tenant's: not billed
-        req._mint_usage = (ledger, *_served_adapter(scheduler, req.lora_id))
+    if not is_retracted:
+        _bill_to(scheduler, req)
     return None
+
+
+def _bill_to(scheduler, req) -> None:
+    """Bill ``req`` to its adapter in ``scheduler``'s ledger, unless it is the server's own request."""
+    ledger = getattr(scheduler, "_mint_usage", None)
+    if ledger is not None and not is_server_rid(req.rid):  # no tenant's: not billed
+        req._mint_usage = (ledger, *_served_adapter(scheduler, req.lora_id))
+
+
+def _around_handle_generate_request(original, scheduler, recv_req, *args, **kwargs):
+    """Scheduler.handle_generate_request AROUND: a request it refuses before queueing it (a sampling mask
+    without a top_k it can mask, a beam or a disaggregated request it cannot serve) is answered from inside
+    it, and is billed there (``_bill_refusal``): the ledger never saw one."""
+    token = _ARRIVING_AT.set(scheduler)
+    try:
+        return original(scheduler, recv_req, *args, **kwargs)
+    finally:
+        _ARRIVING_AT.reset(token)
+
+
+def _bill_refusal(scheduler, req) -> None:
+    """A request that ended before it was queued: one request, an error, and no tokens (nothing ran)."""
+    if not hasattr(req, "_mint_usage"):  # never billed (None: billed already)
+        _bill_to(scheduler, req)
+        req._mint_unserved = True
 
 
 def _served_adapter(scheduler, lora_id) -> tuple[str | None, int | None]:
@@ -258,6 +286,7 @@ def _after_send_abort_output(result, scheduler, abort_req, req, *args, **kwargs)
         # while it waited): nothing was computed. A chunked prefill's abort has computed a chunk; a
         # retracted request ran before (SGLang zeroes already_computed at a retraction).
         req._mint_unserved = True
+    _bill_refusal(scheduler, req)  # a dLLM request SGLang refused on arrival
     _count_usage(req, abort_req.finished_reason)
     residency = residency_of(scheduler)
     if residency is not None:
@@ -270,8 +299,11 @@ def _before_stream_output(streamer, reqs, *args, **kwargs):
     """SchedulerOutputStreamer.stream_output BEFORE: a finished request is counted before its answer leaves,
     so a client that stops the server once answered finds it billed (counted after, the scheduler could be
     stopped between the two)."""
+    arriving_at = _ARRIVING_AT.get()
     for req in reqs:
         if req.finished():
+            if arriving_at is not None:
+                _bill_refusal(arriving_at, req)
             _count_usage(req)
 
 

@@ -222,3 +222,31 @@ def test_sglang_s_health_checks_are_not_billed(server):
         time.sleep(0.5)
     time.sleep(2.5)  # one more append: a health check counted would show
     assert base_requests() == before + 1  # the client's request alone
+
+
+def test_a_request_the_scheduler_refuses_on_arrival_counts_as_an_error(server, shared_catalog, tiny_adapters):
+    """SGLang's scheduler refuses some requests before it queues them (a sampling mask without a top_k it can
+    mask, a beam or a disaggregated request it cannot serve): their answer is a 400, and the ledger never
+    saw them. Each counts as one request and one error, with no tokens."""
+    adapter = "usage/refused"
+    with open_catalog(str(shared_catalog)) as cat:
+        cat.publish(adapter, str(next(iter(tiny_adapters.values()))))
+    before = usage_of(server, adapter=adapter)["totals"]
+    body = {"text": "the scheduler refuses this", "lora_path": adapter, "return_sampling_mask": True,
+            "sampling_params": {"max_new_tokens": 4, "top_k": -1}}
+    for _ in range(2):
+        answer = httpx.post(server.url + "/generate", json=body, timeout=120)
+        assert answer.status_code == 400 and "return_sampling_mask requires top_k" in answer.text, answer.text
+    served = httpx.post(server.url + "/generate", json={**body, "return_sampling_mask": False}, timeout=120)
+    assert served.status_code == 200, served.text  # the same request without the mask is served
+    expected = {"requests": 3, "errors": 2, "cancelled": 0,
+                "completion_tokens": served.json()["meta_info"]["completion_tokens"]}
+    deadline = time.monotonic() + 30  # the ledger appends every 2 s
+    while True:
+        got = {k: v - before[k] for k, v in usage_of(server, adapter=adapter)["totals"].items()}
+        if got["requests"] >= 3:
+            break
+        assert time.monotonic() < deadline, got
+        time.sleep(0.5)
+    assert {k: got[k] for k in expected} == expected
+    assert got["prompt_tokens"] == served.json()["meta_info"]["prompt_tokens"]  # the refusals billed none
