@@ -84,6 +84,11 @@ HOOKS: tuple[Hook, ...] = (
          "session_bounds:_around_session_create_req"),  # a streaming one: within half the KV cache
     Hook("scheduler", f"{_SCHED}.get_internal_state", "AFTER", "session_history:_after_get_internal_state"),
     Hook("scheduler", f"{_SCHED}.get_internal_state", "AFTER", "session_bounds:_after_get_internal_state"),
+    # the LoRA drainer keeps only the adapters it drains, not every revision it has seen
+    Hook("scheduler", f"{_SCHED}.init_lora_drainer", "AFTER", "lora_drainer:_after_init_lora_drainer"),
+    Hook("scheduler", "sglang.srt.lora.lora_drainer.LoRADrainer.update_draining_state", "AFTER",
+         "lora_drainer:_after_update_draining_state"),
+    Hook("scheduler", f"{_SCHED}.get_internal_state", "AFTER", "lora_drainer:_after_get_internal_state"),
     # a prompt's request as the scheduler will get it: refused where the scheduler would raise on it; n bounded
     Hook("frontend", f"{_TM}.generate_request", "BEFORE", "frontend:_before_generate_request"),
     Hook("frontend", f"{_TM}._create_tokenized_object", "AFTER", "frontend:_after_create_tokenized_object"),
@@ -285,6 +290,12 @@ INTERNALS: tuple[Internal, ...] = (
     Internal("scheduler", "sglang.srt.managers.io_struct.OpenSessionReqOutput", "session_id, success", "a "
              "session refused past --mint-max-sessions", "session_bounds"),
     Internal("scheduler", "scheduler", "session_controller", "the scheduler's sessions", "session_bounds"),
+    Internal("scheduler", "scheduler", "lora_drainer", "the LoRA drainer (None without --lora-drain-wait-threshold)",
+             "lora_drainer"),
+    Internal("scheduler", "lora_drainer", "adapter_to_stats", "its AdapterStats per lora_id: the entries that "
+             "drain for no adapter dropped after each update, and counted for /server_info", "lora_drainer"),
+    Internal("scheduler", "sglang.srt.lora.lora_drainer.AdapterStats", "is_draining_for", "the one field an entry "
+             "keeps from one step to the next", "lora_drainer"),
     Internal("scheduler", "scheduler", "max_running_requests, max_total_num_tokens, max_req_len, "
              "server_args.enable_streaming_session", "its request slots, which a streaming session holds one of, its "
              "KV cache's tokens, which it holds its own of, and the longest request, which caps a turn's "

@@ -8,6 +8,8 @@
 - No request body reaches another adapter's prefix cache through ``extra_key``.
 - ``lora_path`` goes through the catalog like ``model``: deleted and invented revisions 404.
 - SGLang's LoRA registry holds only the names in flight, not every name ever seen.
+- SGLang's LoRA drainer (--lora-drain-wait-threshold) drains running adapters for starving ones through
+  the storm, and keeps only the adapters it drains, not every revision ever seen.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ PROMPT = ("the quick brown fox and the lazy dog serve token request batch layer 
 SHORT_PROMPT = "the quick brown fox"
 CHUNK = 16
 TOL = 1e-4
+DRAIN_WAIT_S = 0.5  # far less than a cold adapter waits in the storm on this machine
 
 
 @pytest.fixture(scope="module")
@@ -152,11 +155,11 @@ def storm(server, adapter_ids):
 
 @pytest.fixture(scope="module")
 def server(tiny_model, catalog, budget, tmp_path_factory, catalog_server):
-    """Room for about three adapters and four slots, prefills in chunks of 16 tokens: the storm
-    below, then the tests of names."""
+    """Room for about three adapters and four slots, prefills in chunks of 16 tokens, starving adapters
+    drained for: the storm below, then the tests of names."""
     with catalog_server(tiny_model, catalog, tmp_path_factory.mktemp("pressure-server"),
                         "--mint-host-cache-bytes", str(budget), "--max-loras-per-batch", "4",
-                        "--chunked-prefill-size", str(CHUNK)) as srv:
+                        "--chunked-prefill-size", str(CHUNK), "--lora-drain-wait-threshold", str(DRAIN_WAIT_S)) as srv:
         yield srv
 
 
@@ -173,6 +176,19 @@ def test_more_cold_adapters_than_memory_and_slots(server, adapter_ids, budget, o
     assert sched["host_peak_bytes"] <= budget + one_adapter, sched
     assert sched["adapters_in_use"] == 0 and sched["host_reserved_bytes"] == 0, sched
     assert sched["loading"] == 0 and sched["reads_waiting_for_room"] == 0, sched
+    # SGLang's drainer kept an entry for every revision it saw (24 here, every publish of an RL loop in a day)
+    # and walked them all at each prefill step: 13.7 ms a step after 100,000
+    code, _ = generate(server, {"text": SHORT_PROMPT, "sampling_params": {"max_new_tokens": 1},
+                                "lora_path": adapter_ids[0]})  # one step alone: the drainer updates once more
+    assert code == 200
+    drainer = lora_drainer_state(server)
+    assert drainer["drains"] > 0, drainer  # starving adapters were drained for, with the storm's answers exact
+    assert drainer["adapters_kept"] <= 1 and drainer["draining"] == 0, drainer  # the last request's at most
+
+
+def lora_drainer_state(server) -> dict:
+    with urllib.request.urlopen(server.url + "/server_info", timeout=60) as r:
+        return json.loads(r.read())["internal_states"][0]["mint_lora_drainer"]
 
 
 def test_extra_key_cannot_reach_another_adapters_prefix_cache(server, adapter_ids):
