@@ -25,6 +25,7 @@ from sglang_mint.sglang.flags import mint_config
 from sglang_mint.sglang.hooks import verify_startup
 from sglang_mint.sglang.metric_labels import refuse_unallowed_custom_labels
 from sglang_mint.sglang.router_fields import refuse_router_fields
+from sglang_mint.sglang.typed_ipc import refuse_undecodable
 
 logger = logging.getLogger("sglang_mint")
 
@@ -208,11 +209,13 @@ def _before_generate_request(tm, obj, request=None, *args, **kwargs):
 
 def _after_create_tokenized_object(tokenized, tm, *args, **kwargs):
     """TokenizerManager._create_tokenized_object AFTER: one prompt's request as the scheduler will get it,
-    refused where the scheduler would raise on it, which stops the server (``request_values.py``)."""
+    refused where the scheduler would raise on it, which stops the server (``request_values.py``), or where
+    its msgpack decode would (``typed_ipc.py``)."""
     config = mint_config(tm.server_args)
     if config is not None:
         check_tokenized_request(tokenized, ModelLimits(tm.model_config.vocab_size, tm.model_config.hidden_size,
                                                        config.max_top_logprobs))
+        refuse_undecodable(tokenized)
     return tokenized
 
 

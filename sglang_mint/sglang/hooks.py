@@ -218,6 +218,9 @@ INTERNALS: tuple[Internal, ...] = (
     Internal("frontend", "abort_task", "func", "the task's function, wrapped", "client_rids"),
     Internal("frontend", "lora_registry", "_registry, _counters", "registers and drops catalog revision names",
              "frontend"),
+    Internal("frontend", "sglang.srt.managers.io_struct", "_USE_PICKLE_IPC, msgpack_encode, msgpack_decode", "a "
+             "request's msgpack IPC, which sock_send uses unless pickle is: decoded as the scheduler will before it "
+             "is sent", "typed_ipc"),
     Internal("frontend", "sglang.srt.environ.envs", "SGLANG_USE_PICKLE_IPC", "a LoRA id carries its revision "
              "record only through pickled IPC", "frontend"),
     Internal("frontend", "sglang.srt.runtime_context", "get_serving", "its enable_response_store: whether "
