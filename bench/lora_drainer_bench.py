@@ -6,7 +6,8 @@
 at every prefill step. The drainer keeps an entry for every lora_id it has seen and walks them all
 there; under ``--enable-mint`` a lora_id is a catalog revision, so an RL loop's publishes, or a
 catalog swept by its tenants, grow it without end. Each run feeds SGLang's own drainer, as it ships
-("stock") and with the plugin's hook after each update (``sglang/lora_drainer.py``: "mint"), the
+("stock") and with the plugin's hooks after each update and each ``can_schedule``
+(``sglang/lora_drainer.py``: "mint"), the
 same work: ``--seen`` revisions arrive 4 to a step beside 4 running adapters, 4 slots, then
 ``--steps`` more steps are timed. The row gives the mean µs per step, the entries kept, and the
 Python memory they hold (tracemalloc). Both run in this process, one after the other, alternating
@@ -26,7 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, append_rows, stamped  # noqa: E402
 
 from sglang.srt.lora.lora_drainer import LoRADrainer  # noqa: E402
-from sglang_mint.sglang.lora_drainer import PRUNED_ATTR, _after_update_draining_state  # noqa: E402
+from sglang_mint.sglang.lora_drainer import (PRUNED_ATTR, _after_can_schedule,  # noqa: E402
+                                             _after_update_draining_state)
 
 SLOTS = 4
 ARRIVALS_PER_STEP = 4
@@ -51,7 +53,9 @@ def run(pruned: bool, seen: int, steps: int) -> dict:
         if pruned:
             _after_update_draining_state(None, drainer)  # as SGLang's hook registry runs it
         for r in waiting:
-            drainer.can_schedule(r)
+            allowed = drainer.can_schedule(r)
+            if pruned:
+                _after_can_schedule(allowed, drainer, r)
 
     tracemalloc.start()
     for n in range(seen // ARRIVALS_PER_STEP):

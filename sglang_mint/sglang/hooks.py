@@ -88,6 +88,8 @@ HOOKS: tuple[Hook, ...] = (
     Hook("scheduler", f"{_SCHED}.init_lora_drainer", "AFTER", "lora_drainer:_after_init_lora_drainer"),
     Hook("scheduler", "sglang.srt.lora.lora_drainer.LoRADrainer.update_draining_state", "AFTER",
          "lora_drainer:_after_update_draining_state"),
+    Hook("scheduler", "sglang.srt.lora.lora_drainer.LoRADrainer.can_schedule", "AFTER",
+         "lora_drainer:_after_can_schedule"),
     Hook("scheduler", f"{_SCHED}.get_internal_state", "AFTER", "lora_drainer:_after_get_internal_state"),
     # a prompt's request as the scheduler will get it: refused where the scheduler would raise on it; n bounded
     Hook("frontend", f"{_TM}.generate_request", "BEFORE", "frontend:_before_generate_request"),

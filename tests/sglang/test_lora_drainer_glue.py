@@ -10,7 +10,7 @@ import pytest
 
 from sglang.srt.lora import lora_drainer as sglang_drainer
 from sglang.srt.lora.lora_drainer import LoRADrainer
-from sglang_mint.sglang.lora_drainer import PRUNED_ATTR, _after_update_draining_state
+from sglang_mint.sglang.lora_drainer import PRUNED_ATTR, _after_can_schedule, _after_update_draining_state
 
 SLOTS = 4
 THRESHOLD_S = 1.0
@@ -46,7 +46,11 @@ def drainer(pruned: bool) -> LoRADrainer:
 
 def step(made: LoRADrainer, waiting, running):
     made.update_draining_state(waiting, running)
-    _after_update_draining_state(None, made)  # the hook, as SGLang's registry runs it after the method
+    _after_update_draining_state(None, made)  # the hooks, as SGLang's registry runs them after the method
+
+
+def ask(made: LoRADrainer, req) -> bool:
+    return _after_can_schedule(made.can_schedule(req), made, req)
 
 
 def test_a_drainer_keeps_only_the_adapters_it_drains_not_every_one_it_has_seen(clock):
@@ -57,11 +61,18 @@ def test_a_drainer_keeps_only_the_adapters_it_drains_not_every_one_it_has_seen(c
             waiting = [request(f"cold/{i}-{j}@1", clock.now) for j in range(3)]
             step(made, waiting, running)
             for r in waiting:
-                assert made.can_schedule(r)
+                assert ask(made, r)
     assert len(stock.adapter_to_stats) == 6_000 + SLOTS  # SGLang's own: every lora_id it ever saw
-    assert len(pruned.adapter_to_stats) == 3  # what can_schedule asked of the last step's, since its update
-    step(pruned, [], running)
     assert pruned.adapter_to_stats == {}
+
+
+def test_a_decode_server_s_drainer_which_is_only_asked_keeps_nothing(clock):
+    """Under prefill-decode disaggregation the decode server asks can_schedule and never updates."""
+    stock, pruned = drainer(False), drainer(True)
+    for made in (stock, pruned):
+        for i in range(1_000):
+            assert ask(made, request(f"tenant/{i}@1", clock.now))
+    assert len(stock.adapter_to_stats) == 1_000 and pruned.adapter_to_stats == {}
 
 
 def test_a_pruned_drainer_decides_as_sglang_s_own_step_by_step(clock):
@@ -86,7 +97,7 @@ def test_a_pruned_drainer_decides_as_sglang_s_own_step_by_step(clock):
         # admit as SGLang would: the drainer's answer, then the slots
         admitted = []
         for r in list(waiting):
-            answers = stock.can_schedule(r), pruned.can_schedule(r)
+            answers = ask(stock, r), ask(pruned, r)
             assert answers[0] == answers[1], r.lora_id
             in_slots = {x.lora_id for x in running + admitted}
             if answers[0] and (r.lora_id in in_slots or len(in_slots) < SLOTS):
@@ -107,6 +118,7 @@ def test_drains_are_counted_once_each_as_they_begin(clock):
     waiting = [request("cold/a@1", clock.now)]
     step(made, waiting, running)
     assert getattr(made, DRAINS_ATTR) == 0  # not starving yet
+    assert ask(made, running[0]) and made.adapter_to_stats == {}
     clock.now += 2 * THRESHOLD_S
     for _ in range(3):  # the same drain, step after step
         step(made, waiting, running)

@@ -177,13 +177,10 @@ def test_more_cold_adapters_than_memory_and_slots(server, adapter_ids, budget, o
     assert sched["adapters_in_use"] == 0 and sched["host_reserved_bytes"] == 0, sched
     assert sched["loading"] == 0 and sched["reads_waiting_for_room"] == 0, sched
     # SGLang's drainer kept an entry for every revision it saw (24 here, every publish of an RL loop in a day)
-    # and walked them all at each prefill step: 13.7 ms a step after 100,000
-    code, _ = generate(server, {"text": SHORT_PROMPT, "sampling_params": {"max_new_tokens": 1},
-                                "lora_path": adapter_ids[0]})  # one step alone: the drainer updates once more
-    assert code == 200
+    # and walked them all at each prefill step: 16.6 ms a step after 100,000 (lora_drainer_bench)
     drainer = lora_drainer_state(server)
     assert drainer["drains"] > 0, drainer  # starving adapters were drained for, with the storm's answers exact
-    assert drainer["adapters_kept"] <= 1 and drainer["draining"] == 0, drainer  # the last request's at most
+    assert drainer["adapters_kept"] == drainer["draining"] == 0, drainer  # nothing in flight: nothing drains
 
 
 def lora_drainer_state(server) -> dict:
