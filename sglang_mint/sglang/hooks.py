@@ -369,8 +369,9 @@ INTERNALS: tuple[Internal, ...] = (
              "first prefill bills no tokens", "residency"),
     Internal("scheduler", "req", "rid", "the server's own requests (client_rids.SERVER_RID_HEADS: an adapter's "
              "warm-up, a health check) are not billed", "residency"),
-    Internal("scheduler", "lora_manager", "configs, loras, lora_refs, memory_pool, lora_modules", "installs and "
-             "drops catalog adapters as SGLang's own; ranks, pins; finds an expert layer", "residency, lora_info"),
+    Internal("scheduler", "lora_manager", "configs, loras, lora_refs, memory_pool, lora_modules, _unload_lora_adapter",
+             "installs and drops catalog adapters as SGLang's own (dropped without unload_lora_adapter's two free "
+             "GPU memory reads, each an empty_cache); ranks, pins; finds an expert layer", "residency, lora_info"),
     Internal("scheduler", "lora_manager", "embed_tokens_module, lm_head_module", "what the pool fill is given "
              "beside lora_modules, for its dry run on the read thread", "adapter_reader"),
     Internal("scheduler", "memory_pool", "buffer_id_to_uid, moe_use_local_expert_ids, target_modules, "

@@ -52,9 +52,15 @@ class LoraManagerAdapters:
                                          lora_path=adapter.config.path, pinned=False)
 
     def unload(self, lora_id: str) -> None:
+        """SGLang's unload without the free GPU memory it logs before and after: each read empties CUDA's
+        caching allocator (get_available_gpu_memory's torch.cuda.empty_cache, which waits for the device,
+        and the freed blocks are allocated again), and an eviction comes with every cold load once the
+        host budget is full."""
         ref = self.manager.lora_refs.get(lora_id)
         if ref is not None:
-            self.manager.unload_lora_adapter(ref)
+            result = self.manager._unload_lora_adapter(ref)
+            if not result.success:
+                logger.warning("unloading %s failed: %s", ref.lora_name, result.error_message)
 
     def is_resident(self, lora_id: str) -> bool:
         return lora_id in self.manager.loras
