@@ -25,7 +25,7 @@ from sglang_mint.sglang.flags import mint_config
 from sglang_mint.sglang.hooks import verify_startup
 from sglang_mint.sglang.metric_labels import refuse_unallowed_custom_labels
 from sglang_mint.sglang.router_fields import refuse_router_fields
-from sglang_mint.sglang.typed_ipc import refuse_undecodable
+from sglang_mint.sglang.typed_ipc import ready_for_msgpack
 
 logger = logging.getLogger("sglang_mint")
 
@@ -215,7 +215,7 @@ def _after_create_tokenized_object(tokenized, tm, *args, **kwargs):
     if config is not None:
         check_tokenized_request(tokenized, ModelLimits(tm.model_config.vocab_size, tm.model_config.hidden_size,
                                                        config.max_top_logprobs))
-        refuse_undecodable(tokenized)
+        ready_for_msgpack(tokenized)
     return tokenized
 
 

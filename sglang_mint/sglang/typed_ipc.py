@@ -11,6 +11,11 @@ scheduler's loop, and **one such body stopped the server** (reproduced with ``--
 ``refuse_undecodable`` decodes the request as the scheduler will before it is sent: some 10 µs for a
 prompt of 4,000 tokens, 110 µs for 128,000 (this machine), and only under msgpack IPC. What the
 scheduler would fail on is a ValueError (400) naming the field.
+
+The request's adapter name (``lora_name``, copied from the ``lora_path`` the catalog resolved) is the
+frontend's ``RevisionName``, a str subclass that carries the revision's record through pickle; msgpack
+encodes no str subclass, so under msgpack every request naming a catalog adapter failed, 500.
+``ready_for_msgpack`` sends it as a plain string (the scheduler looks the record up by its id).
 """
 
 from __future__ import annotations
@@ -24,15 +29,25 @@ from sglang.srt.managers import io_struct
 # Fields the tokenizer manager wraps or moves to shared memory as it sends a request (_send_one_request:
 # wrap_pickle_fields, wrap_shm_features, positional_embeds_transport): not checked
 PREPARED_AS_SENT = ("time_stats", "mm_inputs", "positional_embed_overrides")
-# msgspec's path to what failed: "$[14]" (the struct's 14th item; its tag is item 0), "$[8][0]" (inside one)
-_FAILED_AT = re.compile(r" - at `\$\[(\d+)\](.*)`$")
+# msgspec's path to what failed: "- at `$[14]`" (the struct's 14th item; its tag is item 0), "- at `$[8][0]`"
+# (inside one), "- at `key` in `$[8][23]`" (a dict's key)
+_FAILED_AT = re.compile(r" - at .*?`\$\[(\d+)\][^`]*`$")
+
+
+def ready_for_msgpack(tokenized) -> None:
+    """Under msgpack IPC (nothing under pickle: ``io_struct._USE_PICKLE_IPC``, what ``sock_send`` reads), the
+    plugin's own strings in ``tokenized`` made plain, then ``refuse_undecodable``."""
+    if io_struct._USE_PICKLE_IPC:
+        return
+    for name in getattr(type(tokenized), "__struct_fields__", ()):
+        value = getattr(tokenized, name)
+        if isinstance(value, str) and type(value) is not str:  # lora_name: the frontend's RevisionName
+            setattr(tokenized, name, str(value))
+    refuse_undecodable(tokenized)
 
 
 def refuse_undecodable(tokenized) -> None:
-    """A ValueError naming the field of ``tokenized`` that the scheduler's msgpack decode would fail on; nothing
-    under pickle IPC (``io_struct._USE_PICKLE_IPC``, what ``sock_send`` reads)."""
-    if io_struct._USE_PICKLE_IPC:
-        return
+    """A ValueError naming the field of ``tokenized`` that the scheduler's msgpack decode would fail on."""
     fields = getattr(type(tokenized), "__struct_fields__", ())
     # what SGLang itself prepares for the wire only as it sends the request: no client writes it as it is here
     unsent = {name: None for name in PREPARED_AS_SENT if name in fields}
@@ -40,7 +55,7 @@ def refuse_undecodable(tokenized) -> None:
         io_struct.msgpack_decode(io_struct.msgpack_encode(msgspec.structs.replace(tokenized, **unsent)))
     except (msgspec.ValidationError, msgspec.DecodeError) as failed:
         raise ValueError(f"{_field_named(type(tokenized), str(failed))}: the scheduler cannot read it for one "
-                         f"prompt ({_FAILED_AT.sub('', str(failed))})") from None
+                         f"prompt ({str(failed).split(' - at ')[0]})") from None
 
 
 def _field_named(struct_type, message: str) -> str:

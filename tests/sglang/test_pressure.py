@@ -180,6 +180,10 @@ def test_more_cold_adapters_than_memory_and_slots(server, adapter_ids, budget, o
     assert "LoRA adapter unloading starts" not in server.log_path.read_text()
     # SGLang's drainer kept an entry for every revision it saw (24 here, every publish of an RL loop in a day)
     # and walked them all at each prefill step: 16.6 ms a step after 100,000 (lora_drainer_bench)
+    # one request alone: the drainer updates once more, and ends a drain whose adapter took no request since
+    code, _ = generate(server, {"text": SHORT_PROMPT, "sampling_params": {"max_new_tokens": 1},
+                                "lora_path": adapter_ids[0]})
+    assert code == 200
     drainer = lora_drainer_state(server)
     assert drainer["drains"] > 0, drainer  # starving adapters were drained for, with the storm's answers exact
     assert drainer["adapters_kept"] == drainer["draining"] == 0, drainer  # nothing in flight: nothing drains

@@ -1,5 +1,5 @@
-"""Under msgpack IPC (SGLANG_USE_PICKLE_IPC=0) a body the scheduler could not decode is a 400, and the server
-keeps serving (sglang/typed_ipc.py).
+"""Under msgpack IPC (SGLANG_USE_PICKLE_IPC=0) a catalog adapter is served, and a body the scheduler could not
+decode is a 400, and the server keeps serving (sglang/typed_ipc.py).
 
 ``/generate`` takes a list for these fields (one value per prompt of a batch); on one prompt the list reached
 the scheduler, whose typed decode raised in its loop: with --enable-mint before the check, the first body here
@@ -13,6 +13,7 @@ import sys
 import httpx
 import pytest
 
+from sglang_mint.catalog import init_catalog
 from sglang_mint.dev.server import SGLangServer
 
 pytestmark = pytest.mark.server  # starts real SGLang servers: not in make test-fast
@@ -27,11 +28,18 @@ LISTS = [
 ]
 
 
+ADAPTER = "msgpack/bot"
+
+
 @pytest.fixture(scope="module")
-def msgpack_server(tiny_model, tmp_path_factory):
+def msgpack_server(tiny_model, tiny_adapters, tmp_path_factory):
+    """A catalog of one adapter, served with msgpack between the server's processes."""
+    root = tmp_path_factory.mktemp("msgpack-catalog") / "catalog"
+    with init_catalog(str(root), str(tiny_model)) as catalog:
+        catalog.publish(ADAPTER, str(next(iter(tiny_adapters.values()))))
     log = tmp_path_factory.mktemp("msgpack-server") / "server.log"
     with SGLangServer(tiny_model, enable_mint=True, log_path=log, python=sys.executable,
-                      env={"SGLANG_USE_PICKLE_IPC": "0"}) as server:
+                      extra_args=["--mint-catalog", str(root)], env={"SGLANG_USE_PICKLE_IPC": "0"}) as server:
         yield server
 
 
@@ -54,3 +62,13 @@ def test_a_batch_takes_one_value_per_prompt(msgpack_server):
     batch = generate(msgpack_server, {**PLAIN, "text": [PLAIN["text"], "hello"], "return_sampling_mask": [True, False]})
     assert batch.status_code == 200, batch.text
     assert len(batch.json()) == 2
+
+
+def test_a_catalog_adapter_is_served(msgpack_server):
+    """The request's adapter name went to the scheduler as the frontend's RevisionName, a str subclass msgpack does
+    not encode: every request naming a catalog adapter failed, 500."""
+    body = {**PLAIN, "sampling_params": {"max_new_tokens": 8, "temperature": 0}}
+    adapted = generate(msgpack_server, {**body, "lora_path": ADAPTER})
+    assert adapted.status_code == 200, adapted.text
+    base = generate(msgpack_server, body)
+    assert base.status_code == 200 and adapted.json()["output_ids"] != base.json()["output_ids"]  # the adapter ran
