@@ -8,10 +8,15 @@ stopped the server, and every request after it was refused a connection.
 
 from __future__ import annotations
 
+import json
 import sys
+import time
+import urllib.request
 
 import httpx
+import openai
 import pytest
+from hung import HUNG_AFTER_S
 
 from sglang_mint.catalog import init_catalog
 from sglang_mint.dev.server import SGLangServer
@@ -29,6 +34,7 @@ LISTS = [
 
 
 ADAPTER = "msgpack/bot"
+BILLED = "msgpack/billed"  # this one's requests come from one test only: its ledger rows are that test's
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +43,7 @@ def msgpack_server(tiny_model, tiny_adapters, tmp_path_factory):
     root = tmp_path_factory.mktemp("msgpack-catalog") / "catalog"
     with init_catalog(str(root), str(tiny_model)) as catalog:
         catalog.publish(ADAPTER, str(next(iter(tiny_adapters.values()))))
+        catalog.publish(BILLED, str(next(iter(tiny_adapters.values()))))
     log = tmp_path_factory.mktemp("msgpack-server") / "server.log"
     with SGLangServer(tiny_model, enable_mint=True, log_path=log, python=sys.executable,
                       extra_args=["--mint-catalog", str(root)], env={"SGLANG_USE_PICKLE_IPC": "0"}) as server:
@@ -72,3 +79,23 @@ def test_a_catalog_adapter_is_served(msgpack_server):
     assert adapted.status_code == 200, adapted.text
     base = generate(msgpack_server, body)
     assert base.status_code == 200 and adapted.json()["output_ids"] != base.json()["output_ids"]  # the adapter ran
+
+
+def test_the_openai_route_serves_and_bills_the_adapter(msgpack_server):
+    before = usage_totals(msgpack_server)
+    client = openai.OpenAI(base_url=msgpack_server.openai_url, api_key="none", max_retries=0, timeout=120)
+    chunks = list(client.chat.completions.create(model=BILLED, messages=[{"role": "user", "content": "hi"}],
+                                                 max_tokens=3, temperature=0, stream=True,
+                                                 stream_options={"include_usage": True}))
+    [usage] = [c.usage for c in chunks if c.usage]
+    deadline = time.monotonic() + HUNG_AFTER_S  # the ledger appends every 2 s
+    while (got := {k: v - before[k] for k, v in usage_totals(msgpack_server).items()})["requests"] < 1:
+        assert time.monotonic() < deadline, got
+        time.sleep(0.5)
+    assert got["requests"] == 1 and got["completion_tokens"] == usage.completion_tokens > 0, got
+    assert got["prompt_tokens"] == usage.prompt_tokens and got["errors"] == 0, got
+
+
+def usage_totals(server) -> dict:
+    with urllib.request.urlopen(f"{server.url}/mint/usage?adapter={BILLED}", timeout=60) as r:
+        return json.loads(r.read())["totals"]
