@@ -17,7 +17,7 @@ from __future__ import annotations
 from sglang_mint.sglang.flags import mint_config
 from sglang_mint.sglang.hooks import verify_internals
 
-PRUNED_ATTR = "_mint_pruned"  # a drainer whose idle entries are dropped after each update
+PRUNED_ATTR = "_mint_pruned"  # a drainer whose idle entries are dropped after each update and can_schedule
 DRAINING_ATTR = "_mint_draining"  # {(lora_id, the lora_id it drains for)} after the last update
 DRAINS_ATTR = "_mint_drains"  # the drains begun since the start
 

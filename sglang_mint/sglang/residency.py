@@ -198,7 +198,7 @@ def _bill_to(scheduler, req) -> None:
 
 def _around_handle_generate_request(original, scheduler, recv_req, *args, **kwargs):
     """Scheduler.handle_generate_request AROUND: a request it refuses before queueing it (a sampling mask
-    without a top_k it can mask, a beam or a disaggregated request it cannot serve) is answered from inside
+    without a top_k it can mask, a beam, disaggregated or dLLM request it cannot serve) is answered from inside
     it, and is billed there (``_bill_refusal``): the ledger never saw one."""
     token = _ARRIVING_AT.set(scheduler)
     try:
